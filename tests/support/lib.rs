@@ -1,0 +1,224 @@
+//! Shared helpers for the workspace's integration tests.
+//!
+//! Every integration test under `tests/tests/<area>/main.rs` uses these: a free loopback
+//! port, a small HTTP/1.1 server on 127.0.0.1 that can be shut down gracefully or killed,
+//! a bounded HTTP client for asserting on that server, and tracing initialisation.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use support::{get, TestServer};
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//!
+//! support::init_tracing();
+//! let server = TestServer::start(|_req| async { http::Response::new(Full::new(Bytes::from("hi"))) }).await?;
+//! let (status, body) = get(server.addr(), "/").await?;
+//! assert_eq!(status, 200);
+//! assert_eq!(body, "hi");
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::sync::Once;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How long [`get`] waits for a whole exchange before it gives up.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A loopback port that was free a moment ago.
+///
+/// The port is found by binding `127.0.0.1:0` and releasing it, so another process may
+/// take it before the caller binds it; prefer [`TestServer::start`], which keeps its
+/// listener, when the caller does not need to know the port in advance.
+pub fn free_port() -> io::Result<u16> {
+    let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A loopback address on a port that was free a moment ago (see [`free_port`]).
+pub fn free_addr() -> io::Result<SocketAddr> {
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
+}
+
+/// Installs a `tracing` subscriber that writes through the test harness's capture.
+///
+/// The filter comes from `RUST_LOG` (default `warn`). Safe to call from every test: only
+/// the first call installs anything.
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // Another test harness may have installed a global subscriber first; that one wins.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 for tests.
+///
+/// Each request is answered by the handler given to [`TestServer::start`]. Dropping the
+/// server kills it like [`TestServer::kill`].
+#[derive(Debug)]
+pub struct TestServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh loopback port.
+    pub async fn start<F, Fut>(handler: F) -> io::Result<Self>
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), handler).await
+    }
+
+    /// Starts a server on the given address, e.g. to bring a killed server back on the
+    /// port its clients know. Only loopback addresses are accepted.
+    pub async fn start_on<F, Fut>(addr: SocketAddr, handler: F) -> io::Result<Self>
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("test servers bind loopback addresses only, not {addr}"),
+            ));
+        }
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, handler, rx));
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish, then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Closes the listener and every connection at once, as a crashed process would.
+    pub async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn serve<F, Fut>(listener: TcpListener, handler: F, mut shutdown: oneshot::Receiver<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    // Connections live in this set, so aborting the accept task (kill) drops them all.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let handler = handler.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                connections.spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    connections.shutdown().await;
+}
+
+/// Sends `GET path` to `addr` on a fresh connection and returns the status and body.
+///
+/// Bounded by [`CLIENT_TIMEOUT`]; a timeout is an [`io::ErrorKind::TimedOut`] error.
+pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(StatusCode, Bytes)> {
+    let req = Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(io::Error::other)?;
+    send(addr, req).await
+}
+
+/// Sends `req` to `addr` on a fresh connection and returns the status and body.
+///
+/// Bounded by [`CLIENT_TIMEOUT`]; a timeout is an [`io::ErrorKind::TimedOut`] error.
+pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> io::Result<(StatusCode, Bytes)>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        let conn = tokio::spawn(conn);
+        let res = sender.send_request(req).await.map_err(io::Error::other)?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?
+            .to_bytes();
+        conn.abort();
+        Ok((status, body))
+    };
+    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "test client timed out"))?
+}
