@@ -1,2 +1,63 @@
 //! Multi-tier response caching for [tower] services.
+//!
+//! `tower-cache` puts a read-through cache in front of any `Service`: a bounded memory
+//! tier on [`quick_cache`] (S3-FIFO-style eviction, a TTL per entry), a persistent disk
+//! tier on LMDB through [`heed`] (`snap` compression, group-committed writes, an expiry
+//! index, compaction), and a [`CacheLayer`] that answers hits without waiting for the
+//! inner service, runs concurrent misses for one key once, and never fails a request
+//! because of the disk. It stacks with the other crates of the workspace through the
+//! `Service` contract alone: put it behind `tower-health`'s readiness gate and in front
+//! of `tower-balance-ext`'s balancer, and `tower-autoscale` reads its [`TieredStats`].
+//! It depends on none of them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_cache::{CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Tiered};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Tiered::new(MemoryTier::builder().max_entries(500).build()?)
+//!     .with_disk(DiskTier::builder(dir.path()).map_size(64 << 20).open()?);
+//! let cache = CacheLayer::new(store, HttpKey, HttpCodec::default(), Duration::from_secs(5))?
+//!     .store_policy(StoreSuccessful);
+//!
+//! let svc = ServiceBuilder::new().layer(cache).service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("budget: 42"))))
+//! });
+//! let res = svc.oneshot(Request::get("/budget").body(Full::default())?).await?;
+//! assert_eq!(res.into_body().collect().await?.to_bytes(), "budget: 42");
+//! # Ok(()) }
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod disk;
+mod entry;
+pub mod error;
+pub mod memory;
+mod service;
+pub mod tiered;
+
+/// The error type at service boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder};
+pub use crate::entry::{Entry, EntryMeta, Tags};
+pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
+pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
+pub use crate::service::{
+    BytesCodec, CacheBody, CacheLayer, CacheService, Codec, HttpCodec, HttpKey, KeyFn,
+    ResponseFuture, StoreAll, StorePolicy, StoreSuccessful, DEFAULT_MAX_BODY,
+};
+pub use crate::tiered::{OptimizeReport, Tiered, TieredStats, Tiers};
+
+/// The response futures of the services in this crate.
+pub mod future {
+    pub use crate::service::ResponseFuture;
+}

@@ -1,0 +1,290 @@
+//! [`CacheLayer`] and [`CacheService`]: a read-through cache around any `Service`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use tower_cache::{BytesCodec, CacheLayer, MemoryTier, Tiered};
+//! use tower_layer::Layer;
+//! use tower_service::Service;
+//!
+//! let store = Tiered::new(MemoryTier::builder().max_entries(10_000).build()?);
+//! let layer = CacheLayer::new(
+//!     store,
+//!     |key: &String| Some(key.clone()),
+//!     BytesCodec,
+//!     Duration::from_secs(30),
+//! )?;
+//! // Any service works; this one echoes its request.
+//! let origin = tower::service_fn(|key: String| async move {
+//!     Ok::<_, std::convert::Infallible>(Bytes::from(format!("value of {key}")))
+//! });
+//! let mut svc = layer.layer(origin);
+//! let first = std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+//! let res = svc.call("user:1".to_string()).await?;
+//! assert_eq!(res, "value of user:1");
+//! # Ok(()) }
+//! ```
+
+mod codec;
+mod future;
+
+pub use self::codec::{
+    BytesCodec, CacheBody, Codec, HttpCodec, HttpKey, KeyFn, StoreAll, StorePolicy,
+    StoreSuccessful, DEFAULT_MAX_BODY,
+};
+pub use self::future::ResponseFuture;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::entry::EntryMeta;
+use crate::error::{check_ttl, BuildError};
+use crate::tiered::{Found, Tiered, Tiers};
+use crate::BoxError;
+
+/// Wraps a service in a [`CacheService`].
+///
+/// Cloning is cheap and shares the store: every service the layer makes (and every clone
+/// of them) reads and writes the same tiers.
+pub struct CacheLayer<K, C, P = StoreAll> {
+    shared: Arc<Shared<K, C, P>>,
+}
+
+struct Shared<K, C, P> {
+    store: Tiered,
+    key: K,
+    codec: C,
+    policy: P,
+    ttl: Duration,
+    tiers: Tiers,
+}
+
+impl<K, C, P> Clone for CacheLayer<K, C, P> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K, C, P> fmt::Debug for CacheLayer<K, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("store", &self.shared.store)
+            .field("ttl", &self.shared.ttl)
+            .field("tiers", &self.shared.tiers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, C> CacheLayer<K, C, StoreAll> {
+    /// A layer caching responses in `store` under the keys `key` derives, stored through
+    /// `codec` for `ttl`. Every response is stored; see [`Self::store_policy`].
+    ///
+    /// Fails if `ttl` is zero or over [`MAX_TTL`](crate::error::MAX_TTL).
+    pub fn new(store: Tiered, key: K, codec: C, ttl: Duration) -> Result<Self, BuildError> {
+        check_ttl(ttl).map_err(|e| BuildError::new(format!("cache layer: {e}")))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                key,
+                codec,
+                policy: StoreAll,
+                ttl,
+                tiers: Tiers::ALL,
+            }),
+        })
+    }
+}
+
+impl<K, C, P> CacheLayer<K, C, P> {
+    /// Decides per response whether to store it and for how long (e.g.
+    /// [`StoreSuccessful`], or a closure `Fn(&Res) -> Option<Duration>`).
+    pub fn store_policy<P2>(self, policy: P2) -> CacheLayer<K, C, P2> {
+        let shared = Arc::try_unwrap(self.shared)
+            .unwrap_or_else(|_| panic!("store_policy must be set before the layer is cloned"));
+        CacheLayer {
+            shared: Arc::new(Shared {
+                store: shared.store,
+                key: shared.key,
+                codec: shared.codec,
+                policy,
+                ttl: shared.ttl,
+                tiers: shared.tiers,
+            }),
+        }
+    }
+
+    /// The tiers responses are written to (default: all).
+    ///
+    /// # Panics
+    ///
+    /// If the layer was cloned before; configure it first.
+    pub fn tiers(mut self, tiers: Tiers) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("tiers must be set before the layer is cloned")
+            .tiers = tiers;
+        self
+    }
+
+    /// The store, e.g. for its stats or to invalidate entries.
+    pub fn store(&self) -> &Tiered {
+        &self.shared.store
+    }
+}
+
+impl<S, K, C, P> Layer<S> for CacheLayer<K, C, P> {
+    type Service = CacheService<S, K, C, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A read-through cache in front of `S`; made by [`CacheLayer`].
+///
+/// - `poll_ready` is always ready: a request the cache can answer never waits for the
+///   inner service. A miss waits for the inner service's readiness inside its response
+///   future, on a clone of the inner service (so `S: Clone`; wrap a service that cannot
+///   be cloned in `tower::buffer::Buffer`).
+/// - Concurrent misses for one key call the inner service once; the others get the
+///   stored response. If that call fails (or its response is not to be stored), one of
+///   the waiting requests calls the inner service itself: nobody is left hanging.
+/// - Errors of the inner service are returned, never stored.
+pub struct CacheService<S, K, C, P = StoreAll> {
+    inner: S,
+    shared: Arc<Shared<K, C, P>>,
+}
+
+impl<S: Clone, K, C, P> Clone for CacheService<S, K, C, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, C, P> fmt::Debug for CacheService<S, K, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, C, P> CacheService<S, K, C, P> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Tiered {
+        &self.shared.store
+    }
+}
+
+async fn call_inner<S, Req>(mut inner: S, req: Req) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    std::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    inner.call(req).await.map_err(Into::into)
+}
+
+impl<S, Req, K, C, P> Service<Req> for CacheService<S, K, C, P>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    S::Response: Send,
+    Req: Send + 'static,
+    K: KeyFn<Req>,
+    C: Codec<S::Response>,
+    P: StorePolicy<S::Response>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<C::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of the inner service is awaited by misses only: see the type docs.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        let Some(key) = shared.key.key(&req) else {
+            return ResponseFuture::boxed(async move {
+                let res = call_inner(inner, req).await?;
+                Ok(shared.codec.pass(res))
+            });
+        };
+        if let Some(hit) = shared.store.memory_hit(&key) {
+            if let Ok(res) = shared.codec.decode(&hit.value) {
+                return ResponseFuture::ready(Ok(res));
+            }
+            // Bytes the codec cannot read (a codec change): drop them, load afresh.
+            shared.store.memory().delete(&key);
+        }
+        ResponseFuture::boxed(async move {
+            let store = &shared.store;
+            let guard = match store.lookup(&key).await {
+                Found::Hit(hit) => match shared.codec.decode(&hit.value) {
+                    Ok(res) => return Ok(res),
+                    Err(_) => {
+                        store.memory().delete(&key);
+                        let res = call_inner(inner, req).await?;
+                        return Ok(shared.codec.pass(res));
+                    }
+                },
+                Found::Leader(guard) => guard,
+            };
+            let res = call_inner(inner, req).await;
+            store.count_load(res.is_ok());
+            // On error the guard drops here: a waiting request takes over the load.
+            let res = res?;
+            match shared.policy.ttl(&res, shared.ttl) {
+                Some(ttl) => {
+                    let (res, stored) = shared.codec.encode(res).await?;
+                    if let Some(bytes) = stored {
+                        if let Err(e) =
+                            store.fill(&key, guard, bytes, ttl, EntryMeta::default(), shared.tiers)
+                        {
+                            tracing::debug!(error = %e, key, "response not cached");
+                        }
+                    }
+                    Ok(res)
+                }
+                None => Ok(shared.codec.pass(res)),
+            }
+        })
+    }
+}

@@ -1,0 +1,391 @@
+//! The tiered store: memory, then disk, then the origin.
+//!
+//! - **Read-through**: a read looks in memory, then on disk; a disk hit is **promoted** to
+//!   memory with the time it has left. [`Tiered::get_or_load`] goes on to the origin and
+//!   stores what it returns, with **single flight**: concurrent misses for one key run
+//!   the origin once.
+//! - **Write-through** to the tiers the caller picks ([`Tiers`]; the seed's
+//!   `set(key, value, ttl, layers)`).
+//! - **Delete and clear reach every tier, disk before memory.** Promotion fills a
+//!   memory placeholder taken *before* the disk read, and a delete removes that
+//!   placeholder, so a promotion racing a delete cannot bring the entry back.
+//! - A fault of the disk tier never fails a read or a load: it is counted
+//!   ([`TieredStats::disk_faults`]), logged, and the store goes on with memory and the
+//!   origin.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_cache::{DiskTier, MemoryTier, Tiered, Tiers};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Tiered::new(MemoryTier::builder().max_entries(500).build()?)
+//!     .with_disk(DiskTier::builder(dir.path()).map_size(64 << 20).open()?);
+//! store.set("budget:7", "42".into(), Duration::from_secs(60), Tiers::ALL).await?;
+//! assert_eq!(store.get("budget:7").await.as_deref(), Some(&b"42"[..]));
+//! let loaded = store
+//!     .get_or_load("budget:8", Duration::from_secs(60), async { Ok::<_, std::io::Error>("43".into()) })
+//!     .await?;
+//! assert_eq!(loaded, "43");
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::disk::{DiskStats, DiskTier};
+use crate::entry::{EntryMeta, Stored};
+use crate::error::{DiskError, InsertError};
+use crate::memory::{Guard, Lookup, MemoryStats, MemoryTier};
+
+/// Which tiers a write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiers {
+    memory: bool,
+    disk: bool,
+}
+
+impl Tiers {
+    /// Memory and disk (when the store has a disk tier).
+    pub const ALL: Tiers = Tiers {
+        memory: true,
+        disk: true,
+    };
+    /// Memory only.
+    pub const MEMORY: Tiers = Tiers {
+        memory: true,
+        disk: false,
+    };
+    /// Disk only (a later read promotes the entry to memory).
+    pub const DISK: Tiers = Tiers {
+        memory: false,
+        disk: true,
+    };
+
+    /// Whether the memory tier is included.
+    pub const fn memory(self) -> bool {
+        self.memory
+    }
+
+    /// Whether the disk tier is included.
+    pub const fn disk(self) -> bool {
+        self.disk
+    }
+}
+
+impl Default for Tiers {
+    fn default() -> Self {
+        Tiers::ALL
+    }
+}
+
+/// Counters of a [`Tiered`] store, with each tier's own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct TieredStats {
+    /// The memory tier's counters.
+    pub memory: MemoryStats,
+    /// The disk tier's counters, if there is one.
+    pub disk: Option<DiskStats>,
+    /// Reads answered from memory.
+    pub memory_hits: u64,
+    /// Reads answered from disk (and promoted).
+    pub disk_hits: u64,
+    /// Reads that found no tier holding the key.
+    pub misses: u64,
+    /// Origin loads run (one per key per single-flight group).
+    pub loads: u64,
+    /// Origin loads that failed (nothing was stored).
+    pub load_errors: u64,
+    /// Faults of the disk tier that the store routed around.
+    pub disk_faults: u64,
+}
+
+impl TieredStats {
+    /// Share of reads answered by some tier.
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.memory_hits + self.disk_hits;
+        let reads = hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            hits as f64 / reads as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    memory_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_errors: AtomicU64,
+    disk_faults: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the optimiser did; see [`Tiered::optimize`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptimizeReport {
+    /// Expired entries swept from memory.
+    pub memory_expired: usize,
+    /// Expired entries removed from disk.
+    pub disk_expired: usize,
+}
+
+/// Memory, then disk, then the origin. Cloning shares both tiers and the counters.
+#[derive(Debug, Clone)]
+pub struct Tiered {
+    memory: MemoryTier,
+    disk: Option<DiskTier>,
+    counters: Arc<Counters>,
+}
+
+/// Where a read was answered, or the right to load the key.
+pub(crate) enum Found<'a> {
+    Hit(Stored),
+    Leader(Guard<'a>),
+}
+
+impl Tiered {
+    /// A store with only a memory tier.
+    pub fn new(memory: MemoryTier) -> Self {
+        Self {
+            memory,
+            disk: None,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Adds a disk tier below memory.
+    pub fn with_disk(mut self, disk: DiskTier) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// The memory tier.
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// The disk tier, if any.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
+    /// Reads `key` from memory, then disk (promoting a disk hit to memory).
+    pub async fn get(&self, key: &str) -> Option<Bytes> {
+        match self.lookup(key).await {
+            Found::Hit(s) => Some(s.value),
+            // Nobody loads here: dropping the guard lets a waiting reader look again.
+            Found::Leader(_guard) => None,
+        }
+    }
+
+    /// Reads `key`; on a miss in every tier runs `load` and stores its value for `ttl`
+    /// in every tier. Concurrent calls for one key run `load` once; if it fails, nothing
+    /// is stored and one of the waiting callers runs its own `load`.
+    pub async fn get_or_load<F, E>(&self, key: &str, ttl: Duration, load: F) -> Result<Bytes, E>
+    where
+        F: Future<Output = Result<Bytes, E>>,
+    {
+        match self.lookup(key).await {
+            Found::Hit(s) => Ok(s.value),
+            Found::Leader(guard) => {
+                bump(&self.counters.loads);
+                let value = load.await.inspect_err(|_| bump(&self.counters.load_errors))?;
+                // A value the tiers refuse (bad ttl, too large) is still returned.
+                let _ = self.fill(key, guard, value.clone(), ttl, EntryMeta::default(), Tiers::ALL);
+                Ok(value)
+            }
+        }
+    }
+
+    /// Writes `value` to the chosen tiers; the disk write is committed before this
+    /// returns. A disk fault is counted and returned after the memory write is done.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        tiers: Tiers,
+    ) -> Result<(), InsertError> {
+        self.set_with(key, value, ttl, EntryMeta::default(), tiers)
+            .await
+    }
+
+    /// Like [`Self::set`], with a version and tags.
+    pub async fn set_with(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        tiers: Tiers,
+    ) -> Result<(), InsertError> {
+        if tiers.memory {
+            self.memory.set_with(key, value.clone(), ttl, meta.clone())?;
+        }
+        if let (true, Some(disk)) = (tiers.disk, &self.disk) {
+            disk.set_with(key, value, ttl, meta).await.inspect_err(|e| {
+                if e.kind() == crate::InsertErrorKind::Disk {
+                    bump(&self.counters.disk_faults);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` from disk, then from memory; returns whether any tier held it.
+    ///
+    /// If the disk delete fails the memory entry is still removed and the fault returned.
+    pub async fn delete(&self, key: &str) -> Result<bool, DiskError> {
+        let on_disk = match &self.disk {
+            Some(disk) => disk.delete(key).await.inspect_err(|e| {
+                bump(&self.counters.disk_faults);
+                tracing::warn!(error = %e, key, "disk tier delete failed");
+            }),
+            None => Ok(false),
+        };
+        let in_memory = self.memory.delete(key);
+        Ok(on_disk? || in_memory)
+    }
+
+    /// Clears disk, then memory.
+    pub async fn clear(&self) -> Result<(), DiskError> {
+        let on_disk = match &self.disk {
+            Some(disk) => disk
+                .clear()
+                .await
+                .inspect_err(|_| bump(&self.counters.disk_faults)),
+            None => Ok(()),
+        };
+        self.memory.clear();
+        on_disk
+    }
+
+    /// Removes expired entries from every tier (the seed's `optimize`). For a smaller
+    /// file, see [`DiskTier::compact`].
+    pub async fn optimize(&self) -> Result<OptimizeReport, DiskError> {
+        let memory_expired = self.memory.sweep();
+        let disk_expired = match &self.disk {
+            Some(disk) => disk.cleanup().await?,
+            None => 0,
+        };
+        Ok(OptimizeReport {
+            memory_expired,
+            disk_expired,
+        })
+    }
+
+    /// Counters of the store and of each tier.
+    pub fn stats(&self) -> TieredStats {
+        let c = &self.counters;
+        TieredStats {
+            memory: self.memory.stats(),
+            disk: self.disk.as_ref().map(DiskTier::stats),
+            memory_hits: c.memory_hits.load(Ordering::Relaxed),
+            disk_hits: c.disk_hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+            load_errors: c.load_errors.load(Ordering::Relaxed),
+            disk_faults: c.disk_faults.load(Ordering::Relaxed),
+        }
+    }
+
+    // === crate-internal ===
+
+    /// The synchronous fast path: a fresh memory entry, counted as a hit; nothing is
+    /// counted when there is none (the slow path counts).
+    #[inline]
+    pub(crate) fn memory_hit(&self, key: &str) -> Option<Stored> {
+        let hit = self.memory.get_fresh_uncounted(key)?;
+        bump(&self.counters.memory_hits);
+        self.memory.count_hit();
+        Some(hit)
+    }
+
+    pub(crate) fn count_load(&self, ok: bool) {
+        bump(&self.counters.loads);
+        if !ok {
+            bump(&self.counters.load_errors);
+        }
+    }
+
+    /// Memory (waiting for a loader of the same key), then disk with promotion.
+    pub(crate) async fn lookup<'a>(&'a self, key: &str) -> Found<'a> {
+        let guard = match self.memory.get_or_lead(key).await {
+            Lookup::Hit(s) => {
+                bump(&self.counters.memory_hits);
+                return Found::Hit(s);
+            }
+            Lookup::Leader(guard) => guard,
+        };
+        if let Some(disk) = &self.disk {
+            match disk.try_get_entry(key) {
+                Ok(Some(entry)) => {
+                    bump(&self.counters.disk_hits);
+                    let expires = tokio::time::Instant::now() + entry.ttl_left;
+                    let hit = Stored {
+                        value: entry.value,
+                        expires,
+                        meta: entry.meta,
+                    };
+                    match self
+                        .memory
+                        .prepare(hit.value.clone(), entry.ttl_left, hit.meta.clone())
+                    {
+                        Ok(stored) => {
+                            self.memory.fill(key, guard, stored);
+                        }
+                        // Too large for memory: serve it from disk without promoting.
+                        Err(_) => drop(guard),
+                    }
+                    return Found::Hit(hit);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    bump(&self.counters.disk_faults);
+                    tracing::warn!(error = %e, key, "disk tier read failed; going to the origin");
+                }
+            }
+        }
+        bump(&self.counters.misses);
+        Found::Leader(guard)
+    }
+
+    /// Stores a loaded value: fills the memory placeholder (waking waiters) and queues
+    /// the disk write without waiting for it.
+    pub(crate) fn fill(
+        &self,
+        key: &str,
+        guard: Guard<'_>,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        tiers: Tiers,
+    ) -> Result<(), InsertError> {
+        if let (true, Some(disk)) = (tiers.disk, &self.disk) {
+            if let Err(e) = disk.set_background(key, value.clone(), ttl, meta.clone()) {
+                if e.kind() == crate::InsertErrorKind::Disk {
+                    bump(&self.counters.disk_faults);
+                }
+                tracing::debug!(error = %e, key, "disk write-through skipped");
+            }
+        }
+        if tiers.memory {
+            let stored = self.memory.prepare(value, ttl, meta)?;
+            self.memory.fill(key, guard, stored);
+        }
+        Ok(())
+    }
+}
