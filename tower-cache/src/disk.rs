@@ -284,7 +284,7 @@ pub struct DiskTierBuilder {
     map_size: usize,
     max_bytes: Option<u64>,
     compress_threshold: usize,
-    max_value_bytes: usize,
+    max_value_bytes: Option<usize>,
     max_batch: usize,
 }
 
@@ -310,9 +310,10 @@ impl DiskTierBuilder {
         self
     }
 
-    /// Largest value one entry may hold (default 16 MiB).
+    /// Largest value one entry may hold (default 16 MiB, or a quarter of `max_bytes` if
+    /// that is less).
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
+        self.max_value_bytes = Some(bytes);
         self
     }
 
@@ -344,16 +345,19 @@ impl DiskTierBuilder {
                  keep max_bytes at or below 90% of map_size"
             )));
         }
-        if self.max_value_bytes == 0 {
+        let max_value_bytes = self
+            .max_value_bytes
+            .unwrap_or((DEFAULT_MAX_VALUE_BYTES as u64).min(max_bytes / 4) as usize);
+        if max_value_bytes == 0 {
             return Err(BuildError::new(
                 "disk tier: max_value_bytes is 0; allow values of at least one byte",
             ));
         }
-        if self.max_value_bytes as u64 > max_bytes / 2 {
+        if max_value_bytes as u64 > max_bytes / 2 {
             return Err(BuildError::new(format!(
-                "disk tier: the map is too small for one entry of max_value_bytes ({}): \
-                 max_bytes is {max_bytes}; raise map_size or lower max_value_bytes",
-                self.max_value_bytes
+                "disk tier: the map is too small for one entry of max_value_bytes \
+                 ({max_value_bytes}): max_bytes is {max_bytes}; raise map_size or lower \
+                 max_value_bytes"
             )));
         }
         if self.max_batch == 0 {
@@ -367,15 +371,22 @@ impl DiskTierBuilder {
         fs::write(&probe, b"")
             .and_then(|()| fs::remove_file(&probe))
             .map_err(|e| BuildError::path("write in", &self.path, e))?;
-        let opened = open_env(&self.path, map_size)
-            .map_err(|e| BuildError::with_source(format!("disk tier: cannot open LMDB at `{}`: {e}", self.path.display()), e))?;
+        let opened = open_env(&self.path, map_size).map_err(|e| {
+            BuildError::with_source(
+                format!(
+                    "disk tier: cannot open LMDB at `{}`: {e}",
+                    self.path.display()
+                ),
+                e,
+            )
+        })?;
 
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             path: self.path.clone(),
             state: RwLock::new(Some(opened)),
             counters: Counters::default(),
-            max_value_bytes: self.max_value_bytes,
+            max_value_bytes,
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -490,7 +501,7 @@ impl DiskTier {
             map_size: DEFAULT_MAP_SIZE,
             max_bytes: None,
             compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_value_bytes: None,
             max_batch: DEFAULT_MAX_BATCH,
         }
     }
@@ -788,7 +799,13 @@ impl DiskTier {
         let state = self.shared.state();
         let o = state.as_ref().unwrap();
         let mut wtxn = o.env.write_txn().unwrap();
-        let mut rec = o.dbs.entries.get(&wtxn, key.as_bytes()).unwrap().unwrap().to_vec();
+        let mut rec = o
+            .dbs
+            .entries
+            .get(&wtxn, key.as_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
         let last = rec.len() - 1;
         rec[last] ^= 0xff;
         o.dbs.entries.put(&mut wtxn, key.as_bytes(), &rec).unwrap();
@@ -1040,7 +1057,8 @@ impl Writer {
             }
         }
         dbs.meta.put(&mut wtxn, META_SEQ, &t.seq.to_le_bytes())?;
-        dbs.meta.put(&mut wtxn, META_STORED, &t.stored.to_le_bytes())?;
+        dbs.meta
+            .put(&mut wtxn, META_STORED, &t.stored.to_le_bytes())?;
         dbs.meta
             .put(&mut wtxn, META_LOGICAL, &t.logical.to_le_bytes())?;
         wtxn.commit()?;
@@ -1183,11 +1201,38 @@ mod tests {
         for i in 2..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x01;
-            assert!(decode_record(&bad).is_err(), "flip at byte {i} must be caught");
+            assert!(
+                decode_record(&bad).is_err(),
+                "flip at byte {i} must be caught"
+            );
         }
         let mut future = rec.clone();
         future[0] = 2;
-        assert_eq!(decode_record(&future).unwrap_err(), "unknown record format version");
+        assert_eq!(
+            decode_record(&future).unwrap_err(),
+            "unknown record format version"
+        );
         assert!(decode_record(&rec[..10]).is_err());
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_is_dropped_and_counted_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(8 << 20)
+            .open()
+            .unwrap();
+        disk.set("k", Bytes::from(vec![7u8; 5000]), Duration::from_secs(60))
+            .await
+            .unwrap();
+        disk.corrupt_for_test("k");
+        assert!(
+            disk.get("k").is_none(),
+            "a corrupt record must not be served"
+        );
+        disk.flush().await.unwrap();
+        let s = disk.stats();
+        assert_eq!(s.corrupt, 1);
+        assert_eq!(s.entries, 0, "the corrupt record was deleted");
     }
 }

@@ -114,6 +114,9 @@ impl Clock {
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        self.anchor_ms + Instant::now().saturating_duration_since(self.anchor).as_millis() as u64
+        self.anchor_ms
+            + Instant::now()
+                .saturating_duration_since(self.anchor)
+                .as_millis() as u64
     }
 }

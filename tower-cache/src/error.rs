@@ -66,7 +66,10 @@ impl std::error::Error for BuildError {
 /// Checks a time-to-live, returning a message that says what is wrong with it.
 pub(crate) fn check_ttl(ttl: Duration) -> Result<(), InsertError> {
     if ttl.is_zero() {
-        Err(InsertError::new(InsertErrorKind::Ttl, "ttl is zero; give entries a positive time-to-live"))
+        Err(InsertError::new(
+            InsertErrorKind::Ttl,
+            "ttl is zero; give entries a positive time-to-live",
+        ))
     } else if ttl > MAX_TTL {
         Err(InsertError::new(
             InsertErrorKind::Ttl,
@@ -167,4 +170,3 @@ impl std::error::Error for DiskError {
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
-

@@ -178,7 +178,7 @@ impl Lifecycle<Arc<str>, Stored> for Hooks {
 pub struct MemoryTierBuilder {
     max_entries: Option<u64>,
     max_bytes: Option<u64>,
-    max_value_bytes: usize,
+    max_value_bytes: Option<usize>,
 }
 
 impl Default for MemoryTierBuilder {
@@ -186,7 +186,7 @@ impl Default for MemoryTierBuilder {
         Self {
             max_entries: Some(DEFAULT_MAX_ENTRIES),
             max_bytes: None,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_value_bytes: None,
         }
     }
 }
@@ -212,15 +212,19 @@ impl MemoryTierBuilder {
         self
     }
 
-    /// The largest value one entry may hold (default 4 MiB); larger inserts are rejected
-    /// and counted.
+    /// The largest value one entry may hold (default 4 MiB, or a quarter of the byte
+    /// bound if that is less); larger inserts are rejected and counted.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
+        self.max_value_bytes = Some(bytes);
         self
     }
 
     /// Checks the settings and builds the tier.
     pub fn build(self) -> Result<MemoryTier, BuildError> {
+        let max_value_bytes = self.max_value_bytes.unwrap_or_else(|| {
+            let quarter = self.max_bytes.map_or(u64::MAX, |b| (b / 4).max(1));
+            (DEFAULT_MAX_VALUE_BYTES as u64).min(quarter) as usize
+        });
         if self.max_entries == Some(0) {
             return Err(BuildError::new(
                 "memory tier: max_entries is 0; give it room for at least one entry",
@@ -231,17 +235,16 @@ impl MemoryTierBuilder {
                 "memory tier: max_bytes is 0; give it room for at least one entry",
             ));
         }
-        if self.max_value_bytes == 0 {
+        if max_value_bytes == 0 {
             return Err(BuildError::new(
                 "memory tier: max_value_bytes is 0; allow values of at least one byte",
             ));
         }
         if let Some(b) = self.max_bytes {
-            if (self.max_value_bytes as u64) > b {
+            if (max_value_bytes as u64) > b {
                 return Err(BuildError::new(format!(
-                    "memory tier: max_value_bytes ({}) exceeds max_bytes ({b}); \
-                     lower max_value_bytes or raise max_bytes",
-                    self.max_value_bytes
+                    "memory tier: max_value_bytes ({max_value_bytes}) exceeds max_bytes ({b}); \
+                     lower max_value_bytes or raise max_bytes"
                 )));
             }
         }
@@ -280,7 +283,7 @@ impl MemoryTierBuilder {
                 counters,
                 weigh,
                 limits: Mutex::new((self.max_entries, self.max_bytes)),
-                max_value_bytes: self.max_value_bytes,
+                max_value_bytes,
             }),
         })
     }

@@ -202,9 +202,18 @@ impl Tiered {
             Found::Hit(s) => Ok(s.value),
             Found::Leader(guard) => {
                 bump(&self.counters.loads);
-                let value = load.await.inspect_err(|_| bump(&self.counters.load_errors))?;
+                let value = load
+                    .await
+                    .inspect_err(|_| bump(&self.counters.load_errors))?;
                 // A value the tiers refuse (bad ttl, too large) is still returned.
-                let _ = self.fill(key, guard, value.clone(), ttl, EntryMeta::default(), Tiers::ALL);
+                let _ = self.fill(
+                    key,
+                    guard,
+                    value.clone(),
+                    ttl,
+                    EntryMeta::default(),
+                    Tiers::ALL,
+                );
                 Ok(value)
             }
         }
@@ -233,14 +242,17 @@ impl Tiered {
         tiers: Tiers,
     ) -> Result<(), InsertError> {
         if tiers.memory {
-            self.memory.set_with(key, value.clone(), ttl, meta.clone())?;
+            self.memory
+                .set_with(key, value.clone(), ttl, meta.clone())?;
         }
         if let (true, Some(disk)) = (tiers.disk, &self.disk) {
-            disk.set_with(key, value, ttl, meta).await.inspect_err(|e| {
-                if e.kind() == crate::InsertErrorKind::Disk {
-                    bump(&self.counters.disk_faults);
-                }
-            })?;
+            disk.set_with(key, value, ttl, meta)
+                .await
+                .inspect_err(|e| {
+                    if e.kind() == crate::InsertErrorKind::Disk {
+                        bump(&self.counters.disk_faults);
+                    }
+                })?;
         }
         Ok(())
     }

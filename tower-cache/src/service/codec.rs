@@ -244,7 +244,9 @@ where
                     }
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(frame)) => match frame.into_data() {
-                        Ok(mut data) => buf.extend_from_slice(&data.copy_to_bytes(data.remaining())),
+                        Ok(mut data) => {
+                            buf.extend_from_slice(&data.copy_to_bytes(data.remaining()))
+                        }
                         Err(frame) => {
                             trailers = frame.into_trailers().ok();
                         }

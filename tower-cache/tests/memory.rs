@@ -1,0 +1,225 @@
+//! The memory tier: bounds, TTL, stats, bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tower_cache::{InsertErrorKind, MemoryTier};
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn value(n: usize) -> Bytes {
+    Bytes::from(vec![b'v'; n])
+}
+
+#[test]
+fn eviction_keeps_the_entry_bound() {
+    let m = MemoryTier::builder().max_entries(50).build().unwrap();
+    for i in 0..500 {
+        m.set(&format!("k{i}"), value(10), TTL).unwrap();
+    }
+    let s = m.stats();
+    assert!(s.entries <= 50, "{} entries in a 50-entry tier", s.entries);
+    assert!(
+        s.entries >= 40,
+        "the tier should be nearly full, has {}",
+        s.entries
+    );
+    assert_eq!(s.inserts, 500);
+    assert_eq!(
+        s.evictions,
+        500 - s.entries,
+        "every missing entry was evicted"
+    );
+}
+
+#[test]
+fn eviction_keeps_the_byte_bound() {
+    let m = MemoryTier::builder()
+        .bytes_only(64 * 1024)
+        .max_value_bytes(4096)
+        .build()
+        .unwrap();
+    for i in 0..200 {
+        m.set(&format!("k{i}"), value(1000), TTL).unwrap();
+    }
+    let s = m.stats();
+    assert!(s.bytes <= 64 * 1024, "{} bytes in a 64 KiB tier", s.bytes);
+    assert!(s.evictions > 100);
+    assert!(s.entries > 30);
+}
+
+#[test]
+fn both_bounds_hold_at_once() {
+    let m = MemoryTier::builder()
+        .max_entries(100)
+        .max_bytes(20_000)
+        .max_value_bytes(10_000)
+        .build()
+        .unwrap();
+    // Small values: the entry bound binds.
+    for i in 0..300 {
+        m.set(&format!("s{i}"), value(1), TTL).unwrap();
+    }
+    assert!(m.stats().entries <= 100);
+    // Large values: the byte bound binds.
+    for i in 0..300 {
+        m.set(&format!("l{i}"), value(2000), TTL).unwrap();
+    }
+    let s = m.stats();
+    assert!(s.bytes <= 20_000, "{} bytes", s.bytes);
+    assert!(s.entries <= 100);
+}
+
+#[test]
+fn frequently_read_keys_survive_a_scan() {
+    // S3-FIFO keeps a re-read working set when one-hit keys stream through.
+    let m = MemoryTier::builder().max_entries(100).build().unwrap();
+    for i in 0..20 {
+        m.set(&format!("hot{i}"), value(1), TTL).unwrap();
+    }
+    for round in 0..50 {
+        for i in 0..20 {
+            assert!(
+                m.get(&format!("hot{i}")).is_some(),
+                "hot{i} lost in round {round}"
+            );
+        }
+        for j in 0..20 {
+            m.set(&format!("scan{round}-{j}"), value(1), TTL).unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_expire_after_their_ttl() {
+    let m = MemoryTier::builder().build().unwrap();
+    m.set("short", value(3), Duration::from_secs(1)).unwrap();
+    m.set("long", value(3), Duration::from_secs(10)).unwrap();
+    assert!(m.has("short"));
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(m.get("short").is_some());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(
+        m.get("short").is_none(),
+        "an expired entry must never be served"
+    );
+    assert!(!m.has("short"));
+    assert!(m.get("long").is_some());
+    let s = m.stats();
+    assert_eq!(s.expirations, 1);
+    assert_eq!(s.entries, 1, "the expired entry is removed when read");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweep_removes_expired_entries_nobody_reads() {
+    let m = MemoryTier::builder().build().unwrap();
+    for i in 0..10 {
+        m.set(&format!("k{i}"), value(100), Duration::from_secs(1 + i % 2))
+            .unwrap();
+    }
+    let before = m.stats().bytes;
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    assert_eq!(m.sweep(), 5);
+    let s = m.stats();
+    assert_eq!(s.entries, 5);
+    assert_eq!(s.expirations, 5);
+    assert!(s.bytes < before && s.bytes > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeper_task_runs_periodically_and_stops_with_the_tier() {
+    let m = MemoryTier::builder().build().unwrap();
+    m.set("a", value(1), Duration::from_secs(1)).unwrap();
+    let task = m.spawn_sweeper(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(m.stats().entries, 0);
+    assert_eq!(m.stats().expirations, 1);
+    drop(m);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(task.is_finished(), "the sweeper ends once the tier is gone");
+}
+
+#[test]
+fn set_get_has_delete_clear_and_stats() {
+    let m = MemoryTier::builder().build().unwrap();
+    m.set("a", Bytes::from_static(b"1"), TTL).unwrap();
+    m.set("b", Bytes::from_static(b"2"), TTL).unwrap();
+    m.set("a", Bytes::from_static(b"3"), TTL).unwrap();
+    assert_eq!(m.get("a").unwrap(), "3");
+    assert!(m.get("zz").is_none());
+    assert!(m.has("b"));
+    assert!(m.delete("b"));
+    assert!(!m.delete("b"));
+    let entry = m.get_entry("a").unwrap();
+    assert!(entry.ttl_left <= TTL && entry.ttl_left > TTL - Duration::from_secs(5));
+    let s = m.stats();
+    assert_eq!((s.hits, s.misses, s.inserts, s.entries), (2, 1, 3, 1));
+    assert!((s.hit_ratio() - 2.0 / 3.0).abs() < 1e-9);
+    m.clear();
+    assert_eq!(m.stats().entries, 0);
+    assert_eq!(m.stats().bytes, 0);
+}
+
+#[test]
+fn byte_count_is_exact_across_overwrites_and_deletes() {
+    let m = MemoryTier::builder().build().unwrap();
+    m.set("k", value(100), TTL).unwrap();
+    let one = m.stats().bytes;
+    m.set("k", value(100), TTL).unwrap();
+    assert_eq!(m.stats().bytes, one, "overwriting must not double count");
+    m.delete("k");
+    assert_eq!(m.stats().bytes, 0);
+}
+
+#[test]
+fn max_entries_can_shrink_in_place() {
+    let m = MemoryTier::builder().max_entries(100).build().unwrap();
+    for i in 0..100 {
+        m.set(&format!("k{i}"), value(1), TTL).unwrap();
+    }
+    m.set_max_entries(10).unwrap();
+    assert!(m.stats().entries <= 10);
+    assert_eq!(m.stats().max_entries, Some(10));
+    let err = m.set_max_entries(0).unwrap_err().to_string();
+    assert!(err.contains("max_entries is 0"), "{err}");
+    let bytes_only = MemoryTier::builder().bytes_only(1 << 20).build().unwrap();
+    assert!(bytes_only.set_max_entries(5).is_err());
+    bytes_only.set_max_bytes(1 << 19).unwrap();
+}
+
+#[test]
+fn bad_configuration_is_a_build_error_that_says_what_to_change() {
+    let zero = MemoryTier::builder().max_entries(0).build().unwrap_err();
+    assert!(zero.to_string().contains("max_entries is 0"), "{zero}");
+    let zero_bytes = MemoryTier::builder().bytes_only(0).build().unwrap_err();
+    assert!(zero_bytes.to_string().contains("max_bytes is 0"));
+    let value_over = MemoryTier::builder()
+        .max_bytes(100)
+        .max_value_bytes(1000)
+        .build()
+        .unwrap_err();
+    assert!(
+        value_over.to_string().contains("lower max_value_bytes"),
+        "{value_over}"
+    );
+}
+
+#[test]
+fn bad_entries_are_counted_rejections_not_panics() {
+    let m = MemoryTier::builder().max_value_bytes(10).build().unwrap();
+    let e = m.set("k", value(1), Duration::ZERO).unwrap_err();
+    assert_eq!(e.kind(), InsertErrorKind::Ttl);
+    assert!(e.to_string().contains("positive"));
+    let e = m
+        .set("k", value(1), Duration::from_secs(400 * 24 * 3600))
+        .unwrap_err();
+    assert_eq!(e.kind(), InsertErrorKind::Ttl);
+    assert!(e.to_string().contains("365 days"));
+    let e = m.set("k", value(11), TTL).unwrap_err();
+    assert_eq!(e.kind(), InsertErrorKind::TooLarge);
+    assert!(e.to_string().contains("raise max_value_bytes"));
+    assert_eq!(m.stats().rejections, 3);
+    assert_eq!(m.stats().entries, 0);
+}
