@@ -148,6 +148,9 @@ pub struct Tiered {
     memory: MemoryTier,
     disk: Option<DiskTier>,
     counters: Arc<Counters>,
+    /// Test hook: pauses a promotion between the disk read and the memory fill.
+    #[cfg(test)]
+    promotion_gate: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
 }
 
 /// Where a read was answered, or the right to load the key.
@@ -163,6 +166,8 @@ impl Tiered {
             memory,
             disk: None,
             counters: Arc::default(),
+            #[cfg(test)]
+            promotion_gate: None,
         }
     }
 
@@ -345,6 +350,11 @@ impl Tiered {
         if let Some(disk) = &self.disk {
             match disk.try_get_entry(key) {
                 Ok(Some(entry)) => {
+                    #[cfg(test)]
+                    if let Some(gate) = &self.promotion_gate {
+                        gate.0.notify_one();
+                        gate.1.notified().await;
+                    }
                     bump(&self.counters.disk_hits);
                     let expires = tokio::time::Instant::now() + entry.ttl_left;
                     let hit = Stored {
@@ -399,5 +409,43 @@ impl Tiered {
             self.memory.fill(key, guard, stored);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_delete_during_promotion_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Tiered::new(MemoryTier::builder().build().unwrap()).with_disk(
+            DiskTier::builder(dir.path())
+                .map_size(8 << 20)
+                .open()
+                .unwrap(),
+        );
+        let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
+        store.promotion_gate = Some(gate.clone());
+        let ttl = Duration::from_secs(60);
+        store.set("k", "v".into(), ttl, Tiers::DISK).await.unwrap();
+
+        let reader = tokio::spawn({
+            let store = store.clone();
+            async move { store.get("k").await }
+        });
+        // The reader has read the disk and is about to promote.
+        gate.0.notified().await;
+        assert!(store.delete("k").await.unwrap());
+        gate.1.notify_one();
+        // The reader may return what it read before the delete...
+        let _ = reader.await.unwrap();
+        // ...but must not have put it back.
+        assert!(
+            !store.memory().has("k"),
+            "promotion resurrected a deleted entry"
+        );
+        store.promotion_gate = None;
+        assert!(store.get("k").await.is_none());
     }
 }

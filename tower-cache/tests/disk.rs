@@ -246,6 +246,10 @@ async fn group_commit_puts_many_writes_in_one_transaction() {
 
 #[tokio::test]
 async fn bad_configuration_is_a_build_error_that_says_what_to_change() {
+    let _w = common::watchdog(
+        "bad_configuration_is_a_build_error_that_says_what_to_change",
+        common::LIMIT,
+    );
     let dir = tempfile::tempdir().unwrap();
     let tiny = DiskTier::builder(dir.path())
         .map_size(4096)

@@ -94,6 +94,7 @@ fn frequently_read_keys_survive_a_scan() {
 
 #[tokio::test(start_paused = true)]
 async fn entries_expire_after_their_ttl() {
+    let _w = common::watchdog("entries_expire_after_their_ttl", common::LIMIT);
     let m = MemoryTier::builder().build().unwrap();
     m.set("short", value(3), Duration::from_secs(1)).unwrap();
     m.set("long", value(3), Duration::from_secs(10)).unwrap();
@@ -114,6 +115,7 @@ async fn entries_expire_after_their_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn sweep_removes_expired_entries_nobody_reads() {
+    let _w = common::watchdog("sweep_removes_expired_entries_nobody_reads", common::LIMIT);
     let m = MemoryTier::builder().build().unwrap();
     for i in 0..10 {
         m.set(&format!("k{i}"), value(100), Duration::from_secs(1 + i % 2))
@@ -130,6 +132,10 @@ async fn sweep_removes_expired_entries_nobody_reads() {
 
 #[tokio::test(start_paused = true)]
 async fn sweeper_task_runs_periodically_and_stops_with_the_tier() {
+    let _w = common::watchdog(
+        "sweeper_task_runs_periodically_and_stops_with_the_tier",
+        common::LIMIT,
+    );
     let m = MemoryTier::builder().build().unwrap();
     m.set("a", value(1), Duration::from_secs(1)).unwrap();
     let task = m.spawn_sweeper(Duration::from_secs(5));

@@ -1,0 +1,426 @@
+//! `CacheLayer` / `CacheService` around real and mock inner services.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio_test::{assert_pending, assert_ready_ok, task};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+use tower_cache::{
+    BytesCodec, CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Tiered,
+};
+use tower_service::Service;
+
+const TTL: Duration = Duration::from_secs(60);
+const BOUND: Duration = Duration::from_secs(30);
+
+fn memory_store() -> Tiered {
+    Tiered::new(MemoryTier::builder().max_entries(1000).build().unwrap())
+}
+
+fn key_layer(store: Tiered) -> CacheLayer<fn(&String) -> Option<String>, BytesCodec> {
+    fn key(k: &String) -> Option<String> {
+        (!k.starts_with("nocache")).then(|| k.clone())
+    }
+    CacheLayer::new(store, key as fn(&String) -> Option<String>, BytesCodec, TTL).unwrap()
+}
+
+#[tokio::test]
+async fn hit_is_served_while_inner_is_not_ready() {
+    tokio::time::timeout(BOUND, hit_is_served_while_inner_is_not_ready_body())
+        .await
+        .expect("bounded");
+}
+
+async fn hit_is_served_while_inner_is_not_ready_body() {
+    let _w = common::watchdog("hit_is_served_while_inner_is_not_ready_body", common::LIMIT);
+    let layer = key_layer(memory_store());
+    let (mut svc, mut handle) = tower_test::mock::spawn_layer::<String, Bytes, _>(layer);
+
+    // A miss reaches the inner service.
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let mut first = task::spawn(svc.call("k".to_string()));
+    assert_pending!(first.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, "k");
+    send.send_response(Bytes::from("v"));
+    assert_eq!(first.await.unwrap(), "v");
+
+    // Now the inner service is not ready; the cache still is, and answers the hit.
+    handle.allow(0);
+    assert_ready_ok!(svc.poll_ready());
+    let mut hit = task::spawn(svc.call("k".to_string()));
+    let res = assert_ready_ok!(hit.poll());
+    assert_eq!(res, "v");
+
+    // A miss waits for the inner service inside its future, not in poll_ready.
+    assert_ready_ok!(svc.poll_ready());
+    let mut miss = task::spawn(svc.call("other".to_string()));
+    assert_pending!(miss.poll());
+    handle.allow(1);
+    assert!(
+        miss.is_woken(),
+        "readiness of the inner service wakes the miss"
+    );
+    assert_pending!(miss.poll());
+    let (req, send) = handle.next_request().await.unwrap();
+    assert_eq!(req, "other");
+    send.send_response(Bytes::from("w"));
+    assert_eq!(miss.await.unwrap(), "w");
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_make_exactly_one_origin_call() {
+    tokio::time::timeout(BOUND, async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = service_fn({
+            let calls = calls.clone();
+            move |key: String| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, Infallible>(Bytes::from(format!("v:{key}")))
+                }
+            }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(key_layer(memory_store()))
+            .service(origin);
+        let tasks: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(svc.clone().oneshot("hot".to_string())))
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "v:hot");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let st = svc.store().stats();
+        assert_eq!(st.loads, 1);
+        assert_eq!(
+            st.memory_hits, 99,
+            "the 99 others were answered by the one load"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn when_the_leader_fails_a_waiter_takes_over_and_nobody_hangs() {
+    tokio::time::timeout(BOUND, async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = service_fn({
+            let calls = calls.clone();
+            move |_key: String| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if n == 0 {
+                        Err::<Bytes, _>(std::io::Error::other("origin down"))
+                    } else {
+                        Ok(Bytes::from("recovered"))
+                    }
+                }
+            }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(key_layer(memory_store()))
+            .service(origin);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(svc.clone().oneshot("k".to_string())))
+            .collect();
+        let mut errors = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(v) => assert_eq!(v, "recovered"),
+                Err(e) => {
+                    assert!(e.to_string().contains("origin down"));
+                    errors += 1;
+                }
+            }
+        }
+        assert_eq!(errors, 1, "only the failed leader sees the error");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one waiter took over");
+        let st = svc.store().stats();
+        assert_eq!((st.loads, st.load_errors), (2, 1));
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn errors_are_never_cached() {
+    let _w = common::watchdog("errors_are_never_cached", common::LIMIT);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = service_fn({
+        let calls = calls.clone();
+        move |_: String| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err::<Bytes, _>(std::io::Error::other("boom"))
+                } else {
+                    Ok(Bytes::from("ok"))
+                }
+            }
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(key_layer(memory_store()))
+        .service(origin);
+    assert!(svc.clone().oneshot("k".into()).await.is_err());
+    assert!(svc.clone().oneshot("k".into()).await.is_err());
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "ok");
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn requests_without_a_key_bypass_the_cache() {
+    let _w = common::watchdog("requests_without_a_key_bypass_the_cache", common::LIMIT);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = service_fn({
+        let calls = calls.clone();
+        move |_: String| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Bytes::from("fresh")) }
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(key_layer(memory_store()))
+        .service(origin);
+    for _ in 0..3 {
+        assert_eq!(
+            svc.clone().oneshot("nocache:1".into()).await.unwrap(),
+            "fresh"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(svc.store().stats().memory.entries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn responses_expire_after_the_layer_ttl() {
+    let _w = common::watchdog("responses_expire_after_the_layer_ttl", common::LIMIT);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = service_fn({
+        let calls = calls.clone();
+        move |_: String| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Infallible>(Bytes::from(format!("v{n}"))) }
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(key_layer(memory_store()))
+        .service(origin);
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v0");
+    tokio::time::advance(TTL - Duration::from_millis(1)).await;
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v0");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "v1");
+}
+
+fn http_origin(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |req: Request<Full<Bytes>>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let path = req.uri().path().to_string();
+            let res = match path.as_str() {
+                "/error" => Response::builder().status(500).body(Full::from("oops")),
+                "/private" => Response::builder()
+                    .header("cache-control", "private, max-age=60")
+                    .body(Full::from("mine")),
+                "/big" => Response::builder().body(Full::from(vec![b'x'; 10_000])),
+                _ => Response::builder()
+                    .header("content-type", "text/plain")
+                    .header("x-origin", "1")
+                    .body(Full::from(format!("hello {path}"))),
+            };
+            Ok::<_, Infallible>(res.unwrap())
+        }
+    })
+}
+
+async fn get<S>(svc: &S, path: &str) -> (StatusCode, http::HeaderMap, Bytes)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<tower_cache::CacheBody<Full<Bytes>>>>
+        + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let res = svc
+        .clone()
+        .oneshot(Request::get(path).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn http_responses_round_trip_with_status_and_headers() {
+    let _w = common::watchdog(
+        "http_responses_round_trip_with_status_and_headers",
+        common::LIMIT,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(4096), TTL)
+        .unwrap()
+        .store_policy(StoreSuccessful);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(http_origin(calls.clone()));
+    let first = get(&svc, "/a?x=1").await;
+    let second = get(&svc, "/a?x=1").await;
+    assert_eq!(first, second);
+    assert_eq!(second.0, 200);
+    assert_eq!(second.1["x-origin"], "1");
+    assert_eq!(second.2, "hello /a");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    get(&svc, "/a?x=2").await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the query is part of the key"
+    );
+}
+
+#[tokio::test]
+async fn unsuccessful_private_and_oversized_responses_are_not_stored() {
+    let _w = common::watchdog(
+        "unsuccessful_private_and_oversized_responses_are_not_stored",
+        common::LIMIT,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(4096), TTL)
+        .unwrap()
+        .store_policy(StoreSuccessful);
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(http_origin(calls.clone()));
+    for path in ["/error", "/private", "/big"] {
+        let a = get(&svc, path).await;
+        let b = get(&svc, path).await;
+        assert_eq!(a, b);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "nothing was served from the cache"
+    );
+    let (status, _, body) = get(&svc, "/big").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.len(),
+        10_000,
+        "an oversized body still reaches the client whole"
+    );
+    assert_eq!(get(&svc, "/error").await.0, 500);
+}
+
+#[tokio::test]
+async fn a_streaming_body_over_the_limit_is_passed_through_in_order() {
+    let _w = common::watchdog(
+        "a_streaming_body_over_the_limit_is_passed_through_in_order",
+        common::LIMIT,
+    );
+    let origin = service_fn(|_req: Request<Full<Bytes>>| async {
+        let chunks = (0..10).map(|i| {
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b'0' + i; 1000])))
+        });
+        Ok::<_, Infallible>(Response::new(StreamBody::new(futures_util::stream::iter(
+            chunks,
+        ))))
+    });
+    let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(2500), TTL).unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(origin);
+    let res = svc
+        .oneshot(Request::get("/s").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let expected: Vec<u8> = (0..10u8).flat_map(|i| vec![b'0' + i; 1000]).collect();
+    assert_eq!(body, expected);
+}
+
+#[tokio::test]
+async fn a_restarted_service_answers_from_its_disk_tier() {
+    let _w = common::watchdog("restart_from_disk", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for round in 0..2 {
+        let disk = DiskTier::builder(dir.path())
+            .map_size(16 << 20)
+            .open()
+            .unwrap();
+        let store = memory_store().with_disk(disk.clone());
+        let svc = ServiceBuilder::new()
+            .layer(CacheLayer::new(store, HttpKey, HttpCodec::default(), TTL).unwrap())
+            .service(http_origin(calls.clone()));
+        let (status, headers, body) = get(&svc, "/report").await;
+        assert_eq!(
+            (status, body.as_ref()),
+            (StatusCode::OK, &b"hello /report"[..]),
+            "round {round}"
+        );
+        assert_eq!(headers["content-type"], "text/plain");
+        disk.flush().await.unwrap();
+        disk.close().await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second process life read the disk tier"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_disk_never_fails_a_request() {
+    let _w = common::watchdog("disk_failure_service", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(16 << 20)
+        .open()
+        .unwrap();
+    disk.close().await;
+    let store = memory_store().with_disk(disk);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(CacheLayer::new(store, HttpKey, HttpCodec::default(), TTL).unwrap())
+        .service(http_origin(calls.clone()));
+    for _ in 0..3 {
+        assert_eq!(get(&svc, "/x").await.2, "hello /x");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "memory still caches");
+    let st = svc.store().stats();
+    assert!(st.disk_faults >= 2, "{st:?}");
+}
+
+#[test]
+fn a_bad_layer_ttl_is_a_build_error() {
+    let err = CacheLayer::new(
+        memory_store(),
+        HttpKey,
+        HttpCodec::default(),
+        Duration::ZERO,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("positive"), "{err}");
+}
