@@ -562,15 +562,11 @@ impl DiskTier {
             let state = self.shared.state();
             let o = state.as_ref().ok_or_else(DiskError::closed)?;
             let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
-            match o
-                .dbs
+            o.dbs
                 .entries
                 .get(&rtxn, key.as_bytes())
                 .map_err(|e| DiskError::lmdb("read", e))?
-            {
-                None => None,
-                Some(b) => Some(decode_record(b)),
-            }
+                .map(decode_record)
         };
         match decoded {
             None => {

@@ -25,6 +25,7 @@ fn memory_store() -> Tiered {
 }
 
 fn key_layer(store: Tiered) -> CacheLayer<fn(&String) -> Option<String>, BytesCodec> {
+    #[allow(clippy::ptr_arg)] // the request type is `String`
     fn key(k: &String) -> Option<String> {
         (!k.starts_with("nocache")).then(|| k.clone())
     }
