@@ -52,7 +52,7 @@ use heed::types::Bytes as Raw;
 use heed::{CompactionOption, Database, Env, EnvOpenOptions, RwTxn};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::entry::{Clock, Entry, EntryMeta, Tags};
+use crate::entry::{Clock, Entry, EntryMeta, Tags, TimeSource};
 use crate::error::{check_ttl, BuildError, DiskError, InsertError, InsertErrorKind};
 
 /// Default map size: 1 GiB of address space (not of disk: the file grows as needed).
@@ -403,7 +403,7 @@ impl DiskTierBuilder {
         Ok(DiskTier {
             shared,
             tx,
-            clock: Clock::new(),
+            clock: Clock::new(TimeSource::Tokio),
         })
     }
 }
@@ -692,7 +692,7 @@ impl DiskTier {
         Ok(Op::Put {
             key: key.into(),
             value,
-            expires_ms: now_ms + ttl.as_millis() as u64,
+            expires_ms: self.clock.deadline(ttl),
             now_ms,
             meta,
             ack,

@@ -48,11 +48,11 @@ pub mod tiered;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder};
-pub use crate::entry::{Entry, EntryMeta, Tags};
+pub use crate::entry::{Entry, EntryMeta, Tags, TimeSource};
 pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
 pub use crate::service::{
-    BytesCodec, CacheBody, CacheLayer, CacheService, Codec, HttpCodec, HttpKey, KeyFn,
+    BytesCodec, CacheBody, CacheLayer, CacheService, Codec, HttpCodec, HttpKey, KeyFn, RequestKey,
     ResponseFuture, StoreAll, StorePolicy, StoreSuccessful, DEFAULT_MAX_BODY,
 };
 pub use crate::tiered::{OptimizeReport, Tiered, TieredStats, Tiers};

@@ -92,7 +92,7 @@ pub struct TieredStats {
     pub memory: MemoryStats,
     /// The disk tier's counters, if there is one.
     pub disk: Option<DiskStats>,
-    /// Reads answered from memory.
+    /// Reads answered from memory (the memory tier's `hits`).
     pub memory_hits: u64,
     /// Reads answered from disk (and promoted).
     pub disk_hits: u64,
@@ -121,7 +121,6 @@ impl TieredStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    memory_hits: AtomicU64,
     disk_hits: AtomicU64,
     misses: AtomicU64,
     loads: AtomicU64,
@@ -307,10 +306,11 @@ impl Tiered {
     /// Counters of the store and of each tier.
     pub fn stats(&self) -> TieredStats {
         let c = &self.counters;
+        let memory = self.memory.stats();
         TieredStats {
-            memory: self.memory.stats(),
+            memory,
             disk: self.disk.as_ref().map(DiskTier::stats),
-            memory_hits: c.memory_hits.load(Ordering::Relaxed),
+            memory_hits: memory.hits,
             disk_hits: c.disk_hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
             loads: c.loads.load(Ordering::Relaxed),
@@ -326,7 +326,6 @@ impl Tiered {
     #[inline]
     pub(crate) fn memory_hit(&self, key: &str) -> Option<Stored> {
         let hit = self.memory.get_fresh_uncounted(key)?;
-        bump(&self.counters.memory_hits);
         self.memory.count_hit();
         Some(hit)
     }
@@ -341,10 +340,7 @@ impl Tiered {
     /// Memory (waiting for a loader of the same key), then disk with promotion.
     pub(crate) async fn lookup<'a>(&'a self, key: &str) -> Found<'a> {
         let guard = match self.memory.get_or_lead(key).await {
-            Lookup::Hit(s) => {
-                bump(&self.counters.memory_hits);
-                return Found::Hit(s);
-            }
+            Lookup::Hit(s) => return Found::Hit(s),
             Lookup::Leader(guard) => guard,
         };
         if let Some(disk) = &self.disk {
@@ -356,10 +352,9 @@ impl Tiered {
                         gate.1.notified().await;
                     }
                     bump(&self.counters.disk_hits);
-                    let expires = tokio::time::Instant::now() + entry.ttl_left;
                     let hit = Stored {
                         value: entry.value,
-                        expires,
+                        expires: self.memory.deadline(entry.ttl_left),
                         meta: entry.meta,
                     };
                     match self

@@ -229,3 +229,16 @@ fn bad_entries_are_counted_rejections_not_panics() {
     assert_eq!(m.stats().rejections, 3);
     assert_eq!(m.stats().entries, 0);
 }
+
+#[test]
+fn the_coarse_clock_expires_entries_in_real_time() {
+    let m = MemoryTier::builder()
+        .time_source(tower_cache::TimeSource::Coarse)
+        .build()
+        .unwrap();
+    m.set("short", value(1), Duration::from_millis(20)).unwrap();
+    m.set("long", value(1), Duration::from_secs(600)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(m.get("short").is_none(), "expired after five times its ttl");
+    assert!(m.get("long").is_some());
+}

@@ -1,5 +1,6 @@
 //! How requests become keys, and responses become bytes and back.
 
+use std::borrow::Cow;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,10 +17,11 @@ use crate::BoxError;
 /// Derives the cache key of a request; `None` means "do not serve this request from the
 /// cache" (it goes straight to the inner service).
 ///
-/// Implemented for closures `Fn(&Req) -> Option<String>`.
+/// Implemented for closures `Fn(&Req) -> Option<String>`; [`RequestKey`] borrows the
+/// key from requests that are strings already, without allocating.
 pub trait KeyFn<Req>: Send + Sync + 'static {
     /// The key of `req`, or `None` to bypass the cache.
-    fn key(&self, req: &Req) -> Option<String>;
+    fn key<'r>(&self, req: &'r Req) -> Option<Cow<'r, str>>;
 }
 
 impl<F, Req> KeyFn<Req> for F
@@ -27,8 +29,20 @@ where
     F: Fn(&Req) -> Option<String> + Send + Sync + 'static,
 {
     #[inline]
-    fn key(&self, req: &Req) -> Option<String> {
-        self(req)
+    fn key<'r>(&self, req: &'r Req) -> Option<Cow<'r, str>> {
+        self(req).map(Cow::Owned)
+    }
+}
+
+/// Uses the request itself as the key, for requests that are strings (`String`,
+/// `&'static str`, `Arc<str>`, ...). Borrows: no allocation on a hit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestKey;
+
+impl<Req: AsRef<str>> KeyFn<Req> for RequestKey {
+    #[inline]
+    fn key<'r>(&self, req: &'r Req) -> Option<Cow<'r, str>> {
+        Some(Cow::Borrowed(req.as_ref()))
     }
 }
 
@@ -38,7 +52,7 @@ where
 pub struct HttpKey;
 
 impl<B> KeyFn<Request<B>> for HttpKey {
-    fn key(&self, req: &Request<B>) -> Option<String> {
+    fn key<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
         let method = req.method();
         if method != Method::GET && method != Method::HEAD {
             return None;
@@ -50,7 +64,7 @@ impl<B> KeyFn<Request<B>> for HttpKey {
             .or_else(|| req.uri().host())
             .unwrap_or("");
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        Some(format!("{method} {host}{path}"))
+        Some(Cow::Owned(format!("{method} {host}{path}")))
     }
 }
 
@@ -117,7 +131,7 @@ pub trait Codec<Res>: Send + Sync + 'static {
     fn encode(&self, res: Res) -> Self::EncodeFuture;
 
     /// Rebuilds a response from stored bytes.
-    fn decode(&self, stored: &Bytes) -> Result<Self::Response, BoxError>;
+    fn decode(&self, stored: Bytes) -> Result<Self::Response, BoxError>;
 
     /// Passes an origin response through unstored.
     fn pass(&self, res: Res) -> Self::Response;
@@ -136,8 +150,8 @@ impl Codec<Bytes> for BytesCodec {
     }
 
     #[inline]
-    fn decode(&self, stored: &Bytes) -> Result<Bytes, BoxError> {
-        Ok(stored.clone())
+    fn decode(&self, stored: Bytes) -> Result<Bytes, BoxError> {
+        Ok(stored)
     }
 
     fn pass(&self, res: Bytes) -> Bytes {
@@ -268,8 +282,8 @@ where
         })
     }
 
-    fn decode(&self, stored: &Bytes) -> Result<Self::Response, BoxError> {
-        let (status, headers, body) = decode_http(stored)?;
+    fn decode(&self, stored: Bytes) -> Result<Self::Response, BoxError> {
+        let (status, headers, body) = decode_http(&stored)?;
         let mut res = Response::new(CacheBody::full(body));
         *res.status_mut() = status;
         *res.headers_mut() = headers;

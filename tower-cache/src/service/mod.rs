@@ -31,7 +31,7 @@ mod codec;
 mod future;
 
 pub use self::codec::{
-    BytesCodec, CacheBody, Codec, HttpCodec, HttpKey, KeyFn, StoreAll, StorePolicy,
+    BytesCodec, CacheBody, Codec, HttpCodec, HttpKey, KeyFn, RequestKey, StoreAll, StorePolicy,
     StoreSuccessful, DEFAULT_MAX_BODY,
 };
 pub use self::future::ResponseFuture;
@@ -239,25 +239,36 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let inner = self.inner.clone();
-        let shared = self.shared.clone();
-        let Some(key) = shared.key.key(&req) else {
-            return ResponseFuture::boxed(async move {
-                let res = call_inner(inner, req).await?;
-                Ok(shared.codec.pass(res))
-            });
-        };
-        if let Some(hit) = shared.store.memory_hit(&key) {
-            if let Ok(res) = shared.codec.decode(&hit.value) {
-                return ResponseFuture::ready(Ok(res));
+        let shared = &self.shared;
+        let key = match shared.key.key(&req) {
+            None => {
+                let (inner, shared) = (self.inner.clone(), shared.clone());
+                return ResponseFuture::boxed(async move {
+                    let res = call_inner(inner, req).await?;
+                    Ok(shared.codec.pass(res))
+                });
             }
-            // Bytes the codec cannot read (a codec change): drop them, load afresh.
-            shared.store.memory().delete(&key);
-        }
+            Some(key) => {
+                // The fast path: a fresh memory entry answers without allocating or
+                // touching the inner service.
+                if let Some(hit) = shared.store.memory_hit(&key) {
+                    match shared.codec.decode(hit.value) {
+                        Ok(res) => return ResponseFuture::ready(Ok(res)),
+                        // Bytes the codec cannot read (a codec change): drop them and
+                        // load afresh.
+                        Err(_) => {
+                            shared.store.memory().delete(&key);
+                        }
+                    }
+                }
+                key.into_owned()
+            }
+        };
+        let (inner, shared) = (self.inner.clone(), shared.clone());
         ResponseFuture::boxed(async move {
             let store = &shared.store;
             let guard = match store.lookup(&key).await {
-                Found::Hit(hit) => match shared.codec.decode(&hit.value) {
+                Found::Hit(hit) => match shared.codec.decode(hit.value) {
                     Ok(res) => return Ok(res),
                     Err(_) => {
                         store.memory().delete(&key);

@@ -1,0 +1,472 @@
+//! tower-cache against its peers, all measured in one run; prints a table of medians and
+//! ratios at the end.
+//!
+//! ```sh
+//! cargo bench -p tower-cache --bench cache
+//! ```
+//!
+//! Groups:
+//! - `memory_hit`: a hit through `CacheService` vs a raw `quick_cache` get, a
+//!   `moka::future::Cache` get and a hit through `tower-resilience`'s cache layer;
+//! - `disk_hit`: a disk-tier read of 1 KiB and 64 KiB values vs `foyer`'s hybrid cache
+//!   reading from its disk;
+//! - `write`: entries per second with group commit vs one commit per entry;
+//! - hit ratio on Zipf traces (a simulation, not a timing) vs moka and a plain LRU.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion};
+use tower_cache::{
+    BytesCodec, CacheLayer, DiskTier, EntryMeta, MemoryTier, RequestKey, Tiered, TimeSource,
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+const KEYS: usize = 1000;
+const TTL: Duration = Duration::from_secs(3600);
+
+/// Polls a future that must be ready at once (a hit); the benches only use it so.
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a cache hit was expected to be ready at once"),
+    }
+}
+
+/// Keys as `&'static str`, so that making a request costs nothing in any variant.
+fn keys() -> Vec<&'static str> {
+    (0..KEYS)
+        .map(|i| &*Box::leak(format!("user:{i:05}").into_boxed_str()))
+        .collect()
+}
+
+fn value(len: usize, seed: u64) -> Bytes {
+    // Text-like bytes: compressible as real responses are.
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon "];
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(words[(x % 5) as usize].as_bytes());
+        out.extend_from_slice(&(x % 1000).to_string().into_bytes());
+    }
+    out.truncate(len);
+    out.into()
+}
+
+fn memory_hit(c: &mut Criterion) {
+    let keys = keys();
+    let mut g = c.benchmark_group("memory_hit");
+
+    let raw: quick_cache::sync::Cache<String, Bytes> = quick_cache::sync::Cache::new(KEYS * 2);
+    for k in &keys {
+        raw.insert(k.to_string(), value(100, 1));
+    }
+    let mut i = 0;
+    g.bench_function("quick_cache_raw", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(raw.get(keys[i]))
+        })
+    });
+
+    for (name, source) in [
+        ("tower_cache_service", TimeSource::Tokio),
+        ("tower_cache_service_coarse_clock", TimeSource::Coarse),
+    ] {
+        let store = Tiered::new(
+            MemoryTier::builder()
+                .max_entries(KEYS as u64 * 2)
+                .time_source(source)
+                .build()
+                .unwrap(),
+        );
+        let layer = CacheLayer::new(store.clone(), RequestKey, BytesCodec, TTL).unwrap();
+        let mut svc = layer.layer(tower::service_fn(|_: &'static str| async {
+            Ok::<_, std::convert::Infallible>(Bytes::new())
+        }));
+        for k in &keys {
+            store.memory().set(k, value(100, 1), TTL).unwrap();
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                black_box(ready(svc.call(keys[i])).unwrap())
+            })
+        });
+    }
+
+    let moka: moka::future::Cache<String, Bytes> = moka::future::Cache::new(KEYS as u64 * 2);
+    for k in &keys {
+        ready(moka.insert(k.to_string(), value(100, 1)));
+    }
+    g.bench_function("moka_future", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(ready(moka.get(keys[i])))
+        })
+    });
+
+    let resilience = tower_resilience::cache::CacheLayer::builder()
+        .max_size(KEYS * 2)
+        .ttl(TTL)
+        .key_extractor(|k: &&'static str| *k)
+        .build()
+        .unwrap();
+    let mut rsvc = resilience.layer(tower::service_fn(|_: &'static str| async {
+        Ok::<_, std::convert::Infallible>(value(100, 1))
+    }));
+    for k in &keys {
+        ready(std::future::poll_fn(|cx| rsvc.poll_ready(cx))).unwrap();
+        let _ = ready(rsvc.call(*k));
+    }
+    g.bench_function("tower_resilience_layer", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            ready(std::future::poll_fn(|cx| rsvc.poll_ready(cx))).unwrap();
+            black_box(ready(rsvc.call(keys[i])).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn disk_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let keys = keys();
+    let mut g = c.benchmark_group("disk_hit");
+    for size in [1024usize, 64 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(1 << 30)
+            .open()
+            .unwrap();
+        rt.block_on(async {
+            for (n, k) in keys.iter().enumerate() {
+                disk.set_background(k, value(size, n as u64), TTL, EntryMeta::default())
+                    .unwrap();
+            }
+            disk.flush().await.unwrap();
+        });
+        let mut i = 0;
+        g.bench_with_input(BenchmarkId::new("tower_cache_disk", size), &size, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % KEYS;
+                black_box(disk.get(keys[i]).unwrap())
+            })
+        });
+
+        let fdir = tempfile::tempdir().unwrap();
+        let foyer = rt.block_on(open_foyer(fdir.path()));
+        rt.block_on(async {
+            for (n, k) in keys.iter().enumerate() {
+                foyer.insert(k.to_string(), value(size, n as u64).to_vec());
+            }
+            // Push everything to disk and out of memory.
+            foyer.memory().evict_all();
+            foyer.storage().wait().await;
+        });
+        g.bench_with_input(
+            BenchmarkId::new("foyer_hybrid_disk", size),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    i = (i + 1) % KEYS;
+                    rt.block_on(async {
+                        let key = keys[i].to_string();
+                        let e = foyer.get(&key).await.unwrap().unwrap();
+                        // Keep reads on disk: the hit was promoted to memory, drop it again.
+                        foyer.memory().remove(&key);
+                        black_box(e.value().len())
+                    })
+                })
+            },
+        );
+        rt.block_on(foyer.close()).unwrap();
+    }
+    g.finish();
+}
+
+async fn open_foyer(dir: &Path) -> foyer::HybridCache<String, Vec<u8>> {
+    use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCacheBuilder};
+    let device = FsDeviceBuilder::new(dir)
+        .with_capacity(256 << 20)
+        .build()
+        .unwrap();
+    HybridCacheBuilder::new()
+        .memory(1 << 20)
+        .with_weighter(|_k: &String, v: &Vec<u8>| v.len())
+        .storage()
+        .with_engine_config(BlockEngineConfig::new(device).with_block_size(4 << 20))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn write(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut g = c.benchmark_group("write");
+    g.sample_size(10);
+    for (name, batch, per_iter) in [
+        ("group_commit", 4096usize, 2000u64),
+        ("commit_per_entry", 1, 50),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(1 << 30)
+            .max_batch(batch)
+            .open()
+            .unwrap();
+        let v = value(256, 3);
+        let mut n = 0u64;
+        g.throughput(criterion::Throughput::Elements(per_iter));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                rt.block_on(async {
+                    for _ in 0..iters {
+                        // Many concurrent writers, each waiting for its own commit.
+                        let tasks: Vec<_> = (0..per_iter)
+                            .map(|_| {
+                                n += 1;
+                                let disk = disk.clone();
+                                let v = v.clone();
+                                let key = format!("w{n}");
+                                tokio::spawn(async move { disk.set(&key, v, TTL).await })
+                            })
+                            .collect();
+                        for t in tasks {
+                            t.await.unwrap().unwrap();
+                        }
+                    }
+                });
+                // Report the time for one entry.
+                start.elapsed() / per_iter as u32
+            })
+        });
+    }
+    // Write-through from the request path: queue, then one flush for the lot.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(1 << 30)
+        .open()
+        .unwrap();
+    let v = value(256, 3);
+    let per_iter = 2000u64;
+    let mut n = 0u64;
+    g.throughput(criterion::Throughput::Elements(per_iter));
+    g.bench_function("group_commit_background", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            rt.block_on(async {
+                for _ in 0..iters {
+                    for _ in 0..per_iter {
+                        n += 1;
+                        disk.set_background(&format!("w{n}"), v.clone(), TTL, EntryMeta::default())
+                            .unwrap();
+                    }
+                    disk.flush().await.unwrap();
+                }
+            });
+            start.elapsed() / per_iter as u32
+        })
+    });
+    g.finish();
+}
+
+// === hit ratio on Zipf traces ===
+
+struct Zipf {
+    cdf: Vec<f64>,
+    x: u64,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64, seed: u64) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut sum = 0.0;
+        for i in 1..=n {
+            sum += 1.0 / (i as f64).powf(s);
+            cdf.push(sum);
+        }
+        for p in &mut cdf {
+            *p /= sum;
+        }
+        Self { cdf, x: seed | 1 }
+    }
+
+    fn next(&mut self) -> usize {
+        self.x ^= self.x << 13;
+        self.x ^= self.x >> 7;
+        self.x ^= self.x << 17;
+        let u = (self.x >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|&p| p < u)
+    }
+}
+
+struct HitRatios {
+    s: f64,
+    percent: usize,
+    ours: f64,
+    moka: f64,
+    lru: f64,
+}
+
+fn hit_ratios() -> Vec<HitRatios> {
+    const UNIVERSE: usize = 100_000;
+    const REQUESTS: usize = 1_000_000;
+    let mut out = Vec::new();
+    for s in [0.9, 1.0] {
+        let trace: Vec<usize> = {
+            let mut z = Zipf::new(UNIVERSE, s, 42);
+            (0..REQUESTS).map(|_| z.next()).collect()
+        };
+        for percent in [1usize, 10] {
+            let cap = UNIVERSE * percent / 100;
+            let v = Bytes::from_static(b"v");
+
+            let ours = MemoryTier::builder()
+                .max_entries(cap as u64)
+                .build()
+                .unwrap();
+            let mut hits = 0;
+            for &k in &trace {
+                let key = k.to_string();
+                if ours.get(&key).is_some() {
+                    hits += 1;
+                } else {
+                    ours.set(&key, v.clone(), TTL).unwrap();
+                }
+            }
+            let ours = hits as f64 / REQUESTS as f64;
+
+            let moka: moka::sync::Cache<usize, ()> = moka::sync::Cache::new(cap as u64);
+            let mut hits = 0;
+            for (n, &k) in trace.iter().enumerate() {
+                if moka.get(&k).is_some() {
+                    hits += 1;
+                } else {
+                    moka.insert(k, ());
+                }
+                if n % 1000 == 0 {
+                    moka.run_pending_tasks();
+                }
+            }
+            let moka = hits as f64 / REQUESTS as f64;
+
+            let mut lru = lru::LruCache::new(std::num::NonZeroUsize::new(cap).unwrap());
+            let mut hits = 0;
+            for &k in &trace {
+                if lru.get(&k).is_some() {
+                    hits += 1;
+                } else {
+                    lru.put(k, ());
+                }
+            }
+            let lru = hits as f64 / REQUESTS as f64;
+            out.push(HitRatios {
+                s,
+                percent,
+                ours,
+                moka,
+                lru,
+            });
+        }
+    }
+    out
+}
+
+// === report ===
+
+fn median_ns(dir: &Path, group: &str, id: &str) -> Option<f64> {
+    let path = dir.join(group).join(id).join("new").join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn report(dir: &Path, ratios: &[HitRatios]) {
+    let m = |g: &str, id: &str| median_ns(dir, g, id).unwrap_or(f64::NAN);
+    println!("\n=== tower-cache vs peers (medians of this run) ===");
+    let raw = m("memory_hit", "quick_cache_raw");
+    let moka = m("memory_hit", "moka_future");
+    let res = m("memory_hit", "tower_resilience_layer");
+    println!("memory hit: raw quick_cache {raw:.1} ns | moka::future {moka:.1} ns | tower-resilience layer {res:.1} ns");
+    for (label, id) in [
+        ("tokio clock (default)", "tower_cache_service"),
+        ("coarse clock", "tower_cache_service_coarse_clock"),
+    ] {
+        let layer = m("memory_hit", id);
+        println!(
+            "  tower-cache layer, {label}: {layer:.1} ns = {:.2}x raw quick_cache (target <= 1.5x); moka is {:.2}x slower (target >= 5x); tower-resilience is {:.2}x slower",
+            layer / raw,
+            moka / layer,
+            res / layer
+        );
+    }
+    for size in ["1024", "65536"] {
+        let ours = m("disk_hit", &format!("tower_cache_disk/{size}"));
+        let foyer = m("disk_hit", &format!("foyer_hybrid_disk/{size}"));
+        println!(
+            "disk hit {size} B: tower-cache {:.2} us | foyer {:.2} us | foyer / tower-cache = {:.1}x{}",
+            ours / 1000.0,
+            foyer / 1000.0,
+            foyer / ours,
+            if size == "1024" { " (target: tower-cache p50 <= 2 us)" } else { "" }
+        );
+    }
+    let group = m("write", "group_commit");
+    let background = m("write", "group_commit_background");
+    let single = m("write", "commit_per_entry");
+    println!(
+        "durable writes from 2000 concurrent tasks: group commit {:.0}/s | commit per entry {:.0}/s | ratio {:.0}x (target >= 100x)",
+        1e9 / group,
+        1e9 / single,
+        single / group
+    );
+    println!(
+        "write-through (queued, one flush per 2000): {:.0}/s | ratio to commit per entry {:.0}x",
+        1e9 / background,
+        single / background
+    );
+    println!("hit ratio (Zipf, 100k keys, 1M requests):");
+    println!("  s    cache  tower-cache  moka    lru     tower-cache - moka");
+    for r in ratios {
+        println!(
+            "  {:.1}  {:>3}%   {:>6.2}%     {:>6.2}%  {:>6.2}%  {:+.2} points",
+            r.s,
+            r.percent,
+            r.ours * 100.0,
+            r.moka * 100.0,
+            r.lru * 100.0,
+            (r.ours - r.moka) * 100.0
+        );
+    }
+}
+
+fn main() {
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
+    let mut c = Criterion::default()
+        .output_directory(&dir)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    memory_hit(&mut c);
+    disk_hit(&mut c, &rt);
+    write(&mut c, &rt);
+    c.final_summary();
+    let ratios = hit_ratios();
+    report(&dir, &ratios);
+}
