@@ -1,4 +1,52 @@
-//! Health probes and readiness gating for [tower] services.
+//! Health probes, readiness gating and remote health monitoring for [tower] services.
+//!
+//! `tower-health` gives a service Kubernetes-style **probes** (startup, readiness,
+//! liveness, resource) with thresholds, **endpoints** that report them (`/health`,
+//! `/health/live`, `/health/ready`, `/health/startup`), a **readiness gate** layer that
+//! holds traffic while the service (or an endpoint it calls) is not ready and during a
+//! drain, a **monitor** that checks remote targets over HTTP, and **graceful shutdown**
+//! for hyper and axum servers. Readiness reaches a balancer the tower way: a
+//! pending-mode [`ReadinessLayer`] around an endpoint makes its `poll_ready` pend, and
+//! `tower::balance` or `tower-balance-ext` skip endpoints that are not ready. So this
+//! crate depends on none of its siblings; `tower-autoscale` waits on its readiness
+//! before it puts a new instance into discovery.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_health::{Gate, Probe, Probes, ReadinessLayer};
+//!
+//! let probes = Probes::new();
+//! probes.register(Probe::readiness("warm-cache", || async { Ok::<_, String>(()) }))?;
+//! probes.start();
+//! let gate = Gate::new(probes.ready_watch());
+//! let svc = ServiceBuilder::new()
+//!     .layer(ReadinessLayer::pending(gate))
+//!     .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x * 2) });
+//! // poll_ready pends until the probe has passed, then the request goes through.
+//! assert_eq!(svc.oneshot(21).await?, 42);
+//! # Ok(()) }
+//! ```
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod endpoints;
+pub mod error;
+pub mod gate;
+pub mod monitor;
+pub mod probe;
+pub mod resource;
+pub mod shutdown;
+
+/// The error type at service boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub use crate::endpoints::HealthEndpoints;
+pub use crate::error::{BuildError, NotReady, Rejected};
+pub use crate::gate::{DrainReport, Gate, ReadinessLayer, ReadinessService};
+pub use crate::monitor::{HealthMonitor, HealthState, Target, TargetHealth};
+pub use crate::probe::{HealthStatus, Probe, ProbeKind, ProbeState, ProbeStatus, Probes};
+pub use crate::shutdown::{shutdown_signal, GracefulServer, ShutdownReport};

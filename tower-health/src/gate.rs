@@ -1,0 +1,482 @@
+//! The readiness gate: a [`Gate`] that follows readiness (and draining), and a
+//! [`ReadinessLayer`] that holds or refuses traffic while the gate is closed.
+//!
+//! Two modes:
+//!
+//! - **pending** ([`ReadinessLayer::pending`]), for endpoints inside a balancer:
+//!   `poll_ready` pends while the gate is closed and is **woken when readiness changes**
+//!   (through a `watch` channel: no timer, no re-poll loop). `tower::balance` and
+//!   `tower-balance-ext` skip endpoints that are not ready, so an endpoint that is
+//!   starting, failing or draining simply gets no traffic.
+//! - **reject**, for a server's own front door: [`ReadinessLayer::reject_http`] answers
+//!   `503 Service Unavailable` with `Retry-After`, [`ReadinessLayer::reject`] fails
+//!   with [`Rejected`] for other services. `poll_ready` never waits then.
+//!
+//! Every mode counts requests in flight; [`Gate::drain`] closes the gate and resolves when
+//! in-flight reaches zero or a deadline passes.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_health::{Gate, ReadinessLayer};
+//!
+//! let (ready, rx) = tokio::sync::watch::channel(true);
+//! let gate = Gate::new(rx);
+//! let svc = ServiceBuilder::new()
+//!     .layer(ReadinessLayer::reject(gate.clone()))
+//!     .service_fn(|x: u32| async move { Ok::<_, std::convert::Infallible>(x + 1) });
+//! assert_eq!(svc.clone().oneshot(1).await?, 2);
+//! ready.send(false)?;
+//! assert!(svc.clone().oneshot(1).await.unwrap_err().is::<tower_health::Rejected>());
+//! let report = gate.drain(Duration::from_secs(1)).await;
+//! assert!(report.drained);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::sync::{watch, Notify};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::Rejected;
+use crate::BoxError;
+
+/// Follows a readiness signal, adds draining, and counts requests in flight.
+///
+/// Cloning shares the gate.
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+struct GateInner {
+    ready: watch::Receiver<bool>,
+    draining: watch::Sender<bool>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("open", &self.is_open())
+            .field("draining", &self.is_draining())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// What [`Gate::drain`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// In-flight reached zero before the deadline.
+    pub drained: bool,
+    /// Requests still in flight when it returned.
+    pub in_flight: usize,
+}
+
+impl Gate {
+    /// A gate that follows `ready` (e.g. [`Probes::ready_watch`](crate::Probes::ready_watch)
+    /// or [`HealthMonitor::watch`](crate::HealthMonitor::watch)).
+    pub fn new(ready: watch::Receiver<bool>) -> Self {
+        let (draining, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(GateInner {
+                ready,
+                draining,
+                in_flight: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// A gate that is open until drained.
+    pub fn always_ready() -> Self {
+        let (tx, rx) = watch::channel(true);
+        // Keep the sender alive so the receiver never reports a closed channel.
+        std::mem::forget(tx);
+        Self::new(rx)
+    }
+
+    /// Whether traffic may pass: ready and not draining.
+    pub fn is_open(&self) -> bool {
+        *self.inner.ready.borrow() && !*self.inner.draining.borrow()
+    }
+
+    /// Whether [`Self::drain`] or [`Self::set_draining`] closed the gate.
+    pub fn is_draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    /// Requests that have been called and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Closes (or reopens) the gate whatever readiness says.
+    pub fn set_draining(&self, draining: bool) {
+        self.inner.draining.send_replace(draining);
+    }
+
+    /// Closes the gate, then waits until nothing is in flight or `deadline` passes.
+    pub async fn drain(&self, deadline: Duration) -> DrainReport {
+        self.set_draining(true);
+        let wait = async {
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.in_flight() == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let drained = tokio::time::timeout(deadline, wait).await.is_ok();
+        DrainReport {
+            drained,
+            in_flight: self.in_flight(),
+        }
+    }
+
+    /// Resolves when the gate is open. Never busy-waits: it sleeps on the watch channels.
+    pub async fn opened(&self) {
+        let mut ready = self.inner.ready.clone();
+        let mut draining = self.inner.draining.subscribe();
+        let mut ready_alive = true;
+        loop {
+            if *ready.borrow_and_update() && !*draining.borrow_and_update() {
+                return;
+            }
+            if ready_alive {
+                tokio::select! {
+                    r = ready.changed() => ready_alive = r.is_ok(),
+                    _ = draining.changed() => {}
+                }
+            } else if !*ready.borrow() {
+                // The readiness source is gone while not ready: it can never open.
+                std::future::pending::<()>().await;
+            } else {
+                // The draining sender lives in the gate we hold: this cannot fail.
+                let _ = draining.changed().await;
+            }
+        }
+    }
+
+    fn enter(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            gate: self.inner.clone(),
+        }
+    }
+}
+
+/// Counts one request in flight until dropped.
+struct InFlight {
+    gate: Arc<GateInner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.gate.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gate.idle.notify_waiters();
+        }
+    }
+}
+
+// === modes ===
+
+/// How a [`ReadinessService`] treats traffic while its gate is closed.
+pub trait Mode<Res>: Clone + Send + Sync + 'static {
+    /// `true`: `poll_ready` pends until the gate opens. `false`: requests are answered
+    /// with [`Mode::reject`].
+    fn waits(&self) -> bool;
+    /// The answer to a request refused while the gate is closed.
+    fn reject(&self) -> Result<Res, BoxError>;
+}
+
+/// Pend in `poll_ready` while closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pending;
+
+impl<Res> Mode<Res> for Pending {
+    fn waits(&self) -> bool {
+        true
+    }
+    fn reject(&self) -> Result<Res, BoxError> {
+        Err(Rejected::new().into())
+    }
+}
+
+/// Fail with [`Rejected`] while closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RejectError;
+
+impl<Res> Mode<Res> for RejectError {
+    fn waits(&self) -> bool {
+        false
+    }
+    fn reject(&self) -> Result<Res, BoxError> {
+        Err(Rejected::new().into())
+    }
+}
+
+/// Answer `503 Service Unavailable` with `Retry-After` while closed.
+#[derive(Debug, Clone, Copy)]
+pub struct RejectHttp {
+    retry_after: u64,
+}
+
+impl<B: Default + Send + 'static> Mode<http::Response<B>> for RejectHttp {
+    fn waits(&self) -> bool {
+        false
+    }
+    fn reject(&self) -> Result<http::Response<B>, BoxError> {
+        let mut res = http::Response::new(B::default());
+        *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        res.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(self.retry_after),
+        );
+        Ok(res)
+    }
+}
+
+// === layer ===
+
+/// Wraps a service in a [`ReadinessService`] behind a [`Gate`]. Cheap to clone; clones
+/// share the gate.
+#[derive(Debug, Clone)]
+pub struct ReadinessLayer<M = Pending> {
+    gate: Gate,
+    mode: M,
+}
+
+impl ReadinessLayer<Pending> {
+    /// `poll_ready` pends while the gate is closed (for endpoints inside a balancer).
+    pub fn pending(gate: Gate) -> Self {
+        Self {
+            gate,
+            mode: Pending,
+        }
+    }
+}
+
+impl ReadinessLayer<RejectError> {
+    /// Requests fail with [`Rejected`] while the gate is closed.
+    pub fn reject(gate: Gate) -> Self {
+        Self {
+            gate,
+            mode: RejectError,
+        }
+    }
+}
+
+impl ReadinessLayer<RejectHttp> {
+    /// HTTP requests get `503` with `Retry-After: retry_after` (whole seconds, at least
+    /// one) while the gate is closed.
+    pub fn reject_http(gate: Gate, retry_after: Duration) -> Self {
+        Self {
+            gate,
+            mode: RejectHttp {
+                retry_after: retry_after.as_secs().max(1),
+            },
+        }
+    }
+}
+
+impl<M> ReadinessLayer<M> {
+    /// The gate.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+impl<S, M: Clone> Layer<S> for ReadinessLayer<M> {
+    type Service = ReadinessService<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReadinessService {
+            inner,
+            gate: self.gate.clone(),
+            mode: self.mode.clone(),
+            waiting: None,
+            admitted: false,
+        }
+    }
+}
+
+type Waiting = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A service behind a [`Gate`]; see the [module docs](crate::gate).
+pub struct ReadinessService<S, M = Pending> {
+    inner: S,
+    gate: Gate,
+    mode: M,
+    waiting: Option<Waiting>,
+    admitted: bool,
+}
+
+// Written by hand: a clone must not share the original's pending wait or its admission
+// from a `poll_ready` the clone did not make.
+impl<S: Clone, M: Clone> Clone for ReadinessService<S, M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            gate: self.gate.clone(),
+            mode: self.mode.clone(),
+            waiting: None,
+            admitted: false,
+        }
+    }
+}
+
+impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for ReadinessService<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadinessService")
+            .field("inner", &self.inner)
+            .field("gate", &self.gate)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, M> ReadinessService<S, M> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The gate.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+impl<S, M, Req> Service<Req> for ReadinessService<S, M>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    M: Mode<S::Response>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            if self.gate.is_open() {
+                self.waiting = None;
+                return match self.inner.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.admitted = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            if !self.mode.waits() {
+                // Reject mode: ready at once; `call` answers with the rejection.
+                self.admitted = false;
+                return Poll::Ready(Ok(()));
+            }
+            let gate = self.gate.clone();
+            let waiting = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(async move { gate.opened().await }));
+            match waiting.as_mut().poll(cx) {
+                Poll::Ready(()) => self.waiting = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let guard = self.gate.enter();
+        if std::mem::take(&mut self.admitted) {
+            ResponseFuture {
+                kind: Kind::Inner {
+                    fut: self.inner.call(req),
+                },
+                _guard: guard,
+                _res: PhantomData,
+            }
+        } else {
+            if self.mode.waits() {
+                panic!("ReadinessService::call without a ready poll_ready: poll_ready must return Ready before call");
+            }
+            ResponseFuture {
+                kind: Kind::Rejected {
+                    res: Some(self.mode.reject()),
+                },
+                _guard: guard,
+                _res: PhantomData,
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ReadinessService`]; counts the request in flight until
+    /// it completes or is dropped.
+    pub struct ResponseFuture<F, R> {
+        #[pin]
+        kind: Kind<F, R>,
+        _guard: InFlightGuard,
+        _res: PhantomData<fn() -> R>,
+    }
+}
+
+/// Keeps a request counted in flight.
+type InFlightGuard = InFlight;
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, R> {
+        Inner { #[pin] fut: F },
+        Rejected { res: Option<Result<R, BoxError>> },
+    }
+}
+
+impl<F, R> fmt::Debug for ResponseFuture<F, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, R, E> Future for ResponseFuture<F, R>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<R, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { fut } => fut.poll(cx).map_err(Into::into),
+            KindProj::Rejected { res } => {
+                Poll::Ready(res.take().expect("ResponseFuture polled after completion"))
+            }
+        }
+    }
+}
