@@ -24,7 +24,9 @@
 //! let probes = Probes::new();
 //! probes.register(Probe::startup("config", || async { Ok::<_, String>(()) }))?;
 //! probes.register(
-//!     Probe::readiness("db", || async { Ok::<_, String>(()) }).period(Duration::from_millis(100)),
+//!     Probe::readiness("db", || async { Ok::<_, String>(()) })
+//!         .period(Duration::from_millis(100))
+//!         .timeout(Duration::from_millis(50)),
 //! )?;
 //! probes.start();
 //! probes.wait_for_ready(Duration::from_secs(5)).await?;
