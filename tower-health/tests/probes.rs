@@ -168,7 +168,7 @@ async fn a_check_that_hangs_fails_by_its_timeout() {
     let probes = Probes::new();
     probes
         .register(
-            Probe::readiness("stuck", || std::future::pending::<Result<(), String>>())
+            Probe::readiness("stuck", std::future::pending::<Result<(), String>>)
                 .period(P)
                 .timeout(Duration::from_millis(200))
                 .failure_threshold(1),

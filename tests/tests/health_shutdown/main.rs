@@ -1,0 +1,120 @@
+//! Graceful shutdown of a real server on 127.0.0.1: readiness turns off first, requests
+//! in flight finish, then the listener closes; a request that outlives the grace period
+//! is cut off and reported.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower_health::{GracefulServer, HealthEndpoints, Probes};
+use tower_service::Service;
+
+const BOUND: Duration = Duration::from_secs(20);
+
+/// `/slow/<ms>` sleeps that long; `/health/*` are the probe endpoints.
+fn app(
+    probes: Probes,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    let endpoints = HealthEndpoints::new(probes);
+    tower::service_fn(move |req: Request<Incoming>| {
+        let mut endpoints = endpoints.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            if let Some(ms) = path.strip_prefix("/slow/") {
+                let ms: u64 = ms.parse().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                return Ok(Response::new(Full::new(Bytes::from("done"))));
+            }
+            endpoints.call(req).await
+        }
+    })
+}
+
+#[tokio::test]
+async fn shutdown_turns_readiness_off_then_finishes_in_flight_requests() {
+    support::init_tracing();
+    tokio::time::timeout(BOUND, async {
+        let probes = Probes::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            GracefulServer::new()
+                .probes(probes.clone())
+                .drain_delay(Duration::from_millis(300))
+                .grace(Duration::from_secs(5))
+                .serve(listener, app(probes.clone()), async {
+                    let _ = signal.await;
+                }),
+        );
+        assert_eq!(support::get(addr, "/health/ready").await.unwrap().0, 200);
+
+        let in_flight = tokio::spawn(support::get(addr, "/slow/800"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // During the drain delay the server still answers, and says it is not ready.
+        let (status, _) = support::get(addr, "/health/ready").await.unwrap();
+        assert_eq!(status, 503, "readiness is off as soon as shutdown starts");
+        assert!(probes.status().draining);
+
+        let (status, body) = in_flight.await.unwrap().unwrap();
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"done"[..]),
+            "the in-flight request finished"
+        );
+        let report = server.await.unwrap().unwrap();
+        assert_eq!(report.cut_off, 0);
+        assert!(report.connections >= 3);
+        assert!(
+            support::get(addr, "/health/live").await.is_err(),
+            "the listener is closed"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_request_past_the_grace_period_is_cut_off_and_reported() {
+    tokio::time::timeout(BOUND, async {
+        let probes = Probes::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            GracefulServer::new()
+                .probes(probes.clone())
+                .drain_delay(Duration::from_millis(50))
+                .grace(Duration::from_millis(200))
+                .serve(listener, app(probes), async {
+                    let _ = signal.await;
+                }),
+        );
+        let stuck = tokio::spawn(support::get(addr, "/slow/60000"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let report = server.await.unwrap().unwrap();
+        assert_eq!(report.cut_off, 1);
+        assert!(
+            stuck.await.unwrap().is_err(),
+            "the cut-off request sees its connection close"
+        );
+    })
+    .await
+    .expect("bounded");
+}
