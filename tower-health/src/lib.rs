@@ -36,6 +36,9 @@
 pub mod endpoints;
 pub mod error;
 pub mod gate;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 pub mod monitor;
 pub mod probe;
 pub mod resource;
