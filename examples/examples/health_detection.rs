@@ -69,7 +69,11 @@ fn summary(name: &str, mut xs: Vec<Duration>) {
         pick(0.5).as_secs_f64() * 1e3,
         pick(0.9).as_secs_f64() * 1e3,
         xs[xs.len() - 1].as_secs_f64() * 1e3,
-        if xs[xs.len() - 1] <= Duration::from_secs(1) { "met" } else { "NOT met" }
+        if xs[xs.len() - 1] <= Duration::from_secs(1) {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
 }
 

@@ -32,7 +32,11 @@ use crate::probe::Probes;
 /// # Panics
 ///
 /// If called outside a tokio runtime.
-pub fn report_readiness<I, S>(probes: &Probes, reporter: HealthReporter, services: I) -> JoinHandle<()>
+pub fn report_readiness<I, S>(
+    probes: &Probes,
+    reporter: HealthReporter,
+    services: I,
+) -> JoinHandle<()>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,

@@ -11,7 +11,9 @@ use tower_health::{grpc, Probes};
 
 async fn status(service: &HealthService, name: &str) -> ServingStatus {
     match service
-        .check(tonic::Request::new(HealthCheckRequest { service: name.into() }))
+        .check(tonic::Request::new(HealthCheckRequest {
+            service: name.into(),
+        }))
         .await
     {
         Ok(res) => ServingStatus::try_from(res.into_inner().status).unwrap(),

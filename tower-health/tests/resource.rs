@@ -18,7 +18,10 @@ fn memory_check_compares_the_real_resident_set() {
 fn cpu_check_measures_use_between_checks() {
     assert!(resource::process_cpu_seconds().is_some());
     let check = resource::cpu_below(64.0).unwrap();
-    assert!(tokio_test::block_on(check()).is_ok(), "the first check has no baseline");
+    assert!(
+        tokio_test::block_on(check()).is_ok(),
+        "the first check has no baseline"
+    );
     // Burn some CPU, then a tiny budget must fail.
     let tight = resource::cpu_below(0.000_001).unwrap();
     let _ = tokio_test::block_on(tight());
