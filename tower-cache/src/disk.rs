@@ -53,7 +53,9 @@ use heed::{CompactionOption, Database, Env, EnvOpenOptions, RwTxn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{Clock, Entry, EntryMeta, Tags, TimeSource};
-use crate::error::{check_ttl, BuildError, DiskError, InsertError, InsertErrorKind};
+use crate::error::{
+    check_ttl, check_value_len, BuildError, DiskError, InsertError, InsertErrorKind,
+};
 
 /// Default map size: 1 GiB of address space (not of disk: the file grows as needed).
 pub const DEFAULT_MAP_SIZE: usize = 1 << 30;
@@ -670,18 +672,8 @@ impl DiskTier {
                         key.len()
                     ),
                 ))
-            } else if value.len() > self.shared.max_value_bytes {
-                Err(InsertError::new(
-                    InsertErrorKind::TooLarge,
-                    format!(
-                        "disk tier: value of {} bytes is over the per-entry limit of {} bytes; \
-                         raise max_value_bytes or do not cache it",
-                        value.len(),
-                        self.shared.max_value_bytes
-                    ),
-                ))
             } else {
-                Ok(())
+                check_value_len("disk", value.len(), self.shared.max_value_bytes)
             }
         });
         if let Err(e) = checked {

@@ -80,6 +80,21 @@ pub(crate) fn check_ttl(ttl: Duration) -> Result<(), InsertError> {
     }
 }
 
+/// Checks a value against a tier's per-entry limit.
+pub(crate) fn check_value_len(tier: &str, len: usize, max: usize) -> Result<(), InsertError> {
+    if len > max {
+        Err(InsertError::new(
+            InsertErrorKind::TooLarge,
+            format!(
+                "{tier} tier: value of {len} bytes is over the per-entry limit of {max} bytes; \
+                 raise max_value_bytes or do not cache it"
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Why an entry was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

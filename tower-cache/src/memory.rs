@@ -47,7 +47,7 @@ use quick_cache::sync::{Cache as QuickCache, PlaceholderGuard};
 use quick_cache::{DefaultHashBuilder as RandomState, Lifecycle, OptionsBuilder, Weighter};
 
 use crate::entry::{Clock, Entry, EntryMeta, Stored, TimeSource};
-use crate::error::{check_ttl, BuildError, InsertError, InsertErrorKind};
+use crate::error::{check_ttl, check_value_len, BuildError, InsertError};
 
 type Inner = QuickCache<Arc<str>, Stored, Weigh, RandomState, Hooks>;
 pub(crate) type Guard<'a> = PlaceholderGuard<'a, Arc<str>, Stored, Weigh, RandomState, Hooks>;
@@ -555,21 +555,8 @@ impl MemoryTier {
         ttl: Duration,
         meta: EntryMeta,
     ) -> Result<Stored, InsertError> {
-        let checked = check_ttl(ttl).and_then(|()| {
-            if value.len() > self.shared.max_value_bytes {
-                Err(InsertError::new(
-                    InsertErrorKind::TooLarge,
-                    format!(
-                        "memory tier: value of {} bytes is over the per-entry limit of {} bytes; \
-                         raise max_value_bytes or do not cache it",
-                        value.len(),
-                        self.shared.max_value_bytes
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
-        });
+        let checked = check_ttl(ttl)
+            .and_then(|()| check_value_len("memory", value.len(), self.shared.max_value_bytes));
         if let Err(e) = checked {
             self.shared
                 .counters

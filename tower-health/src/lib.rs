@@ -47,6 +47,13 @@ pub mod shutdown;
 /// The error type at service boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Locks `m`, going on past poisoning: every lock in this crate guards data that is left
+/// consistent at each step, so a panic elsewhere while holding it does not make it
+/// unusable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub use crate::endpoints::HealthEndpoints;
 pub use crate::error::{BuildError, NotReady, Rejected};
 pub use crate::gate::{DrainReport, Gate, ReadinessLayer, ReadinessService};

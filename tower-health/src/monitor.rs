@@ -41,7 +41,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -54,6 +54,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::error::BuildError;
+use crate::lock;
 use crate::probe::{apply_result, ProbeState};
 
 /// Default time between checks.
@@ -282,10 +283,6 @@ impl Drop for Shared {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Monitors remote targets; see the [module docs](crate::monitor).

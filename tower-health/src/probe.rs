@@ -37,13 +37,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::error::{BuildError, NotReady};
+use crate::lock;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
@@ -330,12 +331,6 @@ impl Drop for Inner {
             t.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks is always left consistent; a panic elsewhere while
-    // holding one does not make it unusable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A registry of probes and the health they add up to.
