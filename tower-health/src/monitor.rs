@@ -549,11 +549,15 @@ async fn check(
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let res = client.request(req).await.map_err(|e| {
-        // The hyper error alone says "client error (Connect)"; its source says why.
-        match std::error::Error::source(&e) {
-            Some(src) => format!("{e}: {src}"),
-            None => e.to_string(),
+        // The hyper error alone says "client error (Connect)"; its sources say why.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
         }
+        msg
     })?;
     let status = res.status();
     // Read the body so the connection can be reused, and so a truncated answer fails.
