@@ -74,18 +74,24 @@ pub struct Entry {
     pub meta: EntryMeta,
 }
 
-/// The memory tier's record: value, deadline, metadata.
+/// The memory tier's record: value, deadline, version.
+///
+/// Kept small and free of reference-counted options on purpose: quick_cache clones the
+/// whole record on every hit, and an `Option<Arc<_>>` field alone costs about 10 ns per
+/// hit (measured). Tags live in a side table of the memory tier; `tag_bytes` says whether
+/// there are any and how much they weigh.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub(crate) value: Bytes,
     /// Deadline in the tier clock's Unix milliseconds.
     pub(crate) expires: u64,
-    pub(crate) meta: EntryMeta,
+    pub(crate) version: u64,
+    pub(crate) tag_bytes: u32,
 }
 
 impl Stored {
     pub(crate) fn weight_bytes(&self, key: &str) -> u64 {
-        (key.len() + self.value.len() + self.meta.tags.encoded_len() + ENTRY_OVERHEAD) as u64
+        (key.len() + self.value.len() + self.tag_bytes as usize + ENTRY_OVERHEAD) as u64
     }
 }
 

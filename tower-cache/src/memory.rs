@@ -38,6 +38,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -46,7 +47,7 @@ use bytes::Bytes;
 use quick_cache::sync::{Cache as QuickCache, PlaceholderGuard};
 use quick_cache::{DefaultHashBuilder as RandomState, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::entry::{Clock, Entry, EntryMeta, Stored, TimeSource};
+use crate::entry::{Clock, Entry, EntryMeta, Stored, Tags, TimeSource};
 use crate::error::{check_ttl, check_value_len, BuildError, InsertError};
 
 type Inner = QuickCache<Arc<str>, Stored, Weigh, RandomState, Hooks>;
@@ -95,6 +96,7 @@ impl MemoryStats {
     }
 }
 
+/// Counters, and the tags of the entries that have any (see [`Stored`]).
 #[derive(Debug, Default)]
 struct Counters {
     hits: AtomicU64,
@@ -104,14 +106,31 @@ struct Counters {
     expirations: AtomicU64,
     rejections: AtomicU64,
     bytes: AtomicI64,
+    /// Locked inside quick_cache's shard locks (eviction hooks, `retain`); never held
+    /// while calling into the cache.
+    tags: Mutex<HashMap<Arc<str>, Tags>>,
 }
 
 impl Counters {
-    fn add_bytes(&self, n: u64) {
-        self.bytes.fetch_add(n as i64, Ordering::Relaxed);
+    fn add(&self, key: &Arc<str>, stored: &Stored, tags: Tags) {
+        self.bytes
+            .fetch_add(stored.weight_bytes(key) as i64, Ordering::Relaxed);
+        if !tags.is_empty() {
+            self.tag_table().insert(key.clone(), tags);
+        }
     }
-    fn sub_bytes(&self, n: u64) {
-        self.bytes.fetch_sub(n as i64, Ordering::Relaxed);
+
+    /// Forgets an entry that left the tier: its bytes and its tags.
+    fn release(&self, key: &str, stored: &Stored) {
+        self.bytes
+            .fetch_sub(stored.weight_bytes(key) as i64, Ordering::Relaxed);
+        if stored.tag_bytes > 0 {
+            self.tag_table().remove(key);
+        }
+    }
+
+    fn tag_table(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Tags>> {
+        self.tags.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -167,7 +186,7 @@ impl Lifecycle<Arc<str>, Stored> for Hooks {
 
     fn on_evict(&self, _state: &mut (), key: Arc<str>, val: Stored) {
         self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        self.counters.sub_bytes(val.weight_bytes(&key));
+        self.counters.release(&key, &val);
     }
 }
 
@@ -381,8 +400,8 @@ impl MemoryTier {
         ttl: Duration,
         meta: EntryMeta,
     ) -> Result<(), InsertError> {
-        let stored = self.prepare(value, ttl, meta)?;
-        self.insert_stored(Arc::from(key), stored);
+        let prepared = self.prepare(value, ttl, meta)?;
+        self.insert_stored(Arc::from(key), prepared);
         Ok(())
     }
 
@@ -393,10 +412,24 @@ impl MemoryTier {
 
     /// Returns the entry under `key` (value, time left, metadata) if it is there and fresh.
     pub fn get_entry(&self, key: &str) -> Option<Entry> {
-        self.get_stored(key).map(|s| Entry {
+        let s = self.get_stored(key)?;
+        let tags = if s.tag_bytes > 0 {
+            self.shared
+                .counters
+                .tag_table()
+                .get(key)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            Tags::none()
+        };
+        Some(Entry {
             ttl_left: Duration::from_millis(s.expires.saturating_sub(self.shared.clock.now_ms())),
             value: s.value,
-            meta: s.meta,
+            meta: EntryMeta {
+                version: s.version,
+                tags,
+            },
         })
     }
 
@@ -415,7 +448,7 @@ impl MemoryTier {
     pub fn delete(&self, key: &str) -> bool {
         match self.shared.cache.remove(key) {
             Some((k, v)) => {
-                self.shared.counters.sub_bytes(v.weight_bytes(&k));
+                self.shared.counters.release(&k, &v);
                 true
             }
             None => false,
@@ -426,24 +459,24 @@ impl MemoryTier {
     pub fn clear(&self) {
         self.shared.cache.clear();
         self.shared.counters.bytes.store(0, Ordering::Relaxed);
+        self.shared.counters.tag_table().clear();
     }
 
     /// Removes every expired entry; returns how many.
     pub fn sweep(&self) -> usize {
         let now = self.shared.clock.now_ms();
-        // `retain` takes a `Fn`: count through cells.
+        // `retain` takes a `Fn`: count through a cell.
         let removed = std::cell::Cell::new(0usize);
-        let bytes = std::cell::Cell::new(0u64);
+        let counters = &self.shared.counters;
         self.shared.cache.retain(|k, v| {
             let keep = v.expires > now;
             if !keep {
                 removed.set(removed.get() + 1);
-                bytes.set(bytes.get() + v.weight_bytes(k));
+                counters.release(k, v);
             }
             keep
         });
-        let (removed, bytes) = (removed.get(), bytes.get());
-        self.shared.counters.sub_bytes(bytes);
+        let removed = removed.get();
         self.shared
             .counters
             .expirations
@@ -554,7 +587,7 @@ impl MemoryTier {
         value: Bytes,
         ttl: Duration,
         meta: EntryMeta,
-    ) -> Result<Stored, InsertError> {
+    ) -> Result<(Stored, Tags), InsertError> {
         let checked = check_ttl(ttl)
             .and_then(|()| check_value_len("memory", value.len(), self.shared.max_value_bytes));
         if let Err(e) = checked {
@@ -564,37 +597,40 @@ impl MemoryTier {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        Ok(Stored {
+        let stored = Stored {
             value,
             expires: self.shared.clock.deadline(ttl),
-            meta,
-        })
+            version: meta.version,
+            tag_bytes: meta.tags.encoded_len().min(u32::MAX as usize) as u32,
+        };
+        Ok((stored, meta.tags))
     }
 
-    pub(crate) fn insert_stored(&self, key: Arc<str>, stored: Stored) {
+    pub(crate) fn insert_stored(&self, key: Arc<str>, (stored, tags): (Stored, Tags)) {
         let c = &self.shared.counters;
-        // quick_cache reports evictions but not replacements: release the bytes of the
-        // entry being replaced so the byte count stays exact.
+        // quick_cache reports evictions but not replacements: release the entry being
+        // replaced so the byte count and the tag table stay exact.
         if let Some((k, old)) = self.shared.cache.remove(&*key) {
-            c.sub_bytes(old.weight_bytes(&k));
+            c.release(&k, &old);
         }
-        c.add_bytes(stored.weight_bytes(&key));
+        c.add(&key, &stored, tags);
         c.inserts.fetch_add(1, Ordering::Relaxed);
         self.shared.cache.insert(key, stored);
     }
 
     /// Fills a single-flight placeholder; returns false if the key was deleted meanwhile.
-    pub(crate) fn fill(&self, key: &str, guard: Guard<'_>, stored: Stored) -> bool {
+    pub(crate) fn fill(&self, key: &str, guard: Guard<'_>, (stored, tags): (Stored, Tags)) -> bool {
         let c = &self.shared.counters;
-        let bytes = stored.weight_bytes(key);
-        c.add_bytes(bytes);
+        let key: Arc<str> = Arc::from(key);
+        c.add(&key, &stored, tags);
+        let kept = stored.clone();
         match guard.insert(stored) {
             Ok(()) => {
                 c.inserts.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(_) => {
-                c.sub_bytes(bytes);
+                c.release(&key, &kept);
                 false
             }
         }
@@ -663,7 +699,7 @@ impl MemoryTier {
     fn expire(&self, key: &str) {
         let now = self.shared.clock.now_ms();
         if let Some((k, v)) = self.shared.cache.remove_if(key, |s| s.expires <= now) {
-            self.shared.counters.sub_bytes(v.weight_bytes(&k));
+            self.shared.counters.release(&k, &v);
             self.shared
                 .counters
                 .expirations

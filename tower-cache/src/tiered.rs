@@ -355,14 +355,15 @@ impl Tiered {
                     let hit = Stored {
                         value: entry.value,
                         expires: self.memory.deadline(entry.ttl_left),
-                        meta: entry.meta,
+                        version: entry.meta.version,
+                        tag_bytes: 0,
                     };
                     match self
                         .memory
-                        .prepare(hit.value.clone(), entry.ttl_left, hit.meta.clone())
+                        .prepare(hit.value.clone(), entry.ttl_left, entry.meta)
                     {
-                        Ok(stored) => {
-                            self.memory.fill(key, guard, stored);
+                        Ok(prepared) => {
+                            self.memory.fill(key, guard, prepared);
                         }
                         // Too large for memory: serve it from disk without promoting.
                         Err(_) => drop(guard),
@@ -400,8 +401,8 @@ impl Tiered {
             }
         }
         if tiers.memory {
-            let stored = self.memory.prepare(value, ttl, meta)?;
-            self.memory.fill(key, guard, stored);
+            let prepared = self.memory.prepare(value, ttl, meta)?;
+            self.memory.fill(key, guard, prepared);
         }
         Ok(())
     }

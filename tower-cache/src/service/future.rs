@@ -25,13 +25,13 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<T> {
-        Ready { res: Option<Result<T, BoxError>> },
+        Ready { res: Option<T> },
         Boxed { #[pin] fut: BoxFuture<T> },
     }
 }
 
 impl<T> ResponseFuture<T> {
-    pub(crate) fn ready(res: Result<T, BoxError>) -> Self {
+    pub(crate) fn ready(res: T) -> Self {
         Self {
             kind: Kind::Ready { res: Some(res) },
         }
@@ -49,9 +49,9 @@ impl<T> Future for ResponseFuture<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Ready { res } => {
-                Poll::Ready(res.take().expect("ResponseFuture polled after completion"))
-            }
+            KindProj::Ready { res } => Poll::Ready(Ok(res
+                .take()
+                .expect("ResponseFuture polled after completion"))),
             KindProj::Boxed { fut } => fut.poll(cx),
         }
     }
