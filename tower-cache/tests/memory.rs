@@ -242,3 +242,34 @@ fn the_coarse_clock_expires_entries_in_real_time() {
     assert!(m.get("short").is_none(), "expired after five times its ttl");
     assert!(m.get("long").is_some());
 }
+
+#[test]
+fn versions_and_tags_are_kept_and_replaced_with_the_entry() {
+    let m = MemoryTier::builder().build().unwrap();
+    let meta = tower_cache::EntryMeta {
+        version: 42,
+        tags: ["user:1", "team:9"].into_iter().collect(),
+    };
+    m.set_with("k", value(3), TTL, meta.clone()).unwrap();
+    let e = m.get_entry("k").unwrap();
+    assert_eq!(e.meta, meta);
+    let tagged_bytes = m.stats().bytes;
+    m.set("k", value(3), TTL).unwrap();
+    let e = m.get_entry("k").unwrap();
+    assert_eq!(
+        (e.meta.version, e.meta.tags.len()),
+        (0, 0),
+        "an overwrite drops the old tags"
+    );
+    assert!(
+        m.stats().bytes < tagged_bytes,
+        "tags count towards the bytes"
+    );
+    m.set_with("k", value(3), TTL, meta.clone()).unwrap();
+    assert!(m.delete("k"));
+    m.set("k", value(3), TTL).unwrap();
+    assert!(
+        m.get_entry("k").unwrap().meta.tags.is_empty(),
+        "a delete drops the tags"
+    );
+}

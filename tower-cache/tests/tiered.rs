@@ -174,3 +174,19 @@ async fn optimize_sweeps_both_tiers() {
     assert_eq!((r.memory_expired, r.disk_expired), (1, 1));
     assert_eq!(s.get("long").await.unwrap(), "2");
 }
+
+#[tokio::test]
+async fn promotion_keeps_versions_and_tags() {
+    let _w = common::watchdog("promotion_keeps_meta", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let meta = tower_cache::EntryMeta {
+        version: 7,
+        tags: ["provider:3"].into_iter().collect(),
+    };
+    s.set_with("k", "v".into(), TTL, meta.clone(), Tiers::DISK)
+        .await
+        .unwrap();
+    assert_eq!(s.get("k").await.unwrap(), "v");
+    assert_eq!(s.memory().get_entry("k").unwrap().meta, meta);
+}
