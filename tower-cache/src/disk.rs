@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use heed::types::Bytes as Raw;
-use heed::{CompactionOption, Database, Env, EnvOpenOptions, RwTxn};
+use heed::{CompactionOption, Database, Env, EnvOpenOptions, PutFlags, RwTxn};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{Clock, Entry, EntryMeta, Tags, TimeSource};
@@ -1001,15 +1001,31 @@ impl Writer {
                     ..
                 } => {
                     now_ms = now_ms.max(*at);
-                    remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)?;
                     t.seq += 1;
                     let rec =
                         encode_record(value, *expires_ms, meta, t.seq, self.compress_threshold);
-                    dbs.entries.put(&mut wtxn, key.as_bytes(), &rec)?;
-                    dbs.expiry
-                        .put(&mut wtxn, &expiry_key(*expires_ms, key.as_bytes()), &[])?;
-                    dbs.order
-                        .put(&mut wtxn, &t.seq.to_be_bytes(), key.as_bytes())?;
+                    // A new key (the common case) needs one B-tree descent; an existing
+                    // one first drops its old record and index rows.
+                    match dbs.entries.put_with_flags(
+                        &mut wtxn,
+                        PutFlags::NO_OVERWRITE,
+                        key.as_bytes(),
+                        &rec,
+                    ) {
+                        Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {
+                            remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)?;
+                            dbs.entries.put(&mut wtxn, key.as_bytes(), &rec)?;
+                        }
+                        other => other?,
+                    }
+                    put_sorted(
+                        dbs.expiry,
+                        &mut wtxn,
+                        &expiry_key(*expires_ms, key.as_bytes()),
+                        &[],
+                    )?;
+                    // Sequence numbers only grow: appending skips the search.
+                    put_sorted(dbs.order, &mut wtxn, &t.seq.to_be_bytes(), key.as_bytes())?;
                     t.stored += rec.len() as u64;
                     t.logical += value.len() as u64;
                     puts += 1;
@@ -1113,6 +1129,20 @@ impl Writer {
             before_bytes,
             after_bytes: size(&data),
         })
+    }
+}
+
+/// Puts a row that usually sorts after every existing one (an append, which skips the
+/// B-tree search), falling back to an ordinary put when it does not.
+fn put_sorted(
+    db: Database<Raw, Raw>,
+    wtxn: &mut RwTxn<'_>,
+    key: &[u8],
+    value: &[u8],
+) -> heed::Result<()> {
+    match db.put_with_flags(wtxn, PutFlags::APPEND, key, value) {
+        Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => db.put(wtxn, key, value),
+        other => other,
     }
 }
 
