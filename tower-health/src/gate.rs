@@ -315,7 +315,8 @@ impl<S, M: Clone> Layer<S> for ReadinessLayer<M> {
     }
 }
 
-type Waiting = Pin<Box<dyn Future<Output = ()> + Send>>;
+// `Sync` so the service can live in frameworks that share services across threads (axum).
+type Waiting = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// A service behind a [`Gate`]; see the [module docs](crate::gate).
 pub struct ReadinessService<S, M = Pending> {

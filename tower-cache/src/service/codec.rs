@@ -307,6 +307,14 @@ pin_project! {
     }
 }
 
+/// An empty body, so that layers which answer on their own (a 503 from a readiness
+/// gate, say) can build one.
+impl<B> Default for CacheBody<B> {
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
 impl<B> CacheBody<B> {
     /// A body of `bytes`.
     pub fn full(bytes: Bytes) -> Self {
