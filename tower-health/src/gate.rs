@@ -62,6 +62,8 @@ pub struct Gate {
 
 struct GateInner {
     ready: watch::Receiver<bool>,
+    /// The sender of a gate that owns its readiness ([`Gate::always_ready`]).
+    _own_ready: Option<watch::Sender<bool>>,
     draining: watch::Sender<bool>,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -90,10 +92,15 @@ impl Gate {
     /// A gate that follows `ready` (e.g. [`Probes::ready_watch`](crate::Probes::ready_watch)
     /// or [`HealthMonitor::watch`](crate::HealthMonitor::watch)).
     pub fn new(ready: watch::Receiver<bool>) -> Self {
+        Self::with_sender(ready, None)
+    }
+
+    fn with_sender(ready: watch::Receiver<bool>, own: Option<watch::Sender<bool>>) -> Self {
         let (draining, _) = watch::channel(false);
         Self {
             inner: Arc::new(GateInner {
                 ready,
+                _own_ready: own,
                 draining,
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -104,9 +111,8 @@ impl Gate {
     /// A gate that is open until drained.
     pub fn always_ready() -> Self {
         let (tx, rx) = watch::channel(true);
-        // Keep the sender alive so the receiver never reports a closed channel.
-        std::mem::forget(tx);
-        Self::new(rx)
+        // The gate keeps the sender, so its receiver never reports a closed channel.
+        Self::with_sender(rx, Some(tx))
     }
 
     /// Whether traffic may pass: ready and not draining.
