@@ -107,6 +107,10 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
 impl<K, C, P> CacheLayer<K, C, P> {
     /// Decides per response whether to store it and for how long (e.g.
     /// [`StoreSuccessful`], or a closure `Fn(&Res) -> Option<Duration>`).
+    ///
+    /// # Panics
+    ///
+    /// If the layer was cloned before; configure it first.
     pub fn store_policy<P2>(self, policy: P2) -> CacheLayer<K, C, P2> {
         let shared = Arc::try_unwrap(self.shared)
             .unwrap_or_else(|_| panic!("store_policy must be set before the layer is cloned"));
