@@ -3,6 +3,8 @@
 //! is cut off and reported.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,9 +18,11 @@ use tower_service::Service;
 
 const BOUND: Duration = Duration::from_secs(20);
 
-/// `/slow/<ms>` sleeps that long; `/health/*` are the probe endpoints.
+/// `/slow/<ms>` sleeps that long (counting in `started` when it begins); `/health/*` are
+/// the probe endpoints.
 fn app(
     probes: Probes,
+    started: Arc<AtomicUsize>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<Full<Bytes>>,
@@ -30,9 +34,11 @@ fn app(
     let endpoints = HealthEndpoints::new(probes);
     tower::service_fn(move |req: Request<Incoming>| {
         let mut endpoints = endpoints.clone();
+        let started = started.clone();
         async move {
             let path = req.uri().path().to_string();
             if let Some(ms) = path.strip_prefix("/slow/") {
+                started.fetch_add(1, Ordering::SeqCst);
                 let ms: u64 = ms.parse().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 return Ok(Response::new(Full::new(Bytes::from("done"))));
@@ -47,6 +53,7 @@ async fn shutdown_turns_readiness_off_then_finishes_in_flight_requests() {
     support::init_tracing();
     tokio::time::timeout(BOUND, async {
         let probes = Probes::new();
+        let started = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, signal) = oneshot::channel::<()>();
@@ -55,14 +62,14 @@ async fn shutdown_turns_readiness_off_then_finishes_in_flight_requests() {
                 .probes(probes.clone())
                 .drain_delay(Duration::from_millis(300))
                 .grace(Duration::from_secs(5))
-                .serve(listener, app(probes.clone()), async {
+                .serve(listener, app(probes.clone(), started.clone()), async {
                     let _ = signal.await;
                 }),
         );
         assert_eq!(support::get(addr, "/health/ready").await.unwrap().0, 200);
 
         let in_flight = tokio::spawn(support::get(addr, "/slow/800"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_started(&started, 1).await;
         stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
 
@@ -93,6 +100,7 @@ async fn shutdown_turns_readiness_off_then_finishes_in_flight_requests() {
 async fn a_request_past_the_grace_period_is_cut_off_and_reported() {
     tokio::time::timeout(BOUND, async {
         let probes = Probes::new();
+        let started = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, signal) = oneshot::channel::<()>();
@@ -101,12 +109,12 @@ async fn a_request_past_the_grace_period_is_cut_off_and_reported() {
                 .probes(probes.clone())
                 .drain_delay(Duration::from_millis(50))
                 .grace(Duration::from_millis(200))
-                .serve(listener, app(probes), async {
+                .serve(listener, app(probes, started.clone()), async {
                     let _ = signal.await;
                 }),
         );
         let stuck = tokio::spawn(support::get(addr, "/slow/60000"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_started(&started, 1).await;
         stop.send(()).unwrap();
         let report = server.await.unwrap().unwrap();
         assert_eq!(report.cut_off, 1);
@@ -117,4 +125,11 @@ async fn a_request_past_the_grace_period_is_cut_off_and_reported() {
     })
     .await
     .expect("bounded");
+}
+
+/// Waits (bounded by the test's own timeout) until `n` slow requests are being served.
+async fn until_started(started: &AtomicUsize, n: usize) {
+    while started.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
