@@ -883,6 +883,9 @@ impl Writer {
                     Op::Close(ack) => {
                         self.commit(std::mem::take(&mut ops));
                         self.close();
+                        // Refuse further writes before saying the tier is closed, so a
+                        // write after `close()` returns is an error, never silently lost.
+                        self.rx.close();
                         let _ = ack.send(());
                         return;
                     }
