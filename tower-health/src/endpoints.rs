@@ -12,8 +12,9 @@
 //! dependency never makes the health endpoint slow. [`HealthEndpoints::terse`] hides probe
 //! details for endpoints exposed to the public.
 //!
-//! Mount it in axum with `Router::route_service("/health/*rest", endpoints)` (or
-//! `nest_service("/health", ...)` with [`HealthEndpoints::prefix`]), or serve it with hyper.
+//! Mount it in axum 0.8 with `.route_service("/health", endpoints.clone())` and
+//! `.route_service("/health/{probe}", endpoints)` (as the workspace's axum test does), or
+//! serve it with hyper.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
