@@ -245,7 +245,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = &self.shared;
         let Some(key) = shared.key.key(&req) else {
-            return self.bypass(req);
+            let (inner, shared) = (self.inner.clone(), shared.clone());
+            return ResponseFuture::boxed(async move {
+                let res = call_inner(inner, req).await?;
+                Ok(shared.codec.pass(res))
+            });
         };
         // The fast path: a fresh memory entry answers without allocating or touching the
         // inner service.
@@ -258,47 +262,9 @@ where
                 }
             }
         }
+        // A miss in memory: disk, then the inner service with single flight.
         let key = key.into_owned();
-        self.miss(key, req)
-    }
-}
-
-impl<S, K, C, P> CacheService<S, K, C, P> {
-    /// A request with no key: straight to the inner service. Kept out of `call` so the
-    /// hit path stays small.
-    #[inline(never)]
-    fn bypass<Req>(&mut self, req: Req) -> ResponseFuture<C::Response>
-    where
-        S: Service<Req> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        S::Response: Send,
-        Req: Send + 'static,
-        C: Codec<S::Response>,
-        K: Send + Sync + 'static,
-        P: Send + Sync + 'static,
-    {
-        let (inner, shared) = (self.inner.clone(), self.shared.clone());
-        ResponseFuture::boxed(async move {
-            let res = call_inner(inner, req).await?;
-            Ok(shared.codec.pass(res))
-        })
-    }
-
-    /// A miss in memory: disk, then the inner service with single flight.
-    #[inline(never)]
-    fn miss<Req>(&mut self, key: String, req: Req) -> ResponseFuture<C::Response>
-    where
-        S: Service<Req> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        S::Response: Send,
-        Req: Send + 'static,
-        C: Codec<S::Response>,
-        P: StorePolicy<S::Response>,
-        K: Send + Sync + 'static,
-    {
-        let (inner, shared) = (self.inner.clone(), self.shared.clone());
+        let (inner, shared) = (self.inner.clone(), shared.clone());
         ResponseFuture::boxed(async move {
             let store = &shared.store;
             let guard = match store.lookup(&key).await {
