@@ -55,7 +55,7 @@ use tokio::task::AbortHandle;
 
 use crate::error::BuildError;
 use crate::lock;
-use crate::probe::{apply_result, ProbeState};
+use crate::probe::{apply_result, check_schedule, ProbeState};
 
 /// Default time between checks.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
@@ -194,31 +194,14 @@ impl Target {
     }
 
     fn build(&self) -> Result<(Uri, StatusCode), BuildError> {
+        check_schedule(
+            "target",
+            &self.name,
+            ("interval", self.interval, "250ms"),
+            (self.timeout, "200ms"),
+            (self.failure_threshold, self.success_threshold),
+        )?;
         let err = |s: String| BuildError::new(format!("target `{}`: {s}", self.name));
-        if self.name.is_empty() {
-            return Err(BuildError::new(
-                "target: the name is empty; give every target a name",
-            ));
-        }
-        if self.interval.is_zero() {
-            return Err(err(
-                "interval is zero; check at least every few seconds, e.g. 250ms".into(),
-            ));
-        }
-        if self.timeout.is_zero() {
-            return Err(err(
-                "timeout is zero; allow the check some time, e.g. 200ms".into(),
-            ));
-        }
-        if self.timeout > self.interval {
-            return Err(err(format!(
-                "timeout ({:?}) is longer than the interval ({:?}); lower the timeout or raise the interval",
-                self.timeout, self.interval
-            )));
-        }
-        if self.failure_threshold == 0 || self.success_threshold == 0 {
-            return Err(err("thresholds must be at least 1".into()));
-        }
         if self.max_backoff < self.interval {
             return Err(err(format!(
                 "max_backoff ({:?}) is shorter than the interval ({:?}); raise it",

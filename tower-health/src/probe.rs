@@ -257,33 +257,51 @@ impl Probe {
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        let what = |s: &str| format!("probe `{}`: {s}", self.name);
-        if self.name.is_empty() {
-            return Err(BuildError::new(
-                "probe: the name is empty; give every probe a name",
-            ));
-        }
-        if self.period.is_zero() {
-            return Err(BuildError::new(what(
-                "period is zero; check at least every few seconds, e.g. 1s",
-            )));
-        }
-        if self.timeout.is_zero() {
-            return Err(BuildError::new(what(
-                "timeout is zero; allow the check some time, e.g. 500ms",
-            )));
-        }
-        if self.timeout > self.period {
-            return Err(BuildError::new(what(&format!(
-                "timeout ({:?}) is longer than the period ({:?}); lower the timeout or raise the period",
-                self.timeout, self.period
-            ))));
-        }
-        if self.failure_threshold == 0 || self.success_threshold == 0 {
-            return Err(BuildError::new(what("thresholds must be at least 1")));
-        }
-        Ok(())
+        check_schedule(
+            "probe",
+            &self.name,
+            ("period", self.period, "1s"),
+            (self.timeout, "500ms"),
+            (self.failure_threshold, self.success_threshold),
+        )
     }
+}
+
+/// Checks what probes and monitor targets share: a name, a positive period, a positive
+/// timeout no longer than the period, thresholds of at least one. Messages name the
+/// setting and a sensible value.
+pub(crate) fn check_schedule(
+    thing: &str,
+    name: &str,
+    (period_name, period, period_example): (&str, Duration, &str),
+    (timeout, timeout_example): (Duration, &str),
+    (failure_threshold, success_threshold): (u32, u32),
+) -> Result<(), BuildError> {
+    let err = |s: String| Err(BuildError::new(format!("{thing} `{name}`: {s}")));
+    if name.is_empty() {
+        return Err(BuildError::new(format!(
+            "{thing}: the name is empty; give every {thing} a name"
+        )));
+    }
+    if period.is_zero() {
+        return err(format!(
+            "{period_name} is zero; check at least every few seconds, e.g. {period_example}"
+        ));
+    }
+    if timeout.is_zero() {
+        return err(format!(
+            "timeout is zero; allow the check some time, e.g. {timeout_example}"
+        ));
+    }
+    if timeout > period {
+        return err(format!(
+            "timeout ({timeout:?}) is longer than the {period_name} ({period:?}); lower the timeout or raise the {period_name}"
+        ));
+    }
+    if failure_threshold == 0 || success_threshold == 0 {
+        return err("thresholds must be at least 1".to_string());
+    }
+    Ok(())
 }
 
 /// Applies one result to a probe's counters and state (thresholds both ways).
