@@ -131,6 +131,7 @@ fn unix_ms() -> u64 {
 }
 
 /// The coarse clock: one thread stores the time every millisecond.
+#[inline]
 fn coarse() -> &'static AtomicU64 {
     static NOW: OnceLock<&'static AtomicU64> = OnceLock::new();
     NOW.get_or_init(|| {
