@@ -275,12 +275,14 @@ where
     )
 }
 
-#[tokio::test]
-async fn http_responses_round_trip_with_status_and_headers() {
-    let _w = common::watchdog(
-        "http_responses_round_trip_with_status_and_headers",
-        common::LIMIT,
-    );
+type HttpResponse = Response<tower_cache::CacheBody<Full<Bytes>>>;
+
+/// The HTTP origin behind a memory-only cache storing successful responses of up to
+/// 4 KiB, with the origin's call counter.
+fn http_service() -> (
+    impl Service<Request<Full<Bytes>>, Response = HttpResponse, Error = tower_cache::BoxError> + Clone,
+    Arc<AtomicUsize>,
+) {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(4096), TTL)
         .unwrap()
@@ -288,6 +290,16 @@ async fn http_responses_round_trip_with_status_and_headers() {
     let svc = ServiceBuilder::new()
         .layer(layer)
         .service(http_origin(calls.clone()));
+    (svc, calls)
+}
+
+#[tokio::test]
+async fn http_responses_round_trip_with_status_and_headers() {
+    let _w = common::watchdog(
+        "http_responses_round_trip_with_status_and_headers",
+        common::LIMIT,
+    );
+    let (svc, calls) = http_service();
     let first = get(&svc, "/a?x=1").await;
     let second = get(&svc, "/a?x=1").await;
     assert_eq!(first, second);
@@ -309,13 +321,7 @@ async fn unsuccessful_private_and_oversized_responses_are_not_stored() {
         "unsuccessful_private_and_oversized_responses_are_not_stored",
         common::LIMIT,
     );
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(4096), TTL)
-        .unwrap()
-        .store_policy(StoreSuccessful);
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(http_origin(calls.clone()));
+    let (svc, calls) = http_service();
     for path in ["/error", "/private", "/big"] {
         let a = get(&svc, path).await;
         let b = get(&svc, path).await;

@@ -48,24 +48,51 @@ fn app(
     })
 }
 
+/// A running test server: its address, its probes, the count of slow requests begun, the
+/// switch that starts shutdown, and the task that returns the report.
+struct Running {
+    addr: std::net::SocketAddr,
+    probes: Probes,
+    started: Arc<AtomicUsize>,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<tower_health::ShutdownReport>>,
+}
+
+async fn start(drain_delay: Duration, grace: Duration) -> Running {
+    let probes = Probes::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, signal) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        GracefulServer::new()
+            .probes(probes.clone())
+            .drain_delay(drain_delay)
+            .grace(grace)
+            .serve(listener, app(probes.clone(), started.clone()), async {
+                let _ = signal.await;
+            }),
+    );
+    Running {
+        addr,
+        probes,
+        started,
+        stop,
+        server,
+    }
+}
+
 #[tokio::test]
 async fn shutdown_turns_readiness_off_then_finishes_in_flight_requests() {
     support::init_tracing();
     tokio::time::timeout(BOUND, async {
-        let probes = Probes::new();
-        let started = Arc::new(AtomicUsize::new(0));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, signal) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            GracefulServer::new()
-                .probes(probes.clone())
-                .drain_delay(Duration::from_millis(300))
-                .grace(Duration::from_secs(5))
-                .serve(listener, app(probes.clone(), started.clone()), async {
-                    let _ = signal.await;
-                }),
-        );
+        let Running {
+            addr,
+            probes,
+            started,
+            stop,
+            server,
+        } = start(Duration::from_millis(300), Duration::from_secs(5)).await;
         assert_eq!(support::get(addr, "/health/ready").await.unwrap().0, 200);
 
         let in_flight = tokio::spawn(support::get(addr, "/slow/800"));
@@ -99,20 +126,13 @@ async fn shutdown_turns_readiness_off_then_finishes_in_flight_requests() {
 #[tokio::test]
 async fn a_request_past_the_grace_period_is_cut_off_and_reported() {
     tokio::time::timeout(BOUND, async {
-        let probes = Probes::new();
-        let started = Arc::new(AtomicUsize::new(0));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, signal) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            GracefulServer::new()
-                .probes(probes.clone())
-                .drain_delay(Duration::from_millis(50))
-                .grace(Duration::from_millis(200))
-                .serve(listener, app(probes, started.clone()), async {
-                    let _ = signal.await;
-                }),
-        );
+        let Running {
+            addr,
+            started,
+            stop,
+            server,
+            ..
+        } = start(Duration::from_millis(50), Duration::from_millis(200)).await;
         let stuck = tokio::spawn(support::get(addr, "/slow/60000"));
         until_started(&started, 1).await;
         stop.send(()).unwrap();
