@@ -102,26 +102,66 @@ pub(crate) const ENTRY_OVERHEAD: usize = 64;
 ///
 /// Deadlines are Unix milliseconds in both tiers (the disk tier's survive a restart), so a
 /// disk hit is promoted with exactly the time it has left.
+///
+/// A hit has to read the time. A clock read costs about 25 ns on a VM, as much as the
+/// whole `quick_cache` lookup, so production tiers read a millisecond clock that one
+/// background thread advances ([`TimeSource::Coarse`]); tests that drive expiry with
+/// `tokio::time::pause()` need [`TimeSource::Tokio`]. [`TimeSource::Auto`], the default,
+/// picks between the two when the tier is built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TimeSource {
-    /// Follow `tokio::time` (the default): anchored to the wall clock once, then moved by
-    /// `tokio::time::Instant`, so `tokio::time::pause()` and `advance()` drive expiry in
-    /// tests. Costs a clock read (about 25 ns on a VM) per cache hit.
+    /// The default: [`TimeSource::Tokio`] if the tier is built inside a tokio runtime whose
+    /// clock is paused (`#[tokio::test(start_paused = true)]`, or `tokio::time::pause()`
+    /// called before the build), otherwise [`TimeSource::Coarse`]. The choice is made once,
+    /// at build time: a test that pauses the clock after building the tier must ask for
+    /// [`TimeSource::Tokio`] itself.
     #[default]
+    Auto,
+    /// Follow `tokio::time`: anchored to the wall clock once, then moved by
+    /// `tokio::time::Instant`, so `tokio::time::pause()` and `advance()` drive expiry.
+    /// Costs a clock read per cache hit.
     Tokio,
-    /// A shared millisecond clock that one background thread advances; a cache hit reads
-    /// an atomic instead of the clock. For hot paths. Real time only: it does not follow
-    /// `tokio::time::pause()`.
+    /// A shared millisecond clock that one background thread advances; a hit reads an
+    /// atomic instead of the clock. Expiry may be up to about a millisecond late. Real time
+    /// only: it does not follow `tokio::time::pause()`.
     Coarse,
+}
+
+impl TimeSource {
+    /// What [`TimeSource::Auto`] resolves to here and now; the other sources are returned
+    /// as they are.
+    pub fn resolve(self) -> TimeSource {
+        match self {
+            TimeSource::Auto if tokio_clock_paused() => TimeSource::Tokio,
+            TimeSource::Auto => TimeSource::Coarse,
+            other => other,
+        }
+    }
+}
+
+/// Whether this thread runs inside a tokio runtime whose clock is paused.
+///
+/// A paused clock stands still until the runtime advances it, which it cannot do while
+/// this (synchronous) code runs; a running clock moves with the real one. So: let real
+/// time move by 20 microseconds and see whether tokio's clock followed.
+fn tokio_clock_paused() -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let before = Instant::now();
+    let real = std::time::Instant::now();
+    while real.elapsed() < Duration::from_micros(20) {
+        std::hint::spin_loop();
+    }
+    Instant::now() == before
 }
 
 /// Unix milliseconds, advancing with the chosen [`TimeSource`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    source: TimeSource,
-    anchor: Instant,
-    anchor_ms: u64,
+pub(crate) enum Clock {
+    Tokio { anchor: Instant, anchor_ms: u64 },
+    Coarse(&'static AtomicU64),
 }
 
 fn unix_ms() -> u64 {
@@ -131,7 +171,6 @@ fn unix_ms() -> u64 {
 }
 
 /// The coarse clock: one thread stores the time every millisecond.
-#[inline]
 fn coarse() -> &'static AtomicU64 {
     static NOW: OnceLock<&'static AtomicU64> = OnceLock::new();
     NOW.get_or_init(|| {
@@ -153,27 +192,33 @@ fn coarse() -> &'static AtomicU64 {
 }
 
 impl Clock {
+    /// A clock for `source`; [`TimeSource::Auto`] is resolved here.
     pub(crate) fn new(source: TimeSource) -> Self {
-        if source == TimeSource::Coarse {
-            coarse();
+        match source.resolve() {
+            TimeSource::Coarse => Clock::Coarse(coarse()),
+            _ => Clock::Tokio {
+                anchor: Instant::now(),
+                anchor_ms: unix_ms(),
+            },
         }
-        Self {
-            source,
-            anchor: Instant::now(),
-            anchor_ms: unix_ms(),
+    }
+
+    /// The source this clock reads (never [`TimeSource::Auto`]).
+    pub(crate) fn source(&self) -> TimeSource {
+        match self {
+            Clock::Tokio { .. } => TimeSource::Tokio,
+            Clock::Coarse(_) => TimeSource::Coarse,
         }
     }
 
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
-        match self.source {
-            TimeSource::Tokio => {
-                self.anchor_ms
-                    + Instant::now()
-                        .saturating_duration_since(self.anchor)
-                        .as_millis() as u64
+        match self {
+            Clock::Coarse(now) => now.load(Ordering::Relaxed),
+            Clock::Tokio { anchor, anchor_ms } => {
+                let d = Instant::now().saturating_duration_since(*anchor);
+                anchor_ms + d.as_secs() * 1000 + u64::from(d.subsec_millis())
             }
-            TimeSource::Coarse => coarse().load(Ordering::Relaxed),
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_cache::{InsertErrorKind, MemoryTier};
+use tower_cache::{InsertErrorKind, MemoryTier, TimeSource};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -233,7 +233,7 @@ fn bad_entries_are_counted_rejections_not_panics() {
 #[test]
 fn the_coarse_clock_expires_entries_in_real_time() {
     let m = MemoryTier::builder()
-        .time_source(tower_cache::TimeSource::Coarse)
+        .time_source(TimeSource::Coarse)
         .build()
         .unwrap();
     m.set("short", value(1), Duration::from_millis(20)).unwrap();
@@ -244,6 +244,40 @@ fn the_coarse_clock_expires_entries_in_real_time() {
         "expired after fifteen times its ttl"
     );
     assert!(m.get("long").is_some());
+}
+
+#[test]
+fn the_default_clock_is_coarse_outside_a_runtime() {
+    let m = MemoryTier::builder().build().unwrap();
+    assert_eq!(m.time_source(), TimeSource::Coarse);
+    assert_eq!(TimeSource::Auto.resolve(), TimeSource::Coarse);
+    assert_eq!(TimeSource::Tokio.resolve(), TimeSource::Tokio);
+}
+
+#[tokio::test]
+async fn the_default_clock_is_coarse_under_a_running_tokio_clock() {
+    let m = MemoryTier::builder().build().unwrap();
+    assert_eq!(m.time_source(), TimeSource::Coarse);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_clock_follows_a_paused_tokio_clock() {
+    let _watchdog = common::watchdog("paused clock", Duration::from_secs(10));
+    let m = MemoryTier::builder().build().unwrap();
+    assert_eq!(m.time_source(), TimeSource::Tokio);
+    m.set("k", value(1), Duration::from_secs(30)).unwrap();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(m.get("k").is_some(), "29 s into a 30 s ttl");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(m.get("k").is_none(), "31 s into a 30 s ttl");
+    // Asked for explicitly, the coarse clock ignores the paused one.
+    let coarse = MemoryTier::builder()
+        .time_source(TimeSource::Coarse)
+        .build()
+        .unwrap();
+    coarse.set("k", value(1), Duration::from_secs(30)).unwrap();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert!(coarse.get("k").is_some(), "real time has not moved 30 s");
 }
 
 #[test]

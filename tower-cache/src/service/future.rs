@@ -31,6 +31,7 @@ pin_project! {
 }
 
 impl<T> ResponseFuture<T> {
+    #[inline]
     pub(crate) fn ready(res: T) -> Self {
         Self {
             kind: Kind::Ready { res: Some(res) },
@@ -47,6 +48,7 @@ impl<T> ResponseFuture<T> {
 impl<T> Future for ResponseFuture<T> {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Ready { res } => Poll::Ready(Ok(res
