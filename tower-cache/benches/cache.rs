@@ -271,6 +271,13 @@ fn write(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                 start.elapsed() / per_iter as u32
             })
         });
+        let s = disk.stats();
+        println!(
+            "{name}: {} writes in {} commits, {:.0} per commit",
+            s.writes,
+            s.write_batches,
+            s.writes as f64 / s.write_batches.max(1) as f64
+        );
     }
     // Write-through from the request path: queue, then one flush for the lot.
     let dir = tempfile::tempdir().unwrap();

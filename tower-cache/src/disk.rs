@@ -230,6 +230,11 @@ pub struct DiskStats {
     pub rejections: u64,
     /// Faults: failed transactions, I/O errors, a closed environment.
     pub errors: u64,
+    /// Batches that found LMDB's map full before the byte bound was reached; each made
+    /// room, lowered `bound_bytes` and was retried (see [`DiskTierBuilder::max_bytes`]).
+    pub map_full: u64,
+    /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
+    pub bound_bytes: u64,
     /// Entries in the environment now (all processes).
     pub entries: u64,
     /// Bytes of records stored (after compression).
@@ -262,6 +267,8 @@ struct Counters {
     corrupt: AtomicU64,
     rejections: AtomicU64,
     errors: AtomicU64,
+    map_full: AtomicU64,
+    bound_bytes: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -300,6 +307,16 @@ impl DiskTierBuilder {
 
     /// Bound on stored bytes (default: three quarters of the map). Past it, expired
     /// entries are removed first, then the oldest writes.
+    ///
+    /// The bound counts the bytes of records; LMDB's pages hold more than that (B-tree
+    /// pages run half to two thirds full under random keys, each entry has two index
+    /// rows, and a transaction needs free pages to copy what it touches). Small records
+    /// can therefore fill the map before the bound: then the tier lowers its bound to
+    /// what the map holds (when its live pages pass half of the map, or a commit finds
+    /// the map full), commits in smaller transactions, and carries on; no write is
+    /// lost to a full map. [`DiskStats::bound_bytes`] shows the bound in force and
+    /// [`DiskStats::map_full`] how often the map filled up. Give small records a map
+    /// several times `max_bytes`; the map costs address space, not disk.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(bytes);
         self
@@ -387,7 +404,10 @@ impl DiskTierBuilder {
         let shared = Arc::new(Shared {
             path: self.path.clone(),
             state: RwLock::new(Some(opened)),
-            counters: Counters::default(),
+            counters: Counters {
+                bound_bytes: AtomicU64::new(max_bytes),
+                ..Counters::default()
+            },
             max_value_bytes,
         });
         let writer = Writer {
@@ -397,6 +417,8 @@ impl DiskTierBuilder {
             max_bytes,
             compress_threshold: self.compress_threshold,
             max_batch: self.max_batch,
+            txn_limit: self.max_batch,
+            live_at_lowering: 0,
         };
         std::thread::Builder::new()
             .name("tower-cache-disk-writer".into())
@@ -493,6 +515,16 @@ enum Op {
     },
     Compact(oneshot::Sender<Result<CompactReport, DiskError>>),
     Close(oneshot::Sender<()>),
+}
+
+impl Op {
+    /// The time the op was queued at, for those that carry one.
+    fn now_ms(&self) -> u64 {
+        match self {
+            Op::Put { now_ms, .. } | Op::Cleanup { now_ms, .. } => *now_ms,
+            _ => 0,
+        }
+    }
 }
 
 impl DiskTier {
@@ -766,6 +798,8 @@ impl DiskTier {
             corrupt: c.corrupt.load(Ordering::Relaxed),
             rejections: c.rejections.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            map_full: c.map_full.load(Ordering::Relaxed),
+            bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };
         let state = self.shared.state();
@@ -821,6 +855,10 @@ struct Writer {
     max_bytes: u64,
     compress_threshold: usize,
     max_batch: usize,
+    /// Most writes per transaction now: `max_batch`, less after the map filled up.
+    txn_limit: usize,
+    /// Live bytes of pages when the bound was last lowered.
+    live_at_lowering: u64,
 }
 
 /// Running totals kept inside the write transaction.
@@ -828,6 +866,42 @@ struct Totals {
     seq: u64,
     stored: u64,
     logical: u64,
+}
+
+impl Totals {
+    fn read(dbs: &Dbs, txn: &heed::RoTxn<'_>) -> Self {
+        Self {
+            seq: read_meta(dbs, txn, META_SEQ),
+            stored: read_meta(dbs, txn, META_STORED),
+            logical: read_meta(dbs, txn, META_LOGICAL),
+        }
+    }
+
+    fn write(&self, dbs: &Dbs, wtxn: &mut RwTxn<'_>) -> heed::Result<()> {
+        dbs.meta.put(wtxn, META_SEQ, &self.seq.to_le_bytes())?;
+        dbs.meta
+            .put(wtxn, META_STORED, &self.stored.to_le_bytes())?;
+        dbs.meta
+            .put(wtxn, META_LOGICAL, &self.logical.to_le_bytes())
+    }
+}
+
+/// How often one batch may make room after even a single write found the map full.
+const MAP_FULL_ROOMS: usize = 3;
+
+/// Bytes of the pages the tier's databases hold now (free pages not counted).
+fn live_bytes(dbs: &Dbs, txn: &heed::RoTxn<'_>) -> heed::Result<u64> {
+    let mut bytes = 0;
+    for db in [dbs.entries, dbs.expiry, dbs.order, dbs.meta] {
+        let s = db.stat(txn)?;
+        let pages = s.branch_pages + s.leaf_pages + s.overflow_pages;
+        bytes += pages as u64 * u64::from(s.page_size);
+    }
+    Ok(bytes)
+}
+
+fn is_map_full(e: &heed::Error) -> bool {
+    matches!(e, heed::Error::Mdb(heed::MdbError::MapFull))
 }
 
 enum Done {
@@ -905,12 +979,13 @@ impl Writer {
         }
     }
 
-    fn commit(&self, ops: Vec<Op>) {
+    fn commit(&mut self, ops: Vec<Op>) {
         if ops.is_empty() {
             return;
         }
-        let c = &self.shared.counters;
-        let state = self.shared.state();
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let state = shared.state();
         let Some(o) = state.as_ref() else {
             let e = DiskError::closed();
             bump(&c.errors, 1);
@@ -919,17 +994,24 @@ impl Writer {
             }
             return;
         };
-        // One retry: after a full map, the retry evicts room first.
+        // A full map: a transaction needs free pages for every page it touches (LMDB
+        // copies on write, and a page freed by one commit is handed out again only
+        // from the second commit after it), so many small records under random keys
+        // can fill the map long before the byte bound. Commit in smaller pieces then,
+        // and remember the size that fitted (growing it back slowly); if even a single
+        // write does not fit, the data itself is too big for the map: make room and
+        // lower the bound.
         let mut ops = ops;
-        let mut make_room = false;
-        for attempt in 0..2 {
-            match self.apply(o, &ops, make_room) {
+        let mut rooms = 0;
+        while !ops.is_empty() {
+            let n = self.txn_limit.min(ops.len());
+            let e = match self.apply(o, &ops[..n]) {
                 Ok((puts, evicted, expired, results)) => {
                     bump(&c.writes, puts);
                     bump(&c.write_batches, 1);
                     bump(&c.evictions, evicted);
                     bump(&c.expirations, expired);
-                    for (op, found) in ops.into_iter().zip(results) {
+                    for (op, found) in ops.drain(..n).zip(results) {
                         let mut done = Self::done_of(op);
                         match &mut done {
                             Done::Delete(_, f) => *f = found > 0,
@@ -938,23 +1020,96 @@ impl Writer {
                         }
                         done.succeed();
                     }
-                    return;
-                }
-                Err(e) => {
-                    bump(&c.errors, 1);
-                    let full = matches!(e, heed::Error::Mdb(heed::MdbError::MapFull));
-                    if full && attempt == 0 {
-                        tracing::warn!("disk tier: map full; evicting and retrying the batch");
-                        make_room = true;
-                        continue;
+                    if n == self.txn_limit && n < self.max_batch {
+                        self.txn_limit = (n + n / 8 + 1).min(self.max_batch);
                     }
-                    let e = DiskError::lmdb("commit", e);
-                    tracing::error!(error = %e, writes = ops.len(), "disk tier: batch lost");
-                    for op in ops.drain(..) {
-                        Self::done_of(op).fail(&e);
-                    }
-                    return;
+                    continue;
                 }
+                Err(e) => e,
+            };
+            let e = if is_map_full(&e) {
+                bump(&c.map_full, 1);
+                if n > 1 {
+                    self.txn_limit = n.div_ceil(2);
+                    tracing::debug!(
+                        writes = self.txn_limit,
+                        "disk tier: map full; committing in smaller transactions"
+                    );
+                    continue;
+                }
+                if rooms < MAP_FULL_ROOMS {
+                    rooms += 1;
+                    let now_ms = ops[0].now_ms();
+                    match self.make_room(o, now_ms) {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    }
+                } else {
+                    e
+                }
+            } else {
+                e
+            };
+            // Not to be saved by making room: these writes fail, the rest go on.
+            bump(&c.errors, 1);
+            let e = DiskError::lmdb("commit", e);
+            tracing::error!(error = %e, writes = n, "disk tier: writes lost");
+            for op in ops.drain(..n) {
+                Self::done_of(op).fail(&e);
+            }
+        }
+    }
+
+    /// Frees a quarter of the stored bytes after the map filled up, and lowers the byte
+    /// bound to what is left so that later batches evict before the map fills again.
+    ///
+    /// Eviction runs in transactions of its own, in steps: LMDB hands a page freed by
+    /// one commit out again only from the second commit after it, and deleting needs
+    /// fresh pages itself (copy on write), which a full map may have few of. A step that
+    /// hits the full map again is halved.
+    fn make_room(&mut self, o: &Opened, now_ms: u64) -> heed::Result<()> {
+        let (stored, live) = {
+            let rtxn = o.env.read_txn()?;
+            (
+                read_meta(&o.dbs, &rtxn, META_STORED),
+                live_bytes(&o.dbs, &rtxn)?,
+            )
+        };
+        let target = stored / 4 * 3;
+        self.lower_bound(target, live);
+        let mut step = (stored - target) / 4;
+        let mut txns = 0;
+        loop {
+            let mut wtxn = o.env.write_txn()?;
+            let mut t = Totals::read(&o.dbs, &wtxn);
+            // Two commits at least, so the pages the first one frees can be reused by the
+            // retried batch.
+            if t.stored <= target && txns >= 2 {
+                return Ok(());
+            }
+            let goal = t
+                .stored
+                .saturating_sub(step.max(1))
+                .max(target.min(t.stored));
+            let result = (|| {
+                let expired = remove_expired(&o.dbs, &mut wtxn, now_ms, &mut t, 64)?;
+                let evicted = self.evict_oldest(&o.dbs, &mut wtxn, &mut t, goal)?;
+                t.write(&o.dbs, &mut wtxn)?;
+                Ok::<_, heed::Error>((expired, evicted))
+            })();
+            let result = result.and_then(|n| wtxn.commit().map(|()| n));
+            match result {
+                Ok((expired, evicted)) => {
+                    bump(&self.shared.counters.expirations, expired as u64);
+                    bump(&self.shared.counters.evictions, evicted);
+                    txns += 1;
+                    if expired == 0 && evicted == 0 && t.stored > target {
+                        // Nothing left to evict: the retry will tell.
+                        return Ok(());
+                    }
+                }
+                Err(e) if is_map_full(&e) && step > 1 => step /= 2,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -971,27 +1126,13 @@ impl Writer {
 
     /// Applies a batch in one transaction; returns (puts, evicted, expired, per-op result).
     #[allow(clippy::type_complexity)]
-    fn apply(
-        &self,
-        o: &Opened,
-        ops: &[Op],
-        make_room: bool,
-    ) -> heed::Result<(u64, u64, u64, Vec<usize>)> {
+    fn apply(&mut self, o: &Opened, ops: &[Op]) -> heed::Result<(u64, u64, u64, Vec<usize>)> {
         let dbs = &o.dbs;
         let mut wtxn = o.env.write_txn()?;
-        let mut t = Totals {
-            seq: read_meta(dbs, &wtxn, META_SEQ),
-            stored: read_meta(dbs, &wtxn, META_STORED),
-            logical: read_meta(dbs, &wtxn, META_LOGICAL),
-        };
+        let mut t = Totals::read(dbs, &wtxn);
         let mut now_ms = 0;
         let mut puts = 0;
         let (mut evicted, mut expired) = (0, 0);
-        if make_room {
-            // Free a quarter of the bound (or of the map, if the bound was too generous).
-            let target = self.max_bytes.min(self.map_size as u64 / 2) / 4 * 3;
-            evicted += self.evict_oldest(dbs, &mut wtxn, &mut t, target)?;
-        }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             let r = match op {
@@ -1054,6 +1195,15 @@ impl Writer {
             };
             results.push(r);
         }
+        // Keep LMDB room to work: a transaction copies every page it touches, and the
+        // pages a commit frees come back only two commits later, so the live pages must
+        // stay well under the map. Small records under random keys take far more pages
+        // than their bytes; when the live pages pass half of the map, lower the bound
+        // (again only if they keep growing: evicting thins pages before it frees them).
+        let live = live_bytes(dbs, &wtxn)?;
+        if live > self.map_size as u64 / 2 && live > self.live_at_lowering && t.stored > 0 {
+            self.lower_bound(t.stored / 4 * 3, live);
+        }
         if t.stored > self.max_bytes {
             // Expired entries first (as of the latest write in the batch), then the
             // oldest writes.
@@ -1063,13 +1213,31 @@ impl Writer {
                 evicted += self.evict_oldest(dbs, &mut wtxn, &mut t, self.max_bytes)?;
             }
         }
-        dbs.meta.put(&mut wtxn, META_SEQ, &t.seq.to_le_bytes())?;
-        dbs.meta
-            .put(&mut wtxn, META_STORED, &t.stored.to_le_bytes())?;
-        dbs.meta
-            .put(&mut wtxn, META_LOGICAL, &t.logical.to_le_bytes())?;
+        t.write(dbs, &mut wtxn)?;
         wtxn.commit()?;
         Ok((puts, evicted, expired, results))
+    }
+
+    /// Lowers the byte bound to `bound` (the map cannot hold what the bound allowed).
+    fn lower_bound(&mut self, bound: u64, live: u64) {
+        self.live_at_lowering = live;
+        if bound >= self.max_bytes {
+            return;
+        }
+        tracing::warn!(
+            map_size = self.map_size,
+            live_bytes = live,
+            old_bound = self.max_bytes,
+            new_bound = bound,
+            "disk tier: records take more of the map than the byte bound allowed for \
+             (small records cost LMDB more than their bytes); lowering the bound. \
+             Raise map_size to keep more."
+        );
+        self.max_bytes = bound;
+        self.shared
+            .counters
+            .bound_bytes
+            .store(bound, Ordering::Relaxed);
     }
 
     fn evict_oldest(

@@ -182,6 +182,63 @@ async fn byte_bound_evicts_the_oldest_writes() {
     assert!(disk.get("k099").is_some(), "the newest write stays");
 }
 
+#[tokio::test]
+async fn a_full_map_evicts_instead_of_failing_writes() {
+    // Small records under random keys cost LMDB far more than their bytes (half-full
+    // B-tree pages, two index rows each), so the default bound (three quarters of the
+    // map, counted in record bytes) is reached by the map first. Writes must still land:
+    // the tier makes room and lowers its bound, it does not lose batches.
+    let _w = common::watchdog("a_full_map_evicts_instead_of_failing_writes", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(2 << 20)
+        .open()
+        .unwrap();
+    let mut x = 7u64;
+    for round in 0..40 {
+        let mut acks = Vec::new();
+        for _ in 0..500 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let disk = disk.clone();
+            let key = format!("user:{x:016x}");
+            acks.push(tokio::spawn(async move {
+                disk.set(&key, noise(200, x), TTL).await
+            }));
+        }
+        for a in acks {
+            a.await.unwrap().unwrap_or_else(|e| {
+                panic!("a write failed in round {round}: {e}; {:?}", disk.stats())
+            });
+        }
+    }
+    let s = disk.stats();
+    assert_eq!(s.writes, 20_000);
+    assert_eq!(s.errors, 0, "{s:?}");
+    assert!(s.evictions > 0, "the bound was enforced by eviction");
+    assert!(
+        s.bound_bytes < (2 << 20) / 4 * 3,
+        "the bound was lowered to what the map holds: {s:?}"
+    );
+    assert!(s.stored_bytes <= s.bound_bytes, "{s:?}");
+    assert!(
+        s.entries < 20_000 && s.entries > 500,
+        "{} entries kept: {s:?}",
+        s.entries
+    );
+    // The newest write is there to read.
+    let mut last = 0u64;
+    let mut y = 7u64;
+    for _ in 0..20_000 {
+        y ^= y << 13;
+        y ^= y >> 7;
+        y ^= y << 17;
+        last = y;
+    }
+    assert!(disk.get(&format!("user:{last:016x}")).is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn expired_entries_are_evicted_before_older_live_ones() {
     let _w = common::watchdog("expired_entries_are_evicted_first", common::LIMIT);
