@@ -13,16 +13,22 @@ fn open(dir: &std::path::Path) -> DiskTier {
     DiskTier::builder(dir).map_size(64 << 20).open().unwrap()
 }
 
-/// Bytes that snap cannot shrink (a xorshift stream).
-fn noise(n: usize, seed: u64) -> Bytes {
+/// A xorshift stream: random-looking, repeatable.
+fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
     let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
+    std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}
+
+/// Bytes that snap cannot shrink.
+fn noise(n: usize, seed: u64) -> Bytes {
+    xorshift(seed)
+        .take(n)
+        .map(|x| x as u8)
         .collect::<Vec<u8>>()
         .into()
 }
@@ -194,13 +200,10 @@ async fn a_full_map_evicts_instead_of_failing_writes() {
         .map_size(2 << 20)
         .open()
         .unwrap();
-    let mut x = 7u64;
-    for round in 0..40 {
+    let keys: Vec<u64> = xorshift(7).take(20_000).collect();
+    for (round, chunk) in keys.chunks(500).enumerate() {
         let mut acks = Vec::new();
-        for _ in 0..500 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+        for &x in chunk {
             let disk = disk.clone();
             let key = format!("user:{x:016x}");
             acks.push(tokio::spawn(async move {
@@ -228,14 +231,7 @@ async fn a_full_map_evicts_instead_of_failing_writes() {
         s.entries
     );
     // The newest write is there to read.
-    let mut last = 0u64;
-    let mut y = 7u64;
-    for _ in 0..20_000 {
-        y ^= y << 13;
-        y ^= y >> 7;
-        y ^= y << 17;
-        last = y;
-    }
+    let last = keys[keys.len() - 1];
     assert!(disk.get(&format!("user:{last:016x}")).is_some());
 }
 
