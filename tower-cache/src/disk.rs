@@ -312,9 +312,9 @@ impl DiskTierBuilder {
     /// pages run half to two thirds full under random keys, each entry has two index
     /// rows, and a transaction needs free pages to copy what it touches). Small records
     /// can therefore fill the map before the bound: then the tier lowers its bound to
-    /// what the map holds (when its live pages pass half of the map, or a commit finds
-    /// the map full), commits in smaller transactions, and carries on; no write is
-    /// lost to a full map. [`DiskStats::bound_bytes`] shows the bound in force and
+    /// what the map holds (when its live pages pass three quarters of the map, or a
+    /// commit finds the map full), commits in smaller transactions, and carries on; no
+    /// write is lost to a full map. [`DiskStats::bound_bytes`] shows the bound in force and
     /// [`DiskStats::map_full`] how often the map filled up. Give small records a map
     /// several times `max_bytes`; the map costs address space, not disk.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
@@ -1198,10 +1198,11 @@ impl Writer {
         // Keep LMDB room to work: a transaction copies every page it touches, and the
         // pages a commit frees come back only two commits later, so the live pages must
         // stay well under the map. Small records under random keys take far more pages
-        // than their bytes; when the live pages pass half of the map, lower the bound
-        // (again only if they keep growing: evicting thins pages before it frees them).
+        // than their bytes; when the live pages pass three quarters of the map, lower the
+        // bound (again only if they keep growing: evicting thins pages before it frees
+        // them).
         let live = live_bytes(dbs, &wtxn)?;
-        if live > self.map_size as u64 / 2 && live > self.live_at_lowering && t.stored > 0 {
+        if live > self.map_size as u64 / 4 * 3 && live > self.live_at_lowering && t.stored > 0 {
             self.lower_bound(t.stored / 4 * 3, live);
         }
         if t.stored > self.max_bytes {
