@@ -230,8 +230,10 @@ pub struct DiskStats {
     pub rejections: u64,
     /// Faults: failed transactions, I/O errors, a closed environment.
     pub errors: u64,
-    /// Batches that found LMDB's map full before the byte bound was reached; each made
-    /// room, lowered `bound_bytes` and was retried (see [`DiskTierBuilder::max_bytes`]).
+    /// Transactions that found LMDB's map full before the byte bound was reached. Their
+    /// writes were retried in smaller transactions (after making room and lowering
+    /// `bound_bytes` if even one write did not fit), not lost; see
+    /// [`DiskTierBuilder::max_bytes`].
     pub map_full: u64,
     /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
     pub bound_bytes: u64,
