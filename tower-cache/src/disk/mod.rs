@@ -1,0 +1,471 @@
+//! The disk tier: a persistent cache in an LMDB environment, through [`heed`].
+//!
+//! - **Reads** are memory-mapped and run inline on the caller's thread: a read
+//!   transaction, one B-tree lookup and a copy of the value (a few microseconds for a
+//!   small value, no system call when the page is resident).
+//! - **Writes** go to one writer thread that takes every write queued while it was busy
+//!   and commits them in **one transaction** (group commit), so callers never wait for one
+//!   `fsync` per entry and the async runtime never blocks on LMDB.
+//! - **Values** at or above a threshold (default 1 KiB) are compressed with `snap`.
+//!   Every record starts with a versioned header (format version, flags, CRC-32 of the
+//!   rest), so the format can evolve and a corrupt record is detected, counted and
+//!   dropped instead of served.
+//! - **Expiry**: each entry's deadline (Unix milliseconds) is also a key in an expiry
+//!   index, so [`DiskTier::cleanup`] deletes expired entries by walking the index from its
+//!   start, without scanning the data. When the stored bytes pass the bound, expired
+//!   entries go first, then the oldest writes.
+//! - **Tags and versions** persist with each entry, so a restart does not forget what an
+//!   invalidation must reach.
+//! - [`DiskTier::compact`] (the seed's `vacuum`) rewrites the file with LMDB's
+//!   compacting copy, which drops free pages: LMDB never shrinks a file by itself.
+//!
+//! # Sharing one environment between processes
+//!
+//! Several processes of one host may open the same directory at once: LMDB's lock file
+//! serialises their writers and each sees the others' commits. The byte count and the
+//! write order live inside the environment, so the bound holds for all of them. Only
+//! [`DiskTier::compact`] needs the environment to itself (it replaces the file); do not
+//! compact while another process has it open. Do not put the directory on a network
+//! file system.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_cache::DiskTier;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let disk = DiskTier::builder(dir.path()).map_size(64 << 20).open()?;
+//! disk.set("report:42", "a large report".into(), Duration::from_secs(60)).await?;
+//! assert_eq!(disk.get("report:42").as_deref(), Some(&b"a large report"[..]));
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod compact;
+mod env;
+mod index;
+mod record;
+mod stats;
+mod writer;
+
+pub use self::builder::DiskTierBuilder;
+pub use self::stats::{CompactReport, DiskStats};
+
+use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
+use self::record::{decode_header, decode_record};
+use self::stats::{bump, Counters};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::entry::{Clock, Entry, EntryMeta};
+use crate::error::{check_ttl, check_value_len, DiskError, InsertError, InsertErrorKind};
+
+/// Default map size: 1 GiB of address space (not of disk: the file grows as needed).
+pub const DEFAULT_MAP_SIZE: usize = 1 << 30;
+/// Default threshold at or above which values are compressed: 1 KiB.
+pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
+/// Default largest value: 16 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
+/// Default largest group commit: 4,096 writes.
+pub const DEFAULT_MAX_BATCH: usize = 4096;
+/// Longest key the disk tier takes, in bytes (LMDB's key limit less the expiry prefix).
+pub const MAX_KEY_LEN: usize = 500;
+/// Smallest map size accepted: 1 MiB.
+pub const MIN_MAP_SIZE: usize = 1 << 20;
+
+const QUEUE: usize = 65_536;
+const MAP_ALIGN: usize = 64 << 10;
+
+// === DiskTier ===
+
+/// The persistent tier: an LMDB environment with group-committed writes.
+///
+/// Cloning shares the same environment and writer. See the [module docs](crate::disk).
+#[derive(Debug, Clone)]
+pub struct DiskTier {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Op>,
+    clock: Clock,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    state: RwLock<Option<Opened>>,
+    counters: Counters,
+    max_value_bytes: usize,
+}
+
+impl Shared {
+    fn state(&self) -> RwLockReadGuard<'_, Option<Opened>> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug)]
+enum Op {
+    Put {
+        key: Box<str>,
+        value: Bytes,
+        expires_ms: u64,
+        now_ms: u64,
+        meta: EntryMeta,
+        ack: Option<oneshot::Sender<Result<(), DiskError>>>,
+    },
+    Delete {
+        key: Box<str>,
+        ack: Option<oneshot::Sender<Result<bool, DiskError>>>,
+    },
+    Clear(oneshot::Sender<Result<(), DiskError>>),
+    Cleanup {
+        now_ms: u64,
+        ack: oneshot::Sender<Result<usize, DiskError>>,
+    },
+    Compact(oneshot::Sender<Result<CompactReport, DiskError>>),
+    Close(oneshot::Sender<()>),
+}
+
+impl Op {
+    /// The time the op was queued at, for those that carry one.
+    fn now_ms(&self) -> u64 {
+        match self {
+            Op::Put { now_ms, .. } | Op::Cleanup { now_ms, .. } => *now_ms,
+            _ => 0,
+        }
+    }
+}
+
+impl DiskTier {
+    /// A builder for a tier in the directory `path` (created if missing).
+    pub fn builder(path: impl AsRef<Path>) -> DiskTierBuilder {
+        DiskTierBuilder::new(path.as_ref().to_path_buf())
+    }
+
+    /// The directory of the environment.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The value under `key`, if it is there, fresh and intact.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.get_entry(key).map(|e| e.value)
+    }
+
+    /// The entry under `key` (value, time left, metadata), if it is there, fresh and
+    /// intact. A fault is counted and logged, and reads as a miss.
+    pub fn get_entry(&self, key: &str) -> Option<Entry> {
+        match self.lookup(key) {
+            Ok(found) => found,
+            Err(e) => {
+                bump(&self.shared.counters.errors, 1);
+                bump(&self.shared.counters.misses, 1);
+                tracing::warn!(error = %e, "disk tier read failed; treating it as a miss");
+                None
+            }
+        }
+    }
+
+    /// Like [`Self::get_entry`], but a fault is returned instead of read as a miss.
+    pub fn try_get_entry(&self, key: &str) -> Result<Option<Entry>, DiskError> {
+        self.lookup(key).inspect_err(|_| {
+            bump(&self.shared.counters.errors, 1);
+            bump(&self.shared.counters.misses, 1);
+        })
+    }
+
+    /// Whether a fresh entry is under `key`. Does not count as a read, does not verify the
+    /// record's checksum.
+    pub fn has(&self, key: &str) -> bool {
+        let now = self.clock.now_ms();
+        let state = self.shared.state();
+        let Some(o) = state.as_ref() else {
+            return false;
+        };
+        let Ok(rtxn) = o.env.read_txn() else {
+            return false;
+        };
+        matches!(
+            o.dbs.entries.get(&rtxn, key.as_bytes()),
+            Ok(Some(b)) if decode_header(b).is_some_and(|h| h.expires_ms > now)
+        )
+    }
+
+    fn lookup(&self, key: &str) -> Result<Option<Entry>, DiskError> {
+        let c = &self.shared.counters;
+        let now = self.clock.now_ms();
+        let decoded = {
+            let state = self.shared.state();
+            let o = state.as_ref().ok_or_else(DiskError::closed)?;
+            let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+            o.dbs
+                .entries
+                .get(&rtxn, key.as_bytes())
+                .map_err(|e| DiskError::lmdb("read", e))?
+                .map(decode_record)
+        };
+        match decoded {
+            None => {
+                bump(&c.misses, 1);
+                Ok(None)
+            }
+            Some(Ok((expires_ms, value, meta))) if expires_ms > now => {
+                bump(&c.hits, 1);
+                Ok(Some(Entry {
+                    value,
+                    ttl_left: Duration::from_millis(expires_ms - now),
+                    meta,
+                }))
+            }
+            Some(Ok(_)) => {
+                // Expired: cleanup or eviction removes it through the expiry index.
+                bump(&c.misses, 1);
+                Ok(None)
+            }
+            Some(Err(why)) => {
+                bump(&c.corrupt, 1);
+                bump(&c.misses, 1);
+                tracing::warn!(key, why, "disk tier: corrupt record dropped");
+                let _ = self.tx.try_send(Op::Delete {
+                    key: key.into(),
+                    ack: None,
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl` and waits until it is committed (durable).
+    pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), InsertError> {
+        self.set_with(key, value, ttl, EntryMeta::default()).await
+    }
+
+    /// Stores `value` with its version and tags and waits until it is committed.
+    pub async fn set_with(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+    ) -> Result<(), InsertError> {
+        let (ack, rx) = oneshot::channel();
+        let op = self.put_op(key, value, ttl, meta, Some(ack))?;
+        if self.tx.send(op).await.is_err() {
+            return Err(self.disk_reject(DiskError::closed()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(InsertError::new(InsertErrorKind::Disk, e.to_string())),
+            Err(_) => Err(self.disk_reject(DiskError::closed())),
+        }
+    }
+
+    /// Queues a write and returns at once; it lands with the next group commit.
+    ///
+    /// Used for write-through from the request path. If the queue is full the write is
+    /// dropped and counted as a rejection: a cache may lose a write, a request must not
+    /// wait for a disk.
+    pub fn set_background(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+    ) -> Result<(), InsertError> {
+        let op = self.put_op(key, value, ttl, meta, None)?;
+        self.tx.try_send(op).map_err(|e| {
+            bump(&self.shared.counters.rejections, 1);
+            InsertError::new(
+                InsertErrorKind::Disk,
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        "disk tier: write queue full; the write was dropped"
+                    }
+                    mpsc::error::TrySendError::Closed(_) => {
+                        "disk tier: the writer thread has stopped"
+                    }
+                },
+            )
+        })
+    }
+
+    fn put_op(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        ack: Option<oneshot::Sender<Result<(), DiskError>>>,
+    ) -> Result<Op, InsertError> {
+        let checked = check_ttl(ttl).and_then(|()| {
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                Err(InsertError::new(
+                    InsertErrorKind::Key,
+                    format!(
+                        "disk tier: key of {} bytes; keys must be 1 to {MAX_KEY_LEN} bytes",
+                        key.len()
+                    ),
+                ))
+            } else {
+                check_value_len("disk", value.len(), self.shared.max_value_bytes)
+            }
+        });
+        if let Err(e) = checked {
+            bump(&self.shared.counters.rejections, 1);
+            return Err(e);
+        }
+        let now_ms = self.clock.now_ms();
+        Ok(Op::Put {
+            key: key.into(),
+            value,
+            expires_ms: self.clock.deadline(ttl),
+            now_ms,
+            meta,
+            ack,
+        })
+    }
+
+    fn disk_reject(&self, e: DiskError) -> InsertError {
+        bump(&self.shared.counters.errors, 1);
+        InsertError::new(InsertErrorKind::Disk, e.to_string())
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, DiskError>>) -> Op,
+    ) -> Result<T, DiskError> {
+        let (ack, rx) = oneshot::channel();
+        if self.tx.send(make(ack)).await.is_err() {
+            bump(&self.shared.counters.errors, 1);
+            return Err(DiskError::closed());
+        }
+        rx.await.unwrap_or_else(|_| Err(DiskError::closed()))
+    }
+
+    /// Removes the entry under `key` once committed; returns whether there was one.
+    pub async fn delete(&self, key: &str) -> Result<bool, DiskError> {
+        self.request(|ack| Op::Delete {
+            key: key.into(),
+            ack: Some(ack),
+        })
+        .await
+    }
+
+    /// Removes every entry.
+    pub async fn clear(&self) -> Result<(), DiskError> {
+        self.request(Op::Clear).await
+    }
+
+    /// Removes expired entries through the expiry index; returns how many.
+    pub async fn cleanup(&self) -> Result<usize, DiskError> {
+        let now_ms = self.clock.now_ms();
+        self.request(|ack| Op::Cleanup { now_ms, ack }).await
+    }
+
+    /// Waits until every write queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), DiskError> {
+        // A cleanup at time zero deletes nothing and is ordered after earlier writes.
+        self.request(|ack| Op::Cleanup { now_ms: 0, ack })
+            .await
+            .map(|_| ())
+    }
+
+    /// Rewrites the data file without free pages (LMDB's compacting copy) and reopens it.
+    ///
+    /// Writes queued before are committed first. Needs the environment to itself: do not
+    /// compact while another process has the directory open.
+    pub async fn compact(&self) -> Result<CompactReport, DiskError> {
+        self.request(Op::Compact).await
+    }
+
+    /// Commits queued writes, stops the writer and closes the environment. Later reads
+    /// miss and later writes fail with a [`DiskError`], counted as errors.
+    pub async fn close(&self) {
+        let (ack, rx) = oneshot::channel();
+        if self.tx.send(Op::Close(ack)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The tier's counters, with sizes read from the environment.
+    pub fn stats(&self) -> DiskStats {
+        let c = &self.shared.counters;
+        let mut stats = DiskStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            write_batches: c.write_batches.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            expirations: c.expirations.load(Ordering::Relaxed),
+            corrupt: c.corrupt.load(Ordering::Relaxed),
+            rejections: c.rejections.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            map_full: c.map_full.load(Ordering::Relaxed),
+            bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
+            ..DiskStats::default()
+        };
+        let state = self.shared.state();
+        if let Some(o) = state.as_ref() {
+            if let Ok(rtxn) = o.env.read_txn() {
+                stats.entries = o.dbs.entries.len(&rtxn).unwrap_or(0);
+                stats.stored_bytes = read_meta(&o.dbs, &rtxn, META_STORED);
+                stats.logical_bytes = read_meta(&o.dbs, &rtxn, META_LOGICAL);
+            }
+        }
+        stats.file_bytes = fs::metadata(self.shared.path.join("data.mdb"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        stats
+    }
+
+    #[cfg(test)]
+    pub(crate) fn corrupt_for_test(&self, key: &str) {
+        let state = self.shared.state();
+        let o = state.as_ref().unwrap();
+        let mut wtxn = o.env.write_txn().unwrap();
+        let mut rec = o
+            .dbs
+            .entries
+            .get(&wtxn, key.as_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        let last = rec.len() - 1;
+        rec[last] ^= 0xff;
+        o.dbs.entries.put(&mut wtxn, key.as_bytes(), &rec).unwrap();
+        wtxn.commit().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn corrupt_record_is_dropped_and_counted_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(8 << 20)
+            .open()
+            .unwrap();
+        disk.set("k", Bytes::from(vec![7u8; 5000]), Duration::from_secs(60))
+            .await
+            .unwrap();
+        disk.corrupt_for_test("k");
+        assert!(
+            disk.get("k").is_none(),
+            "a corrupt record must not be served"
+        );
+        disk.flush().await.unwrap();
+        let s = disk.stats();
+        assert_eq!(s.corrupt, 1);
+        assert_eq!(s.entries, 0, "the corrupt record was deleted");
+    }
+}

@@ -1,0 +1,179 @@
+//! The record format: a versioned, checksummed header, the tags, the payload.
+
+use bytes::Bytes;
+
+use crate::entry::{EntryMeta, Tags};
+
+// === record format ===
+//
+// byte 0      format version (1)
+// byte 1      flags (bit 0: payload compressed with snap raw format)
+// bytes 2..6  CRC-32 (IEEE) of bytes 6..end
+// bytes 6..14 expiry, Unix milliseconds, little endian
+// bytes 14..22 version of the write
+// bytes 22..30 write sequence (key of the order index)
+// bytes 30..34 uncompressed payload length
+// bytes 34..36 tag count, then per tag: u16 length + UTF-8 bytes
+// rest        payload
+
+pub(super) const FORMAT_V1: u8 = 1;
+pub(super) const FLAG_SNAPPY: u8 = 1;
+pub(super) const HEADER: usize = 36;
+
+pub(super) struct Header {
+    pub(super) expires_ms: u64,
+    pub(super) seq: u64,
+    pub(super) logical: u64,
+}
+
+pub(super) fn encode_record(
+    value: &[u8],
+    expires_ms: u64,
+    meta: &EntryMeta,
+    seq: u64,
+    compress_threshold: usize,
+) -> Vec<u8> {
+    let compressed = if value.len() >= compress_threshold {
+        snap::raw::Encoder::new()
+            .compress_vec(value)
+            .ok()
+            .filter(|c| c.len() < value.len())
+    } else {
+        None
+    };
+    let payload: &[u8] = compressed.as_deref().unwrap_or(value);
+    let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + payload.len());
+    out.push(FORMAT_V1);
+    out.push(if compressed.is_some() { FLAG_SNAPPY } else { 0 });
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&expires_ms.to_le_bytes());
+    out.extend_from_slice(&meta.version.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(meta.tags.len() as u16).to_le_bytes());
+    for tag in meta.tags.iter() {
+        let tag = &tag.as_bytes()[..tag.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+        out.extend_from_slice(tag);
+    }
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[6..]);
+    out[2..6].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+pub(super) fn u16_at(b: &[u8], at: usize) -> Option<usize> {
+    Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]) as usize)
+}
+
+/// Reads only the header; used by the writer to find index rows.
+pub(super) fn decode_header(b: &[u8]) -> Option<Header> {
+    if b.len() < HEADER || b[0] != FORMAT_V1 {
+        return None;
+    }
+    Some(Header {
+        expires_ms: u64_at(b, 6),
+        seq: u64_at(b, 22),
+        logical: u32::from_le_bytes([b[30], b[31], b[32], b[33]]) as u64,
+    })
+}
+
+/// Decodes a whole record, verifying its checksum.
+pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'static str> {
+    if b.len() < HEADER {
+        return Err("record shorter than its header");
+    }
+    if b[0] != FORMAT_V1 {
+        return Err("unknown record format version");
+    }
+    let crc = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    if crc32fast::hash(&b[6..]) != crc {
+        return Err("checksum mismatch");
+    }
+    let expires_ms = u64_at(b, 6);
+    let version = u64_at(b, 14);
+    let logical = u32::from_le_bytes([b[30], b[31], b[32], b[33]]) as usize;
+    let ntags = u16_at(b, 34).ok_or("truncated tags")?;
+    let mut at = HEADER;
+    let mut tags = Vec::with_capacity(ntags);
+    for _ in 0..ntags {
+        let len = u16_at(b, at).ok_or("truncated tags")?;
+        let tag = b.get(at + 2..at + 2 + len).ok_or("truncated tags")?;
+        tags.push(std::str::from_utf8(tag).map_err(|_| "tag is not UTF-8")?);
+        at += 2 + len;
+    }
+    let payload = &b[at..];
+    let value = if b[1] & FLAG_SNAPPY != 0 {
+        let v = snap::raw::Decoder::new()
+            .decompress_vec(payload)
+            .map_err(|_| "bad compressed payload")?;
+        if v.len() != logical {
+            return Err("decompressed length mismatch");
+        }
+        Bytes::from(v)
+    } else {
+        Bytes::copy_from_slice(payload)
+    };
+    Ok((
+        expires_ms,
+        value,
+        EntryMeta {
+            version,
+            tags: tags.into_iter().collect::<Tags>(),
+        },
+    ))
+}
+
+pub(super) fn expiry_key(expires_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&expires_ms.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_with_and_without_compression() {
+        let meta = EntryMeta {
+            version: 7,
+            tags: ["a", "bb"].into_iter().collect(),
+        };
+        for (value, threshold) in [(vec![b'x'; 4096], 1024), (vec![b'x'; 10], 1024)] {
+            let rec = encode_record(&value, 99, &meta, 3, threshold);
+            let (exp, v, m) = decode_record(&rec).unwrap();
+            assert_eq!((exp, &v[..], &m), (99, &value[..], &meta));
+            assert_eq!(decode_header(&rec).unwrap().seq, 3);
+        }
+        let compressed = encode_record(&[b'x'; 4096], 1, &meta, 1, 1024);
+        assert!(compressed.len() < 1024, "4 KiB of one byte compresses");
+    }
+
+    #[test]
+    fn corrupt_records_are_detected() {
+        let rec = encode_record(b"hello world", 5, &EntryMeta::default(), 1, 1024);
+        for i in 2..rec.len() {
+            let mut bad = rec.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                decode_record(&bad).is_err(),
+                "flip at byte {i} must be caught"
+            );
+        }
+        let mut future = rec.clone();
+        future[0] = 2;
+        assert_eq!(
+            decode_record(&future).unwrap_err(),
+            "unknown record format version"
+        );
+        assert!(decode_record(&rec[..10]).is_err());
+    }
+}

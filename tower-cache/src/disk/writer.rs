@@ -1,0 +1,400 @@
+//! The writer thread: group commit, the byte bound, a full map.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use heed::{PutFlags, RwTxn};
+use tokio::sync::{mpsc, oneshot};
+
+use super::env::{is_map_full, live_bytes, read_meta, Dbs, Opened, META_STORED};
+use super::index::{put_sorted, remove_entry, remove_expired, Totals};
+use super::record::{encode_record, expiry_key};
+use super::stats::bump;
+use super::{Op, Shared};
+use crate::error::DiskError;
+
+// === writer thread ===
+
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) rx: mpsc::Receiver<Op>,
+    pub(super) map_size: usize,
+    pub(super) max_bytes: u64,
+    pub(super) compress_threshold: usize,
+    pub(super) max_batch: usize,
+    /// Most writes per transaction now: `max_batch`, less after the map filled up.
+    pub(super) txn_limit: usize,
+    /// Live bytes of pages when the bound was last lowered.
+    pub(super) live_at_lowering: u64,
+}
+
+/// How often one batch may make room after even a single write found the map full.
+pub(super) const MAP_FULL_ROOMS: usize = 3;
+
+pub(super) enum Done {
+    Put(Option<oneshot::Sender<Result<(), DiskError>>>),
+    Delete(Option<oneshot::Sender<Result<bool, DiskError>>>, bool),
+    Clear(oneshot::Sender<Result<(), DiskError>>),
+    Cleanup(oneshot::Sender<Result<usize, DiskError>>, usize),
+}
+
+impl Done {
+    pub(super) fn fail(self, e: &DiskError) {
+        let e = || DiskError::new(e.to_string());
+        match self {
+            Done::Put(Some(a)) => drop(a.send(Err(e()))),
+            Done::Delete(Some(a), _) => drop(a.send(Err(e()))),
+            Done::Clear(a) => drop(a.send(Err(e()))),
+            Done::Cleanup(a, _) => drop(a.send(Err(e()))),
+            Done::Put(None) | Done::Delete(None, _) => {}
+        }
+    }
+
+    pub(super) fn succeed(self) {
+        match self {
+            Done::Put(Some(a)) => drop(a.send(Ok(()))),
+            Done::Delete(Some(a), found) => drop(a.send(Ok(found))),
+            Done::Clear(a) => drop(a.send(Ok(()))),
+            Done::Cleanup(a, n) => drop(a.send(Ok(n))),
+            Done::Put(None) | Done::Delete(None, _) => {}
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            // Compact and Close act on the whole environment: commit what came before
+            // them, then run them on their own.
+            let mut ops = Vec::with_capacity(batch.len());
+            for op in batch.drain(..) {
+                match op {
+                    Op::Compact(ack) => {
+                        self.commit(std::mem::take(&mut ops));
+                        let _ = ack.send(self.compact());
+                    }
+                    Op::Close(ack) => {
+                        self.commit(std::mem::take(&mut ops));
+                        self.close();
+                        // Refuse further writes before saying the tier is closed, so a
+                        // write after `close()` returns is an error, never silently lost.
+                        self.rx.close();
+                        let _ = ack.send(());
+                        return;
+                    }
+                    op => ops.push(op),
+                }
+            }
+            self.commit(ops);
+        }
+        self.close();
+    }
+
+    pub(super) fn close(&self) {
+        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = state.take() {
+            let _ = o.env.force_sync();
+            o.env.prepare_for_closing().wait();
+        }
+    }
+
+    pub(super) fn commit(&mut self, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let state = shared.state();
+        let Some(o) = state.as_ref() else {
+            let e = DiskError::closed();
+            bump(&c.errors, 1);
+            for op in ops {
+                Self::done_of(op).fail(&e);
+            }
+            return;
+        };
+        // A full map: a transaction needs free pages for every page it touches (LMDB
+        // copies on write, and a page freed by one commit is handed out again only
+        // from the second commit after it), so many small records under random keys
+        // can fill the map long before the byte bound. Commit in smaller pieces then,
+        // and remember the size that fitted (growing it back slowly); if even a single
+        // write does not fit, the data itself is too big for the map: make room and
+        // lower the bound.
+        let mut ops = ops;
+        let mut rooms = 0;
+        while !ops.is_empty() {
+            let n = self.txn_limit.min(ops.len());
+            let e = match self.apply(o, &ops[..n]) {
+                Ok((puts, evicted, expired, results)) => {
+                    bump(&c.writes, puts);
+                    bump(&c.write_batches, 1);
+                    bump(&c.evictions, evicted);
+                    bump(&c.expirations, expired);
+                    for (op, found) in ops.drain(..n).zip(results) {
+                        let mut done = Self::done_of(op);
+                        match &mut done {
+                            Done::Delete(_, f) => *f = found > 0,
+                            Done::Cleanup(_, n) => *n = found,
+                            _ => {}
+                        }
+                        done.succeed();
+                    }
+                    if n == self.txn_limit && n < self.max_batch {
+                        self.txn_limit = (n + n / 8 + 1).min(self.max_batch);
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let e = if is_map_full(&e) {
+                bump(&c.map_full, 1);
+                if n > 1 {
+                    self.txn_limit = n.div_ceil(2);
+                    tracing::debug!(
+                        writes = self.txn_limit,
+                        "disk tier: map full; committing in smaller transactions"
+                    );
+                    continue;
+                }
+                if rooms < MAP_FULL_ROOMS {
+                    rooms += 1;
+                    let now_ms = ops[0].now_ms();
+                    match self.make_room(o, now_ms) {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    }
+                } else {
+                    e
+                }
+            } else {
+                e
+            };
+            // Not to be saved by making room: these writes fail, the rest go on.
+            bump(&c.errors, 1);
+            let e = DiskError::lmdb("commit", e);
+            tracing::error!(error = %e, writes = n, "disk tier: writes lost");
+            for op in ops.drain(..n) {
+                Self::done_of(op).fail(&e);
+            }
+        }
+    }
+
+    /// Frees a quarter of the stored bytes after the map filled up, and lowers the byte
+    /// bound to what is left so that later batches evict before the map fills again.
+    ///
+    /// Eviction runs in transactions of its own, in steps: LMDB hands a page freed by
+    /// one commit out again only from the second commit after it, and deleting needs
+    /// fresh pages itself (copy on write), which a full map may have few of. A step that
+    /// hits the full map again is halved.
+    pub(super) fn make_room(&mut self, o: &Opened, now_ms: u64) -> heed::Result<()> {
+        let (stored, live) = {
+            let rtxn = o.env.read_txn()?;
+            (
+                read_meta(&o.dbs, &rtxn, META_STORED),
+                live_bytes(&o.dbs, &rtxn)?,
+            )
+        };
+        let target = stored / 4 * 3;
+        self.lower_bound(target, live);
+        let mut step = (stored - target) / 4;
+        let mut txns = 0;
+        loop {
+            let mut wtxn = o.env.write_txn()?;
+            let mut t = Totals::read(&o.dbs, &wtxn);
+            // Two commits at least, so the pages the first one frees can be reused by the
+            // retried batch.
+            if t.stored <= target && txns >= 2 {
+                return Ok(());
+            }
+            let goal = t
+                .stored
+                .saturating_sub(step.max(1))
+                .max(target.min(t.stored));
+            let result = (|| {
+                let expired = remove_expired(&o.dbs, &mut wtxn, now_ms, &mut t, 64)?;
+                let evicted = self.evict_oldest(&o.dbs, &mut wtxn, &mut t, goal)?;
+                t.write(&o.dbs, &mut wtxn)?;
+                Ok::<_, heed::Error>((expired, evicted))
+            })();
+            let result = result.and_then(|n| wtxn.commit().map(|()| n));
+            match result {
+                Ok((expired, evicted)) => {
+                    bump(&self.shared.counters.expirations, expired as u64);
+                    bump(&self.shared.counters.evictions, evicted);
+                    txns += 1;
+                    if expired == 0 && evicted == 0 && t.stored > target {
+                        // Nothing left to evict: the retry will tell.
+                        return Ok(());
+                    }
+                }
+                Err(e) if is_map_full(&e) && step > 1 => step /= 2,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) fn done_of(op: Op) -> Done {
+        match op {
+            Op::Put { ack, .. } => Done::Put(ack),
+            Op::Delete { ack, .. } => Done::Delete(ack, false),
+            Op::Clear(ack) => Done::Clear(ack),
+            Op::Cleanup { ack, .. } => Done::Cleanup(ack, 0),
+            Op::Compact(_) | Op::Close(_) => unreachable!("handled by the writer loop"),
+        }
+    }
+
+    /// Applies a batch in one transaction; returns (puts, evicted, expired, per-op result).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn apply(
+        &mut self,
+        o: &Opened,
+        ops: &[Op],
+    ) -> heed::Result<(u64, u64, u64, Vec<usize>)> {
+        let dbs = &o.dbs;
+        let mut wtxn = o.env.write_txn()?;
+        let mut t = Totals::read(dbs, &wtxn);
+        let mut now_ms = 0;
+        let mut puts = 0;
+        let (mut evicted, mut expired) = (0, 0);
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = match op {
+                Op::Put {
+                    key,
+                    value,
+                    expires_ms,
+                    now_ms: at,
+                    meta,
+                    ..
+                } => {
+                    now_ms = now_ms.max(*at);
+                    t.seq += 1;
+                    let rec =
+                        encode_record(value, *expires_ms, meta, t.seq, self.compress_threshold);
+                    // A new key (the common case) needs one B-tree descent; an existing
+                    // one first drops its old record and index rows.
+                    match dbs.entries.put_with_flags(
+                        &mut wtxn,
+                        PutFlags::NO_OVERWRITE,
+                        key.as_bytes(),
+                        &rec,
+                    ) {
+                        Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {
+                            remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)?;
+                            dbs.entries.put(&mut wtxn, key.as_bytes(), &rec)?;
+                        }
+                        other => other?,
+                    }
+                    put_sorted(
+                        dbs.expiry,
+                        &mut wtxn,
+                        &expiry_key(*expires_ms, key.as_bytes()),
+                        &[],
+                    )?;
+                    // Sequence numbers only grow: appending skips the search.
+                    put_sorted(dbs.order, &mut wtxn, &t.seq.to_be_bytes(), key.as_bytes())?;
+                    t.stored += rec.len() as u64;
+                    t.logical += value.len() as u64;
+                    puts += 1;
+                    1
+                }
+                Op::Delete { key, .. } => {
+                    remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)? as usize
+                }
+                Op::Clear(_) => {
+                    dbs.entries.clear(&mut wtxn)?;
+                    dbs.expiry.clear(&mut wtxn)?;
+                    dbs.order.clear(&mut wtxn)?;
+                    t.stored = 0;
+                    t.logical = 0;
+                    1
+                }
+                Op::Cleanup { now_ms: at, .. } => {
+                    let n = remove_expired(dbs, &mut wtxn, *at, &mut t, usize::MAX)?;
+                    expired += n as u64;
+                    n
+                }
+                Op::Compact(_) | Op::Close(_) => 0,
+            };
+            results.push(r);
+        }
+        // Keep LMDB room to work: a transaction copies every page it touches, and the
+        // pages a commit frees come back only two commits later, so the live pages must
+        // stay well under the map. Small records under random keys take far more pages
+        // than their bytes; when the live pages pass three quarters of the map, lower the
+        // bound (again only if they keep growing: evicting thins pages before it frees
+        // them).
+        let live = live_bytes(dbs, &wtxn)?;
+        if live > self.map_size as u64 / 4 * 3 && live > self.live_at_lowering && t.stored > 0 {
+            self.lower_bound(t.stored / 4 * 3, live);
+        }
+        if t.stored > self.max_bytes {
+            // Expired entries first (as of the latest write in the batch), then the
+            // oldest writes.
+            let n = remove_expired(dbs, &mut wtxn, now_ms, &mut t, usize::MAX)?;
+            expired += n as u64;
+            if t.stored > self.max_bytes {
+                evicted += self.evict_oldest(dbs, &mut wtxn, &mut t, self.max_bytes)?;
+            }
+        }
+        t.write(dbs, &mut wtxn)?;
+        wtxn.commit()?;
+        Ok((puts, evicted, expired, results))
+    }
+
+    /// Lowers the byte bound to `bound` (the map cannot hold what the bound allowed).
+    pub(super) fn lower_bound(&mut self, bound: u64, live: u64) {
+        self.live_at_lowering = live;
+        if bound >= self.max_bytes {
+            return;
+        }
+        tracing::warn!(
+            map_size = self.map_size,
+            live_bytes = live,
+            old_bound = self.max_bytes,
+            new_bound = bound,
+            "disk tier: records take more of the map than the byte bound allowed for \
+             (small records cost LMDB more than their bytes); lowering the bound. \
+             Raise map_size to keep more."
+        );
+        self.max_bytes = bound;
+        self.shared
+            .counters
+            .bound_bytes
+            .store(bound, Ordering::Relaxed);
+    }
+
+    pub(super) fn evict_oldest(
+        &self,
+        dbs: &Dbs,
+        wtxn: &mut RwTxn<'_>,
+        t: &mut Totals,
+        target: u64,
+    ) -> heed::Result<u64> {
+        let mut evicted = 0;
+        while t.stored > target {
+            let Some((_, key)) = dbs.order.first(wtxn)? else {
+                break;
+            };
+            let key = key.to_vec();
+            if !remove_entry(dbs, wtxn, &key, t)? {
+                // An order row without its entry: drop it and go on.
+                if let Some((seq, _)) = dbs.order.first(wtxn)? {
+                    let seq = seq.to_vec();
+                    dbs.order.delete(wtxn, &seq)?;
+                }
+                continue;
+            }
+            evicted += 1;
+        }
+        Ok(evicted)
+    }
+}
