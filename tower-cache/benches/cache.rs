@@ -194,7 +194,7 @@ fn disk_hit(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .unwrap();
         rt.block_on(async {
             for (n, k) in keys.iter().enumerate() {
-                disk.set_background(k, value(size, n as u64), TTL, EntryMeta::default())
+                disk.try_set(k, value(size, n as u64), TTL, EntryMeta::default())
                     .unwrap();
             }
             disk.flush().await.unwrap();
@@ -322,7 +322,7 @@ fn write(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                 for _ in 0..iters {
                     for _ in 0..per_iter {
                         n += 1;
-                        disk.set_background(&format!("w{n}"), v.clone(), TTL, EntryMeta::default())
+                        disk.try_set(&format!("w{n}"), v.clone(), TTL, EntryMeta::default())
                             .unwrap();
                     }
                     disk.flush().await.unwrap();

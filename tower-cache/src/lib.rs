@@ -40,6 +40,7 @@
 pub mod disk;
 mod entry;
 pub mod error;
+mod generation;
 pub mod memory;
 mod service;
 pub mod tiered;
@@ -53,7 +54,7 @@ pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
 pub use crate::service::{
     BytesCodec, CacheBody, CacheLayer, CacheService, Codec, HttpCodec, HttpKey, KeyFn, RequestKey,
-    ResponseFuture, StoreAll, StorePolicy, StoreSuccessful, DEFAULT_MAX_BODY,
+    ResponseFuture, StoreAll, StorePolicy, StoreSuccessful, DEFAULT_MAX_BODY, DEFAULT_PASS_TTL,
 };
 pub use crate::tiered::{OptimizeReport, Tiered, TieredStats, Tiers};
 

@@ -383,6 +383,8 @@ struct Shared {
 /// Result of a single-flight lookup in the memory tier.
 pub(crate) enum Lookup<'a> {
     Hit(Stored),
+    /// A hit-for-pass marker: go to the origin, store nothing.
+    Pass,
     Leader(Guard<'a>),
 }
 
@@ -452,7 +454,7 @@ impl MemoryTier {
         self.shared
             .cache
             .peek(key)
-            .is_some_and(|s| s.expires > self.shared.clock.now_ms())
+            .is_some_and(|s| !s.pass && s.expires > self.shared.clock.now_ms())
     }
 
     /// Removes the entry under `key`; returns whether there was one.
@@ -616,6 +618,7 @@ impl MemoryTier {
             expires: self.shared.clock.deadline(ttl),
             version: meta.version,
             tag_bytes: meta.tags.encoded_len().min(u32::MAX as usize) as u32,
+            pass: false,
         };
         Ok((stored, meta.tags))
     }
@@ -650,13 +653,27 @@ impl MemoryTier {
         }
     }
 
+    /// Fills a single-flight placeholder with a hit-for-pass marker for `ttl`: every
+    /// waiter wakes at once and goes to the origin itself, and so does every request for
+    /// `key` until the marker expires or a write replaces it.
+    pub(crate) fn fill_pass(&self, key: &str, guard: Guard<'_>, ttl: Duration) {
+        let marker = Stored {
+            value: Bytes::new(),
+            expires: self.shared.clock.deadline(ttl),
+            version: 0,
+            tag_bytes: 0,
+            pass: true,
+        };
+        self.fill(key, guard, (marker, Tags::none()));
+    }
+
     /// A fresh entry, without touching the hit or miss counters.
     #[inline]
     pub(crate) fn get_fresh_uncounted(&self, key: &str) -> Option<Stored> {
         self.shared
             .cache
             .get(key)
-            .filter(|s| s.expires > self.shared.clock.now_ms())
+            .filter(|s| s.expires > self.shared.clock.now_ms() && !s.pass)
     }
 
     pub(crate) fn deadline(&self, ttl: Duration) -> u64 {
@@ -672,6 +689,10 @@ impl MemoryTier {
     pub(crate) fn get_stored(&self, key: &str) -> Option<Stored> {
         let c = &self.shared.counters;
         match self.shared.cache.get(key) {
+            Some(s) if s.pass => {
+                c.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
             Some(s) if s.expires > self.shared.clock.now_ms() => {
                 c.hits.fetch_add(1, Ordering::Relaxed);
                 Some(s)
@@ -698,6 +719,10 @@ impl MemoryTier {
         loop {
             match self.shared.cache.get_value_or_guard_async(&owned).await {
                 Ok(s) if s.expires > self.shared.clock.now_ms() => {
+                    if s.pass {
+                        c.misses.fetch_add(1, Ordering::Relaxed);
+                        return Lookup::Pass;
+                    }
                     c.hits.fetch_add(1, Ordering::Relaxed);
                     return Lookup::Hit(s);
                 }

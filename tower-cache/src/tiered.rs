@@ -6,9 +6,35 @@
 //!   the origin once.
 //! - **Write-through** to the tiers the caller picks ([`Tiers`]; the seed's
 //!   `set(key, value, ttl, layers)`).
-//! - **Delete and clear reach every tier, disk before memory.** Promotion fills a
-//!   memory placeholder taken *before* the disk read, and a delete removes that
-//!   placeholder, so a promotion racing a delete cannot bring the entry back.
+//! - **Delete and clear reach every tier, disk before memory.**
+//! - **Failures and uncacheable values release every waiter at once.** When a load
+//!   fails, the key is marked *pass* for a second (hit-for-pass, as Varnish does):
+//!   every caller waiting on that load, and every caller for the next second, runs its
+//!   own load at once instead of queueing behind a new leader.
+//!
+//! # Consistency
+//!
+//! The store guarantees, for every key, with any number of concurrent callers and with
+//! evictions happening:
+//!
+//! - after [`Tiered::set`] returns, no read returns an older value of the key;
+//! - after [`Tiered::delete`] or [`Tiered::clear`] returns, no read returns a value
+//!   written before it;
+//! - a load (of [`Tiered::get_or_load`] or the cache layer) or a promotion from disk that
+//!   was in flight when a `set`, `delete` or `clear` of its key happened never lands in
+//!   any tier afterwards (its caller still gets the value it loaded).
+//!
+//! A read concurrent with a write may return the old or the new value. A read may always
+//! miss: a cache may forget. The guarantee holds while the disk tier works; when a disk
+//! write or delete fails, the error is returned and the disk may still hold the old value.
+//!
+//! How: every write announces itself on a per-key generation counter before it touches a
+//! tier and again when it is done. A load or promotion notes the counter before reading
+//! and stores what it read only if the counter has not moved; the disk writer thread
+//! checks again right before it applies a queued write-through. A `set` to one tier
+//! removes the key from the other (so an older copy cannot be promoted over it), and the
+//! memory tier's single-flight placeholder is removed by any write, so a fill that passed
+//! its check just before a write began cannot land after it either.
 //! - A fault of the disk tier never fails a read or a load: it is counted
 //!   ([`TieredStats::disk_faults`]), logged, and the store goes on with memory and the
 //!   origin.
@@ -41,6 +67,7 @@ use bytes::Bytes;
 use crate::disk::{DiskStats, DiskTier};
 use crate::entry::{EntryMeta, Stored};
 use crate::error::{DiskError, InsertError};
+use crate::generation::{Generations, Ticket};
 use crate::memory::{Guard, Lookup, MemoryStats, MemoryTier};
 
 /// Which tiers a write goes to.
@@ -104,6 +131,11 @@ pub struct TieredStats {
     pub load_errors: u64,
     /// Faults of the disk tier that the store routed around.
     pub disk_faults: u64,
+    /// Loads and promotions not stored because a write of their key overtook them.
+    pub stale_fills: u64,
+    /// Requests that went to the origin because the key was marked pass (its last load
+    /// failed or its response was not cacheable).
+    pub passes: u64,
 }
 
 impl TieredStats {
@@ -126,6 +158,8 @@ struct Counters {
     loads: AtomicU64,
     load_errors: AtomicU64,
     disk_faults: AtomicU64,
+    stale_fills: AtomicU64,
+    passes: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -141,12 +175,18 @@ pub struct OptimizeReport {
     pub disk_expired: usize,
 }
 
+/// How long a key whose load failed is marked pass (see the module docs).
+pub(crate) const ERROR_PASS: Duration = Duration::from_secs(1);
+
 /// Memory, then disk, then the origin. Cloning shares both tiers and the counters.
+///
+/// See the [module docs](crate::tiered) for the consistency guarantee.
 #[derive(Debug, Clone)]
 pub struct Tiered {
     memory: MemoryTier,
     disk: Option<DiskTier>,
     counters: Arc<Counters>,
+    generations: Generations,
     /// Test hook: pauses a promotion between the disk read and the memory fill.
     #[cfg(test)]
     promotion_gate: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
@@ -155,7 +195,16 @@ pub struct Tiered {
 /// Where a read was answered, or the right to load the key.
 pub(crate) enum Found<'a> {
     Hit(Stored),
-    Leader(Guard<'a>),
+    /// The key is marked pass: load without storing.
+    Pass,
+    Leader(Lead<'a>),
+}
+
+/// The right to load a key: the memory placeholder that makes concurrent callers wait,
+/// and the ticket that tells whether a write overtook the load.
+pub(crate) struct Lead<'a> {
+    guard: Guard<'a>,
+    ticket: Ticket,
 }
 
 impl Tiered {
@@ -165,6 +214,7 @@ impl Tiered {
             memory,
             disk: None,
             counters: Arc::default(),
+            generations: Generations::default(),
             #[cfg(test)]
             promotion_gate: None,
         }
@@ -191,40 +241,52 @@ impl Tiered {
         match self.lookup(key).await {
             Found::Hit(s) => Some(s.value),
             // Nobody loads here: dropping the guard lets a waiting reader look again.
-            Found::Leader(_guard) => None,
+            Found::Pass | Found::Leader(_) => None,
         }
     }
 
     /// Reads `key`; on a miss in every tier runs `load` and stores its value for `ttl`
-    /// in every tier. Concurrent calls for one key run `load` once; if it fails, nothing
-    /// is stored and one of the waiting callers runs its own `load`.
+    /// in every tier. Concurrent calls for one key run `load` once. If it fails, nothing
+    /// is stored and the key is marked pass for a second: every waiting caller, and every
+    /// caller in that second, runs its own `load` at once (and stores nothing).
     pub async fn get_or_load<F, E>(&self, key: &str, ttl: Duration, load: F) -> Result<Bytes, E>
     where
         F: Future<Output = Result<Bytes, E>>,
     {
         match self.lookup(key).await {
             Found::Hit(s) => Ok(s.value),
-            Found::Leader(guard) => {
+            Found::Pass => load.await,
+            Found::Leader(lead) => {
                 bump(&self.counters.loads);
-                let value = load
-                    .await
-                    .inspect_err(|_| bump(&self.counters.load_errors))?;
-                // A value the tiers refuse (bad ttl, too large) is still returned.
-                let _ = self.fill(
-                    key,
-                    guard,
-                    value.clone(),
-                    ttl,
-                    EntryMeta::default(),
-                    Tiers::ALL,
-                );
-                Ok(value)
+                match load.await {
+                    Ok(value) => {
+                        // A value the tiers refuse (bad ttl, too large) is still returned.
+                        let _ = self.fill(
+                            key,
+                            lead,
+                            value.clone(),
+                            ttl,
+                            EntryMeta::default(),
+                            Tiers::ALL,
+                        );
+                        Ok(value)
+                    }
+                    Err(e) => {
+                        bump(&self.counters.load_errors);
+                        self.pass(key, lead, ERROR_PASS);
+                        Err(e)
+                    }
+                }
             }
         }
     }
 
-    /// Writes `value` to the chosen tiers; the disk write is committed before this
-    /// returns. A disk fault is counted and returned after the memory write is done.
+    /// Writes `value` to the chosen tiers and removes `key` from the others, so that no
+    /// older copy outlives the write; the disk write is committed before this returns.
+    ///
+    /// A value a tier refuses (too large for the memory tier, say) is removed from that
+    /// tier, written to the others, and the refusal returned. A disk fault is counted and
+    /// returned after the memory write is done.
     pub async fn set(
         &self,
         key: &str,
@@ -245,26 +307,39 @@ impl Tiered {
         meta: EntryMeta,
         tiers: Tiers,
     ) -> Result<(), InsertError> {
-        if tiers.memory {
-            self.memory
-                .set_with(key, value.clone(), ttl, meta.clone())?;
+        crate::error::check_ttl(ttl)?;
+        let _write = self.generations.begin_write(key);
+        let in_memory = if tiers.memory {
+            self.memory.set_with(key, value.clone(), ttl, meta.clone())
+        } else {
+            Ok(())
+        };
+        if !tiers.memory || in_memory.is_err() {
+            self.memory.delete(key);
         }
-        if let (true, Some(disk)) = (tiers.disk, &self.disk) {
-            disk.set_with(key, value, ttl, meta)
+        let on_disk = match (&self.disk, tiers.disk) {
+            (Some(disk), true) => disk.set_with(key, value, ttl, meta).await,
+            (Some(disk), false) => disk
+                .delete(key)
                 .await
-                .inspect_err(|e| {
-                    if e.kind() == crate::InsertErrorKind::Disk {
-                        bump(&self.counters.disk_faults);
-                    }
-                })?;
+                .map(drop)
+                .map_err(|e| InsertError::new(crate::InsertErrorKind::Disk, e.to_string())),
+            (None, _) => Ok(()),
         }
-        Ok(())
+        .inspect_err(|e| {
+            if e.kind() == crate::InsertErrorKind::Disk {
+                bump(&self.counters.disk_faults);
+            }
+        });
+        in_memory.and(on_disk)
     }
 
-    /// Deletes `key` from disk, then from memory; returns whether any tier held it.
+    /// Deletes `key` from disk, then from memory; returns whether any tier held it. A
+    /// load of `key` in flight will not store its value.
     ///
     /// If the disk delete fails the memory entry is still removed and the fault returned.
     pub async fn delete(&self, key: &str) -> Result<bool, DiskError> {
+        let _write = self.generations.begin_write(key);
         let on_disk = match &self.disk {
             Some(disk) => disk.delete(key).await.inspect_err(|e| {
                 bump(&self.counters.disk_faults);
@@ -276,8 +351,9 @@ impl Tiered {
         Ok(on_disk? || in_memory)
     }
 
-    /// Clears disk, then memory.
+    /// Clears disk, then memory. No load in flight will store its value.
     pub async fn clear(&self) -> Result<(), DiskError> {
+        let _write = self.generations.begin_clear();
         let on_disk = match &self.disk {
             Some(disk) => disk
                 .clear()
@@ -316,6 +392,8 @@ impl Tiered {
             loads: c.loads.load(Ordering::Relaxed),
             load_errors: c.load_errors.load(Ordering::Relaxed),
             disk_faults: c.disk_faults.load(Ordering::Relaxed),
+            stale_fills: c.stale_fills.load(Ordering::Relaxed),
+            passes: c.passes.load(Ordering::Relaxed),
         }
     }
 
@@ -341,8 +419,15 @@ impl Tiered {
     pub(crate) async fn lookup<'a>(&'a self, key: &str) -> Found<'a> {
         let guard = match self.memory.get_or_lead(key).await {
             Lookup::Hit(s) => return Found::Hit(s),
+            Lookup::Pass => {
+                bump(&self.counters.passes);
+                return Found::Pass;
+            }
             Lookup::Leader(guard) => guard,
         };
+        // Taken after the placeholder: a write from now on voids the ticket, and one
+        // that began earlier has removed the placeholder or voids it too.
+        let ticket = self.generations.ticket(key);
         if let Some(disk) = &self.disk {
             match disk.try_get_entry(key) {
                 Ok(Some(entry)) => {
@@ -357,17 +442,18 @@ impl Tiered {
                         expires: self.memory.deadline(entry.ttl_left),
                         version: entry.meta.version,
                         tag_bytes: 0,
+                        pass: false,
                     };
-                    match self
-                        .memory
-                        .prepare(hit.value.clone(), entry.ttl_left, entry.meta)
+                    if !ticket.is_current() {
+                        // A write overtook the read: serve what was read, keep nothing.
+                        bump(&self.counters.stale_fills);
+                    } else if let Ok(prepared) =
+                        self.memory
+                            .prepare(hit.value.clone(), entry.ttl_left, entry.meta)
                     {
-                        Ok(prepared) => {
-                            self.memory.fill(key, guard, prepared);
-                        }
-                        // Too large for memory: serve it from disk without promoting.
-                        Err(_) => drop(guard),
+                        self.memory.fill(key, guard, prepared);
                     }
+                    // Otherwise too large for memory: served from disk without promoting.
                     return Found::Hit(hit);
                 }
                 Ok(None) => {}
@@ -378,22 +464,28 @@ impl Tiered {
             }
         }
         bump(&self.counters.misses);
-        Found::Leader(guard)
+        Found::Leader(Lead { guard, ticket })
     }
 
     /// Stores a loaded value: fills the memory placeholder (waking waiters) and queues
-    /// the disk write without waiting for it.
+    /// the disk write without waiting for it. Nothing is stored if a write of `key`
+    /// overtook the load.
     pub(crate) fn fill(
         &self,
         key: &str,
-        guard: Guard<'_>,
+        lead: Lead<'_>,
         value: Bytes,
         ttl: Duration,
         meta: EntryMeta,
         tiers: Tiers,
     ) -> Result<(), InsertError> {
+        let Lead { guard, ticket } = lead;
+        if !ticket.is_current() {
+            bump(&self.counters.stale_fills);
+            return Ok(());
+        }
         if let (true, Some(disk)) = (tiers.disk, &self.disk) {
-            if let Err(e) = disk.set_background(key, value.clone(), ttl, meta.clone()) {
+            if let Err(e) = disk.queue_fill(key, value.clone(), ttl, meta.clone(), ticket) {
                 if e.kind() == crate::InsertErrorKind::Disk {
                     bump(&self.counters.disk_faults);
                 }
@@ -405,6 +497,13 @@ impl Tiered {
             self.memory.fill(key, guard, prepared);
         }
         Ok(())
+    }
+
+    /// Marks `key` pass for `ttl` in place of a value: every caller waiting on this load
+    /// goes to the origin at once, and so do later ones until the mark expires or a write
+    /// replaces it.
+    pub(crate) fn pass(&self, key: &str, lead: Lead<'_>, ttl: Duration) {
+        self.memory.fill_pass(key, lead.guard, ttl);
     }
 }
 

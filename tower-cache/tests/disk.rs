@@ -135,7 +135,7 @@ async fn compaction_shrinks_the_file_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let disk = open(dir.path());
     for i in 0..400 {
-        disk.set_background(
+        disk.try_set(
             &format!("k{i}"),
             noise(8 * 1024, i),
             TTL,

@@ -113,74 +113,131 @@ async fn a_hundred_concurrent_misses_make_exactly_one_origin_call() {
     .expect("bounded");
 }
 
-#[tokio::test]
-async fn when_the_leader_fails_a_waiter_takes_over_and_nobody_hangs() {
-    tokio::time::timeout(BOUND, async {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let origin = service_fn({
-            let calls = calls.clone();
-            move |_key: String| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if n == 0 {
-                        Err::<Bytes, _>(std::io::Error::other("origin down"))
-                    } else {
-                        Ok(Bytes::from("recovered"))
-                    }
-                }
-            }
-        });
-        let svc = ServiceBuilder::new()
-            .layer(key_layer(memory_store()))
-            .service(origin);
-        let tasks: Vec<_> = (0..20)
-            .map(|_| tokio::spawn(svc.clone().oneshot("k".to_string())))
-            .collect();
-        let mut errors = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(v) => assert_eq!(v, "recovered"),
-                Err(e) => {
-                    assert!(e.to_string().contains("origin down"));
-                    errors += 1;
-                }
-            }
-        }
-        assert_eq!(errors, 1, "only the failed leader sees the error");
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "one waiter took over");
-        let st = svc.store().stats();
-        assert_eq!((st.loads, st.load_errors), (2, 1));
-    })
-    .await
-    .expect("bounded");
-}
-
-#[tokio::test]
-async fn errors_are_never_cached() {
-    let _w = common::watchdog("errors_are_never_cached", common::LIMIT);
+/// An origin that takes `latency` (of tokio's clock) per call and answers with `answer`
+/// for the call's number; counts its calls.
+fn slow_origin(
+    latency: Duration,
+    answer: fn(usize) -> Result<Bytes, std::io::Error>,
+) -> (
+    impl Service<String, Response = Bytes, Error = std::io::Error, Future = impl Send> + Clone,
+    Arc<AtomicUsize>,
+) {
     let calls = Arc::new(AtomicUsize::new(0));
     let origin = service_fn({
         let calls = calls.clone();
-        move |_: String| {
+        move |_key: String| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
-                if n < 2 {
-                    Err::<Bytes, _>(std::io::Error::other("boom"))
-                } else {
-                    Ok(Bytes::from("ok"))
-                }
+                tokio::time::sleep(latency).await;
+                answer(n)
             }
+        }
+    });
+    (origin, calls)
+}
+
+/// Sends `n` concurrent requests for one key; returns (successes, errors, tokio time taken).
+async fn storm<S>(svc: &S, n: usize) -> (usize, usize, Duration)
+where
+    S: Service<String, Response = Bytes, Error = tower_cache::BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let start = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(svc.clone().oneshot("k".to_string())))
+        .collect();
+    let (mut ok, mut err) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    (ok, err, start.elapsed())
+}
+
+// Paused clock: the origin's latency is tokio time, so "how many latencies" is exact.
+#[tokio::test(start_paused = true)]
+async fn when_the_leader_fails_every_waiter_calls_the_origin_at_once() {
+    let _w = common::watchdog("leader_fails_waiters_go_at_once", common::LIMIT);
+    let latency = Duration::from_millis(100);
+    let (origin, calls) = slow_origin(latency, |n| {
+        if n == 0 {
+            Err(std::io::Error::other("origin down"))
+        } else {
+            Ok(Bytes::from("recovered"))
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(key_layer(memory_store()))
+        .service(origin);
+    let (ok, errors, took) = storm(&svc, 20).await;
+    assert_eq!(
+        (ok, errors),
+        (19, 1),
+        "only the failed leader sees the error"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        20,
+        "every waiter called the origin"
+    );
+    assert!(
+        took <= latency * 2 + Duration::from_millis(10),
+        "the waiters went at once, not one after another: {took:?} for 20 requests"
+    );
+    let st = svc.store().stats();
+    assert_eq!((st.loads, st.load_errors), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncacheable_responses_release_every_waiter_and_later_requests_skip_the_queue() {
+    let _w = common::watchdog("uncacheable_storm", common::LIMIT);
+    let latency = Duration::from_millis(100);
+    let (origin, calls) = slow_origin(latency, |_| Ok(Bytes::from("private")));
+    let layer = key_layer(memory_store())
+        .store_policy(|_: &Bytes| None::<Duration>)
+        .pass_ttl(Duration::from_secs(30));
+    let svc = ServiceBuilder::new().layer(layer).service(origin);
+    let (ok, _, took) = storm(&svc, 10).await;
+    assert_eq!(ok, 10);
+    assert!(
+        took <= latency * 2 + Duration::from_millis(10),
+        "10 requests for a no-store key took {took:?}; one or two origin latencies expected"
+    );
+    // Hit-for-pass: later requests go straight to the origin, concurrently.
+    let (ok, _, took) = storm(&svc, 10).await;
+    assert_eq!(ok, 10);
+    assert!(took <= latency + Duration::from_millis(10), "{took:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        svc.store().stats().passes,
+        9 + 10,
+        "9 waiters, then 10 requests"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_are_never_cached() {
+    let _w = common::watchdog("errors_are_never_cached", common::LIMIT);
+    let (origin, calls) = slow_origin(Duration::from_millis(1), |n| {
+        if n < 2 {
+            Err(std::io::Error::other("boom"))
+        } else {
+            Ok(Bytes::from("ok"))
         }
     });
     let svc = ServiceBuilder::new()
         .layer(key_layer(memory_store()))
         .service(origin);
     assert!(svc.clone().oneshot("k".into()).await.is_err());
+    // The key is marked pass for a second after an error: the next request goes straight
+    // to the origin (and fails again), nothing is stored.
     assert!(svc.clone().oneshot("k".into()).await.is_err());
+    tokio::time::advance(Duration::from_millis(1100)).await;
     assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "ok");
     assert_eq!(svc.clone().oneshot("k".into()).await.unwrap(), "ok");
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the success was cached");
 }
 
 #[tokio::test]

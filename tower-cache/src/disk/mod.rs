@@ -67,6 +67,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{Clock, Entry, EntryMeta};
 use crate::error::{check_ttl, check_value_len, DiskError, InsertError, InsertErrorKind};
+use crate::generation::Ticket;
 
 /// Default map size: 1 GiB of address space (not of disk: the file grows as needed).
 pub const DEFAULT_MAP_SIZE: usize = 1 << 30;
@@ -118,6 +119,8 @@ enum Op {
         expires_ms: u64,
         now_ms: u64,
         meta: EntryMeta,
+        /// A fill from the tiered store: applied only if no write of the key overtook it.
+        fence: Option<Ticket>,
         ack: Option<oneshot::Sender<Result<(), DiskError>>>,
     },
     Delete {
@@ -269,30 +272,48 @@ impl DiskTier {
 
     /// Queues a write and returns at once; it lands with the next group commit.
     ///
-    /// Used for write-through from the request path. If the queue is full the write is
-    /// dropped and counted as a rejection: a cache may lose a write, a request must not
-    /// wait for a disk.
-    pub fn set_background(
+    /// For write-through from the request path, where a request must not wait for a
+    /// disk. The queue holds 65,536 writes; when it is full (the disk cannot keep up) the
+    /// write is **dropped**: this returns an error and [`DiskStats::dropped_writes`]
+    /// counts it. A cache may lose a write it was offered; use [`Self::set`] where every
+    /// write must land (it waits for the commit, which is backpressure).
+    pub fn try_set(
         &self,
         key: &str,
         value: Bytes,
         ttl: Duration,
         meta: EntryMeta,
     ) -> Result<(), InsertError> {
-        let op = self.put_op(key, value, ttl, meta, None)?;
-        self.tx.try_send(op).map_err(|e| {
-            bump(&self.shared.counters.rejections, 1);
-            InsertError::new(
-                InsertErrorKind::Disk,
-                match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        "disk tier: write queue full; the write was dropped"
-                    }
-                    mpsc::error::TrySendError::Closed(_) => {
-                        "disk tier: the writer thread has stopped"
-                    }
-                },
-            )
+        self.queue(self.put_op(key, value, ttl, meta, None)?)
+    }
+
+    /// Queues the write-through of a fill; the writer drops it if `ticket` is no longer
+    /// current when its turn comes (a write or delete of the key overtook the load).
+    pub(crate) fn queue_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<(), InsertError> {
+        let mut op = self.put_op(key, value, ttl, meta, None)?;
+        if let Op::Put { fence, .. } = &mut op {
+            *fence = Some(ticket);
+        }
+        self.queue(op)
+    }
+
+    fn queue(&self, op: Op) -> Result<(), InsertError> {
+        self.tx.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                bump(&self.shared.counters.dropped_writes, 1);
+                InsertError::new(
+                    InsertErrorKind::Disk,
+                    "disk tier: write queue full; the write was dropped",
+                )
+            }
+            mpsc::error::TrySendError::Closed(_) => self.disk_reject(DiskError::closed()),
         })
     }
 
@@ -328,6 +349,7 @@ impl DiskTier {
             expires_ms: self.clock.deadline(ttl),
             now_ms,
             meta,
+            fence: None,
             ack,
         })
     }
@@ -408,6 +430,8 @@ impl DiskTier {
             rejections: c.rejections.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             map_full: c.map_full.load(Ordering::Relaxed),
+            dropped_writes: c.dropped_writes.load(Ordering::Relaxed),
+            superseded: c.superseded.load(Ordering::Relaxed),
             bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };

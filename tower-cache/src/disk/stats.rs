@@ -22,7 +22,7 @@ pub struct DiskStats {
     pub expirations: u64,
     /// Corrupt records found (and dropped) on read.
     pub corrupt: u64,
-    /// Writes refused before reaching the writer (bad key or TTL, too large, queue full).
+    /// Writes refused before reaching the writer (bad key or TTL, too large).
     pub rejections: u64,
     /// Faults: failed transactions, I/O errors, a closed environment.
     pub errors: u64,
@@ -31,6 +31,12 @@ pub struct DiskStats {
     /// `bound_bytes` if even one write did not fit), not lost; see
     /// [`DiskTierBuilder::max_bytes`].
     pub map_full: u64,
+    /// Writes offered with [`DiskTier::try_set`](super::DiskTier::try_set) (or a
+    /// write-through) and dropped because the write queue was full.
+    pub dropped_writes: u64,
+    /// Write-throughs of loads not applied because a write or delete of their key
+    /// overtook them while they waited in the queue (see the tiered store's guarantee).
+    pub superseded: u64,
     /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
     pub bound_bytes: u64,
     /// Entries in the environment now (all processes).
@@ -66,6 +72,8 @@ pub(super) struct Counters {
     pub(super) rejections: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) map_full: AtomicU64,
+    pub(super) dropped_writes: AtomicU64,
+    pub(super) superseded: AtomicU64,
     pub(super) bound_bytes: AtomicU64,
 }
 

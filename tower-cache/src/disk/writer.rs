@@ -267,6 +267,15 @@ impl Writer {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             let r = match op {
+                // A load's write-through that a write or delete of its key overtook
+                // while it waited in the queue: the newer state stands.
+                Op::Put {
+                    fence: Some(ticket),
+                    ..
+                } if !ticket.is_current() => {
+                    bump(&self.shared.counters.superseded, 1);
+                    0
+                }
                 Op::Put {
                     key,
                     value,

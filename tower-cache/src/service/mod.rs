@@ -46,30 +46,49 @@ use tower_service::Service;
 
 use crate::entry::EntryMeta;
 use crate::error::{check_ttl, BuildError};
-use crate::tiered::{Found, Tiered, Tiers};
+use crate::tiered::{Found, Tiered, Tiers, ERROR_PASS};
 use crate::BoxError;
+
+/// Default time a key whose response was not cacheable stays marked pass: 10 s.
+pub const DEFAULT_PASS_TTL: Duration = Duration::from_secs(10);
 
 /// Wraps a service in a [`CacheService`].
 ///
-/// Cloning is cheap and shares the store: every service the layer makes (and every clone
-/// of them) reads and writes the same tiers.
+/// A plain configuration: every setting can be changed at any time, also on a clone, and
+/// cloning is cheap (the key function, codec and policy sit behind `Arc`s). The store is
+/// shared: every service the layer (or any clone of it) makes reads and writes the same
+/// tiers.
 pub struct CacheLayer<K, C, P = StoreAll> {
-    shared: Arc<Shared<K, C, P>>,
-}
-
-struct Shared<K, C, P> {
     store: Tiered,
-    key: K,
-    codec: C,
-    policy: P,
+    key: Arc<K>,
+    codec: Arc<C>,
+    policy: Arc<P>,
     ttl: Duration,
     tiers: Tiers,
+    pass_ttl: Duration,
+}
+
+/// What every clone of one service shares.
+struct Shared<K, C, P> {
+    store: Tiered,
+    key: Arc<K>,
+    codec: Arc<C>,
+    policy: Arc<P>,
+    ttl: Duration,
+    tiers: Tiers,
+    pass_ttl: Duration,
 }
 
 impl<K, C, P> Clone for CacheLayer<K, C, P> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            store: self.store.clone(),
+            key: self.key.clone(),
+            codec: self.codec.clone(),
+            policy: self.policy.clone(),
+            ttl: self.ttl,
+            tiers: self.tiers,
+            pass_ttl: self.pass_ttl,
         }
     }
 }
@@ -77,9 +96,10 @@ impl<K, C, P> Clone for CacheLayer<K, C, P> {
 impl<K, C, P> fmt::Debug for CacheLayer<K, C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheLayer")
-            .field("store", &self.shared.store)
-            .field("ttl", &self.shared.ttl)
-            .field("tiers", &self.shared.tiers)
+            .field("store", &self.store)
+            .field("ttl", &self.ttl)
+            .field("tiers", &self.tiers)
+            .field("pass_ttl", &self.pass_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -92,14 +112,13 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
     pub fn new(store: Tiered, key: K, codec: C, ttl: Duration) -> Result<Self, BuildError> {
         check_ttl(ttl).map_err(|e| BuildError::new(format!("cache layer: {e}")))?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                store,
-                key,
-                codec,
-                policy: StoreAll,
-                ttl,
-                tiers: Tiers::ALL,
-            }),
+            store,
+            key: Arc::new(key),
+            codec: Arc::new(codec),
+            policy: Arc::new(StoreAll),
+            ttl,
+            tiers: Tiers::ALL,
+            pass_ttl: DEFAULT_PASS_TTL,
         })
     }
 }
@@ -107,40 +126,40 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
 impl<K, C, P> CacheLayer<K, C, P> {
     /// Decides per response whether to store it and for how long (e.g.
     /// [`StoreSuccessful`], or a closure `Fn(&Res) -> Option<Duration>`).
-    ///
-    /// # Panics
-    ///
-    /// If the layer was cloned before; configure it first.
     pub fn store_policy<P2>(self, policy: P2) -> CacheLayer<K, C, P2> {
-        let shared = Arc::try_unwrap(self.shared)
-            .unwrap_or_else(|_| panic!("store_policy must be set before the layer is cloned"));
         CacheLayer {
-            shared: Arc::new(Shared {
-                store: shared.store,
-                key: shared.key,
-                codec: shared.codec,
-                policy,
-                ttl: shared.ttl,
-                tiers: shared.tiers,
-            }),
+            store: self.store,
+            key: self.key,
+            codec: self.codec,
+            policy: Arc::new(policy),
+            ttl: self.ttl,
+            tiers: self.tiers,
+            pass_ttl: self.pass_ttl,
         }
     }
 
     /// The tiers responses are written to (default: all).
-    ///
-    /// # Panics
-    ///
-    /// If the layer was cloned before; configure it first.
     pub fn tiers(mut self, tiers: Tiers) -> Self {
-        Arc::get_mut(&mut self.shared)
-            .expect("tiers must be set before the layer is cloned")
-            .tiers = tiers;
+        self.tiers = tiers;
+        self
+    }
+
+    /// How long a key stays marked *pass* after its response was not stored (the policy
+    /// said no, or the body was over the codec's limit): requests for it go straight to
+    /// the inner service, concurrently, instead of queueing behind one leader (Varnish's
+    /// hit-for-pass). Default [`DEFAULT_PASS_TTL`]; any write of the key ends it early.
+    /// After an error of the inner service the mark lasts at most one second.
+    ///
+    /// A zero duration is raised to one millisecond: the mark is also what releases the
+    /// requests that waited on the leader.
+    pub fn pass_ttl(mut self, ttl: Duration) -> Self {
+        self.pass_ttl = ttl.clamp(Duration::from_millis(1), crate::error::MAX_TTL);
         self
     }
 
     /// The store, e.g. for its stats or to invalidate entries.
     pub fn store(&self) -> &Tiered {
-        &self.shared.store
+        &self.store
     }
 }
 
@@ -150,7 +169,15 @@ impl<S, K, C, P> Layer<S> for CacheLayer<K, C, P> {
     fn layer(&self, inner: S) -> Self::Service {
         CacheService {
             inner,
-            shared: self.shared.clone(),
+            shared: Arc::new(Shared {
+                store: self.store.clone(),
+                key: self.key.clone(),
+                codec: self.codec.clone(),
+                policy: self.policy.clone(),
+                ttl: self.ttl,
+                tiers: self.tiers,
+                pass_ttl: self.pass_ttl,
+            }),
         }
     }
 }
@@ -267,7 +294,7 @@ where
         let (inner, shared) = (self.inner.clone(), shared.clone());
         ResponseFuture::boxed(async move {
             let store = &shared.store;
-            let guard = match store.lookup(&key).await {
+            let lead = match store.lookup(&key).await {
                 Found::Hit(hit) => match shared.codec.decode(hit.value) {
                     Ok(res) => return Ok(res),
                     Err(_) => {
@@ -276,26 +303,47 @@ where
                         return Ok(shared.codec.pass(res));
                     }
                 },
-                Found::Leader(guard) => guard,
+                // Marked pass: straight to the inner service, nothing stored.
+                Found::Pass => {
+                    let res = call_inner(inner, req).await?;
+                    return Ok(shared.codec.pass(res));
+                }
+                Found::Leader(lead) => lead,
             };
             let res = call_inner(inner, req).await;
             store.count_load(res.is_ok());
-            // On error the guard drops here: a waiting request takes over the load.
-            let res = res?;
-            match shared.policy.ttl(&res, shared.ttl) {
-                Some(ttl) => {
-                    let (res, stored) = shared.codec.encode(res).await?;
-                    if let Some(bytes) = stored {
-                        if let Err(e) =
-                            store.fill(&key, guard, bytes, ttl, EntryMeta::default(), shared.tiers)
-                        {
-                            tracing::debug!(error = %e, key, "response not cached");
-                        }
-                    }
-                    Ok(res)
+            let res = match res {
+                Ok(res) => res,
+                Err(e) => {
+                    // Every waiting request calls the inner service itself, at once.
+                    store.pass(&key, lead, shared.pass_ttl.min(ERROR_PASS));
+                    return Err(e);
                 }
-                None => Ok(shared.codec.pass(res)),
+            };
+            let Some(ttl) = shared.policy.ttl(&res, shared.ttl) else {
+                // Not cacheable: hit-for-pass, so nobody queues behind a leader for it.
+                store.pass(&key, lead, shared.pass_ttl);
+                return Ok(shared.codec.pass(res));
+            };
+            let (res, stored) = match shared.codec.encode(res).await {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    store.pass(&key, lead, shared.pass_ttl.min(ERROR_PASS));
+                    return Err(e);
+                }
+            };
+            match stored {
+                Some(bytes) => {
+                    if let Err(e) =
+                        store.fill(&key, lead, bytes, ttl, EntryMeta::default(), shared.tiers)
+                    {
+                        tracing::debug!(error = %e, key, "response not cached");
+                    }
+                }
+                // Too large to store: the body streams on, the key is passed.
+                None => store.pass(&key, lead, shared.pass_ttl),
             }
+            Ok(res)
         })
     }
 }
