@@ -163,6 +163,10 @@ impl DiskError {
         }
     }
 
+    pub(crate) fn reopen(err: impl fmt::Display) -> Self {
+        Self::new(format!("disk tier: reopen after compaction: {err}"))
+    }
+
     pub(crate) fn closed() -> Self {
         Self::new("disk tier: the writer thread has stopped")
     }

@@ -48,7 +48,7 @@ pub mod tiered;
 /// The error type at service boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder};
+pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder, OnDamage};
 pub use crate::entry::{Entry, EntryMeta, Tags, TimeSource};
 pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};

@@ -317,9 +317,39 @@ async fn bad_configuration_is_a_build_error_that_says_what_to_change() {
     assert!(
         too_small_for_one
             .to_string()
-            .contains("too small for one entry"),
+            .contains("too small for entries of max_value_bytes"),
         "{too_small_for_one}"
     );
+    // The case where a lowered bound once fell below one entry: refused up front now.
+    let entry_over_map = DiskTier::builder(dir.path())
+        .map_size(1 << 20)
+        .max_value_bytes(384 << 10)
+        .open()
+        .unwrap_err();
+    assert!(
+        entry_over_map
+            .to_string()
+            .contains("max_value_bytes (393216)"),
+        "{entry_over_map}"
+    );
+    // Extremes never panic.
+    for map in [usize::MAX, usize::MAX - 1, usize::MAX / 2] {
+        let e = DiskTier::builder(dir.path())
+            .map_size(map)
+            .open()
+            .unwrap_err();
+        assert!(e.to_string().contains("lower map_size"), "{e}");
+    }
+    let e = DiskTier::builder(dir.path())
+        .max_value_bytes(usize::MAX)
+        .open()
+        .unwrap_err();
+    assert!(e.to_string().contains("max_value_bytes"), "{e}");
+    let e = DiskTier::builder(dir.path())
+        .max_bytes(u64::MAX)
+        .open()
+        .unwrap_err();
+    assert!(e.to_string().contains("90% of map_size"), "{e}");
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let unwritable = DiskTier::builder(file.join("cache")).open().unwrap_err();
@@ -400,4 +430,106 @@ async fn delete_and_clear() {
     assert!(disk.get("b").is_none());
     let s = disk.stats();
     assert_eq!((s.entries, s.stored_bytes), (0, 0));
+}
+
+#[tokio::test]
+async fn a_lowered_bound_still_holds_an_entry_of_the_largest_value_and_rises_again() {
+    let _w = common::watchdog("lowered_bound_floor", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let max_value = 64 << 10;
+    let disk = DiskTier::builder(dir.path())
+        .map_size(2 << 20)
+        .max_value_bytes(max_value)
+        .compress_threshold(usize::MAX)
+        .open()
+        .unwrap();
+    // Small records under random keys fill the map long before the byte bound; entries of
+    // the largest value come in between.
+    let keys: Vec<u64> = xorshift(11).take(12_000).collect();
+    let mut big_landed = 0;
+    for (round, chunk) in keys.chunks(400).enumerate() {
+        let acks: Vec<_> = chunk
+            .iter()
+            .map(|&x| {
+                let disk = disk.clone();
+                tokio::spawn(
+                    async move { disk.set(&format!("s:{x:016x}"), noise(150, x), TTL).await },
+                )
+            })
+            .collect();
+        for a in acks {
+            a.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}: {:?}", disk.stats()));
+        }
+        // A write acknowledged is a write kept: never Ok, then evicted by its own commit.
+        // (LMDB needs contiguous pages for a large value; in a fragmented, full map it may
+        // find none, and then the write fails, counted, instead.)
+        let big = noise(max_value, round as u64);
+        if disk
+            .set(&format!("big{round}"), big.clone(), TTL)
+            .await
+            .is_ok()
+        {
+            assert_eq!(
+                disk.get(&format!("big{round}")).as_ref(),
+                Some(&big),
+                "round {round}: acknowledged, then gone: {:?}",
+                disk.stats()
+            );
+            big_landed += 1;
+        }
+    }
+    assert!(big_landed > 0);
+    let lowered = disk.stats();
+    assert!(
+        lowered.bound_bytes < (2 << 20) / 4 * 3,
+        "the small records lowered the bound: {lowered:?}"
+    );
+    assert!(
+        lowered.bound_bytes >= max_value as u64,
+        "the bound never drops below one entry of the largest value: {lowered:?}"
+    );
+    // Once space frees (here: everything deleted, then compaction), the bound rises again
+    // with the next writes, and a large entry finds room.
+    disk.clear().await.unwrap();
+    disk.compact().await.unwrap();
+    let big = noise(max_value, 99);
+    disk.set("big", big.clone(), TTL).await.unwrap();
+    assert_eq!(disk.get("big").unwrap(), big);
+    for i in 0..40 {
+        disk.set(&format!("after:{i}"), noise(100, i), TTL)
+            .await
+            .unwrap();
+    }
+    let raised = disk.stats();
+    assert!(
+        raised.bound_bytes > lowered.bound_bytes,
+        "the bound rose after space freed: {lowered:?} then {raised:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_path_reopens_right_after_its_tier_is_dropped() {
+    let _w = common::watchdog("reopen_after_drop", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let disk = open(dir.path());
+        disk.set(&format!("k{round}"), "v".into(), TTL)
+            .await
+            .unwrap();
+        // The same path twice in one process is a clear error, not heed's.
+        let twice = DiskTier::builder(dir.path()).map_size(64 << 20).open();
+        assert!(
+            twice
+                .unwrap_err()
+                .to_string()
+                .contains("already open in this process"),
+            "round {round}"
+        );
+        drop(disk);
+        // No close(): the writer is still closing the environment when this opens.
+    }
+    let disk = open(dir.path());
+    assert_eq!(disk.stats().entries, 20);
 }

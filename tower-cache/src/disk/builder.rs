@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
-use super::env::open_env;
+use std::time::Duration;
+
+use super::env::{move_aside, open_env, OpenError, Opened};
 use super::stats::Counters;
 use super::writer::Writer;
 use super::{
@@ -28,7 +30,42 @@ pub struct DiskTierBuilder {
     compress_threshold: usize,
     max_value_bytes: Option<usize>,
     max_batch: usize,
+    on_damage: OnDamage,
 }
+
+/// What [`DiskTierBuilder::open`] does with a damaged data file (truncated, not an LMDB
+/// file, meta pages that contradict the file).
+///
+/// LMDB trusts its file: opened as is, a truncated file kills the process with SIGBUS on
+/// the first read past its end. So the tier checks the file before mapping it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnDamage {
+    /// The default for a cache: rename `data.mdb` to
+    /// `data.mdb.damaged-<unix seconds>-<pid>` (kept for a post-mortem), start with an
+    /// empty file, log an error and count it in [`DiskStats::damaged_files`].
+    ///
+    /// [`DiskStats::damaged_files`]: super::DiskStats::damaged_files
+    #[default]
+    MoveAside,
+    /// Fail the open with a [`BuildError`] that says what is wrong with the file.
+    Fail,
+}
+
+/// Largest map size accepted: 16 TiB of address space.
+pub const MAX_MAP_SIZE: usize = 1 << 44;
+/// Room a record needs beside its value (header, key, a few tags) when the tier checks
+/// that its bound holds one entry of the largest value.
+const RECORD_SLACK: u64 = 4096;
+
+/// Paths this process has a disk tier open at, with a handle that tells whether any
+/// `DiskTier` for it is still alive (the writer may still be closing after the last one
+/// dropped).
+static OPEN: std::sync::Mutex<Vec<(PathBuf, mpsc::WeakSender<super::Op>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How long `open` waits for an environment of the same path that is still closing.
+const CLOSING_WAIT: Duration = Duration::from_secs(30);
 
 impl DiskTierBuilder {
     pub(super) fn new(path: PathBuf) -> Self {
@@ -39,11 +76,19 @@ impl DiskTierBuilder {
             compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
             max_value_bytes: None,
             max_batch: DEFAULT_MAX_BATCH,
+            on_damage: OnDamage::MoveAside,
         }
     }
 
+    /// What to do with a damaged data file (default: [`OnDamage::MoveAside`]).
+    pub fn on_damage(mut self, policy: OnDamage) -> Self {
+        self.on_damage = policy;
+        self
+    }
+
     /// LMDB's map size: the most the file may grow to (default 1 GiB, rounded up to
-    /// 64 KiB). It reserves address space, not disk.
+    /// 64 KiB; at least 1 MiB, at most [`MAX_MAP_SIZE`]). It reserves address space, not
+    /// disk.
     pub fn map_size(mut self, bytes: usize) -> Self {
         self.map_size = bytes;
         self
@@ -74,7 +119,9 @@ impl DiskTierBuilder {
     }
 
     /// Largest value one entry may hold (default 16 MiB, or a quarter of `max_bytes` if
-    /// that is less).
+    /// that is less). It may be at most half of `max_bytes` and a quarter of the map: the
+    /// tier must always be able to hold one entry of this size, also after it lowered its
+    /// bound because small records filled the map.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = Some(bytes);
         self
@@ -87,22 +134,38 @@ impl DiskTierBuilder {
         self
     }
 
-    /// Checks the settings, creates the directory if needed and opens the environment.
+    /// Checks the settings, creates the directory if needed, checks the data file and
+    /// opens the environment.
+    ///
+    /// Opening a path whose previous `DiskTier` was just dropped waits (up to 30 s) for
+    /// that environment to finish closing; opening a path that a live `DiskTier` of this
+    /// process has open is an error (clone that tier instead).
     pub fn open(self) -> Result<DiskTier, BuildError> {
-        let map_size = self.map_size.div_ceil(MAP_ALIGN) * MAP_ALIGN;
+        let map_size = self
+            .map_size
+            .checked_next_multiple_of(MAP_ALIGN)
+            .filter(|&m| m <= MAX_MAP_SIZE)
+            .ok_or_else(|| {
+                BuildError::new(format!(
+                    "disk tier: map_size of {} bytes is over the maximum of {MAX_MAP_SIZE} \
+                     (16 TiB); lower map_size",
+                    self.map_size
+                ))
+            })?;
         if map_size < MIN_MAP_SIZE {
             return Err(BuildError::new(format!(
                 "disk tier: map_size of {} bytes is below the minimum of {MIN_MAP_SIZE}; raise map_size",
                 self.map_size
             )));
         }
-        let max_bytes = self.max_bytes.unwrap_or(map_size as u64 / 4 * 3);
+        let map = map_size as u64;
+        let max_bytes = self.max_bytes.unwrap_or(map / 4 * 3);
         if max_bytes == 0 {
             return Err(BuildError::new(
                 "disk tier: max_bytes is 0; give it room for at least one entry",
             ));
         }
-        if max_bytes > map_size as u64 / 10 * 9 {
+        if max_bytes > map / 10 * 9 {
             return Err(BuildError::new(format!(
                 "disk tier: max_bytes ({max_bytes}) leaves LMDB too little of the map ({map_size}); \
                  keep max_bytes at or below 90% of map_size"
@@ -116,11 +179,25 @@ impl DiskTierBuilder {
                 "disk tier: max_value_bytes is 0; allow values of at least one byte",
             ));
         }
-        if max_value_bytes as u64 > max_bytes / 2 {
+        if max_value_bytes as u64 > u64::from(u32::MAX) {
             return Err(BuildError::new(format!(
-                "disk tier: the map is too small for one entry of max_value_bytes \
-                 ({max_value_bytes}): max_bytes is {max_bytes}; raise map_size or lower \
-                 max_value_bytes"
+                "disk tier: max_value_bytes ({max_value_bytes}) is over the record format's \
+                 limit of 4 GiB; lower it"
+            )));
+        }
+        let entry_floor = (max_value_bytes as u64).saturating_add(RECORD_SLACK);
+        if entry_floor > max_bytes / 2 {
+            return Err(BuildError::new(format!(
+                "disk tier: max_bytes ({max_bytes}) is too small for entries of max_value_bytes \
+                 ({max_value_bytes}): it must hold two of them with their headers; raise \
+                 max_bytes or map_size, or lower max_value_bytes"
+            )));
+        }
+        if entry_floor > map / 4 {
+            return Err(BuildError::new(format!(
+                "disk tier: the map ({map_size}) is too small for entries of max_value_bytes \
+                 ({max_value_bytes}): LMDB needs room to rewrite one beside the rest; keep \
+                 max_value_bytes under a quarter of map_size"
             )));
         }
         if self.max_batch == 0 {
@@ -130,19 +207,20 @@ impl DiskTierBuilder {
         }
         fs::create_dir_all(&self.path)
             .map_err(|e| BuildError::path("create the disk tier directory", &self.path, e))?;
-        let probe = self.path.join(".write-probe");
+        // A probe file of this open's own, so concurrent openers (other processes
+        // sharing the environment) never delete each other's.
+        let probe = self.path.join(format!(
+            ".write-probe-{}-{:x}",
+            std::process::id(),
+            probe_nonce()
+        ));
         fs::write(&probe, b"")
             .and_then(|()| fs::remove_file(&probe))
             .map_err(|e| BuildError::path("write in", &self.path, e))?;
-        let opened = open_env(&self.path, map_size).map_err(|e| {
-            BuildError::with_source(
-                format!(
-                    "disk tier: cannot open LMDB at `{}`: {e}",
-                    self.path.display()
-                ),
-                e,
-            )
-        })?;
+        let canonical =
+            fs::canonicalize(&self.path).map_err(|e| BuildError::path("resolve", &self.path, e))?;
+        wait_for_closing(&canonical)?;
+        let (opened, damaged) = self.open_checked(map_size)?;
 
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
@@ -150,6 +228,7 @@ impl DiskTierBuilder {
             state: RwLock::new(Some(opened)),
             counters: Counters {
                 bound_bytes: AtomicU64::new(max_bytes),
+                damaged_files: AtomicU64::new(damaged),
                 ..Counters::default()
             },
             max_value_bytes,
@@ -163,15 +242,92 @@ impl DiskTierBuilder {
             max_batch: self.max_batch,
             txn_limit: self.max_batch,
             live_at_lowering: 0,
+            configured_max_bytes: max_bytes,
+            entry_floor,
         };
         std::thread::Builder::new()
             .name("tower-cache-disk-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| BuildError::with_source("disk tier: cannot start the writer thread", e))?;
+        lock(&OPEN).retain(|(_, tier)| tier.upgrade().is_some());
+        lock(&OPEN).push((canonical, tx.downgrade()));
         Ok(DiskTier {
             shared,
             tx,
             clock: Clock::new(TimeSource::Tokio),
         })
     }
+
+    /// Opens the environment; a damaged file is moved aside (and the open retried) or
+    /// reported, as [`Self::on_damage`] says. Returns how many files were moved aside.
+    fn open_checked(&self, map_size: usize) -> Result<(Opened, u64), BuildError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            BuildError::new(format!(
+                "disk tier: cannot open LMDB at `{}`: {e}",
+                self.path.display()
+            ))
+        };
+        match open_env(&self.path, map_size) {
+            Ok(opened) => Ok((opened, 0)),
+            Err(OpenError::Damaged(why)) if self.on_damage == OnDamage::MoveAside => {
+                let moved = move_aside(&self.path).map_err(|e| {
+                    failed(&format!(
+                        "damaged data file ({why}), and moving it aside failed: {e}"
+                    ))
+                })?;
+                tracing::error!(
+                    path = %self.path.display(),
+                    moved_to = %moved.display(),
+                    why,
+                    "disk tier: damaged data file moved aside; starting empty"
+                );
+                let opened = open_env(&self.path, map_size).map_err(|e| failed(&e))?;
+                Ok((opened, 1))
+            }
+            Err(OpenError::Damaged(why)) => Err(BuildError::new(format!(
+                "disk tier: the data file at `{}` is damaged ({why}); move it away or open \
+                 with OnDamage::MoveAside",
+                self.path.display()
+            ))),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A number unlikely to repeat between concurrent opens (time and a counter).
+fn probe_nonce() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    nanos ^ (COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32)
+}
+
+/// Fails if a live `DiskTier` of this process has `path` open; waits for one that is
+/// closing (its last handle dropped, its writer still finishing).
+fn wait_for_closing(path: &std::path::Path) -> Result<(), BuildError> {
+    let alive = lock(&OPEN)
+        .iter()
+        .any(|(p, tier)| p == path && tier.upgrade().is_some());
+    if alive {
+        return Err(BuildError::new(format!(
+            "disk tier: `{}` is already open in this process; clone that DiskTier instead of \
+             opening the path again",
+            path.display()
+        )));
+    }
+    if let Some(closing) = heed::env_closing_event(path) {
+        if !closing.wait_timeout(CLOSING_WAIT) {
+            return Err(BuildError::new(format!(
+                "disk tier: the previous environment at `{}` did not finish closing within \
+                 {CLOSING_WAIT:?}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -38,7 +38,7 @@ impl Writer {
         // failed. Until it is open, reads miss and writes fail, counted.
         match open_env(path, self.map_size) {
             Ok(o) => *state = Some(o),
-            Err(e) => return Err(fail(DiskError::lmdb("reopen after compaction", e))),
+            Err(e) => return Err(fail(DiskError::reopen(e))),
         }
         renamed.map_err(fail)?;
         Ok(CompactReport {

@@ -49,7 +49,7 @@ mod record;
 mod stats;
 mod writer;
 
-pub use self::builder::DiskTierBuilder;
+pub use self::builder::{DiskTierBuilder, OnDamage, MAX_MAP_SIZE};
 pub use self::stats::{CompactReport, DiskStats};
 
 use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
@@ -432,6 +432,7 @@ impl DiskTier {
             map_full: c.map_full.load(Ordering::Relaxed),
             dropped_writes: c.dropped_writes.load(Ordering::Relaxed),
             superseded: c.superseded.load(Ordering::Relaxed),
+            damaged_files: c.damaged_files.load(Ordering::Relaxed),
             bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };

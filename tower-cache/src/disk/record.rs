@@ -6,9 +6,10 @@ use crate::entry::{EntryMeta, Tags};
 
 // === record format ===
 //
-// byte 0      format version (1)
+// byte 0      format version (2)
 // byte 1      flags (bit 0: payload compressed with snap raw format)
-// bytes 2..6  CRC-32 (IEEE) of bytes 6..end
+// bytes 2..6  CRC-32 (IEEE) of bytes 0..2 and 6..end: the whole record but itself
+//             (format 1 left bytes 0..2 out; its records read as unknown and are dropped)
 // bytes 6..14 expiry, Unix milliseconds, little endian
 // bytes 14..22 version of the write
 // bytes 22..30 write sequence (key of the order index)
@@ -16,7 +17,7 @@ use crate::entry::{EntryMeta, Tags};
 // bytes 34..36 tag count, then per tag: u16 length + UTF-8 bytes
 // rest        payload
 
-pub(super) const FORMAT_V1: u8 = 1;
+pub(super) const FORMAT_V2: u8 = 2;
 pub(super) const FLAG_SNAPPY: u8 = 1;
 pub(super) const HEADER: usize = 36;
 
@@ -43,7 +44,7 @@ pub(super) fn encode_record(
     };
     let payload: &[u8] = compressed.as_deref().unwrap_or(value);
     let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + payload.len());
-    out.push(FORMAT_V1);
+    out.push(FORMAT_V2);
     out.push(if compressed.is_some() { FLAG_SNAPPY } else { 0 });
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&expires_ms.to_le_bytes());
@@ -57,9 +58,17 @@ pub(super) fn encode_record(
         out.extend_from_slice(tag);
     }
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[6..]);
+    let crc = checksum(&out);
     out[2..6].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// CRC-32 of a record without its own checksum field.
+fn checksum(record: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&record[..2]);
+    h.update(&record[6..]);
+    h.finalize()
 }
 
 pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -74,7 +83,7 @@ pub(super) fn u16_at(b: &[u8], at: usize) -> Option<usize> {
 
 /// Reads only the header; used by the writer to find index rows.
 pub(super) fn decode_header(b: &[u8]) -> Option<Header> {
-    if b.len() < HEADER || b[0] != FORMAT_V1 {
+    if b.len() < HEADER || b[0] != FORMAT_V2 {
         return None;
     }
     Some(Header {
@@ -89,11 +98,11 @@ pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'stati
     if b.len() < HEADER {
         return Err("record shorter than its header");
     }
-    if b[0] != FORMAT_V1 {
+    if b[0] != FORMAT_V2 {
         return Err("unknown record format version");
     }
     let crc = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    if crc32fast::hash(&b[6..]) != crc {
+    if checksum(b) != crc {
         return Err("checksum mismatch");
     }
     let expires_ms = u64_at(b, 6);
@@ -109,7 +118,13 @@ pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'stati
         at += 2 + len;
     }
     let payload = &b[at..];
+    if b[1] & !FLAG_SNAPPY != 0 {
+        return Err("unknown record flags");
+    }
     let value = if b[1] & FLAG_SNAPPY != 0 {
+        if snap::raw::decompress_len(payload).ok() != Some(logical) {
+            return Err("compressed length mismatch");
+        }
         let v = snap::raw::Decoder::new()
             .decompress_vec(payload)
             .map_err(|_| "bad compressed payload")?;
@@ -117,6 +132,8 @@ pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'stati
             return Err("decompressed length mismatch");
         }
         Bytes::from(v)
+    } else if payload.len() != logical {
+        return Err("length mismatch");
     } else {
         Bytes::copy_from_slice(payload)
     };
@@ -160,7 +177,7 @@ mod tests {
     #[test]
     fn corrupt_records_are_detected() {
         let rec = encode_record(b"hello world", 5, &EntryMeta::default(), 1, 1024);
-        for i in 2..rec.len() {
+        for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x01;
             assert!(
@@ -168,8 +185,14 @@ mod tests {
                 "flip at byte {i} must be caught"
             );
         }
+        // A wrong logical length under a valid checksum (a writer bug, not a bit flip).
+        let mut wrong_len = rec.clone();
+        wrong_len[30] ^= 0x01;
+        let crc = checksum(&wrong_len);
+        wrong_len[2..6].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_record(&wrong_len).unwrap_err(), "length mismatch");
         let mut future = rec.clone();
-        future[0] = 2;
+        future[0] = 3;
         assert_eq!(
             decode_record(&future).unwrap_err(),
             "unknown record format version"

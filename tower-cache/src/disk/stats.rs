@@ -37,6 +37,9 @@ pub struct DiskStats {
     /// Write-throughs of loads not applied because a write or delete of their key
     /// overtook them while they waited in the queue (see the tiered store's guarantee).
     pub superseded: u64,
+    /// Damaged data files found when the tier opened, moved aside and replaced by an
+    /// empty one (see [`OnDamage`](super::OnDamage)).
+    pub damaged_files: u64,
     /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
     pub bound_bytes: u64,
     /// Entries in the environment now (all processes).
@@ -74,6 +77,7 @@ pub(super) struct Counters {
     pub(super) map_full: AtomicU64,
     pub(super) dropped_writes: AtomicU64,
     pub(super) superseded: AtomicU64,
+    pub(super) damaged_files: AtomicU64,
     pub(super) bound_bytes: AtomicU64,
 }
 

@@ -26,6 +26,10 @@ pub(super) struct Writer {
     pub(super) txn_limit: usize,
     /// Live bytes of pages when the bound was last lowered.
     pub(super) live_at_lowering: u64,
+    /// The bound the tier was built with: a lowered bound rises back towards it.
+    pub(super) configured_max_bytes: u64,
+    /// The bound never drops below this: one entry of the largest value with its header.
+    pub(super) entry_floor: u64,
 }
 
 /// How often one batch may make room after even a single write found the map full.
@@ -344,6 +348,8 @@ impl Writer {
         let live = live_bytes(dbs, &wtxn)?;
         if live > self.map_size as u64 / 4 * 3 && live > self.live_at_lowering && t.stored > 0 {
             self.lower_bound(t.stored / 4 * 3, live);
+        } else {
+            self.raise_bound(live);
         }
         if t.stored > self.max_bytes {
             // Expired entries first (as of the latest write in the batch), then the
@@ -354,14 +360,23 @@ impl Writer {
                 evicted += self.evict_oldest(dbs, &mut wtxn, &mut t, self.max_bytes)?;
             }
         }
+        // At its floor the bound cannot go lower, yet small records can still take more
+        // pages than the map has: then evict by pages, oldest first, keeping the newest
+        // write.
+        let budget = self.map_size as u64 / 4 * 3;
+        if self.max_bytes <= self.entry_floor && live > budget {
+            evicted += self.evict_for_pages(dbs, &mut wtxn, &mut t, budget)?;
+        }
         t.write(dbs, &mut wtxn)?;
         wtxn.commit()?;
         Ok((puts, evicted, expired, results))
     }
 
-    /// Lowers the byte bound to `bound` (the map cannot hold what the bound allowed).
+    /// Lowers the byte bound to `bound` (the map cannot hold what the bound allowed), but
+    /// never below what one entry of the largest value needs.
     pub(super) fn lower_bound(&mut self, bound: u64, live: u64) {
         self.live_at_lowering = live;
+        let bound = bound.max(self.entry_floor);
         if bound >= self.max_bytes {
             return;
         }
@@ -374,11 +389,60 @@ impl Writer {
              (small records cost LMDB more than their bytes); lowering the bound. \
              Raise map_size to keep more."
         );
+        self.set_bound(bound);
+    }
+
+    /// Raises a lowered bound by an eighth (up to the configured one) while the live pages
+    /// stay under half the map, as after eviction or compaction freed pages. Lowering
+    /// starts at three quarters, so the two do not chase each other.
+    fn raise_bound(&mut self, live: u64) {
+        if self.max_bytes < self.configured_max_bytes && live < self.map_size as u64 / 2 {
+            let raised = self
+                .max_bytes
+                .saturating_add(self.max_bytes / 8 + 1)
+                .min(self.configured_max_bytes);
+            self.live_at_lowering = live;
+            self.set_bound(raised);
+        }
+    }
+
+    fn set_bound(&mut self, bound: u64) {
         self.max_bytes = bound;
         self.shared
             .counters
             .bound_bytes
             .store(bound, Ordering::Relaxed);
+    }
+
+    /// Evicts the oldest entries, 64 at a time, until the live pages fit `budget` or only
+    /// the newest write is left.
+    fn evict_for_pages(
+        &self,
+        dbs: &Dbs,
+        wtxn: &mut RwTxn<'_>,
+        t: &mut Totals,
+        budget: u64,
+    ) -> heed::Result<u64> {
+        let mut evicted = 0;
+        while live_bytes(dbs, wtxn)? > budget {
+            let mut step = 0;
+            while step < 64 {
+                let Some((seq, key)) = dbs.order.first(wtxn)? else {
+                    return Ok(evicted);
+                };
+                if seq == t.seq.to_be_bytes() {
+                    return Ok(evicted);
+                }
+                let (seq, key) = (seq.to_vec(), key.to_vec());
+                if remove_entry(dbs, wtxn, &key, t)? {
+                    evicted += 1;
+                } else {
+                    dbs.order.delete(wtxn, &seq)?;
+                }
+                step += 1;
+            }
+        }
+        Ok(evicted)
     }
 
     pub(super) fn evict_oldest(
