@@ -87,6 +87,9 @@ pub(crate) struct Stored {
     pub(crate) expires: u64,
     pub(crate) version: u64,
     pub(crate) tag_bytes: u32,
+    /// What the entry weighs against the memory tier's capacity, fixed when it is stored
+    /// (quick_cache asks again on removal, so it must not change with the bounds).
+    pub(crate) weight: u64,
     /// A hit-for-pass marker, not a value: the key's last response was not cacheable (or
     /// its load failed), so requests go to the origin without queueing behind a leader.
     pub(crate) pass: bool,

@@ -14,10 +14,18 @@
 //! # Bounds
 //!
 //! A tier is bounded by entry count, by bytes, or by both. Bytes are the key, the value,
-//! the tags and a fixed 64-byte overhead per entry. With both bounds, each entry weighs
-//! `max(bytes x E, B)` against a capacity of `min(E x B_limit, B x E_limit)` (for the
-//! bounds `E` and `B` given at build time), which keeps *both* limits as upper bounds;
-//! [`MemoryTier::set_max_entries`] and [`MemoryTier::set_max_bytes`] resize in place.
+//! the tags and a fixed 64-byte overhead per entry. With one bound an entry weighs 1 (or
+//! its bytes) against that bound. With both, the capacity is a fixed scale `S` and an
+//! entry weighs `max(S / E, bytes x S / B)` for the bounds `E` and `B` in force when it
+//! was stored, which keeps *both* limits as upper bounds.
+//! [`MemoryTier::set_max_entries`] and [`MemoryTier::set_max_bytes`] raise or lower either
+//! bound in place: the entries held are weighed again under the new bounds (shrinking
+//! evicts at once).
+//!
+//! `quick_cache` splits the tier into shards (four per CPU, fewer for small tiers) and
+//! admits no entry heavier than a shard's hot queue, so the largest value a byte-bounded
+//! tier takes is about `max_bytes x 0.8 / shards`; [`MemoryTierBuilder::build`] lowers the
+//! default per-entry limit to that, and refuses a larger explicit one.
 //!
 //! # Time to live
 //!
@@ -55,7 +63,7 @@ use bytes::Bytes;
 use quick_cache::sync::{Cache as QuickCache, PlaceholderGuard};
 use quick_cache::{DefaultHashBuilder as RandomState, Lifecycle, OptionsBuilder, Weighter};
 
-use crate::entry::{Clock, Entry, EntryMeta, Stored, Tags, TimeSource};
+use crate::entry::{Clock, Entry, EntryMeta, Stored, Tags, TimeSource, ENTRY_OVERHEAD};
 use crate::error::{check_ttl, check_value_len, BuildError, InsertError};
 
 type Inner = QuickCache<Arc<str>, Stored, Weigh, RandomState, Hooks>;
@@ -144,57 +152,87 @@ impl Counters {
 
 // === impl Weigh ===
 
-/// How an entry weighs against the tier's capacity (see the module docs).
+/// The capacity when both bounds are set (see the module docs).
+const SCALE: u64 = 1 << 40;
+
+/// Reads an entry's weight from its record: fixed when it was stored.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Weigh {
-    Entries,
-    Bytes,
-    Both { entries: u64, bytes: u64 },
-}
+pub(crate) struct Weigh;
 
 impl Weighter<Arc<str>, Stored> for Weigh {
     #[inline]
-    fn weight(&self, key: &Arc<str>, val: &Stored) -> u64 {
-        match *self {
-            Weigh::Entries => 1,
-            Weigh::Bytes => val.weight_bytes(key),
-            Weigh::Both { entries, bytes } => {
-                (val.weight_bytes(key).saturating_mul(entries)).max(bytes)
-            }
-        }
+    fn weight(&self, _key: &Arc<str>, val: &Stored) -> u64 {
+        val.weight
     }
 }
 
-impl Weigh {
-    fn capacity(&self, max_entries: Option<u64>, max_bytes: Option<u64>) -> u64 {
-        match (*self, max_entries, max_bytes) {
-            (Weigh::Both { entries, bytes }, Some(e), Some(b)) => {
-                bytes.saturating_mul(e).min(b.saturating_mul(entries))
+/// The bounds in force, readable without a lock on the insert path (0: no bound).
+#[derive(Debug, Default)]
+struct Bounds {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Bounds {
+    fn get(&self) -> (Option<u64>, Option<u64>) {
+        let some = |v: u64| (v > 0).then_some(v);
+        (
+            some(self.entries.load(Ordering::Relaxed)),
+            some(self.bytes.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// What an entry of `bytes` weighs under the bounds in force.
+    fn weight(&self, bytes: u64) -> u64 {
+        match self.get() {
+            (Some(e), Some(b)) => {
+                let by_bytes = (u128::from(bytes) * u128::from(SCALE)).div_ceil(u128::from(b));
+                SCALE
+                    .div_ceil(e)
+                    .max(by_bytes.min(u128::from(u64::MAX)) as u64)
             }
-            (Weigh::Bytes, _, Some(b)) => b,
-            (_, Some(e), _) => e,
-            _ => 0,
+            (None, Some(_)) => bytes,
+            _ => 1,
+        }
+    }
+
+    fn capacity(&self) -> u64 {
+        match self.get() {
+            (Some(_), Some(_)) => SCALE,
+            (None, Some(b)) => b,
+            (Some(e), None) => e,
+            (None, None) => 0,
         }
     }
 }
 
 // === impl Hooks ===
 
-/// quick_cache lifecycle hooks: count evictions and release their bytes.
+/// quick_cache lifecycle hooks: collect what an operation pushed out, then count it and
+/// release its bytes once the shard lock is gone.
 #[derive(Debug, Clone)]
 pub(crate) struct Hooks {
     counters: Arc<Counters>,
 }
 
 impl Lifecycle<Arc<str>, Stored> for Hooks {
-    type RequestState = ();
+    /// The entries an operation removed (empty, and unallocated, almost always).
+    type RequestState = Vec<(Arc<str>, Stored)>;
 
     #[inline]
-    fn begin_request(&self) -> Self::RequestState {}
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
+    }
 
-    fn on_evict(&self, _state: &mut (), key: Arc<str>, val: Stored) {
-        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        self.counters.release(&key, &val);
+    fn on_evict(&self, state: &mut Self::RequestState, key: Arc<str>, val: Stored) {
+        state.push((key, val));
+    }
+
+    fn end_request(&self, state: Self::RequestState) {
+        for (key, val) in state {
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.counters.release(&key, &val);
+        }
     }
 }
 
@@ -280,10 +318,6 @@ impl MemoryTierBuilder {
 
     /// Checks the settings and builds the tier.
     pub fn build(self) -> Result<MemoryTier, BuildError> {
-        let max_value_bytes = self.max_value_bytes.unwrap_or_else(|| {
-            let quarter = self.max_bytes.map_or(u64::MAX, |b| (b / 4).max(1));
-            (DEFAULT_MAX_VALUE_BYTES as u64).min(quarter) as usize
-        });
         if self.max_entries == Some(0) {
             return Err(BuildError::new(
                 "memory tier: max_entries is 0; give it room for at least one entry",
@@ -294,29 +328,11 @@ impl MemoryTierBuilder {
                 "memory tier: max_bytes is 0; give it room for at least one entry",
             ));
         }
-        if max_value_bytes == 0 {
+        if self.max_entries.is_none() && self.max_bytes.is_none() {
             return Err(BuildError::new(
-                "memory tier: max_value_bytes is 0; allow values of at least one byte",
+                "memory tier: no bound; set max_entries or max_bytes",
             ));
         }
-        if let Some(b) = self.max_bytes {
-            if (max_value_bytes as u64) > b {
-                return Err(BuildError::new(format!(
-                    "memory tier: max_value_bytes ({max_value_bytes}) exceeds max_bytes ({b}); \
-                     lower max_value_bytes or raise max_bytes"
-                )));
-            }
-        }
-        let weigh = match (self.max_entries, self.max_bytes) {
-            (Some(entries), Some(bytes)) => Weigh::Both { entries, bytes },
-            (None, Some(_)) => Weigh::Bytes,
-            (Some(_), None) => Weigh::Entries,
-            (None, None) => {
-                return Err(BuildError::new(
-                    "memory tier: no bound; set max_entries or max_bytes",
-                ))
-            }
-        };
         for (name, share) in [
             ("hot_allocation", self.hot_allocation),
             ("ghost_allocation", self.ghost_allocation),
@@ -327,14 +343,20 @@ impl MemoryTierBuilder {
                 )));
             }
         }
-        let capacity = weigh.capacity(self.max_entries, self.max_bytes);
+        let bounds = Bounds::default();
+        bounds
+            .entries
+            .store(self.max_entries.unwrap_or(0), Ordering::Relaxed);
+        bounds
+            .bytes
+            .store(self.max_bytes.unwrap_or(0), Ordering::Relaxed);
         let estimated = match self.max_entries {
             Some(e) => e,
             None => (self.max_bytes.unwrap_or(0) / 1024).max(16),
         };
         let options = OptionsBuilder::new()
             .estimated_items_capacity(estimated.min(1 << 24) as usize)
-            .weight_capacity(capacity)
+            .weight_capacity(bounds.capacity())
             .hot_allocation(self.hot_allocation)
             .ghost_allocation(self.ghost_allocation)
             .build()
@@ -342,19 +364,46 @@ impl MemoryTierBuilder {
         let counters = Arc::new(Counters::default());
         let cache = QuickCache::with_options(
             options,
-            weigh,
+            Weigh,
             RandomState::default(),
             Hooks {
                 counters: counters.clone(),
             },
         );
+        // The largest entry one shard admits, in bytes (see the module docs).
+        let shard_bytes = self.max_bytes.map(|b| {
+            let shards = cache.num_shards().max(1) as u64;
+            ((b / shards) as f64 * self.hot_allocation) as u64
+        });
+        let admitted =
+            shard_bytes.map_or(u64::MAX, |s| s.saturating_sub(ENTRY_OVERHEAD as u64 + 256));
+        let max_value_bytes = match self.max_value_bytes {
+            Some(v) if v as u64 > admitted => {
+                return Err(BuildError::new(format!(
+                    "memory tier: max_value_bytes ({v}) is over the largest entry one of the \
+                     tier's {} shards admits ({admitted} bytes of max_bytes {}); raise \
+                     max_bytes or lower max_value_bytes",
+                    cache.num_shards(),
+                    self.max_bytes.unwrap_or(0),
+                )))
+            }
+            Some(v) => v,
+            None => (DEFAULT_MAX_VALUE_BYTES as u64).min(admitted) as usize,
+        };
+        if max_value_bytes == 0 {
+            return Err(BuildError::new(
+                "memory tier: max_value_bytes is 0 (or max_bytes is too small for any entry); \
+                 allow values of at least one byte",
+            ));
+        }
         Ok(MemoryTier {
             shared: Arc::new(Shared {
                 cache,
                 counters,
-                weigh,
-                limits: Mutex::new((self.max_entries, self.max_bytes)),
+                bounds,
+                resize: Mutex::new(()),
                 max_value_bytes,
+                hot_allocation: self.hot_allocation,
                 clock: Clock::new(self.time_source),
             }),
         })
@@ -374,9 +423,11 @@ pub struct MemoryTier {
 struct Shared {
     cache: Inner,
     counters: Arc<Counters>,
-    weigh: Weigh,
-    limits: Mutex<(Option<u64>, Option<u64>)>,
+    bounds: Bounds,
+    /// Held while a resize weighs the entries again.
+    resize: Mutex<()>,
     max_value_bytes: usize,
+    hot_allocation: f64,
     clock: Clock,
 }
 
@@ -417,8 +468,7 @@ impl MemoryTier {
         meta: EntryMeta,
     ) -> Result<(), InsertError> {
         let prepared = self.prepare(value, ttl, meta)?;
-        self.insert_stored(Arc::from(key), prepared);
-        Ok(())
+        self.insert_stored(Arc::from(key), prepared)
     }
 
     /// Returns the value under `key` if it is there and fresh.
@@ -526,7 +576,7 @@ impl MemoryTier {
     /// The tier's counters.
     pub fn stats(&self) -> MemoryStats {
         let c = &self.shared.counters;
-        let (max_entries, max_bytes) = *self.limits();
+        let (max_entries, max_bytes) = self.shared.bounds.get();
         MemoryStats {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
@@ -541,58 +591,69 @@ impl MemoryTier {
         }
     }
 
-    /// Changes the entry bound in place (the seed's `setMaxSize`); shrinking evicts.
+    /// Changes the entry bound in place (the seed's `setMaxSize`): raising makes room,
+    /// lowering evicts at once.
     ///
-    /// Only a tier built with an entry bound can change it: weights are fixed when an
-    /// entry is stored, so a tier built by bytes alone cannot start counting entries.
+    /// Only a tier built with an entry bound can change it (a tier built by bytes alone
+    /// does not count entries).
     pub fn set_max_entries(&self, entries: u64) -> Result<(), BuildError> {
         if entries == 0 {
             return Err(BuildError::new(
                 "memory tier: max_entries is 0; give it room for at least one entry",
             ));
         }
-        let mut limits = self.limits();
-        if limits.0.is_none() {
+        if self.shared.bounds.get().0.is_none() {
             return Err(BuildError::new(
                 "memory tier: built without an entry bound; build it with max_entries to resize by entries",
             ));
         }
-        limits.0 = Some(entries);
-        self.shared
-            .cache
-            .set_capacity(self.shared.weigh.capacity(limits.0, limits.1));
+        self.resize(|b| b.entries.store(entries, Ordering::Relaxed));
         Ok(())
     }
 
-    /// Changes the byte bound in place; shrinking evicts.
+    /// Changes the byte bound in place: raising makes room, lowering evicts at once.
     ///
     /// Only a tier built with a byte bound can change it (see [`Self::set_max_entries`]).
+    /// The per-entry limit stays as built.
     pub fn set_max_bytes(&self, bytes: u64) -> Result<(), BuildError> {
         if bytes == 0 {
             return Err(BuildError::new(
                 "memory tier: max_bytes is 0; give it room for at least one entry",
             ));
         }
-        let mut limits = self.limits();
-        if limits.1.is_none() {
+        if self.shared.bounds.get().1.is_none() {
             return Err(BuildError::new(
                 "memory tier: built without a byte bound; build it with max_bytes to resize by bytes",
             ));
         }
-        limits.1 = Some(bytes);
-        self.shared
-            .cache
-            .set_capacity(self.shared.weigh.capacity(limits.0, limits.1));
+        self.resize(|b| b.bytes.store(bytes, Ordering::Relaxed));
         Ok(())
     }
 
-    fn limits(&self) -> std::sync::MutexGuard<'_, (Option<u64>, Option<u64>)> {
-        // A poisoned lock only means a panic elsewhere while it was held; the pair is
-        // always consistent, so keep using it.
-        self.shared
-            .limits
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Applies new bounds: entries stored from now on weigh under them, the entries held
+    /// are weighed again in place (values untouched, so a concurrent write is never
+    /// undone), and the capacity is set, which evicts what no longer fits.
+    fn resize(&self, change: impl FnOnce(&Bounds)) {
+        let _one_at_a_time = self.shared.resize.lock().unwrap_or_else(|p| p.into_inner());
+        let bounds = &self.shared.bounds;
+        change(bounds);
+        if matches!(bounds.get(), (Some(_), Some(_))) {
+            for (key, _) in self.shared.cache.iter() {
+                // Zero timeout: a key being loaded is skipped (its fill weighs itself), a
+                // key gone meanwhile yields a placeholder that drops at once.
+                let _ = self.shared.cache.entry(
+                    &key,
+                    Some(std::time::Duration::ZERO),
+                    |k, v: &mut Stored| {
+                        if !v.pass {
+                            v.weight = bounds.weight(v.weight_bytes(k));
+                        }
+                        quick_cache::sync::EntryAction::Retain(())
+                    },
+                );
+            }
+        }
+        self.shared.cache.set_capacity(bounds.capacity());
     }
 
     // === crate-internal ===
@@ -618,25 +679,79 @@ impl MemoryTier {
             expires: self.shared.clock.deadline(ttl),
             version: meta.version,
             tag_bytes: meta.tags.encoded_len().min(u32::MAX as usize) as u32,
+            weight: 0,
             pass: false,
         };
         Ok((stored, meta.tags))
     }
 
-    pub(crate) fn insert_stored(&self, key: Arc<str>, (stored, tags): (Stored, Tags)) {
-        let c = &self.shared.counters;
-        // quick_cache reports evictions but not replacements: release the entry being
-        // replaced so the byte count and the tag table stay exact.
-        if let Some((k, old)) = self.shared.cache.remove(&*key) {
-            c.release(&k, &old);
+    /// Weighs an entry under the bounds in force; `None` if no shard would admit it
+    /// (quick_cache would drop it on insert). Counts the refusal.
+    fn weigh(&self, key: &str, stored: &mut Stored) -> Option<()> {
+        stored.weight = self.shared.bounds.weight(stored.weight_bytes(key));
+        let admitted = ((self.shared.cache.shard_capacity() as f64 * self.shared.hot_allocation)
+            as u64)
+            .max(1);
+        if stored.weight > admitted {
+            self.shared
+                .counters
+                .rejections
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
         }
+        Some(())
+    }
+
+    /// Stores an entry, replacing any under the key in place: no moment without the key,
+    /// and a hot key stays hot. A replaced entry is not an eviction.
+    pub(crate) fn insert_stored(
+        &self,
+        key: Arc<str>,
+        (mut stored, tags): (Stored, Tags),
+    ) -> Result<(), InsertError> {
+        if self.weigh(&key, &mut stored).is_none() {
+            return Err(InsertError::new(
+                crate::InsertErrorKind::TooLarge,
+                format!(
+                    "memory tier: an entry of {} bytes is over what one shard of the tier \
+                     admits; raise max_bytes or do not cache it",
+                    stored.weight_bytes(&key)
+                ),
+            ));
+        }
+        let c = &self.shared.counters;
+        let has_tags = !tags.is_empty();
         c.add(&key, &stored, tags);
         c.inserts.fetch_add(1, Ordering::Relaxed);
-        self.shared.cache.insert(key, stored);
+        let removed = self.shared.cache.insert_with_lifecycle(key.clone(), stored);
+        for (k, old) in removed {
+            if k == key {
+                // The entry this one replaced: its bytes go, its tags were overwritten
+                // (or go now if the new entry has none).
+                c.bytes
+                    .fetch_sub(old.weight_bytes(&k) as i64, Ordering::Relaxed);
+                if old.tag_bytes > 0 && !has_tags {
+                    c.tag_table().remove(&*k);
+                }
+            } else {
+                c.evictions.fetch_add(1, Ordering::Relaxed);
+                c.release(&k, &old);
+            }
+        }
+        Ok(())
     }
 
     /// Fills a single-flight placeholder; returns false if the key was deleted meanwhile.
-    pub(crate) fn fill(&self, key: &str, guard: Guard<'_>, (stored, tags): (Stored, Tags)) -> bool {
+    pub(crate) fn fill(
+        &self,
+        key: &str,
+        guard: Guard<'_>,
+        (mut stored, tags): (Stored, Tags),
+    ) -> bool {
+        if self.weigh(key, &mut stored).is_none() {
+            // Too heavy for a shard: dropping the guard lets a waiter look again.
+            return false;
+        }
         let c = &self.shared.counters;
         let key: Arc<str> = Arc::from(key);
         c.add(&key, &stored, tags);
@@ -662,6 +777,7 @@ impl MemoryTier {
             expires: self.shared.clock.deadline(ttl),
             version: 0,
             tag_bytes: 0,
+            weight: 0,
             pass: true,
         };
         self.fill(key, guard, (marker, Tags::none()));

@@ -442,6 +442,7 @@ impl Tiered {
                         expires: self.memory.deadline(entry.ttl_left),
                         version: entry.meta.version,
                         tag_bytes: 0,
+                        weight: 0,
                         pass: false,
                     };
                     if !ticket.is_current() {

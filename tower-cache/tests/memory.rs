@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_cache::{InsertErrorKind, MemoryTier, TimeSource};
+use tower_cache::{EntryMeta, InsertErrorKind, MemoryTier, TimeSource};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -55,7 +55,7 @@ fn both_bounds_hold_at_once() {
     let m = MemoryTier::builder()
         .max_entries(100)
         .max_bytes(20_000)
-        .max_value_bytes(10_000)
+        .max_value_bytes(5_000)
         .build()
         .unwrap();
     // Small values: the entry bound binds.
@@ -309,4 +309,91 @@ fn versions_and_tags_are_kept_and_replaced_with_the_entry() {
         m.get_entry("k").unwrap().meta.tags.is_empty(),
         "a delete drops the tags"
     );
+}
+
+#[test]
+fn both_bounds_can_be_raised_and_lowered_in_place() {
+    let m = MemoryTier::builder()
+        .max_entries(50)
+        .max_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let fill = |prefix: &str| {
+        for i in 0..400 {
+            m.set(&format!("{prefix}{i}"), value(10), TTL).unwrap();
+        }
+    };
+    fill("a");
+    assert!(m.stats().entries <= 50);
+    // Raising the entry bound (the byte bound does not bind for small values) makes room.
+    m.set_max_entries(200).unwrap();
+    fill("b");
+    let s = m.stats();
+    assert!(
+        s.entries > 100 && s.entries <= 200,
+        "raised to 200 entries, holding {}",
+        s.entries
+    );
+    // Lowering the byte bound under what is held evicts at once.
+    m.set_max_bytes(4_000).unwrap();
+    let s = m.stats();
+    assert!(s.bytes <= 4_000, "lowered to 4000 bytes, holding {}", s.bytes);
+    // And raising it again lets large values in.
+    m.set_max_bytes(1 << 20).unwrap();
+    for i in 0..100 {
+        m.set(&format!("c{i}"), value(5_000), TTL).unwrap();
+    }
+    let s = m.stats();
+    assert!(s.entries > 80 && s.bytes <= 1 << 20, "{s:?}");
+}
+
+#[test]
+fn an_overwrite_is_one_insert_not_an_eviction_and_keeps_the_new_tags() {
+    let m = MemoryTier::builder().max_entries(100).build().unwrap();
+    let tagged = |t: &str| EntryMeta {
+        version: 1,
+        tags: [t].into_iter().collect(),
+    };
+    m.set_with("k", value(3), TTL, tagged("old")).unwrap();
+    m.set_with("k", value(4), TTL, tagged("new")).unwrap();
+    let s = m.stats();
+    assert_eq!(s.evictions, 0, "a replacement is not an eviction");
+    assert_eq!(s.entries, 1);
+    let e = m.get_entry("k").unwrap();
+    assert_eq!(e.value, value(4));
+    assert_eq!(e.meta.tags.iter().collect::<Vec<_>>(), ["new"]);
+    // Bytes are exact after replacements.
+    let before = m.stats().bytes;
+    m.set("k", value(4), TTL).unwrap();
+    assert_eq!(m.get_entry("k").unwrap().meta.tags.len(), 0, "untagged now");
+    assert!(m.stats().bytes < before, "the tags' bytes went with them");
+    assert!(m.delete("k"));
+    assert_eq!(m.stats().bytes, 0);
+}
+
+#[test]
+fn an_overwritten_key_is_never_missing_and_stays_hot() {
+    let m = MemoryTier::builder().max_entries(100).build().unwrap();
+    m.set("hot", value(1), TTL).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let (m, stop) = (m.clone(), stop.clone());
+        move || {
+            let mut misses = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if m.get("hot").is_none() {
+                    misses += 1;
+                }
+            }
+            misses
+        }
+    });
+    // Overwrites of the hot key while one-hit keys stream through.
+    for round in 0..2_000 {
+        m.set("hot", value(1 + round % 3), TTL).unwrap();
+        m.set(&format!("scan{round}"), value(1), TTL).unwrap();
+        assert!(m.get("hot").is_some(), "round {round}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(reader.join().unwrap(), 0, "a reader saw the key missing");
 }
