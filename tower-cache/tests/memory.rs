@@ -337,7 +337,11 @@ fn both_bounds_can_be_raised_and_lowered_in_place() {
     // Lowering the byte bound under what is held evicts at once.
     m.set_max_bytes(4_000).unwrap();
     let s = m.stats();
-    assert!(s.bytes <= 4_000, "lowered to 4000 bytes, holding {}", s.bytes);
+    assert!(
+        s.bytes <= 4_000,
+        "lowered to 4000 bytes, holding {}",
+        s.bytes
+    );
     // And raising it again lets large values in.
     m.set_max_bytes(1 << 20).unwrap();
     for i in 0..100 {

@@ -13,7 +13,10 @@
 //!   with [`Rejected`] for other services. `poll_ready` never waits then.
 //!
 //! Every mode counts requests in flight; [`Gate::drain`] closes the gate and resolves when
-//! in-flight reaches zero or a deadline passes.
+//! in-flight reaches zero or a deadline passes. The HTTP modes
+//! ([`ReadinessLayer::reject_http`], [`ReadinessLayer::pending_http`]) count a request
+//! until its response **body** ends (a streamed or long-polled response is still in
+//! flight after its head went out); the others until the response future completes.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -186,9 +189,16 @@ impl Gate {
     }
 }
 
-/// Counts one request in flight until dropped.
-struct InFlight {
+/// Counts one request in flight until dropped; a [`Mode`] decides how long the response
+/// keeps it (for HTTP: until the body ends).
+pub struct InFlight {
     gate: Arc<GateInner>,
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight").finish_non_exhaustive()
+    }
 }
 
 impl Drop for InFlight {
@@ -201,13 +211,18 @@ impl Drop for InFlight {
 
 // === modes ===
 
-/// How a [`ReadinessService`] treats traffic while its gate is closed.
+/// How a [`ReadinessService`] treats traffic while its gate is closed, and how long a
+/// response counts in flight.
 pub trait Mode<Res>: Clone + Send + Sync + 'static {
+    /// The response the service returns.
+    type Response;
     /// `true`: `poll_ready` pends until the gate opens. `false`: requests are answered
     /// with [`Mode::reject`].
     fn waits(&self) -> bool;
     /// The answer to a request refused while the gate is closed.
     fn reject(&self) -> Result<Res, BoxError>;
+    /// Hands the response out; `in_flight` counts the request until it is dropped.
+    fn track(&self, res: Res, in_flight: InFlight) -> Self::Response;
 }
 
 /// Pend in `poll_ready` while closed.
@@ -215,11 +230,32 @@ pub trait Mode<Res>: Clone + Send + Sync + 'static {
 pub struct Pending;
 
 impl<Res> Mode<Res> for Pending {
+    type Response = Res;
     fn waits(&self) -> bool {
         true
     }
     fn reject(&self) -> Result<Res, BoxError> {
         Err(Rejected::new().into())
+    }
+    fn track(&self, res: Res, _in_flight: InFlight) -> Res {
+        res
+    }
+}
+
+/// Pend in `poll_ready` while closed; count an HTTP request until its body ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PendingHttp;
+
+impl<B: Send + 'static> Mode<http::Response<B>> for PendingHttp {
+    type Response = http::Response<InFlightBody<B>>;
+    fn waits(&self) -> bool {
+        true
+    }
+    fn reject(&self) -> Result<http::Response<B>, BoxError> {
+        Err(Rejected::new().into())
+    }
+    fn track(&self, res: http::Response<B>, in_flight: InFlight) -> Self::Response {
+        res.map(|body| InFlightBody::new(body, in_flight))
     }
 }
 
@@ -228,21 +264,27 @@ impl<Res> Mode<Res> for Pending {
 pub struct RejectError;
 
 impl<Res> Mode<Res> for RejectError {
+    type Response = Res;
     fn waits(&self) -> bool {
         false
     }
     fn reject(&self) -> Result<Res, BoxError> {
         Err(Rejected::new().into())
     }
+    fn track(&self, res: Res, _in_flight: InFlight) -> Res {
+        res
+    }
 }
 
-/// Answer `503 Service Unavailable` with `Retry-After` while closed.
+/// Answer `503 Service Unavailable` with `Retry-After` while closed; count a request
+/// until its body ends.
 #[derive(Debug, Clone, Copy)]
 pub struct RejectHttp {
     retry_after: u64,
 }
 
 impl<B: Default + Send + 'static> Mode<http::Response<B>> for RejectHttp {
+    type Response = http::Response<InFlightBody<B>>;
     fn waits(&self) -> bool {
         false
     }
@@ -254,6 +296,76 @@ impl<B: Default + Send + 'static> Mode<http::Response<B>> for RejectHttp {
             http::HeaderValue::from(self.retry_after),
         );
         Ok(res)
+    }
+    fn track(&self, res: http::Response<B>, in_flight: InFlight) -> Self::Response {
+        res.map(|body| InFlightBody::new(body, in_flight))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted in flight until the body ends
+    /// (its last frame, an error, or the body dropped).
+    pub struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> InFlightBody<B> {
+    fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+
+    /// The wrapped body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Default> Default for InFlightBody<B> {
+    /// An empty body that counts nothing.
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            in_flight: None,
+        }
+    }
+}
+
+impl<B> fmt::Debug for InFlightBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlightBody")
+            .field("in_flight", &self.in_flight.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.in_flight.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -273,6 +385,17 @@ impl ReadinessLayer<Pending> {
         Self {
             gate,
             mode: Pending,
+        }
+    }
+}
+
+impl ReadinessLayer<PendingHttp> {
+    /// Like [`ReadinessLayer::pending`] for HTTP services: a request counts in flight
+    /// until its response body ends.
+    pub fn pending_http(gate: Gate) -> Self {
+        Self {
+            gate,
+            mode: PendingHttp,
         }
     }
 }
@@ -385,9 +508,9 @@ where
     S::Error: Into<BoxError>,
     M: Mode<S::Response>,
 {
-    type Response = S::Response;
+    type Response = M::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, S::Response>;
+    type Future = ResponseFuture<S::Future, S::Response, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
@@ -425,7 +548,8 @@ where
                 kind: Kind::Inner {
                     fut: self.inner.call(req),
                 },
-                _guard: guard,
+                in_flight: Some(guard),
+                mode: self.mode.clone(),
                 _res: PhantomData,
             }
         } else {
@@ -436,7 +560,8 @@ where
                 kind: Kind::Rejected {
                     res: Some(self.mode.reject()),
                 },
-                _guard: guard,
+                in_flight: Some(guard),
+                mode: self.mode.clone(),
                 _res: PhantomData,
             }
         }
@@ -445,17 +570,15 @@ where
 
 pin_project! {
     /// The response future of [`ReadinessService`]; counts the request in flight until
-    /// it completes or is dropped.
-    pub struct ResponseFuture<F, R> {
+    /// it completes or is dropped, then hands the count to the response (see [`Mode`]).
+    pub struct ResponseFuture<F, R, M> {
         #[pin]
         kind: Kind<F, R>,
-        _guard: InFlightGuard,
+        in_flight: Option<InFlight>,
+        mode: M,
         _res: PhantomData<fn() -> R>,
     }
 }
-
-/// Keeps a request counted in flight.
-type InFlightGuard = InFlight;
 
 pin_project! {
     #[project = KindProj]
@@ -465,25 +588,32 @@ pin_project! {
     }
 }
 
-impl<F, R> fmt::Debug for ResponseFuture<F, R> {
+impl<F, R, M> fmt::Debug for ResponseFuture<F, R, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, R, E> Future for ResponseFuture<F, R>
+impl<F, R, E, M> Future for ResponseFuture<F, R, M>
 where
     F: Future<Output = Result<R, E>>,
     E: Into<BoxError>,
+    M: Mode<R>,
 {
-    type Output = Result<R, BoxError>;
+    type Output = Result<M::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { fut } => fut.poll(cx).map_err(Into::into),
+        let this = self.project();
+        let res = match this.kind.project() {
+            KindProj::Inner { fut } => std::task::ready!(fut.poll(cx)).map_err(Into::into),
             KindProj::Rejected { res } => {
-                Poll::Ready(res.take().expect("ResponseFuture polled after completion"))
+                res.take().expect("ResponseFuture polled after completion")
             }
-        }
+        };
+        let in_flight = this
+            .in_flight
+            .take()
+            .expect("ResponseFuture polled after completion");
+        Poll::Ready(res.map(|res| this.mode.track(res, in_flight)))
     }
 }

@@ -56,7 +56,7 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub use crate::endpoints::HealthEndpoints;
 pub use crate::error::{BuildError, NotReady, Rejected};
-pub use crate::gate::{DrainReport, Gate, ReadinessLayer, ReadinessService};
+pub use crate::gate::{DrainReport, Gate, InFlightBody, ReadinessLayer, ReadinessService};
 pub use crate::monitor::{HealthMonitor, HealthState, Target, TargetHealth};
 pub use crate::probe::{HealthStatus, Probe, ProbeKind, ProbeState, ProbeStatus, Probes};
 pub use crate::shutdown::{shutdown_signal, GracefulServer, ShutdownReport};

@@ -5,16 +5,22 @@
 //! probed in lockstep, each check bounded by `timeout`. A status other than the expected
 //! one, a refused or reset connection, garbage instead of HTTP, or a hang past the
 //! timeout is a failure. Passive results ([`HealthMonitor::report_success`] and
-//! [`HealthMonitor::report_failure`], e.g. from a circuit breaker) feed the same state
-//! machine:
+//! [`HealthMonitor::report_failure`], e.g. from a circuit breaker or real traffic) run the
+//! same state machine with counters of their own:
 //!
 //! ```text
 //! Unknown --success x success_threshold--> Healthy --failure x failure_threshold--> Unhealthy
 //!    \--failure x failure_threshold--> Unhealthy --success x success_threshold--> Healthy
 //! ```
 //!
-//! An unhealthy target is checked with exponential backoff (up to `max_backoff`), and is
-//! **never forgotten**: only [`HealthMonitor::unregister`] removes it.
+//! A target is unhealthy when **either** side says so: one active success does not wipe
+//! out a streak of passive failures from real traffic. A passive failure state ends with
+//! `success_threshold` passive successes, or with `failure_threshold` active successes in
+//! a row after it began (as much evidence as it took to trip it).
+//!
+//! An unhealthy target is checked with exponential backoff (up to `max_backoff`, jitter
+//! included), and is **never forgotten**: only [`HealthMonitor::unregister`] removes it,
+//! and that tells its watchers it is not ready any more.
 //!
 //! [`HealthMonitor::watch`] gives a `watch::Receiver<bool>` for a [`Gate`](crate::Gate),
 //! so a pending-mode [`ReadinessLayer`](crate::ReadinessLayer) around that endpoint makes a
@@ -79,24 +85,6 @@ pub enum HealthState {
     Unhealthy,
 }
 
-impl HealthState {
-    fn from_probe(s: ProbeState) -> Self {
-        match s {
-            ProbeState::Unknown => HealthState::Unknown,
-            ProbeState::Passing => HealthState::Healthy,
-            ProbeState::Failing => HealthState::Unhealthy,
-        }
-    }
-
-    fn to_probe(self) -> ProbeState {
-        match self {
-            HealthState::Unknown => ProbeState::Unknown,
-            HealthState::Healthy => ProbeState::Passing,
-            HealthState::Unhealthy => ProbeState::Failing,
-        }
-    }
-}
-
 /// A snapshot of one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetHealth {
@@ -106,10 +94,14 @@ pub struct TargetHealth {
     pub url: String,
     /// Its state.
     pub state: HealthState,
-    /// Failures in a row.
+    /// Active check failures in a row.
     pub consecutive_failures: u32,
-    /// Successes in a row.
+    /// Active check successes in a row.
     pub consecutive_successes: u32,
+    /// Passive failures reported in a row.
+    pub passive_failures: u32,
+    /// Passive successes reported in a row.
+    pub passive_successes: u32,
     /// Checks run (active) or reported (passive).
     pub checks: u64,
     /// When the last result came in.
@@ -247,7 +239,7 @@ type Hook = Arc<dyn Fn(&TargetHealth, HealthState) + Send + Sync>;
 
 struct TargetEntry {
     target: Target,
-    health: Mutex<TargetHealth>,
+    health: Mutex<Health>,
     ready: watch::Sender<bool>,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -327,16 +319,23 @@ impl HealthMonitor {
         }
         let (ready, _) = watch::channel(false);
         let entry = Arc::new(TargetEntry {
-            health: Mutex::new(TargetHealth {
-                name: target.name.clone(),
-                url: uri.to_string(),
-                state: HealthState::Unknown,
-                consecutive_failures: 0,
-                consecutive_successes: 0,
-                checks: 0,
-                last_check: None,
-                last_latency: None,
-                last_error: None,
+            health: Mutex::new(Health {
+                active: ProbeState::Unknown,
+                passive: ProbeState::Unknown,
+                active_since_trip: 0,
+                snapshot: TargetHealth {
+                    name: target.name.clone(),
+                    url: uri.to_string(),
+                    state: HealthState::Unknown,
+                    consecutive_failures: 0,
+                    consecutive_successes: 0,
+                    passive_failures: 0,
+                    passive_successes: 0,
+                    checks: 0,
+                    last_check: None,
+                    last_latency: None,
+                    last_error: None,
+                },
             }),
             target,
             ready,
@@ -355,12 +354,16 @@ impl HealthMonitor {
     }
 
     /// Stops checking `name` and forgets it; returns whether it was registered.
+    ///
+    /// Its watchers ([`Self::watch`]) see "not ready": a pending-mode gate that follows a
+    /// removed instance closes, so a balancer stops routing to it.
     pub fn unregister(&self, name: &str) -> bool {
         match lock(&self.shared.targets).remove(name) {
             Some(entry) => {
                 if let Some(t) = lock(&entry.task).take() {
                     t.abort();
                 }
+                entry.ready.send_replace(false);
                 true
             }
             None => false,
@@ -371,14 +374,14 @@ impl HealthMonitor {
     pub fn get_health(&self, name: &str) -> Option<TargetHealth> {
         lock(&self.shared.targets)
             .get(name)
-            .map(|e| lock(&e.health).clone())
+            .map(|e| lock(&e.health).snapshot.clone())
     }
 
     /// Every target's health, sorted by name.
     pub fn all_health(&self) -> Vec<TargetHealth> {
         let mut all: Vec<_> = lock(&self.shared.targets)
             .values()
-            .map(|e| lock(&e.health).clone())
+            .map(|e| lock(&e.health).snapshot.clone())
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -409,46 +412,92 @@ impl HealthMonitor {
     /// A passive success for `name` (e.g. a request to it succeeded).
     pub fn report_success(&self, name: &str) {
         if let Some(e) = lock(&self.shared.targets).get(name).cloned() {
-            record(&e, &self.shared, Ok(()), None);
+            record(&e, &self.shared, Side::Passive, Ok(()), None);
         }
     }
 
     /// A passive failure for `name` (e.g. its circuit breaker opened).
     pub fn report_failure(&self, name: &str, reason: impl Into<String>) {
         if let Some(e) = lock(&self.shared.targets).get(name).cloned() {
-            record(&e, &self.shared, Err(reason.into()), None);
+            record(&e, &self.shared, Side::Passive, Err(reason.into()), None);
         }
     }
+}
+
+/// A target's state: each side's own, and the snapshot handed out.
+struct Health {
+    active: ProbeState,
+    passive: ProbeState,
+    /// Active successes in a row since the passive side began failing.
+    active_since_trip: u32,
+    snapshot: TargetHealth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Active,
+    Passive,
 }
 
 fn record(
     entry: &TargetEntry,
     shared: &Shared,
+    side: Side,
     result: Result<(), String>,
     latency: Option<Duration>,
 ) {
     let t = &entry.target;
     let (changed, snapshot, was) = {
-        let mut h = lock(&entry.health);
-        let was = h.state;
-        let mut state = h.state.to_probe();
-        let h = &mut *h;
-        apply_result(
-            &mut state,
-            &mut h.consecutive_failures,
-            &mut h.consecutive_successes,
-            result.is_ok(),
-            t.failure_threshold,
-            t.success_threshold,
-        );
-        h.state = HealthState::from_probe(state);
-        h.checks += 1;
-        h.last_check = Some(SystemTime::now());
-        if latency.is_some() {
-            h.last_latency = latency;
+        let mut guard = lock(&entry.health);
+        let h = &mut *guard;
+        let was = h.snapshot.state;
+        let ok = result.is_ok();
+        let snap = &mut h.snapshot;
+        match side {
+            Side::Active => {
+                apply_result(
+                    &mut h.active,
+                    &mut snap.consecutive_failures,
+                    &mut snap.consecutive_successes,
+                    ok,
+                    t.failure_threshold,
+                    t.success_threshold,
+                );
+                if h.passive == ProbeState::Failing {
+                    h.active_since_trip = if ok { h.active_since_trip + 1 } else { 0 };
+                    if h.active_since_trip >= t.failure_threshold {
+                        h.passive = ProbeState::Unknown;
+                        snap.passive_failures = 0;
+                    }
+                }
+            }
+            Side::Passive => {
+                let before = h.passive;
+                apply_result(
+                    &mut h.passive,
+                    &mut snap.passive_failures,
+                    &mut snap.passive_successes,
+                    ok,
+                    t.failure_threshold,
+                    t.success_threshold,
+                );
+                if before != ProbeState::Failing && h.passive == ProbeState::Failing {
+                    h.active_since_trip = 0;
+                }
+            }
         }
-        h.last_error = result.err();
-        (h.state != was, h.clone(), was)
+        snap.state = match (h.active, h.passive) {
+            (ProbeState::Failing, _) | (_, ProbeState::Failing) => HealthState::Unhealthy,
+            (ProbeState::Passing, _) | (_, ProbeState::Passing) => HealthState::Healthy,
+            _ => HealthState::Unknown,
+        };
+        snap.checks += 1;
+        snap.last_check = Some(SystemTime::now());
+        if latency.is_some() {
+            snap.last_latency = latency;
+        }
+        snap.last_error = result.err();
+        (snap.state != was, snap.clone(), was)
     };
     if changed {
         entry
@@ -478,7 +527,23 @@ impl Jitter {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
-        d.mul_f64(0.9 + 0.2 * unit)
+        // `mul_f64` panics past Duration::MAX: saturate instead.
+        Duration::try_from_secs_f64(d.as_secs_f64() * (0.9 + 0.2 * unit)).unwrap_or(d)
+    }
+}
+
+/// The wait before the next check: the interval with jitter, or for an unhealthy target
+/// a backoff doubling per failure, jitter included, never past `max_backoff`.
+fn next_delay(t: &Target, h: &TargetHealth, jitter: &mut Jitter) -> Duration {
+    if h.state == HealthState::Unhealthy {
+        let extra = h
+            .consecutive_failures
+            .saturating_sub(t.failure_threshold)
+            .min(16);
+        let backoff = t.interval.saturating_mul(1 << extra);
+        jitter.apply(backoff).min(t.max_backoff)
+    } else {
+        jitter.apply(t.interval)
     }
 }
 
@@ -503,22 +568,13 @@ async fn run(
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        record(&entry, &shared, result, Some(latency));
+        record(&entry, &shared, Side::Active, result, Some(latency));
         drop(shared);
         let delay = {
             let h = lock(&entry.health);
-            if h.state == HealthState::Unhealthy {
-                // Back off on a dead target, doubling up to max_backoff.
-                let extra = h
-                    .consecutive_failures
-                    .saturating_sub(t.failure_threshold)
-                    .min(16);
-                t.interval.saturating_mul(1 << extra).min(t.max_backoff)
-            } else {
-                t.interval
-            }
+            next_delay(&t, &h.snapshot, &mut jitter)
         };
-        tokio::time::sleep(jitter.apply(delay).saturating_sub(latency)).await;
+        tokio::time::sleep(delay.saturating_sub(latency)).await;
     }
 }
 
@@ -552,5 +608,59 @@ async fn check(
         Ok(())
     } else {
         Err(format!("status {status}, expected {expected}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_with_jitter_stays_within_max_backoff() {
+        let t = Target::new("t", "127.0.0.1:1")
+            .interval(Duration::from_millis(100))
+            .max_backoff(Duration::from_millis(500));
+        let mut jitter = Jitter::new("t");
+        let mut h = TargetHealth {
+            name: "t".into(),
+            url: String::new(),
+            state: HealthState::Unhealthy,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
+            passive_failures: 0,
+            passive_successes: 0,
+            checks: 0,
+            last_check: None,
+            last_latency: None,
+            last_error: None,
+        };
+        let mut longest = Duration::ZERO;
+        for failures in 0..40 {
+            h.consecutive_failures = failures;
+            for _ in 0..200 {
+                let d = next_delay(&t, &h, &mut jitter);
+                assert!(
+                    d <= Duration::from_millis(500),
+                    "{d:?} after {failures} failures"
+                );
+                longest = longest.max(d);
+            }
+        }
+        assert_eq!(
+            longest,
+            Duration::from_millis(500),
+            "the backoff reaches its cap"
+        );
+        // Extreme settings saturate instead of panicking.
+        for d in [Duration::MAX, Duration::MAX / 2, Duration::ZERO] {
+            let _ = jitter.apply(d);
+        }
+        let huge = Target::new("t", "127.0.0.1:1")
+            .interval(Duration::MAX)
+            .max_backoff(Duration::MAX);
+        let _ = next_delay(&huge, &h, &mut jitter);
+        h.state = HealthState::Healthy;
+        let d = next_delay(&t, &h, &mut jitter);
+        assert!(d >= Duration::from_millis(90) && d <= Duration::from_millis(110));
     }
 }

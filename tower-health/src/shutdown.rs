@@ -82,7 +82,8 @@ pub struct ShutdownReport {
     pub cut_off: usize,
 }
 
-/// Serves HTTP/1.1 until a signal, then shuts down gracefully; see the
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients speak it; chosen per
+/// connection) until a signal, then shuts down gracefully; see the
 /// [module docs](crate::shutdown).
 #[derive(Debug, Clone)]
 pub struct GracefulServer {
@@ -109,7 +110,8 @@ impl GracefulServer {
         }
     }
 
-    /// How long to keep serving after readiness turns off.
+    /// How long to keep serving after readiness turns off. `Duration::MAX` (or anything
+    /// past the clock's range) means: until the process is stopped otherwise.
     pub fn drain_delay(mut self, d: Duration) -> Self {
         self.drain_delay = d;
         self
@@ -153,7 +155,9 @@ impl GracefulServer {
         let mut conns = JoinSet::new();
         let mut connections = 0u64;
         let mut signal = std::pin::pin!(signal);
+        let mut signalled = false;
         let mut stop_at: Option<tokio::time::Instant> = None;
+        let executor = hyper_util::rt::TokioExecutor::new();
         loop {
             let stop = async {
                 match stop_at {
@@ -162,7 +166,8 @@ impl GracefulServer {
                 }
             };
             tokio::select! {
-                () = &mut signal, if stop_at.is_none() => {
+                () = &mut signal, if !signalled => {
+                    signalled = true;
                     tracing::info!(drain_delay = ?self.drain_delay, "shutdown: readiness off, draining");
                     if let Some(p) = &self.probes {
                         p.set_draining(true);
@@ -170,7 +175,8 @@ impl GracefulServer {
                     if let Some(g) = &self.gate {
                         g.set_draining(true);
                     }
-                    stop_at = Some(tokio::time::Instant::now() + self.drain_delay);
+                    // A delay past the clock's range drains until stopped otherwise.
+                    stop_at = tokio::time::Instant::now().checked_add(self.drain_delay);
                 }
                 () = stop => break,
                 accepted = listener.accept() => {
@@ -184,8 +190,9 @@ impl GracefulServer {
                         }
                     };
                     connections += 1;
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+                    let conn = hyper_util::server::conn::auto::Builder::new(executor.clone())
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+                        .into_owned();
                     let conn = graceful.watch(conn);
                     conns.spawn(async move {
                         if let Err(e) = conn.await {
@@ -201,6 +208,9 @@ impl GracefulServer {
         let finished = tokio::time::timeout(self.grace, graceful.shutdown())
             .await
             .is_ok();
+        // Connections that ended on their own are reaped first: only those still open
+        // when the grace period ran out were cut off.
+        while conns.try_join_next().is_some() {}
         let cut_off = if finished { 0 } else { conns.len() };
         conns.shutdown().await;
         Ok(ShutdownReport {

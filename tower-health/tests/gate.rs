@@ -180,3 +180,68 @@ async fn drain_gives_up_at_its_deadline() {
     assert!(!report.drained);
     assert_eq!(report.in_flight, 1);
 }
+
+/// A body that yields the chunks sent on a channel, then ends when the sender drops.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+#[tokio::test]
+async fn an_http_request_stays_in_flight_until_its_body_ends() {
+    use http_body_util::BodyExt;
+    let gate = Gate::always_ready();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let svc = ReadinessLayer::pending_http(gate.clone()).layer(service_fn(move |_: ()| {
+        let body = ChannelBody(rx.lock().unwrap().take().unwrap());
+        async move { Ok::<_, Infallible>(http::Response::new(body)) }
+    }));
+    let res = svc.oneshot(()).await.unwrap();
+    assert_eq!(
+        gate.in_flight(),
+        1,
+        "the head went out, the body is still streaming"
+    );
+    let mut body = res.into_body();
+    tx.send(Bytes::from("part")).await.unwrap();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "part"
+    );
+    assert_eq!(gate.in_flight(), 1);
+    // A drain started now waits for the stream.
+    let drain = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.drain(Duration::from_secs(10)).await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!drain.is_finished());
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    assert_eq!(gate.in_flight(), 0, "the body ended");
+    assert!(drain.await.unwrap().drained);
+}
+
+#[tokio::test]
+async fn a_dropped_http_body_is_no_longer_in_flight() {
+    let gate = Gate::always_ready();
+    let svc = ReadinessLayer::reject_http(gate.clone(), Duration::from_secs(1)).layer(service_fn(
+        |_: ()| async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("x")))) },
+    ));
+    let res = svc.oneshot(()).await.unwrap();
+    assert_eq!(gate.in_flight(), 1);
+    drop(res);
+    assert_eq!(gate.in_flight(), 0);
+}

@@ -251,3 +251,87 @@ async fn the_monitor_drives_a_pending_readiness_gate() {
     .expect("the gate wakes the balancer's poll when the endpoint recovers");
     assert_ready_ok!(ready.poll());
 }
+
+#[tokio::test]
+async fn unregistering_a_target_closes_the_gates_that_follow_it() {
+    tokio::time::timeout(BOUND, async {
+        let server = healthy_server().await;
+        let monitor = HealthMonitor::new();
+        monitor.register(fast("gone", server.addr())).unwrap();
+        wait_for(&monitor, "gone", HealthState::Healthy).await;
+        let gate = Gate::new(monitor.watch("gone").unwrap());
+        assert!(gate.is_open());
+        assert!(monitor.unregister("gone"));
+        assert!(
+            !gate.is_open(),
+            "a gate following a removed instance must close"
+        );
+        // A pending-mode endpoint behind it is no longer ready.
+        let mut svc = ReadinessLayer::pending(gate).layer(tower::service_fn(|_: ()| async {
+            Ok::<_, std::convert::Infallible>(())
+        }));
+        let mut ready = task::spawn(std::future::poll_fn(|cx| svc.poll_ready(cx)));
+        assert_pending!(ready.poll());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn one_active_success_does_not_wipe_out_a_streak_of_passive_failures() {
+    tokio::time::timeout(BOUND, async {
+        let server = healthy_server().await;
+        let monitor = HealthMonitor::new();
+        monitor
+            .register(
+                Target::new("svc", server.addr().to_string())
+                    .interval(Duration::from_millis(300))
+                    .timeout(Duration::from_millis(200))
+                    .max_backoff(Duration::from_millis(300))
+                    .failure_threshold(2),
+            )
+            .unwrap();
+        wait_for(&monitor, "svc", HealthState::Healthy).await;
+        // Real traffic fails twice: unhealthy, though every active check passes.
+        monitor.report_failure("svc", "503 from the endpoint");
+        monitor.report_failure("svc", "503 from the endpoint");
+        let tripped = monitor.get_health("svc").unwrap();
+        assert_eq!(tripped.state, HealthState::Unhealthy);
+        assert_eq!(tripped.passive_failures, 2);
+        // The next active check succeeds, and the target stays unhealthy...
+        let next = wait_for_checks(&monitor, "svc", tripped.checks + 1).await;
+        assert_eq!(next.last_error, None, "the active check passed");
+        assert_eq!(
+            next.state,
+            HealthState::Unhealthy,
+            "one active success wiped out the passive failures"
+        );
+        // ...until as many active successes as it took failures to trip it.
+        wait_for(&monitor, "svc", HealthState::Healthy).await;
+        // Passive successes alone also end a passive failure state.
+        monitor.report_failure("svc", "reset");
+        monitor.report_failure("svc", "reset");
+        assert_eq!(
+            monitor.get_health("svc").unwrap().state,
+            HealthState::Unhealthy
+        );
+        monitor.report_success("svc");
+        assert_eq!(
+            monitor.get_health("svc").unwrap().state,
+            HealthState::Healthy
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Waits until `name` has had `checks` results.
+async fn wait_for_checks(monitor: &HealthMonitor, name: &str, checks: u64) -> TargetHealth {
+    loop {
+        let h = monitor.get_health(name).unwrap();
+        if h.checks >= checks {
+            return h;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -147,6 +147,90 @@ async fn a_request_past_the_grace_period_is_cut_off_and_reported() {
     .expect("bounded");
 }
 
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    tokio::time::timeout(BOUND, async {
+        let Running {
+            addr, stop, server, ..
+        } = start(Duration::from_millis(10), Duration::from_secs(5)).await;
+        // HTTP/2 with prior knowledge, as gRPC clients speak it.
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("http://{addr}/slow/1"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        assert_eq!(res.status(), 200);
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body.to_bytes(), "done");
+        drop(send);
+        stop.send(()).unwrap();
+        let report = server.await.unwrap().unwrap();
+        assert_eq!(report.cut_off, 0);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn only_connections_still_busy_at_the_deadline_count_as_cut_off() {
+    tokio::time::timeout(BOUND, async {
+        let Running {
+            addr,
+            started,
+            stop,
+            server,
+            ..
+        } = start(Duration::from_millis(20), Duration::from_millis(600)).await;
+        // Three requests that finish within the grace period, one that does not.
+        let quick: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(support::get(addr, "/slow/150")))
+            .collect();
+        let stuck = tokio::spawn(support::get(addr, "/slow/60000"));
+        until_started(&started, 4).await;
+        stop.send(()).unwrap();
+        for q in quick {
+            assert_eq!(q.await.unwrap().unwrap().0, 200);
+        }
+        let report = server.await.unwrap().unwrap();
+        assert_eq!(report.cut_off, 1, "{report:?}");
+        assert!(stuck.await.unwrap().is_err());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn an_endless_drain_delay_does_not_panic_and_keeps_serving() {
+    tokio::time::timeout(BOUND, async {
+        let Running {
+            addr,
+            probes,
+            stop,
+            server,
+            ..
+        } = start(Duration::MAX, Duration::MAX).await;
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(probes.status().draining);
+        // Still serving (and saying it is not ready) long after the signal.
+        assert_eq!(support::get(addr, "/health/ready").await.unwrap().0, 503);
+        assert!(!server.is_finished(), "the server task panicked or stopped");
+        server.abort();
+    })
+    .await
+    .expect("bounded");
+}
+
 /// Waits (bounded by the test's own timeout) until `n` slow requests are being served.
 async fn until_started(started: &AtomicUsize, n: usize) {
     while started.load(Ordering::SeqCst) < n {
