@@ -35,7 +35,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tower_cache::{CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Tiered};
+use tower_cache::{Cache, CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful};
 use tower_health::{
     GracefulServer, HealthEndpoints, HealthMonitor, HealthState, Probe, Probes, Target,
 };
@@ -215,7 +215,7 @@ where
     }
 }
 
-fn report(name: &str, phase: &Phase, store: &Tiered, before: (u64, u64)) {
+fn report(name: &str, phase: &Phase, store: &Cache, before: (u64, u64)) {
     let mut l = phase.latencies.lock().unwrap().clone();
     l.sort();
     let pct = |q: f64| {
@@ -303,7 +303,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     let cache_dir = tempfile::tempdir()?;
-    let store = Tiered::new(MemoryTier::builder().max_entries(200).build()?).with_disk(
+    let store = Cache::new(MemoryTier::builder().max_entries(200).build()?).with_disk(
         DiskTier::builder(cache_dir.path())
             .map_size(64 << 20)
             .open()?,

@@ -52,7 +52,7 @@ async fn until(monitor: &HealthMonitor, state: HealthState) -> Option<Duration> 
     let start = Instant::now();
     let mut rx = monitor.watch("target")?;
     tokio::time::timeout(GIVE_UP, async {
-        while monitor.get_health("target").map(|h| h.state) != Some(state) {
+        while monitor.health("target").map(|h| h.state) != Some(state) {
             let _ = rx.changed().await;
         }
     })

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
 use tower_cache::{
-    BytesCodec, CacheLayer, DiskTier, EntryMeta, MemoryTier, RequestKey, Tiered, TimeSource,
+    BytesCodec, Cache, CacheLayer, DiskTier, EntryMeta, MemoryTier, RequestAsKey, TimeSource,
 };
 use tower_layer::Layer;
 use tower_service::Service;
@@ -72,14 +72,14 @@ fn hit_layer(
     keys: &[&'static str],
     source: TimeSource,
 ) -> impl Service<&'static str, Response = Bytes, Error = tower_cache::BoxError> {
-    let store = Tiered::new(
+    let store = Cache::new(
         MemoryTier::builder()
             .max_entries(KEYS as u64 * 2)
             .time_source(source)
             .build()
             .unwrap(),
     );
-    let layer = CacheLayer::new(store.clone(), RequestKey, BytesCodec, TTL).unwrap();
+    let layer = CacheLayer::new(store.clone(), RequestAsKey, BytesCodec, TTL).unwrap();
     let svc = layer.layer(tower::service_fn(|_: &'static str| async {
         Ok::<_, std::convert::Infallible>(Bytes::new())
     }));

@@ -7,7 +7,7 @@
 //! inner service, runs concurrent misses for one key once, and never fails a request
 //! because of the disk. It stacks with the other crates of the workspace through the
 //! `Service` contract alone: put it behind `tower-health`'s readiness gate and in front
-//! of `tower-balance-ext`'s balancer, and `tower-autoscale` reads its [`TieredStats`].
+//! of `tower-balance-ext`'s balancer, and `tower-autoscale` reads its [`CacheStats`].
 //! It depends on none of them.
 //!
 //! ```
@@ -18,10 +18,10 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_cache::{CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Tiered};
+//! use tower_cache::{CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Cache};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let store = Tiered::new(MemoryTier::builder().max_entries(500).build()?)
+//! let store = Cache::new(MemoryTier::builder().max_entries(500).build()?)
 //!     .with_disk(DiskTier::builder(dir.path()).map_size(64 << 20).open()?);
 //! let cache = CacheLayer::new(store, HttpKey, HttpCodec::default(), Duration::from_secs(5))?
 //!     .store_policy(StoreSuccessful);
@@ -37,26 +37,28 @@
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cache;
 pub mod disk;
 mod entry;
 pub mod error;
 mod generation;
+pub mod http;
 pub mod memory;
 mod service;
-pub mod tiered;
 
 /// The error type at service boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+pub use crate::cache::{Cache, CacheStats, ExpiredReport, WriteTiers};
 pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder, OnDamage};
 pub use crate::entry::{Entry, EntryMeta, Tags, TimeSource};
 pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
+pub use crate::http::{CacheBody, HttpCodec, HttpKey, StoreSuccessful, DEFAULT_MAX_BODY};
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
 pub use crate::service::{
-    BytesCodec, CacheBody, CacheLayer, CacheService, Codec, HttpCodec, HttpKey, KeyFn, RequestKey,
-    ResponseFuture, StoreAll, StorePolicy, StoreSuccessful, DEFAULT_MAX_BODY, DEFAULT_PASS_TTL,
+    BytesCodec, CacheKey, CacheLayer, CacheService, Codec, RequestAsKey, ResponseFuture, StoreAll,
+    StorePolicy, DEFAULT_PASS_TTL,
 };
-pub use crate::tiered::{OptimizeReport, Tiered, TieredStats, Tiers};
 
 /// The response futures of the services in this crate.
 pub mod future {

@@ -31,7 +31,7 @@
 //!
 //! `quick_cache` has no TTL: every entry carries its deadline, an expired entry is never
 //! returned (it is removed and counted as an expiration when read), and
-//! [`MemoryTier::sweep`] (or a sweeper from [`MemoryTier::spawn_sweeper`]) removes
+//! [`MemoryTier::remove_expired`] (or a sweeper from [`MemoryTier::spawn_expiry_sweeper`]) removes
 //! expired entries that nobody reads, so they do not hold memory.
 //!
 //! Checking a deadline needs the time, and a clock read costs as much as the lookup
@@ -529,7 +529,7 @@ impl MemoryTier {
     }
 
     /// Removes every expired entry; returns how many.
-    pub fn sweep(&self) -> usize {
+    pub fn remove_expired(&self) -> usize {
         let now = self.shared.clock.now_ms();
         // `retain` takes a `Fn`: count through a cell.
         let removed = std::cell::Cell::new(0usize);
@@ -558,7 +558,7 @@ impl MemoryTier {
     /// # Panics
     ///
     /// If called outside a tokio runtime.
-    pub fn spawn_sweeper(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_expiry_sweeper(&self, period: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
         let period = period.max(Duration::from_millis(1));
         tokio::spawn(async move {
@@ -568,7 +568,7 @@ impl MemoryTier {
             loop {
                 tick.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                MemoryTier { shared }.sweep();
+                MemoryTier { shared }.remove_expired();
             }
         })
     }

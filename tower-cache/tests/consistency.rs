@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_cache::{DiskTier, MemoryTier, Tiered, Tiers};
+use tower_cache::{Cache, DiskTier, MemoryTier, WriteTiers};
 
 const TTL: Duration = Duration::from_secs(600);
 const KEYS: u64 = 24;
@@ -122,7 +122,7 @@ impl History {
 
 async fn run_oracle(seed: u64, tasks: usize, ops: usize, memory_entries: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Tiered::new(
+    let store = Cache::new(
         MemoryTier::builder()
             .max_entries(memory_entries)
             .build()
@@ -203,9 +203,9 @@ async fn run_oracle(seed: u64, tasks: usize, ops: usize, memory_entries: u64) {
                         60..=84 => {
                             let value = format!("set-{}", ids.fetch_add(1, Ordering::SeqCst));
                             let tiers = match rng.below(10) {
-                                0 => Tiers::MEMORY,
-                                1 => Tiers::DISK,
-                                _ => Tiers::ALL,
+                                0 => WriteTiers::MEMORY,
+                                1 => WriteTiers::DISK,
+                                _ => WriteTiers::ALL,
                             };
                             store
                                 .set(&name, Bytes::from(value.clone()), TTL, tiers)

@@ -76,7 +76,7 @@ async fn entries_expire_on_disk() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cleanup_removes_only_expired_entries_through_the_index() {
+async fn remove_expired_walks_only_the_expiry_index() {
     let _w = common::watchdog("cleanup_removes_only_expired", common::LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let disk = open(dir.path());
@@ -85,12 +85,16 @@ async fn cleanup_removes_only_expired_entries_through_the_index() {
         disk.set(&format!("k{i}"), "v".into(), ttl).await.unwrap();
     }
     tokio::time::advance(Duration::from_secs(2)).await;
-    assert_eq!(disk.cleanup().await.unwrap(), 25);
+    assert_eq!(disk.remove_expired().await.unwrap(), 25);
     let s = disk.stats();
     assert_eq!(s.entries, 75);
     assert_eq!(s.expirations, 25);
     assert!(disk.get("k1").is_some());
-    assert_eq!(disk.cleanup().await.unwrap(), 0, "nothing left to clean");
+    assert_eq!(
+        disk.remove_expired().await.unwrap(),
+        0,
+        "nothing left to clean"
+    );
 }
 
 #[tokio::test]

@@ -114,7 +114,7 @@ async fn entries_expire_after_their_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn sweep_removes_expired_entries_nobody_reads() {
+async fn remove_expired_drops_entries_nobody_reads() {
     let _w = common::watchdog("sweep_removes_expired_entries_nobody_reads", common::LIMIT);
     let m = MemoryTier::builder().build().unwrap();
     for i in 0..10 {
@@ -123,7 +123,7 @@ async fn sweep_removes_expired_entries_nobody_reads() {
     }
     let before = m.stats().bytes;
     tokio::time::advance(Duration::from_millis(1500)).await;
-    assert_eq!(m.sweep(), 5);
+    assert_eq!(m.remove_expired(), 5);
     let s = m.stats();
     assert_eq!(s.entries, 5);
     assert_eq!(s.expirations, 5);
@@ -138,7 +138,7 @@ async fn sweeper_task_runs_periodically_and_stops_with_the_tier() {
     );
     let m = MemoryTier::builder().build().unwrap();
     m.set("a", value(1), Duration::from_secs(1)).unwrap();
-    let task = m.spawn_sweeper(Duration::from_secs(5));
+    let task = m.spawn_expiry_sweeper(Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(m.stats().entries, 0);
     assert_eq!(m.stats().expirations, 1);

@@ -13,18 +13,18 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_cache::{
-    BytesCodec, CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Tiered,
+    BytesCodec, Cache, CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful,
 };
 use tower_service::Service;
 
 const TTL: Duration = Duration::from_secs(60);
 const BOUND: Duration = Duration::from_secs(30);
 
-fn memory_store() -> Tiered {
-    Tiered::new(MemoryTier::builder().max_entries(1000).build().unwrap())
+fn memory_store() -> Cache {
+    Cache::new(MemoryTier::builder().max_entries(1000).build().unwrap())
 }
 
-fn key_layer(store: Tiered) -> CacheLayer<fn(&String) -> Option<String>, BytesCodec> {
+fn key_layer(store: Cache) -> CacheLayer<fn(&String) -> Option<String>, BytesCodec> {
     #[allow(clippy::ptr_arg)] // the request type is `String`
     fn key(k: &String) -> Option<String> {
         (!k.starts_with("nocache")).then(|| k.clone())

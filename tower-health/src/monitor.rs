@@ -371,7 +371,7 @@ impl HealthMonitor {
     }
 
     /// The health of `name`.
-    pub fn get_health(&self, name: &str) -> Option<TargetHealth> {
+    pub fn health(&self, name: &str) -> Option<TargetHealth> {
         lock(&self.shared.targets)
             .get(name)
             .map(|e| lock(&e.health).snapshot.clone())
@@ -389,7 +389,7 @@ impl HealthMonitor {
 
     /// Whether `name` is healthy (unknown and unregistered targets are not).
     pub fn is_ready_for_traffic(&self, name: &str) -> bool {
-        self.get_health(name)
+        self.health(name)
             .is_some_and(|h| h.state == HealthState::Healthy)
     }
 

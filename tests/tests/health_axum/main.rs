@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_cache::{CacheLayer, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Tiered};
+use tower_cache::{Cache, CacheLayer, HttpCodec, HttpKey, MemoryTier, StoreSuccessful};
 use tower_health::{Gate, HealthEndpoints, Probes, ReadinessLayer};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -22,7 +22,7 @@ async fn the_layers_mount_in_an_axum_app() {
     tokio::time::timeout(BOUND, async {
         let probes = Probes::new();
         let calls = Arc::new(AtomicUsize::new(0));
-        let store = Tiered::new(MemoryTier::builder().max_entries(100).build().unwrap());
+        let store = Cache::new(MemoryTier::builder().max_entries(100).build().unwrap());
         let api = Router::new()
             .route(
                 "/api/budget",

@@ -45,7 +45,7 @@ async fn wait_for(monitor: &HealthMonitor, name: &str, state: HealthState) -> Ta
     let mut rx = monitor.watch(name).unwrap();
     tokio::time::timeout(BOUND, async {
         loop {
-            let h = monitor.get_health(name).unwrap();
+            let h = monitor.health(name).unwrap();
             if h.state == state {
                 return h;
             }
@@ -56,7 +56,7 @@ async fn wait_for(monitor: &HealthMonitor, name: &str, state: HealthState) -> Ta
     .unwrap_or_else(|_| {
         panic!(
             "{name} did not become {state:?}: {:?}",
-            monitor.get_health(name)
+            monitor.health(name)
         )
     })
 }
@@ -90,7 +90,7 @@ async fn a_killed_target_is_unhealthy_after_its_threshold_and_healthy_again_afte
         // apart and bounded by the timeout, i.e. within interval x 2 + timeout.
         assert_eq!(snap.consecutive_failures, 2, "{snap:?}");
     }
-    let checks_when_down = monitor.get_health("svc").unwrap().checks;
+    let checks_when_down = monitor.health("svc").unwrap().checks;
 
     let again = TestServer::start_on(addr, |_req| async {
         Response::new(Full::new(Bytes::from_static(b"ok")))
@@ -201,19 +201,16 @@ async fn passive_reports_drive_the_same_state_machine() {
         .unwrap();
     wait_for(&monitor, "svc", HealthState::Healthy).await;
     monitor.report_failure("svc", "circuit opened");
-    assert_eq!(
-        monitor.get_health("svc").unwrap().state,
-        HealthState::Healthy
-    );
+    assert_eq!(monitor.health("svc").unwrap().state, HealthState::Healthy);
     monitor.report_failure("svc", "circuit opened");
-    let h = monitor.get_health("svc").unwrap();
+    let h = monitor.health("svc").unwrap();
     assert_eq!(h.state, HealthState::Unhealthy);
     assert_eq!(h.last_error.as_deref(), Some("circuit opened"));
     monitor.report_success("svc");
     assert!(monitor.is_ready_for_traffic("svc"));
     monitor.report_failure("nobody", "ignored");
     assert!(monitor.unregister("svc"));
-    assert!(monitor.get_health("svc").is_none());
+    assert!(monitor.health("svc").is_none());
 }
 
 #[tokio::test]
@@ -295,7 +292,7 @@ async fn one_active_success_does_not_wipe_out_a_streak_of_passive_failures() {
         // Real traffic fails twice: unhealthy, though every active check passes.
         monitor.report_failure("svc", "503 from the endpoint");
         monitor.report_failure("svc", "503 from the endpoint");
-        let tripped = monitor.get_health("svc").unwrap();
+        let tripped = monitor.health("svc").unwrap();
         assert_eq!(tripped.state, HealthState::Unhealthy);
         assert_eq!(tripped.passive_failures, 2);
         // The next active check succeeds, and the target stays unhealthy...
@@ -311,15 +308,9 @@ async fn one_active_success_does_not_wipe_out_a_streak_of_passive_failures() {
         // Passive successes alone also end a passive failure state.
         monitor.report_failure("svc", "reset");
         monitor.report_failure("svc", "reset");
-        assert_eq!(
-            monitor.get_health("svc").unwrap().state,
-            HealthState::Unhealthy
-        );
+        assert_eq!(monitor.health("svc").unwrap().state, HealthState::Unhealthy);
         monitor.report_success("svc");
-        assert_eq!(
-            monitor.get_health("svc").unwrap().state,
-            HealthState::Healthy
-        );
+        assert_eq!(monitor.health("svc").unwrap().state, HealthState::Healthy);
     })
     .await
     .expect("bounded");
@@ -328,7 +319,7 @@ async fn one_active_success_does_not_wipe_out_a_streak_of_passive_failures() {
 /// Waits until `name` has had `checks` results.
 async fn wait_for_checks(monitor: &HealthMonitor, name: &str, checks: u64) -> TargetHealth {
     loop {
-        let h = monitor.get_health(name).unwrap();
+        let h = monitor.health(name).unwrap();
         if h.checks >= checks {
             return h;
         }

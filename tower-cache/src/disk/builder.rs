@@ -103,8 +103,8 @@ impl DiskTierBuilder {
     /// can therefore fill the map before the bound: then the tier lowers its bound to
     /// what the map holds (when its live pages pass three quarters of the map, or a
     /// commit finds the map full), commits in smaller transactions, and carries on; no
-    /// write is lost to a full map. [`DiskStats::bound_bytes`] shows the bound in force and
-    /// [`DiskStats::map_full`] how often the map filled up. Give small records a map
+    /// write is lost to a full map. [`DiskStats::bound_bytes`](super::DiskStats::bound_bytes) shows the bound in force and
+    /// [`DiskStats::map_full`](super::DiskStats::map_full) how often the map filled up. Give small records a map
     /// several times `max_bytes`; the map costs address space, not disk.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(bytes);

@@ -11,7 +11,7 @@
 //!   rest), so the format can evolve and a corrupt record is detected, counted and
 //!   dropped instead of served.
 //! - **Expiry**: each entry's deadline (Unix milliseconds) is also a key in an expiry
-//!   index, so [`DiskTier::cleanup`] deletes expired entries by walking the index from its
+//!   index, so [`DiskTier::remove_expired`] deletes expired entries by walking the index from its
 //!   start, without scanning the data. When the stored bytes pass the bound, expired
 //!   entries go first, then the oldest writes.
 //! - **Tags and versions** persist with each entry, so a restart does not forget what an
@@ -386,7 +386,7 @@ impl DiskTier {
     }
 
     /// Removes expired entries through the expiry index; returns how many.
-    pub async fn cleanup(&self) -> Result<usize, DiskError> {
+    pub async fn remove_expired(&self) -> Result<usize, DiskError> {
         let now_ms = self.clock.now_ms();
         self.request(|ack| Op::Cleanup { now_ms, ack }).await
     }

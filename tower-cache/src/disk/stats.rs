@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 // === stats ===
 
-/// Counters of a [`DiskTier`], as returned by [`DiskTier::stats`].
+/// Counters of a [`DiskTier`](super::DiskTier), as returned by [`DiskTier::stats`](super::DiskTier::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct DiskStats {
@@ -29,7 +29,7 @@ pub struct DiskStats {
     /// Transactions that found LMDB's map full before the byte bound was reached. Their
     /// writes were retried in smaller transactions (after making room and lowering
     /// `bound_bytes` if even one write did not fit), not lost; see
-    /// [`DiskTierBuilder::max_bytes`].
+    /// [`DiskTierBuilder::max_bytes`](super::DiskTierBuilder::max_bytes).
     pub map_full: u64,
     /// Writes offered with [`DiskTier::try_set`](super::DiskTier::try_set) (or a
     /// write-through) and dropped because the write queue was full.
@@ -85,7 +85,7 @@ pub(super) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// What [`DiskTier::compact`] did.
+/// What [`DiskTier::compact`](super::DiskTier::compact) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactReport {
     /// Data file size before.

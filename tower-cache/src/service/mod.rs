@@ -5,11 +5,11 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use std::time::Duration;
 //! use bytes::Bytes;
-//! use tower_cache::{BytesCodec, CacheLayer, MemoryTier, Tiered};
+//! use tower_cache::{BytesCodec, CacheLayer, MemoryTier, Cache};
 //! use tower_layer::Layer;
 //! use tower_service::Service;
 //!
-//! let store = Tiered::new(MemoryTier::builder().max_entries(10_000).build()?);
+//! let store = Cache::new(MemoryTier::builder().max_entries(10_000).build()?);
 //! let layer = CacheLayer::new(
 //!     store,
 //!     |key: &String| Some(key.clone()),
@@ -29,12 +29,13 @@
 
 mod codec;
 mod future;
+mod key;
+mod policy;
 
-pub use self::codec::{
-    BytesCodec, CacheBody, Codec, HttpCodec, HttpKey, KeyFn, RequestKey, StoreAll, StorePolicy,
-    StoreSuccessful, DEFAULT_MAX_BODY,
-};
+pub use self::codec::{BytesCodec, Codec};
 pub use self::future::ResponseFuture;
+pub use self::key::{CacheKey, RequestAsKey};
+pub use self::policy::{StoreAll, StorePolicy};
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,9 +45,9 @@ use std::time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::cache::{Cache, Found, WriteTiers, ERROR_PASS};
 use crate::entry::EntryMeta;
 use crate::error::{check_ttl, BuildError};
-use crate::tiered::{Found, Tiered, Tiers, ERROR_PASS};
 use crate::BoxError;
 
 /// Default time a key whose response was not cacheable stays marked pass: 10 s.
@@ -59,23 +60,23 @@ pub const DEFAULT_PASS_TTL: Duration = Duration::from_secs(10);
 /// shared: every service the layer (or any clone of it) makes reads and writes the same
 /// tiers.
 pub struct CacheLayer<K, C, P = StoreAll> {
-    store: Tiered,
+    store: Cache,
     key: Arc<K>,
     codec: Arc<C>,
     policy: Arc<P>,
     ttl: Duration,
-    tiers: Tiers,
+    tiers: WriteTiers,
     pass_ttl: Duration,
 }
 
 /// What every clone of one service shares.
 struct Shared<K, C, P> {
-    store: Tiered,
+    store: Cache,
     key: Arc<K>,
     codec: Arc<C>,
     policy: Arc<P>,
     ttl: Duration,
-    tiers: Tiers,
+    tiers: WriteTiers,
     pass_ttl: Duration,
 }
 
@@ -109,7 +110,7 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
     /// `codec` for `ttl`. Every response is stored; see [`Self::store_policy`].
     ///
     /// Fails if `ttl` is zero or over [`MAX_TTL`](crate::error::MAX_TTL).
-    pub fn new(store: Tiered, key: K, codec: C, ttl: Duration) -> Result<Self, BuildError> {
+    pub fn new(store: Cache, key: K, codec: C, ttl: Duration) -> Result<Self, BuildError> {
         check_ttl(ttl).map_err(|e| BuildError::new(format!("cache layer: {e}")))?;
         Ok(Self {
             store,
@@ -117,7 +118,7 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
             codec: Arc::new(codec),
             policy: Arc::new(StoreAll),
             ttl,
-            tiers: Tiers::ALL,
+            tiers: WriteTiers::ALL,
             pass_ttl: DEFAULT_PASS_TTL,
         })
     }
@@ -125,7 +126,7 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
 
 impl<K, C, P> CacheLayer<K, C, P> {
     /// Decides per response whether to store it and for how long (e.g.
-    /// [`StoreSuccessful`], or a closure `Fn(&Res) -> Option<Duration>`).
+    /// [`StoreSuccessful`](crate::http::StoreSuccessful), or a closure `Fn(&Res) -> Option<Duration>`).
     pub fn store_policy<P2>(self, policy: P2) -> CacheLayer<K, C, P2> {
         CacheLayer {
             store: self.store,
@@ -139,7 +140,7 @@ impl<K, C, P> CacheLayer<K, C, P> {
     }
 
     /// The tiers responses are written to (default: all).
-    pub fn tiers(mut self, tiers: Tiers) -> Self {
+    pub fn tiers(mut self, tiers: WriteTiers) -> Self {
         self.tiers = tiers;
         self
     }
@@ -158,7 +159,7 @@ impl<K, C, P> CacheLayer<K, C, P> {
     }
 
     /// The store, e.g. for its stats or to invalidate entries.
-    pub fn store(&self) -> &Tiered {
+    pub fn store(&self) -> &Cache {
         &self.store
     }
 }
@@ -232,7 +233,7 @@ impl<S, K, C, P> CacheService<S, K, C, P> {
     }
 
     /// The store.
-    pub fn store(&self) -> &Tiered {
+    pub fn store(&self) -> &Cache {
         &self.shared.store
     }
 }
@@ -255,7 +256,7 @@ where
     S::Error: Into<BoxError>,
     S::Response: Send,
     Req: Send + 'static,
-    K: KeyFn<Req>,
+    K: CacheKey<Req>,
     C: Codec<S::Response>,
     P: StorePolicy<S::Response>,
 {
@@ -275,7 +276,7 @@ where
             let (inner, shared) = (self.inner.clone(), shared.clone());
             return ResponseFuture::boxed(async move {
                 let res = call_inner(inner, req).await?;
-                Ok(shared.codec.pass(res))
+                Ok(shared.codec.passthrough(res))
             });
         };
         // The fast path: a fresh memory entry answers without allocating or touching the
@@ -300,13 +301,13 @@ where
                     Err(_) => {
                         store.memory().delete(&key);
                         let res = call_inner(inner, req).await?;
-                        return Ok(shared.codec.pass(res));
+                        return Ok(shared.codec.passthrough(res));
                     }
                 },
                 // Marked pass: straight to the inner service, nothing stored.
                 Found::Pass => {
                     let res = call_inner(inner, req).await?;
-                    return Ok(shared.codec.pass(res));
+                    return Ok(shared.codec.passthrough(res));
                 }
                 Found::Leader(lead) => lead,
             };
@@ -316,19 +317,19 @@ where
                 Ok(res) => res,
                 Err(e) => {
                     // Every waiting request calls the inner service itself, at once.
-                    store.pass(&key, lead, shared.pass_ttl.min(ERROR_PASS));
+                    store.mark_pass(&key, lead, shared.pass_ttl.min(ERROR_PASS));
                     return Err(e);
                 }
             };
             let Some(ttl) = shared.policy.ttl(&res, shared.ttl) else {
                 // Not cacheable: hit-for-pass, so nobody queues behind a leader for it.
-                store.pass(&key, lead, shared.pass_ttl);
-                return Ok(shared.codec.pass(res));
+                store.mark_pass(&key, lead, shared.pass_ttl);
+                return Ok(shared.codec.passthrough(res));
             };
             let (res, stored) = match shared.codec.encode(res).await {
                 Ok(encoded) => encoded,
                 Err(e) => {
-                    store.pass(&key, lead, shared.pass_ttl.min(ERROR_PASS));
+                    store.mark_pass(&key, lead, shared.pass_ttl.min(ERROR_PASS));
                     return Err(e);
                 }
             };
@@ -341,7 +342,7 @@ where
                     }
                 }
                 // Too large to store: the body streams on, the key is passed.
-                None => store.pass(&key, lead, shared.pass_ttl),
+                None => store.mark_pass(&key, lead, shared.pass_ttl),
             }
             Ok(res)
         })

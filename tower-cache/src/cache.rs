@@ -1,10 +1,10 @@
 //! The tiered store: memory, then disk, then the origin.
 //!
 //! - **Read-through**: a read looks in memory, then on disk; a disk hit is **promoted** to
-//!   memory with the time it has left. [`Tiered::get_or_load`] goes on to the origin and
+//!   memory with the time it has left. [`Cache::get_or_load`] goes on to the origin and
 //!   stores what it returns, with **single flight**: concurrent misses for one key run
 //!   the origin once.
-//! - **Write-through** to the tiers the caller picks ([`Tiers`]; the seed's
+//! - **Write-through** to the tiers the caller picks ([`WriteTiers`]; the seed's
 //!   `set(key, value, ttl, layers)`).
 //! - **Delete and clear reach every tier, disk before memory.**
 //! - **Failures and uncacheable values release every waiter at once.** When a load
@@ -17,10 +17,10 @@
 //! The store guarantees, for every key, with any number of concurrent callers and with
 //! evictions happening:
 //!
-//! - after [`Tiered::set`] returns, no read returns an older value of the key;
-//! - after [`Tiered::delete`] or [`Tiered::clear`] returns, no read returns a value
+//! - after [`Cache::set`] returns, no read returns an older value of the key;
+//! - after [`Cache::delete`] or [`Cache::clear`] returns, no read returns a value
 //!   written before it;
-//! - a load (of [`Tiered::get_or_load`] or the cache layer) or a promotion from disk that
+//! - a load (of [`Cache::get_or_load`] or the cache layer) or a promotion from disk that
 //!   was in flight when a `set`, `delete` or `clear` of its key happened never lands in
 //!   any tier afterwards (its caller still gets the value it loaded).
 //!
@@ -36,19 +36,19 @@
 //! memory tier's single-flight placeholder is removed by any write, so a fill that passed
 //! its check just before a write began cannot land after it either.
 //! - A fault of the disk tier never fails a read or a load: it is counted
-//!   ([`TieredStats::disk_faults`]), logged, and the store goes on with memory and the
+//!   ([`CacheStats::disk_faults`]), logged, and the store goes on with memory and the
 //!   origin.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use tower_cache::{DiskTier, MemoryTier, Tiered, Tiers};
+//! use tower_cache::{DiskTier, MemoryTier, Cache, WriteTiers};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let store = Tiered::new(MemoryTier::builder().max_entries(500).build()?)
+//! let store = Cache::new(MemoryTier::builder().max_entries(500).build()?)
 //!     .with_disk(DiskTier::builder(dir.path()).map_size(64 << 20).open()?);
-//! store.set("budget:7", "42".into(), Duration::from_secs(60), Tiers::ALL).await?;
+//! store.set("budget:7", "42".into(), Duration::from_secs(60), WriteTiers::ALL).await?;
 //! assert_eq!(store.get("budget:7").await.as_deref(), Some(&b"42"[..]));
 //! let loaded = store
 //!     .get_or_load("budget:8", Duration::from_secs(60), async { Ok::<_, std::io::Error>("43".into()) })
@@ -72,24 +72,24 @@ use crate::memory::{Guard, Lookup, MemoryStats, MemoryTier};
 
 /// Which tiers a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tiers {
+pub struct WriteTiers {
     memory: bool,
     disk: bool,
 }
 
-impl Tiers {
+impl WriteTiers {
     /// Memory and disk (when the store has a disk tier).
-    pub const ALL: Tiers = Tiers {
+    pub const ALL: WriteTiers = WriteTiers {
         memory: true,
         disk: true,
     };
     /// Memory only.
-    pub const MEMORY: Tiers = Tiers {
+    pub const MEMORY: WriteTiers = WriteTiers {
         memory: true,
         disk: false,
     };
     /// Disk only (a later read promotes the entry to memory).
-    pub const DISK: Tiers = Tiers {
+    pub const DISK: WriteTiers = WriteTiers {
         memory: false,
         disk: true,
     };
@@ -105,16 +105,16 @@ impl Tiers {
     }
 }
 
-impl Default for Tiers {
+impl Default for WriteTiers {
     fn default() -> Self {
-        Tiers::ALL
+        WriteTiers::ALL
     }
 }
 
-/// Counters of a [`Tiered`] store, with each tier's own.
+/// Counters of a [`Cache`] store, with each tier's own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub struct TieredStats {
+pub struct CacheStats {
     /// The memory tier's counters.
     pub memory: MemoryStats,
     /// The disk tier's counters, if there is one.
@@ -138,7 +138,7 @@ pub struct TieredStats {
     pub passes: u64,
 }
 
-impl TieredStats {
+impl CacheStats {
     /// Share of reads answered by some tier.
     pub fn hit_ratio(&self) -> f64 {
         let hits = self.memory_hits + self.disk_hits;
@@ -166,9 +166,9 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What the optimiser did; see [`Tiered::optimize`].
+/// What removing expired entries did; see [`Cache::remove_expired`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OptimizeReport {
+pub struct ExpiredReport {
     /// Expired entries swept from memory.
     pub memory_expired: usize,
     /// Expired entries removed from disk.
@@ -180,9 +180,9 @@ pub(crate) const ERROR_PASS: Duration = Duration::from_secs(1);
 
 /// Memory, then disk, then the origin. Cloning shares both tiers and the counters.
 ///
-/// See the [module docs](crate::tiered) for the consistency guarantee.
+/// See the [module docs](crate::cache) for the consistency guarantee.
 #[derive(Debug, Clone)]
-pub struct Tiered {
+pub struct Cache {
     memory: MemoryTier,
     disk: Option<DiskTier>,
     counters: Arc<Counters>,
@@ -207,7 +207,7 @@ pub(crate) struct Lead<'a> {
     ticket: Ticket,
 }
 
-impl Tiered {
+impl Cache {
     /// A store with only a memory tier.
     pub fn new(memory: MemoryTier) -> Self {
         Self {
@@ -267,13 +267,13 @@ impl Tiered {
                             value.clone(),
                             ttl,
                             EntryMeta::default(),
-                            Tiers::ALL,
+                            WriteTiers::ALL,
                         );
                         Ok(value)
                     }
                     Err(e) => {
                         bump(&self.counters.load_errors);
-                        self.pass(key, lead, ERROR_PASS);
+                        self.mark_pass(key, lead, ERROR_PASS);
                         Err(e)
                     }
                 }
@@ -292,7 +292,7 @@ impl Tiered {
         key: &str,
         value: Bytes,
         ttl: Duration,
-        tiers: Tiers,
+        tiers: WriteTiers,
     ) -> Result<(), InsertError> {
         self.set_with(key, value, ttl, EntryMeta::default(), tiers)
             .await
@@ -305,7 +305,7 @@ impl Tiered {
         value: Bytes,
         ttl: Duration,
         meta: EntryMeta,
-        tiers: Tiers,
+        tiers: WriteTiers,
     ) -> Result<(), InsertError> {
         crate::error::check_ttl(ttl)?;
         let _write = self.generations.begin_write(key);
@@ -367,23 +367,23 @@ impl Tiered {
 
     /// Removes expired entries from every tier (the seed's `optimize`). For a smaller
     /// file, see [`DiskTier::compact`].
-    pub async fn optimize(&self) -> Result<OptimizeReport, DiskError> {
-        let memory_expired = self.memory.sweep();
+    pub async fn remove_expired(&self) -> Result<ExpiredReport, DiskError> {
+        let memory_expired = self.memory.remove_expired();
         let disk_expired = match &self.disk {
-            Some(disk) => disk.cleanup().await?,
+            Some(disk) => disk.remove_expired().await?,
             None => 0,
         };
-        Ok(OptimizeReport {
+        Ok(ExpiredReport {
             memory_expired,
             disk_expired,
         })
     }
 
     /// Counters of the store and of each tier.
-    pub fn stats(&self) -> TieredStats {
+    pub fn stats(&self) -> CacheStats {
         let c = &self.counters;
         let memory = self.memory.stats();
-        TieredStats {
+        CacheStats {
             memory,
             disk: self.disk.as_ref().map(DiskTier::stats),
             memory_hits: memory.hits,
@@ -478,7 +478,7 @@ impl Tiered {
         value: Bytes,
         ttl: Duration,
         meta: EntryMeta,
-        tiers: Tiers,
+        tiers: WriteTiers,
     ) -> Result<(), InsertError> {
         let Lead { guard, ticket } = lead;
         if !ticket.is_current() {
@@ -503,7 +503,7 @@ impl Tiered {
     /// Marks `key` pass for `ttl` in place of a value: every caller waiting on this load
     /// goes to the origin at once, and so do later ones until the mark expires or a write
     /// replaces it.
-    pub(crate) fn pass(&self, key: &str, lead: Lead<'_>, ttl: Duration) {
+    pub(crate) fn mark_pass(&self, key: &str, lead: Lead<'_>, ttl: Duration) {
         self.memory.fill_pass(key, lead.guard, ttl);
     }
 }
@@ -515,7 +515,7 @@ mod tests {
     #[tokio::test]
     async fn a_delete_during_promotion_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Tiered::new(MemoryTier::builder().build().unwrap()).with_disk(
+        let mut store = Cache::new(MemoryTier::builder().build().unwrap()).with_disk(
             DiskTier::builder(dir.path())
                 .map_size(8 << 20)
                 .open()
@@ -524,7 +524,10 @@ mod tests {
         let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Notify::new()));
         store.promotion_gate = Some(gate.clone());
         let ttl = Duration::from_secs(60);
-        store.set("k", "v".into(), ttl, Tiers::DISK).await.unwrap();
+        store
+            .set("k", "v".into(), ttl, WriteTiers::DISK)
+            .await
+            .unwrap();
 
         let reader = tokio::spawn({
             let store = store.clone();

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tower_cache::{DiskTier, MemoryTier, Tiered, Tiers};
+use tower_cache::{Cache, DiskTier, MemoryTier, WriteTiers};
 
 const TTL: Duration = Duration::from_secs(600);
 
-fn store(dir: &std::path::Path) -> Tiered {
-    Tiered::new(MemoryTier::builder().max_entries(1000).build().unwrap())
+fn store(dir: &std::path::Path) -> Cache {
+    Cache::new(MemoryTier::builder().max_entries(1000).build().unwrap())
         .with_disk(DiskTier::builder(dir).map_size(32 << 20).open().unwrap())
 }
 
@@ -21,9 +21,15 @@ async fn write_through_reaches_only_the_chosen_tiers() {
     let _w = common::watchdog("write_through", common::LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    s.set("both", "1".into(), TTL, Tiers::ALL).await.unwrap();
-    s.set("mem", "2".into(), TTL, Tiers::MEMORY).await.unwrap();
-    s.set("disk", "3".into(), TTL, Tiers::DISK).await.unwrap();
+    s.set("both", "1".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+    s.set("mem", "2".into(), TTL, WriteTiers::MEMORY)
+        .await
+        .unwrap();
+    s.set("disk", "3".into(), TTL, WriteTiers::DISK)
+        .await
+        .unwrap();
     let (m, d) = (s.memory(), s.disk().unwrap());
     assert!(m.has("both") && d.has("both"));
     assert!(m.has("mem") && !d.has("mem"));
@@ -35,7 +41,7 @@ async fn disk_hit_is_promoted_with_its_remaining_ttl() {
     let _w = common::watchdog("promotion", common::LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    s.set("k", "v".into(), Duration::from_secs(10), Tiers::DISK)
+    s.set("k", "v".into(), Duration::from_secs(10), WriteTiers::DISK)
         .await
         .unwrap();
     tokio::time::advance(Duration::from_secs(4)).await;
@@ -66,7 +72,9 @@ async fn delete_reaches_every_tier_and_promotion_cannot_undo_it() {
     let s = store(dir.path());
     for round in 0..200 {
         let key = format!("k{round}");
-        s.set(&key, "v".into(), TTL, Tiers::DISK).await.unwrap();
+        s.set(&key, "v".into(), TTL, WriteTiers::DISK)
+            .await
+            .unwrap();
         // Readers race the delete, each trying to promote the disk entry.
         let readers: Vec<_> = (0..4)
             .map(|_| {
@@ -98,7 +106,7 @@ async fn clear_reaches_every_tier() {
     let _w = common::watchdog("clear", common::LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    s.set("a", "1".into(), TTL, Tiers::ALL).await.unwrap();
+    s.set("a", "1".into(), TTL, WriteTiers::ALL).await.unwrap();
     s.clear().await.unwrap();
     assert!(s.get("a").await.is_none());
     assert_eq!(s.stats().disk.unwrap().entries, 0);
@@ -152,7 +160,7 @@ async fn a_failed_disk_tier_degrades_to_memory_and_origin() {
         .unwrap();
     assert_eq!(v, "origin");
     assert_eq!(s.get("k").await.unwrap(), "origin", "served from memory");
-    assert!(s.set("k2", "v".into(), TTL, Tiers::ALL).await.is_err());
+    assert!(s.set("k2", "v".into(), TTL, WriteTiers::ALL).await.is_err());
     assert!(
         s.memory().has("k2"),
         "the memory write happened before the disk fault"
@@ -161,16 +169,18 @@ async fn a_failed_disk_tier_degrades_to_memory_and_origin() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn optimize_sweeps_both_tiers() {
+async fn remove_expired_reaches_both_tiers() {
     let _w = common::watchdog("optimize", common::LIMIT);
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    s.set("short", "1".into(), Duration::from_secs(1), Tiers::ALL)
+    s.set("short", "1".into(), Duration::from_secs(1), WriteTiers::ALL)
         .await
         .unwrap();
-    s.set("long", "2".into(), TTL, Tiers::ALL).await.unwrap();
+    s.set("long", "2".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
     tokio::time::advance(Duration::from_secs(2)).await;
-    let r = s.optimize().await.unwrap();
+    let r = s.remove_expired().await.unwrap();
     assert_eq!((r.memory_expired, r.disk_expired), (1, 1));
     assert_eq!(s.get("long").await.unwrap(), "2");
 }
@@ -184,7 +194,7 @@ async fn promotion_keeps_versions_and_tags() {
         version: 7,
         tags: ["provider:3"].into_iter().collect(),
     };
-    s.set_with("k", "v".into(), TTL, meta.clone(), Tiers::DISK)
+    s.set_with("k", "v".into(), TTL, meta.clone(), WriteTiers::DISK)
         .await
         .unwrap();
     assert_eq!(s.get("k").await.unwrap(), "v");

@@ -1,0 +1,309 @@
+//! The HTTP pieces: a key for `http::Request`, a store policy and a codec for
+//! `http::Response`, and the response body they produce.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_cache::http::{HttpCodec, HttpKey, StoreSuccessful};
+//! use tower_cache::{Cache, CacheLayer, MemoryTier};
+//!
+//! let store = Cache::new(MemoryTier::builder().build()?);
+//! let layer = CacheLayer::new(store, HttpKey, HttpCodec::default(), Duration::from_secs(5))?
+//!     .store_policy(StoreSuccessful);
+//! let svc = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+//! });
+//! let res = svc.oneshot(Request::get("/").body(Full::default())?).await?;
+//! assert_eq!(res.into_body().collect().await?.to_bytes(), "hello");
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+
+use crate::service::{CacheKey, Codec, StorePolicy};
+use crate::BoxError;
+
+/// Keys `GET` and `HEAD` requests by method, host and path with query; bypasses every
+/// other method.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpKey;
+
+impl<B> CacheKey<Request<B>> for HttpKey {
+    fn key<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
+        let method = req.method();
+        if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        let host = req
+            .headers()
+            .get(::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host())
+            .unwrap_or("");
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        Some(Cow::Owned(format!("{method} {host}{path}")))
+    }
+}
+
+/// Stores HTTP responses with a 2xx status and without `Cache-Control: no-store` or
+/// `private`, for the layer's TTL.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreSuccessful;
+
+impl<B> StorePolicy<Response<B>> for StoreSuccessful {
+    fn ttl(&self, res: &Response<B>, default: Duration) -> Option<Duration> {
+        let forbidden = res
+            .headers()
+            .get_all(::http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
+            });
+        (res.status().is_success() && !forbidden).then_some(default)
+    }
+}
+
+/// The codec for `http::Response<B>`: buffers bodies up to a limit and stores status,
+/// headers and body.
+///
+/// A body over the limit is not stored; the client still gets all of it (what was
+/// buffered, then the rest as it streams). Trailers are passed on but never stored.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpCodec {
+    max_body: usize,
+}
+
+/// Default body limit of [`HttpCodec`]: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+impl Default for HttpCodec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_BODY)
+    }
+}
+
+impl HttpCodec {
+    /// A codec that stores bodies of at most `max_body` bytes.
+    pub const fn new(max_body: usize) -> Self {
+        Self { max_body }
+    }
+}
+
+const HTTP_FORMAT_V1: u8 = 1;
+
+fn encode_http(parts: &::http::response::Parts, body: &[u8]) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(64 + body.len());
+    out.extend_from_slice(&[HTTP_FORMAT_V1]);
+    out.extend_from_slice(&parts.status.as_u16().to_le_bytes());
+    out.extend_from_slice(&u16::try_from(parts.headers.len()).ok()?.to_le_bytes());
+    for (name, value) in &parts.headers {
+        for part in [name.as_str().as_bytes(), value.as_bytes()] {
+            out.extend_from_slice(&u16::try_from(part.len()).ok()?.to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(body);
+    Some(out.freeze())
+}
+
+fn decode_http(stored: &Bytes) -> Result<(StatusCode, HeaderMap, Bytes), BoxError> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], BoxError> {
+        if b.len() < n {
+            return Err("stored response is truncated".into());
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    fn u16_of(b: &mut &[u8]) -> Result<usize, BoxError> {
+        let s = take(b, 2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]) as usize)
+    }
+    let mut b: &[u8] = stored;
+    if take(&mut b, 1)?[0] != HTTP_FORMAT_V1 {
+        return Err("stored response has an unknown format version".into());
+    }
+    let status = StatusCode::from_u16(u16_of(&mut b)? as u16)?;
+    let n = u16_of(&mut b)?;
+    let mut headers = HeaderMap::with_capacity(n);
+    for _ in 0..n {
+        let len = u16_of(&mut b)?;
+        let name = HeaderName::from_bytes(take(&mut b, len)?)?;
+        let len = u16_of(&mut b)?;
+        let value = HeaderValue::from_bytes(take(&mut b, len)?)?;
+        headers.append(name, value);
+    }
+    let body = stored.slice(stored.len() - b.len()..);
+    Ok((status, headers, body))
+}
+
+impl<B> Codec<Response<B>> for HttpCodec
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<B>>;
+    type EncodeFuture =
+        Pin<Box<dyn Future<Output = Result<(Self::Response, Option<Bytes>), BoxError>> + Send>>;
+
+    fn encode(&self, res: Response<B>) -> Self::EncodeFuture {
+        let max_body = self.max_body;
+        Box::pin(async move {
+            let (parts, mut body) = res.into_parts();
+            let mut buf = BytesMut::new();
+            let mut trailers = None;
+            let mut complete = false;
+            while buf.len() <= max_body {
+                match body.frame().await {
+                    None => {
+                        complete = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(mut data) => {
+                            buf.extend_from_slice(&data.copy_to_bytes(data.remaining()))
+                        }
+                        Err(frame) => {
+                            trailers = frame.into_trailers().ok();
+                        }
+                    },
+                }
+            }
+            let prefix = buf.freeze();
+            let stored = if complete && trailers.is_none() && prefix.len() <= max_body {
+                encode_http(&parts, &prefix)
+            } else {
+                None
+            };
+            let body = CacheBody {
+                prefix: Some(prefix).filter(|p| !p.is_empty()),
+                trailers,
+                rest: if complete { None } else { Some(body) },
+            };
+            Ok((Response::from_parts(parts, body), stored))
+        })
+    }
+
+    fn decode(&self, stored: Bytes) -> Result<Self::Response, BoxError> {
+        let (status, headers, body) = decode_http(&stored)?;
+        let mut res = Response::new(CacheBody::full(body));
+        *res.status_mut() = status;
+        *res.headers_mut() = headers;
+        Ok(res)
+    }
+
+    fn passthrough(&self, res: Response<B>) -> Self::Response {
+        res.map(CacheBody::streaming)
+    }
+}
+
+pin_project! {
+    /// The body of a response from a [`CacheService`](crate::CacheService) with the
+    /// [`HttpCodec`]: stored bytes, a buffered prefix, then the rest of an origin body.
+    #[derive(Debug)]
+    pub struct CacheBody<B> {
+        prefix: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+        #[pin]
+        rest: Option<B>,
+    }
+}
+
+/// An empty body, so that layers which answer on their own (a 503 from a readiness
+/// gate, say) can build one.
+impl<B> Default for CacheBody<B> {
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl<B> CacheBody<B> {
+    /// A body of `bytes`.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            prefix: Some(bytes).filter(|b| !b.is_empty()),
+            trailers: None,
+            rest: None,
+        }
+    }
+
+    fn streaming(body: B) -> Self {
+        Self {
+            prefix: None,
+            trailers: None,
+            rest: Some(body),
+        }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(rest) = this.rest.as_pin_mut() {
+            return match rest.poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(
+                    frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
+                ))),
+            };
+        }
+        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(prefix),
+            Some(rest) => {
+                let h = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + prefix);
+                if let Some(upper) = h.upper() {
+                    out.set_upper(upper + prefix);
+                }
+                out
+            }
+        }
+    }
+}
