@@ -429,7 +429,7 @@ impl Cache {
         // that began earlier has removed the placeholder or voids it too.
         let ticket = self.generations.ticket(key);
         if let Some(disk) = &self.disk {
-            match disk.try_get_entry(key) {
+            match disk.try_get_entry_async(key).await {
                 Ok(Some(entry)) => {
                     #[cfg(test)]
                     if let Some(gate) = &self.promotion_gate {

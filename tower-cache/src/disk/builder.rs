@@ -31,7 +31,11 @@ pub struct DiskTierBuilder {
     max_value_bytes: Option<usize>,
     max_batch: usize,
     on_damage: OnDamage,
+    blocking_read_threshold: usize,
 }
+
+/// Default size above which async reads run on tokio's blocking pool: 64 KiB.
+pub const DEFAULT_BLOCKING_READ_THRESHOLD: usize = 64 << 10;
 
 /// What [`DiskTierBuilder::open`] does with a damaged data file (truncated, not an LMDB
 /// file, meta pages that contradict the file).
@@ -77,7 +81,17 @@ impl DiskTierBuilder {
             max_value_bytes: None,
             max_batch: DEFAULT_MAX_BATCH,
             on_damage: OnDamage::MoveAside,
+            blocking_read_threshold: DEFAULT_BLOCKING_READ_THRESHOLD,
         }
+    }
+
+    /// Records larger than this (as stored, after compression) are read and decompressed
+    /// on tokio's blocking pool when the tiered store reads them, so that a large value
+    /// does not hold an async worker thread (default 64 KiB). `usize::MAX` reads every
+    /// record inline.
+    pub fn blocking_read_threshold(mut self, bytes: usize) -> Self {
+        self.blocking_read_threshold = bytes;
+        self
     }
 
     /// What to do with a damaged data file (default: [`OnDamage::MoveAside`]).
@@ -232,6 +246,7 @@ impl DiskTierBuilder {
                 ..Counters::default()
             },
             max_value_bytes,
+            blocking_read_threshold: self.blocking_read_threshold,
         });
         let writer = Writer {
             shared: shared.clone(),

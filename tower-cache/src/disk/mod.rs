@@ -49,7 +49,7 @@ mod record;
 mod stats;
 mod writer;
 
-pub use self::builder::{DiskTierBuilder, OnDamage, MAX_MAP_SIZE};
+pub use self::builder::{DiskTierBuilder, OnDamage, DEFAULT_BLOCKING_READ_THRESHOLD, MAX_MAP_SIZE};
 pub use self::stats::{CompactReport, DiskStats};
 
 use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
@@ -103,6 +103,7 @@ struct Shared {
     state: RwLock<Option<Opened>>,
     counters: Counters,
     max_value_bytes: usize,
+    blocking_read_threshold: usize,
 }
 
 impl Shared {
@@ -144,6 +145,19 @@ impl Op {
             _ => 0,
         }
     }
+}
+
+/// A decoded record: deadline, value, metadata.
+type Decoded = (u64, Bytes, EntryMeta);
+
+/// What a read transaction found.
+enum Raw {
+    Absent,
+    /// Compaction is swapping the file.
+    Busy,
+    Decoded(Result<Decoded, &'static str>),
+    /// Too large to decode on the caller's thread.
+    Large,
 }
 
 impl DiskTier {
@@ -202,35 +216,96 @@ impl DiskTier {
     }
 
     fn lookup(&self, key: &str) -> Result<Option<Entry>, DiskError> {
+        match self.read(key, usize::MAX, true)? {
+            Raw::Decoded(d) => Ok(self.finish_read(key, Some(d))),
+            _ => Ok(self.finish_read(key, None)),
+        }
+    }
+
+    /// Like [`Self::try_get_entry`], for async callers: the runtime is never blocked for
+    /// long. A record over [`DiskTierBuilder::blocking_read_threshold`] is read and
+    /// decompressed on tokio's blocking pool, and while compaction swaps the file the
+    /// read misses at once instead of waiting (counted in [`DiskStats::busy_misses`]).
+    pub(crate) async fn try_get_entry_async(&self, key: &str) -> Result<Option<Entry>, DiskError> {
+        let read = self
+            .read(key, self.shared.blocking_read_threshold, false)
+            .inspect_err(|_| {
+                bump(&self.shared.counters.errors, 1);
+                bump(&self.shared.counters.misses, 1);
+            })?;
+        match read {
+            Raw::Absent => Ok(self.finish_read(key, None)),
+            Raw::Decoded(d) => Ok(self.finish_read(key, Some(d))),
+            Raw::Busy => {
+                bump(&self.shared.counters.busy_misses, 1);
+                bump(&self.shared.counters.misses, 1);
+                Ok(None)
+            }
+            Raw::Large => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let (disk, key) = (self.clone(), key.to_owned());
+                    rt.spawn_blocking(move || disk.try_get_entry(&key))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(DiskError::new(format!("disk tier: read task: {e}")))
+                        })
+                }
+                Err(_) => self.try_get_entry(key),
+            },
+        }
+    }
+
+    /// Reads the raw record of `key` in a read transaction; decodes it there if it is at
+    /// most `inline_limit` bytes. With `wait == false` a swap in progress reads as busy.
+    fn read(&self, key: &str, inline_limit: usize, wait: bool) -> Result<Raw, DiskError> {
+        let state = if wait {
+            self.shared.state()
+        } else {
+            match self.shared.state.try_read() {
+                Ok(state) => state,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(Raw::Busy),
+            }
+        };
+        let o = state.as_ref().ok_or_else(DiskError::closed)?;
+        let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+        let raw = o
+            .dbs
+            .entries
+            .get(&rtxn, key.as_bytes())
+            .map_err(|e| DiskError::lmdb("read", e))?;
+        Ok(match raw {
+            None => Raw::Absent,
+            Some(b) if b.len() > inline_limit => Raw::Large,
+            Some(b) => Raw::Decoded(decode_record(b)),
+        })
+    }
+
+    /// Counts a read and turns a decoded record into an entry (a corrupt one is dropped).
+    fn finish_read(
+        &self,
+        key: &str,
+        decoded: Option<Result<Decoded, &'static str>>,
+    ) -> Option<Entry> {
         let c = &self.shared.counters;
         let now = self.clock.now_ms();
-        let decoded = {
-            let state = self.shared.state();
-            let o = state.as_ref().ok_or_else(DiskError::closed)?;
-            let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
-            o.dbs
-                .entries
-                .get(&rtxn, key.as_bytes())
-                .map_err(|e| DiskError::lmdb("read", e))?
-                .map(decode_record)
-        };
         match decoded {
             None => {
                 bump(&c.misses, 1);
-                Ok(None)
+                None
             }
             Some(Ok((expires_ms, value, meta))) if expires_ms > now => {
                 bump(&c.hits, 1);
-                Ok(Some(Entry {
+                Some(Entry {
                     value,
                     ttl_left: Duration::from_millis(expires_ms - now),
                     meta,
-                }))
+                })
             }
             Some(Ok(_)) => {
-                // Expired: cleanup or eviction removes it through the expiry index.
+                // Expired: expiry removal or eviction takes it out through the index.
                 bump(&c.misses, 1);
-                Ok(None)
+                None
             }
             Some(Err(why)) => {
                 bump(&c.corrupt, 1);
@@ -240,7 +315,7 @@ impl DiskTier {
                     key: key.into(),
                     ack: None,
                 });
-                Ok(None)
+                None
             }
         }
     }
@@ -433,6 +508,7 @@ impl DiskTier {
             dropped_writes: c.dropped_writes.load(Ordering::Relaxed),
             superseded: c.superseded.load(Ordering::Relaxed),
             damaged_files: c.damaged_files.load(Ordering::Relaxed),
+            busy_misses: c.busy_misses.load(Ordering::Relaxed),
             bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };

@@ -40,6 +40,9 @@ pub struct DiskStats {
     /// Damaged data files found when the tier opened, moved aside and replaced by an
     /// empty one (see [`OnDamage`](super::OnDamage)).
     pub damaged_files: u64,
+    /// Async reads that missed because compaction was swapping the file (they do not
+    /// wait for the swap).
+    pub busy_misses: u64,
     /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
     pub bound_bytes: u64,
     /// Entries in the environment now (all processes).
@@ -78,6 +81,7 @@ pub(super) struct Counters {
     pub(super) dropped_writes: AtomicU64,
     pub(super) superseded: AtomicU64,
     pub(super) damaged_files: AtomicU64,
+    pub(super) busy_misses: AtomicU64,
     pub(super) bound_bytes: AtomicU64,
 }
 
