@@ -7,10 +7,13 @@
 //!
 //! Groups:
 //! - `memory_hit`: a hit through `CacheService` vs a raw `quick_cache` get, a
-//!   `moka::future::Cache` get and a hit through `tower-resilience`'s cache layer;
+//!   `moka::sync::Cache` get (the like-for-like peer: a synchronous hit), a
+//!   `moka::future::Cache` get and a hit through `tower-resilience`'s cache layer. Both
+//!   tower layers are driven the same way: `poll_ready`, then `call`;
 //! - `disk_hit`: a disk-tier read of 1 KiB and 64 KiB values vs `foyer`'s hybrid cache
 //!   reading from its disk;
-//! - `write`: entries per second with group commit vs one commit per entry;
+//! - `write`: entries per second with group commit vs one commit per entry, both from the
+//!   same number of concurrent writers (`WRITERS`);
 //! - hit ratio on Zipf traces (a simulation, not a timing) vs moka and a plain LRU.
 
 use std::future::Future;
@@ -29,6 +32,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 const KEYS: usize = 1000;
+/// Concurrent durable writers in the write benchmarks, the same for every variant.
+const WRITERS: u64 = 1000;
 const TTL: Duration = Duration::from_secs(3600);
 /// Map of the write benchmarks: room for every write of a run (about 1.3 million), so
 /// that they measure commits, not eviction. The map reserves address space, not disk.
@@ -97,6 +102,14 @@ fn raw_quick_cache(keys: &[&'static str]) -> quick_cache::sync::Cache<String, By
     raw
 }
 
+fn moka_sync_cache(keys: &[&'static str]) -> moka::sync::Cache<String, Bytes> {
+    let moka = moka::sync::Cache::new(KEYS as u64 * 2);
+    for k in keys {
+        moka.insert(k.to_string(), value(100, 1));
+    }
+    moka
+}
+
 fn moka_cache(keys: &[&'static str]) -> moka::future::Cache<String, Bytes> {
     let moka = moka::future::Cache::new(KEYS as u64 * 2);
     for k in keys {
@@ -147,10 +160,19 @@ fn memory_hit(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 1) % KEYS;
+                ready(std::future::poll_fn(|cx| svc.poll_ready(cx))).unwrap();
                 black_box(ready(svc.call(keys[i])).unwrap())
             })
         });
     }
+
+    let moka_sync = moka_sync_cache(&keys);
+    g.bench_function("moka_sync", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(moka_sync.get(keys[i]))
+        })
+    });
 
     let moka = moka_cache(&keys);
     g.bench_function("moka_future", |b| {
@@ -258,8 +280,8 @@ fn write(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut g = c.benchmark_group("write");
     g.sample_size(10);
     for (name, batch, per_iter) in [
-        ("group_commit", 4096usize, 2000u64),
-        ("commit_per_entry", 1, 50),
+        ("group_commit", 4096usize, WRITERS),
+        ("commit_per_entry", 1, WRITERS),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskTier::builder(dir.path())
@@ -312,7 +334,7 @@ fn write(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         .open()
         .unwrap();
     let v = value(256, 3);
-    let per_iter = 2000u64;
+    let per_iter = WRITERS;
     let mut n = 0u64;
     g.throughput(criterion::Throughput::Elements(per_iter));
     g.bench_function("group_commit_background", |b| {
@@ -347,7 +369,8 @@ fn ns_per_op(n: usize, mut op: impl FnMut(usize)) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// One round of memory hits: (raw quick_cache, tower-cache layer, moka) in ns per hit.
+/// One round of memory hits: (raw quick_cache, tower-cache layer, moka::sync) in ns per
+/// hit.
 type HitRound = (f64, f64, f64);
 
 /// Memory hits in alternating rounds, every round on freshly built caches.
@@ -365,16 +388,17 @@ fn interleaved_hit_rounds() -> Vec<HitRound> {
         .map(|round| {
             let raw = raw_quick_cache(&keys);
             let mut svc = hit_layer(&keys, TimeSource::Auto);
-            let moka = moka_cache(&keys);
+            let moka = moka_sync_cache(&keys);
             let mut measure = |which: usize| match which {
                 0 => ns_per_op(N, |i| {
                     black_box(raw.get(keys[i]));
                 }),
                 1 => ns_per_op(N, |i| {
+                    ready(std::future::poll_fn(|cx| svc.poll_ready(cx))).unwrap();
                     black_box(ready(svc.call(keys[i])).unwrap());
                 }),
                 _ => ns_per_op(N, |i| {
-                    black_box(ready(moka.get(keys[i])));
+                    black_box(moka.get(keys[i]));
                 }),
             };
             // Rotate the order so that no contestant always runs first.
@@ -422,8 +446,8 @@ fn interleaved_write_ratios(rt: &tokio::runtime::Runtime) -> Vec<(f64, f64)> {
     };
     (0..9)
         .map(|_| {
-            let g = round(&group, 2000);
-            let s = round(&single, 50);
+            let g = round(&group, WRITERS);
+            let s = round(&single, WRITERS);
             (g, s)
         })
         .collect()
@@ -544,9 +568,10 @@ fn report(dir: &Path, ratios: &[HitRatios], rounds: &[(f64, f64)], hits: &[HitRo
     let m = |g: &str, id: &str| median_ns(dir, g, id).unwrap_or(f64::NAN);
     println!("\n=== tower-cache vs peers (medians of this run) ===");
     let raw = m("memory_hit", "quick_cache_raw");
-    let moka = m("memory_hit", "moka_future");
+    let moka = m("memory_hit", "moka_sync");
+    let moka_future = m("memory_hit", "moka_future");
     let res = m("memory_hit", "tower_resilience_layer");
-    println!("memory hit: raw quick_cache {raw:.1} ns | moka::future {moka:.1} ns | tower-resilience layer {res:.1} ns");
+    println!("memory hit: raw quick_cache {raw:.1} ns | moka::sync {moka:.1} ns | moka::future {moka_future:.1} ns | tower-resilience layer (poll_ready + call) {res:.1} ns");
     let shaped = m("memory_hit", "quick_cache_raw_record");
     println!(
         "  raw quick_cache holding a tower-cache-shaped record (value, deadline, version, tag size): {shaped:.1} ns = {:.2}x raw",
@@ -558,9 +583,10 @@ fn report(dir: &Path, ratios: &[HitRatios], rounds: &[(f64, f64)], hits: &[HitRo
     ] {
         let layer = m("memory_hit", id);
         println!(
-            "  tower-cache layer, {label}: {layer:.1} ns = {:.2}x raw quick_cache (target <= 1.5x); moka is {:.2}x slower (target >= 5x); tower-resilience is {:.2}x slower",
+            "  tower-cache layer (poll_ready + call), {label}: {layer:.1} ns = {:.2}x raw quick_cache (target <= 1.5x); moka::sync is {:.2}x slower, moka::future {:.2}x (target >= 5x); tower-resilience is {:.2}x slower",
             layer / raw,
             moka / layer,
+            moka_future / layer,
             res / layer
         );
     }
@@ -580,14 +606,14 @@ fn report(dir: &Path, ratios: &[HitRatios], rounds: &[(f64, f64)], hits: &[HitRo
     }
     let mid = |v: &[f64]| v[v.len() / 2];
     println!(
-        "memory hit, {} alternating rounds on fresh caches (default clock): layer median {:.1} ns | raw quick_cache {:.1} ns | moka {:.1} ns",
+        "memory hit, {} alternating rounds on fresh caches (default clock): layer median {:.1} ns | raw quick_cache {:.1} ns | moka::sync {:.1} ns",
         hits.len(),
         mid(&layer_ns),
         mid(&raw_ns),
         mid(&moka_ns)
     );
     println!(
-        "  layer / raw quick_cache: median {:.2}x (min {:.2}x, max {:.2}x; target <= 1.5x) | moka / layer: median {:.1}x (min {:.1}x, max {:.1}x; target >= 5x)",
+        "  layer / raw quick_cache: median {:.2}x (min {:.2}x, max {:.2}x; target <= 1.5x) | moka::sync / layer: median {:.1}x (min {:.1}x, max {:.1}x; target >= 5x)",
         mid(&over_raw),
         over_raw[0],
         over_raw[over_raw.len() - 1],
@@ -610,13 +636,13 @@ fn report(dir: &Path, ratios: &[HitRatios], rounds: &[(f64, f64)], hits: &[HitRo
     let background = m("write", "group_commit_background");
     let single = m("write", "commit_per_entry");
     println!(
-        "durable writes from 2000 concurrent tasks: group commit {:.0}/s | commit per entry {:.0}/s | ratio {:.0}x (target >= 100x)",
+        "durable writes from {WRITERS} concurrent tasks each: group commit {:.0}/s | commit per entry {:.0}/s | ratio {:.0}x (target >= 100x)",
         1e9 / group,
         1e9 / single,
         single / group
     );
     println!(
-        "write-through (queued, one flush per 2000): {:.0}/s | ratio to commit per entry {:.0}x",
+        "write-through (queued, one flush per {WRITERS}): {:.0}/s | ratio to commit per entry {:.0}x",
         1e9 / background,
         single / background
     );
@@ -628,7 +654,7 @@ fn report(dir: &Path, ratios: &[HitRatios], rounds: &[(f64, f64)], hits: &[HitRo
     s1.sort_by(f64::total_cmp);
     let mid = |v: &[f64]| v[v.len() / 2];
     println!(
-        "durable writes, {} alternating rounds: group commit median {:.0}/s | commit per entry median {:.0}/s | ratio median {:.0}x (min {:.0}x, max {:.0}x; target >= 100x)",
+        "durable writes, {WRITERS} writers each, {} alternating rounds: group commit median {:.0}/s | commit per entry median {:.0}/s | ratio median {:.0}x (min {:.0}x, max {:.0}x; target >= 100x)",
         r.len(),
         mid(&g),
         mid(&s1),

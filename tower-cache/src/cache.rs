@@ -437,14 +437,12 @@ impl Cache {
                         gate.1.notified().await;
                     }
                     bump(&self.counters.disk_hits);
-                    let hit = Stored {
-                        value: entry.value,
-                        expires: self.memory.deadline(entry.ttl_left),
-                        version: entry.meta.version,
-                        tag_bytes: 0,
-                        weight: 0,
-                        pass: false,
-                    };
+                    let hit = Stored::new(
+                        entry.value,
+                        self.memory.deadline(entry.ttl_left),
+                        entry.meta.version,
+                        0,
+                    );
                     if !ticket.is_current() {
                         // A write overtook the read: serve what was read, keep nothing.
                         bump(&self.counters.stale_fills);

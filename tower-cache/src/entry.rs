@@ -74,30 +74,64 @@ pub struct Entry {
     pub meta: EntryMeta,
 }
 
-/// The memory tier's record: value, deadline, version.
+/// The memory tier's record: value, deadline, version, weight, tag size and a flag.
 ///
-/// Kept small and free of reference-counted options on purpose: quick_cache clones the
-/// whole record on every hit, and an `Option<Arc<_>>` field alone costs about 10 ns per
-/// hit (measured). Tags live in a side table of the memory tier; `tag_bytes` says whether
-/// there are any and how much they weigh.
+/// Kept small (56 bytes) and free of reference-counted options on purpose: quick_cache
+/// clones the whole record on every hit, and an `Option<Arc<_>>` field alone costs about
+/// 10 ns per hit (measured). Tags live in a side table of the memory tier; the record
+/// only says whether there are any and how much they weigh.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub(crate) value: Bytes,
     /// Deadline in the tier clock's Unix milliseconds.
     pub(crate) expires: u64,
     pub(crate) version: u64,
-    pub(crate) tag_bytes: u32,
     /// What the entry weighs against the memory tier's capacity, fixed when it is stored
     /// (quick_cache asks again on removal, so it must not change with the bounds).
-    pub(crate) weight: u64,
-    /// A hit-for-pass marker, not a value: the key's last response was not cacheable (or
-    /// its load failed), so requests go to the origin without queueing behind a leader.
-    pub(crate) pass: bool,
+    pub(crate) weight: u32,
+    /// Bytes of the entry's tags (low 31 bits) and [`Stored::PASS`].
+    bits: u32,
 }
 
 impl Stored {
+    /// The flag of a hit-for-pass marker: not a value, but a note that the key's last
+    /// response was not cacheable (or its load failed), so requests go to the origin
+    /// without queueing behind a leader.
+    const PASS: u32 = 1 << 31;
+
+    pub(crate) fn new(value: Bytes, expires: u64, version: u64, tag_bytes: usize) -> Self {
+        Self {
+            value,
+            expires,
+            version,
+            weight: 0,
+            bits: tag_bytes.min((Self::PASS - 1) as usize) as u32,
+        }
+    }
+
+    /// A hit-for-pass marker until `expires`.
+    pub(crate) fn pass_marker(expires: u64) -> Self {
+        Self {
+            value: Bytes::new(),
+            expires,
+            version: 0,
+            weight: 0,
+            bits: Self::PASS,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_pass(&self) -> bool {
+        self.bits & Self::PASS != 0
+    }
+
+    #[inline]
+    pub(crate) fn tag_bytes(&self) -> u32 {
+        self.bits & !Self::PASS
+    }
+
     pub(crate) fn weight_bytes(&self, key: &str) -> u64 {
-        (key.len() + self.value.len() + self.tag_bytes as usize + ENTRY_OVERHEAD) as u64
+        (key.len() + self.value.len() + self.tag_bytes() as usize + ENTRY_OVERHEAD) as u64
     }
 }
 

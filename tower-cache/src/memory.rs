@@ -140,7 +140,7 @@ impl Counters {
     fn release(&self, key: &str, stored: &Stored) {
         self.bytes
             .fetch_sub(stored.weight_bytes(key) as i64, Ordering::Relaxed);
-        if stored.tag_bytes > 0 {
+        if stored.tag_bytes() > 0 {
             self.tag_table().remove(key);
         }
     }
@@ -152,8 +152,8 @@ impl Counters {
 
 // === impl Weigh ===
 
-/// The capacity when both bounds are set (see the module docs).
-const SCALE: u64 = 1 << 40;
+/// The capacity when both bounds are set (see the module docs); weights fit a `u32`.
+const SCALE: u64 = 1 << 31;
 
 /// Reads an entry's weight from its record: fixed when it was stored.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +162,7 @@ pub(crate) struct Weigh;
 impl Weighter<Arc<str>, Stored> for Weigh {
     #[inline]
     fn weight(&self, _key: &Arc<str>, val: &Stored) -> u64 {
-        val.weight
+        u64::from(val.weight)
     }
 }
 
@@ -182,8 +182,13 @@ impl Bounds {
         )
     }
 
-    /// What an entry of `bytes` weighs under the bounds in force.
-    fn weight(&self, bytes: u64) -> u64 {
+    /// What an entry of `bytes` weighs under the bounds in force (saturating at
+    /// `u32::MAX`, far past what any shard admits).
+    fn weight(&self, bytes: u64) -> u32 {
+        self.weight_u64(bytes).min(u64::from(u32::MAX)) as u32
+    }
+
+    fn weight_u64(&self, bytes: u64) -> u64 {
         match self.get() {
             (Some(e), Some(b)) => {
                 let by_bytes = (u128::from(bytes) * u128::from(SCALE)).div_ceil(u128::from(b));
@@ -396,6 +401,12 @@ impl MemoryTierBuilder {
                  allow values of at least one byte",
             ));
         }
+        if max_value_bytes as u64 > 1 << 30 {
+            return Err(BuildError::new(format!(
+                "memory tier: max_value_bytes ({max_value_bytes}) is over 1 GiB; keep values \
+                 that large on disk (or not in a cache)"
+            )));
+        }
         Ok(MemoryTier {
             shared: Arc::new(Shared {
                 cache,
@@ -479,7 +490,7 @@ impl MemoryTier {
     /// Returns the entry under `key` (value, time left, metadata) if it is there and fresh.
     pub fn get_entry(&self, key: &str) -> Option<Entry> {
         let s = self.get_stored(key)?;
-        let tags = if s.tag_bytes > 0 {
+        let tags = if s.tag_bytes() > 0 {
             self.shared
                 .counters
                 .tag_table()
@@ -504,7 +515,7 @@ impl MemoryTier {
         self.shared
             .cache
             .peek(key)
-            .is_some_and(|s| !s.pass && s.expires > self.shared.clock.now_ms())
+            .is_some_and(|s| !s.is_pass() && s.expires > self.shared.clock.now_ms())
     }
 
     /// Removes the entry under `key`; returns whether there was one.
@@ -645,7 +656,7 @@ impl MemoryTier {
                     &key,
                     Some(std::time::Duration::ZERO),
                     |k, v: &mut Stored| {
-                        if !v.pass {
+                        if !v.is_pass() {
                             v.weight = bounds.weight(v.weight_bytes(k));
                         }
                         quick_cache::sync::EntryAction::Retain(())
@@ -674,14 +685,12 @@ impl MemoryTier {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        let stored = Stored {
+        let stored = Stored::new(
             value,
-            expires: self.shared.clock.deadline(ttl),
-            version: meta.version,
-            tag_bytes: meta.tags.encoded_len().min(u32::MAX as usize) as u32,
-            weight: 0,
-            pass: false,
-        };
+            self.shared.clock.deadline(ttl),
+            meta.version,
+            meta.tags.encoded_len(),
+        );
         Ok((stored, meta.tags))
     }
 
@@ -692,7 +701,7 @@ impl MemoryTier {
         let admitted = ((self.shared.cache.shard_capacity() as f64 * self.shared.hot_allocation)
             as u64)
             .max(1);
-        if stored.weight > admitted {
+        if u64::from(stored.weight) > admitted {
             self.shared
                 .counters
                 .rejections
@@ -730,7 +739,7 @@ impl MemoryTier {
                 // (or go now if the new entry has none).
                 c.bytes
                     .fetch_sub(old.weight_bytes(&k) as i64, Ordering::Relaxed);
-                if old.tag_bytes > 0 && !has_tags {
+                if old.tag_bytes() > 0 && !has_tags {
                     c.tag_table().remove(&*k);
                 }
             } else {
@@ -772,14 +781,7 @@ impl MemoryTier {
     /// waiter wakes at once and goes to the origin itself, and so does every request for
     /// `key` until the marker expires or a write replaces it.
     pub(crate) fn fill_pass(&self, key: &str, guard: Guard<'_>, ttl: Duration) {
-        let marker = Stored {
-            value: Bytes::new(),
-            expires: self.shared.clock.deadline(ttl),
-            version: 0,
-            tag_bytes: 0,
-            weight: 0,
-            pass: true,
-        };
+        let marker = Stored::pass_marker(self.shared.clock.deadline(ttl));
         self.fill(key, guard, (marker, Tags::none()));
     }
 
@@ -789,7 +791,7 @@ impl MemoryTier {
         self.shared
             .cache
             .get(key)
-            .filter(|s| s.expires > self.shared.clock.now_ms() && !s.pass)
+            .filter(|s| s.expires > self.shared.clock.now_ms() && !s.is_pass())
     }
 
     pub(crate) fn deadline(&self, ttl: Duration) -> u64 {
@@ -805,7 +807,7 @@ impl MemoryTier {
     pub(crate) fn get_stored(&self, key: &str) -> Option<Stored> {
         let c = &self.shared.counters;
         match self.shared.cache.get(key) {
-            Some(s) if s.pass => {
+            Some(s) if s.is_pass() => {
                 c.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -835,7 +837,7 @@ impl MemoryTier {
         loop {
             match self.shared.cache.get_value_or_guard_async(&owned).await {
                 Ok(s) if s.expires > self.shared.clock.now_ms() => {
-                    if s.pass {
+                    if s.is_pass() {
                         c.misses.fetch_add(1, Ordering::Relaxed);
                         return Lookup::Pass;
                     }

@@ -55,15 +55,17 @@ pub const DEFAULT_PASS_TTL: Duration = Duration::from_secs(10);
 
 /// Wraps a service in a [`CacheService`].
 ///
-/// A plain configuration: every setting can be changed at any time, also on a clone, and
-/// cloning is cheap (the key function, codec and policy sit behind `Arc`s). The store is
-/// shared: every service the layer (or any clone of it) makes reads and writes the same
-/// tiers.
+/// A plain configuration: every setting can be changed at any time, also on a clone. The
+/// store is shared: every service the layer (or any clone of it) makes reads and writes
+/// the same tiers. The key function, codec and policy are cloned into each service the
+/// layer makes (they are usually zero-sized, or closures), so they must be `Clone`, as
+/// tower-http's layers ask of their closures.
+#[derive(Clone)]
 pub struct CacheLayer<K, C, P = StoreAll> {
     store: Cache,
-    key: Arc<K>,
-    codec: Arc<C>,
-    policy: Arc<P>,
+    key: K,
+    codec: C,
+    policy: P,
     ttl: Duration,
     tiers: WriteTiers,
     pass_ttl: Duration,
@@ -72,26 +74,12 @@ pub struct CacheLayer<K, C, P = StoreAll> {
 /// What every clone of one service shares.
 struct Shared<K, C, P> {
     store: Cache,
-    key: Arc<K>,
-    codec: Arc<C>,
-    policy: Arc<P>,
+    key: K,
+    codec: C,
+    policy: P,
     ttl: Duration,
     tiers: WriteTiers,
     pass_ttl: Duration,
-}
-
-impl<K, C, P> Clone for CacheLayer<K, C, P> {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            key: self.key.clone(),
-            codec: self.codec.clone(),
-            policy: self.policy.clone(),
-            ttl: self.ttl,
-            tiers: self.tiers,
-            pass_ttl: self.pass_ttl,
-        }
-    }
 }
 
 impl<K, C, P> fmt::Debug for CacheLayer<K, C, P> {
@@ -114,9 +102,9 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
         check_ttl(ttl).map_err(|e| BuildError::new(format!("cache layer: {e}")))?;
         Ok(Self {
             store,
-            key: Arc::new(key),
-            codec: Arc::new(codec),
-            policy: Arc::new(StoreAll),
+            key,
+            codec,
+            policy: StoreAll,
             ttl,
             tiers: WriteTiers::ALL,
             pass_ttl: DEFAULT_PASS_TTL,
@@ -126,13 +114,14 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
 
 impl<K, C, P> CacheLayer<K, C, P> {
     /// Decides per response whether to store it and for how long (e.g.
-    /// [`StoreSuccessful`](crate::http::StoreSuccessful), or a closure `Fn(&Res) -> Option<Duration>`).
+    /// [`StoreSuccessful`](crate::http::StoreSuccessful), or a closure
+    /// `Fn(&Res) -> Option<Duration>`).
     pub fn store_policy<P2>(self, policy: P2) -> CacheLayer<K, C, P2> {
         CacheLayer {
             store: self.store,
             key: self.key,
             codec: self.codec,
-            policy: Arc::new(policy),
+            policy,
             ttl: self.ttl,
             tiers: self.tiers,
             pass_ttl: self.pass_ttl,
@@ -164,7 +153,7 @@ impl<K, C, P> CacheLayer<K, C, P> {
     }
 }
 
-impl<S, K, C, P> Layer<S> for CacheLayer<K, C, P> {
+impl<S, K: Clone, C: Clone, P: Clone> Layer<S> for CacheLayer<K, C, P> {
     type Service = CacheService<S, K, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
