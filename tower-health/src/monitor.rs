@@ -112,6 +112,25 @@ pub struct TargetHealth {
     pub last_error: Option<String>,
 }
 
+impl TargetHealth {
+    /// A target not checked yet.
+    fn unchecked(name: String, url: String) -> Self {
+        Self {
+            name,
+            url,
+            state: HealthState::Unknown,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
+            passive_failures: 0,
+            passive_successes: 0,
+            checks: 0,
+            last_check: None,
+            last_latency: None,
+            last_error: None,
+        }
+    }
+}
+
 /// A remote target to monitor; see the [module docs](crate::monitor) for defaults.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -323,19 +342,7 @@ impl HealthMonitor {
                 active: ProbeState::Unknown,
                 passive: ProbeState::Unknown,
                 active_since_trip: 0,
-                snapshot: TargetHealth {
-                    name: target.name.clone(),
-                    url: uri.to_string(),
-                    state: HealthState::Unknown,
-                    consecutive_failures: 0,
-                    consecutive_successes: 0,
-                    passive_failures: 0,
-                    passive_successes: 0,
-                    checks: 0,
-                    last_check: None,
-                    last_latency: None,
-                    last_error: None,
-                },
+                snapshot: TargetHealth::unchecked(target.name.clone(), uri.to_string()),
             }),
             target,
             ready,
@@ -621,19 +628,8 @@ mod tests {
             .interval(Duration::from_millis(100))
             .max_backoff(Duration::from_millis(500));
         let mut jitter = Jitter::new("t");
-        let mut h = TargetHealth {
-            name: "t".into(),
-            url: String::new(),
-            state: HealthState::Unhealthy,
-            consecutive_failures: 0,
-            consecutive_successes: 0,
-            passive_failures: 0,
-            passive_successes: 0,
-            checks: 0,
-            last_check: None,
-            last_latency: None,
-            last_error: None,
-        };
+        let mut h = TargetHealth::unchecked("t".into(), String::new());
+        h.state = HealthState::Unhealthy;
         let mut longest = Duration::ZERO;
         for failures in 0..40 {
             h.consecutive_failures = failures;

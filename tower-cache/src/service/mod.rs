@@ -71,17 +71,6 @@ pub struct CacheLayer<K, C, P = StoreAll> {
     pass_ttl: Duration,
 }
 
-/// What every clone of one service shares.
-struct Shared<K, C, P> {
-    store: Cache,
-    key: K,
-    codec: C,
-    policy: P,
-    ttl: Duration,
-    tiers: WriteTiers,
-    pass_ttl: Duration,
-}
-
 impl<K, C, P> fmt::Debug for CacheLayer<K, C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheLayer")
@@ -157,17 +146,10 @@ impl<S, K: Clone, C: Clone, P: Clone> Layer<S> for CacheLayer<K, C, P> {
     type Service = CacheService<S, K, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // Every clone of the service shares this copy of the configuration.
         CacheService {
             inner,
-            shared: Arc::new(Shared {
-                store: self.store.clone(),
-                key: self.key.clone(),
-                codec: self.codec.clone(),
-                policy: self.policy.clone(),
-                ttl: self.ttl,
-                tiers: self.tiers,
-                pass_ttl: self.pass_ttl,
-            }),
+            shared: Arc::new(self.clone()),
         }
     }
 }
@@ -184,7 +166,7 @@ impl<S, K: Clone, C: Clone, P: Clone> Layer<S> for CacheLayer<K, C, P> {
 /// - Errors of the inner service are returned, never stored.
 pub struct CacheService<S, K, C, P = StoreAll> {
     inner: S,
-    shared: Arc<Shared<K, C, P>>,
+    shared: Arc<CacheLayer<K, C, P>>,
 }
 
 impl<S: Clone, K, C, P> Clone for CacheService<S, K, C, P> {
