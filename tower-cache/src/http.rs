@@ -143,13 +143,15 @@ fn decode_http(stored: &Bytes) -> Result<(StatusCode, HeaderMap, Bytes), BoxErro
     }
     let status = StatusCode::from_u16(u16_of(&mut b)? as u16)?;
     let n = u16_of(&mut b)?;
-    let mut headers = HeaderMap::with_capacity(n);
+    // Stored bytes may be anything (another codec wrote them, say): never trust a count
+    // with an allocation, and never let a header map past its limit panic.
+    let mut headers = HeaderMap::with_capacity(n.min(64));
     for _ in 0..n {
         let len = u16_of(&mut b)?;
         let name = HeaderName::from_bytes(take(&mut b, len)?)?;
         let len = u16_of(&mut b)?;
         let value = HeaderValue::from_bytes(take(&mut b, len)?)?;
-        headers.append(name, value);
+        headers.try_append(name, value)?;
     }
     let body = stored.slice(stored.len() - b.len()..);
     Ok((status, headers, body))
@@ -305,5 +307,32 @@ where
                 out
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_garbage_fails_without_panicking() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..2_000usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode_http(&Bytes::from(bytes));
+        }
+        // A header count far past what a header map holds.
+        let mut many = vec![HTTP_FORMAT_V1, 200, 0, 0xff, 0xff];
+        for _ in 0..40_000 {
+            many.extend_from_slice(&[1, 0, b'a', 1, 0, b'b']);
+        }
+        assert!(decode_http(&Bytes::from(many)).is_err());
     }
 }

@@ -537,3 +537,43 @@ async fn a_path_reopens_right_after_its_tier_is_dropped() {
     let disk = open(dir.path());
     assert_eq!(disk.stats().entries, 20);
 }
+
+#[tokio::test]
+async fn extreme_settings_work_or_fail_with_a_message() {
+    let _w = common::watchdog("disk_extreme_settings", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    // The largest batch, compression of everything, then of nothing.
+    for (i, threshold) in [0usize, 1, usize::MAX].into_iter().enumerate() {
+        let path = dir.path().join(format!("t{i}"));
+        let disk = DiskTier::builder(&path)
+            .map_size(8 << 20)
+            .max_batch(usize::MAX)
+            .compress_threshold(threshold)
+            .blocking_read_threshold(0)
+            .open()
+            .unwrap();
+        disk.set("k", noise(3000, 1), TTL).await.unwrap();
+        disk.set("empty", Bytes::new(), TTL).await.unwrap();
+        assert_eq!(disk.get("k").unwrap(), noise(3000, 1));
+        assert_eq!(disk.get("empty").unwrap(), Bytes::new());
+        disk.close().await;
+    }
+    // A one-byte value limit takes one byte, refuses two.
+    let disk = DiskTier::builder(dir.path().join("one"))
+        .map_size(8 << 20)
+        .max_value_bytes(1)
+        .open()
+        .unwrap();
+    disk.set("k", "x".into(), TTL).await.unwrap();
+    assert!(disk.set("k2", "xy".into(), TTL).await.is_err());
+    // TTLs: zero and past the limit are refused, the limit itself is taken.
+    assert!(disk.set("z", "v".into(), Duration::ZERO).await.is_err());
+    assert!(disk.set("m", "v".into(), Duration::MAX).await.is_err());
+    disk.set("l", "v".into(), tower_cache::MAX_TTL)
+        .await
+        .unwrap();
+    // Keys: empty and over the limit are refused.
+    assert!(disk.set("", "v".into(), TTL).await.is_err());
+    let long = "k".repeat(tower_cache::disk::MAX_KEY_LEN + 1);
+    assert!(disk.set(&long, "v".into(), TTL).await.is_err());
+}

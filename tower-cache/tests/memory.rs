@@ -401,3 +401,52 @@ fn an_overwritten_key_is_never_missing_and_stays_hot() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(reader.join().unwrap(), 0, "a reader saw the key missing");
 }
+
+#[test]
+fn extreme_settings_build_or_fail_with_a_message_never_panic() {
+    for entries in [1, u64::MAX / 2, u64::MAX] {
+        let m = MemoryTier::builder().max_entries(entries).build().unwrap();
+        m.set("k", value(10), TTL).unwrap();
+        assert_eq!(m.get("k").unwrap(), value(10));
+        m.set_max_entries(entries).unwrap();
+    }
+    for bytes in [u64::MAX / 2, u64::MAX] {
+        let m = MemoryTier::builder().bytes_only(bytes).build().unwrap();
+        m.set("k", value(10), TTL).unwrap();
+        assert!(m.get("k").is_some());
+        let both = MemoryTier::builder()
+            .max_entries(u64::MAX)
+            .max_bytes(bytes)
+            .build()
+            .unwrap();
+        both.set("k", value(10), TTL).unwrap();
+        assert!(both.get("k").is_some());
+        both.set_max_bytes(1).unwrap();
+        assert!(both.get("k").is_none(), "a 1-byte bound holds nothing");
+    }
+    // Tiny byte bounds: an error that says what to change, or a tier that holds what fits.
+    for bytes in [1, 64, 100] {
+        match MemoryTier::builder().bytes_only(bytes).build() {
+            Ok(m) => {
+                let _ = m.set("k", value(1), TTL);
+            }
+            Err(e) => assert!(e.to_string().contains("max_"), "{e}"),
+        }
+    }
+    let e = MemoryTier::builder()
+        .max_value_bytes(usize::MAX)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("max_value_bytes"), "{e}");
+    // TTLs at and past the limit.
+    let m = MemoryTier::builder().build().unwrap();
+    assert!(m.set("max", value(1), tower_cache::MAX_TTL).is_ok());
+    assert_eq!(
+        m.set("over", value(1), Duration::MAX).unwrap_err().kind(),
+        InsertErrorKind::Ttl
+    );
+    assert_eq!(
+        m.set("zero", value(1), Duration::ZERO).unwrap_err().kind(),
+        InsertErrorKind::Ttl
+    );
+}

@@ -67,7 +67,8 @@ impl Done {
 
 impl Writer {
     pub(super) fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
+        // No up-front allocation of a huge max_batch: the batch grows with what is queued.
+        let mut batch = Vec::with_capacity(self.max_batch.min(1024));
         while let Some(first) = self.rx.blocking_recv() {
             batch.push(first);
             while batch.len() < self.max_batch {
