@@ -25,7 +25,8 @@
 //!   any tier afterwards (its caller still gets the value it loaded).
 //!
 //! A read concurrent with a write may return the old or the new value. A read may always
-//! miss: a cache may forget. The guarantee holds while the disk tier works; when a disk
+//! miss: a cache may forget. The guarantee covers writes made through the store's own
+//! methods; writing a tier directly ([`Cache::memory`], [`Cache::disk`]) goes around it. The guarantee holds while the disk tier works; when a disk
 //! write or delete fails, the error is returned and the disk may still hold the old value.
 //!
 //! How: every write announces itself on a per-key generation counter before it touches a
