@@ -195,7 +195,8 @@ pub struct Cache {
 
 /// Where a read was answered, or the right to load the key.
 pub(crate) enum Found<'a> {
-    Hit(Stored),
+    /// A stored value, and whether it came from the disk tier.
+    Hit(Stored, bool),
     /// The key is marked pass: load without storing.
     Pass,
     Leader(Lead<'a>),
@@ -240,7 +241,7 @@ impl Cache {
     /// Reads `key` from memory, then disk (promoting a disk hit to memory).
     pub async fn get(&self, key: &str) -> Option<Bytes> {
         match self.lookup(key).await {
-            Found::Hit(s) => Some(s.value),
+            Found::Hit(s, _) => Some(s.value),
             // Nobody loads here: dropping the guard lets a waiting reader look again.
             Found::Pass | Found::Leader(_) => None,
         }
@@ -255,7 +256,7 @@ impl Cache {
         F: Future<Output = Result<Bytes, E>>,
     {
         match self.lookup(key).await {
-            Found::Hit(s) => Ok(s.value),
+            Found::Hit(s, _) => Ok(s.value),
             Found::Pass => load.await,
             Found::Leader(lead) => {
                 bump(&self.counters.loads);
@@ -419,7 +420,7 @@ impl Cache {
     /// Memory (waiting for a loader of the same key), then disk with promotion.
     pub(crate) async fn lookup<'a>(&'a self, key: &str) -> Found<'a> {
         let guard = match self.memory.get_or_lead(key).await {
-            Lookup::Hit(s) => return Found::Hit(s),
+            Lookup::Hit(s) => return Found::Hit(s, false),
             Lookup::Pass => {
                 bump(&self.counters.passes);
                 return Found::Pass;
@@ -454,7 +455,7 @@ impl Cache {
                         self.memory.fill(key, guard, prepared);
                     }
                     // Otherwise too large for memory: served from disk without promoting.
-                    return Found::Hit(hit);
+                    return Found::Hit(hit, true);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -497,6 +498,48 @@ impl Cache {
             self.memory.fill(key, guard, prepared);
         }
         Ok(())
+    }
+
+    /// A ticket for a load of `key` that will be stored with [`Self::store_loaded`].
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        self.generations.ticket(key)
+    }
+
+    /// Stores a value loaded under `ticket` (taken before the origin was asked), unless a
+    /// write of `key` overtook the load; for loads that outlive a single-flight
+    /// placeholder (a streamed body). Returns whether the memory tier took it.
+    pub(crate) fn store_loaded(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<bool, InsertError> {
+        if !ticket.is_current() {
+            bump(&self.counters.stale_fills);
+            return Ok(false);
+        }
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.queue_fill(key, value.clone(), ttl, meta.clone(), ticket.clone()) {
+                if e.kind() == crate::InsertErrorKind::Disk {
+                    bump(&self.counters.disk_faults);
+                }
+                tracing::debug!(error = %e, key, "disk write-through skipped");
+            }
+        }
+        let prepared = self.memory.prepare(value, ttl, meta)?;
+        let stored = self.memory.insert_if(key, prepared, || ticket.is_current());
+        if !stored {
+            bump(&self.counters.stale_fills);
+        }
+        Ok(stored)
+    }
+
+    /// Marks `key` pass for `ttl` without a placeholder: requests for it go to the origin
+    /// without waiting for one another.
+    pub(crate) fn mark_pass_key(&self, key: &str, ttl: Duration) {
+        self.memory.insert_pass(key, ttl);
     }
 
     /// Marks `key` pass for `ttl` in place of a value: every caller waiting on this load

@@ -777,6 +777,62 @@ impl MemoryTier {
         }
     }
 
+    /// Stores an entry if `current()` still holds when the shard lock is taken, replacing
+    /// what is there in place; a key another caller is loading is left to it. Returns
+    /// whether it stored.
+    ///
+    /// The check runs under the shard lock, so a write that begins after it (and then
+    /// writes this key) lands after this insert, and one that began before it fails it.
+    pub(crate) fn insert_if(
+        &self,
+        key: &str,
+        (mut stored, tags): (Stored, Tags),
+        current: impl Fn() -> bool,
+    ) -> bool {
+        if self.weigh(key, &mut stored).is_none() {
+            return false;
+        }
+        let c = &self.shared.counters;
+        let key: Arc<str> = Arc::from(key);
+        let mut replaced = false;
+        let result = self.shared.cache.entry(
+            &key,
+            Some(std::time::Duration::ZERO),
+            |k, v: &mut Stored| {
+                if current() {
+                    c.bytes
+                        .fetch_sub(v.weight_bytes(k) as i64, Ordering::Relaxed);
+                    if v.tag_bytes() > 0 {
+                        c.tag_table().remove(&**k);
+                    }
+                    c.add(k, &stored, tags.clone());
+                    *v = stored.clone();
+                    replaced = true;
+                }
+                quick_cache::sync::EntryAction::Retain(())
+            },
+        );
+        match result {
+            quick_cache::sync::EntryResult::Retained(()) => {
+                if replaced {
+                    c.inserts.fetch_add(1, Ordering::Relaxed);
+                }
+                replaced
+            }
+            quick_cache::sync::EntryResult::Vacant(guard) => {
+                current() && self.fill(&key, guard, (stored, tags))
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks `key` pass for `ttl` (see [`Self::fill_pass`]) without a placeholder,
+    /// replacing what is there.
+    pub(crate) fn insert_pass(&self, key: &str, ttl: Duration) {
+        let marker = Stored::pass_marker(self.shared.clock.deadline(ttl));
+        let _ = self.insert_stored(Arc::from(key), (marker, Tags::none()));
+    }
+
     /// Fills a single-flight placeholder with a hit-for-pass marker for `ttl`: every
     /// waiter wakes at once and goes to the origin itself, and so does every request for
     /// `key` until the marker expires or a write replaces it.

@@ -267,7 +267,7 @@ where
         ResponseFuture::boxed(async move {
             let store = &shared.store;
             let lead = match store.lookup(&key).await {
-                Found::Hit(hit) => match shared.codec.decode(hit.value) {
+                Found::Hit(hit, _) => match shared.codec.decode(hit.value) {
                     Ok(res) => return Ok(res),
                     Err(_) => {
                         store.memory().delete(&key);

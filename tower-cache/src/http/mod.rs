@@ -36,6 +36,17 @@ use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::service::{CacheKey, Codec, StorePolicy};
+
+mod entry;
+mod headers;
+mod layer;
+mod policy;
+
+pub use self::layer::{
+    HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_PASS_TTL,
+    DEFAULT_MAX_STORED_BODY,
+};
+pub use self::policy::HttpPolicy;
 use crate::BoxError;
 
 /// Keys `GET` and `HEAD` requests by method, host and path with query; bypasses every

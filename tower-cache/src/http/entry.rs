@@ -1,0 +1,255 @@
+//! How the HTTP cache stores a response: head, body, freshness and the request header
+//! values it varies on; and the index record of a URL whose responses vary.
+//!
+//! ```text
+//! entry:  [FORMAT_ENTRY] status:u16 response_time:u64 initial_age:u64 lifetime:u64
+//!         flags:u8 swr:u64 sie:u64
+//!         vary_count:u16 { name_len:u16 name present:u8 [value_len:u32 value] }
+//!         header_count:u16 { name_len:u16 name value_len:u32 value }
+//!         body_len:u64 body
+//! index:  [FORMAT_INDEX] epoch:u64 name_count:u16 { name_len:u16 name }
+//! ```
+//!
+//! Every length is checked on decode: stored bytes that do not parse are a miss, never a
+//! panic.
+
+use ::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::policy::Freshness;
+
+const FORMAT_ENTRY: u8 = 0xE1;
+const FORMAT_INDEX: u8 = 0xE2;
+
+/// A stored response.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpEntry {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) freshness: Freshness,
+    /// The request header values this response was selected by (`Vary`).
+    pub(crate) vary: Vec<(HeaderName, Option<Vec<u8>>)>,
+}
+
+/// What a key holds.
+#[derive(Debug)]
+pub(crate) enum Record {
+    Entry(HttpEntry),
+    /// The responses of this URL vary on these request headers; each lives under a
+    /// secondary key made of the epoch and the request's values.
+    Index {
+        epoch: u64,
+        names: Vec<HeaderName>,
+    },
+}
+
+pub(crate) fn encode_entry(e: &HttpEntry) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(128 + e.body.len());
+    out.put_u8(FORMAT_ENTRY);
+    out.put_u16_le(e.status.as_u16());
+    let f = &e.freshness;
+    out.put_u64_le(f.response_time);
+    out.put_u64_le(f.initial_age);
+    out.put_u64_le(f.lifetime);
+    out.put_u8(u8::from(f.must_revalidate));
+    out.put_u64_le(f.stale_while_revalidate);
+    out.put_u64_le(f.stale_if_error);
+    out.put_u16_le(u16::try_from(e.vary.len()).ok()?);
+    for (name, value) in &e.vary {
+        put_short(&mut out, name.as_str().as_bytes())?;
+        match value {
+            Some(v) => {
+                out.put_u8(1);
+                out.put_u32_le(u32::try_from(v.len()).ok()?);
+                out.put_slice(v);
+            }
+            None => out.put_u8(0),
+        }
+    }
+    out.put_u16_le(u16::try_from(e.headers.len()).ok()?);
+    for (name, value) in &e.headers {
+        put_short(&mut out, name.as_str().as_bytes())?;
+        out.put_u32_le(u32::try_from(value.len()).ok()?);
+        out.put_slice(value.as_bytes());
+    }
+    out.put_u64_le(e.body.len() as u64);
+    out.put_slice(&e.body);
+    Some(out.freeze())
+}
+
+pub(crate) fn encode_index(epoch: u64, names: &[HeaderName]) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(16 + names.len() * 16);
+    out.put_u8(FORMAT_INDEX);
+    out.put_u64_le(epoch);
+    out.put_u16_le(u16::try_from(names.len()).ok()?);
+    for n in names {
+        put_short(&mut out, n.as_str().as_bytes())?;
+    }
+    Some(out.freeze())
+}
+
+fn put_short(out: &mut BytesMut, b: &[u8]) -> Option<()> {
+    out.put_u16_le(u16::try_from(b.len()).ok()?);
+    out.put_slice(b);
+    Some(())
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<usize> {
+        let s = self.take(2)?;
+        Some(u16::from_le_bytes([s[0], s[1]]) as usize)
+    }
+    fn u32(&mut self) -> Option<usize> {
+        let s = self.take(4)?;
+        Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let s = self.take(8)?;
+        let mut a = [0; 8];
+        a.copy_from_slice(s);
+        Some(u64::from_le_bytes(a))
+    }
+    fn name(&mut self) -> Option<HeaderName> {
+        let n = self.u16()?;
+        HeaderName::from_bytes(self.take(n)?).ok()
+    }
+}
+
+pub(crate) fn decode(stored: &Bytes) -> Option<Record> {
+    let mut r = Reader { b: stored };
+    match r.u8()? {
+        FORMAT_INDEX => {
+            let epoch = r.u64()?;
+            let n = r.u16()?;
+            let mut names = Vec::with_capacity(n.min(16));
+            for _ in 0..n {
+                names.push(r.name()?);
+            }
+            Some(Record::Index { epoch, names })
+        }
+        FORMAT_ENTRY => {
+            let status = StatusCode::from_u16(r.u16()? as u16).ok()?;
+            let freshness = Freshness {
+                response_time: r.u64()?,
+                initial_age: r.u64()?,
+                lifetime: r.u64()?,
+                must_revalidate: r.u8()? != 0,
+                stale_while_revalidate: r.u64()?,
+                stale_if_error: r.u64()?,
+            };
+            let n = r.u16()?;
+            let mut vary = Vec::with_capacity(n.min(16));
+            for _ in 0..n {
+                let name = r.name()?;
+                let value = match r.u8()? {
+                    0 => None,
+                    _ => {
+                        let len = r.u32()?;
+                        Some(r.take(len)?.to_vec())
+                    }
+                };
+                vary.push((name, value));
+            }
+            let n = r.u16()?;
+            let mut headers = HeaderMap::with_capacity(n.min(64));
+            for _ in 0..n {
+                let name = r.name()?;
+                let len = r.u32()?;
+                let value = HeaderValue::from_bytes(r.take(len)?).ok()?;
+                headers.try_append(name, value).ok()?;
+            }
+            let len = r.u64()?;
+            if r.b.len() as u64 != len {
+                return None;
+            }
+            let body = stored.slice(stored.len() - r.b.len()..);
+            Some(Record::Entry(HttpEntry {
+                status,
+                headers,
+                body,
+                freshness,
+                vary,
+            }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_indexes_round_trip_and_garbage_never_panics() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let e = HttpEntry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from("body"),
+            freshness: Freshness {
+                response_time: 5,
+                initial_age: 1,
+                lifetime: 60,
+                must_revalidate: true,
+                stale_while_revalidate: 2,
+                stale_if_error: 3,
+            },
+            vary: vec![
+                (
+                    HeaderName::from_static("accept-encoding"),
+                    Some(b"gzip".to_vec()),
+                ),
+                (HeaderName::from_static("accept-language"), None),
+            ],
+        };
+        let bytes = encode_entry(&e).unwrap();
+        let Some(Record::Entry(d)) = decode(&bytes) else {
+            panic!("not an entry")
+        };
+        assert_eq!(
+            (d.status, &d.body, d.freshness),
+            (e.status, &e.body, e.freshness)
+        );
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(d.vary, e.vary);
+        let idx = encode_index(7, &[HeaderName::from_static("accept")]).unwrap();
+        assert!(matches!(decode(&idx), Some(Record::Index { epoch: 7, .. })));
+        for cut in 0..bytes.len() {
+            assert!(
+                decode(&bytes.slice(..cut)).is_none(),
+                "a record cut at {cut} must not decode"
+            );
+        }
+        let mut x = 88172645463325252u64;
+        for len in 0..500 {
+            let g: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode(&Bytes::from(g));
+        }
+    }
+}

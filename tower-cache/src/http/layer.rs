@@ -1,0 +1,846 @@
+//! [`HttpCacheLayer`]: a shared HTTP cache (RFC 9111) in front of any `http` service.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hasher;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::Notify;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::entry::{self, HttpEntry, Record};
+use super::headers;
+use super::policy::{self, HttpPolicy, RequestRules};
+use crate::cache::{Cache, Found};
+use crate::entry::{EntryMeta, Tags};
+use crate::generation::Ticket;
+use crate::BoxError;
+
+/// Default largest body stored: 1 MiB. Larger bodies stream through unstored.
+pub const DEFAULT_MAX_STORED_BODY: usize = 1 << 20;
+/// Default time a URL whose response may never be stored (`no-store`, `private`,
+/// `Set-Cookie`, `Vary: *`) is passed without waiting on other requests: 10 s.
+pub const DEFAULT_HTTP_PASS_TTL: Duration = Duration::from_secs(10);
+/// Default longest wait of a request for another one fetching the same URL: 10 s.
+pub const DEFAULT_COLLAPSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a response came from, as the status header says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    HitMemory,
+    HitDisk,
+    Miss,
+    Pass,
+}
+
+impl Status {
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Status::HitMemory => "HIT-MEM",
+            Status::HitDisk => "HIT-DISK",
+            Status::Miss => "MISS",
+            Status::Pass => "PASS",
+        })
+    }
+}
+
+/// A shared HTTP cache in front of an `http` service; see the [module docs](super).
+///
+/// A plain configuration: cheap to clone, every setting changeable on a clone. Clones
+/// share the store and the table of requests in flight.
+#[derive(Clone)]
+pub struct HttpCacheLayer {
+    store: Cache,
+    policy: HttpPolicy,
+    max_body: usize,
+    status_header: Option<HeaderName>,
+    pass_ttl: Duration,
+    collapse_wait: Duration,
+    inflight: Arc<Inflight>,
+}
+
+impl fmt::Debug for HttpCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheLayer")
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .field("max_body", &self.max_body)
+            .field("status_header", &self.status_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCacheLayer {
+    /// A cache in `store` with the RFC 9111 shared-cache policy and the defaults: bodies
+    /// up to 1 MiB stored, an `x-cache` status header.
+    pub fn new(store: Cache) -> Self {
+        Self {
+            store,
+            policy: HttpPolicy::default(),
+            max_body: DEFAULT_MAX_STORED_BODY,
+            status_header: Some(HeaderName::from_static("x-cache")),
+            pass_ttl: DEFAULT_HTTP_PASS_TTL,
+            collapse_wait: DEFAULT_COLLAPSE_WAIT,
+            inflight: Arc::default(),
+        }
+    }
+
+    /// The policy's settings (heuristic freshness, default TTL, `Set-Cookie`).
+    pub fn policy(mut self, policy: HttpPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The largest body stored; larger ones stream through and are not stored.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// The response header that says where a response came from (`HIT-MEM`, `HIT-DISK`,
+    /// `MISS`, `PASS`); `None` for no header. Default `x-cache`.
+    pub fn status_header(mut self, name: Option<HeaderName>) -> Self {
+        self.status_header = name;
+        self
+    }
+
+    /// How long a URL whose response may never be stored is passed straight through
+    /// (Varnish's hit-for-pass). Raised to at least a millisecond.
+    pub fn pass_ttl(mut self, ttl: Duration) -> Self {
+        self.pass_ttl = ttl.clamp(Duration::from_millis(1), crate::error::MAX_TTL);
+        self
+    }
+
+    /// How long a request waits for another one fetching the same URL before it asks the
+    /// origin itself.
+    pub fn collapse_wait(mut self, wait: Duration) -> Self {
+        self.collapse_wait = wait;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Cache {
+        &self.store
+    }
+}
+
+impl<S> Layer<S> for HttpCacheLayer {
+    type Service = HttpCacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpCacheService {
+            inner,
+            config: Arc::new(self.clone()),
+        }
+    }
+}
+
+/// The service of an [`HttpCacheLayer`].
+///
+/// `poll_ready` is always ready: a hit never waits for the inner service. A miss waits for
+/// the inner service's readiness in its response future, on a clone of it.
+pub struct HttpCacheService<S> {
+    inner: S,
+    config: Arc<HttpCacheLayer>,
+}
+
+impl<S: Clone> Clone for HttpCacheService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for HttpCacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S> HttpCacheService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = Result<T, BoxError>> + Send>>;
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for HttpCacheService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<HttpCacheBody<ResB>>;
+    type Error = BoxError;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move { handle(config, inner, req).await })
+    }
+}
+
+async fn call_inner<S, ReqB, ResB>(
+    mut inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<ResB>, BoxError>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    std::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    inner.call(req).await.map_err(Into::into)
+}
+
+/// The key of a request's URL: host and path with query (method-independent: a HEAD is
+/// answered from a stored GET).
+fn primary_key<B>(req: &Request<B>) -> String {
+    let host = req
+        .headers()
+        .get(::http::header::HOST)
+        .and_then(headers::text)
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    // No scheme: a server sees origin-form requests (no scheme), a proxy absolute-form
+    // ones, and both must find the same entry.
+    format!("http:{}{}", host.to_ascii_lowercase(), path)
+}
+
+/// The key of one variant of a URL: its index's epoch and a hash of the request's values
+/// of the headers the responses vary on (the values themselves are stored and compared).
+fn variant_key(primary: &str, epoch: u64, values: &[(HeaderName, Option<Vec<u8>>)]) -> String {
+    // FNV-1a: stable across builds, so keys on disk survive an upgrade.
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    for (name, value) in values {
+        h.write(name.as_str().as_bytes());
+        match value {
+            Some(v) => {
+                h.write(&[1]);
+                h.write(&(v.len() as u64).to_le_bytes());
+                h.write(v);
+            }
+            None => h.write(&[0]),
+        }
+    }
+    format!("{primary}\u{1f}v{epoch:x}.{:016x}", h.finish())
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+fn vary_values(req: &HeaderMap, names: &[HeaderName]) -> Vec<(HeaderName, Option<Vec<u8>>)> {
+    names
+        .iter()
+        .map(|n| (n.clone(), headers::vary_value(req, n)))
+        .collect()
+}
+
+/// A random epoch for a new index.
+fn new_epoch() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut h = Fnv(t);
+    h.write(&std::process::id().to_le_bytes());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    h.write(
+        &NEXT
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes(),
+    );
+    h.finish()
+}
+
+/// What a lookup found for a request.
+enum Looked {
+    /// A stored response that may answer the request.
+    Hit(HttpEntry, Status),
+    /// Nothing usable; the index of the URL's variants, if there is one.
+    Miss {
+        index: Option<(u64, Vec<HeaderName>)>,
+    },
+    /// The URL is marked pass.
+    Pass,
+}
+
+async fn look_up(store: &Cache, primary: &str, req: &HeaderMap, rules: &RequestRules) -> Looked {
+    let now = policy::unix_ms(SystemTime::now());
+    let (bytes, from_disk) = match store.lookup(primary).await {
+        Found::Hit(s, disk) => (s.value, disk),
+        Found::Pass => return Looked::Pass,
+        Found::Leader(_) => return Looked::Miss { index: None },
+    };
+    let (entry, from_disk, index) = match entry::decode(&bytes) {
+        Some(Record::Entry(e)) => (e, from_disk, None),
+        Some(Record::Index { epoch, names }) => {
+            let values = vary_values(req, &names);
+            let key = variant_key(primary, epoch, &values);
+            let index = Some((epoch, names));
+            match store.lookup(&key).await {
+                Found::Hit(s, disk) => match entry::decode(&s.value) {
+                    Some(Record::Entry(e)) if e.vary == values => (e, disk, index),
+                    _ => return Looked::Miss { index },
+                },
+                _ => return Looked::Miss { index },
+            }
+        }
+        None => return Looked::Miss { index: None },
+    };
+    // An entry stored without Vary under the primary key answers any request; one with
+    // Vary was matched above.
+    if index.is_none() && !entry.vary.is_empty() {
+        return Looked::Miss { index: None };
+    }
+    if policy::servable(&entry.freshness, rules, now) {
+        let status = if from_disk {
+            Status::HitDisk
+        } else {
+            Status::HitMemory
+        };
+        Looked::Hit(entry, status)
+    } else {
+        Looked::Miss { index }
+    }
+}
+
+/// Whether a client's conditional GET/HEAD is satisfied by `entry` (RFC 9110 section
+/// 13.1): answer 304.
+fn not_modified(req: &HeaderMap, entry: &HttpEntry) -> bool {
+    if let Some(inm) = headers::if_none_match(req) {
+        return match (inm, headers::etag(&entry.headers)) {
+            (None, _) => true,
+            (Some(tags), Some(etag)) => tags.iter().any(|t| t.weak_eq(&etag)),
+            (Some(_), None) => false,
+        };
+    }
+    if let Some(Ok(since)) = headers::date(req, ::http::header::IF_MODIFIED_SINCE) {
+        if let Some(Ok(modified)) = headers::date(&entry.headers, ::http::header::LAST_MODIFIED) {
+            return modified <= since;
+        }
+    }
+    false
+}
+
+fn respond_from<B>(
+    config: &HttpCacheLayer,
+    entry: HttpEntry,
+    status: Status,
+    method: &Method,
+    req: &HeaderMap,
+) -> Response<HttpCacheBody<B>> {
+    let age = entry.freshness.age(policy::unix_ms(SystemTime::now()));
+    let unchanged = not_modified(req, &entry);
+    let mut headers = entry.headers;
+    headers.insert(::http::header::AGE, HeaderValue::from(age));
+    if let Some(name) = &config.status_header {
+        headers.insert(name.clone(), status.value());
+    }
+    let (code, body) = if unchanged {
+        // RFC 9110 section 15.4.5: the fields a 200 would have sent, no content.
+        headers.remove(::http::header::CONTENT_LENGTH);
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else if method == Method::HEAD {
+        (entry.status, Bytes::new())
+    } else {
+        (entry.status, entry.body)
+    };
+    let mut res = Response::new(HttpCacheBody::full(body));
+    *res.status_mut() = code;
+    *res.headers_mut() = headers;
+    res
+}
+
+fn mark<B>(config: &HttpCacheLayer, res: &mut Response<B>, status: Status) {
+    if let Some(name) = &config.status_header {
+        res.headers_mut().insert(name.clone(), status.value());
+    }
+}
+
+fn passthrough<B>(config: &HttpCacheLayer, res: Response<B>) -> Response<HttpCacheBody<B>> {
+    let mut res = res.map(HttpCacheBody::streaming);
+    mark(config, &mut res, Status::Pass);
+    res
+}
+
+/// Invalidates the URLs a successful unsafe request changed (RFC 9111 section 4.4): the
+/// target URI and same-origin `Location` and `Content-Location`.
+async fn invalidate_after<B>(store: &Cache, req_key: &str, req: &Request<B>, res: &Response<()>) {
+    if !(res.status().is_success() || res.status().is_redirection()) {
+        return;
+    }
+    let _ = store.delete(req_key).await;
+    let authority = req
+        .headers()
+        .get(::http::header::HOST)
+        .and_then(headers::text)
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    for name in [::http::header::LOCATION, ::http::header::CONTENT_LOCATION] {
+        let Some(target) = res.headers().get(&name).and_then(headers::text) else {
+            continue;
+        };
+        let Ok(uri) = target.parse::<::http::Uri>() else {
+            continue;
+        };
+        // Same origin only: a relative reference, or the request's own host.
+        let same_origin = match uri.authority() {
+            None => true,
+            Some(a) => authority.is_some_and(|h| h.eq_ignore_ascii_case(a.as_str())),
+        };
+        if !same_origin || !uri.path().starts_with('/') {
+            continue;
+        }
+        let mut b = Request::builder().uri(uri.path_and_query().map_or("/", |p| p.as_str()));
+        if let Some(h) = authority {
+            b = b.header(::http::header::HOST, h);
+        }
+        if let Ok(r) = b.body(()) {
+            let _ = store.delete(&primary_key(&r)).await;
+        }
+    }
+}
+
+async fn handle<S, ReqB, ResB>(
+    config: Arc<HttpCacheLayer>,
+    inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<HttpCacheBody<ResB>>, BoxError>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let store = &config.store;
+    let method = req.method().clone();
+    let primary = primary_key(&req);
+    if method != Method::GET && method != Method::HEAD {
+        let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE | Method::CONNECT);
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts.clone(), ());
+        let res = call_inner(inner, Request::from_parts(parts, body)).await?;
+        if unsafe_method {
+            let mut seen = Response::new(());
+            *seen.status_mut() = res.status();
+            for name in [::http::header::LOCATION, ::http::header::CONTENT_LOCATION] {
+                if let Some(v) = res.headers().get(&name) {
+                    seen.headers_mut().insert(name, v.clone());
+                }
+            }
+            invalidate_after(store, &primary, &head, &seen).await;
+        }
+        return Ok(passthrough(&config, res));
+    }
+    let rules = RequestRules::of(req.headers());
+    if rules.no_store || req.headers().contains_key(::http::header::RANGE) {
+        let res = call_inner(inner, req).await?;
+        return Ok(passthrough(&config, res));
+    }
+    let mut looked = look_up(store, &primary, req.headers(), &rules).await;
+    // One request per URL asks the origin; the others wait for it, then look again.
+    // Conditional requests go on their own (the origin may answer them 304).
+    let conditional = req.headers().contains_key(::http::header::IF_NONE_MATCH)
+        || req
+            .headers()
+            .contains_key(::http::header::IF_MODIFIED_SINCE);
+    let mut leader = None;
+    if method == Method::GET
+        && matches!(looked, Looked::Miss { .. })
+        && !rules.only_if_cached
+        && !conditional
+    {
+        match config.inflight.join(&primary) {
+            Join::Leader(guard) => leader = Some(guard),
+            Join::Wait(notified) => {
+                let _ = tokio::time::timeout(config.collapse_wait, notified).await;
+                looked = look_up(store, &primary, req.headers(), &rules).await;
+            }
+        }
+    }
+    let index = match looked {
+        Looked::Hit(entry, status) => {
+            return Ok(respond_from(&config, entry, status, &method, req.headers()));
+        }
+        Looked::Pass => {
+            let res = call_inner(inner, req).await?;
+            return Ok(passthrough(&config, res));
+        }
+        Looked::Miss { index } => index,
+    };
+    if rules.only_if_cached {
+        // RFC 9111 section 5.2.1.7.
+        let mut res = Response::new(HttpCacheBody::full(Bytes::new()));
+        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        mark(&config, &mut res, Status::Miss);
+        return Ok(res);
+    }
+    // Tickets before the origin is asked: a write of the URL from now on voids the fill.
+    let primary_ticket = store.ticket(&primary);
+    let req_headers = req.headers().clone();
+    let request_time = SystemTime::now();
+    let res = call_inner(inner, req).await?;
+    let response_time = SystemTime::now();
+    let decision = policy::storable(
+        &config.policy,
+        &method,
+        &req_headers,
+        res.status(),
+        res.headers(),
+        request_time,
+        response_time,
+    );
+    let freshness = match decision {
+        Ok(f) => f,
+        Err(why) => {
+            if response_never_storable(res.headers()) {
+                store.mark_pass_key(&primary, config.pass_ttl);
+            }
+            tracing::trace!(key = primary, why, "response not stored");
+            return Ok(passthrough(&config, res));
+        }
+    };
+    if res.body().size_hint().lower() > config.max_body as u64 {
+        return Ok(passthrough(&config, res));
+    }
+    let names = headers::vary(res.headers()).unwrap_or_default();
+    let (key, index_record) = if names.is_empty() {
+        (primary.clone(), None)
+    } else {
+        let epoch = match index {
+            Some((epoch, old)) if old == names => epoch,
+            _ => new_epoch(),
+        };
+        let values = vary_values(&req_headers, &names);
+        (
+            variant_key(&primary, epoch, &values),
+            entry::encode_index(epoch, &names),
+        )
+    };
+    let ticket = if key == primary {
+        primary_ticket.clone()
+    } else {
+        store.ticket(&key)
+    };
+    let (mut parts, body) = res.into_parts();
+    let mut stored_headers = parts.headers.clone();
+    headers::strip_hop_by_hop(&mut stored_headers);
+    stored_headers.remove(::http::header::AGE);
+    if let Some(name) = &config.status_header {
+        stored_headers.remove(name);
+    }
+    let tags = surrogate_keys(&parts.headers);
+    let job = StoreJob {
+        store: config.store.clone(),
+        primary,
+        key,
+        index: index_record.map(|i| (i, primary_ticket)),
+        head: HttpEntry {
+            status: parts.status,
+            headers: stored_headers,
+            body: Bytes::new(),
+            freshness,
+            vary: vary_values(&req_headers, &names),
+        },
+        tags,
+        ticket,
+        _leader: leader,
+    };
+    if let Some(name) = &config.status_header {
+        parts.headers.insert(name.clone(), Status::Miss.value());
+    }
+    Ok(Response::from_parts(
+        parts,
+        HttpCacheBody::tee(body, config.max_body, job),
+    ))
+}
+
+/// Whether a response may never be stored whoever asks (so the URL is worth marking
+/// pass), as opposed to one the request made unstorable.
+fn response_never_storable(res: &HeaderMap) -> bool {
+    let cc = headers::CacheControl::parse(res);
+    cc.no_store
+        || cc.private
+        || res.contains_key(::http::header::SET_COOKIE)
+        || headers::vary(res).is_none()
+}
+
+/// Tags from `Surrogate-Key` and `xkey` (space-separated), stored with the entry.
+fn surrogate_keys(res: &HeaderMap) -> Tags {
+    res.get_all("surrogate-key")
+        .iter()
+        .chain(res.get_all("xkey").iter())
+        .filter_map(headers::text)
+        .flat_map(str::split_ascii_whitespace)
+        .take(256)
+        .map(|t| t.chars().take(256).collect::<String>())
+        .collect()
+}
+
+/// What a streamed body stores once it ends whole within the limit.
+struct StoreJob {
+    store: Cache,
+    primary: String,
+    key: String,
+    index: Option<(Bytes, Ticket)>,
+    head: HttpEntry,
+    tags: Tags,
+    ticket: Ticket,
+    /// Held until the body ends: requests waiting for this URL wake when it drops.
+    _leader: Option<LeaderGuard>,
+}
+
+impl StoreJob {
+    fn finish(self, body: Bytes) {
+        let now = policy::unix_ms(SystemTime::now());
+        let ttl = self.head.freshness.keep_for(now);
+        let entry = HttpEntry { body, ..self.head };
+        let Some(bytes) = entry::encode_entry(&entry) else {
+            return;
+        };
+        let meta = EntryMeta {
+            version: 0,
+            tags: self.tags.clone(),
+        };
+        if let Some((index, ticket)) = self.index {
+            let _ =
+                self.store
+                    .store_loaded(&self.primary, index, ttl, EntryMeta::default(), ticket);
+        }
+        if let Err(e) = self
+            .store
+            .store_loaded(&self.key, bytes, ttl, meta, self.ticket)
+        {
+            tracing::debug!(error = %e, key = self.key, "response not stored");
+        }
+    }
+}
+
+// === single flight ===
+
+/// The URLs being fetched, each with the requests waiting for it.
+#[derive(Default)]
+struct Inflight {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+enum Join {
+    Leader(LeaderGuard),
+    Wait(tokio::sync::futures::OwnedNotified),
+}
+
+impl Inflight {
+    fn join(self: &Arc<Self>, key: &str) -> Join {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get(key) {
+            // Created under the lock, before the leader can notify: no wake-up is lost.
+            return Join::Wait(n.clone().notified_owned());
+        }
+        map.insert(key.to_owned(), Arc::new(Notify::new()));
+        Join::Leader(LeaderGuard {
+            inflight: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// The right to fetch a URL for everyone; dropping it wakes the waiters.
+struct LeaderGuard {
+    inflight: Arc<Inflight>,
+    key: String,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        let removed = self
+            .inflight
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        if let Some(n) = removed {
+            n.notify_waiters();
+        }
+    }
+}
+
+// === body ===
+
+pin_project! {
+    /// The body of a response from an [`HttpCacheService`]: stored bytes, the origin's
+    /// body passed through, or the origin's body streamed through while a copy is kept
+    /// for the store.
+    pub struct HttpCacheBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyProj]
+    enum BodyKind<B> {
+        Full { data: Option<Bytes> },
+        Streaming { #[pin] inner: B },
+        Tee {
+            #[pin]
+            inner: B,
+            copy: BytesMut,
+            limit: usize,
+            job: Option<StoreJob>,
+        },
+    }
+}
+
+impl<B> fmt::Debug for HttpCacheBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> Default for HttpCacheBody<B> {
+    fn default() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl<B> HttpCacheBody<B> {
+    fn full(data: Bytes) -> Self {
+        Self {
+            kind: BodyKind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    fn streaming(inner: B) -> Self {
+        Self {
+            kind: BodyKind::Streaming { inner },
+        }
+    }
+
+    fn tee(inner: B, limit: usize, job: StoreJob) -> Self {
+        Self {
+            kind: BodyKind::Tee {
+                inner,
+                copy: BytesMut::new(),
+                limit,
+                job: Some(job),
+            },
+        }
+    }
+}
+
+impl<B> Body for HttpCacheBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyProj::Streaming { inner } => inner.poll_frame(cx).map_err(Into::into),
+            BodyProj::Tee {
+                inner,
+                copy,
+                limit,
+                job,
+            } => match std::task::ready!(inner.poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        if copy.len().saturating_add(data.len()) > *limit {
+                            // Over the limit: streams on, is not stored; waiters go on.
+                            job.take();
+                            *copy = BytesMut::new();
+                        } else if job.is_some() {
+                            copy.extend_from_slice(data);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    // An aborted body is not stored.
+                    job.take();
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                None => {
+                    if let Some(job) = job.take() {
+                        job.finish(std::mem::take(copy).freeze());
+                    }
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full { data } => data.is_none(),
+            BodyKind::Streaming { inner } => inner.is_end_stream(),
+            // Reported false until the inner body says it is done by returning None, so
+            // that the copy is stored.
+            BodyKind::Tee { job, inner, .. } => job.is_none() && inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            BodyKind::Streaming { inner } | BodyKind::Tee { inner, .. } => inner.size_hint(),
+        }
+    }
+}

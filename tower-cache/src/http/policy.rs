@@ -1,0 +1,286 @@
+//! The rules of a shared HTTP cache (RFC 9111): what may be stored, for how long, and
+//! what may be served to which request.
+
+use std::time::{Duration, SystemTime};
+
+use ::http::{HeaderMap, Method, StatusCode};
+
+use super::headers::{self, CacheControl, Delta};
+
+/// Settings of the HTTP policy; the defaults follow RFC 9111 for a shared cache and store
+/// only what a response says may be stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HttpPolicy {
+    store_set_cookie: bool,
+    heuristic: Option<(f64, Duration)>,
+    default_ttl: Option<Duration>,
+}
+
+impl HttpPolicy {
+    /// The RFC 9111 shared-cache policy with its conservative defaults: no heuristic
+    /// freshness, no default TTL, responses with `Set-Cookie` not stored.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores responses that carry `Set-Cookie` (off by default: a session cookie stored
+    /// in a shared cache is handed to every client). Turn on only when the origin's cookies
+    /// are the same for everyone.
+    pub fn store_set_cookie(mut self, store: bool) -> Self {
+        self.store_set_cookie = store;
+        self
+    }
+
+    /// Heuristic freshness (RFC 9111 section 4.2.2) for responses without explicit
+    /// freshness but with `Last-Modified` and a status cacheable by default: `fraction`
+    /// of the time since the last modification (10% is usual), at most `max`. Off by
+    /// default. A fraction outside `[0, 1]` is clamped.
+    pub fn heuristic(mut self, fraction: f64, max: Duration) -> Self {
+        let fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self.heuristic = Some((fraction, max));
+        self
+    }
+
+    /// A freshness lifetime for responses that state none and have a status cacheable by
+    /// default (after the heuristic, if that is on). Off by default.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+}
+
+/// What a request asks of the cache (RFC 9111 section 5.2.1).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestRules {
+    pub(crate) no_store: bool,
+    /// `no-cache`, or `Pragma: no-cache` without `Cache-Control`: a stored response may
+    /// not be used without validation.
+    pub(crate) no_cache: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) max_stale: Option<u64>,
+    pub(crate) min_fresh: u64,
+    pub(crate) only_if_cached: bool,
+}
+
+impl RequestRules {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let cc = CacheControl::parse(headers);
+        let has_cc = headers.contains_key(::http::header::CACHE_CONTROL);
+        Self {
+            no_store: cc.no_store,
+            no_cache: cc.no_cache || (!has_cc && headers::pragma_no_cache(headers)),
+            // An invalid request max-age asks for nothing stored: 0.
+            max_age: cc.max_age.map(|d| d.or(0)),
+            // An invalid max-stale accepts no staleness.
+            max_stale: cc.max_stale.map(|d| d.or(0)),
+            min_fresh: cc.min_fresh.map_or(0, |d| d.or(headers::DELTA_MAX)),
+            only_if_cached: cc.only_if_cached,
+        }
+    }
+}
+
+/// Why a response is not stored; also the reason a response is passed.
+pub(crate) type NotStored = &'static str;
+
+/// The freshness of a stored response (RFC 9111 section 4.2), as stored with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// When the response was received, Unix milliseconds (so that a response stored half
+    /// a second ago is not of age 0 to a request's `max-age=0`).
+    pub(crate) response_time: u64,
+    /// Its age when received (RFC 9111 section 4.2.3 `corrected_initial_age`).
+    pub(crate) initial_age: u64,
+    /// Its freshness lifetime, seconds.
+    pub(crate) lifetime: u64,
+    /// Must not be served stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
+    pub(crate) must_revalidate: bool,
+    /// `stale-while-revalidate` and `stale-if-error` windows, seconds.
+    pub(crate) stale_while_revalidate: u64,
+    pub(crate) stale_if_error: u64,
+}
+
+impl Freshness {
+    /// The age of the response at `now_ms` (Unix milliseconds), in milliseconds.
+    pub(crate) fn age_ms(&self, now_ms: u64) -> u64 {
+        self.initial_age
+            .saturating_mul(1000)
+            .saturating_add(now_ms.saturating_sub(self.response_time))
+    }
+
+    /// The age in whole seconds, as the `Age` header gives it.
+    pub(crate) fn age(&self, now_ms: u64) -> u64 {
+        self.age_ms(now_ms) / 1000
+    }
+
+    /// How long to keep the entry from `now_ms`: what freshness it has left plus the
+    /// stale windows it may still be served in.
+    pub(crate) fn keep_for(&self, now_ms: u64) -> Duration {
+        let left = self.lifetime.saturating_sub(self.age(now_ms));
+        let stale = if self.must_revalidate {
+            0
+        } else {
+            self.stale_while_revalidate.max(self.stale_if_error)
+        };
+        Duration::from_secs(left.saturating_add(stale).clamp(1, headers::DELTA_MAX))
+    }
+}
+
+/// Statuses a response may be stored with on heuristic freshness (RFC 9110 section
+/// 15.1).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether a response may be stored, and if so its freshness (RFC 9111 section 3).
+///
+/// `request_time` and `response_time` are when the request was sent and the response
+/// head received.
+pub(crate) fn storable(
+    policy: &HttpPolicy,
+    method: &Method,
+    req: &HeaderMap,
+    status: StatusCode,
+    res: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Result<Freshness, NotStored> {
+    if method != Method::GET {
+        return Err("method is not GET");
+    }
+    if req.contains_key(::http::header::RANGE) || status == StatusCode::PARTIAL_CONTENT {
+        // Ranges are passed through, never stored.
+        return Err("range request or partial content");
+    }
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
+        return Err("status is not a final, complete response");
+    }
+    let req_cc = CacheControl::parse(req);
+    if req_cc.no_store {
+        return Err("request no-store");
+    }
+    let cc = CacheControl::parse(res);
+    if cc.no_store {
+        return Err("response no-store");
+    }
+    if cc.private {
+        return Err("response private");
+    }
+    if req.contains_key(::http::header::AUTHORIZATION)
+        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+    {
+        // RFC 9111 section 3.5.
+        return Err("request has Authorization and the response does not allow sharing");
+    }
+    if !policy.store_set_cookie && res.contains_key(::http::header::SET_COOKIE) {
+        return Err("response sets a cookie");
+    }
+    if headers::vary(res).is_none() {
+        return Err("Vary: *");
+    }
+    if cc.no_cache {
+        // Must be validated on every use; without validation support, storing it gains
+        // nothing, and never storing it is always correct.
+        return Err("response no-cache");
+    }
+    let date = match headers::date(res, ::http::header::DATE) {
+        Some(Ok(d)) => d,
+        // Missing or invalid Date: the time it was received (RFC 9110 section 6.6.1).
+        _ => response_time,
+    };
+    let lifetime = if let Some(s) = cc.s_maxage {
+        s.or(0)
+    } else if let Some(m) = cc.max_age {
+        m.or(0)
+    } else if let Some(expires) = headers::date(res, ::http::header::EXPIRES) {
+        match expires {
+            Ok(e) => headers::secs_between(date, e),
+            // Invalid, e.g. "0": already expired.
+            Err(()) => 0,
+        }
+    } else if heuristically_cacheable(status) || cc.public {
+        heuristic(policy, res, date).unwrap_or(0)
+    } else {
+        return Err("status is not cacheable by default and no freshness is given");
+    };
+    if lifetime == 0 {
+        return Err("no freshness lifetime");
+    }
+    // RFC 9111 section 4.2.3.
+    let now = unix_ms(response_time);
+    let apparent_age = headers::secs_between(date, response_time);
+    let response_delay = headers::secs_between(request_time, response_time);
+    let corrected_age_value = headers::age(res)
+        .unwrap_or(0)
+        .saturating_add(response_delay);
+    let initial_age = apparent_age.max(corrected_age_value);
+    if initial_age >= lifetime && (cc.must_revalidate || cc.proxy_revalidate) {
+        return Err("stale on arrival and must be revalidated");
+    }
+    Ok(Freshness {
+        response_time: now,
+        initial_age,
+        lifetime,
+        must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+        stale_while_revalidate: window(cc.stale_while_revalidate),
+        stale_if_error: window(cc.stale_if_error),
+    })
+}
+
+fn window(d: Option<Delta>) -> u64 {
+    d.map_or(0, |d| d.or(0))
+}
+
+/// Heuristic freshness, or the default TTL, when the policy allows them.
+fn heuristic(policy: &HttpPolicy, res: &HeaderMap, date: SystemTime) -> Option<u64> {
+    if let Some((fraction, max)) = policy.heuristic {
+        if let Some(Ok(modified)) = headers::date(res, ::http::header::LAST_MODIFIED) {
+            let since = headers::secs_between(modified, date) as f64;
+            let secs = (since * fraction).min(max.as_secs() as f64) as u64;
+            if secs > 0 {
+                return Some(secs);
+            }
+        }
+    }
+    policy
+        .default_ttl
+        .map(|t| t.as_secs().min(headers::DELTA_MAX))
+}
+
+/// Whether a stored response with `freshness` may answer a request with `rules` at
+/// `now_ms` (Unix milliseconds) without contacting the origin (RFC 9111 sections 4 and
+/// 5.2.1).
+pub(crate) fn servable(freshness: &Freshness, rules: &RequestRules, now_ms: u64) -> bool {
+    if rules.no_cache {
+        return false;
+    }
+    let age = i128::from(freshness.age_ms(now_ms));
+    if rules
+        .max_age
+        .is_some_and(|max| age > i128::from(max) * 1000)
+    {
+        return false;
+    }
+    let left = i128::from(freshness.lifetime) * 1000 - age;
+    if left > 0 {
+        return left >= i128::from(rules.min_fresh) * 1000;
+    }
+    // Stale: only as far as the request allows, and never when it must be revalidated.
+    !freshness.must_revalidate
+        && rules.min_fresh == 0
+        && rules
+            .max_stale
+            .is_some_and(|max| -left <= i128::from(max) * 1000)
+}
+
+/// Unix milliseconds of `t`.
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
