@@ -132,6 +132,22 @@ impl HttpCacheLayer {
     }
 }
 
+/// Default byte bound of the memory tier of [`HttpCacheLayer::default`]: 64 MiB.
+pub const DEFAULT_HTTP_MEMORY_BYTES: u64 = 64 << 20;
+
+impl Default for HttpCacheLayer {
+    /// The common case in one line: the RFC 9111 shared-cache policy over a 64 MiB memory
+    /// tier. For a disk tier or other bounds, build a [`Cache`] and use
+    /// [`HttpCacheLayer::new`].
+    fn default() -> Self {
+        let memory = crate::MemoryTier::builder()
+            .bytes_only(DEFAULT_HTTP_MEMORY_BYTES)
+            .build()
+            .expect("a 64 MiB byte bound is a valid memory tier");
+        Self::new(Cache::new(memory))
+    }
+}
+
 impl<S> Layer<S> for HttpCacheLayer {
     type Service = HttpCacheService<S>;
 
@@ -187,22 +203,25 @@ impl<S> HttpCacheService<S> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = Result<T, BoxError>> + Send>>;
+type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for HttpCacheService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Into<BoxError>,
+    S::Error: Send + 'static,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
     type Response = Response<HttpCacheBody<ResB>>;
-    type Error = BoxError;
-    type Future = BoxFuture<Self::Response>;
+    /// The inner service's error, passed on as it is: the cache adds no error of its own
+    /// (its faults degrade to the origin), so over an infallible service (an axum router,
+    /// say) the cache is infallible too and needs no `HandleErrorLayer`.
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         Poll::Ready(Ok(()))
     }
 
@@ -216,15 +235,12 @@ where
 async fn call_inner<S, ReqB, ResB>(
     mut inner: S,
     req: Request<ReqB>,
-) -> Result<Response<ResB>, BoxError>
+) -> Result<Response<ResB>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
 {
-    std::future::poll_fn(|cx| inner.poll_ready(cx))
-        .await
-        .map_err(Into::into)?;
-    inner.call(req).await.map_err(Into::into)
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    inner.call(req).await
 }
 
 /// The key of a request's URL: host and path with query (method-independent: a HEAD is
@@ -450,11 +466,11 @@ async fn handle<S, ReqB, ResB>(
     config: Arc<HttpCacheLayer>,
     inner: S,
     req: Request<ReqB>,
-) -> Result<Response<HttpCacheBody<ResB>>, BoxError>
+) -> Result<Response<HttpCacheBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Into<BoxError>,
+    S::Error: Send + 'static,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,

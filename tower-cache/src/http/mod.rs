@@ -1,5 +1,58 @@
-//! The HTTP pieces: a key for `http::Request`, a store policy and a codec for
-//! `http::Response`, and the response body they produce.
+//! HTTP caching: [`HttpCacheLayer`], a shared cache that follows RFC 9111, and the
+//! simpler pieces for [`CacheLayer`](crate::CacheLayer).
+//!
+//! # The shared cache
+//!
+//! [`HttpCacheLayer`] behaves as a shared cache (Varnish, Squid, nginx's `proxy_cache`)
+//! must, and errs on the side of storing less:
+//!
+//! - **What is stored** (RFC 9111 section 3): responses to `GET` with a final status and
+//!   explicit freshness (`s-maxage`, which wins, then `max-age`, then `Expires`); statuses
+//!   cacheable by default only with heuristic freshness or a default TTL, both opt-in
+//!   ([`HttpPolicy`]). Never `no-store`, `private` (qualified or not), `Set-Cookie`
+//!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, `206` or `Range` requests
+//!   (passed through). A response to a request with `Authorization` only with `public`,
+//!   `s-maxage` or `must-revalidate` (section 3.5). `no-cache` responses and responses
+//!   with no freshness left are not stored (they would need validation on every use).
+//! - **What is served** (sections 4 and 5.2.1): a stored response while fresh, within the
+//!   request's `max-age` and `min-fresh`; stale only within the request's `max-stale`, and
+//!   never with `must-revalidate`, `proxy-revalidate` or `s-maxage`. Request `no-cache`
+//!   (or `Pragma: no-cache` without `Cache-Control`) goes to the origin; `no-store`
+//!   bypasses; `only-if-cached` answers `504` when nothing fits. Age is computed as
+//!   section 4.2.3 says, with millisecond resident time.
+//! - **Vary** (section 4.1): each combination of the listed request headers (values
+//!   normalised: list elements trimmed) is its own stored variant; `Vary: Cookie` keeps
+//!   users apart.
+//! - **On the way out**: `Age` on every hit, a status header (default
+//!   `x-cache: HIT-MEM | HIT-DISK | MISS | PASS`), hop-by-hop fields (`Connection` and
+//!   the fields it names, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`,
+//!   `Upgrade`, `Proxy-*`) never stored. A `HEAD` is answered from a stored `GET`; a
+//!   client's `If-None-Match` / `If-Modified-Since` is answered `304` from a fresh entry.
+//! - **Streaming**: the head goes to the client as soon as the origin sends it; the body
+//!   streams through while a copy is kept, and the entry is stored when the body ended
+//!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;
+//!   the others wait for it (up to [`HttpCacheLayer::collapse_wait`]) and are served
+//!   what it stored. A URL whose response may never be stored is marked pass for a while
+//!   so that requests for it do not queue.
+//! - **Invalidation** (section 4.4): a successful `POST`, `PUT`, `PATCH` or `DELETE`
+//!   removes the target URI and a same-origin `Location` / `Content-Location`.
+//!   `Surrogate-Key` and `xkey` values are stored as the entry's tags.
+//!
+//! Where the RFCs leave room (duplicated or malformed directives, invalid dates), the
+//! choice made is the one that stores or serves less; see the parser's notes.
+//!
+//! One line for the common case, in axum (the cache passes the inner service's error
+//! type on, so over a router it is infallible and needs no `HandleErrorLayer`):
+//!
+//! ```
+//! use tower_cache::http::HttpCacheLayer;
+//!
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/report", axum::routing::get(|| async { ([("cache-control", "max-age=60")], "report") }))
+//!     .layer(HttpCacheLayer::default());
+//! ```
+//!
+//! The full configuration: tiers, policy, limits.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -9,19 +62,36 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_cache::http::{HttpCodec, HttpKey, StoreSuccessful};
-//! use tower_cache::{Cache, CacheLayer, MemoryTier};
+//! use tower_cache::http::{HttpCacheLayer, HttpPolicy};
+//! use tower_cache::{Cache, DiskTier, MemoryTier};
 //!
-//! let store = Cache::new(MemoryTier::builder().build()?);
-//! let layer = CacheLayer::new(store, HttpKey, HttpCodec::default(), Duration::from_secs(5))?
-//!     .store_policy(StoreSuccessful);
-//! let svc = ServiceBuilder::new().layer(layer).service_fn(|_req: Request<Full<Bytes>>| async {
-//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+//! let dir = tempfile::tempdir()?;
+//! let store = Cache::new(MemoryTier::builder().bytes_only(256 << 20).build()?)
+//!     .with_disk(DiskTier::builder(dir.path()).map_size(1 << 30).open()?);
+//! let cache = HttpCacheLayer::new(store)
+//!     .policy(HttpPolicy::new().heuristic(0.1, Duration::from_secs(3600)))
+//!     .max_body(4 << 20);
+//! let svc = ServiceBuilder::new().layer(cache).service_fn(|_req: Request<Full<Bytes>>| async {
+//!     let mut res = Response::new(Full::new(Bytes::from("hello")));
+//!     res.headers_mut().insert("cache-control", "max-age=60".parse().unwrap());
+//!     Ok::<_, std::convert::Infallible>(res)
 //! });
-//! let res = svc.oneshot(Request::get("/").body(Full::default())?).await?;
-//! assert_eq!(res.into_body().collect().await?.to_bytes(), "hello");
+//! let first = svc.clone().oneshot(Request::get("http://example.test/").body(Full::default())?).await?;
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! assert_eq!(first.into_body().collect().await?.to_bytes(), "hello");
+//! let second = svc.oneshot(Request::get("http://example.test/").body(Full::default())?).await?;
+//! assert_eq!(second.headers()["x-cache"], "HIT-MEM");
 //! # Ok(()) }
 //! ```
+//!
+//! # The simple pieces
+//!
+//! [`HttpKey`], [`StoreSuccessful`] and [`HttpCodec`] cache `http` responses through the
+//! generic [`CacheLayer`](crate::CacheLayer) by method, host and path, for a service
+//! whose responses are the same for everyone. They are not a shared-cache policy, but
+//! they refuse what would leak: `HttpKey` bypasses requests with `Authorization`,
+//! `Cookie` or `Range`, and `StoreSuccessful` refuses `no-store`, `private`, `no-cache`,
+//! `max-age=0`, `Set-Cookie`, `Vary` and partial content.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -43,14 +113,14 @@ mod layer;
 mod policy;
 
 pub use self::layer::{
-    HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_PASS_TTL,
-    DEFAULT_MAX_STORED_BODY,
+    HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
+    DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL, DEFAULT_MAX_STORED_BODY,
 };
 pub use self::policy::HttpPolicy;
 use crate::BoxError;
 
 /// Keys `GET` and `HEAD` requests by method, host and path with query; bypasses every
-/// other method.
+/// other method, and requests with `Authorization`, `Cookie` or `Range`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpKey;
 
@@ -58,6 +128,14 @@ impl<B> CacheKey<Request<B>> for HttpKey {
     fn key<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
         let method = req.method();
         if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        // What may differ per user, or is only a part: never from a shared entry.
+        let h = req.headers();
+        if h.contains_key(::http::header::AUTHORIZATION)
+            || h.contains_key(::http::header::COOKIE)
+            || h.contains_key(::http::header::RANGE)
+        {
             return None;
         }
         let host = req
@@ -71,23 +149,24 @@ impl<B> CacheKey<Request<B>> for HttpKey {
     }
 }
 
-/// Stores HTTP responses with a 2xx status and without `Cache-Control: no-store` or
-/// `private`, for the layer's TTL.
+/// Stores HTTP responses with a 2xx status for the layer's TTL, except what a shared
+/// entry must not hold: `no-store`, `private`, `no-cache`, `max-age=0`, `Set-Cookie`,
+/// `Vary` (the key does not vary) and partial content.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreSuccessful;
 
 impl<B> StorePolicy<Response<B>> for StoreSuccessful {
     fn ttl(&self, res: &Response<B>, default: Duration) -> Option<Duration> {
-        let forbidden = res
-            .headers()
-            .get_all(::http::header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| {
-                let d = d.trim();
-                d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
-            });
+        let h = res.headers();
+        let cc = headers::CacheControl::parse(h);
+        let forbidden = cc.no_store
+            || cc.private
+            || cc.no_cache
+            || cc.max_age.is_some_and(|a| a.or(0) == 0)
+            || cc.s_maxage.is_some_and(|a| a.or(0) == 0)
+            || h.contains_key(::http::header::SET_COOKIE)
+            || h.contains_key(::http::header::VARY)
+            || res.status() == StatusCode::PARTIAL_CONTENT;
         (res.status().is_success() && !forbidden).then_some(default)
     }
 }

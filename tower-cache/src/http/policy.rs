@@ -70,9 +70,12 @@ impl RequestRules {
     pub(crate) fn of(headers: &HeaderMap) -> Self {
         let cc = CacheControl::parse(headers);
         let has_cc = headers.contains_key(::http::header::CACHE_CONTROL);
+        // `max-age=0` asks for a response of age 0; a stored one has some age, however
+        // small (and clients send it to mean "reload"): go to the origin, as `no-cache`.
+        let max_age_zero = cc.max_age.is_some_and(|d| d.or(0) == 0);
         Self {
             no_store: cc.no_store,
-            no_cache: cc.no_cache || (!has_cc && headers::pragma_no_cache(headers)),
+            no_cache: cc.no_cache || max_age_zero || (!has_cc && headers::pragma_no_cache(headers)),
             // An invalid request max-age asks for nothing stored: 0.
             max_age: cc.max_age.map(|d| d.or(0)),
             // An invalid max-stale accepts no staleness.
