@@ -1102,3 +1102,272 @@ async fn rfc_9111_conformance() {
     .await
     .expect("bounded");
 }
+
+// === no user's private response reaches another ===
+
+/// An origin that personalises by `Authorization` or `Cookie` and picks, per path, how it
+/// marks the response: the body names the user it was made for ("for alice"), or says
+/// "shared" where the origin declares the response the same for everyone. Case 4 is the
+/// common mistake: a personal page with only `max-age`; the cache must not share it.
+async fn personal_origin(
+    axum::extract::Path(p): axum::extract::Path<u32>,
+    req_headers: HeaderMap,
+) -> impl IntoResponse {
+    let user_of = |name: &str| {
+        req_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(['=', ' ']).next())
+            .map(str::to_string)
+    };
+    let by_auth = user_of("authorization");
+    let user = by_auth.clone().or_else(|| user_of("cookie"));
+    let mut h = HeaderMap::new();
+    let (cc, vary, cookie, identity) = match p % 8 {
+        0 => ("private, max-age=60", None, false, user),
+        1 => ("no-store", None, false, user),
+        2 => ("max-age=60", Some("cookie, authorization"), false, user),
+        3 => ("max-age=60", None, true, user),
+        4 => ("max-age=60", None, false, user),
+        5 => ("public, max-age=60", None, false, None),
+        // Shared by declaration, varying on Authorization only: personal by that alone.
+        6 => ("s-maxage=60", Some("authorization"), false, by_auth),
+        _ => ("no-cache", None, false, user),
+    };
+    h.insert("cache-control", HeaderValue::from_static(cc));
+    if let Some(v) = vary {
+        h.insert("vary", HeaderValue::from_static(v));
+    }
+    if cookie {
+        h.insert("set-cookie", HeaderValue::from_static("session=private"));
+    }
+    let body = match identity {
+        Some(u) => format!("for {u}"),
+        None => "shared".to_string(),
+    };
+    (h, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_response_to_one_users_credentials_is_served_to_another() {
+    tokio::time::timeout(BOUND, async {
+        let app = axum::Router::new().route("/p/{n}", axum::routing::get(personal_origin));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let store = Cache::new(MemoryTier::builder().max_entries(10_000).build().unwrap());
+        let svc = HttpCacheLayer::new(store).layer(client);
+        let users = [None, Some("alice"), Some("bob"), Some("carol")];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut tasks = Vec::new();
+        for _ in 0..800 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let user = users[(x % 4) as usize];
+            let by_cookie = x & 16 != 0;
+            let path = format!("/p/{}", (x >> 8) % 24);
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut req = Request::get(format!("http://{addr}{path}"));
+                if let Some(u) = user {
+                    req = if by_cookie {
+                        req.header("cookie", format!("user={u}"))
+                    } else {
+                        req.header("authorization", format!("Bearer {u}"))
+                    };
+                }
+                let res = svc
+                    .oneshot(req.body(Full::default()).unwrap())
+                    .await
+                    .unwrap();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (user, path, String::from_utf8_lossy(&body).into_owned())
+            }));
+        }
+        let mut hits_checked = 0;
+        for t in tasks {
+            let (user, path, body) = t.await.unwrap();
+            // Whatever a user gets is either shared or made for that user.
+            let own = user.map(|u| format!("for {u}"));
+            assert!(
+                body == "shared" || Some(&body) == own.as_ref(),
+                "{user:?} asked {path} and got {body:?}"
+            );
+            hits_checked += 1;
+        }
+        assert_eq!(hits_checked, 800);
+        server.abort();
+    })
+    .await
+    .expect("bounded");
+}
+
+// === streaming and single flight ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_and_first_bytes_arrive_before_the_origin_finishes_and_the_whole_is_stored() {
+    use tokio::sync::mpsc;
+    tokio::time::timeout(BOUND, async {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = tower::service_fn({
+            let (rx, calls) = (rx.clone(), calls.clone());
+            move |_req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let rx = rx.lock().unwrap().take().expect("one origin call");
+                async move {
+                    let body = http_body_util::StreamBody::new(ChannelStream(rx));
+                    let res = http::Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            }
+        });
+        let store = Cache::new(MemoryTier::builder().max_entries(100).build().unwrap());
+        let svc = HttpCacheLayer::new(store).layer(origin);
+        let res = svc
+            .clone()
+            .oneshot(
+                Request::get("http://t/stream")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers()["x-cache"],
+            "MISS",
+            "the head came before the body ended"
+        );
+        let mut body = res.into_body();
+        tx.send(Ok(Bytes::from("first "))).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            frame.into_data().unwrap(),
+            "first ",
+            "bytes stream through at once"
+        );
+        // A second request for the URL waits for the first (single flight), then hits.
+        let second = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                let res = svc
+                    .oneshot(
+                        Request::get("http://t/stream")
+                            .body(Full::default())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = res.headers()["x-cache"].to_str().unwrap().to_string();
+                (status, res.into_body().collect().await.unwrap().to_bytes())
+            }
+        });
+        tx.send(Ok(Bytes::from("second"))).await.unwrap();
+        drop(tx);
+        let mut rest = Vec::new();
+        while let Some(f) = body.frame().await {
+            rest.extend_from_slice(&f.unwrap().into_data().unwrap());
+        }
+        assert_eq!(rest, b"second");
+        let (status, bytes) = second.await.unwrap();
+        assert_eq!(
+            (status.as_str(), &bytes[..]),
+            ("HIT-MEM", &b"first second"[..])
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A `Stream` over a channel of body chunks.
+struct ChannelStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = Result<http_body::Frame<Bytes>, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_body_is_not_stored_and_waiters_go_on() {
+    use tokio::sync::mpsc;
+    tokio::time::timeout(BOUND, async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let senders: Arc<std::sync::Mutex<Vec<mpsc::Sender<Result<Bytes, std::io::Error>>>>> =
+            Arc::default();
+        let origin = tower::service_fn({
+            let (calls, senders) = (calls.clone(), senders.clone());
+            move |_req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let (tx, rx) = mpsc::channel(4);
+                senders.lock().unwrap().push(tx);
+                async move {
+                    let res = http::Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .body(http_body_util::StreamBody::new(ChannelStream(rx)))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            }
+        });
+        let store = Cache::new(MemoryTier::builder().max_entries(100).build().unwrap());
+        let svc = HttpCacheLayer::new(store).layer(origin);
+        let first = svc
+            .clone()
+            .oneshot(
+                Request::get("http://t/abort")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = first.into_body();
+        let tx = senders.lock().unwrap().remove(0);
+        tx.send(Ok(Bytes::from("part"))).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        tx.send(Err(std::io::Error::other("origin reset")))
+            .await
+            .unwrap();
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "the client sees the abort"
+        );
+        drop(body);
+        // Nothing was stored: the next request goes to the origin.
+        let again = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                svc.oneshot(
+                    Request::get("http://t/abort")
+                        .body(Full::default())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .headers()["x-cache"]
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            }
+        });
+        let status = again.await.unwrap();
+        assert_eq!(status, "MISS");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    })
+    .await
+    .expect("bounded");
+}

@@ -12,7 +12,10 @@
 //!   ([`HttpPolicy`]). Never `no-store`, `private` (qualified or not), `Set-Cookie`
 //!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, `206` or `Range` requests
 //!   (passed through). A response to a request with `Authorization` only with `public`,
-//!   `s-maxage` or `must-revalidate` (section 3.5). `no-cache` responses and responses
+//!   `s-maxage` or `must-revalidate` (section 3.5); to a request with `Cookie` (on which
+//!   the RFC is silent) only with `public`, `s-maxage` or `Vary: Cookie`, as Varnish and
+//!   nginx do, so an origin that personalises by cookie and forgets `private` leaks
+//!   nothing. `no-cache` responses and responses
 //!   with no freshness left are not stored (they would need validation on every use).
 //! - **What is served** (sections 4 and 5.2.1): a stored response while fresh, within the
 //!   request's `max-age` and `min-fresh`; stale only within the request's `max-stale`, and

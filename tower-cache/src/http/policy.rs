@@ -181,6 +181,16 @@ pub(crate) fn storable(
         // RFC 9111 section 3.5.
         return Err("request has Authorization and the response does not allow sharing");
     }
+    // RFC 9111 says nothing of Cookie; an origin that personalises by cookie and forgets
+    // `private` would leak one user's page to everyone, so do as Varnish and nginx do:
+    // store a response to a request with cookies only when the origin says it may be
+    // shared, or when it varies on the cookie (each cookie its own variant).
+    if req.contains_key(::http::header::COOKIE)
+        && !(cc.public || cc.s_maxage.is_some())
+        && !headers::vary(res).is_some_and(|names| names.contains(&::http::header::COOKIE))
+    {
+        return Err("request has cookies and the response does not allow sharing");
+    }
     if !policy.store_set_cookie && res.contains_key(::http::header::SET_COOKIE) {
         return Err("response sets a cookie");
     }
