@@ -1286,6 +1286,9 @@ async fn the_head_and_first_bytes_arrive_before_the_origin_finishes_and_the_whol
     .expect("bounded");
 }
 
+/// The sending end of a [`ChannelStream`].
+type ChunkSender = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
 /// A `Stream` over a channel of body chunks.
 struct ChannelStream(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
 
@@ -1307,8 +1310,7 @@ async fn an_aborted_body_is_not_stored_and_waiters_go_on() {
     use tokio::sync::mpsc;
     tokio::time::timeout(BOUND, async {
         let calls = Arc::new(AtomicUsize::new(0));
-        let senders: Arc<std::sync::Mutex<Vec<mpsc::Sender<Result<Bytes, std::io::Error>>>>> =
-            Arc::default();
+        let senders: Arc<std::sync::Mutex<Vec<ChunkSender>>> = Arc::default();
         let origin = tower::service_fn({
             let (calls, senders) = (calls.clone(), senders.clone());
             move |_req: Request<Full<Bytes>>| {
