@@ -491,4 +491,60 @@ mod tests {
         assert_eq!(age(&h), Some(7));
         assert_eq!(date(&h, ::http::header::LAST_MODIFIED), None);
     }
+
+    mod arbitrary_bytes {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn map_of(name: &'static str, lines: &[Vec<u8>]) -> HeaderMap {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                if let Ok(v) = HeaderValue::from_bytes(l) {
+                    h.append(name, v);
+                }
+            }
+            h
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn no_header_parser_panics(lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..4)) {
+                let cc = map_of("cache-control", &lines);
+                let _ = CacheControl::parse(&cc);
+                let _ = pragma_no_cache(&map_of("pragma", &lines));
+                let _ = age(&map_of("age", &lines));
+                let _ = date(&map_of("date", &lines), ::http::header::DATE);
+                let v = map_of("vary", &lines);
+                if let Some(names) = vary(&v) {
+                    for n in &names {
+                        let _ = vary_value(&v, n);
+                    }
+                }
+                let _ = etag(&map_of("etag", &lines));
+                let _ = if_none_match(&map_of("if-none-match", &lines));
+                let mut hop = map_of("connection", &lines);
+                strip_hop_by_hop(&mut hop);
+            }
+
+            #[test]
+            fn cache_control_text_never_panics(text in "[ -~]{0,120}") {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&text) {
+                    h.insert("cache-control", v);
+                }
+                let cc = CacheControl::parse(&h);
+                // A value it read is never past the RFC's ceiling.
+                for d in [cc.max_age, cc.s_maxage, cc.max_stale, cc.min_fresh].into_iter().flatten() {
+                    prop_assert!(d.or(0) <= DELTA_MAX);
+                }
+            }
+
+            #[test]
+            fn stored_records_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let _ = crate::http::entry::decode(&bytes::Bytes::from(bytes));
+            }
+        }
+    }
 }
