@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! entry:  [FORMAT_ENTRY] status:u16 response_time:u64 initial_age:u64 lifetime:u64
-//!         flags:u8 swr:u64 sie:u64
+//!         flags:u8 (must-revalidate, no-cache, validator) swr:u64 sie:u64
 //!         vary_count:u16 { name_len:u16 name present:u8 [value_len:u32 value] }
 //!         header_count:u16 { name_len:u16 name value_len:u32 value }
 //!         body_len:u64 body
@@ -52,7 +52,9 @@ pub(crate) fn encode_entry(e: &HttpEntry) -> Option<Bytes> {
     out.put_u64_le(f.response_time);
     out.put_u64_le(f.initial_age);
     out.put_u64_le(f.lifetime);
-    out.put_u8(u8::from(f.must_revalidate));
+    out.put_u8(
+        u8::from(f.must_revalidate) | u8::from(f.no_cache) << 1 | u8::from(f.validator) << 2,
+    );
     out.put_u64_le(f.stale_while_revalidate);
     out.put_u64_le(f.stale_if_error);
     out.put_u16_le(u16::try_from(e.vary.len()).ok()?);
@@ -145,11 +147,15 @@ pub(crate) fn decode(stored: &Bytes) -> Option<Record> {
         }
         FORMAT_ENTRY => {
             let status = StatusCode::from_u16(r.u16()? as u16).ok()?;
+            let (response_time, initial_age, lifetime) = (r.u64()?, r.u64()?, r.u64()?);
+            let flags = r.u8()?;
             let freshness = Freshness {
-                response_time: r.u64()?,
-                initial_age: r.u64()?,
-                lifetime: r.u64()?,
-                must_revalidate: r.u8()? != 0,
+                response_time,
+                initial_age,
+                lifetime,
+                must_revalidate: flags & 1 != 0,
+                no_cache: flags & 2 != 0,
+                validator: flags & 4 != 0,
                 stale_while_revalidate: r.u64()?,
                 stale_if_error: r.u64()?,
             };
@@ -210,6 +216,8 @@ mod tests {
                 initial_age: 1,
                 lifetime: 60,
                 must_revalidate: true,
+                no_cache: false,
+                validator: true,
                 stale_while_revalidate: 2,
                 stale_if_error: 3,
             },

@@ -37,6 +37,10 @@ pub const DEFAULT_COLLAPSE_WAIT: Duration = Duration::from_secs(10);
 enum Status {
     HitMemory,
     HitDisk,
+    /// A stale entry served (`stale-while-revalidate`, `stale-if-error`, `max-stale`).
+    Stale,
+    /// A stale entry the origin confirmed with `304`.
+    Revalidated,
     Miss,
     Pass,
 }
@@ -46,6 +50,8 @@ impl Status {
         HeaderValue::from_static(match self {
             Status::HitMemory => "HIT-MEM",
             Status::HitDisk => "HIT-DISK",
+            Status::Stale => "STALE",
+            Status::Revalidated => "REVALIDATED",
             Status::Miss => "MISS",
             Status::Pass => "PASS",
         })
@@ -210,7 +216,7 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -318,7 +324,14 @@ fn new_epoch() -> u64 {
 enum Looked {
     /// A stored response that may answer the request.
     Hit(HttpEntry, Status),
-    /// Nothing usable; the index of the URL's variants, if there is one.
+    /// A stored response that may not answer it as it is (stale, or to be validated),
+    /// under `key`.
+    Stale {
+        entry: HttpEntry,
+        key: String,
+        index: Option<(u64, Vec<HeaderName>)>,
+    },
+    /// Nothing stored; the index of the URL's variants, if there is one.
     Miss {
         index: Option<(u64, Vec<HeaderName>)>,
     },
@@ -333,27 +346,23 @@ async fn look_up(store: &Cache, primary: &str, req: &HeaderMap, rules: &RequestR
         Found::Pass => return Looked::Pass,
         Found::Leader(_) => return Looked::Miss { index: None },
     };
-    let (entry, from_disk, index) = match entry::decode(&bytes) {
-        Some(Record::Entry(e)) => (e, from_disk, None),
+    let (entry, from_disk, key, index) = match entry::decode(&bytes) {
+        Some(Record::Entry(e)) if e.vary.is_empty() => (e, from_disk, primary.to_owned(), None),
         Some(Record::Index { epoch, names }) => {
             let values = vary_values(req, &names);
             let key = variant_key(primary, epoch, &values);
             let index = Some((epoch, names));
             match store.lookup(&key).await {
                 Found::Hit(s, disk) => match entry::decode(&s.value) {
-                    Some(Record::Entry(e)) if e.vary == values => (e, disk, index),
+                    Some(Record::Entry(e)) if e.vary == values => (e, disk, key, index),
                     _ => return Looked::Miss { index },
                 },
                 _ => return Looked::Miss { index },
             }
         }
-        None => return Looked::Miss { index: None },
+        // Undecodable, or an entry with Vary under the primary key: nothing usable.
+        _ => return Looked::Miss { index: None },
     };
-    // An entry stored without Vary under the primary key answers any request; one with
-    // Vary was matched above.
-    if index.is_none() && !entry.vary.is_empty() {
-        return Looked::Miss { index: None };
-    }
     if policy::servable(&entry.freshness, rules, now) {
         let status = if from_disk {
             Status::HitDisk
@@ -362,7 +371,7 @@ async fn look_up(store: &Cache, primary: &str, req: &HeaderMap, rules: &RequestR
         };
         Looked::Hit(entry, status)
     } else {
-        Looked::Miss { index }
+        Looked::Stale { entry, key, index }
     }
 }
 
@@ -471,7 +480,7 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -500,7 +509,34 @@ where
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
-    let mut looked = look_up(store, &primary, req.headers(), &rules).await;
+    let looked = look_up(store, &primary, req.headers(), &rules).await;
+    let now = policy::unix_ms(SystemTime::now());
+    // stale-while-revalidate (RFC 5861 section 3): serve the stale entry at once and
+    // refresh it in the background, once per URL.
+    let mut looked = match looked {
+        Looked::Stale { entry, key, index } if while_revalidate(&entry, &rules, now) => {
+            if let Join::Leader(guard) = config.inflight.join(&primary) {
+                let refresh = Refresh {
+                    config: config.clone(),
+                    primary: primary.clone(),
+                    key,
+                    index,
+                    entry: entry.clone(),
+                    template: template_of(&req, &entry.vary),
+                    guard,
+                };
+                tokio::spawn(refresh.run(inner.clone()));
+            }
+            return Ok(respond_from(
+                &config,
+                entry,
+                Status::Stale,
+                &method,
+                req.headers(),
+            ));
+        }
+        other => other,
+    };
     // One request per URL asks the origin; the others wait for it, then look again.
     // Conditional requests go on their own (the origin may answer them 304).
     let conditional = req.headers().contains_key(::http::header::IF_NONE_MATCH)
@@ -509,7 +545,7 @@ where
             .contains_key(::http::header::IF_MODIFIED_SINCE);
     let mut leader = None;
     if method == Method::GET
-        && matches!(looked, Looked::Miss { .. })
+        && matches!(looked, Looked::Miss { .. } | Looked::Stale { .. })
         && !rules.only_if_cached
         && !conditional
     {
@@ -521,7 +557,7 @@ where
             }
         }
     }
-    let index = match looked {
+    let (stale, index) = match looked {
         Looked::Hit(entry, status) => {
             return Ok(respond_from(&config, entry, status, &method, req.headers()));
         }
@@ -529,7 +565,8 @@ where
             let res = call_inner(inner, req).await?;
             return Ok(passthrough(&config, res));
         }
-        Looked::Miss { index } => index,
+        Looked::Stale { entry, key, index } => (Some((entry, key)), index),
+        Looked::Miss { index } => (None, index),
     };
     if rules.only_if_cached {
         // RFC 9111 section 5.2.1.7.
@@ -540,10 +577,65 @@ where
     }
     // Tickets before the origin is asked: a write of the URL from now on voids the fill.
     let primary_ticket = store.ticket(&primary);
+    let stale_ticket = stale.as_ref().map(|(_, key)| store.ticket(key));
+    let mut req = req;
+    // A stale entry with a validator is revalidated (RFC 9111 section 4.3.1), unless the
+    // client's own conditional request is passed on as it is.
+    let validating = match &stale {
+        Some((entry, _)) if !conditional => add_validators(req.headers_mut(), entry),
+        _ => false,
+    };
     let req_headers = req.headers().clone();
     let request_time = SystemTime::now();
-    let res = call_inner(inner, req).await?;
+    let res = match call_inner(inner, req).await {
+        Ok(res) => res,
+        Err(e) => {
+            // stale-if-error (RFC 5861 section 4): the origin failed; a stale entry in
+            // its window answers instead.
+            return match stale {
+                Some((entry, _)) if stale_if_error(&entry, &rules, now) => Ok(respond_from(
+                    &config,
+                    entry,
+                    Status::Stale,
+                    &method,
+                    &req_headers,
+                )),
+                _ => Err(e),
+            };
+        }
+    };
     let response_time = SystemTime::now();
+    if let Some((entry, key)) = stale {
+        if validating && res.status() == StatusCode::NOT_MODIFIED {
+            let updated = freshen(
+                &config,
+                entry,
+                res.headers(),
+                &req_headers,
+                request_time,
+                response_time,
+            );
+            if let (Some(updated), Some(ticket)) = (&updated, stale_ticket) {
+                store_entry(store, &key, updated, ticket);
+            }
+            drop(leader);
+            return Ok(match updated {
+                Some(e) => respond_from(&config, e, Status::Revalidated, &method, &req_headers),
+                // The 304 made it unstorable: answer with the 304 itself.
+                None => passthrough(&config, res),
+            });
+        }
+        if res.status().is_server_error() && stale_if_error(&entry, &rules, now) {
+            drop(leader);
+            return Ok(respond_from(
+                &config,
+                entry,
+                Status::Stale,
+                &method,
+                &req_headers,
+            ));
+        }
+    }
     let decision = policy::storable(
         &config.policy,
         &method,
@@ -566,17 +658,138 @@ where
     if res.body().size_hint().lower() > config.max_body as u64 {
         return Ok(passthrough(&config, res));
     }
-    let names = headers::vary(res.headers()).unwrap_or_default();
+    let (parts, body) = res.into_parts();
+    let job = store_job(
+        &config,
+        &primary,
+        index,
+        primary_ticket,
+        &req_headers,
+        &parts,
+        freshness,
+        leader,
+    );
+    let mut parts = parts;
+    if let Some(name) = &config.status_header {
+        parts.headers.insert(name.clone(), Status::Miss.value());
+    }
+    Ok(Response::from_parts(
+        parts,
+        HttpCacheBody::tee(body, config.max_body, job),
+    ))
+}
+
+/// Whether the stale `entry` may answer at once while it is refreshed in the background
+/// (RFC 5861 section 3): within its `stale-while-revalidate` window, and the request does
+/// not ask for more freshness than that.
+fn while_revalidate(entry: &HttpEntry, rules: &RequestRules, now_ms: u64) -> bool {
+    let f = &entry.freshness;
+    !f.must_revalidate
+        && !f.no_cache
+        && !rules.no_cache
+        && rules.max_age.is_none()
+        && rules.min_fresh == 0
+        && f.stale_while_revalidate > 0
+        && f.stale_within(now_ms, f.stale_while_revalidate)
+}
+
+/// Whether the stale `entry` may answer because the origin failed (RFC 5861 section 4):
+/// within the response's or the request's `stale-if-error` window.
+fn stale_if_error(entry: &HttpEntry, rules: &RequestRules, now_ms: u64) -> bool {
+    let f = &entry.freshness;
+    let window = f.stale_if_error.max(rules.stale_if_error.unwrap_or(0));
+    !f.must_revalidate && window > 0 && f.stale_within(now_ms, window)
+}
+
+/// Adds the entry's validators to a request; returns whether there were any.
+fn add_validators(req: &mut HeaderMap, entry: &HttpEntry) -> bool {
+    let mut added = false;
+    if let Some(etag) = entry.headers.get(::http::header::ETAG) {
+        req.insert(::http::header::IF_NONE_MATCH, etag.clone());
+        added = true;
+    }
+    if let Some(lm) = entry.headers.get(::http::header::LAST_MODIFIED) {
+        req.insert(::http::header::IF_MODIFIED_SINCE, lm.clone());
+        added = true;
+    }
+    added
+}
+
+/// The stored response updated by a `304` (RFC 9111 section 4.3.4): the 304's fields
+/// replace the stored ones of the same name, and the freshness is computed anew. `None`
+/// when the updated response may not be stored.
+fn freshen(
+    config: &HttpCacheLayer,
+    entry: HttpEntry,
+    not_modified: &HeaderMap,
+    req: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Option<HttpEntry> {
+    let mut headers = entry.headers;
+    let mut fresh = not_modified.clone();
+    headers::strip_hop_by_hop(&mut fresh);
+    fresh.remove(::http::header::CONTENT_LENGTH);
+    if let Some(name) = &config.status_header {
+        fresh.remove(name);
+    }
+    for name in fresh.keys() {
+        headers.remove(name);
+    }
+    for (name, value) in &fresh {
+        headers.append(name.clone(), value.clone());
+    }
+    // The stored response's own request made it storable; the conditional one may carry
+    // the client's credentials, which a 304 does not make shareable.
+    let freshness = policy::storable(
+        &config.policy,
+        &Method::GET,
+        req,
+        entry.status,
+        &headers,
+        request_time,
+        response_time,
+    )
+    .ok()?;
+    Some(HttpEntry {
+        headers,
+        freshness,
+        ..entry
+    })
+}
+
+/// Stores a whole entry under `key` (a revalidated one).
+fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: Ticket) {
+    let ttl = entry.freshness.keep_for(policy::unix_ms(SystemTime::now()));
+    if let Some(bytes) = entry::encode_entry(entry) {
+        let _ = store.store_loaded(key, bytes, ttl, EntryMeta::default(), ticket);
+    }
+}
+
+/// What the body of a storable response stores once it ends.
+#[allow(clippy::too_many_arguments)]
+fn store_job(
+    config: &HttpCacheLayer,
+    primary: &str,
+    index: Option<(u64, Vec<HeaderName>)>,
+    primary_ticket: Ticket,
+    req_headers: &HeaderMap,
+    parts: &::http::response::Parts,
+    freshness: policy::Freshness,
+    leader: Option<LeaderGuard>,
+) -> StoreJob {
+    let store = &config.store;
+    let names = headers::vary(&parts.headers).unwrap_or_default();
     let (key, index_record) = if names.is_empty() {
-        (primary.clone(), None)
+        (primary.to_owned(), None)
     } else {
         let epoch = match index {
             Some((epoch, old)) if old == names => epoch,
             _ => new_epoch(),
         };
-        let values = vary_values(&req_headers, &names);
+        let values = vary_values(req_headers, &names);
         (
-            variant_key(&primary, epoch, &values),
+            variant_key(primary, epoch, &values),
             entry::encode_index(epoch, &names),
         )
     };
@@ -585,17 +798,15 @@ where
     } else {
         store.ticket(&key)
     };
-    let (mut parts, body) = res.into_parts();
     let mut stored_headers = parts.headers.clone();
     headers::strip_hop_by_hop(&mut stored_headers);
     stored_headers.remove(::http::header::AGE);
     if let Some(name) = &config.status_header {
         stored_headers.remove(name);
     }
-    let tags = surrogate_keys(&parts.headers);
-    let job = StoreJob {
-        store: config.store.clone(),
-        primary,
+    StoreJob {
+        store: store.clone(),
+        primary: primary.to_owned(),
         key,
         index: index_record.map(|i| (i, primary_ticket)),
         head: HttpEntry {
@@ -603,19 +814,104 @@ where
             headers: stored_headers,
             body: Bytes::new(),
             freshness,
-            vary: vary_values(&req_headers, &names),
+            vary: vary_values(req_headers, &names),
         },
-        tags,
+        tags: surrogate_keys(&parts.headers),
         ticket,
         _leader: leader,
-    };
-    if let Some(name) = &config.status_header {
-        parts.headers.insert(name.clone(), Status::Miss.value());
     }
-    Ok(Response::from_parts(
-        parts,
-        HttpCacheBody::tee(body, config.max_body, job),
-    ))
+}
+
+/// A request to refresh a stale entry in the background: the URL and the request
+/// headers the entry varies on.
+fn template_of<B>(req: &Request<B>, vary: &[(HeaderName, Option<Vec<u8>>)]) -> Request<()> {
+    let mut t = Request::new(());
+    *t.uri_mut() = req.uri().clone();
+    for name in [::http::header::HOST]
+        .iter()
+        .chain(vary.iter().map(|(n, _)| n))
+    {
+        for v in req.headers().get_all(name) {
+            t.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    t
+}
+
+/// A background refresh of a stale entry (`stale-while-revalidate`).
+struct Refresh {
+    config: Arc<HttpCacheLayer>,
+    primary: String,
+    key: String,
+    index: Option<(u64, Vec<HeaderName>)>,
+    entry: HttpEntry,
+    template: Request<()>,
+    guard: LeaderGuard,
+}
+
+impl Refresh {
+    async fn run<S, ReqB, ResB>(self, inner: S)
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ReqB: Default,
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
+        let store = &self.config.store;
+        let stale_ticket = store.ticket(&self.key);
+        let primary_ticket = store.ticket(&self.primary);
+        let (parts, ()) = self.template.into_parts();
+        let mut req = Request::from_parts(parts, ReqB::default());
+        add_validators(req.headers_mut(), &self.entry);
+        let req_headers = req.headers().clone();
+        let request_time = SystemTime::now();
+        let Ok(res) = call_inner(inner, req).await else {
+            return;
+        };
+        let response_time = SystemTime::now();
+        if res.status() == StatusCode::NOT_MODIFIED {
+            if let Some(e) = freshen(
+                &self.config,
+                self.entry,
+                res.headers(),
+                &req_headers,
+                request_time,
+                response_time,
+            ) {
+                store_entry(store, &self.key, &e, stale_ticket);
+            }
+            return;
+        }
+        let Ok(freshness) = policy::storable(
+            &self.config.policy,
+            &Method::GET,
+            &req_headers,
+            res.status(),
+            res.headers(),
+            request_time,
+            response_time,
+        ) else {
+            return;
+        };
+        let (parts, body) = res.into_parts();
+        let job = store_job(
+            &self.config,
+            &self.primary,
+            self.index,
+            primary_ticket,
+            &req_headers,
+            &parts,
+            freshness,
+            Some(self.guard),
+        );
+        // Nobody reads this body: drain it through the tee so that it is stored.
+        let mut tee = std::pin::pin!(HttpCacheBody::tee(body, self.config.max_body, job));
+        while let Some(frame) = std::future::poll_fn(|cx| tee.as_mut().poll_frame(cx)).await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Whether a response may never be stored whoever asks (so the URL is worth marking

@@ -64,6 +64,8 @@ pub(crate) struct RequestRules {
     pub(crate) max_stale: Option<u64>,
     pub(crate) min_fresh: u64,
     pub(crate) only_if_cached: bool,
+    /// The request's own `stale-if-error` window (RFC 5861 section 4).
+    pub(crate) stale_if_error: Option<u64>,
 }
 
 impl RequestRules {
@@ -82,9 +84,14 @@ impl RequestRules {
             max_stale: cc.max_stale.map(|d| d.or(0)),
             min_fresh: cc.min_fresh.map_or(0, |d| d.or(headers::DELTA_MAX)),
             only_if_cached: cc.only_if_cached,
+            stale_if_error: cc.stale_if_error.map(|d| d.or(0)),
         }
     }
 }
+
+/// How long an entry with a validator is kept past its freshness and stale windows, to
+/// be revalidated with a conditional request rather than fetched whole: 5 minutes.
+pub(crate) const VALIDATION_KEEP: u64 = 300;
 
 /// Why a response is not stored; also the reason a response is passed.
 pub(crate) type NotStored = &'static str;
@@ -101,6 +108,11 @@ pub(crate) struct Freshness {
     pub(crate) lifetime: u64,
     /// Must not be served stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`).
     pub(crate) must_revalidate: bool,
+    /// Must be validated before every use (`no-cache`).
+    pub(crate) no_cache: bool,
+    /// Has a validator (`ETag` or `Last-Modified`): worth keeping past its freshness, to
+    /// revalidate with a conditional request.
+    pub(crate) validator: bool,
     /// `stale-while-revalidate` and `stale-if-error` windows, seconds.
     pub(crate) stale_while_revalidate: u64,
     pub(crate) stale_if_error: u64,
@@ -119,8 +131,9 @@ impl Freshness {
         self.age_ms(now_ms) / 1000
     }
 
-    /// How long to keep the entry from `now_ms`: what freshness it has left plus the
-    /// stale windows it may still be served in.
+    /// How long to keep the entry from `now_ms`: what freshness it has left, plus the
+    /// stale windows it may still be served in, plus (with a validator) time to be
+    /// revalidated instead of fetched whole.
     pub(crate) fn keep_for(&self, now_ms: u64) -> Duration {
         let left = self.lifetime.saturating_sub(self.age(now_ms));
         let stale = if self.must_revalidate {
@@ -128,7 +141,17 @@ impl Freshness {
         } else {
             self.stale_while_revalidate.max(self.stale_if_error)
         };
-        Duration::from_secs(left.saturating_add(stale).clamp(1, headers::DELTA_MAX))
+        let validate = if self.validator { VALIDATION_KEEP } else { 0 };
+        Duration::from_secs(
+            left.saturating_add(stale.max(validate))
+                .clamp(1, headers::DELTA_MAX),
+        )
+    }
+
+    /// Whether, stale at `now_ms`, it is still within `window` seconds past its freshness.
+    pub(crate) fn stale_within(&self, now_ms: u64, window: u64) -> bool {
+        let age = u128::from(self.age_ms(now_ms));
+        age <= (u128::from(self.lifetime) + u128::from(window)) * 1000
     }
 }
 
@@ -197,10 +220,14 @@ pub(crate) fn storable(
     if headers::vary(res).is_none() {
         return Err("Vary: *");
     }
-    if cc.no_cache {
-        // Must be validated on every use; without validation support, storing it gains
-        // nothing, and never storing it is always correct.
-        return Err("response no-cache");
+    let validator = res.contains_key(::http::header::ETAG)
+        || matches!(
+            headers::date(res, ::http::header::LAST_MODIFIED),
+            Some(Ok(_))
+        );
+    if cc.no_cache && !validator {
+        // Must be validated on every use, and cannot be: storing it gains nothing.
+        return Err("response no-cache without a validator");
     }
     let date = match headers::date(res, ::http::header::DATE) {
         Some(Ok(d)) => d,
@@ -222,8 +249,8 @@ pub(crate) fn storable(
     } else {
         return Err("status is not cacheable by default and no freshness is given");
     };
-    if lifetime == 0 {
-        return Err("no freshness lifetime");
+    if lifetime == 0 && !validator {
+        return Err("no freshness lifetime and no validator");
     }
     // RFC 9111 section 4.2.3.
     let now = unix_ms(response_time);
@@ -233,14 +260,16 @@ pub(crate) fn storable(
         .unwrap_or(0)
         .saturating_add(response_delay);
     let initial_age = apparent_age.max(corrected_age_value);
-    if initial_age >= lifetime && (cc.must_revalidate || cc.proxy_revalidate) {
-        return Err("stale on arrival and must be revalidated");
+    if initial_age >= lifetime && (cc.must_revalidate || cc.proxy_revalidate) && !validator {
+        return Err("stale on arrival and must be revalidated, without a validator");
     }
     Ok(Freshness {
         response_time: now,
         initial_age,
         lifetime,
         must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+        no_cache: cc.no_cache,
+        validator,
         stale_while_revalidate: window(cc.stale_while_revalidate),
         stale_if_error: window(cc.stale_if_error),
     })
@@ -270,7 +299,7 @@ fn heuristic(policy: &HttpPolicy, res: &HeaderMap, date: SystemTime) -> Option<u
 /// `now_ms` (Unix milliseconds) without contacting the origin (RFC 9111 sections 4 and
 /// 5.2.1).
 pub(crate) fn servable(freshness: &Freshness, rules: &RequestRules, now_ms: u64) -> bool {
-    if rules.no_cache {
+    if rules.no_cache || freshness.no_cache {
         return false;
     }
     let age = i128::from(freshness.age_ms(now_ms));
