@@ -107,6 +107,23 @@ async fn origin(
     let status = q.get("status").map_or(StatusCode::OK, |s| {
         StatusCode::from_u16(s.parse().unwrap()).unwrap()
     });
+    if req_headers.contains_key("x-fail") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, h, format!("failure {n}"));
+    }
+    // Conditional requests: 304 when the validator matches.
+    let etag_matches = match (req_headers.get("if-none-match"), q.get("etag")) {
+        (Some(inm), Some(etag)) => inm.to_str().unwrap_or("") == etag,
+        _ => false,
+    };
+    let unmodified = req_headers.contains_key("if-modified-since")
+        && q.contains_key("lm")
+        && !req_headers.contains_key("if-none-match");
+    if etag_matches || unmodified {
+        if q.contains_key("upd") {
+            set(&mut h, "x-updated", "by-304");
+        }
+        return (StatusCode::NOT_MODIFIED, h, String::new());
+    }
     (status, h, body)
 }
 
@@ -157,7 +174,13 @@ const fn with(
     }
 }
 
-const fn checked(mut step: Step, check: fn(&http::HeaderMap, &str) -> Result<(), String>) -> Step {
+/// A step that starts a background refresh: whether the origin is asked is not checked.
+const fn in_background(mut step: Step) -> Step {
+    step.origin_checked = false;
+    step
+}
+
+const fn checked(mut step: Step, check: Check) -> Step {
     step.check = Some(check);
     step
 }
@@ -374,7 +397,7 @@ const CASES: &[Case] = &[
         &[get("/o/x", true), get("/o/x", true)],
     ),
     case(
-        "Last-Modified without freshness: not stored by default",
+        "Last-Modified without freshness: validated on every use",
         "9111 4.2.2",
         &[get("/p/x?lm=-3600", true), get("/p/x?lm=-3600", true)],
     ),
@@ -1030,6 +1053,53 @@ const CASES: &[Case] = &[
             get("/bm/x?cc=max-age%3D60&len=3000000", true),
         ],
     ),
+    // --- validation (RFC 9111 section 4.3) ---
+    case("a stale entry with an ETag is revalidated with If-None-Match", "9111 4.3.1, 4.3.3", &[
+        get("/ca/x?cc=max-age%3D1&age=5&etag=%22e1%22", true),
+        checked(get("/ca/x?cc=max-age%3D1&age=5&etag=%22e1%22", true), revalidated_first_call),
+    ]),
+    case("a stale entry with Last-Modified is revalidated with If-Modified-Since", "9111 4.3.1", &[
+        get("/cb/x?cc=max-age%3D1&age=5&lm=-3600", true),
+        checked(get("/cb/x?cc=max-age%3D1&age=5&lm=-3600", true), revalidated_first_call),
+    ]),
+    case("no-cache with a validator is stored and validated on every use", "9111 5.2.2.4", &[
+        get("/cc/x?cc=no-cache&etag=%22e1%22", true),
+        checked(get("/cc/x?cc=no-cache&etag=%22e1%22", true), revalidated_first_call),
+        checked(get("/cc/x?cc=no-cache&etag=%22e1%22", true), revalidated_first_call),
+    ]),
+    case("a 304 updates the stored header fields", "9111 4.3.4", &[
+        get("/cd/x?cc=max-age%3D0&etag=%22e1%22&upd=1", true),
+        checked(get("/cd/x?cc=max-age%3D0&etag=%22e1%22&upd=1", true), updated_by_304),
+    ]),
+    case("a 304 with fresh max-age makes the entry fresh again", "9111 4.3.4", &[
+        get("/ce/x?cc=max-age%3D60&age=100&etag=%22e1%22", true),
+        checked(get("/ce/x?cc=max-age%3D60&age=100&etag=%22e1%22", true), revalidated_first_call),
+    ]),
+    case("request no-cache revalidates a fresh entry", "9111 5.2.1.4", &[
+        get("/cf/x?cc=max-age%3D60&etag=%22e1%22", true),
+        checked(with("GET", "/cf/x?cc=max-age%3D60&etag=%22e1%22", &[("cache-control", "no-cache")], true, 200), revalidated_first_call),
+    ]),
+    // --- serving stale (RFC 5861) ---
+    case("stale-while-revalidate serves stale at once", "5861 3", &[
+        get("/cg/x?cc=max-age%3D1,stale-while-revalidate%3D600&age=5", true),
+        in_background(checked(get("/cg/x?cc=max-age%3D1,stale-while-revalidate%3D600&age=5", false), stale_first_call)),
+    ]),
+    case("stale-while-revalidate does not apply with must-revalidate", "5861 3, 9111 5.2.2.2", &[
+        get("/ch/x?cc=max-age%3D1,must-revalidate,stale-while-revalidate%3D600&age=5&etag=%22e%22", true),
+        checked(get("/ch/x?cc=max-age%3D1,must-revalidate,stale-while-revalidate%3D600&age=5&etag=%22e%22", true), revalidated_first_call),
+    ]),
+    case("stale-if-error serves stale when the origin answers 5xx", "5861 4", &[
+        get("/ci/x?cc=max-age%3D1,stale-if-error%3D600&age=5", true),
+        checked(with("GET", "/ci/x?cc=max-age%3D1,stale-if-error%3D600&age=5", &[("x-fail", "1")], true, 200), stale_first_call),
+    ]),
+    case("a request's stale-if-error applies too", "5861 4", &[
+        get("/cj/x?cc=max-age%3D1&age=5&etag=%22e%22", true),
+        checked(with("GET", "/cj/x?cc=max-age%3D1&age=5&etag=%22e%22", &[("x-fail", "1"), ("cache-control", "stale-if-error=600")], true, 200), stale_first_call),
+    ]),
+    case("without stale-if-error a 5xx is passed on", "5861 4", &[
+        get("/ck/x?cc=max-age%3D1&age=5&etag=%22e%22", true),
+        with("GET", "/ck/x?cc=max-age%3D1&age=5&etag=%22e%22", &[("x-fail", "1")], true, 500),
+    ]),
     case(
         "queries are part of the key",
         "9111 2",

@@ -578,6 +578,8 @@ where
     // Tickets before the origin is asked: a write of the URL from now on voids the fill.
     let primary_ticket = store.ticket(&primary);
     let stale_ticket = stale.as_ref().map(|(_, key)| store.ticket(key));
+    // The client's own fields: what the response to it is judged and built by.
+    let req_headers = req.headers().clone();
     let mut req = req;
     // A stale entry with a validator is revalidated (RFC 9111 section 4.3.1), unless the
     // client's own conditional request is passed on as it is.
@@ -585,7 +587,6 @@ where
         Some((entry, _)) if !conditional => add_validators(req.headers_mut(), entry),
         _ => false,
     };
-    let req_headers = req.headers().clone();
     let request_time = SystemTime::now();
     let res = match call_inner(inner, req).await {
         Ok(res) => res,
