@@ -3,3 +3,5 @@
 //! Each file in `examples/examples/` is a complete program meant to be read top to bottom
 //! and copied. Run one with `cargo run -p examples --example NAME`. The main one, `fleet`,
 //! runs a whole fleet of services on one machine.
+
+pub mod cache_proxy;

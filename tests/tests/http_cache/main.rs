@@ -1465,3 +1465,161 @@ async fn an_aborted_body_is_not_stored_and_waiters_go_on() {
     .await
     .expect("bounded");
 }
+
+// === through the standalone proxy, as a child process ===
+
+/// The proxy as a child process, killed when dropped.
+struct Proxy {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        let addr = support::free_addr().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
+            .args(["--listen", &addr.to_string(), "--upstream", upstream])
+            .args(["--upstream-timeout-ms", "2000"])
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Until it listens (the whole test is bounded).
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Proxy { child, addr }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn send_via(
+    proxy: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> (u16, http::HeaderMap, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let res = client
+        .request(
+            req.body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (parts, b) = res.into_parts();
+    let b = b.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&b).into_owned(),
+    )
+}
+
+async fn echo(req: axum::extract::Request) -> impl IntoResponse {
+    let method = req.method().to_string();
+    let custom = req
+        .headers()
+        .get("x-custom")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let hop = req.headers().contains_key("x-hop");
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    format!(
+        "{method} custom={custom} hop={hop} body={}",
+        String::from_utf8_lossy(&body)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_proxy_caches_forwards_and_reports_upstream_failure() {
+    tokio::time::timeout(BOUND, async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route("/echo", axum::routing::any(echo))
+            .fallback(origin)
+            .with_state(Origin {
+                calls: calls.clone(),
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin_addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let proxy = Proxy::start(&format!("http://{origin_addr}")).await;
+
+        // Cached per the policy.
+        let (s, h, b1) = send_via(proxy.addr, "GET", "/a/x?cc=max-age%3D60", &[], "").await;
+        assert_eq!((s, h["x-cache"].to_str().unwrap()), (200, "MISS"));
+        let (s, h, b2) = send_via(proxy.addr, "GET", "/a/x?cc=max-age%3D60", &[], "").await;
+        assert_eq!((s, h["x-cache"].to_str().unwrap()), (200, "HIT-MEM"));
+        assert_eq!(b1, b2);
+        assert!(h.contains_key("age"));
+        let (_, h, _) = send_via(proxy.addr, "GET", "/b/x?cc=no-store", &[], "").await;
+        assert_eq!(h["x-cache"], "PASS");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        // Every method, header and body forwarded; hop-by-hop fields are not.
+        let (s, _, b) = send_via(
+            proxy.addr,
+            "PATCH",
+            "/echo",
+            &[
+                ("x-custom", "kept"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+            ],
+            "payload",
+        )
+        .await;
+        assert_eq!(
+            (s, b.as_str()),
+            (200, "PATCH custom=kept hop=false body=payload")
+        );
+
+        // The upstream goes away: 502.
+        server.abort();
+        let _ = server.await;
+        let (s, _, _) = send_via(proxy.addr, "GET", "/c/x?cc=max-age%3D60", &[], "").await;
+        assert_eq!(s, 502);
+        // What was stored is still served.
+        let (s, h, _) = send_via(proxy.addr, "GET", "/a/x?cc=max-age%3D60", &[], "").await;
+        assert_eq!((s, h["x-cache"].to_str().unwrap()), (200, "HIT-MEM"));
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn the_proxy_answers_504_when_the_upstream_hangs() {
+    tokio::time::timeout(BOUND, async {
+        // Accepts connections and never answers.
+        let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hang_addr = hang.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = hang.accept().await {
+                held.push(s);
+            }
+        });
+        let proxy = Proxy::start(&format!("http://{hang_addr}")).await;
+        let (s, _, _) = send_via(proxy.addr, "GET", "/slow", &[], "").await;
+        assert_eq!(s, 504);
+        holder.abort();
+    })
+    .await
+    .expect("bounded");
+}

@@ -1106,11 +1106,11 @@ where
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Streaming { inner } => inner.poll_frame(cx).map_err(Into::into),
             BodyProj::Tee {
-                inner,
+                mut inner,
                 copy,
                 limit,
                 job,
-            } => match std::task::ready!(inner.poll_frame(cx)) {
+            } => match std::task::ready!(inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         if copy.len().saturating_add(data.len()) > *limit {
@@ -1119,6 +1119,13 @@ where
                             *copy = BytesMut::new();
                         } else if job.is_some() {
                             copy.extend_from_slice(data);
+                        }
+                    }
+                    // A server stops polling a body that says it has ended (a known
+                    // length, all sent): store now rather than wait for a last poll.
+                    if job.is_some() && inner.is_end_stream() {
+                        if let Some(job) = job.take() {
+                            job.finish(std::mem::take(copy).freeze());
                         }
                     }
                     Poll::Ready(Some(Ok(frame)))
@@ -1142,8 +1149,7 @@ where
         match &self.kind {
             BodyKind::Full { data } => data.is_none(),
             BodyKind::Streaming { inner } => inner.is_end_stream(),
-            // Reported false until the inner body says it is done by returning None, so
-            // that the copy is stored.
+            // The copy is stored by the time this is true (see `poll_frame`).
             BodyKind::Tee { job, inner, .. } => job.is_none() && inner.is_end_stream(),
         }
     }
