@@ -188,6 +188,7 @@ pub struct Cache {
     disk: Option<DiskTier>,
     counters: Arc<Counters>,
     generations: Generations,
+    registry: Arc<crate::invalidate::Registry>,
     /// Test hook: pauses a promotion between the disk read and the memory fill.
     #[cfg(test)]
     promotion_gate: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
@@ -217,6 +218,7 @@ impl Cache {
             disk: None,
             counters: Arc::default(),
             generations: Generations::default(),
+            registry: Arc::default(),
             #[cfg(test)]
             promotion_gate: None,
         }
@@ -498,6 +500,14 @@ impl Cache {
             self.memory.fill(key, guard, prepared);
         }
         Ok(())
+    }
+
+    pub(crate) fn generations(&self) -> &Generations {
+        &self.generations
+    }
+
+    pub(crate) fn registry(&self) -> &crate::invalidate::Registry {
+        &self.registry
     }
 
     /// A ticket for a load of `key` that will be stored with [`Self::store_loaded`].

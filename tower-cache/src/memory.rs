@@ -532,6 +532,18 @@ impl MemoryTier {
         }
     }
 
+    /// The keys of the entries (not pass markers) for which `pick(key, tags)` holds.
+    pub(crate) fn keys_where(&self, pick: impl Fn(&str, Option<&Tags>) -> bool) -> Vec<String> {
+        let tags = self.shared.counters.tag_table().clone();
+        self.shared
+            .cache
+            .iter()
+            .filter(|(_, v)| !v.is_pass())
+            .filter(|(k, _)| pick(k, tags.get(&**k)))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
     /// Removes every entry.
     pub fn clear(&self) {
         self.shared.cache.clear();

@@ -133,8 +133,28 @@ enum Op {
         now_ms: u64,
         ack: oneshot::Sender<Result<usize, DiskError>>,
     },
+    /// Removes every entry a selection reaches; answers with their keys.
+    RemoveMatching {
+        select: Select,
+        ack: oneshot::Sender<Result<Vec<Box<str>>, DiskError>>,
+    },
+    /// Records that `dependent` depends on `on`.
+    Depend {
+        on: Box<str>,
+        dependent: Box<str>,
+        ack: oneshot::Sender<Result<(), DiskError>>,
+    },
     Compact(oneshot::Sender<Result<CompactReport, DiskError>>),
     Close(oneshot::Sender<()>),
+}
+
+/// What a bulk removal reaches.
+#[derive(Debug)]
+pub(crate) enum Select {
+    /// Keys matching a glob; its literal prefix bounds an LMDB range scan.
+    Pattern(crate::invalidate::Glob),
+    /// Entries carrying a tag (a scan of the records' headers).
+    Tag(Box<str>),
 }
 
 impl Op {
@@ -145,6 +165,11 @@ impl Op {
             _ => 0,
         }
     }
+}
+
+/// The row of the dependency database that says `dependent` depends on `on`.
+pub(crate) fn dependency_key(on: &str, dependent: &str) -> String {
+    format!("{on}\u{0}{dependent}")
 }
 
 /// A decoded record: deadline, value, metadata.
@@ -480,6 +505,42 @@ impl DiskTier {
     /// compact while another process has the directory open.
     pub async fn compact(&self) -> Result<CompactReport, DiskError> {
         self.request(Op::Compact).await
+    }
+
+    /// Removes every entry `select` reaches, in one transaction; returns their keys.
+    pub(crate) async fn remove_matching(&self, select: Select) -> Result<Vec<Box<str>>, DiskError> {
+        self.request(|ack| Op::RemoveMatching { select, ack }).await
+    }
+
+    /// Records, durably, that `dependent` depends on `on`.
+    pub(crate) async fn add_dependency(&self, on: &str, dependent: &str) -> Result<(), DiskError> {
+        self.request(|ack| Op::Depend {
+            on: on.into(),
+            dependent: dependent.into(),
+            ack,
+        })
+        .await
+    }
+
+    /// The keys recorded as depending on `key`.
+    pub(crate) fn dependents(&self, key: &str) -> Result<Vec<String>, DiskError> {
+        let state = self.shared.state();
+        let o = state.as_ref().ok_or_else(DiskError::closed)?;
+        let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+        let prefix = dependency_key(key, "");
+        let mut out = Vec::new();
+        for row in o
+            .dbs
+            .deps
+            .prefix_iter(&rtxn, prefix.as_bytes())
+            .map_err(|e| DiskError::lmdb("read", e))?
+        {
+            let (k, _) = row.map_err(|e| DiskError::lmdb("read", e))?;
+            if let Ok(dependent) = std::str::from_utf8(&k[prefix.len()..]) {
+                out.push(dependent.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Commits queued writes, stops the writer and closes the environment. Later reads

@@ -93,6 +93,29 @@ pub(super) fn decode_header(b: &[u8]) -> Option<Header> {
     })
 }
 
+/// Whether a record carries `tag`, read from its header and tag list alone (no checksum,
+/// no payload: a damaged record is caught when it is read).
+pub(super) fn record_has_tag(b: &[u8], tag: &str) -> bool {
+    if b.len() < HEADER || b[0] != FORMAT_V2 {
+        return false;
+    }
+    let Some(ntags) = u16_at(b, 34) else {
+        return false;
+    };
+    let mut at = HEADER;
+    for _ in 0..ntags {
+        let Some(len) = u16_at(b, at) else {
+            return false;
+        };
+        match b.get(at + 2..at + 2 + len) {
+            Some(t) if t == tag.as_bytes() => return true,
+            Some(_) => at += 2 + len,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Decodes a whole record, verifying its checksum.
 pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'static str> {
     if b.len() < HEADER {

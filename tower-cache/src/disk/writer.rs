@@ -40,6 +40,16 @@ pub(super) enum Done {
     Delete(Option<oneshot::Sender<Result<bool, DiskError>>>, bool),
     Clear(oneshot::Sender<Result<(), DiskError>>),
     Cleanup(oneshot::Sender<Result<usize, DiskError>>, usize),
+    Keys(
+        oneshot::Sender<Result<Vec<Box<str>>, DiskError>>,
+        Vec<Box<str>>,
+    ),
+}
+
+/// What one op of a batch did.
+pub(super) enum Outcome {
+    Count(usize),
+    Keys(Vec<Box<str>>),
 }
 
 impl Done {
@@ -50,6 +60,7 @@ impl Done {
             Done::Delete(Some(a), _) => drop(a.send(Err(e()))),
             Done::Clear(a) => drop(a.send(Err(e()))),
             Done::Cleanup(a, _) => drop(a.send(Err(e()))),
+            Done::Keys(a, _) => drop(a.send(Err(e()))),
             Done::Put(None) | Done::Delete(None, _) => {}
         }
     }
@@ -60,6 +71,7 @@ impl Done {
             Done::Delete(Some(a), found) => drop(a.send(Ok(found))),
             Done::Clear(a) => drop(a.send(Ok(()))),
             Done::Cleanup(a, n) => drop(a.send(Ok(n))),
+            Done::Keys(a, k) => drop(a.send(Ok(k))),
             Done::Put(None) | Done::Delete(None, _) => {}
         }
     }
@@ -143,11 +155,12 @@ impl Writer {
                     bump(&c.write_batches, 1);
                     bump(&c.evictions, evicted);
                     bump(&c.expirations, expired);
-                    for (op, found) in ops.drain(..n).zip(results) {
+                    for (op, outcome) in ops.drain(..n).zip(results) {
                         let mut done = Self::done_of(op);
-                        match &mut done {
-                            Done::Delete(_, f) => *f = found > 0,
-                            Done::Cleanup(_, n) => *n = found,
+                        match (&mut done, outcome) {
+                            (Done::Delete(_, f), Outcome::Count(found)) => *f = found > 0,
+                            (Done::Cleanup(_, n), Outcome::Count(found)) => *n = found,
+                            (Done::Keys(_, k), Outcome::Keys(keys)) => *k = keys,
                             _ => {}
                         }
                         done.succeed();
@@ -252,6 +265,8 @@ impl Writer {
             Op::Delete { ack, .. } => Done::Delete(ack, false),
             Op::Clear(ack) => Done::Clear(ack),
             Op::Cleanup { ack, .. } => Done::Cleanup(ack, 0),
+            Op::RemoveMatching { ack, .. } => Done::Keys(ack, Vec::new()),
+            Op::Depend { ack, .. } => Done::Clear(ack),
             Op::Compact(_) | Op::Close(_) => unreachable!("handled by the writer loop"),
         }
     }
@@ -262,7 +277,7 @@ impl Writer {
         &mut self,
         o: &Opened,
         ops: &[Op],
-    ) -> heed::Result<(u64, u64, u64, Vec<usize>)> {
+    ) -> heed::Result<(u64, u64, u64, Vec<Outcome>)> {
         let dbs = &o.dbs;
         let mut wtxn = o.env.write_txn()?;
         let mut t = Totals::read(dbs, &wtxn);
@@ -336,9 +351,25 @@ impl Writer {
                     expired += n as u64;
                     n
                 }
+                Op::RemoveMatching { select, .. } => {
+                    let keys = select_keys(dbs, &wtxn, select)?;
+                    let mut removed = Vec::with_capacity(keys.len());
+                    for key in keys {
+                        if remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)? {
+                            removed.push(key);
+                        }
+                    }
+                    results.push(Outcome::Keys(removed));
+                    continue;
+                }
+                Op::Depend { on, dependent, .. } => {
+                    let row = super::dependency_key(on, dependent);
+                    dbs.deps.put(&mut wtxn, row.as_bytes(), &[])?;
+                    1
+                }
                 Op::Compact(_) | Op::Close(_) => 0,
             };
-            results.push(r);
+            results.push(Outcome::Count(r));
         }
         // Keep LMDB room to work: a transaction copies every page it touches, and the
         // pages a commit frees come back only two commits later, so the live pages must
@@ -471,4 +502,46 @@ impl Writer {
         }
         Ok(evicted)
     }
+}
+
+/// The keys a selection reaches: a prefix range scan (then the glob) for a pattern, a scan
+/// of the records' tag lists for a tag.
+fn select_keys(
+    dbs: &Dbs,
+    txn: &heed::RoTxn<'_>,
+    select: &super::Select,
+) -> heed::Result<Vec<Box<str>>> {
+    let mut keys = Vec::new();
+    match select {
+        super::Select::Pattern(glob) => {
+            let mut take = |k: &[u8]| {
+                if let Ok(k) = std::str::from_utf8(k) {
+                    if glob.matches(k) {
+                        keys.push(k.into());
+                    }
+                }
+            };
+            // LMDB refuses an empty key to position on: no prefix, a full scan.
+            if glob.prefix().is_empty() {
+                for row in dbs.entries.iter(txn)? {
+                    take(row?.0);
+                }
+            } else {
+                for row in dbs.entries.prefix_iter(txn, glob.prefix().as_bytes())? {
+                    take(row?.0);
+                }
+            }
+        }
+        super::Select::Tag(tag) => {
+            for row in dbs.entries.iter(txn)? {
+                let (k, v) = row?;
+                if super::record::record_has_tag(v, tag) {
+                    if let Ok(k) = std::str::from_utf8(k) {
+                        keys.push(k.into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(keys)
 }

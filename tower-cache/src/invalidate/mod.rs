@@ -1,0 +1,253 @@
+//! Invalidation on a [`Cache`]: by key, by glob pattern, by tag, and
+//! along registered dependencies, with listeners.
+//!
+//! - [`Cache::invalidate`]: one key, every tier.
+//! - [`Cache::invalidate_pattern`]: every key matching a glob (`*`, `?`), e.g.
+//!   `provider:*`. On disk the pattern's literal prefix bounds an LMDB range scan, so
+//!   `provider:*` reads only the `provider:` keys.
+//! - [`Cache::invalidate_tag`]: every entry stored with a tag (given on insert, or taken
+//!   from `Surrogate-Key` by the HTTP cache). Tags persist in the disk records.
+//! - [`Cache::register_dependency`] and [`Cache::invalidate_with_dependents`]: an entry
+//!   that depends on another goes when it goes, transitively; cycles are harmless. Edges
+//!   persist in the disk tier (when there is one), so a restart keeps them.
+//! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern.
+//!
+//! Every invalidation is a write in the sense of the store's consistency guarantee (see
+//! [`Cache`]): when it returns, no read returns an entry it removed, and no
+//! load or promotion that was in flight lands afterwards. A pattern or tag invalidation
+//! cannot know which keys loads are in flight for, so it stops every fill in flight at
+//! that moment (they are served, not stored).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_cache::{Cache, EntryMeta, MemoryTier, WriteTiers};
+//!
+//! let cache = Cache::new(MemoryTier::builder().build()?);
+//! let ttl = Duration::from_secs(60);
+//! cache.set("provider:1:rates", "1.2".into(), ttl, WriteTiers::ALL).await?;
+//! cache.set("provider:2:rates", "1.3".into(), ttl, WriteTiers::ALL).await?;
+//! cache.set("user:7", "alice".into(), ttl, WriteTiers::ALL).await?;
+//! cache.set("ratelimit:user:7", "3".into(), ttl, WriteTiers::ALL).await?;
+//! cache.register_dependency("ratelimit:user:7", "user:7").await?;
+//!
+//! assert_eq!(cache.invalidate_pattern("provider:*").await?, 2);
+//! assert_eq!(cache.invalidate_with_dependents("user:7").await?, 2);
+//! assert!(cache.get("ratelimit:user:7").await.is_none());
+//! # Ok(()) }
+//! ```
+
+mod glob;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+pub use self::glob::Glob;
+use crate::cache::Cache;
+use crate::disk::Select;
+
+/// An invalidation that could not be done: a bad pattern, or a fault of the disk tier
+/// (the memory tier was invalidated all the same).
+#[derive(Debug)]
+pub struct InvalidateError {
+    message: String,
+}
+
+impl InvalidateError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InvalidateError {}
+
+type Listener = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The store's dependency edges and listeners. Cloning a `Cache` shares them.
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// `on` -> the keys that depend on it (also on disk when there is a disk tier).
+    dependents: Mutex<HashMap<String, HashSet<String>>>,
+    listeners: Mutex<Vec<(Glob, Listener)>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check_key(key: &str) -> Result<(), InvalidateError> {
+    if key.is_empty() {
+        Err(InvalidateError::new(
+            "invalidation key is empty; give the key to remove",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+impl Cache {
+    /// Removes `key` from every tier; returns 1 if a tier held it, else 0.
+    pub async fn invalidate(&self, key: &str) -> Result<usize, InvalidateError> {
+        check_key(key)?;
+        let found = self
+            .delete(key)
+            .await
+            .map_err(|e| InvalidateError::new(e.to_string()))?;
+        self.notify([key]);
+        Ok(usize::from(found))
+    }
+
+    /// Removes every key matching the glob `pattern` from every tier; returns how many
+    /// distinct keys were removed.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, InvalidateError> {
+        let glob = Glob::new(pattern)?;
+        let memory = self.memory().keys_where(|k, _| glob.matches(k));
+        self.remove_selected(memory, Select::Pattern(glob)).await
+    }
+
+    /// Removes every entry stored with `tag` from every tier; returns how many.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<usize, InvalidateError> {
+        if tag.is_empty() {
+            return Err(InvalidateError::new(
+                "invalidation tag is empty; give the tag",
+            ));
+        }
+        let memory = self
+            .memory()
+            .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
+        self.remove_selected(memory, Select::Tag(tag.into())).await
+    }
+
+    /// Records that `key` depends on `depends_on`: invalidating `depends_on` with
+    /// [`Self::invalidate_with_dependents`] removes `key` too. Persists in the disk tier.
+    pub async fn register_dependency(
+        &self,
+        key: &str,
+        depends_on: &str,
+    ) -> Result<(), InvalidateError> {
+        check_key(key)?;
+        check_key(depends_on)?;
+        lock(&self.registry().dependents)
+            .entry(depends_on.to_owned())
+            .or_default()
+            .insert(key.to_owned());
+        if let Some(disk) = self.disk() {
+            disk.add_dependency(depends_on, key)
+                .await
+                .map_err(|e| InvalidateError::new(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key` and, transitively, every key that depends on it; returns how many
+    /// entries were removed. A dependency cycle ends where it began.
+    pub async fn invalidate_with_dependents(&self, key: &str) -> Result<usize, InvalidateError> {
+        check_key(key)?;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut queue = VecDeque::from([key.to_owned()]);
+        let mut removed = 0;
+        let mut fault = None;
+        while let Some(k) = queue.pop_front() {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            match self.delete(&k).await {
+                Ok(found) => removed += usize::from(found),
+                Err(e) => fault = Some(e),
+            }
+            for d in self.dependents_of(&k) {
+                if !seen.contains(&d) {
+                    queue.push_back(d);
+                }
+            }
+        }
+        self.notify(seen.iter().map(String::as_str));
+        match fault {
+            Some(e) => Err(InvalidateError::new(e.to_string())),
+            None => Ok(removed),
+        }
+    }
+
+    /// Calls `callback` with every invalidated key that matches `pattern`.
+    pub fn on_invalidate<F>(&self, pattern: &str, callback: F) -> Result<(), InvalidateError>
+    where
+        F: Fn(&str) + Send + Sync + 'static,
+    {
+        let glob = Glob::new(pattern)?;
+        lock(&self.registry().listeners).push((glob, Arc::new(callback)));
+        Ok(())
+    }
+
+    /// The keys recorded as depending on `key`, in memory and on disk.
+    fn dependents_of(&self, key: &str) -> Vec<String> {
+        let mut out: HashSet<String> = lock(&self.registry().dependents)
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(disk) = self.disk() {
+            match disk.dependents(key) {
+                Ok(d) => out.extend(d),
+                Err(e) => tracing::warn!(error = %e, key, "cannot read dependencies from disk"),
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Removes the `memory` keys and what `select` reaches on disk, under one announced
+    /// write of every key (fills in flight stop).
+    async fn remove_selected(
+        &self,
+        memory: Vec<String>,
+        select: Select,
+    ) -> Result<usize, InvalidateError> {
+        let _write = self.generations().begin_clear();
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut fault = None;
+        if let Some(disk) = self.disk() {
+            match disk.remove_matching(select).await {
+                Ok(removed) => keys.extend(removed.into_iter().map(String::from)),
+                Err(e) => fault = Some(e),
+            }
+        }
+        for k in memory {
+            if self.memory().delete(&k) {
+                keys.insert(k);
+            }
+        }
+        self.notify(keys.iter().map(String::as_str));
+        match fault {
+            Some(e) => Err(InvalidateError::new(e.to_string())),
+            None => Ok(keys.len()),
+        }
+    }
+
+    fn notify<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let listeners: Vec<(Glob, Listener)> = lock(&self.registry().listeners).clone();
+        if listeners.is_empty() {
+            return;
+        }
+        for key in keys {
+            for (glob, callback) in &listeners {
+                if glob.matches(key) {
+                    callback(key);
+                }
+            }
+        }
+    }
+}
