@@ -192,3 +192,95 @@ async fn a_pattern_invalidation_stops_a_fill_in_flight() {
         "a load in flight during the invalidation must not land"
     );
 }
+
+const CHILD_DIR: &str = "TOWER_CACHE_INVALIDATE_CHILD_DIR";
+
+/// The child's side: writes, invalidates, says so, then waits to be killed.
+#[test]
+fn child_invalidates_then_waits_to_be_killed() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = open(std::path::Path::new(&dir));
+        for i in 0..100 {
+            c.set_with(
+                &format!("provider:{i}"),
+                "v".into(),
+                TTL,
+                tagged(&["t"]),
+                WriteTiers::ALL,
+            )
+            .await
+            .unwrap();
+        }
+        c.set("keep", "k".into(), TTL, WriteTiers::ALL)
+            .await
+            .unwrap();
+        c.set("user:1", "u".into(), TTL, WriteTiers::ALL)
+            .await
+            .unwrap();
+        c.invalidate_pattern("provider:1*").await.unwrap();
+        c.invalidate_tag("t").await.unwrap();
+        c.invalidate("user:1").await.unwrap();
+        println!("INVALIDATED");
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        // Keep writing until killed, so the kill lands mid-work.
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            let _ = c
+                .set(&format!("noise:{n}"), "n".into(), TTL, WriteTiers::ALL)
+                .await;
+        }
+    });
+}
+
+#[test]
+fn an_invalidation_survives_sigkill() {
+    let _w = common::watchdog("invalidation_sigkill", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_invalidates_then_waits_to_be_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the child ended before invalidating");
+        if line.contains("INVALIDATED") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = open(dir.path());
+        for i in 0..100 {
+            assert!(
+                c.get(&format!("provider:{i}")).await.is_none(),
+                "provider:{i} came back after the kill"
+            );
+        }
+        assert!(c.get("user:1").await.is_none());
+        assert_eq!(c.get("keep").await.unwrap(), "k");
+    });
+}
