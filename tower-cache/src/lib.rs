@@ -38,6 +38,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cache;
+pub mod coordinator;
 pub mod disk;
 mod entry;
 pub mod error;

@@ -1,0 +1,540 @@
+//! Cluster-wide invalidation: a [`Coordinator`] spreads a node's invalidations to the
+//! other nodes over a [`Bus`], and applies theirs.
+//!
+//! - **Messages** carry the target (key, pattern or tag), a hybrid-logical-clock version,
+//!   the origin node id and a per-sender sequence number; never a value. Each is signed
+//!   with HMAC-SHA256 over a shared secret: an unsigned or forged message is dropped and
+//!   counted.
+//! - **Versions and conflicts**: a remote invalidation of a key removes the local entry
+//!   only if the entry is not newer than the message ([`resolve_conflict`]: last writer
+//!   wins, versions compared first, node ids on a tie; the node id is part of the
+//!   version, so two writes never tie).
+//! - **Lost messages**: a node that sees a gap in a sender's sequence numbers, or whose
+//!   bus reports that it lagged or reconnected, cannot know what it missed: it **drops its
+//!   memory tier** (as Redis client-side caching does) and counts it. The disk tier is
+//!   left as it is: it may hold entries a lost invalidation should have removed, but the
+//!   memory tier it would promote them into is the only tier readers see first, and an
+//!   operator who needs the disk exact after an outage clears it (`Cache::clear`) or
+//!   relies on its TTLs. Flushing a large disk tier on every network blip would turn a
+//!   short partition into a cold cache for every node.
+//! - A node ignores its own messages.
+//!
+//! The in-process bus ([`InProcessBus`], `tokio::sync::broadcast`) links nodes in one
+//! process: the default, and what the tests use.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_cache::coordinator::{Coordinator, InProcessBus};
+//! use tower_cache::{Cache, MemoryTier, WriteTiers};
+//!
+//! let bus = InProcessBus::new();
+//! let (a, b) = (
+//!     Cache::new(MemoryTier::builder().build()?),
+//!     Cache::new(MemoryTier::builder().build()?),
+//! );
+//! let node_a = Coordinator::builder(a.clone(), bus.clone()).secret(b"a secret all nodes share").start()?;
+//! let node_b = Coordinator::builder(b.clone(), bus.clone()).secret(b"a secret all nodes share").start()?;
+//! b.set("provider:1", "rates".into(), Duration::from_secs(60), WriteTiers::ALL).await?;
+//! node_a.invalidate_pattern("provider:*").await?;
+//! node_b.applied(1).await; // wait until b applied one message
+//! assert!(b.get("provider:1").await.is_none());
+//! # Ok(()) }
+//! ```
+
+mod clock;
+mod message;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, watch};
+
+pub use self::clock::{resolve_conflict, HybridClock, Winner};
+use self::message::Message;
+pub use self::message::Target;
+use crate::cache::Cache;
+use crate::error::BuildError;
+use crate::invalidate::InvalidateError;
+
+/// What a subscription to a [`Bus`] yields.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A frame another node (or this one) published.
+    Frame(Bytes),
+    /// Frames were lost (the subscriber lagged, or the connection dropped and came back):
+    /// the receiver must assume it missed invalidations.
+    Lost,
+}
+
+/// A way to publish invalidation frames to every node and receive theirs.
+///
+/// Implemented by [`InProcessBus`]; an HTTP and a Redis backend implement it the same way.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes a frame to every subscriber (this node's included).
+    fn publish(&self, frame: Bytes) -> Result<(), BusError>;
+    /// A new subscription.
+    fn subscribe(&self) -> Box<dyn Subscription>;
+}
+
+/// A subscription to a [`Bus`].
+pub trait Subscription: Send + 'static {
+    /// The next event; `None` when the bus is gone.
+    fn next(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<BusEvent>> + Send + '_>>;
+}
+
+/// A bus could not take a frame.
+#[derive(Debug)]
+pub struct BusError {
+    message: String,
+}
+
+impl BusError {
+    /// An error with a message that says what failed.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BusError {}
+
+/// The in-process bus: `tokio::sync::broadcast`. Cloning shares the bus.
+#[derive(Debug, Clone)]
+pub struct InProcessBus {
+    tx: broadcast::Sender<Bytes>,
+}
+
+impl InProcessBus {
+    /// A bus that holds up to 4,096 frames for a slow subscriber (past that it lags and
+    /// is told so).
+    pub fn new() -> Self {
+        Self::with_capacity(4096)
+    }
+
+    /// A bus that holds up to `frames` for a slow subscriber (at least one).
+    pub fn with_capacity(frames: usize) -> Self {
+        Self {
+            tx: broadcast::channel(frames.max(1)).0,
+        }
+    }
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus for InProcessBus {
+    fn publish(&self, frame: Bytes) -> Result<(), BusError> {
+        // No subscriber is not an error: nobody needs telling.
+        let _ = self.tx.send(frame);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Box<dyn Subscription> {
+        Box::new(InProcessSubscription(self.tx.subscribe()))
+    }
+}
+
+struct InProcessSubscription(broadcast::Receiver<Bytes>);
+
+impl Subscription for InProcessSubscription {
+    fn next(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<BusEvent>> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.recv().await {
+                Ok(frame) => Some(BusEvent::Frame(frame)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(BusEvent::Lost),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+    }
+}
+
+/// Builds a [`Coordinator`]; see [`Coordinator::builder`].
+pub struct CoordinatorBuilder<B> {
+    cache: Cache,
+    bus: B,
+    node: Option<u64>,
+    secret: Option<Vec<u8>>,
+}
+
+impl<B> fmt::Debug for CoordinatorBuilder<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoordinatorBuilder")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Bus> CoordinatorBuilder<B> {
+    /// This node's id (default: random). Ids break version ties, so give each node its own.
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.node = Some(id);
+        self
+    }
+
+    /// The secret every node shares, to sign and check messages (required, at least 16
+    /// bytes).
+    pub fn secret(mut self, secret: &[u8]) -> Self {
+        self.secret = Some(secret.to_vec());
+        self
+    }
+
+    /// Checks the settings and starts receiving on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn start(self) -> Result<Coordinator, BuildError> {
+        let secret = self.secret.ok_or_else(|| {
+            BuildError::new("coordinator: no secret; give every node the same .secret(..)")
+        })?;
+        if secret.len() < 16 {
+            return Err(BuildError::new(format!(
+                "coordinator: the secret is {} bytes; give at least 16 (32 random bytes is usual)",
+                secret.len()
+            )));
+        }
+        let node = self.node.unwrap_or_else(clock::random_node_id);
+        let shared = Arc::new(Shared {
+            cache: self.cache,
+            bus: Box::new(self.bus),
+            node,
+            secret,
+            clock: HybridClock::new(node),
+            seq: AtomicU64::new(0),
+            senders: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+            applied: watch::channel(0).0,
+        });
+        let subscription = shared.bus.subscribe();
+        let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
+        Ok(Coordinator {
+            shared,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        })
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Spreads invalidations over a [`Bus`]; see the [module docs](crate::coordinator).
+///
+/// Cloning shares the node; the receiving task stops when the last clone drops.
+#[derive(Clone)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("node", &self.shared.node)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+struct Shared {
+    cache: Cache,
+    bus: Box<dyn Bus>,
+    node: u64,
+    secret: Vec<u8>,
+    clock: HybridClock,
+    seq: AtomicU64,
+    /// The last sequence number seen from each sender.
+    senders: Mutex<HashMap<u64, u64>>,
+    stats: Stats,
+    /// Messages applied so far (for tests and for waiting on propagation).
+    applied: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Stats {
+    published: AtomicU64,
+    received: AtomicU64,
+    applied: AtomicU64,
+    own: AtomicU64,
+    rejected: AtomicU64,
+    skipped_newer: AtomicU64,
+    memory_flushes: AtomicU64,
+    publish_errors: AtomicU64,
+}
+
+/// Counters of a [`Coordinator`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoordinationStatus {
+    /// This node's id.
+    pub node: u64,
+    /// Messages this node published.
+    pub published: u64,
+    /// Messages received from other nodes (signed correctly).
+    pub received: u64,
+    /// Remote invalidations applied.
+    pub applied: u64,
+    /// This node's own messages, ignored.
+    pub own: u64,
+    /// Frames dropped: unsigned, forged, malformed.
+    pub rejected: u64,
+    /// Remote key invalidations that left a newer local entry in place.
+    pub skipped_newer: u64,
+    /// Times the memory tier was dropped after lost messages.
+    pub memory_flushes: u64,
+    /// Publishes the bus refused (the local invalidation was done all the same).
+    pub publish_errors: u64,
+    /// Other nodes heard from.
+    pub peers: u64,
+}
+
+impl Coordinator {
+    /// A coordinator for `cache` on `bus`.
+    pub fn builder<B: Bus>(cache: Cache, bus: B) -> CoordinatorBuilder<B> {
+        CoordinatorBuilder {
+            cache,
+            bus,
+            node: None,
+            secret: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.shared.node
+    }
+
+    /// The store.
+    pub fn cache(&self) -> &Cache {
+        &self.shared.cache
+    }
+
+    /// Invalidates `key` here, then on every node.
+    pub async fn invalidate(&self, key: &str) -> Result<usize, InvalidateError> {
+        let n = self.shared.cache.invalidate(key).await?;
+        self.publish(Target::Key(key.to_owned()));
+        Ok(n)
+    }
+
+    /// Invalidates every key matching `pattern` here, then on every node.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, InvalidateError> {
+        let n = self.shared.cache.invalidate_pattern(pattern).await?;
+        self.publish(Target::Pattern(pattern.to_owned()));
+        Ok(n)
+    }
+
+    /// Invalidates every entry with `tag` here, then on every node.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<usize, InvalidateError> {
+        let n = self.shared.cache.invalidate_tag(tag).await?;
+        self.publish(Target::Tag(tag.to_owned()));
+        Ok(n)
+    }
+
+    /// A version for a local write (give it in the entry's `EntryMeta::version`), so that
+    /// remote invalidations older than the write leave it in place.
+    pub fn next_version(&self) -> u64 {
+        self.shared.clock.now()
+    }
+
+    /// The counters.
+    pub fn status(&self) -> CoordinationStatus {
+        let s = &self.shared.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CoordinationStatus {
+            node: self.shared.node,
+            published: load(&s.published),
+            received: load(&s.received),
+            applied: load(&s.applied),
+            own: load(&s.own),
+            rejected: load(&s.rejected),
+            skipped_newer: load(&s.skipped_newer),
+            memory_flushes: load(&s.memory_flushes),
+            publish_errors: load(&s.publish_errors),
+            peers: lock(&self.shared.senders).len() as u64,
+        }
+    }
+
+    /// Waits until at least `n` remote invalidations have been applied (or the node
+    /// stops).
+    pub async fn applied(&self, n: u64) {
+        let mut rx = self.shared.applied.subscribe();
+        let _ = rx.wait_for(|&a| a >= n).await;
+    }
+
+    fn publish(&self, target: Target) {
+        let sh = &self.shared;
+        let msg = Message {
+            node: sh.node,
+            seq: sh.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            version: sh.clock.now(),
+            target,
+        };
+        match sh.bus.publish(msg.encode(&sh.secret)) {
+            Ok(()) => {
+                sh.stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                sh.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "invalidation not published; applied locally only");
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>) {
+    while let Some(event) = sub.next().await {
+        let Some(sh) = shared.upgrade() else { return };
+        match event {
+            BusEvent::Lost => flush(&sh, "the bus lost messages"),
+            BusEvent::Frame(frame) => {
+                let Some(msg) = Message::decode(&frame, &sh.secret) else {
+                    sh.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("invalidation frame dropped: unsigned, forged or malformed");
+                    continue;
+                };
+                if msg.node == sh.node {
+                    sh.stats.own.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                sh.stats.received.fetch_add(1, Ordering::Relaxed);
+                sh.clock.observe(msg.version);
+                let gap = {
+                    let mut senders = lock(&sh.senders);
+                    let last = senders.insert(msg.node, msg.seq);
+                    match last {
+                        Some(last) if msg.seq <= last => {
+                            // A duplicate (at-least-once delivery): already applied.
+                            senders.insert(msg.node, last);
+                            continue;
+                        }
+                        Some(last) => msg.seq != last + 1,
+                        // The first message from a sender: nothing to compare with.
+                        None => false,
+                    }
+                };
+                if gap {
+                    flush(&sh, "a gap in a sender's sequence numbers");
+                }
+                apply(&sh, &msg).await;
+                sh.stats.applied.fetch_add(1, Ordering::Relaxed);
+                sh.applied.send_modify(|a| *a += 1);
+            }
+        }
+    }
+}
+
+fn flush(sh: &Shared, why: &str) {
+    sh.stats.memory_flushes.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        why,
+        "invalidations may have been missed; dropping the memory tier"
+    );
+    sh.cache.memory().clear();
+}
+
+async fn apply(sh: &Shared, msg: &Message) {
+    let result = match &msg.target {
+        Target::Key(key) => {
+            // Remove only what is not newer than the invalidation.
+            let local = sh
+                .cache
+                .memory()
+                .get_entry(key)
+                .map(|e| e.meta.version)
+                .or_else(|| {
+                    sh.cache
+                        .disk()
+                        .and_then(|d| d.get_entry(key))
+                        .map(|e| e.meta.version)
+                });
+            match local {
+                Some(v) if resolve_conflict(key, v, msg.version) == Winner::Local => {
+                    sh.stats.skipped_newer.fetch_add(1, Ordering::Relaxed);
+                    Ok(0)
+                }
+                _ => sh.cache.invalidate(key).await,
+            }
+        }
+        Target::Pattern(p) => sh.cache.invalidate_pattern(p).await,
+        Target::Tag(t) => sh.cache.invalidate_tag(t).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "remote invalidation failed locally");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryTier, WriteTiers};
+
+    #[tokio::test]
+    async fn a_gap_in_a_senders_sequence_drops_the_memory_tier() {
+        let bus = InProcessBus::new();
+        let cache = Cache::new(MemoryTier::builder().build().unwrap());
+        let secret = b"sixteen+ bytes of shared secret";
+        let node = Coordinator::builder(cache.clone(), bus.clone())
+            .node_id(1)
+            .secret(secret)
+            .start()
+            .unwrap();
+        cache
+            .set(
+                "k",
+                "v".into(),
+                std::time::Duration::from_secs(60),
+                WriteTiers::ALL,
+            )
+            .await
+            .unwrap();
+        let frame = |seq| {
+            Message {
+                node: 7,
+                seq,
+                version: 1,
+                target: Target::Key("absent".into()),
+            }
+            .encode(secret)
+        };
+        bus.publish(frame(1)).unwrap();
+        bus.publish(frame(2)).unwrap();
+        node.applied(2).await;
+        assert!(cache.get("k").await.is_some(), "no gap yet");
+        bus.publish(frame(2)).unwrap(); // a duplicate: ignored
+        bus.publish(frame(5)).unwrap(); // 3 and 4 were lost
+        node.applied(3).await;
+        assert!(
+            cache.get("k").await.is_none(),
+            "the memory tier was dropped"
+        );
+        let s = node.status();
+        assert_eq!((s.memory_flushes, s.applied, s.received), (1, 3, 4));
+    }
+}

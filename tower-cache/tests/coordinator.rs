@@ -1,0 +1,151 @@
+//! Cluster-wide invalidation on the in-process bus: three nodes in one process.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tower_cache::coordinator::{Bus, Coordinator, InProcessBus};
+use tower_cache::{Cache, EntryMeta, MemoryTier, WriteTiers};
+
+const TTL: Duration = Duration::from_secs(600);
+const SECRET: &[u8] = b"sixteen+ bytes of shared secret";
+
+fn node(bus: &InProcessBus, id: u64) -> Coordinator {
+    Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        bus.clone(),
+    )
+    .node_id(id)
+    .secret(SECRET)
+    .start()
+    .unwrap()
+}
+
+async fn fill(c: &Coordinator) {
+    for k in ["provider:1", "provider:2", "user:1"] {
+        c.cache()
+            .set(k, "v".into(), TTL, WriteTiers::ALL)
+            .await
+            .unwrap();
+    }
+    c.cache()
+        .set_with(
+            "report:1",
+            "r".into(),
+            TTL,
+            EntryMeta {
+                version: 0,
+                tags: ["q4"].into_iter().collect(),
+            },
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_invalidation_on_one_node_reaches_the_others() {
+    let _w = common::watchdog("three_nodes", common::LIMIT);
+    let bus = InProcessBus::new();
+    let nodes = [node(&bus, 1), node(&bus, 2), node(&bus, 3)];
+    for n in &nodes {
+        fill(n).await;
+    }
+    nodes[0].invalidate_pattern("provider:*").await.unwrap();
+    nodes[1].invalidate("user:1").await.unwrap();
+    nodes[2].invalidate_tag("q4").await.unwrap();
+    // Each node applies the two messages of the others.
+    for n in &nodes {
+        tokio::time::timeout(Duration::from_secs(10), n.applied(2))
+            .await
+            .expect("propagated");
+        for k in ["provider:1", "provider:2", "user:1", "report:1"] {
+            assert!(
+                n.cache().get(k).await.is_none(),
+                "node {} kept {k}",
+                n.node_id()
+            );
+        }
+        let s = n.status();
+        assert_eq!((s.published, s.applied, s.rejected), (1, 2, 0), "{s:?}");
+        assert_eq!(s.peers, 2);
+    }
+}
+
+#[tokio::test]
+async fn a_newer_local_entry_survives_an_older_remote_invalidation() {
+    let _w = common::watchdog("newer_survives", common::LIMIT);
+    let bus = InProcessBus::new();
+    let (a, b) = (node(&bus, 1), node(&bus, 2));
+    let newer = EntryMeta {
+        version: u64::MAX,
+        tags: Default::default(),
+    };
+    b.cache()
+        .set_with("k-newer", "kept".into(), TTL, newer, WriteTiers::ALL)
+        .await
+        .unwrap();
+    b.cache()
+        .set("k-older", "old".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+    a.invalidate("k-newer").await.unwrap();
+    a.invalidate("k-older").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.applied(2))
+        .await
+        .unwrap();
+    assert_eq!(b.cache().get("k-newer").await.unwrap(), "kept");
+    assert!(b.cache().get("k-older").await.is_none());
+    assert_eq!(b.status().skipped_newer, 1);
+}
+
+#[tokio::test]
+async fn forged_and_malformed_frames_are_dropped_and_counted() {
+    let _w = common::watchdog("forged", common::LIMIT);
+    let bus = InProcessBus::new();
+    let b = node(&bus, 2);
+    b.cache()
+        .set("k", "v".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+    // A node with the wrong secret, and raw garbage.
+    let forger = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        bus.clone(),
+    )
+    .node_id(9)
+    .secret(b"not the shared secret at all")
+    .start()
+    .unwrap();
+    forger.invalidate("k").await.unwrap();
+    bus.publish(Bytes::from_static(b"garbage")).unwrap();
+    bus.publish(Bytes::from(vec![0u8; 1 << 20])).unwrap();
+    // A genuine message after them shows that they were processed first.
+    let a = node(&bus, 1);
+    a.invalidate("other").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.applied(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.cache().get("k").await.unwrap(),
+        "v",
+        "a forgery changed nothing"
+    );
+    assert_eq!(b.status().rejected, 3);
+}
+
+#[tokio::test]
+async fn a_secret_is_required() {
+    let bus = InProcessBus::new();
+    let cache = Cache::new(MemoryTier::builder().build().unwrap());
+    let e = Coordinator::builder(cache.clone(), bus.clone())
+        .start()
+        .unwrap_err();
+    assert!(e.to_string().contains("secret"), "{e}");
+    let e = Coordinator::builder(cache, bus)
+        .secret(b"short")
+        .start()
+        .unwrap_err();
+    assert!(e.to_string().contains("at least 16"), "{e}");
+}
