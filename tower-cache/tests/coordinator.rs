@@ -149,3 +149,142 @@ async fn a_secret_is_required() {
         .unwrap_err();
     assert!(e.to_string().contains("at least 16"), "{e}");
 }
+
+// === the HTTP bus, on real sockets ===
+
+use tower_cache::coordinator::HttpBus;
+
+/// Serves an endpoint on a fresh loopback port; returns its URL.
+async fn serve_endpoint(
+    listener: tokio::net::TcpListener,
+    endpoint: tower_cache::coordinator::InvalidateEndpoint,
+) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(endpoint.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_real_sockets_over_the_http_bus() {
+    let _w = common::watchdog("http_bus", common::LIMIT);
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}/_cache/invalidate", l.local_addr().unwrap()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let mut b = HttpBus::builder(SECRET);
+        for (j, url) in urls.iter().enumerate() {
+            if i != j {
+                b = b.peer(url.clone());
+            }
+        }
+        let bus = b.build().unwrap();
+        serve_endpoint(listener, bus.endpoint()).await;
+        let cache = Cache::new(MemoryTier::builder().build().unwrap());
+        let node = Coordinator::builder(cache, bus)
+            .node_id(i as u64 + 1)
+            .secret(SECRET)
+            .start()
+            .unwrap();
+        fill(&node).await;
+        nodes.push(node);
+    }
+    nodes[0].invalidate_pattern("provider:*").await.unwrap();
+    nodes[1].invalidate("user:1").await.unwrap();
+    nodes[2].invalidate_tag("q4").await.unwrap();
+    for n in &nodes {
+        tokio::time::timeout(Duration::from_secs(20), n.applied(2))
+            .await
+            .expect("propagated over http");
+        for k in ["provider:1", "provider:2", "user:1", "report:1"] {
+            assert!(
+                n.cache().get(k).await.is_none(),
+                "node {} kept {k}",
+                n.node_id()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_http_endpoint_answers_401_to_a_forgery_and_changes_nothing() {
+    use tower::ServiceExt;
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    let cache = Cache::new(MemoryTier::builder().build().unwrap());
+    cache
+        .set("k", "v".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+    let node = Coordinator::builder(cache.clone(), bus.clone())
+        .node_id(1)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    // A frame signed with another secret, garbage, a GET and an oversized body.
+    let other = InProcessBus::new();
+    let mut rx = other.subscribe();
+    let forger = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        other.clone(),
+    )
+    .node_id(9)
+    .secret(b"a different sixteen-byte secret")
+    .start()
+    .unwrap();
+    forger.invalidate("k").await.unwrap();
+    let forged = match rx.next().await.unwrap() {
+        tower_cache::coordinator::BusEvent::Frame(f) => f,
+        other => panic!("{other:?}"),
+    };
+    let post = |body: Bytes| {
+        http::Request::post("/_cache/invalidate")
+            .body(http_body_util::Full::new(body))
+            .unwrap()
+    };
+    let e = bus.endpoint();
+    assert_eq!(e.clone().oneshot(post(forged)).await.unwrap().status(), 401);
+    assert_eq!(
+        e.clone()
+            .oneshot(post(Bytes::from_static(b"junk")))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        e.clone()
+            .oneshot(post(Bytes::from(vec![0; 1 << 20])))
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    let get = http::Request::get("/_cache/invalidate")
+        .body(http_body_util::Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(e.oneshot(get).await.unwrap().status(), 405);
+    tokio::task::yield_now().await;
+    assert_eq!(cache.get("k").await.unwrap(), "v");
+    assert_eq!(node.status().applied, 0);
+    assert_eq!(bus.counts().2, 3);
+    let bad = HttpBus::builder(SECRET)
+        .peer("ftp://x")
+        .build()
+        .unwrap_err();
+    assert!(bad.to_string().contains("not an http"), "{bad}");
+}

@@ -44,6 +44,7 @@
 //! ```
 
 mod clock;
+mod http_bus;
 mod message;
 
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 pub use self::clock::{resolve_conflict, HybridClock, Winner};
+pub use self::http_bus::{HttpBus, HttpBusBuilder, InvalidateEndpoint};
 use self::message::Message;
 pub use self::message::Target;
 use crate::cache::Cache;

@@ -1,0 +1,252 @@
+//! The HTTP bus: nodes POST signed frames to each other; no extra server.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::broadcast;
+use tower_service::Service;
+
+use super::message::{Message, MAX_TARGET};
+use super::{Bus, BusError, Subscription};
+use crate::error::BuildError;
+
+/// The largest frame the endpoint reads.
+const MAX_FRAME: usize = 64 + MAX_TARGET + 32;
+/// Tries per frame and peer before it is given up (and counted).
+const ATTEMPTS: u32 = 6;
+
+/// Builds an [`HttpBus`]; see [`HttpBus::builder`].
+#[derive(Debug, Clone)]
+pub struct HttpBusBuilder {
+    secret: Vec<u8>,
+    peers: Vec<String>,
+    timeout: Duration,
+}
+
+impl HttpBusBuilder {
+    /// A peer's endpoint URL, e.g. `http://10.0.0.7:3001/_cache/invalidate`.
+    pub fn peer(mut self, url: impl Into<String>) -> Self {
+        self.peers.push(url.into());
+        self
+    }
+
+    /// How long one delivery attempt may take (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Checks the peers and the secret.
+    pub fn build(self) -> Result<HttpBus, BuildError> {
+        if self.secret.len() < 16 {
+            return Err(BuildError::new(
+                "http bus: the secret is shorter than 16 bytes; give every node the same longer one",
+            ));
+        }
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let uri: Uri = p
+                .parse()
+                .map_err(|e| BuildError::new(format!("http bus: peer `{p}`: {e}")))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(BuildError::new(format!(
+                    "http bus: peer `{p}` is not an http://host:port/path URL"
+                )));
+            }
+            peers.push(uri);
+        }
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Ok(HttpBus {
+            inner: Arc::new(Inner {
+                peers,
+                secret: self.secret,
+                client,
+                timeout: self.timeout,
+                tx: broadcast::channel(4096).0,
+                delivered: AtomicU64::new(0),
+                undelivered: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// Nodes that POST invalidation frames to each other's [`InvalidateEndpoint`].
+///
+/// Delivery is at least once: each frame is retried with exponential backoff (6 tries,
+/// 50 ms doubling, within the timeout each), and the receiver skips a frame it has
+/// already applied (by sender and sequence number). A frame given up on is counted; the
+/// receiver notices the gap in the sender's sequence with the next frame and drops its
+/// memory tier. Cloning shares the bus.
+#[derive(Clone)]
+pub struct HttpBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    peers: Vec<Uri>,
+    secret: Vec<u8>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+    tx: broadcast::Sender<Bytes>,
+    delivered: AtomicU64,
+    undelivered: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl fmt::Debug for HttpBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpBus")
+            .field("peers", &self.inner.peers)
+            .field("delivered", &self.inner.delivered.load(Ordering::Relaxed))
+            .field(
+                "undelivered",
+                &self.inner.undelivered.load(Ordering::Relaxed),
+            )
+            .field("refused", &self.inner.refused.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl HttpBus {
+    /// A bus signing with `secret` (the one the [`Coordinator`](super::Coordinator) has).
+    pub fn builder(secret: &[u8]) -> HttpBusBuilder {
+        HttpBusBuilder {
+            secret: secret.to_vec(),
+            peers: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The service other nodes POST to; mount it at the path the peers' URLs name.
+    pub fn endpoint(&self) -> InvalidateEndpoint {
+        InvalidateEndpoint {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Frames delivered to a peer, given up on, and refused by the endpoint (bad
+    /// signature, malformed).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let i = &self.inner;
+        (
+            i.delivered.load(Ordering::Relaxed),
+            i.undelivered.load(Ordering::Relaxed),
+            i.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Bus for HttpBus {
+    fn publish(&self, frame: Bytes) -> Result<(), BusError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
+        for peer in &self.inner.peers {
+            runtime.spawn(deliver(self.inner.clone(), peer.clone(), frame.clone()));
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Box<dyn Subscription> {
+        Box::new(super::InProcessSubscription(self.inner.tx.subscribe()))
+    }
+}
+
+async fn deliver(inner: Arc<Inner>, peer: Uri, frame: Bytes) {
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1..=ATTEMPTS {
+        let req = Request::post(peer.clone())
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(frame.clone()));
+        let Ok(req) = req else { break };
+        match tokio::time::timeout(inner.timeout, inner.client.request(req)).await {
+            Ok(Ok(res)) if res.status().is_success() => {
+                inner.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Ok(res)) if res.status() == StatusCode::UNAUTHORIZED => {
+                // The peer has another secret: retrying changes nothing.
+                tracing::warn!(%peer, "invalidation refused by a peer (401): secrets differ");
+                break;
+            }
+            other => {
+                tracing::debug!(%peer, attempt, ok = other.is_ok(), "invalidation delivery failed; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    inner.undelivered.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%peer, "invalidation not delivered; the peer will see a gap");
+}
+
+/// The endpoint of an [`HttpBus`]: `POST` a signed frame. `204` when it is accepted,
+/// `401` when its signature is wrong (nothing changes), `405` for other methods, `413`
+/// for a body over the largest frame, `400` for an unreadable one.
+#[derive(Clone)]
+pub struct InvalidateEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for InvalidateEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InvalidateEndpoint").finish_non_exhaustive()
+    }
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::default());
+    *res.status_mut() = code;
+    res
+}
+
+impl<B> Service<Request<B>> for InvalidateEndpoint
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if req.method() != Method::POST {
+                return Ok(status(StatusCode::METHOD_NOT_ALLOWED));
+            }
+            let frame = match Limited::new(req.into_body(), MAX_FRAME).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(status(StatusCode::PAYLOAD_TOO_LARGE));
+                }
+                Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
+            };
+            if Message::decode(&frame, &inner.secret).is_none() {
+                inner.refused.fetch_add(1, Ordering::Relaxed);
+                return Ok(status(StatusCode::UNAUTHORIZED));
+            }
+            let _ = inner.tx.send(frame);
+            Ok(status(StatusCode::NO_CONTENT))
+        })
+    }
+}
