@@ -338,6 +338,40 @@ impl Cache {
         in_memory.and(on_disk)
     }
 
+    /// Like [`Self::set_with`], but the value lands in a tier only if `check` still holds
+    /// when that tier takes it (checked under the memory tier's shard lock, and by the
+    /// disk writer right before it applies the write). For versioned writes that a newer
+    /// invalidation must beat. Returns whether the memory tier took it.
+    pub(crate) async fn set_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        tiers: WriteTiers,
+        check: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<bool, InsertError> {
+        crate::error::check_ttl(ttl)?;
+        let _write = self.generations.begin_write(key);
+        let mut in_memory = false;
+        if tiers.memory {
+            let prepared = self.memory.prepare(value.clone(), ttl, meta.clone())?;
+            in_memory = self.memory.insert_if(key, prepared, || check());
+        } else {
+            self.memory.delete(key);
+        }
+        match (&self.disk, tiers.disk) {
+            (Some(disk), true) => disk.set_if(key, value, ttl, meta, check).await?,
+            (Some(disk), false) => {
+                disk.delete(key)
+                    .await
+                    .map_err(|e| InsertError::new(crate::InsertErrorKind::Disk, e.to_string()))?;
+            }
+            (None, _) => {}
+        }
+        Ok(in_memory)
+    }
+
     /// Deletes `key` from disk, then from memory; returns whether any tier held it. A
     /// load of `key` in flight will not store its value.
     ///

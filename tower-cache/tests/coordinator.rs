@@ -288,3 +288,171 @@ async fn the_http_endpoint_answers_401_to_a_forgery_and_changes_nothing() {
         .unwrap_err();
     assert!(bad.to_string().contains("not an http"), "{bad}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_keeps_a_value_older_than_an_invalidation_it_applied() {
+    let _w = common::watchdog("coordinator_race", common::LIMIT);
+    use std::sync::Mutex;
+    let bus = InProcessBus::new();
+    let nodes: Vec<Coordinator> = (1..=3).map(|i| node(&bus, i)).collect();
+    // The newest invalidation version of each key, over every node.
+    let newest: std::sync::Arc<Mutex<std::collections::HashMap<String, u64>>> = Default::default();
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (n, c) in nodes.iter().enumerate() {
+        for w in 0..2u64 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (n as u64 * 31 + w);
+                for _ in 0..400 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = format!("k{}", x % 8);
+                    let _ = c
+                        .set(
+                            &key,
+                            Bytes::from("v"),
+                            TTL,
+                            Default::default(),
+                            WriteTiers::ALL,
+                        )
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        let (c, newest, published) = (c.clone(), newest.clone(), published.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x2545_F491_4F6C_DD1Du64 ^ n as u64;
+            for _ in 0..150 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = format!("k{}", x % 8);
+                let inv = if x % 5 == 0 {
+                    c.invalidate_pattern("k*").await.unwrap()
+                } else {
+                    c.invalidate(&key).await.unwrap()
+                };
+                published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                {
+                    let mut m = newest.lock().unwrap();
+                    let keys: Vec<String> = if x % 5 == 0 {
+                        (0..8).map(|i| format!("k{i}")).collect()
+                    } else {
+                        vec![key]
+                    };
+                    for k in keys {
+                        let v = m.entry(k).or_insert(0);
+                        *v = (*v).max(inv.version);
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Quiescence: each node applied every other node's invalidations.
+    let total = published.load(std::sync::atomic::Ordering::SeqCst);
+    for c in &nodes {
+        let others = total - c.status().published;
+        tokio::time::timeout(Duration::from_secs(20), c.applied(others))
+            .await
+            .expect("every invalidation applied");
+    }
+    let newest = newest.lock().unwrap().clone();
+    for c in &nodes {
+        for i in 0..8 {
+            let key = format!("k{i}");
+            if let Some(e) = c.cache().memory().get_entry(&key) {
+                let inv = newest.get(&key).copied().unwrap_or(0);
+                assert!(
+                    e.meta.version > inv,
+                    "node {} keeps {key} at version {} though an invalidation at {inv} was applied",
+                    c.node_id(),
+                    e.meta.version
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_older_than_an_applied_invalidation_never_lands() {
+    let _w = common::watchdog("tombstone", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = InProcessBus::new();
+    let a = node(&bus, 1);
+    let b = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()).with_disk(
+            tower_cache::DiskTier::builder(dir.path())
+                .map_size(16 << 20)
+                .open()
+                .unwrap(),
+        ),
+        bus.clone(),
+    )
+    .node_id(2)
+    .secret(SECRET)
+    .start()
+    .unwrap();
+    // B took a version for a write (say, it began reading the data), then A invalidated
+    // the key, then B's write arrives.
+    let old = b.next_version();
+    let pattern_old = b.next_version();
+    // A hears from B first, so that its clock is past B's (as it is when the invalidation
+    // really comes after the version was taken).
+    b.invalidate("warm-up").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), a.applied(1))
+        .await
+        .unwrap();
+    a.invalidate("k").await.unwrap();
+    a.invalidate_pattern("p:*").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.applied(2))
+        .await
+        .unwrap();
+    let stored = b
+        .set_versioned(
+            "k",
+            "stale".into(),
+            TTL,
+            old,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, None, "the memory tier refused the older write");
+    let stored = b
+        .set_versioned(
+            "p:1",
+            "stale".into(),
+            TTL,
+            pattern_old,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, None);
+    assert!(b.cache().get("k").await.is_none(), "neither tier holds it");
+    assert!(b.cache().get("p:1").await.is_none());
+    assert!(b.cache().disk().unwrap().get("k").is_none());
+    // A newer write lands.
+    let v = b
+        .set(
+            "k",
+            "fresh".into(),
+            TTL,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+    assert!(v.is_some());
+    assert_eq!(b.cache().get("k").await.unwrap(), "fresh");
+}

@@ -17,6 +17,12 @@
 //!   operator who needs the disk exact after an outage clears it (`Cache::clear`) or
 //!   relies on its TTLs. Flushing a large disk tier on every network blip would turn a
 //!   short partition into a cold cache for every node.
+//! - **Tombstones**: every invalidation, local or remote, is remembered with its version
+//!   for a while ([`CoordinatorBuilder::tombstone_ttl`], default 5 minutes). A write made
+//!   through [`Coordinator::set`] carries a version, and lands in a tier only if no
+//!   remembered invalidation at least as new covers its key, its tags or a pattern
+//!   matching it (checked under the memory tier's shard lock and by the disk writer), so
+//!   an older write racing a newer invalidation never outlives it.
 //! - A node ignores its own messages.
 //!
 //! The in-process bus ([`InProcessBus`], `tokio::sync::broadcast`) links nodes in one
@@ -46,6 +52,7 @@
 mod clock;
 mod http_bus;
 mod message;
+mod tombstones;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -175,6 +182,7 @@ pub struct CoordinatorBuilder<B> {
     bus: B,
     node: Option<u64>,
     secret: Option<Vec<u8>>,
+    tombstone_ttl: std::time::Duration,
 }
 
 impl<B> fmt::Debug for CoordinatorBuilder<B> {
@@ -189,6 +197,13 @@ impl<B: Bus> CoordinatorBuilder<B> {
     /// This node's id (default: random). Ids break version ties, so give each node its own.
     pub fn node_id(mut self, id: u64) -> Self {
         self.node = Some(id);
+        self
+    }
+
+    /// How long an invalidation's version is remembered against late, older writes
+    /// (default 5 minutes; at least a second).
+    pub fn tombstone_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.tombstone_ttl = ttl.clamp(std::time::Duration::from_secs(1), crate::error::MAX_TTL);
         self
     }
 
@@ -225,6 +240,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             senders: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             applied: watch::channel(0).0,
+            tombstones: tombstones::Tombstones::new(self.tombstone_ttl),
         });
         let subscription = shared.bus.subscribe();
         let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
@@ -273,6 +289,7 @@ struct Shared {
     stats: Stats,
     /// Messages applied so far (for tests and for waiting on propagation).
     applied: watch::Sender<u64>,
+    tombstones: tombstones::Tombstones,
 }
 
 #[derive(Default)]
@@ -285,6 +302,16 @@ struct Stats {
     skipped_newer: AtomicU64,
     memory_flushes: AtomicU64,
     publish_errors: AtomicU64,
+}
+
+/// What a [`Coordinator`] invalidation did here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Invalidated {
+    /// Entries removed on this node.
+    pub removed: usize,
+    /// The invalidation's version: writes at or below it do not outlive it.
+    pub version: u64,
 }
 
 /// Counters of a [`Coordinator`].
@@ -321,6 +348,7 @@ impl Coordinator {
             bus,
             node: None,
             secret: None,
+            tombstone_ttl: std::time::Duration::from_secs(300),
         }
     }
 
@@ -335,24 +363,76 @@ impl Coordinator {
     }
 
     /// Invalidates `key` here, then on every node.
-    pub async fn invalidate(&self, key: &str) -> Result<usize, InvalidateError> {
-        let n = self.shared.cache.invalidate(key).await?;
-        self.publish(Target::Key(key.to_owned()));
-        Ok(n)
+    pub async fn invalidate(&self, key: &str) -> Result<Invalidated, InvalidateError> {
+        let version = self.shared.clock.now();
+        self.shared.tombstones.key(key, version);
+        let removed = self.shared.cache.invalidate(key).await?;
+        self.publish(Target::Key(key.to_owned()), version);
+        Ok(Invalidated { removed, version })
     }
 
     /// Invalidates every key matching `pattern` here, then on every node.
-    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, InvalidateError> {
-        let n = self.shared.cache.invalidate_pattern(pattern).await?;
-        self.publish(Target::Pattern(pattern.to_owned()));
-        Ok(n)
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<Invalidated, InvalidateError> {
+        let glob = crate::invalidate::Glob::new(pattern)?;
+        let version = self.shared.clock.now();
+        self.shared.tombstones.pattern(glob, version);
+        let removed = self.shared.cache.invalidate_pattern(pattern).await?;
+        self.publish(Target::Pattern(pattern.to_owned()), version);
+        Ok(Invalidated { removed, version })
     }
 
     /// Invalidates every entry with `tag` here, then on every node.
-    pub async fn invalidate_tag(&self, tag: &str) -> Result<usize, InvalidateError> {
-        let n = self.shared.cache.invalidate_tag(tag).await?;
-        self.publish(Target::Tag(tag.to_owned()));
-        Ok(n)
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<Invalidated, InvalidateError> {
+        let version = self.shared.clock.now();
+        self.shared.tombstones.tag(tag, version);
+        let removed = self.shared.cache.invalidate_tag(tag).await?;
+        self.publish(Target::Tag(tag.to_owned()), version);
+        Ok(Invalidated { removed, version })
+    }
+
+    /// Writes `value` under a fresh version (returned); it lands only where no
+    /// invalidation at least as new covers it (see the module docs). Returns `None` when
+    /// the memory tier refused it for that reason.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: std::time::Duration,
+        tags: crate::Tags,
+        tiers: crate::WriteTiers,
+    ) -> Result<Option<u64>, crate::InsertError> {
+        let version = self.shared.clock.now();
+        self.set_versioned(key, value, ttl, version, tags, tiers)
+            .await
+    }
+
+    /// Writes `value` under `version` (from [`Self::next_version`] taken earlier, or from
+    /// the data's own source); it lands only where no invalidation at least as new covers
+    /// it. Returns the version, or `None` when the memory tier refused it.
+    pub async fn set_versioned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: std::time::Duration,
+        version: u64,
+        tags: crate::Tags,
+        tiers: crate::WriteTiers,
+    ) -> Result<Option<u64>, crate::InsertError> {
+        self.shared.clock.observe(version);
+        let shared = Arc::downgrade(&self.shared);
+        let (k, t) = (key.to_owned(), tags.clone());
+        let check: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
+            shared
+                .upgrade()
+                .is_none_or(|sh| !sh.tombstones.covers(&k, &t, version))
+        });
+        let meta = crate::EntryMeta { version, tags };
+        let stored = self
+            .shared
+            .cache
+            .set_if(key, value, ttl, meta, tiers, check)
+            .await?;
+        Ok(stored.then_some(version))
     }
 
     /// A version for a local write (give it in the entry's `EntryMeta::version`), so that
@@ -386,12 +466,12 @@ impl Coordinator {
         let _ = rx.wait_for(|&a| a >= n).await;
     }
 
-    fn publish(&self, target: Target) {
+    fn publish(&self, target: Target, version: u64) {
         let sh = &self.shared;
         let msg = Message {
             node: sh.node,
             seq: sh.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            version: sh.clock.now(),
+            version,
             target,
         };
         match sh.bus.publish(msg.encode(&sh.secret)) {
@@ -462,6 +542,17 @@ fn flush(sh: &Shared, why: &str) {
 }
 
 async fn apply(sh: &Shared, msg: &Message) {
+    // Remembered first: a write older than this invalidation that lands while it is being
+    // applied is refused.
+    match &msg.target {
+        Target::Key(key) => sh.tombstones.key(key, msg.version),
+        Target::Tag(tag) => sh.tombstones.tag(tag, msg.version),
+        Target::Pattern(p) => {
+            if let Ok(glob) = crate::invalidate::Glob::new(p) {
+                sh.tombstones.pattern(glob, msg.version);
+            }
+        }
+    }
     let result = match &msg.target {
         Target::Key(key) => {
             // Remove only what is not newer than the invalidation.

@@ -120,8 +120,9 @@ enum Op {
         expires_ms: u64,
         now_ms: u64,
         meta: EntryMeta,
-        /// A fill from the tiered store: applied only if no write of the key overtook it.
-        fence: Option<Ticket>,
+        /// Applied only if this still holds when the writer reaches the op: a fill that
+        /// no write overtook, a versioned write no newer invalidation covers.
+        fence: Option<Fence>,
         ack: Option<oneshot::Sender<Result<(), DiskError>>>,
     },
     Delete {
@@ -146,6 +147,33 @@ enum Op {
     },
     Compact(oneshot::Sender<Result<CompactReport, DiskError>>),
     Close(oneshot::Sender<()>),
+}
+
+/// A condition a queued write must still meet when it is applied.
+#[derive(Clone)]
+pub(crate) enum Fence {
+    /// A load's ticket: no write of the key began or ended since.
+    Ticket(Ticket),
+    /// Any check (a versioned write against newer tombstones).
+    Check(Arc<dyn Fn() -> bool + Send + Sync>),
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fence::Ticket(t) => t.fmt(f),
+            Fence::Check(_) => f.write_str("Check"),
+        }
+    }
+}
+
+impl Fence {
+    pub(crate) fn holds(&self) -> bool {
+        match self {
+            Fence::Ticket(t) => t.is_current(),
+            Fence::Check(check) => check(),
+        }
+    }
 }
 
 /// What a bulk removal reaches.
@@ -399,9 +427,34 @@ impl DiskTier {
     ) -> Result<(), InsertError> {
         let mut op = self.put_op(key, value, ttl, meta, None)?;
         if let Op::Put { fence, .. } = &mut op {
-            *fence = Some(ticket);
+            *fence = Some(Fence::Ticket(ticket));
         }
         self.queue(op)
+    }
+
+    /// Stores `value` if `check` still holds when the writer applies it, and waits for
+    /// the commit. A write the check refuses returns `Ok` (it was superseded, and counted).
+    pub(crate) async fn set_if(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        check: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Result<(), InsertError> {
+        let (ack, rx) = oneshot::channel();
+        let mut op = self.put_op(key, value, ttl, meta, Some(ack))?;
+        if let Op::Put { fence, .. } = &mut op {
+            *fence = Some(Fence::Check(check));
+        }
+        if self.tx.send(op).await.is_err() {
+            return Err(self.disk_reject(DiskError::closed()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(InsertError::new(InsertErrorKind::Disk, e.to_string())),
+            Err(_) => Err(self.disk_reject(DiskError::closed())),
+        }
     }
 
     fn queue(&self, op: Op) -> Result<(), InsertError> {

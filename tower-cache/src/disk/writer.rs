@@ -290,9 +290,8 @@ impl Writer {
                 // A load's write-through that a write or delete of its key overtook
                 // while it waited in the queue: the newer state stands.
                 Op::Put {
-                    fence: Some(ticket),
-                    ..
-                } if !ticket.is_current() => {
+                    fence: Some(fence), ..
+                } if !fence.holds() => {
                     bump(&self.shared.counters.superseded, 1);
                     0
                 }
