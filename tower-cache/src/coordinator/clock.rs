@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const NODE_BITS: u32 = 8;
 const COUNTER_BITS: u32 = 12;
 const TICK: u64 = 1 << NODE_BITS;
+/// Shift from a version to its Unix milliseconds.
+pub(crate) const NODE_AND_COUNTER_BITS: u32 = NODE_BITS + COUNTER_BITS;
 
 /// A hybrid logical clock: versions that follow wall time, never go backwards, and come
 /// after every version this node has seen.

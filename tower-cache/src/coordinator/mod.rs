@@ -241,6 +241,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             stats: Stats::default(),
             applied: watch::channel(0).0,
             tombstones: tombstones::Tombstones::new(self.tombstone_ttl),
+            recent: Mutex::default(),
         });
         let subscription = shared.bus.subscribe();
         let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
@@ -290,6 +291,8 @@ struct Shared {
     /// Messages applied so far (for tests and for waiting on propagation).
     applied: watch::Sender<u64>,
     tombstones: tombstones::Tombstones,
+    /// When the last remote message came, and the last 1,024 lags in microseconds.
+    recent: Mutex<(Option<std::time::Instant>, std::collections::VecDeque<u64>)>,
 }
 
 #[derive(Default)]
@@ -338,6 +341,13 @@ pub struct CoordinationStatus {
     pub publish_errors: u64,
     /// Other nodes heard from.
     pub peers: u64,
+    /// Time since the last message from another node, if any came.
+    pub last_message_age: Option<std::time::Duration>,
+    /// Invalidation lag, publish to applied (from the message's clock, so it includes
+    /// clock skew between hosts), over the last 1,024 messages: median and p99.
+    pub lag_p50: Option<std::time::Duration>,
+    /// See `lag_p50`.
+    pub lag_p99: Option<std::time::Duration>,
 }
 
 impl Coordinator {
@@ -456,6 +466,24 @@ impl Coordinator {
             memory_flushes: load(&s.memory_flushes),
             publish_errors: load(&s.publish_errors),
             peers: lock(&self.shared.senders).len() as u64,
+            ..self.recent()
+        }
+    }
+
+    fn recent(&self) -> CoordinationStatus {
+        let (last, lags) = &*lock(&self.shared.recent);
+        let mut sorted: Vec<u64> = lags.iter().copied().collect();
+        sorted.sort_unstable();
+        let pct = |q: f64| {
+            (!sorted.is_empty()).then(|| {
+                std::time::Duration::from_micros(sorted[((sorted.len() - 1) as f64 * q) as usize])
+            })
+        };
+        CoordinationStatus {
+            last_message_age: last.map(|t| t.elapsed()),
+            lag_p50: pct(0.5),
+            lag_p99: pct(0.99),
+            ..CoordinationStatus::default()
         }
     }
 
@@ -525,6 +553,18 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                     flush(&sh, "a gap in a sender's sequence numbers");
                 }
                 apply(&sh, &msg).await;
+                {
+                    let sent_us = (msg.version >> clock::NODE_AND_COUNTER_BITS).saturating_mul(1000);
+                    let now_us = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64);
+                    let mut recent = lock(&sh.recent);
+                    recent.0 = Some(std::time::Instant::now());
+                    if recent.1.len() == 1024 {
+                        recent.1.pop_front();
+                    }
+                    recent.1.push_back(now_us.saturating_sub(sent_us));
+                }
                 sh.stats.applied.fetch_add(1, Ordering::Relaxed);
                 sh.applied.send_modify(|a| *a += 1);
             }
