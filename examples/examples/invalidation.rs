@@ -46,7 +46,9 @@ async fn propagation() {
         let endpoint = bus.endpoint();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let svc = TowerToHyperService::new(endpoint.clone());
                 tokio::spawn(async move {
@@ -98,7 +100,12 @@ async fn pattern_over_a_million() {
             format!("user:{i:07}")
         };
         while disk
-            .try_set(&key, value.clone(), Duration::from_secs(3600), EntryMeta::default())
+            .try_set(
+                &key,
+                value.clone(),
+                Duration::from_secs(3600),
+                EntryMeta::default(),
+            )
             .is_err()
         {
             disk.flush().await.unwrap();
@@ -129,14 +136,22 @@ async fn pattern_over_a_million() {
                 format!("user:{i:07}")
             };
             while disk2
-                .try_set(&key, value.clone(), Duration::from_secs(3600), EntryMeta::default())
+                .try_set(
+                    &key,
+                    value.clone(),
+                    Duration::from_secs(3600),
+                    EntryMeta::default(),
+                )
                 .is_err()
             {
                 disk2.flush().await.unwrap();
             }
         }
         disk2.flush().await.unwrap();
-        (Cache::new(MemoryTier::builder().build().unwrap()).with_disk(disk2), dir2)
+        (
+            Cache::new(MemoryTier::builder().build().unwrap()).with_disk(disk2),
+            dir2,
+        )
     };
     let start = Instant::now();
     let m = cache2.0.invalidate_pattern("*provider:*").await.unwrap();
@@ -150,14 +165,23 @@ async fn pattern_over_a_million() {
 async fn cascade() {
     let cache = Cache::new(MemoryTier::builder().max_entries(20_000).build().unwrap());
     let ttl = Duration::from_secs(3600);
-    cache.set("root", "r".into(), ttl, WriteTiers::ALL).await.unwrap();
+    cache
+        .set("root", "r".into(), ttl, WriteTiers::ALL)
+        .await
+        .unwrap();
     for i in 0..100 {
         let mid = format!("mid:{i}");
-        cache.set(&mid, "m".into(), ttl, WriteTiers::ALL).await.unwrap();
+        cache
+            .set(&mid, "m".into(), ttl, WriteTiers::ALL)
+            .await
+            .unwrap();
         cache.register_dependency(&mid, "root").await.unwrap();
         for j in 0..99 {
             let leaf = format!("leaf:{i}:{j}");
-            cache.set(&leaf, "l".into(), ttl, WriteTiers::ALL).await.unwrap();
+            cache
+                .set(&leaf, "l".into(), ttl, WriteTiers::ALL)
+                .await
+                .unwrap();
             cache.register_dependency(&leaf, &mid).await.unwrap();
         }
     }

@@ -3,8 +3,15 @@
 //!
 //! ```sh
 //! cargo run --release -p examples --example cache_proxy -- \
-//!     --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 [--memory-mb 256] [--disk-dir DIR]
+//!     --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 [--memory-mb 256] [--disk-dir DIR] \
+//!     [--purge-token TOKEN] [--secret SECRET --peer http://other:8080/_cache/invalidate ...]
 //! ```
+//!
+//! Purges, with `--purge-token`: `PURGE /path` removes that URL, a `POST` with
+//! `X-Purge-Key`, `X-Purge-Tag` (surrogate key) or `X-Purge-Pattern` removes a key, a
+//! tag's entries or the keys a glob matches; each needs `Authorization: Bearer TOKEN`
+//! (401 otherwise). With `--peer` (and the `--secret` every proxy shares), purges spread
+//! to the other proxies over HTTP: each serves `POST /_cache/invalidate` for them.
 //!
 //! It forwards every method and header as the client sent them (the `Host` too), except
 //! what a proxy must change: hop-by-hop fields are not forwarded (RFC 9110 section 7.6.1)
@@ -26,8 +33,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use tower_cache::coordinator::{Coordinator, HttpBus};
 use tower_cache::http::HttpCacheLayer;
-use tower_cache::{Cache, DiskTier, MemoryTier};
+use tower_cache::{Cache, DiskTier, MemoryTier, PurgeService};
 use tower_layer::Layer;
 
 /// The body every part of the proxy speaks.
@@ -46,6 +54,12 @@ pub struct Args {
     pub disk_dir: Option<PathBuf>,
     /// How long to wait for the upstream's response head.
     pub upstream_timeout: Duration,
+    /// The bearer token purges need; no purges without it.
+    pub purge_token: Option<String>,
+    /// The secret the proxies share to sign invalidations.
+    pub secret: Option<String>,
+    /// Other proxies' invalidation endpoints.
+    pub peers: Vec<String>,
 }
 
 impl Args {
@@ -57,6 +71,9 @@ impl Args {
         let mut memory_mb = 256;
         let mut disk_dir = None;
         let mut timeout_ms = 30_000u64;
+        let mut purge_token = None;
+        let mut secret = None;
+        let mut peers = Vec::new();
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -92,6 +109,9 @@ impl Args {
                         .parse()
                         .map_err(|e| format!("--upstream-timeout-ms: {e}"))?;
                 }
+                "--purge-token" => purge_token = Some(value()?),
+                "--secret" => secret = Some(value()?),
+                "--peer" => peers.push(value()?),
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -102,6 +122,13 @@ impl Args {
             memory_mb,
             disk_dir,
             upstream_timeout: Duration::from_millis(timeout_ms.max(1)),
+            peers: if !peers.is_empty() && secret.is_none() {
+                return Err("--peer needs --secret, the same on every proxy".into());
+            } else {
+                peers
+            },
+            purge_token,
+            secret,
         })
     }
 }
@@ -152,6 +179,38 @@ fn to_upstream(upstream: &Uri, mut req: Request<ProxyBody>) -> Result<Request<Pr
     Ok(req)
 }
 
+/// What every response of the proxy carries.
+type AnyBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Sends a request to the invalidation endpoint, the purge service or the cache.
+async fn route<C>(
+    cache: C,
+    purge: Option<PurgeService>,
+    endpoint: Option<tower_cache::coordinator::InvalidateEndpoint>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<AnyBody>, Infallible>
+where
+    C: tower::Service<
+        Request<ProxyBody>,
+        Response = Response<tower_cache::http::HttpCacheBody<ProxyBody>>,
+        Error = Infallible,
+    >,
+{
+    use tower::ServiceExt;
+    let never = |never: Infallible| -> Box<dyn std::error::Error + Send + Sync> { match never {} };
+    if let Some(e) = endpoint.filter(|_| req.uri().path() == "/_cache/invalidate") {
+        let res = e.oneshot(req).await?;
+        return Ok(res.map(|b| b.map_err(never).boxed_unsync()));
+    }
+    if let Some(p) = purge.filter(|_| PurgeService::is_purge(&req)) {
+        let res = p.oneshot(req).await?;
+        return Ok(res.map(|b| b.map_err(never).boxed_unsync()));
+    }
+    let res = cache.oneshot(req.map(BodyExt::boxed)).await?;
+    Ok(res.map(BodyExt::boxed_unsync))
+}
+
 /// Runs the proxy until the process is stopped.
 pub async fn run(args: Args) -> std::io::Result<()> {
     let memory = MemoryTier::builder()
@@ -191,7 +250,30 @@ pub async fn run(args: Args) -> std::io::Result<()> {
             )
         }
     });
-    let cache = HttpCacheLayer::new(store).layer(forward);
+    let cache = HttpCacheLayer::new(store.clone()).layer(forward);
+    // Purges, and the endpoint other proxies send theirs to.
+    let mut endpoint = None;
+    let mut purge = None;
+    if let Some(token) = &args.purge_token {
+        purge = Some(
+            if let Some(secret) = &args.secret {
+                let mut bus = HttpBus::builder(secret.as_bytes());
+                for p in &args.peers {
+                    bus = bus.peer(p.clone());
+                }
+                let bus = bus.build().map_err(std::io::Error::other)?;
+                endpoint = Some(bus.endpoint());
+                let node = Coordinator::builder(store.clone(), bus)
+                    .secret(secret.as_bytes())
+                    .start()
+                    .map_err(std::io::Error::other)?;
+                PurgeService::cluster(node, token)
+            } else {
+                PurgeService::new(store.clone(), token)
+            }
+            .map_err(std::io::Error::other)?,
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(
         "cache_proxy: listening on {}, upstream {}",
@@ -208,12 +290,12 @@ pub async fn run(args: Args) -> std::io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let cache = cache.clone();
+        let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
         tokio::spawn(async move {
-            let svc =
-                tower::ServiceExt::map_request(cache, |req: Request<hyper::body::Incoming>| {
-                    req.map(BodyExt::boxed)
-                });
+            let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
+                async move { route(cache, purge, endpoint, req).await }
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
                 .await;

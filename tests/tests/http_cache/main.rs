@@ -1476,10 +1476,14 @@ struct Proxy {
 
 impl Proxy {
     async fn start(upstream: &str) -> Proxy {
-        let addr = support::free_addr().unwrap();
+        Self::start_with(support::free_addr().unwrap(), upstream, &[]).await
+    }
+
+    async fn start_with(addr: std::net::SocketAddr, upstream: &str, extra: &[String]) -> Proxy {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
             .args(["--listen", &addr.to_string(), "--upstream", upstream])
             .args(["--upstream-timeout-ms", "2000"])
+            .args(extra)
             .kill_on_drop(true)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -1619,6 +1623,132 @@ async fn the_proxy_answers_504_when_the_upstream_hangs() {
         let (s, _, _) = send_via(proxy.addr, "GET", "/slow", &[], "").await;
         assert_eq!(s, 504);
         holder.abort();
+    })
+    .await
+    .expect("bounded");
+}
+
+const TOKEN: &str = "a purge token of some length";
+
+async fn origin_server() -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let app = axum::Router::new()
+        .fallback(origin)
+        .with_state(Origin::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        addr,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    )
+}
+
+fn x_cache_of(h: &http::HeaderMap) -> String {
+    h.get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_purges_by_url_and_tag_only_with_the_token() {
+    tokio::time::timeout(BOUND, async {
+        let (origin_addr, server) = origin_server().await;
+        let proxy = Proxy::start_with(
+            support::free_addr().unwrap(),
+            &format!("http://{origin_addr}"),
+            &["--purge-token".into(), TOKEN.into()],
+        )
+        .await;
+        let url = "/p/x?cc=max-age%3D60&skey=group-1";
+        assert_eq!(
+            x_cache_of(&send_via(proxy.addr, "GET", url, &[], "").await.1),
+            "MISS"
+        );
+        assert_eq!(
+            x_cache_of(&send_via(proxy.addr, "GET", url, &[], "").await.1),
+            "HIT-MEM"
+        );
+        // Without the token, or with another: 401, nothing purged.
+        let (s, _, _) = send_via(proxy.addr, "PURGE", url, &[], "").await;
+        assert_eq!(s, 401);
+        let bad = [("authorization", "Bearer not-the-token-at-all!!")];
+        let (s, _, _) = send_via(proxy.addr, "PURGE", url, &bad, "").await;
+        assert_eq!(s, 401);
+        assert_eq!(
+            x_cache_of(&send_via(proxy.addr, "GET", url, &[], "").await.1),
+            "HIT-MEM"
+        );
+        let auth = format!("Bearer {TOKEN}");
+        let (s, _, b) = send_via(proxy.addr, "PURGE", url, &[("authorization", &auth)], "").await;
+        assert_eq!((s, b.as_str()), (200, r#"{"removed":1}"#));
+        assert_eq!(
+            x_cache_of(&send_via(proxy.addr, "GET", url, &[], "").await.1),
+            "MISS"
+        );
+        // By surrogate key.
+        let (s, _, b) = send_via(
+            proxy.addr,
+            "POST",
+            "/anything",
+            &[("authorization", &auth), ("x-purge-tag", "group-1")],
+            "",
+        )
+        .await;
+        assert_eq!((s, b.as_str()), (200, r#"{"removed":1}"#));
+        assert_eq!(
+            x_cache_of(&send_via(proxy.addr, "GET", url, &[], "").await.1),
+            "MISS"
+        );
+        server.abort();
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_proxy_reaches_its_peers() {
+    tokio::time::timeout(BOUND, async {
+        let (origin_addr, server) = origin_server().await;
+        let (a_addr, b_addr) = (support::free_addr().unwrap(), support::free_addr().unwrap());
+        let upstream = format!("http://{origin_addr}");
+        let flags = |peer: std::net::SocketAddr| {
+            vec![
+                "--purge-token".to_string(),
+                TOKEN.into(),
+                "--secret".into(),
+                "a secret every proxy shares".into(),
+                "--peer".into(),
+                format!("http://{peer}/_cache/invalidate"),
+            ]
+        };
+        let a = Proxy::start_with(a_addr, &upstream, &flags(b_addr)).await;
+        let b = Proxy::start_with(b_addr, &upstream, &flags(a_addr)).await;
+        let url = "/q/x?cc=max-age%3D60";
+        // Clients reach every proxy by the same public name, so the keys agree.
+        let host = ("host", "app.test");
+        for p in [&a, &b] {
+            send_via(p.addr, "GET", url, &[host], "").await;
+            assert_eq!(
+                x_cache_of(&send_via(p.addr, "GET", url, &[host], "").await.1),
+                "HIT-MEM"
+            );
+        }
+        let auth = format!("Bearer {TOKEN}");
+        let (s, _, _) = send_via(a.addr, "PURGE", url, &[("authorization", &auth), host], "").await;
+        assert_eq!(s, 200);
+        // B hears of it over HTTP (bounded by the test's timeout).
+        loop {
+            let only = ("cache-control", "only-if-cached");
+            let (status, _, _) = send_via(b.addr, "GET", url, &[host, only], "").await;
+            if status == 504 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.abort();
     })
     .await
     .expect("bounded");

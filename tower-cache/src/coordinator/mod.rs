@@ -554,7 +554,8 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                 }
                 apply(&sh, &msg).await;
                 {
-                    let sent_us = (msg.version >> clock::NODE_AND_COUNTER_BITS).saturating_mul(1000);
+                    let sent_us =
+                        (msg.version >> clock::NODE_AND_COUNTER_BITS).saturating_mul(1000);
                     let now_us = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_micros() as u64);

@@ -249,8 +249,13 @@ where
     inner.call(req).await
 }
 
-/// The key of a request's URL: host and path with query (method-independent: a HEAD is
-/// answered from a stored GET).
+/// The key the HTTP cache stores a request's URL under: host and path with query
+/// (method-independent: a HEAD is answered from a stored GET). Invalidating this key
+/// removes the URL's stored response and every variant of it.
+pub fn url_key<B>(req: &Request<B>) -> String {
+    primary_key(req)
+}
+
 fn primary_key<B>(req: &Request<B>) -> String {
     let host = req
         .headers()

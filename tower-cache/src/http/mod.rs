@@ -116,7 +116,7 @@ mod layer;
 mod policy;
 
 pub use self::layer::{
-    HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
+    url_key, HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
     DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL, DEFAULT_MAX_STORED_BODY,
 };
 pub use self::policy::HttpPolicy;

@@ -39,12 +39,14 @@
 //! ```
 
 mod glob;
+mod purge;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 pub use self::glob::Glob;
+pub use self::purge::PurgeService;
 use crate::cache::Cache;
 use crate::disk::Select;
 

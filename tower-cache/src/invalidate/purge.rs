@@ -1,0 +1,167 @@
+//! [`PurgeService`]: purges over HTTP, as operators expect from Varnish and Fastly.
+//!
+//! - `PURGE /some/path` (Varnish): the stored response of that URL (all its variants).
+//! - `POST` with `X-Purge-Key: <key>`, `X-Purge-Tag: <tag>` (surrogate key) or
+//!   `X-Purge-Pattern: <glob>`: that key, every entry with that tag, or every key
+//!   matching.
+//!
+//! Every purge needs `Authorization: Bearer <token>`; without it (or with another token)
+//! the answer is `401` and nothing changes. The answer to a purge is `200` with
+//! `{"removed":N}`. Given a [`Coordinator`](crate::coordinator::Coordinator), purges
+//! spread to every node.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ::http::{HeaderMap, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::Full;
+use tower_service::Service;
+
+use crate::cache::Cache;
+use crate::coordinator::Coordinator;
+
+/// Where purges go: one store, or every node through a coordinator.
+#[derive(Clone)]
+enum Target {
+    Local(Cache),
+    Cluster(Coordinator),
+}
+
+/// Answers authenticated purge requests, as operators expect from Varnish and Fastly.
+///
+/// - `PURGE /some/path`: the stored response of that URL (all its variants).
+/// - `POST` with `X-Purge-Key`, `X-Purge-Tag` (surrogate key) or `X-Purge-Pattern`:
+///   that key, every entry with that tag, or every key the glob matches.
+///
+/// Each needs `Authorization: Bearer <token>`; otherwise `401` and nothing changes. The
+/// answer is `200` with `{"removed":N}`. Built with [`PurgeService::cluster`], purges
+/// spread to every node.
+#[derive(Clone)]
+pub struct PurgeService {
+    target: Target,
+    token: Arc<str>,
+}
+
+impl fmt::Debug for PurgeService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PurgeService").finish_non_exhaustive()
+    }
+}
+
+impl PurgeService {
+    /// Purges `cache` for requests bearing `token` (at least 16 characters).
+    pub fn new(cache: Cache, token: &str) -> Result<Self, crate::BuildError> {
+        Self::with(Target::Local(cache), token)
+    }
+
+    /// Purges on every node of `coordinator`.
+    pub fn cluster(coordinator: Coordinator, token: &str) -> Result<Self, crate::BuildError> {
+        Self::with(Target::Cluster(coordinator), token)
+    }
+
+    fn with(target: Target, token: &str) -> Result<Self, crate::BuildError> {
+        if token.len() < 16 {
+            return Err(crate::BuildError::new(
+                "purge: the token is shorter than 16 characters; give a long random one",
+            ));
+        }
+        Ok(Self {
+            target,
+            token: token.into(),
+        })
+    }
+
+    /// Whether a request is a purge this service answers (`PURGE`, or a `POST` with one
+    /// of the purge headers); a proxy routes those here and the rest to the cache.
+    pub fn is_purge<B>(req: &Request<B>) -> bool {
+        req.method().as_str() == "PURGE"
+            || (req.method() == Method::POST
+                && ["x-purge-key", "x-purge-tag", "x-purge-pattern"]
+                    .iter()
+                    .any(|h| req.headers().contains_key(*h)))
+    }
+}
+
+fn answer(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+impl<B: Send + 'static> Service<Request<B>> for PurgeService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authorized = header(req.headers(), "authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| same(t.trim().as_bytes(), this.token.as_bytes()));
+            if !authorized {
+                return Ok(answer(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"a purge needs Authorization: Bearer <token>"}"#.into(),
+                ));
+            }
+            let h = req.headers();
+            let result = if req.method().as_str() == "PURGE" {
+                let key = crate::http::url_key(&req);
+                match &this.target {
+                    Target::Local(c) => c.invalidate(&key).await,
+                    Target::Cluster(c) => c.invalidate(&key).await.map(|i| i.removed),
+                }
+            } else if let Some(key) = header(h, "x-purge-key") {
+                match &this.target {
+                    Target::Local(c) => c.invalidate(key).await,
+                    Target::Cluster(c) => c.invalidate(key).await.map(|i| i.removed),
+                }
+            } else if let Some(tag) = header(h, "x-purge-tag") {
+                match &this.target {
+                    Target::Local(c) => c.invalidate_tag(tag).await,
+                    Target::Cluster(c) => c.invalidate_tag(tag).await.map(|i| i.removed),
+                }
+            } else if let Some(pattern) = header(h, "x-purge-pattern") {
+                match &this.target {
+                    Target::Local(c) => c.invalidate_pattern(pattern).await,
+                    Target::Cluster(c) => c.invalidate_pattern(pattern).await.map(|i| i.removed),
+                }
+            } else {
+                return Ok(answer(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"send PURGE <url>, or POST with X-Purge-Key, X-Purge-Tag or X-Purge-Pattern"}"#.into(),
+                ));
+            };
+            Ok(match result {
+                Ok(removed) => answer(StatusCode::OK, format!(r#"{{"removed":{removed}}}"#)),
+                Err(e) => answer(
+                    StatusCode::BAD_REQUEST,
+                    format!(r#"{{"error":{:?}}}"#, e.to_string()),
+                ),
+            })
+        })
+    }
+}
