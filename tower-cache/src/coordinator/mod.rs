@@ -52,6 +52,8 @@
 mod clock;
 mod http_bus;
 mod message;
+#[cfg(feature = "redis")]
+mod redis_bus;
 mod tombstones;
 
 use std::collections::HashMap;
@@ -66,6 +68,9 @@ pub use self::clock::{resolve_conflict, HybridClock, Winner};
 pub use self::http_bus::{HttpBus, HttpBusBuilder, InvalidateEndpoint};
 use self::message::Message;
 pub use self::message::Target;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis_bus::RedisBus;
 use crate::cache::Cache;
 use crate::error::BuildError;
 use crate::invalidate::InvalidateError;

@@ -1,0 +1,225 @@
+//! The Redis bus: Redis pub/sub, reconnecting with backoff.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Bus, BusError, BusEvent, Subscription};
+use crate::error::BuildError;
+
+/// Frames waiting to be published while Redis is away; past this they are dropped (and
+/// the receivers see the gap).
+const PUBLISH_QUEUE: usize = 4096;
+
+/// Invalidation frames over Redis pub/sub (cargo feature `redis`).
+///
+/// One task keeps a subscription and one a connection for publishing, each reconnecting
+/// with exponential backoff (50 ms doubling to 2 s). When the subscription drops and comes
+/// back, the node cannot know what it missed: subscribers get [`BusEvent::Lost`], and the
+/// [`Coordinator`](super::Coordinator) drops its memory tier. Frames published while
+/// Redis is away wait in a bounded queue. Cloning shares the bus; the tasks stop when the
+/// last clone drops.
+#[derive(Clone)]
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: broadcast::Sender<BusEvent>,
+    publish: mpsc::Sender<Bytes>,
+    state: Arc<State>,
+    dropped: AtomicU64,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("connected", &self.is_connected())
+            .field("reconnects", &self.reconnects())
+            .field("dropped", &self.inner.dropped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl RedisBus {
+    /// A bus on `channel` of the Redis server at `url` (`redis://127.0.0.1:6379/`).
+    /// Connecting happens in the background; an unreachable server is retried.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn connect(url: &str, channel: &str) -> Result<Self, BuildError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| BuildError::new(format!("redis bus: `{url}`: {e}")))?;
+        if channel.is_empty() {
+            return Err(BuildError::new("redis bus: the channel name is empty"));
+        }
+        let (tx, _) = broadcast::channel(4096);
+        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        let state = Arc::new(State {
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+        });
+        let sub = tokio::spawn(subscriber(
+            client.clone(),
+            channel.to_owned(),
+            tx.clone(),
+            state.clone(),
+        ));
+        let publ = tokio::spawn(publisher(client, channel.to_owned(), queue));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                publish,
+                state,
+                dropped: AtomicU64::new(0),
+                tasks: vec![sub.abort_handle(), publ.abort_handle()],
+            }),
+        })
+    }
+
+    /// Whether the subscription is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.state.connected.load(Ordering::Relaxed)
+    }
+
+    /// Times the subscription was re-established after a loss.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.state.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Frames dropped because Redis was away too long.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// What the background tasks report.
+struct State {
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+}
+
+async fn subscriber(
+    client: redis::Client,
+    channel: String,
+    tx: broadcast::Sender<BusEvent>,
+    state: Arc<State>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut ever_connected = false;
+    loop {
+        let pubsub = async {
+            let mut p = client.get_async_pubsub().await?;
+            p.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(p)
+        };
+        match pubsub.await {
+            Ok(mut p) => {
+                backoff = Duration::from_millis(50);
+                state.connected.store(true, Ordering::Relaxed);
+                if ever_connected {
+                    // Whatever was published while we were away is lost to us.
+                    state.reconnects.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(BusEvent::Lost);
+                }
+                ever_connected = true;
+                let mut messages = p.on_message();
+                while let Some(msg) = messages.next().await {
+                    if let Ok(payload) = msg.get_payload::<Vec<u8>>() {
+                        let _ = tx.send(BusEvent::Frame(Bytes::from(payload)));
+                    }
+                }
+                state.connected.store(false, Ordering::Relaxed);
+                tracing::warn!("redis bus: subscription lost; reconnecting");
+                let _ = tx.send(BusEvent::Lost);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redis bus: cannot subscribe; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn publisher(client: redis::Client, channel: String, mut queue: mpsc::Receiver<Bytes>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut conn = None;
+    while let Some(frame) = queue.recv().await {
+        loop {
+            if conn.is_none() {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis bus: cannot connect to publish; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let sent: Result<(), redis::RedisError> = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(frame.as_ref())
+                .query_async(c)
+                .await;
+            match sent {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis bus: publish failed; reconnecting");
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, frame: Bytes) -> Result<(), BusError> {
+        self.inner.publish.try_send(frame).map_err(|_| {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            BusError::new("redis bus: publish queue full (Redis away too long); frame dropped")
+        })
+    }
+
+    fn subscribe(&self) -> Box<dyn Subscription> {
+        Box::new(EventSubscription(self.inner.tx.subscribe()))
+    }
+}
+
+struct EventSubscription(broadcast::Receiver<BusEvent>);
+
+impl Subscription for EventSubscription {
+    fn next(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<BusEvent>> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.recv().await {
+                Ok(e) => Some(e),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(BusEvent::Lost),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+    }
+}

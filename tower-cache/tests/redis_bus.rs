@@ -1,0 +1,157 @@
+//! The Redis bus against a real `redis-server` child process on a free loopback port
+//! (cargo feature `redis`; `.ci/run` installs redis-server when missing).
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use tower_cache::coordinator::{Coordinator, RedisBus};
+use tower_cache::{Cache, MemoryTier, WriteTiers};
+
+const TTL: Duration = Duration::from_secs(600);
+const SECRET: &[u8] = b"sixteen+ bytes of shared secret";
+
+struct Redis {
+    child: std::process::Child,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        // Until it accepts connections.
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn until(mut ok: impl FnMut() -> bool) {
+    while !ok() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_redis_survive_a_server_restart() {
+    let _w = common::watchdog("redis_bus", common::LIMIT);
+    let port = support_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = Some(Redis::start(port));
+    let mut nodes = Vec::new();
+    let mut buses = Vec::new();
+    for i in 1..=3 {
+        let bus = RedisBus::connect(&url, "tower-cache:test").unwrap();
+        buses.push(bus.clone());
+        let cache = Cache::new(MemoryTier::builder().build().unwrap());
+        nodes.push(
+            Coordinator::builder(cache, bus)
+                .node_id(i)
+                .secret(SECRET)
+                .start()
+                .unwrap(),
+        );
+    }
+    let buses2 = buses.clone();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| buses2.iter().all(|b| b.is_connected())),
+    )
+    .await
+    .expect("subscribed");
+    for n in &nodes {
+        n.cache()
+            .set("provider:1", "v".into(), TTL, WriteTiers::ALL)
+            .await
+            .unwrap();
+    }
+    nodes[0].invalidate_pattern("provider:*").await.unwrap();
+    for n in &nodes[1..] {
+        tokio::time::timeout(Duration::from_secs(20), n.applied(1))
+            .await
+            .expect("propagated over redis");
+        assert!(n.cache().get("provider:1").await.is_none());
+    }
+
+    // The server goes away: every node drops its memory tier, since it cannot know what
+    // it misses meanwhile.
+    for n in &nodes {
+        n.cache()
+            .set("kept-until-the-outage", "v".into(), TTL, WriteTiers::ALL)
+            .await
+            .unwrap();
+    }
+    drop(redis.take());
+    let nodes2 = nodes.clone();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| nodes2.iter().all(|n| n.status().memory_flushes >= 1)),
+    )
+    .await
+    .expect("every node noticed the lost connection");
+    for n in &nodes {
+        assert!(n.cache().get("kept-until-the-outage").await.is_none());
+    }
+
+    // It comes back on the same port: the nodes resubscribe and invalidations flow again.
+    let _redis = Redis::start(port);
+    let buses2 = buses.clone();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| {
+            buses2
+                .iter()
+                .all(|b| b.is_connected() && b.reconnects() >= 1)
+        }),
+    )
+    .await
+    .expect("resubscribed");
+    for n in &nodes {
+        n.cache()
+            .set("user:1", "v".into(), TTL, WriteTiers::ALL)
+            .await
+            .unwrap();
+    }
+    nodes[2].invalidate("user:1").await.unwrap();
+    // Node 1 applied one remote message before (node 0 sent the first), node 0 none.
+    for (n, applied) in nodes[..2].iter().zip([1, 2]) {
+        tokio::time::timeout(Duration::from_secs(20), n.applied(applied))
+            .await
+            .expect("propagated after the restart");
+        assert!(n.cache().get("user:1").await.is_none());
+    }
+}
+
+fn support_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_bad_url_is_a_build_error() {
+    let e = RedisBus::connect("not a url", "c").unwrap_err();
+    assert!(e.to_string().contains("redis bus"), "{e}");
+    let e = RedisBus::connect("redis://127.0.0.1:1/", "").unwrap_err();
+    assert!(e.to_string().contains("channel"), "{e}");
+}
