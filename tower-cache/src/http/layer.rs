@@ -154,6 +154,19 @@ impl Default for HttpCacheLayer {
     }
 }
 
+impl HttpCacheLayer {
+    /// The common case with a disk tier: the default policy over a 64 MiB memory tier and
+    /// an LMDB disk tier in `dir` (a 1 GiB map; see [`DiskTier`](crate::DiskTier) for more
+    /// settings). Fails, saying why, if the directory cannot be used.
+    pub fn on_disk(dir: impl AsRef<std::path::Path>) -> Result<Self, crate::BuildError> {
+        let memory = crate::MemoryTier::builder()
+            .bytes_only(DEFAULT_HTTP_MEMORY_BYTES)
+            .build()?;
+        let disk = crate::DiskTier::builder(dir).open()?;
+        Ok(Self::new(Cache::new(memory).with_disk(disk)))
+    }
+}
+
 impl<S> Layer<S> for HttpCacheLayer {
     type Service = HttpCacheService<S>;
 

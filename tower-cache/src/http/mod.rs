@@ -45,7 +45,8 @@
 //! choice made is the one that stores or serves less; see the parser's notes.
 //!
 //! One line for the common case, in axum (the cache passes the inner service's error
-//! type on, so over a router it is infallible and needs no `HandleErrorLayer`):
+//! type on, so over a router it is infallible and needs no `HandleErrorLayer`);
+//! [`HttpCacheLayer::on_disk`] adds a disk tier in a directory:
 //!
 //! ```
 //! use tower_cache::http::HttpCacheLayer;
