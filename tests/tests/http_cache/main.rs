@@ -1765,9 +1765,7 @@ async fn the_one_line_layer_with_a_disk_tier_survives_a_restart() {
             Ok::<_, std::convert::Infallible>(res)
         });
         {
-            let svc = HttpCacheLayer::on_disk(dir.path())
-                .unwrap()
-                .layer(origin.clone());
+            let svc = HttpCacheLayer::on_disk(dir.path()).unwrap().layer(origin);
             let res = svc
                 .oneshot(Request::get("http://t/x").body(Full::default()).unwrap())
                 .await
