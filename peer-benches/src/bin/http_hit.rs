@@ -1,5 +1,6 @@
 //! Cached HTTP hits through hyper: tower-cache's `HttpCacheLayer` against
-//! `http-cache-tower` (moka manager) and against the uncached origin, all in one run.
+//! `http-cache-tower` (moka manager), `tower-http-cache` (in-memory backend) and the
+//! uncached origin, all in one run.
 //!
 //! ```sh
 //! cargo run --release --manifest-path peer-benches/Cargo.toml --bin http_hit
@@ -118,13 +119,26 @@ fn main() {
                 .layer(tower::service_fn(origin)),
         )
         .await;
-        let names = ["uncached origin", "tower-cache HttpCacheLayer", "http-cache-tower (moka)"];
-        let mut results: Vec<Vec<(f64, Duration, Duration)>> = vec![Vec::new(); 3];
+        let thc = serve(
+            tower_http_cache::CacheLayer::builder(tower_http_cache::backend::memory::InMemoryBackend::new(10_000))
+                .ttl(Duration::from_secs(3600))
+                .build()
+                .layer(tower::service_fn(origin)),
+        )
+        .await;
+        let names = [
+            "uncached origin",
+            "tower-cache HttpCacheLayer",
+            "http-cache-tower (moka)",
+            "tower-http-cache (memory)",
+        ];
+        let addrs = [bare, ours, theirs, thc];
+        let mut results: Vec<Vec<(f64, Duration, Duration)>> = vec![Vec::new(); 4];
         for round in 0..2 {
-            for i in 0..3 {
+            for i in 0..4 {
                 // Rotate the order so that no contestant always runs first.
-                let which = (i + round) % 3;
-                results[which].push(load([bare, ours, theirs][which]).await);
+                let which = (i + round) % 4;
+                results[which].push(load(addrs[which]).await);
             }
         }
         println!("1 KiB cached hits through hyper on 127.0.0.1, {CONNECTIONS} keep-alive connections, 2 rounds of {ROUND:?}");
@@ -139,9 +153,11 @@ fn main() {
             println!("{name:<30} {rps:>12.0} {p50:>10.1?} {p99:>10.1?}");
         }
         println!(
-            "tower-cache / http-cache-tower: {:.2}x requests/s (target >= 1.5x), p99 {:.2}x; tower-cache / uncached origin: {:.2}x",
+            "tower-cache / http-cache-tower: {:.2}x requests/s (target >= 1.5x), p99 {:.2}x; tower-cache / tower-http-cache: {:.2}x, p99 {:.2}x; tower-cache / uncached origin: {:.2}x",
             summary[1].0 / summary[2].0,
             summary[1].2.as_secs_f64() / summary[2].2.as_secs_f64(),
+            summary[1].0 / summary[3].0,
+            summary[1].2.as_secs_f64() / summary[3].2.as_secs_f64(),
             summary[1].0 / summary[0].0
         );
     });
