@@ -85,13 +85,8 @@ async fn propagation() {
     );
 }
 
-async fn pattern_over_a_million() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = DiskTier::builder(dir.path())
-        .map_size(4 << 30)
-        .open()
-        .unwrap();
-    let fill_start = Instant::now();
+/// Writes 1,000,000 one-byte entries, one in a thousand under `provider:`.
+async fn fill_a_million(disk: &DiskTier) {
     let value = Bytes::from_static(b"v");
     for i in 0..1_000_000u32 {
         let key = if i % 1000 == 0 {
@@ -99,6 +94,7 @@ async fn pattern_over_a_million() {
         } else {
             format!("user:{i:07}")
         };
+        // A full queue: let the writer catch up.
         while disk
             .try_set(
                 &key,
@@ -112,49 +108,31 @@ async fn pattern_over_a_million() {
         }
     }
     disk.flush().await.unwrap();
+}
+
+async fn pattern_over_a_million() {
+    let open = |dir: &std::path::Path| DiskTier::builder(dir).map_size(4 << 30).open().unwrap();
+    let (dir, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (disk, disk2) = (open(dir.path()), open(dir2.path()));
+    let fill_start = Instant::now();
+    fill_a_million(&disk).await;
     println!(
         "filled 1,000,000 disk entries in {:?} ({} stored)",
         fill_start.elapsed(),
         disk.stats().entries
     );
-    let cache = Cache::new(MemoryTier::builder().build().unwrap()).with_disk(disk);
+    // The same entries twice: one for the range scan, one for the full scan.
+    fill_a_million(&disk2).await;
+    let memory = || MemoryTier::builder().build().unwrap();
+    let (cache, cache2) = (
+        Cache::new(memory()).with_disk(disk),
+        Cache::new(memory()).with_disk(disk2),
+    );
     let start = Instant::now();
     let n = cache.invalidate_pattern("provider:*").await.unwrap();
     let prefix = start.elapsed();
-    // The same keys again, through a full scan.
-    let _ = n;
-    let cache2 = {
-        let dir2 = tempfile::tempdir().unwrap();
-        let disk2 = DiskTier::builder(dir2.path())
-            .map_size(4 << 30)
-            .open()
-            .unwrap();
-        for i in 0..1_000_000u32 {
-            let key = if i % 1000 == 0 {
-                format!("provider:{i:07}")
-            } else {
-                format!("user:{i:07}")
-            };
-            while disk2
-                .try_set(
-                    &key,
-                    value.clone(),
-                    Duration::from_secs(3600),
-                    EntryMeta::default(),
-                )
-                .is_err()
-            {
-                disk2.flush().await.unwrap();
-            }
-        }
-        disk2.flush().await.unwrap();
-        (
-            Cache::new(MemoryTier::builder().build().unwrap()).with_disk(disk2),
-            dir2,
-        )
-    };
     let start = Instant::now();
-    let m = cache2.0.invalidate_pattern("*provider:*").await.unwrap();
+    let m = cache2.invalidate_pattern("*provider:*").await.unwrap();
     let full = start.elapsed();
     println!(
         "pattern over 1,000,000 disk entries: `provider:*` removed {n} in {prefix:?} (range scan); `*provider:*` removed {m} in {full:?} (full scan): {:.0}x",

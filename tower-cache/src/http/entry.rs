@@ -202,7 +202,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_and_indexes_round_trip_and_garbage_never_panics() {
+    fn entries_and_indexes_round_trip_and_cut_records_never_decode() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/plain"));
         headers.append("x-multi", HeaderValue::from_static("a"));
@@ -247,17 +247,6 @@ mod tests {
                 "a record cut at {cut} must not decode"
             );
         }
-        let mut x = 88172645463325252u64;
-        for len in 0..500 {
-            let g: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            let _ = decode(&Bytes::from(g));
-        }
+        // Arbitrary bytes: the property test in `headers` (`stored_records_never_panic`).
     }
 }

@@ -251,16 +251,7 @@ where
     }
 }
 
-async fn call_inner<S, ReqB, ResB>(
-    mut inner: S,
-    req: Request<ReqB>,
-) -> Result<Response<ResB>, S::Error>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-    inner.call(req).await
-}
+use crate::service::ready_call as call_inner;
 
 /// The key the HTTP cache stores a request's URL under: host and path with query
 /// (method-independent: a HEAD is answered from a stored GET). Invalidating this key

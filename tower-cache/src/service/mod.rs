@@ -209,15 +209,21 @@ impl<S, K, C, P> CacheService<S, K, C, P> {
     }
 }
 
-async fn call_inner<S, Req>(mut inner: S, req: Req) -> Result<S::Response, BoxError>
+/// Waits for `inner` to be ready, then calls it: how every miss reaches the inner service.
+pub(crate) async fn ready_call<S: Service<Req>, Req>(
+    mut inner: S,
+    req: Req,
+) -> Result<S::Response, S::Error> {
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    inner.call(req).await
+}
+
+async fn call_inner<S, Req>(inner: S, req: Req) -> Result<S::Response, BoxError>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
 {
-    std::future::poll_fn(|cx| inner.poll_ready(cx))
-        .await
-        .map_err(Into::into)?;
-    inner.call(req).await.map_err(Into::into)
+    ready_call(inner, req).await.map_err(Into::into)
 }
 
 impl<S, Req, K, C, P> Service<Req> for CacheService<S, K, C, P>
