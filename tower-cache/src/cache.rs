@@ -377,9 +377,18 @@ impl Cache {
     ///
     /// If the disk delete fails the memory entry is still removed and the fault returned.
     pub async fn delete(&self, key: &str) -> Result<bool, DiskError> {
+        self.delete_with(key, None).await
+    }
+
+    /// Like [`Self::delete`], recording `tombstone` on disk in the same transaction.
+    pub(crate) async fn delete_with(
+        &self,
+        key: &str,
+        tombstone: Option<crate::disk::Tombstone>,
+    ) -> Result<bool, DiskError> {
         let _write = self.generations.begin_write(key);
         let on_disk = match &self.disk {
-            Some(disk) => disk.delete(key).await.inspect_err(|e| {
+            Some(disk) => disk.delete_with(key, tombstone).await.inspect_err(|e| {
                 bump(&self.counters.disk_faults);
                 tracing::warn!(error = %e, key, "disk tier delete failed");
             }),

@@ -456,3 +456,68 @@ async fn a_write_older_than_an_applied_invalidation_never_lands() {
     assert!(v.is_some());
     assert_eq!(b.cache().get("k").await.unwrap(), "fresh");
 }
+
+#[tokio::test]
+async fn a_restarted_node_remembers_the_invalidations_it_applied() {
+    let _w = common::watchdog("persistent tombstones", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = InProcessBus::new();
+    let open = |bus: &InProcessBus| {
+        Coordinator::builder(
+            Cache::new(MemoryTier::builder().build().unwrap()).with_disk(
+                tower_cache::DiskTier::builder(dir.path())
+                    .map_size(16 << 20)
+                    .open()
+                    .unwrap(),
+            ),
+            bus.clone(),
+        )
+        .node_id(2)
+        .secret(SECRET)
+        .start()
+        .unwrap()
+    };
+    let a = node(&bus, 1);
+    let b = open(&bus);
+    // Versions taken before the invalidations (writes that began before them).
+    let old_key = b.next_version();
+    let old_pattern = b.next_version();
+    let old_tag = b.next_version();
+    b.invalidate("k").await.unwrap();
+    // Pattern and tag invalidations arrive from another node.
+    b.invalidate("warm-up").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), a.applied(1))
+        .await
+        .unwrap();
+    a.invalidate_pattern("p:*").await.unwrap();
+    a.invalidate_tag("q4").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.applied(2))
+        .await
+        .unwrap();
+    drop(b);
+
+    // The node restarts on the same directory: its memory tombstones are gone, the disk
+    // ones come back.
+    let b = open(&bus);
+    let tags = |t: &str| -> tower_cache::Tags { [t].into_iter().collect() };
+    for (key, version, t) in [
+        ("k", old_key, tags("x")),
+        ("p:1", old_pattern, tags("x")),
+        ("r:1", old_tag, tags("q4")),
+    ] {
+        let stored = b
+            .set_versioned(key, "stale".into(), TTL, version, t, WriteTiers::ALL)
+            .await
+            .unwrap();
+        assert_eq!(stored, None, "{key}: a write older than its invalidation");
+        assert!(b.cache().get(key).await.is_none(), "{key}");
+        assert!(b.cache().disk().unwrap().get(key).is_none(), "{key}");
+    }
+    // Writes newer than the invalidations land, and the restarted clock is past them.
+    let v = b
+        .set("k", "fresh".into(), TTL, tags("x"), WriteTiers::ALL)
+        .await
+        .unwrap();
+    assert!(v.is_some_and(|v| v > old_tag));
+    assert_eq!(b.cache().get("k").await.unwrap(), "fresh");
+}

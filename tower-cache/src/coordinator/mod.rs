@@ -18,7 +18,9 @@
 //!   relies on its TTLs. Flushing a large disk tier on every network blip would turn a
 //!   short partition into a cold cache for every node.
 //! - **Tombstones**: every invalidation, local or remote, is remembered with its version
-//!   for a while ([`CoordinatorBuilder::tombstone_ttl`], default 5 minutes). A write made
+//!   for a while ([`CoordinatorBuilder::tombstone_ttl`], default 5 minutes), in memory and
+//!   in the disk tier (written in the same LMDB transaction as the delete, and read back
+//!   when a coordinator starts, so a restart remembers them). A write made
 //!   through [`Coordinator::set`] carries a version, and lands in a tier only if no
 //!   remembered invalidation at least as new covers its key, its tags or a pattern
 //!   matching it (checked under the memory tier's shard lock and by the disk writer), so
@@ -248,6 +250,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             tombstones: tombstones::Tombstones::new(self.tombstone_ttl),
             recent: Mutex::default(),
         });
+        shared.restore_tombstones();
         let subscription = shared.bus.subscribe();
         let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
         Ok(Coordinator {
@@ -381,8 +384,13 @@ impl Coordinator {
     pub async fn invalidate(&self, key: &str) -> Result<Invalidated, InvalidateError> {
         let version = self.shared.clock.now();
         self.shared.tombstones.key(key, version);
-        let removed = self.shared.cache.invalidate(key).await?;
-        self.publish(Target::Key(key.to_owned()), version);
+        let target = Target::Key(key.to_owned());
+        let removed = self
+            .shared
+            .cache
+            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
+            .await?;
+        self.publish(target, version);
         Ok(Invalidated { removed, version })
     }
 
@@ -391,8 +399,13 @@ impl Coordinator {
         let glob = crate::invalidate::Glob::new(pattern)?;
         let version = self.shared.clock.now();
         self.shared.tombstones.pattern(glob, version);
-        let removed = self.shared.cache.invalidate_pattern(pattern).await?;
-        self.publish(Target::Pattern(pattern.to_owned()), version);
+        let target = Target::Pattern(pattern.to_owned());
+        let removed = self
+            .shared
+            .cache
+            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
+            .await?;
+        self.publish(target, version);
         Ok(Invalidated { removed, version })
     }
 
@@ -400,8 +413,13 @@ impl Coordinator {
     pub async fn invalidate_tag(&self, tag: &str) -> Result<Invalidated, InvalidateError> {
         let version = self.shared.clock.now();
         self.shared.tombstones.tag(tag, version);
-        let removed = self.shared.cache.invalidate_tag(tag).await?;
-        self.publish(Target::Tag(tag.to_owned()), version);
+        let target = Target::Tag(tag.to_owned());
+        let removed = self
+            .shared
+            .cache
+            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
+            .await?;
+        self.publish(target, version);
         Ok(Invalidated { removed, version })
     }
 
@@ -519,6 +537,48 @@ impl Coordinator {
     }
 }
 
+impl Shared {
+    /// The disk record of an invalidation of `target` at `version`.
+    fn tombstone(&self, target: &Target, version: u64) -> crate::disk::Tombstone {
+        let (kind, what) = match target {
+            Target::Key(k) => ("k", k),
+            Target::Pattern(p) => ("p", p),
+            Target::Tag(t) => ("t", t),
+        };
+        crate::disk::Tombstone {
+            row: format!("{kind}\u{0}{what}").into(),
+            version,
+            until_ms: unix_ms().saturating_add(self.tombstones.ttl().as_millis() as u64),
+        }
+    }
+
+    /// Brings back the tombstones a previous run recorded in the disk tier.
+    fn restore_tombstones(&self) {
+        let Some(disk) = self.cache.disk() else {
+            return;
+        };
+        let now = unix_ms();
+        match disk.tombstones(now) {
+            Ok(all) => {
+                for t in all {
+                    if let Some((kind, target)) = t.row.split_once('\u{0}') {
+                        let left = std::time::Duration::from_millis(t.until_ms.saturating_sub(now));
+                        self.tombstones.restore(kind, target, t.version, left);
+                        self.clock.observe(t.version);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read tombstones from disk"),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -618,11 +678,18 @@ async fn apply(sh: &Shared, msg: &Message) {
                     sh.stats.skipped_newer.fetch_add(1, Ordering::Relaxed);
                     Ok(0)
                 }
-                _ => sh.cache.invalidate(key).await,
+                _ => {
+                    sh.cache
+                        .invalidate_recorded(&msg.target, sh.tombstone(&msg.target, msg.version))
+                        .await
+                }
             }
         }
-        Target::Pattern(p) => sh.cache.invalidate_pattern(p).await,
-        Target::Tag(t) => sh.cache.invalidate_tag(t).await,
+        Target::Pattern(_) | Target::Tag(_) => {
+            sh.cache
+                .invalidate_recorded(&msg.target, sh.tombstone(&msg.target, msg.version))
+                .await
+        }
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "remote invalidation failed locally");

@@ -40,6 +40,33 @@ impl Tombstones {
         Instant::now() + self.ttl
     }
 
+    /// How long tombstones are kept.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Brings back a tombstone read from the disk tier, remembered for `left`.
+    pub(crate) fn restore(&self, kind: &str, target: &str, version: u64, left: Duration) {
+        let until = Instant::now() + left;
+        let mut i = self.lock();
+        match kind {
+            "k" => {
+                let slot = i.keys.entry(target.to_owned()).or_insert((version, until));
+                *slot = (slot.0.max(version), slot.1.max(until));
+            }
+            "t" => {
+                let slot = i.tags.entry(target.to_owned()).or_insert((version, until));
+                *slot = (slot.0.max(version), slot.1.max(until));
+            }
+            "p" => {
+                if let Ok(glob) = Glob::new(target) {
+                    i.patterns.push((glob, version, until));
+                }
+            }
+            _ => {}
+        }
+    }
+
     pub(crate) fn key(&self, key: &str, version: u64) {
         let until = self.until();
         let mut i = self.lock();

@@ -17,6 +17,8 @@ pub(super) struct Dbs {
     pub(super) meta: Database<Raw, Raw>,
     /// Dependency edges, `on \0 dependent` -> empty: they persist with the entries.
     pub(super) deps: Database<Raw, Raw>,
+    /// Tombstones of invalidations, `kind \0 target` -> version, until (Unix ms), each u64.
+    pub(super) tombs: Database<Raw, Raw>,
 }
 
 #[derive(Debug)]
@@ -195,7 +197,7 @@ pub(super) fn move_aside(dir: &Path) -> std::io::Result<PathBuf> {
 pub(super) fn open_env(path: &Path, map_size: usize) -> Result<Opened, OpenError> {
     check_data_file(path).map_err(OpenError::Damaged)?;
     let mut options = EnvOpenOptions::new();
-    options.map_size(map_size).max_dbs(5).max_readers(512);
+    options.map_size(map_size).max_dbs(6).max_readers(512);
     // SAFETY: the directory is this tier's own; the file is only ever changed through
     // LMDB (by this process or others that open it the same way), never truncated or
     // rewritten behind LMDB's back. `compact` swaps the file only after this process
@@ -211,6 +213,7 @@ pub(super) fn open_env(path: &Path, map_size: usize) -> Result<Opened, OpenError
         order: env.create_database(&mut wtxn, Some("order"))?,
         meta: env.create_database(&mut wtxn, Some("meta"))?,
         deps: env.create_database(&mut wtxn, Some("deps"))?,
+        tombs: env.create_database(&mut wtxn, Some("tombs"))?,
     };
     wtxn.commit()?;
     Ok(Opened { env, dbs })

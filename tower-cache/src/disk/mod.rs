@@ -127,6 +127,8 @@ enum Op {
     },
     Delete {
         key: Box<str>,
+        /// Written in the same transaction as the delete.
+        tombstone: Option<Tombstone>,
         ack: Option<oneshot::Sender<Result<bool, DiskError>>>,
     },
     Clear(oneshot::Sender<Result<(), DiskError>>),
@@ -137,6 +139,8 @@ enum Op {
     /// Removes every entry a selection reaches; answers with their keys.
     RemoveMatching {
         select: Select,
+        /// Written in the same transaction as the removal.
+        tombstone: Option<Tombstone>,
         ack: oneshot::Sender<Result<Vec<Box<str>>, DiskError>>,
     },
     /// Records that `dependent` depends on `on`.
@@ -174,6 +178,16 @@ impl Fence {
             Fence::Check(check) => check(),
         }
     }
+}
+
+/// The record of an invalidation, kept so that a restart still refuses older writes:
+/// `row` is `kind \0 target` (`k` key, `p` pattern, `t` tag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tombstone {
+    pub(crate) row: Box<str>,
+    pub(crate) version: u64,
+    /// Unix milliseconds after which it is forgotten.
+    pub(crate) until_ms: u64,
 }
 
 /// What a bulk removal reaches.
@@ -366,6 +380,7 @@ impl DiskTier {
                 tracing::warn!(key, why, "disk tier: corrupt record dropped");
                 let _ = self.tx.try_send(Op::Delete {
                     key: key.into(),
+                    tombstone: None,
                     ack: None,
                 });
                 None
@@ -526,11 +541,49 @@ impl DiskTier {
 
     /// Removes the entry under `key` once committed; returns whether there was one.
     pub async fn delete(&self, key: &str) -> Result<bool, DiskError> {
+        self.delete_with(key, None).await
+    }
+
+    /// Removes the entry under `key` and records `tombstone`, in one transaction.
+    pub(crate) async fn delete_with(
+        &self,
+        key: &str,
+        tombstone: Option<Tombstone>,
+    ) -> Result<bool, DiskError> {
         self.request(|ack| Op::Delete {
             key: key.into(),
+            tombstone,
             ack: Some(ack),
         })
         .await
+    }
+
+    /// The tombstones recorded and not yet forgotten at `now_ms`.
+    pub(crate) fn tombstones(&self, now_ms: u64) -> Result<Vec<Tombstone>, DiskError> {
+        let state = self.shared.state();
+        let o = state.as_ref().ok_or_else(DiskError::closed)?;
+        let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+        let mut out = Vec::new();
+        for row in o
+            .dbs
+            .tombs
+            .iter(&rtxn)
+            .map_err(|e| DiskError::lmdb("read", e))?
+        {
+            let (k, v) = row.map_err(|e| DiskError::lmdb("read", e))?;
+            let (Ok(k), true) = (std::str::from_utf8(k), v.len() == 16) else {
+                continue;
+            };
+            let (version, until_ms) = (record::u64_at(v, 0), record::u64_at(v, 8));
+            if until_ms > now_ms {
+                out.push(Tombstone {
+                    row: k.into(),
+                    version,
+                    until_ms,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Removes every entry.
@@ -561,8 +614,17 @@ impl DiskTier {
     }
 
     /// Removes every entry `select` reaches, in one transaction; returns their keys.
-    pub(crate) async fn remove_matching(&self, select: Select) -> Result<Vec<Box<str>>, DiskError> {
-        self.request(|ack| Op::RemoveMatching { select, ack }).await
+    pub(crate) async fn remove_matching(
+        &self,
+        select: Select,
+        tombstone: Option<Tombstone>,
+    ) -> Result<Vec<Box<str>>, DiskError> {
+        self.request(|ack| Op::RemoveMatching {
+            select,
+            tombstone,
+            ack,
+        })
+        .await
     }
 
     /// Records, durably, that `dependent` depends on `on`.

@@ -334,7 +334,10 @@ impl Writer {
                     puts += 1;
                     1
                 }
-                Op::Delete { key, .. } => {
+                Op::Delete { key, tombstone, .. } => {
+                    if let Some(t) = tombstone {
+                        put_tombstone(dbs, &mut wtxn, t)?;
+                    }
                     remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)? as usize
                 }
                 Op::Clear(_) => {
@@ -346,11 +349,17 @@ impl Writer {
                     1
                 }
                 Op::Cleanup { now_ms: at, .. } => {
+                    forget_tombstones(dbs, &mut wtxn, *at)?;
                     let n = remove_expired(dbs, &mut wtxn, *at, &mut t, usize::MAX)?;
                     expired += n as u64;
                     n
                 }
-                Op::RemoveMatching { select, .. } => {
+                Op::RemoveMatching {
+                    select, tombstone, ..
+                } => {
+                    if let Some(t) = tombstone {
+                        put_tombstone(dbs, &mut wtxn, t)?;
+                    }
                     let keys = select_keys(dbs, &wtxn, select)?;
                     let mut removed = Vec::with_capacity(keys.len());
                     for key in keys {
@@ -543,4 +552,37 @@ fn select_keys(
         }
     }
     Ok(keys)
+}
+
+/// Records a tombstone, keeping the newer version if the target has one already.
+fn put_tombstone(dbs: &Dbs, wtxn: &mut RwTxn<'_>, t: &super::Tombstone) -> heed::Result<()> {
+    let (mut version, mut until) = (t.version, t.until_ms);
+    if let Some(old) = dbs.tombs.get(wtxn, t.row.as_bytes())? {
+        if old.len() == 16 {
+            version = version.max(super::record::u64_at(old, 0));
+            until = until.max(super::record::u64_at(old, 8));
+        }
+    }
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&version.to_le_bytes());
+    v[8..].copy_from_slice(&until.to_le_bytes());
+    dbs.tombs.put(wtxn, t.row.as_bytes(), &v)
+}
+
+/// Forgets tombstones past their time (a small table: a full walk).
+fn forget_tombstones(dbs: &Dbs, wtxn: &mut RwTxn<'_>, now_ms: u64) -> heed::Result<()> {
+    if now_ms == 0 {
+        return Ok(());
+    }
+    let mut gone = Vec::new();
+    for row in dbs.tombs.iter(wtxn)? {
+        let (k, v) = row?;
+        if v.len() != 16 || super::record::u64_at(v, 8) <= now_ms {
+            gone.push(k.to_vec());
+        }
+    }
+    for k in gone {
+        dbs.tombs.delete(wtxn, &k)?;
+    }
+    Ok(())
 }

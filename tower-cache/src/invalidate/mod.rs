@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 pub use self::glob::Glob;
 pub use self::purge::PurgeService;
 use crate::cache::Cache;
-use crate::disk::Select;
+use crate::disk::{Select, Tombstone};
 
 /// An invalidation that could not be done: a bad pattern, or a fault of the disk tier
 /// (the memory tier was invalidated all the same).
@@ -120,7 +120,8 @@ impl Cache {
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, InvalidateError> {
         let glob = Glob::new(pattern)?;
         let memory = self.memory().keys_where(|k, _| glob.matches(k));
-        self.remove_selected(memory, Select::Pattern(glob)).await
+        self.remove_selected(memory, Select::Pattern(glob), None)
+            .await
     }
 
     /// Removes every entry stored with `tag` from every tier; returns how many.
@@ -133,7 +134,47 @@ impl Cache {
         let memory = self
             .memory()
             .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
-        self.remove_selected(memory, Select::Tag(tag.into())).await
+        self.remove_selected(memory, Select::Tag(tag.into()), None)
+            .await
+    }
+
+    /// Invalidates `target` and records `tombstone` in the disk tier in the same
+    /// transaction (the coordinator's invalidations, so that a restart remembers them).
+    pub(crate) async fn invalidate_recorded(
+        &self,
+        target: &crate::coordinator::Target,
+        tombstone: Tombstone,
+    ) -> Result<usize, InvalidateError> {
+        use crate::coordinator::Target;
+        match target {
+            Target::Key(key) => {
+                check_key(key)?;
+                let found = self
+                    .delete_with(key, Some(tombstone))
+                    .await
+                    .map_err(|e| InvalidateError::new(e.to_string()))?;
+                self.notify([key.as_str()]);
+                Ok(usize::from(found))
+            }
+            Target::Pattern(pattern) => {
+                let glob = Glob::new(pattern)?;
+                let memory = self.memory().keys_where(|k, _| glob.matches(k));
+                self.remove_selected(memory, Select::Pattern(glob), Some(tombstone))
+                    .await
+            }
+            Target::Tag(tag) => {
+                if tag.is_empty() {
+                    return Err(InvalidateError::new(
+                        "invalidation tag is empty; give the tag",
+                    ));
+                }
+                let memory = self
+                    .memory()
+                    .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
+                self.remove_selected(memory, Select::Tag(tag.as_str().into()), Some(tombstone))
+                    .await
+            }
+        }
     }
 
     /// Records that `key` depends on `depends_on`: invalidating `depends_on` with
@@ -217,12 +258,13 @@ impl Cache {
         &self,
         memory: Vec<String>,
         select: Select,
+        tombstone: Option<Tombstone>,
     ) -> Result<usize, InvalidateError> {
         let _write = self.generations().begin_clear();
         let mut keys: HashSet<String> = HashSet::new();
         let mut fault = None;
         if let Some(disk) = self.disk() {
-            match disk.remove_matching(select).await {
+            match disk.remove_matching(select, tombstone).await {
                 Ok(removed) => keys.extend(removed.into_iter().map(String::from)),
                 Err(e) => fault = Some(e),
             }
