@@ -218,7 +218,69 @@ async fn three_nodes_on_real_sockets_over_the_http_bus() {
                 n.node_id()
             );
         }
+        let status = n.status();
+        let heard: Vec<(u64, u64)> = status
+            .peer_nodes
+            .iter()
+            .map(|p| (p.node, p.last_seq))
+            .collect();
+        let others: Vec<(u64, u64)> = (1..=3)
+            .filter(|&id| id != n.node_id())
+            .map(|id| (id, 1))
+            .collect();
+        assert_eq!(heard, others, "node {}", n.node_id());
+        assert_eq!(status.links.len(), 2);
+        for link in &status.links {
+            assert!(link.up && link.failures == 0, "{link:?}");
+            assert!(urls.contains(&link.target), "{link:?}");
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_shows_as_a_down_link_and_the_local_invalidation_stands() {
+    let _w = common::watchdog("http_bus_down", common::LIMIT);
+    // A loopback port nothing listens on any more.
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("http://{closed}/_cache/invalidate");
+    let bus = HttpBus::builder(SECRET).peer(url.clone()).build().unwrap();
+    let node = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(1)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    fill(&node).await;
+    assert_eq!(
+        node.status().links,
+        vec![tower_cache::coordinator::LinkState::new(
+            url.clone(),
+            true,
+            0
+        )],
+        "no delivery tried yet"
+    );
+    let done = node.invalidate("user:1").await.unwrap();
+    assert_eq!(done.removed, 1);
+    assert!(node.cache().get("user:1").await.is_none());
+    // Six tries with backoff, then the frame is given up on.
+    let down = async {
+        loop {
+            let links = node.status().links;
+            if !links[0].up {
+                return links;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let links = tokio::time::timeout(Duration::from_secs(30), down)
+        .await
+        .expect("the link goes down");
+    assert_eq!(links[0].failures, 1);
+    assert_eq!(links[0].target, url);
+    assert!(node.status().peer_nodes.is_empty());
 }
 
 #[tokio::test]

@@ -110,6 +110,12 @@ async fn three_nodes_over_redis_survive_a_server_restart() {
     for n in &nodes {
         assert!(n.cache().get("kept-until-the-outage").await.is_none());
     }
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| nodes2.iter().all(|n| !n.status().links[0].up)),
+    )
+    .await
+    .expect("the status shows the link down");
 
     // It comes back on the same port: the nodes resubscribe and invalidations flow again.
     let _redis = Redis::start(port);
@@ -124,6 +130,12 @@ async fn three_nodes_over_redis_survive_a_server_restart() {
     )
     .await
     .expect("resubscribed");
+    for n in &nodes {
+        let links = n.status().links;
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].target, "redis channel tower-cache:test");
+        assert!(links[0].up && links[0].failures >= 1, "{links:?}");
+    }
     for n in &nodes {
         n.cache()
             .set("user:1", "v".into(), TTL, WriteTiers::ALL)

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,7 +66,11 @@ impl HttpBusBuilder {
                     "http bus: peer `{p}` is not an http://host:port/path URL"
                 )));
             }
-            peers.push(uri);
+            peers.push(Peer {
+                uri,
+                up: AtomicBool::new(true),
+                failures: AtomicU64::new(0),
+            });
         }
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Ok(HttpBus {
@@ -96,8 +100,15 @@ pub struct HttpBus {
     inner: Arc<Inner>,
 }
 
+/// A peer's endpoint and how deliveries to it went.
+struct Peer {
+    uri: Uri,
+    up: AtomicBool,
+    failures: AtomicU64,
+}
+
 struct Inner {
-    peers: Vec<Uri>,
+    peers: Vec<Peer>,
     secret: Vec<u8>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
@@ -110,7 +121,10 @@ struct Inner {
 impl fmt::Debug for HttpBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpBus")
-            .field("peers", &self.inner.peers)
+            .field(
+                "peers",
+                &self.inner.peers.iter().map(|p| &p.uri).collect::<Vec<_>>(),
+            )
             .field("delivered", &self.inner.delivered.load(Ordering::Relaxed))
             .field(
                 "undelivered",
@@ -154,10 +168,24 @@ impl Bus for HttpBus {
     fn publish(&self, frame: Bytes) -> Result<(), BusError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
-        for peer in &self.inner.peers {
-            runtime.spawn(deliver(self.inner.clone(), peer.clone(), frame.clone()));
+        for i in 0..self.inner.peers.len() {
+            runtime.spawn(deliver(self.inner.clone(), i, frame.clone()));
         }
         Ok(())
+    }
+
+    fn links(&self) -> Vec<super::LinkState> {
+        self.inner
+            .peers
+            .iter()
+            .map(|p| {
+                super::LinkState::new(
+                    p.uri.to_string(),
+                    p.up.load(Ordering::Relaxed),
+                    p.failures.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     fn subscribe(&self) -> Box<dyn Subscription> {
@@ -165,7 +193,11 @@ impl Bus for HttpBus {
     }
 }
 
-async fn deliver(inner: Arc<Inner>, peer: Uri, frame: Bytes) {
+async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
+    let Some(link) = inner.peers.get(index) else {
+        return;
+    };
+    let peer = &link.uri;
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
         let req = Request::post(peer.clone())
@@ -175,6 +207,7 @@ async fn deliver(inner: Arc<Inner>, peer: Uri, frame: Bytes) {
         match tokio::time::timeout(inner.timeout, inner.client.request(req)).await {
             Ok(Ok(res)) if res.status().is_success() => {
                 inner.delivered.fetch_add(1, Ordering::Relaxed);
+                link.up.store(true, Ordering::Relaxed);
                 return;
             }
             Ok(Ok(res)) if res.status() == StatusCode::UNAUTHORIZED => {
@@ -190,6 +223,8 @@ async fn deliver(inner: Arc<Inner>, peer: Uri, frame: Bytes) {
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
     inner.undelivered.fetch_add(1, Ordering::Relaxed);
+    link.up.store(false, Ordering::Relaxed);
+    link.failures.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(%peer, "invalidation not delivered; the peer will see a gap");
 }
 

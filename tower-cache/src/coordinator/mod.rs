@@ -95,6 +95,35 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, frame: Bytes) -> Result<(), BusError>;
     /// A new subscription.
     fn subscribe(&self) -> Box<dyn Subscription>;
+    /// The state of the bus's links (peer URLs, a Redis server), for
+    /// [`CoordinationStatus::links`]. A bus without links returns none.
+    fn links(&self) -> Vec<LinkState> {
+        Vec::new()
+    }
+}
+
+/// The state of one link of a [`Bus`]: a peer's endpoint, a Redis server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkState {
+    /// What the link goes to (a peer URL; `redis` and the channel).
+    pub target: String,
+    /// Whether the link works: the last delivery to the peer succeeded (or none was
+    /// tried yet), the Redis subscription is up.
+    pub up: bool,
+    /// Its failures so far: frames given up on (HTTP), reconnects (Redis).
+    pub failures: u64,
+}
+
+impl LinkState {
+    /// A link's state.
+    pub fn new(target: impl Into<String>, up: bool, failures: u64) -> Self {
+        Self {
+            target: target.into(),
+            up,
+            failures,
+        }
+    }
 }
 
 /// A subscription to a [`Bus`].
@@ -294,7 +323,7 @@ struct Shared {
     clock: HybridClock,
     seq: AtomicU64,
     /// The last sequence number seen from each sender.
-    senders: Mutex<HashMap<u64, u64>>,
+    senders: Mutex<HashMap<u64, (u64, std::time::Instant)>>,
     stats: Stats,
     /// Messages applied so far (for tests and for waiting on propagation).
     applied: watch::Sender<u64>,
@@ -326,7 +355,7 @@ pub struct Invalidated {
 }
 
 /// Counters of a [`Coordinator`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CoordinationStatus {
     /// This node's id.
@@ -349,6 +378,10 @@ pub struct CoordinationStatus {
     pub publish_errors: u64,
     /// Other nodes heard from.
     pub peers: u64,
+    /// Each node heard from: its id, the last sequence number and how long ago.
+    pub peer_nodes: Vec<PeerNode>,
+    /// The bus's links and whether each is up (see [`Bus::links`]).
+    pub links: Vec<LinkState>,
     /// Time since the last message from another node, if any came.
     pub last_message_age: Option<std::time::Duration>,
     /// Invalidation lag, publish to applied (from the message's clock, so it includes
@@ -356,6 +389,18 @@ pub struct CoordinationStatus {
     pub lag_p50: Option<std::time::Duration>,
     /// See `lag_p50`.
     pub lag_p99: Option<std::time::Duration>,
+}
+
+/// A node this one has heard from; see [`CoordinationStatus::peer_nodes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerNode {
+    /// Its node id.
+    pub node: u64,
+    /// The last sequence number applied from it.
+    pub last_seq: u64,
+    /// Time since its last message.
+    pub last_message_age: std::time::Duration,
 }
 
 impl Coordinator {
@@ -478,6 +523,15 @@ impl Coordinator {
     pub fn status(&self) -> CoordinationStatus {
         let s = &self.shared.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut peer_nodes: Vec<PeerNode> = lock(&self.shared.senders)
+            .iter()
+            .map(|(&node, &(last_seq, at))| PeerNode {
+                node,
+                last_seq,
+                last_message_age: at.elapsed(),
+            })
+            .collect();
+        peer_nodes.sort_by_key(|p| p.node);
         CoordinationStatus {
             node: self.shared.node,
             published: load(&s.published),
@@ -488,7 +542,9 @@ impl Coordinator {
             skipped_newer: load(&s.skipped_newer),
             memory_flushes: load(&s.memory_flushes),
             publish_errors: load(&s.publish_errors),
-            peers: lock(&self.shared.senders).len() as u64,
+            peers: peer_nodes.len() as u64,
+            peer_nodes,
+            links: self.shared.bus.links(),
             ..self.recent()
         }
     }
@@ -602,11 +658,12 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                 sh.clock.observe(msg.version);
                 let gap = {
                     let mut senders = lock(&sh.senders);
-                    let last = senders.insert(msg.node, msg.seq);
+                    let now = std::time::Instant::now();
+                    let last = senders.insert(msg.node, (msg.seq, now)).map(|l| l.0);
                     match last {
                         Some(last) if msg.seq <= last => {
                             // A duplicate (at-least-once delivery): already applied.
-                            senders.insert(msg.node, last);
+                            senders.insert(msg.node, (last, now));
                             continue;
                         }
                         Some(last) => msg.seq != last + 1,

@@ -33,6 +33,7 @@ struct Inner {
     tx: broadcast::Sender<BusEvent>,
     publish: mpsc::Sender<Bytes>,
     state: Arc<State>,
+    channel: String,
     dropped: AtomicU64,
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -86,6 +87,7 @@ impl RedisBus {
                 tx,
                 publish,
                 state,
+                channel: channel.to_owned(),
                 dropped: AtomicU64::new(0),
                 tasks: vec![sub.abort_handle(), publ.abort_handle()],
             }),
@@ -205,6 +207,15 @@ impl Bus for RedisBus {
 
     fn subscribe(&self) -> Box<dyn Subscription> {
         Box::new(EventSubscription(self.inner.tx.subscribe()))
+    }
+
+    /// One link: the subscription (named by channel; the URL may hold a password).
+    fn links(&self) -> Vec<super::LinkState> {
+        vec![super::LinkState::new(
+            format!("redis channel {}", self.inner.channel),
+            self.is_connected(),
+            self.reconnects(),
+        )]
     }
 }
 
