@@ -427,38 +427,28 @@ impl Coordinator {
 
     /// Invalidates `key` here, then on every node.
     pub async fn invalidate(&self, key: &str) -> Result<Invalidated, InvalidateError> {
-        let version = self.shared.clock.now();
-        self.shared.tombstones.key(key, version);
-        let target = Target::Key(key.to_owned());
-        let removed = self
-            .shared
-            .cache
-            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
-            .await?;
-        self.publish(target, version);
-        Ok(Invalidated { removed, version })
+        self.invalidate_everywhere(Target::Key(key.to_owned()))
+            .await
     }
 
     /// Invalidates every key matching `pattern` here, then on every node.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<Invalidated, InvalidateError> {
-        let glob = crate::invalidate::Glob::new(pattern)?;
-        let version = self.shared.clock.now();
-        self.shared.tombstones.pattern(glob, version);
-        let target = Target::Pattern(pattern.to_owned());
-        let removed = self
-            .shared
-            .cache
-            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
-            .await?;
-        self.publish(target, version);
-        Ok(Invalidated { removed, version })
+        // Checked before a version is taken or anything is remembered.
+        crate::invalidate::Glob::new(pattern)?;
+        self.invalidate_everywhere(Target::Pattern(pattern.to_owned()))
+            .await
     }
 
     /// Invalidates every entry with `tag` here, then on every node.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<Invalidated, InvalidateError> {
+        self.invalidate_everywhere(Target::Tag(tag.to_owned()))
+            .await
+    }
+
+    /// Remembers, applies here (recording the tombstone on disk), then publishes.
+    async fn invalidate_everywhere(&self, target: Target) -> Result<Invalidated, InvalidateError> {
         let version = self.shared.clock.now();
-        self.shared.tombstones.tag(tag, version);
-        let target = Target::Tag(tag.to_owned());
+        self.shared.remember(&target, version);
         let removed = self
             .shared
             .cache
@@ -594,6 +584,19 @@ impl Coordinator {
 }
 
 impl Shared {
+    /// Remembers an invalidation of `target` at `version` in memory (see the tombstones).
+    fn remember(&self, target: &Target, version: u64) {
+        match target {
+            Target::Key(key) => self.tombstones.key(key, version),
+            Target::Tag(tag) => self.tombstones.tag(tag, version),
+            Target::Pattern(p) => {
+                if let Ok(glob) = crate::invalidate::Glob::new(p) {
+                    self.tombstones.pattern(glob, version);
+                }
+            }
+        }
+    }
+
     /// The disk record of an invalidation of `target` at `version`.
     fn tombstone(&self, target: &Target, version: u64) -> crate::disk::Tombstone {
         let (kind, what) = match target {
@@ -707,15 +710,7 @@ fn flush(sh: &Shared, why: &str) {
 async fn apply(sh: &Shared, msg: &Message) {
     // Remembered first: a write older than this invalidation that lands while it is being
     // applied is refused.
-    match &msg.target {
-        Target::Key(key) => sh.tombstones.key(key, msg.version),
-        Target::Tag(tag) => sh.tombstones.tag(tag, msg.version),
-        Target::Pattern(p) => {
-            if let Ok(glob) = crate::invalidate::Glob::new(p) {
-                sh.tombstones.pattern(glob, msg.version);
-            }
-        }
-    }
+    sh.remember(&msg.target, msg.version);
     let result = match &msg.target {
         Target::Key(key) => {
             // Remove only what is not newer than the invalidation.
