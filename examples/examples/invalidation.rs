@@ -6,7 +6,9 @@
 //!
 //! 1. Propagation: three nodes on 127.0.0.1 linked by the HTTP bus; node 1 invalidates a
 //!    key 2,000 times, one after another; the time from the call to the moment both
-//!    other nodes applied it, p50 and p99 (target p99 <= 5 ms).
+//!    other nodes applied it, p50 and p99 (target p99 <= 5 ms). With `--features redis`
+//!    the same over Redis pub/sub, through a `redis-server` child process the example
+//!    starts on a free loopback port.
 //! 2. A prefix pattern over 1,000,000 disk entries (1,000 of them match): the LMDB range
 //!    scan, against the same pattern with a leading `*` (a full scan).
 //! 3. A cascade over 10,000 dependents (a fan-out of 100 x 100).
@@ -67,6 +69,12 @@ async fn propagation() {
                 .unwrap(),
         );
     }
+    measure(&nodes, "the HTTP bus").await;
+}
+
+/// Node 1 invalidates a key `n` times, one after another; the time until both other
+/// nodes applied each.
+async fn measure(nodes: &[Coordinator], bus: &str) {
     let n = 2000;
     let mut lags = Vec::with_capacity(n);
     for i in 1..=n as u64 {
@@ -78,11 +86,63 @@ async fn propagation() {
     }
     lags.sort();
     println!(
-        "propagation over the HTTP bus, 3 nodes on loopback, {n} invalidations: p50 {:?}, p99 {:?} (target p99 <= 5 ms), max {:?}",
+        "propagation over {bus}, 3 nodes on loopback, {n} invalidations: p50 {:?}, p99 {:?} (target p99 <= 5 ms), max {:?}",
         pct(&lags, 0.5),
         pct(&lags, 0.99),
         lags[lags.len() - 1]
     );
+}
+
+/// The same over Redis pub/sub, through a `redis-server` child process on a free
+/// loopback port (feature `redis`; skipped with a message when the server is not
+/// installed).
+#[cfg(feature = "redis")]
+async fn propagation_over_redis() {
+    use tower_cache::coordinator::RedisBus;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        println!("propagation over Redis: skipped, no redis-server on PATH (apt-get install -y redis-server)");
+        return;
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(20) {
+            println!("propagation over Redis: skipped, redis-server did not start");
+            let _ = child.kill();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut nodes = Vec::new();
+    let mut buses = Vec::new();
+    for i in 0..3u64 {
+        let bus = RedisBus::connect(&url, "invalidation-bench").unwrap();
+        buses.push(bus.clone());
+        let cache = Cache::new(MemoryTier::builder().build().unwrap());
+        nodes.push(
+            Coordinator::builder(cache, bus)
+                .node_id(i + 1)
+                .secret(SECRET)
+                .start()
+                .unwrap(),
+        );
+    }
+    while !buses.iter().all(RedisBus::is_connected) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    measure(&nodes, "Redis pub/sub").await;
+    drop(nodes);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Writes 1,000,000 one-byte entries, one in a thousand under `provider:`.
@@ -178,6 +238,10 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         propagation().await;
+        #[cfg(feature = "redis")]
+        propagation_over_redis().await;
+        #[cfg(not(feature = "redis"))]
+        println!("propagation over Redis: run with --features redis (needs redis-server)");
         cascade().await;
         pattern_over_a_million().await;
     });

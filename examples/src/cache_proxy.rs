@@ -5,13 +5,16 @@
 //! cargo run --release -p examples --example cache_proxy -- \
 //!     --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 [--memory-mb 256] [--disk-dir DIR] \
 //!     [--purge-token TOKEN] [--secret SECRET --peer http://other:8080/_cache/invalidate ...]
+//!     [--secret SECRET --redis redis://127.0.0.1:6379/]   (with --features redis)
 //! ```
 //!
 //! Purges, with `--purge-token`: `PURGE /path` removes that URL, a `POST` with
 //! `X-Purge-Key`, `X-Purge-Tag` (surrogate key) or `X-Purge-Pattern` removes a key, a
 //! tag's entries or the keys a glob matches; each needs `Authorization: Bearer TOKEN`
 //! (401 otherwise). With `--peer` (and the `--secret` every proxy shares), purges spread
-//! to the other proxies over HTTP: each serves `POST /_cache/invalidate` for them.
+//! to the other proxies over HTTP: each serves `POST /_cache/invalidate` for them. With
+//! `--redis URL` instead (built with `--features redis`), they spread over that Redis
+//! server's pub/sub.
 //!
 //! It forwards every method and header as the client sent them (the `Host` too), except
 //! what a proxy must change: hop-by-hop fields are not forwarded (RFC 9110 section 7.6.1)
@@ -60,6 +63,9 @@ pub struct Args {
     pub secret: Option<String>,
     /// Other proxies' invalidation endpoints.
     pub peers: Vec<String>,
+    /// A Redis server whose pub/sub carries purges between proxies, instead of
+    /// `--peer` (feature `redis`).
+    pub redis: Option<String>,
 }
 
 impl Args {
@@ -74,6 +80,7 @@ impl Args {
         let mut purge_token = None;
         let mut secret = None;
         let mut peers = Vec::new();
+        let mut redis = None;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -112,6 +119,15 @@ impl Args {
                 "--purge-token" => purge_token = Some(value()?),
                 "--secret" => secret = Some(value()?),
                 "--peer" => peers.push(value()?),
+                "--redis" => {
+                    let url = value()?;
+                    if !cfg!(feature = "redis") {
+                        return Err(format!(
+                            "--redis {url}: this build has no Redis bus; rebuild with --features redis"
+                        ));
+                    }
+                    redis = Some(url);
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -124,8 +140,15 @@ impl Args {
             upstream_timeout: Duration::from_millis(timeout_ms.max(1)),
             peers: if !peers.is_empty() && secret.is_none() {
                 return Err("--peer needs --secret, the same on every proxy".into());
+            } else if !peers.is_empty() && redis.is_some() {
+                return Err("give either --peer or --redis, not both".into());
             } else {
                 peers
+            },
+            redis: if redis.is_some() && secret.is_none() {
+                return Err("--redis needs --secret, the same on every proxy".into());
+            } else {
+                redis
             },
             purge_token,
             secret,
@@ -211,6 +234,25 @@ where
     Ok(res.map(BodyExt::boxed_unsync))
 }
 
+/// A coordinator whose purges travel over Redis pub/sub.
+#[cfg(feature = "redis")]
+fn redis_node(store: Cache, secret: &str, url: &str) -> std::io::Result<Coordinator> {
+    let bus = tower_cache::coordinator::RedisBus::connect(url, "cache_proxy:invalidate")
+        .map_err(std::io::Error::other)?;
+    Coordinator::builder(store, bus)
+        .secret(secret.as_bytes())
+        .start()
+        .map_err(std::io::Error::other)
+}
+
+/// Without the `redis` feature, `Args::parse` refuses `--redis`.
+#[cfg(not(feature = "redis"))]
+fn redis_node(_store: Cache, _secret: &str, url: &str) -> std::io::Result<Coordinator> {
+    Err(std::io::Error::other(format!(
+        "--redis {url}: this build has no Redis bus; rebuild with --features redis"
+    )))
+}
+
 /// Runs the proxy until the process is stopped.
 pub async fn run(args: Args) -> std::io::Result<()> {
     let memory = MemoryTier::builder()
@@ -256,7 +298,9 @@ pub async fn run(args: Args) -> std::io::Result<()> {
     let mut purge = None;
     if let Some(token) = &args.purge_token {
         purge = Some(
-            if let Some(secret) = &args.secret {
+            if let (Some(secret), Some(url)) = (&args.secret, &args.redis) {
+                PurgeService::cluster(redis_node(store.clone(), secret, url)?, token)
+            } else if let Some(secret) = &args.secret {
                 let mut bus = HttpBus::builder(secret.as_bytes());
                 for p in &args.peers {
                     bus = bus.peer(p.clone());
@@ -325,5 +369,48 @@ pub fn main() {
     if let Err(e) = rt.block_on(run(args)) {
         eprintln!("cache_proxy: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+
+    fn parse(extra: &[&str]) -> Result<Args, String> {
+        let base = [
+            "--listen",
+            "127.0.0.1:8080",
+            "--upstream",
+            "http://127.0.0.1:8000",
+        ];
+        Args::parse(base.iter().chain(extra).map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn bad_flags_say_what_to_change() {
+        assert!(parse(&[]).is_ok());
+        let e = parse(&["--peer", "http://x/_cache/invalidate"]).unwrap_err();
+        assert!(e.contains("--peer needs --secret"), "{e}");
+        let e = parse(&["--memory-mb", "0"]).unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = parse(&["--bogus"]).unwrap_err();
+        assert!(e.contains("unknown flag --bogus"), "{e}");
+        let e = Args::parse(["--listen".to_string()]).unwrap_err();
+        assert!(e.contains("--listen needs a value"), "{e}");
+    }
+
+    #[test]
+    fn redis_needs_the_feature_a_secret_and_no_peers() {
+        let url = "redis://127.0.0.1:6379/";
+        let e = parse(&["--redis", url]).unwrap_err();
+        if cfg!(feature = "redis") {
+            assert!(e.contains("--redis needs --secret"), "{e}");
+            let ok = parse(&["--secret", "s", "--redis", url]).unwrap();
+            assert_eq!(ok.redis.as_deref(), Some(url));
+            let e = parse(&["--secret", "s", "--redis", url, "--peer", "http://x/"]).unwrap_err();
+            assert!(e.contains("either --peer or --redis"), "{e}");
+        } else {
+            assert!(e.contains("rebuild with --features redis"), "{e}");
+        }
     }
 }

@@ -222,3 +222,73 @@ where
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "test client timed out"))?
 }
+
+/// A `redis-server` child process on a free loopback port, killed when dropped.
+///
+/// `.ci/run` installs `redis-server` when it is missing; the tests that need one sit
+/// behind the `redis` feature.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: std::process::Child,
+    /// The server's port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it accepts connections (at most 20 seconds).
+    pub fn start() -> io::Result<RedisServer> {
+        let port = free_port()?;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| io::Error::other(format!("redis-server: {e} (is it installed?)")))?;
+        let mut server = RedisServer { child, port };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = server.child.kill();
+                return Err(io::Error::other("redis-server did not start in 20 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// How many clients subscribe to `channel` now (`PUBSUB NUMSUB`), so a test can
+    /// wait until its subscribers are in place before it publishes.
+    pub fn subscribers(&self, channel: &str) -> io::Result<u64> {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{channel}\r\n",
+            channel.len()
+        )?;
+        // The reply: *2, $len, the channel, :count.
+        let mut reader = io::BufReader::new(stream);
+        let mut line = String::new();
+        for _ in 0..4 {
+            line.clear();
+            reader.read_line(&mut line)?;
+        }
+        line.trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("unexpected PUBSUB reply {line:?}")))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

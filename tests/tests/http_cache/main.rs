@@ -1708,48 +1708,92 @@ async fn the_proxy_purges_by_url_and_tag_only_with_the_token() {
     .expect("bounded");
 }
 
+/// Two proxies, A and B, started with the flags `flags(other's address)` gives; a purge
+/// on A must empty B's entry too.
+/// `connected` returns once the bus links them.
+async fn a_purge_spreads<F: std::future::Future<Output = ()>>(
+    flags: impl Fn(std::net::SocketAddr) -> Vec<String>,
+    connected: F,
+) {
+    let (origin_addr, server) = origin_server().await;
+    let (a_addr, b_addr) = (support::free_addr().unwrap(), support::free_addr().unwrap());
+    let upstream = format!("http://{origin_addr}");
+    let a = Proxy::start_with(a_addr, &upstream, &flags(b_addr)).await;
+    let b = Proxy::start_with(b_addr, &upstream, &flags(a_addr)).await;
+    connected.await;
+    let url = "/q/x?cc=max-age%3D60";
+    // Clients reach every proxy by the same public name, so the keys agree.
+    let host = ("host", "app.test");
+    for p in [&a, &b] {
+        send_via(p.addr, "GET", url, &[host], "").await;
+        assert_eq!(
+            x_cache_of(&send_via(p.addr, "GET", url, &[host], "").await.1),
+            "HIT-MEM"
+        );
+    }
+    let auth = format!("Bearer {TOKEN}");
+    let (s, _, _) = send_via(a.addr, "PURGE", url, &[("authorization", &auth), host], "").await;
+    assert_eq!(s, 200);
+    // B hears of it over the bus (bounded by the test's timeout).
+    loop {
+        let only = ("cache-control", "only-if-cached");
+        let (status, _, _) = send_via(b.addr, "GET", url, &[host, only], "").await;
+        if status == 504 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_on_one_proxy_reaches_its_peers() {
-    tokio::time::timeout(BOUND, async {
-        let (origin_addr, server) = origin_server().await;
-        let (a_addr, b_addr) = (support::free_addr().unwrap(), support::free_addr().unwrap());
-        let upstream = format!("http://{origin_addr}");
-        let flags = |peer: std::net::SocketAddr| {
-            vec![
-                "--purge-token".to_string(),
-                TOKEN.into(),
-                "--secret".into(),
-                "a secret every proxy shares".into(),
-                "--peer".into(),
-                format!("http://{peer}/_cache/invalidate"),
-            ]
-        };
-        let a = Proxy::start_with(a_addr, &upstream, &flags(b_addr)).await;
-        let b = Proxy::start_with(b_addr, &upstream, &flags(a_addr)).await;
-        let url = "/q/x?cc=max-age%3D60";
-        // Clients reach every proxy by the same public name, so the keys agree.
-        let host = ("host", "app.test");
-        for p in [&a, &b] {
-            send_via(p.addr, "GET", url, &[host], "").await;
-            assert_eq!(
-                x_cache_of(&send_via(p.addr, "GET", url, &[host], "").await.1),
-                "HIT-MEM"
-            );
-        }
-        let auth = format!("Bearer {TOKEN}");
-        let (s, _, _) = send_via(a.addr, "PURGE", url, &[("authorization", &auth), host], "").await;
-        assert_eq!(s, 200);
-        // B hears of it over HTTP (bounded by the test's timeout).
-        loop {
-            let only = ("cache-control", "only-if-cached");
-            let (status, _, _) = send_via(b.addr, "GET", url, &[host, only], "").await;
-            if status == 504 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        server.abort();
-    })
+    tokio::time::timeout(
+        BOUND,
+        a_purge_spreads(
+            |peer| {
+                vec![
+                    "--purge-token".to_string(),
+                    TOKEN.into(),
+                    "--secret".into(),
+                    "a secret every proxy shares".into(),
+                    "--peer".into(),
+                    format!("http://{peer}/_cache/invalidate"),
+                ]
+            },
+            async {},
+        ),
+    )
+    .await
+    .expect("bounded");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_proxy_reaches_the_others_over_redis() {
+    let redis = support::RedisServer::start().unwrap();
+    let url = redis.url();
+    tokio::time::timeout(
+        BOUND,
+        a_purge_spreads(
+            |_| {
+                vec![
+                    "--purge-token".to_string(),
+                    TOKEN.into(),
+                    "--secret".into(),
+                    "a secret every proxy shares".into(),
+                    "--redis".into(),
+                    url.clone(),
+                ]
+            },
+            async {
+                // Both proxies subscribed, or A's purge could go out before B listens.
+                while redis.subscribers("cache_proxy:invalidate").unwrap() < 2 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        ),
+    )
     .await
     .expect("bounded");
 }
