@@ -97,7 +97,7 @@ async fn a_newer_local_entry_survives_an_older_remote_invalidation() {
         .unwrap();
     assert_eq!(b.cache().get("k-newer").await.unwrap(), "kept");
     assert!(b.cache().get("k-older").await.is_none());
-    assert_eq!(b.status().skipped_newer, 1);
+    assert_eq!(b.coordination_status().skipped_newer, 1);
 }
 
 #[tokio::test]
@@ -582,4 +582,101 @@ async fn a_restarted_node_remembers_the_invalidations_it_applied() {
         .unwrap();
     assert!(v.is_some_and(|v| v > old_tag));
     assert_eq!(b.cache().get("k").await.unwrap(), "fresh");
+}
+
+/// Writes rows no version of this crate writes into the `tombs` table of the closed
+/// environment at `dir`: a key that is not UTF-8, a value of the wrong length.
+#[allow(unsafe_code)]
+fn damage_tombstone_rows(dir: &std::path::Path) {
+    let mut options = heed::EnvOpenOptions::new();
+    options.map_size(16 << 20).max_dbs(6);
+    // SAFETY: the tier that used this directory is closed; nothing else maps the file.
+    let env = unsafe { options.open(dir) }.unwrap();
+    let mut wtxn = env.write_txn().unwrap();
+    let tombs: heed::Database<heed::types::Bytes, heed::types::Bytes> =
+        env.create_database(&mut wtxn, Some("tombs")).unwrap();
+    tombs.put(&mut wtxn, b"\xff\xfe", &[0u8; 16]).unwrap();
+    tombs.put(&mut wtxn, b"k:short", b"abc").unwrap();
+    tombs.put(&mut wtxn, b"k:long", &[7u8; 40]).unwrap();
+    wtxn.commit().unwrap();
+    drop(env);
+}
+
+/// Tombstones on disk outlive a restart but not their time, and rows the crate cannot
+/// read are skipped at start and swept away, never a panic or a failed start.
+#[tokio::test]
+async fn persisted_tombstones_expire_and_damaged_rows_are_ignored() {
+    let _w = common::watchdog("tombstone expiry", common::LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let bus = InProcessBus::new();
+    let open = |bus: &InProcessBus| {
+        let disk = tower_cache::DiskTier::builder(dir.path())
+            .map_size(16 << 20)
+            .open()
+            .unwrap();
+        Coordinator::builder(
+            Cache::new(MemoryTier::builder().build().unwrap()).with_disk(disk),
+            bus.clone(),
+        )
+        .node_id(2)
+        .secret(SECRET)
+        // The shortest time a tombstone is kept.
+        .tombstone_ttl(Duration::from_secs(1))
+        .start()
+        .unwrap()
+    };
+    let b = open(&bus);
+    let old = b.next_version();
+    b.invalidate("k").await.unwrap();
+    b.cache().disk().unwrap().close().await;
+    drop(b);
+    damage_tombstone_rows(dir.path());
+
+    // Restarted at once: the damaged rows are skipped, the tombstone holds.
+    let b = open(&bus);
+    let stored = b
+        .set_versioned(
+            "k",
+            "stale".into(),
+            TTL,
+            old,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, None, "a write older than the invalidation");
+    assert!(b.cache().get("k").await.is_none());
+    b.cache().disk().unwrap().close().await;
+    drop(b);
+
+    // Past the tombstone's time, and after a sweep, the same old write lands: the
+    // tombstone no longer holds (its 1 s is real time, as tombstones are wall-clock).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let b = open(&bus);
+    b.cache().disk().unwrap().remove_expired().await.unwrap();
+    let stored = b
+        .set_versioned(
+            "k",
+            "late".into(),
+            TTL,
+            old,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+    assert!(stored.is_some(), "an expired tombstone refuses nothing");
+    assert_eq!(b.cache().get("k").await.unwrap(), "late");
+    b.cache().disk().unwrap().close().await;
+    drop(b);
+
+    // The sweep dropped the expired tombstone and every damaged row.
+    #[allow(unsafe_code)]
+    // SAFETY: the tier is closed again.
+    let env = unsafe { heed::EnvOpenOptions::new().max_dbs(6).open(dir.path()) }.unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let tombs: heed::Database<heed::types::Bytes, heed::types::Bytes> =
+        env.open_database(&rtxn, Some("tombs")).unwrap().unwrap();
+    assert_eq!(tombs.len(&rtxn).unwrap(), 0);
 }

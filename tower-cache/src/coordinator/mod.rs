@@ -509,7 +509,12 @@ impl Coordinator {
         self.shared.clock.now()
     }
 
-    /// The counters.
+    /// The seed's name for [`status`](Self::status).
+    pub fn coordination_status(&self) -> CoordinationStatus {
+        self.status()
+    }
+
+    /// Peers, links, counters, flushes and the invalidation-lag histogram.
     pub fn status(&self) -> CoordinationStatus {
         let s = &self.shared.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
