@@ -3,16 +3,47 @@
 //! `tower-balance-ext` spreads requests over a changing set of endpoints with the
 //! algorithms service authors reach for (round robin, least connections, smooth weighted,
 //! consistent hash for sticky sessions and latency-aware power-of-two-choices), and adds
-//! what `tower::balance` leaves out: a per-endpoint circuit breaker, a retry on another
-//! endpoint and load statistics. It learns which endpoints exist from a
-//! `tower::discover::Discover` stream and which may take traffic from each endpoint's
-//! `poll_ready`, so an endpoint wrapped in `tower-health`'s readiness gate is skipped
-//! while it is starting, unhealthy or draining, without this crate knowing that crate's
-//! types. `tower-autoscale` reads its statistics; this crate depends on none of its
-//! siblings.
+//! what `tower::balance` leaves out: endpoints set aside after errors come back after a
+//! backoff, a panic threshold and slow start, a per-endpoint circuit breaker, a retry on
+//! another endpoint within a budget, and load statistics. It learns which endpoints
+//! exist from a `tower::discover::Discover` stream and which may take traffic from each
+//! endpoint's `poll_ready`, so an endpoint wrapped in `tower-health`'s readiness gate is
+//! skipped while it is starting, unhealthy or draining, without this crate knowing that
+//! crate's types. `tower-autoscale` reads its statistics; this crate depends on none of
+//! its siblings.
 //!
-//! The balancer itself lands with its own issue; this crate currently only reserves the
-//! name and its place in the workspace.
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use tower::{discover::ServiceList, ServiceExt};
+//! use tower_balance_ext::{BalancerBuilder, Pick};
+//!
+//! let endpoint = |n: u32| {
+//!     tower::service_fn(move |_req: ()| async move { Ok::<_, std::convert::Infallible>(n) })
+//! };
+//! let balancer = BalancerBuilder::new(Pick::LatencyAware)
+//!     .build(ServiceList::new(vec![endpoint(1), endpoint(2), endpoint(3)]))
+//!     .unwrap();
+//! let answer = balancer.clone().oneshot(()).await.unwrap();
+//! assert!((1..=3).contains(&answer));
+//! assert_eq!(balancer.stats().snapshot().requests, 1);
+//! # }
+//! ```
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod balance;
+mod hash;
+mod retry;
+pub mod stats;
+
+pub use balance::{
+    Balancer, BalancerBuilder, BuildError, NoHashKey, NoReadyEndpoints, Pick, ZeroWeight,
+};
+pub use hash::hash_key;
+pub use retry::{clone_idempotent, is_idempotent};
+pub use stats::{EndpointLoad, EndpointState, LoadSnapshot, LoadStats};
+
+/// The error type at service boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,361 @@
+//! The [`Balancer`]: spreads requests over the endpoints a `Discover` stream yields.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use tower::{discover::ServiceList, ServiceExt};
+//! use tower_balance_ext::{BalancerBuilder, Pick};
+//!
+//! let endpoint = |n: u32| {
+//!     tower::service_fn(move |x: u32| async move { Ok::<_, std::convert::Infallible>(x + n) })
+//! };
+//! let balancer = BalancerBuilder::new(Pick::RoundRobin)
+//!     .build(ServiceList::new(vec![endpoint(1), endpoint(2)]))
+//!     .unwrap();
+//! // Cheap to clone: every task may hold its own handle.
+//! let first = balancer.clone().oneshot(10).await.unwrap();
+//! let second = balancer.clone().oneshot(10).await.unwrap();
+//! assert_eq!(first + second, 23);
+//! # }
+//! ```
+//!
+//! # How endpoints are chosen and skipped
+//!
+//! Each request picks an endpoint with the [`Pick`] algorithm among those that are
+//! *ready*, clones that endpoint's service, and polls its `poll_ready` once:
+//!
+//! - **Ready**: the request is sent.
+//! - **Pending** (a readiness gate of `tower-health` while the endpoint starts, fails
+//!   its probes or drains; a circuit breaker in pending mode): the endpoint is marked
+//!   not ready and skipped by every request until a background task sees its
+//!   `poll_ready` succeed again; this request picks another.
+//! - **Error**: the endpoint is set aside, and probed again after a backoff
+//!   ([`readmit_backoff`](BalancerBuilder::readmit_backoff), doubling up to its
+//!   maximum, with jitter) rather than forgotten.
+//!
+//! When no endpoint is ready, the request waits up to
+//! [`ready_timeout`](BalancerBuilder::ready_timeout) for one, then fails with
+//! [`NoReadyEndpoints`] (a 503 for HTTP). Below the
+//! [`panic_threshold`](BalancerBuilder::panic_threshold) share of ready endpoints, the
+//! endpoints set aside after errors are tried too (as Envoy's panic mode), so one bad
+//! health signal cannot take the whole service down. A new or recovered endpoint can
+//! ramp up over a [`slow_start`](BalancerBuilder::slow_start) window.
+//!
+//! Removing an endpoint loses no request: requests already sent hold their own clone
+//! of its service and finish.
+//!
+//! # No `Buffer` needed
+//!
+//! A `Balancer` is a handle on shared state: clone it into every task. Its `poll_ready`
+//! is always ready; the waiting for a ready endpoint happens in the response future,
+//! bounded by `ready_timeout`. The endpoint services must be `Clone` (hyper's client,
+//! tonic's channel and most tower stacks are); the balancer never needs them `Sync`.
+
+mod driver;
+pub(crate) mod pick;
+pub(crate) mod pool;
+mod service;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use pick::Pick;
+pub use service::Balancer;
+
+/// Decides whether a response counts as a failure.
+type IsFailure<Res> = Arc<dyn Fn(&Res) -> bool + Send + Sync>;
+/// The request's key for the consistent-hash pick.
+type HashKey<Req> = Arc<dyn Fn(&Req) -> Option<u64> + Send + Sync>;
+/// A copy of a request for a retry, if it may be retried.
+type RetryCopy<Req> = Arc<dyn Fn(&Req) -> Option<Req> + Send + Sync>;
+
+/// The settings of a [`Balancer`], checked by [`build`](Self::build).
+pub struct BalancerBuilder<Req, Res> {
+    pick: Pick,
+    ready_timeout: Duration,
+    panic_threshold: u8,
+    slow_start: Duration,
+    backoff: (Duration, Duration),
+    decay: Duration,
+    failure_penalty: Duration,
+    bounded_load: Option<f64>,
+    hash_key: Option<HashKey<Req>>,
+    is_failure: IsFailure<Res>,
+    retry: Option<RetryCopy<Req>>,
+    budget: (f64, u32, Duration),
+}
+
+impl<Req, Res> fmt::Debug for BalancerBuilder<Req, Res> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancerBuilder")
+            .field("pick", &self.pick)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("panic_threshold", &self.panic_threshold)
+            .field("slow_start", &self.slow_start)
+            .field("backoff", &self.backoff)
+            .field("decay", &self.decay)
+            .field("failure_penalty", &self.failure_penalty)
+            .field("bounded_load", &self.bounded_load)
+            .field("hash_key", &self.hash_key.is_some())
+            .field("retry", &self.retry.is_some())
+            .field("budget", &self.budget)
+            .finish()
+    }
+}
+
+impl<Req, Res> BalancerBuilder<Req, Res> {
+    /// The settings' defaults, with the given pick algorithm.
+    pub fn new(pick: Pick) -> Self {
+        Self {
+            pick,
+            ready_timeout: Duration::from_secs(1),
+            panic_threshold: 50,
+            slow_start: Duration::ZERO,
+            backoff: (Duration::from_millis(100), Duration::from_secs(10)),
+            decay: Duration::from_secs(10),
+            failure_penalty: Duration::from_secs(1),
+            bounded_load: None,
+            hash_key: None,
+            is_failure: Arc::new(|_| false),
+            retry: None,
+            budget: (0.2, 10, Duration::from_secs(10)),
+        }
+    }
+
+    /// How long a request waits for a ready endpoint before it fails with
+    /// [`NoReadyEndpoints`] (default 1 s; zero fails at once).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Below this percentage of ready endpoints, endpoints set aside after
+    /// `poll_ready` errors are tried too (default 50, as Envoy; 0 turns it off).
+    pub fn panic_threshold(mut self, percent: u8) -> Self {
+        self.panic_threshold = percent;
+        self
+    }
+
+    /// A new or recovered endpoint takes from a tenth of its share to all of it over
+    /// this window (default zero: off).
+    pub fn slow_start(mut self, window: Duration) -> Self {
+        self.slow_start = window;
+        self
+    }
+
+    /// An endpoint whose `poll_ready` failed is probed again after `min`, doubling
+    /// after each further failure up to `max` (defaults 100 ms and 10 s), with jitter.
+    pub fn readmit_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// The time constant of the peak-EWMA latency estimate (default 10 s): how fast a
+    /// fast sample pulls a high estimate down, and how fast an idle endpoint's estimate
+    /// fades so it is tried again.
+    pub fn decay(mut self, tau: Duration) -> Self {
+        self.decay = tau;
+        self
+    }
+
+    /// The latency a failure counts as for [`Pick::LatencyAware`], when it came back
+    /// faster than that (default 1 s): a fast-failing endpoint must not attract traffic.
+    pub fn failure_penalty(mut self, latency: Duration) -> Self {
+        self.failure_penalty = latency;
+        self
+    }
+
+    /// For [`Pick::ConsistentHash`]: the request's key, hashed (see
+    /// [`hash_key`](crate::hash_key)). A request for which it returns `None` fails with
+    /// [`NoHashKey`].
+    pub fn hash_key<F>(mut self, key: F) -> Self
+    where
+        F: Fn(&Req) -> Option<u64> + Send + Sync + 'static,
+    {
+        self.hash_key = Some(Arc::new(key));
+        self
+    }
+
+    /// For [`Pick::ConsistentHash`]: an endpoint with more than `factor` times the mean
+    /// in-flight load passes the key on to the next endpoint of its order
+    /// ("consistent hashing with bounded loads"; 1.25 is a common choice, at least 1).
+    pub fn bounded_load(mut self, factor: f64) -> Self {
+        self.bounded_load = Some(factor);
+        self
+    }
+
+    /// Which responses count as failures, besides errors (default: none). Failures
+    /// count in the statistics, as slow for [`Pick::LatencyAware`], and are retried.
+    pub fn failure_if<F>(mut self, is_failure: F) -> Self
+    where
+        F: Fn(&Res) -> bool + Send + Sync + 'static,
+    {
+        self.is_failure = Arc::new(is_failure);
+        self
+    }
+
+    /// Retries a failed request once on another endpoint when `copy` gives a copy of
+    /// it (return `None` for requests that must not be sent twice), within the retry
+    /// budget.
+    pub fn retry<F>(mut self, copy: F) -> Self
+    where
+        F: Fn(&Req) -> Option<Req> + Send + Sync + 'static,
+    {
+        self.retry = Some(Arc::new(copy));
+        self
+    }
+
+    /// The retry budget: retries may add `ratio` of the requests plus `min_per_sec` per
+    /// second, counted over `window` (defaults 0.2, 10 and 10 s; the window from 1 to
+    /// 60 s).
+    pub fn retry_budget(mut self, ratio: f64, min_per_sec: u32, window: Duration) -> Self {
+        self.budget = (ratio, min_per_sec, window);
+        self
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        let err = |m: String| Err(BuildError(m));
+        if self.panic_threshold > 100 {
+            return err(format!(
+                "panic_threshold is {}%; give a percentage from 0 (off) to 100",
+                self.panic_threshold
+            ));
+        }
+        let (min, max) = self.backoff;
+        if min.is_zero() || min > max {
+            return err(format!(
+                "readmit_backoff({min:?}, {max:?}): give a minimum above zero and not above the maximum"
+            ));
+        }
+        if self.decay.is_zero() {
+            return err("decay is zero; give the latency estimate a time constant, e.g. 10 s".into());
+        }
+        match (self.pick, self.hash_key.is_some()) {
+            (Pick::ConsistentHash, false) => {
+                return err("Pick::ConsistentHash needs a request key: call .hash_key(...)".into())
+            }
+            (p, true) if p != Pick::ConsistentHash => {
+                return err(format!(
+                    "hash_key is only used by Pick::ConsistentHash, not {p:?}; remove it or change the pick"
+                ))
+            }
+            _ => {}
+        }
+        if let Some(c) = self.bounded_load {
+            if self.pick != Pick::ConsistentHash {
+                return err("bounded_load is only used by Pick::ConsistentHash".into());
+            }
+            if c.is_nan() || c < 1.0 {
+                return err(format!(
+                    "bounded_load({c}): give a factor of at least 1 (1.25 is common)"
+                ));
+            }
+        }
+        let (ratio, _, window) = self.budget;
+        if !(0.0..=1000.0).contains(&ratio) {
+            return err(format!(
+                "retry_budget ratio {ratio}: give a ratio from 0 to 1000 retries per request"
+            ));
+        }
+        if window < Duration::from_secs(1) || window > Duration::from_secs(60) {
+            return err(format!(
+                "retry_budget window {window:?}: give a window from 1 to 60 seconds"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<B, ResB> BalancerBuilder<http::Request<B>, http::Response<ResB>> {
+    /// HTTP defaults: 5xx and 429 responses count as failures (besides transport
+    /// errors).
+    pub fn http(self) -> Self {
+        self.failure_if(|res: &http::Response<ResB>| {
+            res.status().is_server_error() || res.status() == http::StatusCode::TOO_MANY_REQUESTS
+        })
+    }
+
+    /// Retries requests with an idempotent method (GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE) on another endpoint; the body type must be `Clone`, that is buffered
+    /// (`Full<Bytes>`, `String`, ...).
+    pub fn retry_idempotent(self) -> Self
+    where
+        B: Clone + 'static,
+    {
+        self.retry(crate::retry::clone_idempotent)
+    }
+}
+
+/// A balancer setting that cannot work; the message says which and what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError(pub(crate) String);
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// No endpoint was ready within the balancer's `ready_timeout`. For HTTP, answer
+/// [`status`](Self::status) (503).
+#[derive(Debug, Clone)]
+pub struct NoReadyEndpoints {
+    pub(crate) waited: Duration,
+    pub(crate) endpoints: usize,
+}
+
+impl NoReadyEndpoints {
+    /// How long the request waited.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// How many endpoints the balancer had, none of them ready.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints
+    }
+
+    /// `503 Service Unavailable`.
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+impl fmt::Display for NoReadyEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no ready endpoint among {} after waiting {:?}",
+            self.endpoints, self.waited
+        )
+    }
+}
+
+impl std::error::Error for NoReadyEndpoints {}
+
+/// The consistent-hash pick got no key for a request (its `hash_key` returned `None`).
+#[derive(Debug, Clone)]
+pub struct NoHashKey;
+
+impl fmt::Display for NoHashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request has no key for the consistent-hash pick")
+    }
+}
+
+impl std::error::Error for NoHashKey {}
+
+/// A weight of zero: give at least 1.
+#[derive(Debug, Clone)]
+pub struct ZeroWeight;
+
+impl fmt::Display for ZeroWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a weight of zero; give at least 1 (remove the endpoint to send it nothing)")
+    }
+}
+
+impl std::error::Error for ZeroWeight {}

@@ -1,0 +1,186 @@
+//! The endpoints a balancer holds, as an immutable snapshot swapped whole on every
+//! change, with the tables the weighted and consistent-hash picks read.
+
+use std::sync::{Arc, Mutex};
+
+use crate::hash;
+use crate::stats::EndpointCell;
+
+/// An endpoint: its discovery key, the service that every request clones, its numbers.
+pub(crate) struct Endpoint<K, S> {
+    pub(crate) key: K,
+    /// The service every request clones, so no `Sync` bound is put on it.
+    pub(crate) service: Mutex<S>,
+    pub(crate) cell: Arc<EndpointCell>,
+    /// Reports removal to a watch on this endpoint.
+    pub(crate) removed: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K, S> Endpoint<K, S> {
+    pub(crate) fn clone_service(&self) -> S
+    where
+        S: Clone,
+    {
+        self.service
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl<K: std::fmt::Debug, S> std::fmt::Debug for Endpoint<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("key", &self.key)
+            .field("cell", &self.cell)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of the pool.
+pub(crate) struct Pool<K, S> {
+    pub(crate) endpoints: Vec<Arc<Endpoint<K, S>>>,
+    /// Smooth weighted round robin's sequence (nginx's), as endpoint indexes.
+    pub(crate) swrr: Vec<u32>,
+    /// Maglev's lookup table, as endpoint indexes.
+    pub(crate) maglev: Vec<u32>,
+}
+
+impl<K, S> Pool<K, S> {
+    pub(crate) fn empty() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            swrr: Vec::new(),
+            maglev: Vec::new(),
+        }
+    }
+}
+
+/// The longest smooth-weighted sequence kept; larger weight sums are scaled down.
+const MAX_SWRR: u64 = 16_384;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled over one period: each step adds every
+/// weight to its current value, picks the largest, and subtracts the total from it.
+/// The period is the sum of the weights (divided by their gcd, scaled to at most
+/// `MAX_SWRR`).
+pub(crate) fn swrr_sequence(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights
+        .iter()
+        .fold(0u64, |g, &w| gcd(g, u64::from(w.max(1))));
+    let mut w: Vec<u64> = weights
+        .iter()
+        .map(|&x| u64::from(x.max(1)) / g.max(1))
+        .collect();
+    let mut total: u64 = w.iter().sum();
+    if total > MAX_SWRR {
+        let scale = total as f64 / MAX_SWRR as f64;
+        for x in &mut w {
+            *x = ((*x as f64 / scale).round() as u64).max(1);
+        }
+        total = w.iter().sum();
+    }
+    let mut current = vec![0i64; w.len()];
+    let mut seq = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i] as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        seq.push(best as u32);
+    }
+    seq
+}
+
+const PRIMES: [usize; 10] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071,
+];
+
+/// Maglev's table (Eisenbud et al., NSDI 2016): each endpoint walks its own
+/// permutation of the slots, taking turns, so every endpoint holds about M/N slots and
+/// losing one moves little more than its own share of the keys. `names` are the
+/// endpoints' stable hashes.
+pub(crate) fn maglev_table(names: &[u64]) -> Vec<u32> {
+    let n = names.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let want = n.saturating_mul(100);
+    let m = PRIMES
+        .iter()
+        .copied()
+        .find(|&p| p >= want)
+        .unwrap_or(PRIMES[PRIMES.len() - 1]);
+    let perms: Vec<(usize, usize)> = names
+        .iter()
+        .map(|&h| {
+            let offset = (hash::mix(h ^ 0x5151) % m as u64) as usize;
+            let skip = (hash::mix(h ^ 0xa3a3) % (m as u64 - 1)) as usize + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0usize; n];
+    let mut table = vec![u32::MAX; m];
+    let mut filled = 0;
+    'fill: loop {
+        for i in 0..n {
+            let (offset, skip) = perms[i];
+            let mut c = (offset + next[i] * skip) % m;
+            while table[c] != u32::MAX {
+                next[i] += 1;
+                c = (offset + next[i] * skip) % m;
+            }
+            table[c] = i as u32;
+            next[i] += 1;
+            filled += 1;
+            if filled == m {
+                break 'fill;
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swrr_matches_nginx_for_5_1_1() {
+        // nginx's documented sequence for weights 5, 1, 1: a a b a c a a.
+        assert_eq!(swrr_sequence(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn swrr_scales_huge_weights() {
+        let seq = swrr_sequence(&[u32::MAX, 1, 7]);
+        assert!(seq.len() as u64 <= MAX_SWRR + 3);
+        assert!(seq.contains(&1) && seq.contains(&2));
+    }
+
+    #[test]
+    fn maglev_spreads_evenly() {
+        let names: Vec<u64> = (0..10u64).map(|i| hash::mix(i + 1)).collect();
+        let t = maglev_table(&names);
+        let mut counts = [0usize; 10];
+        for &i in &t {
+            counts[i as usize] += 1;
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(max - min <= 1, "{counts:?}");
+    }
+}

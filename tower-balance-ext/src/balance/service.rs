@@ -1,0 +1,532 @@
+//! The balancer handle, its shared state and the path of one request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tower::discover::Discover;
+use tower_service::Service;
+
+use super::pick::{self, Ctx, Filter, Pick};
+use super::pool::{maglev_table, swrr_sequence, Endpoint, Pool};
+use super::{
+    driver, BalancerBuilder, BuildError, HashKey, IsFailure, NoHashKey, NoReadyEndpoints,
+    RetryCopy, ZeroWeight,
+};
+use crate::retry::Budget;
+use crate::stats::{EndpointCell, EndpointState, LoadStats, StatsCell};
+use crate::BoxError;
+
+/// A load balancer over the endpoints of a `Discover` stream; see the
+/// [module docs](crate::balance).
+///
+/// Cloning is cheap and shares everything: the endpoints, the counters, the pick's
+/// state. A background task (spawned on the tokio runtime the balancer is built in)
+/// follows discovery and watches endpoints that are not ready; it stops when the last
+/// handle is dropped.
+pub struct Balancer<K, S, Req>
+where
+    S: Service<Req>,
+{
+    shared: Arc<Shared<K, S, Req, S::Response>>,
+    _driver: Arc<driver::Guard>,
+}
+
+impl<K, S: Service<Req>, Req> Clone for Balancer<K, S, Req> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _driver: self._driver.clone(),
+        }
+    }
+}
+
+impl<K: fmt::Debug, S: Service<Req>, Req> fmt::Debug for Balancer<K, S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pool = self.shared.pool.load();
+        f.debug_struct("Balancer")
+            .field("pick", &self.shared.pick)
+            .field(
+                "endpoints",
+                &pool.endpoints.iter().map(|e| &e.key).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Res> BalancerBuilder<Req, Res> {
+    /// Checks the settings and starts the balancer over `discover`, whose background
+    /// task runs on the current tokio runtime.
+    pub fn build<D>(self, discover: D) -> Result<Balancer<D::Key, D::Service, Req>, BuildError>
+    where
+        D: Discover + Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+        D::Service: Service<Req, Response = Res> + Clone + Send + 'static,
+        <D::Service as Service<Req>>::Error: Into<BoxError>,
+        <D::Service as Service<Req>>::Future: Send,
+        D::Error: Into<BoxError>,
+        Req: Send + 'static,
+        Res: Send + 'static,
+    {
+        self.check()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            BuildError("build the balancer inside a tokio runtime: it spawns a task that follows discovery".into())
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ratio, floor, window) = self.budget;
+        let shared = Arc::new(Shared {
+            pool: ArcSwap::from_pointee(Pool::empty()),
+            master: Mutex::new(Master {
+                endpoints: Vec::new(),
+                weights: HashMap::new(),
+                next_id: 0,
+            }),
+            changed: Notify::new(),
+            cursor: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
+            stats: Arc::new(StatsCell::new()),
+            watch: tx,
+            pick: self.pick,
+            ready_timeout: self.ready_timeout,
+            panic_threshold: self.panic_threshold,
+            slow_start_ns: duration_ns(self.slow_start),
+            backoff: self.backoff,
+            tau_ns: duration_ns(self.decay) as f64,
+            penalty_ns: duration_ns(self.failure_penalty) as f64,
+            bounded_load: self.bounded_load,
+            hash_key: self.hash_key,
+            is_failure: self.is_failure,
+            retry: self.retry,
+            budget: Budget::new(ratio, floor, window),
+        });
+        let guard = driver::spawn::<D, Req>(&handle, Arc::downgrade(&shared), discover, rx);
+        Ok(Balancer {
+            shared,
+            _driver: Arc::new(guard),
+        })
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+pub(super) struct Master<K, S> {
+    endpoints: Vec<Arc<Endpoint<K, S>>>,
+    /// Weights by key, kept for keys not inserted yet.
+    weights: HashMap<K, u32>,
+    next_id: u64,
+}
+
+pub(super) struct Shared<K, S, Req, Res> {
+    pub(super) pool: ArcSwap<Pool<K, S>>,
+    master: Mutex<Master<K, S>>,
+    /// Woken when an endpoint arrives or becomes ready.
+    pub(super) changed: Notify,
+    cursor: AtomicUsize,
+    /// Endpoints in the ready state.
+    ready: AtomicUsize,
+    pub(super) stats: Arc<StatsCell>,
+    watch: mpsc::UnboundedSender<driver::Watch<K, S>>,
+    pick: Pick,
+    ready_timeout: Duration,
+    panic_threshold: u8,
+    slow_start_ns: u64,
+    backoff: (Duration, Duration),
+    tau_ns: f64,
+    penalty_ns: f64,
+    bounded_load: Option<f64>,
+    hash_key: Option<HashKey<Req>>,
+    is_failure: IsFailure<Res>,
+    retry: Option<RetryCopy<Req>>,
+    budget: Budget,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// === impl Shared ===
+
+impl<K, S, Req, Res> Shared<K, S, Req, Res>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+    S: Clone,
+{
+    fn rebuild(&self, master: &Master<K, S>) {
+        let endpoints = master.endpoints.clone();
+        let swrr = if self.pick == Pick::WeightedRoundRobin {
+            let weights: Vec<u32> = endpoints
+                .iter()
+                .map(|e| e.cell.weight.load(Ordering::Relaxed))
+                .collect();
+            swrr_sequence(&weights)
+        } else {
+            Vec::new()
+        };
+        let maglev = if self.pick == Pick::ConsistentHash {
+            let names: Vec<u64> = endpoints
+                .iter()
+                .map(|e| crate::hash::seeded(&e.key, 7))
+                .collect();
+            maglev_table(&names)
+        } else {
+            Vec::new()
+        };
+        self.stats
+            .endpoints
+            .store(Arc::new(endpoints.iter().map(|e| e.cell.clone()).collect()));
+        self.pool.store(Arc::new(Pool {
+            endpoints,
+            swrr,
+            maglev,
+        }));
+        self.changed.notify_waiters();
+    }
+
+    pub(super) fn insert(&self, key: K, service: S) {
+        let mut m = lock(&self.master);
+        // A new endpoint's latency starts at the pool's median, so it neither attracts
+        // every request nor starves.
+        let mut known: Vec<f64> = m
+            .endpoints
+            .iter()
+            .map(|e| e.cell.raw_ewma_ns())
+            .filter(|&x| x > 0.0)
+            .collect();
+        known.sort_by(f64::total_cmp);
+        let median = known.get(known.len() / 2).copied().unwrap_or(0.0);
+        if let Some(pos) = m.endpoints.iter().position(|e| e.key == key) {
+            // Discovery replaced the endpoint under this key.
+            let old = m.endpoints.remove(pos);
+            self.retire(&old);
+        }
+        let weight = m.weights.get(&key).copied().unwrap_or(1);
+        let id = m.next_id;
+        m.next_id += 1;
+        let cell = EndpointCell::new(
+            id,
+            format!("{key:?}"),
+            weight,
+            median,
+            self.stats.now_ns(),
+        );
+        let (removed, _) = tokio::sync::watch::channel(false);
+        m.endpoints.push(Arc::new(Endpoint {
+            key,
+            service: Mutex::new(service),
+            cell: Arc::new(cell),
+            removed,
+        }));
+        self.ready.fetch_add(1, Ordering::AcqRel);
+        self.rebuild(&m);
+    }
+
+    pub(super) fn remove(&self, key: &K) {
+        let mut m = lock(&self.master);
+        if let Some(pos) = m.endpoints.iter().position(|e| &e.key == key) {
+            let old = m.endpoints.remove(pos);
+            self.retire(&old);
+            self.rebuild(&m);
+        }
+    }
+
+    fn retire(&self, ep: &Endpoint<K, S>) {
+        if ep.cell.remove() {
+            self.ready.fetch_sub(1, Ordering::AcqRel);
+        }
+        let _ = ep.removed.send(true);
+    }
+
+    /// A watched endpoint's `poll_ready` succeeded.
+    pub(super) fn readmit(&self, ep: &Endpoint<K, S>) {
+        if ep.cell.become_ready(self.stats.now_ns()) {
+            ep.cell.failures.store(0, Ordering::Relaxed);
+            self.ready.fetch_add(1, Ordering::AcqRel);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The wait before probing an endpoint again after its `n`th failure in a row:
+    /// `min x 2^n`, at most `max`, less up to a quarter at random.
+    pub(super) fn backoff(&self, n: u32) -> Duration {
+        let (min, max) = self.backoff;
+        let d = min
+            .checked_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
+            .unwrap_or(max)
+            .min(max);
+        let jitter = (crate::hash::random() % 1024) as f64 / 4096.0;
+        d.mul_f64(1.0 - jitter)
+    }
+
+    /// Hands an endpoint to the background task until it is ready again.
+    fn watch(&self, ep: Arc<Endpoint<K, S>>, svc: S, delay: Option<Duration>) {
+        let _ = self.watch.send(driver::Watch { ep, svc, delay });
+    }
+
+    fn filter<'a>(&self, excluded: &'a [u64], pool_len: usize) -> Filter<'a> {
+        let ready = self.ready.load(Ordering::Relaxed);
+        Filter {
+            excluded,
+            panic: self.panic_threshold > 0
+                && ready * 100 < usize::from(self.panic_threshold) * pool_len,
+            now: if self.slow_start_ns > 0 || self.pick == Pick::LatencyAware {
+                self.stats.now_ns()
+            } else {
+                0
+            },
+            slow_start: self.slow_start_ns,
+        }
+    }
+
+    fn choose(&self, key: Option<u64>, excluded: &[u64]) -> Option<Arc<Endpoint<K, S>>> {
+        let pool = self.pool.load();
+        let ctx = Ctx {
+            cursor: &self.cursor,
+            key,
+            bounded_load: self.bounded_load,
+            total_in_flight: if self.bounded_load.is_some() {
+                self.stats.in_flight.load(Ordering::Relaxed)
+            } else {
+                0
+            },
+            tau_ns: self.tau_ns,
+        };
+        let f = self.filter(excluded, pool.endpoints.len());
+        pick::pick(self.pick, &pool, &ctx, &f).cloned()
+    }
+}
+
+/// Counts a request as waiting for an endpoint while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request in flight on an endpoint while it lives (also when cancelled).
+struct InFlight<'a> {
+    ep: &'a EndpointCell,
+    all: &'a AtomicU64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ep.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.all.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<K, S, Req> Shared<K, S, Req, S::Response>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    async fn dispatch(self: Arc<Self>, mut req: Req) -> Result<S::Response, BoxError> {
+        let key = match &self.hash_key {
+            Some(f) => Some(f(&req).ok_or(NoHashKey)?),
+            None => None,
+        };
+        self.budget.deposit();
+        let mut excluded: Vec<u64> = Vec::new();
+        let mut started_waiting: Option<Instant> = None;
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some(ep) = self.choose(key, &excluded) else {
+                let since = *started_waiting.get_or_insert_with(Instant::now);
+                if waiting.is_none() {
+                    self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                    waiting = Some(Waiting(&self.stats.waiting));
+                }
+                let waited = since.elapsed();
+                if waited >= self.ready_timeout {
+                    self.stats.no_ready.fetch_add(1, Ordering::Relaxed);
+                    return Err(NoReadyEndpoints {
+                        waited,
+                        endpoints: self.pool.load().endpoints.len(),
+                    }
+                    .into());
+                }
+                match since.checked_add(self.ready_timeout) {
+                    Some(deadline) => {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = tokio::time::sleep_until(deadline) => {}
+                        }
+                    }
+                    None => notified.await,
+                }
+                continue;
+            };
+            let mut svc = ep.clone_service();
+            match std::future::poll_fn(|cx| Poll::Ready(svc.poll_ready(cx))).await {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    let e: BoxError = e.into();
+                    self.stats.ready_errors.fetch_add(1, Ordering::Relaxed);
+                    if ep.cell.leave_ready(EndpointState::SetAside) {
+                        self.ready.fetch_sub(1, Ordering::AcqRel);
+                        let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(endpoint = %ep.cell.name, error = %e, "endpoint set aside");
+                        let delay = self.backoff(n);
+                        self.watch(ep.clone(), ep.clone_service(), Some(delay));
+                    } else if ep.cell.is_set_aside() {
+                        // Tried in panic mode and failed again: keep it aside.
+                        excluded.push(ep.cell.id);
+                    }
+                    continue;
+                }
+                Poll::Pending => {
+                    if ep.cell.leave_ready(EndpointState::NotReady) {
+                        self.ready.fetch_sub(1, Ordering::AcqRel);
+                        tracing::debug!(endpoint = %ep.cell.name, "endpoint not ready");
+                        self.watch(ep.clone(), svc, None);
+                    } else {
+                        // Not ready, tried in panic mode: pass it over this time.
+                        excluded.push(ep.cell.id);
+                    }
+                    continue;
+                }
+            }
+            drop(waiting.take());
+            let retry_copy = match &self.retry {
+                Some(copy) => copy(&req),
+                None => None,
+            };
+            let now = self.stats.now_ns();
+            let start = Instant::now();
+            ep.cell.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight {
+                ep: &ep.cell,
+                all: &self.stats.in_flight,
+            };
+            ep.cell.requests.fetch_add(1, Ordering::Relaxed);
+            self.stats.count_request(now);
+            let result = svc.call(req).await.map_err(Into::into);
+            drop(in_flight);
+            let elapsed = start.elapsed();
+            let failed = match &result {
+                Ok(res) => (self.is_failure)(res),
+                Err(_) => true,
+            };
+            ep.cell.record_latency(elapsed);
+            let mut rtt = elapsed.as_nanos() as f64;
+            if failed {
+                rtt = rtt.max(self.penalty_ns);
+                ep.cell.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            ep.cell.observe(rtt, self.stats.now_ns(), self.tau_ns);
+            if let (true, Some(next)) = (failed, retry_copy) {
+                excluded.push(ep.cell.id);
+                if self.choose(key, &excluded).is_some() {
+                    if self.budget.withdraw() {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        req = next;
+                        continue;
+                    }
+                    self.stats.retries_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return result;
+        }
+    }
+}
+
+// === impl Balancer ===
+
+impl<K, S, Req> Balancer<K, S, Req>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    /// The load statistics handle.
+    pub fn stats(&self) -> LoadStats {
+        LoadStats {
+            cell: self.shared.stats.clone(),
+        }
+    }
+
+    /// Sets an endpoint's weight (for [`Pick::WeightedRoundRobin`],
+    /// [`Pick::LeastConnections`] and [`Pick::LatencyAware`]); for a key not
+    /// discovered yet, the weight waits for it.
+    pub fn set_weight(&self, key: &K, weight: u32) -> Result<(), ZeroWeight> {
+        if weight == 0 {
+            return Err(ZeroWeight);
+        }
+        let mut m = lock(&self.shared.master);
+        m.weights.insert(key.clone(), weight);
+        if let Some(ep) = m.endpoints.iter().find(|e| &e.key == key) {
+            ep.cell.weight.store(weight, Ordering::Relaxed);
+            if self.shared.pick == Pick::WeightedRoundRobin {
+                self.shared.rebuild(&m);
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint a request would be sent to now, if any is ready (the pick only:
+    /// nothing is sent, though round robin's turn advances).
+    pub fn pick(&self, req: &Req) -> Option<K> {
+        let key = match &self.shared.hash_key {
+            Some(f) => Some(f(req)?),
+            None => None,
+        };
+        self.shared.choose(key, &[]).map(|e| e.key.clone())
+    }
+
+    /// The keys of the endpoints it holds, with their state.
+    pub fn endpoints(&self) -> Vec<(K, EndpointState)> {
+        self.shared
+            .pool
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| (e.key.clone(), e.cell.state()))
+            .collect()
+    }
+}
+
+impl<K, S, Req> Service<Req> for Balancer<K, S, Req>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    S: Service<Req> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    S::Response: Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    /// Always ready: a request waits for a ready endpoint in its response future.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        Box::pin(self.shared.clone().dispatch(req))
+    }
+}
