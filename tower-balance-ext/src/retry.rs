@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn only_idempotent_requests_are_copied() {
-        let get = http::Request::get("/x").header("a", "b").body("body").unwrap();
+        let get = http::Request::get("/x")
+            .header("a", "b")
+            .body("body")
+            .unwrap();
         let copy = clone_idempotent(&get).unwrap();
         assert_eq!(copy.uri(), "/x");
         assert_eq!(copy.headers()["a"], "b");

@@ -159,12 +159,9 @@ impl EndpointCell {
 
     /// From not ready to set aside (a watched endpoint's `poll_ready` failed).
     pub(crate) fn set_aside_from_not_ready(&self) {
-        let _ = self.status.compare_exchange(
-            NOT_READY,
-            SET_ASIDE,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.status
+                .compare_exchange(NOT_READY, SET_ASIDE, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Marks it removed; returns whether it was ready.
@@ -393,10 +390,7 @@ impl LoadStats {
         let c = &self.cell;
         let eps = c.endpoints.load();
         let now = c.now_ns();
-        let total: u64 = eps
-            .iter()
-            .map(|e| e.requests.load(Ordering::Relaxed))
-            .sum();
+        let total: u64 = eps.iter().map(|e| e.requests.load(Ordering::Relaxed)).sum();
         let mut merged = new_histogram();
         let endpoints: Vec<EndpointLoad> = eps
             .iter()

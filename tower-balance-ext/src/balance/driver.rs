@@ -84,9 +84,17 @@ where
     })
 }
 
+/// The balancer state for discovery `D` and requests `Req`.
+type SharedOf<D, Req> = Shared<
+    <D as Discover>::Key,
+    <D as Discover>::Service,
+    Req,
+    <<D as Discover>::Service as Service<Req>>::Response,
+>;
+
 pub(crate) fn spawn<D, Req>(
     handle: &tokio::runtime::Handle,
-    shared: Weak<Shared<D::Key, D::Service, Req, <D::Service as Service<Req>>::Response>>,
+    shared: Weak<SharedOf<D, Req>>,
     discover: D,
     mut rx: mpsc::UnboundedReceiver<Watch<D::Key, D::Service>>,
 ) -> Guard

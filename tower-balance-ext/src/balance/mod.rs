@@ -229,7 +229,9 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             ));
         }
         if self.decay.is_zero() {
-            return err("decay is zero; give the latency estimate a time constant, e.g. 10 s".into());
+            return err(
+                "decay is zero; give the latency estimate a time constant, e.g. 10 s".into(),
+            );
         }
         match (self.pick, self.hash_key.is_some()) {
             (Pick::ConsistentHash, false) => {

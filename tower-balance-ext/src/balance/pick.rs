@@ -49,7 +49,7 @@ pub(crate) struct Filter<'a> {
 
 impl Filter<'_> {
     #[inline]
-    fn allows(&self, c: &EndpointCell) -> bool {
+    pub(crate) fn allows(&self, c: &EndpointCell) -> bool {
         (c.is_ready() || (self.panic && c.is_set_aside()))
             && (self.excluded.is_empty() || !self.excluded.contains(&c.id))
     }
@@ -61,9 +61,7 @@ impl Filter<'_> {
         if self.slow_start == 0 {
             return 1.0;
         }
-        let age = self
-            .now
-            .saturating_sub(c.ramp_from.load(Ordering::Relaxed));
+        let age = self.now.saturating_sub(c.ramp_from.load(Ordering::Relaxed));
         if age >= self.slow_start {
             1.0
         } else {
@@ -247,11 +245,7 @@ fn consistent<'p, K, S>(
     if table.is_empty() {
         return None;
     }
-    let allowed = pool
-        .endpoints
-        .iter()
-        .filter(|e| f.allows(&e.cell))
-        .count();
+    let allowed = pool.endpoints.iter().filter(|e| f.allows(&e.cell)).count();
     if allowed == 0 {
         return None;
     }

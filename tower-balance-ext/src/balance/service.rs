@@ -213,13 +213,7 @@ where
         let weight = m.weights.get(&key).copied().unwrap_or(1);
         let id = m.next_id;
         m.next_id += 1;
-        let cell = EndpointCell::new(
-            id,
-            format!("{key:?}"),
-            weight,
-            median,
-            self.stats.now_ns(),
-        );
+        let cell = EndpointCell::new(id, format!("{key:?}"), weight, median, self.stats.now_ns());
         let (removed, _) = tokio::sync::watch::channel(false);
         m.endpoints.push(Arc::new(Endpoint {
             key,
@@ -244,7 +238,8 @@ where
         if ep.cell.remove() {
             self.ready.fetch_sub(1, Ordering::AcqRel);
         }
-        let _ = ep.removed.send(true);
+        // `send_replace`, not `send`: the value must change even before a watch subscribes.
+        ep.removed.send_replace(true);
     }
 
     /// A watched endpoint's `poll_ready` succeeded.
@@ -286,6 +281,14 @@ where
             },
             slow_start: self.slow_start_ns,
         }
+    }
+
+    /// Whether some endpoint is allowed besides the excluded ones (without taking a
+    /// round-robin turn).
+    fn another_allowed(&self, excluded: &[u64]) -> bool {
+        let pool = self.pool.load();
+        let f = self.filter(excluded, pool.endpoints.len());
+        pool.endpoints.iter().any(|e| f.allows(&e.cell))
     }
 
     fn choose(&self, key: Option<u64>, excluded: &[u64]) -> Option<Arc<Endpoint<K, S>>> {
@@ -437,7 +440,7 @@ where
             ep.cell.observe(rtt, self.stats.now_ns(), self.tau_ns);
             if let (true, Some(next)) = (failed, retry_copy) {
                 excluded.push(ep.cell.id);
-                if self.choose(key, &excluded).is_some() {
+                if self.another_allowed(&excluded) {
                     if self.budget.withdraw() {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         req = next;
