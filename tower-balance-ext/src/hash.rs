@@ -76,3 +76,42 @@ pub(crate) fn random() -> u64 {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     })
 }
+
+/// `min x 2^n`, at most `max`, less up to `spread` of itself at random: the backoff
+/// of re-admission probes and of a breaker's open time. Saturates, never panics.
+pub(crate) fn backoff(
+    min: std::time::Duration,
+    max: std::time::Duration,
+    n: u32,
+    spread: f64,
+) -> std::time::Duration {
+    let factor = 1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX);
+    let d = min.checked_mul(factor).unwrap_or(max).min(max);
+    let jitter = (random() % 1024) as f64 / 1024.0 * spread.clamp(0.0, 1.0);
+    // Subtract a part: `d * (1 - jitter)` would overflow for `Duration::MAX`.
+    d.saturating_sub(d.mul_f64(jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_caps_and_survives_extremes() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        let b = super::backoff(min, max, 0, 0.0);
+        assert_eq!(b, min);
+        assert_eq!(super::backoff(min, max, 3, 0.0), Duration::from_millis(800));
+        assert_eq!(super::backoff(min, max, 30, 0.0), max);
+        for n in [0, 1, 31, 32, u32::MAX] {
+            let d = super::backoff(Duration::MAX, Duration::MAX, n, 0.25);
+            assert!(d >= Duration::MAX.mul_f64(0.74), "{d:?}");
+            let d = super::backoff(Duration::from_nanos(1), Duration::MAX, n, 0.25);
+            assert!(d <= Duration::from_secs(3));
+        }
+        for _ in 0..100 {
+            let d = super::backoff(min, max, 2, 0.25);
+            assert!(d > Duration::from_millis(300) && d <= Duration::from_millis(400));
+        }
+    }
+}

@@ -34,6 +34,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
+pub mod breaker;
 pub mod discover;
 mod hash;
 mod retry;

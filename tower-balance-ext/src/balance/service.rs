@@ -254,13 +254,7 @@ where
     /// The wait before probing an endpoint again after its `n`th failure in a row:
     /// `min x 2^n`, at most `max`, less up to a quarter at random.
     pub(super) fn backoff(&self, n: u32) -> Duration {
-        let (min, max) = self.backoff;
-        let d = min
-            .checked_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX))
-            .unwrap_or(max)
-            .min(max);
-        let jitter = (crate::hash::random() % 1024) as f64 / 4096.0;
-        d.mul_f64(1.0 - jitter)
+        crate::hash::backoff(self.backoff.0, self.backoff.1, n, 0.25)
     }
 
     /// Hands an endpoint to the background task until it is ready again.
