@@ -41,8 +41,7 @@ impl Budget {
         }
     }
 
-    fn rotate(&self, s: &mut State) {
-        let now = Instant::now();
+    fn rotate(&self, s: &mut State, now: Instant) {
         let mut elapsed = now.saturating_duration_since(s.slot_start);
         let mut steps = 0;
         while elapsed >= self.slot_len && steps < SLOTS {
@@ -59,17 +58,17 @@ impl Budget {
         }
     }
 
-    pub(crate) fn deposit(&self) {
+    pub(crate) fn deposit(&self, now: Instant) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.rotate(&mut s);
+        self.rotate(&mut s, now);
         let i = s.index;
         s.deposits[i] += 1;
     }
 
     /// Takes one retry from the budget if there is one.
-    pub(crate) fn withdraw(&self) -> bool {
+    pub(crate) fn withdraw(&self, now: Instant) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.rotate(&mut s);
+        self.rotate(&mut s, now);
         let deposits: u64 = s.deposits.iter().sum();
         let withdrawals: u64 = s.withdrawals.iter().sum();
         let allowed = self.floor + self.ratio * deposits as f64;
@@ -120,13 +119,13 @@ mod tests {
         // 20% of requests, plus 1 per second over 10 s: 10 + 0.2 x 100 = 30.
         let b = Budget::new(0.2, 1, Duration::from_secs(10));
         for _ in 0..100 {
-            b.deposit();
+            b.deposit(Instant::now());
         }
-        let granted = (0..1000).filter(|_| b.withdraw()).count();
+        let granted = (0..1000).filter(|_| b.withdraw(Instant::now())).count();
         assert_eq!(granted, 30);
         // After the window, the old deposits and withdrawals are gone: the floor again.
         tokio::time::advance(Duration::from_secs(11)).await;
-        let granted = (0..1000).filter(|_| b.withdraw()).count();
+        let granted = (0..1000).filter(|_| b.withdraw(Instant::now())).count();
         assert_eq!(granted, 10);
     }
 

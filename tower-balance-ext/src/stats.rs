@@ -287,6 +287,9 @@ pub(crate) struct StatsCell {
     rate: Rate,
     /// Seconds since base at the last reset.
     reset_at: AtomicU64,
+    /// A coarse clock, nanoseconds since base: the latest request start or end seen.
+    /// The picks read it instead of the system clock.
+    clock_ns: AtomicU64,
 }
 
 impl StatsCell {
@@ -304,6 +307,7 @@ impl StatsCell {
             ready_errors: AtomicU64::new(0),
             rate: Rate::new(),
             reset_at: AtomicU64::new(0),
+            clock_ns: AtomicU64::new(0),
         }
     }
 
@@ -314,6 +318,28 @@ impl StatsCell {
             .saturating_duration_since(self.base)
             .as_nanos()
             .min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Nanoseconds from the base to `t`.
+    #[inline]
+    pub(crate) fn ns_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base)
+            .as_nanos()
+            .min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Moves the coarse clock forward to `ns`.
+    #[inline]
+    pub(crate) fn tick(&self, ns: u64) {
+        if self.clock_ns.load(Ordering::Relaxed) < ns {
+            self.clock_ns.fetch_max(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The coarse clock: as recent as the latest request.
+    #[inline]
+    pub(crate) fn coarse_ns(&self) -> u64 {
+        self.clock_ns.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_request(&self, now_ns: u64) {

@@ -269,7 +269,7 @@ where
             panic: self.panic_threshold > 0
                 && ready * 100 < usize::from(self.panic_threshold) * pool_len,
             now: if self.slow_start_ns > 0 || self.pick == Pick::LatencyAware {
-                self.stats.now_ns()
+                self.stats.coarse_ns()
             } else {
                 0
             },
@@ -286,6 +286,16 @@ where
     }
 
     fn choose(&self, key: Option<u64>, excluded: &[u64]) -> Option<Arc<Endpoint<K, S>>> {
+        self.with_choice(key, excluded, Arc::clone)
+    }
+
+    /// Runs `f` on the chosen endpoint, without taking a reference count.
+    fn with_choice<R>(
+        &self,
+        key: Option<u64>,
+        excluded: &[u64],
+        f: impl FnOnce(&Arc<Endpoint<K, S>>) -> R,
+    ) -> Option<R> {
         let pool = self.pool.load();
         let ctx = Ctx {
             cursor: &self.cursor,
@@ -298,8 +308,8 @@ where
             },
             tau_ns: self.tau_ns,
         };
-        let f = self.filter(excluded, pool.endpoints.len());
-        pick::pick(self.pick, &pool, &ctx, &f).cloned()
+        let filter = self.filter(excluded, pool.endpoints.len());
+        pick::pick(self.pick, &pool, &ctx, &filter).map(f)
     }
 }
 
@@ -338,39 +348,47 @@ where
             Some(f) => Some(f(&req).ok_or(NoHashKey)?),
             None => None,
         };
-        self.budget.deposit();
         let mut excluded: Vec<u64> = Vec::new();
         let mut started_waiting: Option<Instant> = None;
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let Some(ep) = self.choose(key, &excluded) else {
-                let since = *started_waiting.get_or_insert_with(Instant::now);
-                if waiting.is_none() {
-                    self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-                    waiting = Some(Waiting(&self.stats.waiting));
-                }
-                let waited = since.elapsed();
-                if waited >= self.ready_timeout {
-                    self.stats.no_ready.fetch_add(1, Ordering::Relaxed);
-                    return Err(NoReadyEndpoints {
-                        waited,
-                        endpoints: self.pool.load().endpoints.len(),
-                    }
-                    .into());
-                }
-                match since.checked_add(self.ready_timeout) {
-                    Some(deadline) => {
-                        tokio::select! {
-                            _ = notified => {}
-                            _ = tokio::time::sleep_until(deadline) => {}
+            let ep = match self.choose(key, &excluded) {
+                Some(ep) => ep,
+                None => {
+                    // Register for a change first, then look again, so no change
+                    // between the two is missed.
+                    let notified = self.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if let Some(ep) = self.choose(key, &excluded) {
+                        ep
+                    } else {
+                        let since = *started_waiting.get_or_insert_with(Instant::now);
+                        if waiting.is_none() {
+                            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                            waiting = Some(Waiting(&self.stats.waiting));
                         }
+                        let waited = since.elapsed();
+                        if waited >= self.ready_timeout {
+                            self.stats.no_ready.fetch_add(1, Ordering::Relaxed);
+                            return Err(NoReadyEndpoints {
+                                waited,
+                                endpoints: self.pool.load().endpoints.len(),
+                            }
+                            .into());
+                        }
+                        match since.checked_add(self.ready_timeout) {
+                            Some(deadline) => {
+                                tokio::select! {
+                                    _ = notified => {}
+                                    _ = tokio::time::sleep_until(deadline) => {}
+                                }
+                            }
+                            None => notified.await,
+                        }
+                        continue;
                     }
-                    None => notified.await,
                 }
-                continue;
             };
             let mut svc = ep.clone_service();
             match std::future::poll_fn(|cx| Poll::Ready(svc.poll_ready(cx))).await {
@@ -407,8 +425,12 @@ where
                 Some(copy) => copy(&req),
                 None => None,
             };
-            let now = self.stats.now_ns();
             let start = Instant::now();
+            let start_ns = self.stats.ns_at(start);
+            self.stats.tick(start_ns);
+            if excluded.is_empty() && self.retry.is_some() {
+                self.budget.deposit(start);
+            }
             ep.cell.in_flight.fetch_add(1, Ordering::Relaxed);
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let in_flight = InFlight {
@@ -416,10 +438,13 @@ where
                 all: &self.stats.in_flight,
             };
             ep.cell.requests.fetch_add(1, Ordering::Relaxed);
-            self.stats.count_request(now);
+            self.stats.count_request(start_ns);
             let result = svc.call(req).await.map_err(Into::into);
             drop(in_flight);
-            let elapsed = start.elapsed();
+            let end = Instant::now();
+            let end_ns = self.stats.ns_at(end);
+            self.stats.tick(end_ns);
+            let elapsed = end.saturating_duration_since(start);
             let failed = match &result {
                 Ok(res) => (self.is_failure)(res),
                 Err(_) => true,
@@ -431,11 +456,11 @@ where
                 ep.cell.errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
-            ep.cell.observe(rtt, self.stats.now_ns(), self.tau_ns);
+            ep.cell.observe(rtt, end_ns, self.tau_ns);
             if let (true, Some(next)) = (failed, retry_copy) {
                 excluded.push(ep.cell.id);
                 if self.another_allowed(&excluded) {
-                    if self.budget.withdraw() {
+                    if self.budget.withdraw(end) {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         req = next;
                         continue;
@@ -490,7 +515,7 @@ where
             Some(f) => Some(f(req)?),
             None => None,
         };
-        self.shared.choose(key, &[]).map(|e| e.key.clone())
+        self.shared.with_choice(key, &[], |e| e.key.clone())
     }
 
     /// The keys of the endpoints it holds, with their state.
