@@ -78,6 +78,7 @@ pub struct BalancerBuilder<Req, Res> {
     slow_start: Duration,
     backoff: (Duration, Duration),
     decay: Duration,
+    idle_decay: Duration,
     failure_penalty: Duration,
     bounded_load: Option<f64>,
     hash_key: Option<HashKey<Req>>,
@@ -95,6 +96,7 @@ impl<Req, Res> fmt::Debug for BalancerBuilder<Req, Res> {
             .field("slow_start", &self.slow_start)
             .field("backoff", &self.backoff)
             .field("decay", &self.decay)
+            .field("idle_decay", &self.idle_decay)
             .field("failure_penalty", &self.failure_penalty)
             .field("bounded_load", &self.bounded_load)
             .field("hash_key", &self.hash_key.is_some())
@@ -114,6 +116,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             slow_start: Duration::ZERO,
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             decay: Duration::from_secs(10),
+            idle_decay: Duration::from_secs(30),
             failure_penalty: Duration::from_secs(1),
             bounded_load: None,
             hash_key: None,
@@ -151,11 +154,18 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
         self
     }
 
-    /// The time constant of the peak-EWMA latency estimate (default 10 s): how fast a
-    /// fast sample pulls a high estimate down, and how fast an idle endpoint's estimate
-    /// fades so it is tried again.
+    /// The time constant of the peak-EWMA latency estimate (default 10 s): how fast
+    /// fast samples pull a high estimate down.
     pub fn decay(mut self, tau: Duration) -> Self {
         self.decay = tau;
+        self
+    }
+
+    /// How fast the estimate of an endpoint that gets no requests fades (default 30 s:
+    /// halved after 30 s without a sample), so that an endpoint once slow is tried
+    /// again in time.
+    pub fn idle_decay(mut self, tau: Duration) -> Self {
+        self.idle_decay = tau;
         self
     }
 

@@ -83,7 +83,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) key: Option<u64>,
     pub(crate) bounded_load: Option<f64>,
     pub(crate) total_in_flight: u64,
-    pub(crate) tau_ns: f64,
+    pub(crate) idle_tau_ns: f64,
 }
 
 pub(crate) fn pick<'p, K, S>(
@@ -114,7 +114,7 @@ pub(crate) fn pick<'p, K, S>(
         }
         Pick::LatencyAware => {
             let cost = |c: &EndpointCell| {
-                let lat = c.latency_ns(f.now, ctx.tau_ns).max(1.0);
+                let lat = c.latency_ns(f.now, ctx.idle_tau_ns).max(1.0);
                 let load = (c.in_flight.load(Ordering::Relaxed) + 1) as f64;
                 lat * load / f64::from(c.weight.load(Ordering::Relaxed).max(1)) / f.ramp(c)
             };

@@ -101,6 +101,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             slow_start_ns: duration_ns(self.slow_start),
             backoff: self.backoff,
             tau_ns: duration_ns(self.decay) as f64,
+            idle_tau_ns: duration_ns(self.idle_decay) as f64,
             penalty_ns: duration_ns(self.failure_penalty) as f64,
             bounded_load: self.bounded_load,
             hash_key: self.hash_key,
@@ -143,6 +144,7 @@ pub(super) struct Shared<K, S, Req, Res> {
     slow_start_ns: u64,
     backoff: (Duration, Duration),
     tau_ns: f64,
+    idle_tau_ns: f64,
     penalty_ns: f64,
     bounded_load: Option<f64>,
     hash_key: Option<HashKey<Req>>,
@@ -306,7 +308,7 @@ where
             } else {
                 0
             },
-            tau_ns: self.tau_ns,
+            idle_tau_ns: self.idle_tau_ns,
         };
         let filter = self.filter(excluded, pool.endpoints.len());
         pick::pick(self.pick, &pool, &ctx, &filter).map(f)
