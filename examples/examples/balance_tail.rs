@@ -204,8 +204,8 @@ async fn some_slow(rate: f64) {
         "2. four endpoints of 10 ms + Exp(1 ms), {rate} requests/s, 30,000 requests per phase"
     );
     println!(
-        "   {:<26} {:>12} {:>12} {:>12} {:>10}  {}",
-        "", "all healthy", "one +5 ms", "two +5 ms", "two/all", "share of the slow two"
+        "   {:<26} {:>12} {:>12} {:>12} {:>10}  share of the slow two",
+        "", "all healthy", "one +5 ms", "two +5 ms", "two/all"
     );
     let mut ours = None;
     for kind in KINDS {
