@@ -38,6 +38,7 @@ pub mod breaker;
 pub mod discover;
 mod hash;
 mod retry;
+pub mod router;
 pub mod stats;
 
 pub use balance::{
@@ -45,6 +46,7 @@ pub use balance::{
 };
 pub use hash::hash_key;
 pub use retry::{clone_idempotent, is_idempotent};
+pub use router::{Router, TargetError, UnknownService};
 pub use stats::{EndpointLoad, EndpointState, LoadSnapshot, LoadStats};
 
 /// The error type at service boundaries.

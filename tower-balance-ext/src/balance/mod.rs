@@ -87,6 +87,26 @@ pub struct BalancerBuilder<Req, Res> {
     budget: (f64, u32, Duration),
 }
 
+impl<Req, Res> Clone for BalancerBuilder<Req, Res> {
+    fn clone(&self) -> Self {
+        Self {
+            pick: self.pick,
+            ready_timeout: self.ready_timeout,
+            panic_threshold: self.panic_threshold,
+            slow_start: self.slow_start,
+            backoff: self.backoff,
+            decay: self.decay,
+            idle_decay: self.idle_decay,
+            failure_penalty: self.failure_penalty,
+            bounded_load: self.bounded_load,
+            hash_key: self.hash_key.clone(),
+            is_failure: self.is_failure.clone(),
+            retry: self.retry.clone(),
+            budget: self.budget,
+        }
+    }
+}
+
 impl<Req, Res> fmt::Debug for BalancerBuilder<Req, Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancerBuilder")
