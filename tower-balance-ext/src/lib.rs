@@ -37,6 +37,9 @@ pub mod balance;
 pub mod breaker;
 pub mod discover;
 mod hash;
+#[cfg(feature = "http-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
+pub mod http_client;
 mod retry;
 pub mod router;
 pub mod stats;
@@ -45,6 +48,8 @@ pub use balance::{
     Balancer, BalancerBuilder, BuildError, NoHashKey, NoReadyEndpoints, Pick, ZeroWeight,
 };
 pub use hash::hash_key;
+#[cfg(feature = "http-client")]
+pub use http_client::HttpEndpoint;
 pub use retry::{clone_idempotent, is_idempotent};
 pub use router::{Router, TargetError, UnknownService};
 pub use stats::{EndpointLoad, EndpointState, LoadSnapshot, LoadStats};

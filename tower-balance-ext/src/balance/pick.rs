@@ -45,6 +45,8 @@ pub(crate) struct Filter<'a> {
     pub(crate) now: u64,
     /// The slow-start window, in nanoseconds (0: off).
     pub(crate) slow_start: u64,
+    /// Every endpoint is ready and none is excluded (the fast path of round robin).
+    pub(crate) all_allowed: bool,
 }
 
 impl Filter<'_> {
@@ -128,6 +130,8 @@ pub(crate) fn pick<'p, K, S>(
     }
 }
 
+/// Round robin over the allowed endpoints: the turn counts among those allowed, so an
+/// endpoint that is skipped does not hand its share to its neighbour alone.
 fn rotate<'p, K, S>(
     eps: &'p [Arc<Endpoint<K, S>>],
     cursor: &AtomicUsize,
@@ -135,15 +139,34 @@ fn rotate<'p, K, S>(
 ) -> Option<&'p Arc<Endpoint<K, S>>> {
     let n = eps.len();
     let start = cursor.fetch_add(1, Ordering::Relaxed);
-    let mut fallback = None;
-    for i in 0..n {
-        let ep = &eps[start.wrapping_add(i) % n];
-        if f.allows(&ep.cell) {
-            if f.ramp_accepts(&ep.cell) {
-                return Some(ep);
-            }
-            fallback.get_or_insert(ep);
+    if f.all_allowed {
+        let first = &eps[start % n];
+        if f.ramp_accepts(&first.cell) {
+            return Some(first);
         }
+    }
+    let allowed = eps.iter().filter(|e| f.allows(&e.cell)).count();
+    if allowed == 0 {
+        return None;
+    }
+    let k = start % allowed;
+    let mut fallback = None;
+    let mut seen = 0;
+    // From the k-th allowed endpoint on, the first a ramp accepts.
+    for i in 0..n {
+        let ep = &eps[i];
+        if !f.allows(&ep.cell) {
+            continue;
+        }
+        seen += 1;
+        if seen <= k {
+            fallback.get_or_insert(ep);
+            continue;
+        }
+        if f.ramp_accepts(&ep.cell) {
+            return Some(ep);
+        }
+        fallback.get_or_insert(ep);
     }
     fallback
 }

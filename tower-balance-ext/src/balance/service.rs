@@ -276,6 +276,7 @@ where
                 0
             },
             slow_start: self.slow_start_ns,
+            all_allowed: excluded.is_empty() && ready == pool_len,
         }
     }
 
