@@ -153,8 +153,7 @@ fn rotate<'p, K, S>(
     let mut fallback = None;
     let mut seen = 0;
     // From the k-th allowed endpoint on, the first a ramp accepts.
-    for i in 0..n {
-        let ep = &eps[i];
+    for ep in eps {
         if !f.allows(&ep.cell) {
             continue;
         }
