@@ -29,9 +29,9 @@ pub enum Pick {
     /// factor of the mean load passes keys on the same way.
     ConsistentHash,
     /// The endpoint with the lowest peak-EWMA latency times (in-flight + 1), where
-    /// failures count as slow: a full scan for pools of up to 8 (where best-of-two
-    /// would send half the traffic to slow endpoints when two of four are slow),
-    /// power of two choices above.
+    /// failures count as slow: a full scan for pools of up to 16 (best-of-two sends a
+    /// sixth of the requests to the slow pair when two of four are slow, and one in
+    /// 45 to the two slowest of ten), power of two choices above.
     LatencyAware,
 }
 
@@ -120,7 +120,7 @@ pub(crate) fn pick<'p, K, S>(
                 let load = (c.in_flight.load(Ordering::Relaxed) + 1) as f64;
                 lat * load / f64::from(c.weight.load(Ordering::Relaxed).max(1)) / f.ramp(c)
             };
-            if eps.len() <= 8 {
+            if eps.len() <= 16 {
                 scan(eps, ctx.cursor, f, cost)
             } else {
                 two_choices(eps, f, cost)
