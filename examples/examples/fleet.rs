@@ -11,9 +11,10 @@
 //!   `/health/*` endpoints and graceful shutdown, answering `/api/budget/<id>` after a
 //!   simulated 15 ms of work;
 //! - a `HealthMonitor` checking each instance's `/health/ready`;
-//! - a front `CacheLayer` (memory tier, then an LMDB disk tier in a temp dir) over a client
-//!   that sends each miss to the next healthy instance (a stand-in for tower-balance-ext's
-//!   balancer, which lands with its own issue);
+//! - a front `CacheLayer` (memory tier, then an LMDB disk tier in a temp dir) over
+//!   tower-balance-ext's latency-aware `Balancer`, whose endpoints are pooled clients behind
+//!   readiness gates that follow the monitor (GETs that fail are retried on another
+//!   instance);
 //! - a load of Zipf-distributed requests from concurrent workers, in two phases: all
 //!   instances up, then one drained gracefully and one killed outright.
 //!
@@ -22,23 +23,24 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
 use tower_cache::{Cache, CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful};
 use tower_health::{
-    GracefulServer, HealthEndpoints, HealthMonitor, HealthState, Probe, Probes, Target,
+    Gate, GracefulServer, HealthEndpoints, HealthMonitor, HealthState, Probe, Probes,
+    ReadinessLayer, Target,
 };
+use tower_layer::Layer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -127,32 +129,38 @@ async fn start_instance(n: usize) -> Result<Instance, BoxError> {
     })
 }
 
-/// Sends each request to the next instance the monitor calls healthy.
-#[derive(Clone)]
-struct HealthyRoundRobin {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    monitor: HealthMonitor,
-    targets: Arc<Vec<(String, SocketAddr)>>,
-    next: Arc<AtomicUsize>,
+/// The balancer over the instances: each endpoint a pooled client for its address behind
+/// a readiness gate that follows the monitor's verdict, so an instance that is down or
+/// draining is skipped; GETs that fail on one instance are retried on another.
+type Balancer = tower_balance_ext::Balancer<
+    SocketAddr,
+    tower_health::ReadinessService<HttpEndpoint<Full<Bytes>>>,
+    Request<Full<Bytes>>,
+>;
+
+fn balancer(monitor: &HealthMonitor, instances: &[Instance]) -> Result<Balancer, BoxError> {
+    let endpoints = instances.iter().map(|i| {
+        let gate = Gate::new(monitor.watch(&i.name).expect("registered above"));
+        (
+            i.addr,
+            ReadinessLayer::pending(gate).layer(HttpEndpoint::<Full<Bytes>>::new(i.addr)),
+        )
+    });
+    Ok(BalancerBuilder::new(Pick::LatencyAware)
+        .http()
+        .retry_idempotent()
+        .build(discover::fixed(endpoints.collect::<Vec<_>>()))?)
 }
 
-impl HealthyRoundRobin {
-    async fn call(self, req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, BoxError> {
-        let n = self.targets.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let (_, addr) = (0..n)
-            .map(|i| &self.targets[(start + i) % n])
-            .find(|(name, _)| self.monitor.is_ready_for_traffic(name))
-            .ok_or("no healthy instance")?;
-        let uri = format!("http://{addr}{}", req.uri().path());
-        let res = self
-            .client
-            .request(Request::get(uri).body(Empty::new())?)
-            .await?;
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok(Response::from_parts(parts, Full::new(body)))
-    }
+/// Sends a request through the balancer and buffers the answer for the cache.
+async fn upstream(
+    bal: Balancer,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, BoxError> {
+    let res = bal.oneshot(req).await?;
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, Full::new(body)))
 }
 
 /// Zipf(1.0) sampler over `KEYS` ids.
@@ -308,12 +316,7 @@ async fn main() -> Result<(), BoxError> {
             .map_size(64 << 20)
             .open()?,
     );
-    let upstream = HealthyRoundRobin {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        monitor: monitor.clone(),
-        targets: Arc::new(instances.iter().map(|i| (i.name.clone(), i.addr)).collect()),
-        next: Arc::default(),
-    };
+    let bal = balancer(&monitor, &instances)?;
     let front = ServiceBuilder::new()
         .layer(
             CacheLayer::new(
@@ -324,7 +327,10 @@ async fn main() -> Result<(), BoxError> {
             )?
             .store_policy(StoreSuccessful),
         )
-        .service(service_fn(move |req| upstream.clone().call(req)));
+        .service(service_fn({
+            let bal = bal.clone();
+            move |req| upstream(bal.clone(), req)
+        }));
 
     println!("\nload: {WORKERS} workers, Zipf(1.0) over {KEYS} ids, {PHASE:?} per phase; memory tier 200 entries, disk tier below it");
     let before = (0, 0);
@@ -369,6 +375,22 @@ async fn main() -> Result<(), BoxError> {
     println!("\norigin calls per instance:");
     for i in &instances {
         println!("  {}: {}", i.name, i.served.load(Ordering::Relaxed));
+    }
+    let load = bal.stats().snapshot();
+    println!(
+        "\nbalancer (latency-aware, health-gated): {} requests, {} retried on another instance, {} failed for want of a ready one",
+        load.requests, load.retries, load.no_ready_endpoints
+    );
+    for e in &load.endpoints {
+        println!(
+            "  {}: {:.0}% of requests, {} errors, p50 {:?}, p99 {:?}, last seen {:?}",
+            e.name,
+            e.share * 100.0,
+            e.errors,
+            e.p50,
+            e.p99,
+            e.state
+        );
     }
     let s = store.stats();
     let d = s.disk.unwrap_or_default();

@@ -146,3 +146,97 @@ async fn health_gated_http_balancing_skips_sick_servers_and_loses_no_request() {
     .await
     .expect("bounded");
 }
+
+/// The README's stack: breaker (pending while open) around the health gate around the
+/// pooled client, under a latency-aware router that retries idempotent requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_stack_serves_and_its_breaker_opens_on_5xx() {
+    use tower_balance_ext::breaker::{BreakerState, CircuitBreakerLayer, WhenOpen};
+    tokio::time::timeout(BOUND, async {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let failing = Arc::new(AtomicBool::new(false));
+        let f = failing.clone();
+        let h = healthy.clone();
+        let srv = TestServer::start(move |req: Request<hyper::body::Incoming>| {
+            let (f, h) = (f.clone(), h.clone());
+            async move {
+                let status = if req.uri().path() == "/health/ready" {
+                    if h.load(Ordering::SeqCst) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                } else if f.load(Ordering::SeqCst) {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                };
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from("ok")))
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let addr = srv.addr();
+        let monitor = HealthMonitor::new();
+        let breaker = CircuitBreakerLayer::builder()
+            .http()
+            .consecutive_failures(3)
+            .when_open(WhenOpen::Wait)
+            .build()
+            .unwrap();
+        let handles = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, hs) = (monitor.clone(), handles.clone());
+        let router = Router::new(
+            BalancerBuilder::new(Pick::LatencyAware)
+                .http()
+                .retry_idempotent()
+                .ready_timeout(Duration::from_millis(300)),
+            move |addr: SocketAddr| {
+                let gate = Gate::new(m.watch(&addr.to_string()).expect("registered first"));
+                let svc =
+                    breaker.layer(
+                        ReadinessLayer::pending(gate).layer(HttpEndpoint::<Full<Bytes>>::new(addr)),
+                    );
+                hs.lock().unwrap().push(svc.handle());
+                svc
+            },
+            |req: &Request<Full<Bytes>>| req.uri().path().split('/').nth(3).map(str::to_owned),
+        );
+        monitor
+            .register(
+                Target::new(addr.to_string(), addr.to_string())
+                    .path("/health/ready")
+                    .interval(Duration::from_millis(50))
+                    .timeout(Duration::from_millis(40)),
+            )
+            .unwrap();
+        router.add_target("training", addr, 1).unwrap();
+        until(|| monitor.is_ready_for_traffic(&addr.to_string())).await;
+        let get = || {
+            let r = router.clone();
+            async move {
+                let req = Request::get("/api/v1/training/run")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                r.oneshot(req).await
+            }
+        };
+        assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+        // Three 500s in a row open the breaker; the balancer then has no ready endpoint.
+        failing.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(
+                get().await.unwrap().status(),
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        }
+        assert_eq!(handles.lock().unwrap()[0].state(), BreakerState::Open);
+        let e = get().await.unwrap_err();
+        assert!(e.is::<tower_balance_ext::NoReadyEndpoints>(), "{e}");
+    })
+    .await
+    .expect("bounded");
+}
