@@ -284,6 +284,7 @@ pub(crate) struct StatsCell {
     pub(crate) retries_refused: AtomicU64,
     pub(crate) no_ready: AtomicU64,
     pub(crate) ready_errors: AtomicU64,
+    pub(crate) discovery_errors: AtomicU64,
     rate: Rate,
     /// Seconds since base at the last reset.
     reset_at: AtomicU64,
@@ -305,6 +306,7 @@ impl StatsCell {
             retries_refused: AtomicU64::new(0),
             no_ready: AtomicU64::new(0),
             ready_errors: AtomicU64::new(0),
+            discovery_errors: AtomicU64::new(0),
             rate: Rate::new(),
             reset_at: AtomicU64::new(0),
             clock_ns: AtomicU64::new(0),
@@ -408,6 +410,8 @@ pub struct LoadSnapshot {
     pub no_ready_endpoints: u64,
     /// `poll_ready` errors of endpoints (each set one aside).
     pub ready_errors: u64,
+    /// Errors the discovery stream yielded (the endpoints known were kept).
+    pub discovery_errors: u64,
 }
 
 impl LoadStats {
@@ -477,6 +481,7 @@ impl LoadStats {
             retries_refused: c.retries_refused.load(Ordering::Relaxed),
             no_ready_endpoints: c.no_ready.load(Ordering::Relaxed),
             ready_errors: c.ready_errors.load(Ordering::Relaxed),
+            discovery_errors: c.discovery_errors.load(Ordering::Relaxed),
         }
     }
 

@@ -684,3 +684,48 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(e.to_string().contains("tokio runtime"), "{e}");
 }
+
+/// A discovery stream that fails every time it is asked, after one insert.
+struct Failing {
+    first: Option<Ep>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl futures_util::Stream for Failing {
+    type Item = Result<tower::discover::Change<u32, Ep>, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if let Some(ep) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(tower::discover::Change::Insert(0, ep))));
+        }
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("registry down"))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_discovery_keeps_its_endpoints_and_does_not_spin() {
+    tokio::time::timeout(LIMIT, async {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (ep, _) = Ep::new(0);
+        let b: Bal = BalancerBuilder::new(Pick::RoundRobin)
+            .build(Failing {
+                first: Some(ep),
+                asked: asked.clone(),
+            })
+            .unwrap();
+        settle(&b, 1).await;
+        assert_eq!(send(&b, 1).await.id, 0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Backing off to once a second: about 10 + 10 asks in 10 s, not millions.
+        let n = asked.load(Ordering::SeqCst);
+        assert!(n < 40, "discovery asked {n} times");
+        assert!(b.stats().snapshot().discovery_errors >= 10);
+        assert_eq!(send(&b, 2).await.id, 0, "the endpoint known is kept");
+    })
+    .await
+    .unwrap();
+}

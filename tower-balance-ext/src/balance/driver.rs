@@ -111,22 +111,39 @@ where
     let task = handle.spawn(async move {
         let mut discover = Box::pin(discover);
         let mut discovering = true;
+        // After a discovery error, a pause before asking again (doubling up to 1 s), so
+        // a source that fails at once every time does not spin this task.
+        let mut errors_in_a_row = 0u32;
+        let mut paused = false;
+        let pause = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(pause);
         let mut watches: FuturesUnordered<WatchFuture<D::Key, D::Service>> =
             FuturesUnordered::new();
         loop {
             tokio::select! {
-                change = std::future::poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering => {
+                change = std::future::poll_fn(|cx| discover.as_mut().poll_discover(cx)), if discovering && !paused => {
                     let Some(shared) = shared.upgrade() else { return };
                     match change {
-                        Some(Ok(Change::Insert(key, svc))) => shared.insert(key, svc),
-                        Some(Ok(Change::Remove(key))) => shared.remove(&key),
+                        Some(Ok(change)) => {
+                            errors_in_a_row = 0;
+                            match change {
+                                Change::Insert(key, svc) => shared.insert(key, svc),
+                                Change::Remove(key) => shared.remove(&key),
+                            }
+                        }
                         Some(Err(e)) => {
                             let e: BoxError = e.into();
+                            shared.stats.discovery_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
+                            let wait = Duration::from_millis(1u64 << errors_in_a_row.min(10)).min(Duration::from_secs(1));
+                            errors_in_a_row = errors_in_a_row.saturating_add(1);
+                            pause.as_mut().reset(tokio::time::Instant::now() + wait);
+                            paused = true;
                         }
                         None => discovering = false,
                     }
                 }
+                _ = &mut pause, if paused => paused = false,
                 w = rx.recv() => match w {
                     Some(w) => watches.push(watch::<_, _, Req>(w)),
                     None => return,
