@@ -1,0 +1,487 @@
+//! The decision engine against worked HPA examples, and its windows, limits and
+//! policy errors (paused time).
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use tower_autoscale::{
+    Action, DecisionEngine, InstanceLoad, LoadSample, Metric, MetricTarget, RateKind, RatePolicy,
+    Reason, ScalingPolicy, ScalingRules, Select,
+};
+
+fn cpu_policy(target: f64) -> ScalingPolicy {
+    ScalingPolicy {
+        metrics: vec![MetricTarget::new(Metric::Cpu, target)],
+        panic: None,
+        forecast: None,
+        max_instances: 100,
+        ..Default::default()
+    }
+}
+
+fn cpus(values: &[f64]) -> LoadSample {
+    LoadSample {
+        per_instance: values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| InstanceLoad::new(format!("i{i}")).cpu(*v))
+            .collect(),
+        ..LoadSample::new(values.len())
+    }
+}
+
+fn engine(policy: ScalingPolicy) -> DecisionEngine {
+    let e = DecisionEngine::new();
+    e.add_service("s", policy, || LoadSample::new(0)).unwrap();
+    e
+}
+
+fn has(reasons: &[Reason], f: impl Fn(&Reason) -> bool) -> bool {
+    reasons.iter().any(f)
+}
+
+#[tokio::test(start_paused = true)]
+async fn worked_hpa_examples() {
+    // 3 at 90% with a 60% target: ceil(3 x 1.5) = 5.
+    let e = engine(cpu_policy(0.6));
+    let d = e.evaluate_sample("s", &cpus(&[0.9, 0.9, 0.9])).unwrap();
+    assert_eq!((d.desired, d.action), (5, Action::ScaleUp(2)));
+    // The Kubernetes docs' example: target 50%, current 200% of 1 pod... here 4 at
+    // 100% with target 50%: ceil(4 x 2) = 8.
+    let e = engine(cpu_policy(0.5));
+    let d = e.evaluate_sample("s", &cpus(&[1.0; 4])).unwrap();
+    assert_eq!(d.desired, 8);
+    // Within tolerance: 3 at 65% with a 60% target (ratio 1.083): hold.
+    let e = engine(cpu_policy(0.6));
+    let d = e.evaluate_sample("s", &cpus(&[0.65; 3])).unwrap();
+    assert_eq!(d.action, Action::Hold);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::WithinTolerance { .. }
+    )));
+    // Just past it: 3 at 67% (ratio 1.117): ceil(3.35) = 4.
+    let d = e.evaluate_sample("s", &cpus(&[0.67; 3])).unwrap();
+    assert_eq!(d.desired, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unready_and_missing_instances_follow_the_hpa_rules() {
+    // 2 ready at 90%, 1 not ready: scale-up counts the unready one at 0:
+    // avg (0.9 + 0.9 + 0) / 3 = 0.6 / 0.5 = 1.2 -> ceil(1.2 x 3) = 4.
+    let e = engine(cpu_policy(0.5));
+    let mut s = cpus(&[0.9, 0.9, 0.2]);
+    s.per_instance[2].ready = false;
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(d.desired, 4);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::InstancesIgnored { count: 1, .. }
+    )));
+    // The same with the unready one making the direction unsure: 2 ready at 55%, 1
+    // unready: 1.1 -> (0.55+0.55+0)/3/0.5 = 0.733: flipped, so hold.
+    let mut s = cpus(&[0.55, 0.55, 0.0]);
+    s.per_instance[2].ready = false;
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(d.action, Action::Hold);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::UnsureDirection { .. }
+    )));
+    // Missing instances (4 running, numbers for 2) on a scale-down count at the target:
+    // (0.1 + 0.1 + 0.5 + 0.5) / 4 / 0.5 = 0.6 -> ceil(0.6 x 4) = 3.
+    let e = engine(cpu_policy(0.5));
+    let mut s = cpus(&[0.1, 0.1]);
+    s.instances = 4;
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(d.desired, 3);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::MissingInstancesAssumed { count: 2, .. }
+    )));
+    // Warming-up instances are left out like unready ones.
+    let mut s = cpus(&[0.9, 0.9, 0.0]);
+    s.per_instance[2].warming_up = true;
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::InstancesIgnored { count: 1, .. }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_largest_proposal_wins_and_missing_metrics_are_said() {
+    let policy = ScalingPolicy {
+        metrics: vec![
+            MetricTarget::new(Metric::Cpu, 0.6),
+            MetricTarget::new(Metric::QueueDepth, 10.0),
+            MetricTarget::new(Metric::P99Ms, 500.0),
+        ],
+        panic: None,
+        forecast: None,
+        ..Default::default()
+    };
+    let e = engine(policy);
+    let mut s = cpus(&[0.6, 0.6]);
+    s.waiting = Some(30.0); // 3x the target: ceil(2 x 3) = 6
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(d.desired, 6);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::MetricMissing {
+            metric: Metric::P99Ms
+        }
+    )));
+    // An empty queue and a fast p99 never shrink a service.
+    let mut s = cpus(&[0.6, 0.6]);
+    s.waiting = Some(0.0);
+    s.p99 = Some(Duration::from_millis(5));
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(d.action, Action::Hold);
+    // Nothing known at all: hold, with a reason.
+    let d = e.evaluate_sample("s", &LoadSample::new(2)).unwrap();
+    assert_eq!(d.action, Action::Hold);
+    assert!(has(&d.reasons, |r| matches!(r, Reason::NoMetrics)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_down_window_keeps_the_highest_recent_recommendation() {
+    let mut p = cpu_policy(0.5);
+    p.scale_down.stabilization_window = Duration::from_secs(300);
+    let e = engine(p);
+    // Load needing 6 of 6, then a dip: the window keeps 6 for 300 s.
+    assert_eq!(e.evaluate_sample("s", &cpus(&[0.5; 6])).unwrap().desired, 6);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let d = e.evaluate_sample("s", &cpus(&[0.1; 6])).unwrap();
+    assert_eq!(d.desired, 6);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::StabilizedDown {
+            recommended: 2,
+            allowed: 6,
+            ..
+        }
+    )));
+    tokio::time::advance(Duration::from_secs(241)).await;
+    let d = e.evaluate_sample("s", &cpus(&[0.1; 6])).unwrap();
+    assert_eq!(d.desired, 2, "{:?}", d.reasons);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_policies_limit_each_period() {
+    // Default scale-up: max(100%, 4 instances) per 15 s. From 2 wanting 20: 6.
+    let e = engine(cpu_policy(0.1));
+    let d = e.evaluate_sample("s", &cpus(&[1.0, 1.0])).unwrap();
+    assert_eq!(d.desired, 6);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::RateLimited {
+            direction: "scale_up",
+            limit: 6
+        }
+    )));
+    // Within the same period, the 4 already added count: from 6, start 2 -> still 6.
+    let d = e.evaluate_sample("s", &cpus(&[1.0; 6])).unwrap();
+    assert_eq!(d.desired, 6, "{:?}", d.reasons);
+    // After the period: from 6, max(12, 10) = 12.
+    tokio::time::advance(Duration::from_secs(16)).await;
+    let d = e.evaluate_sample("s", &cpus(&[1.0; 6])).unwrap();
+    assert_eq!(d.desired, 12);
+    // Select::Min picks the smaller: min(100% -> 4, 1 instance -> 3) = 3 from 2.
+    let mut p = cpu_policy(0.1);
+    p.scale_up = ScalingRules {
+        stabilization_window: Duration::ZERO,
+        policies: vec![
+            RatePolicy {
+                kind: RateKind::Percent,
+                value: 100,
+                period: Duration::from_secs(15),
+            },
+            RatePolicy {
+                kind: RateKind::Instances,
+                value: 1,
+                period: Duration::from_secs(15),
+            },
+        ],
+        select: Select::Min,
+    };
+    let e = engine(p);
+    assert_eq!(
+        e.evaluate_sample("s", &cpus(&[1.0, 1.0])).unwrap().desired,
+        3
+    );
+    // Scale-down limited to 1 instance per minute; disabled scale-up holds.
+    let mut p = cpu_policy(0.5);
+    p.scale_down = ScalingRules {
+        stabilization_window: Duration::ZERO,
+        policies: vec![RatePolicy {
+            kind: RateKind::Instances,
+            value: 1,
+            period: Duration::from_secs(60),
+        }],
+        select: Select::Max,
+    };
+    p.scale_up.select = Select::Disabled;
+    let e = engine(p);
+    assert_eq!(
+        e.evaluate_sample("s", &cpus(&[0.05; 5])).unwrap().desired,
+        4
+    );
+    let d = e.evaluate_sample("s", &cpus(&[0.05; 4])).unwrap();
+    assert_eq!(d.desired, 4, "one per minute: {:?}", d.reasons);
+    let d = e.evaluate_sample("s", &cpus(&[1.0; 4])).unwrap();
+    assert_eq!(d.action, Action::Hold);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::DirectionDisabled {
+            direction: "scale_up"
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_above_max_or_below_min() {
+    let mut p = cpu_policy(0.01);
+    p.max_instances = 7;
+    p.min_instances = 2;
+    p.scale_up.policies = vec![RatePolicy {
+        kind: RateKind::Instances,
+        value: 1000,
+        period: Duration::from_secs(1),
+    }];
+    p.scale_down.stabilization_window = Duration::ZERO;
+    let e = engine(p);
+    let d = e.evaluate_sample("s", &cpus(&[1.0; 3])).unwrap();
+    assert_eq!(d.desired, 7);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::ClampedToMax { max: 7 }
+    )));
+    // Even when a source reports more running than max.
+    let d = e.evaluate_sample("s", &cpus(&[1.0; 12])).unwrap();
+    assert_eq!((d.desired, d.action), (7, Action::ScaleDown(5)));
+    let d = e.evaluate_sample("s", &cpus(&[0.0; 3])).unwrap();
+    assert_eq!(d.desired, 2);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::ClampedToMin { min: 2 }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_scales_up_at_once_and_blocks_scale_down() {
+    let mut p = cpu_policy(0.5);
+    p.panic = Some(Default::default());
+    p.scale_up.policies = vec![RatePolicy {
+        kind: RateKind::Instances,
+        value: 1,
+        period: Duration::from_secs(60),
+    }];
+    p.scale_down.stabilization_window = Duration::ZERO;
+    let e = engine(p);
+    // 2 at 100% with a 50% target: ratio 2.0, panic: to 4 at once despite 1/min.
+    let d = e.evaluate_sample("s", &cpus(&[1.0, 1.0])).unwrap();
+    assert_eq!(d.desired, 4, "{:?}", d.reasons);
+    assert!(has(&d.reasons, |r| matches!(r, Reason::Panic { .. })));
+    // Load drops: no scale-down for the hold time (60 s).
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let d = e.evaluate_sample("s", &cpus(&[0.1; 4])).unwrap();
+    assert_eq!(d.action, Action::Hold);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::PanicBlocksScaleDown { .. }
+    )));
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let d = e.evaluate_sample("s", &cpus(&[0.1; 4])).unwrap();
+    assert_eq!(d.action, Action::ScaleDown(3), "{:?}", d.reasons);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_forecast_only_raises_the_floor() {
+    let mut p = cpu_policy(0.5);
+    p.forecast = Some(Default::default());
+    let e = engine(p);
+    // Throughput rising 100/s per evaluation at a steady 50% per instance (in target).
+    let mut last = None;
+    for step in 1..=6 {
+        let mut s = cpus(&[0.5, 0.5]);
+        s.throughput = Some(100.0 * f64::from(step));
+        last = Some(e.evaluate_sample("s", &s).unwrap());
+        tokio::time::advance(Duration::from_secs(10)).await;
+    }
+    let d = last.unwrap();
+    assert!(
+        d.desired > 2,
+        "a rising trend scales ahead: {:?}",
+        d.reasons
+    );
+    assert!(has(&d.reasons, |r| matches!(r, Reason::Forecast { .. })));
+    let (load, n) = e.predict_load_needed("s", 3).unwrap();
+    assert!(load > 600.0 && n >= 3, "{load} {n}");
+    // A falling trend never lowers the reactive answer.
+    let mut p = cpu_policy(0.5);
+    p.forecast = Some(Default::default());
+    let e = engine(p);
+    for step in (1..=6).rev() {
+        let mut s = cpus(&[0.5, 0.5]);
+        s.throughput = Some(100.0 * f64::from(step));
+        let d = e.evaluate_sample("s", &s).unwrap();
+        assert_eq!(d.action, Action::Hold);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_hooks_history_and_json() {
+    let e = DecisionEngine::new().dry_run();
+    e.add_service("s", cpu_policy(0.6), || cpus(&[0.9, 0.9, 0.9]))
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s2 = seen.clone();
+    e.on_decision(move |d| {
+        assert_eq!(d.service, "s");
+        s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let d = e.evaluate("s").unwrap();
+    assert_eq!(d.desired, 5);
+    assert!(has(&d.reasons, |r| matches!(r, Reason::DryRun)));
+    // A dry run records no scale event: the next evaluation is not rate limited.
+    let d = e.evaluate("s").unwrap();
+    assert_eq!(d.desired, 5);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(e.history("s").len(), 2);
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["action"]["kind"], "scale_up");
+    assert_eq!(json["action"]["by"], 2);
+    assert_eq!(json["proposals"][0]["metric"], "cpu");
+    assert!(e.evaluate("nope").is_err());
+}
+
+#[test]
+fn policies_are_checked_and_read_from_toml_and_json() {
+    let bad = |p: ScalingPolicy, want: &str| {
+        let e = p.validated().unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    };
+    bad(
+        ScalingPolicy {
+            min_instances: 5,
+            max_instances: 2,
+            ..Default::default()
+        },
+        "min_instances (5) is above max_instances (2)",
+    );
+    bad(
+        ScalingPolicy {
+            max_instances: 0,
+            min_instances: 0,
+            ..Default::default()
+        },
+        "max_instances is 0",
+    );
+    bad(
+        ScalingPolicy {
+            metrics: vec![MetricTarget::new(Metric::Cpu, 0.0)],
+            ..Default::default()
+        },
+        "metrics.cpu: target 0",
+    );
+    bad(
+        ScalingPolicy {
+            metrics: vec![MetricTarget::new(Metric::Cpu, f64::NAN)],
+            ..Default::default()
+        },
+        "metrics.cpu: target NaN",
+    );
+    bad(
+        ScalingPolicy {
+            tolerance: 1.5,
+            ..Default::default()
+        },
+        "tolerance",
+    );
+    bad(
+        ScalingPolicy {
+            metrics: vec![MetricTarget {
+                metric: Metric::Cpu,
+                target: 0.5,
+                scale_down_below: Some(0.6),
+            }],
+            ..Default::default()
+        },
+        "scale_down_below 0.6",
+    );
+    bad(
+        ScalingPolicy {
+            metrics: vec![
+                MetricTarget::new(Metric::Cpu, 0.5),
+                MetricTarget::new(Metric::Cpu, 0.6),
+            ],
+            ..Default::default()
+        },
+        "given twice",
+    );
+    let mut p = ScalingPolicy::default();
+    p.scale_up.policies[0].value = 0;
+    bad(p, "a value of 0");
+    let mut p = ScalingPolicy::default();
+    p.scale_down.policies.clear();
+    bad(p, "scale_down.policies is empty");
+    bad(
+        ScalingPolicy {
+            panic: Some(tower_autoscale::PanicWindow {
+                threshold: 0.5,
+                hold: Duration::ZERO,
+            }),
+            ..Default::default()
+        },
+        "panic.threshold",
+    );
+    assert!(ScalingPolicy::default().validated().is_ok());
+    // The engine refuses a bad policy too.
+    let e = DecisionEngine::new();
+    assert!(e
+        .add_service(
+            "x",
+            ScalingPolicy {
+                max_instances: 0,
+                min_instances: 0,
+                ..Default::default()
+            },
+            || LoadSample::new(1)
+        )
+        .is_err());
+
+    let p: ScalingPolicy = toml::from_str(
+        r#"
+        min_instances = 2
+        max_instances = 6
+        tolerance = 0.05
+        metrics = [ { metric = "cpu", target = 0.6, scale_down_below = 0.3 }, { metric = "p99_ms", target = 250 } ]
+        [scale_down]
+        stabilization_window = 120
+        [scale_up]
+        select = "min"
+        "#,
+    )
+    .unwrap();
+    let p = p.validated().unwrap();
+    assert_eq!(
+        (p.min_instances, p.max_instances, p.tolerance),
+        (2, 6, 0.05)
+    );
+    assert_eq!(p.scale_down.stabilization_window, Duration::from_secs(120));
+    assert_eq!(
+        p.scale_down.policies,
+        ScalingRules::scale_down_default().policies
+    );
+    assert_eq!(p.scale_up.select, Select::Min);
+    assert_eq!(p.metrics[1].metric, Metric::P99Ms);
+    // Unknown fields and bad durations are errors that name them.
+    let e = toml::from_str::<ScalingPolicy>("max_instance = 3").unwrap_err();
+    assert!(e.to_string().contains("max_instance"), "{e}");
+    let e = serde_json::from_str::<ScalingPolicy>(r#"{"warm_up": -1}"#).unwrap_err();
+    assert!(e.to_string().contains("not a duration"), "{e}");
+    // JSON round trip.
+    let json = serde_json::to_string(&p).unwrap();
+    let back: ScalingPolicy = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+}
