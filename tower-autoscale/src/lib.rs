@@ -17,18 +17,27 @@
 //! - [`DecisionEngine`]: `evaluate(service)` gives a [`Decision`] with the action, each
 //!   metric's proposal and the reasons.
 //!
-//! The scaling manager (child processes, Kubernetes) and the simulator land next.
+//! - [`ProcessScaler`]: instances as child processes, inserted into a balancer when
+//!   ready, drained before they stop, restarted after a crash.
+//! - [`ScalingManager`] and [`Autoscaler`]: decisions carried out, an audit history,
+//!   the control loop.
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod engine;
+pub mod manager;
 pub mod policy;
+pub mod process;
 pub mod sample;
 
 pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
+pub use manager::{AuditEntry, Autoscaler, BeyondBounds, ManualScaleError, Scaler, ScalingManager};
 pub use policy::{
     Forecast, Metric, MetricTarget, PanicWindow, PolicyError, RateKind, RatePolicy, ScalingPolicy,
     ScalingRules, Select,
+};
+pub use process::{
+    Counted, InstanceDetails, InstanceState, ProcessConfig, ProcessScaler, ScaleError,
 };
 pub use sample::{InstanceLoad, LoadSample, LoadSource};

@@ -1,0 +1,235 @@
+//! `ProcessScaler` with real child processes behind a real balancer: 1 to 3 to 1
+//! instances on unique ports, no failed request while scaling down (no retries), a
+//! killed instance restarted, manual scaling bounded by the policy.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tower::ServiceExt;
+use tower_autoscale::{
+    DecisionEngine, InstanceState, LoadSample, ManualScaleError, ProcessConfig, ProcessScaler,
+    ScalingManager, ScalingPolicy,
+};
+use tower_balance_ext::{BalancerBuilder, HttpEndpoint, Pick};
+
+const BOUND: Duration = Duration::from_secs(90);
+
+fn config() -> ProcessConfig {
+    let base = support::free_port().unwrap().clamp(20_000, 60_000);
+    let mut cfg = ProcessConfig::new(
+        env!("CARGO_BIN_EXE_instance-server"),
+        vec!["--port".into(), "{port}".into()],
+        (base, base + 50),
+    );
+    cfg.check_interval = Duration::from_millis(50);
+    cfg.start_timeout = Duration::from_secs(20);
+    cfg.drain_grace = Duration::from_secs(10);
+    cfg.stop_timeout = Duration::from_secs(2);
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_one_to_three_to_one_with_real_processes_and_no_failed_request() {
+    support::init_tracing();
+    tokio::time::timeout(BOUND, async {
+        let (scaler, discovery) = ProcessScaler::new(config(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let balancer = BalancerBuilder::new(Pick::LeastConnections)
+            .ready_timeout(Duration::from_secs(10))
+            .build(discovery)
+            .unwrap();
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+
+        // Load from four workers for the whole run; every answer must be a 200.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (b, stop, ok, failed) =
+                (balancer.clone(), stop.clone(), ok.clone(), failed.clone());
+            workers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+                    match b.clone().oneshot(req).await {
+                        Ok(res) if res.status() == 200 => {
+                            let _ = res.into_body().collect().await;
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(res) => {
+                            eprintln!("status {}", res.status());
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            eprintln!("error {e}");
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }));
+        }
+
+        assert_eq!(scaler.scale_to(3).await.unwrap(), 3);
+        let details = scaler.instance_details();
+        let mut ports: Vec<u16> = details.iter().map(|d| d.port).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 3, "unique ports: {details:?}");
+        let mut pids: Vec<u32> = details.iter().filter_map(|d| d.pid).collect();
+        pids.sort();
+        pids.dedup();
+        assert_eq!(pids.len(), 3);
+        assert!(details
+            .iter()
+            .all(|d| d.state == InstanceState::Ready && d.healthy));
+        // All three take traffic.
+        let before = ok.load(Ordering::SeqCst);
+        while ok.load(Ordering::SeqCst) < before + 60 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let snap = balancer.stats().snapshot();
+        assert_eq!(snap.endpoints.len(), 3);
+
+        // Down to one while the load runs: drained first, so no request fails.
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+        let before = ok.load(Ordering::SeqCst);
+        while ok.load(Ordering::SeqCst) < before + 40 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(
+            failed.load(Ordering::SeqCst),
+            0,
+            "{} ok",
+            ok.load(Ordering::SeqCst)
+        );
+        eprintln!(
+            "{} requests answered, none failed",
+            ok.load(Ordering::SeqCst)
+        );
+        // The stopped processes are gone.
+        for pid in &pids {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z");
+            let kept = scaler
+                .instance_details()
+                .iter()
+                .any(|d| d.pid == Some(*pid));
+            assert_eq!(alive, kept, "pid {pid}");
+        }
+
+        // A killed instance is restarted, on a port of its own, and serves.
+        let victim = scaler.instance_details()[0].pid.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        while scaler.restarts() == 0
+            || scaler
+                .instance_details()
+                .iter()
+                .all(|d| d.pid == Some(victim) || d.state != InstanceState::Ready)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(balancer.clone().oneshot(req).await.unwrap().status(), 200);
+        scaler.shutdown().await;
+        assert!(scaler.instance_details().is_empty());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_and_bounds_are_clear_errors() {
+    tokio::time::timeout(BOUND, async {
+        // A command that cannot start.
+        let mut cfg = config();
+        cfg.program = "/nonexistent/program".into();
+        let (scaler, _d) = ProcessScaler::new(cfg, |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let e = scaler.scale_to(1).await.unwrap_err();
+        assert!(e.to_string().contains("cannot start"), "{e}");
+        assert_eq!(scaler.failures(), 1);
+        // One that never becomes ready (exits at once: no --port).
+        let mut cfg = config();
+        cfg.args = vec!["--nope".into(), "{port}".into()];
+        let (scaler, _d) = ProcessScaler::new(cfg, |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let e = scaler.scale_to(1).await.unwrap_err();
+        assert!(e.to_string().contains("exited before it was ready"), "{e}");
+        // A range with no port, and a template without {port}.
+        let mut cfg = config();
+        cfg.args = vec!["--port".into(), "3000".into()];
+        assert!(ProcessScaler::new(cfg, |a: SocketAddr| a)
+            .unwrap_err()
+            .to_string()
+            .contains("{port}"));
+        let mut cfg = config();
+        cfg.ports = (5000, 4000);
+        assert!(ProcessScaler::new(cfg, |a: SocketAddr| a).is_err());
+        // A one-port range already in use: exhausted.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let mut cfg = config();
+        cfg.ports = (port, port);
+        let (scaler, _d) = ProcessScaler::new(cfg, |a: SocketAddr| a).unwrap();
+        let e = scaler.scale_to(1).await.unwrap_err();
+        assert!(e.to_string().contains("no free port"), "{e}");
+
+        // Manual scaling through the manager never passes the policy's max.
+        let (scaler, _d) = ProcessScaler::new(config(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let engine = DecisionEngine::new();
+        let s2 = scaler.clone();
+        engine
+            .add_service(
+                "training",
+                ScalingPolicy {
+                    min_instances: 1,
+                    max_instances: 2,
+                    ..Default::default()
+                },
+                move || LoadSample::new(s2.current()),
+            )
+            .unwrap();
+        let manager = ScalingManager::new(engine);
+        manager.add_scaler("training", scaler.clone());
+        assert_eq!(manager.scale_by("training", 2).await.unwrap(), 2);
+        let e = manager.scale_by("training", 1).await.unwrap_err();
+        assert!(matches!(e, ManualScaleError::BeyondBounds(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("3 instances is outside the policy's 1..=2"),
+            "{e}"
+        );
+        assert_eq!(scaler.current(), 2, "nothing changed");
+        let json = manager.history_json();
+        assert!(
+            json.contains("\"by\":\"manual\"") && json.contains("outside the policy"),
+            "{json}"
+        );
+        scaler.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}

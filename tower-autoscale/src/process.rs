@@ -1,0 +1,659 @@
+//! [`ProcessScaler`]: instances as child processes of this host, inserted into a
+//! balancer once ready and drained before they stop.
+//!
+//! - **Start**: a port is taken from the range (checked free by binding it), the
+//!   command template runs with `{port}` replaced, and a `tower-health` monitor target
+//!   watches the instance's health path. Only when the monitor says it is ready does
+//!   the instance reach the balancer (`Change::Insert` on the discovery channel). One
+//!   that does not become ready within the start timeout is killed, and the scale-up
+//!   fails with [`ScaleError::NeverReady`].
+//! - **Stop** (scale-down): the instance with the fewest requests in flight is picked,
+//!   removed from discovery first, drained until nothing is in flight (or the grace
+//!   period ends), sent SIGTERM, then SIGKILL at the stop deadline.
+//! - **Crash**: an instance that exits when not asked to is removed from discovery and
+//!   started again after a backoff (doubling, at most 30 s).
+//!
+//! Requests in flight are counted by a small wrapper around each endpoint service
+//! ([`Counted`]), so draining does not depend on the balancer still listing it.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tower_balance_ext::discover;
+use tower_health::{HealthMonitor, Target};
+use tower_service::Service;
+
+/// An endpoint service that counts its requests in flight (from `call` until the
+/// response future completes or is dropped).
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for Counted<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+struct Decrement(Arc<AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S, Req> Service<Req> for Counted<S>
+where
+    S: Service<Req>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = Decrement(self.in_flight.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(guard);
+            r
+        })
+    }
+}
+
+/// Why a scaling action failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ScaleError {
+    /// Every port of the range is taken.
+    PortsExhausted {
+        /// The range.
+        range: (u16, u16),
+    },
+    /// The command could not start.
+    Spawn {
+        /// The command.
+        command: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The instance did not become ready in time (it was stopped).
+    NeverReady {
+        /// Its port.
+        port: u16,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// The instance exited before it became ready.
+    Exited {
+        /// Its port.
+        port: u16,
+        /// Its exit status.
+        status: String,
+    },
+    /// The scaler's settings cannot work.
+    Config(String),
+}
+
+impl fmt::Display for ScaleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PortsExhausted { range } => write!(
+                f,
+                "no free port left in {}..={}; widen the port range or lower max_instances",
+                range.0, range.1
+            ),
+            Self::Spawn { command, error } => write!(f, "cannot start `{command}`: {error}"),
+            Self::NeverReady { port, waited } => write!(
+                f,
+                "the instance on port {port} was not ready after {waited:?}; it was stopped"
+            ),
+            Self::Exited { port, status } => {
+                write!(
+                    f,
+                    "the instance on port {port} exited before it was ready ({status})"
+                )
+            }
+            Self::Config(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ScaleError {}
+
+/// Where an instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Started, not ready yet.
+    Starting,
+    /// Ready and in the balancer.
+    Ready,
+    /// Out of the balancer, finishing its requests.
+    Draining,
+    /// Exited unasked; waiting to be started again.
+    Crashed,
+}
+
+/// One instance, for `instance_details` (the seed's name).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct InstanceDetails {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its process id, while it runs.
+    pub pid: Option<u32>,
+    /// Where it stands.
+    pub state: InstanceState,
+    /// Whether the health monitor calls it ready.
+    pub healthy: bool,
+    /// Requests in flight now.
+    pub in_flight: usize,
+    /// When it was started, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Times it was restarted after a crash.
+    pub restarts: u32,
+}
+
+/// The settings of a [`ProcessScaler`].
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The program to run.
+    pub program: String,
+    /// Its arguments; `{port}` is replaced by the instance's port.
+    pub args: Vec<String>,
+    /// Ports to use, inclusive.
+    pub ports: (u16, u16),
+    /// The health path the monitor checks (default `/health/ready`).
+    pub health_path: String,
+    /// How long a new instance may take to be ready (default 30 s).
+    pub start_timeout: Duration,
+    /// How long a removed instance may take to finish its requests (default 30 s).
+    pub drain_grace: Duration,
+    /// After SIGTERM, how long before SIGKILL (default 10 s).
+    pub stop_timeout: Duration,
+    /// How often the monitor checks each instance (default 250 ms).
+    pub check_interval: Duration,
+}
+
+impl ProcessConfig {
+    /// Runs `program` with `args` on ports `ports`, other settings at their defaults.
+    pub fn new(program: impl Into<String>, args: Vec<String>, ports: (u16, u16)) -> Self {
+        Self {
+            program: program.into(),
+            args,
+            ports,
+            health_path: "/health/ready".into(),
+            start_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+            check_interval: Duration::from_millis(250),
+        }
+    }
+
+    fn check(&self) -> Result<(), ScaleError> {
+        if self.ports.0 == 0 || self.ports.0 > self.ports.1 {
+            return Err(ScaleError::Config(format!(
+                "port range {}..={}: give a first port above 0 and not above the last",
+                self.ports.0, self.ports.1
+            )));
+        }
+        if !self.args.iter().any(|a| a.contains("{port}")) {
+            return Err(ScaleError::Config(
+                "no argument contains {port}: the instance would not know where to listen".into(),
+            ));
+        }
+        if self.check_interval.is_zero() {
+            return Err(ScaleError::Config("check_interval is zero".into()));
+        }
+        Ok(())
+    }
+}
+
+struct Instance {
+    port: u16,
+    name: String,
+    pid: Option<u32>,
+    state: InstanceState,
+    in_flight: Arc<AtomicUsize>,
+    started: SystemTime,
+    restarts: u32,
+    /// Set when we asked it to stop, so its exit is not a crash.
+    stopping: Arc<AtomicBool>,
+    /// Fires to kill it (SIGKILL).
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Resolves when the process has exited.
+    exited: tokio::sync::watch::Receiver<bool>,
+}
+
+struct Inner<S> {
+    cfg: ProcessConfig,
+    monitor: HealthMonitor,
+    endpoints: discover::Sender<SocketAddr, Counted<S>>,
+    make: Box<dyn Fn(SocketAddr) -> S + Send + Sync>,
+    instances: Mutex<Vec<Instance>>,
+    /// Serialises scale operations.
+    op: tokio::sync::Mutex<()>,
+    restarts: AtomicU64,
+    failures: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Instances as child processes; see the [module docs](self). Cheap to clone.
+pub struct ProcessScaler<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for ProcessScaler<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for ProcessScaler<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessScaler")
+            .field("program", &self.inner.cfg.program)
+            .field(
+                "instances",
+                &self.inner.instances.lock().map(|l| l.len()).unwrap_or(0),
+            )
+            .finish()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<S> ProcessScaler<S>
+where
+    S: Send + 'static,
+{
+    /// A scaler running `cfg`'s command, inserting each ready instance's endpoint (made
+    /// by `make` from its address) into the balancer that reads the returned
+    /// discovery stream.
+    pub fn new<M>(
+        cfg: ProcessConfig,
+        make: M,
+    ) -> Result<(Self, discover::Receiver<SocketAddr, Counted<S>>), ScaleError>
+    where
+        M: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    {
+        cfg.check()?;
+        let (tx, rx) = discover::channel();
+        Ok((
+            Self {
+                inner: Arc::new(Inner {
+                    cfg,
+                    monitor: HealthMonitor::new(),
+                    endpoints: tx,
+                    make: Box::new(make),
+                    instances: Mutex::new(Vec::new()),
+                    op: tokio::sync::Mutex::new(()),
+                    restarts: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    closed: AtomicBool::new(false),
+                }),
+            },
+            rx,
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.inner
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Instances running or starting (not those draining or crashed).
+    pub fn current(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Ready | InstanceState::Starting))
+            .count()
+    }
+
+    /// Every instance (the seed's `instance_details`).
+    pub fn instance_details(&self) -> Vec<InstanceDetails> {
+        self.lock()
+            .iter()
+            .map(|i| InstanceDetails {
+                port: i.port,
+                pid: i.pid,
+                state: i.state,
+                healthy: self.inner.monitor.is_ready_for_traffic(&i.name),
+                in_flight: i.in_flight.load(Ordering::Acquire),
+                started_unix_ms: unix_ms(i.started),
+                restarts: i.restarts,
+            })
+            .collect()
+    }
+
+    /// Crash restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Failed starts so far.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    /// The health monitor watching the instances.
+    pub fn monitor(&self) -> &HealthMonitor {
+        &self.inner.monitor
+    }
+
+    fn free_port(&self) -> Result<u16, ScaleError> {
+        let used: Vec<u16> = self.lock().iter().map(|i| i.port).collect();
+        let (lo, hi) = self.inner.cfg.ports;
+        for port in lo..=hi {
+            if used.contains(&port) {
+                continue;
+            }
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+        Err(ScaleError::PortsExhausted { range: (lo, hi) })
+    }
+
+    /// Starts one instance and waits until it is ready and in the balancer.
+    pub async fn start_one(&self) -> Result<u16, ScaleError> {
+        let _op = self.inner.op.lock().await;
+        self.start_locked(0).await
+    }
+
+    async fn start_locked(&self, restarts: u32) -> Result<u16, ScaleError> {
+        let r = self.try_start(restarts).await;
+        if r.is_err() {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn try_start(&self, restarts: u32) -> Result<u16, ScaleError> {
+        let cfg = &self.inner.cfg;
+        let port = self.free_port()?;
+        let args: Vec<String> = cfg
+            .args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let mut child = tokio::process::Command::new(&cfg.program)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| ScaleError::Spawn {
+                command: format!("{} {}", cfg.program, args.join(" ")),
+                error,
+            })?;
+        let pid = child.id();
+        let name = format!("127.0.0.1:{port}");
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        self.lock().push(Instance {
+            port,
+            name: name.clone(),
+            pid,
+            state: InstanceState::Starting,
+            in_flight: in_flight.clone(),
+            started: SystemTime::now(),
+            restarts,
+            stopping: stopping.clone(),
+            kill: Some(kill_tx),
+            exited: exited_rx.clone(),
+        });
+        // The process's keeper: waits for its exit (or kills it), and restarts it if it
+        // crashed.
+        let me = self.clone();
+        let stopping2 = stopping.clone();
+        let keeper = async move {
+            let status = tokio::select! {
+                s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                _ = kill_rx => {
+                    let _ = child.kill().await;
+                    "killed".to_string()
+                }
+            };
+            exited_tx.send_replace(true);
+            if !stopping2.load(Ordering::Acquire) {
+                me.crashed(port, status).await;
+            }
+        };
+        tokio::spawn(keeper);
+        let _ = self.inner.monitor.unregister(&name);
+        let target = Target::new(&name, &name)
+            .path(cfg.health_path.clone())
+            .interval(cfg.check_interval)
+            .timeout(
+                cfg.check_interval
+                    .mul_f64(0.8)
+                    .max(Duration::from_millis(1)),
+            );
+        if let Err(e) = self.inner.monitor.register(target) {
+            self.stop_port(port, false).await;
+            return Err(ScaleError::Config(e.to_string()));
+        }
+        let Some(mut ready) = self.inner.monitor.watch(&name) else {
+            self.stop_port(port, false).await;
+            return Err(ScaleError::Config(format!("health target {name} vanished")));
+        };
+        let mut exited = exited_rx;
+        let outcome = tokio::time::timeout(cfg.start_timeout, async {
+            loop {
+                if *ready.borrow_and_update() {
+                    return Ok(());
+                }
+                if *exited.borrow() {
+                    return Err(());
+                }
+                tokio::select! {
+                    r = ready.changed() => if r.is_err() { return Err(()) },
+                    _ = exited.changed() => {}
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                self.inner.endpoints.insert(
+                    addr,
+                    Counted {
+                        inner: (self.inner.make)(addr),
+                        in_flight,
+                    },
+                );
+                if let Some(i) = self.lock().iter_mut().find(|i| i.port == port) {
+                    i.state = InstanceState::Ready;
+                }
+                tracing::info!(port, pid, "instance ready");
+                Ok(port)
+            }
+            Ok(Err(())) => {
+                stopping.store(true, Ordering::Release);
+                self.forget(port);
+                Err(ScaleError::Exited {
+                    port,
+                    status: "exited during start-up".into(),
+                })
+            }
+            Err(_) => {
+                self.stop_port(port, false).await;
+                Err(ScaleError::NeverReady {
+                    port,
+                    waited: cfg.start_timeout,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, port: u16) {
+        let name = format!("127.0.0.1:{port}");
+        self.inner.monitor.unregister(&name);
+        self.lock().retain(|i| i.port != port);
+    }
+
+    /// Restarts a crashed instance. Not an `async fn`: a restart starts through
+    /// `try_start`, which spawns a keeper that may call this again, and the named
+    /// boxed type ends that cycle of future types.
+    fn crashed(&self, port: u16, status: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let me = self.clone();
+        Box::pin(async move { me.restart(port, status).await })
+    }
+
+    async fn restart(&self, port: u16, status: String) {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::warn!(port, %status, "instance exited unasked; restarting it");
+        let restarts = {
+            let mut l = self.lock();
+            let Some(i) = l.iter_mut().find(|i| i.port == port) else {
+                return;
+            };
+            i.state = InstanceState::Crashed;
+            i.restarts
+        };
+        self.inner
+            .endpoints
+            .remove(SocketAddr::from(([127, 0, 0, 1], port)));
+        self.forget(port);
+        self.inner.restarts.fetch_add(1, Ordering::Relaxed);
+        let mut attempt = restarts;
+        loop {
+            let wait = Duration::from_millis(100u64 << attempt.min(8)).min(Duration::from_secs(30));
+            tokio::time::sleep(wait).await;
+            if self.inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let _op = self.inner.op.lock().await;
+            match self.start_locked(attempt + 1).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "restart failed; trying again");
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Removes the instance on `port` from discovery (if `drain`, waits for its
+    /// requests up to the grace period), then SIGTERM, then SIGKILL at the deadline.
+    async fn stop_port(&self, port: u16, drain: bool) {
+        let found = {
+            let mut l = self.lock();
+            l.iter_mut().find(|i| i.port == port).map(|i| {
+                i.stopping.store(true, Ordering::Release);
+                i.state = InstanceState::Draining;
+                (i.pid, i.in_flight.clone(), i.kill.take(), i.exited.clone())
+            })
+        };
+        let Some((pid, in_flight, kill, mut exited)) = found else {
+            return;
+        };
+        self.inner
+            .endpoints
+            .remove(SocketAddr::from(([127, 0, 0, 1], port)));
+        if drain {
+            let cfg = &self.inner.cfg;
+            let _ = tokio::time::timeout(cfg.drain_grace, async {
+                while in_flight.load(Ordering::Acquire) > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        }
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let gone = tokio::time::timeout(self.inner.cfg.stop_timeout, exited.wait_for(|e| *e))
+            .await
+            .is_ok();
+        if !gone {
+            if let Some(k) = kill {
+                let _ = k.send(());
+            }
+            let _ = exited.wait_for(|e| *e).await;
+        }
+        self.forget(port);
+    }
+
+    /// Stops the instance with the fewest requests in flight (draining it first).
+    /// Returns its port, or `None` if none runs.
+    pub async fn stop_one(&self) -> Option<u16> {
+        let _op = self.inner.op.lock().await;
+        let port = self
+            .lock()
+            .iter()
+            .filter(|i| i.state == InstanceState::Ready)
+            .min_by_key(|i| i.in_flight.load(Ordering::Acquire))
+            .map(|i| i.port)?;
+        self.stop_port(port, true).await;
+        Some(port)
+    }
+
+    /// Starts or stops instances until `n` run. Stops at the first failed start.
+    pub async fn scale_to(&self, n: usize) -> Result<usize, ScaleError> {
+        while self.current() < n {
+            self.start_one().await?;
+        }
+        while self.current() > n {
+            if self.stop_one().await.is_none() {
+                break;
+            }
+        }
+        Ok(self.current())
+    }
+
+    /// Starts a new instance, waits until it is ready and in the balancer, then drains
+    /// and stops the one on `port` (the seed's `migrate_instance`).
+    pub async fn migrate_instance(&self, port: u16) -> Result<u16, ScaleError> {
+        let new = self.start_one().await?;
+        let _op = self.inner.op.lock().await;
+        self.stop_port(port, true).await;
+        Ok(new)
+    }
+
+    /// Stops every instance (drained) and restarts none.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let _op = self.inner.op.lock().await;
+        let ports: Vec<u16> = self.lock().iter().map(|i| i.port).collect();
+        for p in ports {
+            self.stop_port(p, true).await;
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The manager and the control loop, with an in-memory scaler (the processes are tested
+//! in the workspace's `tests` package), in paused time.
+#![allow(missing_docs)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_autoscale::{
+    AuditEntry, Autoscaler, DecisionEngine, InstanceLoad, LoadSample, Metric, MetricTarget,
+    ScaleError, Scaler, ScalingManager, ScalingPolicy,
+};
+
+/// A scaler whose instances are a number; each `scale_to` is recorded.
+#[derive(Clone, Default)]
+struct Counter {
+    n: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Scaler for Counter {
+    fn current(&self) -> usize {
+        self.n.load(Ordering::SeqCst)
+    }
+
+    fn scale_to(
+        &self,
+        n: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<usize, ScaleError>> + Send + '_>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.n.store(n, Ordering::SeqCst);
+        Box::pin(std::future::ready(Ok(n)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_evaluates_every_interval_acts_and_stops_cleanly() {
+    let scaler = Counter::default();
+    scaler.n.store(2, Ordering::SeqCst);
+    // CPU load that needs 2 x 0.9 / 0.6 = 3 instances of work spread over the current ones.
+    let s2 = scaler.clone();
+    let source = move || {
+        let n = s2.current();
+        let per = 1.8 / n as f64;
+        LoadSample {
+            per_instance: (0..n)
+                .map(|i| InstanceLoad::new(format!("i{i}")).cpu(per))
+                .collect(),
+            ..LoadSample::new(n)
+        }
+    };
+    let engine = DecisionEngine::new();
+    engine
+        .add_service(
+            "training",
+            ScalingPolicy {
+                metrics: vec![MetricTarget::new(Metric::Cpu, 0.6)],
+                panic: None,
+                forecast: None,
+                max_instances: 8,
+                ..Default::default()
+            },
+            source,
+        )
+        .unwrap();
+    let decisions = Arc::new(AtomicUsize::new(0));
+    let d2 = decisions.clone();
+    engine.on_decision(move |_| {
+        d2.fetch_add(1, Ordering::SeqCst);
+    });
+    let manager = ScalingManager::new(engine);
+    manager.add_scaler("training", scaler.clone());
+    let auto = Autoscaler::spawn(manager.clone(), Duration::from_secs(10));
+    // The first tick is at once; then every 10 s.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(scaler.current(), 3);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(decisions.load(Ordering::SeqCst), 3);
+    assert_eq!(scaler.current(), 3, "steady at the target: holds");
+    assert_eq!(scaler.calls.load(Ordering::SeqCst), 1);
+    auto.stop().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(decisions.load(Ordering::SeqCst), 3, "stopped");
+    let history = manager.history();
+    assert!(matches!(history[0], AuditEntry::Decision(_)));
+    assert!(matches!(
+        history[1],
+        AuditEntry::Action {
+            from: 2,
+            to: 3,
+            now: 3,
+            ..
+        }
+    ));
+    let json: serde_json::Value = serde_json::from_str(&manager.history_json()).unwrap();
+    assert_eq!(json[1]["entry"], "action");
+    assert_eq!(json[1]["by"], "autoscaler");
+    assert!(json[0]["proposals"][0]["metric"] == "cpu");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_manager_never_goes_past_max() {
+    let scaler = Counter::default();
+    scaler.n.store(1, Ordering::SeqCst);
+    let engine = DecisionEngine::new();
+    engine
+        .add_service(
+            "s",
+            ScalingPolicy {
+                metrics: vec![MetricTarget::new(Metric::QueueDepth, 1.0)],
+                panic: None,
+                forecast: None,
+                max_instances: 3,
+                ..Default::default()
+            },
+            || LoadSample {
+                waiting: Some(1e9),
+                ..LoadSample::new(1)
+            },
+        )
+        .unwrap();
+    let manager = ScalingManager::new(engine);
+    manager.add_scaler("s", scaler.clone());
+    let d = manager.tick("s").await.unwrap();
+    assert_eq!(d.desired, 3);
+    assert_eq!(scaler.current(), 3);
+    assert!(manager.scale_by("s", 1).await.is_err());
+    assert_eq!(scaler.current(), 3);
+    assert!(manager.tick("nope").await.is_none());
+}
