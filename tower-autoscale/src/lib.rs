@@ -29,6 +29,7 @@ pub mod engine;
 pub mod manager;
 pub mod policy;
 pub mod process;
+pub mod procfs;
 pub mod sample;
 
 pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
@@ -40,4 +41,5 @@ pub use policy::{
 pub use process::{
     Counted, InstanceDetails, InstanceState, ProcessConfig, ProcessScaler, ScaleError,
 };
+pub use procfs::{ProcessSampler, ProcessUse};
 pub use sample::{InstanceLoad, LoadSample, LoadSource};

@@ -193,6 +193,9 @@ pub struct ProcessConfig {
     pub stop_timeout: Duration,
     /// How often the monitor checks each instance (default 250 ms).
     pub check_interval: Duration,
+    /// An instance younger than this is reported as warming up (its load is ignored
+    /// by the engine; default 30 s, give the policy's `warm_up`).
+    pub warm_up: Duration,
 }
 
 impl ProcessConfig {
@@ -207,6 +210,7 @@ impl ProcessConfig {
             drain_grace: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
             check_interval: Duration::from_millis(250),
+            warm_up: Duration::from_secs(30),
         }
     }
 
@@ -256,6 +260,7 @@ struct Inner<S> {
     restarts: AtomicU64,
     failures: AtomicU64,
     closed: AtomicBool,
+    sampler: Mutex<crate::procfs::ProcessSampler>,
 }
 
 /// Instances as child processes; see the [module docs](self). Cheap to clone.
@@ -317,6 +322,7 @@ where
                     restarts: AtomicU64::new(0),
                     failures: AtomicU64::new(0),
                     closed: AtomicBool::new(false),
+                    sampler: Mutex::new(crate::procfs::ProcessSampler::new()),
                 }),
             },
             rx,
@@ -654,6 +660,53 @@ where
         let ports: Vec<u16> = self.lock().iter().map(|i| i.port).collect();
         for p in ports {
             self.stop_port(p, true).await;
+        }
+    }
+}
+
+/// The instances' CPU (per allowed core) and memory from `/proc`, readiness, warm-up and
+/// requests in flight; the count is the instances running or starting.
+impl<S: Send + 'static> crate::sample::LoadSource for ProcessScaler<S> {
+    fn sample(&self) -> crate::sample::LoadSample {
+        let warm_up = self.inner.cfg.warm_up;
+        let rows: Vec<(String, Option<u32>, InstanceState, usize, SystemTime)> = self
+            .lock()
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    i.pid,
+                    i.state,
+                    i.in_flight.load(Ordering::Acquire),
+                    i.started,
+                )
+            })
+            .collect();
+        let mut sampler = self.inner.sampler.lock().unwrap_or_else(|e| e.into_inner());
+        let pids: Vec<u32> = rows.iter().filter_map(|r| r.1).collect();
+        sampler.retain(&pids);
+        let mut total_in_flight = 0.0;
+        let per_instance = rows
+            .iter()
+            .filter(|r| matches!(r.2, InstanceState::Ready | InstanceState::Starting))
+            .map(|(name, pid, state, in_flight, started)| {
+                let usage = pid.and_then(|p| sampler.sample(p));
+                total_in_flight += *in_flight as f64;
+                crate::sample::InstanceLoad {
+                    name: name.clone(),
+                    ready: *state == InstanceState::Ready,
+                    warming_up: started.elapsed().is_ok_and(|age| age < warm_up),
+                    cpu: usage.map(|u| u.cpu),
+                    memory: usage.map(|u| u.memory),
+                    in_flight: Some(*in_flight as f64),
+                }
+            })
+            .collect::<Vec<_>>();
+        crate::sample::LoadSample {
+            instances: per_instance.len(),
+            per_instance,
+            in_flight: Some(total_in_flight),
+            ..Default::default()
         }
     }
 }

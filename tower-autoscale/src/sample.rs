@@ -157,3 +157,29 @@ impl LoadSource for tower_balance_ext::LoadStats {
         }
     }
 }
+
+/// Readiness from a health monitor: one instance per target, ready when healthy.
+impl LoadSource for tower_health::HealthMonitor {
+    fn sample(&self) -> LoadSample {
+        let per_instance: Vec<InstanceLoad> = self
+            .all_health()
+            .into_iter()
+            .map(|t| InstanceLoad::new(t.name).ready(t.state == tower_health::HealthState::Healthy))
+            .collect();
+        LoadSample {
+            instances: per_instance.len(),
+            per_instance,
+            ..LoadSample::default()
+        }
+    }
+}
+
+/// A cache's hit ratio, for information (no scaling rule reads it).
+impl LoadSource for tower_cache::Cache {
+    fn sample(&self) -> LoadSample {
+        LoadSample {
+            hit_ratio: Some(self.stats().hit_ratio()),
+            ..LoadSample::default()
+        }
+    }
+}

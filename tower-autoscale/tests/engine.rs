@@ -485,3 +485,50 @@ fn policies_are_checked_and_read_from_toml_and_json() {
     let back: ScalingPolicy = serde_json::from_str(&json).unwrap();
     assert_eq!(back, p);
 }
+
+#[tokio::test]
+async fn the_balancer_the_monitor_and_the_cache_are_load_sources() {
+    use tower::ServiceExt;
+    use tower_autoscale::LoadSource;
+    let endpoint = |n: u32| {
+        tower::service_fn(move |_: ()| async move { Ok::<_, std::convert::Infallible>(n) })
+    };
+    let b = tower_balance_ext::BalancerBuilder::new(tower_balance_ext::Pick::RoundRobin)
+        .build(tower_balance_ext::discover::fixed([
+            (1u32, endpoint(1)),
+            (2, endpoint(2)),
+        ]))
+        .unwrap();
+    while b.endpoints().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        b.clone().oneshot(()).await.unwrap();
+    }
+    let s = b.stats().sample();
+    assert_eq!(s.instances, 2);
+    assert_eq!(s.in_flight, Some(0.0));
+    assert_eq!(s.waiting, Some(0.0));
+    assert_eq!(s.error_rate, Some(0.0));
+    assert!(s
+        .per_instance
+        .iter()
+        .all(|i| i.ready && i.in_flight == Some(0.0)));
+    // A monitor with a target it cannot reach yet: one instance, not ready.
+    let monitor = tower_health::HealthMonitor::new();
+    monitor
+        .register(tower_health::Target::new("a", "127.0.0.1:1"))
+        .unwrap();
+    let m = monitor.sample();
+    assert_eq!((m.instances, m.per_instance[0].ready), (1, false));
+    // A cache: its hit ratio; combined, the first source's numbers win.
+    let cache = tower_cache::Cache::new(tower_cache::MemoryTier::builder().build().unwrap());
+    let _ = cache.get("x").await;
+    let c = cache.sample();
+    assert_eq!(c.hit_ratio, Some(0.0));
+    let all = s.clone().or(c).or(m);
+    assert_eq!(
+        (all.instances, all.hit_ratio, all.in_flight),
+        (2, Some(0.0), Some(0.0))
+    );
+}
