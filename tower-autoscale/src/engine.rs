@@ -12,14 +12,18 @@
 //!    proposal is the current count (all as `replica_calculator.go`). A
 //!    `scale_down_below` floor holds the count while the value is at or above it.
 //!    Service-wide metrics (queue depth, p99, error rate) propose `ceil(current x ratio)`
-//!    above `1 + tolerance`, and the current count otherwise (they never shrink a
-//!    service). A metric the sample lacks is left out, with a reason.
+//!    above `1 + tolerance`, at most doubling the ready instances (they say "more", not
+//!    "how many": a queue or a p99 grows without bound past saturation, and instances
+//!    still starting are already on their way), and otherwise have no vote (they never
+//!    shrink a service). A metric the sample lacks is left out, with a reason.
 //! 2. **The largest proposal wins.**
 //! 3. **Panic** (Knative): a ratio at or above the panic threshold scales up at once and
 //!    blocks scale-down for the hold time.
 //! 4. **Forecast**: Holt's linear trend over throughput may raise (never lower) the count.
 //! 5. **Stabilisation**: over the up window, the lowest recommendation; over the down
-//!    window, the highest (the current count in between).
+//!    window, the highest (the current count in between). The first evaluation of a
+//!    service counts the current count as a recommendation, so a freshly started
+//!    autoscaler does not shrink a service at once (the HPA would).
 //! 6. **Rate limits**: the changes made within each policy's period bound the next one.
 //! 7. **Bounds**: never below `min_instances`, never above `max_instances`.
 //!
@@ -411,13 +415,23 @@ impl DecisionEngine {
         self.evaluate_sample(name, &sample)
     }
 
-    /// Decides on a sample you give (for a simulator or a test).
+    /// Decides on a sample you give (for a simulator or a test), now.
     pub fn evaluate_sample(
         &self,
         name: &str,
         sample: &LoadSample,
     ) -> Result<Decision, EngineError> {
-        let now = Instant::now();
+        self.evaluate_sample_at(name, sample, Instant::now())
+    }
+
+    /// Decides on a sample at a moment you give: a simulator's clock. Moments must not
+    /// go backwards for one service.
+    pub fn evaluate_sample_at(
+        &self,
+        name: &str,
+        sample: &LoadSample,
+        now: Instant,
+    ) -> Result<Decision, EngineError> {
         let decision = {
             let mut services = self.lock();
             let st = services
@@ -466,6 +480,7 @@ fn instances_for(throughput: f64, last: &Decision, policy: &ScalingPolicy) -> Op
     let ratio = last
         .proposals
         .iter()
+        .filter(|p| p.metric.is_per_instance())
         .map(|p| p.ratio)
         .fold(0.0f64, f64::max);
     if now_tp <= 0.0 || ratio <= 0.0 {
@@ -591,7 +606,15 @@ fn service_proposal(
     let ratio = value / t.target;
     let mut instances = current;
     if ratio > 1.0 + tolerance {
-        instances = (current.max(1) as f64 * ratio).ceil() as usize;
+        // These signals say "more", not "how many" (a queue or a p99 grows without bound
+        // past saturation): at most double per evaluation, from the instances the signal
+        // reflects (the ready ones), so instances still starting are not asked for twice.
+        let ready = if sample.per_instance.is_empty() {
+            current
+        } else {
+            sample.per_instance.iter().filter(|i| i.ready).count()
+        };
+        instances = current.max((ready.max(1) as f64 * ratio.min(2.0)).ceil() as usize);
     } else if ratio >= 1.0 - tolerance {
         reasons.push(Reason::WithinTolerance { metric: t.metric });
     } else {
@@ -682,10 +705,16 @@ fn decide(
         };
         proposals.extend(prop);
     }
-    let mut desired = match proposals.iter().map(|p| p.instances).max() {
+    // Scale-up-only metrics vote only when they ask for more; the others always.
+    let votes = proposals
+        .iter()
+        .filter(|pr| !pr.metric.is_scale_up_only() || pr.ratio > 1.0 + p.tolerance);
+    let mut desired = match votes.map(|pr| pr.instances).max() {
         Some(d) => d,
         None => {
-            reasons.push(Reason::NoMetrics);
+            if proposals.is_empty() {
+                reasons.push(Reason::NoMetrics);
+            }
             current
         }
     };
@@ -711,7 +740,13 @@ fn decide(
         }
     }
 
-    // Forecast over throughput: may only raise.
+    // Forecast over throughput: may only raise. The load one instance carries at its
+    // target comes from the per-instance metrics (CPU, memory, in flight) only.
+    let capacity_ratio = proposals
+        .iter()
+        .filter(|pr| pr.metric.is_per_instance())
+        .map(|pr| pr.ratio)
+        .fold(0.0f64, f64::max);
     if let (Some(f), Some(tp)) = (&p.forecast, sample.throughput) {
         st.holt.update(tp, f.alpha, f.beta);
         if let Some(predicted) = st.holt.predict(f.horizon) {
@@ -722,8 +757,8 @@ fn decide(
                     0
                 },
             );
-            if tp > 0.0 && max_ratio > 0.0 && ready > 0 && predicted > tp {
-                let per_instance = tp / ready as f64 / max_ratio;
+            if tp > 0.0 && capacity_ratio > 0.0 && ready > 0 && predicted > tp {
+                let per_instance = tp / ready as f64 / capacity_ratio;
                 let need = (predicted / per_instance).ceil() as usize;
                 if need > desired {
                     reasons.push(Reason::Forecast {
@@ -736,7 +771,12 @@ fn decide(
         }
     }
 
-    // Stabilisation over recent recommendations.
+    // Stabilisation over recent recommendations. Beyond the HPA: a service's first
+    // evaluation counts its current count as a recent recommendation, so a freshly
+    // started autoscaler does not shrink a service before its down window saw it.
+    if st.recommendations.is_empty() {
+        st.recommendations.push_back((now, current));
+    }
     st.recommendations.push_back((now, desired));
     let longest = p
         .scale_up

@@ -31,6 +31,7 @@ pub mod policy;
 pub mod process;
 pub mod procfs;
 pub mod sample;
+pub mod sim;
 
 pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
 pub use manager::{AuditEntry, Autoscaler, BeyondBounds, ManualScaleError, Scaler, ScalingManager};

@@ -88,8 +88,10 @@ async fn unready_and_missing_instances_follow_the_hpa_rules() {
         Reason::UnsureDirection { .. }
     )));
     // Missing instances (4 running, numbers for 2) on a scale-down count at the target:
-    // (0.1 + 0.1 + 0.5 + 0.5) / 4 / 0.5 = 0.6 -> ceil(0.6 x 4) = 3.
-    let e = engine(cpu_policy(0.5));
+    // (0.1 + 0.1 + 0.5 + 0.5) / 4 / 0.5 = 0.6 -> ceil(0.6 x 4) = 3 (no down window).
+    let mut p = cpu_policy(0.5);
+    p.scale_down.stabilization_window = Duration::ZERO;
+    let e = engine(p);
     let mut s = cpus(&[0.1, 0.1]);
     s.instances = 4;
     let d = e.evaluate_sample("s", &s).unwrap();
@@ -122,9 +124,9 @@ async fn the_largest_proposal_wins_and_missing_metrics_are_said() {
     };
     let e = engine(policy);
     let mut s = cpus(&[0.6, 0.6]);
-    s.waiting = Some(30.0); // 3x the target: ceil(2 x 3) = 6
+    s.waiting = Some(30.0); // 3x the target, at most doubling: 4
     let d = e.evaluate_sample("s", &s).unwrap();
-    assert_eq!(d.desired, 6);
+    assert_eq!(d.desired, 4);
     assert!(has(&d.reasons, |r| matches!(
         r,
         Reason::MetricMissing {
@@ -164,6 +166,17 @@ async fn the_down_window_keeps_the_highest_recent_recommendation() {
     tokio::time::advance(Duration::from_secs(241)).await;
     let d = e.evaluate_sample("s", &cpus(&[0.1; 6])).unwrap();
     assert_eq!(d.desired, 2, "{:?}", d.reasons);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_engine_does_not_shrink_a_service_before_its_down_window_saw_it() {
+    let e = engine(cpu_policy(0.5));
+    // Idle at once: the HPA would go from 6 to 1 at its first evaluation.
+    let d = e.evaluate_sample("s", &cpus(&[0.05; 6])).unwrap();
+    assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let d = e.evaluate_sample("s", &cpus(&[0.05; 6])).unwrap();
+    assert_eq!(d.desired, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -103,7 +103,7 @@ async fn the_loop_evaluates_every_interval_acts_and_stops_cleanly() {
 #[tokio::test(start_paused = true)]
 async fn the_manager_never_goes_past_max() {
     let scaler = Counter::default();
-    scaler.n.store(1, Ordering::SeqCst);
+    scaler.n.store(2, Ordering::SeqCst);
     let engine = DecisionEngine::new();
     engine
         .add_service(
@@ -117,7 +117,7 @@ async fn the_manager_never_goes_past_max() {
             },
             || LoadSample {
                 waiting: Some(1e9),
-                ..LoadSample::new(1)
+                ..LoadSample::new(2)
             },
         )
         .unwrap();
