@@ -146,6 +146,16 @@ async fn scale_one_to_three_to_one_with_real_processes_and_no_failed_request() {
         }
         let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
         assert_eq!(balancer.clone().oneshot(req).await.unwrap().status(), 200);
+        // Migrate: a new instance first, then the old one drained and stopped.
+        let old = scaler.instance_details()[0].port;
+        let new = scaler.migrate_instance(old).await.unwrap();
+        let ports: Vec<u16> = scaler.instance_details().iter().map(|d| d.port).collect();
+        assert_eq!(ports, vec![new], "only the new one is left");
+        assert_ne!(new, old);
+        let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+        let res = balancer.clone().oneshot(req).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, new.to_string());
         scaler.shutdown().await;
         assert!(scaler.instance_details().is_empty());
     })
