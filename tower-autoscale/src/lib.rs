@@ -19,13 +19,20 @@
 //!
 //! - [`ProcessScaler`]: instances as child processes, inserted into a balancer when
 //!   ready, drained before they stop, restarted after a crash.
+//! - `KubeScaler` (feature `kube`): a Deployment's replicas through its scale
+//!   subresource.
 //! - [`ScalingManager`] and [`Autoscaler`]: decisions carried out, an audit history,
 //!   the control loop.
+//! - [`sim`]: a deterministic simulator with an exact port of the Kubernetes HPA as
+//!   the baseline.
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod engine;
+#[cfg(feature = "kube")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
+pub mod kube_scaler;
 pub mod manager;
 pub mod policy;
 pub mod process;
@@ -34,6 +41,8 @@ pub mod sample;
 pub mod sim;
 
 pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
+#[cfg(feature = "kube")]
+pub use kube_scaler::KubeScaler;
 pub use manager::{AuditEntry, Autoscaler, BeyondBounds, ManualScaleError, Scaler, ScalingManager};
 pub use policy::{
     Forecast, Metric, MetricTarget, PanicWindow, PolicyError, RateKind, RatePolicy, ScalingPolicy,
