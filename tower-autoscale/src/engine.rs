@@ -507,15 +507,17 @@ fn per_instance_proposal(
     sample: &LoadSample,
     current: usize,
     tolerance: f64,
+    warm_up: Duration,
     reasons: &mut Vec<Reason>,
 ) -> Option<Proposal> {
     let mut ready_values = Vec::new();
     let mut unready = 0usize;
     for i in &sample.per_instance {
+        let warming = i.warming_up || i.age.is_some_and(|a| a < warm_up);
         match per_instance_value(t.metric, i) {
-            Some(v) if i.ready && !i.warming_up => ready_values.push(v),
+            Some(v) if i.ready && !warming => ready_values.push(v),
             Some(_) => unready += 1,
-            None if !i.ready || i.warming_up => unready += 1,
+            None if !i.ready || warming => unready += 1,
             None => {}
         }
     }
@@ -699,7 +701,7 @@ fn decide(
     let mut proposals = Vec::new();
     for t in &p.metrics {
         let prop = if t.metric.is_per_instance() {
-            per_instance_proposal(t, sample, current, p.tolerance, &mut reasons)
+            per_instance_proposal(t, sample, current, p.tolerance, p.warm_up, &mut reasons)
         } else {
             service_proposal(t, sample, current, p.tolerance, &mut reasons)
         };

@@ -257,7 +257,8 @@ pub struct ScalingPolicy {
     /// Scale-down rules (default: the HPA's; a file may give only some fields).
     #[serde(deserialize_with = "rules::down")]
     pub scale_down: ScalingRules,
-    /// A new instance's samples are ignored this long (default 30 s; seconds in files).
+    /// A new instance's samples are ignored this long (default 30 s; seconds in files):
+    /// instances whose sample gives an `age` below it are left out like unready ones.
     #[serde(with = "secs")]
     pub warm_up: Duration,
     /// Panic mode (default on, Knative's settings); `null` turns it off.

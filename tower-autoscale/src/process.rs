@@ -696,6 +696,7 @@ impl<S: Send + 'static> crate::sample::LoadSource for ProcessScaler<S> {
                     name: name.clone(),
                     ready: *state == InstanceState::Ready,
                     warming_up: started.elapsed().is_ok_and(|age| age < warm_up),
+                    age: started.elapsed().ok(),
                     cpu: usage.map(|u| u.cpu),
                     memory: usage.map(|u| u.memory),
                     in_flight: Some(*in_flight as f64),

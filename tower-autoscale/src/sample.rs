@@ -10,8 +10,11 @@ pub struct InstanceLoad {
     /// Takes traffic. Instances that are not ready are left out of the averages (and
     /// count as 0% on a scale-up, as the Kubernetes HPA does with unready pods).
     pub ready: bool,
-    /// Started less than the policy's warm-up ago: its samples are ignored.
+    /// Marked as warming up by its source: its samples are ignored.
     pub warming_up: bool,
+    /// How long it has run, when known: younger than the policy's `warm_up`, its
+    /// samples are ignored too.
+    pub age: Option<Duration>,
     /// CPU used, as a share of what it may use (1.0 = all its cores or its quota).
     pub cpu: Option<f64>,
     /// Memory used, as a share of its limit.
@@ -39,6 +42,12 @@ impl InstanceLoad {
     /// Marks it as warming up.
     pub fn warming_up(mut self, warming: bool) -> Self {
         self.warming_up = warming;
+        self
+    }
+
+    /// How long it has run.
+    pub fn age(mut self, age: Duration) -> Self {
+        self.age = Some(age);
         self
     }
 
@@ -142,6 +151,7 @@ impl LoadSource for tower_balance_ext::LoadStats {
                     name: e.name.clone(),
                     ready: e.state == tower_balance_ext::EndpointState::Ready,
                     warming_up: false,
+                    age: None,
                     cpu: None,
                     memory: None,
                     in_flight: Some(e.in_flight as f64),

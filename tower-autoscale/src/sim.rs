@@ -469,6 +469,7 @@ impl Simulator {
                                 name: format!("i{i}"),
                                 ready: r,
                                 warming_up: false,
+                                age: None,
                                 cpu: Some(if r { cpu } else { 0.0 }),
                                 memory: None,
                                 in_flight: None,

@@ -185,6 +185,24 @@ async fn bad_commands_and_bounds_are_clear_errors() {
         .unwrap();
         let e = scaler.scale_to(1).await.unwrap_err();
         assert!(e.to_string().contains("exited before it was ready"), "{e}");
+        // One that runs but never serves its health check: stopped after the start
+        // timeout, counted.
+        let mut cfg = config();
+        cfg.program = "sleep".into();
+        cfg.args = vec!["{port}".into()];
+        cfg.start_timeout = Duration::from_millis(500);
+        cfg.stop_timeout = Duration::from_millis(500);
+        let (scaler, _d) = ProcessScaler::new(cfg, |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let e = scaler.scale_to(1).await.unwrap_err();
+        assert!(e.to_string().contains("was not ready after"), "{e}");
+        assert_eq!(scaler.failures(), 1);
+        assert!(
+            scaler.instance_details().is_empty(),
+            "the process was stopped"
+        );
         // A range with no port, and a template without {port}.
         let mut cfg = config();
         cfg.args = vec!["--port".into(), "3000".into()];
