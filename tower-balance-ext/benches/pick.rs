@@ -116,27 +116,18 @@ fn dispatch(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         });
     }
     g.bench_function("tower_p2c_pending_requests", |b| {
-        let mut bal = rt.block_on(async {
-            let list = ServiceList::new((0..N).map(|_| endpoint()).collect::<Vec<_>>());
+        let list = ServiceList::new((0..N).map(|_| endpoint()).collect::<Vec<_>>());
+        let bal = rt.block_on(async {
             Balance::new(PendingRequestsDiscover::new(
                 list,
                 CompleteOnResponse::default(),
             ))
         });
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    let r = bal.ready().await.unwrap().call(i).await.unwrap();
-                    black_box(r);
-                }
-                start.elapsed()
-            })
-        })
+        tower_requests(b, rt, bal);
     });
     g.bench_function("tower_p2c_peak_ewma", |b| {
-        let mut bal = rt.block_on(async {
-            let list = ServiceList::new((0..N).map(|_| endpoint()).collect::<Vec<_>>());
+        let list = ServiceList::new((0..N).map(|_| endpoint()).collect::<Vec<_>>());
+        let bal = rt.block_on(async {
             Balance::new(PeakEwmaDiscover::new(
                 list,
                 Duration::from_millis(1),
@@ -144,18 +135,27 @@ fn dispatch(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                 CompleteOnResponse::default(),
             ))
         });
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    let r = bal.ready().await.unwrap().call(i).await.unwrap();
-                    black_box(r);
-                }
-                start.elapsed()
-            })
-        })
+        tower_requests(b, rt, bal);
     });
     g.finish();
+}
+
+/// Whole requests through one of tower's balancers: `poll_ready`, then `call`.
+fn tower_requests<B>(b: &mut criterion::Bencher<'_>, rt: &tokio::runtime::Runtime, mut bal: B)
+where
+    B: Service<u64, Response = u64>,
+    B::Error: std::fmt::Debug,
+{
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            let start = Instant::now();
+            for i in 0..iters {
+                let r = bal.ready().await.unwrap().call(i).await.unwrap();
+                black_box(r);
+            }
+            start.elapsed()
+        })
+    })
 }
 
 fn median_ns(dir: &Path, group: &str, id: &str) -> f64 {
