@@ -18,8 +18,14 @@
 //! - a load of Zipf-distributed requests from concurrent workers, in two phases: all
 //!   instances up, then one drained gracefully and one killed outright.
 //!
+//! - then a `training` service autoscaled by tower-autoscale: instances are child
+//!   processes of this same binary (`fleet --role training --port N`), inserted into a
+//!   balancer once ready, drained before they stop; a burst of load scales it up, the
+//!   quiet after it scales it down, every decision printed with its reason.
+//!
 //! It prints, per phase, requests, errors, latency percentiles and the cache hit ratio,
-//! then how fast the monitor noticed each instance going down, and exits.
+//! how fast the monitor noticed each instance going down, the balancer's spread, and the
+//! autoscaler's decisions, and exits.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -269,8 +275,196 @@ where
     phase
 }
 
+/// `--role training --port N`: this process is one training instance.
+fn training_port() -> Option<u16> {
+    let args: Vec<String> = std::env::args().collect();
+    let role = args
+        .iter()
+        .position(|a| a == "--role")
+        .and_then(|i| args.get(i + 1));
+    if role.map(String::as_str) != Some("training") {
+        return None;
+    }
+    args.iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+}
+
+/// A training instance: `/health/*`, and `/api/v1/training/run` taking 40 ms of work.
+/// Stops at SIGTERM (the scaler drains it first) or SIGKILL.
+async fn run_training(port: u16) -> Result<(), BoxError> {
+    let probes = Probes::new();
+    probes.register(
+        Probe::readiness("model-loaded", || async { Ok::<_, String>(()) })
+            .period(Duration::from_millis(100))
+            .timeout(Duration::from_millis(50)),
+    )?;
+    probes.start();
+    let endpoints = HealthEndpoints::new(probes.clone());
+    let app = service_fn(move |req: Request<Incoming>| {
+        let mut endpoints = endpoints.clone();
+        async move {
+            if req.uri().path().starts_with("/api/v1/training/") {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let body = format!("{{\"trained_by\":{port}}}");
+                return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))));
+            }
+            endpoints.call(req).await
+        }
+    });
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    GracefulServer::new()
+        .probes(probes)
+        .serve(listener, app, std::future::pending::<()>())
+        .await?;
+    Ok(())
+}
+
+/// The training service under the autoscaler: a burst of load, then quiet.
+async fn autoscaled_training() -> Result<(), BoxError> {
+    use tower_autoscale::{
+        Autoscaler, DecisionEngine, LoadSource, Metric, MetricTarget, ProcessConfig, ProcessScaler,
+        RateKind, RatePolicy, ScalingManager, ScalingPolicy, ScalingRules, Select,
+    };
+    let exe = std::env::current_exe()?;
+    let base = TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?
+        .port()
+        .clamp(20_000, 60_000);
+    let mut cfg = ProcessConfig::new(
+        exe.to_string_lossy(),
+        vec![
+            "--role".into(),
+            "training".into(),
+            "--port".into(),
+            "{port}".into(),
+        ],
+        (base, base + 100),
+    );
+    cfg.check_interval = Duration::from_millis(100);
+    cfg.drain_grace = Duration::from_secs(5);
+    cfg.stop_timeout = Duration::from_secs(2);
+    cfg.warm_up = Duration::ZERO;
+    let (scaler, discovery) = ProcessScaler::new(cfg, HttpEndpoint::<Full<Bytes>>::new)?;
+    let balancer = BalancerBuilder::new(Pick::LeastConnections)
+        .http()
+        .ready_timeout(Duration::from_secs(5))
+        .build(discovery)?;
+    scaler.scale_to(1).await?;
+    // Two requests in flight per instance is the target; a demo-sized scale-down window.
+    let policy = ScalingPolicy {
+        min_instances: 1,
+        max_instances: 4,
+        metrics: vec![MetricTarget::new(Metric::InFlight, 2.0)],
+        scale_down: ScalingRules {
+            stabilization_window: Duration::from_secs(2),
+            policies: vec![RatePolicy {
+                kind: RateKind::Instances,
+                value: 1,
+                period: Duration::from_secs(1),
+            }],
+            select: Select::Max,
+        },
+        warm_up: Duration::ZERO,
+        forecast: None,
+        panic: Some(tower_autoscale::PanicWindow {
+            threshold: 2.0,
+            hold: Duration::from_secs(2),
+        }),
+        ..ScalingPolicy::default()
+    };
+    let engine = DecisionEngine::new();
+    let (s2, stats) = (scaler.clone(), balancer.stats());
+    engine.add_service("training", policy, move || s2.sample().or(stats.sample()))?;
+    let started = Instant::now();
+    engine.on_decision(move |d| {
+        if d.action != tower_autoscale::Action::Hold {
+            let why = d
+                .proposals
+                .iter()
+                .map(|p| format!("{} {:.1} vs target {}", p.metric, p.value, p.target))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!(
+                "  {:>5.1} s  {:?}: {} -> {} ({why}; rules: {})",
+                started.elapsed().as_secs_f64(),
+                d.action,
+                d.current,
+                d.desired,
+                if d.reasons.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{:?}", d.reasons)
+                }
+            );
+        }
+    });
+    let manager = ScalingManager::new(engine);
+    manager.add_scaler("training", scaler.clone());
+    let auto = Autoscaler::spawn(manager.clone(), Duration::from_millis(500));
+
+    println!("\ntraining: 1 instance (a child process of this binary), autoscaled every 0.5 s on requests in flight (target 2 each, 1 to 4 instances); 12 workers for 4 s, then quiet:");
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let end = Instant::now() + Duration::from_secs(4);
+    let mut workers = Vec::new();
+    for _ in 0..12 {
+        let (b, ok, failed) = (balancer.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let req = Request::get("/api/v1/training/run")
+                    .body(Full::new(Bytes::new()))
+                    .expect("a valid request");
+                match b.clone().oneshot(req).await {
+                    Ok(res) if res.status() == StatusCode::OK => {
+                        let _ = res.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let peak = scaler.current();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    auto.stop().await;
+    println!(
+        "training: {} requests, {} failed; peak {peak} instances, {} now; {} restarts",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        scaler.current(),
+        scaler.restarts()
+    );
+    for d in scaler.instance_details() {
+        println!(
+            "  instance on port {} (pid {:?}): {:?}",
+            d.port, d.pid, d.state
+        );
+    }
+    let actions = manager
+        .history()
+        .iter()
+        .filter(|e| matches!(e, tower_autoscale::AuditEntry::Action { .. }))
+        .count();
+    println!(
+        "  audit history: {} entries, {actions} scaling actions",
+        manager.history().len()
+    );
+    scaler.shutdown().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    if let Some(port) = training_port() {
+        return run_training(port).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -408,5 +602,6 @@ async fn main() -> Result<(), BoxError> {
     for i in instances {
         let _ = tokio::time::timeout(Duration::from_secs(5), i.task).await;
     }
+    autoscaled_training().await?;
     Ok(())
 }

@@ -850,7 +850,8 @@ fn decide(
             });
             desired = current;
         } else if !panicking {
-            let limit = rate_limit(&p.scale_up, &st.events, now, current, true);
+            // Never below the current count: a limit only slows a change.
+            let limit = rate_limit(&p.scale_up, &st.events, now, current, true).max(current);
             if desired > limit {
                 reasons.push(Reason::RateLimited {
                     direction: "scale_up",
@@ -866,7 +867,8 @@ fn decide(
             });
             desired = current;
         } else {
-            let limit = rate_limit(&p.scale_down, &st.events, now, current, false);
+            // Never above the current count: a limit only slows a change.
+            let limit = rate_limit(&p.scale_down, &st.events, now, current, false).min(current);
             if desired < limit {
                 reasons.push(Reason::RateLimited {
                     direction: "scale_down",

@@ -238,7 +238,9 @@ impl ScalingManager {
         let from = scaler.current();
         let result = scaler.scale_to(to).await;
         let now = scaler.current();
-        if now != from {
+        // The engine records the changes it decides; manual ones are told to it here,
+        // so its rate limits count them too.
+        if now != from && by == "manual" {
             self.inner.engine.record_scale(service, from, now);
         }
         self.record(AuditEntry::Action {

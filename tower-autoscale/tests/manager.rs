@@ -130,3 +130,51 @@ async fn the_manager_never_goes_past_max() {
     assert_eq!(scaler.current(), 3);
     assert!(manager.tick("nope").await.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn scaling_down_step_by_step_never_turns_into_a_scale_up() {
+    // One instance per period down, in-flight gone: 4, 3, 2, 1, never back up.
+    let scaler = Counter::default();
+    scaler.n.store(4, Ordering::SeqCst);
+    let s2 = scaler.clone();
+    let engine = DecisionEngine::new();
+    engine
+        .add_service(
+            "s",
+            ScalingPolicy {
+                metrics: vec![MetricTarget::new(Metric::InFlight, 2.0)],
+                scale_down: tower_autoscale::ScalingRules {
+                    stabilization_window: Duration::ZERO,
+                    policies: vec![tower_autoscale::RatePolicy {
+                        kind: tower_autoscale::RateKind::Instances,
+                        value: 1,
+                        period: Duration::from_secs(1),
+                    }],
+                    select: tower_autoscale::Select::Max,
+                },
+                panic: None,
+                forecast: None,
+                ..Default::default()
+            },
+            move || {
+                let n = s2.current();
+                LoadSample {
+                    per_instance: (0..n)
+                        .map(|i| InstanceLoad::new(format!("i{i}")).in_flight(0.0))
+                        .collect(),
+                    ..LoadSample::new(n)
+                }
+            },
+        )
+        .unwrap();
+    let manager = ScalingManager::new(engine);
+    manager.add_scaler("s", scaler.clone());
+    let mut seen = vec![scaler.current()];
+    for _ in 0..12 {
+        manager.tick("s").await;
+        seen.push(scaler.current());
+        tokio::time::advance(Duration::from_millis(500)).await;
+    }
+    assert!(seen.windows(2).all(|w| w[1] <= w[0]), "{seen:?}");
+    assert_eq!(*seen.last().unwrap(), 1, "{seen:?}");
+}
