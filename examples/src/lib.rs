@@ -5,3 +5,4 @@
 //! runs a whole fleet of services on one machine.
 
 pub mod cache_proxy;
+pub mod orchestrator;

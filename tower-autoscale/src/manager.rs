@@ -184,7 +184,8 @@ impl ScalingManager {
             .cloned()
     }
 
-    fn services(&self) -> Vec<String> {
+    /// The services with a scaler, sorted.
+    pub fn services(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .inner
             .scalers
