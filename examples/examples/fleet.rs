@@ -2,8 +2,12 @@
 //! health probes, a health monitor, and two instances going down under load.
 //!
 //! ```sh
-//! cargo run --release -p examples --example fleet
+//! cargo run --release -p examples --example fleet [-- --port 3000] [--serve]
 //! ```
+//!
+//! With `--serve` the gateway (orchestrator API and training routes) stays up after
+//! the demonstration until Ctrl-C, the autoscaler evaluating every 10 s. The bearer
+//! token for scaling is `FLEET_TOKEN`, or one generated and printed at start.
 //!
 //! Everything runs on 127.0.0.1 with real sockets:
 //!
@@ -21,7 +25,10 @@
 //! - then a `training` service autoscaled by tower-autoscale: instances are child
 //!   processes of this same binary (`fleet --role training --port N`), inserted into a
 //!   balancer once ready, drained before they stop; a burst of load scales it up, the
-//!   quiet after it scales it down, every decision printed with its reason.
+//!   quiet after it scales it down, every decision printed with its reason; a gateway on
+//!   127.0.0.1:3000 (`--port`) serves `/api/v1/training/*` through that balancer and
+//!   the orchestrator API (`POST /api/v1/system/scale/{service}/{up|down}` with the
+//!   token, `GET /api/v1/system/scaling-status`, `GET /api/v1/system/load-distribution`).
 //!
 //! It prints, per phase, requests, errors, latency percentiles and the cache hit ratio,
 //! how fast the monitor noticed each instance going down, the balancer's spread, and the
@@ -33,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -275,6 +283,14 @@ where
     phase
 }
 
+async fn http_get(addr: SocketAddr, path: &str) -> Result<String, BoxError> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let res = client.get(format!("http://{addr}{path}").parse()?).await?;
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// `--role training --port N`: this process is one training instance.
 fn training_port() -> Option<u16> {
     let args: Vec<String> = std::env::args().collect();
@@ -405,6 +421,47 @@ async fn autoscaled_training() -> Result<(), BoxError> {
     manager.add_scaler("training", scaler.clone());
     let auto = Autoscaler::spawn(manager.clone(), Duration::from_millis(500));
 
+    // The gateway: the orchestrator API, and /api/v1/training/* through the balancer.
+    let token = std::env::var("FLEET_TOKEN")
+        .unwrap_or_else(|_| format!("{:016x}{:016x}", random_u64(), random_u64()));
+    let loads = std::collections::BTreeMap::from([("training".to_string(), balancer.stats())]);
+    let gateway = examples::orchestrator::router(manager.clone(), loads, token.clone()).route(
+        "/api/v1/training/{*rest}",
+        axum::routing::any({
+            let balancer = balancer.clone();
+            move |req: axum::extract::Request| {
+                let balancer = balancer.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = match axum::body::to_bytes(body, 1 << 20).await {
+                        Ok(b) => b,
+                        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                    };
+                    match balancer
+                        .oneshot(Request::from_parts(parts, Full::new(body)))
+                        .await
+                    {
+                        Ok(res) => res.map(axum::body::Body::new).into_response(),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+                    }
+                }
+            }
+        }),
+    );
+    let wanted = gateway_addr();
+    let listener = match TcpListener::bind(wanted).await {
+        Ok(l) => l,
+        Err(e) => {
+            println!("gateway: {wanted} is taken ({e}); using a free port instead");
+            TcpListener::bind("127.0.0.1:0").await?
+        }
+    };
+    let gw = listener.local_addr()?;
+    let gateway_task = tokio::spawn(async move { axum::serve(listener, gateway).await });
+    println!(
+        "\ngateway on http://{gw}: /api/v1/training/*, /api/v1/system/scaling-status, /api/v1/system/load-distribution; POST /api/v1/system/scale/training/{{up|down}} with `Authorization: Bearer {token}`"
+    );
+
     println!("\ntraining: 1 instance (a child process of this binary), autoscaled every 0.5 s on requests in flight (target 2 each, 1 to 4 instances); 12 workers for 4 s, then quiet:");
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let end = Instant::now() + Duration::from_secs(4);
@@ -432,6 +489,12 @@ async fn autoscaled_training() -> Result<(), BoxError> {
         let _ = w.await;
     }
     let peak = scaler.current();
+    // The orchestrator API while the fleet runs.
+    let status = http_get(gw, "/api/v1/system/load-distribution").await?;
+    println!(
+        "  GET /api/v1/system/load-distribution -> {}",
+        status.chars().take(160).collect::<String>()
+    );
     tokio::time::sleep(Duration::from_secs(6)).await;
     auto.stop().await;
     println!(
@@ -456,8 +519,40 @@ async fn autoscaled_training() -> Result<(), BoxError> {
         "  audit history: {} entries, {actions} scaling actions",
         manager.history().len()
     );
+    if std::env::args().any(|a| a == "--serve") {
+        println!("serving the gateway on http://{gw} until Ctrl-C (the autoscaler keeps running)");
+        let auto = Autoscaler::spawn(manager.clone(), Duration::from_secs(10));
+        let _ = tokio::signal::ctrl_c().await;
+        auto.stop().await;
+    }
+    gateway_task.abort();
     scaler.shutdown().await;
     Ok(())
+}
+
+/// `--port N` (default 3000) on 127.0.0.1.
+fn gateway_addr() -> SocketAddr {
+    let args: Vec<String> = std::env::args().collect();
+    let port = args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A random number from the OS's hasher seeds (no extra dependency for a token).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 #[tokio::main]
