@@ -137,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     std::fs::create_dir_all(&out)?;
     let cfg = SimConfig::default();
-    let sim = Simulator::new(cfg.clone());
+    let sim = Simulator::new(cfg.clone())?;
     println!(
         "instances of {} requests/s, {} s to start, evaluated every {} s; SLO p99 <= {} ms; CPU target {}%",
         cfg.capacity, cfg.startup, cfg.interval, cfg.slo_ms, cfg.target_cpu * 100.0

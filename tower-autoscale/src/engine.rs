@@ -492,13 +492,19 @@ fn instances_for(throughput: f64, last: &Decision, policy: &ScalingPolicy) -> Op
     Some((n as usize).clamp(policy.min_instances, policy.max_instances))
 }
 
+/// A value a source gave, if it is one: NaN, infinite or negative values count as
+/// missing rather than steering the count.
+fn sane(v: Option<f64>) -> Option<f64> {
+    v.filter(|x| x.is_finite() && *x >= 0.0)
+}
+
 fn per_instance_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
-    match m {
+    sane(match m {
         Metric::Cpu => i.cpu,
         Metric::Memory => i.memory,
         Metric::InFlight => i.in_flight,
         _ => None,
-    }
+    })
 }
 
 /// The HPA's `calcPlainMetricReplicas` for one per-instance metric.
@@ -595,12 +601,12 @@ fn service_proposal(
     tolerance: f64,
     reasons: &mut Vec<Reason>,
 ) -> Option<Proposal> {
-    let value = match t.metric {
+    let value = sane(match t.metric {
         Metric::QueueDepth => sample.waiting,
         Metric::P99Ms => sample.p99.map(|d| d.as_secs_f64() * 1e3),
         Metric::ErrorRate => sample.error_rate,
         _ => None,
-    };
+    });
     let Some(value) = value else {
         reasons.push(Reason::MetricMissing { metric: t.metric });
         return None;
@@ -749,7 +755,7 @@ fn decide(
         .filter(|pr| pr.metric.is_per_instance())
         .map(|pr| pr.ratio)
         .fold(0.0f64, f64::max);
-    if let (Some(f), Some(tp)) = (&p.forecast, sample.throughput) {
+    if let (Some(f), Some(tp)) = (&p.forecast, sane(sample.throughput)) {
         st.holt.update(tp, f.alpha, f.beta);
         if let Some(predicted) = st.holt.predict(f.horizon) {
             let ready = sample.per_instance.iter().filter(|i| i.ready).count().max(

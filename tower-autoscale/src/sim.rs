@@ -36,7 +36,7 @@ pub struct Trace {
     pub rates: Vec<f64>,
 }
 
-/// Why a CSV trace cannot be read.
+/// Why a CSV trace cannot be read, or a simulator setting cannot work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceError(String);
 
@@ -410,9 +410,29 @@ pub struct Simulator {
 }
 
 impl Simulator {
-    /// A simulator of `cfg`.
-    pub fn new(cfg: SimConfig) -> Self {
-        Self { cfg }
+    /// A simulator of `cfg`, checked: the error names the setting.
+    pub fn new(cfg: SimConfig) -> Result<Self, TraceError> {
+        let bad = |m: &str| Err(TraceError(m.into()));
+        if !(cfg.capacity.is_finite() && cfg.capacity > 0.0) {
+            return bad("capacity must be a number of requests per second above 0");
+        }
+        if cfg.interval == 0 {
+            return bad("interval must be at least 1 s");
+        }
+        if !(cfg.target_cpu > 0.0 && cfg.target_cpu <= 1.0) {
+            return bad("target_cpu must be in (0, 1]");
+        }
+        if !(cfg.service_ms.is_finite()
+            && cfg.service_ms > 0.0
+            && cfg.slo_ms.is_finite()
+            && cfg.slo_ms > 0.0)
+        {
+            return bad("service_ms and slo_ms must be numbers above 0");
+        }
+        if cfg.max == 0 || cfg.min > cfg.max {
+            return bad("give 0 < max and min <= max");
+        }
+        Ok(Self { cfg })
     }
 
     /// The p99 in milliseconds with `ready` instances at `rate` and `backlog` waiting.

@@ -545,3 +545,28 @@ async fn the_balancer_the_monitor_and_the_cache_are_load_sources() {
         (2, Some(0.0), Some(0.0))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn garbage_values_count_as_missing_not_as_load() {
+    let mut p = cpu_policy(0.5);
+    p.metrics.push(MetricTarget::new(Metric::QueueDepth, 10.0));
+    p.scale_down.stabilization_window = Duration::ZERO;
+    let e = engine(p);
+    let mut s = cpus(&[f64::NAN, -1.0, f64::INFINITY]);
+    s.waiting = Some(f64::NAN);
+    s.throughput = Some(f64::INFINITY);
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::MetricMissing {
+            metric: Metric::Cpu
+        }
+    )));
+    assert!(has(&d.reasons, |r| matches!(
+        r,
+        Reason::MetricMissing {
+            metric: Metric::QueueDepth
+        }
+    )));
+}

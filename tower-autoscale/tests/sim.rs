@@ -7,7 +7,7 @@ use tower_autoscale::sim::{EngineScaler, Hpa, SimConfig, Simulator, Trace};
 #[test]
 fn the_same_trace_gives_the_same_score() {
     let cfg = SimConfig::default();
-    let sim = Simulator::new(cfg.clone());
+    let sim = Simulator::new(cfg.clone()).unwrap();
     let trace = Trace::spike(200.0, 2500.0, 900, 300, 2400);
     let run = || {
         let mut ours = EngineScaler::new("ours", EngineScaler::default_policy(&cfg)).unwrap();
@@ -44,7 +44,7 @@ fn the_engine_beats_the_hpa_port_on_the_standard_traces() {
     // violation seconds (or none for both), at most 1.1x the instance-seconds, no more
     // direction flips. Deterministic, so no timing is involved.
     let cfg = SimConfig::default();
-    let sim = Simulator::new(cfg.clone());
+    let sim = Simulator::new(cfg.clone()).unwrap();
     for trace in [
         Trace::step(100.0, 1200.0, 600, 2400),
         Trace::ramp(50.0, 2000.0, 3600),
@@ -65,5 +65,38 @@ fn the_engine_beats_the_hpa_port_on_the_standard_traces() {
             trace.name
         );
         assert!(a.flips <= b.flips, "{}: {a:?} vs {b:?}", trace.name);
+    }
+}
+
+#[test]
+fn impossible_worlds_are_refused() {
+    for cfg in [
+        SimConfig {
+            capacity: 0.0,
+            ..Default::default()
+        },
+        SimConfig {
+            capacity: f64::NAN,
+            ..Default::default()
+        },
+        SimConfig {
+            interval: 0,
+            ..Default::default()
+        },
+        SimConfig {
+            target_cpu: 0.0,
+            ..Default::default()
+        },
+        SimConfig {
+            min: 5,
+            max: 2,
+            ..Default::default()
+        },
+        SimConfig {
+            slo_ms: -1.0,
+            ..Default::default()
+        },
+    ] {
+        assert!(Simulator::new(cfg).is_err());
     }
 }
