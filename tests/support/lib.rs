@@ -292,3 +292,20 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A process scaler's settings for `program` (the tests' `instance-server`, whose path
+/// only a test knows: `env!("CARGO_BIN_EXE_instance-server")`) started as
+/// `program --port {port}` on 50 ports from a free one, checked every 50 ms.
+pub fn instance_server_config(program: &str) -> io::Result<tower_autoscale::ProcessConfig> {
+    let base = free_port()?.clamp(20_000, 60_000);
+    let mut cfg = tower_autoscale::ProcessConfig::new(
+        program,
+        vec!["--port".into(), "{port}".into()],
+        (base, base + 50),
+    );
+    cfg.check_interval = std::time::Duration::from_millis(50);
+    cfg.start_timeout = std::time::Duration::from_secs(20);
+    cfg.drain_grace = std::time::Duration::from_secs(10);
+    cfg.stop_timeout = std::time::Duration::from_secs(2);
+    Ok(cfg)
+}

@@ -20,17 +20,7 @@ use tower_balance_ext::{BalancerBuilder, HttpEndpoint, Pick};
 const BOUND: Duration = Duration::from_secs(90);
 
 fn config() -> ProcessConfig {
-    let base = support::free_port().unwrap().clamp(20_000, 60_000);
-    let mut cfg = ProcessConfig::new(
-        env!("CARGO_BIN_EXE_instance-server"),
-        vec!["--port".into(), "{port}".into()],
-        (base, base + 50),
-    );
-    cfg.check_interval = Duration::from_millis(50);
-    cfg.start_timeout = Duration::from_secs(20);
-    cfg.drain_grace = Duration::from_secs(10);
-    cfg.stop_timeout = Duration::from_secs(2);
-    cfg
+    support::instance_server_config(env!("CARGO_BIN_EXE_instance-server")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{Empty, Full};
-use tower_autoscale::{
-    DecisionEngine, LoadSource, ProcessConfig, ProcessScaler, ScalingManager, ScalingPolicy,
-};
+use tower_autoscale::{DecisionEngine, LoadSource, ProcessScaler, ScalingManager, ScalingPolicy};
 use tower_balance_ext::{BalancerBuilder, HttpEndpoint, Pick};
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -41,14 +39,7 @@ async fn call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_orchestrator_scales_within_the_policy_and_reports_as_json() {
     tokio::time::timeout(BOUND, async {
-        let base = support::free_port().unwrap().clamp(20_000, 60_000);
-        let mut cfg = ProcessConfig::new(
-            env!("CARGO_BIN_EXE_instance-server"),
-            vec!["--port".into(), "{port}".into()],
-            (base, base + 50),
-        );
-        cfg.check_interval = Duration::from_millis(50);
-        cfg.stop_timeout = Duration::from_secs(2);
+        let cfg = support::instance_server_config(env!("CARGO_BIN_EXE_instance-server")).unwrap();
         let (scaler, discovery) = ProcessScaler::new(cfg, |addr: SocketAddr| {
             HttpEndpoint::<Full<Bytes>>::new(addr)
         })
