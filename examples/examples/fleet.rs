@@ -2,8 +2,12 @@
 //! health probes, a health monitor, and two instances going down under load.
 //!
 //! ```sh
-//! cargo run --release -p examples --example fleet [-- --port 3000] [--serve]
+//! cargo run --release -p examples --example fleet [-- --port 3000] [--serve] [--load ramp --duration 30s]
 //! ```
+//!
+//! `--load ramp|step|spike --duration 30s` drives the training service with that load
+//! shape (open loop, up to 300 requests/s) instead of the built-in burst, and prints
+//! requests, failures, p50/p99 and the scaling actions at the end.
 //!
 //! With `--serve` the gateway (orchestrator API and training routes) stays up after
 //! the demonstration until Ctrl-C, the autoscaler evaluating every 10 s. The bearer
@@ -462,33 +466,59 @@ async fn autoscaled_training() -> Result<(), BoxError> {
         "\ngateway on http://{gw}: /api/v1/training/*, /api/v1/system/scaling-status, /api/v1/system/load-distribution; POST /api/v1/system/scale/training/{{up|down}} with `Authorization: Bearer {token}`"
     );
 
-    println!("\ntraining: 1 instance (a child process of this binary), autoscaled every 0.5 s on requests in flight (target 2 each, 1 to 4 instances); 12 workers for 4 s, then quiet:");
+    let shape = load_shape();
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let end = Instant::now() + Duration::from_secs(4);
-    let mut workers = Vec::new();
-    for _ in 0..12 {
-        let (b, ok, failed) = (balancer.clone(), ok.clone(), failed.clone());
-        workers.push(tokio::spawn(async move {
-            while Instant::now() < end {
-                let req = Request::get("/api/v1/training/run")
-                    .body(Full::new(Bytes::new()))
-                    .expect("a valid request");
-                match b.clone().oneshot(req).await {
-                    Ok(res) if res.status() == StatusCode::OK => {
-                        let _ = res.into_body().collect().await;
-                        ok.fetch_add(1, Ordering::Relaxed);
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut peak = scaler.current();
+    match shape {
+        None => {
+            println!("\ntraining: 1 instance (a child process of this binary), autoscaled every 0.5 s on requests in flight (target 2 each, 1 to 4 instances); 12 workers for 4 s, then quiet:");
+            let end = Instant::now() + Duration::from_secs(4);
+            let mut workers = Vec::new();
+            for _ in 0..12 {
+                let (b, ok, failed, lat) = (
+                    balancer.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    latencies.clone(),
+                );
+                workers.push(tokio::spawn(async move {
+                    while Instant::now() < end {
+                        one_training_request(&b, &ok, &failed, &lat).await;
                     }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                }));
             }
-        }));
+            for w in workers {
+                let _ = w.await;
+            }
+            peak = peak.max(scaler.current());
+        }
+        Some((name, duration)) => {
+            println!("\ntraining: --load {name} for {duration:?} (open loop, up to 300 requests/s), autoscaled every 0.5 s (target 2 in flight each, 1 to 4 instances):");
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            let mut next = Instant::now();
+            while start.elapsed() < duration {
+                let rate =
+                    rate_at(name, start.elapsed().as_secs_f64() / duration.as_secs_f64()).max(1.0);
+                next += Duration::from_secs_f64(1.0 / rate);
+                tokio::time::sleep_until(next.into()).await;
+                let (b, ok, failed, lat) = (
+                    balancer.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    latencies.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    one_training_request(&b, &ok, &failed, &lat).await
+                }));
+                peak = peak.max(scaler.current());
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
     }
-    for w in workers {
-        let _ = w.await;
-    }
-    let peak = scaler.current();
     // The orchestrator API while the fleet runs.
     let status = http_get(gw, "/api/v1/system/load-distribution").await?;
     println!(
@@ -497,10 +527,19 @@ async fn autoscaled_training() -> Result<(), BoxError> {
     );
     tokio::time::sleep(Duration::from_secs(6)).await;
     auto.stop().await;
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort();
+    let pct = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
-        "training: {} requests, {} failed; peak {peak} instances, {} now; {} restarts",
+        "training: {} requests, {} failed, p50 {:?}, p99 {:?}; peak {peak} instances, {} now; {} restarts",
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
+        pct(0.5),
+        pct(0.99),
         scaler.current(),
         scaler.restarts()
     );
@@ -528,6 +567,78 @@ async fn autoscaled_training() -> Result<(), BoxError> {
     gateway_task.abort();
     scaler.shutdown().await;
     Ok(())
+}
+
+/// One request to the training service through its balancer, counted and timed.
+async fn one_training_request<S>(
+    b: &S,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    lat: &Mutex<Vec<Duration>>,
+) where
+    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone,
+{
+    let req = Request::get("/api/v1/training/run")
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request");
+    let start = Instant::now();
+    match b.clone().oneshot(req).await {
+        Ok(res) if res.status() == StatusCode::OK => {
+            let _ = res.into_body().collect().await;
+            ok.fetch_add(1, Ordering::Relaxed);
+            lat.lock().unwrap().push(start.elapsed());
+        }
+        _ => {
+            failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `--load ramp|step|spike` and `--duration Ns` (default 30 s).
+fn load_shape() -> Option<(&'static str, Duration)> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let name = match value("--load")?.as_str() {
+        "ramp" => "ramp",
+        "step" => "step",
+        "spike" => "spike",
+        other => {
+            eprintln!("--load {other}: give ramp, step or spike; running the built-in burst");
+            return None;
+        }
+    };
+    let secs = value("--duration")
+        .and_then(|d| d.trim_end_matches('s').parse::<u64>().ok())
+        .unwrap_or(30)
+        .clamp(1, 3600);
+    Some((name, Duration::from_secs(secs)))
+}
+
+/// Requests per second at fraction `x` of the run: a ramp from 10 to 300, a step from
+/// 20 to 250 at the middle, or 20 with a spike of 300 in the middle third.
+fn rate_at(shape: &str, x: f64) -> f64 {
+    match shape {
+        "ramp" => 10.0 + 290.0 * x,
+        "step" => {
+            if x < 0.5 {
+                20.0
+            } else {
+                250.0
+            }
+        }
+        _ => {
+            if (1.0 / 3.0..2.0 / 3.0).contains(&x) {
+                300.0
+            } else {
+                20.0
+            }
+        }
+    }
 }
 
 /// `--port N` (default 3000) on 127.0.0.1.
