@@ -688,10 +688,7 @@ fn rate_limit(
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::process::unix_ms(std::time::SystemTime::now())
 }
 
 fn decide(

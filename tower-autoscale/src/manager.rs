@@ -143,10 +143,7 @@ impl fmt::Debug for ScalingManager {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::process::unix_ms(std::time::SystemTime::now())
 }
 
 impl ScalingManager {

@@ -288,7 +288,8 @@ impl<S> fmt::Debug for ProcessScaler<S> {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch at `t` (0 before it).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)

@@ -135,7 +135,7 @@ where
                             let e: BoxError = e.into();
                             shared.stats.discovery_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
-                            let wait = Duration::from_millis(1u64 << errors_in_a_row.min(10)).min(Duration::from_secs(1));
+                            let wait = crate::hash::backoff(Duration::from_millis(1), Duration::from_secs(1), errors_in_a_row, 0.0);
                             errors_in_a_row = errors_in_a_row.saturating_add(1);
                             pause.as_mut().reset(tokio::time::Instant::now() + wait);
                             paused = true;
