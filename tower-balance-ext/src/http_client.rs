@@ -46,6 +46,7 @@ pub struct HttpEndpoint<B> {
     /// `None` for an address no URI can name (the calls then fail).
     authority: Option<http::uri::Authority>,
     addr: SocketAddr,
+    timeout: Duration,
 }
 
 impl<B> Clone for HttpEndpoint<B> {
@@ -54,6 +55,7 @@ impl<B> Clone for HttpEndpoint<B> {
             client: self.client.clone(),
             authority: self.authority.clone(),
             addr: self.addr,
+            timeout: self.timeout,
         }
     }
 }
@@ -97,7 +99,16 @@ where
             client,
             authority,
             addr,
+            timeout: Duration::from_secs(30),
         }
+    }
+
+    /// How long to wait for the response head (default 30 s): an endpoint that accepts
+    /// and never answers fails the request with [`HeadTimeout`] (a failure the balancer
+    /// counts, and retries elsewhere when the request may be retried).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The address it sends to.
@@ -137,6 +148,31 @@ where
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
         }
         let fut = self.client.request(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        let (timeout, addr) = (self.timeout, self.addr);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(HeadTimeout { addr, timeout }.into()),
+            }
+        })
     }
 }
+
+/// The endpoint sent no response head in time.
+#[derive(Debug, Clone)]
+pub struct HeadTimeout {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl fmt::Display for HeadTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sent no response within {:?}",
+            self.addr, self.timeout
+        )
+    }
+}
+
+impl std::error::Error for HeadTimeout {}

@@ -49,7 +49,7 @@ pub use balance::{
 };
 pub use hash::hash_key;
 #[cfg(feature = "http-client")]
-pub use http_client::HttpEndpoint;
+pub use http_client::{HeadTimeout, HttpEndpoint};
 pub use retry::{clone_idempotent, is_idempotent};
 pub use router::{Router, TargetError, UnknownService};
 pub use stats::{EndpointLoad, EndpointState, LoadSnapshot, LoadStats};

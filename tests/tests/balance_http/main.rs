@@ -240,3 +240,64 @@ async fn the_readme_stack_serves_and_its_breaker_opens_on_5xx() {
     .await
     .expect("bounded");
 }
+
+/// A peer that accepts connections and never answers: its requests time out and, being
+/// GETs, are retried on the live server; none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_costs_a_timeout_not_a_hang() {
+    tokio::time::timeout(BOUND, async {
+        let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mute_addr = mute.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = mute.accept().await {
+                conns.push(c); // read nothing, answer nothing
+            }
+        });
+        let live = server(7, Arc::new(AtomicBool::new(true))).await;
+        let endpoints = [mute_addr, live.addr()].map(|a| {
+            (
+                a,
+                HttpEndpoint::<Full<Bytes>>::new(a).timeout(Duration::from_millis(200)),
+            )
+        });
+        let b = BalancerBuilder::new(Pick::RoundRobin)
+            .http()
+            .retry_idempotent()
+            .build(tower_balance_ext::discover::fixed(endpoints))
+            .unwrap();
+        while b.endpoints().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..6 {
+            let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+            let res = b
+                .clone()
+                .oneshot(req)
+                .await
+                .expect("retried on the live server");
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let snap = b.stats().snapshot();
+        assert_eq!(
+            snap.retries, 3,
+            "every request to the mute peer timed out and was retried"
+        );
+        // Without a retry the timeout is the answer, with its reason.
+        let single = BalancerBuilder::new(Pick::RoundRobin)
+            .build(tower_balance_ext::discover::fixed([(
+                mute_addr,
+                HttpEndpoint::<Full<Bytes>>::new(mute_addr).timeout(Duration::from_millis(100)),
+            )]))
+            .unwrap();
+        while single.endpoints().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+        let e = single.oneshot(req).await.unwrap_err();
+        assert!(e.is::<tower_balance_ext::HeadTimeout>(), "{e}");
+        assert!(e.to_string().contains("sent no response within"), "{e}");
+    })
+    .await
+    .expect("bounded");
+}
