@@ -729,3 +729,43 @@ async fn a_failing_discovery_keeps_its_endpoints_and_does_not_spin() {
     .await
     .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_storm_of_a_thousand_waiters_all_fail_fast_or_all_go_when_one_opens() {
+    tokio::time::timeout(LIMIT, async {
+        let (eps, knobs) = endpoints(2);
+        let b: Bal = BalancerBuilder::new(Pick::LeastConnections)
+            .ready_timeout(Duration::from_secs(1))
+            .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+            .unwrap();
+        settle(&b, 2).await;
+        knobs[0].close();
+        knobs[1].close();
+        // 1,000 at once, nothing ready: every one fails with NoReadyEndpoints, none hangs.
+        let storm: Vec<_> = (0..1_000)
+            .map(|i| tokio::spawn(b.clone().oneshot(i)))
+            .collect();
+        let mut no_ready = 0;
+        for t in storm {
+            let e = t.await.unwrap().unwrap_err();
+            no_ready += e.is::<NoReadyEndpoints>() as usize;
+        }
+        assert_eq!(no_ready, 1_000);
+        assert_eq!(b.stats().snapshot().waiting, 0);
+        // 1,000 waiting, then one endpoint opens: every one is served by it.
+        let storm: Vec<_> = (0..1_000)
+            .map(|i| tokio::spawn(b.clone().oneshot(i)))
+            .collect();
+        until(|| b.stats().snapshot().waiting == 1_000).await;
+        knobs[1].open();
+        for t in storm {
+            assert_eq!(t.await.unwrap().unwrap().id, 1);
+        }
+        let snap = b.stats().snapshot();
+        assert_eq!((snap.waiting, snap.in_flight), (0, 0));
+        assert_eq!(knobs[1].calls(), 1_000);
+        assert_eq!(knobs[0].calls(), 0, "the closed endpoint got nothing");
+    })
+    .await
+    .unwrap();
+}
