@@ -80,6 +80,27 @@ where
     }
 }
 
+/// On Linux, the instance gets SIGKILL if the process that started it dies, even by
+/// SIGKILL (where `kill_on_drop` cannot run): no orphan keeps a port and a model in
+/// memory. The signal follows the *thread* that spawned the child, which here is a
+/// runtime worker that lives as long as the runtime.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // prctl(PR_SET_PDEATHSIG) system call, which is async-signal-safe; it allocates
+    // nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut tokio::process::Command) {}
+
 /// Why a scaling action failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -412,15 +433,16 @@ where
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()))
             .collect();
-        let mut child = tokio::process::Command::new(&cfg.program)
+        let mut command = tokio::process::Command::new(&cfg.program);
+        command
             .args(&args)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| ScaleError::Spawn {
-                command: format!("{} {}", cfg.program, args.join(" ")),
-                error,
-            })?;
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn().map_err(|error| ScaleError::Spawn {
+            command: format!("{} {}", cfg.program, args.join(" ")),
+            error,
+        })?;
         let pid = child.id();
         let name = format!("127.0.0.1:{port}");
         let stopping = Arc::new(AtomicBool::new(false));

@@ -251,3 +251,45 @@ async fn bad_commands_and_bounds_are_clear_errors() {
     .await
     .expect("bounded");
 }
+
+/// The process that runs the scaler is SIGKILLed (no destructor runs): its instance does
+/// not live on as an orphan holding its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_do_not_outlive_a_killed_scaler() {
+    use tokio::io::AsyncBufReadExt;
+    tokio::time::timeout(BOUND, async {
+        let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_scaler-host"))
+            .arg(env!("CARGO_BIN_EXE_instance-server"))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+        let pid: i32 = lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z"))
+                .unwrap_or(false)
+        };
+        assert!(alive(pid), "the instance runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(host.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = host.wait().await;
+        // Bounded by the test's timeout.
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the instance died with its scaler");
+}
