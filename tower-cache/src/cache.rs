@@ -642,4 +642,41 @@ mod tests {
         store.promotion_gate = None;
         assert!(store.get("k").await.is_none());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_max_ttl_caps_the_memory_copy_and_disk_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Cache::new(
+            MemoryTier::builder()
+                .max_ttl(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        .with_disk(
+            DiskTier::builder(dir.path())
+                .map_size(8 << 20)
+                .open()
+                .unwrap(),
+        );
+        store
+            .set("k", "v".into(), Duration::from_secs(60), WriteTiers::ALL)
+            .await
+            .unwrap();
+        assert_eq!(store.memory().get("k").as_deref(), Some(&b"v"[..]));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        // Gone from memory after its 5 s there; still on disk for its 60 s.
+        assert!(store.memory().get("k").is_none());
+        assert_eq!(store.get("k").await.as_deref(), Some(&b"v"[..]));
+        assert_eq!(store.stats().disk_hits, 1);
+        // Promoted, again for at most 5 s.
+        assert!(store.memory().has("k"));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(store.memory().get("k").is_none());
+        // A zero cap is refused with what to change.
+        let err = MemoryTier::builder()
+            .max_ttl(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("max_ttl"), "{err}");
+    }
 }

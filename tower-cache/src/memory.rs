@@ -250,6 +250,7 @@ pub struct MemoryTierBuilder {
     hot_allocation: f64,
     ghost_allocation: f64,
     time_source: TimeSource,
+    max_ttl: Option<Duration>,
 }
 
 /// Default share of the capacity for entries read more than once (quick_cache's hot
@@ -269,6 +270,7 @@ impl Default for MemoryTierBuilder {
             hot_allocation: DEFAULT_HOT_ALLOCATION,
             ghost_allocation: DEFAULT_GHOST_ALLOCATION,
             time_source: TimeSource::Auto,
+            max_ttl: None,
         }
     }
 }
@@ -321,8 +323,23 @@ impl MemoryTierBuilder {
         self
     }
 
+    /// The longest an entry stays in this tier, whatever TTL it was written with (default:
+    /// no cap). With a disk tier below, a value written for 60 s with a 5 s cap here is
+    /// read from memory for 5 s, then from disk (and promoted for 5 s more) until its 60 s
+    /// are up: the seed's "memory 5 s, disk 60 s" split, with one write.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = Some(ttl);
+        self
+    }
+
     /// Checks the settings and builds the tier.
     pub fn build(self) -> Result<MemoryTier, BuildError> {
+        if self.max_ttl == Some(Duration::ZERO) {
+            return Err(BuildError::new(
+                "memory tier: max_ttl is 0, so nothing could stay in memory; give at least 1 ms \
+                 (or no cap)",
+            ));
+        }
         if self.max_entries == Some(0) {
             return Err(BuildError::new(
                 "memory tier: max_entries is 0; give it room for at least one entry",
@@ -416,6 +433,7 @@ impl MemoryTierBuilder {
                 max_value_bytes,
                 hot_allocation: self.hot_allocation,
                 clock: Clock::new(self.time_source),
+                max_ttl: self.max_ttl.unwrap_or(Duration::MAX),
             }),
         })
     }
@@ -440,6 +458,8 @@ struct Shared {
     max_value_bytes: usize,
     hot_allocation: f64,
     clock: Clock,
+    /// Entries stay at most this long, whatever their TTL.
+    max_ttl: Duration,
 }
 
 /// Result of a single-flight lookup in the memory tier.
@@ -699,7 +719,7 @@ impl MemoryTier {
         }
         let stored = Stored::new(
             value,
-            self.shared.clock.deadline(ttl),
+            self.deadline(ttl),
             meta.version,
             meta.tags.encoded_len(),
         );
@@ -862,8 +882,9 @@ impl MemoryTier {
             .filter(|s| s.expires > self.shared.clock.now_ms() && !s.is_pass())
     }
 
+    /// When an entry written now for `ttl` leaves this tier (capped by `max_ttl`).
     pub(crate) fn deadline(&self, ttl: Duration) -> u64 {
-        self.shared.clock.deadline(ttl)
+        self.shared.clock.deadline(ttl.min(self.shared.max_ttl))
     }
 
     #[inline]
