@@ -6,3 +6,4 @@
 
 pub mod cache_proxy;
 pub mod orchestrator;
+pub mod fleet;

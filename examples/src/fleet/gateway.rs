@@ -1,0 +1,801 @@
+//! The fleet's gateway (the seed's web-server), an axum app:
+//!
+//! - `/api/v1/training/*`, `/api/v1/budget/*`, `/api/v1/reports/*`: through each
+//!   service's balancer (request bodies up to 1 MiB are buffered so that idempotent
+//!   requests can be retried on another instance; responses stream back);
+//! - per-client rate limiting (GCRA, the `governor` crate): a client is its
+//!   `x-user-id` (its limit read from the user's record, cached as `ratelimit:user:{id}`,
+//!   which depends on `user:{id}`: a change to the user drops it everywhere) or else its
+//!   IP address (`--rate-limit`, default 1,000 requests/s); over it: 429 with
+//!   `retry-after`;
+//! - an `x-request-id` on every request and response (kept if the client sent one), in
+//!   the `tracing` span of the request;
+//! - `/metrics`: Prometheus text through the `metrics` facade, with every layer's figures
+//!   (requests by route and status, balancers, endpoints, breakers, caches, the bus,
+//!   scaling, rate limiting);
+//! - `/health`, `/health/{live,ready,startup}`: the gateway's own probes (ready while
+//!   both data services are);
+//! - the orchestrator API ([`crate::orchestrator`]) and `/api/v1/system/overview` (what
+//!   the live views show);
+//! - `/`: the dashboard (HTML, CSS and JavaScript embedded in the binary).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use serde::Serialize;
+use tower::{Service, ServiceExt};
+use tower_autoscale::{AuditEntry, InstanceState, ScalingManager};
+use tower_balance_ext::breaker::BreakerHandle;
+use tower_balance_ext::{EndpointState, LoadStats, NoReadyEndpoints};
+use tower_cache::coordinator::Coordinator;
+use tower_cache::Cache;
+use tower_health::{HealthEndpoints, HealthMonitor, Probe, Probes};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+use super::data::{cascade_dependents, tiered_cache, Db, FleetBus};
+use super::{BoxError, DataBalancer, TrainingBalancer, TrainingScaler};
+
+/// The dashboard page.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Everything the gateway is built from.
+#[derive(Debug)]
+pub struct Parts {
+    /// The training service's balancer.
+    pub training: TrainingBalancer,
+    /// The budget service's balancer.
+    pub budget: DataBalancer,
+    /// The reports service's balancer.
+    pub reports: DataBalancer,
+    /// The training instances' scaler.
+    pub scaler: TrainingScaler,
+    /// The scaling manager.
+    pub manager: ScalingManager,
+    /// The bearer token for scaling.
+    pub token: String,
+    /// The origin (for users' rate limits).
+    pub db: Arc<Db>,
+    /// The budget service's cache, for the figures.
+    pub budget_cache: Option<Cache>,
+    /// The reports service's cache, for the figures.
+    pub reports_cache: Option<Cache>,
+    /// Each training endpoint's circuit breaker.
+    pub breakers: Arc<Mutex<Vec<(SocketAddr, BreakerHandle<http::Response<Incoming>>)>>>,
+    /// The monitor of the data services.
+    pub monitor: HealthMonitor,
+    /// Requests per second per client without a user id.
+    pub rate_limit: u32,
+    /// Where the gateway's own cache lives.
+    pub cache_dir: PathBuf,
+    /// The bus.
+    pub bus: FleetBus,
+    /// The bus's shared secret.
+    pub secret: Vec<u8>,
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// The gateway's state; see the [module docs](self).
+pub struct Gateway {
+    parts: Parts,
+    cache: Cache,
+    coordinator: Coordinator,
+    limiters: Mutex<HashMap<String, (u32, Arc<Limiter>)>>,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    probes: Probes,
+    started: Instant,
+    requests: AtomicU64,
+    limited: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("requests", &self.requests)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// The gateway over `parts`, with its own cache (memory 1,000 entries / 10 s, disk
+    /// 120 s, as the seed's web-server) and coordinator.
+    pub async fn new(parts: Parts) -> Result<Self, BoxError> {
+        let cache = tiered_cache(&parts.cache_dir, 1_000, Duration::from_secs(10))?;
+        let coordinator = parts.bus.coordinator(cache.clone(), 3, &parts.secret)?;
+        cascade_dependents(&cache, "user:*")?;
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let probes = Probes::new();
+        let monitor = parts.monitor.clone();
+        probes.register(
+            Probe::readiness("data-services", move || {
+                let ok = ["budget", "reports"]
+                    .iter()
+                    .all(|n| monitor.is_ready_for_traffic(n));
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("a data service is not ready")
+                    }
+                }
+            })
+            .period(Duration::from_millis(250))
+            .timeout(Duration::from_millis(100)),
+        )?;
+        probes.start();
+        Ok(Self {
+            parts,
+            cache,
+            coordinator,
+            limiters: Mutex::new(HashMap::new()),
+            recorder,
+            handle,
+            probes,
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The gateway's own cache (users' rate limits).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The gateway's coordinator.
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// The training service's balancer.
+    pub fn training(&self) -> &TrainingBalancer {
+        &self.parts.training
+    }
+
+    /// Requests refused by the rate limiter so far.
+    pub fn limited(&self) -> u64 {
+        self.limited.load(Ordering::Relaxed)
+    }
+
+    fn loads(&self) -> BTreeMap<String, LoadStats> {
+        BTreeMap::from([
+            ("training".to_string(), self.parts.training.stats()),
+            ("budget".to_string(), self.parts.budget.stats()),
+            ("reports".to_string(), self.parts.reports.stats()),
+        ])
+    }
+
+    /// The figures the live views show.
+    pub fn overview(&self) -> Overview {
+        let details = self.parts.scaler.instance_details();
+        let breakers = self
+            .parts
+            .breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let history = self.parts.manager.history();
+        let mut services = Vec::new();
+        for (name, stats) in self.loads() {
+            let s = stats.snapshot();
+            let mut view = ServiceView {
+                name: name.clone(),
+                requests: s.requests,
+                rps: s.throughput,
+                p99_ms: s.p99.as_secs_f64() * 1e3,
+                error_pct: s.error_rate * 100.0,
+                in_flight: s.in_flight,
+                ..ServiceView::default()
+            };
+            let endpoint = |addr: &str| s.endpoints.iter().find(|e| e.name == addr);
+            if name == "training" {
+                for d in &details {
+                    let addr = format!("127.0.0.1:{}", d.port);
+                    let e = endpoint(&addr);
+                    let state = match d.state {
+                        InstanceState::Starting => "starting",
+                        InstanceState::Ready => "ready",
+                        InstanceState::Draining => "draining",
+                        InstanceState::Crashed => "crashed",
+                    };
+                    view.count(state);
+                    view.instances.push(InstanceView {
+                        name: addr.clone(),
+                        pid: d.pid,
+                        state: state.into(),
+                        share: e.map_or(0.0, |e| e.share),
+                        in_flight: e.map_or(d.in_flight as u64, |e| e.in_flight),
+                        requests: e.map_or(0, |e| e.requests),
+                        errors: e.map_or(0, |e| e.errors),
+                        p99_ms: e.map_or(0.0, |e| e.p99.as_secs_f64() * 1e3),
+                        breaker: breakers
+                            .iter()
+                            .find(|(a, _)| a.to_string() == addr)
+                            .map(|(_, b)| format!("{:?}", b.state()).to_lowercase()),
+                    });
+                }
+                let policy = self.parts.manager.engine().policy("training");
+                view.bounds = policy.map(|p| (p.min_instances, p.max_instances));
+                view.last_decision = history.iter().rev().find_map(|e| match e {
+                    AuditEntry::Decision(d) if d.service == "training" => {
+                        Some(DecisionView::from(d))
+                    }
+                    _ => None,
+                });
+            } else {
+                for e in &s.endpoints {
+                    let state = match e.state {
+                        EndpointState::Ready => "ready",
+                        EndpointState::NotReady => "starting",
+                        _ => "failing",
+                    };
+                    view.count(state);
+                    view.instances.push(InstanceView {
+                        name: e.name.clone(),
+                        pid: Some(std::process::id()),
+                        state: state.into(),
+                        share: e.share,
+                        in_flight: e.in_flight,
+                        requests: e.requests,
+                        errors: e.errors,
+                        p99_ms: e.p99.as_secs_f64() * 1e3,
+                        breaker: None,
+                    });
+                }
+                let cache = if name == "budget" {
+                    &self.parts.budget_cache
+                } else {
+                    &self.parts.reports_cache
+                };
+                view.cache = cache.as_ref().map(CacheView::from);
+            }
+            services.push(view);
+        }
+        let actions = history
+            .iter()
+            .rev()
+            .filter_map(|e| match e {
+                AuditEntry::Action {
+                    at_unix_ms,
+                    service,
+                    by,
+                    from,
+                    to,
+                    now,
+                    error,
+                } => Some(ActionView {
+                    at_unix_ms: *at_unix_ms,
+                    service: service.clone(),
+                    by: by.to_string(),
+                    from: *from,
+                    to: *to,
+                    now: *now,
+                    error: error.clone(),
+                    reason: history.iter().rev().find_map(|h| match h {
+                        AuditEntry::Decision(d)
+                            if d.service == *service
+                                && d.at_unix_ms <= *at_unix_ms
+                                && d.desired == *to
+                                && *by == "autoscaler" =>
+                        {
+                            Some(DecisionView::from(d).reason)
+                        }
+                        _ => None,
+                    }),
+                }),
+                _ => None,
+            })
+            .take(30)
+            .collect();
+        Overview {
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            gateway_requests: self.requests.load(Ordering::Relaxed),
+            rate_limited: self.limited.load(Ordering::Relaxed),
+            services,
+            actions,
+        }
+    }
+
+    /// Prometheus text: the figures of every layer, set as gauges at the scrape, beside
+    /// the per-request counters and histograms.
+    pub fn metrics(&self) -> String {
+        let o = self.overview();
+        metrics::with_local_recorder(&self.recorder, || {
+            for s in &o.services {
+                let svc = s.name.clone();
+                metrics::gauge!("fleet_service_requests_per_second", "service" => svc.clone())
+                    .set(s.rps);
+                metrics::gauge!("fleet_service_p99_seconds", "service" => svc.clone())
+                    .set(s.p99_ms / 1e3);
+                metrics::gauge!("fleet_service_error_ratio", "service" => svc.clone())
+                    .set(s.error_pct / 100.0);
+                metrics::gauge!("fleet_service_in_flight", "service" => svc.clone())
+                    .set(s.in_flight as f64);
+                for (state, n) in [
+                    ("ready", s.ready),
+                    ("starting", s.starting),
+                    ("draining", s.draining),
+                ] {
+                    metrics::gauge!("fleet_instances", "service" => svc.clone(), "state" => state)
+                        .set(n as f64);
+                }
+                for i in &s.instances {
+                    let labels = [("service", svc.clone()), ("instance", i.name.clone())];
+                    metrics::gauge!("fleet_endpoint_share", &labels).set(i.share);
+                    metrics::gauge!("fleet_endpoint_in_flight", &labels).set(i.in_flight as f64);
+                    metrics::gauge!("fleet_endpoint_requests", &labels).set(i.requests as f64);
+                    metrics::gauge!("fleet_endpoint_errors", &labels).set(i.errors as f64);
+                    metrics::gauge!("fleet_endpoint_p99_seconds", &labels).set(i.p99_ms / 1e3);
+                    if let Some(b) = &i.breaker {
+                        metrics::gauge!("fleet_breaker_open", &labels)
+                            .set(if b == "closed" { 0.0 } else { 1.0 });
+                    }
+                }
+                if let Some(c) = &s.cache {
+                    for (tier, v) in [("memory", c.memory_hit_pct), ("disk", c.disk_hit_pct)] {
+                        metrics::gauge!("fleet_cache_hit_ratio", "service" => svc.clone(), "tier" => tier)
+                            .set(v / 100.0);
+                    }
+                    metrics::gauge!("fleet_cache_origin_loads", "service" => svc.clone())
+                        .set(c.origin_loads as f64);
+                    metrics::gauge!("fleet_cache_entries", "service" => svc.clone(), "tier" => "memory")
+                        .set(c.memory_entries as f64);
+                    metrics::gauge!("fleet_cache_entries", "service" => svc.clone(), "tier" => "disk")
+                        .set(c.disk_entries as f64);
+                }
+                if let Some(d) = &s.last_decision {
+                    metrics::gauge!("fleet_autoscaler_desired_instances", "service" => svc.clone())
+                        .set(d.to as f64);
+                }
+            }
+            for (addr, b) in self
+                .parts
+                .breakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                let st = b.stats();
+                metrics::gauge!("fleet_breaker_trips", "instance" => addr.to_string())
+                    .set(st.trips as f64);
+                metrics::gauge!("fleet_breaker_rejected", "instance" => addr.to_string())
+                    .set(st.rejected as f64);
+            }
+            let c = self.coordinator.status();
+            metrics::gauge!("fleet_bus_published").set(c.published as f64);
+            metrics::gauge!("fleet_bus_applied").set(c.applied as f64);
+            metrics::gauge!("fleet_bus_rejected").set(c.rejected as f64);
+            if let Some(lag) = c.lag_p99 {
+                metrics::gauge!("fleet_bus_lag_p99_seconds").set(lag.as_secs_f64());
+            }
+            metrics::gauge!("fleet_rate_limited_total").set(o.rate_limited as f64);
+            metrics::gauge!("fleet_gateway_uptime_seconds").set(o.uptime_s);
+        });
+        self.handle.render()
+    }
+
+    /// The client's key and its requests-per-second limit.
+    async fn client(&self, user: Option<u64>, peer: Option<SocketAddr>) -> (String, u32) {
+        if let Some(id) = user {
+            let key = format!("ratelimit:user:{id}");
+            let (db, cache, k) = (self.parts.db.clone(), self.cache.clone(), key.clone());
+            let limit = self
+                .cache
+                .get_or_load(&key, Duration::from_secs(120), async move {
+                    // Recorded before the read: a change to the user after it drops
+                    // this entry (or stops this fill).
+                    cache
+                        .register_dependency(&k, &format!("user:{id}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match db.user(id).await {
+                        Some(u) => Ok(Bytes::from(u.rate_limit.to_string())),
+                        None => Err(format!("no user {id}")),
+                    }
+                })
+                .await
+                .ok()
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok());
+            if let Some(limit) = limit {
+                return (format!("user:{id}"), limit);
+            }
+        }
+        let ip = peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string());
+        (ip, self.parts.rate_limit)
+    }
+
+    /// Whether `client` may make one more request now at `limit` a second.
+    fn admit(&self, client: &str, limit: u32) -> Result<(), Duration> {
+        let limiter = {
+            let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > 100_000 {
+                map.clear();
+            }
+            match map.get(client) {
+                Some((l, limiter)) if *l == limit => limiter.clone(),
+                _ => {
+                    let per_second = NonZeroU32::new(limit.max(1)).unwrap_or(NonZeroU32::MIN);
+                    let limiter =
+                        Arc::new(Limiter::direct(governor::Quota::per_second(per_second)));
+                    map.insert(client.to_string(), (limit, limiter.clone()));
+                    limiter
+                }
+            }
+        };
+        limiter.check().map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+        })
+    }
+}
+
+/// What the live views show; see [`Gateway::overview`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overview {
+    /// Seconds since the gateway started.
+    pub uptime_s: f64,
+    /// Requests the gateway has seen.
+    pub gateway_requests: u64,
+    /// Requests it refused for the rate limit.
+    pub rate_limited: u64,
+    /// Per service.
+    pub services: Vec<ServiceView>,
+    /// The latest scaling actions, newest first.
+    pub actions: Vec<ActionView>,
+}
+
+/// One service in the [`Overview`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServiceView {
+    /// Its name.
+    pub name: String,
+    /// Instances ready.
+    pub ready: usize,
+    /// Instances starting.
+    pub starting: usize,
+    /// Instances draining (or failing).
+    pub draining: usize,
+    /// The autoscaler's bounds.
+    pub bounds: Option<(usize, usize)>,
+    /// Requests through its balancer.
+    pub requests: u64,
+    /// Requests a second (last few seconds).
+    pub rps: f64,
+    /// p99 latency.
+    pub p99_ms: f64,
+    /// Errors, percent of requests (last few seconds).
+    pub error_pct: f64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Per instance.
+    pub instances: Vec<InstanceView>,
+    /// Its cache.
+    pub cache: Option<CacheView>,
+    /// The autoscaler's latest decision.
+    pub last_decision: Option<DecisionView>,
+}
+
+impl ServiceView {
+    fn count(&mut self, state: &str) {
+        match state {
+            "ready" => self.ready += 1,
+            "starting" => self.starting += 1,
+            _ => self.draining += 1,
+        }
+    }
+}
+
+/// One instance in a [`ServiceView`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstanceView {
+    /// Its address.
+    pub name: String,
+    /// Its process.
+    pub pid: Option<u32>,
+    /// ready, starting, draining, crashed or failing.
+    pub state: String,
+    /// Its share of the service's requests.
+    pub share: f64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests sent to it.
+    pub requests: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// p99 latency.
+    pub p99_ms: f64,
+    /// Its circuit breaker's state.
+    pub breaker: Option<String>,
+}
+
+/// A cache in a [`ServiceView`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CacheView {
+    /// Reads answered from memory, percent of reads.
+    pub memory_hit_pct: f64,
+    /// Reads answered from disk, percent of reads.
+    pub disk_hit_pct: f64,
+    /// Both.
+    pub hit_pct: f64,
+    /// Entries in memory.
+    pub memory_entries: u64,
+    /// Entries on disk.
+    pub disk_entries: u64,
+    /// Loads from the origin.
+    pub origin_loads: u64,
+}
+
+impl From<&Cache> for CacheView {
+    fn from(c: &Cache) -> Self {
+        let s = c.stats();
+        let reads = (s.memory_hits + s.disk_hits + s.misses).max(1) as f64;
+        Self {
+            memory_hit_pct: s.memory_hits as f64 * 100.0 / reads,
+            disk_hit_pct: s.disk_hits as f64 * 100.0 / reads,
+            hit_pct: (s.memory_hits + s.disk_hits) as f64 * 100.0 / reads,
+            memory_entries: s.memory.entries,
+            disk_entries: s.disk.map_or(0, |d| d.entries),
+            origin_loads: s.loads,
+        }
+    }
+}
+
+/// A scaling decision in a [`ServiceView`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DecisionView {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// scale_up, scale_down or hold.
+    pub action: String,
+    /// Instances then.
+    pub from: usize,
+    /// Instances wanted.
+    pub to: usize,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl From<&tower_autoscale::Decision> for DecisionView {
+    fn from(d: &tower_autoscale::Decision) -> Self {
+        let metrics = d
+            .proposals
+            .iter()
+            .map(|p| format!("{} {:.1} vs target {} -> {}", p.metric, p.value, p.target, p.instances))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let rules = d
+            .reasons
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            at_unix_ms: d.at_unix_ms,
+            action: format!("{:?}", d.action).to_lowercase(),
+            from: d.current,
+            to: d.desired,
+            reason: if rules.is_empty() {
+                metrics
+            } else {
+                format!("{metrics}; {rules}")
+            },
+        }
+    }
+}
+
+/// A scaling action in the [`Overview`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ActionView {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The service.
+    pub service: String,
+    /// autoscaler or manual.
+    pub by: String,
+    /// Instances before.
+    pub from: usize,
+    /// Asked for.
+    pub to: usize,
+    /// After.
+    pub now: usize,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// The decision's reason, for the autoscaler's actions.
+    pub reason: Option<String>,
+}
+
+/// Request ids: a per-gateway prefix and a counter.
+#[derive(Clone)]
+struct Ids(Arc<Gateway>, u32);
+
+impl MakeRequestId for Ids {
+    fn make_request_id<B>(&mut self, _req: &http::Request<B>) -> Option<RequestId> {
+        let n = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.1))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The gateway's routes over `gw`.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let loads = gw.loads();
+    let orchestrator =
+        crate::orchestrator::router(gw.parts.manager.clone(), loads, gw.parts.token.clone());
+    let services = Router::new()
+        .route("/api/v1/training/{*rest}", any(training))
+        .route("/api/v1/budget/{*rest}", any(budget))
+        .route("/api/v1/reports/{*rest}", any(reports))
+        .route_layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit));
+    let health = HealthEndpoints::new(gw.probes.clone());
+    let prefix = (super::random_u64() & 0xffff_ffff) as u32;
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/system/overview", get(overview))
+        .route_service("/health", health.clone())
+        .route_service("/health/{probe}", health)
+        .merge(services)
+        .with_state(gw.clone())
+        .merge(orchestrator)
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), observe))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(Ids(gw, prefix)))
+}
+
+async fn overview(State(gw): State<Arc<Gateway>>) -> Json<Overview> {
+    Json(gw.overview())
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics(),
+    )
+}
+
+/// The route's first segments, for labels (bounded: ids are left out).
+fn route_label(path: &str) -> &'static str {
+    for (prefix, label) in [
+        ("/api/v1/training/", "training"),
+        ("/api/v1/budget/", "budget"),
+        ("/api/v1/reports/", "reports"),
+        ("/api/v1/system/", "system"),
+        ("/health", "health"),
+        ("/metrics", "metrics"),
+    ] {
+        if path.starts_with(prefix) {
+            return label;
+        }
+    }
+    if path == "/" {
+        "dashboard"
+    } else {
+        "other"
+    }
+}
+
+/// Counts and times every request, in a `tracing` span with its request id.
+async fn observe(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    gw.requests.fetch_add(1, Ordering::Relaxed);
+    let route = route_label(req.uri().path());
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let span = tracing::info_span!("request", %id, method = %req.method(), path = %req.uri().path());
+    let start = Instant::now();
+    let res = next.run(req).instrument(span.clone()).await;
+    let status = res.status().as_u16().to_string();
+    let elapsed = start.elapsed();
+    span.in_scope(|| tracing::debug!(status = %status, ms = elapsed.as_secs_f64() * 1e3, "done"));
+    metrics::with_local_recorder(&gw.recorder, || {
+        metrics::counter!("fleet_gateway_requests_total", "route" => route, "status" => status)
+            .increment(1);
+        metrics::histogram!("fleet_gateway_request_seconds", "route" => route)
+            .record(elapsed.as_secs_f64());
+    });
+    res
+}
+
+/// Per-client rate limiting for the services' routes.
+async fn rate_limit(
+    State(gw): State<Arc<Gateway>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let user = req
+        .headers()
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (client, limit) = gw.client(user, peer).await;
+    match gw.admit(&client, limit) {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            gw.limited.fetch_add(1, Ordering::Relaxed);
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(http::header::RETRY_AFTER, secs.to_string())],
+                Json(serde_json::json!({
+                    "error": format!("{client} is over its limit of {limit} requests/s; retry in {secs} s")
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn training(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    forward(gw.parts.training.clone(), req).await
+}
+
+async fn budget(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    forward(gw.parts.budget.clone(), req).await
+}
+
+async fn reports(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    forward(gw.parts.reports.clone(), req).await
+}
+
+/// Sends `req` through `svc`; the answer's body streams back.
+async fn forward<S>(svc: S, req: Request) -> Response
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<Incoming>, Error = BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over 1 MiB or broken: {e}"),
+            )
+                .into_response()
+        }
+    };
+    match svc
+        .oneshot(http::Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(res) => res.map(axum::body::Body::new),
+        Err(e) => {
+            let code = if e.downcast_ref::<NoReadyEndpoints>().is_some() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            (code, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
+    }
+}

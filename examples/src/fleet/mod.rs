@@ -1,0 +1,634 @@
+//! The whole fleet on one machine (the seed's Phase 6E.7), as a library so that the
+//! `fleet` example and the end-to-end tests run the same code.
+//!
+//! [`Fleet::start`] brings up, on 127.0.0.1 with real sockets:
+//!
+//! - the **data services** `budget` and `reports` ([`data`]): each with a two-tier cache
+//!   (memory 500 entries / 5 s, LMDB 60 s) and a coordinator on the fleet's bus (in
+//!   process, or Redis with `--bus redis://HOST:PORT`);
+//! - the **training** service: autoscaled child processes of the running binary
+//!   (`--role training --port N`, see [`training`]) under a `ProcessScaler`, each
+//!   endpoint behind a circuit breaker in a latency-aware balancer with retries;
+//! - the **autoscaler** loop (every 10 s by default, `--interval`);
+//! - the **gateway** ([`gateway`]) on `--port` (3000): the services' routes through
+//!   their balancers, per-client rate limiting, request ids, `/metrics`, `/health/*`,
+//!   the orchestrator API and the dashboard at `/`.
+//!
+//! [`main`] adds the live view ([`view`]) and the load and chaos modes ([`load`]).
+
+pub mod data;
+pub mod gateway;
+pub mod load;
+pub mod training;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tower_autoscale::{
+    Autoscaler, Counted, DecisionEngine, LoadSource, Metric, MetricTarget, ProcessConfig,
+    ProcessScaler, RateKind, RatePolicy, ScalingManager, ScalingPolicy, ScalingRules, Select,
+};
+use tower_balance_ext::breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
+use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
+use tower_health::{Gate, HealthMonitor, ReadinessLayer, ReadinessService, Target};
+use tower_layer::Layer;
+
+use self::data::{DataService, Db, FleetBus, Kind};
+use self::training::Work;
+
+/// Errors of the fleet's setup.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A training endpoint: a pooled HTTP client behind a circuit breaker, counted by the
+/// scaler (for its in-flight figures).
+pub type TrainingEndpoint =
+    Counted<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
+/// The training service's balancer.
+pub type TrainingBalancer =
+    tower_balance_ext::Balancer<SocketAddr, TrainingEndpoint, Request<Full<Bytes>>>;
+/// A data service's balancer: its endpoint behind a readiness gate following a monitor.
+pub type DataBalancer = tower_balance_ext::Balancer<
+    SocketAddr,
+    ReadinessService<HttpEndpoint<Full<Bytes>>>,
+    Request<Full<Bytes>>,
+>;
+/// The training instances' scaler.
+pub type TrainingScaler = ProcessScaler<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
+
+/// Load shapes for `--load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// 10 to 300 requests/s, rising steadily.
+    Ramp,
+    /// 20 requests/s, then 250 from half-way.
+    Step,
+    /// 20 requests/s with 300 in the middle third.
+    Spike,
+}
+
+/// How the live view shows itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewMode {
+    /// The terminal view when stdout is a terminal, log lines otherwise.
+    Auto,
+    /// The terminal view.
+    Tui,
+    /// A log line per service every few seconds.
+    Plain,
+    /// Nothing.
+    Off,
+}
+
+/// The fleet's settings, from the command line ([`Config::from_args`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The gateway's port on 127.0.0.1 (`--port`, default 3000; 0 for any free one).
+    pub port: u16,
+    /// Where the LMDB files go (`--data-dir`, default a temporary directory).
+    pub data_dir: Option<PathBuf>,
+    /// The autoscaler's period (`--interval`, default 10 s).
+    pub interval: Duration,
+    /// A load to drive (`--load ramp|step|spike --duration 60s`).
+    pub load: Option<(Shape, Duration)>,
+    /// Kill a training instance half-way through the load (`--chaos kill-one`).
+    pub chaos: bool,
+    /// `--bus redis://HOST:PORT`.
+    pub bus: Option<String>,
+    /// Keep serving until Ctrl-C (`--serve`).
+    pub serve: bool,
+    /// `--view auto|tui|plain|off`.
+    pub view: ViewMode,
+    /// The training instances' work (`--work-ms`, `--cpu-ms`, `--concurrency`).
+    pub work: Work,
+    /// Training instances at least / at most (`--min-instances`, `--max-instances`).
+    pub instances: (usize, usize),
+    /// How long load must stay low before scaling down (`--scale-down-window`, 30 s).
+    pub scale_down_window: Duration,
+    /// Requests per second per client at the gateway for clients without a user id
+    /// (`--rate-limit`, default 1,000).
+    pub rate_limit: u32,
+    /// The data services' database round trip (`--origin-ms`, default 20).
+    pub origin_latency: Duration,
+    /// Run the data services without caches (`--no-cache`, for comparisons).
+    pub no_cache: bool,
+    /// The program for training instances (default: this binary).
+    pub program: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: 3000,
+            data_dir: None,
+            interval: Duration::from_secs(10),
+            load: None,
+            chaos: false,
+            bus: None,
+            serve: false,
+            view: ViewMode::Auto,
+            work: Work::default(),
+            instances: (1, 4),
+            scale_down_window: Duration::from_secs(30),
+            rate_limit: 1_000,
+            origin_latency: Duration::from_millis(20),
+            no_cache: false,
+            program: None,
+        }
+    }
+}
+
+/// The flags [`Config::from_args`] knows, for `--help` and errors.
+pub const USAGE: &str = "\
+usage: fleet [--port N] [--serve] [--load ramp|step|spike] [--duration 60s]
+             [--chaos kill-one] [--bus redis://HOST:PORT] [--interval 10s]
+             [--view auto|tui|plain|off] [--data-dir DIR] [--min-instances N]
+             [--max-instances N] [--scale-down-window 30s] [--work-ms N] [--cpu-ms N]
+             [--concurrency N] [--rate-limit N] [--origin-ms N] [--no-cache]
+With neither --load nor --serve: a demonstration, as
+  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s";
+
+/// `10s`, `500ms`, `2m` or a number of seconds.
+pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    let bad = || format!("{flag} {v}: give a duration such as 10s, 500ms or 2m");
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!("{flag} {v}: give a duration above 0 and at most a day"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    /// Reads the flags in `args` (without the program name). The demonstration's
+    /// settings apply when neither `--load` nor `--serve` is given.
+    pub fn from_args(args: &[String]) -> Result<Self, String> {
+        let mut c = Self::default();
+        let mut shape = None;
+        let mut duration = None;
+        let (mut interval, mut window) = (None, None);
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+            };
+            let num = |v: String| -> Result<u64, String> {
+                v.parse()
+                    .map_err(|_| format!("{flag} {v}: give a whole number"))
+            };
+            match flag.as_str() {
+                "--port" => {
+                    let v = value()?;
+                    c.port = v
+                        .parse()
+                        .map_err(|_| format!("--port {v}: give a port, 0 to 65535"))?;
+                }
+                "--serve" => c.serve = true,
+                "--no-cache" => c.no_cache = true,
+                "--load" => {
+                    shape = Some(match value()?.as_str() {
+                        "ramp" => Shape::Ramp,
+                        "step" => Shape::Step,
+                        "spike" => Shape::Spike,
+                        other => {
+                            return Err(format!("--load {other}: give ramp, step or spike"))
+                        }
+                    })
+                }
+                "--duration" => duration = Some(parse_duration(flag, &value()?)?),
+                "--chaos" => match value()?.as_str() {
+                    "kill-one" => c.chaos = true,
+                    other => return Err(format!("--chaos {other}: the one mode is kill-one")),
+                },
+                "--bus" => c.bus = Some(value()?),
+                "--interval" => interval = Some(parse_duration(flag, &value()?)?),
+                "--view" => {
+                    c.view = match value()?.as_str() {
+                        "auto" => ViewMode::Auto,
+                        "tui" => ViewMode::Tui,
+                        "plain" => ViewMode::Plain,
+                        "off" => ViewMode::Off,
+                        other => {
+                            return Err(format!("--view {other}: give auto, tui, plain or off"))
+                        }
+                    }
+                }
+                "--data-dir" => c.data_dir = Some(PathBuf::from(value()?)),
+                "--min-instances" => c.instances.0 = num(value()?)? as usize,
+                "--max-instances" => c.instances.1 = num(value()?)? as usize,
+                "--scale-down-window" => window = Some(parse_duration(flag, &value()?)?),
+                "--work-ms" => c.work.wait = Duration::from_millis(num(value()?)?),
+                "--cpu-ms" => c.work.cpu = Duration::from_millis(num(value()?)?),
+                "--concurrency" => c.work.concurrency = num(value()?)?.max(1) as usize,
+                "--rate-limit" => {
+                    let n = num(value()?)?;
+                    if n == 0 || n > 1_000_000 {
+                        return Err(format!(
+                            "--rate-limit {n}: give requests per second, 1 to 1000000"
+                        ));
+                    }
+                    c.rate_limit = n as u32;
+                }
+                "--origin-ms" => c.origin_latency = Duration::from_millis(num(value()?)?),
+                "--help" | "-h" => return Err(USAGE.to_string()),
+                other => return Err(format!("unknown flag `{other}`\n{USAGE}")),
+            }
+        }
+        if c.instances.0 == 0 || c.instances.0 > c.instances.1 || c.instances.1 > 32 {
+            return Err(format!(
+                "--min-instances {} --max-instances {}: give 1 <= min <= max <= 32",
+                c.instances.0, c.instances.1
+            ));
+        }
+        if duration.is_some() && shape.is_none() {
+            return Err("--duration goes with --load ramp|step|spike".into());
+        }
+        let demo = shape.is_none() && !c.serve;
+        if demo {
+            shape = Some(Shape::Spike);
+            duration = duration.or(Some(Duration::from_secs(30)));
+            c.chaos = true;
+            interval = interval.or(Some(Duration::from_secs(2)));
+            window = window.or(Some(Duration::from_secs(6)));
+        }
+        c.load = shape.map(|s| (s, duration.unwrap_or(Duration::from_secs(60))));
+        c.interval = interval.unwrap_or(c.interval);
+        c.scale_down_window = window.unwrap_or(c.scale_down_window);
+        FleetBus::from_flag(c.bus.as_deref())?;
+        Ok(c)
+    }
+}
+
+/// The data directory: the one given, or a temporary one removed at the end.
+#[derive(Debug)]
+enum DataDir {
+    Given(PathBuf),
+    Temp(tempfile::TempDir),
+}
+
+impl DataDir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Given(p) => p,
+            Self::Temp(t) => t.path(),
+        }
+    }
+}
+
+/// A running fleet; see the [module docs](self).
+#[derive(Debug)]
+pub struct Fleet {
+    /// Where the gateway listens.
+    pub gateway: SocketAddr,
+    /// The bearer token for the scaling API.
+    pub token: String,
+    /// The scaling manager (decisions, history, manual scaling).
+    pub manager: ScalingManager,
+    /// The training instances' scaler.
+    pub scaler: TrainingScaler,
+    /// The gateway's state (balancers, caches, figures).
+    pub state: Arc<gateway::Gateway>,
+    /// The budget service.
+    pub budget: DataService,
+    /// The reports service.
+    pub reports: DataService,
+    /// The origin both read.
+    pub db: Arc<Db>,
+    autoscaler: Option<Autoscaler>,
+    gateway_task: tokio::task::JoinHandle<()>,
+    monitor: HealthMonitor,
+    data_dir: DataDir,
+}
+
+/// A balancer over one data service: its endpoint behind a gate that follows `monitor`.
+fn data_balancer(monitor: &HealthMonitor, svc: &DataService) -> Result<DataBalancer, BoxError> {
+    let name = svc.kind.name();
+    monitor.register(Target::new(name, svc.addr.to_string()).path("/health/ready"))?;
+    let gate = Gate::new(
+        monitor
+            .watch(name)
+            .ok_or_else(|| format!("{name} is not registered with the monitor"))?,
+    );
+    let endpoint = ReadinessLayer::pending(gate).layer(HttpEndpoint::<Full<Bytes>>::new(svc.addr));
+    Ok(BalancerBuilder::new(Pick::LatencyAware)
+        .http()
+        .retry_idempotent()
+        .ready_timeout(Duration::from_secs(2))
+        .build(discover::fixed(vec![(svc.addr, endpoint)]))?)
+}
+
+/// A port range for training instances that does not start at a port in use.
+fn training_ports() -> Result<(u16, u16), BoxError> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let base = probe.local_addr()?.port().clamp(20_000, 60_000);
+    Ok((base, base + 200))
+}
+
+impl Fleet {
+    /// Starts everything; fails with a message naming the flag to change when the
+    /// gateway's port is taken.
+    pub async fn start(cfg: &Config) -> Result<Self, BoxError> {
+        // The gateway's port first: a taken port is the likeliest mistake.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port))
+            .await
+            .map_err(|e| {
+                format!(
+                    "the gateway cannot listen on 127.0.0.1:{}: {e}; pick another port with --port N (0 for any free one)",
+                    cfg.port
+                )
+            })?;
+        let gateway_addr = listener.local_addr()?;
+        let data_dir = match &cfg.data_dir {
+            Some(p) => DataDir::Given(p.clone()),
+            None => DataDir::Temp(tempfile::Builder::new().prefix("fleet-").tempdir()?),
+        };
+        let bus = FleetBus::from_flag(cfg.bus.as_deref())?;
+        let secret = format!("fleet-{:016x}", random_u64());
+        let db = Db::new(cfg.origin_latency);
+        let cache_dir = (!cfg.no_cache).then(|| data_dir.path().to_path_buf());
+        let budget = DataService::start(
+            Kind::Budget,
+            db.clone(),
+            cache_dir.as_deref(),
+            &bus,
+            1,
+            secret.as_bytes(),
+        )
+        .await?;
+        let reports = DataService::start(
+            Kind::Reports,
+            db.clone(),
+            cache_dir.as_deref(),
+            &bus,
+            2,
+            secret.as_bytes(),
+        )
+        .await?;
+        let monitor = HealthMonitor::new();
+        let budget_balancer = data_balancer(&monitor, &budget)?;
+        let reports_balancer = data_balancer(&monitor, &reports)?;
+
+        // Training: child processes of this binary, each behind a circuit breaker.
+        let program = match &cfg.program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.to_string_lossy().into_owned(),
+        };
+        let mut args = vec![
+            "--role".to_string(),
+            "training".into(),
+            "--port".into(),
+            "{port}".into(),
+        ];
+        args.extend(cfg.work.args());
+        let mut pc = ProcessConfig::new(program, args, training_ports()?);
+        pc.check_interval = Duration::from_millis(100);
+        pc.drain_grace = Duration::from_secs(5);
+        pc.stop_timeout = Duration::from_secs(2);
+        pc.start_timeout = Duration::from_secs(20);
+        pc.warm_up = Duration::ZERO;
+        let breakers: Arc<std::sync::Mutex<Vec<(SocketAddr, BreakerHandle<Response<Incoming>>)>>> =
+            Arc::default();
+        let breaker = CircuitBreakerLayer::<Response<Incoming>>::builder()
+            .http()
+            .consecutive_failures(5)
+            .open_for(Duration::from_millis(500), Duration::from_secs(10))
+            .build()?;
+        let (scaler, discovery) = ProcessScaler::new(pc, {
+            let breakers = breakers.clone();
+            move |addr| {
+                let svc = breaker.layer(HttpEndpoint::<Full<Bytes>>::new(addr));
+                let mut b = breakers.lock().unwrap_or_else(|e| e.into_inner());
+                b.retain(|(a, _)| *a != addr);
+                b.push((addr, svc.handle()));
+                svc
+            }
+        })?;
+        let training_balancer = BalancerBuilder::new(Pick::LatencyAware)
+            .http()
+            .retry_idempotent()
+            .ready_timeout(Duration::from_secs(5))
+            .build(discovery)?;
+        scaler.scale_to(cfg.instances.0).await?;
+
+        let policy = ScalingPolicy {
+            min_instances: cfg.instances.0,
+            max_instances: cfg.instances.1,
+            // Requests in flight per instance: a quarter of what one serves at once.
+            metrics: vec![MetricTarget::new(
+                Metric::InFlight,
+                (cfg.work.concurrency as f64 / 4.0).max(1.0),
+            )],
+            scale_down: ScalingRules {
+                stabilization_window: cfg.scale_down_window,
+                policies: vec![RatePolicy {
+                    kind: RateKind::Instances,
+                    value: 1,
+                    period: cfg.interval,
+                }],
+                select: Select::Max,
+            },
+            warm_up: Duration::ZERO,
+            forecast: None,
+            panic: Some(tower_autoscale::PanicWindow {
+                threshold: 2.0,
+                hold: cfg.scale_down_window,
+            }),
+            ..ScalingPolicy::default()
+        }
+        .validated()?;
+        let engine = DecisionEngine::new();
+        let (s2, stats) = (scaler.clone(), training_balancer.stats());
+        engine.add_service("training", policy, move || s2.sample().or(stats.sample()))?;
+        let manager = ScalingManager::new(engine);
+        manager.add_scaler("training", scaler.clone());
+        let autoscaler = Autoscaler::spawn(manager.clone(), cfg.interval);
+
+        let token = match std::env::var("FLEET_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => format!("{:016x}{:016x}", random_u64(), random_u64()),
+        };
+        let state = Arc::new(
+            gateway::Gateway::new(gateway::Parts {
+                training: training_balancer,
+                budget: budget_balancer,
+                reports: reports_balancer,
+                scaler: scaler.clone(),
+                manager: manager.clone(),
+                token: token.clone(),
+                db: db.clone(),
+                budget_cache: budget.cache.clone(),
+                reports_cache: reports.cache.clone(),
+                breakers,
+                monitor: monitor.clone(),
+                rate_limit: cfg.rate_limit,
+                cache_dir: data_dir.path().join("gateway"),
+                bus: bus.clone(),
+                secret: secret.into_bytes(),
+            })
+            .await?,
+        );
+        let app = gateway::router(state.clone());
+        let gateway_task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "gateway stopped");
+            }
+        });
+        Ok(Self {
+            gateway: gateway_addr,
+            token,
+            manager,
+            scaler,
+            state,
+            budget,
+            reports,
+            db,
+            autoscaler: Some(autoscaler),
+            gateway_task,
+            monitor,
+            data_dir,
+        })
+    }
+
+    /// Where the LMDB files are.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// Stops the autoscaler, drains and stops every training instance, stops the
+    /// services and the gateway.
+    pub async fn shutdown(mut self) {
+        if let Some(a) = self.autoscaler.take() {
+            a.stop().await;
+        }
+        self.scaler.shutdown().await;
+        self.gateway_task.abort();
+        self.budget.stop().await;
+        self.reports.stop().await;
+        drop(self.monitor);
+    }
+}
+
+/// A random number from the OS's hasher seeds (no extra dependency for a token).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The `fleet` program: a training instance when started with `--role training`,
+/// otherwise the whole fleet with its live view, load and chaos as the flags say; stops
+/// everything at Ctrl-C (or SIGTERM).
+pub async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(role) = training::from_args(&args) {
+        let (port, work) = role?;
+        return training::run(port, work).await;
+    }
+    let cfg = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let tui = match cfg.view {
+        ViewMode::Tui => true,
+        ViewMode::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        ViewMode::Plain | ViewMode::Off => false,
+    };
+    if !tui {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .init();
+    }
+    let fleet = match Fleet::start(&cfg).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("fleet: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "gateway on http://{} (dashboard at /, metrics at /metrics); bus: {}; data in {}",
+        fleet.gateway,
+        FleetBus::from_flag(cfg.bus.as_deref()).map(|b| b.describe()).unwrap_or_default(),
+        fleet.data_dir().display()
+    );
+    println!(
+        "scaling token: {} (POST /api/v1/system/scale/training/up with `Authorization: Bearer <token>`)",
+        if std::env::var("FLEET_TOKEN").is_ok() {
+            "from FLEET_TOKEN".to_string()
+        } else {
+            fleet.token.clone()
+        }
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Ctrl-C or SIGTERM: stop whatever runs, then shut everything down.
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+            let _ = stop_tx.send(true);
+        }
+    });
+    let view = view::spawn(fleet.state.clone(), cfg.view, tui, stop_tx.clone());
+    let mut summary = None;
+    if let Some((shape, duration)) = cfg.load {
+        let plan = load::Plan {
+            shape,
+            duration,
+            chaos: cfg.chaos,
+        };
+        summary = Some(load::run(&fleet, plan, stop_rx.clone()).await);
+    }
+    if cfg.serve && !*stop_rx.borrow() {
+        let mut rx = stop_rx.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+    view.stop().await;
+    if let Some(s) = summary {
+        println!("{s}");
+    }
+    println!("stopping: draining {} training instance(s)", fleet.scaler.current());
+    fleet.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
