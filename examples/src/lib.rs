@@ -5,5 +5,5 @@
 //! runs a whole fleet of services on one machine.
 
 pub mod cache_proxy;
-pub mod orchestrator;
 pub mod fleet;
+pub mod orchestrator;

@@ -2,7 +2,8 @@
 //!
 //! - `POST /api/v1/system/scale/{service}/{up|down}`: one instance more or fewer. Needs
 //!   `Authorization: Bearer <token>` (401 without it); a count outside the policy's
-//!   bounds answers 409 with the reason and changes nothing; an unknown service 404.
+//!   bounds answers 409 with the reason and changes nothing; an unknown service 404, a
+//!   direction other than up or down 400.
 //! - `GET /api/v1/system/scaling-status`: per service, the instances, the last
 //!   decisions with their reasons, and the audit history.
 //! - `GET /api/v1/system/load-distribution`: per service and instance, the share of
@@ -77,7 +78,7 @@ async fn scale(
         "down" => -1,
         other => {
             return error(
-                StatusCode::NOT_FOUND,
+                StatusCode::BAD_REQUEST,
                 format!("`{other}` is neither up nor down"),
             )
         }

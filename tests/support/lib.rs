@@ -309,3 +309,160 @@ pub fn instance_server_config(program: &str) -> io::Result<tower_autoscale::Proc
     cfg.stop_timeout = std::time::Duration::from_secs(2);
     Ok(cfg)
 }
+
+/// A whole fleet (`examples::fleet`) running as a child process of the test: the
+/// `fleet` binary of this package with `--port 0 --view plain` and the test's flags,
+/// its scaling token set through `FLEET_TOKEN`, its data under a temporary directory.
+/// Killed (with its training instances, which die with it) when dropped.
+#[derive(Debug)]
+pub struct FleetProcess {
+    child: tokio::process::Child,
+    /// The gateway's address.
+    pub gateway: SocketAddr,
+    /// The scaling token.
+    pub token: String,
+    /// What the fleet printed so far (and goes on printing), line by line.
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _data: tempfile::TempDir,
+}
+
+impl FleetProcess {
+    /// Starts `program` (the `fleet` binary) with `args` and waits (at most 60 s) until
+    /// its gateway is up.
+    pub async fn start(program: &str, args: &[&str]) -> io::Result<FleetProcess> {
+        use tokio::io::AsyncBufReadExt;
+        let data = tempfile::tempdir()?;
+        let token = format!("test-token-{}", free_port()?);
+        let mut child = tokio::process::Command::new(program)
+            .args(["--port", "0", "--view", "plain", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .env("FLEET_TOKEN", &token)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
+        let output: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (tx, rx) = oneshot::channel::<SocketAddr>();
+        let out = output.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("gateway on http://") {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.parse()) {
+                        let _ = tx.send(addr);
+                    }
+                }
+                out.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let gateway = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "the fleet did not start in 60 s")
+            })?
+            .map_err(|_| io::Error::other("the fleet exited before its gateway was up"))?;
+        Ok(FleetProcess {
+            child,
+            gateway,
+            token,
+            output,
+            _data: data,
+        })
+    }
+
+    /// The fleet's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits (at most `within`) for the fleet to exit; its exit status.
+    pub async fn wait(&mut self, within: Duration) -> io::Result<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the fleet did not exit"))?
+    }
+
+    /// Sends `method path` with an optional bearer token, `x-user-id` and JSON body to
+    /// the gateway; the status, the `x-request-id` it answered with, and the body as JSON
+    /// (or `null`).
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        bearer: Option<&str>,
+        user: Option<u64>,
+        body: Option<&str>,
+    ) -> io::Result<(StatusCode, Option<String>, serde_json::Value)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.gateway.to_string());
+        if let Some(t) = bearer {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(u) = user {
+            req = req.header("x-user-id", u.to_string());
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+            .map_err(io::Error::other)?;
+        let exchange = async {
+            let stream = TcpStream::connect(self.gateway).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(io::Error::other)?;
+            let conn = tokio::spawn(conn);
+            let res = sender.send_request(req).await.map_err(io::Error::other)?;
+            let status = res.status();
+            let id = res
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(io::Error::other)?
+                .to_bytes();
+            conn.abort();
+            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            Ok((status, id, json))
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the gateway did not answer"))?
+    }
+
+    /// `GET /api/v1/system/overview`.
+    pub async fn overview(&self) -> io::Result<serde_json::Value> {
+        Ok(self
+            .call(
+                http::Method::GET,
+                "/api/v1/system/overview",
+                None,
+                None,
+                None,
+            )
+            .await?
+            .2)
+    }
+
+    /// The overview's entry for `service`.
+    pub async fn service(&self, service: &str) -> io::Result<serde_json::Value> {
+        let o = self.overview().await?;
+        o["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == service))
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("no service {service} in {o}")))
+    }
+}

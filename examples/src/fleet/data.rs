@@ -94,10 +94,7 @@ impl Db {
                 )
             })
             .collect();
-        let providers = PROVIDERS
-            .iter()
-            .map(|(n, r)| (n.to_string(), *r))
-            .collect();
+        let providers = PROVIDERS.iter().map(|(n, r)| (n.to_string(), *r)).collect();
         Arc::new(Self {
             users: RwLock::new(users),
             providers: RwLock::new(providers),
@@ -209,7 +206,12 @@ impl FleetBus {
     }
 
     /// A coordinator for `cache` on this bus.
-    pub fn coordinator(&self, cache: Cache, node: u64, secret: &[u8]) -> Result<Coordinator, BoxError> {
+    pub fn coordinator(
+        &self,
+        cache: Cache,
+        node: u64,
+        secret: &[u8],
+    ) -> Result<Coordinator, BoxError> {
         match self {
             Self::InProcess(bus) => Ok(Coordinator::builder(cache, bus.clone())
                 .node_id(node)
@@ -224,7 +226,9 @@ impl FleetBus {
                     .start()?)
             }
             #[cfg(not(feature = "redis"))]
-            Self::Redis(_) => Err("this build has no Redis bus; rebuild with --features redis".into()),
+            Self::Redis(_) => {
+                Err("this build has no Redis bus; rebuild with --features redis".into())
+            }
         }
     }
 
@@ -258,7 +262,11 @@ pub fn cascade_dependents(cache: &Cache, pattern: &str) -> Result<(), BoxError> 
     let store = cache.clone();
     cache.on_invalidate(pattern, move |key| {
         // The cascade names `key` again when it is done; skip that echo.
-        if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned()) {
+        if !busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned())
+        {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -355,7 +363,13 @@ impl DataService {
         probes.register(
             Probe::startup("cache-open", move || {
                 let ok = startup_cache.as_ref().is_none_or(|c| c.disk().is_some());
-                async move { if ok { Ok(()) } else { Err("disk tier not open") } }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("disk tier not open")
+                    }
+                }
             })
             .period(Duration::from_millis(100))
             .timeout(Duration::from_millis(100)),
@@ -454,19 +468,19 @@ where
     }
 }
 
-fn parse_id(id: &str) -> Result<u64, Response> {
+fn parse_id(id: &str) -> Result<u64, Box<Response>> {
     id.parse::<u64>().map_err(|_| {
-        failure(
+        Box::new(failure(
             StatusCode::BAD_REQUEST,
             format!("user id `{id}` is not a number"),
-        )
+        ))
     })
 }
 
 async fn get_user(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let db = app.db.clone();
     match cached(&app, &format!("user:{id}"), async move {
@@ -501,7 +515,7 @@ async fn put_user(
 ) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let change: UserChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
@@ -579,7 +593,10 @@ async fn put_provider(
         }
     };
     if !change.rate.is_finite() || change.rate < 0.0 {
-        return failure(StatusCode::BAD_REQUEST, "rate must be finite and not negative");
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "rate must be finite and not negative",
+        );
     }
     if !app.db.set_provider(&name, change.rate) {
         return failure(StatusCode::NOT_FOUND, format!("no provider `{name}`"));
@@ -600,7 +617,7 @@ async fn put_provider(
 async fn get_report(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let key = format!("report:user:{id}");
     let db = app.db.clone();

@@ -40,7 +40,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use serde::Serialize;
 use tower::{Service, ServiceExt};
 use tower_autoscale::{AuditEntry, InstanceState, ScalingManager};
-use tower_balance_ext::breaker::BreakerHandle;
 use tower_balance_ext::{EndpointState, LoadStats, NoReadyEndpoints};
 use tower_cache::coordinator::Coordinator;
 use tower_cache::Cache;
@@ -77,7 +76,7 @@ pub struct Parts {
     /// The reports service's cache, for the figures.
     pub reports_cache: Option<Cache>,
     /// Each training endpoint's circuit breaker.
-    pub breakers: Arc<Mutex<Vec<(SocketAddr, BreakerHandle<http::Response<Incoming>>)>>>,
+    pub breakers: super::Breakers,
     /// The monitor of the data services.
     pub monitor: HealthMonitor,
     /// Requests per second per client without a user id.
@@ -348,8 +347,11 @@ impl Gateway {
                     metrics::gauge!("fleet_endpoint_errors", &labels).set(i.errors as f64);
                     metrics::gauge!("fleet_endpoint_p99_seconds", &labels).set(i.p99_ms / 1e3);
                     if let Some(b) = &i.breaker {
-                        metrics::gauge!("fleet_breaker_open", &labels)
-                            .set(if b == "closed" { 0.0 } else { 1.0 });
+                        metrics::gauge!("fleet_breaker_open", &labels).set(if b == "closed" {
+                            0.0
+                        } else {
+                            1.0
+                        });
                     }
                 }
                 if let Some(c) = &s.cache {
@@ -567,7 +569,7 @@ impl From<&Cache> for CacheView {
 pub struct DecisionView {
     /// When, in milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// scale_up, scale_down or hold.
+    /// scale up, scale down or hold.
     pub action: String,
     /// Instances then.
     pub from: usize,
@@ -582,7 +584,12 @@ impl From<&tower_autoscale::Decision> for DecisionView {
         let metrics = d
             .proposals
             .iter()
-            .map(|p| format!("{} {:.1} vs target {} -> {}", p.metric, p.value, p.target, p.instances))
+            .map(|p| {
+                format!(
+                    "{} {:.1} vs target {} -> {}",
+                    p.metric, p.value, p.target, p.instances
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         let rules = d
@@ -593,7 +600,12 @@ impl From<&tower_autoscale::Decision> for DecisionView {
             .join(", ");
         Self {
             at_unix_ms: d.at_unix_ms,
-            action: format!("{:?}", d.action).to_lowercase(),
+            action: match d.action {
+                tower_autoscale::Action::ScaleUp(_) => "scale up",
+                tower_autoscale::Action::ScaleDown(_) => "scale down",
+                _ => "hold",
+            }
+            .into(),
             from: d.current,
             to: d.desired,
             reason: if rules.is_empty() {
@@ -708,7 +720,8 @@ async fn observe(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Re
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let span = tracing::info_span!("request", %id, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("request", %id, method = %req.method(), path = %req.uri().path());
     let start = Instant::now();
     let res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16().to_string();
@@ -724,11 +737,7 @@ async fn observe(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Re
 }
 
 /// Per-client rate limiting for the services' routes.
-async fn rate_limit(
-    State(gw): State<Arc<Gateway>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn rate_limit(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -75,10 +75,7 @@ impl Zipf {
             })
             .collect();
         cdf.iter_mut().for_each(|p| *p /= sum);
-        Self {
-            cdf,
-            x: seed | 1,
-        }
+        Self { cdf, x: seed | 1 }
     }
 
     /// A uniform number in [0, 1).
@@ -188,7 +185,11 @@ impl fmt::Display for Summary {
             )?;
         }
         if self.skipped > 0 {
-            writeln!(f, "  {} sends skipped (over {MAX_OUTSTANDING} outstanding)", self.skipped)?;
+            writeln!(
+                f,
+                "  {} sends skipped (over {MAX_OUTSTANDING} outstanding)",
+                self.skipped
+            )?;
         }
         for (name, mem, disk, loads) in &self.caches {
             writeln!(
@@ -203,7 +204,10 @@ impl fmt::Display for Summary {
             self.peak, self.end_instances, self.restarts
         )?;
         if let Some((port, at)) = self.killed {
-            writeln!(f, "  chaos: killed the instance on port {port} at {at:.1} s")?;
+            writeln!(
+                f,
+                "  chaos: killed the instance on port {port} at {at:.1} s"
+            )?;
         }
         writeln!(f, "  scaling actions: {}", self.actions.len())?;
         for (at, by, from, to) in &self.actions {
@@ -258,7 +262,7 @@ pub fn kill_one(fleet: &Fleet) -> Option<u16> {
         .into_iter()
         .filter(|d| d.state == InstanceState::Ready)
         .filter_map(|d| Some((d.port, d.pid?)))
-        .last()?;
+        .next_back()?;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(victim.1).ok()?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).ok()?;
     Some(victim.0)
@@ -309,11 +313,29 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
         let pick = zipf.uniform();
         let user = zipf.next_rank() as u64;
         let (class, method, path, body, as_user) = if pick < 0.5 {
-            (0, Method::GET, "/api/v1/training/run".to_string(), None, None)
+            (
+                0,
+                Method::GET,
+                "/api/v1/training/run".to_string(),
+                None,
+                None,
+            )
         } else if pick < 0.85 {
-            (1, Method::GET, format!("/api/v1/budget/users/{user}"), None, Some(user))
+            (
+                1,
+                Method::GET,
+                format!("/api/v1/budget/users/{user}"),
+                None,
+                Some(user),
+            )
         } else if pick < 0.97 {
-            (2, Method::GET, format!("/api/v1/reports/users/{user}"), None, Some(user))
+            (
+                2,
+                Method::GET,
+                format!("/api/v1/reports/users/{user}"),
+                None,
+                Some(user),
+            )
         } else if pick < 0.995 {
             let spent = (zipf.uniform() * 100.0).round();
             (
@@ -333,7 +355,11 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
                 None,
             )
         };
-        let (client, c, outstanding) = (client.clone(), classes[class].1.clone(), outstanding.clone());
+        let (client, c, outstanding) = (
+            client.clone(),
+            classes[class].1.clone(),
+            outstanding.clone(),
+        );
         let gateway = fleet.gateway;
         outstanding.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
@@ -348,15 +374,21 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
     let o = fleet.state.overview();
     for s in &o.services {
         if let Some(c) = &s.cache {
-            summary
-                .caches
-                .push((s.name.clone(), c.memory_hit_pct, c.disk_hit_pct, c.origin_loads));
+            summary.caches.push((
+                s.name.clone(),
+                c.memory_hit_pct,
+                c.disk_hit_pct,
+                c.origin_loads,
+            ));
         }
     }
     let g = super::gateway::CacheView::from(fleet.state.cache());
-    summary
-        .caches
-        .push(("gateway".into(), g.memory_hit_pct, g.disk_hit_pct, g.origin_loads));
+    summary.caches.push((
+        "gateway".into(),
+        g.memory_hit_pct,
+        g.disk_hit_pct,
+        g.origin_loads,
+    ));
     summary.actions = fleet
         .manager
         .history()

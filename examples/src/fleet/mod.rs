@@ -48,8 +48,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A training endpoint: a pooled HTTP client behind a circuit breaker, counted by the
 /// scaler (for its in-flight figures).
-pub type TrainingEndpoint =
-    Counted<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
+pub type TrainingEndpoint = Counted<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
 /// The training service's balancer.
 pub type TrainingBalancer =
     tower_balance_ext::Balancer<SocketAddr, TrainingEndpoint, Request<Full<Bytes>>>;
@@ -59,8 +58,11 @@ pub type DataBalancer = tower_balance_ext::Balancer<
     ReadinessService<HttpEndpoint<Full<Bytes>>>,
     Request<Full<Bytes>>,
 >;
+/// Each training endpoint's circuit breaker, by address.
+pub type Breakers = Arc<std::sync::Mutex<Vec<(SocketAddr, BreakerHandle<Response<Incoming>>)>>>;
 /// The training instances' scaler.
-pub type TrainingScaler = ProcessScaler<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
+pub type TrainingScaler =
+    ProcessScaler<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
 
 /// Load shapes for `--load`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +158,7 @@ With neither --load nor --serve: a demonstration, as
 
 /// `10s`, `500ms`, `2m` or a number of seconds.
 pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
-    let bad = || format!("{flag} {v}: give a duration such as 10s, 500ms or 2m");
+    let bad = || format!("{flag} {v}: give a duration such as 10s, 500ms, 2m or 1h");
     let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => v.split_at(i),
         None => (v, "s"),
@@ -166,10 +168,13 @@ pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
         "ms" => n / 1e3,
         "s" => n,
         "m" => n * 60.0,
+        "h" => n * 3600.0,
         _ => return Err(bad()),
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        return Err(format!("{flag} {v}: give a duration above 0 and at most a day"));
+        return Err(format!(
+            "{flag} {v}: give a duration above 0 and at most a day"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -207,9 +212,7 @@ impl Config {
                         "ramp" => Shape::Ramp,
                         "step" => Shape::Step,
                         "spike" => Shape::Spike,
-                        other => {
-                            return Err(format!("--load {other}: give ramp, step or spike"))
-                        }
+                        other => return Err(format!("--load {other}: give ramp, step or spike")),
                     })
                 }
                 "--duration" => duration = Some(parse_duration(flag, &value()?)?),
@@ -403,8 +406,7 @@ impl Fleet {
         pc.stop_timeout = Duration::from_secs(2);
         pc.start_timeout = Duration::from_secs(20);
         pc.warm_up = Duration::ZERO;
-        let breakers: Arc<std::sync::Mutex<Vec<(SocketAddr, BreakerHandle<Response<Incoming>>)>>> =
-            Arc::default();
+        let breakers: Breakers = Arc::default();
         let breaker = CircuitBreakerLayer::<Response<Incoming>>::builder()
             .http()
             .consecutive_failures(5)
@@ -562,6 +564,7 @@ pub async fn main() -> Result<(), BoxError> {
     };
     if !tui {
         tracing_subscriber::fmt()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -578,7 +581,9 @@ pub async fn main() -> Result<(), BoxError> {
     println!(
         "gateway on http://{} (dashboard at /, metrics at /metrics); bus: {}; data in {}",
         fleet.gateway,
-        FleetBus::from_flag(cfg.bus.as_deref()).map(|b| b.describe()).unwrap_or_default(),
+        FleetBus::from_flag(cfg.bus.as_deref())
+            .map(|b| b.describe())
+            .unwrap_or_default(),
         fleet.data_dir().display()
     );
     println!(
@@ -627,7 +632,10 @@ pub async fn main() -> Result<(), BoxError> {
     if let Some(s) = summary {
         println!("{s}");
     }
-    println!("stopping: draining {} training instance(s)", fleet.scaler.current());
+    println!(
+        "stopping: draining {} training instance(s)",
+        fleet.scaler.current()
+    );
     fleet.shutdown().await;
     println!("stopped");
     Ok(())

@@ -66,7 +66,10 @@ pub fn spawn(gw: Arc<Gateway>, mode: ViewMode, tui: bool, quit: watch::Sender<bo
 }
 
 fn instances(s: &ServiceView) -> String {
-    format!("{} ready {} starting {} draining", s.ready, s.starting, s.draining)
+    format!(
+        "{} ready {} starting {} draining",
+        s.ready, s.starting, s.draining
+    )
 }
 
 fn cache(s: &ServiceView) -> String {
@@ -133,7 +136,13 @@ fn run_tui(
                     ])
                     .areas(f.area());
                     let header = Row::new([
-                        "service", "instances", "req/s", "p99 ms", "errors", "cache hits", "last decision",
+                        "service",
+                        "instances",
+                        "req/s",
+                        "p99 ms",
+                        "errors",
+                        "cache hits",
+                        "last decision",
                     ])
                     .style(Style::default().add_modifier(Modifier::BOLD));
                     let rows = o.services.iter().map(|s| {
@@ -194,7 +203,13 @@ fn run_tui(
                     )
                     .header(
                         Row::new([
-                            "service", "instance", "state", "share", "in flight", "requests", "p99 ms",
+                            "service",
+                            "instance",
+                            "state",
+                            "share",
+                            "in flight",
+                            "requests",
+                            "p99 ms",
                             "breaker",
                         ])
                         .style(Style::default().add_modifier(Modifier::BOLD)),
@@ -212,7 +227,10 @@ fn run_tui(
                                 a.by,
                                 a.from,
                                 a.now,
-                                a.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                                a.reason
+                                    .as_deref()
+                                    .map(|r| format!(" ({r})"))
+                                    .unwrap_or_default()
                             )
                         })
                         .collect();

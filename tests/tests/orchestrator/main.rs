@@ -119,7 +119,7 @@ async fn the_orchestrator_scales_within_the_policy_and_reports_as_json() {
             )
             .await
             .0,
-            StatusCode::NOT_FOUND
+            StatusCode::BAD_REQUEST
         );
 
         let (s, status) = call(addr, "GET", "/api/v1/system/scaling-status", None).await;
