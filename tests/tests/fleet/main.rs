@@ -571,3 +571,52 @@ async fn a_taken_port_and_bad_flags_are_refused_with_what_to_change() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_bus_redis_a_write_reaches_the_other_service_through_redis() {
+    let redis = support::RedisServer::start().unwrap();
+    let url = redis.url();
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h", "--bus", &url])
+        .await
+        .unwrap();
+    assert!(
+        fleet
+            .output
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(&format!("bus: Redis at {url}"))),
+        "the fleet did not say it uses Redis"
+    );
+    // Three coordinators (budget, reports, gateway) subscribe to the fleet's channel.
+    eventually(Duration::from_secs(10), "three subscribers", || async {
+        redis.subscribers("fleet-invalidations").unwrap_or(0) == 3
+    })
+    .await;
+    let get = || async {
+        fleet
+            .call(Method::GET, "/api/v1/reports/users/9", None, None, None)
+            .await
+            .unwrap()
+            .2
+    };
+    assert_eq!(get().await["spent"], 9.0);
+    let (s, _, body) = fleet
+        .call(
+            Method::PUT,
+            "/api/v1/budget/users/9",
+            None,
+            None,
+            Some(r#"{"spent": 1.5}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{body}");
+    eventually(
+        Duration::from_secs(5),
+        "the report shows the write",
+        || async { get().await["spent"] == 1.5 },
+    )
+    .await;
+}
