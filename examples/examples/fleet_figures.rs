@@ -1,0 +1,502 @@
+//! The fleet's figures, measured in one run (the README's table):
+//!
+//! 1. throughput with 3 training instances vs 1, at equal per-instance capacity (each
+//!    instance serves 4 requests at a time, 20 ms each: 200 requests/s), closed loop
+//!    through the gateway;
+//! 2. hit rate and p50 latency of budget reads on a Zipf(1.0) workload, with the
+//!    service's two-tier cache vs without it (origin round trip 20 ms);
+//! 3. time from a training instance's death (SIGKILL) to the last request the
+//!    balancer sends it, under load, and how many client requests failed;
+//! 4. the gateway's balancer as a plain reverse proxy vs HAProxy (roundrobin and
+//!    leastconn) in front of the same three loopback backends under the same `wrk`
+//!    load: requests/s and p99 (skipped, with a note, when `haproxy` or `wrk` is not
+//!    installed: `apt-get install -y haproxy wrk`).
+//!
+//! ```sh
+//! cargo run --release -p examples --example fleet_figures
+//! ```
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use examples::fleet::load::Zipf;
+use examples::fleet::training::Work;
+use examples::fleet::{BoxError, Config, Fleet, ViewMode};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
+
+/// Closed-loop figures: requests that succeeded, failed, and the latencies.
+#[derive(Default)]
+struct Run {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    latencies: Mutex<Vec<Duration>>,
+}
+
+impl Run {
+    fn pct(&self, q: f64) -> Duration {
+        let mut l = self.latencies.lock().unwrap().clone();
+        l.sort();
+        l.get(((l.len().max(1) - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// `workers` clients, each sending `path(worker, i)` in turn until `duration` is up or
+/// it has sent `per_worker` requests.
+async fn drive<F>(
+    gateway: SocketAddr,
+    workers: usize,
+    duration: Duration,
+    per_worker: usize,
+    path: F,
+) -> Arc<Run>
+where
+    F: Fn(usize, usize) -> String + Send + Sync + 'static,
+{
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(workers)
+        .build_http();
+    let run = Arc::new(Run::default());
+    let path = Arc::new(path);
+    let end = Instant::now() + duration;
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (client, run, path) = (client.clone(), run.clone(), path.clone());
+            tokio::spawn(async move {
+                for i in 0..per_worker {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    let uri = format!("http://{gateway}{}", path(w, i));
+                    let start = Instant::now();
+                    let ok = match client.get(uri.parse().expect("a valid uri")).await {
+                        Ok(res) => {
+                            res.status() == StatusCode::OK && res.into_body().collect().await.is_ok()
+                        }
+                        Err(_) => false,
+                    };
+                    if ok {
+                        run.ok.fetch_add(1, Ordering::Relaxed);
+                        run.latencies.lock().unwrap().push(start.elapsed());
+                    } else {
+                        run.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    run
+}
+
+fn config() -> Config {
+    Config {
+        port: 0,
+        view: ViewMode::Off,
+        interval: Duration::from_secs(3600),
+        // The closed-loop clients all come from 127.0.0.1: no per-client limit here.
+        rate_limit: 1_000_000,
+        ..Config::default()
+    }
+}
+
+/// 1. Throughput, 3 instances vs 1.
+async fn scaling() -> Result<(f64, f64), BoxError> {
+    let mut cfg = config();
+    cfg.instances = (1, 3);
+    cfg.work = Work {
+        wait: Duration::from_millis(20),
+        cpu: Duration::ZERO,
+        concurrency: 4,
+    };
+    let fleet = Fleet::start(&cfg).await?;
+    let mut rps = Vec::new();
+    for n in [1, 3] {
+        fleet.scaler.scale_to(n).await?;
+        // Warm the pools, then measure.
+        drive(fleet.gateway, 48, Duration::from_secs(1), usize::MAX, |_, _| {
+            "/api/v1/training/run".into()
+        })
+        .await;
+        let secs = 4.0;
+        let run = drive(
+            fleet.gateway,
+            48,
+            Duration::from_secs_f64(secs),
+            usize::MAX,
+            |_, _| "/api/v1/training/run".into(),
+        )
+        .await;
+        let r = run.ok.load(Ordering::Relaxed) as f64 / secs;
+        println!(
+            "  {n} instance(s): {r:.0} requests/s ({} failed, p50 {:.1} ms, p99 {:.1} ms)",
+            run.failed.load(Ordering::Relaxed),
+            run.pct(0.5).as_secs_f64() * 1e3,
+            run.pct(0.99).as_secs_f64() * 1e3
+        );
+        rps.push(r);
+    }
+    fleet.shutdown().await;
+    Ok((rps[0], rps[1]))
+}
+
+/// 2. Zipf reads of budget, with and without the cache: (hit %, p50 with, p50 without).
+async fn cache() -> Result<(f64, Duration, Duration), BoxError> {
+    let mut out = Vec::new();
+    for no_cache in [false, true] {
+        let mut cfg = config();
+        cfg.no_cache = no_cache;
+        let fleet = Fleet::start(&cfg).await?;
+        let zipfs: Vec<Mutex<Zipf>> = (0..16).map(|w| Mutex::new(Zipf::new(1_000, 7 + w))).collect();
+        let run = drive(fleet.gateway, 16, Duration::from_secs(60), 400, move |w, _| {
+            format!("/api/v1/budget/users/{}", zipfs[w].lock().unwrap().next_rank())
+        })
+        .await;
+        let hits = fleet
+            .budget
+            .cache
+            .as_ref()
+            .map(|c| c.stats().hit_ratio() * 100.0)
+            .unwrap_or(0.0);
+        println!(
+            "  {}: {} reads, {} failed, p50 {:.2} ms, p99 {:.1} ms, hit rate {hits:.1}%, {} origin reads",
+            if no_cache { "without the cache" } else { "with the cache   " },
+            run.ok.load(Ordering::Relaxed),
+            run.failed.load(Ordering::Relaxed),
+            run.pct(0.5).as_secs_f64() * 1e3,
+            run.pct(0.99).as_secs_f64() * 1e3,
+            fleet.db.reads()
+        );
+        out.push((hits, run.pct(0.5)));
+        fleet.shutdown().await;
+    }
+    Ok((out[0].0, out[0].1, out[1].1))
+}
+
+/// 3. Death to zero traffic: (median ms, failed client requests, trials).
+async fn death() -> Result<(f64, u64, usize), BoxError> {
+    let mut cfg = config();
+    cfg.instances = (3, 3);
+    cfg.work = Work {
+        wait: Duration::from_millis(5),
+        cpu: Duration::ZERO,
+        concurrency: 64,
+    };
+    let fleet = Fleet::start(&cfg).await?;
+    let gateway = fleet.gateway;
+    let load = tokio::spawn(drive(gateway, 16, Duration::from_secs(12), usize::MAX, |_, _| {
+        "/api/v1/training/run".into()
+    }));
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let details = fleet.scaler.instance_details();
+        let Some(victim) = details.iter().find(|d| d.pid.is_some()) else {
+            continue;
+        };
+        let (port, pid) = (victim.port, victim.pid.unwrap_or(0));
+        let name = format!("127.0.0.1:{port}");
+        let sent = |f: &Fleet| {
+            f.state
+                .training()
+                .stats()
+                .snapshot()
+                .endpoints
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.requests)
+        };
+        let mut last_count = sent(&fleet);
+        let killed = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let mut last_sent = killed;
+        // Watch until its replacement (a new process on the same port) is up.
+        while killed.elapsed() < Duration::from_secs(2) {
+            let replaced = fleet
+                .scaler
+                .instance_details()
+                .iter()
+                .any(|d| d.port == port && d.pid.is_some_and(|p| p != pid));
+            if replaced {
+                break;
+            }
+            let now = sent(&fleet);
+            if now.is_some() && now != last_count {
+                last_count = now;
+                last_sent = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        times.push(last_sent.duration_since(killed));
+    }
+    let run = load.await?;
+    fleet.shutdown().await;
+    times.sort();
+    let median = times
+        .get(times.len() / 2)
+        .copied()
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e3;
+    println!(
+        "  death to the last request sent to it: {:?} (median {median:.1} ms); client requests {} ok, {} failed",
+        times,
+        run.ok.load(Ordering::Relaxed),
+        run.failed.load(Ordering::Relaxed)
+    );
+    Ok((median, run.failed.load(Ordering::Relaxed), times.len()))
+}
+
+/// A tiny backend: answers "ok" at once.
+async fn backend() -> Result<SocketAddr, BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The gateway's balancer as a plain reverse proxy: request and response bodies stream
+/// through, one pooled client per backend.
+async fn our_proxy(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, BoxError> {
+    let endpoints: Vec<_> = backends
+        .iter()
+        .map(|a| (*a, HttpEndpoint::<Incoming>::new(*a)))
+        .collect();
+    let balancer = BalancerBuilder::new(pick).http().build(discover::fixed(endpoints))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let balancer = balancer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let balancer = balancer.clone();
+                    async move {
+                        Ok::<_, Infallible>(match balancer.oneshot(req).await {
+                            Ok(res) => res.map(|b| b.boxed()),
+                            Err(e) => Response::builder()
+                                .status(StatusCode::BAD_GATEWAY)
+                                .body(
+                                    Full::new(Bytes::from(e.to_string()))
+                                        .map_err(|never| match never {})
+                                        .boxed(),
+                                )
+                                .unwrap_or_default(),
+                        })
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Runs `wrk` for `secs` against `addr`: (requests/s, p99 ms).
+fn wrk(addr: SocketAddr, secs: u64) -> Result<(f64, f64), BoxError> {
+    let out = std::process::Command::new("wrk")
+        .args(["-t1", "-c64", &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://{addr}/"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| v.trim())
+        .and_then(|v| {
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.parse().ok()?;
+            Some(match unit {
+                "us" => n / 1e3,
+                "ms" => n,
+                "s" => n * 1e3,
+                _ => n,
+            })
+        })
+        .ok_or_else(|| format!("no 99% in wrk's output: {text}"))?;
+    Ok((rps, p99))
+}
+
+/// HAProxy in front of `backends` with `balance`, on a free port; the child process.
+fn haproxy(backends: &[SocketAddr], balance: &str, dir: &std::path::Path) -> Result<(std::process::Child, SocketAddr), BoxError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("    server b{i} {a}\n"))
+        .collect();
+    let cfg = format!(
+        "global\n    maxconn 4096\n    nbthread 1\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    option http-keep-alive\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\nbackend b\n    balance {balance}\n    http-reuse always\n{servers}"
+    );
+    let path = dir.join(format!("haproxy-{balance}.cfg"));
+    std::fs::write(&path, cfg)?;
+    let child = std::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let end = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > end {
+            return Err("haproxy did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((child, addr))
+}
+
+/// 4. Ours vs HAProxy: rows of (name, requests/s, p99 ms), medians of two rounds.
+async fn proxies() -> Result<Option<Vec<(String, f64, f64)>>, BoxError> {
+    let have = |p: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("haproxy") || !have("wrk") {
+        println!("  skipped: needs haproxy and wrk (apt-get install -y haproxy wrk)");
+        return Ok(None);
+    }
+    let mut backends = Vec::new();
+    for _ in 0..3 {
+        backends.push(backend().await?);
+    }
+    let dir = tempfile::tempdir()?;
+    let mut targets: Vec<(String, SocketAddr, Option<std::process::Child>)> = Vec::new();
+    for balance in ["roundrobin", "leastconn"] {
+        let (child, addr) = haproxy(&backends, balance, dir.path())?;
+        targets.push((format!("HAProxy {balance}"), addr, Some(child)));
+    }
+    targets.push(("ours, round robin".into(), our_proxy(&backends, Pick::RoundRobin).await?, None));
+    targets.push((
+        "ours, least connections".into(),
+        our_proxy(&backends, Pick::LeastConnections).await?,
+        None,
+    ));
+    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+    for _round in 0..2 {
+        for (i, (_, addr, _)) in targets.iter().enumerate() {
+            let addr = *addr;
+            let _ = tokio::task::spawn_blocking(move || wrk(addr, 1)).await?; // warm-up
+            results[i].push(tokio::task::spawn_blocking(move || wrk(addr, 4)).await??);
+        }
+    }
+    let mut rows = Vec::new();
+    for ((name, _, child), mut r) in targets.into_iter().zip(results) {
+        r.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let rps = (r[0].0 + r[1].0) / 2.0;
+        let mut p: Vec<f64> = r.iter().map(|x| x.1).collect();
+        p.sort_by(f64::total_cmp);
+        let p99 = (p[0] + p[1]) / 2.0;
+        println!("  {name:<24} {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})");
+        rows.push((name, rps, p99));
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    Ok(Some(rows))
+}
+
+async fn figures() -> Result<(), BoxError> {
+    println!("1. throughput, training instances of equal capacity (4 at a time x 20 ms = 200/s each), 48 closed-loop clients through the gateway:");
+    let (one, three) = scaling().await?;
+    println!("2. budget reads, Zipf(1.0) over 1,000 users, 16 clients x 400 reads, origin 20 ms:");
+    let (hits, with, without) = cache().await?;
+    println!("3. SIGKILL of a training instance under load (16 clients, 3 instances):");
+    let (death_ms, death_failed, trials) = death().await?;
+    println!("4. reverse proxy in front of 3 loopback backends, wrk -t1 -c64, 4 s x 2 rounds (means):");
+    let proxies = proxies().await?;
+
+    let improvement = 100.0 * (1.0 - with.as_secs_f64() / without.as_secs_f64().max(1e-9));
+    println!("\n| figure | measured | target |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| throughput, 3 instances vs 1 | {three:.0} vs {one:.0} requests/s: **{:.2}x** | >= 2.8x |",
+        three / one.max(1e-9)
+    );
+    println!("| cache hit rate, Zipf | **{hits:.1}%** | >= 80% |");
+    println!(
+        "| p50, with vs without the cache | {:.2} ms vs {:.1} ms: **{improvement:.0}% lower** | >= 70% |",
+        with.as_secs_f64() * 1e3,
+        without.as_secs_f64() * 1e3
+    );
+    println!(
+        "| death to zero traffic (median of {trials}) | **{death_ms:.1} ms**, {death_failed} client requests failed | - |"
+    );
+    if let Some(rows) = proxies {
+        let base = rows
+            .iter()
+            .filter(|r| r.0.starts_with("HAProxy"))
+            .map(|r| r.1)
+            .fold(0.0, f64::max);
+        let base_p99 = rows
+            .iter()
+            .filter(|r| r.0.starts_with("HAProxy"))
+            .map(|r| r.2)
+            .fold(f64::MAX, f64::min);
+        for (name, rps, p99) in &rows {
+            println!(
+                "| {name} | {rps:.0} requests/s ({:.2}x the better HAProxy), p99 {p99:.2} ms ({:.2}x) | >= 1x, p99 <= 1x |",
+                rps / base.max(1e-9),
+                p99 / base_p99.max(1e-9)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(role) = examples::fleet::training::from_args(&args) {
+        let (port, work) = role?;
+        return rt.block_on(examples::fleet::training::run(port, work));
+    }
+    rt.block_on(figures())
+}
