@@ -83,7 +83,8 @@ where
                     let start = Instant::now();
                     let ok = match client.get(uri.parse().expect("a valid uri")).await {
                         Ok(res) => {
-                            res.status() == StatusCode::OK && res.into_body().collect().await.is_ok()
+                            res.status() == StatusCode::OK
+                                && res.into_body().collect().await.is_ok()
                         }
                         Err(_) => false,
                     };
@@ -128,9 +129,13 @@ async fn scaling() -> Result<(f64, f64), BoxError> {
     for n in [1, 3] {
         fleet.scaler.scale_to(n).await?;
         // Warm the pools, then measure.
-        drive(fleet.gateway, 48, Duration::from_secs(1), usize::MAX, |_, _| {
-            "/api/v1/training/run".into()
-        })
+        drive(
+            fleet.gateway,
+            48,
+            Duration::from_secs(1),
+            usize::MAX,
+            |_, _| "/api/v1/training/run".into(),
+        )
         .await;
         let secs = 4.0;
         let run = drive(
@@ -161,10 +166,21 @@ async fn cache() -> Result<(f64, Duration, Duration), BoxError> {
         let mut cfg = config();
         cfg.no_cache = no_cache;
         let fleet = Fleet::start(&cfg).await?;
-        let zipfs: Vec<Mutex<Zipf>> = (0..16).map(|w| Mutex::new(Zipf::new(1_000, 7 + w))).collect();
-        let run = drive(fleet.gateway, 16, Duration::from_secs(60), 400, move |w, _| {
-            format!("/api/v1/budget/users/{}", zipfs[w].lock().unwrap().next_rank())
-        })
+        let zipfs: Vec<Mutex<Zipf>> = (0..16)
+            .map(|w| Mutex::new(Zipf::new(1_000, 7 + w)))
+            .collect();
+        let run = drive(
+            fleet.gateway,
+            16,
+            Duration::from_secs(60),
+            400,
+            move |w, _| {
+                format!(
+                    "/api/v1/budget/users/{}",
+                    zipfs[w].lock().unwrap().next_rank()
+                )
+            },
+        )
         .await;
         let hits = fleet
             .budget
@@ -198,9 +214,13 @@ async fn death() -> Result<(f64, u64, usize), BoxError> {
     };
     let fleet = Fleet::start(&cfg).await?;
     let gateway = fleet.gateway;
-    let load = tokio::spawn(drive(gateway, 16, Duration::from_secs(12), usize::MAX, |_, _| {
-        "/api/v1/training/run".into()
-    }));
+    let load = tokio::spawn(drive(
+        gateway,
+        16,
+        Duration::from_secs(12),
+        usize::MAX,
+        |_, _| "/api/v1/training/run".into(),
+    ));
     let mut times = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -294,7 +314,9 @@ async fn our_proxy(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, Bo
         .iter()
         .map(|a| (*a, HttpEndpoint::<Incoming>::new(*a)))
         .collect();
-    let balancer = BalancerBuilder::new(pick).http().build(discover::fixed(endpoints))?;
+    let balancer = BalancerBuilder::new(pick)
+        .http()
+        .build(discover::fixed(endpoints))?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -361,8 +383,14 @@ fn wrk(addr: SocketAddr, secs: u64) -> Result<(f64, f64), BoxError> {
 }
 
 /// HAProxy in front of `backends` with `balance`, on a free port; the child process.
-fn haproxy(backends: &[SocketAddr], balance: &str, dir: &std::path::Path) -> Result<(std::process::Child, SocketAddr), BoxError> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+fn haproxy(
+    backends: &[SocketAddr],
+    balance: &str,
+    dir: &std::path::Path,
+) -> Result<(std::process::Child, SocketAddr), BoxError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let servers: String = backends
         .iter()
         .enumerate()
@@ -412,7 +440,11 @@ async fn proxies() -> Result<Option<Vec<(String, f64, f64)>>, BoxError> {
         let (child, addr) = haproxy(&backends, balance, dir.path())?;
         targets.push((format!("HAProxy {balance}"), addr, Some(child)));
     }
-    targets.push(("ours, round robin".into(), our_proxy(&backends, Pick::RoundRobin).await?, None));
+    targets.push((
+        "ours, round robin".into(),
+        our_proxy(&backends, Pick::RoundRobin).await?,
+        None,
+    ));
     targets.push((
         "ours, least connections".into(),
         our_proxy(&backends, Pick::LeastConnections).await?,
@@ -450,7 +482,9 @@ async fn figures() -> Result<(), BoxError> {
     let (hits, with, without) = cache().await?;
     println!("3. SIGKILL of a training instance under load (16 clients, 3 instances):");
     let (death_ms, death_failed, trials) = death().await?;
-    println!("4. reverse proxy in front of 3 loopback backends, wrk -t1 -c64, 4 s x 2 rounds (means):");
+    println!(
+        "4. reverse proxy in front of 3 loopback backends, wrk -t1 -c64, 4 s x 2 rounds (means):"
+    );
     let proxies = proxies().await?;
 
     let improvement = 100.0 * (1.0 - with.as_secs_f64() / without.as_secs_f64().max(1e-9));
@@ -493,7 +527,9 @@ async fn figures() -> Result<(), BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if let Some(role) = examples::fleet::training::from_args(&args) {
         let (port, work) = role?;
         return rt.block_on(examples::fleet::training::run(port, work));
