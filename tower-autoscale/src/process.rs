@@ -279,6 +279,8 @@ struct Inner<S> {
     /// Serialises scale operations.
     op: tokio::sync::Mutex<()>,
     restarts: AtomicU64,
+    /// Crashed instances waiting for their restart (counted in `current`).
+    restarting: std::sync::atomic::AtomicUsize,
     failures: AtomicU64,
     closed: AtomicBool,
     sampler: Mutex<crate::procfs::ProcessSampler>,
@@ -306,6 +308,42 @@ impl<S> fmt::Debug for ProcessScaler<S> {
                 &self.inner.instances.lock().map(|l| l.len()).unwrap_or(0),
             )
             .finish()
+    }
+}
+
+/// A crashed instance counted in `current` until its restart takes its place (or the
+/// scaler closes).
+struct Pending<'a> {
+    count: &'a AtomicUsize,
+    taken: AtomicBool,
+}
+
+impl<'a> Pending<'a> {
+    /// Counts one more (taken by the caller already).
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self {
+            count,
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    fn take(&self) {
+        if !self.taken.swap(true, Ordering::AcqRel) {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn restore(&self) {
+        if self.taken.swap(false, Ordering::AcqRel) {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.take();
     }
 }
 
@@ -342,6 +380,7 @@ where
                     instances: Mutex::new(Vec::new()),
                     op: tokio::sync::Mutex::new(()),
                     restarts: AtomicU64::new(0),
+                    restarting: std::sync::atomic::AtomicUsize::new(0),
                     failures: AtomicU64::new(0),
                     closed: AtomicBool::new(false),
                     sampler: Mutex::new(crate::procfs::ProcessSampler::new()),
@@ -358,12 +397,15 @@ where
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Instances running or starting (not those draining or crashed).
+    /// Instances running or starting, and crashed ones waiting for their restart (not
+    /// those draining): a crash does not make room for another start, so a scale-up
+    /// during a restart does not end one instance over the count asked for.
     pub fn current(&self) -> usize {
         self.lock()
             .iter()
             .filter(|i| matches!(i.state, InstanceState::Ready | InstanceState::Starting))
             .count()
+            + self.inner.restarting.load(Ordering::Acquire)
     }
 
     /// Every instance (the seed's `instance_details`).
@@ -414,18 +456,30 @@ where
     /// Starts one instance and waits until it is ready and in the balancer.
     pub async fn start_one(&self) -> Result<u16, ScaleError> {
         let _op = self.inner.op.lock().await;
-        self.start_locked(0).await
+        self.start_locked(0, None).await
     }
 
-    async fn start_locked(&self, restarts: u32) -> Result<u16, ScaleError> {
-        let r = self.try_start(restarts).await;
+    async fn start_locked(
+        &self,
+        restarts: u32,
+        pending: Option<&Pending<'_>>,
+    ) -> Result<u16, ScaleError> {
+        let r = self.try_start(restarts, pending).await;
         if r.is_err() {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
+            // Still waiting for a restart.
+            if let Some(p) = pending {
+                p.restore();
+            }
         }
         r
     }
 
-    async fn try_start(&self, restarts: u32) -> Result<u16, ScaleError> {
+    async fn try_start(
+        &self,
+        restarts: u32,
+        pending: Option<&Pending<'_>>,
+    ) -> Result<u16, ScaleError> {
         let cfg = &self.inner.cfg;
         let port = self.free_port()?;
         let args: Vec<String> = cfg
@@ -449,18 +503,26 @@ where
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        self.lock().push(Instance {
-            port,
-            name: name.clone(),
-            pid,
-            state: InstanceState::Starting,
-            in_flight: in_flight.clone(),
-            started: SystemTime::now(),
-            restarts,
-            stopping: stopping.clone(),
-            kill: Some(kill_tx),
-            exited: exited_rx.clone(),
-        });
+        {
+            let mut l = self.lock();
+            l.push(Instance {
+                port,
+                name: name.clone(),
+                pid,
+                state: InstanceState::Starting,
+                in_flight: in_flight.clone(),
+                started: SystemTime::now(),
+                restarts,
+                stopping: stopping.clone(),
+                kill: Some(kill_tx),
+                exited: exited_rx.clone(),
+            });
+            // The restart takes the crashed instance's place in `current`, under the
+            // same lock that `current` reads.
+            if let Some(p) = pending {
+                p.take();
+            }
+        }
         // The process's keeper: waits for its exit (or kills it), and restarts it if it
         // crashed.
         let me = self.clone();
@@ -565,13 +627,15 @@ where
             return;
         }
         tracing::warn!(port, %status, "instance exited unasked; restarting it");
-        let restarts = {
+        // Counted as running until its restart starts (then as starting): counted
+        // under the lock that marks it crashed, so `current` never dips.
+        let (restarts, pending) = {
             let mut l = self.lock();
             let Some(i) = l.iter_mut().find(|i| i.port == port) else {
                 return;
             };
             i.state = InstanceState::Crashed;
-            i.restarts
+            (i.restarts, Pending::new(&self.inner.restarting))
         };
         self.inner
             .endpoints
@@ -586,7 +650,7 @@ where
                 return;
             }
             let _op = self.inner.op.lock().await;
-            match self.start_locked(attempt + 1).await {
+            match self.start_locked(attempt + 1, Some(&pending)).await {
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "restart failed; trying again");

@@ -293,3 +293,50 @@ async fn instances_do_not_outlive_a_killed_scaler() {
     .await
     .expect("the instance died with its scaler");
 }
+
+/// A scale to the same count while a crashed instance waits for its restart starts
+/// nothing: the crash is counted until the restart takes its place, so the count never
+/// ends above what was asked (the fleet's chaos run once ended 5 instances over a max
+/// of 4 this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_during_a_crash_restart_does_not_overshoot() {
+    tokio::time::timeout(BOUND, async {
+        let (scaler, _discovery) = ProcessScaler::new(config(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        assert_eq!(scaler.scale_to(2).await.unwrap(), 2);
+        let victim = scaler.instance_details()[0].pid.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        while scaler.restarts() == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The restart waits 100 ms before it starts: the crash still counts.
+        assert_eq!(scaler.current(), 2);
+        assert_eq!(scaler.scale_to(2).await.unwrap(), 2);
+        while scaler
+            .instance_details()
+            .iter()
+            .filter(|d| d.state == InstanceState::Ready && d.pid != Some(victim))
+            .count()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            scaler.instance_details().len(),
+            2,
+            "{:?}",
+            scaler.instance_details()
+        );
+        assert_eq!(scaler.current(), 2);
+        scaler.shutdown().await;
+        assert_eq!(scaler.current(), 0);
+    })
+    .await
+    .expect("bounded");
+}
