@@ -203,8 +203,8 @@ async fn cache() -> Result<(f64, Duration, Duration), BoxError> {
     Ok((out[0].0, out[0].1, out[1].1))
 }
 
-/// 3. Death to zero traffic: (median ms to the last request sent to it, median ms to
-/// its removal from the balancer, failed client requests, trials).
+/// Death to zero traffic (figure 3): median ms to the last request sent to it, median
+/// ms to its removal from the balancer, failed client requests, trials.
 async fn death() -> Result<(f64, f64, u64, usize), BoxError> {
     let mut cfg = config();
     cfg.instances = (3, 3);
