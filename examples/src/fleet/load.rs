@@ -336,7 +336,7 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
                 None,
                 Some(user),
             )
-        } else if pick < 0.995 {
+        } else if pick < 0.999 {
             let spent = (zipf.uniform() * 100.0).round();
             (
                 3,
