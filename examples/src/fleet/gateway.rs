@@ -397,8 +397,12 @@ impl Gateway {
         self.handle.render()
     }
 
-    /// The client's key and its requests-per-second limit.
-    async fn client(&self, user: Option<u64>, peer: Option<SocketAddr>) -> (String, u32) {
+    /// The buckets a request counts against, with their requests-per-second limits: its
+    /// IP address's (always, so that a client cannot escape its limit by sending another
+    /// `x-user-id` each time), and its user's when it names one that exists.
+    async fn clients(&self, user: Option<u64>, peer: Option<SocketAddr>) -> Vec<(String, u32)> {
+        let ip = peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string());
+        let mut out = vec![(ip, self.parts.rate_limit)];
         if let Some(id) = user {
             let key = format!("ratelimit:user:{id}");
             let (db, cache, k) = (self.parts.db.clone(), self.cache.clone(), key.clone());
@@ -411,20 +415,21 @@ impl Gateway {
                         .register_dependency(&k, &format!("user:{id}"))
                         .await
                         .map_err(|e| e.to_string())?;
-                    match db.user(id).await {
-                        Some(u) => Ok(Bytes::from(u.rate_limit.to_string())),
-                        None => Err(format!("no user {id}")),
-                    }
+                    // An unknown user is remembered too ("none"), so that made-up ids
+                    // do not each cost a database read.
+                    Ok::<_, String>(match db.user(id).await {
+                        Some(u) => Bytes::from(u.rate_limit.to_string()),
+                        None => Bytes::from_static(b"none"),
+                    })
                 })
                 .await
                 .ok()
                 .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok());
             if let Some(limit) = limit {
-                return (format!("user:{id}"), limit);
+                out.push((format!("user:{id}"), limit));
             }
         }
-        let ip = peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string());
-        (ip, self.parts.rate_limit)
+        out
     }
 
     /// Whether `client` may make one more request now at `limit` a second.
@@ -747,10 +752,16 @@ async fn rate_limit(State(gw): State<Arc<Gateway>>, req: Request, next: Next) ->
         .get("x-user-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (client, limit) = gw.client(user, peer).await;
-    match gw.admit(&client, limit) {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
+    let mut refused = None;
+    for (client, limit) in gw.clients(user, peer).await {
+        if let Err(wait) = gw.admit(&client, limit) {
+            refused = Some((client, limit, wait));
+            break;
+        }
+    }
+    match refused {
+        None => next.run(req).await,
+        Some((client, limit, wait)) => {
             gw.limited.fetch_add(1, Ordering::Relaxed);
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             (

@@ -620,3 +620,38 @@ async fn with_bus_redis_a_write_reaches_the_other_service_through_redis() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_escape_its_limit_by_naming_other_users() {
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h", "--rate-limit", "5"])
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for id in 0..30u64 {
+        let (s, _, body) = fleet
+            .call(
+                Method::GET,
+                &format!("/api/v1/budget/users/{id}"),
+                None,
+                Some(id),
+                None,
+            )
+            .await
+            .unwrap();
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(
+                body["error"].as_str().unwrap().contains("5 requests/s"),
+                "{body}"
+            );
+        }
+        codes.push(s);
+    }
+    let limited = codes
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        limited >= 10,
+        "30 requests from one address at a limit of 5/s: {limited} refused"
+    );
+}
