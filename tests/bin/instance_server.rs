@@ -1,8 +1,9 @@
 //! A small service instance for the scaling tests: `instance-server --port N` serves
-//! `GET /health/ready` (200) and `GET /work` (answers its port after 20 ms) on
-//! 127.0.0.1:N until it is killed or sent SIGTERM.
+//! `GET /health/ready` (200, or 503 after `/unready` until `/ready`) and `GET /work`
+//! (answers its port after 20 ms) on 127.0.0.1:N until it is killed or sent SIGTERM.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,9 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
+
+/// Whether `/health/ready` answers 200 (`/unready` and `/ready` flip it).
+static READY: AtomicBool = AtomicBool::new(true);
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -43,8 +47,20 @@ fn main() {
                 let svc = hyper::service::service_fn(
                     move |req: http::Request<hyper::body::Incoming>| async move {
                         let res = match req.uri().path() {
-                            "/health/ready" => {
+                            "/health/ready" if READY.load(Ordering::Relaxed) => {
                                 Response::new(Full::new(Bytes::from_static(b"ready")))
+                            }
+                            "/health/ready" => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(Full::new(Bytes::from_static(b"not ready")))
+                                .expect("a valid response"),
+                            "/unready" => {
+                                READY.store(false, Ordering::Relaxed);
+                                Response::new(Full::new(Bytes::new()))
+                            }
+                            "/ready" => {
+                                READY.store(true, Ordering::Relaxed);
+                                Response::new(Full::new(Bytes::new()))
                             }
                             "/work" => {
                                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -30,11 +30,16 @@ use tower_balance_ext::discover;
 use tower_health::{HealthMonitor, Target};
 use tower_service::Service;
 
-/// An endpoint service that counts its requests in flight (from `call` until the
-/// response future completes or is dropped).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An instance's endpoint service: behind a readiness gate that follows the scaler's
+/// health monitor (an instance that stops being ready after it joined gets no new
+/// request until it is ready again: its `poll_ready` is pending, so a balancer skips
+/// it), counting its requests in flight (from `call` until the response future
+/// completes or is dropped).
 #[derive(Debug)]
 pub struct Counted<S> {
-    inner: S,
+    inner: tower_health::ReadinessService<S>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -58,13 +63,15 @@ impl Drop for Decrement {
 impl<S, Req> Service<Req> for Counted<S>
 where
     S: Service<Req>,
+    S::Error: Into<BoxError>,
     S::Future: Send + 'static,
+    S::Response: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -577,10 +584,14 @@ where
         match outcome {
             Ok(Ok(())) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                let gate = tower_health::Gate::new(ready.clone());
                 self.inner.endpoints.insert(
                     addr,
                     Counted {
-                        inner: (self.inner.make)(addr),
+                        inner: tower_layer::Layer::layer(
+                            &tower_health::ReadinessLayer::pending(gate),
+                            (self.inner.make)(addr),
+                        ),
                         in_flight,
                     },
                 );

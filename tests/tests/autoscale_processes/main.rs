@@ -340,3 +340,73 @@ async fn a_scale_during_a_crash_restart_does_not_overshoot() {
     .await
     .expect("bounded");
 }
+
+/// An instance that stops being ready after it joined the balancer gets no requests
+/// until it is ready again: its endpoint is gated on the scaler's health monitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_turns_unready_gets_no_requests_until_ready_again() {
+    tokio::time::timeout(BOUND, async {
+        let (scaler, discovery) = ProcessScaler::new(config(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let balancer = BalancerBuilder::new(Pick::RoundRobin)
+            .ready_timeout(Duration::from_secs(10))
+            .build(discovery)
+            .unwrap();
+        assert_eq!(scaler.scale_to(2).await.unwrap(), 2);
+        let sick = scaler.instance_details()[0].port;
+        let flip = |path: &'static str| async move {
+            let addr = SocketAddr::from(([127, 0, 0, 1], sick));
+            assert_eq!(support::get(addr, path).await.unwrap().0, 200);
+        };
+        let answers = |n: usize| {
+            let balancer = balancer.clone();
+            async move {
+                let mut ports = Vec::new();
+                for _ in 0..n {
+                    let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+                    let res = balancer.clone().oneshot(req).await.unwrap();
+                    let body = res.into_body().collect().await.unwrap().to_bytes();
+                    ports.push(String::from_utf8_lossy(&body).parse::<u16>().unwrap());
+                }
+                ports
+            }
+        };
+        assert!(answers(10).await.contains(&sick), "both serve at first");
+        flip("/unready").await;
+        while scaler
+            .instance_details()
+            .iter()
+            .any(|d| d.port == sick && d.healthy)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ports = answers(20).await;
+        assert!(
+            !ports.contains(&sick),
+            "the unready instance served: {ports:?}"
+        );
+        flip("/ready").await;
+        while !scaler
+            .instance_details()
+            .iter()
+            .any(|d| d.port == sick && d.healthy)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Re-admitted once the balancer sees the gate open again.
+        let mut back = false;
+        for _ in 0..50 {
+            if answers(4).await.contains(&sick) {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(back, "the instance never came back");
+        scaler.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
