@@ -201,6 +201,23 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    exchange(addr, req, CLIENT_TIMEOUT)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// Sends `req` to `addr` on a fresh connection; the status, headers and body, within
+/// `within` (a timeout is an [`io::ErrorKind::TimedOut`] error).
+pub async fn exchange<B>(
+    addr: SocketAddr,
+    req: Request<B>,
+    within: Duration,
+) -> io::Result<(StatusCode, http::HeaderMap, Bytes)>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let exchange = async {
         let stream = TcpStream::connect(addr).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -208,17 +225,12 @@ where
             .map_err(io::Error::other)?;
         let conn = tokio::spawn(conn);
         let res = sender.send_request(req).await.map_err(io::Error::other)?;
-        let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(io::Error::other)?
-            .to_bytes();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
         conn.abort();
-        Ok((status, body))
+        Ok((parts.status, parts.headers, body))
     };
-    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+    tokio::time::timeout(within, exchange)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "test client timed out"))?
 }
@@ -414,32 +426,21 @@ impl FleetProcess {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
             .map_err(io::Error::other)?;
-        let exchange = async {
-            let stream = TcpStream::connect(self.gateway).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(io::Error::other)?;
-            let conn = tokio::spawn(conn);
-            let res = sender.send_request(req).await.map_err(io::Error::other)?;
-            let status = res.status();
-            let id = res
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = res
-                .into_body()
-                .collect()
-                .await
-                .map_err(io::Error::other)?
-                .to_bytes();
-            conn.abort();
-            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            Ok((status, id, json))
-        };
-        tokio::time::timeout(Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the gateway did not answer"))?
+        let (status, headers, body) = exchange(self.gateway, req, Duration::from_secs(30)).await?;
+        let id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        Ok((status, id, json))
+    }
+
+    /// `PUT path` with the JSON `body`; the status and the answer as JSON.
+    pub async fn put(&self, path: &str, body: &str) -> io::Result<(StatusCode, serde_json::Value)> {
+        let (status, _, json) = self
+            .call(http::Method::PUT, path, None, None, Some(body))
+            .await?;
+        Ok((status, json))
     }
 
     /// `GET /api/v1/system/overview`.

@@ -242,14 +242,8 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
     );
 
     // A write through budget: the report in the reports service goes with it.
-    let (s, _, body) = fleet
-        .call(
-            Method::PUT,
-            "/api/v1/budget/users/7",
-            None,
-            None,
-            Some(r#"{"spent": 42.5}"#),
-        )
+    let (s, body) = fleet
+        .put("/api/v1/budget/users/7", r#"{"spent": 42.5}"#)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -265,14 +259,8 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
     assert_eq!(rate["rate"], 2.5);
     let (_, _, rate) = get("/api/v1/budget/providers/openai".into(), None).await;
     assert_eq!(rate["rate"], 2.5);
-    let (s, _, body) = fleet
-        .call(
-            Method::PUT,
-            "/api/v1/reports/providers/openai",
-            None,
-            None,
-            Some(r#"{"rate": 9.0}"#),
-        )
+    let (s, body) = fleet
+        .put("/api/v1/reports/providers/openai", r#"{"rate": 9.0}"#)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -287,14 +275,8 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
     // through budget reaches the gateway's cached limit, and the user is held to it.
     let (s, _, _) = get("/api/v1/budget/users/42".into(), Some(42)).await;
     assert_eq!(s, StatusCode::OK, "the default limit is 1,000/s");
-    let (s, _, body) = fleet
-        .call(
-            Method::PUT,
-            "/api/v1/budget/users/42",
-            None,
-            None,
-            Some(r#"{"rate_limit": 1}"#),
-        )
+    let (s, body) = fleet
+        .put("/api/v1/budget/users/42", r#"{"rate_limit": 1}"#)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -317,25 +299,13 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
         assert_eq!(s, StatusCode::OK);
     }
     // Bad writes are refused with a message and change nothing.
-    let (s, _, body) = fleet
-        .call(
-            Method::PUT,
-            "/api/v1/budget/users/7",
-            None,
-            None,
-            Some(r#"{"spent": -1}"#),
-        )
+    let (s, body) = fleet
+        .put("/api/v1/budget/users/7", r#"{"spent": -1}"#)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
-    let (s, _, _) = fleet
-        .call(
-            Method::PUT,
-            "/api/v1/reports/providers/nobody",
-            None,
-            None,
-            Some(r#"{"rate": 1}"#),
-        )
+    let (s, _) = fleet
+        .put("/api/v1/reports/providers/nobody", r#"{"rate": 1}"#)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -602,14 +572,8 @@ async fn with_bus_redis_a_write_reaches_the_other_service_through_redis() {
             .2
     };
     assert_eq!(get().await["spent"], 9.0);
-    let (s, _, body) = fleet
-        .call(
-            Method::PUT,
-            "/api/v1/budget/users/9",
-            None,
-            None,
-            Some(r#"{"spent": 1.5}"#),
-        )
+    let (s, body) = fleet
+        .put("/api/v1/budget/users/9", r#"{"spent": 1.5}"#)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{body}");
