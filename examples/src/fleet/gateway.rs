@@ -16,7 +16,8 @@
 //! - `/health`, `/health/{live,ready,startup}`: the gateway's own probes (ready while
 //!   both data services are);
 //! - the orchestrator API ([`crate::orchestrator`]) and `/api/v1/system/overview` (what
-//!   the live views show);
+//!   the live views show), `/api/v1/system/history` (a point a second for the last five
+//!   minutes, for the dashboard's charts);
 //! - `/`: the dashboard (HTML, CSS and JavaScript embedded in the binary).
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,6 +105,19 @@ pub struct Gateway {
     requests: AtomicU64,
     limited: AtomicU64,
     next_id: AtomicU64,
+    history: Mutex<std::collections::VecDeque<Point>>,
+}
+
+/// Points the gateway keeps for the dashboard's charts: one a second, five minutes.
+pub const HISTORY_POINTS: usize = 300;
+
+/// One second of the fleet, for the dashboard's charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Per service: (name, requests/s, p99 ms, cache hit %, ready instances).
+    pub services: Vec<(String, f64, f64, Option<f64>, usize)>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -154,7 +168,55 @@ impl Gateway {
             requests: AtomicU64::new(0),
             limited: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY_POINTS)),
         })
+    }
+
+    /// Records a [`Point`] every second while `gw` lives (the fleet starts this).
+    pub fn spawn_history(gw: &Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(gw);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(gw) = weak.upgrade() else { return };
+                let o = gw.overview();
+                let point = Point {
+                    at_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    services: o
+                        .services
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.name.clone(),
+                                s.rps,
+                                s.p99_ms,
+                                s.cache.as_ref().map(|c| c.hit_pct),
+                                s.ready,
+                            )
+                        })
+                        .collect(),
+                };
+                let mut h = gw.history.lock().unwrap_or_else(|e| e.into_inner());
+                if h.len() == HISTORY_POINTS {
+                    h.pop_front();
+                }
+                h.push_back(point);
+            }
+        })
+    }
+
+    /// The last five minutes, a point a second, oldest first.
+    pub fn history(&self) -> Vec<Point> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The gateway's own cache (users' rate limits).
@@ -672,6 +734,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/metrics", get(metrics))
         .route("/api/v1/system/overview", get(overview))
+        .route(
+            "/api/v1/system/history",
+            get(|State(gw): State<Arc<Gateway>>| async move { Json(gw.history()) }),
+        )
         .route_service("/health", health.clone())
         .route_service("/health/{probe}", health)
         .merge(services)

@@ -315,6 +315,7 @@ pub struct Fleet {
     /// The origin both read.
     pub db: Arc<Db>,
     autoscaler: Option<Autoscaler>,
+    history: tokio::task::JoinHandle<()>,
     gateway_task: tokio::task::JoinHandle<()>,
     monitor: HealthMonitor,
     data_dir: DataDir,
@@ -486,6 +487,7 @@ impl Fleet {
             })
             .await?,
         );
+        let history = gateway::Gateway::spawn_history(&state);
         let app = gateway::router(state.clone());
         let gateway_task = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -494,6 +496,7 @@ impl Fleet {
             }
         });
         Ok(Self {
+            history,
             gateway: gateway_addr,
             token,
             manager,
@@ -522,6 +525,7 @@ impl Fleet {
         }
         self.scaler.shutdown().await;
         self.gateway_task.abort();
+        self.history.abort();
         self.budget.stop().await;
         self.reports.stop().await;
         drop(self.monitor);
@@ -571,6 +575,19 @@ pub async fn main() -> Result<(), BoxError> {
             )
             .init();
     }
+    // The signal handlers go in first: a Ctrl-C from here on stops the fleet cleanly
+    // (during the start, as soon as it is up) instead of killing this process.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("fleet: cannot handle Ctrl-C and SIGTERM: {e}");
+            std::process::exit(1);
+        }
+    };
     let fleet = match Fleet::start(&cfg).await {
         Ok(f) => f,
         Err(e) => {
@@ -595,21 +612,14 @@ pub async fn main() -> Result<(), BoxError> {
         }
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Ctrl-C or SIGTERM: stop whatever runs, then shut everything down.
+    // Ctrl-C or SIGTERM (handlers in place since before the start): stop whatever
+    // runs, then shut everything down.
     tokio::spawn({
         let stop_tx = stop_tx.clone();
         async move {
-            let term = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term => {}
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
             let _ = stop_tx.send(true);
         }

@@ -193,6 +193,18 @@ async fn the_api_answers_401_409_404_and_400_and_changes_nothing_it_refuses() {
         .await
         .unwrap();
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    // The dashboard's charts start from the gateway's history: a point a second.
+    eventually(Duration::from_secs(5), "two history points", || async {
+        let h = fleet
+            .call(Method::GET, "/api/v1/system/history", None, None, None)
+            .await
+            .unwrap()
+            .2;
+        h.as_array().is_some_and(|p| {
+            p.len() >= 2 && p[0]["services"].as_array().is_some_and(|s| s.len() == 3)
+        })
+    })
+    .await;
     let (_, raw) = support::get(fleet.gateway, "/metrics").await.unwrap();
     let metrics = String::from_utf8_lossy(&raw);
     for name in [
