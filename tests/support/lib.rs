@@ -366,13 +366,14 @@ impl FleetProcess {
             let mut tx = Some(tx);
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("gateway on http://") {
-                    let addr = rest.split_whitespace().next().unwrap_or("");
-                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.parse()) {
-                        let _ = tx.send(addr);
-                    }
-                }
+                let addr = line
+                    .strip_prefix("gateway on http://")
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+                // Kept before the start is announced, so the caller sees the line.
                 out.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                if let (Some(addr), Some(tx)) = (addr, tx.take()) {
+                    let _ = tx.send(addr);
+                }
             }
         });
         let gateway = tokio::time::timeout(Duration::from_secs(60), rx)
