@@ -435,7 +435,10 @@ fn haproxy(
     Ok((child, addr))
 }
 
-/// 4. Ours vs HAProxy: rows of (name, requests/s, p99 ms), medians of two rounds.
+/// Rounds of `wrk` per proxy.
+const ROUNDS: usize = 5;
+
+/// 4. Ours vs HAProxy: rows of (name, requests/s, p99 ms), medians of the rounds.
 async fn proxies() -> Result<Option<Vec<(String, f64, f64)>>, BoxError> {
     let have = |p: &str| {
         std::process::Command::new("sh")
@@ -468,20 +471,25 @@ async fn proxies() -> Result<Option<Vec<(String, f64, f64)>>, BoxError> {
         None,
     ));
     let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
-    for _round in 0..2 {
+    for (_, addr, _) in &targets {
+        let addr = *addr;
+        let _ = tokio::task::spawn_blocking(move || wrk(addr, 1)).await?; // warm-up
+    }
+    // Rounds interleave the proxies, so a noisy moment on this shared machine hits
+    // them all alike; medians of five.
+    for _round in 0..ROUNDS {
         for (i, (_, addr, _)) in targets.iter().enumerate() {
             let addr = *addr;
-            let _ = tokio::task::spawn_blocking(move || wrk(addr, 1)).await?; // warm-up
-            results[i].push(tokio::task::spawn_blocking(move || wrk(addr, 4)).await??);
+            results[i].push(tokio::task::spawn_blocking(move || wrk(addr, 3)).await??);
         }
     }
     let mut rows = Vec::new();
     for ((name, _, child), mut r) in targets.into_iter().zip(results) {
         r.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let rps = (r[0].0 + r[1].0) / 2.0;
+        let rps = r[ROUNDS / 2].0;
         let mut p: Vec<f64> = r.iter().map(|x| x.1).collect();
         p.sort_by(f64::total_cmp);
-        let p99 = (p[0] + p[1]) / 2.0;
+        let p99 = p[ROUNDS / 2];
         println!("  {name:<24} {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})");
         rows.push((name, rps, p99));
         if let Some(mut c) = child {
@@ -500,7 +508,7 @@ async fn figures() -> Result<(), BoxError> {
     println!("3. SIGKILL of a training instance under load (16 clients, 3 instances):");
     let (death_ms, removed_ms, death_failed, trials) = death().await?;
     println!(
-        "4. reverse proxy in front of 3 loopback backends, wrk -t1 -c64, 4 s x 2 rounds (means):"
+        "4. reverse proxy in front of 3 loopback backends, wrk -t1 -c64, 3 s x 5 interleaved rounds (medians):"
     );
     let proxies = proxies().await?;
 
