@@ -650,3 +650,168 @@ pub async fn main() -> Result<(), BoxError> {
     println!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn no_flags_is_the_demonstration() {
+        let c = Config::from_args(&[]).unwrap();
+        assert_eq!(c.load, Some((Shape::Spike, Duration::from_secs(30))));
+        assert!(c.chaos);
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.scale_down_window, Duration::from_secs(6));
+        assert_eq!(c.port, 3000);
+    }
+
+    #[test]
+    fn serve_keeps_the_seed_defaults() {
+        let c = Config::from_args(&args("--serve")).unwrap();
+        assert_eq!(c.load, None);
+        assert!(!c.chaos);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.scale_down_window, Duration::from_secs(30));
+        assert_eq!(c.instances, (1, 4));
+    }
+
+    #[test]
+    fn flags_are_read() {
+        let c = Config::from_args(&args(
+            "--port 0 --load ramp --duration 90s --chaos kill-one --interval 500ms \
+             --view plain --min-instances 2 --max-instances 6 --work-ms 5 --cpu-ms 1 \
+             --concurrency 16 --rate-limit 50 --origin-ms 0 --no-cache --scale-down-window 1m",
+        ))
+        .unwrap();
+        assert_eq!(c.port, 0);
+        assert_eq!(c.load, Some((Shape::Ramp, Duration::from_secs(90))));
+        assert!(c.chaos && c.no_cache);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.view, ViewMode::Plain);
+        assert_eq!(c.instances, (2, 6));
+        assert_eq!(
+            c.work,
+            Work {
+                wait: Duration::from_millis(5),
+                cpu: Duration::from_millis(1),
+                concurrency: 16
+            }
+        );
+        assert_eq!(c.rate_limit, 50);
+        assert_eq!(c.origin_latency, Duration::ZERO);
+        assert_eq!(c.scale_down_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_flags_say_what_to_give() {
+        for (a, says) in [
+            ("--port 70000", "0 to 65535"),
+            ("--port", "needs a value"),
+            ("--duration 10s", "goes with --load"),
+            ("--interval -1s", "duration"),
+            ("--interval 2d", "duration"),
+            ("--interval 0", "above 0"),
+            ("--rate-limit 0", "1 to 1000000"),
+            ("--work-ms lots", "whole number"),
+            ("--max-instances 40", "<= 32"),
+            ("--view fancy", "auto, tui, plain or off"),
+            ("--frobnicate", "unknown flag"),
+        ] {
+            let err = Config::from_args(&args(a)).unwrap_err();
+            assert!(err.contains(says), "{a}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("x", "10").unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            parse_duration("x", "1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("x", "2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("x", "1h").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert!(parse_duration("x", "25h").is_err());
+        assert!(parse_duration("x", "NaNs").is_err());
+    }
+
+    #[test]
+    fn training_role_flags() {
+        assert!(training::from_args(&args("--serve")).is_none());
+        let (port, work) = training::from_args(&args("--role training --port 4100 --work-ms 7"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(port, 4100);
+        assert_eq!(work.wait, Duration::from_millis(7));
+        assert_eq!(work.concurrency, Work::default().concurrency);
+        let err = training::from_args(&args("--role training"))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("--port"), "{err}");
+    }
+
+    #[test]
+    fn load_shapes_and_zipf() {
+        assert_eq!(load::rate_at(Shape::Ramp, 0.0), 10.0);
+        assert_eq!(load::rate_at(Shape::Ramp, 1.0), 300.0);
+        assert_eq!(load::rate_at(Shape::Step, 0.4), 20.0);
+        assert_eq!(load::rate_at(Shape::Step, 0.6), 250.0);
+        assert_eq!(load::rate_at(Shape::Spike, 0.5), 300.0);
+        assert_eq!(load::rate_at(Shape::Spike, 0.9), 20.0);
+        // Zipf(1.0) over 1,000: rank 0 about 13% of draws, all in range.
+        let mut z = load::Zipf::new(1_000, 3);
+        let draws: Vec<usize> = (0..20_000).map(|_| z.next_rank()).collect();
+        assert!(draws.iter().all(|r| *r < 1_000));
+        let top = draws.iter().filter(|r| **r == 0).count() as f64 / 20_000.0;
+        assert!((0.11..0.16).contains(&top), "{top}");
+    }
+
+    #[test]
+    fn plain_view_lines_carry_the_figures() {
+        let o = gateway::Overview {
+            uptime_s: 12.0,
+            services: vec![gateway::ServiceView {
+                name: "budget".into(),
+                ready: 2,
+                starting: 1,
+                rps: 42.5,
+                p99_ms: 3.25,
+                error_pct: 0.5,
+                cache: Some(gateway::CacheView {
+                    memory_hit_pct: 60.0,
+                    disk_hit_pct: 20.0,
+                    hit_pct: 80.0,
+                    ..Default::default()
+                }),
+                last_decision: Some(gateway::DecisionView {
+                    action: "scale up".into(),
+                    from: 1,
+                    to: 3,
+                    reason: "in_flight 6.0 vs target 2".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let line = &view::lines(&o)[0];
+        for part in [
+            "budget",
+            "2 ready 1 starting 0 draining",
+            "42.5 req/s",
+            "p99     3.2 ms",
+            "errors  0.5%",
+            "cache 80% (mem 60%, disk 20%)",
+            "scale up 1 -> 3: in_flight 6.0 vs target 2",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line:?}");
+        }
+    }
+}
