@@ -33,6 +33,9 @@ pub struct Plan {
     pub duration: Duration,
     /// Kill a training instance half-way.
     pub chaos: bool,
+    /// After the load, wait (at most 30 s) for training to scale back down to this
+    /// many instances before the summary (the demonstration shows the whole cycle).
+    pub settle_to: Option<usize>,
 }
 
 /// Requests per second at fraction `x` of the run: a ramp from 10 to 300, a step from
@@ -369,6 +372,27 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
     }
     // Requests in flight finish (each is bounded by its own timeout).
     while tasks.join_next().await.is_some() {}
+    if let Some(min) = plan.settle_to {
+        // Down to `min`, and the action recorded (it is, once its instance drained).
+        let settled = || {
+            fleet.scaler.current() <= min
+                && fleet.manager.history().iter().any(|e| {
+                    matches!(e, AuditEntry::Action { at_unix_ms, now, .. }
+                        if *at_unix_ms >= started_ms && *now <= min)
+                })
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        let was_up = fleet.scaler.current() > min || summary.peak > min;
+        if was_up && !settled() {
+            tracing::info!(min, "waiting for training to scale back down");
+            while !settled() && Instant::now() < until && !*stop.borrow() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    }
     summary.secs = started.elapsed().as_secs_f64();
     summary.classes = classes;
     let o = fleet.state.overview();

@@ -122,6 +122,9 @@ pub struct Config {
     pub no_cache: bool,
     /// The program for training instances (default: this binary).
     pub program: Option<String>,
+    /// Neither `--load` nor `--serve`: the demonstration (which waits for the
+    /// scale-down after its load).
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -142,6 +145,7 @@ impl Default for Config {
             origin_latency: Duration::from_millis(20),
             no_cache: false,
             program: None,
+            demo: false,
         }
     }
 }
@@ -264,6 +268,7 @@ impl Config {
             return Err("--duration goes with --load ramp|step|spike".into());
         }
         let demo = shape.is_none() && !c.serve;
+        c.demo = demo;
         if demo {
             shape = Some(Shape::Spike);
             duration = duration.or(Some(Duration::from_secs(30)));
@@ -631,6 +636,7 @@ pub async fn main() -> Result<(), BoxError> {
             shape,
             duration,
             chaos: cfg.chaos,
+            settle_to: cfg.demo.then_some(cfg.instances.0),
         };
         summary = Some(load::run(&fleet, plan, stop_rx.clone()).await);
     }
@@ -667,6 +673,8 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.scale_down_window, Duration::from_secs(6));
         assert_eq!(c.port, 3000);
+        assert!(c.demo);
+        assert!(!Config::from_args(&args("--load step")).unwrap().demo);
     }
 
     #[test]
