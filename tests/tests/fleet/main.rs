@@ -631,3 +631,194 @@ async fn a_client_cannot_escape_its_limit_by_naming_other_users() {
         "30 requests from one address at a limit of 5/s: {limited} refused"
     );
 }
+
+/// A storm: 1,000 identical reads of one uncached key at once through the gateway.
+/// Every one is answered, and the origin is read once (single flight in the service's
+/// cache), not a thousand times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_identical_reads_is_answered_from_one_origin_read() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &["--serve", "--interval", "1h", "--rate-limit", "1000000"],
+    )
+    .await
+    .unwrap();
+    let before = fleet.service("budget").await.unwrap()["cache"]["origin_loads"]
+        .as_u64()
+        .unwrap();
+    let gateway = fleet.gateway;
+    let storm: Vec<_> = (0..1_000)
+        .map(|_| {
+            tokio::spawn(async move {
+                let req = http::Request::get("/api/v1/budget/users/4321")
+                    .header(http::header::HOST, gateway.to_string())
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                support::exchange(gateway, req, Duration::from_secs(60)).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for r in storm {
+        let (status, _, body) = r.await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let user: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(user["id"], 4321);
+        ok += 1;
+    }
+    assert_eq!(ok, 1_000);
+    let after = fleet.service("budget").await.unwrap()["cache"]["origin_loads"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after - before, 1, "the origin was read {} times", after - before);
+}
+
+/// SIGKILL the whole fleet in the middle of writes and reads, then start it again on
+/// the same data directory: it starts (the LMDB files are whole), serves, and no
+/// training instance of the killed fleet is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_string();
+    let args = [
+        "--serve",
+        "--interval",
+        "1h",
+        "--min-instances",
+        "2",
+        "--rate-limit",
+        "1000000",
+        "--data-dir",
+        dir.as_str(),
+    ];
+    let mut fleet = FleetProcess::start(FLEET, &args).await.unwrap();
+    let pids: Vec<i32> = fleet.service("training").await.unwrap()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap() as i32)
+        .collect();
+    assert_eq!(pids.len(), 2);
+    // Work in flight: reads filling the disk tiers, writes invalidating.
+    let gateway = fleet.gateway;
+    let work: Vec<_> = (0..8u64)
+        .map(|w| {
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    let id = (w * 37 + i) % 500;
+                    let _ = support::get(gateway, &format!("/api/v1/reports/users/{id}")).await;
+                    if i % 10 == 0 {
+                        let req = http::Request::put(format!("/api/v1/budget/users/{id}"))
+                            .header(http::header::HOST, gateway.to_string())
+                            .body(http_body_util::Full::new(bytes::Bytes::from(
+                                format!("{{\"spent\": {i}}}"),
+                            )))
+                            .unwrap();
+                        let _ = support::send(gateway, req).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fleet.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = fleet.wait(Duration::from_secs(10)).await.unwrap();
+    assert!(!status.success());
+    for w in work {
+        let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+    }
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z"))
+    };
+    eventually(Duration::from_secs(10), "the killed fleet's instances are gone", || async {
+        pids.iter().all(|p| !alive(*p))
+    })
+    .await;
+
+    let again = FleetProcess::start(FLEET, &args).await.unwrap();
+    let (s, _, report) = again
+        .call(Method::GET, "/api/v1/reports/users/3", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!(report["user"], 3);
+    // A write after the restart still reaches the other service.
+    let (s, _) = again.put("/api/v1/budget/users/3", r#"{"spent": 77.0}"#).await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the report shows the write", || async {
+        again
+            .call(Method::GET, "/api/v1/reports/users/3", None, None, None)
+            .await
+            .unwrap()
+            .2["spent"]
+            == 77.0
+    })
+    .await;
+    assert_eq!(again.service("training").await.unwrap()["ready"], 2);
+}
+
+/// Writers against readers on one key, with evictions: once a write through budget has
+/// been answered, no read of budget that starts after it returns an older value (the
+/// oracle: the last acknowledged write, taken when the read starts; writes only grow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_after_an_acknowledged_write_returns_an_older_value() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &["--serve", "--interval", "1h", "--rate-limit", "1000000", "--origin-ms", "2"],
+    )
+    .await
+    .unwrap();
+    let gateway = fleet.gateway;
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..6u64)
+        .map(|r| {
+            let (acked, done) = (acked.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut zipf = examples::fleet::load::Zipf::new(5_000, 99 + r);
+                let mut checked = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let floor = acked.load(Ordering::Acquire);
+                    let (s, body) = support::get(gateway, "/api/v1/budget/users/5").await.unwrap();
+                    assert_eq!(s, StatusCode::OK);
+                    let user: Value = serde_json::from_slice(&body).unwrap();
+                    let spent = user["spent"].as_f64().unwrap() as u64;
+                    assert!(
+                        spent >= floor,
+                        "read {spent} after the write of {floor} was acknowledged"
+                    );
+                    checked += 1;
+                    // Other keys, so the 500-entry memory tier evicts.
+                    let _ = support::get(
+                        gateway,
+                        &format!("/api/v1/budget/users/{}", 10 + zipf.next_rank()),
+                    )
+                    .await;
+                }
+                checked
+            })
+        })
+        .collect();
+    for v in 100..300u64 {
+        let (s, body) = fleet
+            .put("/api/v1/budget/users/5", &format!("{{\"spent\": {v}}}"))
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::OK, "{body}");
+        acked.store(v, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let mut checked = 0;
+    for r in readers {
+        checked += tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(checked > 100, "only {checked} reads checked");
+}
