@@ -97,7 +97,7 @@ pub struct Gateway {
     parts: Parts,
     cache: Cache,
     coordinator: Coordinator,
-    limiters: Mutex<HashMap<String, (u32, Arc<Limiter>)>>,
+    limiters: std::sync::RwLock<HashMap<String, (u32, Arc<Limiter>)>>,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     probes: Probes,
@@ -160,7 +160,7 @@ impl Gateway {
             parts,
             cache,
             coordinator,
-            limiters: Mutex::new(HashMap::new()),
+            limiters: std::sync::RwLock::new(HashMap::new()),
             recorder,
             handle,
             probes,
@@ -182,10 +182,7 @@ impl Gateway {
                 let Some(gw) = weak.upgrade() else { return };
                 let o = gw.overview();
                 let point = Point {
-                    at_unix_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
+                    at_unix_ms: super::unix_ms(),
                     services: o
                         .services
                         .iter()
@@ -496,19 +493,30 @@ impl Gateway {
 
     /// Whether `client` may make one more request now at `limit` a second.
     fn admit(&self, client: &str, limit: u32) -> Result<(), Duration> {
-        let limiter = {
-            let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() > 100_000 {
-                map.clear();
-            }
-            match map.get(client) {
-                Some((l, limiter)) if *l == limit => limiter.clone(),
-                _ => {
-                    let per_second = NonZeroU32::new(limit.max(1)).unwrap_or(NonZeroU32::MIN);
-                    let limiter =
-                        Arc::new(Limiter::direct(governor::Quota::per_second(per_second)));
-                    map.insert(client.to_string(), (limit, limiter.clone()));
-                    limiter
+        // The common case, a client seen before at the same limit, takes a read lock.
+        let known = self
+            .limiters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client)
+            .filter(|(l, _)| *l == limit)
+            .map(|(_, limiter)| limiter.clone());
+        let limiter = match known {
+            Some(l) => l,
+            None => {
+                let mut map = self.limiters.write().unwrap_or_else(|e| e.into_inner());
+                if map.len() > 100_000 {
+                    map.clear();
+                }
+                match map.get(client) {
+                    Some((l, limiter)) if *l == limit => limiter.clone(),
+                    _ => {
+                        let per_second = NonZeroU32::new(limit.max(1)).unwrap_or(NonZeroU32::MIN);
+                        let limiter =
+                            Arc::new(Limiter::direct(governor::Quota::per_second(per_second)));
+                        map.insert(client.to_string(), (limit, limiter.clone()));
+                        limiter
+                    }
                 }
             }
         };

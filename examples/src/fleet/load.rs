@@ -281,7 +281,7 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
         .map(|n| (n, Arc::new(Class::default())))
         .collect();
     let started = Instant::now();
-    let started_ms = now_ms();
+    let started_ms = super::unix_ms();
     let mut summary = Summary {
         peak: fleet.scaler.current(),
         ..Summary::default()
@@ -436,11 +436,4 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
     summary.end_instances = fleet.scaler.current();
     summary.restarts = fleet.scaler.restarts();
     summary
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -670,7 +670,12 @@ async fn a_storm_of_identical_reads_is_answered_from_one_origin_read() {
     let after = fleet.service("budget").await.unwrap()["cache"]["origin_loads"]
         .as_u64()
         .unwrap();
-    assert_eq!(after - before, 1, "the origin was read {} times", after - before);
+    assert_eq!(
+        after - before,
+        1,
+        "the origin was read {} times",
+        after - before
+    );
 }
 
 /// SIGKILL the whole fleet in the middle of writes and reads, then start it again on
@@ -710,9 +715,9 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
                     if i % 10 == 0 {
                         let req = http::Request::put(format!("/api/v1/budget/users/{id}"))
                             .header(http::header::HOST, gateway.to_string())
-                            .body(http_body_util::Full::new(bytes::Bytes::from(
-                                format!("{{\"spent\": {i}}}"),
-                            )))
+                            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                                "{{\"spent\": {i}}}"
+                            ))))
                             .unwrap();
                         let _ = support::send(gateway, req).await;
                     }
@@ -732,12 +737,13 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
         let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
     }
     let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.contains(") Z"))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
     };
-    eventually(Duration::from_secs(10), "the killed fleet's instances are gone", || async {
-        pids.iter().all(|p| !alive(*p))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the killed fleet's instances are gone",
+        || async { pids.iter().all(|p| !alive(*p)) },
+    )
     .await;
 
     let again = FleetProcess::start(FLEET, &args).await.unwrap();
@@ -748,16 +754,23 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
     assert_eq!(s, StatusCode::OK, "{report}");
     assert_eq!(report["user"], 3);
     // A write after the restart still reaches the other service.
-    let (s, _) = again.put("/api/v1/budget/users/3", r#"{"spent": 77.0}"#).await.unwrap();
+    let (s, _) = again
+        .put("/api/v1/budget/users/3", r#"{"spent": 77.0}"#)
+        .await
+        .unwrap();
     assert_eq!(s, StatusCode::OK);
-    eventually(Duration::from_secs(5), "the report shows the write", || async {
-        again
-            .call(Method::GET, "/api/v1/reports/users/3", None, None, None)
-            .await
-            .unwrap()
-            .2["spent"]
-            == 77.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the report shows the write",
+        || async {
+            again
+                .call(Method::GET, "/api/v1/reports/users/3", None, None, None)
+                .await
+                .unwrap()
+                .2["spent"]
+                == 77.0
+        },
+    )
     .await;
     assert_eq!(again.service("training").await.unwrap()["ready"], 2);
 }
@@ -769,7 +782,15 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
 async fn no_read_after_an_acknowledged_write_returns_an_older_value() {
     let fleet = FleetProcess::start(
         FLEET,
-        &["--serve", "--interval", "1h", "--rate-limit", "1000000", "--origin-ms", "2"],
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--rate-limit",
+            "1000000",
+            "--origin-ms",
+            "2",
+        ],
     )
     .await
     .unwrap();
@@ -784,7 +805,9 @@ async fn no_read_after_an_acknowledged_write_returns_an_older_value() {
                 let mut checked = 0u64;
                 while !done.load(Ordering::Acquire) {
                     let floor = acked.load(Ordering::Acquire);
-                    let (s, body) = support::get(gateway, "/api/v1/budget/users/5").await.unwrap();
+                    let (s, body) = support::get(gateway, "/api/v1/budget/users/5")
+                        .await
+                        .unwrap();
                     assert_eq!(s, StatusCode::OK);
                     let user: Value = serde_json::from_slice(&body).unwrap();
                     let spent = user["spent"].as_f64().unwrap() as u64;
