@@ -672,6 +672,14 @@ mod tests {
         assert!(store.memory().has("k"));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(store.memory().get("k").is_none());
+        // Extremes: the largest cap is no cap; the smallest keeps nothing for long and
+        // never panics.
+        for cap in [Duration::MAX, Duration::from_nanos(1)] {
+            let m = MemoryTier::builder().max_ttl(cap).build().unwrap();
+            m.set("x", "v".into(), Duration::from_secs(60)).unwrap();
+            tokio::time::advance(Duration::from_millis(2)).await;
+            assert_eq!(m.get("x").is_some(), cap == Duration::MAX, "{cap:?}");
+        }
         // A zero cap is refused with what to change.
         let err = MemoryTier::builder()
             .max_ttl(Duration::ZERO)
