@@ -845,3 +845,71 @@ async fn no_read_after_an_acknowledged_write_returns_an_older_value() {
     }
     assert!(checked > 100, "only {checked} reads checked");
 }
+
+/// Damage at the gateway: malformed and duplicated `x-user-id`, a body cut mid-way, a
+/// body over the limit; each gets an answer or a closed connection, and the gateway goes
+/// on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h"])
+        .await
+        .unwrap();
+    // `cut`: close our side after writing (hyper then closes at once, as a cut
+    // connection), else wait for the answer (`connection: close` ends it).
+    let raw = |bytes: Vec<u8>, cut: bool| {
+        let gateway = fleet.gateway;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(gateway).await.unwrap();
+            let _ = s.write_all(&bytes).await;
+            if cut {
+                let _ = s.shutdown().await;
+            }
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    for (user, expect) in [
+        ("abc", "HTTP/1.1 200"),
+        ("-1", "HTTP/1.1 200"),
+        ("18446744073709551616", "HTTP/1.1 200"),
+        // Not a valid header value at all: hyper refuses the request.
+        ("\u{7f}", "HTTP/1.1 400"),
+    ] {
+        let answer = raw(format!(
+            "GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: x\r\nx-user-id: {user}\r\nconnection: close\r\n\r\n"
+        )
+        .into_bytes(), false)
+        .await;
+        // Not a user: counted against the address only, and served.
+        assert!(answer.starts_with(expect), "{user:?}: {answer}");
+    }
+    let answer = raw(b"GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: x\r\nx-user-id: 1\r\nx-user-id: 2\r\nconnection: close\r\n\r\n".to_vec(), false).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A body cut mid-way: no write happens.
+    let before = fleet
+        .call(Method::GET, "/api/v1/budget/users/8", None, None, None)
+        .await
+        .unwrap()
+        .2;
+    let _ = raw(b"PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"spent\": 9".to_vec(), true).await;
+    // A body over 1 MiB: 413.
+    let big = format!(
+        "PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        2 << 20,
+        " ".repeat(2 << 20)
+    );
+    let answer = raw(big.into_bytes(), false).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    let after = fleet
+        .call(Method::GET, "/api/v1/budget/users/8", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(after.0, StatusCode::OK);
+    assert_eq!(after.2, before, "a cut or refused write changed the user");
+}
