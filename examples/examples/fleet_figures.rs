@@ -8,12 +8,14 @@
 //! 3. time from a training instance's death (SIGKILL) to the last request the
 //!    balancer sends it, under load, and how many client requests failed;
 //! 4. the gateway's balancer as a plain reverse proxy vs HAProxy (roundrobin and
-//!    leastconn) in front of the same three loopback backends under the same `wrk`
-//!    load: requests/s and p99 (skipped, with a note, when `haproxy` or `wrk` is not
+//!    leastconn) in front of the same three loopback backends (a child process of
+//!    their own) under the same `wrk` load, with 1 and then 2 threads each:
+//!    requests/s and p99 (skipped, with a note, when `haproxy` or `wrk` is not
 //!    installed: `apt-get install -y haproxy wrk`).
 //!
 //! ```sh
 //! cargo run --release -p examples --example fleet_figures
+//! cargo run --release -p examples --example fleet_figures -- --proxy-only   # 4 alone
 //! ```
 
 use std::convert::Infallible;
@@ -301,6 +303,62 @@ async fn death() -> Result<(f64, f64, u64, usize), BoxError> {
     ))
 }
 
+/// Three tiny backends in a child process of this binary (`--role backends`), so that
+/// neither proxy shares a process or a runtime with them: each proxy under test is one
+/// process between `wrk` and the backends' process. The child prints its addresses on
+/// one line and exits when its stdin closes (or when killed).
+struct Backends {
+    child: std::process::Child,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Backends {
+    fn start() -> Result<Self, BoxError> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--role", "backends"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().ok_or("no stdout from the backends")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addrs = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<Vec<SocketAddr>, _>>()?;
+        if addrs.len() != 3 {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the backends' process printed {line:?}").into());
+        }
+        Ok(Self { child, addrs })
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `--role backends` child: three backends, their addresses on stdout, until
+/// stdin closes.
+async fn serve_backends() -> Result<(), BoxError> {
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        addrs.push(backend().await?.to_string());
+    }
+    println!("{}", addrs.join(" "));
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await?;
+    Ok(())
+}
+
 /// A tiny backend: answers "ok" at once.
 async fn backend() -> Result<SocketAddr, BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -326,7 +384,40 @@ async fn backend() -> Result<SocketAddr, BoxError> {
 
 /// The gateway's balancer as a plain reverse proxy: request and response bodies stream
 /// through, one pooled client per backend.
-async fn our_proxy(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, BoxError> {
+/// It runs on its own runtime of `threads` worker threads (kept for the rest of the
+/// process), as HAProxy gets `nbthread` of the same count.
+fn our_proxy(backends: &[SocketAddr], pick: Pick, threads: usize) -> Result<SocketAddr, BoxError> {
+    let backends = backends.to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            match serve_proxy(&backends, pick).await {
+                Ok(addr) => {
+                    let _ = tx.send(Ok(addr));
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        });
+    });
+    Ok(rx.recv()??)
+}
+
+/// The proxy's accept loop, spawned on the current runtime; its address.
+async fn serve_proxy(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, BoxError> {
     let endpoints: Vec<_> = backends
         .iter()
         .map(|a| (*a, HttpEndpoint::<Incoming>::new(*a)))
@@ -403,6 +494,7 @@ fn wrk(addr: SocketAddr, secs: u64) -> Result<(f64, f64), BoxError> {
 fn haproxy(
     backends: &[SocketAddr],
     balance: &str,
+    threads: usize,
     dir: &std::path::Path,
 ) -> Result<(std::process::Child, SocketAddr), BoxError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -414,9 +506,9 @@ fn haproxy(
         .map(|(i, a)| format!("    server b{i} {a}\n"))
         .collect();
     let cfg = format!(
-        "global\n    maxconn 4096\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    option http-keep-alive\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\nbackend b\n    balance {balance}\n    http-reuse always\n{servers}"
+        "global\n    maxconn 4096\n    nbthread {threads}\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    option http-keep-alive\nfrontend f\n    bind 127.0.0.1:{port}\n    default_backend b\nbackend b\n    balance {balance}\n    http-reuse always\n{servers}"
     );
-    let path = dir.join(format!("haproxy-{balance}.cfg"));
+    let path = dir.join(format!("haproxy-{balance}-{threads}.cfg"));
     std::fs::write(&path, cfg)?;
     let child = std::process::Command::new("haproxy")
         .arg("-f")
@@ -438,8 +530,22 @@ fn haproxy(
 /// Rounds of `wrk` per proxy.
 const ROUNDS: usize = 5;
 
-/// 4. Ours vs HAProxy: rows of (name, requests/s, p99 ms), medians of the rounds.
-async fn proxies() -> Result<Option<Vec<(String, f64, f64)>>, BoxError> {
+/// One proxy's figures in section 4.
+struct ProxyRow {
+    /// "ours" or "HAProxy".
+    proxy: &'static str,
+    /// HAProxy's name of the policy: "roundrobin" or "leastconn".
+    policy: &'static str,
+    threads: usize,
+    rps: f64,
+    p99: f64,
+}
+
+/// Worker threads given to each proxy (ours: tokio workers; HAProxy: `nbthread`).
+const PROXY_THREADS: [usize; 2] = [1, 2];
+
+/// 4. Ours vs HAProxy, with 1 and then 2 threads each; medians of the rounds.
+async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
     let have = |p: &str| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {p}")])
@@ -450,51 +556,56 @@ async fn proxies() -> Result<Option<Vec<(String, f64, f64)>>, BoxError> {
         println!("  skipped: needs haproxy and wrk (apt-get install -y haproxy wrk)");
         return Ok(None);
     }
-    let mut backends = Vec::new();
-    for _ in 0..3 {
-        backends.push(backend().await?);
-    }
+    let backend_process = Backends::start()?;
+    let backends = backend_process.addrs.clone();
     let dir = tempfile::tempdir()?;
-    let mut targets: Vec<(String, SocketAddr, Option<std::process::Child>)> = Vec::new();
-    for balance in ["roundrobin", "leastconn"] {
-        let (child, addr) = haproxy(&backends, balance, dir.path())?;
-        targets.push((format!("HAProxy {balance}"), addr, Some(child)));
-    }
-    targets.push((
-        "ours, round robin".into(),
-        our_proxy(&backends, Pick::RoundRobin).await?,
-        None,
-    ));
-    targets.push((
-        "ours, least connections".into(),
-        our_proxy(&backends, Pick::LeastConnections).await?,
-        None,
-    ));
-    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
-    for (_, addr, _) in &targets {
-        let addr = *addr;
-        let _ = tokio::task::spawn_blocking(move || wrk(addr, 1)).await?; // warm-up
-    }
-    // Rounds interleave the proxies, so a noisy moment on this shared machine hits
-    // them all alike; medians of five.
-    for _round in 0..ROUNDS {
-        for (i, (_, addr, _)) in targets.iter().enumerate() {
-            let addr = *addr;
-            results[i].push(tokio::task::spawn_blocking(move || wrk(addr, 3)).await??);
-        }
-    }
     let mut rows = Vec::new();
-    for ((name, _, child), mut r) in targets.into_iter().zip(results) {
-        r.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let rps = r[ROUNDS / 2].0;
-        let mut p: Vec<f64> = r.iter().map(|x| x.1).collect();
-        p.sort_by(f64::total_cmp);
-        let p99 = p[ROUNDS / 2];
-        println!("  {name:<24} {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})");
-        rows.push((name, rps, p99));
-        if let Some(mut c) = child {
-            let _ = c.kill();
-            let _ = c.wait();
+    for threads in PROXY_THREADS {
+        // (proxy, policy, address, HAProxy's process)
+        let mut targets: Vec<(&str, &str, SocketAddr, Option<std::process::Child>)> = Vec::new();
+        for balance in ["roundrobin", "leastconn"] {
+            let (child, addr) = haproxy(&backends, balance, threads, dir.path())?;
+            targets.push(("HAProxy", balance, addr, Some(child)));
+        }
+        for (balance, pick) in [
+            ("roundrobin", Pick::RoundRobin),
+            ("leastconn", Pick::LeastConnections),
+        ] {
+            targets.push(("ours", balance, our_proxy(&backends, pick, threads)?, None));
+        }
+        let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+        for (_, _, addr, _) in &targets {
+            let addr = *addr;
+            let _ = tokio::task::spawn_blocking(move || wrk(addr, 1)).await?; // warm-up
+        }
+        // Rounds interleave the proxies, so a noisy moment on this shared machine hits
+        // them all alike; medians of five.
+        for _round in 0..ROUNDS {
+            for (i, (_, _, addr, _)) in targets.iter().enumerate() {
+                let addr = *addr;
+                results[i].push(tokio::task::spawn_blocking(move || wrk(addr, 3)).await??);
+            }
+        }
+        for ((proxy, policy, _, child), mut r) in targets.into_iter().zip(results) {
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let rps = r[ROUNDS / 2].0;
+            let mut p: Vec<f64> = r.iter().map(|x| x.1).collect();
+            p.sort_by(f64::total_cmp);
+            let p99 = p[ROUNDS / 2];
+            println!(
+                "  {proxy:<8} {policy:<11} {threads} thread(s) {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})"
+            );
+            rows.push(ProxyRow {
+                proxy,
+                policy,
+                threads,
+                rps,
+                p99,
+            });
+            if let Some(mut c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
     Ok(Some(rows))
@@ -508,7 +619,7 @@ async fn figures() -> Result<(), BoxError> {
     println!("3. SIGKILL of a training instance under load (16 clients, 3 instances):");
     let (death_ms, removed_ms, death_failed, trials) = death().await?;
     println!(
-        "4. reverse proxy in front of 3 loopback backends, wrk -t1 -c64, 3 s x 5 interleaved rounds (medians):"
+        "4. reverse proxy in front of 3 loopback backends (their own process), wrk -t1 -c64, 3 s x 5 interleaved rounds (medians):"
     );
     let proxies = proxies().await?;
 
@@ -529,37 +640,65 @@ async fn figures() -> Result<(), BoxError> {
         "| death (SIGKILL) to the last request sent to it, median of {trials} | **{death_ms:.1} ms** (out of the balancer after {removed_ms:.1} ms), {death_failed} client requests failed | - |"
     );
     if let Some(rows) = proxies {
-        for (name, rps, p99) in &rows {
-            // Each of ours against HAProxy with the same policy.
-            let peer = if name.contains("round robin") {
-                "HAProxy roundrobin"
-            } else if name.contains("least") {
-                "HAProxy leastconn"
-            } else {
-                name.as_str()
-            };
-            let (prps, pp99) = rows
-                .iter()
-                .find(|r| r.0 == peer)
-                .map_or((*rps, *p99), |r| (r.1, r.2));
-            println!(
-                "| proxy: {name} | {rps:.0} requests/s (**{:.2}x** {peer}), p99 {p99:.2} ms ({:.2}x) | >= 1x, p99 <= 1x |",
-                rps / prps.max(1e-9),
-                p99 / pp99.max(1e-9)
-            );
-        }
+        proxy_rows(&rows);
     }
     Ok(())
 }
 
+/// The table's rows for section 4: each of ours against HAProxy with the same policy
+/// and thread count.
+fn proxy_rows(rows: &[ProxyRow]) {
+    for ours in rows.iter().filter(|r| r.proxy == "ours") {
+        let Some(peer) = rows
+            .iter()
+            .find(|r| r.proxy == "HAProxy" && r.policy == ours.policy && r.threads == ours.threads)
+        else {
+            continue;
+        };
+        let policy = if ours.policy == "roundrobin" {
+            "round robin"
+        } else {
+            "least connections"
+        };
+        println!(
+            "| proxy, {policy} vs HAProxy {}, {} thread(s) each | {:.0} vs {:.0} requests/s: **{:.2}x**; p99 {:.2} vs {:.2} ms ({:.2}x) | >= 1x, p99 <= 1x |",
+            peer.policy,
+            ours.threads,
+            ours.rps,
+            peer.rps,
+            ours.rps / peer.rps.max(1e-9),
+            ours.p99,
+            peer.p99,
+            ours.p99 / peer.p99.max(1e-9)
+        );
+    }
+}
+
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() == 2 && args[0] == "--role" && args[1] == "backends" {
+        // One thread: the backends answer at once and leave the cores to the proxies.
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve_backends());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     if let Some(role) = examples::fleet::training::from_args(&args) {
         let (port, work) = role?;
         return rt.block_on(examples::fleet::training::run(port, work));
+    }
+    if args.iter().any(|a| a == "--proxy-only") {
+        // Section 4 alone (the one that needs haproxy and wrk).
+        return rt.block_on(async {
+            println!("4. reverse proxy in front of 3 loopback backends (their own process), wrk -t1 -c64, 3 s x 5 interleaved rounds (medians):");
+            if let Some(rows) = proxies().await? {
+                proxy_rows(&rows);
+            }
+            Ok(())
+        });
     }
     rt.block_on(figures())
 }
