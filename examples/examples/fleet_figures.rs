@@ -35,6 +35,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use tower_balance_ext::forward::{self, Exchange, Forwarder, Upstream};
 use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
 
 /// Closed-loop figures: requests that succeeded, failed, and the latencies.
@@ -386,7 +387,12 @@ async fn backend() -> Result<SocketAddr, BoxError> {
 /// through, one pooled client per backend.
 /// It runs on its own runtime of `threads` worker threads (kept for the rest of the
 /// process), as HAProxy gets `nbthread` of the same count.
-fn our_proxy(backends: &[SocketAddr], pick: Pick, threads: usize) -> Result<SocketAddr, BoxError> {
+fn our_proxy(
+    backends: &[SocketAddr],
+    pick: Pick,
+    lean: bool,
+    threads: usize,
+) -> Result<SocketAddr, BoxError> {
     let backends = backends.to_vec();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -402,7 +408,12 @@ fn our_proxy(backends: &[SocketAddr], pick: Pick, threads: usize) -> Result<Sock
             }
         };
         rt.block_on(async move {
-            match serve_proxy(&backends, pick).await {
+            let serving = if lean {
+                serve_forwarder(&backends, pick).await
+            } else {
+                serve_proxy(&backends, pick).await
+            };
+            match serving {
                 Ok(addr) => {
                     let _ = tx.send(Ok(addr));
                     std::future::pending::<()>().await;
@@ -416,7 +427,23 @@ fn our_proxy(backends: &[SocketAddr], pick: Pick, threads: usize) -> Result<Sock
     Ok(rx.recv()??)
 }
 
-/// The proxy's accept loop, spawned on the current runtime; its address.
+/// The balancer in front of `tower_balance_ext::forward`'s lean HTTP/1.1 path: pooled
+/// raw upstream connections, heads parsed in place, one task per client connection.
+async fn serve_forwarder(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, BoxError> {
+    let upstreams: Vec<(SocketAddr, Upstream)> =
+        backends.iter().map(|a| (*a, Upstream::new(*a))).collect();
+    let balancer = BalancerBuilder::new(pick)
+        .failure_if(forward::server_error)
+        .retry(Exchange::retry_copy)
+        .build(discover::fixed(upstreams))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(Forwarder::new(balancer).serve(listener));
+    Ok(addr)
+}
+
+/// The proxy's accept loop (hyper's server and hyper-util's client around the
+/// balancer), spawned on the current runtime; its address.
 async fn serve_proxy(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, BoxError> {
     let endpoints: Vec<_> = backends
         .iter()
@@ -532,7 +559,7 @@ const ROUNDS: usize = 5;
 
 /// One proxy's figures in section 4.
 struct ProxyRow {
-    /// "ours" or "HAProxy".
+    /// "ours, hyper", "ours, lean" or "HAProxy".
     proxy: &'static str,
     /// HAProxy's name of the policy: "roundrobin" or "leastconn".
     policy: &'static str,
@@ -567,11 +594,14 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
             let (child, addr) = haproxy(&backends, balance, threads, dir.path())?;
             targets.push(("HAProxy", balance, addr, Some(child)));
         }
-        for (balance, pick) in [
-            ("roundrobin", Pick::RoundRobin),
-            ("leastconn", Pick::LeastConnections),
-        ] {
-            targets.push(("ours", balance, our_proxy(&backends, pick, threads)?, None));
+        for (name, lean) in [("ours, hyper", false), ("ours, lean", true)] {
+            for (balance, pick) in [
+                ("roundrobin", Pick::RoundRobin),
+                ("leastconn", Pick::LeastConnections),
+            ] {
+                let addr = our_proxy(&backends, pick, lean, threads)?;
+                targets.push((name, balance, addr, None));
+            }
         }
         let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
         for (_, _, addr, _) in &targets {
@@ -593,7 +623,7 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
             p.sort_by(f64::total_cmp);
             let p99 = p[ROUNDS / 2];
             println!(
-                "  {proxy:<8} {policy:<11} {threads} thread(s) {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})"
+                "  {proxy:<12} {policy:<11} {threads} thread(s) {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})"
             );
             rows.push(ProxyRow {
                 proxy,
@@ -648,7 +678,7 @@ async fn figures() -> Result<(), BoxError> {
 /// The table's rows for section 4: each of ours against HAProxy with the same policy
 /// and thread count.
 fn proxy_rows(rows: &[ProxyRow]) {
-    for ours in rows.iter().filter(|r| r.proxy == "ours") {
+    for ours in rows.iter().filter(|r| r.proxy != "HAProxy") {
         let Some(peer) = rows
             .iter()
             .find(|r| r.proxy == "HAProxy" && r.policy == ours.policy && r.threads == ours.threads)
@@ -660,8 +690,13 @@ fn proxy_rows(rows: &[ProxyRow]) {
         } else {
             "least connections"
         };
+        let path = if ours.proxy == "ours, lean" {
+            "lean forwarder"
+        } else {
+            "hyper server + client"
+        };
         println!(
-            "| proxy, {policy} vs HAProxy {}, {} thread(s) each | {:.0} vs {:.0} requests/s: **{:.2}x**; p99 {:.2} vs {:.2} ms ({:.2}x) | >= 1x, p99 <= 1x |",
+            "| proxy ({path}), {policy} vs HAProxy {}, {} thread(s) each | {:.0} vs {:.0} requests/s: **{:.2}x**; p99 {:.2} vs {:.2} ms ({:.2}x) | >= 1x, p99 <= 1x |",
             peer.policy,
             ours.threads,
             ours.rps,

@@ -36,6 +36,9 @@
 pub mod balance;
 pub mod breaker;
 pub mod discover;
+#[cfg(feature = "http1-forward")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http1-forward")))]
+pub mod forward;
 mod hash;
 #[cfg(feature = "http-client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
