@@ -541,3 +541,57 @@ async fn upstream_faults_answer_502_503_504_and_closed_idle_connections_are_repl
     .await
     .expect("bounded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_client_timeout_closes_idle_and_stalled_connections_and_only_those() {
+    tokio::time::timeout(BOUND, async {
+        let (a, _) = backend("a").await;
+        let config = ForwardConfig {
+            client_timeout: Duration::from_secs(1),
+            ..ForwardConfig::default()
+        };
+        let addr = proxy(&[a], config).await;
+        // A client that keeps sending within the timeout is served for several times
+        // its length (the timer moves along with it).
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..6 {
+            busy.write_all(get("/ok").as_bytes()).await.unwrap();
+            assert_eq!(
+                read_reply(&mut busy, &mut buf, false).await.unwrap().body,
+                b"ok"
+            );
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        // Idle: closed once the timeout has passed.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+        assert!(start.elapsed() >= Duration::from_secs(1));
+        // Half a head, then nothing: closed too, and nothing was forwarded.
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled
+            .write_all(b"GET /ok HTTP/1.1\r\nhost:")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+        // Half a body, then nothing.
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Whether `s` reads EOF (or a reset) within `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
