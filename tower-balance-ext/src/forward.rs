@@ -67,8 +67,9 @@ pub struct ForwardConfig {
     /// The largest request body, buffered before the request is sent (default 1 MiB;
     /// larger is answered 413).
     pub max_request_body: usize,
-    /// How long a client connection may stay idle, or take to send a request (default
-    /// 60 s).
+    /// How long a client connection may stay idle, take to send a request, or leave
+    /// a write of the response waiting because it stopped reading (default 60 s; the
+    /// connection is then closed).
     pub client_timeout: Duration,
     /// How long an upstream may take to answer with a head, and to send each part of a
     /// body (default 30 s; the request is then answered 504).
@@ -517,10 +518,6 @@ fn response_head(
         {
             continue;
         }
-        if h.name.eq_ignore_ascii_case("transfer-encoding") && !chunked {
-            // Framed by the connection's end: the client reads until we close.
-            continue;
-        }
         push_header(&mut out, h.name.as_bytes(), h.value);
     }
     if until_close {
@@ -674,7 +671,7 @@ struct Body {
 impl Body {
     /// Sends the head and the whole body to `client`. `Ok(true)` when the client's
     /// connection may carry another request.
-    async fn forward(mut self, head: &[u8], client: &mut TcpStream) -> io::Result<bool> {
+    async fn forward(mut self, head: &[u8], client: &mut Client<'_>) -> io::Result<bool> {
         let Some(mut conn) = self.conn.take() else {
             return Ok(false);
         };
@@ -691,7 +688,7 @@ impl Body {
                 return Ok(false);
             }
         };
-        client.write_all(&out).await?;
+        client.write(&out).await?;
         while !done {
             conn.buf.clear();
             conn.buf.reserve(16 * 1024);
@@ -716,7 +713,7 @@ impl Body {
             }
             out.clear();
             done = self.take(&mut conn.buf, &mut out)?;
-            client.write_all(&out).await?;
+            client.write(&out).await?;
         }
         if self.reusable && conn.buf.is_empty() {
             self.pool.put(conn);
@@ -748,6 +745,28 @@ impl Body {
             buf.clear();
         }
         Ok(done)
+    }
+}
+
+/// A client's connection and its timer: every read and write is bounded by the client
+/// timeout, so a client that stops reading cannot hold its task and an upstream
+/// connection forever.
+struct Client<'a> {
+    stream: &'a mut TcpStream,
+    timer: Timer,
+    timeout: Duration,
+}
+
+impl Client<'_> {
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        match self.timer.run(deadline, self.stream.write_all(bytes)).await {
+            Some(r) => r,
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+        }
     }
 }
 
@@ -892,11 +911,15 @@ where
 
     /// Serves one client connection until the client closes it, asks to close it,
     /// stays idle past the client timeout, or sends what cannot be forwarded.
-    pub async fn serve_connection(&self, mut client: TcpStream) -> io::Result<()> {
-        let _ = client.set_nodelay(true);
+    pub async fn serve_connection(&self, mut stream: TcpStream) -> io::Result<()> {
+        let _ = stream.set_nodelay(true);
         let config = &self.config;
         let mut buf = BytesMut::with_capacity(4096);
-        let mut timer = Timer::new(Instant::now() + config.client_timeout);
+        let mut client = Client {
+            stream: &mut stream,
+            timer: Timer::new(Instant::now() + config.client_timeout),
+            timeout: config.client_timeout,
+        };
         loop {
             // The whole request within the client timeout.
             let deadline = Instant::now() + config.client_timeout;
@@ -935,7 +958,11 @@ where
                     }
                 }
                 buf.reserve(4096);
-                match timer.run(deadline, client.read_buf(&mut buf)).await {
+                match client
+                    .timer
+                    .run(deadline, client.stream.read_buf(&mut buf))
+                    .await
+                {
                     Some(Ok(0)) | None => return Ok(()),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e),
@@ -951,7 +978,11 @@ where
             // Its body, buffered.
             while buf.len() < head.len + head.body {
                 buf.reserve(head.len + head.body - buf.len());
-                match timer.run(deadline, client.read_buf(&mut buf)).await {
+                match client
+                    .timer
+                    .run(deadline, client.stream.read_buf(&mut buf))
+                    .await
+                {
                     Some(Ok(0)) | None => return Ok(()),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e),
@@ -1008,7 +1039,12 @@ fn error_status(e: &(dyn std::error::Error + 'static)) -> u16 {
 }
 
 /// Answers `status` with `message` as a text body.
-async fn answer(client: &mut TcpStream, status: u16, message: &str, close: bool) -> io::Result<()> {
+async fn answer(
+    client: &mut Client<'_>,
+    status: u16,
+    message: &str,
+    close: bool,
+) -> io::Result<()> {
     let reason = match status {
         400 => "Bad Request",
         413 => "Content Too Large",
@@ -1029,9 +1065,10 @@ async fn answer(client: &mut TcpStream, status: u16, message: &str, close: bool)
     );
     let mut out = head.into_bytes();
     out.extend_from_slice(body.as_bytes());
-    client.write_all(&out).await?;
+    client.write(&out).await?;
     if close {
-        let _ = client.shutdown().await;
+        let deadline = Instant::now() + client.timeout;
+        let _ = client.timer.run(deadline, client.stream.shutdown()).await;
     }
     Ok(())
 }

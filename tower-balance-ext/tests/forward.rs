@@ -126,6 +126,29 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Mutex<Seen>>) {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             s.write_all(ok.as_bytes()).await.ok();
                         }
+                        "/gzip-until-close" => {
+                            s.write_all(
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n\x1f\x8b coded",
+                            )
+                            .await
+                            .ok();
+                            return;
+                        }
+                        "/huge" => {
+                            let size = 64 * 1024 * 1024;
+                            s.write_all(
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n")
+                                    .as_bytes(),
+                            )
+                            .await
+                            .ok();
+                            let block = vec![b'x'; 64 * 1024];
+                            for _ in 0..size / block.len() {
+                                if s.write_all(&block).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                         "/garbage" => {
                             s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.ok();
                             return;
@@ -209,7 +232,7 @@ async fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) ->
             let head = String::from_utf8_lossy(&buf[..len]).into_owned();
             let end = if head_request {
                 Some(len)
-            } else if te.is_some() {
+            } else if te.as_deref().is_some_and(|t| t.contains("chunked")) {
                 let body = &buf[len..];
                 body.windows(5)
                     .position(|w| w == b"0\r\n\r\n")
@@ -373,6 +396,16 @@ async fn response_framings_pass_through_and_the_connection_stays_right() {
         let r = read_reply(&mut s, &mut buf, false).await.unwrap();
         assert_eq!(r.body.len(), 4 * 1024 * 1024);
         assert!(r.body.iter().all(|b| *b == b'x'));
+        // A coding other than chunked, framed by the connection's end: the coding is
+        // kept (the client must know the body is gzip), the body read until the close.
+        let mut s2 = TcpStream::connect(addr).await.unwrap();
+        let mut buf2 = Vec::new();
+        s2.write_all(get("/gzip-until-close").as_bytes())
+            .await
+            .unwrap();
+        let r = read_reply(&mut s2, &mut buf2, false).await.unwrap();
+        assert!(r.head.contains("transfer-encoding: gzip"), "{}", r.head);
+        assert_eq!(r.body, b"\x1f\x8b coded");
         // No length: read until the upstream closes, then the client's connection closes.
         s.write_all(get("/until-close").as_bytes()).await.unwrap();
         let r = read_reply(&mut s, &mut buf, false).await.unwrap();
@@ -582,6 +615,37 @@ async fn the_client_timeout_closes_idle_and_stalled_connections_and_only_those()
             .await
             .unwrap();
         assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_client_timeout() {
+    tokio::time::timeout(BOUND, async {
+        let (a, _) = backend("a").await;
+        let config = ForwardConfig {
+            client_timeout: Duration::from_secs(2),
+            ..ForwardConfig::default()
+        };
+        let addr = proxy(&[a], config).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(get("/huge").as_bytes()).await.unwrap();
+        // Reads nothing while the proxy's writes fill the socket buffers.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Then whatever was buffered, and the end: well short of 64 MiB.
+        let mut total = 0usize;
+        let mut chunk = vec![0u8; 256 * 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        assert!(
+            total < 64 * 1024 * 1024,
+            "read {total} bytes: the proxy never gave up"
+        );
     })
     .await
     .expect("bounded");
