@@ -615,10 +615,7 @@ impl Chunked {
                 }
                 (ChunkState::Extension, b'\n') => return Err("bare LF in a chunk extension"),
                 (ChunkState::Extension, _) => {
-                    self.line += 1;
-                    if self.line > MAX_CHUNK_LINE {
-                        return Err("chunk extension over the limit");
-                    }
+                    self.count_line()?;
                     ChunkState::Extension
                 }
                 (ChunkState::SizeLf, b'\n') => {
@@ -637,10 +634,7 @@ impl Chunked {
                     return Err("bare LF in a trailer")
                 }
                 (ChunkState::TrailerStart | ChunkState::Trailer, _) => {
-                    self.line += 1;
-                    if self.line > MAX_CHUNK_LINE {
-                        return Err("trailer line over the limit");
-                    }
+                    self.count_line()?;
                     ChunkState::Trailer
                 }
                 (ChunkState::TrailerLf, b'\n') => {
@@ -656,6 +650,15 @@ impl Chunked {
 
     fn done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// One more byte of a chunk extension or a trailer line, within the limit.
+    fn count_line(&mut self) -> Result<(), &'static str> {
+        self.line += 1;
+        if self.line > MAX_CHUNK_LINE {
+            return Err("chunk extension or trailer line over the limit");
+        }
+        Ok(())
     }
 }
 
@@ -758,6 +761,15 @@ struct Client<'a> {
 }
 
 impl Client<'_> {
+    /// Reads more into `buf`; `false` when the client closed or `deadline` passed.
+    async fn read(&mut self, buf: &mut BytesMut, deadline: Instant) -> io::Result<bool> {
+        match self.timer.run(deadline, self.stream.read_buf(buf)).await {
+            Some(Ok(0)) | None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         let deadline = Instant::now() + self.timeout;
         match self.timer.run(deadline, self.stream.write_all(bytes)).await {
@@ -958,14 +970,8 @@ where
                     }
                 }
                 buf.reserve(4096);
-                match client
-                    .timer
-                    .run(deadline, client.stream.read_buf(&mut buf))
-                    .await
-                {
-                    Some(Ok(0)) | None => return Ok(()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e),
+                if !client.read(&mut buf, deadline).await? {
+                    return Ok(());
                 }
             };
             let head = match head {
@@ -978,14 +984,8 @@ where
             // Its body, buffered.
             while buf.len() < head.len + head.body {
                 buf.reserve(head.len + head.body - buf.len());
-                match client
-                    .timer
-                    .run(deadline, client.stream.read_buf(&mut buf))
-                    .await
-                {
-                    Some(Ok(0)) | None => return Ok(()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e),
+                if !client.read(&mut buf, deadline).await? {
+                    return Ok(());
                 }
             }
             buf.advance(head.len);

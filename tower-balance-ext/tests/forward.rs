@@ -109,19 +109,7 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Mutex<Seen>>) {
                         "/early-hints" => {
                             s.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.ok();
                         }
-                        "/big" => {
-                            let size = 4 * 1024 * 1024;
-                            s.write_all(
-                                format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n")
-                                    .as_bytes(),
-                            )
-                            .await
-                            .ok();
-                            let block = vec![b'x'; 64 * 1024];
-                            for _ in 0..size / block.len() {
-                                s.write_all(&block).await.ok();
-                            }
-                        }
+                        "/big" => send_large(&mut s, 4 * 1024 * 1024).await,
                         "/slow" => {
                             tokio::time::sleep(Duration::from_secs(5)).await;
                             s.write_all(ok.as_bytes()).await.ok();
@@ -134,21 +122,7 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Mutex<Seen>>) {
                             .ok();
                             return;
                         }
-                        "/huge" => {
-                            let size = 64 * 1024 * 1024;
-                            s.write_all(
-                                format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n")
-                                    .as_bytes(),
-                            )
-                            .await
-                            .ok();
-                            let block = vec![b'x'; 64 * 1024];
-                            for _ in 0..size / block.len() {
-                                if s.write_all(&block).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
+                        "/huge" => send_large(&mut s, 64 * 1024 * 1024).await,
                         "/garbage" => {
                             s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.ok();
                             return;
@@ -176,6 +150,21 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Mutex<Seen>>) {
     (addr, seen)
 }
 
+/// Answers `size` bytes of 'x' with a Content-Length, 64 KiB per write, stopping when
+/// the connection fails.
+async fn send_large(s: &mut TcpStream, size: usize) {
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let block = vec![b'x'; 64 * 1024];
+    for _ in 0..size / block.len() {
+        if s.write_all(&block).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A forwarder over `backends` (round robin, retries of idempotent requests).
 async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr {
     let upstreams: Vec<(SocketAddr, Upstream)> = backends
@@ -192,6 +181,16 @@ async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Forwarder::with_config(balancer, config).serve(listener));
     addr
+}
+
+/// A forwarder over one backend with `client_timeout`.
+async fn proxy_with_client_timeout(client_timeout: Duration) -> SocketAddr {
+    let (a, _) = backend("a").await;
+    let config = ForwardConfig {
+        client_timeout,
+        ..ForwardConfig::default()
+    };
+    proxy(&[a], config).await
 }
 
 /// A response as the client read it.
@@ -578,12 +577,7 @@ async fn upstream_faults_answer_502_503_504_and_closed_idle_connections_are_repl
 #[tokio::test(start_paused = true)]
 async fn the_client_timeout_closes_idle_and_stalled_connections_and_only_those() {
     tokio::time::timeout(BOUND, async {
-        let (a, _) = backend("a").await;
-        let config = ForwardConfig {
-            client_timeout: Duration::from_secs(1),
-            ..ForwardConfig::default()
-        };
-        let addr = proxy(&[a], config).await;
+        let addr = proxy_with_client_timeout(Duration::from_secs(1)).await;
         // A client that keeps sending within the timeout is served for several times
         // its length (the timer moves along with it).
         let mut busy = TcpStream::connect(addr).await.unwrap();
@@ -623,12 +617,7 @@ async fn the_client_timeout_closes_idle_and_stalled_connections_and_only_those()
 #[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_is_cut_off_after_the_client_timeout() {
     tokio::time::timeout(BOUND, async {
-        let (a, _) = backend("a").await;
-        let config = ForwardConfig {
-            client_timeout: Duration::from_secs(2),
-            ..ForwardConfig::default()
-        };
-        let addr = proxy(&[a], config).await;
+        let addr = proxy_with_client_timeout(Duration::from_secs(2)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(get("/huge").as_bytes()).await.unwrap();
         // Reads nothing while the proxy's writes fill the socket buffers.
