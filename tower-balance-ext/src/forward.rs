@@ -77,6 +77,9 @@ pub struct ForwardConfig {
     pub upstream_timeout: Duration,
     /// Idle connections kept per upstream (default 128).
     pub max_idle_per_upstream: usize,
+    /// Client connections served at once by [`Forwarder::serve`]; beyond it, new
+    /// connections wait in the listener's backlog (default 10,000; at least 1).
+    pub max_connections: usize,
 }
 
 impl Default for ForwardConfig {
@@ -87,6 +90,7 @@ impl Default for ForwardConfig {
             client_timeout: Duration::from_secs(60),
             upstream_timeout: Duration::from_secs(30),
             max_idle_per_upstream: 128,
+            max_connections: 10_000,
         }
     }
 }
@@ -899,32 +903,80 @@ where
         }
     }
 
-    /// Accepts connections on `listener` and serves each in a task of its own, until
-    /// accepting fails for a reason other than running out of file descriptors (then
-    /// it waits and goes on).
+    /// Accepts connections on `listener` and serves each in a task of its own (at most
+    /// [`ForwardConfig::max_connections`] at once), until accepting fails for a reason
+    /// other than a connection aborted early or running out of file descriptors (then
+    /// it waits 50 ms and goes on).
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
-        loop {
-            let stream = match listener.accept().await {
+        self.serve_with_shutdown(listener, std::future::pending())
+            .await
+    }
+
+    /// [`serve`](Self::serve) until `shutdown` completes, then drains: stops accepting,
+    /// lets every request in progress finish (its answer sent whole), closes each
+    /// connection as it goes idle, and returns once all are closed. Bound the drain
+    /// with `tokio::time::timeout` if its clients may be slow.
+    pub async fn serve_with_shutdown<F>(self, listener: TcpListener, shutdown: F) -> io::Result<()>
+    where
+        F: Future<Output = ()>,
+    {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.config.max_connections.max(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let result = loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break Ok(()), // never closed
+                },
+            };
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(error = %e, "accept failed; retrying in 50 ms");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             };
             let this = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = this.serve_connection(stream).await {
+            let stopped = stopped.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                if let Err(e) = this.serve_until(stream, Some(stopped)).await {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
             });
-        }
+            while tasks.try_join_next().is_some() {}
+        };
+        drop(listener);
+        let _ = stop.send(true);
+        while tasks.join_next().await.is_some() {}
+        result
     }
 
     /// Serves one client connection until the client closes it, asks to close it,
     /// stays idle past the client timeout, or sends what cannot be forwarded.
-    pub async fn serve_connection(&self, mut stream: TcpStream) -> io::Result<()> {
+    pub async fn serve_connection(&self, stream: TcpStream) -> io::Result<()> {
+        self.serve_until(stream, None).await
+    }
+
+    /// The same, closing the connection once idle after `stopped` turns true.
+    async fn serve_until(
+        &self,
+        mut stream: TcpStream,
+        mut stopped: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> io::Result<()> {
         let _ = stream.set_nodelay(true);
         let config = &self.config;
         let mut buf = BytesMut::with_capacity(4096);
@@ -971,7 +1023,16 @@ where
                     }
                 }
                 buf.reserve(4096);
-                if !client.read(&mut buf, deadline).await? {
+                let more = match stopped.as_mut() {
+                    // Between requests, a drain closes the connection.
+                    Some(stopped) if buf.is_empty() => tokio::select! {
+                        biased;
+                        _ = stopped.wait_for(|s| *s) => false,
+                        r = client.read(&mut buf, deadline) => r?,
+                    },
+                    _ => client.read(&mut buf, deadline).await?,
+                };
+                if !more {
                     return Ok(());
                 }
             };

@@ -123,6 +123,10 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Mutex<Seen>>) {
                             return;
                         }
                         "/huge" => send_large(&mut s, 64 * 1024 * 1024).await,
+                        "/delay" => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            s.write_all(ok.as_bytes()).await.ok();
+                        }
                         "/garbage" => {
                             s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.ok();
                             return;
@@ -647,4 +651,81 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
         tokio::time::timeout(limit, s.read(&mut b)).await,
         Ok(Ok(0)) | Ok(Err(_))
     )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_finishes_requests_in_progress_closes_idle_connections_and_returns() {
+    tokio::time::timeout(BOUND, async {
+        let (a, _) = backend("a").await;
+        let upstreams = vec![(a, Upstream::new(a))];
+        let balancer = BalancerBuilder::new(Pick::RoundRobin)
+            .build(discover::fixed(upstreams))
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            Forwarder::new(balancer).serve_with_shutdown(listener, async {
+                let _ = stopped.await;
+            }),
+        );
+        // One connection idle after a request, one in the middle of a slow one.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        idle.write_all(get("/ok").as_bytes()).await.unwrap();
+        assert_eq!(
+            read_reply(&mut idle, &mut buf, false).await.unwrap().body,
+            b"ok"
+        );
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(get("/delay").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        // The slow one is answered whole, then closed; the idle one is closed.
+        let mut busy_buf = Vec::new();
+        let r = read_reply(&mut busy, &mut busy_buf, false).await.unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+        assert!(closed_within(&mut busy, Duration::from_secs(5)).await);
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+        // serve_with_shutdown returns, and nothing listens any more.
+        server.await.unwrap().unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn beyond_max_connections_a_client_waits_until_one_closes() {
+    tokio::time::timeout(BOUND, async {
+        let (a, _) = backend("a").await;
+        let config = ForwardConfig {
+            max_connections: 1,
+            ..ForwardConfig::default()
+        };
+        let addr = proxy(&[a], config).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        first.write_all(get("/ok").as_bytes()).await.unwrap();
+        assert_eq!(
+            read_reply(&mut first, &mut buf, false).await.unwrap().body,
+            b"ok"
+        );
+        // The second is in the backlog: no answer while the first is open.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(get("/ok").as_bytes()).await.unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3), second.read(&mut byte))
+                .await
+                .is_err(),
+            "served beyond max_connections"
+        );
+        drop(first);
+        let mut buf = Vec::new();
+        let r = read_reply(&mut second, &mut buf, false).await.unwrap();
+        assert_eq!(r.body, b"ok");
+    })
+    .await
+    .expect("bounded");
 }
