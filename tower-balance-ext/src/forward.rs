@@ -1251,6 +1251,59 @@ mod tests {
         assert!(c.done());
     }
 
+    proptest::proptest! {
+        /// Any chunked body (chunk sizes in any case and with leading zeros, extensions,
+        /// trailers), followed by anything, split anywhere: the scanner ends exactly at
+        /// the body's end.
+        #[test]
+        fn chunked_scanner_ends_exactly_at_the_end(
+            chunks in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 1..300), proptest::bool::ANY, 0usize..3),
+                0..8,
+            ),
+            trailers in proptest::collection::vec("[a-z]{1,8}: [a-z0-9]{0,8}", 0..3),
+            suffix in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            cuts in proptest::collection::vec(0usize..4000, 0..6),
+        ) {
+            let mut body = Vec::new();
+            for (data, upper, zeros) in &chunks {
+                let size = format!("{}{:x}", "0".repeat(*zeros), data.len());
+                body.extend_from_slice(if *upper { size.to_uppercase() } else { size }.as_bytes());
+                if *upper {
+                    body.extend_from_slice(b" ;name=\"v\"");
+                }
+                body.extend_from_slice(b"\r\n");
+                body.extend_from_slice(data);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n");
+            for t in &trailers {
+                body.extend_from_slice(t.as_bytes());
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"\r\n");
+            let end = body.len();
+            body.extend_from_slice(&suffix);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.push(0);
+            cuts.push(body.len());
+            cuts.sort_unstable();
+            let parts: Vec<&[u8]> = cuts.windows(2).map(|w| &body[w[0]..w[1]]).collect();
+            proptest::prop_assert_eq!(scan_all(&parts), Ok((end, true)));
+        }
+
+        /// Bytes of any kind never make the scanner panic or claim more than it was given.
+        #[test]
+        fn chunked_scanner_takes_no_more_than_it_is_given(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..500),
+        ) {
+            let mut c = Chunked::default();
+            if let Ok(n) = c.scan(&bytes) {
+                proptest::prop_assert!(n <= bytes.len());
+            }
+        }
+    }
+
     #[test]
     fn chunked_scanner_refuses_malformed_framing() {
         for bad in [
