@@ -20,21 +20,44 @@
 //! dropped both ways, and response bodies stream through whatever their framing
 //! (length, chunked, until close), with no limit on their size.
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), tower_balance_ext::BoxError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_balance_ext::BoxError> {
 //! use std::net::SocketAddr;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use tokio::net::{TcpListener, TcpStream};
 //! use tower_balance_ext::forward::{self, Exchange, Forwarder, Upstream};
 //! use tower_balance_ext::{discover, BalancerBuilder, Pick};
 //!
-//! let backends: Vec<SocketAddr> = vec!["127.0.0.1:8081".parse()?, "127.0.0.1:8082".parse()?];
+//! # let backend = TcpListener::bind("127.0.0.1:0").await?;
+//! # let backend_addr = backend.local_addr()?;
+//! # tokio::spawn(async move {
+//! #     let (mut s, _) = backend.accept().await.unwrap();
+//! #     let mut buf = [0u8; 1024];
+//! #     let _ = s.read(&mut buf).await;
+//! #     let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+//! # });
+//! let backends: Vec<SocketAddr> = vec![backend_addr]; // your servers
 //! let upstreams: Vec<(SocketAddr, Upstream)> =
 //!     backends.iter().map(|a| (*a, Upstream::new(*a))).collect();
 //! let balancer = BalancerBuilder::new(Pick::LeastConnections)
 //!     .failure_if(forward::server_error)
 //!     .retry(Exchange::retry_copy)
 //!     .build(discover::fixed(upstreams))?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! Forwarder::new(balancer).serve(listener).await?;
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(Forwarder::new(balancer).serve(listener));
+//!
+//! let mut client = TcpStream::connect(addr).await?;
+//! client.write_all(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n").await?;
+//! let mut answer = Vec::new();
+//! while !answer.ends_with(b"ok") {
+//!     let mut chunk = [0u8; 1024];
+//!     let n = client.read(&mut chunk).await?;
+//!     assert!(n > 0, "closed early");
+//!     answer.extend_from_slice(&chunk[..n]);
+//! }
+//! assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 //! # Ok(())
 //! # }
 //! ```
