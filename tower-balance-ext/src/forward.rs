@@ -349,7 +349,16 @@ impl Service<Exchange> for Upstream {
 async fn exchange(pool: &Arc<Pool>, req: &Exchange) -> Result<Forwarded, UpstreamErrorKind> {
     let timeout = pool.config.upstream_timeout;
     let deadline = Instant::now() + timeout;
-    if let Some(conn) = pool.take() {
+    // A request that must not be sent twice goes only over a pooled connection that
+    // the upstream has not closed meanwhile (one non-blocking read tells; closed ones
+    // are dropped); an idempotent one is simply sent again if it was.
+    let pooled = loop {
+        match pool.take() {
+            Some(conn) if !req.idempotent && !still_open(&conn) => continue,
+            other => break other,
+        }
+    };
+    if let Some(conn) = pooled {
         match send(pool, conn, req, deadline).await {
             Ok(res) => return Ok(res),
             Err(Sent::Unanswered(e)) if req.idempotent => {
@@ -373,6 +382,13 @@ async fn exchange(pool: &Arc<Pool>, req: &Exchange) -> Result<Forwarded, Upstrea
         Sent::Unanswered(e) => UpstreamErrorKind::Io(e),
         Sent::Failed(kind) => kind,
     })
+}
+
+/// Whether an idle pooled connection is still open: a non-blocking read finds nothing
+/// to read (end of stream, stray bytes or an error all mean it is not fit for use).
+fn still_open(conn: &Conn) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(conn.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 enum Sent {
