@@ -551,7 +551,12 @@ fn response_head(
     let until_close = matches!(framing, Framing::UntilClose);
     let mut out = Vec::with_capacity(len + 24);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    // Three digits (httparse checks), written without a formatter.
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(res.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -908,10 +913,8 @@ fn request_head(
         close,
         exchange_head: out,
         head_request: method == "HEAD",
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        ),
+        idempotent: http::Method::from_bytes(method.as_bytes())
+            .is_ok_and(|m| crate::is_idempotent(&m)),
     })
 }
 
@@ -1146,18 +1149,10 @@ async fn answer(
     message: &str,
     close: bool,
 ) -> io::Result<()> {
-    let reason = match status {
-        400 => "Bad Request",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    };
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
     let body = format!("{message}\n");
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n",
