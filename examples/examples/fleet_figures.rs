@@ -579,11 +579,13 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !have("haproxy") || !have("wrk") {
+    // Setting up starts processes and waits for them: off the runtime's workers.
+    use tokio::task::block_in_place as setup;
+    if !setup(|| have("haproxy") && have("wrk")) {
         println!("  skipped: needs haproxy and wrk (apt-get install -y haproxy wrk)");
         return Ok(None);
     }
-    let backend_process = Backends::start()?;
+    let backend_process = setup(Backends::start)?;
     let backends = backend_process.addrs.clone();
     let dir = tempfile::tempdir()?;
     let mut rows = Vec::new();
@@ -591,7 +593,7 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
         // (proxy, policy, address, HAProxy's process)
         let mut targets: Vec<(&str, &str, SocketAddr, Option<std::process::Child>)> = Vec::new();
         for balance in ["roundrobin", "leastconn"] {
-            let (child, addr) = haproxy(&backends, balance, threads, dir.path())?;
+            let (child, addr) = setup(|| haproxy(&backends, balance, threads, dir.path()))?;
             targets.push(("HAProxy", balance, addr, Some(child)));
         }
         for (name, lean) in [("ours, hyper", false), ("ours, lean", true)] {
@@ -599,7 +601,7 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
                 ("roundrobin", Pick::RoundRobin),
                 ("leastconn", Pick::LeastConnections),
             ] {
-                let addr = our_proxy(&backends, pick, lean, threads)?;
+                let addr = setup(|| our_proxy(&backends, pick, lean, threads))?;
                 targets.push((name, balance, addr, None));
             }
         }
