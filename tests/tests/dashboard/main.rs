@@ -105,6 +105,37 @@ async fn ready_count(c: &fantoccini::Client) -> Option<u64> {
     v.as_u64()
 }
 
+/// The text of the element `locator` finds.
+async fn text_of(c: &fantoccini::Client, locator: Locator<'_>) -> String {
+    c.find(locator).await.unwrap().text().await.unwrap()
+}
+
+/// Clicks the element with `id`.
+async fn click(c: &fantoccini::Client, id: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Waits (at most 10 s) until the element `id` shows `needle`.
+async fn wait_text(c: &fantoccini::Client, id: &str, needle: &str) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = text_of(c, Locator::Id(id)).await;
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "#{id} never showed {needle:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_ready(c: &fantoccini::Client, n: u64, within: Duration, what: &str) {
     let end = tokio::time::Instant::now() + within;
     loop {
@@ -163,13 +194,7 @@ async fn the_dashboard_shows_the_fleet_follows_changes_and_scales_with_the_token
             .await
             .unwrap();
         assert_eq!(rows.len(), 1);
-        let budget = c
-            .find(Locator::Css("#service-budget"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let budget = text_of(&c, Locator::Css("#service-budget")).await;
         assert!(budget.starts_with("budget"), "{budget}");
 
         // A change made elsewhere (the API) shows within a few seconds.
@@ -205,54 +230,21 @@ async fn the_dashboard_shows_the_fleet_follows_changes_and_scales_with_the_token
         // A click with a wrong token is refused and changes nothing.
         let token = c.find(Locator::Id("token")).await.unwrap();
         token.send_keys("not-the-token").await.unwrap();
-        c.find(Locator::Id("scale-up-training"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let msg = c.find(Locator::Id("scale-message")).await.unwrap();
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !msg.text().await.unwrap().contains("401") {
-            assert!(
-                tokio::time::Instant::now() < end,
-                "no 401 shown: {}",
-                msg.text().await.unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        click(&c, "scale-up-training").await;
+        wait_text(&c, "scale-message", "401").await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(ready_count(&c).await, Some(2));
 
         // With the token: one more instance.
         token.clear().await.unwrap();
         token.send_keys(&fleet.token).await.unwrap();
-        c.find(Locator::Id("scale-up-training"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "scale-up-training").await;
         wait_ready(&c, 3, Duration::from_secs(30), "after the scale-up click").await;
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !msg.text().await.unwrap().contains("3 instance") {
-            assert!(
-                tokio::time::Instant::now() < end,
-                "message: {}",
-                msg.text().await.unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_text(&c, "scale-message", "3 instance").await;
         let status = fleet.service("training").await.unwrap();
         assert_eq!(status["ready"], 3, "{status}");
         // The history shows the manual actions; the charts were drawn.
-        let history = c
-            .find(Locator::Id("history"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let history = text_of(&c, Locator::Id("history")).await;
         assert!(history.contains("manual"), "{history}");
         let width = c
             .execute(
