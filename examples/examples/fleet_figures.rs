@@ -118,15 +118,23 @@ fn config() -> Config {
     }
 }
 
+/// [`config`] with `instances` (min, max) training instances, each serving
+/// `concurrency` requests at a time that wait `wait` (no CPU work).
+fn training_config(instances: (usize, usize), wait: Duration, concurrency: usize) -> Config {
+    Config {
+        instances,
+        work: Work {
+            wait,
+            cpu: Duration::ZERO,
+            concurrency,
+        },
+        ..config()
+    }
+}
+
 /// 1. Throughput, 3 instances vs 1.
 async fn scaling() -> Result<(f64, f64), BoxError> {
-    let mut cfg = config();
-    cfg.instances = (1, 3);
-    cfg.work = Work {
-        wait: Duration::from_millis(20),
-        cpu: Duration::ZERO,
-        concurrency: 4,
-    };
+    let cfg = training_config((1, 3), Duration::from_millis(20), 4);
     let fleet = Fleet::start(&cfg).await?;
     let mut rps = Vec::new();
     for n in [1, 3] {
@@ -209,13 +217,7 @@ async fn cache() -> Result<(f64, Duration, Duration), BoxError> {
 /// Death to zero traffic (figure 3): median ms to the last request sent to it, median
 /// ms to its removal from the balancer, failed client requests, trials.
 async fn death() -> Result<(f64, f64, u64, usize), BoxError> {
-    let mut cfg = config();
-    cfg.instances = (3, 3);
-    cfg.work = Work {
-        wait: Duration::from_millis(5),
-        cpu: Duration::ZERO,
-        concurrency: 64,
-    };
+    let cfg = training_config((3, 3), Duration::from_millis(5), 64);
     let fleet = Fleet::start(&cfg).await?;
     let gateway = fleet.gateway;
     let load = tokio::spawn(drive(
