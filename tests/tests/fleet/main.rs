@@ -85,6 +85,12 @@ impl Load {
     }
 }
 
+/// A write through the gateway that must succeed.
+async fn write_ok(fleet: &FleetProcess, path: &str, body: &str) {
+    let (s, answer) = fleet.put(path, body).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "PUT {path} {body}: {answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_401_409_404_and_400_and_changes_nothing_it_refuses() {
     let fleet = FleetProcess::start(
@@ -254,11 +260,7 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
     );
 
     // A write through budget: the report in the reports service goes with it.
-    let (s, body) = fleet
-        .put("/api/v1/budget/users/7", r#"{"spent": 42.5}"#)
-        .await
-        .unwrap();
-    assert_eq!(s, StatusCode::OK, "{body}");
+    write_ok(&fleet, "/api/v1/budget/users/7", r#"{"spent": 42.5}"#).await;
     eventually(
         Duration::from_secs(5),
         "the report shows the write",
@@ -271,11 +273,12 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
     assert_eq!(rate["rate"], 2.5);
     let (_, _, rate) = get("/api/v1/budget/providers/openai".into(), None).await;
     assert_eq!(rate["rate"], 2.5);
-    let (s, body) = fleet
-        .put("/api/v1/reports/providers/openai", r#"{"rate": 9.0}"#)
-        .await
-        .unwrap();
-    assert_eq!(s, StatusCode::OK, "{body}");
+    write_ok(
+        &fleet,
+        "/api/v1/reports/providers/openai",
+        r#"{"rate": 9.0}"#,
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "budget shows the new rate",
@@ -287,11 +290,7 @@ async fn a_write_through_one_service_invalidates_the_others_entries_over_the_bus
     // through budget reaches the gateway's cached limit, and the user is held to it.
     let (s, _, _) = get("/api/v1/budget/users/42".into(), Some(42)).await;
     assert_eq!(s, StatusCode::OK, "the default limit is 1,000/s");
-    let (s, body) = fleet
-        .put("/api/v1/budget/users/42", r#"{"rate_limit": 1}"#)
-        .await
-        .unwrap();
-    assert_eq!(s, StatusCode::OK, "{body}");
+    write_ok(&fleet, "/api/v1/budget/users/42", r#"{"rate_limit": 1}"#).await;
     eventually(
         Duration::from_secs(5),
         "user 42 is held to 1 request/s",
@@ -584,11 +583,7 @@ async fn with_bus_redis_a_write_reaches_the_other_service_through_redis() {
             .2
     };
     assert_eq!(get().await["spent"], 9.0);
-    let (s, body) = fleet
-        .put("/api/v1/budget/users/9", r#"{"spent": 1.5}"#)
-        .await
-        .unwrap();
-    assert_eq!(s, StatusCode::OK, "{body}");
+    write_ok(&fleet, "/api/v1/budget/users/9", r#"{"spent": 1.5}"#).await;
     eventually(
         Duration::from_secs(5),
         "the report shows the write",
