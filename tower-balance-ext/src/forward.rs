@@ -77,7 +77,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::BoxError;
+use crate::{BoxError, BuildError};
 
 /// The most headers a head may carry.
 const MAX_HEADERS: usize = 100;
@@ -103,6 +103,35 @@ pub struct ForwardConfig {
     /// Client connections served at once by [`Forwarder::serve`]; beyond it, new
     /// connections wait in the listener's backlog (default 10,000; at least 1).
     pub max_connections: usize,
+}
+
+/// The smallest `max_head` accepted: a request line and a Host header fit.
+const MIN_HEAD: usize = 256;
+
+impl ForwardConfig {
+    /// The settings an [`Upstream`] uses.
+    fn check_upstream(&self) -> Result<(), BuildError> {
+        if self.upstream_timeout.is_zero() {
+            return Err(BuildError(
+                "upstream_timeout is zero: every request would time out; give a duration (default 30 s)".into(),
+            ));
+        }
+        if self.max_head < MIN_HEAD {
+            return Err(BuildError(format!(
+                "max_head is {} bytes: heads that small do not fit a request line and a Host; give at least {MIN_HEAD} (default 64 KiB)",
+                self.max_head
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `d` from now, or as far ahead as the clock goes (a `Duration::MAX` timeout never
+/// fires rather than overflowing).
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 impl Default for ForwardConfig {
@@ -298,12 +327,17 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// Connections to `addr` with the default [`ForwardConfig`].
     pub fn new(addr: SocketAddr) -> Self {
-        Self::with_config(addr, ForwardConfig::default())
+        Self::pooled(addr, ForwardConfig::default())
     }
 
     /// Connections to `addr` with `config`'s head limit, upstream timeout and idle
-    /// pool size.
-    pub fn with_config(addr: SocketAddr, config: ForwardConfig) -> Self {
+    /// pool size; a setting that cannot work is refused, naming it.
+    pub fn with_config(addr: SocketAddr, config: ForwardConfig) -> Result<Self, BuildError> {
+        config.check_upstream()?;
+        Ok(Self::pooled(addr, config))
+    }
+
+    fn pooled(addr: SocketAddr, config: ForwardConfig) -> Self {
         Self {
             pool: Arc::new(Pool {
                 addr,
@@ -348,7 +382,7 @@ impl Service<Exchange> for Upstream {
 /// idempotent request is then sent again over a new connection.
 async fn exchange(pool: &Arc<Pool>, req: &Exchange) -> Result<Forwarded, UpstreamErrorKind> {
     let timeout = pool.config.upstream_timeout;
-    let deadline = Instant::now() + timeout;
+    let deadline = after(timeout);
     // A request that must not be sent twice goes only over a pooled connection that
     // the upstream has not closed meanwhile (one non-blocking read tells; closed ones
     // are dropped); an idempotent one is simply sent again if it was.
@@ -745,7 +779,7 @@ impl Body {
             conn.buf.clear();
             conn.buf.reserve(16 * 1024);
             let read = conn.stream.read_buf(&mut conn.buf);
-            let n = match conn.timer.run(Instant::now() + timeout, read).await {
+            let n = match conn.timer.run(after(timeout), read).await {
                 Some(r) => r?,
                 None => {
                     return Err(io::Error::new(
@@ -820,7 +854,7 @@ impl Client<'_> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = after(self.timeout);
         match self.timer.run(deadline, self.stream.write_all(bytes)).await {
             Some(r) => r,
             None => Err(io::Error::new(
@@ -934,15 +968,31 @@ where
 {
     /// A forwarder over `service` with the default [`ForwardConfig`].
     pub fn new(service: S) -> Self {
-        Self::with_config(service, ForwardConfig::default())
-    }
-
-    /// A forwarder with `config`'s limits and client timeout.
-    pub fn with_config(service: S, config: ForwardConfig) -> Self {
         Self {
             service,
-            config: Arc::new(config),
+            config: Arc::new(ForwardConfig::default()),
         }
+    }
+
+    /// A forwarder with `config`'s limits and client timeout; a setting that cannot
+    /// work is refused, naming it.
+    pub fn with_config(service: S, config: ForwardConfig) -> Result<Self, BuildError> {
+        config.check_upstream()?;
+        if config.client_timeout.is_zero() {
+            return Err(BuildError(
+                "client_timeout is zero: every connection would close at once; give a duration (default 60 s)".into(),
+            ));
+        }
+        if config.max_connections == 0 {
+            return Err(BuildError(
+                "max_connections is 0: no client would be served; give at least 1 (default 10,000)"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            service,
+            config: Arc::new(config),
+        })
     }
 
     /// Accepts connections on `listener` and serves each in a task of its own (at most
@@ -1024,12 +1074,12 @@ where
         let mut buf = BytesMut::with_capacity(4096);
         let mut client = Client {
             stream: &mut stream,
-            timer: Timer::new(Instant::now() + config.client_timeout),
+            timer: Timer::new(after(config.client_timeout)),
             timeout: config.client_timeout,
         };
         loop {
             // The whole request within the client timeout.
-            let deadline = Instant::now() + config.client_timeout;
+            let deadline = after(config.client_timeout);
             // A whole request head.
             let head = loop {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -1163,7 +1213,7 @@ async fn answer(
     out.extend_from_slice(body.as_bytes());
     client.write(&out).await?;
     if close {
-        let deadline = Instant::now() + client.timeout;
+        let deadline = after(client.timeout);
         let _ = client.timer.run(deadline, client.stream.shutdown()).await;
     }
     Ok(())

@@ -173,7 +173,7 @@ async fn send_large(s: &mut TcpStream, size: usize) {
 async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr {
     let upstreams: Vec<(SocketAddr, Upstream)> = backends
         .iter()
-        .map(|a| (*a, Upstream::with_config(*a, config.clone())))
+        .map(|a| (*a, Upstream::with_config(*a, config.clone()).unwrap()))
         .collect();
     let balancer = BalancerBuilder::new(Pick::RoundRobin)
         .failure_if(forward::server_error)
@@ -183,7 +183,11 @@ async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr {
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(Forwarder::with_config(balancer, config).serve(listener));
+    tokio::spawn(
+        Forwarder::with_config(balancer, config)
+            .unwrap()
+            .serve(listener),
+    );
     addr
 }
 
@@ -730,6 +734,135 @@ async fn beyond_max_connections_a_client_waits_until_one_closes() {
         let mut buf = Vec::new();
         let r = read_reply(&mut second, &mut buf, false).await.unwrap();
         assert_eq!(r.body, b"ok");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_settings_work_or_are_refused_with_a_message() {
+    tokio::time::timeout(BOUND, async {
+        let (a, _) = backend("a").await;
+        // The largest values: no overflow, requests go through.
+        let huge = ForwardConfig {
+            max_head: usize::MAX,
+            max_request_body: usize::MAX,
+            client_timeout: Duration::MAX,
+            upstream_timeout: Duration::MAX,
+            max_idle_per_upstream: usize::MAX,
+            max_connections: usize::MAX >> 4,
+        };
+        // The smallest that make sense: no pooling, no request bodies.
+        let small = ForwardConfig {
+            max_request_body: 0,
+            max_idle_per_upstream: 0,
+            max_connections: 1,
+            ..ForwardConfig::default()
+        };
+        for config in [huge, small.clone()] {
+            let addr = proxy(&[a], config).await;
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut buf = Vec::new();
+            for _ in 0..3 {
+                s.write_all(get("/ok").as_bytes()).await.unwrap();
+                assert_eq!(
+                    read_reply(&mut s, &mut buf, false).await.unwrap().body,
+                    b"ok"
+                );
+            }
+        }
+        let addr = proxy(&[a], small).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nx")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_reply(&mut s, &mut buf, false).await.unwrap().status,
+            413
+        );
+
+        // Settings that cannot work are refused when built, naming the field.
+        let upstreams = || vec![(a, Upstream::new(a))];
+        for (config, field) in [
+            (
+                ForwardConfig {
+                    client_timeout: Duration::ZERO,
+                    ..ForwardConfig::default()
+                },
+                "client_timeout",
+            ),
+            (
+                ForwardConfig {
+                    upstream_timeout: Duration::ZERO,
+                    ..ForwardConfig::default()
+                },
+                "upstream_timeout",
+            ),
+            (
+                ForwardConfig {
+                    max_connections: 0,
+                    ..ForwardConfig::default()
+                },
+                "max_connections",
+            ),
+            (
+                ForwardConfig {
+                    max_head: 10,
+                    ..ForwardConfig::default()
+                },
+                "max_head",
+            ),
+        ] {
+            let balancer = BalancerBuilder::new(Pick::RoundRobin)
+                .build(discover::fixed(upstreams()))
+                .unwrap();
+            let err = Forwarder::with_config(balancer, config.clone()).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+            // An upstream uses the timeout and the head limit; it has no clients.
+            let upstream = Upstream::with_config(a, config);
+            if field == "upstream_timeout" || field == "max_head" {
+                let err = upstream.unwrap_err();
+                assert!(err.to_string().contains(field), "{err}");
+            } else {
+                assert!(upstream.is_ok());
+            }
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storms_of_a_thousand_clients_at_once_are_all_answered() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (a, seen) = backend("a").await;
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        for (backends, want) in [(vec![a], 200), (vec![dead], 0)] {
+            let addr = proxy(&backends, ForwardConfig::default()).await;
+            let clients: Vec<_> = (0..1000)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        let mut s = TcpStream::connect(addr).await.unwrap();
+                        s.write_all(get("/ok").as_bytes()).await.unwrap();
+                        let mut buf = Vec::new();
+                        read_reply(&mut s, &mut buf, false).await.map(|r| r.status)
+                    })
+                })
+                .collect();
+            for c in clients {
+                let status = c.await.unwrap().expect("every client is answered");
+                if want == 200 {
+                    assert_eq!(status, 200);
+                } else {
+                    assert!(status == 502 || status == 503, "{status}");
+                }
+            }
+        }
+        assert_eq!(seen.lock().unwrap().heads.len(), 1000);
     })
     .await
     .expect("bounded");
