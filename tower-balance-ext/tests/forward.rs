@@ -127,6 +127,14 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Mutex<Seen>>) {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             s.write_all(ok.as_bytes()).await.ok();
                         }
+                        "/cut" => {
+                            s.write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+                            )
+                            .await
+                            .ok();
+                            return;
+                        }
                         "/garbage" => {
                             s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.ok();
                             return;
@@ -568,6 +576,26 @@ async fn upstream_faults_answer_502_503_504_and_closed_idle_connections_are_repl
             "{text}"
         );
         assert!(!text.contains("zz"), "bad framing passed on: {text}");
+
+        // The upstream cut mid-body: the client gets what came, then its connection
+        // closes (the answer cannot be completed), and the proxy goes on serving.
+        let mut s3 = TcpStream::connect(addr).await.unwrap();
+        s3.write_all(get("/cut").as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s3.read_to_end(&mut all)).await;
+        assert!(read.is_ok(), "the client was left hanging");
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("0123456789"),
+            "{text}"
+        );
+        let mut s4 = TcpStream::connect(addr).await.unwrap();
+        s4.write_all(get("/ok").as_bytes()).await.unwrap();
+        let mut buf4 = Vec::new();
+        assert_eq!(
+            read_reply(&mut s4, &mut buf4, false).await.unwrap().body,
+            b"ok"
+        );
 
         // Nothing listening: 502 or, once set aside, 503.
         let dead = {
