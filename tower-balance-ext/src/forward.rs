@@ -6,7 +6,7 @@
 //! request or response object per message: it parses each head in place
 //! (`httparse`), writes a normalized copy of it, and moves body bytes as they come,
 //! with the client's connection, the pick and the upstream connection all in one task.
-//! On two cores it serves 1.01-1.26x HAProxy's requests per second where hyper's
+//! On two cores it serves 0.97-1.26x HAProxy's requests per second where hyper's
 //! server and client around the same balancer serve about 0.8x (the workspace README's
 //! fleet figures).
 //!
