@@ -769,3 +769,86 @@ async fn a_storm_of_a_thousand_waiters_all_fail_fast_or_all_go_when_one_opens() 
     .await
     .unwrap();
 }
+
+/// An endpoint that fails `poll_ready` again when tried in panic mode is passed over
+/// only until the pool changes: once the background probe re-admits it, the waiting
+/// request goes to it rather than waiting out `ready_timeout` for nothing.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_passed_over_in_panic_mode_is_used_once_it_is_readmitted() {
+    tokio::time::timeout(LIMIT, async {
+        let (eps, knobs) = endpoints(1);
+        let b: Bal = BalancerBuilder::new(Pick::RoundRobin)
+            .readmit_backoff(Duration::from_millis(100), Duration::from_millis(100))
+            .ready_timeout(Duration::from_secs(5))
+            .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+            .unwrap();
+        settle(&b, 1).await;
+        // The first error sets it aside; the panic-mode try fails too; the probe after
+        // the backoff succeeds.
+        knobs[0].ready_errors.store(2, Ordering::SeqCst);
+        let start = tokio::time::Instant::now();
+        let answer = b.clone().oneshot(1).await.expect("served once re-admitted");
+        assert_eq!(answer.id, 0);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "waited {:?}: the re-admission was missed",
+            start.elapsed()
+        );
+        assert_eq!(b.stats().snapshot().no_ready_endpoints, 0);
+    })
+    .await
+    .unwrap();
+}
+
+/// Many requests on two threads race for one endpoint whose gate closes and opens
+/// (as a health gate flaps under load): a request that found it not ready because
+/// another request had just marked it so still gets it when it opens again, so no
+/// request fails while the gate's closed spells are far shorter than `ready_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_gate_fails_no_request_that_can_wait_for_it() {
+    tokio::time::timeout(LIMIT, async {
+        let (eps, knobs) = endpoints(1);
+        let b: Bal = BalancerBuilder::new(Pick::LatencyAware)
+            .ready_timeout(Duration::from_secs(10))
+            .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+            .unwrap();
+        settle(&b, 1).await;
+        let flapper = {
+            let k = knobs[0].clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    k.close();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    k.open();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let clients: Vec<_> = (0..16u64)
+            .map(|c| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let mut failed = 0;
+                    for i in 0..600 {
+                        failed += b.clone().oneshot(c * 1_000 + i).await.is_err() as u32;
+                        tokio::task::yield_now().await;
+                    }
+                    failed
+                })
+            })
+            .collect();
+        flapper.await.unwrap();
+        knobs[0].open();
+        let mut failed = 0;
+        for c in clients {
+            failed += c.await.unwrap();
+        }
+        assert_eq!(
+            failed, 0,
+            "requests failed though the gate reopened in 5 ms"
+        );
+        assert_eq!(b.stats().snapshot().no_ready_endpoints, 0);
+    })
+    .await
+    .unwrap();
+}

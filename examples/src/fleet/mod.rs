@@ -37,7 +37,7 @@ use tower_autoscale::{
 };
 use tower_balance_ext::breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
 use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
-use tower_health::{Gate, HealthMonitor, ReadinessLayer, ReadinessService, Target};
+use tower_health::{Gate, HealthMonitor, HealthState, ReadinessLayer, ReadinessService, Target};
 use tower_layer::Layer;
 
 use self::data::{DataService, Db, FleetBus, Kind};
@@ -329,7 +329,17 @@ pub struct Fleet {
 /// A balancer over one data service: its endpoint behind a gate that follows `monitor`.
 fn data_balancer(monitor: &HealthMonitor, svc: &DataService) -> Result<DataBalancer, BoxError> {
     let name = svc.kind.name();
-    monitor.register(Target::new(name, svc.addr.to_string()).path("/health/ready"))?;
+    // In this process, so a check is slow only when the machine is starved: a longer
+    // timeout and one more failure before the gate closes (a dead service is still
+    // seen within 2 s) keep a busy moment from turning reads into 503s.
+    monitor.register(
+        Target::new(name, svc.addr.to_string())
+            .path("/health/ready")
+            .interval(Duration::from_millis(500))
+            .timeout(Duration::from_millis(500))
+            .failure_threshold(3)
+            .max_backoff(Duration::from_millis(500)),
+    )?;
     let gate = Gate::new(
         monitor
             .watch(name)
@@ -391,6 +401,14 @@ impl Fleet {
         )
         .await?;
         let monitor = HealthMonitor::new();
+        monitor.on_health_change(|t, was| {
+            let error = t.last_error.as_deref().unwrap_or("-");
+            if t.state == HealthState::Unhealthy {
+                tracing::warn!(target = %t.name, ?was, error, latency = ?t.last_latency, "unhealthy");
+            } else {
+                tracing::info!(target = %t.name, ?was, now = ?t.state, "health changed");
+            }
+        });
         let budget_balancer = data_balancer(&monitor, &budget)?;
         let reports_balancer = data_balancer(&monitor, &reports)?;
 

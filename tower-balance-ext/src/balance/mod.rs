@@ -35,7 +35,9 @@
 //!
 //! When no endpoint is ready, the request waits up to
 //! [`ready_timeout`](BalancerBuilder::ready_timeout) for one, then fails with
-//! [`NoReadyEndpoints`] (a 503 for HTTP). Below the
+//! [`NoReadyEndpoints`] (a 503 for HTTP); an endpoint that comes back while it waits
+//! (re-admitted, or added) takes it at once, even one this request found not ready
+//! or failing a moment before. Below the
 //! [`panic_threshold`](BalancerBuilder::panic_threshold) share of ready endpoints, the
 //! endpoints set aside after errors are tried too (as Envoy's panic mode), so one bad
 //! health signal cannot take the whole service down. A new or recovered endpoint can

@@ -351,7 +351,13 @@ where
             Some(f) => Some(f(&req).ok_or(NoHashKey)?),
             None => None,
         };
+        // Endpoints this request will not pick: those whose call failed (`tried`, kept
+        // for the request's life, so a retry goes elsewhere) and those passed over
+        // because another request had just taken them out of the ready set or they
+        // failed again in panic mode (dropped when the pool changes, so a waiting
+        // request takes an endpoint that is re-admitted).
         let mut excluded: Vec<u64> = Vec::new();
+        let mut tried: Vec<u64> = Vec::new();
         let mut started_waiting: Option<Instant> = None;
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
@@ -380,14 +386,21 @@ where
                             }
                             .into());
                         }
-                        match since.checked_add(self.ready_timeout) {
+                        let changed = match since.checked_add(self.ready_timeout) {
                             Some(deadline) => {
                                 tokio::select! {
-                                    _ = notified => {}
-                                    _ = tokio::time::sleep_until(deadline) => {}
+                                    _ = notified => true,
+                                    _ = tokio::time::sleep_until(deadline) => false,
                                 }
                             }
-                            None => notified.await,
+                            None => {
+                                notified.await;
+                                true
+                            }
+                        };
+                        if changed && excluded.len() > tried.len() {
+                            excluded.clear();
+                            excluded.extend_from_slice(&tried);
                         }
                         continue;
                     }
@@ -462,6 +475,7 @@ where
             ep.cell.observe(rtt, end_ns, self.tau_ns);
             if let (true, Some(next)) = (failed, retry_copy) {
                 excluded.push(ep.cell.id);
+                tried.push(ep.cell.id);
                 if self.another_allowed(&excluded) {
                     if self.budget.withdraw(end) {
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
