@@ -535,6 +535,14 @@ where
         self.shared.with_choice(key, &[], |e| e.key.clone())
     }
 
+    /// The count of ready endpoints the picks and the panic threshold go by (kept as
+    /// endpoints change state, not recounted). Not part of the API: tests check that
+    /// it agrees with [`endpoints`](Self::endpoints) once the balancer is quiet.
+    #[doc(hidden)]
+    pub fn ready_count(&self) -> usize {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
     /// The keys of the endpoints it holds, with their state.
     pub fn endpoints(&self) -> Vec<(K, EndpointState)> {
         self.shared

@@ -74,6 +74,17 @@ impl Ep {
     }
 }
 
+impl Ep {
+    /// Another service sharing `knobs` (as an endpoint that left and came back).
+    pub fn with_knobs(knobs: &Arc<Knobs>) -> Ep {
+        knobs.clones_alive.fetch_add(1, Ordering::SeqCst);
+        Ep {
+            knobs: knobs.clone(),
+            wait: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Ep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ep").field("id", &self.knobs.id).finish()
