@@ -352,10 +352,9 @@ where
             None => None,
         };
         // Endpoints this request will not pick: those whose call failed (`tried`, kept
-        // for the request's life, so a retry goes elsewhere) and those passed over
-        // because another request had just taken them out of the ready set or they
-        // failed again in panic mode (dropped when the pool changes, so a waiting
-        // request takes an endpoint that is re-admitted).
+        // for the request's life, so a retry goes elsewhere) and set-aside ones that
+        // failed again when tried in panic mode (passed over only while they stay set
+        // aside, so a waiting request takes one the moment it is re-admitted).
         let mut excluded: Vec<u64> = Vec::new();
         let mut tried: Vec<u64> = Vec::new();
         let mut started_waiting: Option<Instant> = None;
@@ -369,6 +368,19 @@ where
                     let notified = self.changed.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
+                    if excluded.len() > tried.len() {
+                        // Re-admitted (or gone) since it was passed over: no longer
+                        // excluded. Checked after registering, so no re-admission is
+                        // missed.
+                        let pool = self.pool.load();
+                        excluded.retain(|id| {
+                            tried.contains(id)
+                                || pool
+                                    .endpoints
+                                    .iter()
+                                    .any(|e| e.cell.id == *id && e.cell.is_set_aside())
+                        });
+                    }
                     if let Some(ep) = self.choose(key, &excluded) {
                         ep
                     } else {
@@ -386,21 +398,14 @@ where
                             }
                             .into());
                         }
-                        let changed = match since.checked_add(self.ready_timeout) {
+                        match since.checked_add(self.ready_timeout) {
                             Some(deadline) => {
                                 tokio::select! {
-                                    _ = notified => true,
-                                    _ = tokio::time::sleep_until(deadline) => false,
+                                    _ = notified => {}
+                                    _ = tokio::time::sleep_until(deadline) => {}
                                 }
                             }
-                            None => {
-                                notified.await;
-                                true
-                            }
-                        };
-                        if changed && excluded.len() > tried.len() {
-                            excluded.clear();
-                            excluded.extend_from_slice(&tried);
+                            None => notified.await,
                         }
                         continue;
                     }
@@ -429,8 +434,10 @@ where
                         self.ready.fetch_sub(1, Ordering::AcqRel);
                         tracing::debug!(endpoint = %ep.cell.name, "endpoint not ready");
                         self.watch(ep.clone(), svc, None);
-                    } else {
-                        // Not ready, tried in panic mode: pass it over this time.
+                    } else if ep.cell.is_set_aside() {
+                        // Not ready, tried in panic mode: pass it over while it stays
+                        // aside. (Otherwise another request has just marked it not
+                        // ready, and the picks skip it until it is re-admitted.)
                         excluded.push(ep.cell.id);
                     }
                     continue;
