@@ -16,6 +16,9 @@
 //! ```sh
 //! cargo run --release -p examples --example fleet_figures
 //! cargo run --release -p examples --example fleet_figures -- --proxy-only   # 4 alone
+//! # 4 alone, 7 rounds, and at 1 thread also the forwarder on a current-thread runtime
+//! # (one event loop, as HAProxy's `nbthread 1`) beside the 1-worker multi-thread one:
+//! cargo run --release -p examples --example fleet_figures -- --proxy-only --rounds 7 --current-thread
 //! ```
 
 use std::convert::Infallible;
@@ -393,16 +396,21 @@ fn our_proxy(
     backends: &[SocketAddr],
     pick: Pick,
     lean: bool,
-    threads: usize,
+    threads: Threads,
 ) -> Result<SocketAddr, BoxError> {
     let backends = backends.to_vec();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-        {
+        let built = match threads {
+            Threads::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            Threads::Workers(n) => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+        };
+        let rt = match built {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = tx.send(Err(e.to_string()));
@@ -556,8 +564,25 @@ fn haproxy(
     Ok((child, addr))
 }
 
-/// Rounds of `wrk` per proxy.
+/// Rounds of `wrk` per proxy, unless `--rounds N`.
 const ROUNDS: usize = 5;
+
+/// The runtime a proxy of ours runs on.
+#[derive(Clone, Copy)]
+enum Threads {
+    /// A multi-thread runtime of this many workers.
+    Workers(usize),
+    /// A current-thread runtime: one event loop.
+    CurrentThread,
+}
+
+/// What section 4 runs.
+#[derive(Clone, Copy)]
+struct ProxyRun {
+    rounds: usize,
+    /// At 1 thread, also the forwarder on a current-thread runtime.
+    current_thread: bool,
+}
 
 /// One proxy's figures in section 4.
 struct ProxyRow {
@@ -574,7 +599,8 @@ struct ProxyRow {
 const PROXY_THREADS: [usize; 2] = [1, 2];
 
 /// 4. Ours vs HAProxy, with 1 and then 2 threads each; medians of the rounds.
-async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
+async fn proxies(run: ProxyRun) -> Result<Option<Vec<ProxyRow>>, BoxError> {
+    let rounds = run.rounds;
     let have = |p: &str| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {p}")])
@@ -598,12 +624,19 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
             let (child, addr) = setup(|| haproxy(&backends, balance, threads, dir.path()))?;
             targets.push(("HAProxy", balance, addr, Some(child)));
         }
-        for (name, lean) in [("ours, hyper", false), ("ours, lean", true)] {
+        let mut ours = vec![
+            ("ours, hyper", false, Threads::Workers(threads)),
+            ("ours, lean", true, Threads::Workers(threads)),
+        ];
+        if run.current_thread && threads == 1 {
+            ours.push(("ours, lean ct", true, Threads::CurrentThread));
+        }
+        for (name, lean, runtime) in ours {
             for (balance, pick) in [
                 ("roundrobin", Pick::RoundRobin),
                 ("leastconn", Pick::LeastConnections),
             ] {
-                let addr = setup(|| our_proxy(&backends, pick, lean, threads))?;
+                let addr = setup(|| our_proxy(&backends, pick, lean, runtime))?;
                 targets.push((name, balance, addr, None));
             }
         }
@@ -613,8 +646,8 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
             let _ = tokio::task::spawn_blocking(move || wrk(addr, 1)).await?; // warm-up
         }
         // Rounds interleave the proxies, so a noisy moment on this shared machine hits
-        // them all alike; medians of five.
-        for _round in 0..ROUNDS {
+        // them all alike; medians.
+        for _round in 0..rounds {
             for (i, (_, _, addr, _)) in targets.iter().enumerate() {
                 let addr = *addr;
                 results[i].push(tokio::task::spawn_blocking(move || wrk(addr, 3)).await??);
@@ -622,10 +655,10 @@ async fn proxies() -> Result<Option<Vec<ProxyRow>>, BoxError> {
         }
         for ((proxy, policy, _, child), mut r) in targets.into_iter().zip(results) {
             r.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let rps = r[ROUNDS / 2].0;
+            let rps = r[rounds / 2].0;
             let mut p: Vec<f64> = r.iter().map(|x| x.1).collect();
             p.sort_by(f64::total_cmp);
-            let p99 = p[ROUNDS / 2];
+            let p99 = p[rounds / 2];
             println!(
                 "  {proxy:<12} {policy:<11} {threads} thread(s) {rps:>9.0} requests/s  p99 {p99:>6.2} ms  (rounds: {r:?})"
             );
@@ -655,7 +688,11 @@ async fn figures() -> Result<(), BoxError> {
     println!(
         "4. reverse proxy in front of 3 loopback backends (their own process), wrk -t1 -c64, 3 s x 5 interleaved rounds (medians):"
     );
-    let proxies = proxies().await?;
+    let proxies = proxies(ProxyRun {
+        rounds: ROUNDS,
+        current_thread: false,
+    })
+    .await?;
 
     let improvement = 100.0 * (1.0 - with.as_secs_f64() / without.as_secs_f64().max(1e-9));
     println!("\n| figure | measured | target |");
@@ -696,6 +733,8 @@ fn proxy_rows(rows: &[ProxyRow]) {
         };
         let path = if ours.proxy == "ours, lean" {
             "lean forwarder"
+        } else if ours.proxy == "ours, lean ct" {
+            "lean forwarder, current-thread runtime"
         } else {
             "hyper server + client"
         };
@@ -731,9 +770,23 @@ fn main() -> Result<(), BoxError> {
     }
     if args.iter().any(|a| a == "--proxy-only") {
         // Section 4 alone (the one that needs haproxy and wrk).
-        return rt.block_on(async {
-            println!("4. reverse proxy in front of 3 loopback backends (their own process), wrk -t1 -c64, 3 s x 5 interleaved rounds (medians):");
-            if let Some(rows) = proxies().await? {
+        let rounds = match args.iter().position(|a| a == "--rounds") {
+            None => ROUNDS,
+            Some(i) => match args.get(i + 1).and_then(|v| v.parse::<usize>().ok()) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    eprintln!("--rounds takes a whole number of rounds above 0, e.g. --rounds 7");
+                    std::process::exit(2);
+                }
+            },
+        };
+        let run = ProxyRun {
+            rounds,
+            current_thread: args.iter().any(|a| a == "--current-thread"),
+        };
+        return rt.block_on(async move {
+            println!("4. reverse proxy in front of 3 loopback backends (their own process), wrk -t1 -c64, 3 s x {rounds} interleaved rounds (medians):");
+            if let Some(rows) = proxies(run).await? {
                 proxy_rows(&rows);
             }
             Ok(())
