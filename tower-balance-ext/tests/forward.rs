@@ -341,7 +341,7 @@ async fn forwards_requests_over_one_client_connection_across_backends() {
             .collect();
         assert_eq!(all.len(), 7);
         assert!(all.contains(&(
-            "POST /echo HTTP/1.1\r\nHost: example.test\r\nContent-Length: 11\r\n\r\n".to_owned(),
+            "POST /echo HTTP/1.1\r\nHost: example.test\r\ncontent-length: 11\r\nx-forwarded-for: 127.0.0.1\r\nforwarded: for=127.0.0.1;proto=http\r\nx-forwarded-proto: http\r\n\r\n".to_owned(),
             b"hello world".to_vec()
         )));
         // Two requests in one write (pipelined) are answered in order.
@@ -445,7 +445,7 @@ async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
         let r = read_reply(&mut s, &mut buf, false).await.unwrap();
         assert_eq!(
             seen.lock().unwrap().heads[0],
-            "GET /hop HTTP/1.1\r\nHost: x\r\nX-Kept: yes\r\n\r\n"
+            "GET /hop HTTP/1.1\r\nHost: x\r\nX-Kept: yes\r\nx-forwarded-for: 127.0.0.1\r\nforwarded: for=127.0.0.1;proto=http\r\nx-forwarded-proto: http\r\n\r\n"
         );
         let head = r.head.to_ascii_lowercase();
         assert!(head.contains("x-kept: 1"), "{head}");
@@ -779,6 +779,7 @@ async fn extreme_settings_work_or_are_refused_with_a_message() {
             upstream_timeout: Duration::MAX,
             max_idle_per_upstream: usize::MAX,
             max_connections: usize::MAX >> 4,
+            trusted_hops: usize::MAX,
         };
         // The smallest that make sense: no pooling, no request bodies.
         let small = ForwardConfig {
