@@ -433,6 +433,41 @@ async fn response_framings_pass_through_and_the_connection_stays_right() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_name_the_peer_and_keep_only_what_trusted_proxies_added() {
+    tokio::time::timeout(BOUND, async {
+        let client_says = "GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6, 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nForwarded: for=6.6.6.6, for=\"[2001:db8::1]:80\";proto=https\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\n\r\n";
+        // No trusted proxy in front (the default): only what this proxy saw.
+        let (a, seen) = backend("a").await;
+        let addr = proxy(&[a], ForwardConfig::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(client_says.as_bytes()).await.unwrap();
+        read_reply(&mut s, &mut buf, false).await.unwrap();
+        assert_eq!(
+            seen.lock().unwrap().heads[0],
+            "GET /f HTTP/1.1\r\nHost: x\r\nx-forwarded-for: 127.0.0.1\r\nforwarded: for=127.0.0.1;proto=http\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        // One trusted proxy in front: the last entry of each chain is its, kept, and
+        // the peer is appended; its X-Forwarded-Proto and -Host are kept.
+        let (b, seen) = backend("b").await;
+        let config = ForwardConfig {
+            trusted_hops: 1,
+            ..ForwardConfig::default()
+        };
+        let addr = proxy(&[b], config).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(client_says.as_bytes()).await.unwrap();
+        read_reply(&mut s, &mut buf, false).await.unwrap();
+        assert_eq!(
+            seen.lock().unwrap().heads[0],
+            "GET /f HTTP/1.1\r\nHost: x\r\nX-Forwarded-Host: public.example\r\nx-forwarded-for: 10.0.0.2, 127.0.0.1\r\nforwarded: for=\"[2001:db8::1]:80\";proto=https, for=127.0.0.1;proto=http\r\nx-forwarded-proto: https\r\n\r\n"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
     tokio::time::timeout(BOUND, async {
         let (a, seen) = backend("a").await;

@@ -47,8 +47,8 @@ impl Body {
             Ok(done) => done,
             Err(e) => {
                 // Nothing sent yet: the client can still be told.
-                let message = format!("{}: {e}", self.pool.addr);
-                answer(client, 502, &message, true).await?;
+                tracing::debug!(addr = %self.pool.addr, error = %e, "malformed response body");
+                answer(client, 502, "the upstream sent a malformed body", true).await?;
                 return Ok(false);
             }
         };

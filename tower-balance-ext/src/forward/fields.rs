@@ -233,4 +233,58 @@ mod tests {
         assert_eq!(last_token(b"gzip, chunked "), b"chunked");
         assert!(has_token(b"Keep-Alive, Close", b"close"));
     }
+
+    #[test]
+    fn authorities() {
+        for good in [
+            &b"a"[..],
+            b"a.example",
+            b"a-b_c~d.example:8080",
+            b"127.0.0.1:1",
+            b"[::1]",
+            b"[2001:db8::1]:65535",
+        ] {
+            assert!(valid_authority(good), "{:?}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b""[..],
+            b"a/b",
+            b"a?b",
+            b"a#b",
+            b"u@a",
+            b"a b",
+            b"a\tb",
+            b"a:",
+            b"a:x",
+            b"a:65536",
+            b"a:123456",
+            b"a%2f",
+            b"[::1",
+            b"[nothex]",
+            b"[::1]x",
+            b"[::1%25eth0]",
+            b":80",
+        ] {
+            assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(!valid_authority(&[b'a'; 300]));
+    }
+
+    #[test]
+    fn line_ends_and_list_elements() {
+        assert!(lines_end_in_crlf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!lines_end_in_crlf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(!lines_end_in_crlf(b"GET / HTTP/1.1\r\nHost: a\r\r\n"));
+        assert!(!lines_end_in_crlf(b"\n"));
+        assert_eq!(
+            list_elements(br#"for=a, for="[::1]:80, x";proto=https,, for=b"#),
+            vec![&b"for=a"[..], br#"for="[::1]:80, x";proto=https"#, b"for=b"]
+        );
+        assert_eq!(
+            list_elements(br#"a="\", b", c"#),
+            vec![&br#"a="\", b""#[..], b"c"]
+        );
+        assert!(unsafe_connection_option(b"Content-Length"));
+        assert!(!unsafe_connection_option(b"keep-alive"));
+    }
 }

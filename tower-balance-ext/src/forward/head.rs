@@ -146,6 +146,13 @@ pub(super) fn request_head(
     let mut length: Option<u64> = None;
     for h in req.headers.iter() {
         let name = h.name;
+        if name.contains('_') && unsafe_connection_option(name.replace('_', "-").as_bytes()) {
+            // Some servers read `_` as `-`: `Transfer_Encoding` would frame the body.
+            return refuse(
+                400,
+                "a field name with `_` stands for a framing or routing field",
+            );
+        }
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = Some(h.value);
@@ -190,7 +197,12 @@ pub(super) fn request_head(
     match (target.empty_path, method == "OPTIONS") {
         (true, true) => out.push(b'*'),
         (true, false) => out.push(b'/'),
-        (false, _) => out.extend_from_slice(target.path),
+        (false, _) => {
+            if target.path.first() == Some(&b'?') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(target.path);
+        }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {

@@ -268,7 +268,8 @@ where
                 Err(e) => {
                     let status = error_status(&*e);
                     tracing::debug!(error = %e, status, "request not forwarded");
-                    answer(&mut client, status, &e.to_string(), head.close).await?;
+                    // The detail (upstream addresses among it) stays in the log.
+                    answer(&mut client, status, client_message(status), head.close).await?;
                     if head.close {
                         return Ok(());
                     }
@@ -291,6 +292,15 @@ fn error_status(e: &(dyn std::error::Error + 'static)) -> u16 {
         return 503;
     }
     502
+}
+
+/// What a client is told of a failed forward.
+fn client_message(status: u16) -> &'static str {
+    match status {
+        503 => "no upstream is ready to take the request",
+        504 => "the upstream did not answer in time",
+        _ => "the upstream failed to answer",
+    }
 }
 
 /// Answers `status` with `message` as a text body.
