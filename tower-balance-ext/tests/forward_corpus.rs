@@ -371,6 +371,37 @@ fn hop_by_hop_dropped(r: &[Received]) {
     assert!(r[0].values("connection").is_empty(), "{}", r[0].head);
 }
 
+fn no_upgrade(r: &[Received]) {
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert!(r[0].values(name).is_empty(), "{name}: {}", r[0].head);
+    }
+    assert!(r[0].head.starts_with("GET /"), "{}", r[0].head);
+}
+
+fn no_client_identity(r: &[Received]) {
+    forwarding_set_by_proxy(r);
+    for name in [
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-forwarded-port",
+        "x-forwarded-ssl",
+        "x-original-url",
+    ] {
+        assert!(r[0].values(name).is_empty(), "{name}: {}", r[0].head);
+    }
+}
+
+/// An HTTP/1.0 request goes upstream as HTTP/1.0, asking to close.
+fn http10_closes_upstream(r: &[Received]) {
+    assert!(
+        r[0].head.starts_with("GET /old HTTP/1.0\r\n"),
+        "{}",
+        r[0].head
+    );
+    assert_eq!(r[0].values("connection"), ["close"], "{}", r[0].head);
+}
+
 fn req(raw: &str) -> Vec<u8> {
     raw.as_bytes().to_vec()
 }
@@ -459,7 +490,7 @@ fn request_cases() -> Vec<RequestCase> {
         case("a relative target", req("GET x HTTP/1.1\r\nHost: a\r\n\r\n"), Refused(400)),
         case("* for GET", req("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), Refused(400)),
         case("CONNECT", req("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"), Refused(501)),
-        case("HTTP/1.0", req("GET / HTTP/1.0\r\nHost: a\r\n\r\n"), Refused(505)),
+        case("HTTP/1.0", req("GET /old HTTP/1.0\r\nHost: a\r\n\r\n"), Forwarded(&[("GET", "/old", "a")], http10_closes_upstream)),
         case("HTTP/2.0 in a request line", req("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), Refused(400)),
         // Connection naming end-to-end fields.
         case("Connection: content-length", req("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"), Refused(400)),
@@ -470,7 +501,9 @@ fn request_cases() -> Vec<RequestCase> {
         case("Connection: x-forwarded-for", req("GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Forwarded-For\r\n\r\n"), Refused(400)),
         case("Connection: forwarded in a second field", req("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: forwarded\r\n\r\n"), Refused(400)),
         // What the proxy does not carry.
-        case("Upgrade", req("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"), Refused(501)),
+        case("Upgrade: websocket is dropped", req("GET /u HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"), Forwarded(&[("GET", "/u", "a")], no_upgrade)),
+        case("curl --http2: an h2c offer is dropped", req("GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"), Forwarded(&[("GET", "/h2c", "a")], no_upgrade)),
+        case("client identity fields beyond X-Forwarded-For", req("GET /f HTTP/1.1\r\nHost: a\r\nX-Client-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\nCF-Connecting-IP: 6.6.6.6\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Ssl: on\r\nX-Original-URL: /admin\r\n\r\n"), Forwarded(&[("GET", "/f", "a")], no_client_identity)),
         case("Expect", req("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"), Refused(417)),
         // Limits.
         case("a 70 KiB field", req(&format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(70 * 1024))), Refused(431)),
@@ -678,7 +711,10 @@ fn response_cases() -> Vec<ResponseCase> {
         case("Content-Length in hex", b"HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\nhello", KeepOpen, BadGateway),
         case("both CL and TE", b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", chunked_without_length)),
         case("TE then CL", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", chunked_without_length)),
-        case("gzip, chunked", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", chunked_without_length)),
+        case("gzip, chunked", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", |r| assert_eq!(r.values("transfer-encoding"), ["gzip, chunked"]))),
+        case("chunked with a trailing comma", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", |r| assert_eq!(r.values("transfer-encoding"), ["chunked"]))),
+        case("Transfer-Encoding over two lines", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", |r| assert_eq!(r.values("transfer-encoding"), ["gzip, chunked"]))),
+        case("Transfer-Encoding with obs-text", b"HTTP/1.1 200 OK\r\ntransfer-encoding: \x80, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, BadGateway),
         case("chunked in capitals", b"HTTP/1.1 200 OK\r\ntransfer-encoding: CHUNKED\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KeepOpen, Relayed(200, b"hello", chunked_without_length)),
         case("xchunked runs until close", b"HTTP/1.1 200 OK\r\ntransfer-encoding: xchunked\r\n\r\nhello", Close, Relayed(200, b"hello", |r| assert_eq!(r.values("connection"), ["close"]))),
         case("Connection names Content-Length", b"HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 5\r\n\r\nhello", KeepOpen, Relayed(200, b"hello", one_length)),

@@ -48,7 +48,14 @@ impl Body {
             Err(e) => {
                 // Nothing sent yet: the client can still be told.
                 tracing::debug!(addr = %self.pool.addr, error = %e, "malformed response body");
-                answer(client, 502, "the upstream sent a malformed body", true).await?;
+                answer(
+                    client,
+                    502,
+                    "the upstream sent a malformed body",
+                    true,
+                    false,
+                )
+                .await?;
                 return Ok(false);
             }
         };

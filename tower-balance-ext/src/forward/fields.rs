@@ -17,12 +17,13 @@ pub(super) fn connection_tokens(headers: &[httparse::Header<'_>]) -> Vec<Vec<u8>
 
 /// Headers meant for one connection only, which a proxy does not pass on.
 pub(super) fn hop_by_hop(name: &str, connection: &[Vec<u8>]) -> bool {
-    const HOP: [&str; 6] = [
+    // RFC 9110 §7.6.1's list, less Transfer-Encoding, which frames a response body
+    // and is written by the forwarder itself.
+    const HOP: [&str; 5] = [
         "connection",
         "keep-alive",
         "proxy-connection",
         "te",
-        "trailer",
         "upgrade",
     ];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))

@@ -26,6 +26,9 @@ pub(super) struct RequestHead {
     pub(super) exchange_head: Vec<u8>,
     pub(super) head_request: bool,
     pub(super) idempotent: bool,
+    /// An HTTP/1.0 request: sent upstream as HTTP/1.0, so that the answer comes
+    /// without chunked framing, which an HTTP/1.0 client cannot read.
+    pub(super) http10: bool,
 }
 
 /// Who sent a request, as far as the forwarder can tell.
@@ -37,17 +40,37 @@ pub(super) struct Peer {
     pub(super) trusted_hops: usize,
 }
 
-/// The fields that say who the client is and how it came, which a client may forge.
+/// The fields that say who the client is, how it came or what it asked for before a
+/// rewrite, which a client may forge and applications read (frameworks and libraries
+/// look for the client's address in several of them). Dropped unless a trusted proxy
+/// sent them.
+const FORWARDING_FIELDS: &[&str] = &[
+    "x-forwarded-for",
+    "forwarded",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "front-end-https",
+];
+
 fn forwarding_field(name: &str) -> bool {
-    [
-        "x-forwarded-for",
-        "forwarded",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-real-ip",
-    ]
-    .iter()
-    .any(|f| name.eq_ignore_ascii_case(f))
+    FORWARDING_FIELDS
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// A request target, split.
@@ -123,9 +146,7 @@ pub(super) fn request_head(
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return refuse(400, "incomplete request line");
     };
-    if version != 1 {
-        return refuse(505, "only HTTP/1.1 is forwarded");
-    }
+    let http10 = version == 0;
     if !lines_end_in_crlf(&raw[..len.min(raw.len())]) {
         return refuse(400, "a line of the head does not end in CRLF");
     }
@@ -169,8 +190,6 @@ pub(super) fn request_head(
                 501,
                 "request bodies with Transfer-Encoding are not forwarded; send a Content-Length",
             );
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            return refuse(501, "upgrades are not forwarded");
         } else if name.eq_ignore_ascii_case("expect") {
             return refuse(417, "Expect is not supported; send the body at once");
         } else if name.eq_ignore_ascii_case("connection") && has_token(h.value, b"close") {
@@ -204,11 +223,18 @@ pub(super) fn request_head(
             out.extend_from_slice(target.path);
         }
     }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // An offer to upgrade (`Upgrade: h2c`, `websocket`) is hop-by-hop and dropped: the
+    // request goes on as a plain one (RFC 9110 §7.8).
+    out.extend_from_slice(if http10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
             push_header(&mut out, h.name.as_bytes(), host);
         } else if !(hop_by_hop(h.name, &connection)
+            || (http10 && h.name.eq_ignore_ascii_case("keep-alive"))
             || h.name.eq_ignore_ascii_case("content-length")
             || forwarding_field(h.name))
         {
@@ -221,11 +247,16 @@ pub(super) fn request_head(
         out.extend_from_slice(b"\r\n");
     }
     forwarding_fields(req.headers, peer, &mut out);
+    if http10 {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     Ok(RequestHead {
         len,
         body,
-        close,
+        // An HTTP/1.0 client's connection ends with its answer.
+        close: close || http10,
+        http10,
         exchange_head: out,
         head_request: method == "HEAD",
         idempotent: http::Method::from_bytes(method.as_bytes())
@@ -250,9 +281,7 @@ fn forwarding_fields(headers: &[httparse::Header<'_>], peer: Peer, out: &mut Vec
                 forwarded.extend(list_elements(h.value));
             } else if h.name.eq_ignore_ascii_case("x-forwarded-proto") {
                 proto = Some(last_token(h.value)).filter(|p| !p.is_empty());
-            } else if h.name.eq_ignore_ascii_case("x-forwarded-host")
-                || h.name.eq_ignore_ascii_case("x-real-ip")
-            {
+            } else if forwarding_field(h.name) {
                 push_header(out, h.name.as_bytes(), h.value);
             }
         }
@@ -309,7 +338,8 @@ pub(super) fn response_head(
     let connection = connection_tokens(res.headers);
     let mut close = res.version != Some(1);
     let mut length: Option<u64> = None;
-    let mut chunked = false;
+    // The transfer codings of every Transfer-Encoding line, in order.
+    let mut codings: Vec<&[u8]> = Vec::new();
     let mut transfer_encoding = false;
     for h in res.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -320,9 +350,15 @@ pub(super) fn response_head(
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
-            // The last coding decides: chunked ends the message, anything else runs
-            // until the connection closes.
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            for coding in list_elements(h.value) {
+                if !coding
+                    .iter()
+                    .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\t')
+                {
+                    return Err("a Transfer-Encoding that is not text");
+                }
+                codings.push(coding);
+            }
         } else if h.name.eq_ignore_ascii_case("connection") && has_token(h.value, b"close") {
             close = true;
         }
@@ -335,6 +371,15 @@ pub(super) fn response_head(
             t.eq_ignore_ascii_case(b"content-length")
                 || t.eq_ignore_ascii_case(b"transfer-encoding")
         });
+    // The last coding decides: chunked ends the message, anything else runs until the
+    // connection closes. The client gets the same list, written anew, so it reads the
+    // framing as this proxy does.
+    let chunked = codings
+        .last()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+    if chunked && req.http10 {
+        return Err("a chunked answer to an HTTP/1.0 request");
+    }
     let bodiless = req.head_request || status == 204 || status == 304 || informational;
     let framing = if bodiless {
         Framing::Length(0)
@@ -369,15 +414,22 @@ pub(super) fn response_head(
             continue;
         }
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Kept whatever Connection says: it frames the body the client reads.
-            if !no_framing_fields {
-                push_header(&mut out, h.name.as_bytes(), h.value);
-            }
+            // Written once below, whatever Connection says: it frames the body.
             continue;
         }
         if !hop_by_hop(h.name, &connection) {
             push_header(&mut out, h.name.as_bytes(), h.value);
         }
+    }
+    if transfer_encoding && !no_framing_fields && !codings.is_empty() {
+        out.extend_from_slice(b"transfer-encoding: ");
+        for (i, c) in codings.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(b"\r\n");
     }
     if let (Some(n), false, false) = (length, transfer_encoding, no_framing_fields) {
         out.extend_from_slice(b"content-length: ");
@@ -393,7 +445,7 @@ pub(super) fn response_head(
         status,
         informational,
         framing,
-        reusable: !close && !until_close && !ambiguous,
+        reusable: !close && !until_close && !ambiguous && !req.http10,
         out,
     })
 }

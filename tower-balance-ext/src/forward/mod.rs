@@ -20,16 +20,17 @@
 //!
 //! A request is refused, with nothing sent upstream and the client's connection closed,
 //! when:
-//! - it is not HTTP/1.1 (505), or its head is over [`ForwardConfig::max_head`] or has
-//!   over 100 fields (431), or it is malformed: a bare LF or CR as a line end, obs-fold,
-//!   a space before a colon, a NUL or a space in a field name (400);
+//! - its head is over [`ForwardConfig::max_head`] or has over 100 fields (431), or it
+//!   is malformed: a bare LF or CR as a line end, obs-fold, a space before a colon, a
+//!   NUL or a space in a field name, a field name with `_` that stands for a framing or
+//!   routing field (`Transfer_Encoding`) (400);
 //! - it has no `Host`, two, or one that is not a valid authority (a host and an
 //!   optional port: no `/`, `?`, `#`, `@`, spaces or controls) (400);
 //! - its target is not origin-form (`/path`), absolute-form (`http://host/path`), or
 //!   `*` for `OPTIONS`, or holds a fragment (400); `CONNECT` (501);
 //! - its `Content-Length` is not digits only, or two of its values differ (400), or it
 //!   is over [`ForwardConfig::max_request_body`] (413); it has a `Transfer-Encoding`
-//!   (501: send a `Content-Length`), an `Upgrade` (501) or an `Expect` (417);
+//!   (501: send a `Content-Length`) or an `Expect` (417);
 //! - its `Connection` names a field that frames, routes or identifies the request
 //!   (`Content-Length`, `Transfer-Encoding`, `Host`, `Authorization`, `Cookie`, the
 //!   `Forwarded` family and the like: [`UNSAFE_CONNECTION_OPTIONS`]) (400), since a
@@ -38,22 +39,39 @@
 //! What is forwarded: the method, the target in origin-form (an absolute-form target
 //! is rewritten and its authority becomes the `Host`, RFC 9112 §3.2.2), the fields
 //! without the hop-by-hop ones (`Connection` and the fields it names, `Keep-Alive`,
-//! `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`), one `Content-Length` when there was
-//! one, and the body (up to [`ForwardConfig::max_request_body`], buffered). The client's
-//! `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
-//! `X-Real-IP` are dropped unless [`ForwardConfig::trusted_hops`] says the peer is a
-//! proxy of yours; the forwarder then adds its own `X-Forwarded-For`, `Forwarded`
-//! (RFC 7239) and `X-Forwarded-Proto` naming the peer it saw.
+//! `Proxy-Connection`, `TE`, `Upgrade`: an offer to upgrade, such as `curl --http2`'s
+//! `h2c`, is dropped and the request goes on as a plain one), one `Content-Length` when
+//! there was one, and the body (up to [`ForwardConfig::max_request_body`], buffered).
+//! An HTTP/1.0 request goes upstream as HTTP/1.0 (so the answer is not chunked) and
+//! its connection closes after the answer. The fields in which clients name
+//! themselves or the scheme and port they came by (`X-Forwarded-For`, `Forwarded`,
+//! `X-Forwarded-Proto`, `-Host`, `-Port`, `-Ssl`, `X-Real-IP`, `X-Client-IP`,
+//! `True-Client-IP`, `CF-Connecting-IP`, `X-Original-URL` and the like) are dropped
+//! unless [`ForwardConfig::trusted_hops`] says the peer is a proxy of yours; the
+//! forwarder then adds its own `X-Forwarded-For`, `Forwarded` (RFC 7239) and
+//! `X-Forwarded-Proto` naming the peer it saw.
 //!
 //! A response is checked the same way: a malformed head, two different
-//! `Content-Length`s, a `101` nobody asked for, or a head over the limit answer the
-//! client 502 instead. Duplicate equal lengths are sent as one; with both
-//! `Content-Length` and `Transfer-Encoding` the length is dropped and the upstream
-//! connection is not reused; interim answers (1xx) are dropped. Bodies stream through
-//! whatever their framing (length, chunked, until close), with no limit on their size;
-//! a body cut short ends the client's connection, never presented as complete. A pooled
-//! upstream connection is checked before every request: one that was closed, or holds
-//! bytes nobody asked for (an answer out of turn), is closed and never reused.
+//! `Content-Length`s, a `Transfer-Encoding` that is not text, a `101` nobody asked for,
+//! or a head over the limit answer the client 502 instead. The framing fields the
+//! client gets are written anew from the framing decided on: duplicate equal lengths
+//! as one, the transfer codings as one clean list; with both `Content-Length` and
+//! `Transfer-Encoding` the length is dropped and the upstream connection is not
+//! reused; interim answers (1xx) are dropped. Bodies stream through whatever their
+//! framing (length, chunked, until close), with no limit on their size; a body cut
+//! short ends the client's connection with a reset, never a clean close that a client
+//! reading until the close would take for the end. The forwarder's own error answers
+//! to `HEAD` carry no body.
+//!
+//! Upstream connections: a pooled connection is checked before every request, and
+//! one that was closed, or holds bytes nobody asked for (an answer out of turn), is
+//! closed and never reused; so is one whose answer left bytes after its end. A
+//! connection that carried a request body is closed after its answer, since a backend
+//! that answers without reading the body would read it as the next request. What
+//! HTTP/1.1 cannot tell apart is an answer nobody asked for that arrives only after the
+//! next request went out on the same connection: there are no request ids to match, so
+//! a backend that answers twice, late, can still be read as answering the next request
+//! (the connection is closed once the extra bytes show).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -94,6 +112,8 @@
 //! }
 //! assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
 //! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 
@@ -129,6 +149,7 @@ pub struct Exchange {
     body: Bytes,
     head_request: bool,
     idempotent: bool,
+    http10: bool,
 }
 
 impl fmt::Debug for Exchange {
@@ -155,6 +176,21 @@ impl Exchange {
     /// The normalized head the upstream receives.
     pub fn head(&self) -> &[u8] {
         &self.head
+    }
+
+    /// The value of the first field named `name` (any case) in the head the upstream
+    /// receives, e.g. for a consistent-hash key.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|b| *b == b':')?;
+                Some((&line[..colon], line[colon + 1..].trim_ascii()))
+            })
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 }
 

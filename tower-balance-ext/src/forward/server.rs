@@ -37,6 +37,11 @@ impl Client<'_> {
         }
     }
 
+    /// Ends the connection with a reset rather than a clean close.
+    fn abort(&mut self) {
+        let _ = socket2::SockRef::from(&*self.stream).set_linger(Some(Duration::ZERO));
+    }
+
     pub(super) async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         let deadline = after(self.timeout);
         match self.timer.run(deadline, self.stream.write_all(bytes)).await {
@@ -233,7 +238,7 @@ where
                 Ok(head) => head,
                 Err(refusal) => {
                     // Whatever follows cannot be framed: answer and close.
-                    return answer(&mut client, refusal.status, refusal.message, true).await;
+                    return answer(&mut client, refusal.status, refusal.message, true, false).await;
                 }
             };
             // Its body, buffered.
@@ -250,6 +255,7 @@ where
                 body,
                 head_request: head.head_request,
                 idempotent: head.idempotent,
+                http10: head.http10,
             };
             let mut service = self.service.clone();
             let result = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
@@ -261,15 +267,31 @@ where
                     let Forwarded {
                         head: out, body, ..
                     } = res;
-                    if !body.forward(&out, &mut client).await? || head.close {
-                        return Ok(());
+                    match body.forward(&out, &mut client).await {
+                        Ok(true) if !head.close => {}
+                        Ok(_) => return Ok(()),
+                        Err(e) => {
+                            // Cut short: an abortive close (RST), so that no client
+                            // takes what came for the whole body, whatever its framing
+                            // (for one read until the close, a clean close would say
+                            // it is complete).
+                            client.abort();
+                            return Err(e);
+                        }
                     }
                 }
                 Err(e) => {
                     let status = error_status(&*e);
                     tracing::debug!(error = %e, status, "request not forwarded");
                     // The detail (upstream addresses among it) stays in the log.
-                    answer(&mut client, status, client_message(status), head.close).await?;
+                    answer(
+                        &mut client,
+                        status,
+                        client_message(status),
+                        head.close,
+                        head.head_request,
+                    )
+                    .await?;
                     if head.close {
                         return Ok(());
                     }
@@ -309,6 +331,7 @@ pub(super) async fn answer(
     status: u16,
     message: &str,
     close: bool,
+    head_request: bool,
 ) -> io::Result<()> {
     let reason = http::StatusCode::from_u16(status)
         .ok()
@@ -321,7 +344,11 @@ pub(super) async fn answer(
         if close { "connection: close\r\n" } else { "" }
     );
     let mut out = head.into_bytes();
-    out.extend_from_slice(body.as_bytes());
+    // An answer to HEAD has no body (RFC 9110 §9.3.2): the client would read it as the
+    // start of its next answer.
+    if !head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
     client.write(&out).await?;
     if close {
         let deadline = after(client.timeout);

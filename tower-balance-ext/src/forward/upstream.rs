@@ -196,7 +196,10 @@ async fn send(
             framing: head.framing,
             conn: Some(conn),
             pool: pool.clone(),
-            reusable: head.reusable,
+            // After a request with a body, the connection is closed: a backend that
+            // answers without reading a body would read it as the next request, and
+            // answer it to the next client.
+            reusable: head.reusable && req.body.is_empty(),
         },
     })
 }
