@@ -54,7 +54,7 @@ impl Client<'_> {
     }
 }
 
-/// A proxy serving client connections through a balancer of [`Upstream`]s (or any
+/// A proxy serving client connections through a balancer of [`Upstream`](super::Upstream)s (or any
 /// service from [`Exchange`] to [`Forwarded`]). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Forwarder<S> {
