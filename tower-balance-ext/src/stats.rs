@@ -285,6 +285,8 @@ pub(crate) struct StatsCell {
     pub(crate) no_ready: AtomicU64,
     pub(crate) ready_errors: AtomicU64,
     pub(crate) discovery_errors: AtomicU64,
+    pub(crate) endpoint_panics: AtomicU64,
+    pub(crate) driver_restarts: AtomicU64,
     rate: Rate,
     /// Seconds since base at the last reset.
     reset_at: AtomicU64,
@@ -307,6 +309,8 @@ impl StatsCell {
             no_ready: AtomicU64::new(0),
             ready_errors: AtomicU64::new(0),
             discovery_errors: AtomicU64::new(0),
+            endpoint_panics: AtomicU64::new(0),
+            driver_restarts: AtomicU64::new(0),
             rate: Rate::new(),
             reset_at: AtomicU64::new(0),
             clock_ns: AtomicU64::new(0),
@@ -412,6 +416,14 @@ pub struct LoadSnapshot {
     pub ready_errors: u64,
     /// Errors the discovery stream yielded (the endpoints known were kept).
     pub discovery_errors: u64,
+    /// Panics of endpoint services (in `poll_ready`, `call` or the response future)
+    /// that the balancer caught: each set its endpoint aside, as a `poll_ready` error
+    /// does. Not zeroed by [`LoadStats::reset`].
+    pub endpoint_panics: u64,
+    /// Times the background task that follows discovery panicked (in the discovery
+    /// stream, or in an endpoint key's `Debug`) and was started again. Not zeroed by
+    /// [`LoadStats::reset`].
+    pub driver_restarts: u64,
 }
 
 impl LoadStats {
@@ -482,6 +494,8 @@ impl LoadStats {
             no_ready_endpoints: c.no_ready.load(Ordering::Relaxed),
             ready_errors: c.ready_errors.load(Ordering::Relaxed),
             discovery_errors: c.discovery_errors.load(Ordering::Relaxed),
+            endpoint_panics: c.endpoint_panics.load(Ordering::Relaxed),
+            driver_restarts: c.driver_restarts.load(Ordering::Relaxed),
         }
     }
 

@@ -43,6 +43,14 @@
 //! health signal cannot take the whole service down. A new or recovered endpoint can
 //! ramp up over a [`slow_start`](BalancerBuilder::slow_start) window.
 //!
+//! A panic in an endpoint's `poll_ready`, `call` or response future is caught and
+//! counted ([`LoadSnapshot::endpoint_panics`](crate::LoadSnapshot::endpoint_panics)):
+//! it sets that endpoint aside as an error would, and the request that met it goes
+//! elsewhere (or, after `call`, fails with [`EndpointPanicked`] unless it may be
+//! retried). The background task survives them; should it panic anyway (in the
+//! discovery stream), it starts again where it was
+//! ([`LoadSnapshot::driver_restarts`](crate::LoadSnapshot::driver_restarts)).
+//!
 //! Removing an endpoint loses no request: requests already sent hold their own clone
 //! of its service and finish.
 //!
@@ -381,6 +389,41 @@ impl fmt::Display for NoHashKey {
 }
 
 impl std::error::Error for NoHashKey {}
+
+/// The endpoint's service panicked in `call` or in its response future. The panic
+/// was caught: the endpoint is set aside (probed again after a backoff, as after a
+/// `poll_ready` error) and counted in
+/// [`LoadSnapshot::endpoint_panics`](crate::LoadSnapshot::endpoint_panics). The request
+/// is retried on another endpoint when it may be; for HTTP, answer
+/// [`status`](Self::status) (502).
+#[derive(Debug, Clone)]
+pub struct EndpointPanicked {
+    pub(crate) endpoint: String,
+}
+
+impl EndpointPanicked {
+    /// The endpoint's discovery key, as `Debug` prints it.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `502 Bad Gateway`.
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::BAD_GATEWAY
+    }
+}
+
+impl fmt::Display for EndpointPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "endpoint {} panicked while serving the request; it was set aside",
+            self.endpoint
+        )
+    }
+}
+
+impl std::error::Error for EndpointPanicked {}
 
 /// A weight of zero: give at least 1.
 #[derive(Debug, Clone)]

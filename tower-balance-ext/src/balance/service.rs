@@ -1,9 +1,11 @@
 //! The balancer handle, its shared state and the path of one request.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,16 +13,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::FutureExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tower::discover::Discover;
 use tower_service::Service;
 
+use super::driver::drop_quietly;
 use super::pick::{self, Ctx, Filter, Pick};
 use super::pool::{maglev_table, swrr_sequence, Endpoint, Pool};
 use super::{
-    driver, BalancerBuilder, BuildError, HashKey, IsFailure, NoHashKey, NoReadyEndpoints,
-    RetryCopy, ZeroWeight,
+    driver, BalancerBuilder, BuildError, EndpointPanicked, HashKey, IsFailure, NoHashKey,
+    NoReadyEndpoints, RetryCopy, ZeroWeight,
 };
 use crate::retry::Budget;
 use crate::stats::{EndpointCell, EndpointState, LoadStats, StatsCell};
@@ -346,6 +350,32 @@ where
     S::Future: Send,
     Req: Send + 'static,
 {
+    /// Counts and logs a caught panic of `ep`'s service, and sets it aside (probed
+    /// again after a backoff) if it was ready.
+    fn contain_panic(&self, ep: &Arc<Endpoint<K, S>>, during: &str, p: &(dyn Any + Send)) {
+        self.stats.endpoint_panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            endpoint = %ep.cell.name,
+            panic = %driver::panic_message(p),
+            "endpoint's {during} panicked; set aside"
+        );
+        if ep.cell.leave_ready(EndpointState::SetAside) {
+            self.ready.fetch_sub(1, Ordering::AcqRel);
+            let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
+            let delay = self.backoff(n);
+            self.watch(ep.clone(), ep.clone_service(), Some(delay));
+        }
+    }
+
+    fn panicked_in_call(&self, ep: &Arc<Endpoint<K, S>>, payload: Box<dyn Any + Send>) -> BoxError {
+        self.contain_panic(ep, "call", &*payload);
+        drop_quietly(payload);
+        EndpointPanicked {
+            endpoint: ep.cell.name.clone(),
+        }
+        .into()
+    }
+
     async fn dispatch(self: Arc<Self>, mut req: Req) -> Result<S::Response, BoxError> {
         let key = match &self.hash_key {
             Some(f) => Some(f(&req).ok_or(NoHashKey)?),
@@ -412,9 +442,24 @@ where
                 }
             };
             let mut svc = ep.clone_service();
-            match std::future::poll_fn(|cx| Poll::Ready(svc.poll_ready(cx))).await {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => {
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    svc.poll_ready(cx)
+                })))
+            })
+            .await
+            {
+                Err(p) => {
+                    self.contain_panic(&ep, "poll_ready", &*p);
+                    drop_quietly(p);
+                    drop_quietly(svc);
+                    if ep.cell.is_set_aside() {
+                        excluded.push(ep.cell.id);
+                    }
+                    continue;
+                }
+                Ok(Poll::Ready(Ok(()))) => {}
+                Ok(Poll::Ready(Err(e))) => {
                     let e: BoxError = e.into();
                     self.stats.ready_errors.fetch_add(1, Ordering::Relaxed);
                     if ep.cell.leave_ready(EndpointState::SetAside) {
@@ -429,7 +474,7 @@ where
                     }
                     continue;
                 }
-                Poll::Pending => {
+                Ok(Poll::Pending) => {
                     if ep.cell.leave_ready(EndpointState::NotReady) {
                         self.ready.fetch_sub(1, Ordering::AcqRel);
                         tracing::debug!(endpoint = %ep.cell.name, "endpoint not ready");
@@ -462,7 +507,16 @@ where
             };
             ep.cell.requests.fetch_add(1, Ordering::Relaxed);
             self.stats.count_request(start_ns);
-            let result = svc.call(req).await.map_err(Into::into);
+            // The endpoint's code, caught: a panic in `call` or its future fails this
+            // call (retried like a failure) and sets the endpoint aside.
+            let result = match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
+                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(p) => Err(self.panicked_in_call(&ep, p)),
+                },
+                Err(p) => Err(self.panicked_in_call(&ep, p)),
+            };
+            drop_quietly(svc);
             drop(in_flight);
             let end = Instant::now();
             let end_ns = self.stats.ns_at(end);
