@@ -1175,3 +1175,39 @@ async fn a_panicking_discovery_stream_restarts_the_task_which_goes_on() {
     .await
     .unwrap();
 }
+
+/// A request is retried on another endpoint only up to `max_attempts` calls in all
+/// (default 2), however many endpoints fail and however much budget is left.
+#[tokio::test(start_paused = true)]
+async fn a_request_makes_at_most_max_attempts_calls() {
+    tokio::time::timeout(LIMIT, async {
+        for (attempts, want) in [(None, 2u64), (Some(3), 3), (Some(1), 1)] {
+            let (eps, knobs) = endpoints(5);
+            let mut builder = BalancerBuilder::new(Pick::RoundRobin)
+                .failure_if(|a: &Answer| a.status >= 500)
+                .retry(|r: &u64| Some(*r))
+                .retry_budget(1000.0, 1000, Duration::from_secs(10));
+            if let Some(n) = attempts {
+                builder = builder.max_attempts(n);
+            }
+            let b: Bal = builder
+                .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+                .unwrap();
+            settle(&b, 5).await;
+            for k in &knobs {
+                k.unavailable.store(true, Ordering::SeqCst);
+            }
+            assert_eq!(send(&b, 1).await.status, 503);
+            let calls: u64 = knobs.iter().map(|k| k.calls()).sum();
+            assert_eq!(calls, want, "max_attempts {attempts:?}");
+            assert_eq!(b.stats().snapshot().retries, want - 1);
+        }
+        let e = BalancerBuilder::<u64, Answer>::new(Pick::RoundRobin)
+            .max_attempts(0)
+            .build(discover::channel::<u32, Ep>().1)
+            .unwrap_err();
+        assert!(e.to_string().contains("max_attempts"), "{e}");
+    })
+    .await
+    .unwrap();
+}

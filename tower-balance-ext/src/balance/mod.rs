@@ -94,6 +94,7 @@ pub struct BalancerBuilder<Req, Res> {
     hash_key: Option<HashKey<Req>>,
     is_failure: IsFailure<Res>,
     retry: Option<RetryCopy<Req>>,
+    max_attempts: u32,
     budget: (f64, u32, Duration),
 }
 
@@ -112,6 +113,7 @@ impl<Req, Res> Clone for BalancerBuilder<Req, Res> {
             hash_key: self.hash_key.clone(),
             is_failure: self.is_failure.clone(),
             retry: self.retry.clone(),
+            max_attempts: self.max_attempts,
             budget: self.budget,
         }
     }
@@ -131,6 +133,7 @@ impl<Req, Res> fmt::Debug for BalancerBuilder<Req, Res> {
             .field("bounded_load", &self.bounded_load)
             .field("hash_key", &self.hash_key.is_some())
             .field("retry", &self.retry.is_some())
+            .field("max_attempts", &self.max_attempts)
             .field("budget", &self.budget)
             .finish()
     }
@@ -152,6 +155,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             hash_key: None,
             is_failure: Arc::new(|_| false),
             retry: None,
+            max_attempts: 2,
             budget: (0.2, 10, Duration::from_secs(10)),
         }
     }
@@ -235,14 +239,24 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
         self
     }
 
-    /// Retries a failed request once on another endpoint when `copy` gives a copy of
-    /// it (return `None` for requests that must not be sent twice), within the retry
-    /// budget.
+    /// Retries a failed request on another endpoint when `copy` gives a copy of it
+    /// (return `None` for requests that must not be sent twice): once by default (see
+    /// [`max_attempts`](Self::max_attempts)), and only while the
+    /// [retry budget](Self::retry_budget) lasts.
     pub fn retry<F>(mut self, copy: F) -> Self
     where
         F: Fn(&Req) -> Option<Req> + Send + Sync + 'static,
     {
         self.retry = Some(Arc::new(copy));
+        self
+    }
+
+    /// How many calls one request may make in all, the first included, when
+    /// [`retry`](Self::retry) is set (default 2: the first and one retry; 1 turns
+    /// retries off; 0 is refused). Each retry goes to an endpoint the request has not
+    /// tried, and must also be allowed by the [retry budget](Self::retry_budget).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
         self
     }
 
@@ -293,6 +307,9 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
                     "bounded_load({c}): give a factor of at least 1 (1.25 is common)"
                 ));
             }
+        }
+        if self.max_attempts == 0 {
+            return err("max_attempts is 0; give at least 1 (1: no retries, 2: one retry)".into());
         }
         let (ratio, _, window) = self.budget;
         if !(0.0..=1000.0).contains(&ratio) {

@@ -111,6 +111,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             hash_key: self.hash_key,
             is_failure: self.is_failure,
             retry: self.retry,
+            max_attempts: self.max_attempts,
             budget: Budget::new(ratio, floor, window),
         });
         let guard = driver::spawn::<D, Req>(&handle, Arc::downgrade(&shared), discover, rx);
@@ -154,6 +155,8 @@ pub(super) struct Shared<K, S, Req, Res> {
     hash_key: Option<HashKey<Req>>,
     is_failure: IsFailure<Res>,
     retry: Option<RetryCopy<Req>>,
+    /// Calls one request may make in all.
+    max_attempts: u32,
     budget: Budget,
 }
 
@@ -489,9 +492,11 @@ where
                 }
             }
             drop(waiting.take());
+            // A copy for a retry only if an attempt is left after this one (`tried`
+            // holds the calls made before it).
             let retry_copy = match &self.retry {
-                Some(copy) => copy(&req),
-                None => None,
+                Some(copy) if tried.len() + 1 < self.max_attempts as usize => copy(&req),
+                _ => None,
             };
             let start = Instant::now();
             let start_ns = self.stats.ns_at(start);
