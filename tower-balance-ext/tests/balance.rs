@@ -1211,3 +1211,20 @@ async fn a_request_makes_at_most_max_attempts_calls() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_zero_idle_decay_is_refused_with_a_message() {
+    let e = BalancerBuilder::<u64, Answer>::new(Pick::LatencyAware)
+        .idle_decay(Duration::ZERO)
+        .build(discover::channel::<u32, Ep>().1)
+        .unwrap_err();
+    assert!(e.to_string().contains("idle_decay"), "{e}");
+    // The extreme the other way is valid.
+    let (eps, _) = endpoints(2);
+    let b: Bal = BalancerBuilder::new(Pick::LatencyAware)
+        .idle_decay(Duration::MAX)
+        .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+        .unwrap();
+    settle(&b, 2).await;
+    assert_eq!(send(&b, 1).await.status, 200);
+}

@@ -287,6 +287,11 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
                 "decay is zero; give the latency estimate a time constant, e.g. 10 s".into(),
             );
         }
+        if self.idle_decay.is_zero() {
+            return err(
+                "idle_decay is zero: an idle endpoint's latency estimate would vanish at once; give it a time constant, e.g. 10 s".into(),
+            );
+        }
         match (self.pick, self.hash_key.is_some()) {
             (Pick::ConsistentHash, false) => {
                 return err("Pick::ConsistentHash needs a request key: call .hash_key(...)".into())
