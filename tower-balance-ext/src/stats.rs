@@ -170,22 +170,27 @@ impl EndpointCell {
         self.status.swap(REMOVED, Ordering::AcqRel) == READY
     }
 
-    /// The latency estimate at `now`, decaying toward zero while no sample arrives
-    /// (hyperbolically, with time constant `tau`), so a once-slow endpoint is tried
-    /// again in time.
+    /// The latency estimate at `now`, decaying toward zero while no sample arrives:
+    /// exponentially, by `exp(-idle / tau)` (tower's PeakEwma decays the same way), so
+    /// an endpoint `k` times slower than the others at its last answer is tried again
+    /// after about `tau x ln k` without requests (3 time constants for 20x).
     #[inline]
     pub(crate) fn latency_ns(&self, now: u64, tau_ns: f64) -> f64 {
         let est = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at.load(Ordering::Relaxed);
         let idle = now.saturating_sub(at) as f64;
-        est * tau_ns / (tau_ns + idle)
+        if idle == 0.0 {
+            est
+        } else {
+            est * (-idle / tau_ns).exp()
+        }
     }
 
-    /// A completed request's latency: the peak-EWMA update (a sample above the estimate
-    /// replaces it at once; below it, it pulls the estimate down with weight
-    /// `1 - exp(-elapsed / tau)`).
-    pub(crate) fn observe(&self, rtt_ns: f64, now: u64, tau_ns: f64) {
-        let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+    /// A completed request's latency: the peak-EWMA update from the estimate as it had
+    /// decayed while idle (`idle_tau_ns`). A sample above it replaces it at once; below
+    /// it, it pulls the estimate down with weight `1 - exp(-elapsed / tau)`.
+    pub(crate) fn observe(&self, rtt_ns: f64, now: u64, tau_ns: f64, idle_tau_ns: f64) {
+        let prev = self.latency_ns(now, idle_tau_ns);
         let at = self.ewma_at.swap(now, Ordering::Relaxed);
         let next = if rtt_ns > prev {
             rtt_ns

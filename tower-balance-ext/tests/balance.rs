@@ -1228,3 +1228,71 @@ async fn a_zero_idle_decay_is_refused_with_a_message() {
     settle(&b, 2).await;
     assert_eq!(send(&b, 1).await.status, 200);
 }
+
+/// An endpoint 20x slower for 10 s, then as fast as the others again: it gets a
+/// request again within a few `idle_decay` time constants of its last slow answer (the
+/// estimate of an endpoint without requests decays exponentially toward zero, as
+/// tower's PeakEwma's does), and then takes its share again.
+#[tokio::test(start_paused = true)]
+async fn a_once_slow_endpoint_is_tried_again_within_a_few_decay_times() {
+    tokio::time::timeout(Duration::from_secs(3_600), async {
+        let tau = Duration::from_secs(10);
+        let (eps, knobs) = endpoints(4);
+        let b: Bal = BalancerBuilder::new(Pick::LatencyAware)
+            .idle_decay(tau)
+            .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+            .unwrap();
+        settle(&b, 4).await;
+        for k in &knobs {
+            k.latency_ms.store(5, Ordering::SeqCst);
+        }
+        // Ten requests a second throughout.
+        let tick = Duration::from_millis(100);
+        for i in 0..40 {
+            send(&b, i).await;
+            tokio::time::sleep(tick).await;
+        }
+        // 20x slower for 10 s: it answers slowly at least once, then is avoided.
+        knobs[0].latency_ms.store(100, Ordering::SeqCst);
+        let before = knobs[0].calls();
+        let slow_spell = tokio::time::Instant::now();
+        while slow_spell.elapsed() < Duration::from_secs(10) {
+            send(&b, 1).await;
+            tokio::time::sleep(tick).await;
+        }
+        assert!(knobs[0].calls() > before, "it was never slow");
+        // Recovered: how long until it gets a request again?
+        knobs[0].latency_ms.store(5, Ordering::SeqCst);
+        let before = knobs[0].calls();
+        let recovered = tokio::time::Instant::now();
+        while knobs[0].calls() == before && recovered.elapsed() < Duration::from_secs(1_000) {
+            send(&b, 2).await;
+            tokio::time::sleep(tick).await;
+        }
+        let back_after = recovered.elapsed();
+        // ln(20) = 3.0 time constants after its last slow answer, which came early in
+        // its slow spell: about 2 after the recovery.
+        assert!(
+            back_after <= tau * 3,
+            "tried again {back_after:?} after it recovered (tau {tau:?})"
+        );
+        // And once tried, it takes its share again at once (its estimate is not
+        // pulled back up to the old slow one).
+        let before: Vec<u64> = knobs.iter().map(|k| k.calls()).collect();
+        for i in 0..200 {
+            send(&b, i).await;
+            tokio::time::sleep(tick).await;
+        }
+        let calls: Vec<u64> = knobs
+            .iter()
+            .zip(&before)
+            .map(|(k, b)| k.calls() - b)
+            .collect();
+        assert!(
+            calls[0] >= 30,
+            "{calls:?} over 200 requests after its return"
+        );
+    })
+    .await
+    .unwrap();
+}

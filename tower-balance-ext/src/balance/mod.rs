@@ -149,7 +149,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             slow_start: Duration::ZERO,
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             decay: Duration::from_secs(10),
-            idle_decay: Duration::from_secs(30),
+            idle_decay: Duration::from_secs(10),
             failure_penalty: Duration::from_secs(1),
             bounded_load: None,
             hash_key: None,
@@ -195,9 +195,11 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
         self
     }
 
-    /// How fast the estimate of an endpoint that gets no requests fades (default 30 s:
-    /// halved after 30 s without a sample), so that an endpoint once slow is tried
-    /// again in time.
+    /// The time constant at which the latency estimate of an endpoint that gets no
+    /// requests fades toward zero (default 10 s): by `exp(-idle / tau)`, as tower's
+    /// PeakEwma, so an endpoint that was `k` times slower than the others when it last
+    /// answered is tried again after about `tau x ln k` (30 s for 20x at the default),
+    /// and takes its share again if it has recovered.
     pub fn idle_decay(mut self, tau: Duration) -> Self {
         self.idle_decay = tau;
         self

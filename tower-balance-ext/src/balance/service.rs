@@ -538,7 +538,7 @@ where
                 ep.cell.errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
-            ep.cell.observe(rtt, end_ns, self.tau_ns);
+            ep.cell.observe(rtt, end_ns, self.tau_ns, self.idle_tau_ns);
             if let (true, Some(next)) = (failed, retry_copy) {
                 excluded.push(ep.cell.id);
                 tried.push(ep.cell.id);
