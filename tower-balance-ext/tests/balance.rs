@@ -1296,3 +1296,61 @@ async fn a_once_slow_endpoint_is_tried_again_within_a_few_decay_times() {
     .await
     .unwrap();
 }
+
+/// Everything discovery has ready at once is applied as one change of the pool (one
+/// rebuild, not one per endpoint): 10,000 endpoints, and 1,000 for the consistent-hash
+/// pick's table, appear together, and a burst of removals and inserts applies in order.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_discovery_changes_is_applied_at_once_and_in_order() {
+    tokio::time::timeout(LIMIT, async {
+        for (pick, n) in [(Pick::RoundRobin, 10_000u32), (Pick::ConsistentHash, 1_000)] {
+            let (tx, rx) = discover::channel();
+            let mut builder = BalancerBuilder::new(pick);
+            if pick == Pick::ConsistentHash {
+                builder = builder.hash_key(|k: &u64| Some(hash_key(k)));
+            }
+            let b: Bal = builder.build(rx).unwrap();
+            let (eps, _) = endpoints(n);
+            for e in eps {
+                tx.insert(e.knobs.id, e);
+            }
+            loop {
+                let len = b.endpoints().len();
+                assert!(
+                    len == 0 || len == n as usize,
+                    "{pick:?}: {len} of {n} arrived"
+                );
+                if len == n as usize {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            // Half leave; one of them comes back at once, and a new one arrives and
+            // leaves at once.
+            for i in 0..n / 2 {
+                tx.remove(i);
+            }
+            tx.insert(0, Ep::new(0).0);
+            tx.insert(n, Ep::new(n).0);
+            tx.remove(n);
+            let want = (n / 2 + 1) as usize;
+            loop {
+                let len = b.endpoints().len();
+                assert!(
+                    len == n as usize || len == want,
+                    "{pick:?}: {len} endpoints"
+                );
+                if len == want {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let keys: Vec<u32> = b.endpoints().iter().map(|(k, _)| *k).collect();
+            assert!(keys.contains(&0) && !keys.contains(&n) && !keys.contains(&1));
+            assert_eq!(b.ready_count(), want);
+            assert!(send(&b, 7).await.status == 200);
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -129,6 +129,21 @@ struct State<D: Discover> {
     pause: Pin<Box<tokio::time::Sleep>>,
     watches: FuturesUnordered<WatchFuture<D::Key, D::Service>>,
     rx: mpsc::UnboundedReceiver<Watch<D::Key, D::Service>>,
+    /// Changes taken from discovery and not applied yet (kept across a panic).
+    burst: Vec<Change<D::Key, D::Service>>,
+}
+
+/// The most discovery changes applied in one rebuild.
+const MAX_BURST: usize = 1 << 16;
+
+/// How a burst taken from discovery ended.
+enum BurstEnd<E> {
+    /// Discovery has no more now.
+    Pending,
+    /// Discovery failed after the burst.
+    Failed(E),
+    /// Discovery ended after the burst.
+    Ended,
 }
 
 /// After this long without a panic, a restart starts the backoff from its minimum.
@@ -159,6 +174,7 @@ where
             pause: Box::pin(tokio::time::sleep(Duration::ZERO)),
             watches: FuturesUnordered::new(),
             rx,
+            burst: Vec::new(),
         };
         // A panic that escapes (in the discovery stream, or a key's `Debug`) ends one
         // run, not the task: the state outlives it, and the next run goes on from it
@@ -221,20 +237,29 @@ where
         pause,
         watches,
         rx,
+        burst,
     } = st;
+    // A burst taken before a panic is applied first.
+    if !burst.is_empty() {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.apply(std::mem::take(burst));
+    }
     loop {
+        // Endpoints changed state: the ready lists are taken again (once for all the
+        // events handled in a row).
+        let mut states_changed = false;
         tokio::select! {
-            change = std::future::poll_fn(|cx| discover.as_mut().poll_discover(cx)), if *discovering && !*paused => {
+            // Unconstrained by tokio's cooperative budget, which would cut a burst
+            // into pieces of 128 (`MAX_BURST` bounds it instead).
+            end = tokio::task::unconstrained(std::future::poll_fn(|cx| take_burst(discover.as_mut(), burst, cx))), if *discovering && !*paused => {
                 let Some(shared) = shared.upgrade() else { return };
-                match change {
-                    Some(Ok(change)) => {
-                        *errors_in_a_row = 0;
-                        match change {
-                            Change::Insert(key, svc) => shared.insert(key, svc),
-                            Change::Remove(key) => shared.remove(&key),
-                        }
-                    }
-                    Some(Err(e)) => {
+                // Everything discovery had ready at once, as one rebuild.
+                shared.apply(std::mem::take(burst));
+                match end {
+                    BurstEnd::Pending => *errors_in_a_row = 0,
+                    BurstEnd::Failed(e) => {
                         let e: BoxError = e.into();
                         shared.stats.discovery_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
@@ -243,37 +268,104 @@ where
                         pause.as_mut().reset(tokio::time::Instant::now() + wait);
                         *paused = true;
                     }
-                    None => *discovering = false,
+                    BurstEnd::Ended => *discovering = false,
                 }
             }
             _ = pause.as_mut(), if *paused => *paused = false,
             w = rx.recv() => match w {
-                Some(w) => watches.push(watch::<_, _, Req>(w)),
+                Some(w) => {
+                    // An endpoint left the ready state.
+                    watches.push(watch::<_, _, Req>(w));
+                    states_changed = true;
+                }
                 None => return,
             },
             Some((ep, outcome)) = watches.next(), if !watches.is_empty() => {
                 let Some(shared) = shared.upgrade() else { return };
-                match outcome {
-                    Outcome::Ready => shared.readmit(&ep),
-                    Outcome::Failed => {
-                        ep.cell.set_aside_from_not_ready();
-                        let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
-                        let delay = shared.backoff(n);
-                        let svc = ep.clone_service();
-                        watches.push(watch::<_, _, Req>(Watch { ep, svc, delay: Some(delay) }));
-                    }
-                    Outcome::Panicked(message) => {
-                        shared.stats.endpoint_panics.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(endpoint = %ep.cell.name, panic = %message, "endpoint's poll_ready panicked; set aside");
-                        ep.cell.set_aside_from_not_ready();
-                        let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
-                        let delay = shared.backoff(n);
-                        let svc = ep.clone_service();
-                        watches.push(watch::<_, _, Req>(Watch { ep, svc, delay: Some(delay) }));
-                    }
-                    Outcome::Removed => {}
-                }
+                handle::<D, Req>(&shared, watches, ep, outcome);
+                states_changed = true;
             }
         }
+        if states_changed {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            // What else is there now, before the lists are taken again.
+            while let Ok(w) = rx.try_recv() {
+                watches.push(watch::<_, _, Req>(w));
+            }
+            while let Some(Some((ep, outcome))) = watches.next().now_or_never() {
+                handle::<D, Req>(&shared, watches, ep, outcome);
+            }
+            shared.publish_ready();
+        }
+    }
+}
+
+/// Takes what discovery has ready now into `burst` (up to `MAX_BURST`); pending while
+/// it has nothing.
+fn take_burst<D: Discover>(
+    mut discover: Pin<&mut D>,
+    burst: &mut Vec<Change<D::Key, D::Service>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<BurstEnd<D::Error>> {
+    use std::task::Poll;
+    loop {
+        if burst.len() >= MAX_BURST {
+            return Poll::Ready(BurstEnd::Pending);
+        }
+        match discover.as_mut().poll_discover(cx) {
+            Poll::Ready(Some(Ok(change))) => burst.push(change),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(BurstEnd::Failed(e)),
+            Poll::Ready(None) => return Poll::Ready(BurstEnd::Ended),
+            Poll::Pending if burst.is_empty() => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(BurstEnd::Pending),
+        }
+    }
+}
+
+/// What a watch on an endpoint found.
+fn handle<D, Req>(
+    shared: &SharedOf<D, Req>,
+    watches: &mut FuturesUnordered<WatchFuture<D::Key, D::Service>>,
+    ep: Arc<Endpoint<D::Key, D::Service>>,
+    outcome: Outcome,
+) where
+    D: Discover + Send + 'static,
+    D::Key: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    D::Service: Service<Req> + Clone + Send + 'static,
+    <D::Service as Service<Req>>::Future: Send,
+    <D::Service as Service<Req>>::Response: Send + 'static,
+    <D::Service as Service<Req>>::Error: Into<BoxError>,
+    D::Error: Into<BoxError>,
+    Req: Send + 'static,
+{
+    match outcome {
+        Outcome::Ready => shared.readmit(&ep),
+        Outcome::Failed => {
+            ep.cell.set_aside_from_not_ready();
+            let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
+            let delay = shared.backoff(n);
+            let svc = ep.clone_service();
+            watches.push(watch::<_, _, Req>(Watch {
+                ep,
+                svc,
+                delay: Some(delay),
+            }));
+        }
+        Outcome::Panicked(message) => {
+            shared.stats.endpoint_panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(endpoint = %ep.cell.name, panic = %message, "endpoint's poll_ready panicked; set aside");
+            ep.cell.set_aside_from_not_ready();
+            let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
+            let delay = shared.backoff(n);
+            let svc = ep.clone_service();
+            watches.push(watch::<_, _, Req>(Watch {
+                ep,
+                svc,
+                delay: Some(delay),
+            }));
+        }
+        Outcome::Removed => {}
     }
 }

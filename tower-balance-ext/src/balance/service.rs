@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::FutureExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use tower::discover::Discover;
+use tower::discover::{Change, Discover};
 use tower_service::Service;
 
 use super::driver::drop_quietly;
@@ -97,6 +97,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             changed: Notify::new(),
             cursor: AtomicUsize::new(0),
             ready: AtomicUsize::new(0),
+            ready_gen: AtomicU64::new(0),
             stats: Arc::new(StatsCell::new()),
             watch: tx,
             pick: self.pick,
@@ -141,6 +142,9 @@ pub(super) struct Shared<K, S, Req, Res> {
     cursor: AtomicUsize,
     /// Endpoints in the ready state.
     ready: AtomicUsize,
+    /// Counts re-admissions: a pool snapshot whose ready lists were taken at another
+    /// generation is out of date (it may lack an endpoint that became ready).
+    ready_gen: AtomicU64,
     pub(super) stats: Arc<StatsCell>,
     watch: mpsc::UnboundedSender<driver::Watch<K, S>>,
     pick: Pick,
@@ -171,8 +175,10 @@ where
     K: Hash + Eq + Clone + fmt::Debug,
     S: Clone,
 {
+    /// Publishes a new snapshot of the pool from `master`: the tables, the ready lists,
+    /// the statistics' list; wakes the requests waiting for an endpoint.
     fn rebuild(&self, master: &Master<K, S>) {
-        let endpoints = master.endpoints.clone();
+        let endpoints: Arc<[Arc<Endpoint<K, S>>]> = Arc::from(master.endpoints.as_slice());
         let swrr = if self.pick == Pick::WeightedRoundRobin {
             let weights: Vec<u32> = endpoints
                 .iter()
@@ -194,15 +200,43 @@ where
         self.stats
             .endpoints
             .store(Arc::new(endpoints.iter().map(|e| e.cell.clone()).collect()));
-        self.pool.store(Arc::new(Pool {
+        // The generation first, the states after: a re-admission between the two
+        // makes this snapshot out of date, never wrongly up to date.
+        let ready_gen = self.ready_gen.load(Ordering::Acquire);
+        self.pool.store(Arc::new(Pool::new(
             endpoints,
-            swrr,
-            maglev,
-        }));
+            Arc::from(swrr),
+            Arc::from(maglev),
+            ready_gen,
+        )));
         self.changed.notify_waiters();
     }
 
-    pub(super) fn insert(&self, key: K, service: S) {
+    /// Takes the ready lists again (after endpoints changed state), keeping the
+    /// endpoints and tables; wakes the requests waiting for an endpoint.
+    pub(super) fn publish_ready(&self) {
+        // Under the lock, so that a rebuild is never overwritten by an older pool.
+        let _m = lock(&self.master);
+        let ready_gen = self.ready_gen.load(Ordering::Acquire);
+        let next = self.pool.load().with_ready_lists(ready_gen);
+        self.pool.store(Arc::new(next));
+        self.changed.notify_waiters();
+    }
+
+    /// Applies a burst of discovery changes, in order, with one rebuild.
+    pub(super) fn apply(&self, changes: Vec<Change<K, S>>) {
+        if changes.is_empty() {
+            return;
+        }
+        // The new endpoints' names first: a key's `Debug` is the user's code, and a
+        // panic there must find the pool as it was.
+        let names: Vec<Option<String>> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Insert(key, _) => Some(format!("{key:?}")),
+                Change::Remove(_) => None,
+            })
+            .collect();
         let mut m = lock(&self.master);
         // A new endpoint's latency starts at the pool's median, so it neither attracts
         // every request nor starves.
@@ -214,33 +248,55 @@ where
             .collect();
         known.sort_by(f64::total_cmp);
         let median = known.get(known.len() / 2).copied().unwrap_or(0.0);
-        if let Some(pos) = m.endpoints.iter().position(|e| e.key == key) {
-            // Discovery replaced the endpoint under this key.
-            let old = m.endpoints.remove(pos);
-            self.retire(&old);
+        let mut at: HashMap<K, usize> = m
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.clone(), i))
+            .collect();
+        let mut gone = vec![false; m.endpoints.len()];
+        let now = self.stats.now_ns();
+        for (change, name) in changes.into_iter().zip(names) {
+            match change {
+                Change::Insert(key, service) => {
+                    if let Some(pos) = at.remove(&key) {
+                        // Discovery replaced the endpoint under this key.
+                        self.retire(&m.endpoints[pos]);
+                        gone[pos] = true;
+                    }
+                    let weight = m.weights.get(&key).copied().unwrap_or(1);
+                    let id = m.next_id;
+                    m.next_id += 1;
+                    let name = name.unwrap_or_default();
+                    let cell = EndpointCell::new(id, name, weight, median, now);
+                    let (removed, _) = tokio::sync::watch::channel(false);
+                    at.insert(key.clone(), m.endpoints.len());
+                    gone.push(false);
+                    m.endpoints.push(Arc::new(Endpoint {
+                        key,
+                        service: Mutex::new(service),
+                        cell: Arc::new(cell),
+                        removed,
+                    }));
+                    self.ready.fetch_add(1, Ordering::AcqRel);
+                }
+                Change::Remove(key) => {
+                    if let Some(pos) = at.remove(&key) {
+                        self.retire(&m.endpoints[pos]);
+                        gone[pos] = true;
+                    }
+                }
+            }
         }
-        let weight = m.weights.get(&key).copied().unwrap_or(1);
-        let id = m.next_id;
-        m.next_id += 1;
-        let cell = EndpointCell::new(id, format!("{key:?}"), weight, median, self.stats.now_ns());
-        let (removed, _) = tokio::sync::watch::channel(false);
-        m.endpoints.push(Arc::new(Endpoint {
-            key,
-            service: Mutex::new(service),
-            cell: Arc::new(cell),
-            removed,
-        }));
-        self.ready.fetch_add(1, Ordering::AcqRel);
+        if gone.iter().any(|&g| g) {
+            let mut i = 0;
+            m.endpoints.retain(|_| {
+                let keep = !gone[i];
+                i += 1;
+                keep
+            });
+        }
         self.rebuild(&m);
-    }
-
-    pub(super) fn remove(&self, key: &K) {
-        let mut m = lock(&self.master);
-        if let Some(pos) = m.endpoints.iter().position(|e| &e.key == key) {
-            let old = m.endpoints.remove(pos);
-            self.retire(&old);
-            self.rebuild(&m);
-        }
     }
 
     fn retire(&self, ep: &Endpoint<K, S>) {
@@ -251,12 +307,16 @@ where
         ep.removed.send_replace(true);
     }
 
-    /// A watched endpoint's `poll_ready` succeeded.
+    /// A watched endpoint's `poll_ready` succeeded. The ready lists are out of date
+    /// from here until the caller publishes them again ([`publish_ready`](Self::publish_ready),
+    /// which wakes the waiting requests); the picks scan meanwhile.
     pub(super) fn readmit(&self, ep: &Endpoint<K, S>) {
+        // The generation before the state: whoever sees the endpoint ready sees the
+        // lists out of date.
+        self.ready_gen.fetch_add(1, Ordering::AcqRel);
         if ep.cell.become_ready(self.stats.now_ns()) {
             ep.cell.failures.store(0, Ordering::Relaxed);
             self.ready.fetch_add(1, Ordering::AcqRel);
-            self.changed.notify_waiters();
         }
     }
 
@@ -271,7 +331,8 @@ where
         let _ = self.watch.send(driver::Watch { ep, svc, delay });
     }
 
-    fn filter<'a>(&self, excluded: &'a [u64], pool_len: usize) -> Filter<'a> {
+    fn filter<'a>(&self, excluded: &'a [u64], pool: &Pool<K, S>) -> Filter<'a> {
+        let pool_len = pool.endpoints.len();
         let ready = self.ready.load(Ordering::Relaxed);
         Filter {
             excluded,
@@ -284,6 +345,7 @@ where
             },
             slow_start: self.slow_start_ns,
             all_allowed: excluded.is_empty() && ready == pool_len,
+            fresh: pool.ready_gen == self.ready_gen.load(Ordering::Acquire),
         }
     }
 
@@ -291,8 +353,7 @@ where
     /// round-robin turn).
     fn another_allowed(&self, excluded: &[u64]) -> bool {
         let pool = self.pool.load();
-        let f = self.filter(excluded, pool.endpoints.len());
-        pool.endpoints.iter().any(|e| f.allows(&e.cell))
+        self.filter(excluded, &pool).any_allowed(&pool)
     }
 
     fn choose(&self, key: Option<u64>, excluded: &[u64]) -> Option<Arc<Endpoint<K, S>>> {
@@ -318,7 +379,7 @@ where
             },
             idle_tau_ns: self.idle_tau_ns,
         };
-        let filter = self.filter(excluded, pool.endpoints.len());
+        let filter = self.filter(excluded, &pool);
         pick::pick(self.pick, &pool, &ctx, &filter).map(f)
     }
 }
