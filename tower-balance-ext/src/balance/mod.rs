@@ -54,6 +54,15 @@
 //! Removing an endpoint loses no request: requests already sent hold their own clone
 //! of its service and finish.
 //!
+//! # Cost
+//!
+//! A pick looks at a fixed number of endpoints however large the pool and however
+//! many of its endpoints are not ready: each snapshot of the pool carries the list of
+//! its ready endpoints, which the background task takes again when endpoints change
+//! state. (The consistent-hash pick walks its key's own order past endpoints that are
+//! not ready: about 1/p steps with a share p of them ready.) Discovery changes that
+//! arrive together are applied in order as one rebuild of the pool.
+//!
 //! # No `Buffer` needed
 //!
 //! A `Balancer` is a handle on shared state: clone it into every task. Its `poll_ready`
