@@ -1,24 +1,31 @@
-//! Per-pick overhead of each pick algorithm, against `tower::balance::p2c` with
-//! `PendingRequests` and `PeakEwma`, in one run; prints medians and ratios at the end.
+//! The cost of a pick as the pool grows, against `tower::balance::p2c` in the same run;
+//! prints medians and ratios at the end.
 //!
 //! ```sh
 //! cargo bench -p tower-balance-ext --bench pick
 //! ```
 //!
-//! - `pick/*`: the pick alone ([`Balancer::pick`]) over 10 ready endpoints, per
-//!   algorithm (targets: round robin <= 20 ns, latency-aware <= 100 ns).
-//! - `dispatch/*`: a whole request through the balancer (pick, clone of the endpoint
-//!   service, its `poll_ready`, the call, statistics) to endpoints that answer at once,
-//!   against tower's `Balance` (its `poll_ready` + `call`) over the same endpoints.
+//! - `pick/KIND/N`: the pick alone ([`Balancer::pick`]) over N endpoints (10, 1,000,
+//!   10,000), a tenth of them not ready (their `poll_ready` pends), per pick kind.
+//! - `request/KIND/N`: a whole request through the balancer (pick, clone of the
+//!   endpoint service, its `poll_ready`, the call, statistics) over the same pools,
+//!   beside `request/tower_p2c_*/N`: tower's `Balance` (its `poll_ready` + `call`, the
+//!   pick being in `poll_ready`) with `PendingRequests` and `PeakEwma` over the same
+//!   endpoints.
+//! - `rebuild/*`: one discovery change (an endpoint replaced) at 1,000 endpoints, until
+//!   the new pool is in use: with the consistent-hash pick this includes the Maglev
+//!   table's rebuild (131,071 slots at 1,000 endpoints); round robin beside it has no
+//!   table.
 //!
 //! `pingora-load-balancing` is measured by `peer-benches` (heavy to build):
 //! `cargo run --release --manifest-path peer-benches/Cargo.toml --bin balance_pick`.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
+use criterion::{BenchmarkId, Criterion};
 use std::hint::black_box;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
@@ -26,36 +33,60 @@ use tower::load::{CompleteOnResponse, PeakEwmaDiscover, PendingRequestsDiscover}
 use tower::{Service, ServiceExt};
 use tower_balance_ext::{discover, hash_key, BalancerBuilder, Pick};
 
-const N: u32 = 10;
+const SIZES: [u32; 3] = [10, 1_000, 10_000];
 
-type Endpoint = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, Infallible>>>;
+/// An endpoint that answers at once, or (`stuck`) whose `poll_ready` pends for ever.
+#[derive(Clone)]
+struct Endpoint {
+    stuck: bool,
+}
 
-fn endpoint() -> Endpoint {
-    fn answer(x: u64) -> std::future::Ready<Result<u64, Infallible>> {
+impl Service<u64> for Endpoint {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.stuck {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, x: u64) -> Self::Future {
         std::future::ready(Ok(x))
     }
-    tower::service_fn(answer as fn(u64) -> _)
+}
+
+/// `n` endpoints, every tenth one not ready.
+fn endpoints(n: u32) -> impl Iterator<Item = (u32, Endpoint)> {
+    (0..n).map(|i| (i, Endpoint { stuck: i % 10 == 9 }))
 }
 
 fn ours(
     rt: &tokio::runtime::Runtime,
     pick: Pick,
+    n: u32,
 ) -> tower_balance_ext::Balancer<u32, Endpoint, u64> {
     rt.block_on(async {
-        let mut b = BalancerBuilder::new(pick);
+        let mut b = BalancerBuilder::new(pick).panic_threshold(0);
         if pick == Pick::ConsistentHash {
             b = b.hash_key(|k: &u64| Some(hash_key(k)));
         }
-        let bal = b
-            .build(discover::fixed((0..N).map(|i| (i, endpoint()))))
-            .unwrap();
-        while bal.endpoints().len() < N as usize {
+        let bal = b.build(discover::fixed(endpoints(n))).unwrap();
+        while bal.endpoints().len() < n as usize {
             tokio::task::yield_now().await;
         }
-        // Latency estimates for the latency-aware pick.
-        for i in 0..1_000 {
+        // Requests find the stuck endpoints not ready, and give the latency-aware pick
+        // its estimates.
+        let mut i = 0;
+        while bal.ready_count() > (n - n / 10) as usize || i < 1_000 {
             bal.clone().oneshot(i).await.unwrap();
+            i += 1;
         }
+        // The background task takes the ready lists again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         bal
     })
 }
@@ -67,22 +98,6 @@ const PICKS: [(&str, Pick); 5] = [
     ("consistent_hash", Pick::ConsistentHash),
     ("latency_aware", Pick::LatencyAware),
 ];
-
-fn pick(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let mut g = c.benchmark_group("pick");
-    for (name, how) in PICKS {
-        let bal = ours(rt, how);
-        let _enter = rt.enter();
-        let mut k = 0u64;
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                k = k.wrapping_add(1);
-                black_box(bal.pick(black_box(&k)))
-            })
-        });
-    }
-    g.finish();
-}
 
 /// Runs `iters` requests inside one `block_on`, so the runtime's entry is not counted.
 fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut one: F) -> Duration
@@ -99,63 +114,126 @@ where
     })
 }
 
-fn dispatch(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let mut g = c.benchmark_group("dispatch");
-    for (name, how) in PICKS {
-        let bal = ours(rt, how);
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut svc = bal.clone();
-                timed(rt, iters, |i| {
-                    let f = svc.call(i);
-                    async move {
-                        black_box(f.await.unwrap());
-                    }
-                })
-            })
-        });
-    }
-    g.bench_function("tower_p2c_pending_requests", |b| {
-        let list = ServiceList::new((0..N).map(|_| endpoint()).collect::<Vec<_>>());
+fn picks_and_requests(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    for n in SIZES {
+        for (name, how) in PICKS {
+            let bal = ours(rt, how, n);
+            {
+                let _enter = rt.enter();
+                let mut k = 0u64;
+                c.bench_with_input(BenchmarkId::new(format!("pick/{name}"), n), &n, |b, _| {
+                    b.iter(|| {
+                        k = k.wrapping_add(1);
+                        black_box(bal.pick(black_box(&k)))
+                    })
+                });
+            }
+            c.bench_with_input(
+                BenchmarkId::new(format!("request/{name}"), n),
+                &n,
+                |b, _| {
+                    b.iter_custom(|iters| {
+                        let mut svc = bal.clone();
+                        timed(rt, iters, |i| {
+                            let f = svc.call(i);
+                            async move {
+                                black_box(f.await.unwrap());
+                            }
+                        })
+                    })
+                },
+            );
+        }
+        let list = || ServiceList::new(endpoints(n).map(|(_, e)| e).collect::<Vec<_>>());
         let bal = rt.block_on(async {
             Balance::new(PendingRequestsDiscover::new(
-                list,
+                list(),
                 CompleteOnResponse::default(),
             ))
         });
-        tower_requests(b, rt, bal);
-    });
-    g.bench_function("tower_p2c_peak_ewma", |b| {
-        let list = ServiceList::new((0..N).map(|_| endpoint()).collect::<Vec<_>>());
+        tower_requests(c, rt, "request/tower_p2c_pending_requests", n, bal);
         let bal = rt.block_on(async {
             Balance::new(PeakEwmaDiscover::new(
-                list,
+                list(),
                 Duration::from_millis(1),
                 Duration::from_secs(10),
                 CompleteOnResponse::default(),
             ))
         });
-        tower_requests(b, rt, bal);
-    });
-    g.finish();
+        tower_requests(c, rt, "request/tower_p2c_peak_ewma", n, bal);
+    }
 }
 
 /// Whole requests through one of tower's balancers: `poll_ready`, then `call`.
-fn tower_requests<B>(b: &mut criterion::Bencher<'_>, rt: &tokio::runtime::Runtime, mut bal: B)
-where
+fn tower_requests<B>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    n: u32,
+    mut bal: B,
+) where
     B: Service<u64, Response = u64>,
     B::Error: std::fmt::Debug,
 {
-    b.iter_custom(|iters| {
-        rt.block_on(async {
-            let start = Instant::now();
-            for i in 0..iters {
-                let r = bal.ready().await.unwrap().call(i).await.unwrap();
-                black_box(r);
-            }
-            start.elapsed()
+    // The first `poll_ready` takes in every endpoint.
+    rt.block_on(async {
+        bal.ready().await.unwrap().call(0).await.unwrap();
+    });
+    c.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let r = bal.ready().await.unwrap().call(i).await.unwrap();
+                    black_box(r);
+                }
+                start.elapsed()
+            })
         })
-    })
+    });
+}
+
+/// One discovery change at 1,000 endpoints, until the new pool is in use.
+fn rebuild(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    const N: u32 = 1_000;
+    for (name, how) in [
+        ("consistent_hash", Pick::ConsistentHash),
+        ("round_robin", Pick::RoundRobin),
+    ] {
+        let (tx, rx) = discover::channel();
+        let bal = rt.block_on(async {
+            let mut b = BalancerBuilder::new(how);
+            if how == Pick::ConsistentHash {
+                b = b.hash_key(|k: &u64| Some(hash_key(k)));
+            }
+            let bal = b.build(rx).unwrap();
+            for i in 0..N {
+                tx.insert(i, Endpoint { stuck: false });
+            }
+            while bal.endpoints().len() < N as usize {
+                tokio::task::yield_now().await;
+            }
+            bal
+        });
+        let mut k = 0u32;
+        c.bench_function(&format!("rebuild/{name}/{N}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        // Replaced under its key: it moves to the end of the pool.
+                        let key = k % N;
+                        k += 1;
+                        tx.insert(key, Endpoint { stuck: false });
+                        while bal.endpoints().last().map(|(k, _)| *k) != Some(key) {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
 }
 
 fn median_ns(dir: &Path, group: &str, id: &str) -> f64 {
@@ -169,43 +247,50 @@ fn median_ns(dir: &Path, group: &str, id: &str) -> f64 {
 
 fn report(dir: &Path) {
     println!(
-        "\n=== tower-balance-ext vs tower::balance::p2c (medians of this run, 10 endpoints) ==="
+        "\n=== tower-balance-ext vs tower::balance::p2c (medians of this run; a tenth of the endpoints not ready) ==="
     );
-    let tower_pending = median_ns(dir, "dispatch", "tower_p2c_pending_requests");
-    let tower_ewma = median_ns(dir, "dispatch", "tower_p2c_peak_ewma");
-    println!(
-        "tower p2c, poll_ready + call: PendingRequests {tower_pending:.1} ns | PeakEwma {tower_ewma:.1} ns"
-    );
-    for (name, _) in PICKS {
-        let p = median_ns(dir, "pick", name);
-        let d = median_ns(dir, "dispatch", name);
-        let target = match name {
-            "round_robin" => " (target <= 20 ns)",
-            "latency_aware" => " (target <= 100 ns)",
-            _ => "",
-        };
+    for n in SIZES {
+        let n_s = n.to_string();
+        let tower_pending = median_ns(dir, "request_tower_p2c_pending_requests", &n_s);
+        let tower_ewma = median_ns(dir, "request_tower_p2c_peak_ewma", &n_s);
         println!(
-            "{name:>22}: pick {p:6.1} ns{target} | whole request {d:6.1} ns = {:.2}x tower PendingRequests, {:.2}x tower PeakEwma",
-            d / tower_pending,
-            d / tower_ewma
+            "\n{n} endpoints: tower p2c, poll_ready + call: PendingRequests {tower_pending:.1} ns | PeakEwma {tower_ewma:.1} ns"
         );
+        for (name, _) in PICKS {
+            let p = median_ns(dir, &format!("pick_{name}"), &n_s);
+            let r = median_ns(dir, &format!("request_{name}"), &n_s);
+            let p10 = median_ns(dir, &format!("pick_{name}"), "10");
+            println!(
+                "{name:>22}: pick {p:7.1} ns ({:.2}x its cost at 10) | whole request {r:7.1} ns = {:.2}x tower PendingRequests, {:.2}x tower PeakEwma",
+                p / p10,
+                r / tower_pending,
+                r / tower_ewma
+            );
+        }
     }
+    let ch = median_ns(dir, "rebuild_consistent_hash_1000", "");
+    let rr = median_ns(dir, "rebuild_round_robin_1000", "");
+    println!(
+        "\nOne discovery change at 1,000 endpoints, until in use: consistent hash (Maglev table rebuilt) {:.2} ms | round robin {:.3} ms",
+        ch / 1e6,
+        rr / 1e6
+    );
 }
 
 fn main() {
     let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/criterion");
     let mut c = Criterion::default()
         .output_directory(&dir)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1))
-        .sample_size(30)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(600))
+        .sample_size(20)
         .configure_from_args();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    pick(&mut c, &rt);
-    dispatch(&mut c, &rt);
+    picks_and_requests(&mut c, &rt);
+    rebuild(&mut c, &rt);
     c.final_summary();
     report(&dir);
 }

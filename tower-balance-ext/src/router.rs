@@ -32,7 +32,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +53,10 @@ type Route<Req> = Arc<dyn Fn(&Req) -> Option<String> + Send + Sync>;
 struct Named<S: Service<Req>, Req> {
     balancer: Balancer<SocketAddr, S, Req>,
     endpoints: discover::Sender<SocketAddr, S>,
+    /// The addresses added and not removed, as of the changes sent (the balancer
+    /// applies them later, in the order sent): what `add_target` and `remove_target`
+    /// go by, so that a change follows the ones made before it.
+    targets: HashSet<SocketAddr>,
 }
 
 struct Inner<S: Service<Req>, Req> {
@@ -199,6 +203,7 @@ where
                 v.insert(Named {
                     balancer,
                     endpoints: tx,
+                    targets: HashSet::new(),
                 })
             }
         };
@@ -206,18 +211,24 @@ where
             .balancer
             .set_weight(&addr, weight)
             .map_err(TargetError::ZeroWeight)?;
-        let known = entry.balancer.endpoints().iter().any(|(a, _)| *a == addr);
-        if !known {
+        if entry.targets.insert(addr) {
             entry.endpoints.insert(addr, (self.inner.make)(addr));
         }
         Ok(())
     }
 
     /// Removes the endpoint at `addr` from service `name`; requests already sent to it
-    /// finish. Returns whether the service existed.
+    /// finish. Returns whether the service existed. Adds and removals apply in the
+    /// order they were made: a removal followed at once by an add of the same address
+    /// leaves the target in place.
     pub fn remove_target(&self, name: &str, addr: SocketAddr) -> bool {
-        match read(&self.inner.services).get(name) {
-            Some(e) => e.endpoints.remove(addr),
+        match write(&self.inner.services).get_mut(name) {
+            Some(e) => {
+                if e.targets.remove(&addr) {
+                    e.endpoints.remove(addr);
+                }
+                true
+            }
             None => false,
         }
     }

@@ -170,22 +170,27 @@ impl EndpointCell {
         self.status.swap(REMOVED, Ordering::AcqRel) == READY
     }
 
-    /// The latency estimate at `now`, decaying toward zero while no sample arrives
-    /// (hyperbolically, with time constant `tau`), so a once-slow endpoint is tried
-    /// again in time.
+    /// The latency estimate at `now`, decaying toward zero while no sample arrives:
+    /// exponentially, by `exp(-idle / tau)` (tower's PeakEwma decays the same way), so
+    /// an endpoint `k` times slower than the others at its last answer is tried again
+    /// after about `tau x ln k` without requests (3 time constants for 20x).
     #[inline]
     pub(crate) fn latency_ns(&self, now: u64, tau_ns: f64) -> f64 {
         let est = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at.load(Ordering::Relaxed);
         let idle = now.saturating_sub(at) as f64;
-        est * tau_ns / (tau_ns + idle)
+        if idle == 0.0 {
+            est
+        } else {
+            est * (-idle / tau_ns).exp()
+        }
     }
 
-    /// A completed request's latency: the peak-EWMA update (a sample above the estimate
-    /// replaces it at once; below it, it pulls the estimate down with weight
-    /// `1 - exp(-elapsed / tau)`).
-    pub(crate) fn observe(&self, rtt_ns: f64, now: u64, tau_ns: f64) {
-        let prev = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+    /// A completed request's latency: the peak-EWMA update from the estimate as it had
+    /// decayed while idle (`idle_tau_ns`). A sample above it replaces it at once; below
+    /// it, it pulls the estimate down with weight `1 - exp(-elapsed / tau)`.
+    pub(crate) fn observe(&self, rtt_ns: f64, now: u64, tau_ns: f64, idle_tau_ns: f64) {
+        let prev = self.latency_ns(now, idle_tau_ns);
         let at = self.ewma_at.swap(now, Ordering::Relaxed);
         let next = if rtt_ns > prev {
             rtt_ns
@@ -285,6 +290,8 @@ pub(crate) struct StatsCell {
     pub(crate) no_ready: AtomicU64,
     pub(crate) ready_errors: AtomicU64,
     pub(crate) discovery_errors: AtomicU64,
+    pub(crate) endpoint_panics: AtomicU64,
+    pub(crate) driver_restarts: AtomicU64,
     rate: Rate,
     /// Seconds since base at the last reset.
     reset_at: AtomicU64,
@@ -307,6 +314,8 @@ impl StatsCell {
             no_ready: AtomicU64::new(0),
             ready_errors: AtomicU64::new(0),
             discovery_errors: AtomicU64::new(0),
+            endpoint_panics: AtomicU64::new(0),
+            driver_restarts: AtomicU64::new(0),
             rate: Rate::new(),
             reset_at: AtomicU64::new(0),
             clock_ns: AtomicU64::new(0),
@@ -412,6 +421,14 @@ pub struct LoadSnapshot {
     pub ready_errors: u64,
     /// Errors the discovery stream yielded (the endpoints known were kept).
     pub discovery_errors: u64,
+    /// Panics of endpoint services (in `poll_ready`, `call` or the response future)
+    /// that the balancer caught: each set its endpoint aside, as a `poll_ready` error
+    /// does. Not zeroed by [`LoadStats::reset`].
+    pub endpoint_panics: u64,
+    /// Times the background task that follows discovery panicked (in the discovery
+    /// stream, or in an endpoint key's `Debug`) and was started again. Not zeroed by
+    /// [`LoadStats::reset`].
+    pub driver_restarts: u64,
 }
 
 impl LoadStats {
@@ -482,6 +499,8 @@ impl LoadStats {
             no_ready_endpoints: c.no_ready.load(Ordering::Relaxed),
             ready_errors: c.ready_errors.load(Ordering::Relaxed),
             discovery_errors: c.discovery_errors.load(Ordering::Relaxed),
+            endpoint_panics: c.endpoint_panics.load(Ordering::Relaxed),
+            driver_restarts: c.driver_restarts.load(Ordering::Relaxed),
         }
     }
 

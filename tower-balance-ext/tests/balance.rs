@@ -962,3 +962,395 @@ async fn after_chaos_on_two_threads_the_balancer_returns_to_a_clean_state() {
     .await
     .unwrap();
 }
+
+/// An endpoint whose `poll_ready` or `call` panics a set number of times, then
+/// behaves as the test endpoint it wraps.
+#[derive(Clone, Debug)]
+struct Panicky {
+    inner: Ep,
+    ready_panics: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    call_panics: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Panicky {
+    fn new(id: u32) -> (Panicky, std::sync::Arc<common::Knobs>) {
+        let (inner, knobs) = Ep::new(id);
+        let p = Panicky {
+            inner,
+            ready_panics: Default::default(),
+            call_panics: Default::default(),
+        };
+        (p, knobs)
+    }
+}
+
+fn take_one(n: &std::sync::atomic::AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+impl tower::Service<u64> for Panicky {
+    type Response = Answer;
+    type Error = common::Failed;
+    type Future = <Ep as tower::Service<u64>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), common::Failed>> {
+        if take_one(&self.ready_panics) {
+            panic!("poll_ready of endpoint {} panicked", self.inner.knobs.id);
+        }
+        tower::Service::<u64>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        if take_one(&self.call_panics) {
+            panic!("call of endpoint {} panicked", self.inner.knobs.id);
+        }
+        self.inner.call(req)
+    }
+}
+
+type PanickyBal = tower_balance_ext::Balancer<u32, Panicky, u64>;
+
+/// A panic in an endpoint's `poll_ready` while the background task watches it (the
+/// endpoint was not ready, then opened) is caught there: the endpoint is set aside and
+/// counted, and the task goes on following discovery, so removals and inserts still
+/// apply and requests still reach the healthy endpoints.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_a_watched_poll_ready_leaves_discovery_running() {
+    tokio::time::timeout(LIMIT, async {
+        let (tx, rx) = discover::channel();
+        let b: PanickyBal = BalancerBuilder::new(Pick::RoundRobin)
+            .panic_threshold(0)
+            .build(rx)
+            .unwrap();
+        let (healthy, healthy_knobs) = Panicky::new(0);
+        let (bad, bad_knobs) = Panicky::new(1);
+        let bad_panics = bad.ready_panics.clone();
+        bad_knobs.close();
+        tx.insert(0, healthy);
+        tx.insert(1, bad);
+        until(|| b.endpoints().len() == 2).await;
+        // The closed endpoint is found not ready and handed to the background task.
+        for i in 0..4 {
+            assert_eq!(b.clone().oneshot(i).await.unwrap().id, 0);
+        }
+        assert_eq!(b.endpoints()[1].1, EndpointState::NotReady);
+        // It opens, and its next poll_ready (the background task's) panics.
+        bad_panics.store(1, Ordering::SeqCst);
+        bad_knobs.open();
+        until(|| b.stats().snapshot().endpoint_panics == 1).await;
+        assert_eq!(bad_panics.load(Ordering::SeqCst), 0);
+        // Discovery still applies: a new endpoint arrives, the healthy one leaves.
+        let (newcomer, newcomer_knobs) = Panicky::new(2);
+        tx.insert(2, newcomer);
+        tx.remove(0);
+        until(|| {
+            let keys: Vec<u32> = b.endpoints().iter().map(|(k, _)| *k).collect();
+            keys == [1, 2]
+        })
+        .await;
+        // The panicked endpoint is probed again after its backoff and comes back.
+        until(|| b.endpoints()[0].1 == EndpointState::Ready).await;
+        let before = healthy_knobs.calls();
+        for i in 0..10 {
+            let id = b.clone().oneshot(i).await.unwrap().id;
+            assert!(id == 1 || id == 2, "{id}");
+        }
+        assert_eq!(
+            healthy_knobs.calls(),
+            before,
+            "the removed endpoint got requests"
+        );
+        assert_eq!(newcomer_knobs.calls(), 5);
+        let snap = b.stats().snapshot();
+        assert_eq!(snap.endpoint_panics, 1);
+        assert_eq!(snap.driver_restarts, 0);
+    })
+    .await
+    .unwrap();
+}
+
+/// A panic in `poll_ready` or `call` on a request's own path is caught too: the
+/// request goes to another endpoint (or, after `call`, is retried there), the
+/// endpoint is set aside and counted, and the caller's task does not unwind.
+#[tokio::test(start_paused = true)]
+async fn a_panic_on_the_request_path_sets_the_endpoint_aside_and_the_request_goes_on() {
+    tokio::time::timeout(LIMIT, async {
+        let (tx, rx) = discover::channel();
+        let b: PanickyBal = BalancerBuilder::new(Pick::RoundRobin)
+            .panic_threshold(0)
+            .retry(|r: &u64| Some(*r))
+            .build(rx)
+            .unwrap();
+        let (a, _) = Panicky::new(0);
+        let (c, _) = Panicky::new(1);
+        let (a_ready, a_call) = (a.ready_panics.clone(), a.call_panics.clone());
+        tx.insert(0, a);
+        tx.insert(1, c);
+        until(|| b.endpoints().len() == 2).await;
+        a_ready.store(1, Ordering::SeqCst);
+        for i in 0..4 {
+            assert_eq!(b.clone().oneshot(i).await.unwrap().id, 1);
+        }
+        let snap = b.stats().snapshot();
+        assert_eq!(snap.endpoint_panics, 1);
+        assert_eq!(b.endpoints()[0].1, EndpointState::SetAside);
+        // Probed again after the backoff: back.
+        until(|| b.endpoints()[0].1 == EndpointState::Ready).await;
+        // A panic in `call`: the request is retried on the other endpoint.
+        a_call.store(1, Ordering::SeqCst);
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            ids.push(b.clone().oneshot(i).await.unwrap().id);
+        }
+        assert_eq!(ids, [1, 1]);
+        let snap = b.stats().snapshot();
+        assert_eq!(snap.endpoint_panics, 2);
+        assert_eq!(snap.retries, 1);
+        assert_eq!(b.endpoints()[0].1, EndpointState::SetAside);
+        // Without a retry, the caller gets EndpointPanicked, not an unwinding task.
+        let (tx, rx) = discover::channel();
+        let single: PanickyBal = BalancerBuilder::new(Pick::RoundRobin).build(rx).unwrap();
+        let (only, _) = Panicky::new(7);
+        only.call_panics.store(1, Ordering::SeqCst);
+        tx.insert(7, only);
+        until(|| single.endpoints().len() == 1).await;
+        let e = single.clone().oneshot(1).await.unwrap_err();
+        let e = e
+            .downcast_ref::<tower_balance_ext::balance::EndpointPanicked>()
+            .expect("EndpointPanicked");
+        assert_eq!(e.endpoint(), "7");
+        assert_eq!(single.stats().snapshot().endpoint_panics, 1);
+    })
+    .await
+    .unwrap();
+}
+
+/// A discovery stream that panics once, at its second item, then goes on.
+struct PanicsOnce {
+    rx: discover::Receiver<u32, Ep>,
+    seen: u32,
+}
+
+impl futures_util::Stream for PanicsOnce {
+    type Item = Result<tower::discover::Change<u32, Ep>, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use futures_util::StreamExt;
+        self.seen += 1;
+        if self.seen == 2 {
+            panic!("the discovery stream panicked");
+        }
+        self.rx.poll_next_unpin(cx)
+    }
+}
+
+/// Should the background task panic anyway (here, in the discovery stream), it is
+/// started again where it was, and says so in the statistics.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_discovery_stream_restarts_the_task_which_goes_on() {
+    tokio::time::timeout(LIMIT, async {
+        let (tx, rx) = discover::channel();
+        let b: Bal = BalancerBuilder::new(Pick::RoundRobin)
+            .build(PanicsOnce { rx, seen: 0 })
+            .unwrap();
+        let (eps, _) = endpoints(3);
+        let mut eps = eps.into_iter();
+        tx.insert(0, eps.next().unwrap());
+        settle(&b, 1).await;
+        tx.insert(1, eps.next().unwrap());
+        tx.insert(2, eps.next().unwrap());
+        settle(&b, 3).await;
+        tx.remove(0);
+        settle(&b, 2).await;
+        assert_eq!(b.stats().snapshot().driver_restarts, 1);
+        assert_ne!(send(&b, 1).await.id, 0);
+    })
+    .await
+    .unwrap();
+}
+
+/// A request is retried on another endpoint only up to `max_attempts` calls in all
+/// (default 2), however many endpoints fail and however much budget is left.
+#[tokio::test(start_paused = true)]
+async fn a_request_makes_at_most_max_attempts_calls() {
+    tokio::time::timeout(LIMIT, async {
+        for (attempts, want) in [(None, 2u64), (Some(3), 3), (Some(1), 1)] {
+            let (eps, knobs) = endpoints(5);
+            let mut builder = BalancerBuilder::new(Pick::RoundRobin)
+                .failure_if(|a: &Answer| a.status >= 500)
+                .retry(|r: &u64| Some(*r))
+                .retry_budget(1000.0, 1000, Duration::from_secs(10));
+            if let Some(n) = attempts {
+                builder = builder.max_attempts(n);
+            }
+            let b: Bal = builder
+                .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+                .unwrap();
+            settle(&b, 5).await;
+            for k in &knobs {
+                k.unavailable.store(true, Ordering::SeqCst);
+            }
+            assert_eq!(send(&b, 1).await.status, 503);
+            let calls: u64 = knobs.iter().map(|k| k.calls()).sum();
+            assert_eq!(calls, want, "max_attempts {attempts:?}");
+            assert_eq!(b.stats().snapshot().retries, want - 1);
+        }
+        let e = BalancerBuilder::<u64, Answer>::new(Pick::RoundRobin)
+            .max_attempts(0)
+            .build(discover::channel::<u32, Ep>().1)
+            .unwrap_err();
+        assert!(e.to_string().contains("max_attempts"), "{e}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_zero_idle_decay_is_refused_with_a_message() {
+    let e = BalancerBuilder::<u64, Answer>::new(Pick::LatencyAware)
+        .idle_decay(Duration::ZERO)
+        .build(discover::channel::<u32, Ep>().1)
+        .unwrap_err();
+    assert!(e.to_string().contains("idle_decay"), "{e}");
+    // The extreme the other way is valid.
+    let (eps, _) = endpoints(2);
+    let b: Bal = BalancerBuilder::new(Pick::LatencyAware)
+        .idle_decay(Duration::MAX)
+        .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+        .unwrap();
+    settle(&b, 2).await;
+    assert_eq!(send(&b, 1).await.status, 200);
+}
+
+/// An endpoint 20x slower for 10 s, then as fast as the others again: it gets a
+/// request again within a few `idle_decay` time constants of its last slow answer (the
+/// estimate of an endpoint without requests decays exponentially toward zero, as
+/// tower's PeakEwma's does), and then takes its share again.
+#[tokio::test(start_paused = true)]
+async fn a_once_slow_endpoint_is_tried_again_within_a_few_decay_times() {
+    tokio::time::timeout(Duration::from_secs(3_600), async {
+        let tau = Duration::from_secs(10);
+        let (eps, knobs) = endpoints(4);
+        let b: Bal = BalancerBuilder::new(Pick::LatencyAware)
+            .idle_decay(tau)
+            .build(discover::fixed(eps.into_iter().map(|e| (e.knobs.id, e))))
+            .unwrap();
+        settle(&b, 4).await;
+        for k in &knobs {
+            k.latency_ms.store(5, Ordering::SeqCst);
+        }
+        // Ten requests a second throughout.
+        let tick = Duration::from_millis(100);
+        for i in 0..40 {
+            send(&b, i).await;
+            tokio::time::sleep(tick).await;
+        }
+        // 20x slower for 10 s: it answers slowly at least once, then is avoided.
+        knobs[0].latency_ms.store(100, Ordering::SeqCst);
+        let before = knobs[0].calls();
+        let slow_spell = tokio::time::Instant::now();
+        while slow_spell.elapsed() < Duration::from_secs(10) {
+            send(&b, 1).await;
+            tokio::time::sleep(tick).await;
+        }
+        assert!(knobs[0].calls() > before, "it was never slow");
+        // Recovered: how long until it gets a request again?
+        knobs[0].latency_ms.store(5, Ordering::SeqCst);
+        let before = knobs[0].calls();
+        let recovered = tokio::time::Instant::now();
+        while knobs[0].calls() == before && recovered.elapsed() < Duration::from_secs(1_000) {
+            send(&b, 2).await;
+            tokio::time::sleep(tick).await;
+        }
+        let back_after = recovered.elapsed();
+        // ln(20) = 3.0 time constants after its last slow answer, which came early in
+        // its slow spell: about 2 after the recovery.
+        assert!(
+            back_after <= tau * 3,
+            "tried again {back_after:?} after it recovered (tau {tau:?})"
+        );
+        // And once tried, it takes its share again at once (its estimate is not
+        // pulled back up to the old slow one).
+        let before: Vec<u64> = knobs.iter().map(|k| k.calls()).collect();
+        for i in 0..200 {
+            send(&b, i).await;
+            tokio::time::sleep(tick).await;
+        }
+        let calls: Vec<u64> = knobs
+            .iter()
+            .zip(&before)
+            .map(|(k, b)| k.calls() - b)
+            .collect();
+        assert!(
+            calls[0] >= 30,
+            "{calls:?} over 200 requests after its return"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// Everything discovery has ready at once is applied as one change of the pool (one
+/// rebuild, not one per endpoint): 10,000 endpoints, and 1,000 for the consistent-hash
+/// pick's table, appear together, and a burst of removals and inserts applies in order.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_discovery_changes_is_applied_at_once_and_in_order() {
+    tokio::time::timeout(LIMIT, async {
+        for (pick, n) in [(Pick::RoundRobin, 10_000u32), (Pick::ConsistentHash, 1_000)] {
+            let (tx, rx) = discover::channel();
+            let mut builder = BalancerBuilder::new(pick);
+            if pick == Pick::ConsistentHash {
+                builder = builder.hash_key(|k: &u64| Some(hash_key(k)));
+            }
+            let b: Bal = builder.build(rx).unwrap();
+            let (eps, _) = endpoints(n);
+            for e in eps {
+                tx.insert(e.knobs.id, e);
+            }
+            loop {
+                let len = b.endpoints().len();
+                assert!(
+                    len == 0 || len == n as usize,
+                    "{pick:?}: {len} of {n} arrived"
+                );
+                if len == n as usize {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            // Half leave; one of them comes back at once, and a new one arrives and
+            // leaves at once.
+            for i in 0..n / 2 {
+                tx.remove(i);
+            }
+            tx.insert(0, Ep::new(0).0);
+            tx.insert(n, Ep::new(n).0);
+            tx.remove(n);
+            let want = (n / 2 + 1) as usize;
+            loop {
+                let len = b.endpoints().len();
+                assert!(
+                    len == n as usize || len == want,
+                    "{pick:?}: {len} endpoints"
+                );
+                if len == want {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let keys: Vec<u32> = b.endpoints().iter().map(|(k, _)| *k).collect();
+            assert!(keys.contains(&0) && !keys.contains(&n) && !keys.contains(&1));
+            assert_eq!(b.ready_count(), want);
+            assert!(send(&b, 7).await.status == 200);
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -106,3 +106,34 @@ async fn bad_targets_and_unknown_services_get_clear_errors() {
     let e = r.clone().oneshot(("a".into(), 1)).await.unwrap_err();
     assert!(e.is::<tower_balance_ext::NoReadyEndpoints>(), "{e}");
 }
+
+#[tokio::test]
+async fn a_target_removed_and_added_again_at_once_stays() {
+    tokio::time::timeout(LIMIT, async {
+        let r = router();
+        r.add_target("svc", addr(3001), 1).unwrap();
+        until(|| r.targets("svc").len() == 1).await;
+        // Both before the balancer has applied the removal.
+        assert!(r.remove_target("svc", addr(3001)));
+        r.add_target("svc", addr(3001), 1).unwrap();
+        // A later change, to know when the ones before it were applied.
+        r.add_target("svc", addr(3002), 1).unwrap();
+        until(|| r.targets("svc").iter().any(|(a, _)| *a == addr(3002))).await;
+        let targets: Vec<SocketAddr> = r.targets("svc").iter().map(|(a, _)| *a).collect();
+        assert!(targets.contains(&addr(3001)), "{targets:?}");
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        // And the other way: added and removed at once leaves nothing.
+        r.add_target("svc", addr(3003), 1).unwrap();
+        assert!(r.remove_target("svc", addr(3003)));
+        r.add_target("svc", addr(3004), 1).unwrap();
+        until(|| r.targets("svc").iter().any(|(a, _)| *a == addr(3004))).await;
+        let targets: Vec<SocketAddr> = r.targets("svc").iter().map(|(a, _)| *a).collect();
+        assert!(!targets.contains(&addr(3003)), "{targets:?}");
+        for i in 0..6 {
+            let port = r.clone().oneshot(("svc".into(), i)).await.unwrap();
+            assert!([3001, 3002, 3004].contains(&port), "{port}");
+        }
+    })
+    .await
+    .unwrap();
+}

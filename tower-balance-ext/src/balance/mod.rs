@@ -43,8 +43,25 @@
 //! health signal cannot take the whole service down. A new or recovered endpoint can
 //! ramp up over a [`slow_start`](BalancerBuilder::slow_start) window.
 //!
+//! A panic in an endpoint's `poll_ready`, `call` or response future is caught and
+//! counted ([`LoadSnapshot::endpoint_panics`](crate::LoadSnapshot::endpoint_panics)):
+//! it sets that endpoint aside as an error would, and the request that met it goes
+//! elsewhere (or, after `call`, fails with [`EndpointPanicked`] unless it may be
+//! retried). The background task survives them; should it panic anyway (in the
+//! discovery stream), it starts again where it was
+//! ([`LoadSnapshot::driver_restarts`](crate::LoadSnapshot::driver_restarts)).
+//!
 //! Removing an endpoint loses no request: requests already sent hold their own clone
 //! of its service and finish.
+//!
+//! # Cost
+//!
+//! A pick looks at a fixed number of endpoints however large the pool and however
+//! many of its endpoints are not ready: each snapshot of the pool carries the list of
+//! its ready endpoints, which the background task takes again when endpoints change
+//! state. (The consistent-hash pick walks its key's own order past endpoints that are
+//! not ready: about 1/p steps with a share p of them ready.) Discovery changes that
+//! arrive together are applied in order as one rebuild of the pool.
 //!
 //! # No `Buffer` needed
 //!
@@ -86,6 +103,7 @@ pub struct BalancerBuilder<Req, Res> {
     hash_key: Option<HashKey<Req>>,
     is_failure: IsFailure<Res>,
     retry: Option<RetryCopy<Req>>,
+    max_attempts: u32,
     budget: (f64, u32, Duration),
 }
 
@@ -104,6 +122,7 @@ impl<Req, Res> Clone for BalancerBuilder<Req, Res> {
             hash_key: self.hash_key.clone(),
             is_failure: self.is_failure.clone(),
             retry: self.retry.clone(),
+            max_attempts: self.max_attempts,
             budget: self.budget,
         }
     }
@@ -123,6 +142,7 @@ impl<Req, Res> fmt::Debug for BalancerBuilder<Req, Res> {
             .field("bounded_load", &self.bounded_load)
             .field("hash_key", &self.hash_key.is_some())
             .field("retry", &self.retry.is_some())
+            .field("max_attempts", &self.max_attempts)
             .field("budget", &self.budget)
             .finish()
     }
@@ -138,12 +158,13 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             slow_start: Duration::ZERO,
             backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             decay: Duration::from_secs(10),
-            idle_decay: Duration::from_secs(30),
+            idle_decay: Duration::from_secs(10),
             failure_penalty: Duration::from_secs(1),
             bounded_load: None,
             hash_key: None,
             is_failure: Arc::new(|_| false),
             retry: None,
+            max_attempts: 2,
             budget: (0.2, 10, Duration::from_secs(10)),
         }
     }
@@ -183,9 +204,11 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
         self
     }
 
-    /// How fast the estimate of an endpoint that gets no requests fades (default 30 s:
-    /// halved after 30 s without a sample), so that an endpoint once slow is tried
-    /// again in time.
+    /// The time constant at which the latency estimate of an endpoint that gets no
+    /// requests fades toward zero (default 10 s): by `exp(-idle / tau)`, as tower's
+    /// PeakEwma, so an endpoint that was `k` times slower than the others when it last
+    /// answered is tried again after about `tau x ln k` (30 s for 20x at the default),
+    /// and takes its share again if it has recovered.
     pub fn idle_decay(mut self, tau: Duration) -> Self {
         self.idle_decay = tau;
         self
@@ -227,14 +250,24 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
         self
     }
 
-    /// Retries a failed request once on another endpoint when `copy` gives a copy of
-    /// it (return `None` for requests that must not be sent twice), within the retry
-    /// budget.
+    /// Retries a failed request on another endpoint when `copy` gives a copy of it
+    /// (return `None` for requests that must not be sent twice): once by default (see
+    /// [`max_attempts`](Self::max_attempts)), and only while the
+    /// [retry budget](Self::retry_budget) lasts.
     pub fn retry<F>(mut self, copy: F) -> Self
     where
         F: Fn(&Req) -> Option<Req> + Send + Sync + 'static,
     {
         self.retry = Some(Arc::new(copy));
+        self
+    }
+
+    /// How many calls one request may make in all, the first included, when
+    /// [`retry`](Self::retry) is set (default 2: the first and one retry; 1 turns
+    /// retries off; 0 is refused). Each retry goes to an endpoint the request has not
+    /// tried, and must also be allowed by the [retry budget](Self::retry_budget).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
         self
     }
 
@@ -265,6 +298,11 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
                 "decay is zero; give the latency estimate a time constant, e.g. 10 s".into(),
             );
         }
+        if self.idle_decay.is_zero() {
+            return err(
+                "idle_decay is zero: an idle endpoint's latency estimate would vanish at once; give it a time constant, e.g. 10 s".into(),
+            );
+        }
         match (self.pick, self.hash_key.is_some()) {
             (Pick::ConsistentHash, false) => {
                 return err("Pick::ConsistentHash needs a request key: call .hash_key(...)".into())
@@ -285,6 +323,9 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
                     "bounded_load({c}): give a factor of at least 1 (1.25 is common)"
                 ));
             }
+        }
+        if self.max_attempts == 0 {
+            return err("max_attempts is 0; give at least 1 (1: no retries, 2: one retry)".into());
         }
         let (ratio, _, window) = self.budget;
         if !(0.0..=1000.0).contains(&ratio) {
@@ -381,6 +422,41 @@ impl fmt::Display for NoHashKey {
 }
 
 impl std::error::Error for NoHashKey {}
+
+/// The endpoint's service panicked in `call` or in its response future. The panic
+/// was caught: the endpoint is set aside (probed again after a backoff, as after a
+/// `poll_ready` error) and counted in
+/// [`LoadSnapshot::endpoint_panics`](crate::LoadSnapshot::endpoint_panics). The request
+/// is retried on another endpoint when it may be; for HTTP, answer
+/// [`status`](Self::status) (502).
+#[derive(Debug, Clone)]
+pub struct EndpointPanicked {
+    pub(crate) endpoint: String,
+}
+
+impl EndpointPanicked {
+    /// The endpoint's discovery key, as `Debug` prints it.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `502 Bad Gateway`.
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::BAD_GATEWAY
+    }
+}
+
+impl fmt::Display for EndpointPanicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "endpoint {} panicked while serving the request; it was set aside",
+            self.endpoint
+        )
+    }
+}
+
+impl std::error::Error for EndpointPanicked {}
 
 /// A weight of zero: give at least 1.
 #[derive(Debug, Clone)]

@@ -47,13 +47,41 @@ pub(crate) struct Filter<'a> {
     pub(crate) slow_start: u64,
     /// Every endpoint is ready and none is excluded (the fast path of round robin).
     pub(crate) all_allowed: bool,
+    /// The pool's ready lists are up to date: every allowed endpoint is in the one
+    /// [`candidates`](Filter::candidates) gives, so the picks draw from it alone.
+    pub(crate) fresh: bool,
 }
 
 impl Filter<'_> {
     #[inline]
     pub(crate) fn allows(&self, c: &EndpointCell) -> bool {
+        #[cfg(test)]
+        tests::CHECKS.with(|n| n.set(n.get() + 1));
         (c.is_ready() || (self.panic && c.is_set_aside()))
             && (self.excluded.is_empty() || !self.excluded.contains(&c.id))
+    }
+
+    /// The endpoints a pick may draw from when the lists are fresh: the ready ones, or
+    /// in panic mode those ready or set aside (each still to be checked).
+    #[inline]
+    pub(crate) fn candidates<'p, K, S>(&self, pool: &'p Pool<K, S>) -> &'p [u32] {
+        if self.panic {
+            &pool.usable
+        } else {
+            &pool.ready
+        }
+    }
+
+    /// Whether some endpoint of the pool is allowed: from the candidates when they
+    /// are fresh (a few checks), by a scan otherwise.
+    pub(crate) fn any_allowed<K, S>(&self, pool: &Pool<K, S>) -> bool {
+        if self.fresh {
+            self.candidates(pool)
+                .iter()
+                .any(|&i| self.allows(&pool.endpoints[i as usize].cell))
+        } else {
+            pool.endpoints.iter().any(|e| self.allows(&e.cell))
+        }
     }
 
     /// The slow-start factor in (0, 1]: a new or recovered endpoint ramps up from a
@@ -99,19 +127,17 @@ pub(crate) fn pick<'p, K, S>(
         return None;
     }
     match how {
-        Pick::RoundRobin => rotate(eps, ctx.cursor, f),
+        Pick::RoundRobin => rotate(pool, ctx.cursor, f),
         Pick::WeightedRoundRobin => weighted(pool, ctx.cursor, f),
         Pick::LeastConnections => {
+            let cost = |c: &EndpointCell| {
+                c.in_flight.load(Ordering::Relaxed) as f64
+                    / f64::from(c.weight.load(Ordering::Relaxed).max(1))
+            };
             if eps.len() <= 16 {
-                scan(eps, ctx.cursor, f, |c| {
-                    c.in_flight.load(Ordering::Relaxed) as f64
-                        / f64::from(c.weight.load(Ordering::Relaxed).max(1))
-                })
+                scan(eps, ctx.cursor, f, cost)
             } else {
-                two_choices(eps, f, |c| {
-                    c.in_flight.load(Ordering::Relaxed) as f64
-                        / f64::from(c.weight.load(Ordering::Relaxed).max(1))
-                })
+                two_choices(pool, f, cost)
             }
         }
         Pick::LatencyAware => {
@@ -123,7 +149,7 @@ pub(crate) fn pick<'p, K, S>(
             if eps.len() <= 16 {
                 scan(eps, ctx.cursor, f, cost)
             } else {
-                two_choices(eps, f, cost)
+                two_choices(pool, f, cost)
             }
         }
         Pick::ConsistentHash => consistent(pool, ctx, f),
@@ -131,12 +157,14 @@ pub(crate) fn pick<'p, K, S>(
 }
 
 /// Round robin over the allowed endpoints: the turn counts among those allowed, so an
-/// endpoint that is skipped does not hand its share to its neighbour alone.
+/// endpoint that is skipped does not hand its share to its neighbour alone. With fresh
+/// ready lists, the k-th candidate is found at once; otherwise by a scan.
 fn rotate<'p, K, S>(
-    eps: &'p [Arc<Endpoint<K, S>>],
+    pool: &'p Pool<K, S>,
     cursor: &AtomicUsize,
     f: &Filter<'_>,
 ) -> Option<&'p Arc<Endpoint<K, S>>> {
+    let eps = &pool.endpoints;
     let n = eps.len();
     let start = cursor.fetch_add(1, Ordering::Relaxed);
     if f.all_allowed {
@@ -144,6 +172,9 @@ fn rotate<'p, K, S>(
         if f.ramp_accepts(&first.cell) {
             return Some(first);
         }
+    }
+    if f.fresh {
+        return rotate_over(eps, f.candidates(pool), start, f);
     }
     let allowed = eps.iter().filter(|e| f.allows(&e.cell)).count();
     if allowed == 0 {
@@ -153,7 +184,7 @@ fn rotate<'p, K, S>(
     let mut fallback = None;
     let mut seen = 0;
     // From the k-th allowed endpoint on, the first a ramp accepts.
-    for ep in eps {
+    for ep in eps.iter() {
         if !f.allows(&ep.cell) {
             continue;
         }
@@ -170,19 +201,64 @@ fn rotate<'p, K, S>(
     fallback
 }
 
+/// From the candidate at `start` on (round), the first allowed one a ramp accepts; the
+/// first allowed one if the ramps refuse them all.
+fn rotate_over<'p, K, S>(
+    eps: &'p [Arc<Endpoint<K, S>>],
+    candidates: &[u32],
+    start: usize,
+    f: &Filter<'_>,
+) -> Option<&'p Arc<Endpoint<K, S>>> {
+    let len = candidates.len();
+    if len == 0 {
+        return None;
+    }
+    let k = start % len;
+    let mut fallback = None;
+    for i in 0..len {
+        let j = if k + i >= len { k + i - len } else { k + i };
+        let ep = &eps[candidates[j] as usize];
+        if !f.allows(&ep.cell) {
+            continue;
+        }
+        if f.ramp_accepts(&ep.cell) {
+            return Some(ep);
+        }
+        fallback.get_or_insert(ep);
+    }
+    fallback
+}
+
+/// Steps of the smooth weighted sequence a pick walks past endpoints that are not
+/// allowed before it takes the next candidate in turn instead (when many endpoints
+/// left the ready state since the lists were taken, or in panic mode; the others then
+/// share equally until the lists are taken again).
+const WEIGHTED_WALK: usize = 64;
+
 fn weighted<'p, K, S>(
     pool: &'p Pool<K, S>,
     cursor: &AtomicUsize,
     f: &Filter<'_>,
 ) -> Option<&'p Arc<Endpoint<K, S>>> {
-    let seq = &pool.swrr;
+    // Fresh lists: the sequence over the ready endpoints (in panic mode, the whole
+    // one, as set-aside endpoints may be picked too).
+    let seq = if f.fresh && !f.panic {
+        &pool.swrr_ready
+    } else {
+        &pool.swrr
+    };
     if seq.is_empty() {
-        return rotate(&pool.endpoints, cursor, f);
+        return rotate(pool, cursor, f);
     }
     let start = cursor.fetch_add(1, Ordering::Relaxed);
     let mut fallback = None;
     // Every endpoint appears in the sequence; after a full period, none is allowed.
-    for i in 0..seq.len() {
+    let walk = if f.fresh {
+        seq.len().min(WEIGHTED_WALK)
+    } else {
+        seq.len()
+    };
+    for i in 0..walk {
         let idx = seq[start.wrapping_add(i) % seq.len()] as usize;
         let ep = pool.endpoints.get(idx)?;
         if f.allows(&ep.cell) {
@@ -191,6 +267,9 @@ fn weighted<'p, K, S>(
             }
             fallback.get_or_insert(ep);
         }
+    }
+    if fallback.is_none() && walk < seq.len() {
+        return rotate_over(&pool.endpoints, f.candidates(pool), start, f);
     }
     fallback
 }
@@ -219,18 +298,31 @@ fn scan<'p, K, S>(
     best.map(|(ep, _)| ep)
 }
 
-/// Power of two choices: two distinct random allowed endpoints, the cheaper wins; a
-/// full scan when random draws keep landing on endpoints that are not allowed.
+/// Power of two choices: two distinct random allowed endpoints, the cheaper wins. The
+/// draws are from the fresh candidates (else from all endpoints); a scan of those when
+/// the draws keep landing on endpoints that are not allowed.
 fn two_choices<'p, K, S>(
-    eps: &'p [Arc<Endpoint<K, S>>],
+    pool: &'p Pool<K, S>,
     f: &Filter<'_>,
     cost: impl Fn(&EndpointCell) -> f64,
 ) -> Option<&'p Arc<Endpoint<K, S>>> {
-    let n = eps.len() as u64;
+    let eps = &pool.endpoints;
+    let candidates = f.fresh.then(|| f.candidates(pool));
+    let n = match candidates {
+        Some(c) => c.len() as u64,
+        None => eps.len() as u64,
+    };
+    if n == 0 {
+        return None;
+    }
+    let nth = |i: u64| match candidates {
+        Some(c) => &eps[c[i as usize] as usize],
+        None => &eps[i as usize],
+    };
     let mut chosen: [Option<&Arc<Endpoint<K, S>>>; 2] = [None, None];
     let mut found = 0;
     for _ in 0..8 {
-        let ep = &eps[(hash::random() % n) as usize];
+        let ep = nth(hash::random() % n);
         if !f.allows(&ep.cell) || chosen[0].is_some_and(|c| Arc::ptr_eq(c, ep)) {
             continue;
         }
@@ -244,7 +336,8 @@ fn two_choices<'p, K, S>(
         [Some(a), Some(b)] => Some(if cost(&b.cell) < cost(&a.cell) { b } else { a }),
         _ => {
             let mut best: Option<(&Arc<Endpoint<K, S>>, f64)> = None;
-            for ep in eps {
+            for i in 0..n {
+                let ep = nth(i);
                 if f.allows(&ep.cell) {
                     let c = cost(&ep.cell);
                     if best.is_none_or(|(_, b)| c < b) {
@@ -267,19 +360,32 @@ fn consistent<'p, K, S>(
     if table.is_empty() {
         return None;
     }
-    let allowed = pool.endpoints.iter().filter(|e| f.allows(&e.cell)).count();
-    if allowed == 0 {
+    let limit = match ctx.bounded_load {
+        Some(c) => {
+            // The allowed endpoints: the fresh candidates (a few may have left the
+            // ready state since), else counted.
+            let allowed = if f.fresh {
+                f.candidates(pool).len()
+            } else {
+                pool.endpoints.iter().filter(|e| f.allows(&e.cell)).count()
+            };
+            if allowed == 0 {
+                return None;
+            }
+            // Mean load over the allowed endpoints, this request included.
+            Some((c * (ctx.total_in_flight + 1) as f64 / allowed as f64).ceil() as u64)
+        }
+        None => None,
+    };
+    if f.fresh && f.candidates(pool).is_empty() {
         return None;
     }
-    let limit = ctx.bounded_load.map(|c| {
-        // Mean load over the allowed endpoints, this request included.
-        (c * (ctx.total_in_flight + 1) as f64 / allowed as f64).ceil() as u64
-    });
     let m = table.len();
     let start = (key % m as u64) as usize;
     let mut over_limit = None;
     // The key's own order: the table's slots from its own onward. Each endpoint holds
-    // about m/n slots, so 32 * n steps pass every endpoint with near certainty.
+    // about m/n slots, so 32 * n steps pass every endpoint with near certainty; with a
+    // share p of the endpoints allowed, the walk takes about 1/p steps.
     let steps = m.min(pool.endpoints.len().saturating_mul(32).max(64));
     for i in 0..steps {
         let idx = table[(start + i) % m] as usize;
@@ -299,5 +405,115 @@ fn consistent<'p, K, S>(
     }
     // Every endpoint over its bound (cannot happen with a factor >= 1, as one is at or
     // below the mean) or not met in the walk: the first allowed one seen, or any.
-    over_limit.or_else(|| pool.endpoints.iter().find(|e| f.allows(&e.cell)))
+    over_limit.or_else(|| {
+        if f.fresh {
+            f.candidates(pool)
+                .iter()
+                .map(|&i| &pool.endpoints[i as usize])
+                .find(|e| f.allows(&e.cell))
+        } else {
+            pool.endpoints.iter().find(|e| f.allows(&e.cell))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tower::ServiceExt;
+
+    use crate::{discover, hash_key, BalancerBuilder, Pick};
+
+    thread_local! {
+        /// Endpoints a pick looked at (`Filter::allows` calls) on this thread.
+        pub(super) static CHECKS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// An endpoint that answers at once, or whose `poll_ready` pends for ever.
+    #[derive(Clone)]
+    struct Stuck(bool);
+
+    impl tower_service::Service<u64> for Stuck {
+        type Response = u64;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<u64, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn call(&mut self, x: u64) -> Self::Future {
+            Box::pin(async move { Ok(x) })
+        }
+    }
+
+    /// The endpoints one pick looks at, on average over 1,000 picks, among `n`
+    /// endpoints of which `not_ready` (spread through the pool) are not ready.
+    async fn checks_per_pick(pick: Pick, n: u32, not_ready: u32) -> f64 {
+        let mut b = BalancerBuilder::new(pick).panic_threshold(0);
+        if pick == Pick::ConsistentHash {
+            b = b.hash_key(|k: &u64| Some(hash_key(k)));
+        }
+        let stride = n / not_ready.max(1);
+        let stuck = |i: u32| not_ready > 0 && i % stride == 0 && i / stride < not_ready;
+        let b = b
+            .build(discover::fixed((0..n).map(|i| (i, Stuck(stuck(i))))))
+            .unwrap();
+        while b.endpoints().len() < n as usize {
+            tokio::task::yield_now().await;
+        }
+        // Requests find the stuck endpoints not ready (the pick and each call try
+        // another); then the background task takes the ready lists again.
+        let mut k = 0u64;
+        while b.ready_count() > (n - not_ready) as usize {
+            k += 1;
+            b.clone().oneshot(k).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        CHECKS.with(|c| c.set(0));
+        for i in 0..1_000u64 {
+            assert!(b.pick(&i).is_some());
+        }
+        CHECKS.with(|c| c.get()) as f64 / 1_000.0
+    }
+
+    /// Whatever the pool's size and however many of its endpoints are not ready, a
+    /// pick looks at a few endpoints, not at the pool: a list of the ready ones is
+    /// kept as endpoints change state.
+    #[tokio::test(start_paused = true)]
+    async fn a_pick_looks_at_a_few_endpoints_whatever_the_pool() {
+        let picks = [
+            Pick::RoundRobin,
+            Pick::WeightedRoundRobin,
+            Pick::LeastConnections,
+            Pick::LatencyAware,
+            Pick::ConsistentHash,
+        ];
+        for pick in picks {
+            for (n, not_ready) in [(2_000, 1), (2_000, 200), (2_000, 1_800)] {
+                let per_pick = checks_per_pick(pick, n, not_ready).await;
+                // With a share p ready, the consistent-hash walk along the key's own
+                // order meets a ready endpoint in about 1/p steps.
+                let bound = if pick == Pick::ConsistentHash {
+                    3.0 * f64::from(n) / f64::from(n - not_ready)
+                } else {
+                    4.0
+                };
+                assert!(
+                    per_pick <= bound,
+                    "{pick:?}, {not_ready} of {n} not ready: {per_pick} endpoints looked at per pick"
+                );
+            }
+        }
+    }
 }

@@ -39,21 +39,109 @@ impl<K: std::fmt::Debug, S> std::fmt::Debug for Endpoint<K, S> {
 
 /// A snapshot of the pool.
 pub(crate) struct Pool<K, S> {
-    pub(crate) endpoints: Vec<Arc<Endpoint<K, S>>>,
+    pub(crate) endpoints: Arc<[Arc<Endpoint<K, S>>]>,
     /// Smooth weighted round robin's sequence (nginx's), as endpoint indexes.
-    pub(crate) swrr: Vec<u32>,
+    pub(crate) swrr: Arc<[u32]>,
+    /// The same over the endpoints of `ready` alone (`swrr` itself when all are).
+    pub(crate) swrr_ready: Arc<[u32]>,
     /// Maglev's lookup table, as endpoint indexes.
-    pub(crate) maglev: Vec<u32>,
+    pub(crate) maglev: Arc<[u32]>,
+    /// The indexes of the endpoints that were ready when this snapshot was taken: the
+    /// picks draw from it, so their cost does not grow with the endpoints that are
+    /// not ready. It may still hold an endpoint that has left the ready state since
+    /// (the picks check each one); one that became ready since is missing only while
+    /// `ready_gen` says this snapshot is out of date.
+    pub(crate) ready: Vec<u32>,
+    /// The same for the endpoints ready or set aside: what panic mode draws from.
+    pub(crate) usable: Vec<u32>,
+    /// The balancer's readiness generation when `ready` was taken.
+    pub(crate) ready_gen: u64,
 }
 
 impl<K, S> Pool<K, S> {
     pub(crate) fn empty() -> Self {
         Self {
-            endpoints: Vec::new(),
-            swrr: Vec::new(),
-            maglev: Vec::new(),
+            endpoints: Arc::from(Vec::new()),
+            swrr: Arc::from(Vec::new()),
+            swrr_ready: Arc::from(Vec::new()),
+            maglev: Arc::from(Vec::new()),
+            ready: Vec::new(),
+            usable: Vec::new(),
+            ready_gen: 0,
         }
     }
+
+    /// A snapshot of `endpoints` with its tables, the ready lists taken at
+    /// generation `ready_gen` (read before the endpoints' states are).
+    pub(crate) fn new(
+        endpoints: Arc<[Arc<Endpoint<K, S>>]>,
+        swrr: Arc<[u32]>,
+        maglev: Arc<[u32]>,
+        ready_gen: u64,
+    ) -> Self {
+        let (ready, usable) = ready_lists(&endpoints);
+        let swrr_ready = swrr_over(&endpoints, &swrr, &ready);
+        Self {
+            endpoints,
+            swrr,
+            swrr_ready,
+            maglev,
+            ready,
+            usable,
+            ready_gen,
+        }
+    }
+
+    /// The same endpoints and tables, with the ready lists taken again.
+    pub(crate) fn with_ready_lists(&self, ready_gen: u64) -> Self {
+        Self::new(
+            self.endpoints.clone(),
+            self.swrr.clone(),
+            self.maglev.clone(),
+            ready_gen,
+        )
+    }
+}
+
+/// The smooth weighted sequence over the `ready` endpoints, as endpoint indexes: `swrr`
+/// itself when every endpoint is ready or there is no weighted sequence.
+fn swrr_over<K, S>(
+    endpoints: &[Arc<Endpoint<K, S>>],
+    swrr: &Arc<[u32]>,
+    ready: &[u32],
+) -> Arc<[u32]> {
+    if swrr.is_empty() || ready.len() == endpoints.len() {
+        return swrr.clone();
+    }
+    let weights: Vec<u32> = ready
+        .iter()
+        .map(|&i| {
+            endpoints[i as usize]
+                .cell
+                .weight
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .collect();
+    swrr_sequence(&weights)
+        .into_iter()
+        .map(|j| ready[j as usize])
+        .collect()
+}
+
+/// The indexes of the ready endpoints, and of those ready or set aside.
+pub(crate) fn ready_lists<K, S>(endpoints: &[Arc<Endpoint<K, S>>]) -> (Vec<u32>, Vec<u32>) {
+    let mut ready = Vec::with_capacity(endpoints.len());
+    let mut usable = Vec::with_capacity(endpoints.len());
+    for (i, e) in endpoints.iter().enumerate() {
+        let i = i as u32;
+        if e.cell.is_ready() {
+            ready.push(i);
+            usable.push(i);
+        } else if e.cell.is_set_aside() {
+            usable.push(i);
+        }
+    }
+    (ready, usable)
 }
 
 /// The longest smooth-weighted sequence kept; larger weight sums are scaled down.
@@ -182,7 +270,9 @@ pub(crate) fn maglev_table(names: &[u64]) -> Vec<u32> {
         .copied()
         .find(|&p| p >= want)
         .unwrap_or(PRIMES[PRIMES.len() - 1]);
-    let perms: Vec<(usize, usize)> = names
+    // Each endpoint's permutation is offset, offset + skip, offset + 2 x skip, ...
+    // (mod m): kept as its next slot, stepped by an addition.
+    let mut next: Vec<(usize, usize)> = names
         .iter()
         .map(|&h| {
             let offset = (hash::mix(h ^ 0x5151) % m as u64) as usize;
@@ -190,19 +280,23 @@ pub(crate) fn maglev_table(names: &[u64]) -> Vec<u32> {
             (offset, skip)
         })
         .collect();
-    let mut next = vec![0usize; n];
     let mut table = vec![u32::MAX; m];
     let mut filled = 0;
     'fill: loop {
-        for i in 0..n {
-            let (offset, skip) = perms[i];
-            let mut c = (offset + next[i] * skip) % m;
+        for (i, (slot, skip)) in next.iter_mut().enumerate() {
+            let mut c = *slot;
             while table[c] != u32::MAX {
-                next[i] += 1;
-                c = (offset + next[i] * skip) % m;
+                c += *skip;
+                if c >= m {
+                    c -= m;
+                }
             }
             table[c] = i as u32;
-            next[i] += 1;
+            c += *skip;
+            if c >= m {
+                c -= m;
+            }
+            *slot = c;
             filled += 1;
             if filled == m {
                 break 'fill;
@@ -245,6 +339,57 @@ mod tests {
         // half of the period.
         let first_of_weight_3 = seq.iter().position(|&i| i == 2).unwrap();
         assert!(first_of_weight_3 < seq.len() / 2);
+    }
+
+    /// The table as the paper writes it: endpoint i's j-th choice is
+    /// (offset + j x skip) mod m.
+    fn maglev_reference(names: &[u64]) -> Vec<u32> {
+        let n = names.len();
+        let m = PRIMES
+            .iter()
+            .copied()
+            .find(|&p| p >= n * 100)
+            .unwrap_or(131_071);
+        let perms: Vec<(usize, usize)> = names
+            .iter()
+            .map(|&h| {
+                let offset = (hash::mix(h ^ 0x5151) % m as u64) as usize;
+                let skip = (hash::mix(h ^ 0xa3a3) % (m as u64 - 1)) as usize + 1;
+                (offset, skip)
+            })
+            .collect();
+        let mut next = vec![0usize; n];
+        let mut table = vec![u32::MAX; m];
+        let mut filled = 0;
+        'fill: loop {
+            for i in 0..n {
+                let (offset, skip) = perms[i];
+                let mut c = (offset + next[i] * skip) % m;
+                while table[c] != u32::MAX {
+                    next[i] += 1;
+                    c = (offset + next[i] * skip) % m;
+                }
+                table[c] = i as u32;
+                next[i] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn maglev_table_is_the_papers() {
+        for n in [1u64, 3, 10, 57] {
+            let names: Vec<u64> = (0..n).map(|i| hash::mix(i + 11)).collect();
+            assert_eq!(
+                maglev_table(&names),
+                maglev_reference(&names),
+                "{n} endpoints"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The balancer handle, its shared state and the path of one request.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,16 +13,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::FutureExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use tower::discover::Discover;
+use tower::discover::{Change, Discover};
 use tower_service::Service;
 
+use super::driver::drop_quietly;
 use super::pick::{self, Ctx, Filter, Pick};
 use super::pool::{maglev_table, swrr_sequence, Endpoint, Pool};
 use super::{
-    driver, BalancerBuilder, BuildError, HashKey, IsFailure, NoHashKey, NoReadyEndpoints,
-    RetryCopy, ZeroWeight,
+    driver, BalancerBuilder, BuildError, EndpointPanicked, HashKey, IsFailure, NoHashKey,
+    NoReadyEndpoints, RetryCopy, ZeroWeight,
 };
 use crate::retry::Budget;
 use crate::stats::{EndpointCell, EndpointState, LoadStats, StatsCell};
@@ -93,6 +97,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             changed: Notify::new(),
             cursor: AtomicUsize::new(0),
             ready: AtomicUsize::new(0),
+            ready_gen: AtomicU64::new(0),
             stats: Arc::new(StatsCell::new()),
             watch: tx,
             pick: self.pick,
@@ -107,6 +112,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             hash_key: self.hash_key,
             is_failure: self.is_failure,
             retry: self.retry,
+            max_attempts: self.max_attempts,
             budget: Budget::new(ratio, floor, window),
         });
         let guard = driver::spawn::<D, Req>(&handle, Arc::downgrade(&shared), discover, rx);
@@ -136,6 +142,9 @@ pub(super) struct Shared<K, S, Req, Res> {
     cursor: AtomicUsize,
     /// Endpoints in the ready state.
     ready: AtomicUsize,
+    /// Counts re-admissions: a pool snapshot whose ready lists were taken at another
+    /// generation is out of date (it may lack an endpoint that became ready).
+    ready_gen: AtomicU64,
     pub(super) stats: Arc<StatsCell>,
     watch: mpsc::UnboundedSender<driver::Watch<K, S>>,
     pick: Pick,
@@ -150,6 +159,8 @@ pub(super) struct Shared<K, S, Req, Res> {
     hash_key: Option<HashKey<Req>>,
     is_failure: IsFailure<Res>,
     retry: Option<RetryCopy<Req>>,
+    /// Calls one request may make in all.
+    max_attempts: u32,
     budget: Budget,
 }
 
@@ -164,8 +175,10 @@ where
     K: Hash + Eq + Clone + fmt::Debug,
     S: Clone,
 {
+    /// Publishes a new snapshot of the pool from `master`: the tables, the ready lists,
+    /// the statistics' list; wakes the requests waiting for an endpoint.
     fn rebuild(&self, master: &Master<K, S>) {
-        let endpoints = master.endpoints.clone();
+        let endpoints: Arc<[Arc<Endpoint<K, S>>]> = Arc::from(master.endpoints.as_slice());
         let swrr = if self.pick == Pick::WeightedRoundRobin {
             let weights: Vec<u32> = endpoints
                 .iter()
@@ -187,15 +200,43 @@ where
         self.stats
             .endpoints
             .store(Arc::new(endpoints.iter().map(|e| e.cell.clone()).collect()));
-        self.pool.store(Arc::new(Pool {
+        // The generation first, the states after: a re-admission between the two
+        // makes this snapshot out of date, never wrongly up to date.
+        let ready_gen = self.ready_gen.load(Ordering::Acquire);
+        self.pool.store(Arc::new(Pool::new(
             endpoints,
-            swrr,
-            maglev,
-        }));
+            Arc::from(swrr),
+            Arc::from(maglev),
+            ready_gen,
+        )));
         self.changed.notify_waiters();
     }
 
-    pub(super) fn insert(&self, key: K, service: S) {
+    /// Takes the ready lists again (after endpoints changed state), keeping the
+    /// endpoints and tables; wakes the requests waiting for an endpoint.
+    pub(super) fn publish_ready(&self) {
+        // Under the lock, so that a rebuild is never overwritten by an older pool.
+        let _m = lock(&self.master);
+        let ready_gen = self.ready_gen.load(Ordering::Acquire);
+        let next = self.pool.load().with_ready_lists(ready_gen);
+        self.pool.store(Arc::new(next));
+        self.changed.notify_waiters();
+    }
+
+    /// Applies a burst of discovery changes, in order, with one rebuild.
+    pub(super) fn apply(&self, changes: Vec<Change<K, S>>) {
+        if changes.is_empty() {
+            return;
+        }
+        // The new endpoints' names first: a key's `Debug` is the user's code, and a
+        // panic there must find the pool as it was.
+        let names: Vec<Option<String>> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Insert(key, _) => Some(format!("{key:?}")),
+                Change::Remove(_) => None,
+            })
+            .collect();
         let mut m = lock(&self.master);
         // A new endpoint's latency starts at the pool's median, so it neither attracts
         // every request nor starves.
@@ -207,33 +248,55 @@ where
             .collect();
         known.sort_by(f64::total_cmp);
         let median = known.get(known.len() / 2).copied().unwrap_or(0.0);
-        if let Some(pos) = m.endpoints.iter().position(|e| e.key == key) {
-            // Discovery replaced the endpoint under this key.
-            let old = m.endpoints.remove(pos);
-            self.retire(&old);
+        let mut at: HashMap<K, usize> = m
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.clone(), i))
+            .collect();
+        let mut gone = vec![false; m.endpoints.len()];
+        let now = self.stats.now_ns();
+        for (change, name) in changes.into_iter().zip(names) {
+            match change {
+                Change::Insert(key, service) => {
+                    if let Some(pos) = at.remove(&key) {
+                        // Discovery replaced the endpoint under this key.
+                        self.retire(&m.endpoints[pos]);
+                        gone[pos] = true;
+                    }
+                    let weight = m.weights.get(&key).copied().unwrap_or(1);
+                    let id = m.next_id;
+                    m.next_id += 1;
+                    let name = name.unwrap_or_default();
+                    let cell = EndpointCell::new(id, name, weight, median, now);
+                    let (removed, _) = tokio::sync::watch::channel(false);
+                    at.insert(key.clone(), m.endpoints.len());
+                    gone.push(false);
+                    m.endpoints.push(Arc::new(Endpoint {
+                        key,
+                        service: Mutex::new(service),
+                        cell: Arc::new(cell),
+                        removed,
+                    }));
+                    self.ready.fetch_add(1, Ordering::AcqRel);
+                }
+                Change::Remove(key) => {
+                    if let Some(pos) = at.remove(&key) {
+                        self.retire(&m.endpoints[pos]);
+                        gone[pos] = true;
+                    }
+                }
+            }
         }
-        let weight = m.weights.get(&key).copied().unwrap_or(1);
-        let id = m.next_id;
-        m.next_id += 1;
-        let cell = EndpointCell::new(id, format!("{key:?}"), weight, median, self.stats.now_ns());
-        let (removed, _) = tokio::sync::watch::channel(false);
-        m.endpoints.push(Arc::new(Endpoint {
-            key,
-            service: Mutex::new(service),
-            cell: Arc::new(cell),
-            removed,
-        }));
-        self.ready.fetch_add(1, Ordering::AcqRel);
+        if gone.iter().any(|&g| g) {
+            let mut i = 0;
+            m.endpoints.retain(|_| {
+                let keep = !gone[i];
+                i += 1;
+                keep
+            });
+        }
         self.rebuild(&m);
-    }
-
-    pub(super) fn remove(&self, key: &K) {
-        let mut m = lock(&self.master);
-        if let Some(pos) = m.endpoints.iter().position(|e| &e.key == key) {
-            let old = m.endpoints.remove(pos);
-            self.retire(&old);
-            self.rebuild(&m);
-        }
     }
 
     fn retire(&self, ep: &Endpoint<K, S>) {
@@ -244,12 +307,16 @@ where
         ep.removed.send_replace(true);
     }
 
-    /// A watched endpoint's `poll_ready` succeeded.
+    /// A watched endpoint's `poll_ready` succeeded. The ready lists are out of date
+    /// from here until the caller publishes them again ([`publish_ready`](Self::publish_ready),
+    /// which wakes the waiting requests); the picks scan meanwhile.
     pub(super) fn readmit(&self, ep: &Endpoint<K, S>) {
+        // The generation before the state: whoever sees the endpoint ready sees the
+        // lists out of date.
+        self.ready_gen.fetch_add(1, Ordering::AcqRel);
         if ep.cell.become_ready(self.stats.now_ns()) {
             ep.cell.failures.store(0, Ordering::Relaxed);
             self.ready.fetch_add(1, Ordering::AcqRel);
-            self.changed.notify_waiters();
         }
     }
 
@@ -264,7 +331,8 @@ where
         let _ = self.watch.send(driver::Watch { ep, svc, delay });
     }
 
-    fn filter<'a>(&self, excluded: &'a [u64], pool_len: usize) -> Filter<'a> {
+    fn filter<'a>(&self, excluded: &'a [u64], pool: &Pool<K, S>) -> Filter<'a> {
+        let pool_len = pool.endpoints.len();
         let ready = self.ready.load(Ordering::Relaxed);
         Filter {
             excluded,
@@ -277,6 +345,7 @@ where
             },
             slow_start: self.slow_start_ns,
             all_allowed: excluded.is_empty() && ready == pool_len,
+            fresh: pool.ready_gen == self.ready_gen.load(Ordering::Acquire),
         }
     }
 
@@ -284,8 +353,7 @@ where
     /// round-robin turn).
     fn another_allowed(&self, excluded: &[u64]) -> bool {
         let pool = self.pool.load();
-        let f = self.filter(excluded, pool.endpoints.len());
-        pool.endpoints.iter().any(|e| f.allows(&e.cell))
+        self.filter(excluded, &pool).any_allowed(&pool)
     }
 
     fn choose(&self, key: Option<u64>, excluded: &[u64]) -> Option<Arc<Endpoint<K, S>>> {
@@ -311,7 +379,7 @@ where
             },
             idle_tau_ns: self.idle_tau_ns,
         };
-        let filter = self.filter(excluded, pool.endpoints.len());
+        let filter = self.filter(excluded, &pool);
         pick::pick(self.pick, &pool, &ctx, &filter).map(f)
     }
 }
@@ -346,6 +414,32 @@ where
     S::Future: Send,
     Req: Send + 'static,
 {
+    /// Counts and logs a caught panic of `ep`'s service, and sets it aside (probed
+    /// again after a backoff) if it was ready.
+    fn contain_panic(&self, ep: &Arc<Endpoint<K, S>>, during: &str, p: &(dyn Any + Send)) {
+        self.stats.endpoint_panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            endpoint = %ep.cell.name,
+            panic = %driver::panic_message(p),
+            "endpoint's {during} panicked; set aside"
+        );
+        if ep.cell.leave_ready(EndpointState::SetAside) {
+            self.ready.fetch_sub(1, Ordering::AcqRel);
+            let n = ep.cell.failures.fetch_add(1, Ordering::Relaxed);
+            let delay = self.backoff(n);
+            self.watch(ep.clone(), ep.clone_service(), Some(delay));
+        }
+    }
+
+    fn panicked_in_call(&self, ep: &Arc<Endpoint<K, S>>, payload: Box<dyn Any + Send>) -> BoxError {
+        self.contain_panic(ep, "call", &*payload);
+        drop_quietly(payload);
+        EndpointPanicked {
+            endpoint: ep.cell.name.clone(),
+        }
+        .into()
+    }
+
     async fn dispatch(self: Arc<Self>, mut req: Req) -> Result<S::Response, BoxError> {
         let key = match &self.hash_key {
             Some(f) => Some(f(&req).ok_or(NoHashKey)?),
@@ -412,9 +506,24 @@ where
                 }
             };
             let mut svc = ep.clone_service();
-            match std::future::poll_fn(|cx| Poll::Ready(svc.poll_ready(cx))).await {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => {
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    svc.poll_ready(cx)
+                })))
+            })
+            .await
+            {
+                Err(p) => {
+                    self.contain_panic(&ep, "poll_ready", &*p);
+                    drop_quietly(p);
+                    drop_quietly(svc);
+                    if ep.cell.is_set_aside() {
+                        excluded.push(ep.cell.id);
+                    }
+                    continue;
+                }
+                Ok(Poll::Ready(Ok(()))) => {}
+                Ok(Poll::Ready(Err(e))) => {
                     let e: BoxError = e.into();
                     self.stats.ready_errors.fetch_add(1, Ordering::Relaxed);
                     if ep.cell.leave_ready(EndpointState::SetAside) {
@@ -429,7 +538,7 @@ where
                     }
                     continue;
                 }
-                Poll::Pending => {
+                Ok(Poll::Pending) => {
                     if ep.cell.leave_ready(EndpointState::NotReady) {
                         self.ready.fetch_sub(1, Ordering::AcqRel);
                         tracing::debug!(endpoint = %ep.cell.name, "endpoint not ready");
@@ -444,9 +553,11 @@ where
                 }
             }
             drop(waiting.take());
+            // A copy for a retry only if an attempt is left after this one (`tried`
+            // holds the calls made before it).
             let retry_copy = match &self.retry {
-                Some(copy) => copy(&req),
-                None => None,
+                Some(copy) if tried.len() + 1 < self.max_attempts as usize => copy(&req),
+                _ => None,
             };
             let start = Instant::now();
             let start_ns = self.stats.ns_at(start);
@@ -462,7 +573,16 @@ where
             };
             ep.cell.requests.fetch_add(1, Ordering::Relaxed);
             self.stats.count_request(start_ns);
-            let result = svc.call(req).await.map_err(Into::into);
+            // The endpoint's code, caught: a panic in `call` or its future fails this
+            // call (retried like a failure) and sets the endpoint aside.
+            let result = match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
+                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(p) => Err(self.panicked_in_call(&ep, p)),
+                },
+                Err(p) => Err(self.panicked_in_call(&ep, p)),
+            };
+            drop_quietly(svc);
             drop(in_flight);
             let end = Instant::now();
             let end_ns = self.stats.ns_at(end);
@@ -479,7 +599,7 @@ where
                 ep.cell.errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
             }
-            ep.cell.observe(rtt, end_ns, self.tau_ns);
+            ep.cell.observe(rtt, end_ns, self.tau_ns, self.idle_tau_ns);
             if let (true, Some(next)) = (failed, retry_copy) {
                 excluded.push(ep.cell.id);
                 tried.push(ep.cell.id);
