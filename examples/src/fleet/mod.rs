@@ -16,6 +16,7 @@
 //!
 //! [`main`] adds the live view ([`view`]) and the load and chaos modes ([`load`]).
 
+mod cli;
 pub mod data;
 pub mod gateway;
 pub mod load;
@@ -40,6 +41,7 @@ use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
 use tower_health::{Gate, HealthMonitor, HealthState, ReadinessLayer, ReadinessService, Target};
 use tower_layer::Layer;
 
+pub use self::cli::{help, parse_duration};
 use self::data::{DataService, Db, FleetBus, Kind};
 use self::training::Work;
 
@@ -147,140 +149,6 @@ impl Default for Config {
             program: None,
             demo: false,
         }
-    }
-}
-
-/// The flags [`Config::from_args`] knows, for `--help` and errors.
-pub const USAGE: &str = "\
-usage: fleet [--port N] [--serve] [--load ramp|step|spike] [--duration 60s]
-             [--chaos kill-one] [--bus redis://HOST:PORT] [--interval 10s]
-             [--view auto|tui|plain|off] [--data-dir DIR] [--min-instances N]
-             [--max-instances N] [--scale-down-window 30s] [--work-ms N] [--cpu-ms N]
-             [--concurrency N] [--rate-limit N] [--origin-ms N] [--no-cache]
-With neither --load nor --serve: a demonstration, as
-  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s";
-
-/// `10s`, `500ms`, `2m` or a number of seconds.
-pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
-    let bad = || format!("{flag} {v}: give a duration such as 10s, 500ms, 2m or 1h");
-    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => v.split_at(i),
-        None => (v, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        return Err(format!(
-            "{flag} {v}: give a duration above 0 and at most a day"
-        ));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-impl Config {
-    /// Reads the flags in `args` (without the program name). The demonstration's
-    /// settings apply when neither `--load` nor `--serve` is given.
-    pub fn from_args(args: &[String]) -> Result<Self, String> {
-        let mut c = Self::default();
-        let mut shape = None;
-        let mut duration = None;
-        let (mut interval, mut window) = (None, None);
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
-            };
-            let num = |v: String| -> Result<u64, String> {
-                v.parse()
-                    .map_err(|_| format!("{flag} {v}: give a whole number"))
-            };
-            match flag.as_str() {
-                "--port" => {
-                    let v = value()?;
-                    c.port = v
-                        .parse()
-                        .map_err(|_| format!("--port {v}: give a port, 0 to 65535"))?;
-                }
-                "--serve" => c.serve = true,
-                "--no-cache" => c.no_cache = true,
-                "--load" => {
-                    shape = Some(match value()?.as_str() {
-                        "ramp" => Shape::Ramp,
-                        "step" => Shape::Step,
-                        "spike" => Shape::Spike,
-                        other => return Err(format!("--load {other}: give ramp, step or spike")),
-                    })
-                }
-                "--duration" => duration = Some(parse_duration(flag, &value()?)?),
-                "--chaos" => match value()?.as_str() {
-                    "kill-one" => c.chaos = true,
-                    other => return Err(format!("--chaos {other}: the one mode is kill-one")),
-                },
-                "--bus" => c.bus = Some(value()?),
-                "--interval" => interval = Some(parse_duration(flag, &value()?)?),
-                "--view" => {
-                    c.view = match value()?.as_str() {
-                        "auto" => ViewMode::Auto,
-                        "tui" => ViewMode::Tui,
-                        "plain" => ViewMode::Plain,
-                        "off" => ViewMode::Off,
-                        other => {
-                            return Err(format!("--view {other}: give auto, tui, plain or off"))
-                        }
-                    }
-                }
-                "--data-dir" => c.data_dir = Some(PathBuf::from(value()?)),
-                "--min-instances" => c.instances.0 = num(value()?)? as usize,
-                "--max-instances" => c.instances.1 = num(value()?)? as usize,
-                "--scale-down-window" => window = Some(parse_duration(flag, &value()?)?),
-                "--work-ms" => c.work.wait = Duration::from_millis(num(value()?)?),
-                "--cpu-ms" => c.work.cpu = Duration::from_millis(num(value()?)?),
-                "--concurrency" => c.work.concurrency = num(value()?)?.max(1) as usize,
-                "--rate-limit" => {
-                    let n = num(value()?)?;
-                    if n == 0 || n > 1_000_000 {
-                        return Err(format!(
-                            "--rate-limit {n}: give requests per second, 1 to 1000000"
-                        ));
-                    }
-                    c.rate_limit = n as u32;
-                }
-                "--origin-ms" => c.origin_latency = Duration::from_millis(num(value()?)?),
-                "--help" | "-h" => return Err(USAGE.to_string()),
-                other => return Err(format!("unknown flag `{other}`\n{USAGE}")),
-            }
-        }
-        if c.instances.0 == 0 || c.instances.0 > c.instances.1 || c.instances.1 > 32 {
-            return Err(format!(
-                "--min-instances {} --max-instances {}: give 1 <= min <= max <= 32",
-                c.instances.0, c.instances.1
-            ));
-        }
-        if duration.is_some() && shape.is_none() {
-            return Err("--duration goes with --load ramp|step|spike".into());
-        }
-        let demo = shape.is_none() && !c.serve;
-        c.demo = demo;
-        if demo {
-            shape = Some(Shape::Spike);
-            duration = duration.or(Some(Duration::from_secs(30)));
-            c.chaos = true;
-            interval = interval.or(Some(Duration::from_secs(2)));
-            window = window.or(Some(Duration::from_secs(6)));
-        }
-        c.load = shape.map(|s| (s, duration.unwrap_or(Duration::from_secs(60))));
-        c.interval = interval.unwrap_or(c.interval);
-        c.scale_down_window = window.unwrap_or(c.scale_down_window);
-        FleetBus::from_flag(c.bus.as_deref())?;
-        Ok(c)
     }
 }
 
@@ -584,6 +452,10 @@ pub async fn main() -> Result<(), BoxError> {
     if let Some(role) = training::from_args(&args) {
         let (port, work) = role?;
         return training::run(port, work).await;
+    }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", help());
+        return Ok(());
     }
     let cfg = match Config::from_args(&args) {
         Ok(c) => c,

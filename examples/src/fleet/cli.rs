@@ -1,0 +1,234 @@
+//! The fleet's command line (clap): flags with descriptions and defaults for `--help`,
+//! read into a [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::data::FleetBus;
+use super::training::Work;
+use super::{Config, Shape, ViewMode};
+
+/// `10s`, `500ms`, `2m` or a number of seconds; `flag` names the flag in the error.
+pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    let bad = || format!("{flag} {v}: give a duration such as 10s, 500ms, 2m or 1h");
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!(
+            "{flag} {v}: give a duration above 0 and at most a day"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration("", v).map_err(|e| e.trim_start().to_owned())
+}
+
+fn shape(v: &str) -> Result<Shape, String> {
+    match v {
+        "ramp" => Ok(Shape::Ramp),
+        "step" => Ok(Shape::Step),
+        "spike" => Ok(Shape::Spike),
+        _ => Err("give ramp, step or spike".into()),
+    }
+}
+
+fn chaos(v: &str) -> Result<bool, String> {
+    match v {
+        "kill-one" => Ok(true),
+        _ => Err("the one mode is kill-one".into()),
+    }
+}
+
+fn view(v: &str) -> Result<ViewMode, String> {
+    match v {
+        "auto" => Ok(ViewMode::Auto),
+        "tui" => Ok(ViewMode::Tui),
+        "plain" => Ok(ViewMode::Plain),
+        "off" => Ok(ViewMode::Off),
+        _ => Err("give auto, tui, plain or off".into()),
+    }
+}
+
+/// The fleet's flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet",
+    about = "A whole fleet on one machine: gateway, cached data services, autoscaled training instances",
+    after_help = "With neither --load nor --serve: a 30-second demonstration, as\n  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s"
+)]
+struct Flags {
+    /// The gateway's port on 127.0.0.1 (0 for any free one).
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// Keep serving until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    serve: bool,
+    /// A load to drive: ramp, step or spike.
+    #[arg(long, value_parser = shape)]
+    load: Option<Shape>,
+    /// How long the load runs [default: 60s; 30s in the demonstration].
+    #[arg(long, value_parser = duration)]
+    duration: Option<Duration>,
+    /// Kill a training instance half-way through the load: kill-one.
+    #[arg(long, value_parser = chaos)]
+    chaos: Option<bool>,
+    /// The invalidation bus: redis://HOST:PORT (in process without it).
+    #[arg(long)]
+    bus: Option<String>,
+    /// The autoscaler's period [default: 10s; 2s in the demonstration].
+    #[arg(long, value_parser = duration)]
+    interval: Option<Duration>,
+    /// The live view: auto (a terminal view on a terminal), tui, plain or off.
+    #[arg(long, default_value = "auto", value_parser = view)]
+    view: ViewMode,
+    /// Where the LMDB files go [default: a temporary directory, removed at the end].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Training instances at least.
+    #[arg(long, default_value_t = 1)]
+    min_instances: usize,
+    /// Training instances at most (up to 32).
+    #[arg(long, default_value_t = 4)]
+    max_instances: usize,
+    /// How long load must stay low before scaling down [default: 30s; 6s in the demonstration].
+    #[arg(long, value_parser = duration)]
+    scale_down_window: Option<Duration>,
+    /// Each training request's waiting time, in milliseconds.
+    #[arg(long, default_value_t = Work::default().wait.as_millis() as u64)]
+    work_ms: u64,
+    /// Each training request's CPU time, in milliseconds.
+    #[arg(long, default_value_t = Work::default().cpu.as_millis() as u64)]
+    cpu_ms: u64,
+    /// Requests a training instance serves at once.
+    #[arg(long, default_value_t = Work::default().concurrency as u64)]
+    concurrency: u64,
+    /// Requests per second per client at the gateway, for clients without a user id.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate_limit: u32,
+    /// The data services' database round trip, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    origin_ms: u64,
+    /// Run the data services without caches (for comparisons).
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// The text of `--help`.
+pub fn help() -> String {
+    use clap::CommandFactory;
+    Flags::command().render_long_help().to_string()
+}
+
+impl Config {
+    /// Reads the flags in `args` (without the program name). The demonstration's
+    /// settings apply when neither `--load` nor `--serve` is given. The error is what
+    /// to print: `--help`'s text, or what to change.
+    pub fn from_args(args: &[String]) -> Result<Self, String> {
+        let program = std::iter::once("fleet".to_owned());
+        let f = Flags::try_parse_from(program.chain(args.iter().cloned())).map_err(|e| match e
+            .kind()
+        {
+            clap::error::ErrorKind::UnknownArgument => {
+                format!(
+                    "unknown flag: {}",
+                    e.to_string().trim_start_matches("error: ")
+                )
+            }
+            _ => e.to_string(),
+        })?;
+        let mut c = Config {
+            port: f.port,
+            data_dir: f.data_dir,
+            chaos: f.chaos.unwrap_or(false),
+            bus: f.bus,
+            serve: f.serve,
+            view: f.view,
+            work: Work {
+                wait: Duration::from_millis(f.work_ms),
+                cpu: Duration::from_millis(f.cpu_ms),
+                concurrency: f.concurrency.clamp(1, 10_000) as usize,
+            },
+            instances: (f.min_instances, f.max_instances),
+            rate_limit: f.rate_limit,
+            origin_latency: Duration::from_millis(f.origin_ms),
+            no_cache: f.no_cache,
+            ..Config::default()
+        };
+        if c.instances.0 == 0 || c.instances.0 > c.instances.1 || c.instances.1 > 32 {
+            return Err(format!(
+                "--min-instances {} --max-instances {}: give 1 <= min <= max <= 32",
+                c.instances.0, c.instances.1
+            ));
+        }
+        if f.duration.is_some() && f.load.is_none() {
+            return Err("--duration goes with --load ramp|step|spike".into());
+        }
+        let (mut shape, mut duration) = (f.load, f.duration);
+        let (mut interval, mut window) = (f.interval, f.scale_down_window);
+        c.demo = shape.is_none() && !c.serve;
+        if c.demo {
+            shape = Some(Shape::Spike);
+            duration = duration.or(Some(Duration::from_secs(30)));
+            c.chaos = true;
+            interval = interval.or(Some(Duration::from_secs(2)));
+            window = window.or(Some(Duration::from_secs(6)));
+        }
+        c.load = shape.map(|s| (s, duration.unwrap_or(Duration::from_secs(60))));
+        c.interval = interval.unwrap_or(c.interval);
+        c.scale_down_window = window.unwrap_or(c.scale_down_window);
+        FleetBus::from_flag(c.bus.as_deref())?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_demonstration_and_explicit_flags() {
+        let demo = Config::from_args(&[]).unwrap();
+        assert!(demo.demo && demo.chaos);
+        assert_eq!(demo.load, Some((Shape::Spike, Duration::from_secs(30))));
+        assert_eq!(demo.interval, Duration::from_secs(2));
+        let c = Config::from_args(&args(&[
+            "--serve",
+            "--port",
+            "0",
+            "--interval",
+            "500ms",
+            "--work-ms",
+            "5",
+            "--view",
+            "off",
+        ]))
+        .unwrap();
+        assert!(!c.demo && c.serve && c.load.is_none());
+        assert_eq!((c.port, c.interval), (0, Duration::from_millis(500)));
+        assert_eq!(c.work.wait, Duration::from_millis(5));
+        assert_eq!(c.view, ViewMode::Off);
+        let help = Config::from_args(&args(&["--help"])).unwrap_err();
+        assert!(
+            help.contains("--scale-down-window") && help.contains("[default: 3000]"),
+            "{help}"
+        );
+    }
+}
