@@ -111,13 +111,15 @@ use pin_project_lite::pin_project;
 
 use crate::service::{CacheKey, Codec, StorePolicy};
 
+mod edge;
 mod entry;
 mod headers;
 mod layer;
 mod policy;
 
+pub use self::edge::{prepare_request, ForwardedFields, RequestRefused};
 pub use self::layer::{
-    url_key, HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
+    try_url_key, url_key, HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
     DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL, DEFAULT_MAX_STORED_BODY,
 };
 pub use self::policy::HttpPolicy;
@@ -142,13 +144,18 @@ impl<B> CacheKey<Request<B>> for HttpKey {
         {
             return None;
         }
-        let host = req
-            .headers()
-            .get(::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .unwrap_or("");
+        // Keyed only by a validated authority (one that holds no `/`, so that it cannot
+        // run into the path); a request with none shares the service's one entry per
+        // path; one with two, a bad one or one its target contradicts is not cached.
+        let host = if h.contains_key(::http::header::HOST) || req.uri().authority().is_some() {
+            edge::authority(req).ok()?
+        } else {
+            String::new()
+        };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if !path.starts_with('/') {
+            return None;
+        }
         Some(Cow::Owned(format!("{method} {host}{path}")))
     }
 }
@@ -165,6 +172,7 @@ impl<B> StorePolicy<Response<B>> for StoreSuccessful {
         let cc = headers::CacheControl::parse(h);
         let forbidden = cc.no_store
             || cc.private
+            || cc.malformed
             || cc.no_cache
             || cc.max_age.is_some_and(|a| a.or(0) == 0)
             || cc.s_maxage.is_some_and(|a| a.or(0) == 0)
