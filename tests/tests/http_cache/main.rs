@@ -1908,6 +1908,17 @@ async fn reflecting_origin(req: axum::extract::Request) -> impl IntoResponse {
         field("x-user"),
     );
     let mut h = HeaderMap::new();
+    if path.starts_with("/swr") {
+        // Stale on arrival, refreshed in the background; the body counts the calls.
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, Ordering::SeqCst);
+        h.append(
+            "cache-control",
+            HeaderValue::from_static("max-age=1, stale-while-revalidate=600"),
+        );
+        h.append("age", HeaderValue::from_static("5"));
+        return (h, format!("{body} n={n}"));
+    }
     h.append("cache-control", HeaderValue::from_static("max-age=60"));
     if path.starts_with("/v") {
         h.append("vary", HeaderValue::from_static("x-v"));
@@ -2115,6 +2126,17 @@ async fn forwarding_fields_never_reach_the_origin_unkeyed() {
             (x.as_str(), b.as_str()),
             ("HIT-MEM", "host=a.test path=/f x-v=- xfh=evil.test user=-")
         );
+        // A background refresh asks with the values the entry is keyed by.
+        let (_, _, first) = edge_get(&svc, "/swr", &[host, evil]).await;
+        loop {
+            let (_, x, b) = edge_get(&svc, "/swr", &[host, evil]).await;
+            assert_eq!(x, "STALE");
+            assert!(b.contains("xfh=evil.test"), "{b}");
+            if b != first {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         server.abort();
     })
     .await

@@ -232,7 +232,9 @@ pub(crate) fn age(headers: &HeaderMap) -> Option<u64> {
     })
 }
 
-/// An HTTP date header; `None` if absent, `Some(Err(()))` if present and invalid.
+/// An HTTP date header; `None` if absent, `Some(Err(()))` if present and invalid (a
+/// value that is not ASCII is invalid, never skipped: an invalid `Expires` is in the
+/// past).
 pub(crate) fn date<K: AsHeaderName>(
     headers: &HeaderMap,
     name: K,
@@ -252,7 +254,9 @@ pub(crate) fn date<K: AsHeaderName>(
     )
 }
 
-/// The header names a `Vary` lists, lower-cased; `None` for `Vary: *`.
+/// The header names a `Vary` lists, lower-cased; `None` for `Vary: *`, and for a line
+/// that cannot be read (never skipped: a name it hid could be one that keeps users
+/// apart).
 pub(crate) fn vary(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for line in headers.get_all(::http::header::VARY) {

@@ -928,14 +928,23 @@ fn store_job(
 }
 
 /// A request to refresh a stale entry in the background: the URL and the request
-/// headers the entry varies on.
+/// headers the entry's key was made of (the host, the fields it varies on, and the
+/// forwarding fields when they are keyed; otherwise the request has none of those).
 fn template_of<B>(req: &Request<B>, vary: &[(HeaderName, Option<Vec<u8>>)]) -> Request<()> {
     let mut t = Request::new(());
     *t.uri_mut() = req.uri().clone();
-    for name in [::http::header::HOST]
-        .iter()
-        .chain(vary.iter().map(|(n, _)| n))
-    {
+    let forwarding = req
+        .headers()
+        .keys()
+        .filter(|n| edge::is_forwarding_field(n));
+    let mut names: Vec<&HeaderName> = vec![&::http::header::HOST];
+    names.extend(forwarding);
+    names.extend(vary.iter().map(|(n, _)| n));
+    names.dedup();
+    for name in names {
+        if t.headers().contains_key(name) {
+            continue;
+        }
         for v in req.headers().get_all(name) {
             t.headers_mut().append(name.clone(), v.clone());
         }
