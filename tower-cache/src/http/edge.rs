@@ -92,7 +92,7 @@ pub fn prepare_request<B>(
     req: &mut Request<B>,
     forwarded: ForwardedFields,
 ) -> Result<(), RequestRefused> {
-    authority(req)?;
+    authority_bytes(req)?;
     strip_connection_options(req.headers_mut())?;
     if forwarded == ForwardedFields::Drop {
         let found: Vec<HeaderName> = req
@@ -110,6 +110,12 @@ pub fn prepare_request<B>(
 
 /// The request's authority, validated and lower-cased, as the cache keys it.
 pub(crate) fn authority<B>(req: &Request<B>) -> Result<String, RequestRefused> {
+    // Validated: ASCII only, so nothing is replaced.
+    Ok(String::from_utf8_lossy(authority_bytes(req)?).to_ascii_lowercase())
+}
+
+/// The request's authority as sent, validated.
+fn authority_bytes<B>(req: &Request<B>) -> Result<&[u8], RequestRefused> {
     let mut hosts = req.headers().get_all(::http::header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -127,8 +133,7 @@ pub(crate) fn authority<B>(req: &Request<B>) -> Result<String, RequestRefused> {
         (None, None) => return Err(RequestRefused::new("no Host field")),
     };
     validate_authority(chosen)?;
-    // Validated: ASCII only.
-    Ok(String::from_utf8_lossy(chosen).to_ascii_lowercase())
+    Ok(chosen)
 }
 
 /// An RFC 3986 `host [ ":" port ]`: a bracketed IP literal, or a reg-name (which covers
