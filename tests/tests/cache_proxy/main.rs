@@ -185,6 +185,23 @@ async fn silent_half_sent_and_idle_connections_are_closed() {
         // Over HTTP/2 (the preface, then nothing): closed too.
         let res = exchange(proxy.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         assert!(!res.contains("200"), "{res}");
+        // The idle timeout alone (the head timeout far away) ends a kept-alive connection.
+        let idle_only = Proxy::start(
+            origin,
+            &[
+                "--header-read-timeout-ms",
+                "600000",
+                "--idle-timeout-ms",
+                "300",
+            ],
+        )
+        .await;
+        let res = exchange(
+            idle_only.addr,
+            b"GET /idle HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status(&res), "200", "{res}");
         server.abort();
     })
     .await
