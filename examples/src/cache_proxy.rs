@@ -4,8 +4,10 @@
 //! ```sh
 //! cargo run --release -p examples --example cache_proxy -- \
 //!     --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 [--memory-mb 256] [--disk-dir DIR] \
-//!     [--purge-token TOKEN] [--secret SECRET --peer http://other:8080/_cache/invalidate ...]
-//!     [--secret SECRET --redis redis://127.0.0.1:6379/]   (with --features redis)
+//!     [--header-read-timeout-ms 30000] [--idle-timeout-ms 60000] [--max-connections 10000] \
+//!     [--key-forwarded] \
+//!     [--purge-token TOKEN] [--purge-token TOKEN --secret SECRET --peer http://other:8080/_cache/invalidate ...]
+//!     [--purge-token TOKEN --secret SECRET --redis redis://127.0.0.1:6379/]   (with --features redis)
 //! ```
 //!
 //! Purges, with `--purge-token`: `PURGE /path` removes that URL, a `POST` with
@@ -14,30 +16,67 @@
 //! (401 otherwise). With `--peer` (and the `--secret` every proxy shares), purges spread
 //! to the other proxies over HTTP: each serves `POST /_cache/invalidate` for them. With
 //! `--redis URL` instead (built with `--features redis`), they spread over that Redis
-//! server's pub/sub.
+//! server's pub/sub. `--secret`, `--peer` and `--redis` need `--purge-token`: the proxy
+//! refuses to start without it rather than run with no invalidation endpoint.
 //!
-//! It forwards every method and header as the client sent them (the `Host` too), except
-//! what a proxy must change: hop-by-hop fields are not forwarded (RFC 9110 section 7.6.1)
-//! and the cache adds its validators when it revalidates. Connections to the upstream are
-//! kept alive and pooled. An upstream that cannot be reached answers `502 Bad Gateway`,
-//! one that does not answer within `--upstream-timeout-ms` (default 30,000) `504 Gateway
-//! Timeout`. Clients may speak HTTP/1.1 or HTTP/2.
+//! # What the edge guarantees
+//!
+//! Every request is checked before anything (cache, purge, invalidation endpoint) sees
+//! it; one that fails a check is answered `400 Bad Request`:
+//!
+//! - **One authority.** An HTTP/1.1 request needs exactly one `Host` field; an HTTP/2
+//!   request's `:authority` counts as its host. When the target is in absolute form, or
+//!   an HTTP/2 request also sends `Host`, the two must be equal. The authority must be an
+//!   RFC 3986 host with an optional port: no `/`, `?`, `#`, `@`, whitespace or control
+//!   bytes. So one URL's entry can never be filled with another's response.
+//! - **What is keyed.** The cache key is the validated authority (lower-cased) and the
+//!   path with query; responses that `Vary` are stored per value of the fields they name.
+//! - **What is stripped.** Hop-by-hop fields (`Connection`, `Keep-Alive`,
+//!   `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+//!   `Proxy-Authorization`) and the fields `Connection` names are removed before the
+//!   cache reads the request, so the key and the upstream see the same fields. A
+//!   `Connection` option that names an end-to-end field (`Host`, `Content-Length`,
+//!   `Authorization`, `Cookie`, `Cache-Control`, `Forwarded`, `X-Forwarded-*`, ...) is
+//!   refused. Fields that steer an origin to another host, scheme, client or URL
+//!   (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`,
+//!   method overrides, ...) are removed from clients' requests; with `--key-forwarded`
+//!   (behind a trusted proxy that sets them) they are kept and become part of the key.
+//!   The proxy then sets its own `X-Forwarded-For`, `Forwarded: for=...;proto=http` and
+//!   `X-Forwarded-Proto` from the client's address.
+//! - **Limits.** A connection that has not sent a whole request head within
+//!   `--header-read-timeout-ms` (default 30,000) of opening, or of its previous request
+//!   on HTTP/1, is closed; one that moves no byte for `--idle-timeout-ms` (default
+//!   60,000) with no request in progress is shut down gracefully. At most
+//!   `--max-connections` (default 10,000) are served at once; beyond that, new
+//!   connections wait in the listen backlog until one closes.
+//!
+//! It forwards every method and the remaining header fields as the client sent them
+//! (the `Host` too), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
+//! `:authority` becomes the `Host`); the cache adds its validators when it revalidates.
+//! Connections to the upstream are kept alive and pooled. An upstream that cannot be
+//! reached answers `502 Bad Gateway`, one that does not answer within
+//! `--upstream-timeout-ms` (default 30,000) `504 Gateway Timeout`. Clients may speak
+//! HTTP/1.1 or HTTP/2.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tower_cache::coordinator::{Coordinator, HttpBus};
-use tower_cache::http::HttpCacheLayer;
+use tower_cache::http::{prepare_request, ForwardedFields, HttpCacheLayer};
 use tower_cache::{Cache, DiskTier, MemoryTier, PurgeService};
 use tower_layer::Layer;
 
@@ -66,11 +105,39 @@ pub struct Args {
     /// A Redis server whose pub/sub carries purges between proxies, instead of
     /// `--peer` (feature `redis`).
     pub redis: Option<String>,
+    /// How long a connection may take to send a whole request head.
+    pub header_read_timeout: Duration,
+    /// How long a connection may move no byte, with no request in progress, before it
+    /// is shut down.
+    pub idle_timeout: Duration,
+    /// How many connections are served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Key on the forwarding fields clients send (`X-Forwarded-*`, `Forwarded`, ...)
+    /// instead of removing them.
+    pub key_forwarded: bool,
+}
+
+/// Default of `--header-read-timeout-ms`: 30 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `--idle-timeout-ms`: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of `--max-connections`: 10,000.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// A duration flag in milliseconds, at least 1.
+fn millis(flag: &str, v: String) -> Result<Duration, String> {
+    let ms: u64 = v
+        .parse()
+        .map_err(|e| format!("{flag} {v}: {e}; give whole milliseconds"))?;
+    if ms == 0 {
+        return Err(format!("{flag} is 0; give at least 1 millisecond"));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 impl Args {
-    /// Parses `--listen`, `--upstream`, `--memory-mb`, `--disk-dir`,
-    /// `--upstream-timeout-ms`; the message of an error says what to change.
+    /// Parses the flags the module docs list; the message of an error says what to
+    /// change.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let mut listen = None;
         let mut upstream = None;
@@ -81,6 +148,10 @@ impl Args {
         let mut secret = None;
         let mut peers = Vec::new();
         let mut redis = None;
+        let mut header_read_timeout = DEFAULT_HEADER_READ_TIMEOUT;
+        let mut idle_timeout = DEFAULT_IDLE_TIMEOUT;
+        let mut max_connections = DEFAULT_MAX_CONNECTIONS;
+        let mut key_forwarded = false;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -116,6 +187,24 @@ impl Args {
                         .parse()
                         .map_err(|e| format!("--upstream-timeout-ms: {e}"))?;
                 }
+                "--header-read-timeout-ms" => {
+                    header_read_timeout = millis(&flag, value()?)?;
+                }
+                "--idle-timeout-ms" => idle_timeout = millis(&flag, value()?)?,
+                "--max-connections" => {
+                    let v = value()?;
+                    max_connections = v
+                        .parse()
+                        .map_err(|e| format!("--max-connections {v}: {e}; give a whole number"))?;
+                    if max_connections == 0 || max_connections > tokio::sync::Semaphore::MAX_PERMITS
+                    {
+                        return Err(format!(
+                            "--max-connections {v}: give at least 1 and at most {}",
+                            tokio::sync::Semaphore::MAX_PERMITS
+                        ));
+                    }
+                }
+                "--key-forwarded" => key_forwarded = true,
                 "--purge-token" => purge_token = Some(value()?),
                 "--secret" => secret = Some(value()?),
                 "--peer" => peers.push(value()?),
@@ -131,6 +220,8 @@ impl Args {
                 other => return Err(format!("unknown flag {other}")),
             }
         }
+        let peers_given = peers.clone();
+        let redis_given = redis.is_some();
         Ok(Self {
             listen: listen.ok_or("--listen is required, e.g. --listen 127.0.0.1:8080")?,
             upstream: upstream
@@ -150,8 +241,25 @@ impl Args {
             } else {
                 redis
             },
-            purge_token,
+            purge_token: if purge_token.is_none()
+                && (secret.is_some() || !peers_given.is_empty() || redis_given)
+            {
+                // Without a token no purge service and no invalidation endpoint exist:
+                // peers' purges would go to the upstream as ordinary requests.
+                return Err(
+                    "--secret, --peer and --redis need --purge-token TOKEN: without it no \
+                     invalidation endpoint is mounted and purges do not spread; add \
+                     --purge-token"
+                        .into(),
+                );
+            } else {
+                purge_token
+            },
             secret,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            key_forwarded,
         })
     }
 }
@@ -166,9 +274,22 @@ fn full(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     res
 }
 
-/// The request as the upstream must see it: its URL on the upstream, hop-by-hop fields
-/// removed.
-fn to_upstream(upstream: &Uri, mut req: Request<ProxyBody>) -> Result<Request<ProxyBody>, ()> {
+/// The address of the client a request came from, put in its extensions at the edge.
+#[derive(Debug, Clone, Copy)]
+struct ClientAddr(SocketAddr);
+
+/// The request as the upstream must see it: HTTP/1.1 whatever the client spoke, its URL
+/// on the upstream, the client's authority as `Host` (an HTTP/2 request's `:authority`),
+/// hop-by-hop fields removed, and the client's address in the forwarding fields.
+fn to_upstream(
+    upstream: &Uri,
+    forwarded: ForwardedFields,
+    mut req: Request<ProxyBody>,
+) -> Result<Request<ProxyBody>, ()> {
+    // The edge checked the request and removed these fields before the cache read it; a
+    // request the cache makes on its own (a background refresh) carries none either.
+    // Checked again here so that this function alone is a correct forwarder.
+    prepare_request(&mut req, forwarded).map_err(drop)?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let uri = Uri::builder()
         .scheme("http")
@@ -176,29 +297,37 @@ fn to_upstream(upstream: &Uri, mut req: Request<ProxyBody>) -> Result<Request<Pr
         .path_and_query(path)
         .build()
         .map_err(drop)?;
+    if !req.headers().contains_key(http::header::HOST) {
+        let authority = req.uri().authority().ok_or(())?.as_str();
+        let host = HeaderValue::from_str(authority).map_err(drop)?;
+        req.headers_mut().insert(http::header::HOST, host);
+    }
     *req.uri_mut() = uri;
-    let headers = req.headers_mut();
-    let named: Vec<http::HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    *req.version_mut() = Version::HTTP_11;
+    if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
+        let ip = peer.ip();
+        let headers = req.headers_mut();
+        let xff = match headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(prior)) => format!("{prior}, {ip}"),
+            _ => ip.to_string(),
+        };
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        let fwd = match headers.get("forwarded").map(|v| v.to_str()) {
+            Some(Ok(prior)) => format!("{prior}, {node}"),
+            _ => node,
+        };
+        for (name, value) in [("x-forwarded-for", xff), ("forwarded", fwd)] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
     }
-    for name in [
-        http::header::CONNECTION,
-        http::header::TE,
-        http::header::TRAILER,
-        http::header::TRANSFER_ENCODING,
-        http::header::UPGRADE,
-        http::header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
     Ok(req)
 }
 
@@ -206,12 +335,30 @@ fn to_upstream(upstream: &Uri, mut req: Request<ProxyBody>) -> Result<Request<Pr
 type AnyBody =
     http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Sends a request to the invalidation endpoint, the purge service or the cache.
+/// A short plain-text answer of the edge itself.
+fn refuse(status: StatusCode, text: String) -> Response<AnyBody> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// Checks a request at the edge (see the module docs), then sends it to the
+/// invalidation endpoint, the purge service or the cache.
 async fn route<C>(
     cache: C,
     purge: Option<PurgeService>,
     endpoint: Option<tower_cache::coordinator::InvalidateEndpoint>,
-    req: Request<hyper::body::Incoming>,
+    client: SocketAddr,
+    forwarded: ForwardedFields,
+    mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<AnyBody>, Infallible>
 where
     C: tower::Service<
@@ -221,6 +368,21 @@ where
     >,
 {
     use tower::ServiceExt;
+    // RFC 9112 section 3.2: an HTTP/1.1 request without Host is refused; an HTTP/2
+    // request's `:authority` stands for it (checked with the rest below).
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(http::header::HOST) {
+        return Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad request: no Host field\n".into(),
+        ));
+    }
+    if let Err(why) = prepare_request(&mut req, forwarded) {
+        return Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("bad request: {why}\n"),
+        ));
+    }
+    req.extensions_mut().insert(ClientAddr(client));
     let never = |never: Infallible| -> Box<dyn std::error::Error + Send + Sync> { match never {} };
     if let Some(e) = endpoint.filter(|_| req.uri().path() == "/_cache/invalidate") {
         let res = e.oneshot(req).await?;
@@ -232,6 +394,183 @@ where
     }
     let res = cache.oneshot(req.map(BodyExt::boxed)).await?;
     Ok(res.map(BodyExt::boxed_unsync))
+}
+
+// === connection limits ===
+
+/// When a connection last moved a byte, and how many requests it has started and has
+/// in progress: what its timeouts are judged by.
+#[derive(Debug)]
+struct Activity {
+    opened: tokio::time::Instant,
+    /// Milliseconds from `opened` to the last byte read or written.
+    last_ms: AtomicU64,
+    started: AtomicU64,
+    in_progress: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            in_progress: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts a request in progress until dropped.
+struct InProgress(Arc<Activity>);
+
+impl InProgress {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_progress.fetch_add(1, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A socket that records when it last moved a byte.
+struct Tracked<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection under the header-read and idle timeouts.
+///
+/// hyper's HTTP/1 header-read timeout bounds each request head once the protocol is
+/// known; the first head is also bounded here from the moment the connection opened
+/// (hyper reads the protocol preface with no timeout). A connection that moves no byte
+/// for the idle timeout with no request in progress is shut down gracefully, and closed
+/// if it stays silent for another idle timeout.
+async fn serve<S>(
+    stream: tokio::net::TcpStream,
+    svc: S,
+    activity: Arc<Activity>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+) where
+    S: hyper::service::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<AnyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let io = TokioIo::new(Tracked {
+        io: stream,
+        activity: activity.clone(),
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let first_head_by = activity.opened + header_read_timeout;
+    let mut shut_down = false;
+    loop {
+        let idle_at = activity.last() + idle_timeout;
+        let first_pending = activity.started.load(Ordering::Relaxed) == 0;
+        let wake = if first_pending {
+            idle_at.min(first_head_by)
+        } else {
+            idle_at
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if activity.started.load(Ordering::Relaxed) == 0 && now >= first_head_by {
+            // No whole request head in time: close.
+            return;
+        }
+        let idle = activity.in_progress.load(Ordering::Relaxed) == 0
+            && now >= activity.last() + idle_timeout;
+        if idle {
+            if shut_down {
+                return;
+            }
+            conn.as_mut().graceful_shutdown();
+            shut_down = true;
+            activity.touch();
+        }
+    }
 }
 
 /// A coordinator whose purges travel over Redis pub/sub.
@@ -274,10 +613,15 @@ pub async fn run(args: Args) -> std::io::Result<()> {
         .build(connector);
     let upstream = args.upstream.clone();
     let timeout = args.upstream_timeout;
+    let forwarded = if args.key_forwarded {
+        ForwardedFields::Key
+    } else {
+        ForwardedFields::Drop
+    };
     let forward = tower::service_fn(move |req: Request<ProxyBody>| {
         let (client, upstream) = (client.clone(), upstream.clone());
         async move {
-            let Ok(req) = to_upstream(&upstream, req) else {
+            let Ok(req) = to_upstream(&upstream, forwarded, req) else {
                 return Ok::<_, Infallible>(full(StatusCode::BAD_REQUEST, "bad request target\n"));
             };
             Ok(
@@ -292,7 +636,9 @@ pub async fn run(args: Args) -> std::io::Result<()> {
             )
         }
     });
-    let cache = HttpCacheLayer::new(store.clone()).layer(forward);
+    let cache = HttpCacheLayer::new(store.clone())
+        .forwarded_fields(forwarded)
+        .layer(forward);
     // Purges, and the endpoint other proxies send theirs to.
     let mut endpoint = None;
     let mut purge = None;
@@ -324,8 +670,15 @@ pub async fn run(args: Args) -> std::io::Result<()> {
         listener.local_addr()?,
         args.upstream
     );
+    // One permit per connection served: beyond the limit, accept waits and new
+    // connections wait in the kernel's backlog.
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.max_connections));
+    let (header_read_timeout, idle_timeout) = (args.header_read_timeout, args.idle_timeout);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, client) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -335,14 +688,29 @@ pub async fn run(args: Args) -> std::io::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
+        let activity = Arc::new(Activity::new());
         tokio::spawn(async move {
-            let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
-                async move { route(cache, purge, endpoint, req).await }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
-                .await;
+            let svc = {
+                let activity = activity.clone();
+                tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
+                    let in_progress = InProgress::start(&activity);
+                    async move {
+                        let res = route(cache, purge, endpoint, client, forwarded, req).await;
+                        drop(in_progress);
+                        res
+                    }
+                })
+            };
+            serve(
+                stream,
+                TowerToHyperService::new(svc),
+                activity,
+                header_read_timeout,
+                idle_timeout,
+            )
+            .await;
+            drop(permit);
         });
     }
 }
@@ -400,12 +768,42 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_or_peers_without_a_purge_token_are_refused() {
+        let peer = "http://x/_cache/invalidate";
+        for flags in [&["--secret", "s"][..], &["--secret", "s", "--peer", peer]] {
+            let e = parse(flags).unwrap_err();
+            assert!(e.contains("need --purge-token"), "{e}");
+        }
+        assert!(parse(&["--purge-token", "t", "--secret", "s", "--peer", peer]).is_ok());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.header_read_timeout, super::DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(a.idle_timeout, super::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(a.max_connections, super::DEFAULT_MAX_CONNECTIONS);
+        assert!(!a.key_forwarded);
+        for flag in [
+            "--header-read-timeout-ms",
+            "--idle-timeout-ms",
+            "--max-connections",
+        ] {
+            let e = parse(&[flag, "0"]).unwrap_err();
+            assert!(e.contains(flag), "{e}");
+        }
+        let a = parse(&["--header-read-timeout-ms", "500", "--key-forwarded"]).unwrap();
+        assert_eq!(a.header_read_timeout, std::time::Duration::from_millis(500));
+        assert!(a.key_forwarded);
+    }
+
+    #[test]
     fn redis_needs_the_feature_a_secret_and_no_peers() {
         let url = "redis://127.0.0.1:6379/";
         let e = parse(&["--redis", url]).unwrap_err();
         if cfg!(feature = "redis") {
             assert!(e.contains("--redis needs --secret"), "{e}");
-            let ok = parse(&["--secret", "s", "--redis", url]).unwrap();
+            let ok = parse(&["--purge-token", "t", "--secret", "s", "--redis", url]).unwrap();
             assert_eq!(ok.redis.as_deref(), Some(url));
             let e = parse(&["--secret", "s", "--redis", url, "--peer", "http://x/"]).unwrap_err();
             assert!(e.contains("either --peer or --redis"), "{e}");

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use ::http::header::{AsHeaderName, HeaderMap, HeaderName, HeaderValue};
+use ::http::header::{AsHeaderName, HeaderMap, HeaderName};
 
 /// The largest delta-seconds value (RFC 9111 section 1.2.2).
 pub(crate) const DELTA_MAX: u64 = 1 << 31;
@@ -30,14 +30,23 @@ pub(crate) enum Delta {
 }
 
 impl Delta {
-    fn parse(v: Option<&str>) -> Delta {
+    fn parse(v: Option<&[u8]>) -> Delta {
         let Some(v) = v else { return Delta::Invalid };
-        let v = v.trim_matches('"');
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        let v = v
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v);
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
             return Delta::Invalid;
         }
-        // Saturate: "the cache MUST consider the value to be 2147483648".
-        Delta::Secs(v.parse::<u64>().map_or(DELTA_MAX, |n| n.min(DELTA_MAX)))
+        // Saturate: "the cache MUST consider the value to be 2147483648". Digits only,
+        // so the text is ASCII.
+        Delta::Secs(
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(DELTA_MAX, |n| n.min(DELTA_MAX)),
+        )
     }
 
     /// The value, with an invalid one read as `invalid`.
@@ -66,17 +75,23 @@ pub(crate) struct CacheControl {
     pub(crate) min_fresh: Option<Delta>,
     pub(crate) stale_while_revalidate: Option<Delta>,
     pub(crate) stale_if_error: Option<Delta>,
+    /// A field line that is not a valid directive list: nothing it says can be known
+    /// (it may have held a `private` or a `no-store`), so the message is neither stored
+    /// nor answered from the cache.
+    pub(crate) malformed: bool,
 }
 
 impl CacheControl {
-    /// Parses every `Cache-Control` field line of `headers`.
+    /// Parses every `Cache-Control` field line of `headers`, as bytes (RFC 9110 section
+    /// 5.5: a field value may hold obs-text, which is no reason to skip the line).
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut cc = CacheControl::default();
         for line in headers.get_all(::http::header::CACHE_CONTROL) {
-            let Ok(line) = std::str::from_utf8(line.as_bytes()) else {
+            let Some(list) = directives(line.as_bytes()) else {
+                cc.malformed = true;
                 continue;
             };
-            for (name, value) in directives(line) {
+            for (name, value) in list {
                 let set = |slot: &mut Option<Delta>, d: Delta| {
                     *slot = match *slot {
                         // A directive given twice with different values: distrust both.
@@ -84,28 +99,28 @@ impl CacheControl {
                         _ => Some(d),
                     };
                 };
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
-                    "public" => cc.public = true,
-                    "must-revalidate" => cc.must_revalidate = true,
-                    "proxy-revalidate" => cc.proxy_revalidate = true,
-                    "only-if-cached" => cc.only_if_cached = true,
-                    "max-age" => set(&mut cc.max_age, Delta::parse(value)),
-                    "s-maxage" => set(&mut cc.s_maxage, Delta::parse(value)),
-                    "max-stale" => set(
+                match name.to_ascii_lowercase().as_slice() {
+                    b"no-store" => cc.no_store = true,
+                    b"no-cache" => cc.no_cache = true,
+                    b"private" => cc.private = true,
+                    b"public" => cc.public = true,
+                    b"must-revalidate" => cc.must_revalidate = true,
+                    b"proxy-revalidate" => cc.proxy_revalidate = true,
+                    b"only-if-cached" => cc.only_if_cached = true,
+                    b"max-age" => set(&mut cc.max_age, Delta::parse(value)),
+                    b"s-maxage" => set(&mut cc.s_maxage, Delta::parse(value)),
+                    b"max-stale" => set(
                         &mut cc.max_stale,
                         match value {
                             None => Delta::Secs(DELTA_MAX),
                             v => Delta::parse(v),
                         },
                     ),
-                    "min-fresh" => set(&mut cc.min_fresh, Delta::parse(value)),
-                    "stale-while-revalidate" => {
+                    b"min-fresh" => set(&mut cc.min_fresh, Delta::parse(value)),
+                    b"stale-while-revalidate" => {
                         set(&mut cc.stale_while_revalidate, Delta::parse(value))
                     }
-                    "stale-if-error" => set(&mut cc.stale_if_error, Delta::parse(value)),
+                    b"stale-if-error" => set(&mut cc.stale_if_error, Delta::parse(value)),
                     _ => {}
                 }
             }
@@ -114,48 +129,85 @@ impl CacheControl {
     }
 }
 
-/// Splits a `Cache-Control` line into `(name, value)` pairs; a quoted value may hold
-/// commas. Malformed pieces are skipped.
-fn directives(line: &str) -> Vec<(&str, Option<&str>)> {
+/// A directive's name and value, as bytes.
+type Directive<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// Splits a `Cache-Control` line into `(name, value)` pairs (RFC 9111 section 5.2:
+/// `token [ "=" ( token / quoted-string ) ]`, comma-separated, empty elements allowed); a
+/// quoted value may hold commas, escapes and obs-text, and is given without its quotes.
+/// `None` when the line is not such a list.
+fn directives(line: &[u8]) -> Option<Vec<Directive<'_>>> {
     let mut out = Vec::new();
     let mut rest = line;
-    while !rest.is_empty() {
-        // Find the end of this directive: a comma outside quotes.
-        let mut in_quotes = false;
-        let mut escaped = false;
-        let mut end = rest.len();
-        for (i, c) in rest.char_indices() {
-            if escaped {
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\\' if in_quotes => escaped = true,
-                '"' => in_quotes = !in_quotes,
-                ',' if !in_quotes => {
-                    end = i;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let piece = rest[..end].trim();
-        rest = rest.get(end + 1..).unwrap_or("");
-        if piece.is_empty() {
+    loop {
+        rest = rest.trim_ascii_start();
+        let Some(&first) = rest.first() else {
+            return Some(out);
+        };
+        if first == b',' {
+            rest = &rest[1..];
             continue;
         }
-        let (name, value) = match piece.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim())),
-            None => (piece, None),
-        };
-        if !name.is_empty() && name.bytes().all(is_tchar) {
-            out.push((name, value));
+        let name_len = rest
+            .iter()
+            .position(|&b| !is_tchar(b))
+            .unwrap_or(rest.len());
+        if name_len == 0 {
+            return None;
+        }
+        let name = &rest[..name_len];
+        rest = rest[name_len..].trim_ascii_start();
+        let mut value = None;
+        if let Some(after) = rest.strip_prefix(b"=") {
+            let after = after.trim_ascii_start();
+            if after.first() == Some(&b'"') {
+                let end = quoted_end(after)?;
+                value = Some(&after[1..end - 1]);
+                rest = &after[end..];
+            } else {
+                let len = after
+                    .iter()
+                    .position(|&b| !is_tchar(b))
+                    .unwrap_or(after.len());
+                if len == 0 {
+                    return None;
+                }
+                value = Some(&after[..len]);
+                rest = &after[len..];
+            }
+        }
+        out.push((name, value));
+        rest = rest.trim_ascii_start();
+        match rest.first() {
+            None => return Some(out),
+            Some(b',') => rest = &rest[1..],
+            Some(_) => return None,
         }
     }
-    out
 }
 
-fn is_tchar(b: u8) -> bool {
+/// The length of the quoted-string `s` starts with, quotes included (RFC 9110 section
+/// 5.6.4); `None` when it is not closed or holds a byte a quoted-string may not.
+fn quoted_end(s: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => {
+                let next = *s.get(i + 1)?;
+                if !(next == b'\t' || next == b' ' || next.is_ascii_graphic() || next >= 0x80) {
+                    return None;
+                }
+                i += 2;
+            }
+            b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
@@ -165,23 +217,24 @@ pub(crate) fn pragma_no_cache(headers: &HeaderMap) -> bool {
     headers
         .get_all(::http::header::PRAGMA)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("no-cache"))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"))
 }
 
 /// The `Age` header in seconds; an invalid one is ignored (RFC 9111 section 5.1). Several
 /// lines: the first valid one.
 pub(crate) fn age(headers: &HeaderMap) -> Option<u64> {
     headers.get_all(::http::header::AGE).iter().find_map(|v| {
-        match Delta::parse(v.to_str().ok().map(str::trim)) {
+        match Delta::parse(Some(v.as_bytes().trim_ascii())) {
             Delta::Secs(s) => Some(s),
             Delta::Invalid => None,
         }
     })
 }
 
-/// An HTTP date header; `None` if absent, `Some(Err(()))` if present and invalid.
+/// An HTTP date header; `None` if absent, `Some(Err(()))` if present and invalid (a
+/// value that is not ASCII is invalid, never skipped: an invalid `Expires` is in the
+/// past).
 pub(crate) fn date<K: AsHeaderName>(
     headers: &HeaderMap,
     name: K,
@@ -201,7 +254,9 @@ pub(crate) fn date<K: AsHeaderName>(
     )
 }
 
-/// The header names a `Vary` lists, lower-cased; `None` for `Vary: *`.
+/// The header names a `Vary` lists, lower-cased; `None` for `Vary: *`, and for a line
+/// that cannot be read (never skipped: a name it hid could be one that keeps users
+/// apart).
 pub(crate) fn vary(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for line in headers.get_all(::http::header::VARY) {
@@ -248,9 +303,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(::http::header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -356,11 +410,6 @@ fn split_etag_list(b: &[u8]) -> Vec<&[u8]> {
     }
     out.push(&b[start..]);
     out
-}
-
-/// A header value as text, when it is one.
-pub(crate) fn text(v: &HeaderValue) -> Option<&str> {
-    v.to_str().ok()
 }
 
 /// Seconds between two times, zero when `later` is earlier.
@@ -476,6 +525,41 @@ mod tests {
             h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
             ["content-type"]
         );
+    }
+
+    #[test]
+    fn field_values_are_parsed_as_bytes_and_obs_text_loses_nothing() {
+        // A legal line: obs-text inside a quoted extension value.
+        let cc = CacheControl::parse(&headers(&[(
+            "cache-control",
+            b"private, ext=\"caf\xe9\", max-age=60",
+        )]));
+        assert!(cc.private && !cc.malformed);
+        assert_eq!(cc.max_age, Some(Delta::Secs(60)));
+        let cc = CacheControl::parse(&headers(&[("cache-control", b"no-store, x=\"\xe9\"")]));
+        assert!(cc.no_store);
+        // Not a directive list: malformed, so neither stored nor served.
+        for bad in [
+            &b"max-age=60, ext=caf\xe9"[..],
+            b"max-age=60, ext=\"open",
+            b"max-age=60 private",
+            b"max-age=, public",
+            b"=60",
+        ] {
+            let cc = CacheControl::parse(&headers(&[("cache-control", bad)]));
+            assert!(cc.malformed, "{}", String::from_utf8_lossy(bad));
+        }
+        // Empty list elements and spaces are legal.
+        let cc = CacheControl::parse(&headers(&[("cache-control", b" , public ,, max-age=5 ,")]));
+        assert!(cc.public && !cc.malformed);
+        assert!(pragma_no_cache(&headers(&[(
+            "pragma",
+            b"x=\"\xe9\", no-cache"
+        )])));
+        assert_eq!(age(&headers(&[("age", b"\xe9"), ("age", b" 7 ")])), Some(7));
+        let mut h = headers(&[("connection", b"x-secret, caf\xe9"), ("x-secret", b"1")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

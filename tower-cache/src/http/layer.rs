@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::edge::{self, ForwardedFields, RequestRefused};
 use super::entry::{self, HttpEntry, Record};
 use super::headers;
 use super::policy::{self, HttpPolicy, RequestRules};
@@ -70,6 +71,7 @@ pub struct HttpCacheLayer {
     status_header: Option<HeaderName>,
     pass_ttl: Duration,
     collapse_wait: Duration,
+    forwarded: ForwardedFields,
     inflight: Arc<Inflight>,
 }
 
@@ -80,6 +82,7 @@ impl fmt::Debug for HttpCacheLayer {
             .field("policy", &self.policy)
             .field("max_body", &self.max_body)
             .field("status_header", &self.status_header)
+            .field("forwarded", &self.forwarded)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +98,7 @@ impl HttpCacheLayer {
             status_header: Some(HeaderName::from_static("x-cache")),
             pass_ttl: DEFAULT_HTTP_PASS_TTL,
             collapse_wait: DEFAULT_COLLAPSE_WAIT,
+            forwarded: ForwardedFields::Drop,
             inflight: Arc::default(),
         }
     }
@@ -129,6 +133,13 @@ impl HttpCacheLayer {
     /// origin itself.
     pub fn collapse_wait(mut self, wait: Duration) -> Self {
         self.collapse_wait = wait;
+        self
+    }
+
+    /// What to do with the forwarding fields a client sends (`X-Forwarded-Host`,
+    /// `Forwarded`, `X-Original-URL`, ...): removed by default, or kept and keyed on.
+    pub fn forwarded_fields(mut self, forwarded: ForwardedFields) -> Self {
+        self.forwarded = forwarded;
         self
     }
 
@@ -253,24 +264,60 @@ where
 
 use crate::service::ready_call as call_inner;
 
-/// The key the HTTP cache stores a request's URL under: host and path with query
-/// (method-independent: a HEAD is answered from a stored GET). Invalidating this key
-/// removes the URL's stored response and every variant of it.
+/// The key the HTTP cache stores a request's URL under: `http:` then the authority
+/// (validated, lower-cased), then the path with query (method-independent: a HEAD is
+/// answered from a stored GET). Invalidating this key removes the URL's stored response
+/// and every variant of it.
+///
+/// A request whose authority is missing, doubled, invalid or contradicted by its target
+/// (the requests [`HttpCacheLayer`] refuses) gets `"http:"`, a key under which nothing is
+/// ever stored. [`try_url_key`] says why instead.
 pub fn url_key<B>(req: &Request<B>) -> String {
-    primary_key(req)
+    try_url_key(req).unwrap_or_else(|_| String::from("http:"))
 }
 
-fn primary_key<B>(req: &Request<B>) -> String {
-    let host = req
-        .headers()
-        .get(::http::header::HOST)
-        .and_then(headers::text)
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
+/// The key [`url_key`] gives, or why the request cannot be keyed.
+///
+/// The parts cannot run into one another: a validated authority holds no `/` and the
+/// path starts with one, so the first `/` ends the authority.
+pub fn try_url_key<B>(req: &Request<B>) -> Result<String, RequestRefused> {
+    let host = edge::authority(req)?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if !path.starts_with('/') {
+        return Err(RequestRefused::new("the request target is not a path"));
+    }
     // No scheme: a server sees origin-form requests (no scheme), a proxy absolute-form
     // ones, and both must find the same entry.
-    format!("http:{}{}", host.to_ascii_lowercase(), path)
+    Ok(format!("http:{host}{path}"))
+}
+
+/// The primary key of a request under `config`: the URL key, and under
+/// [`ForwardedFields::Key`] the forwarding fields the request carries (names and
+/// hex-encoded values, so that no value can imitate another's).
+fn primary_key<B>(config: &HttpCacheLayer, req: &Request<B>) -> Result<String, RequestRefused> {
+    let mut key = try_url_key(req)?;
+    if config.forwarded == ForwardedFields::Key {
+        let mut names: Vec<&HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|n| edge::is_forwarding_field(n))
+            .collect();
+        if !names.is_empty() {
+            names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            key.push_str("\u{1f}f");
+            for name in names {
+                key.push_str(name.as_str());
+                for v in req.headers().get_all(name) {
+                    key.push('=');
+                    for b in v.as_bytes() {
+                        key.push_str(&format!("{b:02x}"));
+                    }
+                }
+                key.push(';');
+            }
+        }
+    }
+    Ok(key)
 }
 
 /// The key of one variant of a URL: its index's epoch and a hash of the request's values
@@ -366,7 +413,9 @@ async fn look_up(store: &Cache, primary: &str, req: &HeaderMap, rules: &RequestR
                     Some(Record::Entry(e)) if e.vary == values => (e, disk, key, index),
                     _ => return Looked::Miss { index },
                 },
-                _ => return Looked::Miss { index },
+                // This variant is marked pass; the others are not.
+                Found::Pass => return Looked::Pass,
+                Found::Leader(_) => return Looked::Miss { index },
             }
         }
         // Undecodable, or an entry with Vary under the primary key: nothing usable.
@@ -450,34 +499,48 @@ async fn invalidate_after<B>(store: &Cache, req_key: &str, req: &Request<B>, res
         return;
     }
     let _ = store.delete(req_key).await;
-    let authority = req
-        .headers()
-        .get(::http::header::HOST)
-        .and_then(headers::text)
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Ok(authority) = edge::authority(req) else {
+        return;
+    };
     for name in [::http::header::LOCATION, ::http::header::CONTENT_LOCATION] {
-        let Some(target) = res.headers().get(&name).and_then(headers::text) else {
+        let Some(target) = res.headers().get(&name) else {
             continue;
         };
-        let Ok(uri) = target.parse::<::http::Uri>() else {
+        let Ok(uri) = ::http::Uri::try_from(target.as_bytes()) else {
             continue;
         };
         // Same origin only: a relative reference, or the request's own host.
         let same_origin = match uri.authority() {
             None => true,
-            Some(a) => authority.is_some_and(|h| h.eq_ignore_ascii_case(a.as_str())),
+            Some(a) => authority.eq_ignore_ascii_case(a.as_str()),
         };
         if !same_origin || !uri.path().starts_with('/') {
             continue;
         }
-        let mut b = Request::builder().uri(uri.path_and_query().map_or("/", |p| p.as_str()));
-        if let Some(h) = authority {
-            b = b.header(::http::header::HOST, h);
-        }
-        if let Ok(r) = b.body(()) {
-            let _ = store.delete(&primary_key(&r)).await;
+        let b = Request::builder()
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(::http::header::HOST, authority.as_str());
+        if let Ok(key) = b
+            .body(())
+            .map_err(drop)
+            .and_then(|r| try_url_key(&r).map_err(drop))
+        {
+            let _ = store.delete(&key).await;
         }
     }
+}
+
+/// The answer to a request the cache refuses to key.
+fn refused<B>(why: &RequestRefused) -> Response<HttpCacheBody<B>> {
+    let mut res = Response::new(HttpCacheBody::full(Bytes::from(format!(
+        "bad request: {why}\n"
+    ))));
+    *res.status_mut() = StatusCode::BAD_REQUEST;
+    res.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
 }
 
 async fn handle<S, ReqB, ResB>(
@@ -494,8 +557,17 @@ where
     ResB::Error: Into<BoxError>,
 {
     let store = &config.store;
+    let mut req = req;
+    // Before anything is read from it: the fields the key and the policy read are the
+    // ones the origin gets.
+    if let Err(why) = edge::prepare_request(&mut req, config.forwarded) {
+        return Ok(refused(&why));
+    }
     let method = req.method().clone();
-    let primary = primary_key(&req);
+    let primary = match primary_key(&config, &req) {
+        Ok(key) => key,
+        Err(why) => return Ok(refused(&why)),
+    };
     if method != Method::GET && method != Method::HEAD {
         let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE | Method::CONNECT);
         let (parts, body) = req.into_parts();
@@ -589,7 +661,6 @@ where
     let stale_ticket = stale.as_ref().map(|(_, key)| store.ticket(key));
     // The client's own fields: what the response to it is judged and built by.
     let req_headers = req.headers().clone();
-    let mut req = req;
     // A stale entry with a validator is revalidated (RFC 9111 section 4.3.1), unless the
     // client's own conditional request is passed on as it is.
     let validating = match &stale {
@@ -617,7 +688,7 @@ where
     let response_time = SystemTime::now();
     if let Some((entry, key)) = stale {
         if validating && res.status() == StatusCode::NOT_MODIFIED {
-            let updated = freshen(
+            let (updated, storable) = freshen(
                 &config,
                 entry,
                 res.headers(),
@@ -625,15 +696,19 @@ where
                 request_time,
                 response_time,
             );
-            if let (Some(updated), Some(ticket)) = (&updated, stale_ticket) {
-                store_entry(store, &key, updated, ticket);
+            if let (true, Some(ticket)) = (storable, stale_ticket) {
+                store_entry(store, &key, &updated, ticket);
             }
             drop(leader);
-            return Ok(match updated {
-                Some(e) => respond_from(&config, e, Status::Revalidated, &method, &req_headers),
-                // The 304 made it unstorable: answer with the 304 itself.
-                None => passthrough(&config, res),
-            });
+            // The client sent no condition: it gets the whole response, even when the
+            // updated one may not be stored (RFC 9111 section 4.3.3), never the bare 304.
+            return Ok(respond_from(
+                &config,
+                updated,
+                Status::Revalidated,
+                &method,
+                &req_headers,
+            ));
         }
         if res.status().is_server_error() && stale_if_error(&entry, &rules, now) {
             drop(leader);
@@ -659,7 +734,14 @@ where
         Ok(f) => f,
         Err(why) => {
             if response_never_storable(res.headers()) {
-                store.mark_pass_key(&primary, config.pass_ttl);
+                mark_pass(
+                    &config,
+                    &primary,
+                    index,
+                    primary_ticket,
+                    &req_headers,
+                    res.headers(),
+                );
             }
             tracing::trace!(key = primary, why, "response not stored");
             return Ok(passthrough(&config, res));
@@ -726,8 +808,9 @@ fn add_validators(req: &mut HeaderMap, entry: &HttpEntry) -> bool {
 }
 
 /// The stored response updated by a `304` (RFC 9111 section 4.3.4): the 304's fields
-/// replace the stored ones of the same name, and the freshness is computed anew. `None`
-/// when the updated response may not be stored.
+/// replace the stored ones of the same name, and the freshness is computed anew; and
+/// whether the updated response may be stored. One that may not still answers the
+/// request that was validated.
 fn freshen(
     config: &HttpCacheLayer,
     entry: HttpEntry,
@@ -735,7 +818,7 @@ fn freshen(
     req: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
-) -> Option<HttpEntry> {
+) -> (HttpEntry, bool) {
     let mut headers = entry.headers;
     let mut fresh = not_modified.clone();
     headers::strip_hop_by_hop(&mut fresh);
@@ -751,7 +834,7 @@ fn freshen(
     }
     // The stored response's own request made it storable; the conditional one may carry
     // the client's credentials, which a 304 does not make shareable.
-    let freshness = policy::storable(
+    let decision = policy::storable(
         &config.policy,
         &Method::GET,
         req,
@@ -759,13 +842,25 @@ fn freshen(
         &headers,
         request_time,
         response_time,
-    )
-    .ok()?;
-    Some(HttpEntry {
+    );
+    let storable = decision.is_ok();
+    // Not storable: answered once, with the age the 304 gives.
+    let freshness = decision.unwrap_or(policy::Freshness {
+        response_time: policy::unix_ms(response_time),
+        initial_age: headers::age(not_modified).unwrap_or(0),
+        lifetime: 0,
+        must_revalidate: true,
+        no_cache: true,
+        validator: false,
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
+    });
+    let entry = HttpEntry {
         headers,
         freshness,
         ..entry
-    })
+    };
+    (entry, storable)
 }
 
 /// Stores a whole entry under `key` (a revalidated one).
@@ -833,14 +928,23 @@ fn store_job(
 }
 
 /// A request to refresh a stale entry in the background: the URL and the request
-/// headers the entry varies on.
+/// headers the entry's key was made of (the host, the fields it varies on, and the
+/// forwarding fields when they are keyed; otherwise the request has none of those).
 fn template_of<B>(req: &Request<B>, vary: &[(HeaderName, Option<Vec<u8>>)]) -> Request<()> {
     let mut t = Request::new(());
     *t.uri_mut() = req.uri().clone();
-    for name in [::http::header::HOST]
-        .iter()
-        .chain(vary.iter().map(|(n, _)| n))
-    {
+    let forwarding = req
+        .headers()
+        .keys()
+        .filter(|n| edge::is_forwarding_field(n));
+    let mut names: Vec<&HeaderName> = vec![&::http::header::HOST];
+    names.extend(forwarding);
+    names.extend(vary.iter().map(|(n, _)| n));
+    names.dedup();
+    for name in names {
+        if t.headers().contains_key(name) {
+            continue;
+        }
         for v in req.headers().get_all(name) {
             t.headers_mut().append(name.clone(), v.clone());
         }
@@ -880,14 +984,15 @@ impl Refresh {
         };
         let response_time = SystemTime::now();
         if res.status() == StatusCode::NOT_MODIFIED {
-            if let Some(e) = freshen(
+            let (e, storable) = freshen(
                 &self.config,
                 self.entry,
                 res.headers(),
                 &req_headers,
                 request_time,
                 response_time,
-            ) {
+            );
+            if storable {
                 store_entry(store, &self.key, &e, stale_ticket);
             }
             return;
@@ -924,12 +1029,53 @@ impl Refresh {
     }
 }
 
+/// Marks pass the variant of the URL a never-storable response answered, and only that
+/// one: the URL's stored variants stay served. Without variants (no index, and the
+/// response does not vary), the whole URL.
+fn mark_pass(
+    config: &HttpCacheLayer,
+    primary: &str,
+    index: Option<(u64, Vec<HeaderName>)>,
+    primary_ticket: Ticket,
+    req: &HeaderMap,
+    res: &HeaderMap,
+) {
+    let store = &config.store;
+    let (epoch, names) = match index {
+        Some(index) => index,
+        None => {
+            let names = headers::vary(res).unwrap_or_default();
+            if names.is_empty() {
+                store.mark_pass_key(primary, config.pass_ttl);
+                return;
+            }
+            // An index for the mark to hang from; a later storable response of the same
+            // Vary keeps it (and its epoch).
+            let epoch = new_epoch();
+            let Some(record) = entry::encode_index(epoch, &names) else {
+                return;
+            };
+            let _ = store.store_loaded(
+                primary,
+                record,
+                config.pass_ttl,
+                EntryMeta::default(),
+                primary_ticket,
+            );
+            (epoch, names)
+        }
+    };
+    let key = variant_key(primary, epoch, &vary_values(req, &names));
+    store.mark_pass_key(&key, config.pass_ttl);
+}
+
 /// Whether a response may never be stored whoever asks (so the URL is worth marking
 /// pass), as opposed to one the request made unstorable.
 fn response_never_storable(res: &HeaderMap) -> bool {
     let cc = headers::CacheControl::parse(res);
     cc.no_store
         || cc.private
+        || cc.malformed
         || res.contains_key(::http::header::SET_COOKIE)
         || headers::vary(res).is_none()
 }
@@ -939,10 +1085,17 @@ fn surrogate_keys(res: &HeaderMap) -> Tags {
     res.get_all("surrogate-key")
         .iter()
         .chain(res.get_all("xkey").iter())
-        .filter_map(headers::text)
-        .flat_map(str::split_ascii_whitespace)
+        .flat_map(|v| v.as_bytes().split(u8::is_ascii_whitespace))
+        .filter(|t| !t.is_empty())
         .take(256)
-        .map(|t| t.chars().take(256).collect::<String>())
+        // A tag is bytes on the wire; one that is not UTF-8 is kept, its bad bytes
+        // replaced, rather than dropped.
+        .map(|t| {
+            String::from_utf8_lossy(t)
+                .chars()
+                .take(256)
+                .collect::<String>()
+        })
         .collect()
 }
 

@@ -35,14 +35,26 @@
 //!   streams through while a copy is kept, and the entry is stored when the body ended
 //!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;
 //!   the others wait for it (up to [`HttpCacheLayer::collapse_wait`]) and are served
-//!   what it stored. A URL whose response may never be stored is marked pass for a while
-//!   so that requests for it do not queue.
+//!   what it stored. A variant whose response may never be stored is marked pass for a
+//!   while so that requests for it do not queue; the URL's other variants stay served.
+//! - **Revalidation**: a `304` updates the stored fields; when the updated response may
+//!   not be stored (the client's credentials, a `Set-Cookie` on the `304`), the client,
+//!   who sent no condition, still gets the whole response, never the bare `304`.
+//! - **Before anything else** ([`prepare_request`]): a request needs exactly one valid
+//!   authority (one `Host`, or the target's authority, equal when both are present), and
+//!   is answered `400` otherwise; hop-by-hop fields and the fields `Connection` names are
+//!   removed before the key and the `Vary` values are read (a `Connection` option naming
+//!   an end-to-end field is refused); forwarding fields (`X-Forwarded-*`, `Forwarded`,
+//!   `X-Original-URL`, ...) are removed, or keyed on ([`ForwardedFields`]). Keys are
+//!   built only from validated parts ([`url_key`]).
 //! - **Invalidation** (section 4.4): a successful `POST`, `PUT`, `PATCH` or `DELETE`
 //!   removes the target URI and a same-origin `Location` / `Content-Location`.
 //!   `Surrogate-Key` and `xkey` values are stored as the entry's tags.
 //!
 //! Where the RFCs leave room (duplicated or malformed directives, invalid dates), the
-//! choice made is the one that stores or serves less; see the parser's notes.
+//! choice made is the one that stores or serves less; see the parser's notes. Field
+//! values are read as bytes: obs-text never makes a parser skip a line, and a
+//! `Cache-Control` line that is not a directive list means neither stored nor served.
 //!
 //! One line for the common case, in axum (the cache passes the inner service's error
 //! type on, so over a router it is infallible and needs no `HandleErrorLayer`);
@@ -111,20 +123,24 @@ use pin_project_lite::pin_project;
 
 use crate::service::{CacheKey, Codec, StorePolicy};
 
+mod edge;
 mod entry;
 mod headers;
 mod layer;
 mod policy;
 
+pub use self::edge::{prepare_request, ForwardedFields, RequestRefused};
 pub use self::layer::{
-    url_key, HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
+    try_url_key, url_key, HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
     DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL, DEFAULT_MAX_STORED_BODY,
 };
 pub use self::policy::HttpPolicy;
 use crate::BoxError;
 
 /// Keys `GET` and `HEAD` requests by method, host and path with query; bypasses every
-/// other method, and requests with `Authorization`, `Cookie` or `Range`.
+/// other method, requests with `Authorization`, `Cookie` or `Range`, and requests whose
+/// authority is doubled, invalid or contradicted by the target (the host is validated
+/// before it is part of a key). A request with no authority at all is keyed by path.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpKey;
 
@@ -142,13 +158,18 @@ impl<B> CacheKey<Request<B>> for HttpKey {
         {
             return None;
         }
-        let host = req
-            .headers()
-            .get(::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .unwrap_or("");
+        // Keyed only by a validated authority (one that holds no `/`, so that it cannot
+        // run into the path); a request with none shares the service's one entry per
+        // path; one with two, a bad one or one its target contradicts is not cached.
+        let host = if h.contains_key(::http::header::HOST) || req.uri().authority().is_some() {
+            edge::authority(req).ok()?
+        } else {
+            String::new()
+        };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if !path.starts_with('/') {
+            return None;
+        }
         Some(Cow::Owned(format!("{method} {host}{path}")))
     }
 }
@@ -165,6 +186,7 @@ impl<B> StorePolicy<Response<B>> for StoreSuccessful {
         let cc = headers::CacheControl::parse(h);
         let forbidden = cc.no_store
             || cc.private
+            || cc.malformed
             || cc.no_cache
             || cc.max_age.is_some_and(|a| a.or(0) == 0)
             || cc.s_maxage.is_some_and(|a| a.or(0) == 0)

@@ -76,7 +76,9 @@ impl RequestRules {
         // small (and clients send it to mean "reload"): go to the origin, as `no-cache`.
         let max_age_zero = cc.max_age.is_some_and(|d| d.or(0) == 0);
         Self {
-            no_store: cc.no_store,
+            // A directive list that cannot be read may have said `no-store`: neither
+            // serve from the cache nor store.
+            no_store: cc.no_store || cc.malformed,
             no_cache: cc.no_cache || max_age_zero || (!has_cc && headers::pragma_no_cache(headers)),
             // An invalid request max-age asks for nothing stored: 0.
             max_age: cc.max_age.map(|d| d.or(0)),
@@ -188,12 +190,16 @@ pub(crate) fn storable(
         return Err("status is not a final, complete response");
     }
     let req_cc = CacheControl::parse(req);
-    if req_cc.no_store {
-        return Err("request no-store");
+    if req_cc.no_store || req_cc.malformed {
+        return Err("request no-store, or a request Cache-Control that cannot be parsed");
     }
     let cc = CacheControl::parse(res);
     if cc.no_store {
         return Err("response no-store");
+    }
+    if cc.malformed {
+        // It may have said `private` or `no-store`.
+        return Err("response Cache-Control cannot be parsed");
     }
     if cc.private {
         return Err("response private");

@@ -1,0 +1,433 @@
+//! What a request must be before a shared cache keys it: one validated authority,
+//! `Connection` options that name only hop-by-hop fields, no hop-by-hop fields left, and
+//! no forwarding fields from the client unless the cache keys on them.
+//!
+//! [`HttpCacheLayer`](super::HttpCacheLayer) applies these rules to every request before
+//! it looks at anything else, and answers `400 Bad Request` to a request that breaks
+//! them. A server that routes some requests around the cache (a purge endpoint, say)
+//! calls [`prepare_request`] first, so that every route sees the same request.
+//!
+//! ```
+//! use http::Request;
+//! use tower_cache::http::{prepare_request, ForwardedFields};
+//!
+//! let mut req = Request::get("/page")
+//!     .header("host", "Example.test:8080")
+//!     .header("connection", "x-trace")
+//!     .header("x-trace", "1")
+//!     .header("x-forwarded-host", "attacker.test")
+//!     .body(())
+//!     .unwrap();
+//! prepare_request(&mut req, ForwardedFields::Drop).unwrap();
+//! assert!(req.headers().get("x-trace").is_none());
+//! assert!(req.headers().get("x-forwarded-host").is_none());
+//!
+//! let mut two_hosts = Request::get("/page")
+//!     .header("host", "a.test")
+//!     .header("host", "b.test")
+//!     .body(())
+//!     .unwrap();
+//! assert!(prepare_request(&mut two_hosts, ForwardedFields::Drop).is_err());
+//! ```
+
+use std::fmt;
+
+use ::http::{HeaderMap, HeaderName, Request};
+
+/// The longest authority accepted: a 255-byte host name and a port.
+const MAX_AUTHORITY: usize = 255 + 6;
+
+/// What the cache does with the fields a client may send to steer the origin to another
+/// host, scheme or URL (`Forwarded`, `X-Forwarded-*`, `X-Original-URL`,
+/// `X-Rewrite-URL`, `X-Real-IP`, method overrides and the like), which an origin may
+/// reflect in its response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedFields {
+    /// Removed from every request before it is keyed and forwarded (the default): a
+    /// client can neither steer the origin with them nor poison an entry others read.
+    #[default]
+    Drop,
+    /// Kept, passed to the origin, and made part of the cache key, so that responses to
+    /// different values are stored apart. For a cache behind a trusted proxy that sets
+    /// them. A `PURGE` of a URL then removes only the entry for the values it carries.
+    Key,
+}
+
+/// Why a request was refused: it is answered `400 Bad Request`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRefused {
+    reason: &'static str,
+}
+
+impl RequestRefused {
+    pub(crate) fn new(reason: &'static str) -> Self {
+        Self { reason }
+    }
+}
+
+impl fmt::Display for RequestRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason)
+    }
+}
+
+impl std::error::Error for RequestRefused {}
+
+/// Checks a request and removes what a shared cache must not see, in place:
+///
+/// - exactly one authority: one `Host` field, or the target URI's authority (the
+///   `:authority` of an HTTP/2 request); when both are present they must be equal; it
+///   must be an RFC 3986 host with an optional port (no `/`, `?`, `#`, `@`, whitespace
+///   or control bytes);
+/// - `Connection` options must be tokens and may not name an end-to-end field (`Host`,
+///   `Content-Length`, `Authorization`, `Cookie`, `Cache-Control`, forwarding fields,
+///   ...); the fields they name and the hop-by-hop fields (`Connection`, `Keep-Alive`,
+///   `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+///   `Proxy-Authorization`) are removed;
+/// - forwarding fields are removed under [`ForwardedFields::Drop`].
+///
+/// Applying it twice changes nothing more.
+pub fn prepare_request<B>(
+    req: &mut Request<B>,
+    forwarded: ForwardedFields,
+) -> Result<(), RequestRefused> {
+    authority_bytes(req)?;
+    strip_connection_options(req.headers_mut())?;
+    if forwarded == ForwardedFields::Drop {
+        let found: Vec<HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|n| is_forwarding_field(n))
+            .cloned()
+            .collect();
+        for name in found {
+            req.headers_mut().remove(name);
+        }
+    }
+    Ok(())
+}
+
+/// The request's authority, validated and lower-cased, as the cache keys it.
+pub(crate) fn authority<B>(req: &Request<B>) -> Result<String, RequestRefused> {
+    // Validated: ASCII only, so nothing is replaced.
+    Ok(String::from_utf8_lossy(authority_bytes(req)?).to_ascii_lowercase())
+}
+
+/// The request's authority as sent, validated.
+fn authority_bytes<B>(req: &Request<B>) -> Result<&[u8], RequestRefused> {
+    let mut hosts = req.headers().get_all(::http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(RequestRefused::new("more than one Host field"));
+    }
+    let target = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let chosen = match (host.map(|h| h.as_bytes()), target) {
+        (Some(h), Some(t)) if !h.eq_ignore_ascii_case(t) => {
+            return Err(RequestRefused::new(
+                "the Host field differs from the request target's authority",
+            ));
+        }
+        (_, Some(t)) => t,
+        (Some(h), None) => h,
+        (None, None) => return Err(RequestRefused::new("no Host field")),
+    };
+    validate_authority(chosen)?;
+    Ok(chosen)
+}
+
+/// An RFC 3986 `host [ ":" port ]`: a bracketed IP literal, or a reg-name (which covers
+/// IPv4 addresses) of unreserved characters, sub-delims and percent-escapes; a port of
+/// 1 to 5 digits up to 65535.
+fn validate_authority(a: &[u8]) -> Result<(), RequestRefused> {
+    let bad = || RequestRefused::new("the Host is not a valid host and port");
+    if a.is_empty() || a.len() > MAX_AUTHORITY {
+        return Err(bad());
+    }
+    let port = if let Some(rest) = a.strip_prefix(b"[") {
+        let close = rest.iter().position(|&b| b == b']').ok_or_else(bad)?;
+        let literal = &rest[..close];
+        let ok = match literal {
+            [] => false,
+            [b'v' | b'V', future @ ..] => {
+                !future.is_empty()
+                    && future
+                        .iter()
+                        .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':')
+            }
+            ipv6 => ipv6
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+        };
+        if !ok {
+            return Err(bad());
+        }
+        match &rest[close + 1..] {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return Err(bad()),
+        }
+    } else {
+        let (host, port) = match a.iter().position(|&b| b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let mut i = 0;
+        while i < host.len() {
+            let b = host[i];
+            if b == b'%' {
+                let escape = host.get(i + 1..i + 3).ok_or_else(bad)?;
+                if !escape.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(bad());
+                }
+                i += 3;
+            } else if is_unreserved(b) || is_sub_delim(b) {
+                i += 1;
+            } else {
+                return Err(bad());
+            }
+        }
+        port
+    };
+    if let Some(port) = port {
+        let digits = !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+        let in_range = digits
+            && std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p <= 65_535);
+        if !in_range {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
+/// Fields a `Connection` option may not name: removing them would change how the
+/// request is routed, framed, authorised or cached after the cache has read them.
+const END_TO_END: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "authorization",
+    "cookie",
+    "cache-control",
+    "pragma",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "expect",
+    "via",
+];
+
+/// Fields a client may send to make the origin believe in another host, scheme, client
+/// or URL; any `X-Forwarded-*` too.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-method",
+    "x-rewrite-url",
+    "x-host",
+    "x-http-host-override",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-url-scheme",
+    "x-scheme",
+    "front-end-https",
+];
+
+/// Whether `name` is a forwarding field ([`ForwardedFields`]).
+pub(crate) fn is_forwarding_field(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-forwarded-") || FORWARDING.contains(&n)
+}
+
+/// The hop-by-hop fields of a request, removed whatever `Connection` says.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Removes the fields `Connection` names and the hop-by-hop ones; refuses an option that
+/// is not a token or that names an end-to-end field.
+fn strip_connection_options(headers: &mut HeaderMap) -> Result<(), RequestRefused> {
+    let mut named = Vec::new();
+    for line in headers.get_all(::http::header::CONNECTION) {
+        for option in line.as_bytes().split(|&b| b == b',') {
+            let option = option.trim_ascii();
+            if option.is_empty() {
+                continue;
+            }
+            let name = HeaderName::from_bytes(option)
+                .ok()
+                .filter(|_| option.iter().all(|&b| super::headers::is_tchar(b)))
+                .ok_or_else(|| RequestRefused::new("a Connection option is not a token"))?;
+            if END_TO_END.contains(&name.as_str()) || is_forwarding_field(&name) {
+                return Err(RequestRefused::new(
+                    "a Connection option names an end-to-end field",
+                ));
+            }
+            named.push(name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &[u8])], uri: &str) -> Request<()> {
+        let mut b = Request::get(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn authorities_are_validated() {
+        for good in [
+            "example.test",
+            "Example.Test:8080",
+            "127.0.0.1:1",
+            "[::1]:443",
+            "[v1.x]",
+            "a%20b",
+            "h:65535",
+        ] {
+            assert!(
+                validate_authority(good.as_bytes()).is_ok(),
+                "{good} must be accepted"
+            );
+        }
+        for bad in [
+            "",
+            "proxy:8080/static",
+            "h/q?a=",
+            "h?x",
+            "h#f",
+            "user@h",
+            "h :80",
+            "h\t",
+            "h:",
+            "h:65536",
+            "h:123456",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[g::1]",
+            "h%2",
+            "h%zz",
+            "caf\u{e9}",
+        ] {
+            assert!(
+                validate_authority(bad.as_bytes()).is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        assert!(validate_authority(&[b'a'; 300]).is_err());
+    }
+
+    #[test]
+    fn one_host_and_a_target_that_agrees() {
+        assert_eq!(
+            authority(&req(&[("host", b"A.test")], "/x")).unwrap(),
+            "a.test"
+        );
+        assert_eq!(authority(&req(&[], "http://a.test/x")).unwrap(), "a.test");
+        assert!(authority(&req(&[("host", b"a.test")], "http://a.test/x")).is_ok());
+        assert!(authority(&req(&[("host", b"b.test")], "http://a.test/x")).is_err());
+        assert!(authority(&req(&[("host", b"a.test"), ("host", b"a.test")], "/x")).is_err());
+        assert!(authority(&req(&[], "/x")).is_err());
+        assert!(authority(&req(&[("host", b"h\xff")], "/x")).is_err());
+    }
+
+    #[test]
+    fn connection_options_are_stripped_or_refused() {
+        let mut r = req(
+            &[
+                ("host", b"a.test"),
+                ("connection", b"keep-alive, X-V"),
+                ("x-v", b"fr"),
+                ("keep-alive", b"timeout=5"),
+                ("te", b"trailers"),
+            ],
+            "/x",
+        );
+        prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+        assert_eq!(r.headers().len(), 1, "{:?}", r.headers());
+        for named in [
+            &b"Host"[..],
+            b"content-length",
+            b"Authorization",
+            b"cookie",
+            b"X-Forwarded-For",
+            b"forwarded",
+            b"close, transfer-encoding",
+            b"x-v, caf\xe9",
+        ] {
+            let mut r = req(&[("host", b"a.test"), ("connection", named)], "/x");
+            assert!(
+                prepare_request(&mut r, ForwardedFields::Drop).is_err(),
+                "{}",
+                String::from_utf8_lossy(named)
+            );
+        }
+    }
+
+    #[test]
+    fn forwarding_fields_are_dropped_unless_keyed() {
+        let fields: &[(&str, &[u8])] = &[
+            ("host", b"a.test"),
+            ("x-forwarded-host", b"evil.test"),
+            ("x-forwarded-proto", b"https"),
+            ("x-original-url", b"/admin"),
+            ("x-rewrite-url", b"/admin"),
+            ("forwarded", b"host=evil.test"),
+        ];
+        let mut r = req(fields, "/x");
+        prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+        assert_eq!(r.headers().len(), 1);
+        let mut r = req(fields, "/x");
+        prepare_request(&mut r, ForwardedFields::Key).unwrap();
+        assert_eq!(r.headers().len(), fields.len());
+    }
+}
