@@ -125,101 +125,123 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// A duration flag in milliseconds, at least 1.
-fn millis(flag: &str, v: String) -> Result<Duration, String> {
+fn millis(v: &str) -> Result<Duration, String> {
     let ms: u64 = v
         .parse()
-        .map_err(|e| format!("{flag} {v}: {e}; give whole milliseconds"))?;
+        .map_err(|e| format!("{e}; give whole milliseconds"))?;
     if ms == 0 {
-        return Err(format!("{flag} is 0; give at least 1 millisecond"));
+        return Err("give at least 1 millisecond".into());
     }
     Ok(Duration::from_millis(ms))
 }
 
+fn upstream_url(v: &str) -> Result<Uri, String> {
+    let uri: Uri = v.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err("give an http://host:port URL (https is not supported)".into());
+    }
+    Ok(uri)
+}
+
+fn memory_mb(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Err("give the memory tier at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; give a whole number")),
+    }
+}
+
+fn max_connections(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!(
+            "give at least 1 and at most {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        )),
+        Err(e) => Err(format!("{e}; give a whole number")),
+    }
+}
+
+/// The flags, as clap reads them (with `--help`'s descriptions and defaults).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "cache_proxy",
+    about = "A caching reverse proxy (RFC 9111) in front of one HTTP/1.1 upstream, with purges spread between proxies"
+)]
+struct Flags {
+    /// Where clients connect (HOST:PORT).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The upstream's base URL, http://HOST:PORT.
+    #[arg(long, value_parser = upstream_url)]
+    upstream: Option<Uri>,
+    /// The memory tier's bound, in MiB.
+    #[arg(long, default_value = "256", value_parser = memory_mb)]
+    memory_mb: u64,
+    /// A directory for the disk tier (LMDB); memory only without it.
+    #[arg(long)]
+    disk_dir: Option<PathBuf>,
+    /// How long the upstream may take to send its response head, in milliseconds.
+    #[arg(long, default_value = "30000", value_parser = millis)]
+    upstream_timeout_ms: Duration,
+    /// How long a connection may take to send a whole request head, in milliseconds.
+    #[arg(long, default_value = "30000", value_parser = millis)]
+    header_read_timeout_ms: Duration,
+    /// How long an idle kept-alive connection stays open, in milliseconds.
+    #[arg(long, default_value = "60000", value_parser = millis)]
+    idle_timeout_ms: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value = "10000", value_parser = max_connections)]
+    max_connections: usize,
+    /// Key on the forwarding fields clients send (X-Forwarded-*, Forwarded, ...)
+    /// instead of removing them.
+    #[arg(long)]
+    key_forwarded: bool,
+    /// The bearer token purges need; no purges without it.
+    #[arg(long)]
+    purge_token: Option<String>,
+    /// The secret every proxy shares to sign invalidations (with --peer or --redis).
+    #[arg(long)]
+    secret: Option<String>,
+    /// Another proxy's invalidation endpoint (http://HOST:PORT/_cache/invalidate);
+    /// repeat for each.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// A Redis server whose pub/sub carries purges between proxies, instead of --peer
+    /// (a build with --features redis).
+    #[arg(long)]
+    redis: Option<String>,
+}
+
 impl Args {
-    /// Parses the flags the module docs list; the message of an error says what to
-    /// change.
+    /// Parses the flags the module docs list (`--help` shows them); the message of an
+    /// error says what to change.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let mut listen = None;
-        let mut upstream = None;
-        let mut memory_mb = 256;
-        let mut disk_dir = None;
-        let mut timeout_ms = 30_000u64;
-        let mut purge_token = None;
-        let mut secret = None;
-        let mut peers = Vec::new();
-        let mut redis = None;
-        let mut header_read_timeout = DEFAULT_HEADER_READ_TIMEOUT;
-        let mut idle_timeout = DEFAULT_IDLE_TIMEOUT;
-        let mut max_connections = DEFAULT_MAX_CONNECTIONS;
-        let mut key_forwarded = false;
-        let mut it = args.into_iter();
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--listen" => {
-                    listen = Some(
-                        value()?
-                            .parse::<SocketAddr>()
-                            .map_err(|e| format!("--listen: {e}; give host:port"))?,
-                    )
-                }
-                "--upstream" => {
-                    let v = value()?;
-                    let uri: Uri = v.parse().map_err(|e| format!("--upstream {v}: {e}"))?;
-                    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                        return Err(format!(
-                            "--upstream {v}: give an http://host:port URL (https is not supported)"
-                        ));
-                    }
-                    upstream = Some(uri);
-                }
-                "--memory-mb" => {
-                    memory_mb = value()?
-                        .parse()
-                        .map_err(|e| format!("--memory-mb: {e}; give a whole number"))?;
-                    if memory_mb == 0 {
-                        return Err("--memory-mb is 0; give the memory tier at least 1".into());
-                    }
-                }
-                "--disk-dir" => disk_dir = Some(PathBuf::from(value()?)),
-                "--upstream-timeout-ms" => {
-                    timeout_ms = value()?
-                        .parse()
-                        .map_err(|e| format!("--upstream-timeout-ms: {e}"))?;
-                }
-                "--header-read-timeout-ms" => {
-                    header_read_timeout = millis(&flag, value()?)?;
-                }
-                "--idle-timeout-ms" => idle_timeout = millis(&flag, value()?)?,
-                "--max-connections" => {
-                    let v = value()?;
-                    max_connections = v
-                        .parse()
-                        .map_err(|e| format!("--max-connections {v}: {e}; give a whole number"))?;
-                    if max_connections == 0 || max_connections > tokio::sync::Semaphore::MAX_PERMITS
-                    {
-                        return Err(format!(
-                            "--max-connections {v}: give at least 1 and at most {}",
-                            tokio::sync::Semaphore::MAX_PERMITS
-                        ));
-                    }
-                }
-                "--key-forwarded" => key_forwarded = true,
-                "--purge-token" => purge_token = Some(value()?),
-                "--secret" => secret = Some(value()?),
-                "--peer" => peers.push(value()?),
-                "--redis" => {
-                    let url = value()?;
-                    if !cfg!(feature = "redis") {
-                        return Err(format!(
-                            "--redis {url}: this build has no Redis bus; rebuild with --features redis"
-                        ));
-                    }
-                    redis = Some(url);
-                }
-                other => return Err(format!("unknown flag {other}")),
+        use clap::Parser;
+        let f = Flags::try_parse_from(std::iter::once("cache_proxy".to_owned()).chain(args))
+            .map_err(crate::flags::flag_error)?;
+        if let Some(url) = &f.redis {
+            if !cfg!(feature = "redis") {
+                return Err(format!(
+                    "--redis {url}: this build has no Redis bus; rebuild with --features redis"
+                ));
             }
         }
+        let Flags {
+            listen,
+            upstream,
+            memory_mb,
+            disk_dir,
+            upstream_timeout_ms,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
+            key_forwarded,
+            purge_token,
+            secret,
+            peers,
+            redis,
+        } = f;
         let peers_given = peers.clone();
         let redis_given = redis.is_some();
         Ok(Self {
@@ -228,7 +250,7 @@ impl Args {
                 .ok_or("--upstream is required, e.g. --upstream http://127.0.0.1:8000")?,
             memory_mb,
             disk_dir,
-            upstream_timeout: Duration::from_millis(timeout_ms.max(1)),
+            upstream_timeout: upstream_timeout_ms,
             peers: if !peers.is_empty() && secret.is_none() {
                 return Err("--peer needs --secret, the same on every proxy".into());
             } else if !peers.is_empty() && redis.is_some() {
@@ -256,8 +278,8 @@ impl Args {
                 purge_token
             },
             secret,
-            header_read_timeout,
-            idle_timeout,
+            header_read_timeout: header_read_timeout_ms,
+            idle_timeout: idle_timeout_ms,
             max_connections,
             key_forwarded,
         })
@@ -719,6 +741,10 @@ pub async fn run(args: Args) -> std::io::Result<()> {
 pub fn main() {
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
+        Err(e) if e.starts_with("A caching reverse proxy") => {
+            println!("{e}");
+            return;
+        }
         Err(e) => {
             eprintln!("cache_proxy: {e}");
             std::process::exit(2);

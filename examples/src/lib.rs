@@ -6,5 +6,6 @@
 
 pub mod balance_proxy;
 pub mod cache_proxy;
+pub mod flags;
 pub mod fleet;
 pub mod orchestrator;

@@ -37,6 +37,17 @@ fn duration(v: &str) -> Result<Duration, String> {
     parse_duration("", v).map_err(|e| e.trim_start().to_owned())
 }
 
+fn port(v: &str) -> Result<u16, String> {
+    v.parse().map_err(|_| "give a port, 0 to 65535".to_owned())
+}
+
+fn rate_limit(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("give requests per second, 1 to 1000000".into()),
+    }
+}
+
 fn shape(v: &str) -> Result<Shape, String> {
     match v {
         "ramp" => Ok(Shape::Ramp),
@@ -72,7 +83,7 @@ fn view(v: &str) -> Result<ViewMode, String> {
 )]
 struct Flags {
     /// The gateway's port on 127.0.0.1 (0 for any free one).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = port)]
     port: u16,
     /// Keep serving until Ctrl-C or SIGTERM.
     #[arg(long)]
@@ -81,7 +92,7 @@ struct Flags {
     #[arg(long, value_parser = shape)]
     load: Option<Shape>,
     /// How long the load runs [default: 60s; 30s in the demonstration].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
     /// Kill a training instance half-way through the load: kill-one.
     #[arg(long, value_parser = chaos)]
@@ -90,7 +101,7 @@ struct Flags {
     #[arg(long)]
     bus: Option<String>,
     /// The autoscaler's period [default: 10s; 2s in the demonstration].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = duration, allow_hyphen_values = true)]
     interval: Option<Duration>,
     /// The live view: auto (a terminal view on a terminal), tui, plain or off.
     #[arg(long, default_value = "auto", value_parser = view)]
@@ -105,22 +116,22 @@ struct Flags {
     #[arg(long, default_value_t = 4)]
     max_instances: usize,
     /// How long load must stay low before scaling down [default: 30s; 6s in the demonstration].
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = duration, allow_hyphen_values = true)]
     scale_down_window: Option<Duration>,
     /// Each training request's waiting time, in milliseconds.
-    #[arg(long, default_value_t = Work::default().wait.as_millis() as u64)]
+    #[arg(long, value_parser = crate::flags::whole_number, default_value_t = Work::default().wait.as_millis() as u64)]
     work_ms: u64,
     /// Each training request's CPU time, in milliseconds.
-    #[arg(long, default_value_t = Work::default().cpu.as_millis() as u64)]
+    #[arg(long, value_parser = crate::flags::whole_number, default_value_t = Work::default().cpu.as_millis() as u64)]
     cpu_ms: u64,
     /// Requests a training instance serves at once.
-    #[arg(long, default_value_t = Work::default().concurrency as u64)]
+    #[arg(long, value_parser = crate::flags::whole_number, default_value_t = Work::default().concurrency as u64)]
     concurrency: u64,
     /// Requests per second per client at the gateway, for clients without a user id.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 1_000, value_parser = rate_limit)]
     rate_limit: u32,
     /// The data services' database round trip, in milliseconds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::flags::whole_number)]
     origin_ms: u64,
     /// Run the data services without caches (for comparisons).
     #[arg(long)]
@@ -139,17 +150,8 @@ impl Config {
     /// to print: `--help`'s text, or what to change.
     pub fn from_args(args: &[String]) -> Result<Self, String> {
         let program = std::iter::once("fleet".to_owned());
-        let f = Flags::try_parse_from(program.chain(args.iter().cloned())).map_err(|e| match e
-            .kind()
-        {
-            clap::error::ErrorKind::UnknownArgument => {
-                format!(
-                    "unknown flag: {}",
-                    e.to_string().trim_start_matches("error: ")
-                )
-            }
-            _ => e.to_string(),
-        })?;
+        let f = Flags::try_parse_from(program.chain(args.iter().cloned()))
+            .map_err(crate::flags::flag_error)?;
         let mut c = Config {
             port: f.port,
             data_dir: f.data_dir,
