@@ -312,12 +312,14 @@ where
     /// which wakes the waiting requests); the picks scan meanwhile.
     pub(super) fn readmit(&self, ep: &Endpoint<K, S>) {
         // The generation before the state: whoever sees the endpoint ready sees the
-        // lists out of date.
+        // lists out of date. And after it: lists taken meanwhile (by a weight change on
+        // another thread), which may have missed it, are out of date too.
         self.ready_gen.fetch_add(1, Ordering::AcqRel);
         if ep.cell.become_ready(self.stats.now_ns()) {
             ep.cell.failures.store(0, Ordering::Relaxed);
             self.ready.fetch_add(1, Ordering::AcqRel);
         }
+        self.ready_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The wait before probing an endpoint again after its `n`th failure in a row:
