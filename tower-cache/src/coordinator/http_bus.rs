@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tower_service::Service;
 
 use super::message::{Message, MAX_TARGET};
@@ -27,6 +27,9 @@ use crate::error::BuildError;
 const MAX_FRAME: usize = 64 + MAX_TARGET + 32;
 /// Tries per frame and peer before it is given up (and counted).
 const ATTEMPTS: u32 = 6;
+/// Frames waiting to be sent to one peer; past this a frame is given up at once (and the
+/// peer sees the gap).
+const PEER_QUEUE: usize = 4096;
 
 /// Builds an [`HttpBus`]; see [`HttpBus::builder`].
 #[derive(Debug, Clone)]
@@ -66,23 +69,22 @@ impl HttpBusBuilder {
                     "http bus: peer `{p}` is not an http://host:port/path URL"
                 )));
             }
-            peers.push(Peer {
+            peers.push(Arc::new(Peer {
                 uri,
                 up: AtomicBool::new(true),
                 failures: AtomicU64::new(0),
-            });
+            }));
         }
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Ok(HttpBus {
             inner: Arc::new(Inner {
+                queues: peers.iter().map(|_| OnceLock::new()).collect(),
                 peers,
                 secret: self.secret,
                 client,
                 timeout: self.timeout,
                 tx: broadcast::channel(4096).0,
-                delivered: AtomicU64::new(0),
-                undelivered: AtomicU64::new(0),
-                refused: AtomicU64::new(0),
+                counts: Arc::default(),
             }),
         })
     }
@@ -90,11 +92,16 @@ impl HttpBusBuilder {
 
 /// Nodes that POST invalidation frames to each other's [`InvalidateEndpoint`].
 ///
-/// Delivery is at least once: each frame is retried with exponential backoff (6 tries,
-/// 50 ms doubling, within the timeout each), and the receiver skips a frame it has
-/// already applied (by sender and sequence number). A frame given up on is counted; the
+/// Delivery is **in order per peer**: each peer has one queue (up to 4,096 frames) and
+/// one task that sends its frames one after the other, the next only once the last was
+/// acknowledged or given up, so a frame never overtakes an earlier one. Delivery is at
+/// least once: a frame is retried with exponential backoff (6 tries, 50 ms doubling,
+/// within the timeout each) while the peer is unreachable or answers `5xx`, and the
+/// receiver skips a frame it has already applied (by sender and sequence number). A frame
+/// the peer refuses (`4xx`: another secret, a frame it will never take) is not retried. A
+/// frame given up on, or dropped because the peer's queue is full, is counted; the
 /// receiver notices the gap in the sender's sequence with the next frame and drops its
-/// memory tier. Cloning shares the bus.
+/// memory tier. Cloning shares the bus; the sending tasks stop when the last clone drops.
 #[derive(Clone)]
 pub struct HttpBus {
     inner: Arc<Inner>,
@@ -107,15 +114,23 @@ struct Peer {
     failures: AtomicU64,
 }
 
+#[derive(Default)]
+struct Counts {
+    delivered: AtomicU64,
+    undelivered: AtomicU64,
+    refused: AtomicU64,
+}
+
 struct Inner {
-    peers: Vec<Peer>,
+    peers: Vec<Arc<Peer>>,
+    /// Each peer's queue, its sending task started on the first publish (on the runtime
+    /// that publishes). Dropping the bus drops the queues, which ends the tasks.
+    queues: Vec<OnceLock<mpsc::Sender<Bytes>>>,
     secret: Vec<u8>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     tx: broadcast::Sender<Bytes>,
-    delivered: AtomicU64,
-    undelivered: AtomicU64,
-    refused: AtomicU64,
+    counts: Arc<Counts>,
 }
 
 impl fmt::Debug for HttpBus {
@@ -125,12 +140,7 @@ impl fmt::Debug for HttpBus {
                 "peers",
                 &self.inner.peers.iter().map(|p| &p.uri).collect::<Vec<_>>(),
             )
-            .field("delivered", &self.inner.delivered.load(Ordering::Relaxed))
-            .field(
-                "undelivered",
-                &self.inner.undelivered.load(Ordering::Relaxed),
-            )
-            .field("refused", &self.inner.refused.load(Ordering::Relaxed))
+            .field("counts", &self.counts())
             .finish()
     }
 }
@@ -155,11 +165,11 @@ impl HttpBus {
     /// Frames delivered to a peer, given up on, and refused by the endpoint (bad
     /// signature, malformed).
     pub fn counts(&self) -> (u64, u64, u64) {
-        let i = &self.inner;
+        let c = &self.inner.counts;
         (
-            i.delivered.load(Ordering::Relaxed),
-            i.undelivered.load(Ordering::Relaxed),
-            i.refused.load(Ordering::Relaxed),
+            c.delivered.load(Ordering::Relaxed),
+            c.undelivered.load(Ordering::Relaxed),
+            c.refused.load(Ordering::Relaxed),
         )
     }
 }
@@ -168,8 +178,25 @@ impl Bus for HttpBus {
     fn publish(&self, frame: Bytes) -> Result<(), BusError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
-        for i in 0..self.inner.peers.len() {
-            runtime.spawn(deliver(self.inner.clone(), i, frame.clone()));
+        let inner = &self.inner;
+        for (peer, queue) in inner.peers.iter().zip(&inner.queues) {
+            let queue = queue.get_or_init(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                runtime.spawn(send_in_order(Sender {
+                    peer: peer.clone(),
+                    client: inner.client.clone(),
+                    timeout: inner.timeout,
+                    counts: inner.counts.clone(),
+                    queue: rx,
+                }));
+                tx
+            });
+            if queue.try_send(frame.clone()).is_err() {
+                inner.counts.undelivered.fetch_add(1, Ordering::Relaxed);
+                peer.up.store(false, Ordering::Relaxed);
+                peer.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %peer.uri, "invalidation queue full; the peer will see a gap");
+            }
         }
         Ok(())
     }
@@ -193,10 +220,32 @@ impl Bus for HttpBus {
     }
 }
 
-async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
-    let Some(link) = inner.peers.get(index) else {
-        return;
-    };
+/// What one peer's sending task holds (not the bus itself, so that dropping the bus ends
+/// the task).
+struct Sender {
+    peer: Arc<Peer>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+    counts: Arc<Counts>,
+    queue: mpsc::Receiver<Bytes>,
+}
+
+/// Sends one peer's frames one at a time, in the order they were published.
+async fn send_in_order(mut s: Sender) {
+    while let Some(frame) = s.queue.recv().await {
+        deliver(&s, frame).await;
+    }
+}
+
+/// Whether a peer's answer means the frame will never be taken (so retrying is useless).
+fn refused_for_good(status: StatusCode) -> bool {
+    status.is_client_error()
+        && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::TOO_MANY_REQUESTS
+}
+
+async fn deliver(s: &Sender, frame: Bytes) {
+    let link = &s.peer;
     let peer = &link.uri;
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
@@ -204,9 +253,9 @@ async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(frame.clone()));
         let Ok(req) = req else { break };
-        match tokio::time::timeout(inner.timeout, inner.client.request(req)).await {
+        match tokio::time::timeout(s.timeout, s.client.request(req)).await {
             Ok(Ok(res)) if res.status().is_success() => {
-                inner.delivered.fetch_add(1, Ordering::Relaxed);
+                s.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 link.up.store(true, Ordering::Relaxed);
                 return;
             }
@@ -215,14 +264,20 @@ async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
                 tracing::warn!(%peer, "invalidation refused by a peer (401): secrets differ");
                 break;
             }
+            Ok(Ok(res)) if refused_for_good(res.status()) => {
+                tracing::warn!(%peer, status = %res.status(), "invalidation refused by a peer");
+                break;
+            }
             other => {
                 tracing::debug!(%peer, attempt, ok = other.is_ok(), "invalidation delivery failed; retrying");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
     }
-    inner.undelivered.fetch_add(1, Ordering::Relaxed);
+    s.counts.undelivered.fetch_add(1, Ordering::Relaxed);
     link.up.store(false, Ordering::Relaxed);
     link.failures.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(%peer, "invalidation not delivered; the peer will see a gap");
@@ -271,13 +326,13 @@ where
             let frame = match Limited::new(req.into_body(), MAX_FRAME).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    inner.counts.refused.fetch_add(1, Ordering::Relaxed);
                     return Ok(status(StatusCode::PAYLOAD_TOO_LARGE));
                 }
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             };
             if Message::decode(&frame, &inner.secret).is_none() {
-                inner.refused.fetch_add(1, Ordering::Relaxed);
+                inner.counts.refused.fetch_add(1, Ordering::Relaxed);
                 return Ok(status(StatusCode::UNAUTHORIZED));
             }
             let _ = inner.tx.send(frame);

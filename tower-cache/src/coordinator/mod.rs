@@ -9,7 +9,12 @@
 //!   only if the entry is not newer than the message ([`resolve_conflict`]: last writer
 //!   wins, versions compared first, node ids on a tie; the node id is part of the
 //!   version, so two writes never tie).
-//! - **Lost messages**: a node that sees a gap in a sender's sequence numbers, or whose
+//! - **Delivery order**: every bus delivers one sender's frames in the order it published
+//!   them (the HTTP bus keeps one queue and one sending task per peer, and sends the next
+//!   frame only once the last was acknowledged or given up), so a later invalidation
+//!   never overtakes an earlier one and a frame the endpoint acknowledged is applied.
+//! - **Lost messages**: a node that sees a gap in a sender's sequence numbers (counted in
+//!   [`CoordinationStatus::sequence_gaps`]: a frame its sender gave up on), or whose
 //!   bus reports that it lagged or reconnected, cannot know what it missed: it **drops its
 //!   memory tier** (as Redis client-side caching does) and counts it. The disk tier is
 //!   left as it is: it may hold entries a lost invalidation should have removed, but the
@@ -341,6 +346,7 @@ struct Stats {
     rejected: AtomicU64,
     skipped_newer: AtomicU64,
     memory_flushes: AtomicU64,
+    sequence_gaps: AtomicU64,
     publish_errors: AtomicU64,
 }
 
@@ -374,6 +380,9 @@ pub struct CoordinationStatus {
     pub skipped_newer: u64,
     /// Times the memory tier was dropped after lost messages.
     pub memory_flushes: u64,
+    /// Gaps seen in a sender's sequence numbers (frames it gave up sending, or that were
+    /// lost on the way); each one dropped the memory tier.
+    pub sequence_gaps: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -536,6 +545,7 @@ impl Coordinator {
             rejected: load(&s.rejected),
             skipped_newer: load(&s.skipped_newer),
             memory_flushes: load(&s.memory_flushes),
+            sequence_gaps: load(&s.sequence_gaps),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,
@@ -680,6 +690,7 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                     }
                 };
                 if gap {
+                    sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
                     flush(&sh, "a gap in a sender's sequence numbers");
                 }
                 apply(&sh, &msg).await;

@@ -1,0 +1,212 @@
+//! Cluster-wide invalidation between nodes over the HTTP bus on real loopback sockets:
+//! delivery order, gaps, restarts, replays, clock skew and floods.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tower_cache::coordinator::{Coordinator, HttpBus, InvalidateEndpoint};
+use tower_cache::{Cache, MemoryTier, WriteTiers};
+
+const TTL: Duration = Duration::from_secs(600);
+const SECRET: &[u8] = b"sixteen+ bytes of shared secret";
+
+/// What the test server does with a request before the endpoint sees it.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    /// Hands it to the endpoint after this delay.
+    Pass(Duration),
+    /// Answers with this status; the endpoint never sees it.
+    Fail(u16),
+}
+
+type Hook = Arc<dyn Fn(&Bytes) -> Action + Send + Sync>;
+
+fn pass() -> Hook {
+    Arc::new(|_| Action::Pass(Duration::ZERO))
+}
+
+/// Serves `endpoint` on `listener`, letting `hook` delay or fail each request first.
+fn serve(listener: tokio::net::TcpListener, endpoint: InvalidateEndpoint, hook: Hook) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (endpoint, hook) = (endpoint.clone(), hook.clone());
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (endpoint, hook) = (endpoint.clone(), hook.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        match hook(&body) {
+                            Action::Pass(delay) => {
+                                if !delay.is_zero() {
+                                    tokio::time::sleep(delay).await;
+                                }
+                                let req = http::Request::from_parts(parts, Full::new(body));
+                                let res = tower::ServiceExt::oneshot(endpoint, req).await;
+                                Ok::<_, hyper::Error>(res.unwrap_or_else(|e| match e {}))
+                            }
+                            Action::Fail(code) => {
+                                let mut res = http::Response::new(Full::default());
+                                *res.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                                Ok(res)
+                            }
+                        }
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// `n` nodes, each serving its endpoint on a loopback port (with its hook) and sending to
+/// every other one; node ids are 1..=n.
+async fn cluster(hooks: Vec<Hook>) -> (Vec<Coordinator>, Vec<String>) {
+    let mut listeners = Vec::new();
+    for _ in &hooks {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}/_cache/invalidate", l.local_addr().unwrap()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (listener, hook)) in listeners.into_iter().zip(hooks).enumerate() {
+        let mut b = HttpBus::builder(SECRET);
+        for (j, url) in urls.iter().enumerate() {
+            if i != j {
+                b = b.peer(url.clone());
+            }
+        }
+        let bus = b.build().unwrap();
+        serve(listener, bus.endpoint(), hook);
+        let node = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+            .node_id(i as u64 + 1)
+            .secret(SECRET)
+            .start()
+            .unwrap();
+        nodes.push(node);
+    }
+    (nodes, urls)
+}
+
+async fn put(c: &Coordinator, key: &str) {
+    c.cache()
+        .set(key, "v".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+}
+
+async fn applied(c: &Coordinator, n: u64) {
+    tokio::time::timeout(Duration::from_secs(40), c.applied(n))
+        .await
+        .unwrap_or_else(|_| panic!("node {} applied {:?}", c.node_id(), c.status()));
+}
+
+/// A small deterministic generator (xorshift), for jitter.
+fn jitter(seed: u64, max_ms: u64) -> Hook {
+    let state = Arc::new(AtomicU64::new(seed | 1));
+    Arc::new(move |_| {
+        let mut x = state.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.store(x, Ordering::Relaxed);
+        Action::Pass(Duration::from_millis(x % (max_ms + 1)))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalidation_is_applied_in_order_despite_jitter() {
+    let _w = common::watchdog("http_jitter", Duration::from_secs(120));
+    const EACH: usize = 30;
+    let (nodes, _) = cluster(vec![jitter(1, 30), jitter(2, 30), jitter(3, 30)]).await;
+    let keys: Vec<String> = (1..=3)
+        .flat_map(|n| (0..EACH).map(move |i| format!("n{n}:k{i}")))
+        .collect();
+    for n in &nodes {
+        for k in &keys {
+            put(n, k).await;
+        }
+    }
+    let mut tasks = Vec::new();
+    for n in &nodes {
+        let n = n.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                n.invalidate(&format!("n{}:k{i}", n.node_id()))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for n in &nodes {
+        applied(n, 2 * EACH as u64).await;
+        for k in &keys {
+            assert!(
+                n.cache().get(k).await.is_none(),
+                "node {} kept {k}",
+                n.node_id()
+            );
+        }
+        let s = n.status();
+        assert_eq!(s.applied, 2 * EACH as u64, "{s:?}");
+        assert_eq!((s.sequence_gaps, s.memory_flushes), (0, 0), "{s:?}");
+        for p in &s.peer_nodes {
+            assert_eq!(p.last_seq, EACH as u64, "{s:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_a_peer_gave_up_on_is_a_gap_the_receiver_counts_and_flushes() {
+    let _w = common::watchdog("http_gap", Duration::from_secs(120));
+    // The receiver's server fails every delivery of the second frame, so the sender
+    // gives it up after its tries; the third goes through.
+    let seen = Arc::new(Mutex::new(Vec::<Bytes>::new()));
+    let hook: Hook = {
+        let seen = seen.clone();
+        Arc::new(move |frame| {
+            let mut seen = seen.lock().unwrap();
+            if !seen.contains(frame) {
+                seen.push(frame.clone());
+            }
+            if seen.iter().position(|f| f == frame) == Some(1) {
+                Action::Fail(500)
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    let (nodes, _) = cluster(vec![pass(), hook]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    put(b, "unrelated").await;
+    a.invalidate("one").await.unwrap();
+    applied(b, 1).await;
+    assert!(b.cache().get("unrelated").await.is_some());
+    a.invalidate("two").await.unwrap(); // never delivered
+    a.invalidate("three").await.unwrap();
+    applied(b, 2).await;
+    let s = b.status();
+    assert_eq!((s.sequence_gaps, s.memory_flushes), (1, 1), "{s:?}");
+    assert!(
+        b.cache().get("unrelated").await.is_none(),
+        "the memory tier was dropped"
+    );
+    let links = a.status().links;
+    assert_eq!(links[0].failures, 1, "{links:?}");
+}
