@@ -210,3 +210,91 @@ async fn a_frame_a_peer_gave_up_on_is_a_gap_the_receiver_counts_and_flushes() {
     let links = a.status().links;
     assert_eq!(links[0].failures, 1, "{links:?}");
 }
+
+/// A node with id `id` that sends to `url` only (it serves no endpoint).
+fn sender(url: &str, id: u64) -> Coordinator {
+    let bus = HttpBus::builder(SECRET).peer(url).build().unwrap();
+    Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(id)
+        .secret(SECRET)
+        .start()
+        .unwrap()
+}
+
+/// A receiver with id 2 serving its endpoint on loopback, recording every frame its
+/// server is sent; returns it, its URL and the frames.
+async fn receiver(
+    configure: impl FnOnce(
+        tower_cache::coordinator::CoordinatorBuilder<HttpBus>,
+    ) -> tower_cache::coordinator::CoordinatorBuilder<HttpBus>,
+) -> (Coordinator, String, Arc<Mutex<Vec<Bytes>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let hook: Hook = {
+        let frames = frames.clone();
+        Arc::new(move |f| {
+            frames.lock().unwrap().push(f.clone());
+            Action::Pass(Duration::ZERO)
+        })
+    };
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), hook);
+    let node = configure(
+        Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+            .node_id(2)
+            .secret(SECRET),
+    )
+    .start()
+    .unwrap();
+    (node, url, frames)
+}
+
+/// POSTs `frame` to `url` over a fresh connection; returns the status.
+async fn post(url: &str, frame: Bytes) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::post(url).body(Full::new(frame)).unwrap();
+    client.request(req).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sender_is_heard_and_its_earlier_start_is_refused() {
+    let _w = common::watchdog("http_restart", common::LIMIT);
+    let (b, url, frames) = receiver(|b| b).await;
+    let a = sender(&url, 1);
+    for k in ["x1", "x2", "x3"] {
+        a.invalidate(k).await.unwrap();
+    }
+    applied(&b, 3).await;
+    let old_frame = frames.lock().unwrap()[0].clone();
+    drop(a);
+
+    // The same node id starts again: its numbers start again at 1.
+    let a = sender(&url, 1);
+    put(&b, "y").await;
+    a.invalidate("y").await.unwrap();
+    applied(&b, 4).await;
+    assert!(
+        b.cache().get("y").await.is_none(),
+        "the new start was heard"
+    );
+    let s = b.status();
+    assert_eq!(
+        (s.duplicates, s.sequence_gaps, s.memory_flushes),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(s.peer_nodes[0].last_seq, 1);
+
+    // A frame of the earlier start, sent again, is refused and counted.
+    put(&b, "x1").await;
+    let _ = post(&url, old_frame).await;
+    a.invalidate("z").await.unwrap();
+    applied(&b, 5).await;
+    assert_eq!(b.cache().get("x1").await.unwrap(), "v");
+    assert_eq!(b.status().older_incarnation, 1, "{:?}", b.status());
+}

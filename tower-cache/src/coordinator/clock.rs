@@ -79,6 +79,29 @@ pub fn resolve_conflict(key: &str, local: u64, remote: u64) -> Winner {
     }
 }
 
+/// Bits of an incarnation below its start time in milliseconds.
+const INCARNATION_RANDOM_BITS: u32 = 20;
+
+/// A new incarnation for a coordinator starting now, with `clock` (which has seen the
+/// versions the previous run recorded): the start time in Unix milliseconds (by `clock`,
+/// so never before what a previous run recorded) in the high 44 bits and 20 random bits
+/// below; within a process, each is above the last one issued, so two starts in one
+/// millisecond are still ordered.
+pub(crate) fn new_incarnation(clock: &HybridClock) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let ms = clock.now() >> NODE_AND_COUNTER_BITS;
+    let candidate =
+        (ms << INCARNATION_RANDOM_BITS) | (random_node_id() & ((1 << INCARNATION_RANDOM_BITS) - 1));
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = candidate.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// A node id that is very likely unique: time, process id and a counter, mixed.
 pub(crate) fn random_node_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -1,14 +1,19 @@
 //! The invalidation message and its wire form, signed with HMAC-SHA256.
 //!
 //! ```text
-//! [1] node:u64 seq:u64 version:u64 kind:u8 len:u16 target  mac:[32]
+//! [2] node:u64 incarnation:u64 seq:u64 version:u64 kind:u8 len:u16 target  mac:[32]
 //! ```
+//!
+//! The version's high bits are the sender's clock (Unix milliseconds), so the frame says
+//! when it was sent; the incarnation says which start of the sender it comes from.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// Bytes before the target.
+const HEAD: usize = 36;
 const MAC_LEN: usize = 32;
 /// The longest target (key, pattern or tag) a message carries.
 pub(crate) const MAX_TARGET: usize = 4096;
@@ -27,6 +32,8 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Message {
     pub(crate) node: u64,
+    /// Which start of the sender: a new one each time a coordinator starts.
+    pub(crate) incarnation: u64,
     pub(crate) seq: u64,
     pub(crate) version: u64,
     pub(crate) target: Target,
@@ -47,9 +54,10 @@ impl Message {
             Target::Tag(t) => (2, t),
         };
         let target = &target.as_bytes()[..target.len().min(MAX_TARGET)];
-        let mut out = BytesMut::with_capacity(32 + target.len() + MAC_LEN);
+        let mut out = BytesMut::with_capacity(HEAD + target.len() + MAC_LEN);
         out.put_u8(FORMAT);
         out.put_u64_le(self.node);
+        out.put_u64_le(self.incarnation);
         out.put_u64_le(self.seq);
         out.put_u64_le(self.version);
         out.put_u8(kind);
@@ -63,7 +71,7 @@ impl Message {
 
     /// Decodes a frame; `None` if it is malformed, oversized or not signed with `secret`.
     pub(crate) fn decode(frame: &[u8], secret: &[u8]) -> Option<Self> {
-        if frame.len() < 28 + MAC_LEN || frame.len() > 28 + MAX_TARGET + MAC_LEN {
+        if frame.len() < HEAD + MAC_LEN || frame.len() > HEAD + MAX_TARGET + MAC_LEN {
             return None;
         }
         let (body, tag) = frame.split_at(frame.len() - MAC_LEN);
@@ -78,12 +86,12 @@ impl Message {
             a.copy_from_slice(&body[at..at + 8]);
             u64::from_le_bytes(a)
         };
-        let len = u16::from_le_bytes([body[26], body[27]]) as usize;
-        let target = std::str::from_utf8(body.get(28..)?).ok()?;
+        let len = u16::from_le_bytes([body[34], body[35]]) as usize;
+        let target = std::str::from_utf8(body.get(HEAD..)?).ok()?;
         if target.len() != len || target.is_empty() {
             return None;
         }
-        let target = match body[25] {
+        let target = match body[33] {
             0 => Target::Key(target.to_owned()),
             1 => Target::Pattern(target.to_owned()),
             2 => Target::Tag(target.to_owned()),
@@ -91,8 +99,9 @@ impl Message {
         };
         Some(Message {
             node: u64_at(1),
-            seq: u64_at(9),
-            version: u64_at(17),
+            incarnation: u64_at(9),
+            seq: u64_at(17),
+            version: u64_at(25),
             target,
         })
     }
@@ -106,6 +115,7 @@ mod tests {
     fn messages_round_trip_and_forgeries_are_refused() {
         let m = Message {
             node: 7,
+            incarnation: 11,
             seq: 3,
             version: 99,
             target: Target::Pattern("provider:*".into()),

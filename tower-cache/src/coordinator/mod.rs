@@ -2,7 +2,7 @@
 //! other nodes over a [`Bus`], and applies theirs.
 //!
 //! - **Messages** carry the target (key, pattern or tag), a hybrid-logical-clock version,
-//!   the origin node id and a per-sender sequence number; never a value. Each is signed
+//!   the origin node id, its incarnation and a per-sender sequence number; never a value. Each is signed
 //!   with HMAC-SHA256 over a shared secret: an unsigned or forged message is dropped and
 //!   counted.
 //! - **Versions and conflicts**: a remote invalidation of a key removes the local entry
@@ -30,6 +30,14 @@
 //!   remembered invalidation at least as new covers its key, its tags or a pattern
 //!   matching it (checked under the memory tier's shard lock and by the disk writer), so
 //!   an older write racing a newer invalidation never outlives it.
+//! - **Incarnations**: each start of a coordinator has an incarnation, carried by every
+//!   frame: its start time in Unix milliseconds (taken after the tombstones a previous
+//!   run recorded were read back, so never before them) in the high 44 bits, 20 random
+//!   bits below. Sequence numbers count from 1 in each incarnation. A frame from a newer
+//!   incarnation of a sender resets what the receiver tracks of it (a node restarted with
+//!   its configured id is heard at once, never taken for duplicates); a frame from an
+//!   older one is refused and counted ([`CoordinationStatus::older_incarnation`]), as is
+//!   a frame already applied ([`CoordinationStatus::duplicates`]).
 //! - A node ignores its own messages.
 //!
 //! The in-process bus ([`InProcessBus`], `tokio::sync::broadcast`) links nodes in one
@@ -275,6 +283,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             cache: self.cache,
             bus: Box::new(self.bus),
             node,
+            incarnation: AtomicU64::new(0),
             secret,
             clock: HybridClock::new(node),
             seq: AtomicU64::new(0),
@@ -285,6 +294,11 @@ impl<B: Bus> CoordinatorBuilder<B> {
             recent: Mutex::default(),
         });
         shared.restore_tombstones();
+        // After the restored tombstones moved the clock: a start is never before what a
+        // previous run recorded.
+        shared
+            .incarnation
+            .store(clock::new_incarnation(&shared.clock), Ordering::Relaxed);
         let subscription = shared.bus.subscribe();
         let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
         Ok(Coordinator {
@@ -324,17 +338,30 @@ struct Shared {
     cache: Cache,
     bus: Box<dyn Bus>,
     node: u64,
+    /// This start of the node (set once, when it starts).
+    incarnation: AtomicU64,
     secret: Vec<u8>,
     clock: HybridClock,
     seq: AtomicU64,
-    /// The last sequence number seen from each sender.
-    senders: Mutex<HashMap<u64, (u64, std::time::Instant)>>,
+    /// What was applied from each sender.
+    senders: Mutex<HashMap<u64, Sender>>,
     stats: Stats,
     /// Messages applied so far (for tests and for waiting on propagation).
     applied: watch::Sender<u64>,
     tombstones: tombstones::Tombstones,
     /// When the last remote message came, and the last 1,024 lags in microseconds.
     recent: Mutex<(Option<std::time::Instant>, std::collections::VecDeque<u64>)>,
+}
+
+/// What a node applied from one sender.
+#[derive(Clone, Copy, Debug)]
+struct Sender {
+    /// The sender's start these numbers belong to.
+    incarnation: u64,
+    /// The last sequence number applied.
+    seq: u64,
+    /// When its last frame came.
+    at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -347,6 +374,8 @@ struct Stats {
     skipped_newer: AtomicU64,
     memory_flushes: AtomicU64,
     sequence_gaps: AtomicU64,
+    duplicates: AtomicU64,
+    older_incarnation: AtomicU64,
     publish_errors: AtomicU64,
 }
 
@@ -383,6 +412,11 @@ pub struct CoordinationStatus {
     /// Gaps seen in a sender's sequence numbers (frames it gave up sending, or that were
     /// lost on the way); each one dropped the memory tier.
     pub sequence_gaps: u64,
+    /// Frames dropped because they were applied already (a retry, or a replay).
+    pub duplicates: u64,
+    /// Frames refused because they came from an earlier start of their sender than one
+    /// already heard from (a replay, or a second process with the same node id).
+    pub older_incarnation: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -406,6 +440,8 @@ pub struct CoordinationStatus {
 pub struct PeerNode {
     /// Its node id.
     pub node: u64,
+    /// The start of it the sequence number belongs to (see the module docs).
+    pub incarnation: u64,
     /// The last sequence number applied from it.
     pub last_seq: u64,
     /// Time since its last message.
@@ -529,10 +565,11 @@ impl Coordinator {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut peer_nodes: Vec<PeerNode> = lock(&self.shared.senders)
             .iter()
-            .map(|(&node, &(last_seq, at))| PeerNode {
+            .map(|(&node, p)| PeerNode {
                 node,
-                last_seq,
-                last_message_age: at.elapsed(),
+                incarnation: p.incarnation,
+                last_seq: p.seq,
+                last_message_age: p.at.elapsed(),
             })
             .collect();
         peer_nodes.sort_by_key(|p| p.node);
@@ -546,6 +583,8 @@ impl Coordinator {
             skipped_newer: load(&s.skipped_newer),
             memory_flushes: load(&s.memory_flushes),
             sequence_gaps: load(&s.sequence_gaps),
+            duplicates: load(&s.duplicates),
+            older_incarnation: load(&s.older_incarnation),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,
@@ -582,6 +621,7 @@ impl Coordinator {
         let sh = &self.shared;
         let msg = Message {
             node: sh.node,
+            incarnation: sh.incarnation.load(Ordering::Relaxed),
             seq: sh.seq.fetch_add(1, Ordering::Relaxed) + 1,
             version,
             target,
@@ -674,19 +714,19 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                 }
                 sh.stats.received.fetch_add(1, Ordering::Relaxed);
                 sh.clock.observe(msg.version);
-                let gap = {
-                    let mut senders = lock(&sh.senders);
-                    let now = std::time::Instant::now();
-                    let last = senders.insert(msg.node, (msg.seq, now)).map(|l| l.0);
-                    match last {
-                        Some(last) if msg.seq <= last => {
-                            // A duplicate (at-least-once delivery): already applied.
-                            senders.insert(msg.node, (last, now));
-                            continue;
-                        }
-                        Some(last) => msg.seq != last + 1,
-                        // The first message from a sender: nothing to compare with.
-                        None => false,
+                let gap = match sh.admit(&msg) {
+                    Admit::Next { gap } => gap,
+                    Admit::Duplicate => {
+                        sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Admit::OlderIncarnation => {
+                        sh.stats.older_incarnation.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            node = msg.node,
+                            "invalidation frame from an earlier start of its sender refused"
+                        );
+                        continue;
                     }
                 };
                 if gap {
@@ -711,6 +751,52 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                 sh.applied.send_modify(|a| *a += 1);
             }
         }
+    }
+}
+
+/// What the receiver makes of a frame, by its sender's incarnation and sequence number.
+enum Admit {
+    /// To apply; `gap` when frames before it were lost.
+    Next { gap: bool },
+    /// Applied already.
+    Duplicate,
+    /// From an earlier start of the sender than one already heard from.
+    OlderIncarnation,
+}
+
+impl Shared {
+    /// Checks `msg` against what was applied from its sender, and records it if it is to
+    /// be applied.
+    fn admit(&self, msg: &Message) -> Admit {
+        let mut senders = lock(&self.senders);
+        let now = std::time::Instant::now();
+        let next = Sender {
+            incarnation: msg.incarnation,
+            seq: msg.seq,
+            at: now,
+        };
+        let Some(last) = senders.get_mut(&msg.node) else {
+            // The first frame from a sender: nothing to compare with.
+            senders.insert(msg.node, next);
+            return Admit::Next { gap: false };
+        };
+        if msg.incarnation < last.incarnation {
+            return Admit::OlderIncarnation;
+        }
+        if msg.incarnation > last.incarnation {
+            // The sender restarted: its numbers start again at 1; a later first number
+            // means frames of the new start were lost.
+            *last = next;
+            return Admit::Next { gap: msg.seq != 1 };
+        }
+        last.at = now;
+        if msg.seq <= last.seq {
+            // A duplicate (at-least-once delivery): already applied.
+            return Admit::Duplicate;
+        }
+        let gap = msg.seq != last.seq + 1;
+        last.seq = msg.seq;
+        Admit::Next { gap }
     }
 }
 
@@ -791,8 +877,9 @@ mod tests {
         let frame = |seq| {
             Message {
                 node: 7,
+                incarnation: 1,
                 seq,
-                version: 1,
+                version: node.next_version(),
                 target: Target::Key("absent".into()),
             }
             .encode(secret)
