@@ -221,9 +221,10 @@ fn sender(url: &str, id: u64) -> Coordinator {
         .unwrap()
 }
 
-/// A receiver with id 2 serving its endpoint on loopback, recording every frame its
+/// A receiver with id `id` serving its endpoint on loopback, recording every frame its
 /// server is sent; returns it, its URL and the frames.
 async fn receiver(
+    id: u64,
     configure: impl FnOnce(
         tower_cache::coordinator::CoordinatorBuilder<HttpBus>,
     ) -> tower_cache::coordinator::CoordinatorBuilder<HttpBus>,
@@ -245,7 +246,7 @@ async fn receiver(
     serve(listener, bus.endpoint(), hook);
     let node = configure(
         Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
-            .node_id(2)
+            .node_id(id)
             .secret(SECRET),
     )
     .start()
@@ -264,7 +265,7 @@ async fn post(url: &str, frame: Bytes) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sender_is_heard_and_its_earlier_start_is_refused() {
     let _w = common::watchdog("http_restart", common::LIMIT);
-    let (b, url, frames) = receiver(|b| b).await;
+    let (b, url, frames) = receiver(2, |b| b).await;
     let a = sender(&url, 1);
     for k in ["x1", "x2", "x3"] {
         a.invalidate(k).await.unwrap();
@@ -297,4 +298,73 @@ async fn a_restarted_sender_is_heard_and_its_earlier_start_is_refused() {
     applied(&b, 5).await;
     assert_eq!(b.cache().get("x1").await.unwrap(), "v");
     assert_eq!(b.status().older_incarnation, 1, "{:?}", b.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_pattern_and_tag_frames_leave_newer_entries_on_a_node_that_joined_later() {
+    let _w = common::watchdog("http_replay_newer", common::LIMIT);
+    let (b, url, frames) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    a.invalidate_pattern("p:*").await.unwrap();
+    a.invalidate_tag("t").await.unwrap();
+    applied(&b, 2).await;
+    let captured = frames.lock().unwrap().clone();
+    assert_eq!(captured.len(), 2);
+
+    // A node that joins afterwards writes newer entries; the captured frames, sent to it,
+    // leave them in place.
+    let (c, c_url, _) = receiver(3, |b| b).await;
+    let tags: tower_cache::Tags = ["t"].into_iter().collect();
+    c.set(
+        "p:1",
+        "new".into(),
+        TTL,
+        Default::default(),
+        WriteTiers::ALL,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    c.set("r:1", "new".into(), TTL, tags, WriteTiers::ALL)
+        .await
+        .unwrap()
+        .unwrap();
+    for f in captured {
+        let _ = post(&c_url, f).await;
+    }
+    applied(&c, 2).await;
+    assert_eq!(c.cache().get("p:1").await.unwrap(), "new");
+    assert_eq!(c.cache().get("r:1").await.unwrap(), "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_replayed_after_the_replay_window_is_refused_and_counted() {
+    let _w = common::watchdog("http_replay_window", common::LIMIT);
+    let (b, url, frames) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    a.invalidate("k").await.unwrap();
+    applied(&b, 1).await;
+    let captured = frames.lock().unwrap()[0].clone();
+
+    // Past the (shortest) window, a node that joins afterwards refuses it.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (c, c_url, _) = receiver(3, |b| b.replay_window(Duration::from_secs(1))).await;
+    put(&c, "k").await;
+    let _ = post(&c_url, captured).await;
+    // A fresh frame after it shows it was handled.
+    sender(&c_url, 4).invalidate("other").await.unwrap();
+    applied(&c, 1).await;
+    assert_eq!(c.cache().get("k").await.unwrap(), "v");
+    let s = c.status();
+    assert_eq!((s.outside_window, s.applied), (1, 1), "{s:?}");
+
+    let e = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET).build().unwrap(),
+    )
+    .secret(SECRET)
+    .replay_window(Duration::ZERO)
+    .start()
+    .unwrap_err();
+    assert!(e.to_string().contains("replay_window"), "{e}");
 }

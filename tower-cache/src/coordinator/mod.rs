@@ -5,10 +5,17 @@
 //!   the origin node id, its incarnation and a per-sender sequence number; never a value. Each is signed
 //!   with HMAC-SHA256 over a shared secret: an unsigned or forged message is dropped and
 //!   counted.
-//! - **Versions and conflicts**: a remote invalidation of a key removes the local entry
-//!   only if the entry is not newer than the message ([`resolve_conflict`]: last writer
-//!   wins, versions compared first, node ids on a tie; the node id is part of the
-//!   version, so two writes never tie).
+//! - **Versions and conflicts**: a remote invalidation removes a local entry only if the
+//!   entry is not newer than the message ([`resolve_conflict`]: last writer wins,
+//!   versions compared first, node ids on a tie; the node id is part of the version, so
+//!   two writes never tie). This holds for keys, patterns and tags alike, in both tiers.
+//! - **Replay window**: a frame's version carries its sender's clock, so a frame says
+//!   when it was sent. A node refuses a frame older than its replay window
+//!   ([`CoordinatorBuilder::replay_window`], default 5 minutes) and counts it
+//!   ([`CoordinationStatus::outside_window`]). Within the window, a frame sent again is
+//!   a duplicate to a node that applied it, and to a node that restarted or joined since,
+//!   it removes nothing newer than itself (see above): a captured frame never removes a
+//!   later write.
 //! - **Delivery order**: every bus delivers one sender's frames in the order it published
 //!   them (the HTTP bus keeps one queue and one sending task per peer, and sends the next
 //!   frame only once the last was acknowledged or given up), so a later invalidation
@@ -232,6 +239,7 @@ pub struct CoordinatorBuilder<B> {
     node: Option<u64>,
     secret: Option<Vec<u8>>,
     tombstone_ttl: std::time::Duration,
+    replay_window: std::time::Duration,
 }
 
 impl<B> fmt::Debug for CoordinatorBuilder<B> {
@@ -253,6 +261,17 @@ impl<B: Bus> CoordinatorBuilder<B> {
     /// (default 5 minutes; at least a second).
     pub fn tombstone_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.tombstone_ttl = ttl.clamp(std::time::Duration::from_secs(1), crate::error::MAX_TTL);
+        self
+    }
+
+    /// How old a frame may be, by the time its sender's clock gave it, for this node to
+    /// take it (default 5 minutes): an older one is refused and counted
+    /// ([`CoordinationStatus::outside_window`]), so a frame captured and sent again
+    /// later does nothing. Keep it above the longest a bus may hold a frame (the HTTP bus
+    /// gives up within about 15 s) plus the clock difference between hosts; a frame
+    /// refused for its age is a lost frame, and the next one shows the gap.
+    pub fn replay_window(mut self, window: std::time::Duration) -> Self {
+        self.replay_window = window;
         self
     }
 
@@ -278,12 +297,19 @@ impl<B: Bus> CoordinatorBuilder<B> {
                 secret.len()
             )));
         }
+        if self.replay_window < std::time::Duration::from_secs(1) {
+            return Err(BuildError::new(format!(
+                "coordinator: replay_window is {:?}; give at least 1 s (the default is 5 minutes)",
+                self.replay_window
+            )));
+        }
         let node = self.node.unwrap_or_else(clock::random_node_id);
         let shared = Arc::new(Shared {
             cache: self.cache,
             bus: Box::new(self.bus),
             node,
             incarnation: AtomicU64::new(0),
+            replay_window_ms: u64::try_from(self.replay_window.as_millis()).unwrap_or(u64::MAX),
             secret,
             clock: HybridClock::new(node),
             seq: AtomicU64::new(0),
@@ -340,6 +366,8 @@ struct Shared {
     node: u64,
     /// This start of the node (set once, when it starts).
     incarnation: AtomicU64,
+    /// Frames older than this (by their version's clock) are refused.
+    replay_window_ms: u64,
     secret: Vec<u8>,
     clock: HybridClock,
     seq: AtomicU64,
@@ -376,6 +404,7 @@ struct Stats {
     sequence_gaps: AtomicU64,
     duplicates: AtomicU64,
     older_incarnation: AtomicU64,
+    outside_window: AtomicU64,
     publish_errors: AtomicU64,
 }
 
@@ -417,6 +446,9 @@ pub struct CoordinationStatus {
     /// Frames refused because they came from an earlier start of their sender than one
     /// already heard from (a replay, or a second process with the same node id).
     pub older_incarnation: u64,
+    /// Frames refused because they were older than the replay window
+    /// ([`CoordinatorBuilder::replay_window`]).
+    pub outside_window: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -457,6 +489,7 @@ impl Coordinator {
             node: None,
             secret: None,
             tombstone_ttl: std::time::Duration::from_secs(300),
+            replay_window: std::time::Duration::from_secs(300),
         }
     }
 
@@ -497,7 +530,7 @@ impl Coordinator {
         let removed = self
             .shared
             .cache
-            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
+            .invalidate_recorded(&target, self.shared.tombstone(&target, version), None)
             .await?;
         self.publish(target, version);
         Ok(Invalidated { removed, version })
@@ -585,6 +618,7 @@ impl Coordinator {
             sequence_gaps: load(&s.sequence_gaps),
             duplicates: load(&s.duplicates),
             older_incarnation: load(&s.older_incarnation),
+            outside_window: load(&s.outside_window),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,
@@ -713,7 +747,15 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                     continue;
                 }
                 sh.stats.received.fetch_add(1, Ordering::Relaxed);
-                sh.clock.observe(msg.version);
+                let sent_ms = msg.version >> clock::NODE_AND_COUNTER_BITS;
+                if unix_ms().saturating_sub(sent_ms) > sh.replay_window_ms {
+                    sh.stats.outside_window.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        node = msg.node,
+                        "invalidation frame older than the replay window refused"
+                    );
+                    continue;
+                }
                 let gap = match sh.admit(&msg) {
                     Admit::Next { gap } => gap,
                     Admit::Duplicate => {
@@ -729,6 +771,7 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                         continue;
                     }
                 };
+                sh.clock.observe(msg.version);
                 if gap {
                     sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
                     flush(&sh, "a gap in a sender's sequence numbers");
@@ -834,14 +877,22 @@ async fn apply(sh: &Shared, msg: &Message) {
                 }
                 _ => {
                     sh.cache
-                        .invalidate_recorded(&msg.target, sh.tombstone(&msg.target, msg.version))
+                        .invalidate_recorded(
+                            &msg.target,
+                            sh.tombstone(&msg.target, msg.version),
+                            None,
+                        )
                         .await
                 }
             }
         }
         Target::Pattern(_) | Target::Tag(_) => {
             sh.cache
-                .invalidate_recorded(&msg.target, sh.tombstone(&msg.target, msg.version))
+                .invalidate_recorded(
+                    &msg.target,
+                    sh.tombstone(&msg.target, msg.version),
+                    Some(msg.version),
+                )
                 .await
         }
     };

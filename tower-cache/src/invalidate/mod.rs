@@ -120,7 +120,7 @@ impl Cache {
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, InvalidateError> {
         let glob = Glob::new(pattern)?;
         let memory = self.memory().keys_where(|k, _| glob.matches(k));
-        self.remove_selected(memory, Select::Pattern(glob), None)
+        self.remove_selected(memory, Select::Pattern(glob), None, None)
             .await
     }
 
@@ -134,17 +134,27 @@ impl Cache {
         let memory = self
             .memory()
             .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
-        self.remove_selected(memory, Select::Tag(tag.into()), None)
+        self.remove_selected(memory, Select::Tag(tag.into()), None, None)
             .await
     }
 
     /// Invalidates `target` and records `tombstone` in the disk tier in the same
     /// transaction (the coordinator's invalidations, so that a restart remembers them).
+    /// With `keep_newer_than`, a pattern or tag leaves the entries whose version is above
+    /// it in place (a remote invalidation removes only what is not newer than itself).
     pub(crate) async fn invalidate_recorded(
         &self,
         target: &crate::coordinator::Target,
         tombstone: Tombstone,
+        keep_newer_than: Option<u64>,
     ) -> Result<usize, InvalidateError> {
+        let older = |k: &str| {
+            keep_newer_than.is_none_or(|bound| {
+                self.memory()
+                    .get_fresh_uncounted(k)
+                    .is_none_or(|s| s.version <= bound)
+            })
+        };
         use crate::coordinator::Target;
         match target {
             Target::Key(key) => {
@@ -158,9 +168,15 @@ impl Cache {
             }
             Target::Pattern(pattern) => {
                 let glob = Glob::new(pattern)?;
-                let memory = self.memory().keys_where(|k, _| glob.matches(k));
-                self.remove_selected(memory, Select::Pattern(glob), Some(tombstone))
-                    .await
+                let mut memory = self.memory().keys_where(|k, _| glob.matches(k));
+                memory.retain(|k| older(k));
+                self.remove_selected(
+                    memory,
+                    Select::Pattern(glob),
+                    Some(tombstone),
+                    keep_newer_than,
+                )
+                .await
             }
             Target::Tag(tag) => {
                 if tag.is_empty() {
@@ -168,11 +184,17 @@ impl Cache {
                         "invalidation tag is empty; give the tag",
                     ));
                 }
-                let memory = self
+                let mut memory = self
                     .memory()
                     .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
-                self.remove_selected(memory, Select::Tag(tag.as_str().into()), Some(tombstone))
-                    .await
+                memory.retain(|k| older(k));
+                self.remove_selected(
+                    memory,
+                    Select::Tag(tag.as_str().into()),
+                    Some(tombstone),
+                    keep_newer_than,
+                )
+                .await
             }
         }
     }
@@ -259,12 +281,16 @@ impl Cache {
         memory: Vec<String>,
         select: Select,
         tombstone: Option<Tombstone>,
+        keep_newer_than: Option<u64>,
     ) -> Result<usize, InvalidateError> {
         let _write = self.generations().begin_clear();
         let mut keys: HashSet<String> = HashSet::new();
         let mut fault = None;
         if let Some(disk) = self.disk() {
-            match disk.remove_matching(select, tombstone).await {
+            match disk
+                .remove_matching(select, tombstone, keep_newer_than)
+                .await
+            {
                 Ok(removed) => keys.extend(removed.into_iter().map(String::from)),
                 Err(e) => fault = Some(e),
             }
