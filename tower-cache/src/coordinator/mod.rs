@@ -37,6 +37,13 @@
 //!   remembered invalidation at least as new covers its key, its tags or a pattern
 //!   matching it (checked under the memory tier's shard lock and by the disk writer), so
 //!   an older write racing a newer invalidation never outlives it.
+//! - **Clock skew**: a frame whose version is further ahead of this host's clock than
+//!   [`CoordinatorBuilder::max_clock_skew`] (default 1 minute) is refused and counted
+//!   ([`CoordinationStatus::clock_skew`]), and the node's [`HybridClock`] never moves
+//!   further ahead of its wall clock than that, whatever it observes (frames, versioned
+//!   writes, tombstones read back). One host whose clock runs a year ahead is refused by
+//!   the others instead of making their later invalidations lose as older; set the bound
+//!   above the clock difference between hosts (NTP keeps it to milliseconds).
 //! - **Incarnations**: each start of a coordinator has an incarnation, carried by every
 //!   frame: its start time in Unix milliseconds (taken after the tombstones a previous
 //!   run recorded were read back, so never before them) in the high 44 bits, 20 random
@@ -240,6 +247,7 @@ pub struct CoordinatorBuilder<B> {
     secret: Option<Vec<u8>>,
     tombstone_ttl: std::time::Duration,
     replay_window: std::time::Duration,
+    max_clock_skew: std::time::Duration,
 }
 
 impl<B> fmt::Debug for CoordinatorBuilder<B> {
@@ -275,6 +283,16 @@ impl<B: Bus> CoordinatorBuilder<B> {
         self
     }
 
+    /// How far ahead of this host's clock a frame's version may be (default 1 minute, at
+    /// least 1 s): a frame further ahead is refused and counted
+    /// ([`CoordinationStatus::clock_skew`]), and nothing (a frame, a versioned write, a
+    /// tombstone read back) moves this node's clock further ahead than that. One host
+    /// whose clock runs ahead cannot make every other node's invalidations lose as older.
+    pub fn max_clock_skew(mut self, skew: std::time::Duration) -> Self {
+        self.max_clock_skew = skew;
+        self
+    }
+
     /// The secret every node shares, to sign and check messages (required, at least 16
     /// bytes).
     pub fn secret(mut self, secret: &[u8]) -> Self {
@@ -303,6 +321,12 @@ impl<B: Bus> CoordinatorBuilder<B> {
                 self.replay_window
             )));
         }
+        if self.max_clock_skew < std::time::Duration::from_secs(1) {
+            return Err(BuildError::new(format!(
+                "coordinator: max_clock_skew is {:?}; give at least 1 s (the default is 1 minute)",
+                self.max_clock_skew
+            )));
+        }
         let node = self.node.unwrap_or_else(clock::random_node_id);
         let shared = Arc::new(Shared {
             cache: self.cache,
@@ -311,7 +335,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             incarnation: AtomicU64::new(0),
             replay_window_ms: u64::try_from(self.replay_window.as_millis()).unwrap_or(u64::MAX),
             secret,
-            clock: HybridClock::new(node),
+            clock: HybridClock::with_max_skew(node, self.max_clock_skew),
             seq: AtomicU64::new(0),
             senders: Mutex::new(HashMap::new()),
             stats: Stats::default(),
@@ -405,6 +429,7 @@ struct Stats {
     duplicates: AtomicU64,
     older_incarnation: AtomicU64,
     outside_window: AtomicU64,
+    clock_skew: AtomicU64,
     publish_errors: AtomicU64,
 }
 
@@ -449,6 +474,9 @@ pub struct CoordinationStatus {
     /// Frames refused because they were older than the replay window
     /// ([`CoordinatorBuilder::replay_window`]).
     pub outside_window: u64,
+    /// Frames refused because their version was further ahead of this host's clock than
+    /// [`CoordinatorBuilder::max_clock_skew`].
+    pub clock_skew: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -490,6 +518,7 @@ impl Coordinator {
             secret: None,
             tombstone_ttl: std::time::Duration::from_secs(300),
             replay_window: std::time::Duration::from_secs(300),
+            max_clock_skew: std::time::Duration::from_secs(60),
         }
     }
 
@@ -564,7 +593,8 @@ impl Coordinator {
         tags: crate::Tags,
         tiers: crate::WriteTiers,
     ) -> Result<Option<u64>, crate::InsertError> {
-        self.shared.clock.observe(version);
+        // A version from elsewhere moves the clock, but never past the skew bound.
+        let _ = self.shared.clock.observe(version);
         let shared = Arc::downgrade(&self.shared);
         let (k, t) = (key.to_owned(), tags.clone());
         let check: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
@@ -619,6 +649,7 @@ impl Coordinator {
             duplicates: load(&s.duplicates),
             older_incarnation: load(&s.older_incarnation),
             outside_window: load(&s.outside_window),
+            clock_skew: load(&s.clock_skew),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,
@@ -712,7 +743,7 @@ impl Shared {
                     if let Some((kind, target)) = t.row.split_once('\u{0}') {
                         let left = std::time::Duration::from_millis(t.until_ms.saturating_sub(now));
                         self.tombstones.restore(kind, target, t.version, left);
-                        self.clock.observe(t.version);
+                        let _ = self.clock.observe(t.version);
                     }
                 }
             }
@@ -756,6 +787,14 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                     );
                     continue;
                 }
+                if !sh.clock.within_skew(msg.version) {
+                    sh.stats.clock_skew.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        node = msg.node,
+                        "invalidation frame from a clock too far ahead refused"
+                    );
+                    continue;
+                }
                 let gap = match sh.admit(&msg) {
                     Admit::Next { gap } => gap,
                     Admit::Duplicate => {
@@ -771,7 +810,7 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                         continue;
                     }
                 };
-                sh.clock.observe(msg.version);
+                let _ = sh.clock.observe(msg.version);
                 if gap {
                     sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
                     flush(&sh, "a gap in a sender's sequence numbers");
@@ -948,5 +987,60 @@ mod tests {
         );
         let s = node.status();
         assert_eq!((s.memory_flushes, s.applied, s.received), (1, 3, 4));
+    }
+
+    #[tokio::test]
+    async fn a_frame_from_a_clock_a_year_ahead_is_refused_and_moves_no_clock() {
+        let bus = InProcessBus::new();
+        let cache = Cache::new(MemoryTier::builder().build().unwrap());
+        let secret = b"sixteen+ bytes of shared secret";
+        let node = Coordinator::builder(cache.clone(), bus.clone())
+            .node_id(1)
+            .secret(secret)
+            .start()
+            .unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        cache
+            .set("k", "v".into(), ttl, WriteTiers::ALL)
+            .await
+            .unwrap();
+        let year = (365 * 24 * 3600 * 1000u64) << clock::NODE_AND_COUNTER_BITS;
+        let frame = |seq, version, key: &str| {
+            Message {
+                node: 7,
+                incarnation: 1,
+                seq,
+                version,
+                target: Target::Key(key.into()),
+            }
+            .encode(secret)
+        };
+        let before = node.next_version();
+        bus.publish(frame(1, before + year, "k")).unwrap();
+        bus.publish(frame(2, node.next_version(), "absent"))
+            .unwrap();
+        node.applied(1).await;
+        assert_eq!(cache.get("k").await.unwrap(), "v", "the frame was refused");
+        let s = node.status();
+        assert_eq!((s.clock_skew, s.applied), (1, 1), "{s:?}");
+        // A versioned write a year ahead lands, but does not drag the clock either.
+        node.set_versioned(
+            "w",
+            "x".into(),
+            ttl,
+            before + year,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+        let ahead_ms = (node.next_version() - before) >> clock::NODE_AND_COUNTER_BITS;
+        assert!(ahead_ms < 120_000, "the clock jumped {ahead_ms} ms");
+        let e = Coordinator::builder(cache, bus)
+            .secret(secret)
+            .max_clock_skew(std::time::Duration::ZERO)
+            .start()
+            .unwrap_err();
+        assert!(e.to_string().contains("max_clock_skew"), "{e}");
     }
 }
