@@ -368,3 +368,138 @@ async fn a_frame_replayed_after_the_replay_window_is_refused_and_counted() {
     .unwrap_err();
     assert!(e.to_string().contains("replay_window"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_replayed_frame_cannot_flush_a_node() {
+    let _w = common::watchdog("http_flood", Duration::from_secs(180));
+    let (b, url, frames) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    a.invalidate("k").await.unwrap();
+    applied(&b, 1).await;
+    let captured = frames.lock().unwrap()[0].clone();
+    put(&b, "unrelated").await;
+
+    // 16 connections send the captured frame 1,000 times each.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (url, frame) = (url.clone(), captured.clone());
+        tasks.push(tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_max_idle_per_host(1)
+                    .build_http::<Full<Bytes>>();
+            let mut codes = std::collections::BTreeMap::<u16, u32>::new();
+            for _ in 0..1_000 {
+                let req = http::Request::post(&url)
+                    .body(Full::new(frame.clone()))
+                    .unwrap();
+                let res = client.request(req).await.unwrap();
+                *codes.entry(res.status().as_u16()).or_default() += 1;
+            }
+            codes
+        }));
+    }
+    for t in tasks {
+        let codes = t.await.unwrap();
+        assert!(codes.keys().all(|&c| c == 204), "{codes:?}");
+    }
+    // A fresh frame after the flood is applied.
+    a.invalidate("after").await.unwrap();
+    applied(&b, 2).await;
+    let s = b.status();
+    assert_eq!(s.memory_flushes, 0, "{s:?}");
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+    assert_eq!(s.applied, 2, "{s:?}");
+}
+
+/// `n` distinct signed frames from node 9 (invalidations of `f0`, `f1`, ...), in order.
+async fn frames_of_another_node(n: usize) -> Vec<Bytes> {
+    use tower_cache::coordinator::{Bus, BusEvent, InProcessBus};
+    let bus = InProcessBus::with_capacity(n + 1);
+    let mut rx = bus.subscribe();
+    let other = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(9)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        other.invalidate(&format!("f{i}")).await.unwrap();
+        match rx.next().await.unwrap() {
+            BusEvent::Frame(f) => out.push(f),
+            e => panic!("{e:?}"),
+        }
+    }
+    out
+}
+
+async fn call(endpoint: &InvalidateEndpoint, frame: Bytes) -> u16 {
+    let req = http::Request::post("/_cache/invalidate")
+        .body(Full::new(frame))
+        .unwrap();
+    tower::ServiceExt::oneshot(endpoint.clone(), req)
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The endpoint called faster than the node applies (no socket in between, on one
+/// thread): a replayed frame 16 x 1,000 times, then 5,000 distinct frames of one sender.
+#[tokio::test(flavor = "current_thread")]
+async fn floods_at_the_endpoint_are_bounded_per_sender_and_never_flush_a_node() {
+    let _w = common::watchdog("endpoint_flood", common::LIMIT);
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    let endpoint = bus.endpoint();
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    put(&b, "unrelated").await;
+    let frames = frames_of_another_node(5_000).await;
+
+    assert_eq!(call(&endpoint, frames[0].clone()).await, 204);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (endpoint, frame) = (endpoint.clone(), frames[0].clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..1_000 {
+                assert_eq!(call(&endpoint, frame.clone()).await, 204);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    applied(&b, 1).await;
+    let s = b.status();
+    assert_eq!((s.memory_flushes, s.duplicates), (0, 16_000), "{s:?}");
+
+    // Distinct frames of one sender, faster than they are applied: past its bound the
+    // sender is asked to come back later; nothing is lost, nothing flushed.
+    let mut busy = Vec::new();
+    for f in &frames[1..] {
+        match call(&endpoint, f.clone()).await {
+            204 => {}
+            503 => busy.push(f.clone()),
+            other => panic!("{other}"),
+        }
+    }
+    assert!(!busy.is_empty(), "the bound was reached");
+    assert_eq!(b.status().busy, busy.len() as u64);
+    // Sent again (as the sender's retries would), in order, once there is room.
+    for f in busy {
+        loop {
+            match call(&endpoint, f.clone()).await {
+                204 => break,
+                503 => tokio::task::yield_now().await,
+                other => panic!("{other}"),
+            }
+        }
+    }
+    applied(&b, 5_000).await;
+    let s = b.status();
+    assert_eq!((s.memory_flushes, s.sequence_gaps), (0, 0), "{s:?}");
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+}

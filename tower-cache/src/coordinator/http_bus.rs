@@ -4,8 +4,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,17 +17,20 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tower_service::Service;
 
 use super::message::{Message, MAX_TARGET};
-use super::{Bus, BusError, Subscription};
+use super::{Admission, AdmissionTicket, Bus, BusError, BusEvent, FrameGate, Subscription};
 use crate::error::BuildError;
 
 /// The largest frame the endpoint reads.
 const MAX_FRAME: usize = 64 + MAX_TARGET + 32;
 /// Tries per frame and peer before it is given up (and counted).
 const ATTEMPTS: u32 = 6;
+/// Frames the endpoint holds for the coordinator in all, when no coordinator's gate
+/// bounds them per sender.
+const WAITING: usize = 4096;
 /// Frames waiting to be sent to one peer; past this a frame is given up at once (and the
 /// peer sees the gap).
 const PEER_QUEUE: usize = 4096;
@@ -83,7 +87,9 @@ impl HttpBusBuilder {
                 secret: self.secret,
                 client,
                 timeout: self.timeout,
-                tx: broadcast::channel(4096).0,
+                subscribers: Mutex::default(),
+                gate: Mutex::default(),
+                waiting: Arc::default(),
                 counts: Arc::default(),
             }),
         })
@@ -129,8 +135,35 @@ struct Inner {
     secret: Vec<u8>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
-    tx: broadcast::Sender<Bytes>,
+    /// Where the endpoint hands frames: each subscription's queue (bounded by the gate's
+    /// bound on waiting frames, or by `waiting`).
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Arc<Queued>>>>,
+    /// The receiving coordinator's checks, once it has started.
+    gate: Mutex<Option<FrameGate>>,
+    /// Frames queued and not yet taken by every subscription.
+    waiting: Arc<AtomicUsize>,
     counts: Arc<Counts>,
+}
+
+/// A frame the endpoint queued; its place in the bounds is freed when every subscription
+/// has moved past it.
+struct Queued {
+    frame: Bytes,
+    _ticket: Option<AdmissionTicket>,
+    _slot: Slot,
+}
+
+/// One place in the endpoint's own bound on waiting frames.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl fmt::Debug for HttpBus {
@@ -216,7 +249,32 @@ impl Bus for HttpBus {
     }
 
     fn subscribe(&self) -> Box<dyn Subscription> {
-        Box::new(super::InProcessSubscription(self.inner.tx.subscribe()))
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.subscribers).push(tx);
+        Box::new(HttpSubscription { rx, current: None })
+    }
+
+    fn attach(&self, gate: FrameGate) {
+        *lock(&self.inner.gate) = Some(gate);
+    }
+}
+
+/// A subscription to an [`HttpBus`]: it holds the frame it handed out last (and so its
+/// place in the bounds) until it is asked for the next.
+struct HttpSubscription {
+    rx: mpsc::UnboundedReceiver<Arc<Queued>>,
+    current: Option<Arc<Queued>>,
+}
+
+impl Subscription for HttpSubscription {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = Option<BusEvent>> + Send + '_>> {
+        Box::pin(async move {
+            self.current = None;
+            let queued = self.rx.recv().await?;
+            let frame = queued.frame.clone();
+            self.current = Some(queued);
+            Some(BusEvent::Frame(frame))
+        })
     }
 }
 
@@ -283,9 +341,15 @@ async fn deliver(s: &Sender, frame: Bytes) {
     tracing::warn!(%peer, "invalidation not delivered; the peer will see a gap");
 }
 
-/// The endpoint of an [`HttpBus`]: `POST` a signed frame. `204` when it is accepted,
-/// `401` when its signature is wrong (nothing changes), `405` for other methods, `413`
-/// for a body over the largest frame, `400` for an unreadable one.
+/// The endpoint of an [`HttpBus`]: `POST` a signed frame.
+///
+/// Each frame is checked by the receiving coordinator's [`FrameGate`] before it is
+/// queued: `204` when it is taken (it will be applied) or was taken already (a retry or a
+/// replay: nothing is queued), `401` when its signature is wrong, `409` when it is signed
+/// but stale (older than the replay window, beyond the skew bound, from an earlier start
+/// of its sender), `503` when too many of its sender's frames wait (the sender retries),
+/// `405` for other methods, `413` for a body over the largest frame, `400` for an
+/// unreadable one. Nothing changes on any answer but `204`.
 #[derive(Clone)]
 pub struct InvalidateEndpoint {
     inner: Arc<Inner>,
@@ -331,11 +395,39 @@ where
                 }
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             };
-            if Message::decode(&frame, &inner.secret).is_none() {
-                inner.counts.refused.fetch_add(1, Ordering::Relaxed);
-                return Ok(status(StatusCode::UNAUTHORIZED));
+            let gate = lock(&inner.gate).clone();
+            let ticket = match gate {
+                Some(gate) => match gate.admit(&frame) {
+                    Admission::New(ticket) => Some(ticket),
+                    Admission::Duplicate => return Ok(status(StatusCode::NO_CONTENT)),
+                    Admission::Unsigned => {
+                        inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(status(StatusCode::UNAUTHORIZED));
+                    }
+                    Admission::Stale => {
+                        inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(status(StatusCode::CONFLICT));
+                    }
+                    Admission::Busy => return Ok(status(StatusCode::SERVICE_UNAVAILABLE)),
+                },
+                None => {
+                    if Message::decode(&frame, &inner.secret).is_none() {
+                        inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(status(StatusCode::UNAUTHORIZED));
+                    }
+                    None
+                }
+            };
+            if inner.waiting.fetch_add(1, Ordering::Relaxed) >= WAITING {
+                inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                return Ok(status(StatusCode::SERVICE_UNAVAILABLE));
             }
-            let _ = inner.tx.send(frame);
+            let queued = Arc::new(Queued {
+                frame,
+                _ticket: ticket,
+                _slot: Slot(inner.waiting.clone()),
+            });
+            lock(&inner.subscribers).retain(|tx| tx.send(queued.clone()).is_ok());
             Ok(status(StatusCode::NO_CONTENT))
         })
     }

@@ -52,6 +52,13 @@
 //!   its configured id is heard at once, never taken for duplicates); a frame from an
 //!   older one is refused and counted ([`CoordinationStatus::older_incarnation`]), as is
 //!   a frame already applied ([`CoordinationStatus::duplicates`]).
+//! - **Floods**: a bus that takes frames from the network (the HTTP bus) checks each with
+//!   the coordinator's [`FrameGate`] before queueing it: a frame already taken (a retry,
+//!   or one frame replayed thousands of times) is acknowledged and dropped there, a
+//!   stale one is refused, and at most 256 frames of one sender (4,096 of all) wait for
+//!   the coordinator; past that the sender is asked to retry later
+//!   ([`CoordinationStatus::busy`]). No flood of frames can make the queue lag, so none
+//!   can make a node drop its memory tier.
 //! - A node ignores its own messages.
 //!
 //! The in-process bus ([`InProcessBus`], `tokio::sync::broadcast`) links nodes in one
@@ -126,6 +133,170 @@ pub trait Bus: Send + Sync + 'static {
     /// [`CoordinationStatus::links`]. A bus without links returns none.
     fn links(&self) -> Vec<LinkState> {
         Vec::new()
+    }
+    /// Hands the bus the [`FrameGate`] of the coordinator that receives from it (called
+    /// once, when the coordinator starts). A bus that takes frames from the network checks
+    /// each with it before queueing it, so that duplicates, stale frames and floods are
+    /// dropped where they arrive. The default does nothing.
+    fn attach(&self, gate: FrameGate) {
+        let _ = gate;
+    }
+}
+
+/// A coordinator's checks on a frame where a bus receives it, before any queue: the
+/// signature, the replay window, the clock skew bound, the sender's incarnation and
+/// sequence number (a frame already taken is a duplicate), and how many of the sender's
+/// frames are waiting (at most 256 per sender, 4,096 in all).
+///
+/// Cloning shares the gate; it holds the coordinator weakly (a gate of a coordinator that
+/// stopped admits everything, as no gate would).
+#[derive(Clone)]
+pub struct FrameGate {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl fmt::Debug for FrameGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameGate").finish_non_exhaustive()
+    }
+}
+
+/// What a [`FrameGate`] makes of a frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Admission {
+    /// A frame to queue for the coordinator: keep the ticket with it until the
+    /// coordinator has taken it (it holds the sender's place in the bound on waiting
+    /// frames).
+    New(AdmissionTicket),
+    /// Taken already (a retry or a replay), or the node's own: acknowledge it, queue
+    /// nothing.
+    Duplicate,
+    /// Not signed with the shared secret, or malformed.
+    Unsigned,
+    /// Signed, but never to be taken: older than the replay window, further ahead than the
+    /// skew bound, or from an earlier start of its sender.
+    Stale,
+    /// Too many of this sender's frames (or of all senders') are waiting: ask again later.
+    Busy,
+}
+
+/// A frame's place in a [`FrameGate`]'s bound on waiting frames; dropping it frees it.
+pub struct AdmissionTicket {
+    shared: std::sync::Weak<Shared>,
+    node: u64,
+}
+
+impl fmt::Debug for AdmissionTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionTicket")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Drop for AdmissionTicket {
+    fn drop(&mut self) {
+        if let Some(sh) = self.shared.upgrade() {
+            let mut gate = lock(&sh.gate);
+            gate.waiting = gate.waiting.saturating_sub(1);
+            if let Some(p) = gate.senders.get_mut(&self.node) {
+                p.waiting = p.waiting.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Frames one sender may have waiting between a bus's gate and the coordinator.
+const WAITING_PER_SENDER: usize = 256;
+/// Frames all senders together may have waiting.
+const WAITING: usize = 4096;
+/// Senders a gate keeps track of.
+const GATE_SENDERS: usize = 4096;
+
+/// What a gate took from each sender, and how many frames wait.
+#[derive(Default)]
+struct GateState {
+    senders: HashMap<u64, GateSender>,
+    waiting: usize,
+}
+
+struct GateSender {
+    incarnation: u64,
+    seq: u64,
+    waiting: usize,
+}
+
+impl FrameGate {
+    /// Checks `frame`; see [`Admission`].
+    pub fn admit(&self, frame: &[u8]) -> Admission {
+        let Some(sh) = self.shared.upgrade() else {
+            return Admission::New(AdmissionTicket {
+                shared: std::sync::Weak::new(),
+                node: 0,
+            });
+        };
+        let Some(msg) = Message::decode(frame, &sh.secret) else {
+            sh.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Admission::Unsigned;
+        };
+        if msg.node == sh.node {
+            sh.stats.own.fetch_add(1, Ordering::Relaxed);
+            return Admission::Duplicate;
+        }
+        if let Some(refused) = sh.refuse_by_time(&msg) {
+            refused.fetch_add(1, Ordering::Relaxed);
+            return Admission::Stale;
+        }
+        let mut gate = lock(&sh.gate);
+        if gate.waiting >= WAITING {
+            sh.stats.busy.fetch_add(1, Ordering::Relaxed);
+            return Admission::Busy;
+        }
+        let tracked = gate.senders.len();
+        let verdict = match gate.senders.get_mut(&msg.node) {
+            None if tracked >= GATE_SENDERS => {
+                // Forget the senders with nothing waiting before refusing a new one.
+                gate.senders.retain(|_, p| p.waiting > 0);
+                if gate.senders.len() >= GATE_SENDERS {
+                    sh.stats.busy.fetch_add(1, Ordering::Relaxed);
+                    return Admission::Busy;
+                }
+                None
+            }
+            None => None,
+            Some(p) if msg.incarnation < p.incarnation => {
+                sh.stats.older_incarnation.fetch_add(1, Ordering::Relaxed);
+                Some(Admission::Stale)
+            }
+            Some(p) if msg.incarnation == p.incarnation && msg.seq <= p.seq => {
+                sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                Some(Admission::Duplicate)
+            }
+            Some(p) if p.waiting >= WAITING_PER_SENDER => {
+                sh.stats.busy.fetch_add(1, Ordering::Relaxed);
+                Some(Admission::Busy)
+            }
+            Some(p) => {
+                p.incarnation = msg.incarnation;
+                p.seq = msg.seq;
+                p.waiting += 1;
+                None
+            }
+        };
+        if let Some(v) = verdict {
+            return v;
+        }
+        gate.senders.entry(msg.node).or_insert(GateSender {
+            incarnation: msg.incarnation,
+            seq: msg.seq,
+            waiting: 1,
+        });
+        gate.waiting += 1;
+        Admission::New(AdmissionTicket {
+            shared: self.shared.clone(),
+            node: msg.node,
+        })
     }
 }
 
@@ -338,6 +509,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             clock: HybridClock::with_max_skew(node, self.max_clock_skew),
             seq: AtomicU64::new(0),
             senders: Mutex::new(HashMap::new()),
+            gate: Mutex::default(),
             stats: Stats::default(),
             applied: watch::channel(0).0,
             tombstones: tombstones::Tombstones::new(self.tombstone_ttl),
@@ -349,6 +521,9 @@ impl<B: Bus> CoordinatorBuilder<B> {
         shared
             .incarnation
             .store(clock::new_incarnation(&shared.clock), Ordering::Relaxed);
+        shared.bus.attach(FrameGate {
+            shared: Arc::downgrade(&shared),
+        });
         let subscription = shared.bus.subscribe();
         let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
         Ok(Coordinator {
@@ -397,6 +572,8 @@ struct Shared {
     seq: AtomicU64,
     /// What was applied from each sender.
     senders: Mutex<HashMap<u64, Sender>>,
+    /// What the bus's gate took from each sender (see [`FrameGate`]).
+    gate: Mutex<GateState>,
     stats: Stats,
     /// Messages applied so far (for tests and for waiting on propagation).
     applied: watch::Sender<u64>,
@@ -430,6 +607,7 @@ struct Stats {
     older_incarnation: AtomicU64,
     outside_window: AtomicU64,
     clock_skew: AtomicU64,
+    busy: AtomicU64,
     publish_errors: AtomicU64,
 }
 
@@ -477,6 +655,9 @@ pub struct CoordinationStatus {
     /// Frames refused because their version was further ahead of this host's clock than
     /// [`CoordinatorBuilder::max_clock_skew`].
     pub clock_skew: u64,
+    /// Frames a bus's gate asked their sender to send again later, as too many of its
+    /// frames (or of all senders') were waiting (see [`FrameGate`]).
+    pub busy: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -650,6 +831,7 @@ impl Coordinator {
             older_incarnation: load(&s.older_incarnation),
             outside_window: load(&s.outside_window),
             clock_skew: load(&s.clock_skew),
+            busy: load(&s.busy),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,
@@ -778,21 +960,8 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                     continue;
                 }
                 sh.stats.received.fetch_add(1, Ordering::Relaxed);
-                let sent_ms = msg.version >> clock::NODE_AND_COUNTER_BITS;
-                if unix_ms().saturating_sub(sent_ms) > sh.replay_window_ms {
-                    sh.stats.outside_window.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        node = msg.node,
-                        "invalidation frame older than the replay window refused"
-                    );
-                    continue;
-                }
-                if !sh.clock.within_skew(msg.version) {
-                    sh.stats.clock_skew.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        node = msg.node,
-                        "invalidation frame from a clock too far ahead refused"
-                    );
+                if let Some(refused) = sh.refuse_by_time(&msg) {
+                    refused.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let gap = match sh.admit(&msg) {
@@ -847,6 +1016,27 @@ enum Admit {
 }
 
 impl Shared {
+    /// The counter of the reason to refuse `msg` for its time, if there is one: older
+    /// than the replay window, or further ahead than the skew bound.
+    fn refuse_by_time(&self, msg: &Message) -> Option<&AtomicU64> {
+        let sent_ms = msg.version >> clock::NODE_AND_COUNTER_BITS;
+        if unix_ms().saturating_sub(sent_ms) > self.replay_window_ms {
+            tracing::warn!(
+                node = msg.node,
+                "invalidation frame older than the replay window refused"
+            );
+            return Some(&self.stats.outside_window);
+        }
+        if !self.clock.within_skew(msg.version) {
+            tracing::warn!(
+                node = msg.node,
+                "invalidation frame from a clock too far ahead refused"
+            );
+            return Some(&self.stats.clock_skew);
+        }
+        None
+    }
+
     /// Checks `msg` against what was applied from its sender, and records it if it is to
     /// be applied.
     fn admit(&self, msg: &Message) -> Admit {
