@@ -503,3 +503,38 @@ async fn floods_at_the_endpoint_are_bounded_per_sender_and_never_flush_a_node() 
     assert_eq!((s.memory_flushes, s.sequence_gaps), (0, 0), "{s:?}");
     assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_longer_than_a_message_carries_is_refused_never_cut() {
+    let _w = common::watchdog("http_long_target", common::LIMIT);
+    use tower_cache::coordinator::TargetTooLong;
+    let (b, url, _) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    let max = TargetTooLong::max();
+    let long = "k".repeat(max + 100);
+    let cut = &long[..max];
+    for n in [&a, &b] {
+        put(n, &long).await;
+        put(n, cut).await;
+    }
+    for e in [
+        a.invalidate(&long).await.unwrap_err(),
+        a.invalidate_tag(&long).await.unwrap_err(),
+    ] {
+        let cause = std::error::Error::source(&e).expect("a typed cause");
+        let too_long = cause
+            .downcast_ref::<TargetTooLong>()
+            .expect("TargetTooLong");
+        assert_eq!(too_long.target_len(), max + 100);
+    }
+    assert!(
+        a.cache().get(&long).await.is_some(),
+        "nothing done locally either"
+    );
+    // The longest target a message carries goes whole.
+    a.invalidate(cut).await.unwrap();
+    applied(&b, 1).await;
+    assert!(b.cache().get(cut).await.is_none());
+    assert_eq!(b.cache().get(&long).await.unwrap(), "v");
+    assert_eq!(a.status().published, 1);
+}

@@ -29,6 +29,57 @@ pub enum Target {
     Tag(String),
 }
 
+/// An invalidation target (key, pattern or tag) longer than a message carries: refused
+/// whole, before anything is invalidated, never cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetTooLong {
+    len: usize,
+}
+
+impl TargetTooLong {
+    /// The target's length in bytes.
+    pub fn target_len(&self) -> usize {
+        self.len
+    }
+
+    /// The longest target a message carries, in bytes (4,096).
+    pub fn max() -> usize {
+        MAX_TARGET
+    }
+}
+
+impl std::fmt::Display for TargetTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalidation target of {} bytes is longer than the {MAX_TARGET} a message carries; \
+             nothing was invalidated",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for TargetTooLong {}
+
+impl Target {
+    /// The key, pattern or tag.
+    pub(crate) fn text(&self) -> &str {
+        match self {
+            Target::Key(t) | Target::Pattern(t) | Target::Tag(t) => t,
+        }
+    }
+
+    /// Refuses a target longer than a message carries.
+    pub(crate) fn check_len(&self) -> Result<(), TargetTooLong> {
+        let len = self.text().len();
+        if len > MAX_TARGET {
+            Err(TargetTooLong { len })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Message {
     pub(crate) node: u64,
@@ -47,13 +98,15 @@ fn mac(secret: &[u8]) -> Hmac<Sha256> {
 }
 
 impl Message {
-    pub(crate) fn encode(&self, secret: &[u8]) -> Bytes {
-        let (kind, target) = match &self.target {
-            Target::Key(k) => (0u8, k),
-            Target::Pattern(p) => (1, p),
-            Target::Tag(t) => (2, t),
+    /// The signed frame; a target longer than [`MAX_TARGET`] is refused, never cut.
+    pub(crate) fn encode(&self, secret: &[u8]) -> Result<Bytes, TargetTooLong> {
+        self.target.check_len()?;
+        let kind = match &self.target {
+            Target::Key(_) => 0u8,
+            Target::Pattern(_) => 1,
+            Target::Tag(_) => 2,
         };
-        let target = &target.as_bytes()[..target.len().min(MAX_TARGET)];
+        let target = self.target.text().as_bytes();
         let mut out = BytesMut::with_capacity(HEAD + target.len() + MAC_LEN);
         out.put_u8(FORMAT);
         out.put_u64_le(self.node);
@@ -66,7 +119,7 @@ impl Message {
         let mut m = mac(secret);
         m.update(&out);
         out.put_slice(&m.finalize().into_bytes());
-        out.freeze()
+        Ok(out.freeze())
     }
 
     /// Decodes a frame; `None` if it is malformed, oversized or not signed with `secret`.
@@ -120,7 +173,7 @@ mod tests {
             version: 99,
             target: Target::Pattern("provider:*".into()),
         };
-        let frame = m.encode(b"a secret of 16 bytes");
+        let frame = m.encode(b"a secret of 16 bytes").unwrap();
         assert_eq!(Message::decode(&frame, b"a secret of 16 bytes"), Some(m));
         assert_eq!(
             Message::decode(&frame, b"another secret!!"),
@@ -142,5 +195,25 @@ mod tests {
         );
         assert_eq!(Message::decode(&[], b"x"), None);
         assert_eq!(Message::decode(&vec![0; 100_000], b"x"), None, "oversized");
+    }
+
+    #[test]
+    fn a_target_too_long_is_refused_whole_and_the_longest_goes_whole() {
+        let secret = b"a secret of 16 bytes";
+        let m = |key: String| Message {
+            node: 1,
+            incarnation: 1,
+            seq: 1,
+            version: 1,
+            target: Target::Key(key),
+        };
+        let longest = m("k".repeat(MAX_TARGET));
+        let frame = longest.encode(secret).unwrap();
+        assert_eq!(Message::decode(&frame, secret), Some(longest));
+        let e = m("k".repeat(MAX_TARGET + 1)).encode(secret).unwrap_err();
+        assert_eq!(
+            (e.target_len(), TargetTooLong::max()),
+            (MAX_TARGET + 1, MAX_TARGET)
+        );
     }
 }

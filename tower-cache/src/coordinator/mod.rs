@@ -2,7 +2,9 @@
 //! other nodes over a [`Bus`], and applies theirs.
 //!
 //! - **Messages** carry the target (key, pattern or tag), a hybrid-logical-clock version,
-//!   the origin node id, its incarnation and a per-sender sequence number; never a value. Each is signed
+//!   the origin node id, its incarnation and a per-sender sequence number; never a value.
+//!   A target is carried whole or not at all: one longer than 4,096 bytes is refused
+//!   with [`TargetTooLong`] (the error's source) before anything is invalidated. Each is signed
 //!   with HMAC-SHA256 over a shared secret: an unsigned or forged message is dropped and
 //!   counted.
 //! - **Versions and conflicts**: a remote invalidation removes a local entry only if the
@@ -103,7 +105,7 @@ use tokio::sync::{broadcast, watch};
 pub use self::clock::{resolve_conflict, HybridClock, Winner};
 pub use self::http_bus::{HttpBus, HttpBusBuilder, InvalidateEndpoint};
 use self::message::Message;
-pub use self::message::Target;
+pub use self::message::{Target, TargetTooLong};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis_bus::RedisBus;
@@ -733,8 +735,13 @@ impl Coordinator {
             .await
     }
 
-    /// Remembers, applies here (recording the tombstone on disk), then publishes.
+    /// Remembers, applies here (recording the tombstone on disk), then publishes. A target
+    /// longer than a message carries is refused first ([`TargetTooLong`] as the error's
+    /// source): nothing is invalidated anywhere.
     async fn invalidate_everywhere(&self, target: Target) -> Result<Invalidated, InvalidateError> {
+        target
+            .check_len()
+            .map_err(|e| InvalidateError::with_source("cannot invalidate across the cluster", e))?;
         let version = self.shared.clock.now();
         self.shared.remember(&target, version);
         let removed = self
@@ -873,7 +880,16 @@ impl Coordinator {
             version,
             target,
         };
-        match sh.bus.publish(msg.encode(&sh.secret)) {
+        let frame = match msg.encode(&sh.secret) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Checked before the invalidation began; counted should it ever happen.
+                sh.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "invalidation not published; applied locally only");
+                return;
+            }
+        };
+        match sh.bus.publish(frame) {
             Ok(()) => {
                 sh.stats.published.fetch_add(1, Ordering::Relaxed);
             }
@@ -1163,6 +1179,7 @@ mod tests {
                 target: Target::Key("absent".into()),
             }
             .encode(secret)
+            .unwrap()
         };
         bus.publish(frame(1)).unwrap();
         bus.publish(frame(2)).unwrap();
@@ -1204,6 +1221,7 @@ mod tests {
                 target: Target::Key(key.into()),
             }
             .encode(secret)
+            .unwrap()
         };
         let before = node.next_version();
         bus.publish(frame(1, before + year, "k")).unwrap();
