@@ -538,3 +538,41 @@ async fn a_target_longer_than_a_message_carries_is_refused_never_cut() {
     assert_eq!(b.cache().get(&long).await.unwrap(), "v");
     assert_eq!(a.status().published, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_listener_ends_no_remote_invalidation() {
+    let _w = common::watchdog("http_listener_panic", common::LIMIT);
+    let (b, url, _) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let heard = heard.clone();
+        b.cache()
+            .on_invalidate("*", move |key| {
+                assert_ne!(key, "boom", "a listener that panics on one key");
+                heard.lock().unwrap().push(key.to_owned());
+            })
+            .unwrap();
+    }
+    for k in ["boom", "k"] {
+        put(&b, k).await;
+    }
+    a.invalidate("boom").await.unwrap();
+    a.invalidate("k").await.unwrap();
+    applied(&b, 2).await;
+    assert!(b.cache().get("boom").await.is_none());
+    assert!(
+        b.cache().get("k").await.is_none(),
+        "the receiving task lives on"
+    );
+    assert_eq!(
+        *heard.lock().unwrap(),
+        ["k"],
+        "the listener stays registered"
+    );
+    assert_eq!(b.status().listener_panics, 1);
+    // Locally too, the invalidation completes.
+    put(&b, "boom").await;
+    assert_eq!(b.cache().invalidate("boom").await.unwrap(), 1);
+    assert_eq!(b.cache().listener_panics(), 2);
+}

@@ -347,7 +347,8 @@ async fn deliver(s: &Sender, frame: Bytes) {
 /// queued: `204` when it is taken (it will be applied) or was taken already (a retry or a
 /// replay: nothing is queued), `401` when its signature is wrong, `409` when it is signed
 /// but stale (older than the replay window, beyond the skew bound, from an earlier start
-/// of its sender), `503` when too many of its sender's frames wait (the sender retries),
+/// of its sender), `503` when too many of its sender's frames wait or no coordinator
+/// receives from the bus (the sender retries),
 /// `405` for other methods, `413` for a body over the largest frame, `400` for an
 /// unreadable one. Nothing changes on any answer but `204`.
 #[derive(Clone)]
@@ -427,7 +428,13 @@ where
                 _ticket: ticket,
                 _slot: Slot(inner.waiting.clone()),
             });
-            lock(&inner.subscribers).retain(|tx| tx.send(queued.clone()).is_ok());
+            let mut subscribers = lock(&inner.subscribers);
+            subscribers.retain(|tx| tx.send(queued.clone()).is_ok());
+            if subscribers.is_empty() {
+                // Nobody receives (no coordinator, or it stopped): not acknowledged.
+                return Ok(status(StatusCode::SERVICE_UNAVAILABLE));
+            }
+            drop(subscribers);
             Ok(status(StatusCode::NO_CONTENT))
         })
     }

@@ -61,6 +61,9 @@
 //!   the coordinator; past that the sender is asked to retry later
 //!   ([`CoordinationStatus::busy`]). No flood of frames can make the queue lag, so none
 //!   can make a node drop its memory tier.
+//! - **Listeners**: a panic in an `on_invalidate` listener never ends the receiving
+//!   task: it is caught, counted ([`CoordinationStatus::listener_panics`]) and the
+//!   listener stays registered.
 //! - A node ignores its own messages.
 //!
 //! The in-process bus ([`InProcessBus`], `tokio::sync::broadcast`) links nodes in one
@@ -660,6 +663,9 @@ pub struct CoordinationStatus {
     /// Frames a bus's gate asked their sender to send again later, as too many of its
     /// frames (or of all senders') were waiting (see [`FrameGate`]).
     pub busy: u64,
+    /// Calls of the store's `on_invalidate` listeners that panicked (contained: the
+    /// invalidation completed; see [`Cache::on_invalidate`]).
+    pub listener_panics: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -839,6 +845,7 @@ impl Coordinator {
             outside_window: load(&s.outside_window),
             clock_skew: load(&s.clock_skew),
             busy: load(&s.busy),
+            listener_panics: self.shared.cache.listener_panics(),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,

@@ -10,7 +10,9 @@
 //! - [`Cache::register_dependency`] and [`Cache::invalidate_with_dependents`]: an entry
 //!   that depends on another goes when it goes, transitively; cycles are harmless. Edges
 //!   persist in the disk tier (when there is one), so a restart keeps them.
-//! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern.
+//! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern;
+//!   a callback that panics is contained and counted ([`Cache::listener_panics`]), and
+//!   stays registered.
 //!
 //! Every invalidation is a write in the sense of the store's consistency guarantee (see
 //! [`Cache`]): when it returns, no read returns an entry it removed, and no
@@ -107,6 +109,8 @@ pub(crate) struct Registry {
     /// `on` -> the keys that depend on it (also on disk when there is a disk tier).
     dependents: Mutex<HashMap<String, HashSet<String>>>,
     listeners: Mutex<Vec<(Glob, Listener)>>,
+    /// Calls of a listener that panicked.
+    listener_panics: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Registry {
@@ -275,7 +279,20 @@ impl Cache {
         }
     }
 
+    /// Calls of [`on_invalidate`](Self::on_invalidate) listeners that panicked.
+    pub fn listener_panics(&self) -> u64 {
+        self.registry()
+            .listener_panics
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Calls `callback` with every invalidated key that matches `pattern`.
+    ///
+    /// The callback runs on the task that invalidates (for a remote invalidation, the
+    /// coordinator's receiving task). If it panics, the panic is caught, logged and counted
+    /// ([`listener_panics`](Self::listener_panics), and the coordinator's status): the
+    /// invalidation completes, every other listener is still called, and the listener
+    /// stays registered (a panic for one key says nothing of the next).
     pub fn on_invalidate<F>(&self, pattern: &str, callback: F) -> Result<(), InvalidateError>
     where
         F: Fn(&str) + Send + Sync + 'static,
@@ -341,7 +358,18 @@ impl Cache {
         for key in keys {
             for (glob, callback) in &listeners {
                 if glob.matches(key) {
-                    callback(key);
+                    // A listener is user code: its panic is contained here, counted and
+                    // logged, and the listener stays registered (see `on_invalidate`).
+                    let call = std::panic::AssertUnwindSafe(|| callback(key));
+                    if std::panic::catch_unwind(call).is_err() {
+                        self.registry()
+                            .listener_panics
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(
+                            key,
+                            "an on_invalidate listener panicked; it stays registered"
+                        );
+                    }
                 }
             }
         }
