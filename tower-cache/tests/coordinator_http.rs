@@ -576,3 +576,68 @@ async fn a_panicking_listener_ends_no_remote_invalidation() {
     assert_eq!(b.cache().invalidate("boom").await.unwrap(), 1);
     assert_eq!(b.cache().listener_panics(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_invalidation_reaches_every_node_over_http() {
+    let _w = common::watchdog("http_dependents", common::LIMIT);
+    let (nodes, _) = cluster(vec![pass(), pass(), pass()]).await;
+    for n in &nodes {
+        let c = n.cache();
+        for k in [
+            "user:7",
+            "ratelimit:user:7",
+            "session:7",
+            "user:8",
+            "only-here",
+        ] {
+            put(n, k).await;
+        }
+        c.register_dependency("ratelimit:user:7", "user:7")
+            .await
+            .unwrap();
+        c.register_dependency("session:7", "ratelimit:user:7")
+            .await
+            .unwrap();
+        // An edge only the third node holds: it follows it, the others do not know it.
+        if n.node_id() == 3 {
+            c.register_dependency("only-here", "session:7")
+                .await
+                .unwrap();
+        }
+    }
+    let done = nodes[0].invalidate_with_dependents("user:7").await.unwrap();
+    assert_eq!(done.removed, 3);
+    for n in &nodes[1..] {
+        applied(n, 1).await;
+    }
+    for n in &nodes {
+        for k in ["user:7", "ratelimit:user:7", "session:7"] {
+            assert!(
+                n.cache().get(k).await.is_none(),
+                "node {} kept {k}",
+                n.node_id()
+            );
+        }
+        assert!(n.cache().get("user:8").await.is_some());
+        assert_eq!(
+            n.cache().get("only-here").await.is_none(),
+            n.node_id() == 3,
+            "node {}",
+            n.node_id()
+        );
+    }
+    // A write older than the invalidation does not land on a node that applied it.
+    let old = done.version - 1;
+    let stored = nodes[2]
+        .set_versioned(
+            "session:7",
+            "stale".into(),
+            TTL,
+            old,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, None, "a dependent's tombstone refuses older writes");
+}

@@ -20,6 +20,7 @@ pub(crate) const MAX_TARGET: usize = 4096;
 
 /// What an invalidation reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// One key.
     Key(String),
@@ -27,6 +28,9 @@ pub enum Target {
     Pattern(String),
     /// Every entry with a tag.
     Tag(String),
+    /// A key and, transitively, every key registered as depending on it (each node
+    /// follows its own dependency edges).
+    Dependents(String),
 }
 
 /// An invalidation target (key, pattern or tag) longer than a message carries: refused
@@ -65,7 +69,7 @@ impl Target {
     /// The key, pattern or tag.
     pub(crate) fn text(&self) -> &str {
         match self {
-            Target::Key(t) | Target::Pattern(t) | Target::Tag(t) => t,
+            Target::Key(t) | Target::Pattern(t) | Target::Tag(t) | Target::Dependents(t) => t,
         }
     }
 
@@ -105,6 +109,7 @@ impl Message {
             Target::Key(_) => 0u8,
             Target::Pattern(_) => 1,
             Target::Tag(_) => 2,
+            Target::Dependents(_) => 3,
         };
         let target = self.target.text().as_bytes();
         let mut out = BytesMut::with_capacity(HEAD + target.len() + MAC_LEN);
@@ -148,6 +153,7 @@ impl Message {
             0 => Target::Key(target.to_owned()),
             1 => Target::Pattern(target.to_owned()),
             2 => Target::Tag(target.to_owned()),
+            3 => Target::Dependents(target.to_owned()),
             _ => return None,
         };
         Some(Message {

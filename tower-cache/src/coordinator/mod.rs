@@ -1,7 +1,10 @@
 //! Cluster-wide invalidation: a [`Coordinator`] spreads a node's invalidations to the
 //! other nodes over a [`Bus`], and applies theirs.
 //!
-//! - **Messages** carry the target (key, pattern or tag), a hybrid-logical-clock version,
+//! - **Targets**: a key, a pattern, a tag, or a key with its dependents
+//!   ([`Coordinator::invalidate_with_dependents`]: each node follows the dependency
+//!   edges it holds, remembering every key it reaches).
+//! - **Messages** carry the target, a hybrid-logical-clock version,
 //!   the origin node id, its incarnation and a per-sender sequence number; never a value.
 //!   A target is carried whole or not at all: one longer than 4,096 bytes is refused
 //!   with [`TargetTooLong`] (the error's source) before anything is invalidated. Each is signed
@@ -741,6 +744,17 @@ impl Coordinator {
             .await
     }
 
+    /// Invalidates `key` and, transitively, every key registered as depending on it
+    /// ([`Cache::register_dependency`]), here, then on every node: each node follows the
+    /// dependency edges it holds. Returns what was removed here.
+    pub async fn invalidate_with_dependents(
+        &self,
+        key: &str,
+    ) -> Result<Invalidated, InvalidateError> {
+        self.invalidate_everywhere(Target::Dependents(key.to_owned()))
+            .await
+    }
+
     /// Remembers, applies here (recording the tombstone on disk), then publishes. A target
     /// longer than a message carries is refused first ([`TargetTooLong`] as the error's
     /// source): nothing is invalidated anywhere.
@@ -749,12 +763,7 @@ impl Coordinator {
             .check_len()
             .map_err(|e| InvalidateError::with_source("cannot invalidate across the cluster", e))?;
         let version = self.shared.clock.now();
-        self.shared.remember(&target, version);
-        let removed = self
-            .shared
-            .cache
-            .invalidate_recorded(&target, self.shared.tombstone(&target, version), None)
-            .await?;
+        let removed = self.shared.invalidate(&target, version, None).await?;
         self.publish(target, version);
         Ok(Invalidated { removed, version })
     }
@@ -909,10 +918,40 @@ impl Coordinator {
 }
 
 impl Shared {
+    /// Remembers the invalidation of `target` at `version`, then does it in the store
+    /// (recording its tombstones on disk); with `keep_newer_than`, entries newer than
+    /// that stay (see [`Cache::invalidate_recorded`]).
+    async fn invalidate(
+        &self,
+        target: &Target,
+        version: u64,
+        keep_newer_than: Option<u64>,
+    ) -> Result<usize, InvalidateError> {
+        if let Target::Dependents(key) = target {
+            // The keys are found as the edges are followed: each is remembered just
+            // before it is deleted.
+            let each = |k: &str| {
+                let key = Target::Key(k.to_owned());
+                self.remember(&key, version);
+                self.tombstone(&key, version)
+            };
+            return self
+                .cache
+                .invalidate_dependents_recorded(key, &each, keep_newer_than)
+                .await;
+        }
+        // Remembered first: a write older than this invalidation that lands while it is
+        // being applied is refused.
+        self.remember(target, version);
+        self.cache
+            .invalidate_recorded(target, self.tombstone(target, version), keep_newer_than)
+            .await
+    }
+
     /// Remembers an invalidation of `target` at `version` in memory (see the tombstones).
     fn remember(&self, target: &Target, version: u64) {
         match target {
-            Target::Key(key) => self.tombstones.key(key, version),
+            Target::Key(key) | Target::Dependents(key) => self.tombstones.key(key, version),
             Target::Tag(tag) => self.tombstones.tag(tag, version),
             Target::Pattern(p) => {
                 if let Ok(glob) = crate::invalidate::Glob::new(p) {
@@ -925,7 +964,7 @@ impl Shared {
     /// The disk record of an invalidation of `target` at `version`.
     fn tombstone(&self, target: &Target, version: u64) -> crate::disk::Tombstone {
         let (kind, what) = match target {
-            Target::Key(k) => ("k", k),
+            Target::Key(k) | Target::Dependents(k) => ("k", k),
             Target::Pattern(p) => ("p", p),
             Target::Tag(t) => ("t", t),
         };
@@ -1105,9 +1144,6 @@ fn flush(sh: &Shared, why: &str) {
 }
 
 async fn apply(sh: &Shared, msg: &Message) {
-    // Remembered first: a write older than this invalidation that lands while it is being
-    // applied is refused.
-    sh.remember(&msg.target, msg.version);
     let result = match &msg.target {
         Target::Key(key) => {
             // Remove only what is not newer than the invalidation.
@@ -1124,27 +1160,15 @@ async fn apply(sh: &Shared, msg: &Message) {
                 });
             match local {
                 Some(v) if resolve_conflict(key, v, msg.version) == Winner::Local => {
+                    sh.remember(&msg.target, msg.version);
                     sh.stats.skipped_newer.fetch_add(1, Ordering::Relaxed);
                     Ok(0)
                 }
-                _ => {
-                    sh.cache
-                        .invalidate_recorded(
-                            &msg.target,
-                            sh.tombstone(&msg.target, msg.version),
-                            None,
-                        )
-                        .await
-                }
+                _ => sh.invalidate(&msg.target, msg.version, None).await,
             }
         }
-        Target::Pattern(_) | Target::Tag(_) => {
-            sh.cache
-                .invalidate_recorded(
-                    &msg.target,
-                    sh.tombstone(&msg.target, msg.version),
-                    Some(msg.version),
-                )
+        _ => {
+            sh.invalidate(&msg.target, msg.version, Some(msg.version))
                 .await
         }
     };

@@ -208,6 +208,16 @@ impl Cache {
                 )
                 .await
             }
+            Target::Dependents(key) => {
+                let (version, until_ms) = (tombstone.version, tombstone.until_ms);
+                let each = move |k: &str| Tombstone {
+                    row: format!("k\u{0}{k}").into(),
+                    version,
+                    until_ms,
+                };
+                self.invalidate_dependents_recorded(key, &each, keep_newer_than)
+                    .await
+            }
             Target::Tag(tag) => {
                 if tag.is_empty() {
                     return Err(InvalidateError::new(
@@ -273,6 +283,58 @@ impl Cache {
             }
         }
         self.notify(seen.iter().map(String::as_str));
+        match fault {
+            Some(e) => Err(InvalidateError::new(e.to_string())),
+            None => Ok(removed),
+        }
+    }
+
+    /// Like [`Self::invalidate_with_dependents`], recording `tombstone(key)` on disk with
+    /// each key's delete (the caller remembers it in memory there too, before the delete).
+    /// With `keep_newer_than`, a key whose entry is newer than that stays (its dependents
+    /// are still followed).
+    pub(crate) async fn invalidate_dependents_recorded(
+        &self,
+        key: &str,
+        tombstone: &(dyn Fn(&str) -> Tombstone + Send + Sync),
+        keep_newer_than: Option<u64>,
+    ) -> Result<usize, InvalidateError> {
+        check_key(key)?;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut queue = VecDeque::from([key.to_owned()]);
+        let mut removed = 0;
+        let mut fault = None;
+        let mut gone = Vec::new();
+        while let Some(k) = queue.pop_front() {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            let newer = keep_newer_than.is_some_and(|bound| {
+                let local = self
+                    .memory()
+                    .get_fresh_uncounted(&k)
+                    .map(|s| s.version)
+                    .or_else(|| {
+                        self.disk()
+                            .and_then(|d| d.get_entry(&k))
+                            .map(|e| e.meta.version)
+                    });
+                local.is_some_and(|v| v > bound)
+            });
+            if !newer {
+                match self.delete_with(&k, Some(tombstone(&k))).await {
+                    Ok(found) => removed += usize::from(found),
+                    Err(e) => fault = Some(e),
+                }
+                gone.push(k.clone());
+            }
+            for d in self.dependents_of(&k) {
+                if !seen.contains(&d) {
+                    queue.push_back(d);
+                }
+            }
+        }
+        self.notify(gone.iter().map(String::as_str));
         match fault {
             Some(e) => Err(InvalidateError::new(e.to_string())),
             None => Ok(removed),
