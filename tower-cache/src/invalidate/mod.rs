@@ -47,7 +47,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-pub use self::glob::Glob;
+pub use self::glob::{Glob, PatternError};
 pub use self::purge::PurgeService;
 use crate::cache::Cache;
 use crate::disk::{Select, Tombstone};
@@ -57,7 +57,7 @@ use crate::disk::{Select, Tombstone};
 ///
 /// Where a typed cause exists it is the [`source`](std::error::Error::source): e.g.
 /// [`TargetTooLong`](crate::coordinator::TargetTooLong) for a target longer than a
-/// cluster message carries.
+/// cluster message carries, [`PatternError`] for a pattern over the bounds.
 #[derive(Debug)]
 pub struct InvalidateError {
     message: String,
