@@ -4,12 +4,13 @@
 //! - **Targets**: a key, a pattern, a tag, or a key with its dependents
 //!   ([`Coordinator::invalidate_with_dependents`]: each node follows the dependency
 //!   edges it holds, remembering every key it reaches).
-//! - **Messages** carry the target, a hybrid-logical-clock version,
-//!   the origin node id, its incarnation and a per-sender sequence number; never a value.
-//!   A target is carried whole or not at all: one longer than 4,096 bytes is refused
-//!   with [`TargetTooLong`] (the error's source) before anything is invalidated. Each is signed
-//!   with HMAC-SHA256 over a shared secret: an unsigned or forged message is dropped and
-//!   counted.
+//! - **Messages** carry the target, a hybrid-logical-clock version, the origin node id,
+//!   its incarnation and a per-sender sequence number; never a value. A target is
+//!   carried whole or not at all: one longer than 4,096 bytes is refused with
+//!   [`TargetTooLong`] (the error's source) before anything is invalidated. Each message
+//!   is signed with HMAC-SHA256 over a shared secret: an unsigned or forged message is
+//!   dropped and counted. (The wire format is version 2: nodes of a release that wrote
+//!   version 1 and nodes of this one refuse each other's frames; upgrade them together.)
 //! - **Versions and conflicts**: a remote invalidation removes a local entry only if the
 //!   entry is not newer than the message ([`resolve_conflict`]: last writer wins,
 //!   versions compared first, node ids on a tie; the node id is part of the version, so
