@@ -641,3 +641,59 @@ async fn dependency_invalidation_reaches_every_node_over_http() {
         .unwrap();
     assert_eq!(stored, None, "a dependent's tombstone refuses older writes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_pattern_frame_leaves_newer_entries_on_disk_too() {
+    let _w = common::watchdog("http_replay_disk", common::LIMIT);
+    let (b, url, frames) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    a.invalidate_pattern("p:*").await.unwrap();
+    applied(&b, 1).await;
+    let captured = frames.lock().unwrap()[0].clone();
+
+    // A node with a disk tier joins afterwards: one entry older than the frame, one newer.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = tower_cache::DiskTier::builder(dir.path())
+        .map_size(16 << 20)
+        .open()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c_url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), pass());
+    let c = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()).with_disk(disk),
+        bus,
+    )
+    .node_id(3)
+    .secret(SECRET)
+    .start()
+    .unwrap();
+    let older = tower_cache::EntryMeta {
+        version: 1,
+        tags: Default::default(),
+    };
+    c.cache()
+        .set_with("p:old", "old".into(), TTL, older, WriteTiers::ALL)
+        .await
+        .unwrap();
+    c.set(
+        "p:new",
+        "new".into(),
+        TTL,
+        Default::default(),
+        WriteTiers::ALL,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    c.cache().memory().clear(); // only the disk tier holds them now
+    assert_eq!(post(&c_url, captured).await, 204);
+    applied(&c, 1).await;
+    let disk = c.cache().disk().unwrap();
+    assert!(disk.get("p:old").is_none(), "an older entry goes");
+    assert_eq!(disk.get("p:new").unwrap(), "new", "a newer one stays");
+}
