@@ -64,7 +64,9 @@
 //!   stale one is refused, and at most 256 frames of one sender (4,096 of all) wait for
 //!   the coordinator; past that the sender is asked to retry later
 //!   ([`CoordinationStatus::busy`]). No flood of frames can make the queue lag, so none
-//!   can make a node drop its memory tier.
+//!   can make a node drop its memory tier. The Redis bus checks each frame with the gate
+//!   too and drops duplicates, stale and unsigned frames before its queue (pub/sub cannot
+//!   ask a publisher to wait, so there it has no per-sender bound).
 //! - **Listeners**: a panic in an `on_invalidate` listener never ends the receiving
 //!   task: it is caught, counted ([`CoordinationStatus::listener_panics`]) and the
 //!   listener stays registered.
