@@ -56,7 +56,7 @@ pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder, OnDam
 pub use crate::entry::{Entry, EntryMeta, Tags, TimeSource};
 pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
 pub use crate::http::{CacheBody, HttpCodec, HttpKey, StoreSuccessful, DEFAULT_MAX_BODY};
-pub use crate::invalidate::{Glob, InvalidateError, PurgeService};
+pub use crate::invalidate::{Glob, InvalidateError, PatternError, PurgeService};
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
 pub use crate::service::{
     BytesCodec, CacheKey, CacheLayer, CacheService, Codec, RequestAsKey, ResponseFuture, StoreAll,

@@ -167,3 +167,65 @@ async fn a_bad_url_is_a_build_error() {
     let e = RedisBus::connect("redis://127.0.0.1:1/", "").unwrap_err();
     assert!(e.to_string().contains("channel"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_replayed_frame_over_redis_cannot_flush_a_node() {
+    use tower_cache::coordinator::{Bus, BusEvent};
+    let _w = common::watchdog("redis_flood", Duration::from_secs(120));
+    let port = support_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _redis = Redis::start(port);
+    let (bus_a, bus_b) = (
+        RedisBus::connect(&url, "flood").unwrap(),
+        RedisBus::connect(&url, "flood").unwrap(),
+    );
+    let mut tap = bus_b.subscribe();
+    let node = |bus: RedisBus, id| {
+        Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+            .node_id(id)
+            .secret(SECRET)
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (node(bus_a.clone(), 1), node(bus_b.clone(), 2));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| bus_a.is_connected() && bus_b.is_connected()),
+    )
+    .await
+    .expect("subscribed");
+    a.invalidate("k").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), b.applied(1))
+        .await
+        .unwrap();
+    let frame = match tap.next().await.unwrap() {
+        BusEvent::Frame(f) => f,
+        e => panic!("{e:?}"),
+    };
+    drop(tap);
+    b.cache()
+        .set("unrelated", "v".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+
+    // 16 x 1,000 copies, pipelined.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..16 {
+        let mut pipe = redis::pipe();
+        for _ in 0..1_000 {
+            pipe.cmd("PUBLISH")
+                .arg("flood")
+                .arg(frame.as_ref())
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    a.invalidate("after").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), b.applied(2))
+        .await
+        .unwrap();
+    let s = b.status();
+    assert_eq!(s.memory_flushes, 0, "{s:?}");
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+}

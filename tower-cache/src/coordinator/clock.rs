@@ -12,20 +12,41 @@ const TICK: u64 = 1 << NODE_BITS;
 pub(crate) const NODE_AND_COUNTER_BITS: u32 = NODE_BITS + COUNTER_BITS;
 
 /// A hybrid logical clock: versions that follow wall time, never go backwards, and come
-/// after every version this node has seen.
+/// after every version this node has seen (up to a bound on how far ahead of this host's
+/// wall clock, when it has one).
 #[derive(Debug)]
 pub struct HybridClock {
     last: AtomicU64,
     node: u64,
+    /// How far ahead of the wall clock an observed version may move this clock, in
+    /// version units (milliseconds shifted past the counter and node bits).
+    max_ahead: u64,
 }
 
 impl HybridClock {
-    /// A clock for `node`.
+    /// A clock for `node` that follows every version it observes, however far ahead.
+    /// A clock fed by other hosts wants [`Self::with_max_skew`].
     pub fn new(node: u64) -> Self {
         Self {
             last: AtomicU64::new(0),
             node: node & (TICK - 1),
+            max_ahead: u64::MAX,
         }
+    }
+
+    /// A clock for `node` that observed versions move at most `max_skew` ahead of this
+    /// host's wall clock: one host whose clock runs ahead cannot drag it further.
+    pub fn with_max_skew(node: u64, max_skew: std::time::Duration) -> Self {
+        let ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            max_ahead: ms.saturating_mul(1 << NODE_AND_COUNTER_BITS),
+            ..Self::new(node)
+        }
+    }
+
+    /// Whether `remote` is within the skew bound of this host's wall clock now.
+    pub fn within_skew(&self, remote: u64) -> bool {
+        remote <= self.wall().saturating_add(self.max_ahead)
     }
 
     fn wall(&self) -> u64 {
@@ -52,9 +73,12 @@ impl HybridClock {
         }
     }
 
-    /// Takes a version seen from another node into account.
-    pub fn observe(&self, remote: u64) {
-        self.last.fetch_max(remote, Ordering::Relaxed);
+    /// Takes a version seen from another node into account; returns `false` when it was
+    /// beyond the skew bound, in which case the clock moves only up to the bound.
+    pub fn observe(&self, remote: u64) -> bool {
+        let bound = self.wall().saturating_add(self.max_ahead);
+        self.last.fetch_max(remote.min(bound), Ordering::Relaxed);
+        remote <= bound
     }
 }
 
@@ -76,6 +100,29 @@ pub fn resolve_conflict(key: &str, local: u64, remote: u64) -> Winner {
         Winner::Local
     } else {
         Winner::Remote
+    }
+}
+
+/// Bits of an incarnation below its start time in milliseconds.
+const INCARNATION_RANDOM_BITS: u32 = 20;
+
+/// A new incarnation for a coordinator starting now, with `clock` (which has seen the
+/// versions the previous run recorded): the start time in Unix milliseconds (by `clock`,
+/// so never before what a previous run recorded) in the high 44 bits and 20 random bits
+/// below; within a process, each is above the last one issued, so two starts in one
+/// millisecond are still ordered.
+pub(crate) fn new_incarnation(clock: &HybridClock) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let ms = clock.now() >> NODE_AND_COUNTER_BITS;
+    let candidate =
+        (ms << INCARNATION_RANDOM_BITS) | (random_node_id() & ((1 << INCARNATION_RANDOM_BITS) - 1));
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = candidate.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
     }
 }
 
@@ -115,5 +162,20 @@ mod tests {
         assert_eq!(resolve_conflict("k", 10, 9), Winner::Local);
         assert_eq!(resolve_conflict("k", 9, 10), Winner::Remote);
         assert_eq!(resolve_conflict("k", 10, 10), Winner::Remote);
+    }
+
+    #[test]
+    fn a_bounded_clock_never_jumps_past_its_skew() {
+        let c = HybridClock::with_max_skew(1, std::time::Duration::from_secs(60));
+        let year = 365 * 24 * 3600 * 1000u64;
+        let wall = c.wall();
+        let far = wall + (year << NODE_AND_COUNTER_BITS);
+        assert!(!c.within_skew(far));
+        assert!(!c.observe(far), "refused");
+        let ahead_ms = (c.now() - wall) >> NODE_AND_COUNTER_BITS;
+        assert!(ahead_ms <= 61_000, "{ahead_ms} ms ahead");
+        let near = c.wall() + (1_000 << NODE_AND_COUNTER_BITS);
+        assert!(c.within_skew(near) && c.observe(near));
+        assert!(c.now() > near);
     }
 }

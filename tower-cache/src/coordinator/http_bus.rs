@@ -4,8 +4,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,17 +17,23 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tower_service::Service;
 
 use super::message::{Message, MAX_TARGET};
-use super::{Bus, BusError, Subscription};
+use super::{Admission, AdmissionTicket, Bus, BusError, BusEvent, FrameGate, Subscription};
 use crate::error::BuildError;
 
 /// The largest frame the endpoint reads.
 const MAX_FRAME: usize = 64 + MAX_TARGET + 32;
 /// Tries per frame and peer before it is given up (and counted).
 const ATTEMPTS: u32 = 6;
+/// Frames the endpoint holds for the coordinator in all, when no coordinator's gate
+/// bounds them per sender.
+const WAITING: usize = 4096;
+/// Frames waiting to be sent to one peer; past this a frame is given up at once (and the
+/// peer sees the gap).
+const PEER_QUEUE: usize = 4096;
 
 /// Builds an [`HttpBus`]; see [`HttpBus::builder`].
 #[derive(Debug, Clone)]
@@ -66,23 +73,24 @@ impl HttpBusBuilder {
                     "http bus: peer `{p}` is not an http://host:port/path URL"
                 )));
             }
-            peers.push(Peer {
+            peers.push(Arc::new(Peer {
                 uri,
                 up: AtomicBool::new(true),
                 failures: AtomicU64::new(0),
-            });
+            }));
         }
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Ok(HttpBus {
             inner: Arc::new(Inner {
+                queues: peers.iter().map(|_| OnceLock::new()).collect(),
                 peers,
                 secret: self.secret,
                 client,
                 timeout: self.timeout,
-                tx: broadcast::channel(4096).0,
-                delivered: AtomicU64::new(0),
-                undelivered: AtomicU64::new(0),
-                refused: AtomicU64::new(0),
+                subscribers: Mutex::default(),
+                gate: Mutex::default(),
+                waiting: Arc::default(),
+                counts: Arc::default(),
             }),
         })
     }
@@ -90,11 +98,16 @@ impl HttpBusBuilder {
 
 /// Nodes that POST invalidation frames to each other's [`InvalidateEndpoint`].
 ///
-/// Delivery is at least once: each frame is retried with exponential backoff (6 tries,
-/// 50 ms doubling, within the timeout each), and the receiver skips a frame it has
-/// already applied (by sender and sequence number). A frame given up on is counted; the
+/// Delivery is **in order per peer**: each peer has one queue (up to 4,096 frames) and
+/// one task that sends its frames one after the other, the next only once the last was
+/// acknowledged or given up, so a frame never overtakes an earlier one. Delivery is at
+/// least once: a frame is retried with exponential backoff (6 tries, 50 ms doubling,
+/// within the timeout each) while the peer is unreachable or answers `5xx`, and the
+/// receiver skips a frame it has already applied (by sender and sequence number). A frame
+/// the peer refuses (`4xx`: another secret, a frame it will never take) is not retried. A
+/// frame given up on, or dropped because the peer's queue is full, is counted; the
 /// receiver notices the gap in the sender's sequence with the next frame and drops its
-/// memory tier. Cloning shares the bus.
+/// memory tier. Cloning shares the bus; the sending tasks stop when the last clone drops.
 #[derive(Clone)]
 pub struct HttpBus {
     inner: Arc<Inner>,
@@ -107,15 +120,50 @@ struct Peer {
     failures: AtomicU64,
 }
 
-struct Inner {
-    peers: Vec<Peer>,
-    secret: Vec<u8>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
-    tx: broadcast::Sender<Bytes>,
+#[derive(Default)]
+struct Counts {
     delivered: AtomicU64,
     undelivered: AtomicU64,
     refused: AtomicU64,
+}
+
+struct Inner {
+    peers: Vec<Arc<Peer>>,
+    /// Each peer's queue, its sending task started on the first publish (on the runtime
+    /// that publishes). Dropping the bus drops the queues, which ends the tasks.
+    queues: Vec<OnceLock<mpsc::Sender<Bytes>>>,
+    secret: Vec<u8>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+    /// Where the endpoint hands frames: each subscription's queue (bounded by the gate's
+    /// bound on waiting frames, or by `waiting`).
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Arc<Queued>>>>,
+    /// The receiving coordinator's checks, once it has started.
+    gate: Mutex<Option<FrameGate>>,
+    /// Frames queued and not yet taken by every subscription.
+    waiting: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
+}
+
+/// A frame the endpoint queued; its place in the bounds is freed when every subscription
+/// has moved past it.
+struct Queued {
+    frame: Bytes,
+    _ticket: Option<AdmissionTicket>,
+    _slot: Slot,
+}
+
+/// One place in the endpoint's own bound on waiting frames.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl fmt::Debug for HttpBus {
@@ -125,12 +173,7 @@ impl fmt::Debug for HttpBus {
                 "peers",
                 &self.inner.peers.iter().map(|p| &p.uri).collect::<Vec<_>>(),
             )
-            .field("delivered", &self.inner.delivered.load(Ordering::Relaxed))
-            .field(
-                "undelivered",
-                &self.inner.undelivered.load(Ordering::Relaxed),
-            )
-            .field("refused", &self.inner.refused.load(Ordering::Relaxed))
+            .field("counts", &self.counts())
             .finish()
     }
 }
@@ -155,11 +198,11 @@ impl HttpBus {
     /// Frames delivered to a peer, given up on, and refused by the endpoint (bad
     /// signature, malformed).
     pub fn counts(&self) -> (u64, u64, u64) {
-        let i = &self.inner;
+        let c = &self.inner.counts;
         (
-            i.delivered.load(Ordering::Relaxed),
-            i.undelivered.load(Ordering::Relaxed),
-            i.refused.load(Ordering::Relaxed),
+            c.delivered.load(Ordering::Relaxed),
+            c.undelivered.load(Ordering::Relaxed),
+            c.refused.load(Ordering::Relaxed),
         )
     }
 }
@@ -168,8 +211,25 @@ impl Bus for HttpBus {
     fn publish(&self, frame: Bytes) -> Result<(), BusError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
-        for i in 0..self.inner.peers.len() {
-            runtime.spawn(deliver(self.inner.clone(), i, frame.clone()));
+        let inner = &self.inner;
+        for (peer, queue) in inner.peers.iter().zip(&inner.queues) {
+            let queue = queue.get_or_init(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                runtime.spawn(send_in_order(Sender {
+                    peer: peer.clone(),
+                    client: inner.client.clone(),
+                    timeout: inner.timeout,
+                    counts: inner.counts.clone(),
+                    queue: rx,
+                }));
+                tx
+            });
+            if queue.try_send(frame.clone()).is_err() {
+                inner.counts.undelivered.fetch_add(1, Ordering::Relaxed);
+                peer.up.store(false, Ordering::Relaxed);
+                peer.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %peer.uri, "invalidation queue full; the peer will see a gap");
+            }
         }
         Ok(())
     }
@@ -189,14 +249,61 @@ impl Bus for HttpBus {
     }
 
     fn subscribe(&self) -> Box<dyn Subscription> {
-        Box::new(super::InProcessSubscription(self.inner.tx.subscribe()))
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.subscribers).push(tx);
+        Box::new(HttpSubscription { rx, current: None })
+    }
+
+    fn attach(&self, gate: FrameGate) {
+        *lock(&self.inner.gate) = Some(gate);
     }
 }
 
-async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
-    let Some(link) = inner.peers.get(index) else {
-        return;
-    };
+/// A subscription to an [`HttpBus`]: it holds the frame it handed out last (and so its
+/// place in the bounds) until it is asked for the next.
+struct HttpSubscription {
+    rx: mpsc::UnboundedReceiver<Arc<Queued>>,
+    current: Option<Arc<Queued>>,
+}
+
+impl Subscription for HttpSubscription {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = Option<BusEvent>> + Send + '_>> {
+        Box::pin(async move {
+            self.current = None;
+            let queued = self.rx.recv().await?;
+            let frame = queued.frame.clone();
+            self.current = Some(queued);
+            Some(BusEvent::Frame(frame))
+        })
+    }
+}
+
+/// What one peer's sending task holds (not the bus itself, so that dropping the bus ends
+/// the task).
+struct Sender {
+    peer: Arc<Peer>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+    counts: Arc<Counts>,
+    queue: mpsc::Receiver<Bytes>,
+}
+
+/// Sends one peer's frames one at a time, in the order they were published.
+async fn send_in_order(mut s: Sender) {
+    while let Some(frame) = s.queue.recv().await {
+        deliver(&s, frame).await;
+    }
+}
+
+/// Whether a peer's answer means the frame will never be taken (so retrying is useless).
+fn refused_for_good(status: StatusCode) -> bool {
+    status.is_client_error()
+        && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::TOO_MANY_REQUESTS
+}
+
+async fn deliver(s: &Sender, frame: Bytes) {
+    let link = &s.peer;
     let peer = &link.uri;
     let mut backoff = Duration::from_millis(50);
     for attempt in 1..=ATTEMPTS {
@@ -204,9 +311,9 @@ async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(frame.clone()));
         let Ok(req) = req else { break };
-        match tokio::time::timeout(inner.timeout, inner.client.request(req)).await {
+        match tokio::time::timeout(s.timeout, s.client.request(req)).await {
             Ok(Ok(res)) if res.status().is_success() => {
-                inner.delivered.fetch_add(1, Ordering::Relaxed);
+                s.counts.delivered.fetch_add(1, Ordering::Relaxed);
                 link.up.store(true, Ordering::Relaxed);
                 return;
             }
@@ -215,22 +322,35 @@ async fn deliver(inner: Arc<Inner>, index: usize, frame: Bytes) {
                 tracing::warn!(%peer, "invalidation refused by a peer (401): secrets differ");
                 break;
             }
+            Ok(Ok(res)) if refused_for_good(res.status()) => {
+                tracing::warn!(%peer, status = %res.status(), "invalidation refused by a peer");
+                break;
+            }
             other => {
                 tracing::debug!(%peer, attempt, ok = other.is_ok(), "invalidation delivery failed; retrying");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
     }
-    inner.undelivered.fetch_add(1, Ordering::Relaxed);
+    s.counts.undelivered.fetch_add(1, Ordering::Relaxed);
     link.up.store(false, Ordering::Relaxed);
     link.failures.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(%peer, "invalidation not delivered; the peer will see a gap");
 }
 
-/// The endpoint of an [`HttpBus`]: `POST` a signed frame. `204` when it is accepted,
-/// `401` when its signature is wrong (nothing changes), `405` for other methods, `413`
-/// for a body over the largest frame, `400` for an unreadable one.
+/// The endpoint of an [`HttpBus`]: `POST` a signed frame.
+///
+/// Each frame is checked by the receiving coordinator's [`FrameGate`] before it is
+/// queued: `204` when it is taken (it will be applied) or was taken already (a retry or a
+/// replay: nothing is queued), `401` when its signature is wrong, `409` when it is signed
+/// but stale (older than the replay window, beyond the skew bound, from an earlier start
+/// of its sender), `503` when too many of its sender's frames wait or no coordinator
+/// receives from the bus (the sender retries),
+/// `405` for other methods, `413` for a body over the largest frame, `400` for an
+/// unreadable one. Nothing changes on any answer but `204`.
 #[derive(Clone)]
 pub struct InvalidateEndpoint {
     inner: Arc<Inner>,
@@ -271,16 +391,50 @@ where
             let frame = match Limited::new(req.into_body(), MAX_FRAME).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    inner.counts.refused.fetch_add(1, Ordering::Relaxed);
                     return Ok(status(StatusCode::PAYLOAD_TOO_LARGE));
                 }
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             };
-            if Message::decode(&frame, &inner.secret).is_none() {
-                inner.refused.fetch_add(1, Ordering::Relaxed);
-                return Ok(status(StatusCode::UNAUTHORIZED));
+            let gate = lock(&inner.gate).clone();
+            let ticket = match gate {
+                Some(gate) => match gate.admit(&frame) {
+                    Admission::New(ticket) => Some(ticket),
+                    Admission::Duplicate => return Ok(status(StatusCode::NO_CONTENT)),
+                    Admission::Unsigned => {
+                        inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(status(StatusCode::UNAUTHORIZED));
+                    }
+                    Admission::Stale => {
+                        inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(status(StatusCode::CONFLICT));
+                    }
+                    Admission::Busy => return Ok(status(StatusCode::SERVICE_UNAVAILABLE)),
+                },
+                None => {
+                    if Message::decode(&frame, &inner.secret).is_none() {
+                        inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(status(StatusCode::UNAUTHORIZED));
+                    }
+                    None
+                }
+            };
+            if inner.waiting.fetch_add(1, Ordering::Relaxed) >= WAITING {
+                inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                return Ok(status(StatusCode::SERVICE_UNAVAILABLE));
             }
-            let _ = inner.tx.send(frame);
+            let queued = Arc::new(Queued {
+                frame,
+                _ticket: ticket,
+                _slot: Slot(inner.waiting.clone()),
+            });
+            let mut subscribers = lock(&inner.subscribers);
+            subscribers.retain(|tx| tx.send(queued.clone()).is_ok());
+            if subscribers.is_empty() {
+                // Nobody receives (no coordinator, or it stopped): not acknowledged.
+                return Ok(status(StatusCode::SERVICE_UNAVAILABLE));
+            }
+            drop(subscribers);
             Ok(status(StatusCode::NO_CONTENT))
         })
     }

@@ -1,20 +1,26 @@
 //! The invalidation message and its wire form, signed with HMAC-SHA256.
 //!
 //! ```text
-//! [1] node:u64 seq:u64 version:u64 kind:u8 len:u16 target  mac:[32]
+//! [2] node:u64 incarnation:u64 seq:u64 version:u64 kind:u8 len:u16 target  mac:[32]
 //! ```
+//!
+//! The version's high bits are the sender's clock (Unix milliseconds), so the frame says
+//! when it was sent; the incarnation says which start of the sender it comes from.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// Bytes before the target.
+const HEAD: usize = 36;
 const MAC_LEN: usize = 32;
 /// The longest target (key, pattern or tag) a message carries.
 pub(crate) const MAX_TARGET: usize = 4096;
 
 /// What an invalidation reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Target {
     /// One key.
     Key(String),
@@ -22,11 +28,67 @@ pub enum Target {
     Pattern(String),
     /// Every entry with a tag.
     Tag(String),
+    /// A key and, transitively, every key registered as depending on it (each node
+    /// follows its own dependency edges).
+    Dependents(String),
+}
+
+/// An invalidation target (key, pattern or tag) longer than a message carries: refused
+/// whole, before anything is invalidated, never cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetTooLong {
+    len: usize,
+}
+
+impl TargetTooLong {
+    /// The target's length in bytes.
+    pub fn target_len(&self) -> usize {
+        self.len
+    }
+
+    /// The longest target a message carries, in bytes (4,096).
+    pub fn max() -> usize {
+        MAX_TARGET
+    }
+}
+
+impl std::fmt::Display for TargetTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalidation target of {} bytes is longer than the {MAX_TARGET} a message carries; \
+             nothing was invalidated",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for TargetTooLong {}
+
+impl Target {
+    /// The key, pattern or tag.
+    pub(crate) fn text(&self) -> &str {
+        match self {
+            Target::Key(t) | Target::Pattern(t) | Target::Tag(t) | Target::Dependents(t) => t,
+        }
+    }
+
+    /// Refuses a target longer than a message carries.
+    pub(crate) fn check_len(&self) -> Result<(), TargetTooLong> {
+        let len = self.text().len();
+        if len > MAX_TARGET {
+            Err(TargetTooLong { len })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Message {
     pub(crate) node: u64,
+    /// Which start of the sender: a new one each time a coordinator starts.
+    pub(crate) incarnation: u64,
     pub(crate) seq: u64,
     pub(crate) version: u64,
     pub(crate) target: Target,
@@ -40,16 +102,20 @@ fn mac(secret: &[u8]) -> Hmac<Sha256> {
 }
 
 impl Message {
-    pub(crate) fn encode(&self, secret: &[u8]) -> Bytes {
-        let (kind, target) = match &self.target {
-            Target::Key(k) => (0u8, k),
-            Target::Pattern(p) => (1, p),
-            Target::Tag(t) => (2, t),
+    /// The signed frame; a target longer than [`MAX_TARGET`] is refused, never cut.
+    pub(crate) fn encode(&self, secret: &[u8]) -> Result<Bytes, TargetTooLong> {
+        self.target.check_len()?;
+        let kind = match &self.target {
+            Target::Key(_) => 0u8,
+            Target::Pattern(_) => 1,
+            Target::Tag(_) => 2,
+            Target::Dependents(_) => 3,
         };
-        let target = &target.as_bytes()[..target.len().min(MAX_TARGET)];
-        let mut out = BytesMut::with_capacity(32 + target.len() + MAC_LEN);
+        let target = self.target.text().as_bytes();
+        let mut out = BytesMut::with_capacity(HEAD + target.len() + MAC_LEN);
         out.put_u8(FORMAT);
         out.put_u64_le(self.node);
+        out.put_u64_le(self.incarnation);
         out.put_u64_le(self.seq);
         out.put_u64_le(self.version);
         out.put_u8(kind);
@@ -58,12 +124,12 @@ impl Message {
         let mut m = mac(secret);
         m.update(&out);
         out.put_slice(&m.finalize().into_bytes());
-        out.freeze()
+        Ok(out.freeze())
     }
 
     /// Decodes a frame; `None` if it is malformed, oversized or not signed with `secret`.
     pub(crate) fn decode(frame: &[u8], secret: &[u8]) -> Option<Self> {
-        if frame.len() < 28 + MAC_LEN || frame.len() > 28 + MAX_TARGET + MAC_LEN {
+        if frame.len() < HEAD + MAC_LEN || frame.len() > HEAD + MAX_TARGET + MAC_LEN {
             return None;
         }
         let (body, tag) = frame.split_at(frame.len() - MAC_LEN);
@@ -78,21 +144,23 @@ impl Message {
             a.copy_from_slice(&body[at..at + 8]);
             u64::from_le_bytes(a)
         };
-        let len = u16::from_le_bytes([body[26], body[27]]) as usize;
-        let target = std::str::from_utf8(body.get(28..)?).ok()?;
+        let len = u16::from_le_bytes([body[34], body[35]]) as usize;
+        let target = std::str::from_utf8(body.get(HEAD..)?).ok()?;
         if target.len() != len || target.is_empty() {
             return None;
         }
-        let target = match body[25] {
+        let target = match body[33] {
             0 => Target::Key(target.to_owned()),
             1 => Target::Pattern(target.to_owned()),
             2 => Target::Tag(target.to_owned()),
+            3 => Target::Dependents(target.to_owned()),
             _ => return None,
         };
         Some(Message {
             node: u64_at(1),
-            seq: u64_at(9),
-            version: u64_at(17),
+            incarnation: u64_at(9),
+            seq: u64_at(17),
+            version: u64_at(25),
             target,
         })
     }
@@ -106,11 +174,12 @@ mod tests {
     fn messages_round_trip_and_forgeries_are_refused() {
         let m = Message {
             node: 7,
+            incarnation: 11,
             seq: 3,
             version: 99,
             target: Target::Pattern("provider:*".into()),
         };
-        let frame = m.encode(b"a secret of 16 bytes");
+        let frame = m.encode(b"a secret of 16 bytes").unwrap();
         assert_eq!(Message::decode(&frame, b"a secret of 16 bytes"), Some(m));
         assert_eq!(
             Message::decode(&frame, b"another secret!!"),
@@ -132,5 +201,25 @@ mod tests {
         );
         assert_eq!(Message::decode(&[], b"x"), None);
         assert_eq!(Message::decode(&vec![0; 100_000], b"x"), None, "oversized");
+    }
+
+    #[test]
+    fn a_target_too_long_is_refused_whole_and_the_longest_goes_whole() {
+        let secret = b"a secret of 16 bytes";
+        let m = |key: String| Message {
+            node: 1,
+            incarnation: 1,
+            seq: 1,
+            version: 1,
+            target: Target::Key(key),
+        };
+        let longest = m("k".repeat(MAX_TARGET));
+        let frame = longest.encode(secret).unwrap();
+        assert_eq!(Message::decode(&frame, secret), Some(longest));
+        let e = m("k".repeat(MAX_TARGET + 1)).encode(secret).unwrap_err();
+        assert_eq!(
+            (e.target_len(), TargetTooLong::max()),
+            (MAX_TARGET + 1, MAX_TARGET)
+        );
     }
 }

@@ -1,15 +1,33 @@
 //! Cluster-wide invalidation: a [`Coordinator`] spreads a node's invalidations to the
 //! other nodes over a [`Bus`], and applies theirs.
 //!
-//! - **Messages** carry the target (key, pattern or tag), a hybrid-logical-clock version,
-//!   the origin node id and a per-sender sequence number; never a value. Each is signed
-//!   with HMAC-SHA256 over a shared secret: an unsigned or forged message is dropped and
-//!   counted.
-//! - **Versions and conflicts**: a remote invalidation of a key removes the local entry
-//!   only if the entry is not newer than the message ([`resolve_conflict`]: last writer
-//!   wins, versions compared first, node ids on a tie; the node id is part of the
-//!   version, so two writes never tie).
-//! - **Lost messages**: a node that sees a gap in a sender's sequence numbers, or whose
+//! - **Targets**: a key, a pattern, a tag, or a key with its dependents
+//!   ([`Coordinator::invalidate_with_dependents`]: each node follows the dependency
+//!   edges it holds, remembering every key it reaches).
+//! - **Messages** carry the target, a hybrid-logical-clock version, the origin node id,
+//!   its incarnation and a per-sender sequence number; never a value. A target is
+//!   carried whole or not at all: one longer than 4,096 bytes is refused with
+//!   [`TargetTooLong`] (the error's source) before anything is invalidated. Each message
+//!   is signed with HMAC-SHA256 over a shared secret: an unsigned or forged message is
+//!   dropped and counted. (The wire format is version 2: nodes of a release that wrote
+//!   version 1 and nodes of this one refuse each other's frames; upgrade them together.)
+//! - **Versions and conflicts**: a remote invalidation removes a local entry only if the
+//!   entry is not newer than the message ([`resolve_conflict`]: last writer wins,
+//!   versions compared first, node ids on a tie; the node id is part of the version, so
+//!   two writes never tie). This holds for keys, patterns and tags alike, in both tiers.
+//! - **Replay window**: a frame's version carries its sender's clock, so a frame says
+//!   when it was sent. A node refuses a frame older than its replay window
+//!   ([`CoordinatorBuilder::replay_window`], default 5 minutes) and counts it
+//!   ([`CoordinationStatus::outside_window`]). Within the window, a frame sent again is
+//!   a duplicate to a node that applied it, and to a node that restarted or joined since,
+//!   it removes nothing newer than itself (see above): a captured frame never removes a
+//!   later write.
+//! - **Delivery order**: every bus delivers one sender's frames in the order it published
+//!   them (the HTTP bus keeps one queue and one sending task per peer, and sends the next
+//!   frame only once the last was acknowledged or given up), so a later invalidation
+//!   never overtakes an earlier one and a frame the endpoint acknowledged is applied.
+//! - **Lost messages**: a node that sees a gap in a sender's sequence numbers (counted in
+//!   [`CoordinationStatus::sequence_gaps`]: a frame its sender gave up on), or whose
 //!   bus reports that it lagged or reconnected, cannot know what it missed: it **drops its
 //!   memory tier** (as Redis client-side caching does) and counts it. The disk tier is
 //!   left as it is: it may hold entries a lost invalidation should have removed, but the
@@ -25,6 +43,33 @@
 //!   remembered invalidation at least as new covers its key, its tags or a pattern
 //!   matching it (checked under the memory tier's shard lock and by the disk writer), so
 //!   an older write racing a newer invalidation never outlives it.
+//! - **Clock skew**: a frame whose version is further ahead of this host's clock than
+//!   [`CoordinatorBuilder::max_clock_skew`] (default 1 minute) is refused and counted
+//!   ([`CoordinationStatus::clock_skew`]), and the node's [`HybridClock`] never moves
+//!   further ahead of its wall clock than that, whatever it observes (frames, versioned
+//!   writes, tombstones read back). One host whose clock runs a year ahead is refused by
+//!   the others instead of making their later invalidations lose as older; set the bound
+//!   above the clock difference between hosts (NTP keeps it to milliseconds).
+//! - **Incarnations**: each start of a coordinator has an incarnation, carried by every
+//!   frame: its start time in Unix milliseconds (taken after the tombstones a previous
+//!   run recorded were read back, so never before them) in the high 44 bits, 20 random
+//!   bits below. Sequence numbers count from 1 in each incarnation. A frame from a newer
+//!   incarnation of a sender resets what the receiver tracks of it (a node restarted with
+//!   its configured id is heard at once, never taken for duplicates); a frame from an
+//!   older one is refused and counted ([`CoordinationStatus::older_incarnation`]), as is
+//!   a frame already applied ([`CoordinationStatus::duplicates`]).
+//! - **Floods**: a bus that takes frames from the network (the HTTP bus) checks each with
+//!   the coordinator's [`FrameGate`] before queueing it: a frame already taken (a retry,
+//!   or one frame replayed thousands of times) is acknowledged and dropped there, a
+//!   stale one is refused, and at most 256 frames of one sender (4,096 of all) wait for
+//!   the coordinator; past that the sender is asked to retry later
+//!   ([`CoordinationStatus::busy`]). No flood of frames can make the queue lag, so none
+//!   can make a node drop its memory tier. The Redis bus checks each frame with the gate
+//!   too and drops duplicates, stale and unsigned frames before its queue (pub/sub cannot
+//!   ask a publisher to wait, so there it has no per-sender bound).
+//! - **Listeners**: a panic in an `on_invalidate` listener never ends the receiving
+//!   task: it is caught, counted ([`CoordinationStatus::listener_panics`]) and the
+//!   listener stays registered.
 //! - A node ignores its own messages.
 //!
 //! The in-process bus ([`InProcessBus`], `tokio::sync::broadcast`) links nodes in one
@@ -69,7 +114,7 @@ use tokio::sync::{broadcast, watch};
 pub use self::clock::{resolve_conflict, HybridClock, Winner};
 pub use self::http_bus::{HttpBus, HttpBusBuilder, InvalidateEndpoint};
 use self::message::Message;
-pub use self::message::Target;
+pub use self::message::{Target, TargetTooLong};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis_bus::RedisBus;
@@ -99,6 +144,170 @@ pub trait Bus: Send + Sync + 'static {
     /// [`CoordinationStatus::links`]. A bus without links returns none.
     fn links(&self) -> Vec<LinkState> {
         Vec::new()
+    }
+    /// Hands the bus the [`FrameGate`] of the coordinator that receives from it (called
+    /// once, when the coordinator starts). A bus that takes frames from the network checks
+    /// each with it before queueing it, so that duplicates, stale frames and floods are
+    /// dropped where they arrive. The default does nothing.
+    fn attach(&self, gate: FrameGate) {
+        let _ = gate;
+    }
+}
+
+/// A coordinator's checks on a frame where a bus receives it, before any queue: the
+/// signature, the replay window, the clock skew bound, the sender's incarnation and
+/// sequence number (a frame already taken is a duplicate), and how many of the sender's
+/// frames are waiting (at most 256 per sender, 4,096 in all).
+///
+/// Cloning shares the gate; it holds the coordinator weakly (a gate of a coordinator that
+/// stopped admits everything, as no gate would).
+#[derive(Clone)]
+pub struct FrameGate {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl fmt::Debug for FrameGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameGate").finish_non_exhaustive()
+    }
+}
+
+/// What a [`FrameGate`] makes of a frame.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Admission {
+    /// A frame to queue for the coordinator: keep the ticket with it until the
+    /// coordinator has taken it (it holds the sender's place in the bound on waiting
+    /// frames).
+    New(AdmissionTicket),
+    /// Taken already (a retry or a replay), or the node's own: acknowledge it, queue
+    /// nothing.
+    Duplicate,
+    /// Not signed with the shared secret, or malformed.
+    Unsigned,
+    /// Signed, but never to be taken: older than the replay window, further ahead than the
+    /// skew bound, or from an earlier start of its sender.
+    Stale,
+    /// Too many of this sender's frames (or of all senders') are waiting: ask again later.
+    Busy,
+}
+
+/// A frame's place in a [`FrameGate`]'s bound on waiting frames; dropping it frees it.
+pub struct AdmissionTicket {
+    shared: std::sync::Weak<Shared>,
+    node: u64,
+}
+
+impl fmt::Debug for AdmissionTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdmissionTicket")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Drop for AdmissionTicket {
+    fn drop(&mut self) {
+        if let Some(sh) = self.shared.upgrade() {
+            let mut gate = lock(&sh.gate);
+            gate.waiting = gate.waiting.saturating_sub(1);
+            if let Some(p) = gate.senders.get_mut(&self.node) {
+                p.waiting = p.waiting.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Frames one sender may have waiting between a bus's gate and the coordinator.
+const WAITING_PER_SENDER: usize = 256;
+/// Frames all senders together may have waiting.
+const WAITING: usize = 4096;
+/// Senders a gate keeps track of.
+const GATE_SENDERS: usize = 4096;
+
+/// What a gate took from each sender, and how many frames wait.
+#[derive(Default)]
+struct GateState {
+    senders: HashMap<u64, GateSender>,
+    waiting: usize,
+}
+
+struct GateSender {
+    incarnation: u64,
+    seq: u64,
+    waiting: usize,
+}
+
+impl FrameGate {
+    /// Checks `frame`; see [`Admission`].
+    pub fn admit(&self, frame: &[u8]) -> Admission {
+        let Some(sh) = self.shared.upgrade() else {
+            return Admission::New(AdmissionTicket {
+                shared: std::sync::Weak::new(),
+                node: 0,
+            });
+        };
+        let Some(msg) = Message::decode(frame, &sh.secret) else {
+            sh.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Admission::Unsigned;
+        };
+        if msg.node == sh.node {
+            sh.stats.own.fetch_add(1, Ordering::Relaxed);
+            return Admission::Duplicate;
+        }
+        if let Some(refused) = sh.refuse_by_time(&msg) {
+            refused.fetch_add(1, Ordering::Relaxed);
+            return Admission::Stale;
+        }
+        let mut gate = lock(&sh.gate);
+        if gate.waiting >= WAITING {
+            sh.stats.busy.fetch_add(1, Ordering::Relaxed);
+            return Admission::Busy;
+        }
+        let tracked = gate.senders.len();
+        let verdict = match gate.senders.get_mut(&msg.node) {
+            None if tracked >= GATE_SENDERS => {
+                // Forget the senders with nothing waiting before refusing a new one.
+                gate.senders.retain(|_, p| p.waiting > 0);
+                if gate.senders.len() >= GATE_SENDERS {
+                    sh.stats.busy.fetch_add(1, Ordering::Relaxed);
+                    return Admission::Busy;
+                }
+                None
+            }
+            None => None,
+            Some(p) if msg.incarnation < p.incarnation => {
+                sh.stats.older_incarnation.fetch_add(1, Ordering::Relaxed);
+                Some(Admission::Stale)
+            }
+            Some(p) if msg.incarnation == p.incarnation && msg.seq <= p.seq => {
+                sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                Some(Admission::Duplicate)
+            }
+            Some(p) if p.waiting >= WAITING_PER_SENDER => {
+                sh.stats.busy.fetch_add(1, Ordering::Relaxed);
+                Some(Admission::Busy)
+            }
+            Some(p) => {
+                p.incarnation = msg.incarnation;
+                p.seq = msg.seq;
+                p.waiting += 1;
+                None
+            }
+        };
+        if let Some(v) = verdict {
+            return v;
+        }
+        gate.senders.entry(msg.node).or_insert(GateSender {
+            incarnation: msg.incarnation,
+            seq: msg.seq,
+            waiting: 1,
+        });
+        gate.waiting += 1;
+        Admission::New(AdmissionTicket {
+            shared: self.shared.clone(),
+            node: msg.node,
+        })
     }
 }
 
@@ -219,6 +428,8 @@ pub struct CoordinatorBuilder<B> {
     node: Option<u64>,
     secret: Option<Vec<u8>>,
     tombstone_ttl: std::time::Duration,
+    replay_window: std::time::Duration,
+    max_clock_skew: std::time::Duration,
 }
 
 impl<B> fmt::Debug for CoordinatorBuilder<B> {
@@ -240,6 +451,27 @@ impl<B: Bus> CoordinatorBuilder<B> {
     /// (default 5 minutes; at least a second).
     pub fn tombstone_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.tombstone_ttl = ttl.clamp(std::time::Duration::from_secs(1), crate::error::MAX_TTL);
+        self
+    }
+
+    /// How old a frame may be, by the time its sender's clock gave it, for this node to
+    /// take it (default 5 minutes): an older one is refused and counted
+    /// ([`CoordinationStatus::outside_window`]), so a frame captured and sent again
+    /// later does nothing. Keep it above the longest a bus may hold a frame (the HTTP bus
+    /// gives up within about 15 s) plus the clock difference between hosts; a frame
+    /// refused for its age is a lost frame, and the next one shows the gap.
+    pub fn replay_window(mut self, window: std::time::Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+
+    /// How far ahead of this host's clock a frame's version may be (default 1 minute, at
+    /// least 1 s): a frame further ahead is refused and counted
+    /// ([`CoordinationStatus::clock_skew`]), and nothing (a frame, a versioned write, a
+    /// tombstone read back) moves this node's clock further ahead than that. One host
+    /// whose clock runs ahead cannot make every other node's invalidations lose as older.
+    pub fn max_clock_skew(mut self, skew: std::time::Duration) -> Self {
+        self.max_clock_skew = skew;
         self
     }
 
@@ -265,21 +497,44 @@ impl<B: Bus> CoordinatorBuilder<B> {
                 secret.len()
             )));
         }
+        if self.replay_window < std::time::Duration::from_secs(1) {
+            return Err(BuildError::new(format!(
+                "coordinator: replay_window is {:?}; give at least 1 s (the default is 5 minutes)",
+                self.replay_window
+            )));
+        }
+        if self.max_clock_skew < std::time::Duration::from_secs(1) {
+            return Err(BuildError::new(format!(
+                "coordinator: max_clock_skew is {:?}; give at least 1 s (the default is 1 minute)",
+                self.max_clock_skew
+            )));
+        }
         let node = self.node.unwrap_or_else(clock::random_node_id);
         let shared = Arc::new(Shared {
             cache: self.cache,
             bus: Box::new(self.bus),
             node,
+            incarnation: AtomicU64::new(0),
+            replay_window_ms: u64::try_from(self.replay_window.as_millis()).unwrap_or(u64::MAX),
             secret,
-            clock: HybridClock::new(node),
+            clock: HybridClock::with_max_skew(node, self.max_clock_skew),
             seq: AtomicU64::new(0),
             senders: Mutex::new(HashMap::new()),
+            gate: Mutex::default(),
             stats: Stats::default(),
             applied: watch::channel(0).0,
             tombstones: tombstones::Tombstones::new(self.tombstone_ttl),
             recent: Mutex::default(),
         });
         shared.restore_tombstones();
+        // After the restored tombstones moved the clock: a start is never before what a
+        // previous run recorded.
+        shared
+            .incarnation
+            .store(clock::new_incarnation(&shared.clock), Ordering::Relaxed);
+        shared.bus.attach(FrameGate {
+            shared: Arc::downgrade(&shared),
+        });
         let subscription = shared.bus.subscribe();
         let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
         Ok(Coordinator {
@@ -319,17 +574,34 @@ struct Shared {
     cache: Cache,
     bus: Box<dyn Bus>,
     node: u64,
+    /// This start of the node (set once, when it starts).
+    incarnation: AtomicU64,
+    /// Frames older than this (by their version's clock) are refused.
+    replay_window_ms: u64,
     secret: Vec<u8>,
     clock: HybridClock,
     seq: AtomicU64,
-    /// The last sequence number seen from each sender.
-    senders: Mutex<HashMap<u64, (u64, std::time::Instant)>>,
+    /// What was applied from each sender.
+    senders: Mutex<HashMap<u64, Sender>>,
+    /// What the bus's gate took from each sender (see [`FrameGate`]).
+    gate: Mutex<GateState>,
     stats: Stats,
     /// Messages applied so far (for tests and for waiting on propagation).
     applied: watch::Sender<u64>,
     tombstones: tombstones::Tombstones,
     /// When the last remote message came, and the last 1,024 lags in microseconds.
     recent: Mutex<(Option<std::time::Instant>, std::collections::VecDeque<u64>)>,
+}
+
+/// What a node applied from one sender.
+#[derive(Clone, Copy, Debug)]
+struct Sender {
+    /// The sender's start these numbers belong to.
+    incarnation: u64,
+    /// The last sequence number applied.
+    seq: u64,
+    /// When its last frame came.
+    at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -341,6 +613,12 @@ struct Stats {
     rejected: AtomicU64,
     skipped_newer: AtomicU64,
     memory_flushes: AtomicU64,
+    sequence_gaps: AtomicU64,
+    duplicates: AtomicU64,
+    older_incarnation: AtomicU64,
+    outside_window: AtomicU64,
+    clock_skew: AtomicU64,
+    busy: AtomicU64,
     publish_errors: AtomicU64,
 }
 
@@ -374,6 +652,26 @@ pub struct CoordinationStatus {
     pub skipped_newer: u64,
     /// Times the memory tier was dropped after lost messages.
     pub memory_flushes: u64,
+    /// Gaps seen in a sender's sequence numbers (frames it gave up sending, or that were
+    /// lost on the way); each one dropped the memory tier.
+    pub sequence_gaps: u64,
+    /// Frames dropped because they were applied already (a retry, or a replay).
+    pub duplicates: u64,
+    /// Frames refused because they came from an earlier start of their sender than one
+    /// already heard from (a replay, or a second process with the same node id).
+    pub older_incarnation: u64,
+    /// Frames refused because they were older than the replay window
+    /// ([`CoordinatorBuilder::replay_window`]).
+    pub outside_window: u64,
+    /// Frames refused because their version was further ahead of this host's clock than
+    /// [`CoordinatorBuilder::max_clock_skew`].
+    pub clock_skew: u64,
+    /// Frames a bus's gate asked their sender to send again later, as too many of its
+    /// frames (or of all senders') were waiting (see [`FrameGate`]).
+    pub busy: u64,
+    /// Calls of the store's `on_invalidate` listeners that panicked (contained: the
+    /// invalidation completed; see [`Cache::on_invalidate`]).
+    pub listener_panics: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Other nodes heard from.
@@ -397,6 +695,8 @@ pub struct CoordinationStatus {
 pub struct PeerNode {
     /// Its node id.
     pub node: u64,
+    /// The start of it the sequence number belongs to (see the module docs).
+    pub incarnation: u64,
     /// The last sequence number applied from it.
     pub last_seq: u64,
     /// Time since its last message.
@@ -412,6 +712,8 @@ impl Coordinator {
             node: None,
             secret: None,
             tombstone_ttl: std::time::Duration::from_secs(300),
+            replay_window: std::time::Duration::from_secs(300),
+            max_clock_skew: std::time::Duration::from_secs(60),
         }
     }
 
@@ -445,15 +747,26 @@ impl Coordinator {
             .await
     }
 
-    /// Remembers, applies here (recording the tombstone on disk), then publishes.
+    /// Invalidates `key` and, transitively, every key registered as depending on it
+    /// ([`Cache::register_dependency`]), here, then on every node: each node follows the
+    /// dependency edges it holds. Returns what was removed here.
+    pub async fn invalidate_with_dependents(
+        &self,
+        key: &str,
+    ) -> Result<Invalidated, InvalidateError> {
+        self.invalidate_everywhere(Target::Dependents(key.to_owned()))
+            .await
+    }
+
+    /// Remembers, applies here (recording the tombstone on disk), then publishes. A target
+    /// longer than a message carries is refused first ([`TargetTooLong`] as the error's
+    /// source): nothing is invalidated anywhere.
     async fn invalidate_everywhere(&self, target: Target) -> Result<Invalidated, InvalidateError> {
+        target
+            .check_len()
+            .map_err(|e| InvalidateError::with_source("cannot invalidate across the cluster", e))?;
         let version = self.shared.clock.now();
-        self.shared.remember(&target, version);
-        let removed = self
-            .shared
-            .cache
-            .invalidate_recorded(&target, self.shared.tombstone(&target, version))
-            .await?;
+        let removed = self.shared.invalidate(&target, version, None).await?;
         self.publish(target, version);
         Ok(Invalidated { removed, version })
     }
@@ -486,7 +799,8 @@ impl Coordinator {
         tags: crate::Tags,
         tiers: crate::WriteTiers,
     ) -> Result<Option<u64>, crate::InsertError> {
-        self.shared.clock.observe(version);
+        // A version from elsewhere moves the clock, but never past the skew bound.
+        let _ = self.shared.clock.observe(version);
         let shared = Arc::downgrade(&self.shared);
         let (k, t) = (key.to_owned(), tags.clone());
         let check: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || {
@@ -520,10 +834,11 @@ impl Coordinator {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut peer_nodes: Vec<PeerNode> = lock(&self.shared.senders)
             .iter()
-            .map(|(&node, &(last_seq, at))| PeerNode {
+            .map(|(&node, p)| PeerNode {
                 node,
-                last_seq,
-                last_message_age: at.elapsed(),
+                incarnation: p.incarnation,
+                last_seq: p.seq,
+                last_message_age: p.at.elapsed(),
             })
             .collect();
         peer_nodes.sort_by_key(|p| p.node);
@@ -536,6 +851,13 @@ impl Coordinator {
             rejected: load(&s.rejected),
             skipped_newer: load(&s.skipped_newer),
             memory_flushes: load(&s.memory_flushes),
+            sequence_gaps: load(&s.sequence_gaps),
+            duplicates: load(&s.duplicates),
+            older_incarnation: load(&s.older_incarnation),
+            outside_window: load(&s.outside_window),
+            clock_skew: load(&s.clock_skew),
+            busy: load(&s.busy),
+            listener_panics: self.shared.cache.listener_panics(),
             publish_errors: load(&s.publish_errors),
             peers: peer_nodes.len() as u64,
             peer_nodes,
@@ -572,11 +894,21 @@ impl Coordinator {
         let sh = &self.shared;
         let msg = Message {
             node: sh.node,
+            incarnation: sh.incarnation.load(Ordering::Relaxed),
             seq: sh.seq.fetch_add(1, Ordering::Relaxed) + 1,
             version,
             target,
         };
-        match sh.bus.publish(msg.encode(&sh.secret)) {
+        let frame = match msg.encode(&sh.secret) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Checked before the invalidation began; counted should it ever happen.
+                sh.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "invalidation not published; applied locally only");
+                return;
+            }
+        };
+        match sh.bus.publish(frame) {
             Ok(()) => {
                 sh.stats.published.fetch_add(1, Ordering::Relaxed);
             }
@@ -589,10 +921,40 @@ impl Coordinator {
 }
 
 impl Shared {
+    /// Remembers the invalidation of `target` at `version`, then does it in the store
+    /// (recording its tombstones on disk); with `keep_newer_than`, entries newer than
+    /// that stay (see [`Cache::invalidate_recorded`]).
+    async fn invalidate(
+        &self,
+        target: &Target,
+        version: u64,
+        keep_newer_than: Option<u64>,
+    ) -> Result<usize, InvalidateError> {
+        if let Target::Dependents(key) = target {
+            // The keys are found as the edges are followed: each is remembered just
+            // before it is deleted.
+            let each = |k: &str| {
+                let key = Target::Key(k.to_owned());
+                self.remember(&key, version);
+                self.tombstone(&key, version)
+            };
+            return self
+                .cache
+                .invalidate_dependents_recorded(key, &each, keep_newer_than)
+                .await;
+        }
+        // Remembered first: a write older than this invalidation that lands while it is
+        // being applied is refused.
+        self.remember(target, version);
+        self.cache
+            .invalidate_recorded(target, self.tombstone(target, version), keep_newer_than)
+            .await
+    }
+
     /// Remembers an invalidation of `target` at `version` in memory (see the tombstones).
     fn remember(&self, target: &Target, version: u64) {
         match target {
-            Target::Key(key) => self.tombstones.key(key, version),
+            Target::Key(key) | Target::Dependents(key) => self.tombstones.key(key, version),
             Target::Tag(tag) => self.tombstones.tag(tag, version),
             Target::Pattern(p) => {
                 if let Ok(glob) = crate::invalidate::Glob::new(p) {
@@ -605,7 +967,7 @@ impl Shared {
     /// The disk record of an invalidation of `target` at `version`.
     fn tombstone(&self, target: &Target, version: u64) -> crate::disk::Tombstone {
         let (kind, what) = match target {
-            Target::Key(k) => ("k", k),
+            Target::Key(k) | Target::Dependents(k) => ("k", k),
             Target::Pattern(p) => ("p", p),
             Target::Tag(t) => ("t", t),
         };
@@ -628,7 +990,7 @@ impl Shared {
                     if let Some((kind, target)) = t.row.split_once('\u{0}') {
                         let left = std::time::Duration::from_millis(t.until_ms.saturating_sub(now));
                         self.tombstones.restore(kind, target, t.version, left);
-                        self.clock.observe(t.version);
+                        let _ = self.clock.observe(t.version);
                     }
                 }
             }
@@ -663,23 +1025,28 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
                     continue;
                 }
                 sh.stats.received.fetch_add(1, Ordering::Relaxed);
-                sh.clock.observe(msg.version);
-                let gap = {
-                    let mut senders = lock(&sh.senders);
-                    let now = std::time::Instant::now();
-                    let last = senders.insert(msg.node, (msg.seq, now)).map(|l| l.0);
-                    match last {
-                        Some(last) if msg.seq <= last => {
-                            // A duplicate (at-least-once delivery): already applied.
-                            senders.insert(msg.node, (last, now));
-                            continue;
-                        }
-                        Some(last) => msg.seq != last + 1,
-                        // The first message from a sender: nothing to compare with.
-                        None => false,
+                if let Some(refused) = sh.refuse_by_time(&msg) {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let gap = match sh.admit(&msg) {
+                    Admit::Next { gap } => gap,
+                    Admit::Duplicate => {
+                        sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Admit::OlderIncarnation => {
+                        sh.stats.older_incarnation.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            node = msg.node,
+                            "invalidation frame from an earlier start of its sender refused"
+                        );
+                        continue;
                     }
                 };
+                let _ = sh.clock.observe(msg.version);
                 if gap {
+                    sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
                     flush(&sh, "a gap in a sender's sequence numbers");
                 }
                 apply(&sh, &msg).await;
@@ -703,6 +1070,73 @@ async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>
     }
 }
 
+/// What the receiver makes of a frame, by its sender's incarnation and sequence number.
+enum Admit {
+    /// To apply; `gap` when frames before it were lost.
+    Next { gap: bool },
+    /// Applied already.
+    Duplicate,
+    /// From an earlier start of the sender than one already heard from.
+    OlderIncarnation,
+}
+
+impl Shared {
+    /// The counter of the reason to refuse `msg` for its time, if there is one: older
+    /// than the replay window, or further ahead than the skew bound.
+    fn refuse_by_time(&self, msg: &Message) -> Option<&AtomicU64> {
+        let sent_ms = msg.version >> clock::NODE_AND_COUNTER_BITS;
+        if unix_ms().saturating_sub(sent_ms) > self.replay_window_ms {
+            tracing::warn!(
+                node = msg.node,
+                "invalidation frame older than the replay window refused"
+            );
+            return Some(&self.stats.outside_window);
+        }
+        if !self.clock.within_skew(msg.version) {
+            tracing::warn!(
+                node = msg.node,
+                "invalidation frame from a clock too far ahead refused"
+            );
+            return Some(&self.stats.clock_skew);
+        }
+        None
+    }
+
+    /// Checks `msg` against what was applied from its sender, and records it if it is to
+    /// be applied.
+    fn admit(&self, msg: &Message) -> Admit {
+        let mut senders = lock(&self.senders);
+        let now = std::time::Instant::now();
+        let next = Sender {
+            incarnation: msg.incarnation,
+            seq: msg.seq,
+            at: now,
+        };
+        let Some(last) = senders.get_mut(&msg.node) else {
+            // The first frame from a sender: nothing to compare with.
+            senders.insert(msg.node, next);
+            return Admit::Next { gap: false };
+        };
+        if msg.incarnation < last.incarnation {
+            return Admit::OlderIncarnation;
+        }
+        if msg.incarnation > last.incarnation {
+            // The sender restarted: its numbers start again at 1; a later first number
+            // means frames of the new start were lost.
+            *last = next;
+            return Admit::Next { gap: msg.seq != 1 };
+        }
+        last.at = now;
+        if msg.seq <= last.seq {
+            // A duplicate (at-least-once delivery): already applied.
+            return Admit::Duplicate;
+        }
+        let gap = msg.seq != last.seq + 1;
+        last.seq = msg.seq;
+        Admit::Next { gap }
+    }
+}
+
 fn flush(sh: &Shared, why: &str) {
     sh.stats.memory_flushes.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
@@ -713,9 +1147,6 @@ fn flush(sh: &Shared, why: &str) {
 }
 
 async fn apply(sh: &Shared, msg: &Message) {
-    // Remembered first: a write older than this invalidation that lands while it is being
-    // applied is refused.
-    sh.remember(&msg.target, msg.version);
     let result = match &msg.target {
         Target::Key(key) => {
             // Remove only what is not newer than the invalidation.
@@ -732,19 +1163,15 @@ async fn apply(sh: &Shared, msg: &Message) {
                 });
             match local {
                 Some(v) if resolve_conflict(key, v, msg.version) == Winner::Local => {
+                    sh.remember(&msg.target, msg.version);
                     sh.stats.skipped_newer.fetch_add(1, Ordering::Relaxed);
                     Ok(0)
                 }
-                _ => {
-                    sh.cache
-                        .invalidate_recorded(&msg.target, sh.tombstone(&msg.target, msg.version))
-                        .await
-                }
+                _ => sh.invalidate(&msg.target, msg.version, None).await,
             }
         }
-        Target::Pattern(_) | Target::Tag(_) => {
-            sh.cache
-                .invalidate_recorded(&msg.target, sh.tombstone(&msg.target, msg.version))
+        _ => {
+            sh.invalidate(&msg.target, msg.version, Some(msg.version))
                 .await
         }
     };
@@ -780,11 +1207,13 @@ mod tests {
         let frame = |seq| {
             Message {
                 node: 7,
+                incarnation: 1,
                 seq,
-                version: 1,
+                version: node.next_version(),
                 target: Target::Key("absent".into()),
             }
             .encode(secret)
+            .unwrap()
         };
         bus.publish(frame(1)).unwrap();
         bus.publish(frame(2)).unwrap();
@@ -799,5 +1228,61 @@ mod tests {
         );
         let s = node.status();
         assert_eq!((s.memory_flushes, s.applied, s.received), (1, 3, 4));
+    }
+
+    #[tokio::test]
+    async fn a_frame_from_a_clock_a_year_ahead_is_refused_and_moves_no_clock() {
+        let bus = InProcessBus::new();
+        let cache = Cache::new(MemoryTier::builder().build().unwrap());
+        let secret = b"sixteen+ bytes of shared secret";
+        let node = Coordinator::builder(cache.clone(), bus.clone())
+            .node_id(1)
+            .secret(secret)
+            .start()
+            .unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        cache
+            .set("k", "v".into(), ttl, WriteTiers::ALL)
+            .await
+            .unwrap();
+        let year = (365 * 24 * 3600 * 1000u64) << clock::NODE_AND_COUNTER_BITS;
+        let frame = |seq, version, key: &str| {
+            Message {
+                node: 7,
+                incarnation: 1,
+                seq,
+                version,
+                target: Target::Key(key.into()),
+            }
+            .encode(secret)
+            .unwrap()
+        };
+        let before = node.next_version();
+        bus.publish(frame(1, before + year, "k")).unwrap();
+        bus.publish(frame(2, node.next_version(), "absent"))
+            .unwrap();
+        node.applied(1).await;
+        assert_eq!(cache.get("k").await.unwrap(), "v", "the frame was refused");
+        let s = node.status();
+        assert_eq!((s.clock_skew, s.applied), (1, 1), "{s:?}");
+        // A versioned write a year ahead lands, but does not drag the clock either.
+        node.set_versioned(
+            "w",
+            "x".into(),
+            ttl,
+            before + year,
+            Default::default(),
+            WriteTiers::ALL,
+        )
+        .await
+        .unwrap();
+        let ahead_ms = (node.next_version() - before) >> clock::NODE_AND_COUNTER_BITS;
+        assert!(ahead_ms < 120_000, "the clock jumped {ahead_ms} ms");
+        let e = Coordinator::builder(cache, bus)
+            .secret(secret)
+            .max_clock_skew(std::time::Duration::ZERO)
+            .start()
+            .unwrap_err();
+        assert!(e.to_string().contains("max_clock_skew"), "{e}");
     }
 }

@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Bus, BusError, BusEvent, Subscription};
+use super::{Admission, Bus, BusError, BusEvent, FrameGate, Subscription};
 use crate::error::BuildError;
 
 /// Frames waiting to be published while Redis is away; past this they are dropped (and
@@ -22,8 +22,11 @@ const PUBLISH_QUEUE: usize = 4096;
 /// with exponential backoff (50 ms doubling to 2 s). When the subscription drops and comes
 /// back, the node cannot know what it missed: subscribers get [`BusEvent::Lost`], and the
 /// [`Coordinator`](super::Coordinator) drops its memory tier. Frames published while
-/// Redis is away wait in a bounded queue. Cloning shares the bus; the tasks stop when the
-/// last clone drops.
+/// Redis is away wait in a bounded queue. Each frame that arrives is checked with the
+/// receiving coordinator's [`FrameGate`] before it is queued, so duplicates (one frame
+/// published again thousands of times), stale and unsigned frames are dropped there and
+/// cannot make the queue lag. Cloning shares the bus; the tasks stop when the last clone
+/// drops.
 #[derive(Clone)]
 pub struct RedisBus {
     inner: Arc<Inner>,
@@ -35,8 +38,12 @@ struct Inner {
     state: Arc<State>,
     channel: String,
     dropped: AtomicU64,
+    gate: Gate,
     tasks: Vec<tokio::task::AbortHandle>,
 }
+
+/// The receiving coordinator's checks, once it has started (shared with the subscriber).
+type Gate = Arc<Mutex<Option<FrameGate>>>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -75,11 +82,13 @@ impl RedisBus {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
         });
+        let gate = Gate::default();
         let sub = tokio::spawn(subscriber(
             client.clone(),
             channel.to_owned(),
             tx.clone(),
             state.clone(),
+            gate.clone(),
         ));
         let publ = tokio::spawn(publisher(client, channel.to_owned(), queue));
         Ok(Self {
@@ -89,6 +98,7 @@ impl RedisBus {
                 state,
                 channel: channel.to_owned(),
                 dropped: AtomicU64::new(0),
+                gate,
                 tasks: vec![sub.abort_handle(), publ.abort_handle()],
             }),
         })
@@ -121,6 +131,7 @@ async fn subscriber(
     channel: String,
     tx: broadcast::Sender<BusEvent>,
     state: Arc<State>,
+    gate: Gate,
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut ever_connected = false;
@@ -143,7 +154,14 @@ async fn subscriber(
                 let mut messages = p.on_message();
                 while let Some(msg) = messages.next().await {
                     if let Ok(payload) = msg.get_payload::<Vec<u8>>() {
-                        let _ = tx.send(BusEvent::Frame(Bytes::from(payload)));
+                        let gate = gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        // Pub/sub cannot ask a publisher to wait: a frame to take is
+                        // queued at once (its place in the gate's bound freed with it).
+                        let take =
+                            gate.is_none_or(|g| matches!(g.admit(&payload), Admission::New(_)));
+                        if take {
+                            let _ = tx.send(BusEvent::Frame(Bytes::from(payload)));
+                        }
                     }
                 }
                 state.connected.store(false, Ordering::Relaxed);
@@ -207,6 +225,10 @@ impl Bus for RedisBus {
 
     fn subscribe(&self) -> Box<dyn Subscription> {
         Box::new(EventSubscription(self.inner.tx.subscribe()))
+    }
+
+    fn attach(&self, gate: FrameGate) {
+        *self.inner.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
     }
 
     /// One link: the subscription (named by channel; the URL may hold a password).

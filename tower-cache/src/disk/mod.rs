@@ -141,6 +141,8 @@ enum Op {
         select: Select,
         /// Written in the same transaction as the removal.
         tombstone: Option<Tombstone>,
+        /// Entries with a version above this stay (a remote invalidation older than them).
+        keep_newer_than: Option<u64>,
         ack: oneshot::Sender<Result<Vec<Box<str>>, DiskError>>,
     },
     /// Records that `dependent` depends on `on`.
@@ -618,10 +620,12 @@ impl DiskTier {
         &self,
         select: Select,
         tombstone: Option<Tombstone>,
+        keep_newer_than: Option<u64>,
     ) -> Result<Vec<Box<str>>, DiskError> {
         self.request(|ack| Op::RemoveMatching {
             select,
             tombstone,
+            keep_newer_than,
             ack,
         })
         .await

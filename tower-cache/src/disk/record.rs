@@ -93,6 +93,11 @@ pub(super) fn decode_header(b: &[u8]) -> Option<Header> {
     })
 }
 
+/// The version of the write a record holds, read from its header alone.
+pub(super) fn record_version(b: &[u8]) -> Option<u64> {
+    (b.len() >= HEADER && b[0] == FORMAT_V2).then(|| u64_at(b, 14))
+}
+
 /// Whether a record carries `tag`, read from its header and tag list alone (no checksum,
 /// no payload: a damaged record is caught when it is read).
 pub(super) fn record_has_tag(b: &[u8], tag: &str) -> bool {

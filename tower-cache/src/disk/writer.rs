@@ -355,7 +355,10 @@ impl Writer {
                     n
                 }
                 Op::RemoveMatching {
-                    select, tombstone, ..
+                    select,
+                    tombstone,
+                    keep_newer_than,
+                    ..
                 } => {
                     if let Some(t) = tombstone {
                         put_tombstone(dbs, &mut wtxn, t)?;
@@ -363,6 +366,15 @@ impl Writer {
                     let keys = select_keys(dbs, &wtxn, select)?;
                     let mut removed = Vec::with_capacity(keys.len());
                     for key in keys {
+                        if let Some(bound) = keep_newer_than {
+                            let version = dbs
+                                .entries
+                                .get(&wtxn, key.as_bytes())?
+                                .and_then(super::record::record_version);
+                            if version.is_some_and(|v| v > *bound) {
+                                continue;
+                            }
+                        }
                         if remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)? {
                             removed.push(key);
                         }

@@ -10,7 +10,9 @@
 //! - [`Cache::register_dependency`] and [`Cache::invalidate_with_dependents`]: an entry
 //!   that depends on another goes when it goes, transitively; cycles are harmless. Edges
 //!   persist in the disk tier (when there is one), so a restart keeps them.
-//! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern.
+//! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern;
+//!   a callback that panics is contained and counted ([`Cache::listener_panics`]), and
+//!   stays registered.
 //!
 //! Every invalidation is a write in the sense of the store's consistency guarantee (see
 //! [`Cache`]): when it returns, no read returns an entry it removed, and no
@@ -45,33 +47,59 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-pub use self::glob::Glob;
+pub use self::glob::{Glob, PatternError};
 pub use self::purge::PurgeService;
 use crate::cache::Cache;
 use crate::disk::{Select, Tombstone};
 
 /// An invalidation that could not be done: a bad pattern, or a fault of the disk tier
 /// (the memory tier was invalidated all the same).
+///
+/// Where a typed cause exists it is the [`source`](std::error::Error::source): e.g.
+/// [`TargetTooLong`](crate::coordinator::TargetTooLong) for a target longer than a
+/// cluster message carries, [`PatternError`] for a pattern over the bounds.
 #[derive(Debug)]
 pub struct InvalidateError {
     message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl InvalidateError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
         }
     }
 }
 
 impl fmt::Display for InvalidateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
     }
 }
 
-impl std::error::Error for InvalidateError {}
+impl std::error::Error for InvalidateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 type Listener = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -81,6 +109,8 @@ pub(crate) struct Registry {
     /// `on` -> the keys that depend on it (also on disk when there is a disk tier).
     dependents: Mutex<HashMap<String, HashSet<String>>>,
     listeners: Mutex<Vec<(Glob, Listener)>>,
+    /// Calls of a listener that panicked.
+    listener_panics: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Registry {
@@ -120,7 +150,7 @@ impl Cache {
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<usize, InvalidateError> {
         let glob = Glob::new(pattern)?;
         let memory = self.memory().keys_where(|k, _| glob.matches(k));
-        self.remove_selected(memory, Select::Pattern(glob), None)
+        self.remove_selected(memory, Select::Pattern(glob), None, None)
             .await
     }
 
@@ -134,17 +164,27 @@ impl Cache {
         let memory = self
             .memory()
             .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
-        self.remove_selected(memory, Select::Tag(tag.into()), None)
+        self.remove_selected(memory, Select::Tag(tag.into()), None, None)
             .await
     }
 
     /// Invalidates `target` and records `tombstone` in the disk tier in the same
     /// transaction (the coordinator's invalidations, so that a restart remembers them).
+    /// With `keep_newer_than`, a pattern or tag leaves the entries whose version is above
+    /// it in place (a remote invalidation removes only what is not newer than itself).
     pub(crate) async fn invalidate_recorded(
         &self,
         target: &crate::coordinator::Target,
         tombstone: Tombstone,
+        keep_newer_than: Option<u64>,
     ) -> Result<usize, InvalidateError> {
+        let older = |k: &str| {
+            keep_newer_than.is_none_or(|bound| {
+                self.memory()
+                    .get_fresh_uncounted(k)
+                    .is_none_or(|s| s.version <= bound)
+            })
+        };
         use crate::coordinator::Target;
         match target {
             Target::Key(key) => {
@@ -158,8 +198,24 @@ impl Cache {
             }
             Target::Pattern(pattern) => {
                 let glob = Glob::new(pattern)?;
-                let memory = self.memory().keys_where(|k, _| glob.matches(k));
-                self.remove_selected(memory, Select::Pattern(glob), Some(tombstone))
+                let mut memory = self.memory().keys_where(|k, _| glob.matches(k));
+                memory.retain(|k| older(k));
+                self.remove_selected(
+                    memory,
+                    Select::Pattern(glob),
+                    Some(tombstone),
+                    keep_newer_than,
+                )
+                .await
+            }
+            Target::Dependents(key) => {
+                let (version, until_ms) = (tombstone.version, tombstone.until_ms);
+                let each = move |k: &str| Tombstone {
+                    row: format!("k\u{0}{k}").into(),
+                    version,
+                    until_ms,
+                };
+                self.invalidate_dependents_recorded(key, &each, keep_newer_than)
                     .await
             }
             Target::Tag(tag) => {
@@ -168,11 +224,17 @@ impl Cache {
                         "invalidation tag is empty; give the tag",
                     ));
                 }
-                let memory = self
+                let mut memory = self
                     .memory()
                     .keys_where(|_, tags| tags.is_some_and(|t| t.iter().any(|x| x == tag)));
-                self.remove_selected(memory, Select::Tag(tag.as_str().into()), Some(tombstone))
-                    .await
+                memory.retain(|k| older(k));
+                self.remove_selected(
+                    memory,
+                    Select::Tag(tag.as_str().into()),
+                    Some(tombstone),
+                    keep_newer_than,
+                )
+                .await
             }
         }
     }
@@ -227,7 +289,72 @@ impl Cache {
         }
     }
 
+    /// Like [`Self::invalidate_with_dependents`], recording `tombstone(key)` on disk with
+    /// each key's delete (the caller remembers it in memory there too, before the delete).
+    /// With `keep_newer_than`, a key whose entry is newer than that stays (its dependents
+    /// are still followed).
+    pub(crate) async fn invalidate_dependents_recorded(
+        &self,
+        key: &str,
+        tombstone: &(dyn Fn(&str) -> Tombstone + Send + Sync),
+        keep_newer_than: Option<u64>,
+    ) -> Result<usize, InvalidateError> {
+        check_key(key)?;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut queue = VecDeque::from([key.to_owned()]);
+        let mut removed = 0;
+        let mut fault = None;
+        let mut gone = Vec::new();
+        while let Some(k) = queue.pop_front() {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            let newer = keep_newer_than.is_some_and(|bound| {
+                let local = self
+                    .memory()
+                    .get_fresh_uncounted(&k)
+                    .map(|s| s.version)
+                    .or_else(|| {
+                        self.disk()
+                            .and_then(|d| d.get_entry(&k))
+                            .map(|e| e.meta.version)
+                    });
+                local.is_some_and(|v| v > bound)
+            });
+            if !newer {
+                match self.delete_with(&k, Some(tombstone(&k))).await {
+                    Ok(found) => removed += usize::from(found),
+                    Err(e) => fault = Some(e),
+                }
+                gone.push(k.clone());
+            }
+            for d in self.dependents_of(&k) {
+                if !seen.contains(&d) {
+                    queue.push_back(d);
+                }
+            }
+        }
+        self.notify(gone.iter().map(String::as_str));
+        match fault {
+            Some(e) => Err(InvalidateError::new(e.to_string())),
+            None => Ok(removed),
+        }
+    }
+
+    /// Calls of [`on_invalidate`](Self::on_invalidate) listeners that panicked.
+    pub fn listener_panics(&self) -> u64 {
+        self.registry()
+            .listener_panics
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Calls `callback` with every invalidated key that matches `pattern`.
+    ///
+    /// The callback runs on the task that invalidates (for a remote invalidation, the
+    /// coordinator's receiving task). If it panics, the panic is caught, logged and counted
+    /// ([`listener_panics`](Self::listener_panics), and the coordinator's status): the
+    /// invalidation completes, every other listener is still called, and the listener
+    /// stays registered (a panic for one key says nothing of the next).
     pub fn on_invalidate<F>(&self, pattern: &str, callback: F) -> Result<(), InvalidateError>
     where
         F: Fn(&str) + Send + Sync + 'static,
@@ -259,12 +386,16 @@ impl Cache {
         memory: Vec<String>,
         select: Select,
         tombstone: Option<Tombstone>,
+        keep_newer_than: Option<u64>,
     ) -> Result<usize, InvalidateError> {
         let _write = self.generations().begin_clear();
         let mut keys: HashSet<String> = HashSet::new();
         let mut fault = None;
         if let Some(disk) = self.disk() {
-            match disk.remove_matching(select, tombstone).await {
+            match disk
+                .remove_matching(select, tombstone, keep_newer_than)
+                .await
+            {
                 Ok(removed) => keys.extend(removed.into_iter().map(String::from)),
                 Err(e) => fault = Some(e),
             }
@@ -289,7 +420,18 @@ impl Cache {
         for key in keys {
             for (glob, callback) in &listeners {
                 if glob.matches(key) {
-                    callback(key);
+                    // A listener is user code: its panic is contained here, counted and
+                    // logged, and the listener stays registered (see `on_invalidate`).
+                    let call = std::panic::AssertUnwindSafe(|| callback(key));
+                    if std::panic::catch_unwind(call).is_err() {
+                        self.registry()
+                            .listener_panics
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(
+                            key,
+                            "an on_invalidate listener panicked; it stays registered"
+                        );
+                    }
                 }
             }
         }

@@ -5,8 +5,9 @@
 //!   `X-Purge-Pattern: <glob>`: that key, every entry with that tag, or every key
 //!   matching.
 //!
-//! Every purge needs `Authorization: Bearer <token>`; without it (or with another token)
-//! the answer is `401` and nothing changes. The answer to a purge is `200` with
+//! Every purge needs `Authorization: Bearer <token>` (the scheme in any case, as RFC 9110
+//! has it; the token compared in constant time); without it (or with another token) the
+//! answer is `401` and nothing changes. The answer to a purge is `200` with
 //! `{"removed":N}`. Given a [`Coordinator`](crate::coordinator::Coordinator), purges
 //! spread to every node.
 
@@ -19,7 +20,9 @@ use std::task::{Context, Poll};
 
 use ::http::{HeaderMap, Method, Request, Response, StatusCode};
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http_body_util::Full;
+use sha2::Sha256;
 use tower_service::Service;
 
 use crate::cache::Cache;
@@ -44,7 +47,9 @@ enum Target {
 #[derive(Clone)]
 pub struct PurgeService {
     target: Target,
-    token: Arc<str>,
+    /// The token's MAC under a fixed key: a request's token is compared through its own
+    /// MAC in constant time, whatever its length.
+    token_mac: Arc<[u8]>,
 }
 
 impl fmt::Debug for PurgeService {
@@ -72,7 +77,11 @@ impl PurgeService {
         }
         Ok(Self {
             target,
-            token: token.into(),
+            token_mac: token_mac(token.as_bytes())
+                .finalize()
+                .into_bytes()
+                .to_vec()
+                .into(),
         })
     }
 
@@ -97,9 +106,19 @@ fn answer(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     res
 }
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn token_mac(token: &[u8]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"tower-cache purge token")
+        .expect("HMAC accepts any key length");
+    mac.update(token);
+    mac
+}
+
+/// The token of an `Authorization: Bearer <token>` value: the scheme is matched in any
+/// case (RFC 9110, section 11.1), with one or more spaces before the token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -119,8 +138,14 @@ impl<B: Send + 'static> Service<Request<B>> for PurgeService {
         let this = self.clone();
         Box::pin(async move {
             let authorized = header(req.headers(), "authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| same(t.trim().as_bytes(), this.token.as_bytes()));
+                .and_then(bearer)
+                .is_some_and(|t| {
+                    // Constant time (the MAC crate's comparison), and independent of the
+                    // given token's length.
+                    token_mac(t.trim().as_bytes())
+                        .verify_slice(&this.token_mac)
+                        .is_ok()
+                });
             if !authorized {
                 return Ok(answer(
                     StatusCode::UNAUTHORIZED,
@@ -163,5 +188,46 @@ impl<B: Send + 'static> Service<Request<B>> for PurgeService {
                 ),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "a purge token of some length";
+
+    async fn status(svc: &PurgeService, authorization: Option<&str>) -> StatusCode {
+        let mut req = Request::post("/").header("x-purge-key", "k");
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(()).unwrap();
+        svc.clone().oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn the_bearer_scheme_is_matched_in_any_case_and_only_the_token_opens() {
+        let cache = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        let svc = PurgeService::new(cache, TOKEN).unwrap();
+        for ok in ["Bearer ", "bearer ", "BEARER ", "bEaReR   "] {
+            let value = format!("{ok}{TOKEN}");
+            assert_eq!(status(&svc, Some(&value)).await, StatusCode::OK, "{value}");
+        }
+        let wrong = format!("Bearer {TOKEN}x");
+        let basic = format!("Basic {TOKEN}");
+        let glued = format!("Bearer{TOKEN}");
+        for bad in [
+            None,
+            Some("Bearer"),
+            Some("Bearer "),
+            Some(wrong.as_str()),
+            Some(basic.as_str()),
+            Some(glued.as_str()),
+            Some(&TOKEN[..10]),
+        ] {
+            assert_eq!(status(&svc, bad).await, StatusCode::UNAUTHORIZED, "{bad:?}");
+        }
     }
 }
