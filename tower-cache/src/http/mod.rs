@@ -123,18 +123,26 @@ use pin_project_lite::pin_project;
 
 use crate::service::{CacheKey, Codec, StorePolicy};
 
+mod body;
+mod collapse;
 mod edge;
 mod entry;
 mod headers;
+mod key;
 mod layer;
 mod policy;
+mod service;
+mod store;
 
+pub use self::body::HttpCacheBody;
 pub use self::edge::{prepare_request, ForwardedFields, RequestRefused};
+pub use self::key::{try_url_key, url_key};
 pub use self::layer::{
-    try_url_key, url_key, HttpCacheBody, HttpCacheLayer, HttpCacheService, DEFAULT_COLLAPSE_WAIT,
-    DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL, DEFAULT_MAX_STORED_BODY,
+    HttpCacheLayer, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL,
+    DEFAULT_MAX_STORED_BODY,
 };
 pub use self::policy::HttpPolicy;
+pub use self::service::HttpCacheService;
 use crate::BoxError;
 
 /// Keys `GET` and `HEAD` requests by method, host and path with query; bypasses every

@@ -1,0 +1,594 @@
+//! [`HttpCacheService`]: looks a request up, serves, revalidates or forwards it.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body::Body;
+use tower_service::Service;
+
+use super::edge::{self, RequestRefused};
+use super::entry::{self, HttpEntry, Record};
+use super::headers;
+use super::policy::{self, RequestRules};
+use super::{body::*, collapse::*, key::*, layer::*, store::*};
+use crate::cache::{Cache, Found};
+use crate::service::ready_call as call_inner;
+use crate::BoxError;
+
+/// The service of an [`HttpCacheLayer`].
+///
+/// `poll_ready` is always ready: a hit never waits for the inner service. A miss waits for
+/// the inner service's readiness in its response future, on a clone of it.
+pub struct HttpCacheService<S> {
+    pub(super) inner: S,
+    pub(super) config: Arc<HttpCacheLayer>,
+}
+
+impl<S: Clone> Clone for HttpCacheService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for HttpCacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S> HttpCacheService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+pub(super) type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for HttpCacheService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqB: Default + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<HttpCacheBody<ResB>>;
+    /// The inner service's error, passed on as it is: the cache adds no error of its own
+    /// (its faults degrade to the origin), so over an infallible service (an axum router,
+    /// say) the cache is infallible too and needs no `HandleErrorLayer`.
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let inner = self.inner.clone();
+        let config = self.config.clone();
+        Box::pin(async move { handle(config, inner, req).await })
+    }
+}
+
+/// What a lookup found for a request.
+pub(super) enum Looked {
+    /// A stored response that may answer the request.
+    Hit(HttpEntry, Status),
+    /// A stored response that may not answer it as it is (stale, or to be validated),
+    /// under `key`.
+    Stale {
+        entry: HttpEntry,
+        key: String,
+        index: Option<(u64, Vec<HeaderName>)>,
+    },
+    /// Nothing stored; the index of the URL's variants, if there is one.
+    Miss {
+        index: Option<(u64, Vec<HeaderName>)>,
+    },
+    /// The URL is marked pass.
+    Pass,
+}
+
+pub(super) async fn look_up(
+    store: &Cache,
+    primary: &str,
+    req: &HeaderMap,
+    rules: &RequestRules,
+) -> Looked {
+    let now = policy::unix_ms(SystemTime::now());
+    let (bytes, from_disk) = match store.lookup(primary).await {
+        Found::Hit(s, disk) => (s.value, disk),
+        Found::Pass => return Looked::Pass,
+        Found::Leader(_) => return Looked::Miss { index: None },
+    };
+    let (entry, from_disk, key, index) = match entry::decode(&bytes) {
+        Some(Record::Entry(e)) if e.vary.is_empty() => (e, from_disk, primary.to_owned(), None),
+        Some(Record::Index { epoch, names }) => {
+            let values = vary_values(req, &names);
+            let key = variant_key(primary, epoch, &values);
+            let index = Some((epoch, names));
+            match store.lookup(&key).await {
+                Found::Hit(s, disk) => match entry::decode(&s.value) {
+                    Some(Record::Entry(e)) if e.vary == values => (e, disk, key, index),
+                    _ => return Looked::Miss { index },
+                },
+                // This variant is marked pass; the others are not.
+                Found::Pass => return Looked::Pass,
+                Found::Leader(_) => return Looked::Miss { index },
+            }
+        }
+        // Undecodable, or an entry with Vary under the primary key: nothing usable.
+        _ => return Looked::Miss { index: None },
+    };
+    if policy::servable(&entry.freshness, rules, now) {
+        let status = if from_disk {
+            Status::HitDisk
+        } else {
+            Status::HitMemory
+        };
+        Looked::Hit(entry, status)
+    } else {
+        Looked::Stale { entry, key, index }
+    }
+}
+
+/// Whether a client's conditional GET/HEAD is satisfied by `entry` (RFC 9110 section
+/// 13.1): answer 304.
+pub(super) fn not_modified(req: &HeaderMap, entry: &HttpEntry) -> bool {
+    if let Some(inm) = headers::if_none_match(req) {
+        return match (inm, headers::etag(&entry.headers)) {
+            (None, _) => true,
+            (Some(tags), Some(etag)) => tags.iter().any(|t| t.weak_eq(&etag)),
+            (Some(_), None) => false,
+        };
+    }
+    if let Some(Ok(since)) = headers::date(req, ::http::header::IF_MODIFIED_SINCE) {
+        if let Some(Ok(modified)) = headers::date(&entry.headers, ::http::header::LAST_MODIFIED) {
+            return modified <= since;
+        }
+    }
+    false
+}
+
+pub(super) fn respond_from<B>(
+    config: &HttpCacheLayer,
+    entry: HttpEntry,
+    status: Status,
+    method: &Method,
+    req: &HeaderMap,
+) -> Response<HttpCacheBody<B>> {
+    let age = entry.freshness.age(policy::unix_ms(SystemTime::now()));
+    let unchanged = not_modified(req, &entry);
+    let mut headers = entry.headers;
+    headers.insert(::http::header::AGE, HeaderValue::from(age));
+    if let Some(name) = &config.status_header {
+        headers.insert(name.clone(), status.value());
+    }
+    let (code, body) = if unchanged {
+        // RFC 9110 section 15.4.5: the fields a 200 would have sent, no content.
+        headers.remove(::http::header::CONTENT_LENGTH);
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else if method == Method::HEAD {
+        (entry.status, Bytes::new())
+    } else {
+        (entry.status, entry.body)
+    };
+    let mut res = Response::new(HttpCacheBody::full(body));
+    *res.status_mut() = code;
+    *res.headers_mut() = headers;
+    res
+}
+
+pub(super) fn mark<B>(config: &HttpCacheLayer, res: &mut Response<B>, status: Status) {
+    if let Some(name) = &config.status_header {
+        res.headers_mut().insert(name.clone(), status.value());
+    }
+}
+
+pub(super) fn passthrough<B>(
+    config: &HttpCacheLayer,
+    res: Response<B>,
+) -> Response<HttpCacheBody<B>> {
+    let mut res = res.map(HttpCacheBody::streaming);
+    mark(config, &mut res, Status::Pass);
+    res
+}
+
+/// Invalidates the URLs a successful unsafe request changed (RFC 9111 section 4.4): the
+/// target URI and same-origin `Location` and `Content-Location`.
+pub(super) async fn invalidate_after<B>(
+    store: &Cache,
+    req_key: &str,
+    req: &Request<B>,
+    res: &Response<()>,
+) {
+    if !(res.status().is_success() || res.status().is_redirection()) {
+        return;
+    }
+    let _ = store.delete(req_key).await;
+    let Ok(authority) = edge::authority(req) else {
+        return;
+    };
+    for name in [::http::header::LOCATION, ::http::header::CONTENT_LOCATION] {
+        let Some(target) = res.headers().get(&name) else {
+            continue;
+        };
+        let Ok(uri) = ::http::Uri::try_from(target.as_bytes()) else {
+            continue;
+        };
+        // Same origin only: a relative reference, or the request's own host.
+        let same_origin = match uri.authority() {
+            None => true,
+            Some(a) => authority.eq_ignore_ascii_case(a.as_str()),
+        };
+        if !same_origin || !uri.path().starts_with('/') {
+            continue;
+        }
+        let b = Request::builder()
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(::http::header::HOST, authority.as_str());
+        if let Ok(key) = b
+            .body(())
+            .map_err(drop)
+            .and_then(|r| try_url_key(&r).map_err(drop))
+        {
+            let _ = store.delete(&key).await;
+        }
+    }
+}
+
+/// The answer to a request the cache refuses to key.
+pub(super) fn refused<B>(why: &RequestRefused) -> Response<HttpCacheBody<B>> {
+    let mut res = Response::new(HttpCacheBody::full(Bytes::from(format!(
+        "bad request: {why}\n"
+    ))));
+    *res.status_mut() = StatusCode::BAD_REQUEST;
+    res.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+pub(super) async fn handle<S, ReqB, ResB>(
+    config: Arc<HttpCacheLayer>,
+    inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<HttpCacheBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqB: Default + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    let store = &config.store;
+    let mut req = req;
+    // Before anything is read from it: the fields the key and the policy read are the
+    // ones the origin gets.
+    if let Err(why) = edge::prepare_request(&mut req, config.forwarded) {
+        return Ok(refused(&why));
+    }
+    let method = req.method().clone();
+    let primary = match primary_key(&config, &req) {
+        Ok(key) => key,
+        Err(why) => return Ok(refused(&why)),
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE | Method::CONNECT);
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts.clone(), ());
+        let res = call_inner(inner, Request::from_parts(parts, body)).await?;
+        if unsafe_method {
+            let mut seen = Response::new(());
+            *seen.status_mut() = res.status();
+            for name in [::http::header::LOCATION, ::http::header::CONTENT_LOCATION] {
+                if let Some(v) = res.headers().get(&name) {
+                    seen.headers_mut().insert(name, v.clone());
+                }
+            }
+            invalidate_after(store, &primary, &head, &seen).await;
+        }
+        return Ok(passthrough(&config, res));
+    }
+    let rules = RequestRules::of(req.headers());
+    if rules.no_store || req.headers().contains_key(::http::header::RANGE) {
+        let res = call_inner(inner, req).await?;
+        return Ok(passthrough(&config, res));
+    }
+    let looked = look_up(store, &primary, req.headers(), &rules).await;
+    let now = policy::unix_ms(SystemTime::now());
+    // stale-while-revalidate (RFC 5861 section 3): serve the stale entry at once and
+    // refresh it in the background, once per URL.
+    let mut looked = match looked {
+        Looked::Stale { entry, key, index } if while_revalidate(&entry, &rules, now) => {
+            if let Join::Leader(guard) = config.inflight.join(&primary) {
+                let refresh = Refresh {
+                    config: config.clone(),
+                    primary: primary.clone(),
+                    key,
+                    index,
+                    entry: entry.clone(),
+                    template: template_of(&req, &entry.vary),
+                    guard,
+                };
+                tokio::spawn(refresh.run(inner.clone()));
+            }
+            return Ok(respond_from(
+                &config,
+                entry,
+                Status::Stale,
+                &method,
+                req.headers(),
+            ));
+        }
+        other => other,
+    };
+    // One request per URL asks the origin; the others wait for it, then look again.
+    // Conditional requests go on their own (the origin may answer them 304).
+    let conditional = req.headers().contains_key(::http::header::IF_NONE_MATCH)
+        || req
+            .headers()
+            .contains_key(::http::header::IF_MODIFIED_SINCE);
+    let mut leader = None;
+    if method == Method::GET
+        && matches!(looked, Looked::Miss { .. } | Looked::Stale { .. })
+        && !rules.only_if_cached
+        && !conditional
+    {
+        match config.inflight.join(&primary) {
+            Join::Leader(guard) => leader = Some(guard),
+            Join::Wait(notified) => {
+                let _ = tokio::time::timeout(config.collapse_wait, notified).await;
+                looked = look_up(store, &primary, req.headers(), &rules).await;
+            }
+        }
+    }
+    let (stale, index) = match looked {
+        Looked::Hit(entry, status) => {
+            return Ok(respond_from(&config, entry, status, &method, req.headers()));
+        }
+        Looked::Pass => {
+            let res = call_inner(inner, req).await?;
+            return Ok(passthrough(&config, res));
+        }
+        Looked::Stale { entry, key, index } => (Some((entry, key)), index),
+        Looked::Miss { index } => (None, index),
+    };
+    if rules.only_if_cached {
+        // RFC 9111 section 5.2.1.7.
+        let mut res = Response::new(HttpCacheBody::full(Bytes::new()));
+        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        mark(&config, &mut res, Status::Miss);
+        return Ok(res);
+    }
+    // Tickets before the origin is asked: a write of the URL from now on voids the fill.
+    let primary_ticket = store.ticket(&primary);
+    let stale_ticket = stale.as_ref().map(|(_, key)| store.ticket(key));
+    // The client's own fields: what the response to it is judged and built by.
+    let req_headers = req.headers().clone();
+    // A stale entry with a validator is revalidated (RFC 9111 section 4.3.1), unless the
+    // client's own conditional request is passed on as it is.
+    let validating = match &stale {
+        Some((entry, _)) if !conditional => add_validators(req.headers_mut(), entry),
+        _ => false,
+    };
+    let request_time = SystemTime::now();
+    let res = match call_inner(inner, req).await {
+        Ok(res) => res,
+        Err(e) => {
+            // stale-if-error (RFC 5861 section 4): the origin failed; a stale entry in
+            // its window answers instead.
+            return match stale {
+                Some((entry, _)) if stale_if_error(&entry, &rules, now) => Ok(respond_from(
+                    &config,
+                    entry,
+                    Status::Stale,
+                    &method,
+                    &req_headers,
+                )),
+                _ => Err(e),
+            };
+        }
+    };
+    let response_time = SystemTime::now();
+    if let Some((entry, key)) = stale {
+        if validating && res.status() == StatusCode::NOT_MODIFIED {
+            let (updated, storable) = freshen(
+                &config,
+                entry,
+                res.headers(),
+                &req_headers,
+                request_time,
+                response_time,
+            );
+            if let (true, Some(ticket)) = (storable, stale_ticket) {
+                store_entry(store, &key, &updated, ticket);
+            }
+            drop(leader);
+            // The client sent no condition: it gets the whole response, even when the
+            // updated one may not be stored (RFC 9111 section 4.3.3), never the bare 304.
+            return Ok(respond_from(
+                &config,
+                updated,
+                Status::Revalidated,
+                &method,
+                &req_headers,
+            ));
+        }
+        if res.status().is_server_error() && stale_if_error(&entry, &rules, now) {
+            drop(leader);
+            return Ok(respond_from(
+                &config,
+                entry,
+                Status::Stale,
+                &method,
+                &req_headers,
+            ));
+        }
+    }
+    let decision = policy::storable(
+        &config.policy,
+        &method,
+        &req_headers,
+        res.status(),
+        res.headers(),
+        request_time,
+        response_time,
+    );
+    let freshness = match decision {
+        Ok(f) => f,
+        Err(why) => {
+            if response_never_storable(res.headers()) {
+                mark_pass(
+                    &config,
+                    &primary,
+                    index,
+                    primary_ticket,
+                    &req_headers,
+                    res.headers(),
+                );
+            }
+            tracing::trace!(key = primary, why, "response not stored");
+            return Ok(passthrough(&config, res));
+        }
+    };
+    if res.body().size_hint().lower() > config.max_body as u64 {
+        return Ok(passthrough(&config, res));
+    }
+    let (parts, body) = res.into_parts();
+    let job = store_job(
+        &config,
+        &primary,
+        index,
+        primary_ticket,
+        &req_headers,
+        &parts,
+        freshness,
+        leader,
+    );
+    let mut parts = parts;
+    if let Some(name) = &config.status_header {
+        parts.headers.insert(name.clone(), Status::Miss.value());
+    }
+    Ok(Response::from_parts(
+        parts,
+        HttpCacheBody::tee(body, config.max_body, job),
+    ))
+}
+
+/// Whether the stale `entry` may answer at once while it is refreshed in the background
+/// (RFC 5861 section 3): within its `stale-while-revalidate` window, and the request does
+/// not ask for more freshness than that.
+pub(super) fn while_revalidate(entry: &HttpEntry, rules: &RequestRules, now_ms: u64) -> bool {
+    let f = &entry.freshness;
+    !f.must_revalidate
+        && !f.no_cache
+        && !rules.no_cache
+        && rules.max_age.is_none()
+        && rules.min_fresh == 0
+        && f.stale_while_revalidate > 0
+        && f.stale_within(now_ms, f.stale_while_revalidate)
+}
+
+/// Whether the stale `entry` may answer because the origin failed (RFC 5861 section 4):
+/// within the response's or the request's `stale-if-error` window.
+pub(super) fn stale_if_error(entry: &HttpEntry, rules: &RequestRules, now_ms: u64) -> bool {
+    let f = &entry.freshness;
+    let window = f.stale_if_error.max(rules.stale_if_error.unwrap_or(0));
+    !f.must_revalidate && window > 0 && f.stale_within(now_ms, window)
+}
+
+/// Adds the entry's validators to a request; returns whether there were any.
+pub(super) fn add_validators(req: &mut HeaderMap, entry: &HttpEntry) -> bool {
+    let mut added = false;
+    if let Some(etag) = entry.headers.get(::http::header::ETAG) {
+        req.insert(::http::header::IF_NONE_MATCH, etag.clone());
+        added = true;
+    }
+    if let Some(lm) = entry.headers.get(::http::header::LAST_MODIFIED) {
+        req.insert(::http::header::IF_MODIFIED_SINCE, lm.clone());
+        added = true;
+    }
+    added
+}
+
+/// The stored response updated by a `304` (RFC 9111 section 4.3.4): the 304's fields
+/// replace the stored ones of the same name, and the freshness is computed anew; and
+/// whether the updated response may be stored. One that may not still answers the
+/// request that was validated.
+pub(super) fn freshen(
+    config: &HttpCacheLayer,
+    entry: HttpEntry,
+    not_modified: &HeaderMap,
+    req: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> (HttpEntry, bool) {
+    let mut headers = entry.headers;
+    let mut fresh = not_modified.clone();
+    headers::strip_hop_by_hop(&mut fresh);
+    fresh.remove(::http::header::CONTENT_LENGTH);
+    if let Some(name) = &config.status_header {
+        fresh.remove(name);
+    }
+    for name in fresh.keys() {
+        headers.remove(name);
+    }
+    for (name, value) in &fresh {
+        headers.append(name.clone(), value.clone());
+    }
+    // The stored response's own request made it storable; the conditional one may carry
+    // the client's credentials, which a 304 does not make shareable.
+    let decision = policy::storable(
+        &config.policy,
+        &Method::GET,
+        req,
+        entry.status,
+        &headers,
+        request_time,
+        response_time,
+    );
+    let storable = decision.is_ok();
+    // Not storable: answered once, with the age the 304 gives.
+    let freshness = decision.unwrap_or(policy::Freshness {
+        response_time: policy::unix_ms(response_time),
+        initial_age: headers::age(not_modified).unwrap_or(0),
+        lifetime: 0,
+        must_revalidate: true,
+        no_cache: true,
+        validator: false,
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
+    });
+    let entry = HttpEntry {
+        headers,
+        freshness,
+        ..entry
+    };
+    (entry, storable)
+}

@@ -1,0 +1,298 @@
+//! Storing responses, background refreshes, and marking URLs that pass.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ::http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body::Body;
+use tower_service::Service;
+
+use super::edge;
+use super::entry::{self, HttpEntry};
+use super::headers;
+use super::policy;
+use super::{body::*, collapse::*, key::*, layer::*, service::*};
+use crate::cache::Cache;
+use crate::entry::{EntryMeta, Tags};
+use crate::generation::Ticket;
+use crate::service::ready_call as call_inner;
+use crate::BoxError;
+
+/// Stores a whole entry under `key` (a revalidated one).
+pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: Ticket) {
+    let ttl = entry.freshness.keep_for(policy::unix_ms(SystemTime::now()));
+    if let Some(bytes) = entry::encode_entry(entry) {
+        let _ = store.store_loaded(key, bytes, ttl, EntryMeta::default(), ticket);
+    }
+}
+
+/// What the body of a storable response stores once it ends.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn store_job(
+    config: &HttpCacheLayer,
+    primary: &str,
+    index: Option<(u64, Vec<HeaderName>)>,
+    primary_ticket: Ticket,
+    req_headers: &HeaderMap,
+    parts: &::http::response::Parts,
+    freshness: policy::Freshness,
+    leader: Option<LeaderGuard>,
+) -> StoreJob {
+    let store = &config.store;
+    let names = headers::vary(&parts.headers).unwrap_or_default();
+    let (key, index_record) = if names.is_empty() {
+        (primary.to_owned(), None)
+    } else {
+        let epoch = match index {
+            Some((epoch, old)) if old == names => epoch,
+            _ => new_epoch(),
+        };
+        let values = vary_values(req_headers, &names);
+        (
+            variant_key(primary, epoch, &values),
+            entry::encode_index(epoch, &names),
+        )
+    };
+    let ticket = if key == primary {
+        primary_ticket.clone()
+    } else {
+        store.ticket(&key)
+    };
+    let mut stored_headers = parts.headers.clone();
+    headers::strip_hop_by_hop(&mut stored_headers);
+    stored_headers.remove(::http::header::AGE);
+    if let Some(name) = &config.status_header {
+        stored_headers.remove(name);
+    }
+    StoreJob {
+        store: store.clone(),
+        primary: primary.to_owned(),
+        key,
+        index: index_record.map(|i| (i, primary_ticket)),
+        head: HttpEntry {
+            status: parts.status,
+            headers: stored_headers,
+            body: Bytes::new(),
+            freshness,
+            vary: vary_values(req_headers, &names),
+        },
+        tags: surrogate_keys(&parts.headers),
+        ticket,
+        _leader: leader,
+    }
+}
+
+/// A request to refresh a stale entry in the background: the URL and the request
+/// headers the entry's key was made of (the host, the fields it varies on, and the
+/// forwarding fields when they are keyed; otherwise the request has none of those).
+pub(super) fn template_of<B>(
+    req: &Request<B>,
+    vary: &[(HeaderName, Option<Vec<u8>>)],
+) -> Request<()> {
+    let mut t = Request::new(());
+    *t.uri_mut() = req.uri().clone();
+    let forwarding = req
+        .headers()
+        .keys()
+        .filter(|n| edge::is_forwarding_field(n));
+    let mut names: Vec<&HeaderName> = vec![&::http::header::HOST];
+    names.extend(forwarding);
+    names.extend(vary.iter().map(|(n, _)| n));
+    names.dedup();
+    for name in names {
+        if t.headers().contains_key(name) {
+            continue;
+        }
+        for v in req.headers().get_all(name) {
+            t.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    t
+}
+
+/// A background refresh of a stale entry (`stale-while-revalidate`).
+pub(super) struct Refresh {
+    pub(super) config: Arc<HttpCacheLayer>,
+    pub(super) primary: String,
+    pub(super) key: String,
+    pub(super) index: Option<(u64, Vec<HeaderName>)>,
+    pub(super) entry: HttpEntry,
+    pub(super) template: Request<()>,
+    pub(super) guard: LeaderGuard,
+}
+
+impl Refresh {
+    pub(super) async fn run<S, ReqB, ResB>(self, inner: S)
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ReqB: Default,
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
+        let store = &self.config.store;
+        let stale_ticket = store.ticket(&self.key);
+        let primary_ticket = store.ticket(&self.primary);
+        let (parts, ()) = self.template.into_parts();
+        let mut req = Request::from_parts(parts, ReqB::default());
+        add_validators(req.headers_mut(), &self.entry);
+        let req_headers = req.headers().clone();
+        let request_time = SystemTime::now();
+        let Ok(res) = call_inner(inner, req).await else {
+            return;
+        };
+        let response_time = SystemTime::now();
+        if res.status() == StatusCode::NOT_MODIFIED {
+            let (e, storable) = freshen(
+                &self.config,
+                self.entry,
+                res.headers(),
+                &req_headers,
+                request_time,
+                response_time,
+            );
+            if storable {
+                store_entry(store, &self.key, &e, stale_ticket);
+            }
+            return;
+        }
+        let Ok(freshness) = policy::storable(
+            &self.config.policy,
+            &Method::GET,
+            &req_headers,
+            res.status(),
+            res.headers(),
+            request_time,
+            response_time,
+        ) else {
+            return;
+        };
+        let (parts, body) = res.into_parts();
+        let job = store_job(
+            &self.config,
+            &self.primary,
+            self.index,
+            primary_ticket,
+            &req_headers,
+            &parts,
+            freshness,
+            Some(self.guard),
+        );
+        // Nobody reads this body: drain it through the tee so that it is stored.
+        let mut tee = std::pin::pin!(HttpCacheBody::tee(body, self.config.max_body, job));
+        while let Some(frame) = std::future::poll_fn(|cx| tee.as_mut().poll_frame(cx)).await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Marks pass the variant of the URL a never-storable response answered, and only that
+/// one: the URL's stored variants stay served. Without variants (no index, and the
+/// response does not vary), the whole URL.
+pub(super) fn mark_pass(
+    config: &HttpCacheLayer,
+    primary: &str,
+    index: Option<(u64, Vec<HeaderName>)>,
+    primary_ticket: Ticket,
+    req: &HeaderMap,
+    res: &HeaderMap,
+) {
+    let store = &config.store;
+    let (epoch, names) = match index {
+        Some(index) => index,
+        None => {
+            let names = headers::vary(res).unwrap_or_default();
+            if names.is_empty() {
+                store.mark_pass_key(primary, config.pass_ttl);
+                return;
+            }
+            // An index for the mark to hang from; a later storable response of the same
+            // Vary keeps it (and its epoch).
+            let epoch = new_epoch();
+            let Some(record) = entry::encode_index(epoch, &names) else {
+                return;
+            };
+            let _ = store.store_loaded(
+                primary,
+                record,
+                config.pass_ttl,
+                EntryMeta::default(),
+                primary_ticket,
+            );
+            (epoch, names)
+        }
+    };
+    let key = variant_key(primary, epoch, &vary_values(req, &names));
+    store.mark_pass_key(&key, config.pass_ttl);
+}
+
+/// Whether a response may never be stored whoever asks (so the URL is worth marking
+/// pass), as opposed to one the request made unstorable.
+pub(super) fn response_never_storable(res: &HeaderMap) -> bool {
+    let cc = headers::CacheControl::parse(res);
+    cc.no_store
+        || cc.private
+        || cc.malformed
+        || res.contains_key(::http::header::SET_COOKIE)
+        || headers::vary(res).is_none()
+}
+
+/// Tags from `Surrogate-Key` and `xkey` (space-separated), stored with the entry.
+pub(super) fn surrogate_keys(res: &HeaderMap) -> Tags {
+    res.get_all("surrogate-key")
+        .iter()
+        .chain(res.get_all("xkey").iter())
+        .flat_map(|v| v.as_bytes().split(u8::is_ascii_whitespace))
+        .filter(|t| !t.is_empty())
+        .take(256)
+        // A tag is bytes on the wire; one that is not UTF-8 is kept, its bad bytes
+        // replaced, rather than dropped.
+        .map(|t| {
+            String::from_utf8_lossy(t)
+                .chars()
+                .take(256)
+                .collect::<String>()
+        })
+        .collect()
+}
+
+/// What a streamed body stores once it ends whole within the limit.
+pub(super) struct StoreJob {
+    pub(super) store: Cache,
+    pub(super) primary: String,
+    pub(super) key: String,
+    pub(super) index: Option<(Bytes, Ticket)>,
+    pub(super) head: HttpEntry,
+    pub(super) tags: Tags,
+    pub(super) ticket: Ticket,
+    /// Held until the body ends: requests waiting for this URL wake when it drops.
+    pub(super) _leader: Option<LeaderGuard>,
+}
+
+impl StoreJob {
+    pub(super) fn finish(self, body: Bytes) {
+        let now = policy::unix_ms(SystemTime::now());
+        let ttl = self.head.freshness.keep_for(now);
+        let entry = HttpEntry { body, ..self.head };
+        let Some(bytes) = entry::encode_entry(&entry) else {
+            return;
+        };
+        let meta = EntryMeta {
+            version: 0,
+            tags: self.tags.clone(),
+        };
+        if let Some((index, ticket)) = self.index {
+            let _ =
+                self.store
+                    .store_loaded(&self.primary, index, ttl, EntryMeta::default(), ticket);
+        }
+        if let Err(e) = self
+            .store
+            .store_loaded(&self.key, bytes, ttl, meta, self.ticket)
+        {
+            tracing::debug!(error = %e, key = self.key, "response not stored");
+        }
+    }
+}
