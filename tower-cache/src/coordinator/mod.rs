@@ -22,10 +22,12 @@
 //!   a duplicate to a node that applied it, and to a node that restarted or joined since,
 //!   it removes nothing newer than itself (see above): a captured frame never removes a
 //!   later write.
-//! - **Delivery order**: every bus delivers one sender's frames in the order it published
-//!   them (the HTTP bus keeps one queue and one sending task per peer, and sends the next
-//!   frame only once the last was acknowledged or given up), so a later invalidation
-//!   never overtakes an earlier one and a frame the endpoint acknowledged is applied.
+//! - **Delivery order**: a node numbers its frames and hands each to the bus in one step,
+//!   so the bus gets them in number order however many tasks invalidate at once; every
+//!   bus delivers one sender's frames in that order (the HTTP bus keeps one queue and one
+//!   sending task per peer, and sends the next frame only once the last was acknowledged
+//!   or given up), so a later invalidation never overtakes an earlier one, and a frame
+//!   the endpoint acknowledged is applied.
 //! - **Lost messages**: a node that sees a gap in a sender's sequence numbers (counted in
 //!   [`CoordinationStatus::sequence_gaps`]: a frame its sender gave up on), or whose
 //!   bus reports that it lagged or reconnected, cannot know what it missed: it **drops its
