@@ -697,3 +697,29 @@ async fn a_replayed_pattern_frame_leaves_newer_entries_on_disk_too() {
     assert!(disk.get("p:old").is_none(), "an older entry goes");
     assert_eq!(disk.get("p:new").unwrap(), "new", "a newer one stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invalidations_of_one_node_all_arrive() {
+    let _w = common::watchdog("http_concurrent", Duration::from_secs(120));
+    let (b, url, _) = receiver(2, |b| b).await;
+    let a = sender(&url, 1);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                a.invalidate(&format!("t{t}:k{i}")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    applied(&b, 800).await;
+    let s = b.status();
+    assert_eq!(
+        (s.applied, s.duplicates, s.sequence_gaps),
+        (800, 0, 0),
+        "{s:?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ impl HttpBusBuilder {
         let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         Ok(HttpBus {
             inner: Arc::new(Inner {
-                queues: peers.iter().map(|_| OnceLock::new()).collect(),
+                queues: peers.iter().map(|_| Mutex::default()).collect(),
                 peers,
                 secret: self.secret,
                 client,
@@ -130,8 +130,9 @@ struct Counts {
 struct Inner {
     peers: Vec<Arc<Peer>>,
     /// Each peer's queue, its sending task started on the first publish (on the runtime
-    /// that publishes). Dropping the bus drops the queues, which ends the tasks.
-    queues: Vec<OnceLock<mpsc::Sender<Bytes>>>,
+    /// that publishes; again on the next publish if that runtime shut down). Dropping the
+    /// bus drops the queues, which ends the tasks.
+    queues: Vec<Mutex<Option<mpsc::Sender<Bytes>>>>,
     secret: Vec<u8>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
@@ -213,7 +214,8 @@ impl Bus for HttpBus {
             .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
         let inner = &self.inner;
         for (peer, queue) in inner.peers.iter().zip(&inner.queues) {
-            let queue = queue.get_or_init(|| {
+            let mut queue = lock(queue);
+            if queue.as_ref().is_none_or(mpsc::Sender::is_closed) {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE);
                 runtime.spawn(send_in_order(Sender {
                     peer: peer.clone(),
@@ -222,13 +224,21 @@ impl Bus for HttpBus {
                     counts: inner.counts.clone(),
                     queue: rx,
                 }));
-                tx
-            });
-            if queue.try_send(frame.clone()).is_err() {
+                *queue = Some(tx);
+            }
+            let Some(queue) = queue.as_ref() else {
+                continue;
+            };
+            if let Err(e) = queue.try_send(frame.clone()) {
                 inner.counts.undelivered.fetch_add(1, Ordering::Relaxed);
                 peer.up.store(false, Ordering::Relaxed);
                 peer.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %peer.uri, "invalidation queue full; the peer will see a gap");
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "its queue is full",
+                    // The runtime it was started on has shut down.
+                    mpsc::error::TrySendError::Closed(_) => "its sending task has stopped",
+                };
+                tracing::warn!(peer = %peer.uri, why, "invalidation not sent; the peer will see a gap");
             }
         }
         Ok(())

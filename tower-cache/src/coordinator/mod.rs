@@ -22,10 +22,12 @@
 //!   a duplicate to a node that applied it, and to a node that restarted or joined since,
 //!   it removes nothing newer than itself (see above): a captured frame never removes a
 //!   later write.
-//! - **Delivery order**: every bus delivers one sender's frames in the order it published
-//!   them (the HTTP bus keeps one queue and one sending task per peer, and sends the next
-//!   frame only once the last was acknowledged or given up), so a later invalidation
-//!   never overtakes an earlier one and a frame the endpoint acknowledged is applied.
+//! - **Delivery order**: a node numbers its frames and hands each to the bus in one step,
+//!   so the bus gets them in number order however many tasks invalidate at once; every
+//!   bus delivers one sender's frames in that order (the HTTP bus keeps one queue and one
+//!   sending task per peer, and sends the next frame only once the last was acknowledged
+//!   or given up), so a later invalidation never overtakes an earlier one, and a frame
+//!   the endpoint acknowledged is applied.
 //! - **Lost messages**: a node that sees a gap in a sender's sequence numbers (counted in
 //!   [`CoordinationStatus::sequence_gaps`]: a frame its sender gave up on), or whose
 //!   bus reports that it lagged or reconnected, cannot know what it missed: it **drops its
@@ -518,7 +520,7 @@ impl<B: Bus> CoordinatorBuilder<B> {
             replay_window_ms: u64::try_from(self.replay_window.as_millis()).unwrap_or(u64::MAX),
             secret,
             clock: HybridClock::with_max_skew(node, self.max_clock_skew),
-            seq: AtomicU64::new(0),
+            seq: Mutex::new(0),
             senders: Mutex::new(HashMap::new()),
             gate: Mutex::default(),
             stats: Stats::default(),
@@ -580,7 +582,8 @@ struct Shared {
     replay_window_ms: u64,
     secret: Vec<u8>,
     clock: HybridClock,
-    seq: AtomicU64,
+    /// The last sequence number given to a frame of this incarnation.
+    seq: Mutex<u64>,
     /// What was applied from each sender.
     senders: Mutex<HashMap<u64, Sender>>,
     /// What the bus's gate took from each sender (see [`FrameGate`]).
@@ -892,15 +895,22 @@ impl Coordinator {
 
     fn publish(&self, target: Target, version: u64) {
         let sh = &self.shared;
+        // A number is taken and its frame handed to the bus as one step, so the bus
+        // receives this node's frames in the order of their numbers, however many tasks
+        // invalidate at once (buses take frames without waiting).
+        let mut seq = lock(&sh.seq);
         let msg = Message {
             node: sh.node,
             incarnation: sh.incarnation.load(Ordering::Relaxed),
-            seq: sh.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq: *seq + 1,
             version,
             target,
         };
         let frame = match msg.encode(&sh.secret) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                *seq += 1;
+                frame
+            }
             Err(e) => {
                 // Checked before the invalidation began; counted should it ever happen.
                 sh.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
@@ -1086,14 +1096,15 @@ impl Shared {
     fn refuse_by_time(&self, msg: &Message) -> Option<&AtomicU64> {
         let sent_ms = msg.version >> clock::NODE_AND_COUNTER_BITS;
         if unix_ms().saturating_sub(sent_ms) > self.replay_window_ms {
-            tracing::warn!(
+            // Counted; logged at debug only, as a flood of them must not flood the log.
+            tracing::debug!(
                 node = msg.node,
                 "invalidation frame older than the replay window refused"
             );
             return Some(&self.stats.outside_window);
         }
         if !self.clock.within_skew(msg.version) {
-            tracing::warn!(
+            tracing::debug!(
                 node = msg.node,
                 "invalidation frame from a clock too far ahead refused"
             );
