@@ -1,0 +1,188 @@
+//! Attacks on the `cache_proxy` example as a shared cache, black box: the binary as a
+//! child process, driven with raw bytes over real sockets on 127.0.0.1, in front of an
+//! axum origin that answers with what it was sent. Each test asserts what a shared cache
+//! should do, so it fails while the fault is there.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+/// The proxy as a child process, killed when dropped.
+struct Proxy {
+    _child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, extra: &[&str]) -> Proxy {
+        let addr = support::free_addr().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
+            .args(["--listen", &addr.to_string()])
+            .args(["--upstream", &format!("http://{upstream}")])
+            .args(extra)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Proxy {
+            _child: child,
+            addr,
+        }
+    }
+}
+
+/// An origin that answers every request with what it saw (host as sent, path, the
+/// forwarding fields the proxy set, and the request body), fresh for 60 s; with
+/// `vary`, a `Vary` of that value.
+async fn origin(vary: Option<&'static str>) -> SocketAddr {
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+        let (parts, body) = req.into_parts();
+        let field = |name: &str| {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let text = format!(
+            "[host={}] [path={}] [xff={}] [fwd={}] [body={}]",
+            field("host"),
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            field("x-forwarded-for"),
+            field("forwarded"),
+            String::from_utf8_lossy(&body),
+        );
+        let mut res = axum::response::Response::new(axum::body::Body::from(text));
+        res.headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        if let Some(v) = vary {
+            res.headers_mut().insert("vary", v.parse().unwrap());
+        }
+        res
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Writes `raw` on a new connection from `from` (a loopback source address) and reads
+/// until the proxy closes it.
+async fn exchange_from(from: [u8; 4], proxy: SocketAddr, raw: &[u8]) -> String {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a loopback source address");
+    let mut s = socket.connect(proxy).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn exchange(proxy: SocketAddr, raw: &[u8]) -> String {
+    exchange_from([127, 0, 0, 1], proxy, raw).await
+}
+
+fn x_cache(raw: &str) -> &str {
+    raw.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("x-cache").then(|| v.trim())
+        })
+        .unwrap_or("")
+}
+
+/// "Fat GET" (web cache poisoning by a request body): the body of a GET is forwarded to
+/// the origin but is not part of the key, so an origin that reads it (search and
+/// GraphQL endpoints often do) has its answer to one client's body stored for the URL
+/// and served to everyone. A shared cache must not store (or must not forward the body
+/// of) a GET that carries content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_does_not_poison_the_url() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(None).await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let attacker = exchange(
+            proxy.addr,
+            b"GET /search HTTP/1.1\r\nHost: a.test\r\nContent-Length: 25\r\nConnection: close\r\n\r\n<script>alert(1)</script>",
+        )
+        .await;
+        assert!(attacker.contains("[body=<script>"), "{attacker}");
+        let victim = exchange(
+            proxy.addr,
+            b"GET /search HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            !victim.contains("<script>"),
+            "the victim got the attacker's body-dependent response ({}): {victim}",
+            x_cache(&victim)
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+/// `Vary: X-Forwarded-For` (or `Forwarded`): the origin says its answer depends on the
+/// client address the proxy itself puts in those fields, but the cache computes the
+/// variant from the client's request after the edge dropped them, so every client is the
+/// same variant (absent) and a second client gets the first client's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_on_a_field_the_proxy_sets_keeps_clients_apart() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(Some("X-Forwarded-For")).await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let req = b"GET /geo HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        let first = exchange_from([127, 0, 0, 1], proxy.addr, req).await;
+        assert!(first.contains("[xff=127.0.0.1]"), "{first}");
+        let second = exchange_from([127, 0, 0, 2], proxy.addr, req).await;
+        assert!(
+            second.contains("[xff=127.0.0.2]"),
+            "a client at 127.0.0.2 got the answer for 127.0.0.1 ({}): {second}",
+            x_cache(&second)
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The key lower-cases the authority, but the `Host` goes to the origin as the client
+/// spelt it: an origin that reflects it (absolute links, redirects, canonical URLs) has
+/// one client's spelling stored for everyone's. The origin should see the authority the
+/// key was made of (or the spelling should be part of the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_as_forwarded_is_the_host_as_keyed() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(None).await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let attacker = exchange(
+            proxy.addr,
+            b"GET /home HTTP/1.1\r\nHost: A.TeSt\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(attacker.contains("[host="), "{attacker}");
+        let victim = exchange(
+            proxy.addr,
+            b"GET /home HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            victim.contains("[host=a.test]"),
+            "the victim got a response made for another spelling of the host ({}): {victim}",
+            x_cache(&victim)
+        );
+    })
+    .await
+    .expect("bounded");
+}
