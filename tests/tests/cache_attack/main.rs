@@ -186,3 +186,130 @@ async fn the_host_as_forwarded_is_the_host_as_keyed() {
     .await
     .expect("bounded");
 }
+
+/// A raw origin: its `n`th request (from 0) gets `answer(n)`'s bytes; `None` for a
+/// response head and a body that never ends (the socket held open).
+async fn raw_origin(
+    answer: impl Fn(usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let answer = std::sync::Arc::new(answer);
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (answer, counter) = (answer.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                match answer(n) {
+                    Some(bytes) => {
+                        let _ = s.write_all(&bytes).await;
+                        let _ = s.shutdown().await;
+                    }
+                    None => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 10\r\n\r\nabc")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A `stale-while-revalidate` refresh runs in the background with no client: when the
+/// origin sends its head and then stalls the body, the refresh never ends, keeps its
+/// upstream connection, and keeps the URL's single-flight slot. Every later miss of the
+/// URL then waits the whole collapse wait (10 s) for a fetch that will never finish,
+/// each time the entry expires, until the process restarts. A background fetch should be
+/// bounded (body timeout) and should not hold the slot other requests wait on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_background_refresh_does_not_make_later_misses_wait() {
+    tokio::time::timeout(BOUND, async {
+        let (origin, _count) = raw_origin(|n| {
+            (n != 1).then(|| {
+                format!(
+                    "HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-while-revalidate=2\r\nContent-Length: 6\r\nConnection: close\r\n\r\nbody-{}",
+                    n % 10
+                )
+                .into_bytes()
+            })
+        })
+        .await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let req = b"GET /swr HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        let first = exchange(proxy.addr, req).await;
+        assert_eq!(x_cache(&first), "MISS", "{first}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Stale within its window: served at once, refreshed in the background (the
+        // origin's second request, which stalls).
+        let stale = exchange(proxy.addr, req).await;
+        assert_eq!(x_cache(&stale), "STALE", "{stale}");
+        // Past the window (and the entry's keep time): a miss.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let started = tokio::time::Instant::now();
+        let later = exchange(proxy.addr, req).await;
+        let took = started.elapsed();
+        assert!(later.contains("body-2"), "{later}");
+        assert!(
+            took < Duration::from_secs(5),
+            "a miss waited {took:?} on a stalled background refresh: {later}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Cache deception: `/account.css` on an origin that ignores the suffix answers the
+/// account page, fresh for 60 s but without `public` or `private`. The request carries
+/// the victim's cookie, so the cache must not store it (it does not: no extension rules,
+/// and a response to a request with cookies is stored only when the origin says it may
+/// be shared). Passes; kept as a regression check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_looking_path_with_cookies_is_not_stored() {
+    tokio::time::timeout(BOUND, async {
+        let (origin, _count) = raw_origin(|n| {
+            Some(
+                format!(
+                    "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Type: text/html\r\nContent-Length: 16\r\nConnection: close\r\n\r\naccount-of-user{}",
+                    n % 10
+                )
+                .into_bytes(),
+            )
+        })
+        .await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let victim = exchange(
+            proxy.addr,
+            b"GET /account.css HTTP/1.1\r\nHost: a.test\r\nCookie: session=victim\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(victim.contains("account-of-user0"), "{victim}");
+        let attacker = exchange(
+            proxy.addr,
+            b"GET /account.css HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            !attacker.contains("account-of-user0"),
+            "the victim's page was served to another client: {attacker}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
