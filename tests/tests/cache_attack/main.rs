@@ -20,7 +20,7 @@ struct Proxy {
 impl Proxy {
     async fn start(upstream: SocketAddr, extra: &[&str]) -> Proxy {
         let addr = support::free_addr().unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cache-proxy"))
             .args(["--listen", &addr.to_string()])
             .args(["--upstream", &format!("http://{upstream}")])
             .args(extra)
@@ -29,6 +29,9 @@ impl Proxy {
             .spawn()
             .unwrap();
         while TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the proxy exited at start: {status}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Proxy {
@@ -309,6 +312,68 @@ async fn a_static_looking_path_with_cookies_is_not_stored() {
             !attacker.contains("account-of-user0"),
             "the victim's page was served to another client: {attacker}"
         );
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The invalidation endpoint other proxies post to sits on the client listener and reads
+/// its body with no time limit; a request in progress is never idle, so a client that
+/// sends `POST /_cache/invalidate` with a `Content-Length` and then nothing holds its
+/// connection (and a `--max-connections` slot) forever: a handful of such connections
+/// shut every client out. The same request to any other path is bounded by the upstream
+/// timeout (the test passes with `/other`); this one should be too (a body-read timeout,
+/// or the idle timeout counting a stalled body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_invalidation_body_does_not_hold_a_connection_slot_forever() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(None).await;
+        let proxy = Proxy::start(
+            origin,
+            &[
+                "--purge-token",
+                "a-purge-token-of-32-bytes-tests!",
+                "--secret",
+                "a-secret-of-32-bytes-for-tests!!",
+                "--peer",
+                "http://127.0.0.1:9/_cache/invalidate",
+                "--max-connections",
+                "2",
+                "--header-read-timeout-ms",
+                "500",
+                "--idle-timeout-ms",
+                "500",
+                "--upstream-timeout-ms",
+                "1000",
+            ],
+        )
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(
+                b"POST /_cache/invalidate HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Every timeout the proxy has is a second or less: a client well after them must
+        // be served.
+        let served = tokio::time::timeout(
+            Duration::from_secs(8),
+            exchange(
+                proxy.addr,
+                b"GET /ok HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            ),
+        )
+        .await;
+        assert!(
+            served.as_ref().is_ok_and(|r| r.contains("[path=/ok]")),
+            "two stalled invalidation bodies shut other clients out: {served:?}"
+        );
+        drop(held);
     })
     .await
     .expect("bounded");
