@@ -378,3 +378,49 @@ async fn a_stalled_invalidation_body_does_not_hold_a_connection_slot_forever() {
     .await
     .expect("bounded");
 }
+
+/// One client's never-storable answer evicts everyone's entry: a logged-in user's reload
+/// (`Cache-Control: no-cache` with a cookie) goes to the origin, which answers `private`
+/// to cookies; the cache then marks the whole URL pass for 10 s in place of the fresh
+/// shared entry, so every anonymous client goes to the origin until the mark expires,
+/// and one client repeating it every 10 s keeps the URL uncached. A response the cache
+/// may not store for this request should leave the stored response for others alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_answer_to_one_client_does_not_evict_the_shared_entry() {
+    tokio::time::timeout(BOUND, async {
+        let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+            let private = req.headers().contains_key("cookie");
+            let mut res = axum::response::Response::new(axum::body::Body::from(if private {
+                "your account"
+            } else {
+                "public home"
+            }));
+            res.headers_mut().insert(
+                "cache-control",
+                if private { "private" } else { "max-age=60" }.parse().unwrap(),
+            );
+            res
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let proxy = Proxy::start(origin, &[]).await;
+        let anon = b"GET /home HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        assert_eq!(x_cache(&exchange(proxy.addr, anon).await), "MISS");
+        assert_eq!(x_cache(&exchange(proxy.addr, anon).await), "HIT-MEM");
+        let reload = exchange(
+            proxy.addr,
+            b"GET /home HTTP/1.1\r\nHost: a.test\r\nCookie: session=u1\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(reload.contains("your account"), "{reload}");
+        let after = exchange(proxy.addr, anon).await;
+        assert_eq!(
+            x_cache(&after),
+            "HIT-MEM",
+            "one client's private answer evicted the fresh shared entry: {after}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
