@@ -424,3 +424,67 @@ async fn a_private_answer_to_one_client_does_not_evict_the_shared_entry() {
     .await
     .expect("bounded");
 }
+
+/// Forwarding fields spelt with underscores (`X_Forwarded_Host`) are not recognised as
+/// forwarding fields, so they reach the origin; an origin behind a CGI-style interface
+/// (PHP, WSGI, Rack/Puma before CVE-2024-45614) reads `X_Forwarded_Host` and
+/// `X-Forwarded-Host` as the same `HTTP_X_FORWARDED_HOST`, builds its links from it, and
+/// the cache stores the attacker's host for the URL. The edge should treat the
+/// underscore spellings as the fields they alias (drop them, or refuse the request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_underscore_spelling_of_a_forwarding_field_does_not_reach_the_origin() {
+    tokio::time::timeout(BOUND, async {
+        // The origin sees headers as CGI does: upper-cased, `-` as `_`.
+        let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+            let cgi = |want: &str| {
+                req.headers()
+                    .iter()
+                    .filter(|(n, _)| {
+                        format!("HTTP_{}", n.as_str().to_ascii_uppercase().replace('-', "_"))
+                            == want
+                    })
+                    .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .last()
+                    .unwrap_or_default()
+            };
+            let host = match cgi("HTTP_X_FORWARDED_HOST") {
+                h if h.is_empty() => cgi("HTTP_HOST"),
+                h => h,
+            };
+            let mut res = axum::response::Response::new(axum::body::Body::from(format!(
+                "<script src=\"http://{host}/app.js\"></script>"
+            )));
+            res.headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            res
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let proxy = Proxy::start(origin, &[]).await;
+        // The dashed spelling is dropped at the edge, as documented.
+        let dashed = exchange(
+            proxy.addr,
+            b"GET /a HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Host: evil.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(dashed.contains("http://a.test/app.js"), "{dashed}");
+        let _attacker = exchange(
+            proxy.addr,
+            b"GET /b HTTP/1.1\r\nHost: a.test\r\nX_Forwarded_Host: evil.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let victim = exchange(
+            proxy.addr,
+            b"GET /b HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            victim.contains("http://a.test/app.js"),
+            "the victim got a page built from the attacker's X_Forwarded_Host ({}): {victim}",
+            x_cache(&victim)
+        );
+    })
+    .await
+    .expect("bounded");
+}
