@@ -488,3 +488,35 @@ async fn an_underscore_spelling_of_a_forwarding_field_does_not_reach_the_origin(
     .await
     .expect("bounded");
 }
+
+/// The purge token's scheme is matched case-sensitively (`Bearer ` only): RFC 9110
+/// section 11.1 makes auth schemes case-insensitive, and a purge sent as `bearer TOKEN`
+/// (as some clients and proxies normalise it) is refused with 401, so the entry the
+/// operator meant to remove stays served. Not a bypass: the fault is a refused purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_with_a_lower_case_bearer_scheme_is_accepted() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(None).await;
+        let token = "a-purge-token-of-32-bytes-tests!";
+        let proxy = Proxy::start(origin, &["--purge-token", token]).await;
+        let get = b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        exchange(proxy.addr, get).await;
+        assert_eq!(x_cache(&exchange(proxy.addr, get).await), "HIT-MEM");
+        // Without the token: refused, and the entry stays.
+        let refused = exchange(
+            proxy.addr,
+            b"PURGE /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+        assert_eq!(x_cache(&exchange(proxy.addr, get).await), "HIT-MEM");
+        let purge = format!(
+            "PURGE /p HTTP/1.1\r\nHost: a.test\r\nAuthorization: bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let res = exchange(proxy.addr, purge.as_bytes()).await;
+        assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+        assert_eq!(x_cache(&exchange(proxy.addr, get).await), "MISS");
+    })
+    .await
+    .expect("bounded");
+}
