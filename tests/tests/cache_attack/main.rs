@@ -520,3 +520,49 @@ async fn a_purge_with_a_lower_case_bearer_scheme_is_accepted() {
     .await
     .expect("bounded");
 }
+
+/// A URL's variants are filed under one `Vary` list; a response with another list (a
+/// CORS layer that adds `Vary: Origin` only when the request has an `Origin`, which is
+/// common) to a request that misses (another `Accept-Encoding`) replaces the index with a new epoch and orphans every stored variant. One
+/// request with an `Origin` empties the URL's cache for everyone; mixed traffic keeps it
+/// empty. A response whose `Vary` differs should be filed beside the others (or under the
+/// union of the lists), not wipe them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_another_vary_list_does_not_wipe_the_variants() {
+    tokio::time::timeout(BOUND, async {
+        let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+            let cors = req.headers().contains_key("origin");
+            let mut res = axum::response::Response::new(axum::body::Body::from("page"));
+            res.headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            res.headers_mut().insert(
+                "vary",
+                if cors { "Accept-Encoding, Origin" } else { "Accept-Encoding" }
+                    .parse()
+                    .unwrap(),
+            );
+            res
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let proxy = Proxy::start(origin, &[]).await;
+        let plain = b"GET /v HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n";
+        assert_eq!(x_cache(&exchange(proxy.addr, plain).await), "MISS");
+        assert_eq!(x_cache(&exchange(proxy.addr, plain).await), "HIT-MEM");
+        let cors = exchange(
+            proxy.addr,
+            b"GET /v HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: br\r\nOrigin: http://x.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(x_cache(&cors), "MISS", "{cors}");
+        let after = exchange(proxy.addr, plain).await;
+        assert_eq!(
+            x_cache(&after),
+            "HIT-MEM",
+            "one request with an Origin orphaned the stored variants: {after}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
