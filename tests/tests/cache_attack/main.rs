@@ -566,3 +566,34 @@ async fn a_response_with_another_vary_list_does_not_wipe_the_variants() {
     .await
     .expect("bounded");
 }
+
+/// With `--key-forwarded` (behind a trusted proxy that sets `X-Forwarded-*` on every
+/// request), entries are keyed by URL and forwarding fields, but `PURGE` removes the key
+/// of the URL alone: the documented "removes only the entry for the values it carries"
+/// removes nothing, answers 200, and the content the operator purged (a leak, say) stays
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_under_key_forwarded_removes_the_entry_it_names() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(None).await;
+        let token = "a-purge-token-of-32-bytes-tests!";
+        let proxy = Proxy::start(origin, &["--key-forwarded", "--purge-token", token]).await;
+        let get = b"GET /k HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+        assert_eq!(x_cache(&exchange(proxy.addr, get).await), "MISS");
+        assert_eq!(x_cache(&exchange(proxy.addr, get).await), "HIT-MEM");
+        let purge = format!(
+            "PURGE /k HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let res = exchange(proxy.addr, purge.as_bytes()).await;
+        assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+        let after = exchange(proxy.addr, get).await;
+        assert_eq!(
+            x_cache(&after),
+            "MISS",
+            "the purge answered {:?} and the entry is still served: {after}",
+            res.lines().last()
+        );
+    })
+    .await
+    .expect("bounded");
+}
