@@ -597,3 +597,56 @@ async fn a_purge_under_key_forwarded_removes_the_entry_it_names() {
     .await
     .expect("bounded");
 }
+
+/// Cache-poisoned denial of service through a precondition: `If-Match` and
+/// `If-Unmodified-Since` are not treated as conditional, so the request is keyed as a
+/// plain GET and sent on; the origin answers `412 Precondition Failed`, and when it puts
+/// its usual `max-age` on every response (a framework-wide header), the 412 is stored for
+/// the URL and every client gets it. The answer to one client's precondition is not an
+/// answer for everyone: a response to a request with preconditions the cache did not
+/// evaluate should not be stored (or at least not a 412).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_precondition_is_not_stored_for_everyone() {
+    tokio::time::timeout(BOUND, async {
+        let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+            let failed = req
+                .headers()
+                .get("if-match")
+                .is_some_and(|v| v.as_bytes() != b"\"v1\"");
+            let mut res = axum::response::Response::new(axum::body::Body::from(if failed {
+                "precondition failed"
+            } else {
+                "the page"
+            }));
+            if failed {
+                *res.status_mut() = axum::http::StatusCode::PRECONDITION_FAILED;
+            }
+            res.headers_mut()
+                .insert("cache-control", "max-age=60".parse().unwrap());
+            res.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+            res
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let proxy = Proxy::start(origin, &[]).await;
+        let attacker = exchange(
+            proxy.addr,
+            b"GET /doc HTTP/1.1\r\nHost: a.test\r\nIf-Match: \"nope\"\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(attacker.starts_with("HTTP/1.1 412"), "{attacker}");
+        let victim = exchange(
+            proxy.addr,
+            b"GET /doc HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            victim.starts_with("HTTP/1.1 200") && victim.contains("the page"),
+            "the victim got the attacker's 412 ({}): {victim}",
+            x_cache(&victim)
+        );
+    })
+    .await
+    .expect("bounded");
+}
