@@ -650,3 +650,39 @@ async fn a_failed_precondition_is_not_stored_for_everyone() {
     .await
     .expect("bounded");
 }
+
+/// The cache answers a client's `If-None-Match` from any stored response, whatever its
+/// status: a stored `404` with an `ETag` (or any stored response, for `If-None-Match: *`)
+/// is answered `304 Not Modified`, which tells the client to keep using the 200 it holds
+/// for a resource that is gone. RFC 9110 section 13.2.1: preconditions are ignored when
+/// the response would not be 2xx; the client should get the stored 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_404_is_not_answered_not_modified() {
+    tokio::time::timeout(BOUND, async {
+        let (origin, _count) = raw_origin(|_| {
+            Some(
+                b"HTTP/1.1 404 Not Found\r\nCache-Control: max-age=60\r\nETag: \"gone\"\r\nContent-Length: 4\r\nConnection: close\r\n\r\ngone"
+                    .to_vec(),
+            )
+        })
+        .await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let first = exchange(
+            proxy.addr,
+            b"GET /deleted HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+        let conditional = exchange(
+            proxy.addr,
+            b"GET /deleted HTTP/1.1\r\nHost: a.test\r\nIf-None-Match: *\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            conditional.starts_with("HTTP/1.1 404"),
+            "a stored 404 was answered as not modified: {conditional}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
