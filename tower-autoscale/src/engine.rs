@@ -100,7 +100,17 @@ pub enum Reason {
         /// How many.
         count: usize,
     },
-    /// Instances without numbers were assumed at 0 (scale-up) or at the target.
+    /// Ready instances gave a value that is no measurement (NaN, infinite or negative):
+    /// each counts as an instance without numbers.
+    UnusableValues {
+        /// The metric.
+        metric: Metric,
+        /// How many.
+        count: usize,
+    },
+    /// Instances without numbers (ready ones with no usable value, and those the
+    /// sample does not list) were assumed at 0 (scale-up) or at the target, as the HPA
+    /// does with pods without metrics.
     MissingInstancesAssumed {
         /// The metric.
         metric: Metric,
@@ -498,13 +508,17 @@ fn sane(v: Option<f64>) -> Option<f64> {
     v.filter(|x| x.is_finite() && *x >= 0.0)
 }
 
-fn per_instance_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
-    sane(match m {
+fn raw_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
+    match m {
         Metric::Cpu => i.cpu,
         Metric::Memory => i.memory,
         Metric::InFlight => i.in_flight,
         _ => None,
-    })
+    }
+}
+
+fn per_instance_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
+    sane(raw_value(m, i))
 }
 
 /// The HPA's `calcPlainMetricReplicas` for one per-instance metric.
@@ -518,21 +532,34 @@ fn per_instance_proposal(
 ) -> Option<Proposal> {
     let mut ready_values = Vec::new();
     let mut unready = 0usize;
+    // Ready instances with no usable value: the HPA's missing pods.
+    let mut missing_listed = 0usize;
+    let mut unusable = 0usize;
     for i in &sample.per_instance {
         let warming = i.warming_up || i.age.is_some_and(|a| a < warm_up);
         match per_instance_value(t.metric, i) {
             Some(v) if i.ready && !warming => ready_values.push(v),
             Some(_) => unready += 1,
             None if !i.ready || warming => unready += 1,
-            None => {}
+            None => {
+                missing_listed += 1;
+                if raw_value(t.metric, i).is_some() {
+                    unusable += 1;
+                }
+            }
         }
+    }
+    if unusable > 0 {
+        reasons.push(Reason::UnusableValues {
+            metric: t.metric,
+            count: unusable,
+        });
     }
     if ready_values.is_empty() {
         reasons.push(Reason::MetricMissing { metric: t.metric });
         return None;
     }
-    let known = ready_values.len() + unready;
-    let missing = current.saturating_sub(known.max(sample.per_instance.len()));
+    let missing = missing_listed + current.saturating_sub(sample.per_instance.len());
     let avg = ready_values.iter().sum::<f64>() / ready_values.len() as f64;
     let ratio = avg / t.target;
     let mut proposal = Proposal {
@@ -562,8 +589,12 @@ fn per_instance_proposal(
                 metric: t.metric,
                 count: missing,
             });
-            let assumed = if ratio < 1.0 { t.target } else { 0.0 };
-            values.extend(std::iter::repeat_n(assumed, missing));
+            // At exactly the target the HPA leaves them out.
+            if ratio < 1.0 {
+                values.extend(std::iter::repeat_n(t.target, missing));
+            } else if ratio > 1.0 {
+                values.extend(std::iter::repeat_n(0.0, missing));
+            }
         }
         if up_with_unready {
             values.extend(std::iter::repeat_n(0.0, unready));

@@ -328,31 +328,52 @@ impl Hpa {
         }
     }
 
+    /// `GetResourceReplicas` and `calcPlainMetricReplicas`: unready pods are ignored
+    /// (at 0 on a scale-up); ready pods without a usable value (NaN, infinite or
+    /// negative, or none) are missing: at the target on a scale-down, at 0 on a
+    /// scale-up, left out at exactly the target.
     fn replicas(&self, current: usize, sample: &LoadSample) -> usize {
-        let ready: Vec<f64> = sample
-            .per_instance
-            .iter()
-            .filter(|i| i.ready)
-            .filter_map(|i| i.cpu)
-            .collect();
-        let unready = sample.per_instance.iter().filter(|i| !i.ready).count();
+        let mut ready = Vec::new();
+        let (mut unready, mut missing) = (0usize, 0usize);
+        for i in &sample.per_instance {
+            match i.cpu.filter(|c| c.is_finite() && *c >= 0.0) {
+                _ if !i.ready => unready += 1,
+                Some(c) => ready.push(c),
+                None => missing += 1,
+            }
+        }
         if ready.is_empty() {
             return current;
         }
         let ratio = ready.iter().sum::<f64>() / ready.len() as f64 / self.target;
         let up_with_unready = unready > 0 && ratio > 1.0;
-        if !up_with_unready {
+        if !up_with_unready && missing == 0 {
             if (1.0 - ratio).abs() <= 0.1 {
                 return current;
             }
             return (ratio * ready.len() as f64).ceil() as usize;
         }
-        let total = ready.len() + unready;
-        let new_ratio = ready.iter().sum::<f64>() / total as f64 / self.target;
-        if (1.0 - new_ratio).abs() <= 0.1 || new_ratio < 1.0 {
+        let mut values = ready.clone();
+        if ratio < 1.0 {
+            values.extend(std::iter::repeat_n(self.target, missing));
+        } else if ratio > 1.0 {
+            values.extend(std::iter::repeat_n(0.0, missing));
+        }
+        if up_with_unready {
+            values.extend(std::iter::repeat_n(0.0, unready));
+        }
+        let new_ratio = values.iter().sum::<f64>() / values.len() as f64 / self.target;
+        if (1.0 - new_ratio).abs() <= 0.1
+            || (ratio < 1.0 && new_ratio > 1.0)
+            || (ratio > 1.0 && new_ratio < 1.0)
+        {
             return current;
         }
-        (new_ratio * total as f64).ceil() as usize
+        let n = (new_ratio * values.len() as f64).ceil() as usize;
+        if (new_ratio < 1.0 && n > current) || (new_ratio > 1.0 && n < current) {
+            return current;
+        }
+        n
     }
 }
 

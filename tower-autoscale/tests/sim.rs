@@ -100,3 +100,47 @@ fn impossible_worlds_are_refused() {
         assert!(Simulator::new(cfg).is_err());
     }
 }
+
+fn sample(cpus: &[f64]) -> tower_autoscale::LoadSample {
+    tower_autoscale::LoadSample {
+        per_instance: cpus
+            .iter()
+            .enumerate()
+            .map(|(i, c)| tower_autoscale::InstanceLoad::new(format!("i{i}")).cpu(*c))
+            .collect(),
+        ..tower_autoscale::LoadSample::new(cpus.len())
+    }
+}
+
+/// The HPA port treats a ready instance whose CPU is NaN, infinite or negative as a pod
+/// without metrics (`replica_calculator.go`): at the target on a scale-down, at 0 on a
+/// scale-up, left out at exactly the target; never as a ratio of NaN that scales to min.
+#[test]
+fn the_hpa_port_counts_unusable_values_as_missing_pods() {
+    use tower_autoscale::sim::SimScaler;
+    for bad in [f64::NAN, f64::INFINITY, -1.0] {
+        let mut hpa = Hpa::new(0.6, 1, 50);
+        assert_eq!(
+            hpa.decide(15, &sample(&[0.6, 0.6, 0.6, 0.6, 0.6, bad])),
+            6,
+            "{bad}"
+        );
+        // (5 x 0.3 + 0.6) / 6 / 0.6 = 0.583: ceil(3.5) = 4.
+        let mut hpa = Hpa::new(0.6, 1, 50);
+        assert_eq!(
+            hpa.decide(15, &sample(&[0.3, 0.3, 0.3, 0.3, 0.3, bad])),
+            4,
+            "{bad}"
+        );
+        // (5 x 0.9 + 0) / 6 / 0.6 = 1.25: ceil(7.5) = 8.
+        let mut hpa = Hpa::new(0.6, 1, 50);
+        assert_eq!(
+            hpa.decide(15, &sample(&[0.9, 0.9, 0.9, 0.9, 0.9, bad])),
+            8,
+            "{bad}"
+        );
+        // Nothing usable: no change.
+        let mut hpa = Hpa::new(0.6, 1, 50);
+        assert_eq!(hpa.decide(15, &sample(&[bad, bad, bad])), 3, "{bad}");
+    }
+}
