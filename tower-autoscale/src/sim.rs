@@ -14,7 +14,7 @@
 //! - *SLO-violation seconds*: seconds with p99 above the SLO;
 //! - *needed(t)* = max(min, ceil(rate / (capacity x target utilisation))); the share of
 //!   seconds *under-provisioned* (ready < needed) and *over-provisioned* (running >
-//!   needed), and *accuracy* = 1 - mean(|running - needed| / needed);
+//!   needed), and *accuracy* = 1 - mean(|running - needed| / max(needed, 1));
 //! - *instance-seconds*: the sum of running instances (starting ones included);
 //! - *actions* (changes of count) and *direction flips* (an up after a down, or a down
 //!   after an up).
@@ -163,23 +163,24 @@ impl Trace {
 /// The simulated world.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
-    /// Requests per second one instance serves at 100% CPU.
+    /// Requests per second one instance serves at 100% CPU (a finite number above 0).
     pub capacity: f64,
-    /// Seconds from start to ready.
+    /// Seconds from start to ready (any; one longer than the trace never becomes ready).
     pub startup: u64,
-    /// Seconds between scaler evaluations.
+    /// Seconds between scaler evaluations (at least 1).
     pub interval: u64,
-    /// Mean service time in milliseconds.
+    /// Mean service time in milliseconds (a finite number above 0).
     pub service_ms: f64,
-    /// The p99 objective in milliseconds.
+    /// The p99 objective in milliseconds (a finite number above 0).
     pub slo_ms: f64,
-    /// The CPU target both scalers aim at.
+    /// The CPU target both scalers aim at, in (0, 1].
     pub target_cpu: f64,
-    /// Instances at the start, and the bounds.
+    /// Instances at the start, ready from the first second (brought within
+    /// `min..=max`).
     pub initial: usize,
-    /// Fewest instances.
+    /// Fewest instances (0 allowed: no instance while nothing is asked).
     pub min: usize,
-    /// Most instances.
+    /// Most instances (1 to [`Simulator::MAX_INSTANCES`]).
     pub max: usize,
 }
 
@@ -431,33 +432,57 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// The most instances a simulated world may have (`max`): each is simulated one
+    /// by one, every second.
+    pub const MAX_INSTANCES: usize = 100_000;
+
     /// A simulator of `cfg`, checked: the error names the setting.
     pub fn new(cfg: SimConfig) -> Result<Self, TraceError> {
-        let bad = |m: &str| Err(TraceError(m.into()));
+        let bad = |m: String| Err(TraceError(m));
         if !(cfg.capacity.is_finite() && cfg.capacity > 0.0) {
-            return bad("capacity must be a number of requests per second above 0");
+            return bad(format!(
+                "capacity is {}: give a finite number of requests per second above 0",
+                cfg.capacity
+            ));
         }
         if cfg.interval == 0 {
-            return bad("interval must be at least 1 s");
+            return bad("interval is 0: give at least 1 s between evaluations".into());
         }
         if !(cfg.target_cpu > 0.0 && cfg.target_cpu <= 1.0) {
-            return bad("target_cpu must be in (0, 1]");
+            return bad(format!(
+                "target_cpu is {}: give a share in (0, 1]",
+                cfg.target_cpu
+            ));
         }
-        if !(cfg.service_ms.is_finite()
-            && cfg.service_ms > 0.0
-            && cfg.slo_ms.is_finite()
-            && cfg.slo_ms > 0.0)
-        {
-            return bad("service_ms and slo_ms must be numbers above 0");
+        for (name, v) in [("service_ms", cfg.service_ms), ("slo_ms", cfg.slo_ms)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!(
+                    "{name} is {v}: give a finite number of milliseconds above 0"
+                ));
+            }
         }
-        if cfg.max == 0 || cfg.min > cfg.max {
-            return bad("give 0 < max and min <= max");
+        if cfg.max == 0 || cfg.max > Self::MAX_INSTANCES {
+            return bad(format!(
+                "max is {}: give 1 to {} instances",
+                cfg.max,
+                Self::MAX_INSTANCES
+            ));
+        }
+        if cfg.min > cfg.max {
+            return bad(format!(
+                "min ({}) is above max ({}): lower min or raise max",
+                cfg.min, cfg.max
+            ));
         }
         Ok(Self { cfg })
     }
 
     /// The p99 in milliseconds with `ready` instances at `rate` and `backlog` waiting.
     fn p99_ms(&self, rate: f64, ready: usize, backlog: f64) -> f64 {
+        if rate <= 0.0 && backlog <= 0.0 {
+            // Nothing asked, nothing late.
+            return 0.0;
+        }
         let cap = ready as f64 * self.cfg.capacity;
         if cap <= 0.0 {
             return 60_000.0;
@@ -471,18 +496,17 @@ impl Simulator {
     /// Runs `trace` with `scaler`.
     pub fn run(&self, trace: &Trace, scaler: &mut dyn SimScaler) -> Run {
         let c = &self.cfg;
-        // Start times of the running instances (simulated seconds, may be before 0).
-        let mut instances: Vec<i64> = vec![-(c.startup as i64); c.initial.clamp(c.min, c.max)];
+        // When each running instance is (or will be) ready, in simulated seconds: the
+        // first ones from the start, later ones `startup` after they start (never, in
+        // effect, when that is beyond the end of time).
+        let mut instances: Vec<u64> = vec![0; c.initial.clamp(c.min, c.max)];
         let mut backlog = 0.0f64;
         let mut ticks = Vec::with_capacity(trace.rates.len());
         let mut last_dir = 0i8;
         let (mut actions, mut flips) = (0u64, 0u64);
         for (t, &rate) in trace.rates.iter().enumerate() {
             let t = t as u64;
-            let ready = instances
-                .iter()
-                .filter(|s| t as i64 - **s >= c.startup as i64)
-                .count();
+            let ready = instances.iter().filter(|r| **r <= t).count();
             let cap = ready as f64 * c.capacity;
             backlog = (backlog + rate - cap).max(0.0);
             let p99 = self.p99_ms(rate, ready, backlog);
@@ -498,14 +522,14 @@ impl Simulator {
                 p99_ms: p99,
                 backlog,
             });
-            if t % c.interval.max(1) == 0 && t > 0 {
+            if t > 0 && t % c.interval.max(1) == 0 {
                 let sample = LoadSample {
                     instances: instances.len(),
                     per_instance: instances
                         .iter()
                         .enumerate()
-                        .map(|(i, s)| {
-                            let r = t as i64 - *s >= c.startup as i64;
+                        .map(|(i, ready_at)| {
+                            let r = *ready_at <= t;
                             InstanceLoad {
                                 name: format!("i{i}"),
                                 ready: r,
@@ -535,7 +559,10 @@ impl Simulator {
                     }
                     last_dir = dir;
                     if want > have {
-                        instances.extend(std::iter::repeat_n(t as i64, want - have));
+                        instances.extend(std::iter::repeat_n(
+                            t.saturating_add(c.startup),
+                            want - have,
+                        ));
                     } else {
                         // Newest first (starting ones before ready ones).
                         instances.sort_unstable();
@@ -576,8 +603,9 @@ impl Simulator {
             if tk.running > needed {
                 s.over_share += 1.0;
             }
-            err += (tk.running as f64 - needed as f64).abs() / needed as f64;
-            s.instance_secs += tk.running as u64;
+            // With `min` 0 and nothing asked, none is needed: count the error against one.
+            err += (tk.running as f64 - needed as f64).abs() / needed.max(1) as f64;
+            s.instance_secs = s.instance_secs.saturating_add(tk.running as u64);
         }
         s.under_share /= n;
         s.over_share /= n;

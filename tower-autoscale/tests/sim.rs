@@ -144,3 +144,140 @@ fn the_hpa_port_counts_unusable_values_as_missing_pods() {
         assert_eq!(hpa.decide(15, &sample(&[bad, bad, bad])), 3, "{bad}");
     }
 }
+
+/// Runs both scalers over a short step in `cfg`'s world; the scores must be numbers.
+fn runs_sanely(cfg: &SimConfig) -> Vec<tower_autoscale::sim::Run> {
+    let sim = Simulator::new(cfg.clone()).unwrap();
+    let trace = Trace::step(50.0, 400.0, 60, 240);
+    let mut runs = vec![sim.run(&trace, &mut Hpa::new(cfg.target_cpu, cfg.min, cfg.max))];
+    if let Ok(mut ours) = EngineScaler::new("ours", EngineScaler::default_policy(cfg)) {
+        runs.push(sim.run(&trace, &mut ours));
+    }
+    for run in &runs {
+        let s = run.score;
+        assert!(s.accuracy.is_finite(), "{cfg:?}: {s:?}");
+        assert!((0.0..=1.0).contains(&s.under_share), "{cfg:?}: {s:?}");
+        assert!((0.0..=1.0).contains(&s.over_share), "{cfg:?}: {s:?}");
+        assert!(run
+            .ticks
+            .iter()
+            .all(|t| t.p99_ms.is_finite() && t.running <= cfg.max));
+    }
+    runs
+}
+
+/// Every size and duration of the world at 0, 1 and its largest value: refused with a
+/// message naming the setting, or simulated without a panic and with numbers for
+/// scores.
+#[test]
+fn every_setting_at_zero_one_and_max_is_refused_by_name_or_simulated() {
+    let base = SimConfig::default;
+    let refused = |cfg: SimConfig, setting: &str| {
+        let e = Simulator::new(cfg.clone()).unwrap_err().to_string();
+        assert!(e.contains(setting), "{cfg:?}: {e}");
+    };
+    // Sizes and durations given as integers.
+    for v in [0u64, 1, 1 << 63, u64::MAX] {
+        let cfg = SimConfig {
+            startup: v,
+            ..base()
+        };
+        let runs = runs_sanely(&cfg);
+        if v > 240 {
+            // A start-up longer than the trace: only the first instances ever serve.
+            for run in &runs {
+                assert!(run.ticks.iter().all(|t| t.ready <= cfg.initial), "{v}");
+            }
+        }
+        if v == 0 {
+            refused(
+                SimConfig {
+                    interval: v,
+                    ..base()
+                },
+                "interval",
+            );
+        } else {
+            runs_sanely(&SimConfig {
+                interval: v,
+                ..base()
+            });
+        }
+    }
+    for v in [0usize, 1, usize::MAX] {
+        runs_sanely(&SimConfig {
+            initial: v,
+            ..base()
+        });
+        // No instance at all at the minimum, and no load: nothing is needed, nothing
+        // violated.
+        let cfg = SimConfig {
+            min: 0,
+            initial: v.min(1),
+            ..base()
+        };
+        runs_sanely(&cfg);
+        let idle = Simulator::new(cfg.clone()).unwrap().run(
+            &Trace::step(0.0, 0.0, 0, 120),
+            &mut Hpa::new(cfg.target_cpu, 0, cfg.max),
+        );
+        assert!(idle.score.accuracy.is_finite(), "{:?}", idle.score);
+        assert_eq!(idle.score.slo_violation_secs, 0, "{:?}", idle.score);
+        if v == 0 || v == usize::MAX {
+            refused(SimConfig { max: v, ..base() }, "max");
+        } else {
+            runs_sanely(&SimConfig {
+                max: v,
+                min: v,
+                ..base()
+            });
+        }
+        if v > 1 {
+            refused(SimConfig { min: v, ..base() }, "min");
+        } else {
+            runs_sanely(&SimConfig { min: v, ..base() });
+        }
+    }
+    // Sizes and durations given as numbers.
+    for v in [0.0, 1.0, f64::MAX, f64::INFINITY, f64::NAN, -1.0] {
+        let ok = v > 0.0 && v != f64::INFINITY;
+        for (setting, cfg) in [
+            (
+                "capacity",
+                SimConfig {
+                    capacity: v,
+                    ..base()
+                },
+            ),
+            (
+                "service_ms",
+                SimConfig {
+                    service_ms: v,
+                    ..base()
+                },
+            ),
+            (
+                "slo_ms",
+                SimConfig {
+                    slo_ms: v,
+                    ..base()
+                },
+            ),
+        ] {
+            if ok {
+                runs_sanely(&cfg);
+            } else {
+                refused(cfg, setting);
+            }
+        }
+        let cfg = SimConfig {
+            target_cpu: v,
+            ..base()
+        };
+        if v == 1.0 {
+            runs_sanely(&cfg);
+        } else {
+            refused(cfg, "target_cpu");
+        }
+    }
+}
