@@ -313,6 +313,8 @@ struct ServiceState {
     events: VecDeque<(Instant, i64)>,
     panic_until: Option<Instant>,
     holt: Holt,
+    /// Evaluations in a row whose forecast rose beyond the tolerance.
+    forecast_streak: u32,
     history: VecDeque<Decision>,
 }
 
@@ -334,6 +336,9 @@ impl fmt::Debug for DecisionEngine {
             .finish()
     }
 }
+
+/// Evaluations in a row a forecast rise must last before it raises the count.
+const FORECAST_PERSISTS: u32 = 3;
 
 /// Decisions kept per service.
 const HISTORY: usize = 256;
@@ -372,6 +377,7 @@ impl DecisionEngine {
                 events: VecDeque::new(),
                 panic_until: None,
                 holt: Holt::default(),
+                forecast_streak: 0,
                 history: VecDeque::new(),
             },
         );
@@ -741,10 +747,17 @@ fn decide(
         };
         proposals.extend(prop);
     }
-    // Scale-up-only metrics vote only when they ask for more; the others always.
-    let votes = proposals
-        .iter()
-        .filter(|pr| !pr.metric.is_scale_up_only() || pr.ratio > 1.0 + p.tolerance);
+    // Scale-up-only metrics vote only when they ask for more; the others always. Within
+    // the down window after a scale-down they vote only at the panic threshold (no
+    // reversal on a burst of noise, but a real surge still counts).
+    let went_down_lately = st.events.iter().any(|(at, change)| {
+        *change < 0 && now.saturating_duration_since(*at) < p.scale_down.stabilization_window
+    });
+    let surging = |ratio: f64| p.panic.as_ref().is_some_and(|pn| ratio >= pn.threshold);
+    let votes = proposals.iter().filter(|pr| {
+        !pr.metric.is_scale_up_only()
+            || (pr.ratio > 1.0 + p.tolerance && (!went_down_lately || surging(pr.ratio)))
+    });
     let mut desired = match votes.map(|pr| pr.instances).max() {
         Some(d) => d,
         None => {
@@ -793,10 +806,29 @@ fn decide(
                     0
                 },
             );
-            if tp > 0.0 && capacity_ratio > 0.0 && ready > 0 && predicted > tp {
-                let per_instance = tp / ready as f64 / capacity_ratio;
+            // Hysteresis, so that noise does not become flips: the forecast acts only
+            // when the predicted throughput rises beyond the tolerance band and the
+            // predicted load on the instances running now leaves the band too (as a
+            // metric must); only once that has held for FORECAST_PERSISTS evaluations
+            // in a row; only for a count beyond the band above what the metrics ask
+            // for; and never within the down window after a scale-down.
+            let per_instance = if tp > 0.0 && capacity_ratio > 0.0 && ready > 0 {
+                tp / ready as f64 / capacity_ratio
+            } else {
+                0.0
+            };
+            let band = 1.0 + p.tolerance;
+            let rising = per_instance > 0.0
+                && predicted > tp * band
+                && predicted / (per_instance * current.max(1) as f64) > band;
+            st.forecast_streak = if rising {
+                st.forecast_streak.saturating_add(1)
+            } else {
+                0
+            };
+            if rising && st.forecast_streak >= FORECAST_PERSISTS && !went_down_lately {
                 let need = (predicted / per_instance).ceil() as usize;
-                if need > desired {
+                if need > desired && need as f64 > desired as f64 * band {
                     reasons.push(Reason::Forecast {
                         predicted_throughput: predicted,
                         instances: need,

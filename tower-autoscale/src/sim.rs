@@ -97,6 +97,88 @@ impl Trace {
         }
     }
 
+    /// A noisy random walk from `start`: each second the level moves by a normal step
+    /// of standard deviation `step` (kept within `low..=high`), and the rate seen is the
+    /// level with normal noise of `noise` (a share of the level) on top. The same
+    /// `seed` gives the same trace.
+    pub fn random_walk(
+        seed: u64,
+        start: f64,
+        step: f64,
+        noise: f64,
+        (low, high): (f64, f64),
+        len: usize,
+    ) -> Self {
+        let mut rng = SplitMix64(seed);
+        let mut level = start.clamp(low, high);
+        Self {
+            name: "random-walk".into(),
+            rates: (0..len)
+                .map(|_| {
+                    level = (level + step * rng.normal()).clamp(low, high);
+                    (level * (1.0 + noise * rng.normal())).max(0.0)
+                })
+                .collect(),
+        }
+    }
+
+    /// A slow sawtooth: from `low` up to `high` over `period` seconds, then back to
+    /// `low` at once, for `len` seconds.
+    pub fn sawtooth(low: f64, high: f64, period: usize, len: usize) -> Self {
+        let period = period.max(1);
+        Self {
+            name: "sawtooth".into(),
+            rates: (0..len)
+                .map(|t| low + (high - low) * (t % period) as f64 / period as f64)
+                .collect(),
+        }
+    }
+
+    /// A day of requests compressed into `period` seconds, `cycles` times: a quiet
+    /// night at `low`, a morning rise, a midday dip and an evening peak at `high`,
+    /// with normal noise of `noise` (a share of the rate) every second. The same `seed`
+    /// gives the same trace.
+    pub fn diurnal(
+        seed: u64,
+        (low, high): (f64, f64),
+        noise: f64,
+        period: usize,
+        cycles: usize,
+    ) -> Self {
+        let mut rng = SplitMix64(seed);
+        let period = period.max(1);
+        let tau = 2.0 * std::f64::consts::PI;
+        Self {
+            name: "diurnal".into(),
+            rates: (0..period.saturating_mul(cycles))
+                .map(|t| {
+                    let x = (t % period) as f64 / period as f64;
+                    // Two humps (late morning, evening), in 0..=1.
+                    let shape = (0.55 * (1.0 - (tau * x).cos()) / 2.0
+                        + 0.45 * (1.0 - (2.0 * tau * x).cos()) / 2.0
+                            * ((tau * x).sin() < 0.0) as u8 as f64)
+                        .clamp(0.0, 1.0);
+                    let rate = low + (high - low) * shape;
+                    (rate * (1.0 + noise * rng.normal())).max(0.0)
+                })
+                .collect(),
+        }
+    }
+
+    /// The traces of the simulator's comparison table: a step, a ramp, a daily sine, a
+    /// flash crowd, a noisy random walk, a slow sawtooth and a noisy diurnal curve.
+    pub fn standard() -> Vec<Self> {
+        vec![
+            Self::step(100.0, 1200.0, 600, 2400),
+            Self::ramp(50.0, 2000.0, 3600),
+            Self::daily_sine(100.0, 1500.0, 3600, 2),
+            Self::spike(200.0, 2500.0, 900, 300, 2400),
+            Self::random_walk(7, 800.0, 15.0, 0.1, (100.0, 2000.0), 3600),
+            Self::sawtooth(200.0, 1400.0, 1800, 5400),
+            Self::diurnal(11, (100.0, 1500.0), 0.1, 3600, 2),
+        ]
+    }
+
     /// From a CSV of `seconds,requests_per_second` lines (a header line is allowed),
     /// linearly interpolated per second.
     pub fn from_csv(name: &str, text: &str) -> Result<Self, TraceError> {
@@ -157,6 +239,30 @@ impl Trace {
             name: name.into(),
             rates,
         })
+    }
+}
+
+/// SplitMix64: a small, fast, seeded generator for the traces (not for secrets).
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Close to a standard normal (the sum of twelve uniforms, less six).
+    fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
     }
 }
 

@@ -614,3 +614,51 @@ async fn an_unusable_value_makes_its_instance_missing_as_in_the_hpa() {
         assert_eq!(d.desired, 6, "{bad}: {:?}", d.reasons);
     }
 }
+
+/// The forecast has hysteresis: one noisy rise of throughput (CPU in target) adds no
+/// instance; a rise that persists for three evaluations does.
+#[tokio::test(start_paused = true)]
+async fn a_forecast_acts_only_on_a_rise_that_persists_beyond_the_band() {
+    let mut p = cpu_policy(0.5);
+    p.forecast = Some(Default::default());
+    let e = engine(p);
+    for tp in [
+        400.0, 400.0, 400.0, 400.0, 520.0, 400.0, 400.0, 560.0, 400.0,
+    ] {
+        let mut s = cpus(&[0.5, 0.5, 0.5, 0.5]);
+        s.throughput = Some(tp);
+        let d = e.evaluate_sample("s", &s).unwrap();
+        assert_eq!(d.action, Action::Hold, "{tp}: {:?}", d.reasons);
+        assert!(!has(&d.reasons, |r| matches!(r, Reason::Forecast { .. })));
+        tokio::time::advance(Duration::from_secs(15)).await;
+    }
+}
+
+/// After a scale-down, a burst of queue depth (a scale-up-only metric) below the panic
+/// threshold does not reverse it within the down window; one at the threshold does.
+#[tokio::test(start_paused = true)]
+async fn no_reversal_on_a_queue_burst_within_the_down_window() {
+    let mut p = cpu_policy(0.5);
+    p.metrics.push(MetricTarget::new(Metric::QueueDepth, 10.0));
+    p.scale_down.stabilization_window = Duration::from_secs(60);
+    p.panic = Some(Default::default());
+    let e = engine(p);
+    let mut s = cpus(&[0.5; 4]);
+    e.evaluate_sample("s", &s).unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    s = cpus(&[0.2; 4]);
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert!(matches!(d.action, Action::ScaleDown(_)), "{:?}", d.reasons);
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let mut s = cpus(&vec![0.5; d.desired]);
+    s.waiting = Some(15.0);
+    let held = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(held.action, Action::Hold, "{:?}", held.reasons);
+    s.waiting = Some(25.0);
+    let surge = e.evaluate_sample("s", &s).unwrap();
+    assert!(
+        matches!(surge.action, Action::ScaleUp(_)),
+        "{:?}",
+        surge.reasons
+    );
+}

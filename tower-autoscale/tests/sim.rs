@@ -40,32 +40,48 @@ fn csv_traces_are_interpolated_and_bad_ones_refused() {
 
 #[test]
 fn the_engine_beats_the_hpa_port_on_the_standard_traces() {
-    // The same comparison the `autoscale_sim` example prints, asserted: fewer SLO-
-    // violation seconds (or none for both), at most 1.1x the instance-seconds, no more
-    // direction flips. Deterministic, so no timing is involved.
+    // The comparison the `autoscale_sim` example prints (run with `--nocapture` for
+    // the table), asserted on every trace: no more SLO-violation seconds, at most 1.1x
+    // the instance-seconds, no more direction flips. Deterministic, so no timing is
+    // involved.
     let cfg = SimConfig::default();
     let sim = Simulator::new(cfg.clone()).unwrap();
-    for trace in [
-        Trace::step(100.0, 1200.0, 600, 2400),
-        Trace::ramp(50.0, 2000.0, 3600),
-        Trace::daily_sine(100.0, 1500.0, 3600, 2),
-        Trace::spike(200.0, 2500.0, 900, 300, 2400),
-    ] {
+    let mut failures = Vec::new();
+    for trace in Trace::standard() {
         let mut ours = EngineScaler::new("ours", EngineScaler::default_policy(&cfg)).unwrap();
         let a = sim.run(&trace, &mut ours).score;
         let b = sim
             .run(&trace, &mut Hpa::new(cfg.target_cpu, cfg.min, cfg.max))
             .score;
-        let fewer = a.slo_violation_secs < b.slo_violation_secs
-            || (a.slo_violation_secs == 0 && b.slo_violation_secs == 0);
-        assert!(fewer, "{}: {a:?} vs {b:?}", trace.name);
-        assert!(
-            a.instance_secs as f64 <= 1.1 * b.instance_secs as f64,
-            "{}: {a:?} vs {b:?}",
-            trace.name
-        );
-        assert!(a.flips <= b.flips, "{}: {a:?} vs {b:?}", trace.name);
+        for (label, s) in [("tower-autoscale", a), ("Kubernetes HPA", b)] {
+            println!(
+                "| {} | {label} | {} | {:.1}% | {:.1}% | {:.3} | {} ({:.2}x) | {} | {} |",
+                trace.name,
+                s.slo_violation_secs,
+                s.under_share * 100.0,
+                s.over_share * 100.0,
+                s.accuracy,
+                s.instance_secs,
+                s.instance_secs as f64 / b.instance_secs as f64,
+                s.actions,
+                s.flips
+            );
+        }
+        let mut missed = Vec::new();
+        if a.slo_violation_secs > b.slo_violation_secs {
+            missed.push("SLO-violation seconds");
+        }
+        if a.instance_secs as f64 > 1.1 * b.instance_secs as f64 {
+            missed.push("instance-seconds");
+        }
+        if a.flips > b.flips {
+            missed.push("flips");
+        }
+        if !missed.is_empty() {
+            failures.push(format!("{}: {missed:?}: {a:?} vs {b:?}", trace.name));
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
@@ -280,4 +296,64 @@ fn every_setting_at_zero_one_and_max_is_refused_by_name_or_simulated() {
             refused(cfg, "target_cpu");
         }
     }
+}
+
+/// The targets beyond the table's seeds: 20 seeds each of a random walk (two sizes of
+/// step and noise) and of the diurnal curve, and four sawtooths. Not every one is met
+/// (noisy walks where the queue signal and the panic window buy fewer SLO-violation
+/// seconds with more instance-seconds); the count met must not fall below what the
+/// README reports.
+#[test]
+fn the_targets_on_a_sweep_of_seeded_traces() {
+    let cfg = SimConfig::default();
+    let sim = Simulator::new(cfg.clone()).unwrap();
+    let mut traces = Vec::new();
+    for seed in 1..=20u64 {
+        traces.push(Trace::random_walk(
+            seed,
+            800.0,
+            15.0,
+            0.1,
+            (100.0, 2000.0),
+            3600,
+        ));
+        traces.push(Trace::random_walk(
+            seed,
+            600.0,
+            30.0,
+            0.2,
+            (50.0, 3000.0),
+            3600,
+        ));
+        traces.push(Trace::diurnal(seed, (100.0, 1500.0), 0.15, 3600, 2));
+    }
+    for (low, high, period) in [
+        (200.0, 1400.0, 1800),
+        (100.0, 800.0, 1200),
+        (300.0, 2000.0, 3600),
+        (200.0, 1400.0, 900),
+    ] {
+        traces.push(Trace::sawtooth(low, high, period, period * 3));
+    }
+    let mut met = 0;
+    for (i, trace) in traces.iter().enumerate() {
+        let mut ours = EngineScaler::new("ours", EngineScaler::default_policy(&cfg)).unwrap();
+        let a = sim.run(trace, &mut ours).score;
+        let b = sim
+            .run(trace, &mut Hpa::new(cfg.target_cpu, cfg.min, cfg.max))
+            .score;
+        let ratio = a.instance_secs as f64 / b.instance_secs as f64;
+        let ok = a.slo_violation_secs <= b.slo_violation_secs && ratio <= 1.1 && a.flips <= b.flips;
+        met += usize::from(ok);
+        println!(
+            "{i:>2} {:<12} {} SLO-violation s {} vs {}, instance-s {ratio:.3}x, flips {} vs {}",
+            trace.name,
+            if ok { "met" } else { "MISSED" },
+            a.slo_violation_secs,
+            b.slo_violation_secs,
+            a.flips,
+            b.flips
+        );
+    }
+    assert!(met >= 53, "targets met on {met} of {} traces", traces.len());
 }
