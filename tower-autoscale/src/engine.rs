@@ -100,7 +100,17 @@ pub enum Reason {
         /// How many.
         count: usize,
     },
-    /// Instances without numbers were assumed at 0 (scale-up) or at the target.
+    /// Ready instances gave a value that is no measurement (NaN, infinite or negative):
+    /// each counts as an instance without numbers.
+    UnusableValues {
+        /// The metric.
+        metric: Metric,
+        /// How many.
+        count: usize,
+    },
+    /// Instances without numbers (ready ones with no usable value, and those the
+    /// sample does not list) were assumed at 0 (scale-up) or at the target, as the HPA
+    /// does with pods without metrics.
     MissingInstancesAssumed {
         /// The metric.
         metric: Metric,
@@ -303,6 +313,8 @@ struct ServiceState {
     events: VecDeque<(Instant, i64)>,
     panic_until: Option<Instant>,
     holt: Holt,
+    /// Evaluations in a row whose forecast rose beyond the tolerance.
+    forecast_streak: u32,
     history: VecDeque<Decision>,
 }
 
@@ -324,6 +336,9 @@ impl fmt::Debug for DecisionEngine {
             .finish()
     }
 }
+
+/// Evaluations in a row a forecast rise must last before it raises the count.
+const FORECAST_PERSISTS: u32 = 3;
 
 /// Decisions kept per service.
 const HISTORY: usize = 256;
@@ -362,6 +377,7 @@ impl DecisionEngine {
                 events: VecDeque::new(),
                 panic_until: None,
                 holt: Holt::default(),
+                forecast_streak: 0,
                 history: VecDeque::new(),
             },
         );
@@ -498,13 +514,17 @@ fn sane(v: Option<f64>) -> Option<f64> {
     v.filter(|x| x.is_finite() && *x >= 0.0)
 }
 
-fn per_instance_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
-    sane(match m {
+fn raw_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
+    match m {
         Metric::Cpu => i.cpu,
         Metric::Memory => i.memory,
         Metric::InFlight => i.in_flight,
         _ => None,
-    })
+    }
+}
+
+fn per_instance_value(m: Metric, i: &crate::sample::InstanceLoad) -> Option<f64> {
+    sane(raw_value(m, i))
 }
 
 /// The HPA's `calcPlainMetricReplicas` for one per-instance metric.
@@ -518,21 +538,34 @@ fn per_instance_proposal(
 ) -> Option<Proposal> {
     let mut ready_values = Vec::new();
     let mut unready = 0usize;
+    // Ready instances with no usable value: the HPA's missing pods.
+    let mut missing_listed = 0usize;
+    let mut unusable = 0usize;
     for i in &sample.per_instance {
         let warming = i.warming_up || i.age.is_some_and(|a| a < warm_up);
         match per_instance_value(t.metric, i) {
             Some(v) if i.ready && !warming => ready_values.push(v),
             Some(_) => unready += 1,
             None if !i.ready || warming => unready += 1,
-            None => {}
+            None => {
+                missing_listed += 1;
+                if raw_value(t.metric, i).is_some() {
+                    unusable += 1;
+                }
+            }
         }
+    }
+    if unusable > 0 {
+        reasons.push(Reason::UnusableValues {
+            metric: t.metric,
+            count: unusable,
+        });
     }
     if ready_values.is_empty() {
         reasons.push(Reason::MetricMissing { metric: t.metric });
         return None;
     }
-    let known = ready_values.len() + unready;
-    let missing = current.saturating_sub(known.max(sample.per_instance.len()));
+    let missing = missing_listed + current.saturating_sub(sample.per_instance.len());
     let avg = ready_values.iter().sum::<f64>() / ready_values.len() as f64;
     let ratio = avg / t.target;
     let mut proposal = Proposal {
@@ -562,8 +595,12 @@ fn per_instance_proposal(
                 metric: t.metric,
                 count: missing,
             });
-            let assumed = if ratio < 1.0 { t.target } else { 0.0 };
-            values.extend(std::iter::repeat_n(assumed, missing));
+            // At exactly the target the HPA leaves them out.
+            if ratio < 1.0 {
+                values.extend(std::iter::repeat_n(t.target, missing));
+            } else if ratio > 1.0 {
+                values.extend(std::iter::repeat_n(0.0, missing));
+            }
         }
         if up_with_unready {
             values.extend(std::iter::repeat_n(0.0, unready));
@@ -710,10 +747,17 @@ fn decide(
         };
         proposals.extend(prop);
     }
-    // Scale-up-only metrics vote only when they ask for more; the others always.
-    let votes = proposals
-        .iter()
-        .filter(|pr| !pr.metric.is_scale_up_only() || pr.ratio > 1.0 + p.tolerance);
+    // Scale-up-only metrics vote only when they ask for more; the others always. Within
+    // the down window after a scale-down they vote only at the panic threshold (no
+    // reversal on a burst of noise, but a real surge still counts).
+    let went_down_lately = st.events.iter().any(|(at, change)| {
+        *change < 0 && now.saturating_duration_since(*at) < p.scale_down.stabilization_window
+    });
+    let surging = |ratio: f64| p.panic.as_ref().is_some_and(|pn| ratio >= pn.threshold);
+    let votes = proposals.iter().filter(|pr| {
+        !pr.metric.is_scale_up_only()
+            || (pr.ratio > 1.0 + p.tolerance && (!went_down_lately || surging(pr.ratio)))
+    });
     let mut desired = match votes.map(|pr| pr.instances).max() {
         Some(d) => d,
         None => {
@@ -762,10 +806,29 @@ fn decide(
                     0
                 },
             );
-            if tp > 0.0 && capacity_ratio > 0.0 && ready > 0 && predicted > tp {
-                let per_instance = tp / ready as f64 / capacity_ratio;
+            // Hysteresis, so that noise does not become flips: the forecast acts only
+            // when the predicted throughput rises beyond the tolerance band and the
+            // predicted load on the instances running now leaves the band too (as a
+            // metric must); only once that has held for FORECAST_PERSISTS evaluations
+            // in a row; only for a count beyond the band above what the metrics ask
+            // for; and never within the down window after a scale-down.
+            let per_instance = if tp > 0.0 && capacity_ratio > 0.0 && ready > 0 {
+                tp / ready as f64 / capacity_ratio
+            } else {
+                0.0
+            };
+            let band = 1.0 + p.tolerance;
+            let rising = per_instance > 0.0
+                && predicted > tp * band
+                && predicted / (per_instance * current.max(1) as f64) > band;
+            st.forecast_streak = if rising {
+                st.forecast_streak.saturating_add(1)
+            } else {
+                0
+            };
+            if rising && st.forecast_streak >= FORECAST_PERSISTS && !went_down_lately {
                 let need = (predicted / per_instance).ceil() as usize;
-                if need > desired {
+                if need > desired && need as f64 > desired as f64 * band {
                     reasons.push(Reason::Forecast {
                         predicted_throughput: predicted,
                         instances: need,

@@ -217,7 +217,11 @@ impl Default for PanicWindow {
 }
 
 /// Holt's linear trend over throughput, to scale ahead of a rising load. It may only
-/// raise the floor: desired = max(reactive, forecast).
+/// raise the floor: desired = max(reactive, forecast). With hysteresis: a forecast acts
+/// only when the predicted throughput and the predicted load on the running instances
+/// both leave the tolerance band for three evaluations in a row, only for a count beyond
+/// the band above the reactive answer, and never within the down window after a
+/// scale-down.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Forecast {

@@ -10,8 +10,18 @@
 //! - **Stop** (scale-down): the instance with the fewest requests in flight is picked,
 //!   removed from discovery first, drained until nothing is in flight (or the grace
 //!   period ends), sent SIGTERM, then SIGKILL at the stop deadline.
-//! - **Crash**: an instance that exits when not asked to is removed from discovery and
-//!   started again after a backoff (doubling, at most 30 s).
+//! - **Crash**: an instance that exits when not asked to, after it was ready, is removed
+//!   from discovery and started again after a backoff. Each crash or failed restart
+//!   without a steady run in between doubles the wait, from
+//!   [`restart_backoff`](ProcessConfig::restart_backoff) up to
+//!   [`restart_backoff_max`](ProcessConfig::restart_backoff_max); after the second the
+//!   instance shows [`InstanceState::CrashLoopBackOff`]. A crashed instance keeps its
+//!   place in [`current`](ProcessScaler::current) (and in `instance_details`) until a
+//!   restart takes it, so restarts never add instances beyond the count asked for; a
+//!   scale-down removes crashed instances first.
+//! - **One owner for each exit**: an instance that exits before it is ready is the
+//!   failure of the start that launched it (a scale-up reports [`ScaleError::Exited`]; a
+//!   restart backs off and tries again), never also a crash.
 //!
 //! Requests in flight are counted by a small wrapper around each endpoint service
 //! ([`Counted`]), so draining does not depend on the balancer still listing it.
@@ -180,6 +190,16 @@ pub enum InstanceState {
     Draining,
     /// Exited unasked; waiting to be started again.
     Crashed,
+    /// Crashed (or failed to start again) more than once in a row; waiting, with a
+    /// backoff that doubles up to its cap, to be started again.
+    CrashLoopBackOff,
+}
+
+impl InstanceState {
+    /// A crashed instance waiting for its restart (no process runs).
+    pub const fn is_crashed(self) -> bool {
+        matches!(self, Self::Crashed | Self::CrashLoopBackOff)
+    }
 }
 
 /// One instance, for `instance_details` (the seed's name).
@@ -200,6 +220,12 @@ pub struct InstanceDetails {
     pub started_unix_ms: u64,
     /// Times it was restarted after a crash.
     pub restarts: u32,
+    /// Crashes and failed restarts in a row, without a steady run in between.
+    pub crash_streak: u32,
+    /// How a crashed instance last ended (its exit status or why its restart failed).
+    pub last_exit: Option<String>,
+    /// While crashed: the wait before its next restart, in milliseconds.
+    pub backoff_ms: Option<u64>,
 }
 
 /// The settings of a [`ProcessScaler`].
@@ -224,6 +250,13 @@ pub struct ProcessConfig {
     /// An instance younger than this is reported as warming up (its load is ignored
     /// by the engine; default 30 s, give the policy's `warm_up`).
     pub warm_up: Duration,
+    /// The wait before a crashed instance is started again; it doubles with each crash
+    /// or failed restart in a row (default 100 ms; not zero).
+    pub restart_backoff: Duration,
+    /// The longest wait between restarts (default 30 s; not below `restart_backoff`).
+    /// An instance ready for twice this long has run steadily: its next crash waits
+    /// `restart_backoff` again.
+    pub restart_backoff_max: Duration,
 }
 
 impl ProcessConfig {
@@ -239,7 +272,18 @@ impl ProcessConfig {
             stop_timeout: Duration::from_secs(10),
             check_interval: Duration::from_millis(250),
             warm_up: Duration::from_secs(30),
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(30),
         }
+    }
+
+    /// The wait before the restart that follows `streak` crashes in a row (1 for the
+    /// first): `restart_backoff` doubled `streak - 1` times, at most `restart_backoff_max`.
+    fn backoff(&self, streak: u32) -> Duration {
+        let doublings = streak.saturating_sub(1).min(31);
+        self.restart_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.restart_backoff_max)
     }
 
     fn check(&self) -> Result<(), ScaleError> {
@@ -257,11 +301,25 @@ impl ProcessConfig {
         if self.check_interval.is_zero() {
             return Err(ScaleError::Config("check_interval is zero".into()));
         }
+        if self.restart_backoff.is_zero() {
+            return Err(ScaleError::Config(
+                "restart_backoff is zero: a crashing instance would be restarted in a busy loop"
+                    .into(),
+            ));
+        }
+        if self.restart_backoff_max < self.restart_backoff {
+            return Err(ScaleError::Config(format!(
+                "restart_backoff_max ({:?}) is below restart_backoff ({:?})",
+                self.restart_backoff_max, self.restart_backoff
+            )));
+        }
         Ok(())
     }
 }
 
 struct Instance {
+    /// Unique among the scaler's instances (a restart gets a new one).
+    id: u64,
     port: u16,
     name: String,
     pid: Option<u32>,
@@ -269,6 +327,14 @@ struct Instance {
     in_flight: Arc<AtomicUsize>,
     started: SystemTime,
     restarts: u32,
+    /// Crashes and failed restarts in a row.
+    streak: u32,
+    /// When it became ready.
+    ready_at: Option<tokio::time::Instant>,
+    /// How it last ended, once crashed.
+    last_exit: Option<String>,
+    /// While crashed: the wait before its next restart.
+    backoff: Option<Duration>,
     /// Set when we asked it to stop, so its exit is not a crash.
     stopping: Arc<AtomicBool>,
     /// Fires to kill it (SIGKILL).
@@ -286,9 +352,8 @@ struct Inner<S> {
     /// Serialises scale operations.
     op: tokio::sync::Mutex<()>,
     restarts: AtomicU64,
-    /// Crashed instances waiting for their restart (counted in `current`).
-    restarting: std::sync::atomic::AtomicUsize,
     failures: AtomicU64,
+    next_id: AtomicU64,
     closed: AtomicBool,
     sampler: Mutex<crate::procfs::ProcessSampler>,
 }
@@ -315,42 +380,6 @@ impl<S> fmt::Debug for ProcessScaler<S> {
                 &self.inner.instances.lock().map(|l| l.len()).unwrap_or(0),
             )
             .finish()
-    }
-}
-
-/// A crashed instance counted in `current` until its restart takes its place (or the
-/// scaler closes).
-struct Pending<'a> {
-    count: &'a AtomicUsize,
-    taken: AtomicBool,
-}
-
-impl<'a> Pending<'a> {
-    /// Counts one more (taken by the caller already).
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Self {
-            count,
-            taken: AtomicBool::new(false),
-        }
-    }
-
-    fn take(&self) {
-        if !self.taken.swap(true, Ordering::AcqRel) {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    fn restore(&self) {
-        if self.taken.swap(false, Ordering::AcqRel) {
-            self.count.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.take();
     }
 }
 
@@ -387,8 +416,8 @@ where
                     instances: Mutex::new(Vec::new()),
                     op: tokio::sync::Mutex::new(()),
                     restarts: AtomicU64::new(0),
-                    restarting: std::sync::atomic::AtomicUsize::new(0),
                     failures: AtomicU64::new(0),
+                    next_id: AtomicU64::new(0),
                     closed: AtomicBool::new(false),
                     sampler: Mutex::new(crate::procfs::ProcessSampler::new()),
                 }),
@@ -410,12 +439,11 @@ where
     pub fn current(&self) -> usize {
         self.lock()
             .iter()
-            .filter(|i| matches!(i.state, InstanceState::Ready | InstanceState::Starting))
+            .filter(|i| i.state != InstanceState::Draining)
             .count()
-            + self.inner.restarting.load(Ordering::Acquire)
     }
 
-    /// Every instance (the seed's `instance_details`).
+    /// Every instance (the seed's `instance_details`), crashed ones included.
     pub fn instance_details(&self) -> Vec<InstanceDetails> {
         self.lock()
             .iter()
@@ -423,20 +451,34 @@ where
                 port: i.port,
                 pid: i.pid,
                 state: i.state,
-                healthy: self.inner.monitor.is_ready_for_traffic(&i.name),
+                healthy: !i.state.is_crashed() && self.inner.monitor.is_ready_for_traffic(&i.name),
                 in_flight: i.in_flight.load(Ordering::Acquire),
                 started_unix_ms: unix_ms(i.started),
                 restarts: i.restarts,
+                crash_streak: i.streak,
+                last_exit: i.last_exit.clone(),
+                backoff_ms: i
+                    .backoff
+                    .map(|b| u64::try_from(b.as_millis()).unwrap_or(u64::MAX)),
             })
             .collect()
     }
 
-    /// Crash restarts so far.
+    /// Instances in [`InstanceState::CrashLoopBackOff`] now.
+    pub fn crash_looping(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|i| i.state == InstanceState::CrashLoopBackOff)
+            .count()
+    }
+
+    /// Crash restarts so far (one for each crash of a ready instance, however many
+    /// starts its restart took).
     pub fn restarts(&self) -> u64 {
         self.inner.restarts.load(Ordering::Relaxed)
     }
 
-    /// Failed starts so far.
+    /// Failed starts so far (scale-ups and restarts).
     pub fn failures(&self) -> u64 {
         self.inner.failures.load(Ordering::Relaxed)
     }
@@ -446,8 +488,15 @@ where
         &self.inner.monitor
     }
 
-    fn free_port(&self) -> Result<u16, ScaleError> {
-        let used: Vec<u16> = self.lock().iter().map(|i| i.port).collect();
+    /// A free port of the range; `reuse` (a crashed instance's own port) may be taken
+    /// again.
+    fn free_port(&self, reuse: Option<u16>) -> Result<u16, ScaleError> {
+        let used: Vec<u16> = self
+            .lock()
+            .iter()
+            .map(|i| i.port)
+            .filter(|p| Some(*p) != reuse)
+            .collect();
         let (lo, hi) = self.inner.cfg.ports;
         for port in lo..=hi {
             if used.contains(&port) {
@@ -463,32 +512,20 @@ where
     /// Starts one instance and waits until it is ready and in the balancer.
     pub async fn start_one(&self) -> Result<u16, ScaleError> {
         let _op = self.inner.op.lock().await;
-        self.start_locked(0, None).await
-    }
-
-    async fn start_locked(
-        &self,
-        restarts: u32,
-        pending: Option<&Pending<'_>>,
-    ) -> Result<u16, ScaleError> {
-        let r = self.try_start(restarts, pending).await;
+        let r = self.try_start(None).await;
         if r.is_err() {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
-            // Still waiting for a restart.
-            if let Some(p) = pending {
-                p.restore();
-            }
         }
         r
     }
 
-    async fn try_start(
-        &self,
-        restarts: u32,
-        pending: Option<&Pending<'_>>,
-    ) -> Result<u16, ScaleError> {
+    /// Starts a process and waits until it is ready. With `slot` (a crashed instance's
+    /// id and port) the new process takes that instance's place, under its id; if it
+    /// fails, the place stays, crashed. Without, a failed start leaves nothing behind.
+    async fn try_start(&self, slot: Option<(u64, u16)>) -> Result<u16, ScaleError> {
         let cfg = &self.inner.cfg;
-        let port = self.free_port()?;
+        let keep = slot.is_some();
+        let port = self.free_port(slot.map(|s| s.1))?;
         let args: Vec<String> = cfg
             .args
             .iter()
@@ -510,9 +547,24 @@ where
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let id = match slot {
+            Some((id, _)) => id,
+            None => self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+        };
         {
             let mut l = self.lock();
+            // A restart takes the crashed instance's place, under the lock that
+            // `current` reads, so the count never dips or doubles.
+            let (restarts, streak, last_exit) =
+                match l.iter().position(|i| Some(i.id) == slot.map(|s| s.0)) {
+                    Some(at) => {
+                        let old = l.remove(at);
+                        (old.restarts.saturating_add(1), old.streak, old.last_exit)
+                    }
+                    None => (0, 0, None),
+                };
             l.push(Instance {
+                id,
                 port,
                 name: name.clone(),
                 pid,
@@ -520,20 +572,18 @@ where
                 in_flight: in_flight.clone(),
                 started: SystemTime::now(),
                 restarts,
+                streak,
+                ready_at: None,
+                last_exit,
+                backoff: None,
                 stopping: stopping.clone(),
                 kill: Some(kill_tx),
                 exited: exited_rx.clone(),
             });
-            // The restart takes the crashed instance's place in `current`, under the
-            // same lock that `current` reads.
-            if let Some(p) = pending {
-                p.take();
-            }
         }
         // The process's keeper: waits for its exit (or kills it), and restarts it if it
-        // crashed.
+        // crashed after it was ready.
         let me = self.clone();
-        let stopping2 = stopping.clone();
         let keeper = async move {
             let status = tokio::select! {
                 s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
@@ -542,9 +592,8 @@ where
                     "killed".to_string()
                 }
             };
-            exited_tx.send_replace(true);
-            if !stopping2.load(Ordering::Acquire) {
-                me.crashed(port, status).await;
+            if me.on_exit(id, status, &exited_tx) {
+                me.crashed(id).await;
             }
         };
         tokio::spawn(keeper);
@@ -558,11 +607,11 @@ where
                     .max(Duration::from_millis(1)),
             );
         if let Err(e) = self.inner.monitor.register(target) {
-            self.stop_port(port, false).await;
+            self.stop_instance(id, false, keep).await;
             return Err(ScaleError::Config(e.to_string()));
         }
         let Some(mut ready) = self.inner.monitor.watch(&name) else {
-            self.stop_port(port, false).await;
+            self.stop_instance(id, false, keep).await;
             return Err(ScaleError::Config(format!("health target {name} vanished")));
         };
         let mut exited = exited_rx;
@@ -585,32 +634,37 @@ where
             Ok(Ok(())) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 let gate = tower_health::Gate::new(ready.clone());
-                self.inner.endpoints.insert(
-                    addr,
-                    Counted {
-                        inner: tower_layer::Layer::layer(
-                            &tower_health::ReadinessLayer::pending(gate),
-                            (self.inner.make)(addr),
-                        ),
-                        in_flight,
-                    },
-                );
-                if let Some(i) = self.lock().iter_mut().find(|i| i.port == port) {
-                    i.state = InstanceState::Ready;
+                let endpoint = Counted {
+                    inner: tower_layer::Layer::layer(
+                        &tower_health::ReadinessLayer::pending(gate),
+                        (self.inner.make)(addr),
+                    ),
+                    in_flight,
+                };
+                // Ready and in the balancer under the lock its keeper takes to judge an
+                // exit: an exit before this is the start's failure, one after is a crash.
+                let joined = {
+                    let mut l = self.lock();
+                    match l.iter_mut().find(|i| i.id == id) {
+                        Some(i) if !*exited.borrow() => {
+                            i.state = InstanceState::Ready;
+                            i.ready_at = Some(tokio::time::Instant::now());
+                            self.inner.endpoints.insert(addr, endpoint);
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if joined {
+                    tracing::info!(port, pid, "instance ready");
+                    Ok(port)
+                } else {
+                    Err(self.exited_while_starting(id, port, keep, &stopping))
                 }
-                tracing::info!(port, pid, "instance ready");
-                Ok(port)
             }
-            Ok(Err(())) => {
-                stopping.store(true, Ordering::Release);
-                self.forget(port);
-                Err(ScaleError::Exited {
-                    port,
-                    status: "exited during start-up".into(),
-                })
-            }
+            Ok(Err(())) => Err(self.exited_while_starting(id, port, keep, &stopping)),
             Err(_) => {
-                self.stop_port(port, false).await;
+                self.stop_instance(id, false, keep).await;
                 Err(ScaleError::NeverReady {
                     port,
                     waited: cfg.start_timeout,
@@ -619,70 +673,175 @@ where
         }
     }
 
-    fn forget(&self, port: u16) {
-        let name = format!("127.0.0.1:{port}");
-        self.inner.monitor.unregister(&name);
-        self.lock().retain(|i| i.port != port);
+    /// The start of instance `id` failed because its process exited: it is left behind
+    /// as a crashed place (`keep`) or forgotten.
+    fn exited_while_starting(
+        &self,
+        id: u64,
+        port: u16,
+        keep: bool,
+        stopping: &AtomicBool,
+    ) -> ScaleError {
+        stopping.store(true, Ordering::Release);
+        let status = self
+            .lock()
+            .iter()
+            .find(|i| i.id == id)
+            .and_then(|i| i.last_exit.clone())
+            .unwrap_or_else(|| "exited during start-up".into());
+        self.settle(id, keep);
+        ScaleError::Exited { port, status }
+    }
+
+    /// After instance `id`'s process is gone: off the monitor, and either forgotten or
+    /// (`keep`) left as a crashed place, still counted, for its restart to take.
+    fn settle(&self, id: u64, keep: bool) {
+        let mut l = self.lock();
+        let Some(at) = l.iter().position(|i| i.id == id) else {
+            return;
+        };
+        self.inner.monitor.unregister(&l[at].name);
+        if keep {
+            let i = &mut l[at];
+            i.pid = None;
+            i.kill = None;
+            i.ready_at = None;
+            if !i.state.is_crashed() {
+                i.state = InstanceState::CrashLoopBackOff;
+            }
+        } else {
+            l.remove(at);
+        }
+    }
+
+    /// Records the exit of instance `id`'s process; true if it is a crash to restart (it
+    /// exited unasked after it was ready). An exit while starting belongs to the start
+    /// that waits for it.
+    fn on_exit(&self, id: u64, status: String, exited: &tokio::sync::watch::Sender<bool>) -> bool {
+        let cfg = &self.inner.cfg;
+        let mut l = self.lock();
+        exited.send_replace(true);
+        let Some(i) = l.iter_mut().find(|i| i.id == id) else {
+            return false;
+        };
+        i.last_exit = Some(status);
+        if i.stopping.load(Ordering::Acquire) || i.state != InstanceState::Ready {
+            return false;
+        }
+        let steady = i
+            .ready_at
+            .is_some_and(|t| t.elapsed() >= cfg.restart_backoff_max.saturating_mul(2));
+        i.streak = if steady {
+            1
+        } else {
+            i.streak.saturating_add(1)
+        };
+        i.state = if i.streak > 1 {
+            InstanceState::CrashLoopBackOff
+        } else {
+            InstanceState::Crashed
+        };
+        i.pid = None;
+        i.kill = None;
+        i.ready_at = None;
+        i.backoff = Some(cfg.backoff(i.streak));
+        true
     }
 
     /// Restarts a crashed instance. Not an `async fn`: a restart starts through
     /// `try_start`, which spawns a keeper that may call this again, and the named
     /// boxed type ends that cycle of future types.
-    fn crashed(&self, port: u16, status: String) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn crashed(&self, id: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let me = self.clone();
-        Box::pin(async move { me.restart(port, status).await })
+        Box::pin(async move { me.restart(id).await })
     }
 
-    async fn restart(&self, port: u16, status: String) {
-        if self.inner.closed.load(Ordering::Acquire) {
+    /// The one restart loop of crashed instance `id`: waits its backoff, starts it
+    /// again, and on failure doubles the wait (to the cap) and tries again, until a
+    /// start succeeds, a scale-down removes it, or the scaler shuts down.
+    async fn restart(&self, id: u64) {
+        let Some((port, status)) = self
+            .lock()
+            .iter()
+            .find(|i| i.id == id)
+            .map(|i| (i.port, i.last_exit.clone().unwrap_or_default()))
+        else {
             return;
-        }
-        tracing::warn!(port, %status, "instance exited unasked; restarting it");
-        // Counted as running until its restart starts (then as starting): counted
-        // under the lock that marks it crashed, so `current` never dips.
-        let (restarts, pending) = {
-            let mut l = self.lock();
-            let Some(i) = l.iter_mut().find(|i| i.port == port) else {
-                return;
-            };
-            i.state = InstanceState::Crashed;
-            (i.restarts, Pending::new(&self.inner.restarting))
         };
         self.inner
             .endpoints
             .remove(SocketAddr::from(([127, 0, 0, 1], port)));
-        self.forget(port);
+        self.inner.monitor.unregister(&format!("127.0.0.1:{port}"));
         self.inner.restarts.fetch_add(1, Ordering::Relaxed);
-        let mut attempt = restarts;
+        tracing::warn!(port, %status, "instance exited unasked; restarting it");
         loop {
-            let wait = Duration::from_millis(100u64 << attempt.min(8)).min(Duration::from_secs(30));
-            tokio::time::sleep(wait).await;
-            if self.inner.closed.load(Ordering::Acquire) {
+            let wait = self
+                .lock()
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| i.backoff.unwrap_or(self.inner.cfg.restart_backoff));
+            let Some(wait) = wait else {
                 return;
+            };
+            if !self.inner.closed.load(Ordering::Acquire) {
+                tokio::time::sleep(wait).await;
             }
             let _op = self.inner.op.lock().await;
-            match self.start_locked(attempt + 1, Some(&pending)).await {
+            if self.inner.closed.load(Ordering::Acquire) {
+                self.lock().retain(|i| i.id != id);
+                return;
+            }
+            // Gone if a scale-down removed it meanwhile.
+            let Some(port) = self
+                .lock()
+                .iter()
+                .find(|i| i.id == id && i.state.is_crashed())
+                .map(|i| i.port)
+            else {
+                return;
+            };
+            match self.try_start(Some((id, port))).await {
                 Ok(_) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "restart failed; trying again");
-                    attempt = attempt.saturating_add(1);
+                    self.inner.failures.fetch_add(1, Ordering::Relaxed);
+                    let mut l = self.lock();
+                    let Some(i) = l.iter_mut().find(|i| i.id == id) else {
+                        return;
+                    };
+                    i.streak = i.streak.saturating_add(1);
+                    i.state = InstanceState::CrashLoopBackOff;
+                    i.last_exit = Some(e.to_string());
+                    let wait = self.inner.cfg.backoff(i.streak);
+                    i.backoff = Some(wait);
+                    tracing::warn!(error = %e, streak = i.streak, ?wait, "restart failed; backing off");
                 }
             }
         }
     }
 
-    /// Removes the instance on `port` from discovery (if `drain`, waits for its
-    /// requests up to the grace period), then SIGTERM, then SIGKILL at the deadline.
-    async fn stop_port(&self, port: u16, drain: bool) {
+    /// Removes instance `id` from discovery (if `drain`, waits for its requests up to
+    /// the grace period), then SIGTERM, then SIGKILL at the deadline; then forgets it,
+    /// or (`keep`) leaves it as a crashed place, counted all along.
+    async fn stop_instance(&self, id: u64, drain: bool, keep: bool) {
         let found = {
             let mut l = self.lock();
-            l.iter_mut().find(|i| i.port == port).map(|i| {
+            l.iter_mut().find(|i| i.id == id).map(|i| {
                 i.stopping.store(true, Ordering::Release);
-                i.state = InstanceState::Draining;
-                (i.pid, i.in_flight.clone(), i.kill.take(), i.exited.clone())
+                if keep {
+                    i.state = InstanceState::CrashLoopBackOff;
+                } else {
+                    i.state = InstanceState::Draining;
+                }
+                (
+                    i.port,
+                    i.pid,
+                    i.in_flight.clone(),
+                    i.kill.take(),
+                    i.exited.clone(),
+                )
             })
         };
-        let Some((pid, in_flight, kill, mut exited)) = found else {
+        let Some((port, pid, in_flight, kill, mut exited)) = found else {
             return;
         };
         self.inner
@@ -712,20 +871,34 @@ where
             }
             let _ = exited.wait_for(|e| *e).await;
         }
-        self.forget(port);
+        self.settle(id, keep);
     }
 
-    /// Stops the instance with the fewest requests in flight (draining it first).
-    /// Returns its port, or `None` if none runs.
+    /// Drains and stops the instance on `port`.
+    async fn stop_port(&self, port: u16) {
+        let id = self.lock().iter().find(|i| i.port == port).map(|i| i.id);
+        if let Some(id) = id {
+            self.stop_instance(id, true, false).await;
+        }
+    }
+
+    /// Removes a crashed instance waiting for its restart if there is one (it serves
+    /// nothing), else stops the ready instance with the fewest requests in flight
+    /// (draining it first). Returns its port, or `None` if none runs.
     pub async fn stop_one(&self) -> Option<u16> {
         let _op = self.inner.op.lock().await;
-        let port = self
-            .lock()
-            .iter()
-            .filter(|i| i.state == InstanceState::Ready)
-            .min_by_key(|i| i.in_flight.load(Ordering::Acquire))
-            .map(|i| i.port)?;
-        self.stop_port(port, true).await;
+        let (id, port) = {
+            let l = self.lock();
+            l.iter()
+                .find(|i| i.state.is_crashed())
+                .or_else(|| {
+                    l.iter()
+                        .filter(|i| i.state == InstanceState::Ready)
+                        .min_by_key(|i| i.in_flight.load(Ordering::Acquire))
+                })
+                .map(|i| (i.id, i.port))?
+        };
+        self.stop_instance(id, true, false).await;
         Some(port)
     }
 
@@ -747,7 +920,7 @@ where
     pub async fn migrate_instance(&self, port: u16) -> Result<u16, ScaleError> {
         let new = self.start_one().await?;
         let _op = self.inner.op.lock().await;
-        self.stop_port(port, true).await;
+        self.stop_port(port).await;
         Ok(new)
     }
 
@@ -755,9 +928,9 @@ where
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::Release);
         let _op = self.inner.op.lock().await;
-        let ports: Vec<u16> = self.lock().iter().map(|i| i.port).collect();
-        for p in ports {
-            self.stop_port(p, true).await;
+        let ids: Vec<u64> = self.lock().iter().map(|i| i.id).collect();
+        for id in ids {
+            self.stop_instance(id, true, false).await;
         }
     }
 }

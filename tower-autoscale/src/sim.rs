@@ -14,7 +14,7 @@
 //! - *SLO-violation seconds*: seconds with p99 above the SLO;
 //! - *needed(t)* = max(min, ceil(rate / (capacity x target utilisation))); the share of
 //!   seconds *under-provisioned* (ready < needed) and *over-provisioned* (running >
-//!   needed), and *accuracy* = 1 - mean(|running - needed| / needed);
+//!   needed), and *accuracy* = 1 - mean(|running - needed| / max(needed, 1));
 //! - *instance-seconds*: the sum of running instances (starting ones included);
 //! - *actions* (changes of count) and *direction flips* (an up after a down, or a down
 //!   after an up).
@@ -97,6 +97,88 @@ impl Trace {
         }
     }
 
+    /// A noisy random walk from `start`: each second the level moves by a normal step
+    /// of standard deviation `step` (kept within `low..=high`), and the rate seen is the
+    /// level with normal noise of `noise` (a share of the level) on top. The same
+    /// `seed` gives the same trace.
+    pub fn random_walk(
+        seed: u64,
+        start: f64,
+        step: f64,
+        noise: f64,
+        (low, high): (f64, f64),
+        len: usize,
+    ) -> Self {
+        let mut rng = SplitMix64(seed);
+        let mut level = start.clamp(low, high);
+        Self {
+            name: "random-walk".into(),
+            rates: (0..len)
+                .map(|_| {
+                    level = (level + step * rng.normal()).clamp(low, high);
+                    (level * (1.0 + noise * rng.normal())).max(0.0)
+                })
+                .collect(),
+        }
+    }
+
+    /// A slow sawtooth: from `low` up to `high` over `period` seconds, then back to
+    /// `low` at once, for `len` seconds.
+    pub fn sawtooth(low: f64, high: f64, period: usize, len: usize) -> Self {
+        let period = period.max(1);
+        Self {
+            name: "sawtooth".into(),
+            rates: (0..len)
+                .map(|t| low + (high - low) * (t % period) as f64 / period as f64)
+                .collect(),
+        }
+    }
+
+    /// A day of requests compressed into `period` seconds, `cycles` times: a quiet
+    /// night at `low`, a morning rise, a midday dip and an evening peak at `high`,
+    /// with normal noise of `noise` (a share of the rate) every second. The same `seed`
+    /// gives the same trace.
+    pub fn diurnal(
+        seed: u64,
+        (low, high): (f64, f64),
+        noise: f64,
+        period: usize,
+        cycles: usize,
+    ) -> Self {
+        let mut rng = SplitMix64(seed);
+        let period = period.max(1);
+        let tau = 2.0 * std::f64::consts::PI;
+        Self {
+            name: "diurnal".into(),
+            rates: (0..period.saturating_mul(cycles))
+                .map(|t| {
+                    let x = (t % period) as f64 / period as f64;
+                    // Two humps (late morning, evening), in 0..=1.
+                    let shape = (0.55 * (1.0 - (tau * x).cos()) / 2.0
+                        + 0.45 * (1.0 - (2.0 * tau * x).cos()) / 2.0
+                            * ((tau * x).sin() < 0.0) as u8 as f64)
+                        .clamp(0.0, 1.0);
+                    let rate = low + (high - low) * shape;
+                    (rate * (1.0 + noise * rng.normal())).max(0.0)
+                })
+                .collect(),
+        }
+    }
+
+    /// The traces of the simulator's comparison table: a step, a ramp, a daily sine, a
+    /// flash crowd, a noisy random walk, a slow sawtooth and a noisy diurnal curve.
+    pub fn standard() -> Vec<Self> {
+        vec![
+            Self::step(100.0, 1200.0, 600, 2400),
+            Self::ramp(50.0, 2000.0, 3600),
+            Self::daily_sine(100.0, 1500.0, 3600, 2),
+            Self::spike(200.0, 2500.0, 900, 300, 2400),
+            Self::random_walk(7, 800.0, 15.0, 0.1, (100.0, 2000.0), 3600),
+            Self::sawtooth(200.0, 1400.0, 1800, 5400),
+            Self::diurnal(11, (100.0, 1500.0), 0.1, 3600, 2),
+        ]
+    }
+
     /// From a CSV of `seconds,requests_per_second` lines (a header line is allowed),
     /// linearly interpolated per second.
     pub fn from_csv(name: &str, text: &str) -> Result<Self, TraceError> {
@@ -160,26 +242,51 @@ impl Trace {
     }
 }
 
+/// SplitMix64: a small, fast, seeded generator for the traces (not for secrets).
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Close to a standard normal (the sum of twelve uniforms, less six).
+    fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+}
+
 /// The simulated world.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
-    /// Requests per second one instance serves at 100% CPU.
+    /// Requests per second one instance serves at 100% CPU (a finite number above 0).
     pub capacity: f64,
-    /// Seconds from start to ready.
+    /// Seconds from start to ready (any; one longer than the trace never becomes ready).
     pub startup: u64,
-    /// Seconds between scaler evaluations.
+    /// Seconds between scaler evaluations (at least 1).
     pub interval: u64,
-    /// Mean service time in milliseconds.
+    /// Mean service time in milliseconds (a finite number above 0).
     pub service_ms: f64,
-    /// The p99 objective in milliseconds.
+    /// The p99 objective in milliseconds (a finite number above 0).
     pub slo_ms: f64,
-    /// The CPU target both scalers aim at.
+    /// The CPU target both scalers aim at, in (0, 1].
     pub target_cpu: f64,
-    /// Instances at the start, and the bounds.
+    /// Instances at the start, ready from the first second (brought within
+    /// `min..=max`).
     pub initial: usize,
-    /// Fewest instances.
+    /// Fewest instances (0 allowed: no instance while nothing is asked).
     pub min: usize,
-    /// Most instances.
+    /// Most instances (1 to [`Simulator::MAX_INSTANCES`]).
     pub max: usize,
 }
 
@@ -328,31 +435,52 @@ impl Hpa {
         }
     }
 
+    /// `GetResourceReplicas` and `calcPlainMetricReplicas`: unready pods are ignored
+    /// (at 0 on a scale-up); ready pods without a usable value (NaN, infinite or
+    /// negative, or none) are missing: at the target on a scale-down, at 0 on a
+    /// scale-up, left out at exactly the target.
     fn replicas(&self, current: usize, sample: &LoadSample) -> usize {
-        let ready: Vec<f64> = sample
-            .per_instance
-            .iter()
-            .filter(|i| i.ready)
-            .filter_map(|i| i.cpu)
-            .collect();
-        let unready = sample.per_instance.iter().filter(|i| !i.ready).count();
+        let mut ready = Vec::new();
+        let (mut unready, mut missing) = (0usize, 0usize);
+        for i in &sample.per_instance {
+            match i.cpu.filter(|c| c.is_finite() && *c >= 0.0) {
+                _ if !i.ready => unready += 1,
+                Some(c) => ready.push(c),
+                None => missing += 1,
+            }
+        }
         if ready.is_empty() {
             return current;
         }
         let ratio = ready.iter().sum::<f64>() / ready.len() as f64 / self.target;
         let up_with_unready = unready > 0 && ratio > 1.0;
-        if !up_with_unready {
+        if !up_with_unready && missing == 0 {
             if (1.0 - ratio).abs() <= 0.1 {
                 return current;
             }
             return (ratio * ready.len() as f64).ceil() as usize;
         }
-        let total = ready.len() + unready;
-        let new_ratio = ready.iter().sum::<f64>() / total as f64 / self.target;
-        if (1.0 - new_ratio).abs() <= 0.1 || new_ratio < 1.0 {
+        let mut values = ready.clone();
+        if ratio < 1.0 {
+            values.extend(std::iter::repeat_n(self.target, missing));
+        } else if ratio > 1.0 {
+            values.extend(std::iter::repeat_n(0.0, missing));
+        }
+        if up_with_unready {
+            values.extend(std::iter::repeat_n(0.0, unready));
+        }
+        let new_ratio = values.iter().sum::<f64>() / values.len() as f64 / self.target;
+        if (1.0 - new_ratio).abs() <= 0.1
+            || (ratio < 1.0 && new_ratio > 1.0)
+            || (ratio > 1.0 && new_ratio < 1.0)
+        {
             return current;
         }
-        (new_ratio * total as f64).ceil() as usize
+        let n = (new_ratio * values.len() as f64).ceil() as usize;
+        if (new_ratio < 1.0 && n > current) || (new_ratio > 1.0 && n < current) {
+            return current;
+        }
+        n
     }
 }
 
@@ -410,33 +538,57 @@ pub struct Simulator {
 }
 
 impl Simulator {
+    /// The most instances a simulated world may have (`max`): each is simulated one
+    /// by one, every second.
+    pub const MAX_INSTANCES: usize = 100_000;
+
     /// A simulator of `cfg`, checked: the error names the setting.
     pub fn new(cfg: SimConfig) -> Result<Self, TraceError> {
-        let bad = |m: &str| Err(TraceError(m.into()));
+        let bad = |m: String| Err(TraceError(m));
         if !(cfg.capacity.is_finite() && cfg.capacity > 0.0) {
-            return bad("capacity must be a number of requests per second above 0");
+            return bad(format!(
+                "capacity is {}: give a finite number of requests per second above 0",
+                cfg.capacity
+            ));
         }
         if cfg.interval == 0 {
-            return bad("interval must be at least 1 s");
+            return bad("interval is 0: give at least 1 s between evaluations".into());
         }
         if !(cfg.target_cpu > 0.0 && cfg.target_cpu <= 1.0) {
-            return bad("target_cpu must be in (0, 1]");
+            return bad(format!(
+                "target_cpu is {}: give a share in (0, 1]",
+                cfg.target_cpu
+            ));
         }
-        if !(cfg.service_ms.is_finite()
-            && cfg.service_ms > 0.0
-            && cfg.slo_ms.is_finite()
-            && cfg.slo_ms > 0.0)
-        {
-            return bad("service_ms and slo_ms must be numbers above 0");
+        for (name, v) in [("service_ms", cfg.service_ms), ("slo_ms", cfg.slo_ms)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!(
+                    "{name} is {v}: give a finite number of milliseconds above 0"
+                ));
+            }
         }
-        if cfg.max == 0 || cfg.min > cfg.max {
-            return bad("give 0 < max and min <= max");
+        if cfg.max == 0 || cfg.max > Self::MAX_INSTANCES {
+            return bad(format!(
+                "max is {}: give 1 to {} instances",
+                cfg.max,
+                Self::MAX_INSTANCES
+            ));
+        }
+        if cfg.min > cfg.max {
+            return bad(format!(
+                "min ({}) is above max ({}): lower min or raise max",
+                cfg.min, cfg.max
+            ));
         }
         Ok(Self { cfg })
     }
 
     /// The p99 in milliseconds with `ready` instances at `rate` and `backlog` waiting.
     fn p99_ms(&self, rate: f64, ready: usize, backlog: f64) -> f64 {
+        if rate <= 0.0 && backlog <= 0.0 {
+            // Nothing asked, nothing late.
+            return 0.0;
+        }
         let cap = ready as f64 * self.cfg.capacity;
         if cap <= 0.0 {
             return 60_000.0;
@@ -450,18 +602,17 @@ impl Simulator {
     /// Runs `trace` with `scaler`.
     pub fn run(&self, trace: &Trace, scaler: &mut dyn SimScaler) -> Run {
         let c = &self.cfg;
-        // Start times of the running instances (simulated seconds, may be before 0).
-        let mut instances: Vec<i64> = vec![-(c.startup as i64); c.initial.clamp(c.min, c.max)];
+        // When each running instance is (or will be) ready, in simulated seconds: the
+        // first ones from the start, later ones `startup` after they start (never, in
+        // effect, when that is beyond the end of time).
+        let mut instances: Vec<u64> = vec![0; c.initial.clamp(c.min, c.max)];
         let mut backlog = 0.0f64;
         let mut ticks = Vec::with_capacity(trace.rates.len());
         let mut last_dir = 0i8;
         let (mut actions, mut flips) = (0u64, 0u64);
         for (t, &rate) in trace.rates.iter().enumerate() {
             let t = t as u64;
-            let ready = instances
-                .iter()
-                .filter(|s| t as i64 - **s >= c.startup as i64)
-                .count();
+            let ready = instances.iter().filter(|r| **r <= t).count();
             let cap = ready as f64 * c.capacity;
             backlog = (backlog + rate - cap).max(0.0);
             let p99 = self.p99_ms(rate, ready, backlog);
@@ -477,14 +628,14 @@ impl Simulator {
                 p99_ms: p99,
                 backlog,
             });
-            if t % c.interval.max(1) == 0 && t > 0 {
+            if t > 0 && t % c.interval.max(1) == 0 {
                 let sample = LoadSample {
                     instances: instances.len(),
                     per_instance: instances
                         .iter()
                         .enumerate()
-                        .map(|(i, s)| {
-                            let r = t as i64 - *s >= c.startup as i64;
+                        .map(|(i, ready_at)| {
+                            let r = *ready_at <= t;
                             InstanceLoad {
                                 name: format!("i{i}"),
                                 ready: r,
@@ -514,7 +665,10 @@ impl Simulator {
                     }
                     last_dir = dir;
                     if want > have {
-                        instances.extend(std::iter::repeat_n(t as i64, want - have));
+                        instances.extend(std::iter::repeat_n(
+                            t.saturating_add(c.startup),
+                            want - have,
+                        ));
                     } else {
                         // Newest first (starting ones before ready ones).
                         instances.sort_unstable();
@@ -555,8 +709,9 @@ impl Simulator {
             if tk.running > needed {
                 s.over_share += 1.0;
             }
-            err += (tk.running as f64 - needed as f64).abs() / needed as f64;
-            s.instance_secs += tk.running as u64;
+            // With `min` 0 and nothing asked, none is needed: count the error against one.
+            err += (tk.running as f64 - needed as f64).abs() / needed.max(1) as f64;
+            s.instance_secs = s.instance_secs.saturating_add(tk.running as u64);
         }
         s.under_share /= n;
         s.over_share /= n;

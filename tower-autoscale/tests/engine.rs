@@ -570,3 +570,95 @@ async fn garbage_values_count_as_missing_not_as_load() {
         }
     )));
 }
+
+/// A ready instance whose value is NaN, infinite or negative is a missing instance, as
+/// the HPA treats a pod without metrics: assumed at the target on a scale-down (so the
+/// shrink is smaller) and at 0 on a scale-up, with the reasons said.
+#[tokio::test(start_paused = true)]
+async fn an_unusable_value_makes_its_instance_missing_as_in_the_hpa() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5] {
+        // Five at 30% and one unusable, target 60%: the HPA assumes the sixth at 60%,
+        // (5 x 0.3 + 0.6) / 6 / 0.6 = 0.583, ceil(0.583 x 6) = 4 (not ceil(0.5 x 5) = 3).
+        let mut p = cpu_policy(0.6);
+        p.scale_down.stabilization_window = Duration::ZERO;
+        let e = engine(p);
+        let mut s = cpus(&[0.3, 0.3, 0.3, 0.3, 0.3, bad]);
+        let first = e.evaluate_sample("s", &s).unwrap();
+        assert_eq!(
+            first.proposals[0].instances, 4,
+            "{bad}: {:?}",
+            first.reasons
+        );
+        assert!(has(&first.reasons, |r| matches!(
+            r,
+            Reason::UnusableValues {
+                metric: Metric::Cpu,
+                count: 1
+            }
+        )));
+        assert!(has(&first.reasons, |r| matches!(
+            r,
+            Reason::MissingInstancesAssumed {
+                metric: Metric::Cpu,
+                count: 1
+            }
+        )));
+        // On a scale-up the unusable one counts at 0: five at 90% and one unusable,
+        // (5 x 0.9 + 0) / 6 / 0.6 = 1.25, ceil(1.25 x 6) = 8.
+        s = cpus(&[0.9, 0.9, 0.9, 0.9, 0.9, bad]);
+        let d = e.evaluate_sample("s", &s).unwrap();
+        assert_eq!(d.proposals[0].instances, 8, "{bad}: {:?}", d.reasons);
+        // Never a scale to the minimum.
+        s = cpus(&[0.6, 0.6, 0.6, 0.6, 0.6, bad]);
+        let d = e.evaluate_sample("s", &s).unwrap();
+        assert_eq!(d.desired, 6, "{bad}: {:?}", d.reasons);
+    }
+}
+
+/// The forecast has hysteresis: one noisy rise of throughput (CPU in target) adds no
+/// instance; a rise that persists for three evaluations does.
+#[tokio::test(start_paused = true)]
+async fn a_forecast_acts_only_on_a_rise_that_persists_beyond_the_band() {
+    let mut p = cpu_policy(0.5);
+    p.forecast = Some(Default::default());
+    let e = engine(p);
+    for tp in [
+        400.0, 400.0, 400.0, 400.0, 520.0, 400.0, 400.0, 560.0, 400.0,
+    ] {
+        let mut s = cpus(&[0.5, 0.5, 0.5, 0.5]);
+        s.throughput = Some(tp);
+        let d = e.evaluate_sample("s", &s).unwrap();
+        assert_eq!(d.action, Action::Hold, "{tp}: {:?}", d.reasons);
+        assert!(!has(&d.reasons, |r| matches!(r, Reason::Forecast { .. })));
+        tokio::time::advance(Duration::from_secs(15)).await;
+    }
+}
+
+/// After a scale-down, a burst of queue depth (a scale-up-only metric) below the panic
+/// threshold does not reverse it within the down window; one at the threshold does.
+#[tokio::test(start_paused = true)]
+async fn no_reversal_on_a_queue_burst_within_the_down_window() {
+    let mut p = cpu_policy(0.5);
+    p.metrics.push(MetricTarget::new(Metric::QueueDepth, 10.0));
+    p.scale_down.stabilization_window = Duration::from_secs(60);
+    p.panic = Some(Default::default());
+    let e = engine(p);
+    let mut s = cpus(&[0.5; 4]);
+    e.evaluate_sample("s", &s).unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    s = cpus(&[0.2; 4]);
+    let d = e.evaluate_sample("s", &s).unwrap();
+    assert!(matches!(d.action, Action::ScaleDown(_)), "{:?}", d.reasons);
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let mut s = cpus(&vec![0.5; d.desired]);
+    s.waiting = Some(15.0);
+    let held = e.evaluate_sample("s", &s).unwrap();
+    assert_eq!(held.action, Action::Hold, "{:?}", held.reasons);
+    s.waiting = Some(25.0);
+    let surge = e.evaluate_sample("s", &s).unwrap();
+    assert!(
+        matches!(surge.action, Action::ScaleUp(_)),
+        "{:?}",
+        surge.reasons
+    );
+}

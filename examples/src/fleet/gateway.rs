@@ -276,6 +276,7 @@ impl Gateway {
                         InstanceState::Ready => "ready",
                         InstanceState::Draining => "draining",
                         InstanceState::Crashed => "crashed",
+                        InstanceState::CrashLoopBackOff => "crash_loop_back_off",
                     };
                     view.count(state);
                     view.instances.push(InstanceView {

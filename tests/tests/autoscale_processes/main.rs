@@ -410,3 +410,142 @@ async fn an_instance_that_turns_unready_gets_no_requests_until_ready_again() {
     .await
     .expect("bounded");
 }
+
+/// A command that exits at once fails its start, and that is all: the start-up failure
+/// belongs to the start that reported it, so no crash restart runs behind it (restart
+/// loops doubled and the count climbed with no instance listed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_exits_at_once_fails_its_start_and_is_not_restarted() {
+    tokio::time::timeout(BOUND, async {
+        let mut cfg = config();
+        cfg.program = "sh".into();
+        cfg.args = vec!["-c".into(), "exit 1".into(), "sh".into(), "{port}".into()];
+        let (scaler, _d) = ProcessScaler::new(cfg, |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        let e = scaler.scale_to(1).await.unwrap_err();
+        assert!(e.to_string().contains("exited before it was ready"), "{e}");
+        // Several first-restart waits (100 ms by default) go by: nothing restarts.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(scaler.restarts(), 0, "{:?}", scaler.instance_details());
+            assert_eq!(scaler.current(), 0);
+            assert!(scaler.instance_details().is_empty());
+        }
+        assert_eq!(scaler.failures(), 1);
+        scaler.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// An instance whose restarts keep exiting at once is one instance in a crash loop:
+/// restarted by one loop whose wait doubles up to its cap, shown as
+/// `CrashLoopBackOff` with its streak, last exit and wait, still counted once (a scale to
+/// the same count starts nothing), ready again once its command works, and removed
+/// first by a scale-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_backs_off_to_its_cap_and_counts_once() {
+    tokio::time::timeout(BOUND, async {
+        let flag = std::env::temp_dir().join(format!("crash-loop-{}", std::process::id()));
+        let _ = std::fs::remove_file(&flag);
+        let mut cfg = config();
+        cfg.program = "sh".into();
+        cfg.args = vec![
+            "-c".into(),
+            r#"if [ -e "$0" ]; then exit 3; fi; exec "$1" --port "$2""#.into(),
+            flag.display().to_string(),
+            env!("CARGO_BIN_EXE_instance-server").into(),
+            "{port}".into(),
+        ];
+        cfg.restart_backoff = Duration::from_millis(50);
+        cfg.restart_backoff_max = Duration::from_millis(400);
+        let (scaler, _d) = ProcessScaler::new(cfg.clone(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+
+        let crash_loop_at_cap = |scaler: ProcessScaler<_>| async move {
+            let victim = scaler.instance_details()[0].pid.unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(victim as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            loop {
+                let details = scaler.instance_details();
+                assert_eq!(details.len(), 1, "{details:?}");
+                assert_eq!(scaler.current(), 1, "{details:?}");
+                if details[0].backoff_ms == Some(400) {
+                    return details[0].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+
+        std::fs::write(&flag, b"").unwrap();
+        let d = crash_loop_at_cap(scaler.clone()).await;
+        // 50, 100, 200, then 400 ms: the fourth failure in a row reaches the cap.
+        assert_eq!(d.state, InstanceState::CrashLoopBackOff, "{d:?}");
+        assert!(d.crash_streak >= 4, "{d:?}");
+        assert_eq!(d.pid, None);
+        assert!(!d.healthy);
+        assert!(
+            d.last_exit
+                .as_deref()
+                .is_some_and(|e| e.contains("exited before it was ready")),
+            "{d:?}"
+        );
+        assert_eq!(scaler.crash_looping(), 1);
+        assert_eq!(scaler.restarts(), 1, "one crash, one restart loop");
+        assert!(scaler.failures() >= 3);
+        // Counted once: a scale to one starts nothing more.
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+        assert_eq!(scaler.instance_details().len(), 1);
+        // Stays at the cap.
+        let streak = d.crash_streak;
+        while scaler.instance_details()[0].crash_streak < streak + 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(scaler.instance_details()[0].backoff_ms, Some(400));
+
+        // The command works again: the next restart makes it ready.
+        std::fs::remove_file(&flag).unwrap();
+        while scaler.instance_details()[0].state != InstanceState::Ready {
+            assert_eq!(scaler.current(), 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(scaler.crash_looping(), 0);
+        assert!(scaler.instance_details()[0].restarts >= 1);
+
+        // In a crash loop again, then scaled down to none: the crashed place goes, and
+        // its restart loop with it.
+        std::fs::write(&flag, b"").unwrap();
+        crash_loop_at_cap(scaler.clone()).await;
+        assert_eq!(scaler.scale_to(0).await.unwrap(), 0);
+        let failures = scaler.failures();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(scaler.instance_details().is_empty());
+        assert_eq!(
+            scaler.failures(),
+            failures,
+            "no restart after the scale-down"
+        );
+        scaler.shutdown().await;
+        let _ = std::fs::remove_file(&flag);
+
+        // Backoff settings that cannot work are refused, naming the setting.
+        let mut bad = cfg.clone();
+        bad.restart_backoff = Duration::ZERO;
+        let e = ProcessScaler::new(bad, |a: SocketAddr| a).unwrap_err();
+        assert!(e.to_string().contains("restart_backoff is zero"), "{e}");
+        let mut bad = cfg;
+        bad.restart_backoff_max = Duration::from_millis(10);
+        let e = ProcessScaler::new(bad, |a: SocketAddr| a).unwrap_err();
+        assert!(e.to_string().contains("restart_backoff_max"), "{e}");
+    })
+    .await
+    .expect("bounded");
+}
