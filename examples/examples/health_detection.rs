@@ -9,7 +9,7 @@
 //! healthy, kills it (listener and connections closed at once, as a crash would), times
 //! how long until the monitor says unhealthy, restarts it on the same port and times how
 //! long until healthy again. It prints the median, 90th percentile and maximum over the
-//! rounds. Target: at most 1 second for both (the seed plan asked for 10 seconds;
+//! rounds. Target: at most 1 second for both (a common target is 10 seconds;
 //! Kubernetes' default probe settings take about 30).
 
 use std::convert::Infallible;

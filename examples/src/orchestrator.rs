@@ -1,4 +1,4 @@
-//! The fleet's orchestrator API (the seed's 6E.7), as an axum `Router` to mount:
+//! The fleet's orchestrator API, as an axum `Router` to mount:
 //!
 //! - `POST /api/v1/system/scale/{service}/{up|down}`: one instance more or fewer. Needs
 //!   `Authorization: Bearer <token>` (401 without it); a count outside the policy's

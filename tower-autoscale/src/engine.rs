@@ -384,7 +384,7 @@ impl DecisionEngine {
         Ok(())
     }
 
-    /// Replaces a service's policy (the seed's `setScalingPolicy`).
+    /// Replaces a service's policy.
     pub fn set_policy(&self, name: &str, policy: ScalingPolicy) -> Result<(), EngineError> {
         let policy = policy.validated().map_err(EngineError::Policy)?;
         let mut s = self.lock();
@@ -419,7 +419,7 @@ impl DecisionEngine {
             .unwrap_or_default()
     }
 
-    /// Reads the service's source and decides (the seed's `evaluateScaling`).
+    /// Reads the service's source and decides.
     pub fn evaluate(&self, name: &str) -> Result<Decision, EngineError> {
         let source = self
             .lock()

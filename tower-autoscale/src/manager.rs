@@ -324,7 +324,7 @@ pub struct Autoscaler {
 }
 
 impl Autoscaler {
-    /// Starts the loop on the current tokio runtime (the seed evaluates every 10 s).
+    /// Starts the loop on the current tokio runtime (every 10 s is the usual period).
     pub fn spawn(manager: ScalingManager, interval: Duration) -> Self {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let interval = interval.max(Duration::from_millis(1));

@@ -1,7 +1,7 @@
 //! [`ScalingPolicy`]: what a service may scale to, on which metrics, how fast.
 //!
-//! Deserializable from TOML or JSON (durations in seconds); every field has the
-//! seed's default, so a policy file names only what it changes:
+//! Deserializable from TOML or JSON (durations in seconds); every field has a
+//! default, so a policy file names only what it changes:
 //!
 //! ```
 //! use tower_autoscale::ScalingPolicy;
@@ -74,7 +74,7 @@ pub struct MetricTarget {
     /// The value to hold it at: desired = ceil(current x value / target).
     pub target: f64,
     /// For per-instance metrics: no scale-down while the value is at or above this
-    /// (the seed's "scale down below 30% CPU"), however far below the target it is.
+    /// ("scale down below 30% CPU"), however far below the target it is.
     #[serde(default)]
     pub scale_down_below: Option<f64>,
 }
@@ -89,9 +89,9 @@ impl MetricTarget {
         }
     }
 
-    /// The seed's defaults: CPU 65% (up above 71.5% with the tolerance, down below 30%),
+    /// The defaults: CPU 65% (up above 71.5% with the tolerance, down below 30%),
     /// memory 75% (down below 50%), queue depth 10, p99 500 ms, error rate 1%.
-    pub fn seed_defaults() -> Vec<MetricTarget> {
+    pub fn defaults() -> Vec<MetricTarget> {
         vec![
             MetricTarget {
                 metric: Metric::Cpu,
@@ -229,7 +229,7 @@ pub struct Forecast {
     pub alpha: f64,
     /// Trend smoothing, in (0, 1] (default 0.3).
     pub beta: f64,
-    /// How far ahead, in evaluations (default 3: 30 s at the seed's 10 s interval).
+    /// How far ahead, in evaluations (default 3: 30 s at the default 10 s interval).
     pub horizon: u32,
 }
 
@@ -251,7 +251,7 @@ pub struct ScalingPolicy {
     pub min_instances: usize,
     /// Never more, whatever the load says (default 10).
     pub max_instances: usize,
-    /// The targets (default [`MetricTarget::seed_defaults`]); the largest proposal wins.
+    /// The targets (default [`MetricTarget::defaults`]); the largest proposal wins.
     pub metrics: Vec<MetricTarget>,
     /// No change while every value is within this share of its target (default 0.1).
     pub tolerance: f64,
@@ -276,7 +276,7 @@ impl Default for ScalingPolicy {
         Self {
             min_instances: 1,
             max_instances: 10,
-            metrics: MetricTarget::seed_defaults(),
+            metrics: MetricTarget::defaults(),
             tolerance: 0.1,
             scale_up: ScalingRules::scale_up_default(),
             scale_down: ScalingRules::scale_down_default(),

@@ -202,7 +202,7 @@ impl InstanceState {
     }
 }
 
-/// One instance, for `instance_details` (the seed's name).
+/// One instance, for `instance_details`.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct InstanceDetails {
@@ -443,7 +443,7 @@ where
             .count()
     }
 
-    /// Every instance (the seed's `instance_details`), crashed ones included.
+    /// Every instance, crashed ones included.
     pub fn instance_details(&self) -> Vec<InstanceDetails> {
         self.lock()
             .iter()
@@ -916,7 +916,7 @@ where
     }
 
     /// Starts a new instance, waits until it is ready and in the balancer, then drains
-    /// and stops the one on `port` (the seed's `migrate_instance`).
+    /// and stops the one on `port`.
     pub async fn migrate_instance(&self, port: u16) -> Result<u16, ScaleError> {
         let new = self.start_one().await?;
         let _op = self.inner.op.lock().await;

@@ -1,5 +1,5 @@
 //! A [`Router`]: service names to balancers, for a gateway that proxies several
-//! services (the seed's IntelligentRouter).
+//! services.
 //!
 //! Targets are added and removed by address; the router makes each endpoint service
 //! from its address with a constructor you give (for HTTP, a pooled client for that
@@ -248,7 +248,7 @@ where
             .unwrap_or_default()
     }
 
-    /// Every service's load statistics (the seed's `getRoutingStats`).
+    /// Every service's load statistics.
     pub fn stats(&self) -> Vec<(String, LoadStats)> {
         let mut v: Vec<(String, LoadStats)> = read(&self.inner.services)
             .iter()

@@ -513,7 +513,7 @@ impl LoadStats {
         }
     }
 
-    /// Zeroes the request, error and latency counters (the seed's `rebalance`), so
+    /// Zeroes the request, error and latency counters, so
     /// shares and rates start again; in-flight counts and latency estimates stay.
     pub fn reset(&self) {
         let c = &self.cell;

@@ -4,8 +4,7 @@
 //!   memory with the time it has left. [`Cache::get_or_load`] goes on to the origin and
 //!   stores what it returns, with **single flight**: concurrent misses for one key run
 //!   the origin once.
-//! - **Write-through** to the tiers the caller picks ([`WriteTiers`]; the seed's
-//!   `set(key, value, ttl, layers)`).
+//! - **Write-through** to the tiers the caller picks ([`WriteTiers`]).
 //! - **Delete and clear reach every tier, disk before memory.**
 //! - **Failures and uncacheable values release every waiter at once.** When a load
 //!   fails, the key is marked *pass* for a second (hit-for-pass, as Varnish does):
@@ -412,7 +411,7 @@ impl Cache {
         on_disk
     }
 
-    /// Removes expired entries from every tier (the seed's `optimize`). For a smaller
+    /// Removes expired entries from every tier. For a smaller
     /// file, see [`DiskTier::compact`].
     pub async fn remove_expired(&self) -> Result<ExpiredReport, DiskError> {
         let memory_expired = self.memory.remove_expired();

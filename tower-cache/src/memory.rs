@@ -2,7 +2,7 @@
 //!
 //! # Eviction policy
 //!
-//! The seed plan asked for LRU. `quick_cache` uses **S3-FIFO-style CLOCK-Pro**: new
+//! Caches are often expected to be LRU. `quick_cache` uses **S3-FIFO-style CLOCK-Pro**: new
 //! entries enter a small cold queue and are promoted to the hot queue only if they are
 //! read again; a ghost list remembers keys recently evicted from the cold queue so that a
 //! returning key goes straight to the hot queue. One-hit wonders (a scan, a crawler) are
@@ -69,7 +69,7 @@ use crate::error::{check_ttl, check_value_len, BuildError, InsertError};
 type Inner = QuickCache<Arc<str>, Stored, Weigh, RandomState, Hooks>;
 pub(crate) type Guard<'a> = PlaceholderGuard<'a, Arc<str>, Stored, Weigh, RandomState, Hooks>;
 
-/// Default entry bound (the seed plan's default).
+/// Default entry bound.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1_000;
 /// Default largest value the memory tier takes: 4 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
@@ -326,7 +326,7 @@ impl MemoryTierBuilder {
     /// The longest an entry stays in this tier, whatever TTL it was written with (default:
     /// no cap). With a disk tier below, a value written for 60 s with a 5 s cap here is
     /// read from memory for 5 s, then from disk (and promoted for 5 s more) until its 60 s
-    /// are up: the seed's "memory 5 s, disk 60 s" split, with one write.
+    /// are up: a "memory 5 s, disk 60 s" split, with one write.
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         self.max_ttl = Some(ttl);
         self
@@ -634,7 +634,7 @@ impl MemoryTier {
         }
     }
 
-    /// Changes the entry bound in place (the seed's `setMaxSize`): raising makes room,
+    /// Changes the entry bound in place: raising makes room,
     /// lowering evicts at once.
     ///
     /// Only a tier built with an entry bound can change it (a tier built by bytes alone

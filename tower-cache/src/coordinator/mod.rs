@@ -826,7 +826,7 @@ impl Coordinator {
         self.shared.clock.now()
     }
 
-    /// The seed's name for [`status`](Self::status).
+    /// The same as [`status`](Self::status).
     pub fn coordination_status(&self) -> CoordinationStatus {
         self.status()
     }

@@ -16,7 +16,7 @@
 //!   entries go first, then the oldest writes.
 //! - **Tags and versions** persist with each entry, so a restart does not forget what an
 //!   invalidation must reach.
-//! - [`DiskTier::compact`] (the seed's `vacuum`) rewrites the file with LMDB's
+//! - [`DiskTier::compact`] rewrites the file with LMDB's
 //!   compacting copy, which drops free pages: LMDB never shrinks a file by itself.
 //!
 //! # Sharing one environment between processes
