@@ -628,7 +628,7 @@ impl Simulator {
                 p99_ms: p99,
                 backlog,
             });
-            if t > 0 && t % c.interval.max(1) == 0 {
+            if t > 0 && t.is_multiple_of(c.interval.max(1)) {
                 let sample = LoadSample {
                     instances: instances.len(),
                     per_instance: instances

@@ -393,7 +393,7 @@ async fn no_node_keeps_a_value_older_than_an_invalidation_it_applied() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let key = format!("k{}", x % 8);
-                let inv = if x % 5 == 0 {
+                let inv = if x.is_multiple_of(5) {
                     c.invalidate_pattern("k*").await.unwrap()
                 } else {
                     c.invalidate(&key).await.unwrap()
@@ -401,7 +401,7 @@ async fn no_node_keeps_a_value_older_than_an_invalidation_it_applied() {
                 published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 {
                     let mut m = newest.lock().unwrap();
-                    let keys: Vec<String> = if x % 5 == 0 {
+                    let keys: Vec<String> = if x.is_multiple_of(5) {
                         (0..8).map(|i| format!("k{i}")).collect()
                     } else {
                         vec![key]

@@ -465,7 +465,7 @@ mod tests {
             b = b.hash_key(|k: &u64| Some(hash_key(k)));
         }
         let stride = n / not_ready.max(1);
-        let stuck = |i: u32| not_ready > 0 && i % stride == 0 && i / stride < not_ready;
+        let stuck = |i: u32| not_ready > 0 && i.is_multiple_of(stride) && i / stride < not_ready;
         let b = b
             .build(discover::fixed((0..n).map(|i| (i, Stuck(stuck(i))))))
             .unwrap();

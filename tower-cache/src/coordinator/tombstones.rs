@@ -108,7 +108,7 @@ impl Inner {
     /// Drops expired tombstones now and then (every 256 records).
     fn prune(&mut self) {
         self.records += 1;
-        if self.records % 256 != 0 {
+        if !self.records.is_multiple_of(256) {
             return;
         }
         let now = Instant::now();
