@@ -185,6 +185,8 @@ impl LoadSource for tower_health::HealthMonitor {
 }
 
 /// A cache's hit ratio, for information (no scaling rule reads it).
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 impl LoadSource for tower_cache::Cache {
     fn sample(&self) -> LoadSample {
         LoadSample {

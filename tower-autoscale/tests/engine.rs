@@ -534,16 +534,24 @@ async fn the_balancer_the_monitor_and_the_cache_are_load_sources() {
         .unwrap();
     let m = monitor.sample();
     assert_eq!((m.instances, m.per_instance[0].ready), (1, false));
-    // A cache: its hit ratio; combined, the first source's numbers win.
-    let cache = tower_cache::Cache::new(tower_cache::MemoryTier::builder().build().unwrap());
-    let _ = cache.get("x").await;
-    let c = cache.sample();
-    assert_eq!(c.hit_ratio, Some(0.0));
-    let all = s.clone().or(c).or(m);
-    assert_eq!(
-        (all.instances, all.hit_ratio, all.in_flight),
-        (2, Some(0.0), Some(0.0))
-    );
+    // A cache (feature `cache`): its hit ratio; combined, the first source's numbers win.
+    #[cfg(feature = "cache")]
+    {
+        let cache = tower_cache::Cache::new(tower_cache::MemoryTier::builder().build().unwrap());
+        let _ = cache.get("x").await;
+        let c = cache.sample();
+        assert_eq!(c.hit_ratio, Some(0.0));
+        let all = s.clone().or(c).or(m);
+        assert_eq!(
+            (all.instances, all.hit_ratio, all.in_flight),
+            (2, Some(0.0), Some(0.0))
+        );
+    }
+    #[cfg(not(feature = "cache"))]
+    {
+        let all = s.clone().or(m);
+        assert_eq!((all.instances, all.in_flight), (2, Some(0.0)));
+    }
 }
 
 #[tokio::test(start_paused = true)]

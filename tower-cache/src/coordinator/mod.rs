@@ -99,6 +99,8 @@
 //! ```
 
 mod clock;
+#[cfg(feature = "http-bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-bus")))]
 mod http_bus;
 mod message;
 #[cfg(feature = "redis")]
@@ -114,6 +116,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 pub use self::clock::{resolve_conflict, HybridClock, Winner};
+#[cfg(feature = "http-bus")]
 pub use self::http_bus::{HttpBus, HttpBusBuilder, InvalidateEndpoint};
 use self::message::Message;
 pub use self::message::{Target, TargetTooLong};
