@@ -48,6 +48,13 @@ fn rate_limit(v: &str) -> Result<u32, String> {
     }
 }
 
+fn max_clients(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err("give a number of clients, 1 to 10000000".into()),
+    }
+}
+
 fn shape(v: &str) -> Result<Shape, String> {
     match v {
         "ramp" => Ok(Shape::Ramp),
@@ -127,9 +134,14 @@ struct Flags {
     /// Requests a training instance serves at once.
     #[arg(long, value_parser = crate::flags::whole_number, default_value_t = Work::default().concurrency as u64)]
     concurrency: u64,
-    /// Requests per second per client at the gateway, for clients without a user id.
+    /// Requests per second per client address at the gateway (every request counts
+    /// against its address first, then against its user's own limit).
     #[arg(long, default_value_t = 1_000, value_parser = rate_limit)]
     rate_limit: u32,
+    /// Rate-limit buckets the gateway keeps at most, for client addresses and for users
+    /// each (the least recently used go first).
+    #[arg(long, default_value_t = 100_000, value_parser = max_clients)]
+    max_clients: usize,
     /// The data services' database round trip, in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = crate::flags::whole_number)]
     origin_ms: u64,
@@ -166,6 +178,7 @@ impl Config {
             },
             instances: (f.min_instances, f.max_instances),
             rate_limit: f.rate_limit,
+            max_clients: f.max_clients,
             origin_latency: Duration::from_millis(f.origin_ms),
             no_cache: f.no_cache,
             ..Config::default()

@@ -623,9 +623,13 @@ async fn get_report(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -
     let db = app.db.clone();
     let (cache, k) = (app.cache.clone(), key.clone());
     match cached(&app, &key, async move {
+        // A user that does not exist gets no report, and leaves no dependency behind.
+        if db.user(id).await.is_none() {
+            return Err(NotFound(format!("no user {id}")));
+        }
         if let Some(cache) = cache {
-            // Recorded on a miss, before the reads: an invalidation of the user or a
-            // rate after this point removes the report, or stops this fill.
+            // Recorded on a miss, before the reads of the values: an invalidation of
+            // the user or a rate after this point removes the report, or stops this fill.
             let on = std::iter::once(format!("user:{id}"))
                 .chain(PROVIDERS.iter().map(|(n, _)| format!("provider:{n}")));
             for depends_on in on {

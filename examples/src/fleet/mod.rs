@@ -115,9 +115,12 @@ pub struct Config {
     pub instances: (usize, usize),
     /// How long load must stay low before scaling down (`--scale-down-window`, 30 s).
     pub scale_down_window: Duration,
-    /// Requests per second per client at the gateway for clients without a user id
+    /// Requests per second per client address at the gateway
     /// (`--rate-limit`, default 1,000).
     pub rate_limit: u32,
+    /// Rate-limit buckets the gateway keeps at most, for addresses and for users each
+    /// (`--max-clients`, default 100,000).
+    pub max_clients: usize,
     /// The data services' database round trip (`--origin-ms`, default 20).
     pub origin_latency: Duration,
     /// Run the data services without caches (`--no-cache`, for comparisons).
@@ -144,6 +147,7 @@ impl Default for Config {
             instances: (1, 4),
             scale_down_window: Duration::from_secs(30),
             rate_limit: 1_000,
+            max_clients: 100_000,
             origin_latency: Duration::from_millis(20),
             no_cache: false,
             program: None,
@@ -372,6 +376,7 @@ impl Fleet {
                 breakers,
                 monitor: monitor.clone(),
                 rate_limit: cfg.rate_limit,
+                max_clients: cfg.max_clients,
                 cache_dir: data_dir.path().join("gateway"),
                 bus: bus.clone(),
                 secret: secret.into_bytes(),
