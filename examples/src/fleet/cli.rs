@@ -86,7 +86,9 @@ fn view(v: &str) -> Result<ViewMode, String> {
 #[command(
     name = "fleet",
     about = "A whole fleet on one machine: gateway, cached data services, autoscaled training instances",
-    after_help = "With neither --load nor --serve: a 30-second demonstration, as\n  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s"
+    after_help = "With neither --load nor --serve: a 30-second demonstration, as\n  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s",
+    // A flag given twice takes its last value (a wrapper's defaults, then the user's).
+    args_override_self = true
 )]
 struct Flags {
     /// The gateway's port on 127.0.0.1 (0 for any free one).
@@ -240,6 +242,8 @@ mod tests {
         assert_eq!((c.port, c.interval), (0, Duration::from_millis(500)));
         assert_eq!(c.work.wait, Duration::from_millis(5));
         assert_eq!(c.view, ViewMode::Off);
+        let twice = Config::from_args(&args(&["--serve", "--port", "1", "--port", "2"])).unwrap();
+        assert_eq!(twice.port, 2, "the last of a flag given twice wins");
         let help = Config::from_args(&args(&["--help"])).unwrap_err();
         assert!(
             help.contains("--scale-down-window") && help.contains("[default: 3000]"),
