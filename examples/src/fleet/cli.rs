@@ -55,6 +55,18 @@ fn max_clients(v: &str) -> Result<usize, String> {
     }
 }
 
+fn host(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if ok {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err("give a host name such as fleet.example or fleet.example:8080".into())
+    }
+}
+
 fn shape(v: &str) -> Result<Shape, String> {
     match v {
         "ramp" => Ok(Shape::Ramp),
@@ -144,6 +156,10 @@ struct Flags {
     /// each (the least recently used go first).
     #[arg(long, default_value_t = 100_000, value_parser = max_clients)]
     max_clients: usize,
+    /// Another host name the gateway answers to (repeatable); it always answers to
+    /// localhost, 127.0.0.1 and [::1] with its port, and to no other.
+    #[arg(long = "host", value_name = "NAME", value_parser = host)]
+    hosts: Vec<String>,
     /// The data services' database round trip, in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = crate::flags::whole_number)]
     origin_ms: u64,
@@ -181,6 +197,7 @@ impl Config {
             instances: (f.min_instances, f.max_instances),
             rate_limit: f.rate_limit,
             max_clients: f.max_clients,
+            hosts: f.hosts,
             origin_latency: Duration::from_millis(f.origin_ms),
             no_cache: f.no_cache,
             ..Config::default()
@@ -244,6 +261,11 @@ mod tests {
         assert_eq!(c.view, ViewMode::Off);
         let twice = Config::from_args(&args(&["--serve", "--port", "1", "--port", "2"])).unwrap();
         assert_eq!(twice.port, 2, "the last of a flag given twice wins");
+        let hosts = Config::from_args(&args(&["--serve", "--host", "A.example", "--host", "b:81"]))
+            .unwrap()
+            .hosts;
+        assert_eq!(hosts, ["a.example", "b:81"], "--host is repeatable");
+        assert!(Config::from_args(&args(&["--host", "a b"])).is_err());
         let help = Config::from_args(&args(&["--help"])).unwrap_err();
         assert!(
             help.contains("--scale-down-window") && help.contains("[default: 3000]"),

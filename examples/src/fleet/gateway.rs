@@ -70,8 +70,11 @@ pub struct Parts {
     pub scaler: TrainingScaler,
     /// The scaling manager.
     pub manager: ScalingManager,
-    /// The bearer token for scaling.
+    /// The bearer token for scaling and for writes to the data services.
     pub token: String,
+    /// The host names the gateway answers to (`Host` values, with their port where a
+    /// client sends one), lowercase.
+    pub hosts: Vec<String>,
     /// The origin (for users' rate limits).
     pub db: Arc<Db>,
     /// The budget service's cache, for the figures.
@@ -826,6 +829,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/v1/training/{*rest}", any(training))
         .route("/api/v1/budget/{*rest}", any(budget))
         .route("/api/v1/reports/{*rest}", any(reports))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            writes_need_token,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit));
     let health = HealthEndpoints::new(gw.probes.clone());
     let prefix = (super::random_u64() & 0xffff_ffff) as u32;
@@ -842,6 +849,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(services)
         .with_state(gw.clone())
         .merge(orchestrator)
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), known_host))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(Ids(gw, prefix)))
@@ -947,6 +955,102 @@ fn refuse(gw: &Gateway, client: &str, limit: u32, wait: Duration) -> Response {
         })),
     )
         .into_response()
+}
+
+/// Writes to the data services (any method but GET, HEAD and OPTIONS) need
+/// `Authorization: Bearer <token>`: 401 without it.
+async fn writes_need_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let reads = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+    let data = ["/api/v1/budget/", "/api/v1/reports/"]
+        .iter()
+        .any(|p| req.uri().path().starts_with(p));
+    if !data || reads.contains(req.method()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()));
+    if given.is_some_and(|t| same_token(t, gw.parts.token.as_bytes())) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(http::header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({
+            "error": "writes need Authorization: Bearer <token> (the fleet's token, FLEET_TOKEN)"
+        })),
+    )
+        .into_response()
+}
+
+/// The token of an `Authorization` value with the `Bearer` scheme (in any case).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares two tokens in time that depends only on their lengths.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
+}
+
+/// Answers only requests for one of the gateway's host names (its `Host`, and the
+/// authority of an absolute-form target when there is one): 421 for another (a page
+/// on another site that rebinds its name to this address cannot use the gateway), 400
+/// without one.
+async fn known_host(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let known = |name: &[u8]| {
+        gw.parts
+            .hosts
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+    };
+    match (host, authority) {
+        (None, None) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": "a request needs a Host header" })),
+        )
+            .into_response(),
+        (h, a) if h.is_none_or(known) && a.is_none_or(known) => next.run(req).await,
+        _ => (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(serde_json::json!({
+                "error": "this gateway does not answer to that host name; add it with --host NAME"
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// The host names a gateway on `port` answers to: `localhost`, `127.0.0.1` and `[::1]`
+/// with the port, and each of `extra` as given and with the port (all without a port
+/// too when it is 80, as clients leave the default port out).
+pub fn host_names(port: u16, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in ["localhost", "127.0.0.1", "[::1]"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(extra.iter().map(|n| n.to_ascii_lowercase()))
+    {
+        names.push(format!("{name}:{port}"));
+        if port == 80 || extra.iter().any(|e| e.eq_ignore_ascii_case(&name)) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 async fn training(State(gw): State<Arc<Gateway>>, req: Request) -> Response {

@@ -123,6 +123,9 @@ pub struct Config {
     pub max_clients: usize,
     /// The data services' database round trip (`--origin-ms`, default 20).
     pub origin_latency: Duration,
+    /// Host names the gateway answers to besides `localhost`, `127.0.0.1` and `[::1]`
+    /// (`--host NAME`, repeatable).
+    pub hosts: Vec<String>,
     /// Run the data services without caches (`--no-cache`, for comparisons).
     pub no_cache: bool,
     /// The program for training instances (default: this binary).
@@ -149,6 +152,7 @@ impl Default for Config {
             rate_limit: 1_000,
             max_clients: 100_000,
             origin_latency: Duration::from_millis(20),
+            hosts: Vec::new(),
             no_cache: false,
             program: None,
             demo: false,
@@ -370,6 +374,7 @@ impl Fleet {
                 scaler: scaler.clone(),
                 manager: manager.clone(),
                 token: token.clone(),
+                hosts: gateway::host_names(gateway_addr.port(), &cfg.hosts),
                 db: db.clone(),
                 budget_cache: budget.cache.clone(),
                 reports_cache: reports.cache.clone(),

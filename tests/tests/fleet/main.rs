@@ -713,6 +713,7 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
     let gateway = fleet.gateway;
     let work: Vec<_> = (0..8u64)
         .map(|w| {
+            let token = fleet.token.clone();
             tokio::spawn(async move {
                 for i in 0..200u64 {
                     let id = (w * 37 + i) % 500;
@@ -720,6 +721,7 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
                     if i % 10 == 0 {
                         let req = http::Request::put(format!("/api/v1/budget/users/{id}"))
                             .header(http::header::HOST, gateway.to_string())
+                            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
                             .body(http_body_util::Full::new(bytes::Bytes::from(format!(
                                 "{{\"spent\": {i}}}"
                             ))))
@@ -875,6 +877,8 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
             String::from_utf8_lossy(&out).into_owned()
         }
     };
+    let host = fleet.gateway;
+    let token = &fleet.token;
     for (user, expect) in [
         ("abc", "HTTP/1.1 200"),
         ("-1", "HTTP/1.1 200"),
@@ -883,14 +887,14 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
         ("\u{7f}", "HTTP/1.1 400"),
     ] {
         let answer = raw(format!(
-            "GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: x\r\nx-user-id: {user}\r\nconnection: close\r\n\r\n"
+            "GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: {host}\r\nx-user-id: {user}\r\nconnection: close\r\n\r\n"
         )
         .into_bytes(), false)
         .await;
         // Not a user: counted against the address only, and served.
         assert!(answer.starts_with(expect), "{user:?}: {answer}");
     }
-    let answer = raw(b"GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: x\r\nx-user-id: 1\r\nx-user-id: 2\r\nconnection: close\r\n\r\n".to_vec(), false).await;
+    let answer = raw(format!("GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: {host}\r\nx-user-id: 1\r\nx-user-id: 2\r\nconnection: close\r\n\r\n").into_bytes(), false).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // A body cut mid-way: no write happens.
     let before = fleet
@@ -898,10 +902,10 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
         .await
         .unwrap()
         .2;
-    let _ = raw(b"PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"spent\": 9".to_vec(), true).await;
+    let _ = raw(format!("PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\ncontent-length: 100\r\n\r\n{{\"spent\": 9").into_bytes(), true).await;
     // A body over 1 MiB: 413.
     let big = format!(
-        "PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        "PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
         2 << 20,
         " ".repeat(2 << 20)
     );
@@ -1022,4 +1026,165 @@ async fn the_rate_limiter_keeps_at_most_max_clients_buckets() {
     // The dependencies are one a user at most (every user named exists).
     let dependencies = gauge(&fleet, "fleet_cache_dependencies{service=\"gateway\"}").await;
     assert!(dependencies <= 200.0, "{dependencies}");
+}
+
+/// Writes `request` on a fresh connection to `addr` and reads until the gateway closes
+/// it (at most 10 s); what came back.
+async fn raw_exchange(addr: std::net::SocketAddr, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes through the gateway need the fleet's token (401 without it, with another, or
+/// with another scheme; the scheme's case does not matter), and values out of range are
+/// refused with 400; nothing refused changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_need_the_token_and_values_in_range() {
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h"])
+        .await
+        .unwrap();
+    let token = fleet.token.clone();
+    let put = |path: &'static str, auth: Option<String>, body: &'static str| {
+        let fleet = &fleet;
+        async move {
+            let mut req =
+                http::Request::put(path).header(http::header::HOST, fleet.gateway.to_string());
+            if let Some(a) = auth {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let (s, body) = support::send(fleet.gateway, req).await.unwrap();
+            (s, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong".to_string()),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Bearer {}", &token[..token.len() - 1])),
+        Some(format!("Basic {token}")),
+        Some(token.clone()),
+    ] {
+        let (s, body) = put(
+            "/api/v1/budget/users/7",
+            auth.clone(),
+            r#"{"rate_limit": 0}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+        let (s, body) = put(
+            "/api/v1/reports/providers/openai",
+            auth.clone(),
+            r#"{"rate": 1e300}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+    }
+    let good = Some(format!("bEaReR {token}"));
+    for (path, body) in [
+        ("/api/v1/budget/users/7", r#"{"rate_limit": 0}"#),
+        ("/api/v1/budget/users/7", r#"{"rate_limit": 2000000}"#),
+        ("/api/v1/budget/users/7", r#"{"limit": 1e300}"#),
+        ("/api/v1/budget/users/7", r#"{"spent": -1}"#),
+        ("/api/v1/budget/users/7", r#"{"spent": 1e400}"#),
+        ("/api/v1/reports/providers/openai", r#"{"rate": 1e300}"#),
+        ("/api/v1/reports/providers/openai", r#"{"rate": -2}"#),
+    ] {
+        let (s, answer) = put(path, good.clone(), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+    }
+    // Nothing changed.
+    let user = fleet
+        .call(Method::GET, "/api/v1/budget/users/7", None, None, None)
+        .await
+        .unwrap()
+        .2;
+    assert_eq!(user["rate_limit"], 1000, "{user}");
+    assert_eq!(user["spent"], 7.0, "{user}");
+    let rate = fleet
+        .call(
+            Method::GET,
+            "/api/v1/budget/providers/openai",
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .2;
+    assert_eq!(rate["rate"], 2.5, "{rate}");
+    // With the token and a value in range: written.
+    let (s, body) = put("/api/v1/budget/users/7", good, r#"{"rate_limit": 5}"#).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
+/// The gateway answers only its own host names: `localhost`, `127.0.0.1` and `[::1]`
+/// with its port, and each `--host`; another name (a DNS rebinding page) gets 421, in
+/// `Host` or in an absolute-form target, and a request without a host gets 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateways_host_names_are_answered() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &["--serve", "--interval", "1h", "--host", "Fleet.Example"],
+    )
+    .await
+    .unwrap();
+    let port = fleet.gateway.port();
+    let ask = |target: String, host: Option<String>| {
+        let gateway = fleet.gateway;
+        async move {
+            let host = host.map(|h| format!("host: {h}\r\n")).unwrap_or_default();
+            raw_exchange(
+                gateway,
+                format!("GET {target} HTTP/1.1\r\n{host}connection: close\r\n\r\n"),
+            )
+            .await
+        }
+    };
+    let path = || "/api/v1/budget/users/1".to_string();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("[::1]:{port}"),
+        "fleet.example".to_string(),
+        format!("fleet.example:{port}"),
+    ] {
+        let answer = ask(path(), Some(host.clone())).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_string(),
+        format!("127.0.0.2:{port}"),
+        "localhost".to_string(),
+        format!("localhost:{}", port.wrapping_add(1)),
+    ] {
+        let answer = ask(path(), Some(host.clone())).await;
+        assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
+    }
+    let answer = ask(
+        format!("http://attacker.example:{port}/api/v1/budget/users/1"),
+        Some(format!("127.0.0.1:{port}")),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 421"),
+        "absolute form: {answer}"
+    );
+    let answer = raw_exchange(
+        fleet.gateway,
+        "GET /api/v1/budget/users/1 HTTP/1.0\r\n\r\n".to_string(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
+        "no host: {answer}"
+    );
 }
