@@ -67,6 +67,13 @@ fn host(v: &str) -> Result<String, String> {
     }
 }
 
+fn max_connections(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("give a number of connections, 1 to 1000000".into()),
+    }
+}
+
 fn shape(v: &str) -> Result<Shape, String> {
     match v {
         "ramp" => Ok(Shape::Ramp),
@@ -160,6 +167,17 @@ struct Flags {
     /// localhost, 127.0.0.1 and [::1] with its port, and to no other.
     #[arg(long = "host", value_name = "NAME", value_parser = host)]
     hosts: Vec<String>,
+    /// How long a request's head may take to arrive at the gateway (also the wait for the
+    /// next request on a kept-alive connection).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// How long a gateway connection may stay with no request in flight and no byte
+    /// moving; also how long a request body may take to arrive.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Connections the gateway holds open at once; one beyond is closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = max_connections)]
+    max_connections: usize,
     /// The data services' database round trip, in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = crate::flags::whole_number)]
     origin_ms: u64,
@@ -198,6 +216,11 @@ impl Config {
             rate_limit: f.rate_limit,
             max_clients: f.max_clients,
             hosts: f.hosts,
+            edge: super::edge::Limits {
+                header_read: f.header_read_timeout,
+                idle: f.idle_timeout,
+                max_connections: f.max_connections,
+            },
             origin_latency: Duration::from_millis(f.origin_ms),
             no_cache: f.no_cache,
             ..Config::default()
@@ -266,6 +289,28 @@ mod tests {
             .hosts;
         assert_eq!(hosts, ["a.example", "b:81"], "--host is repeatable");
         assert!(Config::from_args(&args(&["--host", "a b"])).is_err());
+        let edge = Config::from_args(&args(&["--serve"])).unwrap().edge;
+        assert_eq!(edge, super::super::edge::Limits::default());
+        assert_eq!(
+            (edge.header_read, edge.idle, edge.max_connections),
+            (Duration::from_secs(30), Duration::from_secs(60), 10_000)
+        );
+        let edge = Config::from_args(&args(&[
+            "--serve",
+            "--header-read-timeout",
+            "2s",
+            "--idle-timeout",
+            "500ms",
+            "--max-connections",
+            "8",
+        ]))
+        .unwrap()
+        .edge;
+        assert_eq!(
+            (edge.header_read, edge.idle, edge.max_connections),
+            (Duration::from_secs(2), Duration::from_millis(500), 8)
+        );
+        assert!(Config::from_args(&args(&["--max-connections", "0"])).is_err());
         let help = Config::from_args(&args(&["--help"])).unwrap_err();
         assert!(
             help.contains("--scale-down-window") && help.contains("[default: 3000]"),

@@ -89,6 +89,10 @@ pub struct Parts {
     pub rate_limit: u32,
     /// Rate-limit buckets kept at most, for addresses and for users each.
     pub max_clients: usize,
+    /// The edge's connection counters.
+    pub edge: Arc<super::edge::Stats>,
+    /// How long a request body may take to arrive (408 after it).
+    pub body_timeout: Duration,
     /// Where the gateway's own cache lives.
     pub cache_dir: PathBuf,
     /// The bus.
@@ -461,6 +465,11 @@ impl Gateway {
                 metrics::gauge!("fleet_bus_lag_p99_seconds").set(lag.as_secs_f64());
             }
             metrics::gauge!("fleet_rate_limited_total").set(o.rate_limited as f64);
+            let edge = &self.parts.edge;
+            metrics::gauge!("fleet_gateway_connections_open").set(edge.open() as f64);
+            metrics::gauge!("fleet_gateway_connections_accepted").set(edge.accepted() as f64);
+            metrics::gauge!("fleet_gateway_connections_refused").set(edge.refused() as f64);
+            metrics::gauge!("fleet_gateway_connections_idle_closed").set(edge.idle_closed() as f64);
             let (addresses, users) = self.limiter_counts();
             metrics::gauge!("fleet_rate_limiter_buckets", "client" => "address")
                 .set(addresses as f64);
@@ -1054,29 +1063,38 @@ pub fn host_names(port: u16, extra: &[String]) -> Vec<String> {
 }
 
 async fn training(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.training.clone(), req).await
+    forward(gw.parts.training.clone(), req, gw.parts.body_timeout).await
 }
 
 async fn budget(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.budget.clone(), req).await
+    forward(gw.parts.budget.clone(), req, gw.parts.body_timeout).await
 }
 
 async fn reports(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.reports.clone(), req).await
+    forward(gw.parts.reports.clone(), req, gw.parts.body_timeout).await
 }
 
-/// Sends `req` through `svc`; the answer's body streams back.
-async fn forward<S>(svc: S, req: Request) -> Response
+/// Sends `req` through `svc` once its body (at most 1 MiB) has arrived, within
+/// `body_timeout` (408 after it); the answer's body streams back.
+async fn forward<S>(svc: S, req: Request, body_timeout: Duration) -> Response
 where
     S: Service<http::Request<Full<Bytes>>, Response = http::Response<Incoming>, Error = BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 1 << 20).await {
-        Ok(b) => b,
-        Err(e) => {
+    let body = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, 1 << 20)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body over 1 MiB or broken: {e}"),
+            )
+                .into_response()
+        }
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                [(http::header::CONNECTION, "close")],
+                format!("the request body did not arrive within {body_timeout:?}"),
             )
                 .into_response()
         }

@@ -18,6 +18,7 @@
 
 mod cli;
 pub mod data;
+pub mod edge;
 pub mod gateway;
 pub mod load;
 pub mod training;
@@ -126,6 +127,12 @@ pub struct Config {
     /// Host names the gateway answers to besides `localhost`, `127.0.0.1` and `[::1]`
     /// (`--host NAME`, repeatable).
     pub hosts: Vec<String>,
+    /// What a client may hold at the gateway's edge (`--header-read-timeout`, 30 s;
+    /// `--idle-timeout`, 60 s; `--max-connections`, 10,000).
+    pub edge: edge::Limits,
+    /// The token for scaling and for writes (`FLEET_TOKEN`, which [`main`] takes out of
+    /// the environment so that no child process inherits it); a random one when `None`.
+    pub token: Option<String>,
     /// Run the data services without caches (`--no-cache`, for comparisons).
     pub no_cache: bool,
     /// The program for training instances (default: this binary).
@@ -153,6 +160,8 @@ impl Default for Config {
             max_clients: 100_000,
             origin_latency: Duration::from_millis(20),
             hosts: Vec::new(),
+            edge: edge::Limits::default(),
+            token: None,
             no_cache: false,
             program: None,
             demo: false,
@@ -362,10 +371,11 @@ impl Fleet {
         manager.add_scaler("training", scaler.clone());
         let autoscaler = Autoscaler::spawn(manager.clone(), cfg.interval);
 
-        let token = match std::env::var("FLEET_TOKEN") {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        let token = match cfg.token.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => t.to_string(),
             _ => format!("{:016x}{:016x}", random_u64(), random_u64()),
         };
+        let edge_stats = Arc::new(edge::Stats::default());
         let state = Arc::new(
             gateway::Gateway::new(gateway::Parts {
                 training: training_balancer,
@@ -375,6 +385,8 @@ impl Fleet {
                 manager: manager.clone(),
                 token: token.clone(),
                 hosts: gateway::host_names(gateway_addr.port(), &cfg.hosts),
+                edge: edge_stats.clone(),
+                body_timeout: cfg.edge.idle,
                 db: db.clone(),
                 budget_cache: budget.cache.clone(),
                 reports_cache: reports.cache.clone(),
@@ -390,12 +402,7 @@ impl Fleet {
         );
         let history = gateway::Gateway::spawn_history(&state);
         let app = gateway::router(state.clone());
-        let gateway_task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "gateway stopped");
-            }
-        });
+        let gateway_task = tokio::spawn(edge::serve(listener, app, cfg.edge, edge_stats));
         Ok(Self {
             history,
             gateway: gateway_addr,
@@ -467,8 +474,12 @@ pub async fn main() -> Result<(), BoxError> {
         println!("{}", help());
         return Ok(());
     }
+    // The token leaves the environment before any child process starts, so that the
+    // training instances (which need no token) do not inherit it.
+    let token = std::env::var("FLEET_TOKEN").ok();
+    std::env::remove_var("FLEET_TOKEN");
     let cfg = match Config::from_args(&args) {
-        Ok(c) => c,
+        Ok(c) => Config { token, ..c },
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
@@ -518,7 +529,7 @@ pub async fn main() -> Result<(), BoxError> {
     );
     println!(
         "scaling token: {} (POST /api/v1/system/scale/training/up with `Authorization: Bearer <token>`)",
-        if std::env::var("FLEET_TOKEN").is_ok() {
+        if cfg.token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
             "from FLEET_TOKEN".to_string()
         } else {
             fleet.token.clone()

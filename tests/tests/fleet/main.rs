@@ -1188,3 +1188,202 @@ async fn only_the_gateways_host_names_are_answered() {
         "no host: {answer}"
     );
 }
+
+/// Whether the gateway closes `stream` (an end of stream or a reset) within 20 s, and
+/// what it sent before.
+async fn closed_by_gateway(mut stream: tokio::net::TcpStream) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (closed, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Slowloris: a connection that sends nothing, one that sends half a head, one that
+/// sends a head and part of its body, and a kept-alive connection left idle after its
+/// request are each closed by the gateway (at 1 s header read and 2 s idle timeouts),
+/// and the gateway goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--header-read-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+        ],
+    )
+    .await
+    .unwrap();
+    let (gateway, token) = (fleet.gateway, fleet.token.clone());
+    let connect = || async move { tokio::net::TcpStream::connect(gateway).await.unwrap() };
+    let silent = connect().await;
+    let mut half_head = connect().await;
+    half_head
+        .write_all(format!("GET /health/live HTTP/1.1\r\nhost: {gateway}\r\nx-a").as_bytes())
+        .await
+        .unwrap();
+    let mut half_body = connect().await;
+    half_body
+        .write_all(
+            format!(
+                "PUT /api/v1/budget/users/3 HTTP/1.1\r\nhost: {gateway}\r\nauthorization: Bearer {token}\r\ncontent-length: 100\r\n\r\n{{\"spent\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut kept_alive = connect().await;
+    kept_alive
+        .write_all(format!("GET /health/live HTTP/1.1\r\nhost: {gateway}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (silent, half_head, half_body, kept_alive) = tokio::join!(
+        closed_by_gateway(silent),
+        closed_by_gateway(half_head),
+        closed_by_gateway(half_body),
+        closed_by_gateway(kept_alive),
+    );
+    assert!(silent.0, "a silent connection stayed open");
+    assert!(half_head.0, "half a head stayed open: {}", half_head.1);
+    assert!(half_body.0, "half a body stayed open: {}", half_body.1);
+    assert!(
+        half_body.1.is_empty() || half_body.1.starts_with("HTTP/1.1 408"),
+        "{}",
+        half_body.1
+    );
+    assert!(kept_alive.0, "an idle kept-alive connection stayed open");
+    assert!(kept_alive.1.starts_with("HTTP/1.1 200"), "{}", kept_alive.1);
+    // The user was not written, and the gateway serves.
+    let user = fleet
+        .call(Method::GET, "/api/v1/budget/users/3", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(user.0, StatusCode::OK);
+    assert_eq!(user.2["spent"], 3.0, "{}", user.2);
+}
+
+/// A storm of 60 connections that send nothing against `--max-connections 20`: the
+/// gateway holds 20 and closes the other 40 at once; once the storm is gone it serves
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_storm_is_held_to_max_connections() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--max-connections",
+            "20",
+            "--header-read-timeout",
+            "5m",
+            "--idle-timeout",
+            "5m",
+        ],
+    )
+    .await
+    .unwrap();
+    let gateway = fleet.gateway;
+    let mut storm = Vec::new();
+    for _ in 0..60 {
+        storm.push(tokio::net::TcpStream::connect(gateway).await.unwrap());
+    }
+    // Each read waits at most 20 s; the ones held stay open past it (5 min timeouts).
+    let reads: Vec<_> = storm
+        .into_iter()
+        .map(|s| tokio::spawn(closed_by_gateway(s)))
+        .collect();
+    let mut closed = 0;
+    for r in reads {
+        closed += usize::from(r.await.unwrap().0);
+    }
+    assert_eq!(
+        closed, 40,
+        "of 60 connections at a limit of 20, {closed} closed"
+    );
+    // The 20 held are gone with the storm (dropped above): the gateway serves again.
+    eventually(
+        Duration::from_secs(10),
+        "the gateway serves again",
+        || async {
+            support::get(gateway, "/health/live")
+                .await
+                .is_ok_and(|(s, _)| s == StatusCode::OK)
+        },
+    )
+    .await;
+    let refused = gauge(&fleet, "fleet_gateway_connections_refused").await;
+    assert!(refused >= 40.0, "{refused}");
+}
+
+/// The fleet's token is not in its training instances' environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_instances_do_not_inherit_the_token() {
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h"])
+        .await
+        .unwrap();
+    let training = fleet.service("training").await.unwrap();
+    let pid = training["instances"][0]["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    // The rest of the fleet's environment is there (the tests set RUST_LOG).
+    assert!(vars.iter().any(|v| v == "RUST_LOG=warn"), "{vars:?}");
+    assert!(
+        !vars.iter().any(|v| v.starts_with("FLEET_TOKEN=")),
+        "a training instance has FLEET_TOKEN"
+    );
+    assert!(
+        !vars.iter().any(|v| v.contains(&fleet.token)),
+        "a training instance has the token"
+    );
+}
+
+/// With a long header read timeout, a kept-alive connection left idle after its request
+/// is closed by the idle timeout (1 s), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_by_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--header-read-timeout",
+            "5m",
+            "--idle-timeout",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap();
+    let gateway = fleet.gateway;
+    let mut kept_alive = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    kept_alive
+        .write_all(format!("GET /health/live HTTP/1.1\r\nhost: {gateway}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (closed, answer) = closed_by_gateway(kept_alive).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "an idle kept-alive connection stayed open");
+    let idle_closed = gauge(&fleet, "fleet_gateway_connections_idle_closed").await;
+    assert!(idle_closed >= 1.0, "{idle_closed}");
+}
