@@ -10,6 +10,8 @@
 //!   which depends on `user:{id}`: a change to the user drops it everywhere); over
 //!   either: 429 with `retry-after`. At most `--max-clients` buckets are kept for
 //!   addresses and as many for users (idle ones go first);
+//! - writes to the data services need the fleet's token (`Authorization: Bearer`, 401
+//!   without it); only the gateway's host names are answered (421 for another `Host`);
 //! - an `x-request-id` on every request and response (kept if the client sent one), in
 //!   the `tracing` span of the request;
 //! - `/metrics`: Prometheus text through the `metrics` facade, with every layer's figures

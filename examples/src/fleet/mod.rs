@@ -12,7 +12,8 @@
 //! - the **autoscaler** loop (every 10 s by default, `--interval`);
 //! - the **gateway** ([`gateway`]) on `--port` (3000): the services' routes through
 //!   their balancers, per-client rate limiting, request ids, `/metrics`, `/health/*`,
-//!   the orchestrator API and the dashboard at `/`.
+//!   the orchestrator API and the dashboard at `/`; writes need the fleet's token, only
+//!   its host names are answered, and its connections are bounded ([`edge`]).
 //!
 //! [`main`] adds the live view ([`view`]) and the load and chaos modes ([`load`]).
 
