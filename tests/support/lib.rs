@@ -436,10 +436,11 @@ impl FleetProcess {
         Ok((status, id, json))
     }
 
-    /// `PUT path` with the JSON `body`; the status and the answer as JSON.
+    /// `PUT path` with the JSON `body` and the fleet's token (the gateway asks for it on
+    /// every write); the status and the answer as JSON.
     pub async fn put(&self, path: &str, body: &str) -> io::Result<(StatusCode, serde_json::Value)> {
         let (status, _, json) = self
-            .call(http::Method::PUT, path, None, None, Some(body))
+            .call(http::Method::PUT, path, Some(&self.token), None, Some(body))
             .await?;
         Ok((status, json))
     }

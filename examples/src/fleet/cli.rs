@@ -48,6 +48,32 @@ fn rate_limit(v: &str) -> Result<u32, String> {
     }
 }
 
+fn max_clients(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err("give a number of clients, 1 to 10000000".into()),
+    }
+}
+
+fn host(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if ok {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err("give a host name such as fleet.example or fleet.example:8080".into())
+    }
+}
+
+fn max_connections(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("give a number of connections, 1 to 1000000".into()),
+    }
+}
+
 fn shape(v: &str) -> Result<Shape, String> {
     match v {
         "ramp" => Ok(Shape::Ramp),
@@ -79,7 +105,9 @@ fn view(v: &str) -> Result<ViewMode, String> {
 #[command(
     name = "fleet",
     about = "A whole fleet on one machine: gateway, cached data services, autoscaled training instances",
-    after_help = "With neither --load nor --serve: a 30-second demonstration, as\n  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s"
+    after_help = "With neither --load nor --serve: a 30-second demonstration, as\n  --load spike --duration 30s --chaos kill-one --interval 2s --scale-down-window 6s",
+    // A flag given twice takes its last value (a wrapper's defaults, then the user's).
+    args_override_self = true
 )]
 struct Flags {
     /// The gateway's port on 127.0.0.1 (0 for any free one).
@@ -127,9 +155,29 @@ struct Flags {
     /// Requests a training instance serves at once.
     #[arg(long, value_parser = crate::flags::whole_number, default_value_t = Work::default().concurrency as u64)]
     concurrency: u64,
-    /// Requests per second per client at the gateway, for clients without a user id.
+    /// Requests per second per client address at the gateway (every request counts
+    /// against its address first, then against its user's own limit).
     #[arg(long, default_value_t = 1_000, value_parser = rate_limit)]
     rate_limit: u32,
+    /// Rate-limit buckets the gateway keeps at most, for client addresses and for users
+    /// each (the least recently used go first).
+    #[arg(long, default_value_t = 100_000, value_parser = max_clients)]
+    max_clients: usize,
+    /// Another host name the gateway answers to (repeatable); it always answers to
+    /// localhost, 127.0.0.1 and [::1] with its port, and to no other.
+    #[arg(long = "host", value_name = "NAME", value_parser = host)]
+    hosts: Vec<String>,
+    /// How long a request's head may take to arrive at the gateway (also the wait for the
+    /// next request on a kept-alive connection).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// How long a gateway connection may stay with no request in flight and no byte
+    /// moving; also how long a request body may take to arrive.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Connections the gateway holds open at once; one beyond is closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = max_connections)]
+    max_connections: usize,
     /// The data services' database round trip, in milliseconds.
     #[arg(long, default_value_t = 20, value_parser = crate::flags::whole_number)]
     origin_ms: u64,
@@ -166,6 +214,13 @@ impl Config {
             },
             instances: (f.min_instances, f.max_instances),
             rate_limit: f.rate_limit,
+            max_clients: f.max_clients,
+            hosts: f.hosts,
+            edge: super::edge::Limits {
+                header_read: f.header_read_timeout,
+                idle: f.idle_timeout,
+                max_connections: f.max_connections,
+            },
             origin_latency: Duration::from_millis(f.origin_ms),
             no_cache: f.no_cache,
             ..Config::default()
@@ -227,6 +282,35 @@ mod tests {
         assert_eq!((c.port, c.interval), (0, Duration::from_millis(500)));
         assert_eq!(c.work.wait, Duration::from_millis(5));
         assert_eq!(c.view, ViewMode::Off);
+        let twice = Config::from_args(&args(&["--serve", "--port", "1", "--port", "2"])).unwrap();
+        assert_eq!(twice.port, 2, "the last of a flag given twice wins");
+        let hosts = Config::from_args(&args(&["--serve", "--host", "A.example", "--host", "b:81"]))
+            .unwrap()
+            .hosts;
+        assert_eq!(hosts, ["a.example", "b:81"], "--host is repeatable");
+        assert!(Config::from_args(&args(&["--host", "a b"])).is_err());
+        let edge = Config::from_args(&args(&["--serve"])).unwrap().edge;
+        assert_eq!(edge, super::super::edge::Limits::default());
+        assert_eq!(
+            (edge.header_read, edge.idle, edge.max_connections),
+            (Duration::from_secs(30), Duration::from_secs(60), 10_000)
+        );
+        let edge = Config::from_args(&args(&[
+            "--serve",
+            "--header-read-timeout",
+            "2s",
+            "--idle-timeout",
+            "500ms",
+            "--max-connections",
+            "8",
+        ]))
+        .unwrap()
+        .edge;
+        assert_eq!(
+            (edge.header_read, edge.idle, edge.max_connections),
+            (Duration::from_secs(2), Duration::from_millis(500), 8)
+        );
+        assert!(Config::from_args(&args(&["--max-connections", "0"])).is_err());
         let help = Config::from_args(&args(&["--help"])).unwrap_err();
         assert!(
             help.contains("--scale-down-window") && help.contains("[default: 3000]"),

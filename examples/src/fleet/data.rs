@@ -45,6 +45,13 @@ pub const DISK_TTL: Duration = Duration::from_secs(60);
 pub const MEMORY_TTL: Duration = Duration::from_secs(5);
 /// Entries in their memory tiers (the seed's 500).
 pub const MEMORY_ENTRIES: u64 = 500;
+/// The largest budget or amount spent a write may set.
+pub const MAX_AMOUNT: f64 = 1e12;
+/// The largest rate limit a write may give a user, in requests a second (a user's
+/// limit is at least 1).
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+/// The largest provider rate a write may set.
+pub const MAX_PROVIDER_RATE: f64 = 1e6;
 /// Users in the database.
 pub const USERS: u64 = 10_000;
 /// The providers, with their starting rates.
@@ -529,11 +536,20 @@ async fn put_user(
     if [change.limit, change.spent]
         .iter()
         .flatten()
-        .any(|v| !v.is_finite() || *v < 0.0)
+        .any(|v| !(0.0..=MAX_AMOUNT).contains(v))
     {
         return failure(
             StatusCode::BAD_REQUEST,
-            "limit and spent must be finite and not negative",
+            format!("limit and spent must be numbers from 0 to {MAX_AMOUNT:e}"),
+        );
+    }
+    if change
+        .rate_limit
+        .is_some_and(|r| !(1..=MAX_RATE_LIMIT).contains(&r))
+    {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            format!("rate_limit must be from 1 to {MAX_RATE_LIMIT} requests/s"),
         );
     }
     let Some(user) = app.db.update_user(id, &change) else {
@@ -592,10 +608,10 @@ async fn put_provider(
             )
         }
     };
-    if !change.rate.is_finite() || change.rate < 0.0 {
+    if !(0.0..=MAX_PROVIDER_RATE).contains(&change.rate) {
         return failure(
             StatusCode::BAD_REQUEST,
-            "rate must be finite and not negative",
+            format!("rate must be a number from 0 to {MAX_PROVIDER_RATE}"),
         );
     }
     if !app.db.set_provider(&name, change.rate) {
@@ -623,9 +639,13 @@ async fn get_report(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -
     let db = app.db.clone();
     let (cache, k) = (app.cache.clone(), key.clone());
     match cached(&app, &key, async move {
+        // A user that does not exist gets no report, and leaves no dependency behind.
+        if db.user(id).await.is_none() {
+            return Err(NotFound(format!("no user {id}")));
+        }
         if let Some(cache) = cache {
-            // Recorded on a miss, before the reads: an invalidation of the user or a
-            // rate after this point removes the report, or stops this fill.
+            // Recorded on a miss, before the reads of the values: an invalidation of
+            // the user or a rate after this point removes the report, or stops this fill.
             let on = std::iter::once(format!("user:{id}"))
                 .chain(PROVIDERS.iter().map(|(n, _)| format!("provider:{n}")));
             for depends_on in on {

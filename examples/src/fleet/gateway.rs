@@ -3,11 +3,15 @@
 //! - `/api/v1/training/*`, `/api/v1/budget/*`, `/api/v1/reports/*`: through each
 //!   service's balancer (request bodies up to 1 MiB are buffered so that idempotent
 //!   requests can be retried on another instance; responses stream back);
-//! - per-client rate limiting (GCRA, the `governor` crate): a client is its
-//!   `x-user-id` (its limit read from the user's record, cached as `ratelimit:user:{id}`,
-//!   which depends on `user:{id}`: a change to the user drops it everywhere) or else its
-//!   IP address (`--rate-limit`, default 1,000 requests/s); over it: 429 with
-//!   `retry-after`;
+//! - per-client rate limiting (GCRA, the `governor` crate): every request counts
+//!   first against its IP address (`--rate-limit`, default 1,000 requests/s), before
+//!   anything is looked up; then, when its `x-user-id` names a user that exists, against
+//!   that user's limit (read from the user's record, cached as `ratelimit:user:{id}`,
+//!   which depends on `user:{id}`: a change to the user drops it everywhere); over
+//!   either: 429 with `retry-after`. At most `--max-clients` buckets are kept for
+//!   addresses and as many for users (idle ones go first);
+//! - writes to the data services need the fleet's token (`Authorization: Bearer`, 401
+//!   without it); only the gateway's host names are answered (421 for another `Host`);
 //! - an `x-request-id` on every request and response (kept if the client sent one), in
 //!   the `tracing` span of the request;
 //! - `/metrics`: Prometheus text through the `metrics` facade, with every layer's figures
@@ -68,8 +72,11 @@ pub struct Parts {
     pub scaler: TrainingScaler,
     /// The scaling manager.
     pub manager: ScalingManager,
-    /// The bearer token for scaling.
+    /// The bearer token for scaling and for writes to the data services.
     pub token: String,
+    /// The host names the gateway answers to (`Host` values, with their port where a
+    /// client sends one), lowercase.
+    pub hosts: Vec<String>,
     /// The origin (for users' rate limits).
     pub db: Arc<Db>,
     /// The budget service's cache, for the figures.
@@ -80,8 +87,14 @@ pub struct Parts {
     pub breakers: super::Breakers,
     /// The monitor of the data services.
     pub monitor: HealthMonitor,
-    /// Requests per second per client without a user id.
+    /// Requests per second per client address.
     pub rate_limit: u32,
+    /// Rate-limit buckets kept at most, for addresses and for users each.
+    pub max_clients: usize,
+    /// The edge's connection counters.
+    pub edge: Arc<super::edge::Stats>,
+    /// How long a request body may take to arrive (408 after it).
+    pub body_timeout: Duration,
     /// Where the gateway's own cache lives.
     pub cache_dir: PathBuf,
     /// The bus.
@@ -97,7 +110,8 @@ pub struct Gateway {
     parts: Parts,
     cache: Cache,
     coordinator: Coordinator,
-    limiters: std::sync::RwLock<HashMap<String, (u32, Arc<Limiter>)>>,
+    addresses: Limiters,
+    users: Limiters,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     probes: Probes,
@@ -156,11 +170,13 @@ impl Gateway {
             .timeout(Duration::from_millis(100)),
         )?;
         probes.start();
+        let max_clients = parts.max_clients;
         Ok(Self {
             parts,
             cache,
             coordinator,
-            limiters: std::sync::RwLock::new(HashMap::new()),
+            addresses: Limiters::new(max_clients),
+            users: Limiters::new(max_clients),
             recorder,
             handle,
             probes,
@@ -452,70 +468,135 @@ impl Gateway {
                 metrics::gauge!("fleet_bus_lag_p99_seconds").set(lag.as_secs_f64());
             }
             metrics::gauge!("fleet_rate_limited_total").set(o.rate_limited as f64);
+            let edge = &self.parts.edge;
+            metrics::gauge!("fleet_gateway_connections_open").set(edge.open() as f64);
+            metrics::gauge!("fleet_gateway_connections_accepted").set(edge.accepted() as f64);
+            metrics::gauge!("fleet_gateway_connections_refused").set(edge.refused() as f64);
+            metrics::gauge!("fleet_gateway_connections_idle_closed").set(edge.idle_closed() as f64);
+            let (addresses, users) = self.limiter_counts();
+            metrics::gauge!("fleet_rate_limiter_buckets", "client" => "address")
+                .set(addresses as f64);
+            metrics::gauge!("fleet_rate_limiter_buckets", "client" => "user").set(users as f64);
+            let g = CacheView::from(&self.cache);
+            metrics::gauge!("fleet_cache_entries", "service" => "gateway", "tier" => "memory")
+                .set(g.memory_entries as f64);
+            metrics::gauge!("fleet_cache_entries", "service" => "gateway", "tier" => "disk")
+                .set(g.disk_entries as f64);
+            for (svc, cache) in [
+                ("gateway", Some(&self.cache)),
+                ("budget", self.parts.budget_cache.as_ref()),
+                ("reports", self.parts.reports_cache.as_ref()),
+            ] {
+                if let Some(c) = cache {
+                    metrics::gauge!("fleet_cache_dependencies", "service" => svc)
+                        .set(c.dependency_count() as f64);
+                }
+            }
             metrics::gauge!("fleet_gateway_uptime_seconds").set(o.uptime_s);
         });
         self.handle.render()
     }
 
-    /// The buckets a request counts against, with their requests-per-second limits: its
-    /// IP address's (always, so that a client cannot escape its limit by sending another
-    /// `x-user-id` each time), and its user's when it names one that exists.
-    async fn clients(&self, user: Option<u64>, peer: Option<SocketAddr>) -> Vec<(String, u32)> {
-        let ip = peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string());
-        let mut out = vec![(ip, self.parts.rate_limit)];
-        if let Some(id) = user {
-            let key = format!("ratelimit:user:{id}");
-            let (db, cache, k) = (self.parts.db.clone(), self.cache.clone(), key.clone());
-            let limit = self
-                .cache
-                .get_or_load(&key, Duration::from_secs(120), async move {
-                    // Recorded before the read: a change to the user after it drops
-                    // this entry (or stops this fill).
-                    cache
-                        .register_dependency(&k, &format!("user:{id}"))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    // An unknown user is remembered too ("none"), so that made-up ids
-                    // do not each cost a database read.
-                    Ok::<_, String>(match db.user(id).await {
-                        Some(u) => Bytes::from(u.rate_limit.to_string()),
-                        None => Bytes::from_static(b"none"),
-                    })
-                })
-                .await
-                .ok()
-                .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok());
-            if let Some(limit) = limit {
-                out.push((format!("user:{id}"), limit));
-            }
-        }
-        out
+    /// The requests-per-second limit of user `id` (read from the user's record, cached
+    /// as `ratelimit:user:{id}`), or `None` for a user that does not exist. Nothing is
+    /// cached and no dependency is recorded for a user that does not exist, so made-up
+    /// ids leave nothing behind.
+    async fn user_limit(&self, id: u64) -> Option<u32> {
+        let key = format!("ratelimit:user:{id}");
+        let (db, cache, k) = (self.parts.db.clone(), self.cache.clone(), key.clone());
+        self.cache
+            .get_or_load(&key, Duration::from_secs(120), async move {
+                if db.user(id).await.is_none() {
+                    return Err(format!("no user {id}"));
+                }
+                // Recorded before the read of the value: a change to the user after it
+                // drops this entry (or stops this fill).
+                cache
+                    .register_dependency(&k, &format!("user:{id}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match db.user(id).await {
+                    Some(u) => Ok(Bytes::from(u.rate_limit.to_string())),
+                    None => Err(format!("no user {id}")),
+                }
+            })
+            .await
+            .ok()
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok())
     }
 
-    /// Whether `client` may make one more request now at `limit` a second.
+    /// Rate-limit buckets held for client addresses and for users.
+    pub fn limiter_counts(&self) -> (usize, usize) {
+        (self.addresses.len(), self.users.len())
+    }
+}
+
+// === impl Limiters ===
+
+/// Rate-limit buckets by client, at most `max` of them. A bucket idle for a second is
+/// full again (every limit is per second, its burst a second's worth), so dropping it
+/// loses nothing; when the map is full of buckets used within the last second, the
+/// least recently used half goes (those clients start again from a full bucket).
+struct Limiters {
+    max: usize,
+    map: std::sync::RwLock<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    limit: u32,
+    limiter: Arc<Limiter>,
+    /// Milliseconds since `epoch` at the last use.
+    used_ms: AtomicU64,
+}
+
+impl Limiters {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            map: std::sync::RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether `client` may make one more request now at `limit` a second; if not, how
+    /// long until it may.
     fn admit(&self, client: &str, limit: u32) -> Result<(), Duration> {
+        let now = epoch_ms();
         // The common case, a client seen before at the same limit, takes a read lock.
         let known = self
-            .limiters
+            .map
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(client)
-            .filter(|(l, _)| *l == limit)
-            .map(|(_, limiter)| limiter.clone());
+            .filter(|b| b.limit == limit)
+            .map(|b| {
+                b.used_ms.store(now, Ordering::Relaxed);
+                b.limiter.clone()
+            });
         let limiter = match known {
             Some(l) => l,
             None => {
-                let mut map = self.limiters.write().unwrap_or_else(|e| e.into_inner());
-                if map.len() > 100_000 {
-                    map.clear();
-                }
+                let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
                 match map.get(client) {
-                    Some((l, limiter)) if *l == limit => limiter.clone(),
+                    Some(b) if b.limit == limit => b.limiter.clone(),
                     _ => {
+                        if map.len() >= self.max && !map.contains_key(client) {
+                            evict(&mut map, self.max, now);
+                        }
                         let per_second = NonZeroU32::new(limit.max(1)).unwrap_or(NonZeroU32::MIN);
                         let limiter =
                             Arc::new(Limiter::direct(governor::Quota::per_second(per_second)));
-                        map.insert(client.to_string(), (limit, limiter.clone()));
+                        map.insert(
+                            client.to_string(),
+                            Bucket {
+                                limit,
+                                limiter: limiter.clone(),
+                                used_ms: AtomicU64::new(now),
+                            },
+                        );
                         limiter
                     }
                 }
@@ -527,6 +608,30 @@ impl Gateway {
             ))
         })
     }
+}
+
+/// Makes room in a full map: drops the buckets idle for a second (full again), then, if
+/// that freed less than a quarter, the least recently used half (so that the cost of a
+/// pass is spread over many inserts).
+fn evict(map: &mut HashMap<String, Bucket>, max: usize, now: u64) {
+    map.retain(|_, b| now.saturating_sub(b.used_ms.load(Ordering::Relaxed)) < 1_000);
+    if map.len() <= max - max / 4 {
+        return;
+    }
+    let mut used: Vec<u64> = map
+        .values()
+        .map(|b| b.used_ms.load(Ordering::Relaxed))
+        .collect();
+    let middle = used.len() / 2;
+    let (_, cut, _) = used.select_nth_unstable(middle);
+    let cut = *cut;
+    map.retain(|_, b| b.used_ms.load(Ordering::Relaxed) > cut);
+}
+
+/// Milliseconds since the first call (a monotonic clock for the buckets' last use).
+fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// What the live views show; see [`Gateway::overview`].
@@ -736,6 +841,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/v1/training/{*rest}", any(training))
         .route("/api/v1/budget/{*rest}", any(budget))
         .route("/api/v1/reports/{*rest}", any(reports))
+        .route_layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            writes_need_token,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(gw.clone(), rate_limit));
     let health = HealthEndpoints::new(gw.probes.clone());
     let prefix = (super::random_u64() & 0xffff_ffff) as u32;
@@ -752,6 +861,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(services)
         .with_state(gw.clone())
         .merge(orchestrator)
+        .layer(axum::middleware::from_fn_with_state(gw.clone(), known_host))
         .layer(axum::middleware::from_fn_with_state(gw.clone(), observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(Ids(gw, prefix)))
@@ -816,65 +926,178 @@ async fn observe(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Re
     res
 }
 
-/// Per-client rate limiting for the services' routes.
+/// Per-client rate limiting for the services' routes: the client's address first,
+/// before anything about the request is looked up (so that a client over its limit
+/// costs no lookup and leaves nothing behind, whatever `x-user-id` it names), then its
+/// user's limit when it names a user that exists.
 async fn rate_limit(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    let ip = peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string());
+    if let Err(wait) = gw.addresses.admit(&ip, gw.parts.rate_limit) {
+        return refuse(&gw, &ip, gw.parts.rate_limit, wait);
+    }
     let user = req
         .headers()
         .get("x-user-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut refused = None;
-    for (client, limit) in gw.clients(user, peer).await {
-        if let Err(wait) = gw.admit(&client, limit) {
-            refused = Some((client, limit, wait));
-            break;
+    if let Some(id) = user {
+        if let Some(limit) = gw.user_limit(id).await {
+            let client = format!("user:{id}");
+            if let Err(wait) = gw.users.admit(&client, limit) {
+                return refuse(&gw, &client, limit, wait);
+            }
         }
     }
-    match refused {
-        None => next.run(req).await,
-        Some((client, limit, wait)) => {
-            gw.limited.fetch_add(1, Ordering::Relaxed);
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(http::header::RETRY_AFTER, secs.to_string())],
-                Json(serde_json::json!({
-                    "error": format!("{client} is over its limit of {limit} requests/s; retry in {secs} s")
-                })),
-            )
-                .into_response()
+    next.run(req).await
+}
+
+/// 429 with `retry-after`.
+fn refuse(gw: &Gateway, client: &str, limit: u32, wait: Duration) -> Response {
+    gw.limited.fetch_add(1, Ordering::Relaxed);
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(http::header::RETRY_AFTER, secs.to_string())],
+        Json(serde_json::json!({
+            "error": format!("{client} is over its limit of {limit} requests/s; retry in {secs} s")
+        })),
+    )
+        .into_response()
+}
+
+/// Writes to the data services (any method but GET, HEAD and OPTIONS) need
+/// `Authorization: Bearer <token>`: 401 without it.
+async fn writes_need_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let reads = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+    let data = ["/api/v1/budget/", "/api/v1/reports/"]
+        .iter()
+        .any(|p| req.uri().path().starts_with(p));
+    if !data || reads.contains(req.method()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()));
+    if given.is_some_and(|t| same_token(t, gw.parts.token.as_bytes())) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(http::header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({
+            "error": "writes need Authorization: Bearer <token> (the fleet's token, FLEET_TOKEN)"
+        })),
+    )
+        .into_response()
+}
+
+/// The token of an `Authorization` value with the `Bearer` scheme (in any case).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares two tokens in time that depends only on their lengths.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
+    }
+    diff == 0
+}
+
+/// Answers only requests for one of the gateway's host names (its `Host`, and the
+/// authority of an absolute-form target when there is one): 421 for another (a page
+/// on another site that rebinds its name to this address cannot use the gateway), 400
+/// without one.
+async fn known_host(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(http::header::HOST).map(|h| h.as_bytes());
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let known = |name: &[u8]| {
+        gw.parts
+            .hosts
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+    };
+    match (host, authority) {
+        (None, None) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": "a request needs a Host header" })),
+        )
+            .into_response(),
+        (h, a) if h.is_none_or(known) && a.is_none_or(known) => next.run(req).await,
+        _ => (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(serde_json::json!({
+                "error": "this gateway does not answer to that host name; add it with --host NAME"
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// The host names a gateway on `port` answers to: `localhost`, `127.0.0.1` and `[::1]`
+/// with the port, and each of `extra` as given and with the port (all without a port
+/// too when it is 80, as clients leave the default port out).
+pub fn host_names(port: u16, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in ["localhost", "127.0.0.1", "[::1]"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(extra.iter().map(|n| n.to_ascii_lowercase()))
+    {
+        names.push(format!("{name}:{port}"));
+        if port == 80 || extra.iter().any(|e| e.eq_ignore_ascii_case(&name)) {
+            names.push(name);
         }
     }
+    names.sort();
+    names.dedup();
+    names
 }
 
 async fn training(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.training.clone(), req).await
+    forward(gw.parts.training.clone(), req, gw.parts.body_timeout).await
 }
 
 async fn budget(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.budget.clone(), req).await
+    forward(gw.parts.budget.clone(), req, gw.parts.body_timeout).await
 }
 
 async fn reports(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.reports.clone(), req).await
+    forward(gw.parts.reports.clone(), req, gw.parts.body_timeout).await
 }
 
-/// Sends `req` through `svc`; the answer's body streams back.
-async fn forward<S>(svc: S, req: Request) -> Response
+/// Sends `req` through `svc` once its body (at most 1 MiB) has arrived, within
+/// `body_timeout` (408 after it); the answer's body streams back.
+async fn forward<S>(svc: S, req: Request, body_timeout: Duration) -> Response
 where
     S: Service<http::Request<Full<Bytes>>, Response = http::Response<Incoming>, Error = BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, 1 << 20).await {
-        Ok(b) => b,
-        Err(e) => {
+    let body = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, 1 << 20)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body over 1 MiB or broken: {e}"),
+            )
+                .into_response()
+        }
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                [(http::header::CONNECTION, "close")],
+                format!("the request body did not arrive within {body_timeout:?}"),
             )
                 .into_response()
         }

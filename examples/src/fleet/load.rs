@@ -224,15 +224,17 @@ impl fmt::Display for Summary {
 async fn send(
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     gateway: SocketAddr,
-    method: Method,
-    path: String,
-    body: Option<String>,
-    user: Option<u64>,
+    (method, path, body, user): (Method, String, Option<String>, Option<u64>),
     class: Arc<Class>,
+    token: Arc<str>,
 ) {
+    let write = method == Method::PUT;
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{gateway}{path}"));
+    if write {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
     if let Some(u) = user {
         req = req.header("x-user-id", u.to_string());
     }
@@ -287,6 +289,8 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
         ..Summary::default()
     };
     let outstanding = Arc::new(AtomicU64::new(0));
+    // Writes carry the fleet's token, as the gateway asks of every write.
+    let token: Arc<str> = Arc::from(fleet.token.as_str());
     let mut zipf = Zipf::new(ZIPF_USERS, 0x5EED);
     let mut next = Instant::now();
     let mut chaos_done = !plan.chaos;
@@ -363,10 +367,10 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
             classes[class].1.clone(),
             outstanding.clone(),
         );
-        let gateway = fleet.gateway;
+        let (gateway, token) = (fleet.gateway, token.clone());
         outstanding.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
-            send(client, gateway, method, path, body, as_user, c).await;
+            send(client, gateway, (method, path, body, as_user), c, token).await;
             outstanding.fetch_sub(1, Ordering::Relaxed);
         });
     }

@@ -12,12 +12,14 @@
 //! - the **autoscaler** loop (every 10 s by default, `--interval`);
 //! - the **gateway** ([`gateway`]) on `--port` (3000): the services' routes through
 //!   their balancers, per-client rate limiting, request ids, `/metrics`, `/health/*`,
-//!   the orchestrator API and the dashboard at `/`.
+//!   the orchestrator API and the dashboard at `/`; writes need the fleet's token, only
+//!   its host names are answered, and its connections are bounded ([`edge`]).
 //!
 //! [`main`] adds the live view ([`view`]) and the load and chaos modes ([`load`]).
 
 mod cli;
 pub mod data;
+pub mod edge;
 pub mod gateway;
 pub mod load;
 pub mod training;
@@ -115,11 +117,23 @@ pub struct Config {
     pub instances: (usize, usize),
     /// How long load must stay low before scaling down (`--scale-down-window`, 30 s).
     pub scale_down_window: Duration,
-    /// Requests per second per client at the gateway for clients without a user id
+    /// Requests per second per client address at the gateway
     /// (`--rate-limit`, default 1,000).
     pub rate_limit: u32,
+    /// Rate-limit buckets the gateway keeps at most, for addresses and for users each
+    /// (`--max-clients`, default 100,000).
+    pub max_clients: usize,
     /// The data services' database round trip (`--origin-ms`, default 20).
     pub origin_latency: Duration,
+    /// Host names the gateway answers to besides `localhost`, `127.0.0.1` and `[::1]`
+    /// (`--host NAME`, repeatable).
+    pub hosts: Vec<String>,
+    /// What a client may hold at the gateway's edge (`--header-read-timeout`, 30 s;
+    /// `--idle-timeout`, 60 s; `--max-connections`, 10,000).
+    pub edge: edge::Limits,
+    /// The token for scaling and for writes (`FLEET_TOKEN`, which [`main`] takes out of
+    /// the environment so that no child process inherits it); a random one when `None`.
+    pub token: Option<String>,
     /// Run the data services without caches (`--no-cache`, for comparisons).
     pub no_cache: bool,
     /// The program for training instances (default: this binary).
@@ -144,7 +158,11 @@ impl Default for Config {
             instances: (1, 4),
             scale_down_window: Duration::from_secs(30),
             rate_limit: 1_000,
+            max_clients: 100_000,
             origin_latency: Duration::from_millis(20),
+            hosts: Vec::new(),
+            edge: edge::Limits::default(),
+            token: None,
             no_cache: false,
             program: None,
             demo: false,
@@ -354,10 +372,11 @@ impl Fleet {
         manager.add_scaler("training", scaler.clone());
         let autoscaler = Autoscaler::spawn(manager.clone(), cfg.interval);
 
-        let token = match std::env::var("FLEET_TOKEN") {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        let token = match cfg.token.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => t.to_string(),
             _ => format!("{:016x}{:016x}", random_u64(), random_u64()),
         };
+        let edge_stats = Arc::new(edge::Stats::default());
         let state = Arc::new(
             gateway::Gateway::new(gateway::Parts {
                 training: training_balancer,
@@ -366,12 +385,16 @@ impl Fleet {
                 scaler: scaler.clone(),
                 manager: manager.clone(),
                 token: token.clone(),
+                hosts: gateway::host_names(gateway_addr.port(), &cfg.hosts),
+                edge: edge_stats.clone(),
+                body_timeout: cfg.edge.idle,
                 db: db.clone(),
                 budget_cache: budget.cache.clone(),
                 reports_cache: reports.cache.clone(),
                 breakers,
                 monitor: monitor.clone(),
                 rate_limit: cfg.rate_limit,
+                max_clients: cfg.max_clients,
                 cache_dir: data_dir.path().join("gateway"),
                 bus: bus.clone(),
                 secret: secret.into_bytes(),
@@ -380,12 +403,7 @@ impl Fleet {
         );
         let history = gateway::Gateway::spawn_history(&state);
         let app = gateway::router(state.clone());
-        let gateway_task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "gateway stopped");
-            }
-        });
+        let gateway_task = tokio::spawn(edge::serve(listener, app, cfg.edge, edge_stats));
         Ok(Self {
             history,
             gateway: gateway_addr,
@@ -457,8 +475,12 @@ pub async fn main() -> Result<(), BoxError> {
         println!("{}", help());
         return Ok(());
     }
+    // The token leaves the environment before any child process starts, so that the
+    // training instances (which need no token) do not inherit it.
+    let token = std::env::var("FLEET_TOKEN").ok();
+    std::env::remove_var("FLEET_TOKEN");
     let cfg = match Config::from_args(&args) {
-        Ok(c) => c,
+        Ok(c) => Config { token, ..c },
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
@@ -508,7 +530,7 @@ pub async fn main() -> Result<(), BoxError> {
     );
     println!(
         "scaling token: {} (POST /api/v1/system/scale/training/up with `Authorization: Bearer <token>`)",
-        if std::env::var("FLEET_TOKEN").is_ok() {
+        if cfg.token.as_deref().is_some_and(|t| !t.trim().is_empty()) {
             "from FLEET_TOKEN".to_string()
         } else {
             fleet.token.clone()

@@ -713,6 +713,7 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
     let gateway = fleet.gateway;
     let work: Vec<_> = (0..8u64)
         .map(|w| {
+            let token = fleet.token.clone();
             tokio::spawn(async move {
                 for i in 0..200u64 {
                     let id = (w * 37 + i) % 500;
@@ -720,6 +721,7 @@ async fn a_fleet_killed_mid_work_restarts_on_its_data_and_leaves_no_orphan() {
                     if i % 10 == 0 {
                         let req = http::Request::put(format!("/api/v1/budget/users/{id}"))
                             .header(http::header::HOST, gateway.to_string())
+                            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
                             .body(http_body_util::Full::new(bytes::Bytes::from(format!(
                                 "{{\"spent\": {i}}}"
                             ))))
@@ -875,6 +877,8 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
             String::from_utf8_lossy(&out).into_owned()
         }
     };
+    let host = fleet.gateway;
+    let token = &fleet.token;
     for (user, expect) in [
         ("abc", "HTTP/1.1 200"),
         ("-1", "HTTP/1.1 200"),
@@ -883,14 +887,14 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
         ("\u{7f}", "HTTP/1.1 400"),
     ] {
         let answer = raw(format!(
-            "GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: x\r\nx-user-id: {user}\r\nconnection: close\r\n\r\n"
+            "GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: {host}\r\nx-user-id: {user}\r\nconnection: close\r\n\r\n"
         )
         .into_bytes(), false)
         .await;
         // Not a user: counted against the address only, and served.
         assert!(answer.starts_with(expect), "{user:?}: {answer}");
     }
-    let answer = raw(b"GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: x\r\nx-user-id: 1\r\nx-user-id: 2\r\nconnection: close\r\n\r\n".to_vec(), false).await;
+    let answer = raw(format!("GET /api/v1/budget/users/1 HTTP/1.1\r\nhost: {host}\r\nx-user-id: 1\r\nx-user-id: 2\r\nconnection: close\r\n\r\n").into_bytes(), false).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // A body cut mid-way: no write happens.
     let before = fleet
@@ -898,10 +902,10 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
         .await
         .unwrap()
         .2;
-    let _ = raw(b"PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"spent\": 9".to_vec(), true).await;
+    let _ = raw(format!("PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\ncontent-length: 100\r\n\r\n{{\"spent\": 9").into_bytes(), true).await;
     // A body over 1 MiB: 413.
     let big = format!(
-        "PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        "PUT /api/v1/budget/users/8 HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
         2 << 20,
         " ".repeat(2 << 20)
     );
@@ -917,4 +921,469 @@ async fn malformed_and_cut_requests_do_not_hurt_the_gateway() {
         .unwrap();
     assert_eq!(after.0, StatusCode::OK);
     assert_eq!(after.2, before, "a cut or refused write changed the user");
+}
+
+/// The value of the gauge `series` (name and labels, as printed) in `/metrics`.
+async fn gauge(fleet: &FleetProcess, series: &str) -> f64 {
+    let (s, raw) = support::get(fleet.gateway, "/metrics").await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let text = String::from_utf8_lossy(&raw);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no {series}:\n{text}"))
+}
+
+/// One address naming another user in each request (half of them real users, half
+/// made up) at a limit of 5 requests/s: the requests refused for the address cost no
+/// lookup and leave nothing behind (no cache entry, no dependency, no bucket), and made-up
+/// users leave nothing behind even when admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_user_ids_from_one_address_leave_nothing_behind() {
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h", "--rate-limit", "5"])
+        .await
+        .unwrap();
+    let mut admitted = 0u64;
+    for i in 0..400u64 {
+        let id = if i % 2 == 0 { i } else { 1_000_000_000 + i };
+        let (s, _, body) = fleet
+            .call(
+                Method::GET,
+                "/api/v1/budget/providers/openai",
+                None,
+                Some(id),
+                None,
+            )
+            .await
+            .unwrap();
+        match s {
+            StatusCode::TOO_MANY_REQUESTS => {}
+            StatusCode::OK => admitted += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(admitted < 200, "{admitted} of 400 admitted at 5/s");
+    let dependencies = gauge(&fleet, "fleet_cache_dependencies{service=\"gateway\"}").await;
+    let users = gauge(&fleet, "fleet_rate_limiter_buckets{client=\"user\"}").await;
+    let addresses = gauge(&fleet, "fleet_rate_limiter_buckets{client=\"address\"}").await;
+    let entries = gauge(
+        &fleet,
+        "fleet_cache_entries{service=\"gateway\",tier=\"memory\"}",
+    )
+    .await;
+    println!(
+        "admitted {admitted}: {dependencies} dependencies, {users} user buckets, {entries} cache entries"
+    );
+    let bound = admitted as f64;
+    assert!(
+        dependencies <= bound,
+        "{dependencies} dependencies for {admitted} admitted"
+    );
+    assert!(
+        users <= bound,
+        "{users} user buckets for {admitted} admitted"
+    );
+    assert!(
+        entries <= bound,
+        "{entries} cache entries for {admitted} admitted"
+    );
+    assert_eq!(addresses, 1.0);
+}
+
+/// Many real users, each admitted: the buckets kept stay within `--max-clients`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limiter_keeps_at_most_max_clients_buckets() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--rate-limit",
+            "1000000",
+            "--max-clients",
+            "16",
+            "--origin-ms",
+            "0",
+        ],
+    )
+    .await
+    .unwrap();
+    for id in 0..200u64 {
+        let (s, _, body) = fleet
+            .call(
+                Method::GET,
+                "/api/v1/budget/providers/openai",
+                None,
+                Some(id),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let users = gauge(&fleet, "fleet_rate_limiter_buckets{client=\"user\"}").await;
+        assert!(users <= 16.0, "{users} user buckets after {} users", id + 1);
+    }
+    // The dependencies are one a user at most (every user named exists).
+    let dependencies = gauge(&fleet, "fleet_cache_dependencies{service=\"gateway\"}").await;
+    assert!(dependencies <= 200.0, "{dependencies}");
+}
+
+/// Writes `request` on a fresh connection to `addr` and reads until the gateway closes
+/// it (at most 10 s); what came back.
+async fn raw_exchange(addr: std::net::SocketAddr, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes through the gateway need the fleet's token (401 without it, with another, or
+/// with another scheme; the scheme's case does not matter), and values out of range are
+/// refused with 400; nothing refused changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_need_the_token_and_values_in_range() {
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h"])
+        .await
+        .unwrap();
+    let token = fleet.token.clone();
+    let put = |path: &'static str, auth: Option<String>, body: &'static str| {
+        let fleet = &fleet;
+        async move {
+            let mut req =
+                http::Request::put(path).header(http::header::HOST, fleet.gateway.to_string());
+            if let Some(a) = auth {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let (s, body) = support::send(fleet.gateway, req).await.unwrap();
+            (s, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong".to_string()),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Bearer {}", &token[..token.len() - 1])),
+        Some(format!("Basic {token}")),
+        Some(token.clone()),
+    ] {
+        let (s, body) = put(
+            "/api/v1/budget/users/7",
+            auth.clone(),
+            r#"{"rate_limit": 0}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+        let (s, body) = put(
+            "/api/v1/reports/providers/openai",
+            auth.clone(),
+            r#"{"rate": 1e300}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+    }
+    let good = Some(format!("bEaReR {token}"));
+    for (path, body) in [
+        ("/api/v1/budget/users/7", r#"{"rate_limit": 0}"#),
+        ("/api/v1/budget/users/7", r#"{"rate_limit": 2000000}"#),
+        ("/api/v1/budget/users/7", r#"{"limit": 1e300}"#),
+        ("/api/v1/budget/users/7", r#"{"spent": -1}"#),
+        ("/api/v1/budget/users/7", r#"{"spent": 1e400}"#),
+        ("/api/v1/reports/providers/openai", r#"{"rate": 1e300}"#),
+        ("/api/v1/reports/providers/openai", r#"{"rate": -2}"#),
+    ] {
+        let (s, answer) = put(path, good.clone(), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+    }
+    // Nothing changed.
+    let user = fleet
+        .call(Method::GET, "/api/v1/budget/users/7", None, None, None)
+        .await
+        .unwrap()
+        .2;
+    assert_eq!(user["rate_limit"], 1000, "{user}");
+    assert_eq!(user["spent"], 7.0, "{user}");
+    let rate = fleet
+        .call(
+            Method::GET,
+            "/api/v1/budget/providers/openai",
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .2;
+    assert_eq!(rate["rate"], 2.5, "{rate}");
+    // With the token and a value in range: written.
+    let (s, body) = put("/api/v1/budget/users/7", good, r#"{"rate_limit": 5}"#).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
+/// The gateway answers only its own host names: `localhost`, `127.0.0.1` and `[::1]`
+/// with its port, and each `--host`; another name (a DNS rebinding page) gets 421, in
+/// `Host` or in an absolute-form target, and a request without a host gets 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateways_host_names_are_answered() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &["--serve", "--interval", "1h", "--host", "Fleet.Example"],
+    )
+    .await
+    .unwrap();
+    let port = fleet.gateway.port();
+    let ask = |target: String, host: Option<String>| {
+        let gateway = fleet.gateway;
+        async move {
+            let host = host.map(|h| format!("host: {h}\r\n")).unwrap_or_default();
+            raw_exchange(
+                gateway,
+                format!("GET {target} HTTP/1.1\r\n{host}connection: close\r\n\r\n"),
+            )
+            .await
+        }
+    };
+    let path = || "/api/v1/budget/users/1".to_string();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("[::1]:{port}"),
+        "fleet.example".to_string(),
+        format!("fleet.example:{port}"),
+    ] {
+        let answer = ask(path(), Some(host.clone())).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_string(),
+        format!("127.0.0.2:{port}"),
+        "localhost".to_string(),
+        format!("localhost:{}", port.wrapping_add(1)),
+    ] {
+        let answer = ask(path(), Some(host.clone())).await;
+        assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
+    }
+    let answer = ask(
+        format!("http://attacker.example:{port}/api/v1/budget/users/1"),
+        Some(format!("127.0.0.1:{port}")),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 421"),
+        "absolute form: {answer}"
+    );
+    let answer = raw_exchange(
+        fleet.gateway,
+        "GET /api/v1/budget/users/1 HTTP/1.0\r\n\r\n".to_string(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
+        "no host: {answer}"
+    );
+}
+
+/// Whether the gateway closes `stream` (an end of stream or a reset) within 20 s, and
+/// what it sent before.
+async fn closed_by_gateway(mut stream: tokio::net::TcpStream) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (closed, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Slowloris: a connection that sends nothing, one that sends half a head, one that
+/// sends a head and part of its body, and a kept-alive connection left idle after its
+/// request are each closed by the gateway (at 1 s header read and 2 s idle timeouts),
+/// and the gateway goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--header-read-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+        ],
+    )
+    .await
+    .unwrap();
+    let (gateway, token) = (fleet.gateway, fleet.token.clone());
+    let connect = || async move { tokio::net::TcpStream::connect(gateway).await.unwrap() };
+    let silent = connect().await;
+    let mut half_head = connect().await;
+    half_head
+        .write_all(format!("GET /health/live HTTP/1.1\r\nhost: {gateway}\r\nx-a").as_bytes())
+        .await
+        .unwrap();
+    let mut half_body = connect().await;
+    half_body
+        .write_all(
+            format!(
+                "PUT /api/v1/budget/users/3 HTTP/1.1\r\nhost: {gateway}\r\nauthorization: Bearer {token}\r\ncontent-length: 100\r\n\r\n{{\"spent\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut kept_alive = connect().await;
+    kept_alive
+        .write_all(format!("GET /health/live HTTP/1.1\r\nhost: {gateway}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (silent, half_head, half_body, kept_alive) = tokio::join!(
+        closed_by_gateway(silent),
+        closed_by_gateway(half_head),
+        closed_by_gateway(half_body),
+        closed_by_gateway(kept_alive),
+    );
+    assert!(silent.0, "a silent connection stayed open");
+    assert!(half_head.0, "half a head stayed open: {}", half_head.1);
+    assert!(half_body.0, "half a body stayed open: {}", half_body.1);
+    assert!(
+        half_body.1.is_empty() || half_body.1.starts_with("HTTP/1.1 408"),
+        "{}",
+        half_body.1
+    );
+    assert!(kept_alive.0, "an idle kept-alive connection stayed open");
+    assert!(kept_alive.1.starts_with("HTTP/1.1 200"), "{}", kept_alive.1);
+    // The user was not written, and the gateway serves.
+    let user = fleet
+        .call(Method::GET, "/api/v1/budget/users/3", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(user.0, StatusCode::OK);
+    assert_eq!(user.2["spent"], 3.0, "{}", user.2);
+}
+
+/// A storm of 60 connections that send nothing against `--max-connections 20`: the
+/// gateway holds 20 and closes the other 40 at once; once the storm is gone it serves
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_storm_is_held_to_max_connections() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--max-connections",
+            "20",
+            "--header-read-timeout",
+            "5m",
+            "--idle-timeout",
+            "5m",
+        ],
+    )
+    .await
+    .unwrap();
+    let gateway = fleet.gateway;
+    let mut storm = Vec::new();
+    for _ in 0..60 {
+        storm.push(tokio::net::TcpStream::connect(gateway).await.unwrap());
+    }
+    // Each read waits at most 20 s; the ones held stay open past it (5 min timeouts).
+    let reads: Vec<_> = storm
+        .into_iter()
+        .map(|s| tokio::spawn(closed_by_gateway(s)))
+        .collect();
+    let mut closed = 0;
+    for r in reads {
+        closed += usize::from(r.await.unwrap().0);
+    }
+    assert_eq!(
+        closed, 40,
+        "of 60 connections at a limit of 20, {closed} closed"
+    );
+    // The 20 held are gone with the storm (dropped above): the gateway serves again.
+    eventually(
+        Duration::from_secs(10),
+        "the gateway serves again",
+        || async {
+            support::get(gateway, "/health/live")
+                .await
+                .is_ok_and(|(s, _)| s == StatusCode::OK)
+        },
+    )
+    .await;
+    let refused = gauge(&fleet, "fleet_gateway_connections_refused").await;
+    assert!(refused >= 40.0, "{refused}");
+}
+
+/// The fleet's token is not in its training instances' environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_instances_do_not_inherit_the_token() {
+    let fleet = FleetProcess::start(FLEET, &["--serve", "--interval", "1h"])
+        .await
+        .unwrap();
+    let training = fleet.service("training").await.unwrap();
+    let pid = training["instances"][0]["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    // The rest of the fleet's environment is there (the tests set RUST_LOG).
+    assert!(vars.iter().any(|v| v == "RUST_LOG=warn"), "{vars:?}");
+    assert!(
+        !vars.iter().any(|v| v.starts_with("FLEET_TOKEN=")),
+        "a training instance has FLEET_TOKEN"
+    );
+    assert!(
+        !vars.iter().any(|v| v.contains(&fleet.token)),
+        "a training instance has the token"
+    );
+}
+
+/// With a long header read timeout, a kept-alive connection left idle after its request
+/// is closed by the idle timeout (1 s), and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_by_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "1h",
+            "--header-read-timeout",
+            "5m",
+            "--idle-timeout",
+            "1s",
+        ],
+    )
+    .await
+    .unwrap();
+    let gateway = fleet.gateway;
+    let mut kept_alive = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    kept_alive
+        .write_all(format!("GET /health/live HTTP/1.1\r\nhost: {gateway}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (closed, answer) = closed_by_gateway(kept_alive).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "an idle kept-alive connection stayed open");
+    let idle_closed = gauge(&fleet, "fleet_gateway_connections_idle_closed").await;
+    assert!(idle_closed >= 1.0, "{idle_closed}");
 }

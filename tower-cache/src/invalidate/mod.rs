@@ -33,6 +33,7 @@
 //! cache.set("user:7", "alice".into(), ttl, WriteTiers::ALL).await?;
 //! cache.set("ratelimit:user:7", "3".into(), ttl, WriteTiers::ALL).await?;
 //! cache.register_dependency("ratelimit:user:7", "user:7").await?;
+//! assert_eq!(cache.dependency_count(), 1);
 //!
 //! assert_eq!(cache.invalidate_pattern("provider:*").await?, 2);
 //! assert_eq!(cache.invalidate_with_dependents("user:7").await?, 2);
@@ -258,6 +259,16 @@ impl Cache {
                 .map_err(|e| InvalidateError::new(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// How many dependency edges the store holds in memory (each `key` -> `depends_on`
+    /// pair recorded by [`Self::register_dependency`] counts once), for figures and for
+    /// checking that what clients can make the store record stays bounded.
+    pub fn dependency_count(&self) -> usize {
+        lock(&self.registry().dependents)
+            .values()
+            .map(HashSet::len)
+            .sum()
     }
 
     /// Removes `key` and, transitively, every key that depends on it; returns how many
