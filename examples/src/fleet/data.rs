@@ -1,5 +1,4 @@
-//! The fleet's data services, `budget` and `reports` (the seed's budget-server and
-//! reports-server): each an axum app on its own loopback socket with startup and
+//! The fleet's data services, `budget` and `reports`: each an axum app on its own loopback socket with startup and
 //! readiness probes, `/health/*` endpoints, a two-tier cache (memory 500 entries for at
 //! most 5 s, LMDB on disk for 60 s) and a [`Coordinator`] on the fleet's bus.
 //!
@@ -39,11 +38,11 @@ use tower_health::{HealthEndpoints, Probe, Probes};
 
 use super::BoxError;
 
-/// How long the data services keep an entry on disk (the seed's 60 s).
+/// How long the data services keep an entry on disk (60 s).
 pub const DISK_TTL: Duration = Duration::from_secs(60);
-/// How long they keep it in memory (the seed's 5 s).
+/// How long they keep it in memory (5 s).
 pub const MEMORY_TTL: Duration = Duration::from_secs(5);
-/// Entries in their memory tiers (the seed's 500).
+/// Entries in their memory tiers (500).
 pub const MEMORY_ENTRIES: u64 = 500;
 /// The largest budget or amount spent a write may set.
 pub const MAX_AMOUNT: f64 = 1e12;
@@ -86,7 +85,7 @@ pub struct Db {
 }
 
 impl Db {
-    /// The seed data: [`USERS`] users and the [`PROVIDERS`].
+    /// The starting data: [`USERS`] users and the [`PROVIDERS`].
     pub fn new(latency: Duration) -> Arc<Self> {
         let users = (0..USERS)
             .map(|id| {
@@ -248,7 +247,7 @@ impl FleetBus {
     }
 }
 
-/// A cache with the seed's tiers: memory `entries` for at most `memory_ttl`, LMDB under
+/// A two-tier cache: memory `entries` for at most `memory_ttl`, LMDB under
 /// `dir` (entries written for their full TTL there).
 pub fn tiered_cache(dir: &Path, entries: u64, memory_ttl: Duration) -> Result<Cache, BoxError> {
     std::fs::create_dir_all(dir)
@@ -358,7 +357,7 @@ impl DataService {
         };
         let provider_invalidations = Arc::new(AtomicU64::new(0));
         if let (Kind::Budget, Some(cache)) = (kind, &cache) {
-            // The seed's `subscribeToInvalidations('provider:*')`.
+            // Subscribed to every provider's invalidations (`provider:*`).
             let seen = provider_invalidations.clone();
             cache.on_invalidate("provider:*", move |key| {
                 seen.fetch_add(1, Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! The fleet's gateway (the seed's web-server), an axum app:
+//! The fleet's gateway, an axum app:
 //!
 //! - `/api/v1/training/*`, `/api/v1/budget/*`, `/api/v1/reports/*`: through each
 //!   service's balancer (request bodies up to 1 MiB are buffered so that idempotent
@@ -144,7 +144,7 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// The gateway over `parts`, with its own cache (memory 1,000 entries / 10 s, disk
-    /// 120 s, as the seed's web-server) and coordinator.
+    /// 120 s) and coordinator.
     pub async fn new(parts: Parts) -> Result<Self, BoxError> {
         let cache = tiered_cache(&parts.cache_dir, 1_000, Duration::from_secs(10))?;
         let coordinator = parts.bus.coordinator(cache.clone(), 3, &parts.secret)?;

@@ -1,4 +1,4 @@
-//! The whole fleet on one machine (the seed's Phase 6E.7), as a library so that the
+//! The whole fleet on one machine, as a library so that the
 //! `fleet` example and the end-to-end tests run the same code.
 //!
 //! [`Fleet::start`] brings up, on 127.0.0.1 with real sockets:
@@ -598,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn serve_keeps_the_seed_defaults() {
+    fn serve_keeps_the_defaults() {
         let c = Config::from_args(&args("--serve")).unwrap();
         assert_eq!(c.load, None);
         assert!(!c.chaos);
