@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! cluster-node --id N --listen ADDR:PORT --redis ADDR:PORT --ttl-ms MS
-//!              [--bus-timeout-ms MS] [--peer http://ADDR:PORT/_cache/invalidate]...
+//!              [--bus http|redis] [--bus-timeout-ms MS]
+//!              [--peer http://ADDR:PORT/_cache/invalidate]...
 //! ```
+//!
+//! The bus is the HTTP bus to the `--peer`s (the default), or, with `--bus redis` (cargo
+//! feature `redis`), Redis pub/sub on the origin's server.
 //!
 //! - `PUT /kv/KEY` (body: the value): writes the value to the origin (`SET`), then
 //!   invalidates `KEY` on every node; `200` once both are done, `503` when the origin
@@ -41,14 +45,16 @@ struct Config {
     redis: SocketAddr,
     ttl: Duration,
     bus_timeout: Duration,
+    redis_bus: bool,
     peers: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {
     let usage = "usage: cluster-node --id N --listen ADDR:PORT --redis ADDR:PORT --ttl-ms MS \
-                 [--bus-timeout-ms MS] [--peer URL]...";
+                 [--bus http|redis] [--bus-timeout-ms MS] [--peer URL]...";
     let (mut id, mut listen, mut redis, mut ttl) = (None, None, None, None);
     let (mut bus_timeout, mut peers) = (Duration::from_millis(500), Vec::new());
+    let mut redis_bus = false;
     let mut it = args.iter().skip(1);
     while let Some(flag) = it.next() {
         let value = it
@@ -68,6 +74,13 @@ fn parse(args: &[String]) -> Result<Config, String> {
                 bus_timeout = Duration::from_millis(value.parse::<u64>().map_err(|e| bad(&e))?);
             }
             "--peer" => peers.push(value.clone()),
+            "--bus" => {
+                redis_bus = match value.as_str() {
+                    "http" => false,
+                    "redis" => true,
+                    _ => return Err(format!("--bus {value}: give http or redis")),
+                };
+            }
             _ => return Err(format!("unknown flag {flag}; {usage}")),
         }
     }
@@ -77,6 +90,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
         redis: redis.ok_or(usage)?,
         ttl: ttl.ok_or(usage)?,
         bus_timeout,
+        redis_bus,
         peers,
     })
 }
@@ -136,7 +150,8 @@ async fn redis(addr: SocketAddr, command: &[&[u8]]) -> Result<Option<Bytes>, Str
 #[derive(Clone)]
 struct Node {
     coordinator: Coordinator,
-    endpoint: InvalidateEndpoint,
+    /// The HTTP bus's endpoint (none on the Redis bus).
+    endpoint: Option<InvalidateEndpoint>,
     redis: SocketAddr,
     ttl: Duration,
 }
@@ -161,7 +176,9 @@ impl Node {
             }
             (Method::GET, None) if path == "/status" => self.status(),
             (Method::POST, None) if path == "/_cache/invalidate" => {
-                let mut endpoint = self.endpoint.clone();
+                let Some(mut endpoint) = self.endpoint.clone() else {
+                    return answer(StatusCode::NOT_FOUND, "no HTTP bus here");
+                };
                 let _ = std::future::poll_fn(|cx| {
                     Service::<Request<hyper::body::Incoming>>::poll_ready(&mut endpoint, cx)
                 })
@@ -252,6 +269,24 @@ impl Node {
     }
 }
 
+/// A coordinator on Redis pub/sub, on the origin's server.
+#[cfg(feature = "redis")]
+fn redis_bus(cache: Cache, config: &Config) -> Result<Coordinator, Box<dyn std::error::Error>> {
+    let bus = tower_cache::coordinator::RedisBus::connect(
+        &format!("redis://{}/", config.redis),
+        "partition-bench",
+    )?;
+    Ok(Coordinator::builder(cache, bus)
+        .node_id(config.id)
+        .secret(SECRET)
+        .start()?)
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_bus(_: Cache, _: &Config) -> Result<Coordinator, Box<dyn std::error::Error>> {
+    Err("--bus redis needs the cargo feature `redis`".into())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -262,17 +297,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut bus = HttpBus::builder(SECRET).timeout(config.bus_timeout);
-    for peer in &config.peers {
-        bus = bus.peer(peer.clone());
-    }
-    let bus = bus.build()?;
-    let endpoint = bus.endpoint();
     let cache = Cache::new(MemoryTier::builder().build()?);
-    let coordinator = Coordinator::builder(cache, bus)
-        .node_id(config.id)
-        .secret(SECRET)
-        .start()?;
+    let (coordinator, endpoint) = if config.redis_bus {
+        (redis_bus(cache, &config)?, None)
+    } else {
+        let mut bus = HttpBus::builder(SECRET).timeout(config.bus_timeout);
+        for peer in &config.peers {
+            bus = bus.peer(peer.clone());
+        }
+        let bus = bus.build()?;
+        let endpoint = bus.endpoint();
+        let coordinator = Coordinator::builder(cache, bus)
+            .node_id(config.id)
+            .secret(SECRET)
+            .start()?;
+        (coordinator, Some(endpoint))
+    };
     let node = Node {
         coordinator,
         endpoint,
