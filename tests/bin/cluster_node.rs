@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cluster-node --id N --listen ADDR:PORT --redis ADDR:PORT --ttl-ms MS
-//!              [--bus http|redis] [--bus-timeout-ms MS]
+//!              [--bus http|redis] [--read-version previous-ms|hlc] [--bus-timeout-ms MS]
 //!              [--peer http://ADDR:PORT/_cache/invalidate]...
 //! ```
 //!
@@ -15,9 +15,16 @@
 //!   invalidates `KEY` on every node; `200` once both are done, `503` when the origin
 //!   cannot be reached (the write may or may not have landed).
 //! - `GET /kv/KEY`: the value through the cache: the memory tier, else the origin (the
-//!   value then cached for the TTL under a version taken before the origin was read, so an
+//!   value then cached for the TTL under a version from before the origin was read, so an
 //!   invalidation that overtakes the read keeps it out); header `x-cache: hit|miss`; `404`
 //!   when the origin has no such key, `503` when it cannot be reached.
+//!
+//!   That version is the start of the millisecond before the read (`--read-version
+//!   previous-ms`, the default), not the node's next version (`--read-version hlc`): two
+//!   nodes' versions within one millisecond are ordered by their counters and ids, not by
+//!   when they were taken, so another node's invalidation of a write that landed just
+//!   after the read could carry a lower version than the read's own next version and
+//!   leave the value read before it cached until its TTL.
 //! - `GET /status`: the coordinator's status as JSON.
 //! - `POST /_cache/invalidate`: the bus endpoint the peers send to.
 
@@ -46,15 +53,17 @@ struct Config {
     ttl: Duration,
     bus_timeout: Duration,
     redis_bus: bool,
+    read_version_hlc: bool,
     peers: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {
     let usage = "usage: cluster-node --id N --listen ADDR:PORT --redis ADDR:PORT --ttl-ms MS \
-                 [--bus http|redis] [--bus-timeout-ms MS] [--peer URL]...";
+                 [--bus http|redis] [--read-version previous-ms|hlc] [--bus-timeout-ms MS] \
+                 [--peer URL]...";
     let (mut id, mut listen, mut redis, mut ttl) = (None, None, None, None);
     let (mut bus_timeout, mut peers) = (Duration::from_millis(500), Vec::new());
-    let mut redis_bus = false;
+    let (mut redis_bus, mut read_version_hlc) = (false, false);
     let mut it = args.iter().skip(1);
     while let Some(flag) = it.next() {
         let value = it
@@ -74,6 +83,13 @@ fn parse(args: &[String]) -> Result<Config, String> {
                 bus_timeout = Duration::from_millis(value.parse::<u64>().map_err(|e| bad(&e))?);
             }
             "--peer" => peers.push(value.clone()),
+            "--read-version" => {
+                read_version_hlc = match value.as_str() {
+                    "previous-ms" => false,
+                    "hlc" => true,
+                    _ => return Err(format!("--read-version {value}: give previous-ms or hlc")),
+                };
+            }
             "--bus" => {
                 redis_bus = match value.as_str() {
                     "http" => false,
@@ -91,6 +107,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
         ttl: ttl.ok_or(usage)?,
         bus_timeout,
         redis_bus,
+        read_version_hlc,
         peers,
     })
 }
@@ -154,7 +171,11 @@ struct Node {
     endpoint: Option<InvalidateEndpoint>,
     redis: SocketAddr,
     ttl: Duration,
+    read_version_hlc: bool,
 }
+
+/// Bits of a version below its Unix milliseconds (a counter and the node id).
+const BELOW_MS: u32 = 20;
 
 fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(body.into()));
@@ -193,9 +214,14 @@ impl Node {
     }
 
     async fn read(&self, key: &str) -> Response<Full<Bytes>> {
-        // Taken before the origin is read: an invalidation applied meanwhile is newer, and
-        // keeps the value read out of the cache.
-        let version = self.coordinator.next_version();
+        // From before the origin is read: an invalidation applied meanwhile is newer, and
+        // keeps the value read out of the cache (see the module docs for why a millisecond
+        // back).
+        let version = if self.read_version_hlc {
+            self.coordinator.next_version()
+        } else {
+            ((self.coordinator.next_version() >> BELOW_MS).saturating_sub(1)) << BELOW_MS
+        };
         if let Some(value) = self.coordinator.cache().get(key).await {
             let mut res = answer(StatusCode::OK, value);
             res.headers_mut()
@@ -318,6 +344,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         endpoint,
         redis: config.redis,
         ttl: config.ttl,
+        read_version_hlc: config.read_version_hlc,
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     println!("listening {}", listener.local_addr()?);

@@ -7,7 +7,10 @@
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `redis-server`. Under `CI=true` a
 //! missing one fails the bench; elsewhere it prints that it did not run, and why.
-//! `PARTITION_SEED=N` replays a schedule.
+//! `PARTITION_SEED=N` replays a schedule; `PARTITION_READ_VERSION=hlc` makes the nodes
+//! version what they read from the origin with their next version instead of the
+//! millisecond before (see `cluster-node`'s docs: it lets a read racing another node's
+//! invalidation within one millisecond stay cached until its TTL).
 
 mod net;
 
@@ -224,6 +227,9 @@ impl Cluster {
             "--bus-timeout-ms".to_owned(),
             BUS_TIMEOUT_MS.to_string(),
         ];
+        if let Ok(how) = std::env::var("PARTITION_READ_VERSION") {
+            args.extend(["--read-version".to_owned(), how]);
+        }
         match self.bus {
             BusKind::Http => {
                 for j in (0..NODES).filter(|&j| j != i) {
