@@ -11,9 +11,12 @@
 //! The bus is the HTTP bus to the `--peer`s (the default), or, with `--bus redis` (cargo
 //! feature `redis`), Redis pub/sub on the origin's server.
 //!
-//! - `PUT /kv/KEY` (body: the value): writes the value to the origin (`SET`), then
-//!   invalidates `KEY` on every node; `200` once both are done, `503` when the origin
-//!   cannot be reached (the write may or may not have landed).
+//! - `PUT /kv/KEY` (body: the value, a letter then a number, `w17`): writes the value to
+//!   the origin, then invalidates `KEY` on every node; `200` once both are done, `503`
+//!   when the origin cannot be reached (the write may or may not have landed, now or
+//!   later: a socket closed with the command unsent keeps sending it). The write is
+//!   fenced by its number: it lands only if the stored value's number is lower (a script
+//!   run by the origin), so a delayed older write never overwrites a newer one.
 //! - `GET /kv/KEY`: the value through the cache: the memory tier, else the origin (the
 //!   value then cached for the TTL under a version from before the origin was read, so an
 //!   invalidation that overtakes the read keeps it out); header `x-cache: hit|miss`; `404`
@@ -43,6 +46,12 @@ use tower_service::Service;
 
 /// The secret every node of the bench shares.
 const SECRET: &[u8] = b"partition bench: a secret all nodes share";
+/// Sets `KEYS[1]` to `ARGV[1]` unless the stored value's number (after its first byte)
+/// is at least as high.
+const FENCED_SET: &str = "local cur = redis.call('GET', KEYS[1]) \
+    if cur and tonumber(string.sub(cur, 2)) and \
+       tonumber(string.sub(cur, 2)) >= tonumber(string.sub(ARGV[1], 2)) then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1]) return 1";
 /// How long one exchange with the origin may take.
 const ORIGIN_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -120,7 +129,7 @@ fn bulk(out: &mut Vec<u8>, part: &[u8]) {
 }
 
 /// Sends one command to redis-server on a fresh connection and reads its answer:
-/// `Some(bytes)` for a bulk string or a simple `+OK`, `None` for a nil.
+/// `Some(bytes)` for a bulk string, a simple `+OK` or an integer, `None` for a nil.
 async fn redis(addr: SocketAddr, command: &[&[u8]]) -> Result<Option<Bytes>, String> {
     let exchange = async {
         let mut out = format!("*{}\r\n", command.len()).into_bytes();
@@ -142,7 +151,7 @@ async fn redis(addr: SocketAddr, command: &[&[u8]]) -> Result<Option<Bytes>, Str
             .map_err(|e| format!("read: {e}"))?;
         let line = line.trim_end();
         match line.as_bytes().first() {
-            Some(b'+') => Ok(Some(Bytes::copy_from_slice(&line.as_bytes()[1..]))),
+            Some(b'+' | b':') => Ok(Some(Bytes::copy_from_slice(&line.as_bytes()[1..]))),
             Some(b'$') => {
                 let len: i64 = line[1..].parse().map_err(|e| format!("length: {e}"))?;
                 if len < 0 {
@@ -252,7 +261,17 @@ impl Node {
     }
 
     async fn write(&self, key: &str, value: Bytes) -> Response<Full<Bytes>> {
-        if let Err(e) = redis(self.redis, &[b"SET", key.as_bytes(), &value]).await {
+        let version = value
+            .get(1..)
+            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u64>().ok());
+        if version.is_none() {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "give a value: a letter, then a number",
+            );
+        }
+        let set = [b"EVAL", FENCED_SET.as_bytes(), b"1", key.as_bytes(), &value];
+        if let Err(e) = redis(self.redis, &set).await {
             return answer(StatusCode::SERVICE_UNAVAILABLE, format!("origin: {e}"));
         }
         match self.coordinator.invalidate(key).await {

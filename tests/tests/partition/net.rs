@@ -69,7 +69,8 @@ pub(crate) struct Lab {
 }
 
 /// Removes what earlier runs that were killed before cleaning up left behind (names
-/// with the pid of a process that no longer exists).
+/// with the pid of a process that no longer exists): their processes, namespaces and
+/// bridges.
 fn remove_leftovers() {
     let alive = |pid: &str| std::path::Path::new(&format!("/proc/{pid}")).exists();
     if let Ok(list) = run(&["ip", "netns", "list"]) {
@@ -77,6 +78,18 @@ fn remove_leftovers() {
             if let Some(rest) = name.strip_prefix(PREFIX) {
                 let pid = rest.split('-').next().unwrap_or("");
                 if !alive(pid) {
+                    // Its processes outlived it (a test killed with SIGKILL).
+                    for p in run(&["ip", "netns", "pids", name])
+                        .unwrap_or_default()
+                        .lines()
+                    {
+                        if let Ok(p) = p.trim().parse::<i32>() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(p),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
                     let _ = run(&["ip", "netns", "del", name]);
                 }
             }
