@@ -34,8 +34,8 @@ const NODES: usize = 3;
 const KEYS: usize = 8;
 const PORT: u16 = 7000;
 const REDIS_PORT: u16 = 6379;
-/// The bench of one bus stops here, whatever happens.
-const BOUND: Duration = Duration::from_secs(140);
+/// The bench of one bus stops here, whatever happens (it takes about 50 s).
+const BOUND: Duration = Duration::from_secs(150);
 /// How long one request of the test's clients may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long the nemesis runs in each phase.
@@ -612,7 +612,9 @@ async fn sync_round(cluster: &Cluster, round: u64) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // A TCP connection that lived through a partition (the Redis bus's) retransmits on
+    // its exponential backoff: what waits in it may arrive seconds after the heal.
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let mut statuses = Vec::new();
         for node in 0..NODES {
