@@ -57,9 +57,12 @@
 //!   run recorded were read back, so never before them) in the high 44 bits, 20 random
 //!   bits below. Sequence numbers count from 1 in each incarnation. A frame from a newer
 //!   incarnation of a sender resets what the receiver tracks of it (a node restarted with
-//!   its configured id is heard at once, never taken for duplicates); a frame from an
-//!   older one is refused and counted ([`CoordinationStatus::older_incarnation`]), as is
-//!   a frame already applied ([`CoordinationStatus::duplicates`]).
+//!   its configured id is heard at once, never taken for duplicates), and counts as a
+//!   gap that flushes the memory tier: what the earlier start had given up on before it
+//!   stopped went with it, unseen. So does a first frame heard from a sender whose
+//!   number is past 1. A frame from an older incarnation is refused and counted
+//!   ([`CoordinationStatus::older_incarnation`]), as is a frame already applied
+//!   ([`CoordinationStatus::duplicates`]).
 //! - **Floods**: a bus that takes frames from the network (the HTTP bus) checks each with
 //!   the coordinator's [`FrameGate`] before queueing it: a frame already taken (a retry,
 //!   or one frame replayed thousands of times) is acknowledged and dropped there, a
@@ -1127,18 +1130,20 @@ impl Shared {
             at: now,
         };
         let Some(last) = senders.get_mut(&msg.node) else {
-            // The first frame from a sender: nothing to compare with.
+            // The first frame heard from a sender: a later number than 1 means frames of
+            // its start came before, and they may have been sent, and lost, while this
+            // node was up and caching.
             senders.insert(msg.node, next);
-            return Admit::Next { gap: false };
+            return Admit::Next { gap: msg.seq != 1 };
         };
         if msg.incarnation < last.incarnation {
             return Admit::OlderIncarnation;
         }
         if msg.incarnation > last.incarnation {
-            // The sender restarted: its numbers start again at 1; a later first number
-            // means frames of the new start were lost.
+            // The sender restarted. Whatever its earlier start had given up on went with
+            // it, and nothing says whether there was any: a gap, always.
             *last = next;
-            return Admit::Next { gap: msg.seq != 1 };
+            return Admit::Next { gap: true };
         }
         last.at = now;
         if msg.seq <= last.seq {
