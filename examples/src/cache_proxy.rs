@@ -404,6 +404,18 @@ where
             format!("bad request: {why}\n"),
         ));
     }
+    // The edge removed `Transfer-Encoding` (hop-by-hop); content of unknown length (an
+    // HTTP/1 chunked body, or an HTTP/2 body without `Content-Length`) is announced
+    // again so that the cache sees the request has content. The forwarder frames the
+    // body anew.
+    if !hyper::body::Body::is_end_stream(req.body())
+        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     req.extensions_mut().insert(ClientAddr(client));
     let never = |never: Infallible| -> Box<dyn std::error::Error + Send + Sync> { match never {} };
     if let Some(e) = endpoint.filter(|_| req.uri().path() == "/_cache/invalidate") {

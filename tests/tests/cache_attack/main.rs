@@ -56,7 +56,9 @@ async fn origin(vary: Option<&'static str>) -> SocketAddr {
                 .collect::<Vec<_>>()
                 .join("|")
         };
-        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
         let text = format!(
             "[host={}] [path={}] [xff={}] [fwd={}] [body={}]",
             field("host"),

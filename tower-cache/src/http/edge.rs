@@ -108,6 +108,17 @@ pub fn prepare_request<B>(
     Ok(())
 }
 
+/// Whether a request's header fields announce content: a `Content-Length` other than
+/// 0, or any `Transfer-Encoding`. Read before [`prepare_request`], which removes
+/// `Transfer-Encoding`.
+pub(crate) fn carries_content(headers: &HeaderMap) -> bool {
+    headers.contains_key(::http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(::http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().iter().all(|&b| b == b'0'))
+}
+
 /// The request's authority, validated and lower-cased, as the cache keys it.
 pub(crate) fn authority<B>(req: &Request<B>) -> Result<String, RequestRefused> {
     // Validated: ASCII only, so nothing is replaced.
@@ -411,6 +422,16 @@ mod tests {
                 String::from_utf8_lossy(named)
             );
         }
+    }
+
+    #[test]
+    fn content_is_seen_by_length_or_transfer_coding() {
+        let has = |fields: &[(&str, &[u8])]| carries_content(req(fields, "/x").headers());
+        assert!(!has(&[]));
+        assert!(!has(&[("content-length", b"0")]));
+        assert!(!has(&[("content-length", b"00")]));
+        assert!(has(&[("content-length", b"25")]));
+        assert!(has(&[("transfer-encoding", b"chunked")]));
     }
 
     #[test]

@@ -288,6 +288,8 @@ where
 {
     let store = &config.store;
     let mut req = req;
+    // Read before the edge removes `Transfer-Encoding` (a hop-by-hop field).
+    let carries_content = edge::carries_content(req.headers());
     // Before anything is read from it: the fields the key and the policy read are the
     // ones the origin gets.
     if let Err(why) = edge::prepare_request(&mut req, config.forwarded) {
@@ -316,7 +318,10 @@ where
         return Ok(passthrough(&config, res));
     }
     let rules = RequestRules::of(req.headers());
-    if rules.no_store || req.headers().contains_key(::http::header::RANGE) {
+    // A GET or HEAD with content goes to the origin with it, but the content is not in
+    // the key: an origin that reads it would have its answer to one client's content
+    // stored for everyone. Passed, never stored.
+    if rules.no_store || carries_content || req.headers().contains_key(::http::header::RANGE) {
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
