@@ -39,8 +39,11 @@
 //!   `Authorization`, `Cookie`, `Cache-Control`, `Forwarded`, `X-Forwarded-*`, ...) is
 //!   refused. Fields that steer an origin to another host, scheme, client or URL
 //!   (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`,
-//!   method overrides, ...) are removed from clients' requests; with `--key-forwarded`
-//!   (behind a trusted proxy that sets them) they are kept and become part of the key.
+//!   `True-Client-IP`, `CF-Connecting-IP`, method overrides, ...) are removed from
+//!   clients' requests; with `--key-forwarded` (behind a trusted proxy that sets them)
+//!   they are kept and become part of the key. A field that spells any field above with
+//!   `_` for `-` (`X_Forwarded_Host`), which CGI-style origins read as that field, is
+//!   always removed.
 //!   The proxy then sets its own `X-Forwarded-For`, `Forwarded: for=...;proto=http` and
 //!   `X-Forwarded-Proto` from the client's address.
 //! - **Limits.** A connection that has not sent a whole request head within

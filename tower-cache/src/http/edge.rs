@@ -94,6 +94,18 @@ pub fn prepare_request<B>(
 ) -> Result<(), RequestRefused> {
     authority_bytes(req)?;
     strip_connection_options(req.headers_mut())?;
+    // An origin behind a CGI-style interface reads `X_Forwarded_Host` as
+    // `X-Forwarded-Host`: the underscore spellings of the fields above go too, whatever
+    // `forwarded` says (a trusted proxy sets the dashed ones).
+    let aliases: Vec<HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|n| is_underscore_alias(n))
+        .cloned()
+        .collect();
+    for name in aliases {
+        req.headers_mut().remove(name);
+    }
     if forwarded == ForwardedFields::Drop {
         let found: Vec<HeaderName> = req
             .headers()
@@ -254,9 +266,20 @@ const END_TO_END: &[&str] = &[
 /// or URL; any `X-Forwarded-*` too.
 const FORWARDING: &[&str] = &[
     "forwarded",
+    "forwarded-for",
+    "x-forwarded",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-original-forwarded-for",
     "x-real-ip",
     "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
     "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-arr-ssl",
     "x-original-url",
     "x-original-uri",
     "x-original-host",
@@ -274,8 +297,25 @@ const FORWARDING: &[&str] = &[
 
 /// Whether `name` is a forwarding field ([`ForwardedFields`]).
 pub(crate) fn is_forwarding_field(name: &HeaderName) -> bool {
-    let n = name.as_str();
+    is_forwarding_name(name.as_str())
+}
+
+fn is_forwarding_name(n: &str) -> bool {
     n.starts_with("x-forwarded-") || FORWARDING.contains(&n)
+}
+
+/// Whether `name`, with each `_` read as `-` (as CGI-style servers read it), names a
+/// forwarding, hop-by-hop or end-to-end field it is not: a spelling that would reach
+/// such an origin as that field without the cache seeing it.
+fn is_underscore_alias(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    if !n.contains('_') {
+        return false;
+    }
+    let dashed = n.replace('_', "-");
+    is_forwarding_name(&dashed)
+        || HOP_BY_HOP.contains(&dashed.as_str())
+        || END_TO_END.contains(&dashed.as_str())
 }
 
 /// The hop-by-hop fields of a request, removed whatever `Connection` says.
@@ -450,5 +490,37 @@ mod tests {
         let mut r = req(fields, "/x");
         prepare_request(&mut r, ForwardedFields::Key).unwrap();
         assert_eq!(r.headers().len(), fields.len());
+    }
+
+    #[test]
+    fn underscore_spellings_of_guarded_fields_are_dropped() {
+        for mode in [ForwardedFields::Drop, ForwardedFields::Key] {
+            let mut r = req(
+                &[
+                    ("host", b"a.test"),
+                    ("x_forwarded_host", b"evil.test"),
+                    ("X_Forwarded-Proto", b"https"),
+                    ("x_original_url", b"/admin"),
+                    ("true_client_ip", b"10.0.0.1"),
+                    ("transfer_encoding", b"chunked"),
+                    ("if_match", b"\"x\""),
+                    ("x_custom_thing", b"kept"),
+                ],
+                "/x",
+            );
+            prepare_request(&mut r, mode).unwrap();
+            let left: Vec<&str> = r.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!(left, ["host", "x_custom_thing"], "{mode:?}");
+        }
+        for name in [
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "x-forwarded",
+            "forwarded-for",
+        ] {
+            let mut r = req(&[("host", b"a.test"), (name, b"10.0.0.1")], "/x");
+            prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+            assert_eq!(r.headers().len(), 1, "{name}");
+        }
     }
 }
