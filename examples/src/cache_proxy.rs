@@ -51,7 +51,9 @@
 //!   on HTTP/1, is closed; one that moves no byte for `--idle-timeout-ms` (default
 //!   60,000) with no request in progress is shut down gracefully. At most
 //!   `--max-connections` (default 10,000) are served at once; beyond that, new
-//!   connections wait in the listen backlog until one closes.
+//!   connections wait in the listen backlog until one closes. The body of a request to
+//!   `/_cache/invalidate` must arrive within `--header-read-timeout-ms` too; otherwise
+//!   the answer is `408 Request Timeout` and the connection is closed.
 //!
 //! It forwards every method and the remaining header fields as the client sent them
 //! (the `Host` too), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
@@ -375,6 +377,41 @@ fn refuse(status: StatusCode, text: String) -> Response<AnyBody> {
     res
 }
 
+/// The largest body the invalidation endpoint's request is read into memory with; the
+/// endpoint applies its own, smaller bound.
+const MAX_CONTROL_BODY: usize = 64 << 10;
+
+/// The request with its whole body read within `within`, or the answer to send instead:
+/// `408` (and the connection closed) when the body stalls, `413` when it is too large,
+/// `400` when it breaks off.
+async fn read_body_within(
+    req: Request<hyper::body::Incoming>,
+    within: Duration,
+) -> Result<Request<Full<Bytes>>, Response<AnyBody>> {
+    let (parts, body) = req.into_parts();
+    let read = http_body_util::Limited::new(body, MAX_CONTROL_BODY).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(body)) => Ok(Request::from_parts(parts, Full::new(body.to_bytes()))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n".into(),
+        )),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad request: the body broke off\n".into(),
+        )),
+        Err(_) => {
+            let mut res = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n".into(),
+            );
+            res.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            Err(res)
+        }
+    }
+}
+
 /// Checks a request at the edge (see the module docs), then sends it to the
 /// invalidation endpoint, the purge service or the cache.
 async fn route<C>(
@@ -383,6 +420,7 @@ async fn route<C>(
     endpoint: Option<tower_cache::coordinator::InvalidateEndpoint>,
     client: SocketAddr,
     forwarded: ForwardedFields,
+    body_timeout: Duration,
     mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<AnyBody>, Infallible>
 where
@@ -422,6 +460,12 @@ where
     req.extensions_mut().insert(ClientAddr(client));
     let never = |never: Infallible| -> Box<dyn std::error::Error + Send + Sync> { match never {} };
     if let Some(e) = endpoint.filter(|_| req.uri().path() == "/_cache/invalidate") {
+        // A request in progress is never idle: the body is read within the header-read
+        // timeout, or the connection is answered 408 and closed.
+        let req = match read_body_within(req, body_timeout).await {
+            Ok(req) => req,
+            Err(res) => return Ok(res),
+        };
         let res = e.oneshot(req).await?;
         return Ok(res.map(|b| b.map_err(never).boxed_unsync()));
     }
@@ -733,7 +777,16 @@ pub async fn run(args: Args) -> std::io::Result<()> {
                     let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
                     let in_progress = InProgress::start(&activity);
                     async move {
-                        let res = route(cache, purge, endpoint, client, forwarded, req).await;
+                        let res = route(
+                            cache,
+                            purge,
+                            endpoint,
+                            client,
+                            forwarded,
+                            header_read_timeout,
+                            req,
+                        )
+                        .await;
                         drop(in_progress);
                         res
                     }
