@@ -482,7 +482,9 @@ where
             return Ok(passthrough(&config, res));
         }
     };
-    if res.body().size_hint().lower() > config.max_body as u64 {
+    if res.body().size_hint().lower() > config.max_body as u64
+        || varies_on_forwarding(res.headers())
+    {
         return Ok(passthrough(&config, res));
     }
     let (parts, body) = res.into_parts();

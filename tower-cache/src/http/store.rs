@@ -167,6 +167,9 @@ impl Refresh {
         ) else {
             return;
         };
+        if varies_on_forwarding(res.headers()) {
+            return;
+        }
         let (parts, body) = res.into_parts();
         let job = store_job(
             &self.config,
@@ -237,6 +240,16 @@ pub(super) fn response_never_storable(res: &HeaderMap) -> bool {
         || cc.malformed
         || res.contains_key(::http::header::SET_COOKIE)
         || headers::vary(res).is_none()
+}
+
+/// Whether a response varies on a forwarding field (`Vary: X-Forwarded-For`). Such a
+/// field reaches the origin from what sits between the cache and the origin (a proxy
+/// that adds the client's address), not from the request the cache keyed, or is in the
+/// key already ([`ForwardedFields::Key`](super::ForwardedFields::Key)): the variant the
+/// cache would file the response under is not the one the origin chose, so it is not
+/// stored.
+pub(super) fn varies_on_forwarding(res: &HeaderMap) -> bool {
+    headers::vary(res).is_some_and(|names| names.iter().any(edge::is_forwarding_field))
 }
 
 /// Tags from `Surrogate-Key` and `xkey` (space-separated), stored with the entry.
