@@ -742,7 +742,8 @@ pub async fn run(args: Args) -> std::io::Result<()> {
             } else {
                 PurgeService::new(store.clone(), token)
             }
-            .map_err(std::io::Error::other)?,
+            .map_err(std::io::Error::other)?
+            .forwarded_fields(forwarded),
         );
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -50,7 +50,9 @@ pub enum ForwardedFields {
     Drop,
     /// Kept, passed to the origin, and made part of the cache key, so that responses to
     /// different values are stored apart. For a cache behind a trusted proxy that sets
-    /// them. A `PURGE` of a URL then removes only the entry for the values it carries.
+    /// them. A `PURGE` of a URL then removes only the entry for the values it carries
+    /// (give [`PurgeService::forwarded_fields`](crate::PurgeService::forwarded_fields)
+    /// the same setting).
     Key,
 }
 

@@ -136,6 +136,7 @@ mod store;
 
 pub use self::body::HttpCacheBody;
 pub use self::edge::{prepare_request, ForwardedFields, RequestRefused};
+pub(crate) use self::key::keyed_url;
 pub use self::key::{try_url_key, url_key};
 pub use self::layer::{
     HttpCacheLayer, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL,
