@@ -320,8 +320,18 @@ where
     let rules = RequestRules::of(req.headers());
     // A GET or HEAD with content goes to the origin with it, but the content is not in
     // the key: an origin that reads it would have its answer to one client's content
-    // stored for everyone. Passed, never stored.
-    if rules.no_store || carries_content || req.headers().contains_key(::http::header::RANGE) {
+    // stored for everyone. Passed, never stored. So are requests with preconditions the
+    // cache does not evaluate (`If-Match`, `If-Unmodified-Since`): the answer to one
+    // client's precondition (a 412) is not an answer for everyone.
+    let unevaluated_precondition = req.headers().contains_key(::http::header::IF_MATCH)
+        || req
+            .headers()
+            .contains_key(::http::header::IF_UNMODIFIED_SINCE);
+    if rules.no_store
+        || carries_content
+        || unevaluated_precondition
+        || req.headers().contains_key(::http::header::RANGE)
+    {
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
