@@ -341,7 +341,8 @@ where
     // refresh it in the background, once per URL.
     let mut looked = match looked {
         Looked::Stale { entry, key, index } if while_revalidate(&entry, &rules, now) => {
-            if let Join::Leader(guard) = config.inflight.join(&primary) {
+            // Refreshes have a slot of their own: a miss of the URL never waits on one.
+            if let Join::Leader(guard) = config.inflight.join(&refresh_slot(&primary)) {
                 let refresh = Refresh {
                     config: config.clone(),
                     primary: primary.clone(),

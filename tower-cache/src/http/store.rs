@@ -122,8 +122,33 @@ pub(super) struct Refresh {
     pub(super) guard: LeaderGuard,
 }
 
+/// The single-flight slot of a URL's background refresh, apart from the slot misses
+/// wait on.
+pub(super) fn refresh_slot(primary: &str) -> String {
+    format!("{primary}\u{1f}refresh")
+}
+
 impl Refresh {
+    /// Runs the refresh within the layer's refresh timeout: a refresh that takes longer
+    /// (an origin that stalls its body, say) is dropped, its slot released.
     pub(super) async fn run<S, ReqB, ResB>(self, inner: S)
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ReqB: Default,
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
+        let limit = self.config.refresh_timeout;
+        let key = self.primary.clone();
+        if tokio::time::timeout(limit, self.fetch(inner))
+            .await
+            .is_err()
+        {
+            tracing::debug!(key, "background refresh timed out");
+        }
+    }
+
+    async fn fetch<S, ReqB, ResB>(self, inner: S)
     where
         S: Service<Request<ReqB>, Response = Response<ResB>>,
         ReqB: Default,
