@@ -479,7 +479,12 @@ where
     let freshness = match decision {
         Ok(f) => f,
         Err(why) => {
-            if response_never_storable(res.headers()) {
+            // A request with credentials may get an answer for its client alone
+            // (`private` to a cookie): that says nothing of the URL's shared response,
+            // which stays stored and served.
+            let credentials = req_headers.contains_key(::http::header::AUTHORIZATION)
+                || req_headers.contains_key(::http::header::COOKIE);
+            if !credentials && response_never_storable(res.headers()) {
                 mark_pass(
                     &config,
                     &primary,
