@@ -131,8 +131,10 @@ pub(super) async fn look_up(
             let key = variant_key(primary, epoch, &values);
             let index = Some((epoch, names));
             match store.lookup(&key).await {
+                // Matched by the stored response's own Vary list (RFC 9111 section
+                // 4.1), which may differ from the index's.
                 Found::Hit(s, disk) => match entry::decode(&s.value) {
-                    Some(Record::Entry(e)) if e.vary == values => (e, disk, key, index),
+                    Some(Record::Entry(e)) if matches_request(&e, req) => (e, disk, key, index),
                     _ => return Looked::Miss { index },
                 },
                 // This variant is marked pass; the others are not.
@@ -153,6 +155,16 @@ pub(super) async fn look_up(
     } else {
         Looked::Stale { entry, key, index }
     }
+}
+
+/// Whether the request's values of the fields a stored variant varies on are the ones
+/// it was stored for.
+fn matches_request(entry: &HttpEntry, req: &HeaderMap) -> bool {
+    !entry.vary.is_empty()
+        && entry
+            .vary
+            .iter()
+            .all(|(name, value)| headers::vary_value(req, name) == *value)
 }
 
 /// Whether a client's conditional GET/HEAD is satisfied by `entry` (RFC 9110 section

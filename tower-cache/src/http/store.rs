@@ -44,14 +44,18 @@ pub(super) fn store_job(
     let (key, index_record) = if names.is_empty() {
         (primary.to_owned(), None)
     } else {
-        let epoch = match index {
-            Some((epoch, old)) if old == names => epoch,
-            _ => new_epoch(),
+        // The URL's index stays as it is, epoch and list, even when this response varies
+        // on other fields (a CORS layer adding `Origin` to some responses): the variants
+        // stored under it stay reachable. The entry is filed by the index's list and
+        // keeps its own, which a lookup matches the request against.
+        let (epoch, index_names) = match index {
+            Some((epoch, old)) => (epoch, old),
+            None => (new_epoch(), names.clone()),
         };
-        let values = vary_values(req_headers, &names);
+        let values = vary_values(req_headers, &index_names);
         (
             variant_key(primary, epoch, &values),
-            entry::encode_index(epoch, &names),
+            entry::encode_index(epoch, &index_names),
         )
     };
     let ticket = if key == primary {
