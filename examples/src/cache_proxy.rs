@@ -56,7 +56,7 @@
 //!   the answer is `408 Request Timeout` and the connection is closed.
 //!
 //! It forwards every method and the remaining header fields as the client sent them
-//! (the `Host` too), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
+//! (the `Host` lower-cased, as the key has it), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
 //! `:authority` becomes the `Host`); the cache adds its validators when it revalidates.
 //! Connections to the upstream are kept alive and pooled. An upstream that cannot be
 //! reached answers `502 Bad Gateway`, one that does not answer within

@@ -87,7 +87,9 @@ impl std::error::Error for RequestRefused {}
 ///   ...); the fields they name and the hop-by-hop fields (`Connection`, `Keep-Alive`,
 ///   `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 ///   `Proxy-Authorization`) are removed;
-/// - forwarding fields are removed under [`ForwardedFields::Drop`].
+/// - forwarding fields are removed under [`ForwardedFields::Drop`], and their
+///   underscore spellings always;
+/// - the authority is lower-cased, in `Host` and in the target URI, as the key has it.
 ///
 /// Applying it twice changes nothing more.
 pub fn prepare_request<B>(
@@ -95,6 +97,7 @@ pub fn prepare_request<B>(
     forwarded: ForwardedFields,
 ) -> Result<(), RequestRefused> {
     authority_bytes(req)?;
+    lower_case_authority(req);
     strip_connection_options(req.headers_mut())?;
     // An origin behind a CGI-style interface reads `X_Forwarded_Host` as
     // `X-Forwarded-Host`: the underscore spellings of the fields above go too, whatever
@@ -120,6 +123,33 @@ pub fn prepare_request<B>(
         }
     }
     Ok(())
+}
+
+/// Lower-cases a validated authority in the `Host` field and the target URI, so that
+/// the origin gets the authority the cache keys (one client's spelling of the host,
+/// reflected in a response, is not stored for everyone's).
+fn lower_case_authority<B>(req: &mut Request<B>) {
+    if let Some(host) = req.headers().get(::http::header::HOST) {
+        if host.as_bytes().iter().any(u8::is_ascii_uppercase) {
+            let lower = host.as_bytes().to_ascii_lowercase();
+            if let Ok(v) = ::http::HeaderValue::from_bytes(&lower) {
+                req.headers_mut().insert(::http::header::HOST, v);
+            }
+        }
+    }
+    let upper = req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().bytes().any(|b| b.is_ascii_uppercase()));
+    if upper {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = parts
+            .authority
+            .and_then(|a| a.as_str().to_ascii_lowercase().parse().ok());
+        if let Ok(uri) = ::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// Whether a request's header fields announce content: a `Content-Length` other than
@@ -464,6 +494,14 @@ mod tests {
                 String::from_utf8_lossy(named)
             );
         }
+    }
+
+    #[test]
+    fn the_authority_is_forwarded_lower_cased() {
+        let mut r = req(&[("host", b"A.TeSt:8080")], "http://a.TEST:8080/P?Q");
+        prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+        assert_eq!(r.headers()["host"], "a.test:8080");
+        assert_eq!(r.uri().to_string(), "http://a.test:8080/P?Q");
     }
 
     #[test]
