@@ -168,8 +168,12 @@ fn matches_request(entry: &HttpEntry, req: &HeaderMap) -> bool {
 }
 
 /// Whether a client's conditional GET/HEAD is satisfied by `entry` (RFC 9110 section
-/// 13.1): answer 304.
+/// 13.1): answer 304. Only a stored 2xx is evaluated (section 13.2.1): any other status
+/// is sent as it is.
 pub(super) fn not_modified(req: &HeaderMap, entry: &HttpEntry) -> bool {
+    if !entry.status.is_success() {
+        return false;
+    }
     if let Some(inm) = headers::if_none_match(req) {
         return match (inm, headers::etag(&entry.headers)) {
             (None, _) => true,
