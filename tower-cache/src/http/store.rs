@@ -338,3 +338,83 @@ impl StoreJob {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use ::http::{Request, Response};
+    use futures_util::StreamExt;
+    use http_body::Frame;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    type TestBody = UnsyncBoxBody<Bytes, Infallible>;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_background_refresh_gives_its_slot_up_after_the_refresh_timeout() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |_req: Request<()>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // Stale at once (Age past max-age), within its revalidation window.
+                    let body: TestBody = if n == 0 {
+                        Full::new(Bytes::from_static(b"first")).boxed_unsync()
+                    } else {
+                        // A head, then a body that never ends.
+                        let frames = futures_util::stream::iter([Ok::<_, Infallible>(
+                            Frame::data(Bytes::from_static(b"par")),
+                        )])
+                        .chain(futures_util::stream::pending());
+                        StreamBody::new(frames).boxed_unsync()
+                    };
+                    let res = Response::builder()
+                        .header("cache-control", "max-age=1, stale-while-revalidate=600")
+                        .header("age", "5")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        };
+        let store = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        let timeout = Duration::from_secs(5);
+        let svc = HttpCacheLayer::new(store)
+            .refresh_timeout(timeout)
+            .layer(origin);
+        let get = || {
+            Request::get("/r")
+                .header("host", "a.test")
+                .body(())
+                .unwrap()
+        };
+        let status = |res: &Response<_>| res.headers()["x-cache"].to_str().unwrap().to_owned();
+        let first = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&first), "MISS");
+        first.into_body().collect().await.unwrap();
+        // Stale: served, and one refresh starts (the origin's second call), which stalls.
+        let stale = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&stale), "STALE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // While it runs, no second refresh starts.
+        let stale = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&stale), "STALE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Past the refresh timeout the stalled refresh is dropped: the next stale hit
+        // starts another.
+        tokio::time::sleep(timeout).await;
+        let stale = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&stale), "STALE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
