@@ -631,3 +631,41 @@ pub(super) fn freshen(
     };
     (entry, storable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(status: StatusCode) -> HttpEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert(::http::header::ETAG, HeaderValue::from_static("\"e\""));
+        HttpEntry {
+            status,
+            headers,
+            body: Bytes::new(),
+            freshness: policy::Freshness {
+                response_time: 0,
+                initial_age: 0,
+                lifetime: 60_000,
+                must_revalidate: false,
+                no_cache: false,
+                validator: true,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+            },
+            vary: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_stored_2xx_is_answered_not_modified() {
+        for inm in ["*", "\"e\""] {
+            let mut req = HeaderMap::new();
+            req.insert(::http::header::IF_NONE_MATCH, HeaderValue::from_static(inm));
+            assert!(not_modified(&req, &stored(StatusCode::OK)), "{inm}");
+            for status in [StatusCode::NOT_FOUND, StatusCode::MOVED_PERMANENTLY] {
+                assert!(!not_modified(&req, &stored(status)), "{inm} {status}");
+            }
+        }
+    }
+}
