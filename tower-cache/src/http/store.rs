@@ -417,4 +417,61 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
+
+    #[tokio::test]
+    async fn a_response_with_another_vary_list_is_filed_beside_the_variants() {
+        let origin = tower::service_fn(|req: Request<()>| async move {
+            let cors = req.headers().contains_key("origin");
+            let res = Response::builder()
+                .header("cache-control", "max-age=60")
+                .header(
+                    "vary",
+                    if cors {
+                        "Accept-Encoding, Origin"
+                    } else {
+                        "Accept-Encoding"
+                    },
+                )
+                .body(Full::new(Bytes::from(if cors { "cors" } else { "plain" })).boxed_unsync())
+                .unwrap();
+            Ok::<Response<TestBody>, Infallible>(res)
+        });
+        let store = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        let svc = HttpCacheLayer::new(store).layer(origin);
+        let get = |ae: &'static str, origin: Option<&'static str>| {
+            let mut b = Request::get("/v")
+                .header("host", "a.test")
+                .header("accept-encoding", ae);
+            if let Some(o) = origin {
+                b = b.header("origin", o);
+            }
+            b.body(()).unwrap()
+        };
+        let fetch = |req| {
+            let svc = svc.clone();
+            async move {
+                let res = svc.oneshot(req).await.unwrap();
+                let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (x, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        assert_eq!(fetch(get("gzip", None)).await.0, "MISS");
+        assert_eq!(
+            fetch(get("gzip", None)).await,
+            ("HIT-MEM".into(), "plain".into())
+        );
+        assert_eq!(fetch(get("br", Some("http://x.test"))).await.0, "MISS");
+        // The plain variant is still there, and the CORS one is served by its own list.
+        assert_eq!(
+            fetch(get("gzip", None)).await,
+            ("HIT-MEM".into(), "plain".into())
+        );
+        assert_eq!(
+            fetch(get("br", Some("http://x.test"))).await,
+            ("HIT-MEM".into(), "cors".into())
+        );
+        // Another Origin is another variant of the CORS response: not served from it.
+        assert_eq!(fetch(get("br", Some("http://y.test"))).await.0, "MISS");
+    }
 }
