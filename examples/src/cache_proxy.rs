@@ -39,8 +39,11 @@
 //!   `Authorization`, `Cookie`, `Cache-Control`, `Forwarded`, `X-Forwarded-*`, ...) is
 //!   refused. Fields that steer an origin to another host, scheme, client or URL
 //!   (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`,
-//!   method overrides, ...) are removed from clients' requests; with `--key-forwarded`
-//!   (behind a trusted proxy that sets them) they are kept and become part of the key.
+//!   `True-Client-IP`, `CF-Connecting-IP`, method overrides, ...) are removed from
+//!   clients' requests; with `--key-forwarded` (behind a trusted proxy that sets them)
+//!   they are kept and become part of the key. A field that spells any field above with
+//!   `_` for `-` (`X_Forwarded_Host`), which CGI-style origins read as that field, is
+//!   always removed.
 //!   The proxy then sets its own `X-Forwarded-For`, `Forwarded: for=...;proto=http` and
 //!   `X-Forwarded-Proto` from the client's address.
 //! - **Limits.** A connection that has not sent a whole request head within
@@ -48,10 +51,12 @@
 //!   on HTTP/1, is closed; one that moves no byte for `--idle-timeout-ms` (default
 //!   60,000) with no request in progress is shut down gracefully. At most
 //!   `--max-connections` (default 10,000) are served at once; beyond that, new
-//!   connections wait in the listen backlog until one closes.
+//!   connections wait in the listen backlog until one closes. The body of a request to
+//!   `/_cache/invalidate` must arrive within `--header-read-timeout-ms` too; otherwise
+//!   the answer is `408 Request Timeout` and the connection is closed.
 //!
 //! It forwards every method and the remaining header fields as the client sent them
-//! (the `Host` too), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
+//! (the `Host` lower-cased, as the key has it), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
 //! `:authority` becomes the `Host`); the cache adds its validators when it revalidates.
 //! Connections to the upstream are kept alive and pooled. An upstream that cannot be
 //! reached answers `502 Bad Gateway`, one that does not answer within
@@ -372,6 +377,41 @@ fn refuse(status: StatusCode, text: String) -> Response<AnyBody> {
     res
 }
 
+/// The largest body the invalidation endpoint's request is read into memory with; the
+/// endpoint applies its own, smaller bound.
+const MAX_CONTROL_BODY: usize = 64 << 10;
+
+/// The request with its whole body read within `within`, or the answer to send instead:
+/// `408` (and the connection closed) when the body stalls, `413` when it is too large,
+/// `400` when it breaks off.
+async fn read_body_within(
+    req: Request<hyper::body::Incoming>,
+    within: Duration,
+) -> Result<Request<Full<Bytes>>, Response<AnyBody>> {
+    let (parts, body) = req.into_parts();
+    let read = http_body_util::Limited::new(body, MAX_CONTROL_BODY).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(body)) => Ok(Request::from_parts(parts, Full::new(body.to_bytes()))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n".into(),
+        )),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad request: the body broke off\n".into(),
+        )),
+        Err(_) => {
+            let mut res = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n".into(),
+            );
+            res.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            Err(res)
+        }
+    }
+}
+
 /// Checks a request at the edge (see the module docs), then sends it to the
 /// invalidation endpoint, the purge service or the cache.
 async fn route<C>(
@@ -380,6 +420,7 @@ async fn route<C>(
     endpoint: Option<tower_cache::coordinator::InvalidateEndpoint>,
     client: SocketAddr,
     forwarded: ForwardedFields,
+    body_timeout: Duration,
     mut req: Request<hyper::body::Incoming>,
 ) -> Result<Response<AnyBody>, Infallible>
 where
@@ -404,9 +445,27 @@ where
             format!("bad request: {why}\n"),
         ));
     }
+    // The edge removed `Transfer-Encoding` (hop-by-hop); content of unknown length (an
+    // HTTP/1 chunked body, or an HTTP/2 body without `Content-Length`) is announced
+    // again so that the cache sees the request has content. The forwarder frames the
+    // body anew.
+    if !hyper::body::Body::is_end_stream(req.body())
+        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+    {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     req.extensions_mut().insert(ClientAddr(client));
     let never = |never: Infallible| -> Box<dyn std::error::Error + Send + Sync> { match never {} };
     if let Some(e) = endpoint.filter(|_| req.uri().path() == "/_cache/invalidate") {
+        // A request in progress is never idle: the body is read within the header-read
+        // timeout, or the connection is answered 408 and closed.
+        let req = match read_body_within(req, body_timeout).await {
+            Ok(req) => req,
+            Err(res) => return Ok(res),
+        };
         let res = e.oneshot(req).await?;
         return Ok(res.map(|b| b.map_err(never).boxed_unsync()));
     }
@@ -683,7 +742,8 @@ pub async fn run(args: Args) -> std::io::Result<()> {
             } else {
                 PurgeService::new(store.clone(), token)
             }
-            .map_err(std::io::Error::other)?,
+            .map_err(std::io::Error::other)?
+            .forwarded_fields(forwarded),
         );
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -718,7 +778,16 @@ pub async fn run(args: Args) -> std::io::Result<()> {
                     let (cache, purge, endpoint) = (cache.clone(), purge.clone(), endpoint.clone());
                     let in_progress = InProgress::start(&activity);
                     async move {
-                        let res = route(cache, purge, endpoint, client, forwarded, req).await;
+                        let res = route(
+                            cache,
+                            purge,
+                            endpoint,
+                            client,
+                            forwarded,
+                            header_read_timeout,
+                            req,
+                        )
+                        .await;
                         drop(in_progress);
                         res
                     }

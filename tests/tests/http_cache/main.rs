@@ -2041,11 +2041,12 @@ async fn two_hosts_no_host_or_a_host_the_target_contradicts_are_refused() {
                 .0,
             400
         );
-        // The same host both ways, or only in the target (HTTP/2's `:authority`): served.
+        // The same host both ways, or only in the target (HTTP/2's `:authority`): served,
+        // the origin getting the authority lower-cased, as the key has it.
         let (s, _, b) = edge_get(&svc, "http://a.test/x", &[("host", b"A.test")]).await;
         assert_eq!(
             (s, b.as_str()),
-            (200, "host=A.test path=/x x-v=- xfh=- user=-")
+            (200, "host=a.test path=/x x-v=- xfh=- user=-")
         );
         let (s, x, _) = edge_get(&svc, "http://a.test/x", &[]).await;
         assert_eq!((s, x.as_str()), (200, "HIT-MEM"));

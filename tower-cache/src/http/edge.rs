@@ -50,7 +50,9 @@ pub enum ForwardedFields {
     Drop,
     /// Kept, passed to the origin, and made part of the cache key, so that responses to
     /// different values are stored apart. For a cache behind a trusted proxy that sets
-    /// them. A `PURGE` of a URL then removes only the entry for the values it carries.
+    /// them. A `PURGE` of a URL then removes only the entry for the values it carries
+    /// (give [`PurgeService::forwarded_fields`](crate::PurgeService::forwarded_fields)
+    /// the same setting).
     Key,
 }
 
@@ -85,7 +87,9 @@ impl std::error::Error for RequestRefused {}
 ///   ...); the fields they name and the hop-by-hop fields (`Connection`, `Keep-Alive`,
 ///   `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 ///   `Proxy-Authorization`) are removed;
-/// - forwarding fields are removed under [`ForwardedFields::Drop`].
+/// - forwarding fields are removed under [`ForwardedFields::Drop`], and their
+///   underscore spellings always;
+/// - the authority is lower-cased, in `Host` and in the target URI, as the key has it.
 ///
 /// Applying it twice changes nothing more.
 pub fn prepare_request<B>(
@@ -93,7 +97,20 @@ pub fn prepare_request<B>(
     forwarded: ForwardedFields,
 ) -> Result<(), RequestRefused> {
     authority_bytes(req)?;
+    lower_case_authority(req);
     strip_connection_options(req.headers_mut())?;
+    // An origin behind a CGI-style interface reads `X_Forwarded_Host` as
+    // `X-Forwarded-Host`: the underscore spellings of the fields above go too, whatever
+    // `forwarded` says (a trusted proxy sets the dashed ones).
+    let aliases: Vec<HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|n| is_underscore_alias(n))
+        .cloned()
+        .collect();
+    for name in aliases {
+        req.headers_mut().remove(name);
+    }
     if forwarded == ForwardedFields::Drop {
         let found: Vec<HeaderName> = req
             .headers()
@@ -106,6 +123,44 @@ pub fn prepare_request<B>(
         }
     }
     Ok(())
+}
+
+/// Lower-cases a validated authority in the `Host` field and the target URI, so that
+/// the origin gets the authority the cache keys (one client's spelling of the host,
+/// reflected in a response, is not stored for everyone's).
+fn lower_case_authority<B>(req: &mut Request<B>) {
+    if let Some(host) = req.headers().get(::http::header::HOST) {
+        if host.as_bytes().iter().any(u8::is_ascii_uppercase) {
+            let lower = host.as_bytes().to_ascii_lowercase();
+            if let Ok(v) = ::http::HeaderValue::from_bytes(&lower) {
+                req.headers_mut().insert(::http::header::HOST, v);
+            }
+        }
+    }
+    let upper = req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().bytes().any(|b| b.is_ascii_uppercase()));
+    if upper {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = parts
+            .authority
+            .and_then(|a| a.as_str().to_ascii_lowercase().parse().ok());
+        if let Ok(uri) = ::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// Whether a request's header fields announce content: a `Content-Length` other than
+/// 0, or any `Transfer-Encoding`. Read before [`prepare_request`], which removes
+/// `Transfer-Encoding`.
+pub(crate) fn carries_content(headers: &HeaderMap) -> bool {
+    headers.contains_key(::http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(::http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().iter().all(|&b| b == b'0'))
 }
 
 /// The request's authority, validated and lower-cased, as the cache keys it.
@@ -243,9 +298,20 @@ const END_TO_END: &[&str] = &[
 /// or URL; any `X-Forwarded-*` too.
 const FORWARDING: &[&str] = &[
     "forwarded",
+    "forwarded-for",
+    "x-forwarded",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-original-forwarded-for",
     "x-real-ip",
     "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
     "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-arr-ssl",
     "x-original-url",
     "x-original-uri",
     "x-original-host",
@@ -263,8 +329,25 @@ const FORWARDING: &[&str] = &[
 
 /// Whether `name` is a forwarding field ([`ForwardedFields`]).
 pub(crate) fn is_forwarding_field(name: &HeaderName) -> bool {
-    let n = name.as_str();
+    is_forwarding_name(name.as_str())
+}
+
+fn is_forwarding_name(n: &str) -> bool {
     n.starts_with("x-forwarded-") || FORWARDING.contains(&n)
+}
+
+/// Whether `name`, with each `_` read as `-` (as CGI-style servers read it), names a
+/// forwarding, hop-by-hop or end-to-end field it is not: a spelling that would reach
+/// such an origin as that field without the cache seeing it.
+fn is_underscore_alias(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    if !n.contains('_') {
+        return false;
+    }
+    let dashed = n.replace('_', "-");
+    is_forwarding_name(&dashed)
+        || HOP_BY_HOP.contains(&dashed.as_str())
+        || END_TO_END.contains(&dashed.as_str())
 }
 
 /// The hop-by-hop fields of a request, removed whatever `Connection` says.
@@ -414,6 +497,24 @@ mod tests {
     }
 
     #[test]
+    fn the_authority_is_forwarded_lower_cased() {
+        let mut r = req(&[("host", b"A.TeSt:8080")], "http://a.TEST:8080/P?Q");
+        prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+        assert_eq!(r.headers()["host"], "a.test:8080");
+        assert_eq!(r.uri().to_string(), "http://a.test:8080/P?Q");
+    }
+
+    #[test]
+    fn content_is_seen_by_length_or_transfer_coding() {
+        let has = |fields: &[(&str, &[u8])]| carries_content(req(fields, "/x").headers());
+        assert!(!has(&[]));
+        assert!(!has(&[("content-length", b"0")]));
+        assert!(!has(&[("content-length", b"00")]));
+        assert!(has(&[("content-length", b"25")]));
+        assert!(has(&[("transfer-encoding", b"chunked")]));
+    }
+
+    #[test]
     fn forwarding_fields_are_dropped_unless_keyed() {
         let fields: &[(&str, &[u8])] = &[
             ("host", b"a.test"),
@@ -429,5 +530,37 @@ mod tests {
         let mut r = req(fields, "/x");
         prepare_request(&mut r, ForwardedFields::Key).unwrap();
         assert_eq!(r.headers().len(), fields.len());
+    }
+
+    #[test]
+    fn underscore_spellings_of_guarded_fields_are_dropped() {
+        for mode in [ForwardedFields::Drop, ForwardedFields::Key] {
+            let mut r = req(
+                &[
+                    ("host", b"a.test"),
+                    ("x_forwarded_host", b"evil.test"),
+                    ("X_Forwarded-Proto", b"https"),
+                    ("x_original_url", b"/admin"),
+                    ("true_client_ip", b"10.0.0.1"),
+                    ("transfer_encoding", b"chunked"),
+                    ("if_match", b"\"x\""),
+                    ("x_custom_thing", b"kept"),
+                ],
+                "/x",
+            );
+            prepare_request(&mut r, mode).unwrap();
+            let left: Vec<&str> = r.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!(left, ["host", "x_custom_thing"], "{mode:?}");
+        }
+        for name in [
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "x-forwarded",
+            "forwarded-for",
+        ] {
+            let mut r = req(&[("host", b"a.test"), (name, b"10.0.0.1")], "/x");
+            prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+            assert_eq!(r.headers().len(), 1, "{name}");
+        }
     }
 }

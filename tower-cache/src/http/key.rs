@@ -43,8 +43,17 @@ pub(super) fn primary_key<B>(
     config: &HttpCacheLayer,
     req: &Request<B>,
 ) -> Result<String, RequestRefused> {
+    keyed_url(req, config.forwarded)
+}
+
+/// The primary key of a request when forwarding fields are treated as `forwarded` says
+/// (what a purge of the request's URL removes).
+pub(crate) fn keyed_url<B>(
+    req: &Request<B>,
+    forwarded: ForwardedFields,
+) -> Result<String, RequestRefused> {
     let mut key = try_url_key(req)?;
-    if config.forwarded == ForwardedFields::Key {
+    if forwarded == ForwardedFields::Key {
         let mut names: Vec<&HeaderName> = req
             .headers()
             .keys()

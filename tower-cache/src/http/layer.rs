@@ -19,6 +19,9 @@ pub const DEFAULT_MAX_STORED_BODY: usize = 1 << 20;
 pub const DEFAULT_HTTP_PASS_TTL: Duration = Duration::from_secs(10);
 /// Default longest wait of a request for another one fetching the same URL: 10 s.
 pub const DEFAULT_COLLAPSE_WAIT: Duration = Duration::from_secs(10);
+/// Default longest time a background refresh (`stale-while-revalidate`) may take, from
+/// the request to the end of the response body: 30 s.
+pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a response came from, as the status header says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,7 @@ pub struct HttpCacheLayer {
     pub(super) status_header: Option<HeaderName>,
     pub(super) pass_ttl: Duration,
     pub(super) collapse_wait: Duration,
+    pub(super) refresh_timeout: Duration,
     pub(super) forwarded: ForwardedFields,
     pub(super) inflight: Arc<Inflight>,
 }
@@ -85,6 +89,7 @@ impl HttpCacheLayer {
             status_header: Some(HeaderName::from_static("x-cache")),
             pass_ttl: DEFAULT_HTTP_PASS_TTL,
             collapse_wait: DEFAULT_COLLAPSE_WAIT,
+            refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
             forwarded: ForwardedFields::Drop,
             inflight: Arc::default(),
         }
@@ -120,6 +125,15 @@ impl HttpCacheLayer {
     /// origin itself.
     pub fn collapse_wait(mut self, wait: Duration) -> Self {
         self.collapse_wait = wait;
+        self
+    }
+
+    /// The longest time a background refresh (`stale-while-revalidate`) may take, from
+    /// its request to the end of the response body; past it the refresh is dropped
+    /// (its upstream request with it) and the entry stays as it was. Raised to at least
+    /// a millisecond.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 

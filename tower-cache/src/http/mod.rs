@@ -11,7 +11,10 @@
 //!   cacheable by default only with heuristic freshness or a default TTL, both opt-in
 //!   ([`HttpPolicy`]). Never `no-store`, `private` (qualified or not), `Set-Cookie`
 //!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, `206` or `Range` requests
-//!   (passed through). A response to a request with `Authorization` only with `public`,
+//!   (passed through), nor responses to a `GET` or `HEAD` with content or with
+//!   `If-Match` / `If-Unmodified-Since` (passed through: the content is not in the key,
+//!   and the cache does not evaluate those preconditions), nor responses that vary on a
+//!   forwarding field. A response to a request with `Authorization` only with `public`,
 //!   `s-maxage` or `must-revalidate` (section 3.5); to a request with `Cookie` (on which
 //!   the RFC is silent) only with `public`, `s-maxage` or `Vary: Cookie`, as Varnish and
 //!   nginx do, so an origin that personalises by cookie and forgets `private` leaks
@@ -25,18 +28,23 @@
 //!   section 4.2.3 says, with millisecond resident time.
 //! - **Vary** (section 4.1): each combination of the listed request headers (values
 //!   normalised: list elements trimmed) is its own stored variant; `Vary: Cookie` keeps
-//!   users apart.
+//!   users apart. A response with another list than the URL's stored variants is filed
+//!   beside them and matched by its own list, leaving them in place.
 //! - **On the way out**: `Age` on every hit, a status header (default
 //!   `x-cache: HIT-MEM | HIT-DISK | MISS | PASS`), hop-by-hop fields (`Connection` and
 //!   the fields it names, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`,
 //!   `Upgrade`, `Proxy-*`) never stored. A `HEAD` is answered from a stored `GET`; a
-//!   client's `If-None-Match` / `If-Modified-Since` is answered `304` from a fresh entry.
+//!   client's `If-None-Match` / `If-Modified-Since` is answered `304` from a fresh 2xx
+//!   entry (any other stored status is sent as it is, RFC 9110 section 13.2.1).
 //! - **Streaming**: the head goes to the client as soon as the origin sends it; the body
 //!   streams through while a copy is kept, and the entry is stored when the body ended
 //!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;
 //!   the others wait for it (up to [`HttpCacheLayer::collapse_wait`]) and are served
 //!   what it stored. A variant whose response may never be stored is marked pass for a
-//!   while so that requests for it do not queue; the URL's other variants stay served.
+//!   while so that requests for it do not queue; the URL's other variants stay served,
+//!   and an answer to a request with `Cookie` or `Authorization` marks nothing. A
+//!   background refresh (`stale-while-revalidate`) has a slot of its own, which misses
+//!   never wait on, and ends within [`HttpCacheLayer::refresh_timeout`].
 //! - **Revalidation**: a `304` updates the stored fields; when the updated response may
 //!   not be stored (the client's credentials, a `Set-Cookie` on the `304`), the client,
 //!   who sent no condition, still gets the whole response, never the bare `304`.
@@ -45,8 +53,9 @@
 //!   is answered `400` otherwise; hop-by-hop fields and the fields `Connection` names are
 //!   removed before the key and the `Vary` values are read (a `Connection` option naming
 //!   an end-to-end field is refused); forwarding fields (`X-Forwarded-*`, `Forwarded`,
-//!   `X-Original-URL`, ...) are removed, or keyed on ([`ForwardedFields`]). Keys are
-//!   built only from validated parts ([`url_key`]).
+//!   `X-Original-URL`, ...) are removed, or keyed on ([`ForwardedFields`]), and their
+//!   underscore spellings always removed; the authority is lower-cased, so the origin
+//!   gets the one keyed. Keys are built only from validated parts ([`url_key`]).
 //! - **Invalidation** (section 4.4): a successful `POST`, `PUT`, `PATCH` or `DELETE`
 //!   removes the target URI and a same-origin `Location` / `Content-Location`.
 //!   `Surrogate-Key` and `xkey` values are stored as the entry's tags.
@@ -136,10 +145,11 @@ mod store;
 
 pub use self::body::HttpCacheBody;
 pub use self::edge::{prepare_request, ForwardedFields, RequestRefused};
+pub(crate) use self::key::keyed_url;
 pub use self::key::{try_url_key, url_key};
 pub use self::layer::{
     HttpCacheLayer, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL,
-    DEFAULT_MAX_STORED_BODY,
+    DEFAULT_MAX_STORED_BODY, DEFAULT_REFRESH_TIMEOUT,
 };
 pub use self::policy::HttpPolicy;
 pub use self::service::HttpCacheService;

@@ -131,8 +131,10 @@ pub(super) async fn look_up(
             let key = variant_key(primary, epoch, &values);
             let index = Some((epoch, names));
             match store.lookup(&key).await {
+                // Matched by the stored response's own Vary list (RFC 9111 section
+                // 4.1), which may differ from the index's.
                 Found::Hit(s, disk) => match entry::decode(&s.value) {
-                    Some(Record::Entry(e)) if e.vary == values => (e, disk, key, index),
+                    Some(Record::Entry(e)) if matches_request(&e, req) => (e, disk, key, index),
                     _ => return Looked::Miss { index },
                 },
                 // This variant is marked pass; the others are not.
@@ -155,9 +157,23 @@ pub(super) async fn look_up(
     }
 }
 
+/// Whether the request's values of the fields a stored variant varies on are the ones
+/// it was stored for.
+fn matches_request(entry: &HttpEntry, req: &HeaderMap) -> bool {
+    !entry.vary.is_empty()
+        && entry
+            .vary
+            .iter()
+            .all(|(name, value)| headers::vary_value(req, name) == *value)
+}
+
 /// Whether a client's conditional GET/HEAD is satisfied by `entry` (RFC 9110 section
-/// 13.1): answer 304.
+/// 13.1): answer 304. Only a stored 2xx is evaluated (section 13.2.1): any other status
+/// is sent as it is.
 pub(super) fn not_modified(req: &HeaderMap, entry: &HttpEntry) -> bool {
+    if !entry.status.is_success() {
+        return false;
+    }
     if let Some(inm) = headers::if_none_match(req) {
         return match (inm, headers::etag(&entry.headers)) {
             (None, _) => true,
@@ -288,6 +304,8 @@ where
 {
     let store = &config.store;
     let mut req = req;
+    // Read before the edge removes `Transfer-Encoding` (a hop-by-hop field).
+    let carries_content = edge::carries_content(req.headers());
     // Before anything is read from it: the fields the key and the policy read are the
     // ones the origin gets.
     if let Err(why) = edge::prepare_request(&mut req, config.forwarded) {
@@ -316,7 +334,20 @@ where
         return Ok(passthrough(&config, res));
     }
     let rules = RequestRules::of(req.headers());
-    if rules.no_store || req.headers().contains_key(::http::header::RANGE) {
+    // A GET or HEAD with content goes to the origin with it, but the content is not in
+    // the key: an origin that reads it would have its answer to one client's content
+    // stored for everyone. Passed, never stored. So are requests with preconditions the
+    // cache does not evaluate (`If-Match`, `If-Unmodified-Since`): the answer to one
+    // client's precondition (a 412) is not an answer for everyone.
+    let unevaluated_precondition = req.headers().contains_key(::http::header::IF_MATCH)
+        || req
+            .headers()
+            .contains_key(::http::header::IF_UNMODIFIED_SINCE);
+    if rules.no_store
+        || carries_content
+        || unevaluated_precondition
+        || req.headers().contains_key(::http::header::RANGE)
+    {
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
@@ -326,7 +357,8 @@ where
     // refresh it in the background, once per URL.
     let mut looked = match looked {
         Looked::Stale { entry, key, index } if while_revalidate(&entry, &rules, now) => {
-            if let Join::Leader(guard) = config.inflight.join(&primary) {
+            // Refreshes have a slot of their own: a miss of the URL never waits on one.
+            if let Join::Leader(guard) = config.inflight.join(&refresh_slot(&primary)) {
                 let refresh = Refresh {
                     config: config.clone(),
                     primary: primary.clone(),
@@ -463,7 +495,12 @@ where
     let freshness = match decision {
         Ok(f) => f,
         Err(why) => {
-            if response_never_storable(res.headers()) {
+            // A request with credentials may get an answer for its client alone
+            // (`private` to a cookie): that says nothing of the URL's shared response,
+            // which stays stored and served.
+            let credentials = req_headers.contains_key(::http::header::AUTHORIZATION)
+                || req_headers.contains_key(::http::header::COOKIE);
+            if !credentials && response_never_storable(res.headers()) {
                 mark_pass(
                     &config,
                     &primary,
@@ -477,7 +514,9 @@ where
             return Ok(passthrough(&config, res));
         }
     };
-    if res.body().size_hint().lower() > config.max_body as u64 {
+    if res.body().size_hint().lower() > config.max_body as u64
+        || varies_on_forwarding(res.headers())
+    {
         return Ok(passthrough(&config, res));
     }
     let (parts, body) = res.into_parts();
@@ -591,4 +630,139 @@ pub(super) fn freshen(
         ..entry
     };
     (entry, storable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(status: StatusCode) -> HttpEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert(::http::header::ETAG, HeaderValue::from_static("\"e\""));
+        HttpEntry {
+            status,
+            headers,
+            body: Bytes::new(),
+            freshness: policy::Freshness {
+                response_time: 0,
+                initial_age: 0,
+                lifetime: 60_000,
+                must_revalidate: false,
+                no_cache: false,
+                validator: true,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+            },
+            vary: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_stored_2xx_is_answered_not_modified() {
+        for inm in ["*", "\"e\""] {
+            let mut req = HeaderMap::new();
+            req.insert(::http::header::IF_NONE_MATCH, HeaderValue::from_static(inm));
+            assert!(not_modified(&req, &stored(StatusCode::OK)), "{inm}");
+            for status in [StatusCode::NOT_FOUND, StatusCode::MOVED_PERMANENTLY] {
+                assert!(!not_modified(&req, &stored(status)), "{inm} {status}");
+            }
+        }
+    }
+
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Full};
+    use tower::{Layer, ServiceExt};
+
+    type TestBody = UnsyncBoxBody<Bytes, Infallible>;
+
+    /// A cache over an origin that answers `cache-control` (and `vary`) as `answer` says
+    /// for each request, counting its calls.
+    fn cache_over(
+        answer: fn(&HeaderMap) -> (&'static str, Option<&'static str>),
+    ) -> (
+        impl Service<
+                Request<()>,
+                Response = Response<HttpCacheBody<TestBody>>,
+                Error = Infallible,
+                Future = impl Send,
+            > + Clone,
+        Arc<AtomicUsize>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let origin = tower::service_fn(move |req: Request<()>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let (cc, vary) = answer(req.headers());
+            async move {
+                let mut b = Response::builder().header("cache-control", cc);
+                if let Some(v) = vary {
+                    b = b.header("vary", v);
+                }
+                let body = Full::new(Bytes::from(format!("answer-{n}"))).boxed_unsync();
+                Ok::<Response<TestBody>, Infallible>(b.body(body).unwrap())
+            }
+        });
+        let store = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        (HttpCacheLayer::new(store).layer(origin), calls)
+    }
+
+    async fn x_cache<S>(svc: &S, req: Request<()>) -> String
+    where
+        S: Service<Request<()>, Response = Response<HttpCacheBody<TestBody>>, Error = Infallible>
+            + Clone,
+    {
+        let res = svc.clone().oneshot(req).await.unwrap();
+        let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
+        res.into_body().collect().await.unwrap();
+        x
+    }
+
+    fn get() -> ::http::request::Builder {
+        Request::get("/p").header("host", "a.test")
+    }
+
+    #[tokio::test]
+    async fn content_and_unevaluated_preconditions_are_passed_and_not_stored() {
+        let (svc, calls) = cache_over(|_| ("max-age=60", None));
+        for b in [
+            get().header("content-length", "5"),
+            get().header("transfer-encoding", "chunked"),
+            get().header("if-match", "\"x\""),
+            get().header("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ] {
+            assert_eq!(x_cache(&svc, b.body(()).unwrap()).await, "PASS");
+        }
+        assert_eq!(x_cache(&svc, get().body(()).unwrap()).await, "MISS");
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_response_varying_on_a_forwarding_field_is_not_stored() {
+        let (svc, calls) = cache_over(|_| ("max-age=60", Some("X-Forwarded-For")));
+        assert_eq!(x_cache(&svc, get().body(()).unwrap()).await, "PASS");
+        assert_eq!(x_cache(&svc, get().body(()).unwrap()).await, "PASS");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_private_answer_to_a_cookie_leaves_the_shared_entry() {
+        let (svc, _) = cache_over(|h| {
+            if h.contains_key("cookie") {
+                ("private", None)
+            } else {
+                ("max-age=60", None)
+            }
+        });
+        assert_eq!(x_cache(&svc, get().body(()).unwrap()).await, "MISS");
+        let reload = get()
+            .header("cookie", "s=1")
+            .header("cache-control", "no-cache")
+            .body(())
+            .unwrap();
+        x_cache(&svc, reload).await;
+        assert_eq!(x_cache(&svc, get().body(()).unwrap()).await, "HIT-MEM");
+    }
 }

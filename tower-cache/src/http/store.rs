@@ -44,14 +44,18 @@ pub(super) fn store_job(
     let (key, index_record) = if names.is_empty() {
         (primary.to_owned(), None)
     } else {
-        let epoch = match index {
-            Some((epoch, old)) if old == names => epoch,
-            _ => new_epoch(),
+        // The URL's index stays as it is, epoch and list, even when this response varies
+        // on other fields (a CORS layer adding `Origin` to some responses): the variants
+        // stored under it stay reachable. The entry is filed by the index's list and
+        // keeps its own, which a lookup matches the request against.
+        let (epoch, index_names) = match index {
+            Some((epoch, old)) => (epoch, old),
+            None => (new_epoch(), names.clone()),
         };
-        let values = vary_values(req_headers, &names);
+        let values = vary_values(req_headers, &index_names);
         (
             variant_key(primary, epoch, &values),
-            entry::encode_index(epoch, &names),
+            entry::encode_index(epoch, &index_names),
         )
     };
     let ticket = if key == primary {
@@ -122,8 +126,33 @@ pub(super) struct Refresh {
     pub(super) guard: LeaderGuard,
 }
 
+/// The single-flight slot of a URL's background refresh, apart from the slot misses
+/// wait on.
+pub(super) fn refresh_slot(primary: &str) -> String {
+    format!("{primary}\u{1f}refresh")
+}
+
 impl Refresh {
+    /// Runs the refresh within the layer's refresh timeout: a refresh that takes longer
+    /// (an origin that stalls its body, say) is dropped, its slot released.
     pub(super) async fn run<S, ReqB, ResB>(self, inner: S)
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        ReqB: Default,
+        ResB: Body<Data = Bytes>,
+        ResB::Error: Into<BoxError>,
+    {
+        let limit = self.config.refresh_timeout;
+        let key = self.primary.clone();
+        if tokio::time::timeout(limit, self.fetch(inner))
+            .await
+            .is_err()
+        {
+            tracing::debug!(key, "background refresh timed out");
+        }
+    }
+
+    async fn fetch<S, ReqB, ResB>(self, inner: S)
     where
         S: Service<Request<ReqB>, Response = Response<ResB>>,
         ReqB: Default,
@@ -167,6 +196,9 @@ impl Refresh {
         ) else {
             return;
         };
+        if varies_on_forwarding(res.headers()) {
+            return;
+        }
         let (parts, body) = res.into_parts();
         let job = store_job(
             &self.config,
@@ -239,6 +271,16 @@ pub(super) fn response_never_storable(res: &HeaderMap) -> bool {
         || headers::vary(res).is_none()
 }
 
+/// Whether a response varies on a forwarding field (`Vary: X-Forwarded-For`). Such a
+/// field reaches the origin from what sits between the cache and the origin (a proxy
+/// that adds the client's address), not from the request the cache keyed, or is in the
+/// key already ([`ForwardedFields::Key`](super::ForwardedFields::Key)): the variant the
+/// cache would file the response under is not the one the origin chose, so it is not
+/// stored.
+pub(super) fn varies_on_forwarding(res: &HeaderMap) -> bool {
+    headers::vary(res).is_some_and(|names| names.iter().any(edge::is_forwarding_field))
+}
+
 /// Tags from `Surrogate-Key` and `xkey` (space-separated), stored with the entry.
 pub(super) fn surrogate_keys(res: &HeaderMap) -> Tags {
     res.get_all("surrogate-key")
@@ -294,5 +336,142 @@ impl StoreJob {
         {
             tracing::debug!(error = %e, key = self.key, "response not stored");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use ::http::{Request, Response};
+    use futures_util::StreamExt;
+    use http_body::Frame;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    type TestBody = UnsyncBoxBody<Bytes, Infallible>;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_background_refresh_gives_its_slot_up_after_the_refresh_timeout() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |_req: Request<()>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    // Stale at once (Age past max-age), within its revalidation window.
+                    let body: TestBody = if n == 0 {
+                        Full::new(Bytes::from_static(b"first")).boxed_unsync()
+                    } else {
+                        // A head, then a body that never ends.
+                        let frames = futures_util::stream::iter([Ok::<_, Infallible>(
+                            Frame::data(Bytes::from_static(b"par")),
+                        )])
+                        .chain(futures_util::stream::pending());
+                        StreamBody::new(frames).boxed_unsync()
+                    };
+                    let res = Response::builder()
+                        .header("cache-control", "max-age=1, stale-while-revalidate=600")
+                        .header("age", "5")
+                        .body(body)
+                        .unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        };
+        let store = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        let timeout = Duration::from_secs(5);
+        let svc = HttpCacheLayer::new(store)
+            .refresh_timeout(timeout)
+            .layer(origin);
+        let get = || {
+            Request::get("/r")
+                .header("host", "a.test")
+                .body(())
+                .unwrap()
+        };
+        let status = |res: &Response<_>| res.headers()["x-cache"].to_str().unwrap().to_owned();
+        let first = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&first), "MISS");
+        first.into_body().collect().await.unwrap();
+        // Stale: served, and one refresh starts (the origin's second call), which stalls.
+        let stale = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&stale), "STALE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // While it runs, no second refresh starts.
+        let stale = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&stale), "STALE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Past the refresh timeout the stalled refresh is dropped: the next stale hit
+        // starts another.
+        tokio::time::sleep(timeout).await;
+        let stale = svc.clone().oneshot(get()).await.unwrap();
+        assert_eq!(status(&stale), "STALE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_response_with_another_vary_list_is_filed_beside_the_variants() {
+        let origin = tower::service_fn(|req: Request<()>| async move {
+            let cors = req.headers().contains_key("origin");
+            let res = Response::builder()
+                .header("cache-control", "max-age=60")
+                .header(
+                    "vary",
+                    if cors {
+                        "Accept-Encoding, Origin"
+                    } else {
+                        "Accept-Encoding"
+                    },
+                )
+                .body(Full::new(Bytes::from(if cors { "cors" } else { "plain" })).boxed_unsync())
+                .unwrap();
+            Ok::<Response<TestBody>, Infallible>(res)
+        });
+        let store = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        let svc = HttpCacheLayer::new(store).layer(origin);
+        let get = |ae: &'static str, origin: Option<&'static str>| {
+            let mut b = Request::get("/v")
+                .header("host", "a.test")
+                .header("accept-encoding", ae);
+            if let Some(o) = origin {
+                b = b.header("origin", o);
+            }
+            b.body(()).unwrap()
+        };
+        let fetch = |req| {
+            let svc = svc.clone();
+            async move {
+                let res = svc.oneshot(req).await.unwrap();
+                let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (x, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        assert_eq!(fetch(get("gzip", None)).await.0, "MISS");
+        assert_eq!(
+            fetch(get("gzip", None)).await,
+            ("HIT-MEM".into(), "plain".into())
+        );
+        assert_eq!(fetch(get("br", Some("http://x.test"))).await.0, "MISS");
+        // The plain variant is still there, and the CORS one is served by its own list.
+        assert_eq!(
+            fetch(get("gzip", None)).await,
+            ("HIT-MEM".into(), "plain".into())
+        );
+        assert_eq!(
+            fetch(get("br", Some("http://x.test"))).await,
+            ("HIT-MEM".into(), "cors".into())
+        );
+        // Another Origin is another variant of the CORS response: not served from it.
+        assert_eq!(fetch(get("br", Some("http://y.test"))).await.0, "MISS");
     }
 }

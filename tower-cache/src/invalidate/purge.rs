@@ -50,6 +50,9 @@ pub struct PurgeService {
     /// The token's MAC under a fixed key: a request's token is compared through its own
     /// MAC in constant time, whatever its length.
     token_mac: Arc<[u8]>,
+    /// How the cache it purges keys forwarding fields: `PURGE` removes the key made the
+    /// same way.
+    forwarded: crate::http::ForwardedFields,
 }
 
 impl fmt::Debug for PurgeService {
@@ -82,7 +85,17 @@ impl PurgeService {
                 .into_bytes()
                 .to_vec()
                 .into(),
+            forwarded: crate::http::ForwardedFields::Drop,
         })
+    }
+
+    /// How the [`HttpCacheLayer`](crate::http::HttpCacheLayer) whose entries this
+    /// service purges treats forwarding fields (give it the same setting). Under
+    /// [`ForwardedFields::Key`](crate::http::ForwardedFields::Key), `PURGE /path`
+    /// removes the entry keyed with the forwarding fields the purge request carries.
+    pub fn forwarded_fields(mut self, forwarded: crate::http::ForwardedFields) -> Self {
+        self.forwarded = forwarded;
+        self
     }
 
     /// Whether a request is a purge this service answers (`PURGE`, or a `POST` with one
@@ -154,7 +167,8 @@ impl<B: Send + 'static> Service<Request<B>> for PurgeService {
             }
             let h = req.headers();
             let result = if req.method().as_str() == "PURGE" {
-                let key = crate::http::url_key(&req);
+                let key = crate::http::keyed_url(&req, this.forwarded)
+                    .unwrap_or_else(|_| String::from("http:"));
                 match &this.target {
                     Target::Local(c) => c.invalidate(&key).await,
                     Target::Cluster(c) => c.invalidate(&key).await.map(|i| i.removed),
@@ -205,6 +219,42 @@ mod tests {
         }
         let req = req.body(()).unwrap();
         svc.clone().oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn a_purge_under_keyed_forwarding_fields_removes_the_entry_they_key() {
+        use crate::http::ForwardedFields;
+        let cache = Cache::new(crate::MemoryTier::builder().build().unwrap());
+        let get = Request::get("/k")
+            .header("host", "a.test")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap();
+        let key = crate::http::keyed_url(&get, ForwardedFields::Key).unwrap();
+        assert_ne!(key, crate::http::url_key(&get));
+        cache
+            .set(
+                &key,
+                Bytes::from_static(b"x"),
+                std::time::Duration::from_secs(60),
+                crate::WriteTiers::ALL,
+            )
+            .await
+            .unwrap();
+        let svc = PurgeService::new(cache.clone(), TOKEN)
+            .unwrap()
+            .forwarded_fields(ForwardedFields::Key);
+        let purge = Request::builder()
+            .method("PURGE")
+            .uri("/k")
+            .header("host", "a.test")
+            .header("x-forwarded-proto", "https")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(())
+            .unwrap();
+        let res = svc.oneshot(purge).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(cache.get(&key).await.is_none());
     }
 
     #[tokio::test]
