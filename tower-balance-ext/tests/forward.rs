@@ -2,13 +2,15 @@
 //! record what reaches them, a raw client that checks what comes back.
 #![cfg(feature = "http1-forward")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_balance_ext::forward::{self, Exchange, ForwardConfig, Forwarder, Upstream};
+use tower_balance_ext::forward::{ForwardConfig, Forwarder, Upstream};
 use tower_balance_ext::{discover, BalancerBuilder, Pick};
 
 /// Every test ends within this.
@@ -177,27 +179,7 @@ async fn send_large(s: &mut TcpStream, size: usize) {
     }
 }
 
-/// A forwarder over `backends` (round robin, retries of idempotent requests).
-async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr {
-    let upstreams: Vec<(SocketAddr, Upstream)> = backends
-        .iter()
-        .map(|a| (*a, Upstream::with_config(*a, config.clone()).unwrap()))
-        .collect();
-    let balancer = BalancerBuilder::new(Pick::RoundRobin)
-        .failure_if(forward::server_error)
-        .retry(Exchange::retry_copy)
-        .ready_timeout(Duration::from_millis(200))
-        .build(discover::fixed(upstreams))
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Forwarder::with_config(balancer, config)
-            .unwrap()
-            .serve(listener),
-    );
-    addr
-}
+use common::forward::proxy;
 
 /// A forwarder over one backend with `client_timeout`.
 async fn proxy_with_client_timeout(client_timeout: Duration) -> SocketAddr {

@@ -3,14 +3,15 @@
 //! does about it now.
 #![cfg(feature = "http1-forward")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_balance_ext::forward::{self, Exchange, ForwardConfig, Forwarder, Upstream};
-use tower_balance_ext::{discover, BalancerBuilder, Pick};
+use tower_balance_ext::forward::ForwardConfig;
 
 /// Every test ends within this.
 const BOUND: Duration = Duration::from_secs(20);
@@ -47,24 +48,7 @@ where
     (addr, heads)
 }
 
-async fn proxy(backend: SocketAddr, config: ForwardConfig) -> SocketAddr {
-    let balancer = BalancerBuilder::new(Pick::RoundRobin)
-        .failure_if(forward::server_error)
-        .retry(Exchange::retry_copy)
-        .build(discover::fixed(vec![(
-            backend,
-            Upstream::with_config(backend, config.clone()).unwrap(),
-        )]))
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Forwarder::with_config(balancer, config)
-            .unwrap()
-            .serve(listener),
-    );
-    addr
-}
+use common::forward::proxy;
 
 fn config() -> ForwardConfig {
     ForwardConfig {
@@ -107,7 +91,7 @@ async fn a_close_delimited_body_cut_by_an_upstream_reset_ends_in_a_reset() {
             drop(s);
         })
         .await;
-        let proxy = proxy(backend, config()).await;
+        let proxy = proxy(&[backend], config()).await;
         let mut c = TcpStream::connect(proxy).await.unwrap();
         c.write_all(b"GET /account HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
@@ -138,7 +122,7 @@ async fn a_close_delimited_body_cut_by_the_upstream_timeout_ends_in_a_reset() {
         })
         .await;
         let proxy = proxy(
-            backend,
+            &[backend],
             ForwardConfig {
                 upstream_timeout: Duration::from_millis(500),
                 ..config()
@@ -197,7 +181,7 @@ async fn a_transfer_encoding_with_a_trailing_comma_is_written_as_the_proxy_read_
             tokio::time::sleep(Duration::from_secs(15)).await;
         })
         .await;
-        let proxy = proxy(backend, config()).await;
+        let proxy = proxy(&[backend], config()).await;
         let mut c = TcpStream::connect(proxy).await.unwrap();
         c.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
@@ -242,7 +226,7 @@ async fn a_transfer_encoding_with_obs_text_is_answered_502() {
             tokio::time::sleep(Duration::from_secs(15)).await;
         })
         .await;
-        let proxy = proxy(backend, config()).await;
+        let proxy = proxy(&[backend], config()).await;
         let mut c = TcpStream::connect(proxy).await.unwrap();
         c.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
@@ -272,7 +256,7 @@ async fn client_identity_fields_of_every_common_name_are_dropped() {
                 .await;
         })
         .await;
-        let proxy = proxy(backend, config()).await;
+        let proxy = proxy(&[backend], config()).await;
         let mut c = TcpStream::connect(proxy).await.unwrap();
         let forged = [
             "X-Client-IP",
@@ -319,7 +303,7 @@ async fn h2c_offers_and_http10_requests_of_ordinary_clients_are_forwarded() {
                 .await;
         })
         .await;
-        let proxy = proxy(backend, config()).await;
+        let proxy = proxy(&[backend], config()).await;
         let cases: [(&str, &[u8]); 2] = [
             (
                 "curl --http2 http://a/",
@@ -361,7 +345,7 @@ async fn an_error_answer_to_head_has_no_body() {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             l.local_addr().unwrap()
         };
-        let proxy = proxy(dead, config()).await;
+        let proxy = proxy(&[dead], config()).await;
         let mut c = TcpStream::connect(proxy).await.unwrap();
         c.write_all(b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
         let mut got = Vec::new();
@@ -443,7 +427,7 @@ async fn a_body_a_backend_leaves_unread_never_reaches_the_next_client() {
                 });
             }
         });
-        let proxy = proxy(backend, config()).await;
+        let proxy = proxy(&[backend], config()).await;
         // The attacker: a POST to a static path, its body the start of a request (left
         // open, so the backend waits and nothing stray shows before the next request;
         // the victim's request line and fields, cookies among them, become the value

@@ -3,6 +3,8 @@
 //! for a request, at the client for a response.
 #![cfg(feature = "http1-forward")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,8 +12,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_balance_ext::forward::{self, Exchange, ForwardConfig, Forwarder, Upstream};
-use tower_balance_ext::{discover, BalancerBuilder, Pick};
+use tower_balance_ext::forward::ForwardConfig;
 
 /// Every test ends within this.
 const BOUND: Duration = Duration::from_secs(60);
@@ -153,22 +154,7 @@ async fn proxy(backend: SocketAddr) -> SocketAddr {
         upstream_timeout: Duration::from_secs(5),
         ..ForwardConfig::default()
     };
-    let balancer = BalancerBuilder::new(Pick::RoundRobin)
-        .failure_if(forward::server_error)
-        .retry(Exchange::retry_copy)
-        .build(discover::fixed(vec![(
-            backend,
-            Upstream::with_config(backend, config.clone()).unwrap(),
-        )]))
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        Forwarder::with_config(balancer, config)
-            .unwrap()
-            .serve(listener),
-    );
-    addr
+    common::forward::proxy(&[backend], config).await
 }
 
 /// One answer as the client read it.

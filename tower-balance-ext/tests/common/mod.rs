@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+#[cfg(feature = "http1-forward")]
+pub mod forward;
+
 /// Every test bounds itself: the whole body within this.
 pub const LIMIT: Duration = Duration::from_secs(60);
 
