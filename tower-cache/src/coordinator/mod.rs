@@ -59,8 +59,7 @@
 //!   incarnation of a sender resets what the receiver tracks of it (a node restarted with
 //!   its configured id is heard at once, never taken for duplicates), and counts as a
 //!   gap that flushes the memory tier: what the earlier start had given up on before it
-//!   stopped went with it, unseen. So does a first frame heard from a sender whose
-//!   number is past 1. A frame from an older incarnation is refused and counted
+//!   stopped went with it, unseen. A frame from an older incarnation is refused and counted
 //!   ([`CoordinationStatus::older_incarnation`]), as is a frame already applied
 //!   ([`CoordinationStatus::duplicates`]).
 //! - **Floods**: a bus that takes frames from the network (the HTTP bus) checks each with
@@ -1130,11 +1129,10 @@ impl Shared {
             at: now,
         };
         let Some(last) = senders.get_mut(&msg.node) else {
-            // The first frame heard from a sender: a later number than 1 means frames of
-            // its start came before, and they may have been sent, and lost, while this
-            // node was up and caching.
+            // The first frame heard from a sender: nothing to compare with (frames of its
+            // start before this one may predate this node, or have been refused).
             senders.insert(msg.node, next);
-            return Admit::Next { gap: msg.seq != 1 };
+            return Admit::Next { gap: false };
         };
         if msg.incarnation < last.incarnation {
             return Admit::OlderIncarnation;
