@@ -28,12 +28,6 @@ struct Api {
     token: String,
 }
 
-/// Compares in time that does not depend on where the strings differ.
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The orchestrator's routes over `manager` (scaling) and each service's balancer
 /// statistics; POSTs need `token`.
 pub fn router(
@@ -62,12 +56,7 @@ async fn scale(
     Path((service, direction)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> (StatusCode, Json<Value>) {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same(given, &api.token) {
+    if !crate::auth::authorized(headers.get(http::header::AUTHORIZATION), &api.token) {
         return error(
             StatusCode::UNAUTHORIZED,
             "give Authorization: Bearer <token>",

@@ -979,11 +979,10 @@ async fn writes_need_token(State(gw): State<Arc<Gateway>>, req: Request, next: N
     if !data || reads.contains(req.method()) {
         return next.run(req).await;
     }
-    let given = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| bearer(v.as_bytes()));
-    if given.is_some_and(|t| same_token(t, gw.parts.token.as_bytes())) {
+    if crate::auth::authorized(
+        req.headers().get(http::header::AUTHORIZATION),
+        &gw.parts.token,
+    ) {
         return next.run(req).await;
     }
     (
@@ -994,25 +993,6 @@ async fn writes_need_token(State(gw): State<Arc<Gateway>>, req: Request, next: N
         })),
     )
         .into_response()
-}
-
-/// The token of an `Authorization` value with the `Bearer` scheme (in any case).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
-
-/// Compares two tokens in time that depends only on their lengths.
-fn same_token(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = given.len() ^ expected.len();
-    for (i, e) in expected.iter().enumerate() {
-        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ e);
-    }
-    diff == 0
 }
 
 /// Answers only requests for one of the gateway's host names (its `Host`, and the

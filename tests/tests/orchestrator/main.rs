@@ -20,12 +20,23 @@ async fn call(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    call_as(addr, method, path, authorization.as_deref()).await
+}
+
+/// The same with the whole `Authorization` value.
+async fn call_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", addr.to_string());
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
     }
     let (status, body) = support::send(addr, req.body(Empty::<Bytes>::new()).unwrap())
         .await
@@ -81,8 +92,8 @@ async fn the_orchestrator_scales_within_the_policy_and_reports_as_json() {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(scaler.current(), 1);
-        // Up to the policy's max, then 409.
-        let (s, body) = call(addr, "POST", up, Some(TOKEN)).await;
+        // Up to the policy's max, then 409 (the scheme in any case, RFC 9110 §11.1).
+        let (s, body) = call_as(addr, "POST", up, Some(&format!("bearer {TOKEN}"))).await;
         assert_eq!((s, body["instances"].as_u64()), (StatusCode::OK, Some(2)));
         let (s, body) = call(addr, "POST", up, Some(TOKEN)).await;
         assert_eq!(s, StatusCode::CONFLICT);
