@@ -11,7 +11,7 @@
 //!   passes and it is not draining; it is **live** unless a liveness probe (or a startup
 //!   probe) has failed past its threshold.
 //!
-//! Defaults (Kubernetes' in brackets): period 1 s (10 s), timeout 500 ms (1 s), failure
+//! Defaults (Kubernetes' in brackets): period 1 s (10 s), timeout 500 ms or the period if shorter (1 s), failure
 //! threshold 3 (3), success threshold 1 (1). In-process checks are cheap, so they run
 //! more often than Kubernetes polls a container.
 //!
@@ -145,7 +145,8 @@ pub struct Probe {
     kind: ProbeKind,
     check: CheckFn,
     period: Duration,
-    timeout: Duration,
+    /// Set by [`Probe::timeout`]; otherwise the default, or the period if shorter.
+    timeout: Option<Duration>,
     failure_threshold: u32,
     success_threshold: u32,
 }
@@ -156,7 +157,7 @@ impl fmt::Debug for Probe {
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("period", &self.period)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.effective_timeout())
             .field("failure_threshold", &self.failure_threshold)
             .field("success_threshold", &self.success_threshold)
             .finish_non_exhaustive()
@@ -181,7 +182,7 @@ impl Probe {
             kind,
             check,
             period: DEFAULT_PERIOD,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: None,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             success_threshold: DEFAULT_SUCCESS_THRESHOLD,
         }
@@ -233,10 +234,17 @@ impl Probe {
         self
     }
 
-    /// Bound on one check; a check that takes longer fails (default 500 ms).
+    /// Bound on one check; a check that takes longer fails (default 500 ms, or the
+    /// period when that is shorter).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
         self
+    }
+
+    /// The bound on one check in force: as set, or the default capped at the period.
+    fn effective_timeout(&self) -> Duration {
+        self.timeout
+            .unwrap_or_else(|| DEFAULT_TIMEOUT.min(self.period))
     }
 
     /// Consecutive failures before the probe fails (default 3).
@@ -261,7 +269,7 @@ impl Probe {
             "probe",
             &self.name,
             ("period", self.period, "1s"),
-            (self.timeout, "500ms"),
+            (self.effective_timeout(), "500ms"),
             (self.failure_threshold, self.success_threshold),
         )
     }
@@ -461,9 +469,10 @@ impl Probes {
                 }
             }
             loop {
-                let result = match tokio::time::timeout(p.timeout, (p.check)()).await {
+                let timeout = p.effective_timeout();
+                let result = match tokio::time::timeout(timeout, (p.check)()).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("timed out after {:?}", p.timeout)),
+                    Err(_) => Err(format!("timed out after {timeout:?}")),
                 };
                 let passed_startup = {
                     let mut s = lock(&entry.status);

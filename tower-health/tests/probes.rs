@@ -182,6 +182,29 @@ async fn a_check_that_hangs_fails_by_its_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_period_shorter_than_the_default_timeout_bounds_the_check() {
+    // No timeout given: the default (500 ms) is capped at the period, so a 100 ms period
+    // is accepted (it was refused as "timeout longer than the period") and a check that
+    // hangs fails within it.
+    let probes = Probes::new();
+    probes
+        .register(
+            Probe::readiness("quick", std::future::pending::<Result<(), String>>)
+                .period(Duration::from_millis(100))
+                .failure_threshold(1),
+        )
+        .unwrap();
+    probes.start();
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
+    }
+    let s = probes.probe_status("quick").unwrap();
+    assert_eq!(s.state, ProbeState::Failing);
+    assert!(s.message.unwrap().contains("timed out after 100ms"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn wait_for_ready_names_the_failing_probes() {
     let probes = Probes::new();
     probes
