@@ -66,10 +66,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -479,113 +477,7 @@ where
 
 // === connection limits ===
 
-/// When a connection last moved a byte, and how many requests it has started and has
-/// in progress: what its timeouts are judged by.
-#[derive(Debug)]
-struct Activity {
-    opened: tokio::time::Instant,
-    /// Milliseconds from `opened` to the last byte read or written.
-    last_ms: AtomicU64,
-    started: AtomicU64,
-    in_progress: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            opened: tokio::time::Instant::now(),
-            last_ms: AtomicU64::new(0),
-            started: AtomicU64::new(0),
-            in_progress: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> tokio::time::Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// Counts a request in progress until dropped.
-struct InProgress(Arc<Activity>);
-
-impl InProgress {
-    fn start(activity: &Arc<Activity>) -> Self {
-        activity.started.fetch_add(1, Ordering::Relaxed);
-        activity.in_progress.fetch_add(1, Ordering::Relaxed);
-        Self(activity.clone())
-    }
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
-    }
-}
-
-/// A socket that records when it last moved a byte.
-struct Tracked<T> {
-    io: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+use crate::activity::{Activity, InProgress, Tracked};
 
 /// Serves one connection under the header-read and idle timeouts.
 ///
@@ -616,10 +508,7 @@ async fn serve<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let io = TokioIo::new(Tracked {
-        io: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     let first_head_by = activity.opened + header_read_timeout;

@@ -4,6 +4,7 @@
 //! and copied. Run one with `cargo run -p examples --example NAME`. The main one, `fleet`,
 //! runs a whole fleet of services on one machine.
 
+mod activity;
 pub mod auth;
 pub mod balance_proxy;
 pub mod cache_proxy;

@@ -25,21 +25,19 @@
 //! # Ok(()) }
 //! ```
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+
+use crate::activity::{Activity, InProgress, Tracked};
 use tower::ServiceExt;
 
 /// What a client may hold at the gateway's edge; see the [module docs](self).
@@ -129,42 +127,6 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stats: Ar
     }
 }
 
-/// When a connection last moved a byte, and how many requests it has in flight.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// Counts a request in flight until dropped.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn new(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -172,19 +134,12 @@ async fn connection(
     limits: Limits,
     stats: &Stats,
 ) {
-    let activity = Arc::new(Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-    });
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        let in_flight = InFlight::new(&requests);
+        let in_flight = InProgress::start(&requests);
         let app = app.clone();
         async move {
             let res = app.oneshot(req.map(axum::body::Body::new)).await;
@@ -204,7 +159,7 @@ async fn connection(
             _ = conn.as_mut() => return,
             _ = tokio::time::sleep_until(deadline) => {}
         }
-        let quiet = activity.in_flight.load(Ordering::Relaxed) == 0
+        let quiet = activity.in_progress.load(Ordering::Relaxed) == 0
             && activity.last() + limits.idle <= Instant::now();
         if quiet {
             stats.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -213,68 +168,9 @@ async fn connection(
             let _ = tokio::time::timeout(limits.idle, conn.as_mut()).await;
             return;
         }
-        if activity.in_flight.load(Ordering::Relaxed) > 0 {
+        if activity.in_progress.load(Ordering::Relaxed) > 0 {
             // A request in flight is not idle: look again an idle period from now.
             activity.touch();
         }
-    }
-}
-
-/// A stream that records when it last moved a byte.
-struct Watched {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

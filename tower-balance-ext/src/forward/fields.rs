@@ -63,6 +63,15 @@ pub(super) fn parse_length(value: &[u8]) -> Option<u64> {
     found
 }
 
+/// Writes a `content-length` field with `n`, without a formatter.
+pub(super) fn push_length(out: &mut Vec<u8>, n: u64) {
+    push_header(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
+}
+
 pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

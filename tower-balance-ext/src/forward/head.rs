@@ -6,7 +6,7 @@ use super::body::Framing;
 use super::chunked::Chunked;
 use super::fields::{
     connection_tokens, has_token, hop_by_hop, last_token, lines_end_in_crlf, list_elements,
-    parse_length, push_header, unsafe_connection_option, valid_authority,
+    parse_length, push_header, push_length, unsafe_connection_option, valid_authority,
 };
 use super::Exchange;
 
@@ -242,9 +242,7 @@ pub(super) fn request_head(
         }
     }
     if let Some(n) = length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_length(&mut out, n);
     }
     forwarding_fields(req.headers, peer, &mut out);
     if http10 {
@@ -432,9 +430,7 @@ pub(super) fn response_head(
         out.extend_from_slice(b"\r\n");
     }
     if let (Some(n), false, false) = (length, transfer_encoding, no_framing_fields) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_length(&mut out, n);
     }
     if until_close {
         out.extend_from_slice(b"connection: close\r\n");
