@@ -136,6 +136,9 @@ pub struct CacheStats {
     /// Requests that went to the origin because the key was marked pass (its last load
     /// failed or its response was not cacheable).
     pub passes: u64,
+    /// Keys whose entry-scoped dependency edges were pruned with their entries (see
+    /// [`Cache::register_entry_dependency`]).
+    pub dependencies_pruned: u64,
 }
 
 impl CacheStats {
@@ -173,6 +176,9 @@ pub struct ExpiredReport {
     pub memory_expired: usize,
     /// Expired entries removed from disk.
     pub disk_expired: usize,
+    /// Keys whose entry-scoped dependency edges went with their entries (see
+    /// [`Cache::register_entry_dependency`]).
+    pub dependencies_pruned: usize,
 }
 
 /// How long a key whose load failed is marked pass (see the module docs).
@@ -411,17 +417,23 @@ impl Cache {
         on_disk
     }
 
-    /// Removes expired entries from every tier. For a smaller
-    /// file, see [`DiskTier::compact`].
+    /// Removes expired entries from every tier, then the dependency edges that went with
+    /// them ([`Self::prune_dependencies`]). For a smaller file, see
+    /// [`DiskTier::compact`].
     pub async fn remove_expired(&self) -> Result<ExpiredReport, DiskError> {
         let memory_expired = self.memory.remove_expired();
         let disk_expired = match &self.disk {
             Some(disk) => disk.remove_expired().await?,
             None => 0,
         };
+        let dependencies_pruned = self
+            .prune_dependencies()
+            .await
+            .map_err(|e| DiskError::new(e.to_string()))?;
         Ok(ExpiredReport {
             memory_expired,
             disk_expired,
+            dependencies_pruned,
         })
     }
 
@@ -440,6 +452,7 @@ impl Cache {
             disk_faults: c.disk_faults.load(Ordering::Relaxed),
             stale_fills: c.stale_fills.load(Ordering::Relaxed),
             passes: c.passes.load(Ordering::Relaxed),
+            dependencies_pruned: self.registry.pruned(),
         }
     }
 

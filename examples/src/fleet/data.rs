@@ -648,7 +648,7 @@ async fn get_report(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -
             let on = std::iter::once(format!("user:{id}"))
                 .chain(PROVIDERS.iter().map(|(n, _)| format!("provider:{n}")));
             for depends_on in on {
-                if let Err(e) = cache.register_dependency(&k, &depends_on).await {
+                if let Err(e) = cache.register_entry_dependency(&k, &depends_on).await {
                     tracing::warn!(error = %e, "cannot record a dependency");
                 }
             }

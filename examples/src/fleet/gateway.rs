@@ -512,7 +512,7 @@ impl Gateway {
                 // Recorded before the read of the value: a change to the user after it
                 // drops this entry (or stops this fill).
                 cache
-                    .register_dependency(&k, &format!("user:{id}"))
+                    .register_entry_dependency(&k, &format!("user:{id}"))
                     .await
                     .map_err(|e| e.to_string())?;
                 match db.user(id).await {

@@ -145,11 +145,19 @@ enum Op {
         keep_newer_than: Option<u64>,
         ack: oneshot::Sender<Result<Vec<Box<str>>, DiskError>>,
     },
-    /// Records that `dependent` depends on `on`.
+    /// Records that `dependent` depends on `on`; an entry-scoped edge does not replace a
+    /// lasting one.
     Depend {
         on: Box<str>,
         dependent: Box<str>,
+        scoped: bool,
         ack: oneshot::Sender<Result<(), DiskError>>,
+    },
+    /// Removes the entry-scoped edges of every key of `keys` that has no entry; answers
+    /// with those keys.
+    PruneDependents {
+        keys: Vec<Box<str>>,
+        ack: oneshot::Sender<Result<Vec<Box<str>>, DiskError>>,
     },
     Compact(oneshot::Sender<Result<CompactReport, DiskError>>),
     Close(oneshot::Sender<()>),
@@ -215,6 +223,10 @@ impl Op {
 pub(crate) fn dependency_key(on: &str, dependent: &str) -> String {
     format!("{on}\u{0}{dependent}")
 }
+
+/// The value of a dependency row: empty for a lasting edge, this for an edge that lasts
+/// as long as the dependent's entry.
+pub(crate) const SCOPED_EDGE: &[u8] = &[1];
 
 /// A decoded record: deadline, value, metadata.
 type Decoded = (u64, Bytes, EntryMeta);
@@ -631,14 +643,65 @@ impl DiskTier {
         .await
     }
 
-    /// Records, durably, that `dependent` depends on `on`.
-    pub(crate) async fn add_dependency(&self, on: &str, dependent: &str) -> Result<(), DiskError> {
+    /// Records, durably, that `dependent` depends on `on`: for good, or (`scoped`) for as
+    /// long as `dependent` has an entry (see [`Self::prune_dependents`]).
+    pub(crate) async fn add_dependency(
+        &self,
+        on: &str,
+        dependent: &str,
+        scoped: bool,
+    ) -> Result<(), DiskError> {
         self.request(|ack| Op::Depend {
             on: on.into(),
             dependent: dependent.into(),
+            scoped,
             ack,
         })
         .await
+    }
+
+    /// Removes the entry-scoped edges of each of `keys` that has no entry on disk when
+    /// the writer reaches the request (writes queued before it are applied first);
+    /// returns those keys.
+    pub(crate) async fn prune_dependents(
+        &self,
+        keys: Vec<Box<str>>,
+    ) -> Result<Vec<Box<str>>, DiskError> {
+        self.request(|ack| Op::PruneDependents { keys, ack }).await
+    }
+
+    /// The dependents of entry-scoped edges that have no entry on disk now.
+    pub(crate) fn scoped_dependents_without_entry(&self) -> Result<Vec<String>, DiskError> {
+        let state = self.shared.state();
+        let o = state.as_ref().ok_or_else(DiskError::closed)?;
+        let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+        let mut out = std::collections::BTreeSet::new();
+        for row in o
+            .dbs
+            .deps
+            .iter(&rtxn)
+            .map_err(|e| DiskError::lmdb("read", e))?
+        {
+            let (k, v) = row.map_err(|e| DiskError::lmdb("read", e))?;
+            if v != SCOPED_EDGE {
+                continue;
+            }
+            let Some(dependent) = k.iter().position(|&b| b == 0).map(|at| &k[at + 1..]) else {
+                continue;
+            };
+            let held = o
+                .dbs
+                .entries
+                .get(&rtxn, dependent)
+                .map_err(|e| DiskError::lmdb("read", e))?
+                .is_some();
+            if !held {
+                if let Ok(d) = std::str::from_utf8(dependent) {
+                    out.insert(d.to_owned());
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The keys recorded as depending on `key`.

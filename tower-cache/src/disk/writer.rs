@@ -267,6 +267,7 @@ impl Writer {
             Op::Cleanup { ack, .. } => Done::Cleanup(ack, 0),
             Op::RemoveMatching { ack, .. } => Done::Keys(ack, Vec::new()),
             Op::Depend { ack, .. } => Done::Clear(ack),
+            Op::PruneDependents { ack, .. } => Done::Keys(ack, Vec::new()),
             Op::Compact(_) | Op::Close(_) => unreachable!("handled by the writer loop"),
         }
     }
@@ -382,10 +383,48 @@ impl Writer {
                     results.push(Outcome::Keys(removed));
                     continue;
                 }
-                Op::Depend { on, dependent, .. } => {
+                Op::Depend {
+                    on,
+                    dependent,
+                    scoped,
+                    ..
+                } => {
                     let row = super::dependency_key(on, dependent);
-                    dbs.deps.put(&mut wtxn, row.as_bytes(), &[])?;
+                    if !scoped {
+                        dbs.deps.put(&mut wtxn, row.as_bytes(), &[])?;
+                    } else if dbs.deps.get(&wtxn, row.as_bytes())?.is_none() {
+                        dbs.deps
+                            .put(&mut wtxn, row.as_bytes(), super::SCOPED_EDGE)?;
+                    }
                     1
+                }
+                Op::PruneDependents { keys, .. } => {
+                    let mut absent = std::collections::HashSet::new();
+                    for key in keys {
+                        if dbs.entries.get(&wtxn, key.as_bytes())?.is_none() {
+                            absent.insert(&**key);
+                        }
+                    }
+                    // One pass over the edges, whatever the number of keys.
+                    let mut rows = Vec::new();
+                    for row in dbs.deps.iter(&wtxn)? {
+                        let (k, v) = row?;
+                        if v != super::SCOPED_EDGE {
+                            continue;
+                        }
+                        let dependent = k
+                            .iter()
+                            .position(|&b| b == 0)
+                            .and_then(|at| std::str::from_utf8(&k[at + 1..]).ok());
+                        if dependent.is_some_and(|d| absent.contains(d)) {
+                            rows.push(k.to_vec());
+                        }
+                    }
+                    for row in rows {
+                        dbs.deps.delete(&mut wtxn, &row)?;
+                    }
+                    results.push(Outcome::Keys(absent.into_iter().map(Box::from).collect()));
+                    continue;
                 }
                 Op::Compact(_) | Op::Close(_) => 0,
             };

@@ -7,7 +7,8 @@
 //!   `provider:*` reads only the `provider:` keys.
 //! - [`Cache::invalidate_tag`]: every entry stored with a tag (given on insert, or taken
 //!   from `Surrogate-Key` by the HTTP cache). Tags persist in the disk records.
-//! - [`Cache::register_dependency`] and [`Cache::invalidate_with_dependents`]: an entry
+//! - [`Cache::register_dependency`] (or [`Cache::register_entry_dependency`], whose edge
+//!   goes with the entry) and [`Cache::invalidate_with_dependents`]: an entry
 //!   that depends on another goes when it goes, transitively; cycles are harmless. Edges
 //!   persist in the disk tier (when there is one), so a restart keeps them.
 //! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern;
@@ -107,11 +108,84 @@ type Listener = Arc<dyn Fn(&str) + Send + Sync>;
 /// The store's dependency edges and listeners. Cloning a `Cache` shares them.
 #[derive(Default)]
 pub(crate) struct Registry {
-    /// `on` -> the keys that depend on it (also on disk when there is a disk tier).
-    dependents: Mutex<HashMap<String, HashSet<String>>>,
+    edges: Mutex<Edges>,
     listeners: Mutex<Vec<(Glob, Listener)>>,
     /// Calls of a listener that panicked.
     listener_panics: std::sync::atomic::AtomicU64,
+    /// A prune of entry-scoped edges is under way (one at a time).
+    pruning: std::sync::atomic::AtomicBool,
+    /// Entry-scoped edges pruned so far.
+    pruned: std::sync::atomic::AtomicU64,
+}
+
+/// Dependency edges held in memory (also on disk when there is a disk tier).
+#[derive(Default)]
+struct Edges {
+    /// `on` -> the keys that depend on it.
+    dependents: HashMap<String, HashSet<String>>,
+    /// Entry-scoped edges by dependent: `key` -> what its entry depends on.
+    scoped: HashMap<String, HashSet<String>>,
+    /// How many entry-scoped edges there are, and how many the last prune left.
+    scoped_len: usize,
+    scoped_after_prune: usize,
+}
+
+/// Entry-scoped edges are pruned once there are this many, and again each time they
+/// double.
+const PRUNE_AT_LEAST: usize = 4096;
+
+impl Registry {
+    pub(crate) fn pruned(&self) -> u64 {
+        self.pruned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Edges {
+    fn insert(&mut self, key: &str, depends_on: &str, scoped: bool) {
+        let new = self
+            .dependents
+            .entry(depends_on.to_owned())
+            .or_default()
+            .insert(key.to_owned());
+        if scoped {
+            if new {
+                self.scoped
+                    .entry(key.to_owned())
+                    .or_default()
+                    .insert(depends_on.to_owned());
+                self.scoped_len += 1;
+            }
+        } else if let Some(ons) = self.scoped.get_mut(key) {
+            // A lasting edge replaces an entry-scoped one.
+            if ons.remove(depends_on) {
+                self.scoped_len -= 1;
+                if ons.is_empty() {
+                    self.scoped.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Removes the entry-scoped edges of `key`; returns how many.
+    fn remove_scoped(&mut self, key: &str) -> usize {
+        let Some(ons) = self.scoped.remove(key) else {
+            return 0;
+        };
+        for on in &ons {
+            if let Some(set) = self.dependents.get_mut(on) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.dependents.remove(on);
+                }
+            }
+        }
+        self.scoped_len -= ons.len();
+        ons.len()
+    }
+
+    fn due_for_prune(&self) -> bool {
+        self.scoped_len >= PRUNE_AT_LEAST.max(self.scoped_after_prune.saturating_mul(2))
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -247,25 +321,142 @@ impl Cache {
         key: &str,
         depends_on: &str,
     ) -> Result<(), InvalidateError> {
+        self.add_dependency(key, depends_on, false).await
+    }
+
+    /// Records that the entry of `key` depends on `depends_on`, for as long as `key` has
+    /// an entry: like [`Self::register_dependency`], but the edge goes when the entry
+    /// goes (expired, evicted, deleted or invalidated), so edges recorded for entries
+    /// that come and go do not pile up. Record it each time `key` is loaded, before the
+    /// values the entry is made of are read (as in the example below).
+    ///
+    /// Edges are pruned by [`Self::prune_dependencies`], which [`Self::remove_expired`]
+    /// calls, and which runs on its own each time the number of these edges doubles
+    /// (from 4,096). A prune of `key`'s edges is a write of `key` in the sense of the
+    /// store's consistency guarantee: a load of `key` in flight then is served but not
+    /// stored, so an entry is never left without the edges recorded for it.
+    ///
+    /// An edge also recorded with [`Self::register_dependency`] lasts.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use tower_cache::{Cache, MemoryTier};
+    ///
+    /// let cache = Cache::new(MemoryTier::builder().build()?);
+    /// let limit = cache
+    ///     .get_or_load("ratelimit:user:7", Duration::from_secs(60), async {
+    ///         // Recorded before the user's record is read: a change to the user after
+    ///         // this point removes the entry, or stops this load from storing it.
+    ///         cache.register_entry_dependency("ratelimit:user:7", "user:7").await?;
+    ///         Ok::<_, tower_cache::InvalidateError>(bytes::Bytes::from("3"))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(limit, "3");
+    /// assert_eq!(cache.dependency_count(), 1);
+    ///
+    /// cache.delete("ratelimit:user:7").await?;
+    /// assert_eq!(cache.prune_dependencies().await?, 1);
+    /// assert_eq!(cache.dependency_count(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn register_entry_dependency(
+        &self,
+        key: &str,
+        depends_on: &str,
+    ) -> Result<(), InvalidateError> {
+        self.add_dependency(key, depends_on, true).await?;
+        let due = lock(&self.registry().edges).due_for_prune();
+        if due {
+            self.prune_dependencies().await?;
+        }
+        Ok(())
+    }
+
+    async fn add_dependency(
+        &self,
+        key: &str,
+        depends_on: &str,
+        scoped: bool,
+    ) -> Result<(), InvalidateError> {
         check_key(key)?;
         check_key(depends_on)?;
-        lock(&self.registry().dependents)
-            .entry(depends_on.to_owned())
-            .or_default()
-            .insert(key.to_owned());
+        lock(&self.registry().edges).insert(key, depends_on, scoped);
         if let Some(disk) = self.disk() {
-            disk.add_dependency(depends_on, key)
+            disk.add_dependency(depends_on, key, scoped)
                 .await
                 .map_err(|e| InvalidateError::new(e.to_string()))?;
         }
         Ok(())
     }
 
+    /// Removes the edges recorded with [`Self::register_entry_dependency`] whose key has
+    /// no entry in any tier; returns how many keys lost their edges. One prune runs at a
+    /// time: a call while another runs returns 0 at once.
+    pub async fn prune_dependencies(&self) -> Result<usize, InvalidateError> {
+        use std::sync::atomic::Ordering;
+        let registry = self.registry();
+        if registry.pruning.swap(true, Ordering::AcqRel) {
+            return Ok(0);
+        }
+        struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _running = Running(&registry.pruning);
+
+        let mut candidates: HashSet<String> =
+            lock(&registry.edges).scoped.keys().cloned().collect();
+        if let Some(disk) = self.disk() {
+            // Edges recorded before a restart are only on disk.
+            match disk.scoped_dependents_without_entry() {
+                Ok(keys) => candidates.extend(keys),
+                Err(e) => return Err(InvalidateError::new(e.to_string())),
+            }
+        }
+        candidates.retain(|k| !self.memory().has(k));
+        // Announced as writes before the tiers are looked at again: a load of one of
+        // these keys that is in flight is not stored after the look (see the docs).
+        let _writes: Vec<_> = candidates
+            .iter()
+            .map(|k| self.generations().begin_write(k))
+            .collect();
+        let mut absent = Vec::with_capacity(candidates.len());
+        for k in candidates {
+            if !self.memory().has(&k) {
+                // Ends a load of `k` under way (its placeholder), as a delete does.
+                self.memory().delete(&k);
+                absent.push(k.into_boxed_str());
+            }
+        }
+        let gone = match self.disk() {
+            Some(disk) => disk
+                .prune_dependents(absent)
+                .await
+                .map_err(|e| InvalidateError::new(e.to_string()))?,
+            None => absent,
+        };
+        let mut edges = lock(&registry.edges);
+        for k in &gone {
+            edges.remove_scoped(k);
+        }
+        edges.scoped_after_prune = edges.scoped_len;
+        drop(edges);
+        registry
+            .pruned
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        Ok(gone.len())
+    }
+
     /// How many dependency edges the store holds in memory (each `key` -> `depends_on`
     /// pair recorded by [`Self::register_dependency`] counts once), for figures and for
     /// checking that what clients can make the store record stays bounded.
     pub fn dependency_count(&self) -> usize {
-        lock(&self.registry().dependents)
+        lock(&self.registry().edges)
+            .dependents
             .values()
             .map(HashSet::len)
             .sum()
@@ -377,7 +568,8 @@ impl Cache {
 
     /// The keys recorded as depending on `key`, in memory and on disk.
     fn dependents_of(&self, key: &str) -> Vec<String> {
-        let mut out: HashSet<String> = lock(&self.registry().dependents)
+        let mut out: HashSet<String> = lock(&self.registry().edges)
+            .dependents
             .get(key)
             .cloned()
             .unwrap_or_default();
