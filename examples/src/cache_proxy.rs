@@ -303,6 +303,19 @@ fn full(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 #[derive(Debug, Clone, Copy)]
 struct ClientAddr(SocketAddr);
 
+/// Announces content of unknown length (an HTTP/1 chunked body, or an HTTP/2 body
+/// without `Content-Length`) with `Transfer-Encoding: chunked`, which the edge removed as
+/// hop-by-hop: the cache then sees that the request has content, and the HTTP/1.1
+/// client frames it anew. Without it the client sends a GET's or HEAD's body as empty.
+fn announce_unsized_content<B: hyper::body::Body>(req: &mut Request<B>) {
+    if !req.body().is_end_stream() && !req.headers().contains_key(http::header::CONTENT_LENGTH) {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
 /// The request as the upstream must see it: HTTP/1.1 whatever the client spoke, its URL
 /// on the upstream, the client's authority as `Host` (an HTTP/2 request's `:authority`),
 /// hop-by-hop fields removed, and the client's address in the forwarding fields.
@@ -315,6 +328,7 @@ fn to_upstream(
     // request the cache makes on its own (a background refresh) carries none either.
     // Checked again here so that this function alone is a correct forwarder.
     prepare_request(&mut req, forwarded).map_err(drop)?;
+    announce_unsized_content(&mut req);
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let uri = Uri::builder()
         .scheme("http")
@@ -443,18 +457,9 @@ where
             format!("bad request: {why}\n"),
         ));
     }
-    // The edge removed `Transfer-Encoding` (hop-by-hop); content of unknown length (an
-    // HTTP/1 chunked body, or an HTTP/2 body without `Content-Length`) is announced
-    // again so that the cache sees the request has content. The forwarder frames the
-    // body anew.
-    if !hyper::body::Body::is_end_stream(req.body())
-        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
-    {
-        req.headers_mut().insert(
-            http::header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-    }
+    // The edge removed `Transfer-Encoding` (hop-by-hop): content of unknown length is
+    // announced again so that the cache sees the request has content.
+    announce_unsized_content(&mut req);
     req.extensions_mut().insert(ClientAddr(client));
     let never = |never: Infallible| -> Box<dyn std::error::Error + Send + Sync> { match never {} };
     if let Some(e) = endpoint.filter(|_| req.uri().path() == "/_cache/invalidate") {

@@ -255,3 +255,45 @@ async fn large_values_and_reads_during_compaction_are_served_correctly() {
     assert_eq!(s.get("big").await.unwrap(), big);
     assert_eq!(s.stats().disk.unwrap().errors, 0);
 }
+
+#[tokio::test]
+async fn failed_loads_of_made_up_keys_do_not_push_out_entries_in_use() {
+    const ROUNDS: usize = 3;
+    let _w = common::watchdog("one_hit_keys", common::LIMIT);
+    // A small memory tier, as an edge that caches per-user records has: 500 users in
+    // use, then a client asking for 50,000 ids that do not exist (each load fails and
+    // leaves a short pass mark, a one-hit key).
+    let c = Cache::new(MemoryTier::builder().max_entries(1000).build().unwrap());
+    let ttl = Duration::from_secs(600);
+    for round in 0..ROUNDS {
+        for u in 0..500 {
+            let v = c
+                .get_or_load(&format!("user:{u}"), ttl, async {
+                    Ok::<_, std::io::Error>(Bytes::from("limit"))
+                })
+                .await
+                .unwrap();
+            assert_eq!(v, "limit", "round {round}");
+        }
+    }
+    for i in 0..50_000 {
+        let r = c
+            .get_or_load(&format!("user:made-up-{i}"), ttl, async {
+                Err::<Bytes, _>(std::io::Error::other("no such user"))
+            })
+            .await;
+        assert!(r.is_err());
+        // The users go on being served meanwhile.
+        if i % 100 == 0 {
+            let _ = c.get(&format!("user:{}", (i / 100) % 500)).await;
+        }
+    }
+    let mut kept = 0;
+    for u in 0..500 {
+        kept += usize::from(c.memory().get(&format!("user:{u}")).is_some());
+    }
+    assert!(
+        kept >= 450,
+        "only {kept} of 500 entries in use survived 50,000 one-hit keys"
+    );
+}

@@ -124,6 +124,13 @@ async fn a_get_with_a_body_does_not_poison_the_url() {
         )
         .await;
         assert!(attacker.contains("[body=<script>"), "{attacker}");
+        // A chunked body reaches the origin too (it was once sent on as empty).
+        let chunked = exchange(
+            proxy.addr,
+            b"GET /search HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n8\r\n<script>\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(chunked.contains("[body=<script>]"), "{chunked}");
         let victim = exchange(
             proxy.addr,
             b"GET /search HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
@@ -684,6 +691,73 @@ async fn a_stored_404_is_not_answered_not_modified() {
             conditional.starts_with("HTTP/1.1 404"),
             "a stored 404 was answered as not modified: {conditional}"
         );
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A request body of unknown length: over HTTP/2 it goes in DATA frames with no
+/// `Content-Length` field, so nothing in the header fields says the GET has content.
+struct UnsizedBody(Option<bytes::Bytes>);
+
+impl http_body::Body for UnsizedBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// The fat GET over HTTP/2: the body arrives in DATA frames without a `Content-Length`,
+/// so a check of the header fields alone sees a plain GET, stores the origin's answer
+/// to the attacker's body and serves it to everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_over_http2_does_not_poison_the_url() {
+    tokio::time::timeout(BOUND, async {
+        let origin = origin(None).await;
+        let proxy = Proxy::start(origin, &[]).await;
+        let client: hyper_util::client::legacy::Client<_, UnsizedBody> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let send = |body: Option<&'static str>| {
+            let client = client.clone();
+            let url = format!("http://{}/search", proxy.addr);
+            async move {
+                let req = http::Request::get(url)
+                    .body(UnsizedBody(body.map(|b: &'static str| {
+                        bytes::Bytes::from_static(b.as_bytes())
+                    })))
+                    .unwrap();
+                let res = client.request(req).await.unwrap();
+                assert_eq!(res.version(), http::Version::HTTP_2);
+                let cache = res.headers().get("x-cache").cloned();
+                let body = http_body_util::BodyExt::collect(res.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (cache, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let (_, attacker) = send(Some("<script>alert(1)</script>")).await;
+        assert!(attacker.contains("[body=<script>"), "{attacker}");
+        let (cache, victim) = send(None).await;
+        assert!(
+            !victim.contains("<script>"),
+            "the victim got the attacker's body-dependent response ({cache:?}): {victim}"
+        );
+        // The plain GET is cached as usual.
+        let (cache, again) = send(None).await;
+        assert_eq!(again, victim);
+        assert_eq!(cache.as_ref().map(|v| v.as_bytes()), Some(&b"HIT-MEM"[..]));
     })
     .await
     .expect("bounded");
