@@ -47,6 +47,7 @@ pub mod http;
 pub mod invalidate;
 pub mod memory;
 mod service;
+mod version;
 
 /// The error type at service boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -3,13 +3,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Bits of a version: 44 of Unix milliseconds, 12 of a counter within a millisecond, and
-/// the low 8 bits of the node id, so that two nodes' versions never tie.
-const NODE_BITS: u32 = 8;
-const COUNTER_BITS: u32 = 12;
+// Bits of a version: 44 of Unix milliseconds, 12 of a counter within a millisecond, and
+// the low 8 bits of the node id, so that two nodes' versions never tie.
+pub(crate) use crate::version::NODE_AND_COUNTER_BITS;
+use crate::version::{COUNTER_BITS, NODE_BITS};
 const TICK: u64 = 1 << NODE_BITS;
-/// Shift from a version to its Unix milliseconds.
-pub(crate) const NODE_AND_COUNTER_BITS: u32 = NODE_BITS + COUNTER_BITS;
 
 /// A hybrid logical clock: versions that follow wall time, never go backwards, and come
 /// after every version this node has seen (up to a bound on how far ahead of this host's
@@ -91,12 +89,18 @@ pub enum Winner {
     Remote,
 }
 
-/// Last writer wins: the higher version wins; versions embed the node id in their low
-/// bits, so equal versions are the same write, and the remote one applies (an
-/// invalidation of exactly the version stored removes it). `key` is for logging only.
+/// Last writer wins, where "last" is known for certain: versions of one node are ordered
+/// as it issued them; across nodes, the local entry stays only if its millisecond is
+/// later than the remote write's (within one millisecond, the nodes' counters say
+/// nothing of which came first, so the remote write or invalidation applies). Equal
+/// versions are the same write, and the remote one applies (an invalidation of exactly
+/// the version stored removes it). `key` is for logging only.
+///
+/// Versions carry the low 8 bits of the node id: give a cluster's nodes ids that differ
+/// there.
 pub fn resolve_conflict(key: &str, local: u64, remote: u64) -> Winner {
     let _ = key;
-    if local > remote {
+    if crate::version::outlives(local, remote) {
         Winner::Local
     } else {
         Winner::Remote
@@ -159,9 +163,24 @@ mod tests {
         b.observe(far);
         assert!(b.now() > far);
         assert_ne!(a.now() & 0xff, b.now() & 0xff);
-        assert_eq!(resolve_conflict("k", 10, 9), Winner::Local);
-        assert_eq!(resolve_conflict("k", 9, 10), Winner::Remote);
+        // One node's versions, then two nodes' in different milliseconds.
+        let ms = |m: u64| m << NODE_AND_COUNTER_BITS;
+        assert_eq!(
+            resolve_conflict("k", 10 << 8 | 1, 9 << 8 | 1),
+            Winner::Local
+        );
+        assert_eq!(
+            resolve_conflict("k", 9 << 8 | 1, 10 << 8 | 1),
+            Winner::Remote
+        );
         assert_eq!(resolve_conflict("k", 10, 10), Winner::Remote);
+        assert_eq!(resolve_conflict("k", ms(10) | 1, ms(9) | 2), Winner::Local);
+        assert_eq!(resolve_conflict("k", ms(9) | 2, ms(10) | 1), Winner::Remote);
+        // Two nodes in one millisecond: the remote write applies either way.
+        assert_eq!(
+            resolve_conflict("k", ms(10) | 5 << 8 | 2, ms(10) | 1),
+            Winner::Remote
+        );
     }
 
     #[test]

@@ -12,9 +12,15 @@
 //!   dropped and counted. (The wire format is version 2: nodes of a release that wrote
 //!   version 1 and nodes of this one refuse each other's frames; upgrade them together.)
 //! - **Versions and conflicts**: a remote invalidation removes a local entry only if the
-//!   entry is not newer than the message ([`resolve_conflict`]: last writer wins,
-//!   versions compared first, node ids on a tie; the node id is part of the version, so
-//!   two writes never tie). This holds for keys, patterns and tags alike, in both tiers.
+//!   entry is known to come after the message ([`resolve_conflict`]: last writer wins,
+//!   where "last" is certain). One node's versions are ordered as it issued them; across
+//!   nodes, an entry outlives an invalidation only from a later millisecond, since two
+//!   nodes' counters within one millisecond say nothing of which came first (a read
+//!   versioned as it began could otherwise outlive another node's write in that
+//!   millisecond until its TTL). This holds for keys, patterns, tags and dependents, in
+//!   both tiers, and for the tombstones that refuse older versioned writes. The low 8
+//!   bits of the node id are part of the version: give a cluster's nodes ids that differ
+//!   there.
 //! - **Replay window**: a frame's version carries its sender's clock, so a frame says
 //!   when it was sent. A node refuses a frame older than its replay window
 //!   ([`CoordinatorBuilder::replay_window`], default 5 minutes) and counts it
@@ -1301,5 +1307,103 @@ mod tests {
             .start()
             .unwrap_err();
         assert!(e.to_string().contains("max_clock_skew"), "{e}");
+    }
+
+    /// A read on this node takes its version (say, as it starts reading the origin), and
+    /// another node's invalidation issued in the same millisecond has a lower counter or
+    /// node id: the counters of two nodes say nothing of which came first, so the
+    /// invalidation wins, by key, pattern, tag and dependency, in memory and on disk, and
+    /// a write versioned in that millisecond after the invalidation never lands.
+    #[tokio::test]
+    async fn another_nodes_invalidation_in_the_same_millisecond_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = InProcessBus::new();
+        let cache = Cache::new(MemoryTier::builder().build().unwrap()).with_disk(
+            crate::DiskTier::builder(dir.path())
+                .map_size(16 << 20)
+                .open()
+                .unwrap(),
+        );
+        let secret = b"sixteen+ bytes of shared secret";
+        let node = Coordinator::builder(cache.clone(), bus.clone())
+            .node_id(2)
+            .secret(secret)
+            .start()
+            .unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        let read = node.next_version();
+        let ms = read >> clock::NODE_AND_COUNTER_BITS;
+        // Node 1's first version of that millisecond: below `read` as a number.
+        let remote = (ms << clock::NODE_AND_COUNTER_BITS) | 1;
+        assert!(remote < read);
+        let tagged = crate::Tags::from_iter(["t".to_owned()]);
+        for (key, tags) in [
+            ("k", crate::Tags::default()),
+            ("p:1", crate::Tags::default()),
+            ("tagged", tagged),
+            ("dep", crate::Tags::default()),
+        ] {
+            let stored = node
+                .set_versioned(key, "read".into(), ttl, read, tags, WriteTiers::ALL)
+                .await
+                .unwrap();
+            assert_eq!(stored, Some(read));
+        }
+        cache.register_dependency("dep", "user").await.unwrap();
+        cache.disk().unwrap().flush().await.unwrap();
+        let frame = |seq, target| {
+            Message {
+                node: 1,
+                incarnation: 1,
+                seq,
+                version: remote,
+                target,
+            }
+            .encode(secret)
+            .unwrap()
+        };
+        bus.publish(frame(1, Target::Key("k".into()))).unwrap();
+        bus.publish(frame(2, Target::Pattern("p:*".into())))
+            .unwrap();
+        bus.publish(frame(3, Target::Tag("t".into()))).unwrap();
+        bus.publish(frame(4, Target::Dependents("user".into())))
+            .unwrap();
+        node.applied(4).await;
+        for key in ["k", "p:1", "tagged", "dep"] {
+            assert!(cache.memory().get(key).is_none(), "{key} stayed in memory");
+            assert!(
+                cache.disk().unwrap().get(key).is_none(),
+                "{key} stayed on disk"
+            );
+        }
+        assert_eq!(node.status().skipped_newer, 0);
+        // A write versioned later in that millisecond by this node's counter is not
+        // known to come after node 1's invalidation.
+        let stored = node
+            .set_versioned(
+                "k",
+                "late".into(),
+                ttl,
+                read + (1 << 8),
+                Default::default(),
+                WriteTiers::ALL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored, None);
+        // One from a later millisecond lands.
+        let later = (ms + 1) << clock::NODE_AND_COUNTER_BITS | 2;
+        let stored = node
+            .set_versioned(
+                "k",
+                "new".into(),
+                ttl,
+                later,
+                Default::default(),
+                WriteTiers::ALL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored, Some(later));
     }
 }

@@ -90,17 +90,18 @@ impl Tombstones {
         i.prune();
     }
 
-    /// Whether an invalidation at least as new as `version` covers a write of `key` with
-    /// `tags`.
+    /// Whether an invalidation that the write is not certain to come after (see
+    /// `version::outlives`) covers a write of `key` with `tags` and `version`.
     pub(crate) fn covers(&self, key: &str, tags: &Tags, version: u64) -> bool {
         let now = Instant::now();
         let i = self.lock();
-        let live = |(v, until): &(u64, Instant)| *v >= version && *until > now;
+        let covering = |v: u64| !crate::version::outlives(version, v);
+        let live = |(v, until): &(u64, Instant)| covering(*v) && *until > now;
         i.keys.get(key).is_some_and(live)
             || tags.iter().any(|t| i.tags.get(t).is_some_and(live))
             || i.patterns
                 .iter()
-                .any(|(g, v, until)| *v >= version && *until > now && g.matches(key))
+                .any(|(g, v, until)| covering(*v) && *until > now && g.matches(key))
     }
 }
 

@@ -372,7 +372,7 @@ impl Writer {
                                 .entries
                                 .get(&wtxn, key.as_bytes())?
                                 .and_then(super::record::record_version);
-                            if version.is_some_and(|v| v > *bound) {
+                            if version.is_some_and(|v| crate::version::outlives(v, *bound)) {
                                 continue;
                             }
                         }

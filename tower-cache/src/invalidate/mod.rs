@@ -257,7 +257,7 @@ impl Cache {
             keep_newer_than.is_none_or(|bound| {
                 self.memory()
                     .get_fresh_uncounted(k)
-                    .is_none_or(|s| s.version <= bound)
+                    .is_none_or(|s| !crate::version::outlives(s.version, bound))
             })
         };
         use crate::coordinator::Target;
@@ -521,7 +521,7 @@ impl Cache {
                             .and_then(|d| d.get_entry(&k))
                             .map(|e| e.meta.version)
                     });
-                local.is_some_and(|v| v > bound)
+                local.is_some_and(|v| crate::version::outlives(v, bound))
             });
             if !newer {
                 match self.delete_with(&k, Some(tombstone(&k))).await {
