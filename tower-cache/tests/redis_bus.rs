@@ -229,3 +229,60 @@ async fn a_flood_of_one_replayed_frame_over_redis_cannot_flush_a_node() {
     assert_eq!(s.memory_flushes, 0, "{s:?}");
     assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// A server that stops answering but keeps its connections open (paused here; a
+/// partition does the same): the subscription is not dropped, so only a check that it
+/// still answers finds out. The node must hear of it (`Lost`, so it drops its memory
+/// tier) and subscribe again once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_taken_as_lost_and_made_again() {
+    use tower_cache::coordinator::{Bus, BusEvent};
+    let _w = common::watchdog("redis_liveness", common::LIMIT);
+    let port = support_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let redis = Redis::start(port);
+    let bus = RedisBus::builder(&url, "tower-cache:liveness")
+        .ping_interval(Duration::from_millis(100))
+        .ping_timeout(Duration::from_millis(300))
+        .connect()
+        .unwrap();
+    let mut events = bus.subscribe();
+    tokio::time::timeout(Duration::from_secs(20), until(|| bus.is_connected()))
+        .await
+        .expect("subscribed");
+    signal(redis.child.id(), "STOP");
+    let lost = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.next().await {
+                Some(BusEvent::Lost) => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    signal(redis.child.id(), "CONT");
+    assert_eq!(lost, Ok(true), "a silent subscription went unnoticed");
+    assert!(bus.liveness_failures() >= 1);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| bus.is_connected() && bus.reconnects() >= 1),
+    )
+    .await
+    .expect("subscribed again once the server answers");
+    let e = RedisBus::builder(&url, "c")
+        .ping_timeout(Duration::ZERO)
+        .connect()
+        .unwrap_err();
+    assert!(e.to_string().contains("ping_timeout"), "{e}");
+}

@@ -21,7 +21,15 @@ const PUBLISH_QUEUE: usize = 4096;
 /// One task keeps a subscription and one a connection for publishing, each reconnecting
 /// with exponential backoff (50 ms doubling to 2 s). When the subscription drops and comes
 /// back, the node cannot know what it missed: subscribers get [`BusEvent::Lost`], and the
-/// [`Coordinator`](super::Coordinator) drops its memory tier. Frames published while
+/// [`Coordinator`](super::Coordinator) drops its memory tier.
+///
+/// A subscription can also go quiet without dropping: across a network partition (or a
+/// paused server) its TCP connection stays open, frames wait in it and arrive on TCP's
+/// retransmission backoff, seconds after the network heals. So the subscriber sends a
+/// `PING` on the subscription's own connection every
+/// [`ping_interval`](RedisBusBuilder::ping_interval) (1 s by default); one unanswered
+/// within [`ping_timeout`](RedisBusBuilder::ping_timeout) (2 s) ends the connection as
+/// lost (counted, [`RedisBus::liveness_failures`]), and a new one is made. Frames published while
 /// Redis is away wait in a bounded queue. Each frame that arrives is checked with the
 /// receiving coordinator's [`FrameGate`] before it is queued, so duplicates (one frame
 /// published again thousands of times), stale and unsigned frames are dropped there and
@@ -63,45 +71,110 @@ impl fmt::Debug for RedisBus {
     }
 }
 
-impl RedisBus {
-    /// A bus on `channel` of the Redis server at `url` (`redis://127.0.0.1:6379/`).
-    /// Connecting happens in the background; an unreachable server is retried.
+/// Settings of a [`RedisBus`]; [`RedisBus::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisBusBuilder {
+    url: String,
+    channel: String,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+}
+
+impl RedisBusBuilder {
+    /// How often the subscriber checks that its connection still answers (1 s).
+    pub fn ping_interval(mut self, every: Duration) -> Self {
+        self.ping_interval = every;
+        self
+    }
+
+    /// How long an answer to that check may take before the connection is taken as
+    /// lost (2 s).
+    pub fn ping_timeout(mut self, within: Duration) -> Self {
+        self.ping_timeout = within;
+        self
+    }
+
+    /// Starts the bus. Connecting happens in the background; an unreachable server is
+    /// retried.
     ///
     /// # Panics
     ///
     /// If called outside a tokio runtime.
-    pub fn connect(url: &str, channel: &str) -> Result<Self, BuildError> {
-        let client = redis::Client::open(url)
+    pub fn connect(self) -> Result<RedisBus, BuildError> {
+        let Self {
+            url,
+            channel,
+            ping_interval,
+            ping_timeout,
+        } = self;
+        let client = redis::Client::open(url.as_str())
             .map_err(|e| BuildError::new(format!("redis bus: `{url}`: {e}")))?;
         if channel.is_empty() {
             return Err(BuildError::new("redis bus: the channel name is empty"));
+        }
+        if ping_interval.is_zero() || ping_timeout.is_zero() {
+            return Err(BuildError::new(
+                "redis bus: ping_interval and ping_timeout must be above zero",
+            ));
         }
         let (tx, _) = broadcast::channel(4096);
         let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
         let state = Arc::new(State {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            liveness_failures: AtomicU64::new(0),
+            ping_interval,
+            ping_timeout,
         });
         let gate = Gate::default();
         let sub = tokio::spawn(subscriber(
             client.clone(),
-            channel.to_owned(),
+            channel.clone(),
             tx.clone(),
             state.clone(),
             gate.clone(),
         ));
-        let publ = tokio::spawn(publisher(client, channel.to_owned(), queue));
-        Ok(Self {
+        let publ = tokio::spawn(publisher(client, channel.clone(), queue));
+        Ok(RedisBus {
             inner: Arc::new(Inner {
                 tx,
                 publish,
                 state,
-                channel: channel.to_owned(),
+                channel,
                 dropped: AtomicU64::new(0),
                 gate,
                 tasks: vec![sub.abort_handle(), publ.abort_handle()],
             }),
         })
+    }
+}
+
+impl RedisBus {
+    /// Settings for a bus on `channel` of the Redis server at `url`
+    /// (`redis://127.0.0.1:6379/`), ending in [`RedisBusBuilder::connect`].
+    pub fn builder(url: &str, channel: &str) -> RedisBusBuilder {
+        RedisBusBuilder {
+            url: url.to_owned(),
+            channel: channel.to_owned(),
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A bus on `channel` of the Redis server at `url` with the default settings: the
+    /// same as `RedisBus::builder(url, channel).connect()`.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn connect(url: &str, channel: &str) -> Result<Self, BuildError> {
+        Self::builder(url, channel).connect()
+    }
+
+    /// Times the subscription's connection stayed open but did not answer a check in
+    /// time, and was replaced.
+    pub fn liveness_failures(&self) -> u64 {
+        self.inner.state.liveness_failures.load(Ordering::Relaxed)
     }
 
     /// Whether the subscription is up.
@@ -124,6 +197,9 @@ impl RedisBus {
 struct State {
     connected: AtomicBool,
     reconnects: AtomicU64,
+    liveness_failures: AtomicU64,
+    ping_interval: Duration,
+    ping_timeout: Duration,
 }
 
 async fn subscriber(
@@ -141,8 +217,19 @@ async fn subscriber(
             p.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(p)
         };
+        // Bounded too: a server that accepts connections but does not answer (paused,
+        // or behind a partition that lets the handshake through) is retried.
+        let pubsub = async {
+            match tokio::time::timeout(state.ping_timeout, pubsub).await {
+                Ok(r) => r,
+                Err(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "no answer to SUBSCRIBE in time",
+                ))),
+            }
+        };
         match pubsub.await {
-            Ok(mut p) => {
+            Ok(p) => {
                 backoff = Duration::from_millis(50);
                 state.connected.store(true, Ordering::Relaxed);
                 if ever_connected {
@@ -151,21 +238,43 @@ async fn subscriber(
                     let _ = tx.send(BusEvent::Lost);
                 }
                 ever_connected = true;
-                let mut messages = p.on_message();
-                while let Some(msg) = messages.next().await {
-                    if let Ok(payload) = msg.get_payload::<Vec<u8>>() {
-                        let gate = gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        // Pub/sub cannot ask a publisher to wait: a frame to take is
-                        // queued at once (its place in the gate's bound freed with it).
-                        let take =
-                            gate.is_none_or(|g| matches!(g.admit(&payload), Admission::New(_)));
-                        if take {
-                            let _ = tx.send(BusEvent::Frame(Bytes::from(payload)));
+                let (mut sink, mut messages) = p.split();
+                let mut check = tokio::time::interval(state.ping_interval);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                check.tick().await;
+                let why = loop {
+                    tokio::select! {
+                        msg = messages.next() => {
+                            let Some(msg) = msg else { break "subscription lost" };
+                            if let Ok(payload) = msg.get_payload::<Vec<u8>>() {
+                                let gate =
+                                    gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                                // Pub/sub cannot ask a publisher to wait: a frame to take
+                                // is queued at once (its place in the gate's bound freed
+                                // with it).
+                                let take = gate.is_none_or(|g| {
+                                    matches!(g.admit(&payload), Admission::New(_))
+                                });
+                                if take {
+                                    let _ = tx.send(BusEvent::Frame(Bytes::from(payload)));
+                                }
+                            }
+                        }
+                        _ = check.tick() => {
+                            let ping = sink.ping::<redis::Value>();
+                            match tokio::time::timeout(state.ping_timeout, ping).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(_)) => break "subscription lost",
+                                Err(_) => {
+                                    state.liveness_failures.fetch_add(1, Ordering::Relaxed);
+                                    break "subscription did not answer a ping in time";
+                                }
+                            }
                         }
                     }
-                }
+                };
                 state.connected.store(false, Ordering::Relaxed);
-                tracing::warn!("redis bus: subscription lost; reconnecting");
+                tracing::warn!("redis bus: {why}; reconnecting");
                 let _ = tx.send(BusEvent::Lost);
             }
             Err(e) => {
