@@ -189,3 +189,52 @@ impl std::error::Error for DiskError {
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
+
+/// An invalidation that could not be done: a bad pattern, or a fault of the disk tier
+/// (the memory tier was invalidated all the same).
+///
+/// Where a typed cause exists it is the [`source`](std::error::Error::source): e.g.
+/// [`TargetTooLong`](crate::target::TargetTooLong) for a target longer than a
+/// cluster message carries, [`PatternError`](crate::PatternError) for a pattern over the bounds.
+#[derive(Debug)]
+pub struct InvalidateError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl InvalidateError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

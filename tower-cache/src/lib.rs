@@ -46,7 +46,9 @@ mod generation;
 pub mod http;
 pub mod invalidate;
 pub mod memory;
+pub mod purge;
 mod service;
+mod target;
 mod version;
 
 /// The error type at service boundaries.
@@ -55,14 +57,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use crate::cache::{Cache, CacheStats, ExpiredReport, WriteTiers};
 pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder, OnDamage};
 pub use crate::entry::{Entry, EntryMeta, Tags, TimeSource};
+pub use crate::error::InvalidateError;
 pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
 pub use crate::http::{CacheBody, HttpCodec, HttpKey, StoreSuccessful, DEFAULT_MAX_BODY};
-pub use crate::invalidate::{Glob, InvalidateError, PatternError, PurgeService};
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
+pub use crate::purge::PurgeService;
 pub use crate::service::{
     BytesCodec, CacheKey, CacheLayer, CacheService, Codec, RequestAsKey, ResponseFuture, StoreAll,
     StorePolicy, DEFAULT_PASS_TTL,
 };
+pub use crate::target::{Glob, PatternError};
 
 /// The response futures of the services in this crate.
 pub mod future {

@@ -20,9 +20,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tower_service::Service;
 
-use super::message::{Message, MAX_TARGET};
+use super::message::Message;
 use super::{Admission, AdmissionTicket, Bus, BusError, BusEvent, FrameGate, Subscription};
 use crate::error::BuildError;
+use crate::target::MAX_TARGET;
 
 /// The largest frame the endpoint reads.
 const MAX_FRAME: usize = 64 + MAX_TARGET + 32;

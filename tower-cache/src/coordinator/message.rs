@@ -11,79 +11,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::target::{Target, TargetTooLong, MAX_TARGET};
+
 const FORMAT: u8 = 2;
 /// Bytes before the target.
 const HEAD: usize = 36;
 const MAC_LEN: usize = 32;
-/// The longest target (key, pattern or tag) a message carries.
-pub(crate) const MAX_TARGET: usize = 4096;
-
-/// What an invalidation reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Target {
-    /// One key.
-    Key(String),
-    /// Every key matching a glob.
-    Pattern(String),
-    /// Every entry with a tag.
-    Tag(String),
-    /// A key and, transitively, every key registered as depending on it (each node
-    /// follows its own dependency edges).
-    Dependents(String),
-}
-
-/// An invalidation target (key, pattern or tag) longer than a message carries: refused
-/// whole, before anything is invalidated, never cut.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetTooLong {
-    len: usize,
-}
-
-impl TargetTooLong {
-    /// The target's length in bytes.
-    pub fn target_len(&self) -> usize {
-        self.len
-    }
-
-    /// The longest target a message carries, in bytes (4,096).
-    pub fn max() -> usize {
-        MAX_TARGET
-    }
-}
-
-impl std::fmt::Display for TargetTooLong {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "invalidation target of {} bytes is longer than the {MAX_TARGET} a message carries; \
-             nothing was invalidated",
-            self.len
-        )
-    }
-}
-
-impl std::error::Error for TargetTooLong {}
-
-impl Target {
-    /// The key, pattern or tag.
-    pub(crate) fn text(&self) -> &str {
-        match self {
-            Target::Key(t) | Target::Pattern(t) | Target::Tag(t) | Target::Dependents(t) => t,
-        }
-    }
-
-    /// Refuses a target longer than a message carries.
-    pub(crate) fn check_len(&self) -> Result<(), TargetTooLong> {
-        let len = self.text().len();
-        if len > MAX_TARGET {
-            Err(TargetTooLong { len })
-        } else {
-            Ok(())
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Message {
     pub(crate) node: u64,

@@ -127,13 +127,13 @@ pub use self::clock::{resolve_conflict, HybridClock, Winner};
 #[cfg(feature = "http-bus")]
 pub use self::http_bus::{HttpBus, HttpBusBuilder, InvalidateEndpoint};
 use self::message::Message;
-pub use self::message::{Target, TargetTooLong};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis_bus::RedisBus;
+pub use self::redis_bus::{RedisBus, RedisBusBuilder};
 use crate::cache::Cache;
 use crate::error::BuildError;
-use crate::invalidate::InvalidateError;
+use crate::error::InvalidateError;
+pub use crate::target::{Target, TargetTooLong};
 
 /// What a subscription to a [`Bus`] yields.
 #[derive(Debug, Clone)]
@@ -750,7 +750,7 @@ impl Coordinator {
     /// Invalidates every key matching `pattern` here, then on every node.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<Invalidated, InvalidateError> {
         // Checked before a version is taken or anything is remembered.
-        crate::invalidate::Glob::new(pattern)?;
+        crate::target::Glob::new(pattern)?;
         self.invalidate_everywhere(Target::Pattern(pattern.to_owned()))
             .await
     }
@@ -978,7 +978,7 @@ impl Shared {
             Target::Key(key) | Target::Dependents(key) => self.tombstones.key(key, version),
             Target::Tag(tag) => self.tombstones.tag(tag, version),
             Target::Pattern(p) => {
-                if let Ok(glob) = crate::invalidate::Glob::new(p) {
+                if let Ok(glob) = crate::target::Glob::new(p) {
                     self.tombstones.pattern(glob, version);
                 }
             }
@@ -986,13 +986,13 @@ impl Shared {
     }
 
     /// The disk record of an invalidation of `target` at `version`.
-    fn tombstone(&self, target: &Target, version: u64) -> crate::disk::Tombstone {
+    fn tombstone(&self, target: &Target, version: u64) -> crate::target::Tombstone {
         let (kind, what) = match target {
             Target::Key(k) | Target::Dependents(k) => ("k", k),
             Target::Pattern(p) => ("p", p),
             Target::Tag(t) => ("t", t),
         };
-        crate::disk::Tombstone {
+        crate::target::Tombstone {
             row: format!("{kind}\u{0}{what}").into(),
             version,
             until_ms: unix_ms().saturating_add(self.tombstones.ttl().as_millis() as u64),

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::entry::Tags;
-use crate::invalidate::Glob;
+use crate::target::Glob;
 
 /// Recent invalidations by key, pattern and tag, each with its version; forgotten after
 /// `ttl` (a write delayed longer than that is no longer compared with them).

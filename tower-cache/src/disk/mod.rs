@@ -68,6 +68,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::entry::{Clock, Entry, EntryMeta};
 use crate::error::{check_ttl, check_value_len, DiskError, InsertError, InsertErrorKind};
 use crate::generation::Ticket;
+use crate::target::{Select, Tombstone};
 
 /// Default map size: 1 GiB of address space (not of disk: the file grows as needed).
 pub const DEFAULT_MAP_SIZE: usize = 1 << 30;
@@ -188,25 +189,6 @@ impl Fence {
             Fence::Check(check) => check(),
         }
     }
-}
-
-/// The record of an invalidation, kept so that a restart still refuses older writes:
-/// `row` is `kind \0 target` (`k` key, `p` pattern, `t` tag).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Tombstone {
-    pub(crate) row: Box<str>,
-    pub(crate) version: u64,
-    /// Unix milliseconds after which it is forgotten.
-    pub(crate) until_ms: u64,
-}
-
-/// What a bulk removal reaches.
-#[derive(Debug)]
-pub(crate) enum Select {
-    /// Keys matching a glob; its literal prefix bounds an LMDB range scan.
-    Pattern(crate::invalidate::Glob),
-    /// Entries carrying a tag (a scan of the records' headers).
-    Tag(Box<str>),
 }
 
 impl Op {

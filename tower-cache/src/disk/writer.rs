@@ -568,11 +568,11 @@ impl Writer {
 fn select_keys(
     dbs: &Dbs,
     txn: &heed::RoTxn<'_>,
-    select: &super::Select,
+    select: &crate::target::Select,
 ) -> heed::Result<Vec<Box<str>>> {
     let mut keys = Vec::new();
     match select {
-        super::Select::Pattern(glob) => {
+        crate::target::Select::Pattern(glob) => {
             let mut take = |k: &[u8]| {
                 if let Ok(k) = std::str::from_utf8(k) {
                     if glob.matches(k) {
@@ -591,7 +591,7 @@ fn select_keys(
                 }
             }
         }
-        super::Select::Tag(tag) => {
+        crate::target::Select::Tag(tag) => {
             for row in dbs.entries.iter(txn)? {
                 let (k, v) = row?;
                 if super::record::record_has_tag(v, tag) {
@@ -606,7 +606,11 @@ fn select_keys(
 }
 
 /// Records a tombstone, keeping the newer version if the target has one already.
-fn put_tombstone(dbs: &Dbs, wtxn: &mut RwTxn<'_>, t: &super::Tombstone) -> heed::Result<()> {
+fn put_tombstone(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    t: &crate::target::Tombstone,
+) -> heed::Result<()> {
     let (mut version, mut until) = (t.version, t.until_ms);
     if let Some(old) = dbs.tombs.get(wtxn, t.row.as_bytes())? {
         if old.len() == 16 {

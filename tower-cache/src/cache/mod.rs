@@ -70,6 +70,9 @@ use crate::error::{DiskError, InsertError};
 use crate::generation::{Generations, Ticket};
 use crate::memory::{Guard, Lookup, MemoryStats, MemoryTier};
 
+mod invalidate;
+pub(crate) use self::invalidate::Registry;
+
 /// Which tiers a write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteTiers {
@@ -193,7 +196,7 @@ pub struct Cache {
     disk: Option<DiskTier>,
     counters: Arc<Counters>,
     generations: Generations,
-    registry: Arc<crate::invalidate::Registry>,
+    registry: Arc<Registry>,
     /// Test hook: pauses a promotion between the disk read and the memory fill.
     #[cfg(test)]
     promotion_gate: Option<Arc<(tokio::sync::Notify, tokio::sync::Notify)>>,
@@ -389,7 +392,7 @@ impl Cache {
     pub(crate) async fn delete_with(
         &self,
         key: &str,
-        tombstone: Option<crate::disk::Tombstone>,
+        tombstone: Option<crate::target::Tombstone>,
     ) -> Result<bool, DiskError> {
         let _write = self.generations.begin_write(key);
         let on_disk = match &self.disk {
@@ -561,7 +564,7 @@ impl Cache {
         &self.generations
     }
 
-    pub(crate) fn registry(&self) -> &crate::invalidate::Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 

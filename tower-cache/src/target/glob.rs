@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::InvalidateError;
+use crate::error::InvalidateError;
 
 /// The longest pattern accepted, in bytes.
 const MAX_PATTERN: usize = 1024;

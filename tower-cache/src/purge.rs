@@ -8,7 +8,7 @@
 //! Every purge needs `Authorization: Bearer <token>` (the scheme in any case, as RFC 9110
 //! has it; the token compared in constant time); without it (or with another token) the
 //! answer is `401` and nothing changes. The answer to a purge is `200` with
-//! `{"removed":N}`. Given a [`Coordinator`](crate::coordinator::Coordinator), purges
+//! `{"removed":N}`. Given a [`Coordinator`], purges
 //! spread to every node.
 
 use std::convert::Infallible;

@@ -1,107 +1,14 @@
-//! Invalidation on a [`Cache`]: by key, by glob pattern, by tag, and
-//! along registered dependencies, with listeners.
-//!
-//! - [`Cache::invalidate`]: one key, every tier.
-//! - [`Cache::invalidate_pattern`]: every key matching a glob (`*`, `?`), e.g.
-//!   `provider:*`. On disk the pattern's literal prefix bounds an LMDB range scan, so
-//!   `provider:*` reads only the `provider:` keys.
-//! - [`Cache::invalidate_tag`]: every entry stored with a tag (given on insert, or taken
-//!   from `Surrogate-Key` by the HTTP cache). Tags persist in the disk records.
-//! - [`Cache::register_dependency`] (or [`Cache::register_entry_dependency`], whose edge
-//!   goes with the entry) and [`Cache::invalidate_with_dependents`]: an entry
-//!   that depends on another goes when it goes, transitively; cycles are harmless. Edges
-//!   persist in the disk tier (when there is one), so a restart keeps them.
-//! - [`Cache::on_invalidate`]: a callback for every invalidated key matching a pattern;
-//!   a callback that panics is contained and counted ([`Cache::listener_panics`]), and
-//!   stays registered.
-//!
-//! Every invalidation is a write in the sense of the store's consistency guarantee (see
-//! [`Cache`]): when it returns, no read returns an entry it removed, and no
-//! load or promotion that was in flight lands afterwards. A pattern or tag invalidation
-//! cannot know which keys loads are in flight for, so it stops every fill in flight at
-//! that moment (they are served, not stored).
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use tower_cache::{Cache, EntryMeta, MemoryTier, WriteTiers};
-//!
-//! let cache = Cache::new(MemoryTier::builder().build()?);
-//! let ttl = Duration::from_secs(60);
-//! cache.set("provider:1:rates", "1.2".into(), ttl, WriteTiers::ALL).await?;
-//! cache.set("provider:2:rates", "1.3".into(), ttl, WriteTiers::ALL).await?;
-//! cache.set("user:7", "alice".into(), ttl, WriteTiers::ALL).await?;
-//! cache.set("ratelimit:user:7", "3".into(), ttl, WriteTiers::ALL).await?;
-//! cache.register_dependency("ratelimit:user:7", "user:7").await?;
-//! assert_eq!(cache.dependency_count(), 1);
-//!
-//! assert_eq!(cache.invalidate_pattern("provider:*").await?, 2);
-//! assert_eq!(cache.invalidate_with_dependents("user:7").await?, 2);
-//! assert!(cache.get("ratelimit:user:7").await.is_none());
-//! # Ok(()) }
-//! ```
-
-mod glob;
-mod purge;
+//! Invalidation on a [`Cache`], part of the cache: by key, pattern, tag and dependency,
+//! with listeners; the dependency edges and listeners live in its [`Registry`]. The
+//! overview is in [`crate::invalidate`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-pub use self::glob::{Glob, PatternError};
-pub use self::purge::PurgeService;
-use crate::cache::Cache;
-use crate::disk::{Select, Tombstone};
-
-/// An invalidation that could not be done: a bad pattern, or a fault of the disk tier
-/// (the memory tier was invalidated all the same).
-///
-/// Where a typed cause exists it is the [`source`](std::error::Error::source): e.g.
-/// [`TargetTooLong`](crate::coordinator::TargetTooLong) for a target longer than a
-/// cluster message carries, [`PatternError`] for a pattern over the bounds.
-#[derive(Debug)]
-pub struct InvalidateError {
-    message: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl InvalidateError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-}
-
-impl fmt::Display for InvalidateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(s) = &self.source {
-            write!(f, ": {s}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for InvalidateError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+use super::Cache;
+use crate::error::InvalidateError;
+use crate::target::{Glob, Select, Tombstone};
 
 type Listener = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -249,7 +156,7 @@ impl Cache {
     /// it in place (a remote invalidation removes only what is not newer than itself).
     pub(crate) async fn invalidate_recorded(
         &self,
-        target: &crate::coordinator::Target,
+        target: &crate::target::Target,
         tombstone: Tombstone,
         keep_newer_than: Option<u64>,
     ) -> Result<usize, InvalidateError> {
@@ -260,7 +167,7 @@ impl Cache {
                     .is_none_or(|s| !crate::version::outlives(s.version, bound))
             })
         };
-        use crate::coordinator::Target;
+        use crate::target::Target;
         match target {
             Target::Key(key) => {
                 check_key(key)?;
