@@ -10,8 +10,7 @@
 //!   explicit freshness (`s-maxage`, which wins, then `max-age`, then `Expires`); statuses
 //!   cacheable by default only with heuristic freshness or a default TTL, both opt-in
 //!   ([`HttpPolicy`]). Never `no-store`, `private` (qualified or not), `Set-Cookie`
-//!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, `206` or `Range` requests
-//!   (passed through), nor responses to a `GET` or `HEAD` with content or with
+//!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, nor responses to a `GET` or `HEAD` with content or with
 //!   `If-Match` / `If-Unmodified-Since` (passed through: the content is not in the key,
 //!   and the cache does not evaluate those preconditions), nor responses that vary on a
 //!   forwarding field. A response to a request with `Authorization` only with `public`,
@@ -36,6 +35,29 @@
 //!   `Upgrade`, `Proxy-*`) never stored. A `HEAD` is answered from a stored `GET`; a
 //!   client's `If-None-Match` / `If-Modified-Since` is answered `304` from a fresh 2xx
 //!   entry (any other stored status is sent as it is, RFC 9110 section 13.2.1).
+//! - **Ranges** (RFC 9110 section 14): a `GET` with `Range: bytes=...` is answered
+//!   from a stored `200` as any request is (fresh, same variant), with `206` and
+//!   `Content-Range` for one range (`N-M`, `N-`, `-N`; one running past the end clipped),
+//!   or `416` with `Content-Range: bytes */LENGTH` when no range is satisfiable. The
+//!   part is a slice of the stored body, never a copy. Where deployed servers differ,
+//!   the choices are: **several ranges** get the whole `200` (allowed by section 14.2;
+//!   Varnish does the same, nginx and Apache send `multipart/byteranges`), except that
+//!   one satisfiable range among unsatisfiable ones is sent alone; a `Range` that
+//!   cannot be read (another unit, a last position before the first, two `Range`
+//!   lines, more than 16 ranges) is ignored: the whole `200`. `If-Range` (section
+//!   13.1.5) holds only for a strong entity tag equal to a strong stored `ETag`, or a
+//!   date equal to a stored `Last-Modified` that is at least a second before the
+//!   stored `Date` (strong, section 8.8.2.2); otherwise the whole `200`. A `HEAD` with
+//!   `Range` gets the whole response's head (range handling is defined for `GET` only,
+//!   section 14.2; nginx answers such a `HEAD` with a `206` head). `Range` on any other
+//!   stored status is ignored, and `If-None-Match` is evaluated first (a `304`).
+//!   **A miss with `Range`** goes to the origin with its `Range` and `If-Range`, and
+//!   does not wait for another request of the URL: a client asking for a few bytes of
+//!   a large file never makes the cache fetch all of it (Varnish and nginx's
+//!   `proxy_cache` fetch the whole response instead, unless told otherwise). A `200`
+//!   the origin answers with (it ignored the `Range`) is stored as any `200`; a stale
+//!   entry is revalidated with the `Range` kept, and a `304` freshens it and the range
+//!   is served from it.
 //! - **Streaming**: the head goes to the client as soon as the origin sends it; the body
 //!   streams through while a copy is kept, and the entry is stored when the body ended
 //!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;
@@ -140,6 +162,7 @@ mod headers;
 mod key;
 mod layer;
 mod policy;
+mod range;
 mod service;
 mod store;
 

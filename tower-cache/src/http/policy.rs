@@ -182,9 +182,8 @@ pub(crate) fn storable(
     if method != Method::GET {
         return Err("method is not GET");
     }
-    if req.contains_key(::http::header::RANGE) || status == StatusCode::PARTIAL_CONTENT {
-        // Ranges are passed through, never stored.
-        return Err("range request or partial content");
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Err("partial content");
     }
     if status.is_informational() || status == StatusCode::NOT_MODIFIED {
         return Err("status is not a final, complete response");

@@ -15,6 +15,7 @@ use super::edge::{self, RequestRefused};
 use super::entry::{self, HttpEntry, Record};
 use super::headers;
 use super::policy::{self, RequestRules};
+use super::range;
 use super::{body::*, collapse::*, key::*, layer::*, store::*};
 use crate::cache::{Cache, Found};
 use crate::service::ready_call as call_inner;
@@ -208,8 +209,21 @@ pub(super) fn respond_from<B>(
         headers.remove(::http::header::CONTENT_LENGTH);
         (StatusCode::NOT_MODIFIED, Bytes::new())
     } else if method == Method::HEAD {
+        // RFC 9110 section 14.2: range handling is defined for GET only; a HEAD gets
+        // the head of the whole response.
         (entry.status, Bytes::new())
+    } else if !req.contains_key(::http::header::RANGE) {
+        (entry.status, entry.body)
+    } else if entry.status == StatusCode::OK {
+        range::from_complete(req, &mut headers, entry.body)
+    } else if entry.status == StatusCode::PARTIAL_CONTENT {
+        // A stored 206 answers only ranges it covers (the caller checked).
+        match range::from_piece(req, &mut headers, entry.body.clone()) {
+            Some(answer) => answer,
+            None => (entry.status, entry.body),
+        }
     } else {
+        // Any other stored status ignores the Range (RFC 9110 section 14.2).
         (entry.status, entry.body)
     };
     let mut res = Response::new(HttpCacheBody::full(body));
@@ -343,11 +357,7 @@ where
         || req
             .headers()
             .contains_key(::http::header::IF_UNMODIFIED_SINCE);
-    if rules.no_store
-        || carries_content
-        || unevaluated_precondition
-        || req.headers().contains_key(::http::header::RANGE)
-    {
+    if rules.no_store || carries_content || unevaluated_precondition {
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
@@ -381,16 +391,19 @@ where
         other => other,
     };
     // One request per URL asks the origin; the others wait for it, then look again.
-    // Conditional requests go on their own (the origin may answer them 304).
+    // Conditional requests go on their own (the origin may answer them 304), and so do
+    // range requests (the origin may answer them with a part).
     let conditional = req.headers().contains_key(::http::header::IF_NONE_MATCH)
         || req
             .headers()
             .contains_key(::http::header::IF_MODIFIED_SINCE);
+    let ranged = req.headers().contains_key(::http::header::RANGE);
     let mut leader = None;
     if method == Method::GET
         && matches!(looked, Looked::Miss { .. } | Looked::Stale { .. })
         && !rules.only_if_cached
         && !conditional
+        && !ranged
     {
         match config.inflight.join(&primary) {
             Join::Leader(guard) => leader = Some(guard),
