@@ -8,7 +8,7 @@
 //! `$START`), `date=lm` (a Date equal to it, which makes it weak), `status`. With
 //! `honour` it acts on a single `Range` itself (a `206`), as origins with range support
 //! do; without it it ignores `Range` (a `200`). It answers `If-None-Match` with its ETag
-//! `304`. Each case names the RFC section it checks and runs on a fresh store.
+//! `304`, and names its call in `x-call`. Each case names the RFC section it checks and runs on a fresh store.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,7 +66,7 @@ pub(crate) async fn range_origin(
     Query(q): Query<HashMap<String, String>>,
     req: HeaderMap,
 ) -> axum::response::Response {
-    o.calls.fetch_add(1, Ordering::SeqCst);
+    let n = o.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let range = req
         .get("range")
         .map(|v| v.to_str().unwrap_or("?").to_owned());
@@ -75,6 +75,7 @@ pub(crate) async fn range_origin(
     let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
         h.insert(name, HeaderValue::from_str(v).unwrap());
     };
+    set(&mut h, "x-call", &n.to_string());
     if let Some(v) = q.get("cc") {
         set(&mut h, "cache-control", v);
     }
@@ -451,6 +452,179 @@ const CASES: &[Case] = &[
                 &[("x-cache", Some("MISS"))],
             ),
             ask("/s/x?cc=max-age%3D60", &[("range", "bytes=0-1")], false, 206, "ab"),
+        ],
+    ),
+    // --- parts stored (RFC 9111 sections 3.3 and 3.4) ---
+    case(
+        "a stored 206 answers a range within it, and only that",
+        "9111 3.3",
+        &[
+            fields(
+                ask(
+                    "/t/x?cc=max-age%3D60&honour",
+                    &[("range", "bytes=0-9")],
+                    true,
+                    206,
+                    "abcdefghij",
+                ),
+                &[("x-cache", Some("MISS"))],
+            ),
+            fields(
+                ask(
+                    "/t/x?cc=max-age%3D60&honour",
+                    &[("range", "bytes=2-4")],
+                    false,
+                    206,
+                    "cde",
+                ),
+                &[
+                    ("content-range", Some("bytes 2-4/26")),
+                    ("content-length", Some("3")),
+                    ("x-cache", Some("HIT-MEM")),
+                ],
+            ),
+            // Past the part, or the whole: the origin.
+            ask(
+                "/t/x?cc=max-age%3D60&honour",
+                &[("range", "bytes=8-12")],
+                true,
+                206,
+                "ijklm",
+            ),
+            head(ask("/t/x?cc=max-age%3D60&honour", &[], true, 200, "")),
+            ask("/t/x?cc=max-age%3D60&honour", &[], true, 200, ALPHABET),
+            // The whole 200 replaced the part.
+            ask(
+                "/t/x?cc=max-age%3D60&honour",
+                &[("range", "bytes=20-")],
+                false,
+                206,
+                "uvwxyz",
+            ),
+        ],
+    ),
+    case(
+        "parts of one representation (same strong ETag and length) are combined",
+        "9111 3.4",
+        &[
+            ask(
+                "/u/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                &[("range", "bytes=0-9")],
+                true,
+                206,
+                "abcdefghij",
+            ),
+            ask(
+                "/u/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                &[("range", "bytes=8-15")],
+                true,
+                206,
+                "ijklmnop",
+            ),
+            // The two overlapping parts are one now.
+            fields(
+                ask(
+                    "/u/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                    &[("range", "bytes=5-12")],
+                    false,
+                    206,
+                    "fghijklm",
+                ),
+                &[("content-range", Some("bytes 5-12/26")), ("x-call", Some("2"))],
+            ),
+            ask(
+                "/u/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                &[("range", "bytes=16-")],
+                true,
+                206,
+                "qrstuvwxyz",
+            ),
+            // Complete: a 200 with the newest part's fields.
+            fields(
+                ask("/u/x?cc=max-age%3D60&honour&etag=%22v1%22", &[], false, 200, ALPHABET),
+                &[
+                    ("content-length", Some("26")),
+                    ("content-range", None),
+                    ("x-call", Some("3")),
+                    ("x-cache", Some("HIT-MEM")),
+                ],
+            ),
+            fields(
+                head(ask("/u/x?cc=max-age%3D60&honour&etag=%22v1%22", &[], false, 200, "")),
+                &[("content-length", Some("26"))],
+            ),
+        ],
+    ),
+    case(
+        "parts without a strong ETag are not combined: the newest is kept",
+        "9111 3.4, 9110 8.8.3.2",
+        &[
+            ask("/v/x?cc=max-age%3D60&honour", &[("range", "bytes=0-12")], true, 206, "abcdefghijklm"),
+            ask("/v/x?cc=max-age%3D60&honour", &[("range", "bytes=13-")], true, 206, "nopqrstuvwxyz"),
+            ask("/v/x?cc=max-age%3D60&honour", &[], true, 200, ALPHABET),
+            ask(
+                "/w/x?cc=max-age%3D60&honour&etag=W%2F%22v1%22",
+                &[("range", "bytes=0-12")],
+                true,
+                206,
+                "abcdefghijklm",
+            ),
+            ask(
+                "/w/x?cc=max-age%3D60&honour&etag=W%2F%22v1%22",
+                &[("range", "bytes=13-")],
+                true,
+                206,
+                "nopqrstuvwxyz",
+            ),
+            ask("/w/x?cc=max-age%3D60&honour&etag=W%2F%22v1%22", &[("range", "bytes=13-14")], false, 206, "no"),
+            ask("/w/x?cc=max-age%3D60&honour&etag=W%2F%22v1%22", &[("range", "bytes=0-1")], true, 206, "ab"),
+        ],
+    ),
+    case(
+        "a stale part is not served",
+        "9111 3.3, 4",
+        &[
+            ask(
+                "/y/x?cc=max-age%3D0&honour&etag=%22v1%22",
+                &[("range", "bytes=0-9")],
+                true,
+                206,
+                "abcdefghij",
+            ),
+            ask(
+                "/y/x?cc=max-age%3D0&honour&etag=%22v1%22",
+                &[("range", "bytes=0-1")],
+                true,
+                206,
+                "ab",
+            ),
+        ],
+    ),
+    case(
+        "If-Range that does not hold for a stored part: to the origin",
+        "9110 13.1.5, 9111 3.3",
+        &[
+            ask(
+                "/z/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                &[("range", "bytes=0-9")],
+                true,
+                206,
+                "abcdefghij",
+            ),
+            ask(
+                "/z/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                &[("range", "bytes=0-1"), ("if-range", "\"v1\"")],
+                false,
+                206,
+                "ab",
+            ),
+            ask(
+                "/z/x?cc=max-age%3D60&honour&etag=%22v1%22",
+                &[("range", "bytes=0-1"), ("if-range", "\"v0\"")],
+                true,
+                200,
+                ALPHABET,
+            ),
         ],
     ),
 ];

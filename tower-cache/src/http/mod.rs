@@ -58,6 +58,24 @@
 //!   the origin answers with (it ignored the `Range`) is stored as any `200`; a stale
 //!   entry is revalidated with the `Range` kept, and a `304` freshens it and the range
 //!   is served from it.
+//! - **Parts** (RFC 9111 sections 3.3 and 3.4): a `206` to a `GET` with `Range` is
+//!   stored when it is one range of a known length (`Content-Range: bytes A-B/LENGTH`,
+//!   its body exactly that long, within [`HttpCacheLayer::max_body`]) and the response
+//!   is storable as a `200` would be (`206` is heuristically cacheable, RFC 9110
+//!   section 15.1); multipart or `*`-length ones are passed. A stored part answers, while
+//!   fresh, only a `GET` whose one range lies wholly within it (and whose `If-Range`
+//!   holds); every other request for the URL (the whole, a `HEAD`, a range past it)
+//!   goes to the origin as a miss. It is never revalidated: stale, it is a miss. **One
+//!   part is kept per key** (per variant): a new part of the same representation (the
+//!   same strong `ETag` and complete length; weak tags and dates do not count) that
+//!   overlaps or touches the stored one is combined with it into one span, at most
+//!   `max_body` bytes, with the new part's fields (the newest); a span that covers the
+//!   whole becomes a complete `200` (`Content-Length` the complete length, no
+//!   `Content-Range`) and serves every request. A part with another validator, another
+//!   length, a gap, or a span over the limit replaces the stored part. A part of the
+//!   same representation as a stale stored `200` stores that body again under the
+//!   part's fields. Combining copies both parts into one buffer of the span's size;
+//!   nothing else is kept beside the entry.
 //! - **Streaming**: the head goes to the client as soon as the origin sends it; the body
 //!   streams through while a copy is kept, and the entry is stored when the body ended
 //!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;

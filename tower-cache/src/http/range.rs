@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use ::http::{HeaderMap, HeaderValue, StatusCode};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::headers;
 
@@ -310,6 +310,108 @@ pub(crate) fn from_piece(
     Some((StatusCode::PARTIAL_CONTENT, body.slice(from..=to)))
 }
 
+/// Whether two stored responses carry the same strong `ETag` (the strong comparison,
+/// RFC 9110 section 8.8.3.2): the same representation, byte for byte.
+fn same_strong_etag(a: &HeaderMap, b: &HeaderMap) -> bool {
+    match (headers::etag(a), headers::etag(b)) {
+        (Some(x), Some(y)) => !x.weak && !y.weak && x.opaque == y.opaque,
+        _ => false,
+    }
+}
+
+/// The fields of a stored complete response made from a part's: no `Content-Range`,
+/// the complete length.
+fn complete_head(mut headers: HeaderMap, complete: u64) -> HeaderMap {
+    headers.remove(::http::header::CONTENT_RANGE);
+    headers.insert(::http::header::CONTENT_LENGTH, HeaderValue::from(complete));
+    headers
+}
+
+/// What to store for a part (a `206` with `headers` and `body`) given the response
+/// stored under its key before (`before`: status, fields, body), RFC 9111 section 3.4:
+///
+/// - a part whose `Content-Range` is not one range of a known length, or whose body is
+///   not that range's length (cut short, or lying), is not stored (`None`);
+/// - a part covering the whole representation is stored as a complete `200`;
+/// - with the same strong `ETag` and complete length as a stored complete `200`: that
+///   body with the part's fields (the newest), as a `200`;
+/// - with the same strong `ETag` and complete length as a stored part it overlaps or
+///   touches: one part spanning both, at most `limit` bytes, a `200` when it is the
+///   whole; the part's fields (the newest) are kept, its `Content-Range` and
+///   `Content-Length` set to the span;
+/// - otherwise the part alone (it replaces what was stored: one part per key).
+pub(crate) fn combine(
+    headers: &HeaderMap,
+    body: Bytes,
+    before: Option<(StatusCode, &HeaderMap, &Bytes)>,
+    limit: usize,
+) -> Option<(StatusCode, HeaderMap, Bytes)> {
+    let (span, complete) = content_range(headers)?;
+    if span.len() != body.len() as u64 {
+        return None;
+    }
+    if span.first == 0 && span.last == complete - 1 {
+        return Some((
+            StatusCode::OK,
+            complete_head(headers.clone(), complete),
+            body,
+        ));
+    }
+    let alone = || Some((StatusCode::PARTIAL_CONTENT, headers.clone(), body.clone()));
+    let Some((status, old_headers, old_body)) = before else {
+        return alone();
+    };
+    if !same_strong_etag(headers, old_headers) {
+        return alone();
+    }
+    if status == StatusCode::OK {
+        if old_body.len() as u64 != complete {
+            return alone();
+        }
+        let head = complete_head(headers.clone(), complete);
+        return Some((StatusCode::OK, head, old_body.clone()));
+    }
+    let Some((old, old_complete)) = content_range(old_headers) else {
+        return alone();
+    };
+    let touches =
+        old.first <= span.last.saturating_add(1) && span.first <= old.last.saturating_add(1);
+    if status != StatusCode::PARTIAL_CONTENT
+        || old_complete != complete
+        || old.len() != old_body.len() as u64
+        || !touches
+    {
+        return alone();
+    }
+    let union = ByteRange {
+        first: old.first.min(span.first),
+        last: old.last.max(span.last),
+    };
+    if union.len() > limit as u64 {
+        return alone();
+    }
+    // In bounds: every offset below is within its own part (checked lengths above).
+    let mut out = BytesMut::with_capacity(union.len() as usize);
+    if old.first < span.first {
+        out.extend_from_slice(&old_body[..(span.first - old.first) as usize]);
+    }
+    out.extend_from_slice(&body);
+    if old.last > span.last {
+        out.extend_from_slice(&old_body[(span.last + 1 - old.first) as usize..]);
+    }
+    let body = out.freeze();
+    if union.first == 0 && union.last == complete - 1 {
+        return Some((
+            StatusCode::OK,
+            complete_head(headers.clone(), complete),
+            body,
+        ));
+    }
+    let mut head = headers.clone();
+    partial_head(&mut head, union, complete);
+    Some((StatusCode::PARTIAL_CONTENT, head, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +583,159 @@ mod tests {
         }
         // No If-Range: the Range is acted on.
         assert!(if_range_holds(&req("bytes=0-0"), &HeaderMap::new()));
+    }
+
+    /// A part's fields: its `Content-Range` of 26 bytes and an `ETag`.
+    fn part(first: u64, last: u64, etag: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        set(
+            &mut h,
+            ::http::header::CONTENT_RANGE,
+            format!("bytes {first}-{last}/26"),
+        );
+        if !etag.is_empty() {
+            h.insert("etag", HeaderValue::from_str(etag).unwrap());
+        }
+        h
+    }
+
+    const ABC: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
+
+    fn slice(first: u64, last: u64) -> Bytes {
+        Bytes::from_static(&ABC[first as usize..=last as usize])
+    }
+
+    #[test]
+    fn parts_of_one_representation_are_combined() {
+        // RFC 9111 section 3.4. (new part, stored part or None) => (status, span, body).
+        type Part = (u64, u64, &'static str);
+        type Row = (
+            Part,
+            Option<Part>,
+            Option<(u16, &'static str, &'static [u8])>,
+        );
+        let s = "\"v1\"";
+        let table: &[Row] = &[
+            // Alone.
+            ((2, 4, s), None, Some((206, "bytes 2-4/26", b"cde"))),
+            // The whole representation in one part: complete.
+            ((0, 25, ""), None, Some((200, "", ABC))),
+            // Overlapping, touching, containing: one span.
+            (
+                (2, 6, s),
+                Some((5, 9, s)),
+                Some((206, "bytes 2-9/26", b"cdefghij")),
+            ),
+            (
+                (5, 9, s),
+                Some((2, 6, s)),
+                Some((206, "bytes 2-9/26", b"cdefghij")),
+            ),
+            (
+                (2, 4, s),
+                Some((5, 9, s)),
+                Some((206, "bytes 2-9/26", b"cdefghij")),
+            ),
+            (
+                (5, 9, s),
+                Some((2, 4, s)),
+                Some((206, "bytes 2-9/26", b"cdefghij")),
+            ),
+            ((0, 25, s), Some((2, 4, s)), Some((200, "", ABC))),
+            (
+                (3, 4, s),
+                Some((2, 9, s)),
+                Some((206, "bytes 2-9/26", b"cdefghij")),
+            ),
+            // Covering everything together: complete.
+            ((0, 12, s), Some((13, 25, s)), Some((200, "", ABC))),
+            ((13, 25, s), Some((0, 12, s)), Some((200, "", ABC))),
+            // A gap: the newest alone.
+            (
+                (0, 4, s),
+                Some((6, 9, s)),
+                Some((206, "bytes 0-4/26", b"abcde")),
+            ),
+            // Another, a weak or no validator: the newest alone.
+            (
+                (0, 12, s),
+                Some((13, 25, "\"v2\"")),
+                Some((206, "bytes 0-12/26", b"abcdefghijklm")),
+            ),
+            (
+                (0, 12, "W/\"v1\""),
+                Some((13, 25, "W/\"v1\"")),
+                Some((206, "bytes 0-12/26", b"abcdefghijklm")),
+            ),
+            (
+                (0, 12, ""),
+                Some((13, 25, "")),
+                Some((206, "bytes 0-12/26", b"abcdefghijklm")),
+            ),
+        ];
+        for (new, old, want) in table {
+            let old_parts = old.map(|(f, l, e)| (part(f, l, e), slice(f, l)));
+            let before = old_parts
+                .as_ref()
+                .map(|(h, b)| (StatusCode::PARTIAL_CONTENT, h, b));
+            let got = combine(
+                &part(new.0, new.1, new.2),
+                slice(new.0, new.1),
+                before,
+                1 << 20,
+            );
+            let got = got.map(|(status, h, body)| {
+                let range = h
+                    .get("content-range")
+                    .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+                if let Some(len) = h.get("content-length") {
+                    assert_eq!(len, body.len().to_string().as_str());
+                }
+                (status.as_u16(), range, body)
+            });
+            let want = want.map(|(st, r, b)| (st, r.to_owned(), Bytes::from_static(b)));
+            assert_eq!(got, want, "new {new:?}, stored {old:?}");
+        }
+    }
+
+    #[test]
+    fn parts_that_lie_or_differ_are_not_combined() {
+        let s = "\"v1\"";
+        // A body shorter than its Content-Range: not stored.
+        assert!(combine(&part(0, 9, s), slice(0, 4), None, 1 << 20).is_none());
+        // A multipart or unknown-length 206: not stored.
+        let mut h = HeaderMap::new();
+        h.insert("content-range", HeaderValue::from_static("bytes 0-4/*"));
+        assert!(combine(&h, slice(0, 4), None, 1 << 20).is_none());
+        // Another complete length: the newest alone.
+        let mut other = HeaderMap::new();
+        other.insert("content-range", HeaderValue::from_static("bytes 5-9/30"));
+        other.insert("etag", HeaderValue::from_static("\"v1\""));
+        let before = Some((StatusCode::PARTIAL_CONTENT, &other, &slice(5, 9)));
+        let (st, h, _) = combine(&part(0, 4, s), slice(0, 4), before, 1 << 20).unwrap();
+        assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(h["content-range"], "bytes 0-4/26");
+        // A span over the limit: the newest alone.
+        let old = (part(5, 9, s), slice(5, 9));
+        let before = Some((StatusCode::PARTIAL_CONTENT, &old.0, &old.1));
+        let (_, h, _) = combine(&part(0, 4, s), slice(0, 4), before, 9).unwrap();
+        assert_eq!(h["content-range"], "bytes 0-4/26");
+        // A stored complete 200 of the same representation: its body, the part's fields.
+        let mut whole = HeaderMap::new();
+        whole.insert("etag", HeaderValue::from_static("\"v1\""));
+        let abc = Bytes::from_static(ABC);
+        let mut newest = part(0, 4, s);
+        newest.insert("x-newest", HeaderValue::from_static("1"));
+        let (st, h, body) = combine(
+            &newest,
+            slice(0, 4),
+            Some((StatusCode::OK, &whole, &abc)),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!((st, body.len()), (StatusCode::OK, 26));
+        assert_eq!(h["x-newest"], "1");
+        assert!(!h.contains_key("content-range"));
     }
 
     #[test]
