@@ -717,3 +717,77 @@ async fn rfc_9110_ranges_from_the_cache() {
     .await
     .expect("bounded");
 }
+
+// === big bodies, from the disk tier ===
+
+/// The bytes `first..=last` of the origin's `len=` body.
+fn cycle(first: usize, last: usize) -> String {
+    ALPHABET
+        .chars()
+        .cycle()
+        .skip(first)
+        .take(last + 1 - first)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_of_a_big_body_are_served_from_the_disk_tier() {
+    tokio::time::timeout(BOUND, async {
+        let origin = RangeOrigin::default();
+        let calls = origin.calls.clone();
+        let app = axum::Router::new()
+            .fallback(range_origin)
+            .with_state(origin);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let dir = tempfile::tempdir().unwrap();
+        let len = 900_000;
+        let url = format!("http://{addr}/big/x?cc=max-age%3D600&len={len}");
+        let fetch = |svc: tower_cache::http::HttpCacheService<_>, range: Option<&'static str>| {
+            let mut req = Request::get(url.as_str());
+            if let Some(r) = range {
+                req = req.header("range", r);
+            }
+            async move {
+                let res = svc
+                    .oneshot(req.body(Full::default()).unwrap())
+                    .await
+                    .unwrap();
+                let (parts, body) = res.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                (parts, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        {
+            let svc = HttpCacheLayer::on_disk(dir.path())
+                .unwrap()
+                .layer(client.clone());
+            let (parts, body) = fetch(svc, None).await;
+            assert_eq!(parts.headers["x-cache"], "MISS");
+            assert_eq!(body.len(), len);
+        }
+        // A restart: the memory tier is empty, the entry is on disk.
+        let svc = HttpCacheLayer::on_disk(dir.path()).unwrap().layer(client);
+        let (parts, body) = fetch(svc.clone(), Some("bytes=500000-500009")).await;
+        assert_eq!(parts.status, 206);
+        assert_eq!(parts.headers["x-cache"], "HIT-DISK");
+        assert_eq!(parts.headers["content-range"], "bytes 500000-500009/900000");
+        assert_eq!(body, cycle(500_000, 500_009));
+        // Promoted: the next range is a memory hit of the same record.
+        let (parts, body) = fetch(svc.clone(), Some("bytes=-5")).await;
+        assert_eq!(
+            (parts.status.as_u16(), &*body),
+            (206, &*cycle(len - 5, len - 1))
+        );
+        assert_eq!(parts.headers["x-cache"], "HIT-MEM");
+        let (parts, _) = fetch(svc, Some("bytes=900000-")).await;
+        assert_eq!(parts.status, 416);
+        assert_eq!(parts.headers["content-range"], "bytes */900000");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        server.abort();
+    })
+    .await
+    .expect("bounded");
+}

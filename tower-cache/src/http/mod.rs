@@ -39,7 +39,12 @@
 //!   from a stored `200` as any request is (fresh, same variant), with `206` and
 //!   `Content-Range` for one range (`N-M`, `N-`, `-N`; one running past the end clipped),
 //!   or `416` with `Content-Range: bytes */LENGTH` when no range is satisfiable. The
-//!   part is a slice of the stored body, never a copy. Where deployed servers differ,
+//!   part is a slice of the stored record, never a copy. A disk hit costs one copy of
+//!   the whole record, whatever the range: LMDB's pages are valid only inside the read
+//!   transaction, so the record is copied out of the map (or decompressed) into one
+//!   buffer, which the memory tier then keeps on promotion; a record too large for the
+//!   memory tier is not promoted, and each range request for it reads it whole again.
+//!   Where deployed servers differ,
 //!   the choices are: **several ranges** get the whole `200` (allowed by section 14.2;
 //!   Varnish does the same, nginx and Apache send `multipart/byteranges`), except that
 //!   one satisfiable range among unsatisfiable ones is sent alone; a `Range` that

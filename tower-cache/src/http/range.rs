@@ -750,4 +750,37 @@ mod tests {
         assert_eq!(h["content-range"], "bytes 1000-1999/65536");
         assert_eq!(h["content-length"], "1000");
     }
+
+    #[test]
+    fn a_range_of_a_decoded_record_points_into_the_record() {
+        // What a tier hands back is one record (from the disk tier, the one copy read
+        // out of the map); the entry's body and the range are slices of it.
+        use super::super::entry::{self, HttpEntry, Record};
+        let body = Bytes::from(vec![3u8; 1 << 20]);
+        let stored = HttpEntry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body,
+            freshness: super::super::policy::Freshness {
+                response_time: 0,
+                initial_age: 0,
+                lifetime: 60,
+                must_revalidate: false,
+                no_cache: false,
+                validator: false,
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+            },
+            vary: Vec::new(),
+        };
+        let record = entry::encode_entry(&stored).unwrap();
+        let Some(Record::Entry(e)) = entry::decode(&record) else {
+            panic!("not an entry")
+        };
+        let mut h = e.headers;
+        let (_, part) = from_complete(&req("bytes=-4096"), &mut h, e.body);
+        let inside = record.as_ptr_range();
+        assert!(inside.contains(&part.as_ptr()) && part.len() == 4096);
+        assert_eq!(part.as_ptr(), record[record.len() - 4096..].as_ptr());
+    }
 }
