@@ -25,6 +25,7 @@ use tower_cache::http::{HttpCacheLayer, HttpPolicy};
 use tower_cache::{Cache, MemoryTier};
 use tower_layer::Layer;
 
+mod interim;
 mod range;
 
 const BOUND: Duration = Duration::from_secs(60);

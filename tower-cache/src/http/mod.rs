@@ -81,6 +81,16 @@
 //!   same representation as a stale stored `200` stores that body again under the
 //!   part's fields. Combining copies both parts into one buffer of the span's size;
 //!   nothing else is kept beside the entry.
+//! - **Interim responses** (RFC 9110 section 15.2): a `1xx` the inner service returns
+//!   is passed on as it is (`PASS`), never stored and never marks the URL pass; only a
+//!   final response is stored. Whether a client sees one depends on the server and
+//!   client around the layer. hyper 1.x relays none: its client reads past every
+//!   `1xx` but `101` (`hyper::ext::on_informational` can watch them on HTTP/1), and its
+//!   server cannot send one (a `1xx` from a service becomes a `500`); the only interim
+//!   response it sends is the `100 Continue` it writes when a service first reads the
+//!   body of a request with `Expect: 100-continue`. So behind hyper (as in
+//!   `cache_proxy`) an origin's `103 Early Hints` is dropped (its `Link` fields with
+//!   it), and the client gets the final response only, which is stored as usual.
 //! - **Streaming**: the head goes to the client as soon as the origin sends it; the body
 //!   streams through while a copy is kept, and the entry is stored when the body ended
 //!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;
