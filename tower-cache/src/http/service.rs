@@ -415,7 +415,6 @@ where
         || req
             .headers()
             .contains_key(::http::header::IF_MODIFIED_SINCE);
-    let ranged = req.headers().contains_key(::http::header::RANGE);
     let mut leader = None;
     if method == Method::GET
         && matches!(
@@ -424,7 +423,7 @@ where
         )
         && !rules.only_if_cached
         && !conditional
-        && !ranged
+        && !req.headers().contains_key(::http::header::RANGE)
     {
         match config.inflight.join(&primary) {
             Join::Leader(guard) => leader = Some(guard),
