@@ -751,6 +751,70 @@ mod tests {
         assert_eq!(h["content-length"], "1000");
     }
 
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn a_range_answered_is_within_the_body_and_described_right(
+                range in "(bytes|BYTES|x)?=?[0-9,\\- ]{0,40}",
+                len in 0usize..64,
+            ) {
+                let Ok(v) = HeaderValue::from_str(&range) else { return Ok(()) };
+                let mut req = HeaderMap::new();
+                req.insert(::http::header::RANGE, v);
+                if let Asked::One(r) = asked(&req, len as u64) {
+                    prop_assert!(r.first <= r.last && r.last < len as u64);
+                }
+                let body = Bytes::from(vec![1u8; len]);
+                let mut h = HeaderMap::new();
+                let (status, part) = from_complete(&req, &mut h, body);
+                match status.as_u16() {
+                    206 => {
+                        prop_assert_eq!(h["content-length"].to_str().ok(), Some(&*part.len().to_string()));
+                        let (r, complete) = content_range(&h).unwrap();
+                        prop_assert_eq!((r.len(), complete), (part.len() as u64, len as u64));
+                    }
+                    416 => prop_assert!(part.is_empty()),
+                    200 => prop_assert_eq!(part.len(), len),
+                    other => prop_assert!(false, "status {}", other),
+                }
+            }
+
+            #[test]
+            fn combining_arbitrary_parts_never_panics_and_stays_consistent(
+                a in (0u64..40, 0u64..40, 1u64..40, 0usize..45),
+                b in (0u64..40, 0u64..40, 1u64..40, 0usize..45),
+                weak in any::<bool>(),
+            ) {
+                let head = |(first, last, complete, _): (u64, u64, u64, usize)| {
+                    let mut h = HeaderMap::new();
+                    set(&mut h, ::http::header::CONTENT_RANGE, format!("bytes {first}-{last}/{complete}"));
+                    let tag = if weak { "W/\"t\"" } else { "\"t\"" };
+                    h.insert("etag", HeaderValue::from_static(tag));
+                    h
+                };
+                let (ha, hb) = (head(a), head(b));
+                let (ba, bb) = (Bytes::from(vec![0u8; a.3]), Bytes::from(vec![0u8; b.3]));
+                for status in [StatusCode::PARTIAL_CONTENT, StatusCode::OK] {
+                    let got = combine(&ha, ba.clone(), Some((status, &hb, &bb)), 32);
+                    if let Some((st, h, body)) = got {
+                        if st == StatusCode::OK {
+                            prop_assert_eq!(h["content-length"].to_str().ok(), Some(&*body.len().to_string()));
+                            prop_assert!(!h.contains_key("content-range"));
+                        } else {
+                            let (r, _) = content_range(&h).unwrap();
+                            prop_assert_eq!(r.len(), body.len() as u64);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_range_of_a_decoded_record_points_into_the_record() {
         // What a tier hands back is one record (from the disk tier, the one copy read
