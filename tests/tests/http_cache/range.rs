@@ -791,3 +791,58 @@ async fn ranges_of_a_big_body_are_served_from_the_disk_tier() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_answers_ranges_from_its_cache() {
+    // RFC 9110 sections 14.2 and 15.3.7, through `cache_proxy` as a child process.
+    tokio::time::timeout(BOUND, async {
+        let origin = RangeOrigin::default();
+        let calls = origin.calls.clone();
+        let ranges = origin.ranges.clone();
+        let app = axum::Router::new()
+            .fallback(range_origin)
+            .with_state(origin);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let proxy = super::Proxy::start(&format!("http://{addr}")).await;
+        let path = "/px/x?cc=max-age%3D60&honour&etag=%22v1%22";
+        // A miss with Range reaches the origin with it, and the part is stored.
+        let (s, h, b) =
+            super::send_via(proxy.addr, "GET", path, &[("range", "bytes=0-9")], "").await;
+        assert_eq!(
+            (s, b.as_str(), h["x-cache"].to_str().unwrap()),
+            (206, "abcdefghij", "MISS")
+        );
+        assert_eq!(
+            ranges.lock().unwrap().as_slice(),
+            &[Some("bytes=0-9".to_owned())]
+        );
+        let (s, h, b) =
+            super::send_via(proxy.addr, "GET", path, &[("range", "bytes=3-5")], "").await;
+        assert_eq!(
+            (s, b.as_str(), h["x-cache"].to_str().unwrap()),
+            (206, "def", "HIT-MEM")
+        );
+        assert_eq!(h["content-range"], "bytes 3-5/26");
+        // The rest, then the whole from the combined parts.
+        let (s, _, _) =
+            super::send_via(proxy.addr, "GET", path, &[("range", "bytes=10-")], "").await;
+        assert_eq!(s, 206);
+        let (s, h, b) = super::send_via(proxy.addr, "GET", path, &[], "").await;
+        assert_eq!(
+            (s, b.as_str(), h["x-cache"].to_str().unwrap()),
+            (200, ALPHABET, "HIT-MEM")
+        );
+        let (s, h, b) =
+            super::send_via(proxy.addr, "GET", path, &[("range", "bytes=30-")], "").await;
+        assert_eq!(
+            (s, b.as_str(), h["content-range"].to_str().unwrap()),
+            (416, "", "bytes */26")
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        server.abort();
+    })
+    .await
+    .expect("bounded");
+}
