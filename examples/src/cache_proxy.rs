@@ -62,6 +62,15 @@
 //! reached answers `502 Bad Gateway`, one that does not answer within
 //! `--upstream-timeout-ms` (default 30,000) `504 Gateway Timeout`. Clients may speak
 //! HTTP/1.1 or HTTP/2.
+//!
+//! Interim (`1xx`) responses are not relayed: hyper's client reads past the upstream's
+//! (a `103 Early Hints` and its `Link` fields are dropped, as are `1xx` nobody asked
+//! for) and hyper's server cannot send them; the client gets the final response. A
+//! request with `Expect: 100-continue` gets hyper's own `100 Continue` when the proxy
+//! starts sending its content upstream (once the upstream connection is up), so an
+//! upstream that refuses the content (a `417`, a `401`) is heard after the client has
+//! started sending it. Range requests are answered from the cache when it holds the
+//! response or the part asked for, and sent upstream with their `Range` otherwise.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

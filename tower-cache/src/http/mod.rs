@@ -10,8 +10,7 @@
 //!   explicit freshness (`s-maxage`, which wins, then `max-age`, then `Expires`); statuses
 //!   cacheable by default only with heuristic freshness or a default TTL, both opt-in
 //!   ([`HttpPolicy`]). Never `no-store`, `private` (qualified or not), `Set-Cookie`
-//!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, `206` or `Range` requests
-//!   (passed through), nor responses to a `GET` or `HEAD` with content or with
+//!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, nor responses to a `GET` or `HEAD` with content or with
 //!   `If-Match` / `If-Unmodified-Since` (passed through: the content is not in the key,
 //!   and the cache does not evaluate those preconditions), nor responses that vary on a
 //!   forwarding field. A response to a request with `Authorization` only with `public`,
@@ -36,6 +35,62 @@
 //!   `Upgrade`, `Proxy-*`) never stored. A `HEAD` is answered from a stored `GET`; a
 //!   client's `If-None-Match` / `If-Modified-Since` is answered `304` from a fresh 2xx
 //!   entry (any other stored status is sent as it is, RFC 9110 section 13.2.1).
+//! - **Ranges** (RFC 9110 section 14): a `GET` with `Range: bytes=...` is answered
+//!   from a stored `200` as any request is (fresh, same variant), with `206` and
+//!   `Content-Range` for one range (`N-M`, `N-`, `-N`; one running past the end clipped),
+//!   or `416` with `Content-Range: bytes */LENGTH` when no range is satisfiable. The
+//!   part is a slice of the stored record, never a copy. A disk hit costs one copy of
+//!   the whole record, whatever the range: LMDB's pages are valid only inside the read
+//!   transaction, so the record is copied out of the map (or decompressed) into one
+//!   buffer, which the memory tier then keeps on promotion; a record too large for the
+//!   memory tier is not promoted, and each range request for it reads it whole again.
+//!   Where deployed servers differ,
+//!   the choices are: **several ranges** get the whole `200` (allowed by section 14.2;
+//!   Varnish does the same, nginx and Apache send `multipart/byteranges`), except that
+//!   one satisfiable range among unsatisfiable ones is sent alone; a `Range` that
+//!   cannot be read (another unit, a last position before the first, two `Range`
+//!   lines, more than 16 ranges) is ignored: the whole `200`. `If-Range` (section
+//!   13.1.5) holds only for a strong entity tag equal to a strong stored `ETag`, or a
+//!   date equal to a stored `Last-Modified` that is at least a second before the
+//!   stored `Date` (strong, section 8.8.2.2); otherwise the whole `200`. A `HEAD` with
+//!   `Range` gets the whole response's head (range handling is defined for `GET` only,
+//!   section 14.2; nginx answers such a `HEAD` with a `206` head). `Range` on any other
+//!   stored status is ignored, and `If-None-Match` is evaluated first (a `304`).
+//!   **A miss with `Range`** goes to the origin with its `Range` and `If-Range`, and
+//!   does not wait for another request of the URL: a client asking for a few bytes of
+//!   a large file never makes the cache fetch all of it (Varnish and nginx's
+//!   `proxy_cache` fetch the whole response instead, unless told otherwise). A `200`
+//!   the origin answers with (it ignored the `Range`) is stored as any `200`; a stale
+//!   entry is revalidated with the `Range` kept, and a `304` freshens it and the range
+//!   is served from it.
+//! - **Parts** (RFC 9111 sections 3.3 and 3.4): a `206` to a `GET` with `Range` is
+//!   stored when it is one range of a known length (`Content-Range: bytes A-B/LENGTH`,
+//!   its body exactly that long, within [`HttpCacheLayer::max_body`]) and the response
+//!   is storable as a `200` would be (`206` is heuristically cacheable, RFC 9110
+//!   section 15.1); multipart or `*`-length ones are passed. A stored part answers, while
+//!   fresh, only a `GET` whose one range lies wholly within it (and whose `If-Range`
+//!   holds); every other request for the URL (the whole, a `HEAD`, a range past it)
+//!   goes to the origin as a miss. It is never revalidated: stale, it is a miss. **One
+//!   part is kept per key** (per variant): a new part of the same representation (the
+//!   same strong `ETag` and complete length; weak tags and dates do not count) that
+//!   overlaps or touches the stored one is combined with it into one span, at most
+//!   `max_body` bytes, with the new part's fields (the newest); a span that covers the
+//!   whole becomes a complete `200` (`Content-Length` the complete length, no
+//!   `Content-Range`) and serves every request. A part with another validator, another
+//!   length, a gap, or a span over the limit replaces the stored part. A part of the
+//!   same representation as a stale stored `200` stores that body again under the
+//!   part's fields. Combining copies both parts into one buffer of the span's size;
+//!   nothing else is kept beside the entry.
+//! - **Interim responses** (RFC 9110 section 15.2): a `1xx` the inner service returns
+//!   is passed on as it is (`PASS`), never stored and never marks the URL pass; only a
+//!   final response is stored. Whether a client sees one depends on the server and
+//!   client around the layer. hyper 1.x relays none: its client reads past every
+//!   `1xx` but `101` (`hyper::ext::on_informational` can watch them on HTTP/1), and its
+//!   server cannot send one (a `1xx` from a service becomes a `500`); the only interim
+//!   response it sends is the `100 Continue` it writes when a service first reads the
+//!   body of a request with `Expect: 100-continue`. So behind hyper (as in
+//!   `cache_proxy`) an origin's `103 Early Hints` is dropped (its `Link` fields with
+//!   it), and the client gets the final response only, which is stored as usual.
 //! - **Streaming**: the head goes to the client as soon as the origin sends it; the body
 //!   streams through while a copy is kept, and the entry is stored when the body ended
 //!   whole within [`HttpCacheLayer::max_body`]. One request per URL goes to the origin;
@@ -140,6 +195,7 @@ mod headers;
 mod key;
 mod layer;
 mod policy;
+mod range;
 mod service;
 mod store;
 

@@ -162,7 +162,7 @@ impl Freshness {
 fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -181,10 +181,6 @@ pub(crate) fn storable(
 ) -> Result<Freshness, NotStored> {
     if method != Method::GET {
         return Err("method is not GET");
-    }
-    if req.contains_key(::http::header::RANGE) || status == StatusCode::PARTIAL_CONTENT {
-        // Ranges are passed through, never stored.
-        return Err("range request or partial content");
     }
     if status.is_informational() || status == StatusCode::NOT_MODIFIED {
         return Err("status is not a final, complete response");

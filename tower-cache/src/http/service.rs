@@ -15,6 +15,7 @@ use super::edge::{self, RequestRefused};
 use super::entry::{self, HttpEntry, Record};
 use super::headers;
 use super::policy::{self, RequestRules};
+use super::range;
 use super::{body::*, collapse::*, key::*, layer::*, store::*};
 use crate::cache::{Cache, Found};
 use crate::service::ready_call as call_inner;
@@ -108,6 +109,12 @@ pub(super) enum Looked {
     Miss {
         index: Option<(u64, Vec<HeaderName>)>,
     },
+    /// A stored part (a `206`) that cannot answer the request: asked of the origin as a
+    /// miss, and what it answers may be combined with the part (RFC 9111 section 3.4).
+    Part {
+        entry: HttpEntry,
+        index: Option<(u64, Vec<HeaderName>)>,
+    },
     /// The URL is marked pass.
     Pass,
 }
@@ -115,6 +122,7 @@ pub(super) enum Looked {
 pub(super) async fn look_up(
     store: &Cache,
     primary: &str,
+    method: &Method,
     req: &HeaderMap,
     rules: &RequestRules,
 ) -> Looked {
@@ -145,6 +153,16 @@ pub(super) async fn look_up(
         // Undecodable, or an entry with Vary under the primary key: nothing usable.
         _ => return Looked::Miss { index: None },
     };
+    if entry.status == StatusCode::PARTIAL_CONTENT {
+        // RFC 9111 section 3.3: a stored part answers only a GET for a range wholly
+        // within it, and only while it is fresh (a part is not revalidated).
+        let answers = method == Method::GET
+            && policy::servable(&entry.freshness, rules, now)
+            && range::piece_answers(req, &entry.headers, &entry.body).is_some();
+        if !answers {
+            return Looked::Part { entry, index };
+        }
+    }
     if policy::servable(&entry.freshness, rules, now) {
         let status = if from_disk {
             Status::HitDisk
@@ -206,10 +224,24 @@ pub(super) fn respond_from<B>(
     let (code, body) = if unchanged {
         // RFC 9110 section 15.4.5: the fields a 200 would have sent, no content.
         headers.remove(::http::header::CONTENT_LENGTH);
+        headers.remove(::http::header::CONTENT_RANGE);
         (StatusCode::NOT_MODIFIED, Bytes::new())
     } else if method == Method::HEAD {
+        // RFC 9110 section 14.2: range handling is defined for GET only; a HEAD gets
+        // the head of the whole response.
         (entry.status, Bytes::new())
+    } else if !req.contains_key(::http::header::RANGE) {
+        (entry.status, entry.body)
+    } else if entry.status == StatusCode::OK {
+        range::from_complete(req, &mut headers, entry.body)
+    } else if entry.status == StatusCode::PARTIAL_CONTENT {
+        // A stored 206 answers only ranges it covers (the caller checked).
+        match range::from_piece(req, &mut headers, entry.body.clone()) {
+            Some(answer) => answer,
+            None => (entry.status, entry.body),
+        }
     } else {
+        // Any other stored status ignores the Range (RFC 9110 section 14.2).
         (entry.status, entry.body)
     };
     let mut res = Response::new(HttpCacheBody::full(body));
@@ -343,15 +375,11 @@ where
         || req
             .headers()
             .contains_key(::http::header::IF_UNMODIFIED_SINCE);
-    if rules.no_store
-        || carries_content
-        || unevaluated_precondition
-        || req.headers().contains_key(::http::header::RANGE)
-    {
+    if rules.no_store || carries_content || unevaluated_precondition {
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
-    let looked = look_up(store, &primary, req.headers(), &rules).await;
+    let looked = look_up(store, &primary, &method, req.headers(), &rules).await;
     let now = policy::unix_ms(SystemTime::now());
     // stale-while-revalidate (RFC 5861 section 3): serve the stale entry at once and
     // refresh it in the background, once per URL.
@@ -381,25 +409,32 @@ where
         other => other,
     };
     // One request per URL asks the origin; the others wait for it, then look again.
-    // Conditional requests go on their own (the origin may answer them 304).
+    // Conditional requests go on their own (the origin may answer them 304), and so do
+    // range requests (the origin may answer them with a part).
     let conditional = req.headers().contains_key(::http::header::IF_NONE_MATCH)
         || req
             .headers()
             .contains_key(::http::header::IF_MODIFIED_SINCE);
     let mut leader = None;
     if method == Method::GET
-        && matches!(looked, Looked::Miss { .. } | Looked::Stale { .. })
+        && matches!(
+            looked,
+            Looked::Miss { .. } | Looked::Stale { .. } | Looked::Part { .. }
+        )
         && !rules.only_if_cached
         && !conditional
+        && !req.headers().contains_key(::http::header::RANGE)
     {
         match config.inflight.join(&primary) {
             Join::Leader(guard) => leader = Some(guard),
             Join::Wait(notified) => {
                 let _ = tokio::time::timeout(config.collapse_wait, notified).await;
-                looked = look_up(store, &primary, req.headers(), &rules).await;
+                looked = look_up(store, &primary, &method, req.headers(), &rules).await;
             }
         }
     }
+    // A stored part this request's answer may be combined with.
+    let mut part = None;
     let (stale, index) = match looked {
         Looked::Hit(entry, status) => {
             return Ok(respond_from(&config, entry, status, &method, req.headers()));
@@ -410,6 +445,10 @@ where
         }
         Looked::Stale { entry, key, index } => (Some((entry, key)), index),
         Looked::Miss { index } => (None, index),
+        Looked::Part { entry, index } => {
+            part = Some(entry);
+            (None, index)
+        }
     };
     if rules.only_if_cached {
         // RFC 9111 section 5.2.1.7.
@@ -448,6 +487,7 @@ where
         }
     };
     let response_time = SystemTime::now();
+    let mut stale_entry = None;
     if let Some((entry, key)) = stale {
         if validating && res.status() == StatusCode::NOT_MODIFIED {
             let (updated, storable) = freshen(
@@ -482,6 +522,7 @@ where
                 &req_headers,
             ));
         }
+        stale_entry = Some(entry);
     }
     let decision = policy::storable(
         &config.policy,
@@ -514,11 +555,23 @@ where
             return Ok(passthrough(&config, res));
         }
     };
+    // A 206 is stored only as one part of a known length, answering a range asked for
+    // (RFC 9111 section 3.3); a multipart one is passed.
+    let partial = res.status() == StatusCode::PARTIAL_CONTENT;
     if res.body().size_hint().lower() > config.max_body as u64
         || varies_on_forwarding(res.headers())
+        || (partial
+            && !(req_headers.contains_key(::http::header::RANGE)
+                && range::content_range(res.headers()).is_some()))
     {
         return Ok(passthrough(&config, res));
     }
+    // What a part may be combined with: the stored part, or the stale whole response.
+    let before = match (partial, part, stale_entry) {
+        (false, _, _) => None,
+        (true, Some(part), _) => Some(part),
+        (true, None, stale) => stale,
+    };
     let (parts, body) = res.into_parts();
     let job = store_job(
         &config,
@@ -529,6 +582,7 @@ where
         &parts,
         freshness,
         leader,
+        before,
     );
     let mut parts = parts;
     if let Some(name) = &config.status_header {

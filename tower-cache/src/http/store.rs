@@ -12,6 +12,7 @@ use super::edge;
 use super::entry::{self, HttpEntry};
 use super::headers;
 use super::policy;
+use super::range;
 use super::{body::*, collapse::*, key::*, layer::*, service::*};
 use crate::cache::Cache;
 use crate::entry::{EntryMeta, Tags};
@@ -38,6 +39,7 @@ pub(super) fn store_job(
     parts: &::http::response::Parts,
     freshness: policy::Freshness,
     leader: Option<LeaderGuard>,
+    before: Option<HttpEntry>,
 ) -> StoreJob {
     let store = &config.store;
     let names = headers::vary(&parts.headers).unwrap_or_default();
@@ -83,6 +85,8 @@ pub(super) fn store_job(
         },
         tags: surrogate_keys(&parts.headers),
         ticket,
+        before,
+        limit: config.max_body,
         _leader: leader,
     }
 }
@@ -196,7 +200,8 @@ impl Refresh {
         ) else {
             return;
         };
-        if varies_on_forwarding(res.headers()) {
+        // Asked without `Range`, a 206 is not an answer to store.
+        if varies_on_forwarding(res.headers()) || res.status() == StatusCode::PARTIAL_CONTENT {
             return;
         }
         let (parts, body) = res.into_parts();
@@ -209,6 +214,7 @@ impl Refresh {
             &parts,
             freshness,
             Some(self.guard),
+            None,
         );
         // Nobody reads this body: drain it through the tee so that it is stored.
         let mut tee = std::pin::pin!(HttpCacheBody::tee(body, self.config.max_body, job));
@@ -309,6 +315,11 @@ pub(super) struct StoreJob {
     pub(super) head: HttpEntry,
     pub(super) tags: Tags,
     pub(super) ticket: Ticket,
+    /// For a part (a `206`): the response stored under the key when the request was
+    /// made, which the part may be combined with (RFC 9111 section 3.4).
+    pub(super) before: Option<HttpEntry>,
+    /// The largest body stored, and so the largest combined part.
+    pub(super) limit: usize,
     /// Held until the body ends: requests waiting for this URL wake when it drops.
     pub(super) _leader: Option<LeaderGuard>,
 }
@@ -317,7 +328,26 @@ impl StoreJob {
     pub(super) fn finish(self, body: Bytes) {
         let now = policy::unix_ms(SystemTime::now());
         let ttl = self.head.freshness.keep_for(now);
-        let entry = HttpEntry { body, ..self.head };
+        let entry = if self.head.status == StatusCode::PARTIAL_CONTENT {
+            let before = self
+                .before
+                .as_ref()
+                .filter(|b| b.vary == self.head.vary)
+                .map(|b| (b.status, &b.headers, &b.body));
+            let Some((status, headers, body)) =
+                range::combine(&self.head.headers, body, before, self.limit)
+            else {
+                return;
+            };
+            HttpEntry {
+                status,
+                headers,
+                body,
+                ..self.head
+            }
+        } else {
+            HttpEntry { body, ..self.head }
+        };
         let Some(bytes) = entry::encode_entry(&entry) else {
             return;
         };
