@@ -348,7 +348,7 @@ struct Breaker<Res> {
 
 impl<Res> Breaker<Res> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     fn set(&self, s: &mut Inner, to: BreakerState) {

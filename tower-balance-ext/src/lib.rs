@@ -46,6 +46,7 @@ pub mod http_client;
 mod retry;
 pub mod router;
 pub mod stats;
+mod util;
 
 pub use balance::{
     Balancer, BalancerBuilder, BuildError, NoHashKey, NoReadyEndpoints, Pick, ZeroWeight,

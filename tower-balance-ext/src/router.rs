@@ -45,6 +45,7 @@ use tower_service::Service;
 use crate::balance::{Balancer, BalancerBuilder, BuildError, ZeroWeight};
 use crate::discover;
 use crate::stats::{EndpointState, LoadStats};
+use crate::util::{read, write};
 use crate::BoxError;
 
 type Make<S> = Arc<dyn Fn(SocketAddr) -> S + Send + Sync>;
@@ -144,14 +145,6 @@ impl fmt::Display for UnknownService {
 }
 
 impl std::error::Error for UnknownService {}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
 
 impl<S, Req> Router<S, Req>
 where

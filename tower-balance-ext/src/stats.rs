@@ -28,6 +28,8 @@ use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use crate::util::lock;
+
 const READY: u8 = 0;
 const NOT_READY: u8 = 1;
 const SET_ASIDE: u8 = 2;
@@ -46,10 +48,6 @@ pub enum EndpointState {
     SetAside,
     /// Removed by discovery; requests already sent to it finish.
     Removed,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn new_histogram() -> Histogram<u64> {
