@@ -322,7 +322,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
                 weights: HashMap::new(),
                 next_id: 0,
             }),
-            changed: Notify::new(),
+            changed: Arc::new(Notify::new()),
             cursor: AtomicUsize::new(0),
             ready: AtomicUsize::new(0),
             ready_gen: AtomicU64::new(0),

@@ -73,7 +73,7 @@
 mod builder;
 mod driver;
 pub mod error;
-mod future;
+pub mod future;
 pub(crate) mod pick;
 pub(crate) mod pool;
 mod service;

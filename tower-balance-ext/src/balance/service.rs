@@ -1,9 +1,7 @@
 //! The balancer handle: a `Service` over the shared state.
 
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,6 +10,7 @@ use tower_service::Service;
 
 use super::driver;
 use super::error::ZeroWeight;
+use super::future::ResponseFuture;
 use super::pick::Pick;
 use super::shared::Shared;
 use crate::stats::{EndpointState, LoadStats};
@@ -131,7 +130,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = ResponseFuture<K, S, Req>;
 
     /// Always ready: a request waits for a ready endpoint in its response future.
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -139,6 +138,6 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        Box::pin(self.shared.clone().dispatch(req))
+        ResponseFuture::new(self.shared.clone(), req)
     }
 }

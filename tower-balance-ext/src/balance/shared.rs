@@ -49,7 +49,7 @@ pub(super) struct Shared<K, S, Req, Res> {
     pub(super) pool: ArcSwap<Pool<K, S>>,
     pub(super) master: Mutex<Master<K, S>>,
     /// Woken when an endpoint arrives or becomes ready.
-    pub(super) changed: Notify,
+    pub(super) changed: Arc<Notify>,
     pub(super) cursor: AtomicUsize,
     /// Endpoints in the ready state.
     pub(super) ready: AtomicUsize,

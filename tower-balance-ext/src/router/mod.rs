@@ -34,13 +34,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
+
+pub mod future;
+
+use future::ResponseFuture;
 
 use crate::balance::{Balancer, BalancerBuilder, BuildError, ZeroWeight};
 use crate::discover;
@@ -262,7 +264,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = ResponseFuture<S, Req>;
 
     /// Always ready, as each balancer is.
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -273,8 +275,8 @@ where
         let name = (self.inner.route)(&req);
         let balancer = name.as_deref().and_then(|n| self.balancer(n));
         match balancer {
-            Some(mut b) => b.call(req),
-            None => Box::pin(std::future::ready(Err(UnknownService(name).into()))),
+            Some(mut b) => ResponseFuture::balanced(b.call(req)),
+            None => ResponseFuture::unknown(UnknownService(name)),
         }
     }
 }
