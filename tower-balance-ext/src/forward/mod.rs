@@ -124,6 +124,7 @@ mod chunked;
 mod config;
 mod error;
 mod fields;
+pub mod future;
 mod head;
 mod server;
 #[cfg(test)]
