@@ -606,6 +606,12 @@ impl BreakerOpen {
     pub fn retry_after(&self) -> Duration {
         self.retry_after
     }
+
+    /// `503 Service Unavailable`, for HTTP (with a `Retry-After` of
+    /// [`retry_after`](Self::retry_after)).
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 impl fmt::Display for BreakerOpen {

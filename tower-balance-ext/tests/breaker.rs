@@ -340,3 +340,19 @@ async fn extreme_open_times_trip_and_recover_without_panics() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_refuses_with_a_typed_error_that_answers_503() {
+    tokio::time::timeout(LIMIT, async {
+        let (ep, knobs) = Ep::new(1);
+        let mut svc = layer(1).layer(ep);
+        knobs.unavailable.store(true, Ordering::SeqCst);
+        call(&mut svc).await.unwrap();
+        let e = call(&mut svc).await.unwrap_err();
+        let open = e.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
+        assert_eq!(open.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(open.to_string().contains("circuit breaker open"), "{open}");
+    })
+    .await
+    .expect("bounded");
+}

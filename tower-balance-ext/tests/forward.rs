@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_balance_ext::forward::{ForwardConfig, Forwarder, Upstream};
-use tower_balance_ext::{discover, BalancerBuilder, Pick};
+use tower_balance_ext::forward::{
+    ForwardConfig, Forwarder, Upstream, UpstreamError, UpstreamErrorKind,
+};
+use tower_balance_ext::{discover, BalancerBuilder, BoxError, Pick};
 
 /// Every test ends within this.
 const BOUND: Duration = Duration::from_secs(20);
@@ -909,6 +911,99 @@ async fn storms_of_a_thousand_clients_at_once_are_all_answered() {
             }
         }
         assert_eq!(seen.lock().unwrap().heads.len(), 1000);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn upstream_errors_say_which_part_of_the_exchange_failed() {
+    tokio::time::timeout(BOUND, async {
+        // A backend that answers garbage to /garbage and nothing to /slow.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if buf[..n].starts_with(b"GET /garbage") {
+                        let _ = s.write_all(b"garbage\r\n\r\n").await;
+                    }
+                    // Held open without an answer until the client goes.
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let config = ForwardConfig {
+            upstream_timeout: Duration::from_millis(300),
+            ..ForwardConfig::default()
+        };
+        // The errors the forwarder's balancer sees, as the caller of an Upstream would.
+        type Seen = Arc<Mutex<Vec<(SocketAddr, UpstreamErrorKind, u16, bool)>>>;
+        let seen: Seen = Arc::default();
+        let proxy = |backend: SocketAddr| {
+            let seen = seen.clone();
+            let upstream = tower::ServiceBuilder::new()
+                .map_err(move |e: BoxError| {
+                    if let Some(u) = e.downcast_ref::<UpstreamError>() {
+                        let io = std::error::Error::source(u)
+                            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+                        seen.lock()
+                            .unwrap()
+                            .push((u.addr(), u.kind(), u.status().as_u16(), io));
+                    }
+                    e
+                })
+                .service(Upstream::with_config(backend, config.clone()).unwrap());
+            let balancer = BalancerBuilder::new(Pick::RoundRobin)
+                .build(discover::fixed([(backend, upstream)]))
+                .unwrap();
+            let config = config.clone();
+            async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                tokio::spawn(
+                    Forwarder::with_config(balancer, config)
+                        .unwrap()
+                        .serve(listener),
+                );
+                addr
+            }
+        };
+        let to_live = proxy(live).await;
+        let mut s = TcpStream::connect(to_live).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(get("/garbage").as_bytes()).await.unwrap();
+        assert_eq!(
+            read_reply(&mut s, &mut buf, false).await.unwrap().status,
+            502
+        );
+        s.write_all(get("/slow").as_bytes()).await.unwrap();
+        assert_eq!(
+            read_reply(&mut s, &mut buf, false).await.unwrap().status,
+            504
+        );
+        let to_dead = proxy(dead).await;
+        let mut s = TcpStream::connect(to_dead).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(get("/").as_bytes()).await.unwrap();
+        assert_eq!(
+            read_reply(&mut s, &mut buf, false).await.unwrap().status,
+            502
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (live, UpstreamErrorKind::Protocol, 502, false),
+                (live, UpstreamErrorKind::Timeout, 504, false),
+                (dead, UpstreamErrorKind::Connection, 502, true),
+            ]
+        );
     })
     .await
     .expect("bounded");

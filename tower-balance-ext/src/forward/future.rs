@@ -15,7 +15,7 @@ use tokio::time::{error::Elapsed, Instant};
 
 use super::body::Body;
 use super::config::after;
-use super::error::{UpstreamError, UpstreamErrorKind};
+use super::error::{Cause, UpstreamError};
 use super::head::{response_head, ResponseHead};
 use super::timer::Timer;
 use super::upstream::{idle_and_clean, Conn, Pool};
@@ -66,7 +66,7 @@ struct Sending {
 enum Sent {
     /// Nothing of an answer came back (the connection was closed or reset).
     Unanswered(io::Error),
-    Failed(UpstreamErrorKind),
+    Failed(Cause),
 }
 
 impl ResponseFuture {
@@ -105,11 +105,11 @@ impl ResponseFuture {
         )))
     }
 
-    fn fail(&mut self, kind: UpstreamErrorKind) -> Poll<Result<Forwarded, BoxError>> {
+    fn fail(&mut self, cause: Cause) -> Poll<Result<Forwarded, BoxError>> {
         self.state = State::Done;
         Poll::Ready(Err(UpstreamError {
             addr: self.pool.addr,
-            kind,
+            cause,
         }
         .into()))
     }
@@ -156,9 +156,9 @@ impl Future for ResponseFuture {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(_)) => {
                             let timeout = this.pool.config.upstream_timeout;
-                            return this.fail(UpstreamErrorKind::Timeout(timeout));
+                            return this.fail(Cause::Timeout(timeout));
                         }
-                        Poll::Ready(Ok(Err(e))) => return this.fail(UpstreamErrorKind::Io(e)),
+                        Poll::Ready(Ok(Err(e))) => return this.fail(Cause::Io(e)),
                         Poll::Ready(Ok(Ok(stream))) => stream,
                     };
                     let _ = stream.set_nodelay(true);
@@ -180,9 +180,7 @@ impl Future for ResponseFuture {
                             this.state = this.connect();
                             continue;
                         }
-                        Poll::Ready(Err(Sent::Unanswered(e))) => {
-                            return this.fail(UpstreamErrorKind::Io(e))
-                        }
+                        Poll::Ready(Err(Sent::Unanswered(e))) => return this.fail(Cause::Io(e)),
                         Poll::Ready(Err(Sent::Failed(kind))) => return this.fail(kind),
                     };
                     let State::Send(sending) = std::mem::replace(&mut this.state, State::Done)
@@ -223,7 +221,7 @@ fn poll_send(
         return Poll::Ready(out);
     }
     if s.conn.timer.poll_passed(deadline, cx) {
-        return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Timeout(
+        return Poll::Ready(Err(Sent::Failed(Cause::Timeout(
             pool.config.upstream_timeout,
         ))));
     }
@@ -262,18 +260,18 @@ fn poll_write_and_read_head(
                 Some(response_head(&res, len, req))
             }
             Ok(httparse::Status::Complete(_)) => {
-                return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Protocol(
+                return Poll::Ready(Err(Sent::Failed(Cause::Protocol(
                     "response head over the limit",
                 ))))
             }
             Ok(httparse::Status::Partial) if buf.len() < max_head => None,
             Ok(httparse::Status::Partial) => {
-                return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Protocol(
+                return Poll::Ready(Err(Sent::Failed(Cause::Protocol(
                     "response head over the limit",
                 ))))
             }
             Err(_) => {
-                return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Protocol(
+                return Poll::Ready(Err(Sent::Failed(Cause::Protocol(
                     "malformed response head",
                 ))))
             }
@@ -281,7 +279,7 @@ fn poll_write_and_read_head(
         if let Some(parsed) = parsed {
             let head = match parsed {
                 Ok(head) => head,
-                Err(m) => return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Protocol(m)))),
+                Err(m) => return Poll::Ready(Err(Sent::Failed(Cause::Protocol(m)))),
             };
             buf.advance(head.len);
             if head.informational {
@@ -308,13 +306,13 @@ fn poll_write_and_read_head(
                 return Poll::Ready(Err(Sent::Unanswered(io::ErrorKind::UnexpectedEof.into())))
             }
             Ok(0) => {
-                return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Protocol(
+                return Poll::Ready(Err(Sent::Failed(Cause::Protocol(
                     "connection closed in the response head",
                 ))))
             }
             Ok(_) => {}
             Err(e) if empty => return Poll::Ready(Err(Sent::Unanswered(e))),
-            Err(e) => return Poll::Ready(Err(Sent::Failed(UpstreamErrorKind::Io(e)))),
+            Err(e) => return Poll::Ready(Err(Sent::Failed(Cause::Io(e)))),
         }
     }
 }

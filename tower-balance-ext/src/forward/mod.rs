@@ -134,7 +134,7 @@ mod upstream;
 
 use body::Body;
 pub use config::ForwardConfig;
-pub use error::UpstreamError;
+pub use error::{UpstreamError, UpstreamErrorKind};
 pub use fields::UNSAFE_CONNECTION_OPTIONS;
 pub use server::Forwarder;
 pub use upstream::Upstream;

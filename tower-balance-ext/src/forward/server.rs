@@ -304,16 +304,16 @@ where
 /// The status for a failed forward: the upstream's (502/504), the balancer's 503 when
 /// no endpoint is ready, 502 otherwise.
 fn error_status(e: &(dyn std::error::Error + 'static)) -> u16 {
-    if let Some(u) = e.downcast_ref::<UpstreamError>() {
-        return u.status();
-    }
-    if e.downcast_ref::<crate::NoReadyEndpoints>().is_some() {
-        return 503;
-    }
-    if e.downcast_ref::<crate::breaker::BreakerOpen>().is_some() {
-        return 503;
-    }
-    502
+    let status = if let Some(u) = e.downcast_ref::<UpstreamError>() {
+        u.status()
+    } else if let Some(n) = e.downcast_ref::<crate::NoReadyEndpoints>() {
+        n.status()
+    } else if let Some(b) = e.downcast_ref::<crate::breaker::BreakerOpen>() {
+        b.status()
+    } else {
+        http::StatusCode::BAD_GATEWAY
+    };
+    status.as_u16()
 }
 
 /// What a client is told of a failed forward.

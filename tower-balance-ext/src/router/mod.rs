@@ -131,6 +131,11 @@ impl std::error::Error for TargetError {
 pub struct UnknownService(Option<String>);
 
 impl UnknownService {
+    /// The service name the request gave, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
     /// `404 Not Found`, for HTTP.
     pub fn status(&self) -> http::StatusCode {
         http::StatusCode::NOT_FOUND
