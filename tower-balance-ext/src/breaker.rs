@@ -254,8 +254,17 @@ impl<Res> fmt::Debug for CircuitBreakerLayer<Res> {
 impl<Res> CircuitBreakerLayer<Res> {
     /// Settings with their defaults: 5 failures in a row or half of at least 20 calls
     /// over 10 s trip it; open for 5 s, doubling up to 60 s; fail fast while open.
+    /// The same as [`CircuitBreakerBuilder::new`].
     pub fn builder() -> CircuitBreakerBuilder<Res> {
-        CircuitBreakerBuilder {
+        CircuitBreakerBuilder::new()
+    }
+}
+
+impl<Res> CircuitBreakerBuilder<Res> {
+    /// Settings with their defaults: 5 failures in a row or half of at least 20 calls
+    /// over 10 s trip it; open for 5 s, doubling up to 60 s; fail fast while open.
+    pub fn new() -> Self {
+        Self {
             cfg: Config {
                 consecutive: 5,
                 rate: Some(0.5),
@@ -268,6 +277,12 @@ impl<Res> CircuitBreakerLayer<Res> {
                 on_change: None,
             },
         }
+    }
+}
+
+impl<Res> Default for CircuitBreakerBuilder<Res> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -356,3 +356,33 @@ async fn an_open_breaker_refuses_with_a_typed_error_that_answers_503() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_builder_starts_from_the_same_defaults_however_it_is_reached() {
+    use tower_balance_ext::breaker::CircuitBreakerBuilder;
+    tokio::time::timeout(LIMIT, async {
+        // The defaults trip after 5 failures in a row, from any of the three starts.
+        for builder in [
+            CircuitBreakerLayer::builder(),
+            CircuitBreakerBuilder::new(),
+            CircuitBreakerBuilder::default(),
+        ] {
+            let (ep, knobs) = Ep::new(1);
+            let mut svc = builder
+                .failure_if(|a: &Answer| a.status >= 500)
+                .build()
+                .unwrap()
+                .layer(ep);
+            let handle = svc.handle();
+            knobs.unavailable.store(true, Ordering::SeqCst);
+            for _ in 0..4 {
+                call(&mut svc).await.unwrap();
+            }
+            assert_eq!(handle.state(), BreakerState::Closed);
+            call(&mut svc).await.unwrap();
+            assert_eq!(handle.state(), BreakerState::Open);
+        }
+    })
+    .await
+    .expect("bounded");
+}

@@ -865,10 +865,13 @@ async fn extreme_settings_work_or_are_refused_with_a_message() {
             let balancer = BalancerBuilder::new(Pick::RoundRobin)
                 .build(discover::fixed(upstreams()))
                 .unwrap();
-            let err = Forwarder::with_config(balancer, config.clone()).unwrap_err();
+            let err = Forwarder::builder(balancer)
+                .config(config.clone())
+                .build()
+                .unwrap_err();
             assert!(err.to_string().contains(field), "{err}");
             // An upstream uses the timeout and the head limit; it has no clients.
-            let upstream = Upstream::with_config(a, config);
+            let upstream = Upstream::builder(a).config(config).build();
             if field == "upstream_timeout" || field == "max_head" {
                 let err = upstream.unwrap_err();
                 assert!(err.to_string().contains(field), "{err}");
@@ -959,7 +962,12 @@ async fn upstream_errors_say_which_part_of_the_exchange_failed() {
                     }
                     e
                 })
-                .service(Upstream::with_config(backend, config.clone()).unwrap());
+                .service(
+                    Upstream::builder(backend)
+                        .config(config.clone())
+                        .build()
+                        .unwrap(),
+                );
             let balancer = BalancerBuilder::new(Pick::RoundRobin)
                 .build(discover::fixed([(backend, upstream)]))
                 .unwrap();
@@ -968,7 +976,9 @@ async fn upstream_errors_say_which_part_of_the_exchange_failed() {
                 let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let addr = listener.local_addr().unwrap();
                 tokio::spawn(
-                    Forwarder::with_config(balancer, config)
+                    Forwarder::builder(balancer)
+                        .config(config)
+                        .build()
                         .unwrap()
                         .serve(listener),
                 );
@@ -1007,4 +1017,24 @@ async fn upstream_errors_say_which_part_of_the_exchange_failed() {
     })
     .await
     .expect("bounded");
+}
+
+#[tokio::test]
+#[allow(deprecated)]
+async fn the_deprecated_with_config_constructors_check_as_the_builders_do() {
+    let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let bad = ForwardConfig {
+        upstream_timeout: Duration::ZERO,
+        ..ForwardConfig::default()
+    };
+    let err = Upstream::with_config(a, bad.clone()).unwrap_err();
+    assert!(err.to_string().contains("upstream_timeout"), "{err}");
+    let upstream = Upstream::with_config(a, ForwardConfig::default()).unwrap();
+    assert_eq!(upstream.addr(), a);
+    let balancer = BalancerBuilder::new(Pick::RoundRobin)
+        .build(discover::fixed([(a, upstream)]))
+        .unwrap();
+    let err = Forwarder::with_config(balancer.clone(), bad).unwrap_err();
+    assert!(err.to_string().contains("upstream_timeout"), "{err}");
+    assert!(Forwarder::with_config(balancer, ForwardConfig::default()).is_ok());
 }

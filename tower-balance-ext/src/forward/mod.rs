@@ -136,8 +136,8 @@ use body::Body;
 pub use config::ForwardConfig;
 pub use error::{UpstreamError, UpstreamErrorKind};
 pub use fields::UNSAFE_CONNECTION_OPTIONS;
-pub use server::Forwarder;
-pub use upstream::Upstream;
+pub use server::{Forwarder, ForwarderBuilder};
+pub use upstream::{Upstream, UpstreamBuilder};
 
 /// The most fields a head may carry.
 const MAX_HEADERS: usize = 100;

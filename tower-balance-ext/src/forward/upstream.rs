@@ -44,6 +44,37 @@ impl Pool {
     }
 }
 
+/// The settings of an [`Upstream`]: its [`ForwardConfig`] (the head limit, the
+/// upstream timeout and the idle pool size), checked by [`build`](Self::build).
+#[derive(Clone, Debug)]
+pub struct UpstreamBuilder {
+    addr: SocketAddr,
+    config: ForwardConfig,
+}
+
+impl UpstreamBuilder {
+    /// The default settings, for connections to `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            config: ForwardConfig::default(),
+        }
+    }
+
+    /// The limits and timeouts (default [`ForwardConfig::default`]); give the
+    /// forwarder's, so both sides agree.
+    pub fn config(mut self, config: ForwardConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the settings; a setting that cannot work is refused, naming it.
+    pub fn build(self) -> Result<Upstream, BuildError> {
+        self.config.check_upstream()?;
+        Ok(Upstream::pooled(self.addr, self.config))
+    }
+}
+
 /// Pooled raw HTTP/1.1 connections to one address: the endpoint service of a
 /// [`Forwarder`](super::Forwarder)'s balancer. Cheap to clone (clones share the pool).
 #[derive(Clone)]
@@ -65,11 +96,17 @@ impl Upstream {
         Self::pooled(addr, ForwardConfig::default())
     }
 
+    /// The settings of connections to `addr`, checked by
+    /// [`build`](UpstreamBuilder::build).
+    pub fn builder(addr: SocketAddr) -> UpstreamBuilder {
+        UpstreamBuilder::new(addr)
+    }
+
     /// Connections to `addr` with `config`'s head limit, upstream timeout and idle
     /// pool size; a setting that cannot work is refused, naming it.
+    #[deprecated(note = "use Upstream::builder(addr).config(config).build()")]
     pub fn with_config(addr: SocketAddr, config: ForwardConfig) -> Result<Self, BuildError> {
-        config.check_upstream()?;
-        Ok(Self::pooled(addr, config))
+        Self::builder(addr).config(config).build()
     }
 
     fn pooled(addr: SocketAddr, config: ForwardConfig) -> Self {

@@ -11,7 +11,15 @@ use tower_balance_ext::{discover, BalancerBuilder, Pick};
 pub async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr {
     let upstreams: Vec<(SocketAddr, Upstream)> = backends
         .iter()
-        .map(|a| (*a, Upstream::with_config(*a, config.clone()).unwrap()))
+        .map(|a| {
+            (
+                *a,
+                Upstream::builder(*a)
+                    .config(config.clone())
+                    .build()
+                    .unwrap(),
+            )
+        })
         .collect();
     let balancer = BalancerBuilder::new(Pick::RoundRobin)
         .failure_if(forward::server_error)
@@ -22,7 +30,9 @@ pub async fn proxy(backends: &[SocketAddr], config: ForwardConfig) -> SocketAddr
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
-        Forwarder::with_config(balancer, config)
+        Forwarder::builder(balancer)
+            .config(config)
+            .build()
             .unwrap()
             .serve(listener),
     );
