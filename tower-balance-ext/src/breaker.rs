@@ -381,11 +381,8 @@ impl<Res> Breaker<Res> {
 
     fn trip(&self, s: &mut Inner, now: Instant) {
         let (first, max) = self.cfg.open_for;
-        let d = crate::hash::backoff(first, max, s.trips, 0.2);
-        s.open_until = now
-            .checked_add(d)
-            .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
-            .unwrap_or(now);
+        let d = crate::util::backoff(first, max, s.trips, 0.2);
+        s.open_until = crate::util::deadline_after(now, d);
         s.trips = s.trips.saturating_add(1);
         s.probing = false;
         self.counters.trips.fetch_add(1, Ordering::Relaxed);

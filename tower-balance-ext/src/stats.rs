@@ -332,18 +332,13 @@ impl StatsCell {
     /// Nanoseconds since the base (tokio's clock, so paused time applies).
     #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.base)
-            .as_nanos()
-            .min(u128::from(u64::MAX)) as u64
+        crate::util::saturating_ns(Instant::now().saturating_duration_since(self.base))
     }
 
     /// Nanoseconds from the base to `t`.
     #[inline]
     pub(crate) fn ns_at(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base)
-            .as_nanos()
-            .min(u128::from(u64::MAX)) as u64
+        crate::util::saturating_ns(t.saturating_duration_since(self.base))
     }
 
     /// Moves the coarse clock forward to `ns`.

@@ -17,9 +17,10 @@ use super::error::BuildError;
 use super::pick::Pick;
 use super::pool::Pool;
 use super::service::Balancer;
-use super::shared::{duration_ns, HashKey, IsFailure, Master, RetryCopy, Shared};
+use super::shared::{HashKey, IsFailure, Master, RetryCopy, Shared};
 use crate::retry::Budget;
 use crate::stats::StatsCell;
+use crate::util::saturating_ns;
 use crate::BoxError;
 
 /// The settings of a [`Balancer`], checked by [`build`](Self::build).
@@ -331,11 +332,11 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             pick: self.pick,
             ready_timeout: self.ready_timeout,
             panic_threshold: self.panic_threshold,
-            slow_start_ns: duration_ns(self.slow_start),
+            slow_start_ns: saturating_ns(self.slow_start),
             backoff: self.backoff,
-            tau_ns: duration_ns(self.decay) as f64,
-            idle_tau_ns: duration_ns(self.idle_decay) as f64,
-            penalty_ns: duration_ns(self.failure_penalty) as f64,
+            tau_ns: saturating_ns(self.decay) as f64,
+            idle_tau_ns: saturating_ns(self.idle_decay) as f64,
+            penalty_ns: saturating_ns(self.failure_penalty) as f64,
             bounded_load: self.bounded_load,
             hash_key: self.hash_key,
             is_failure: self.is_failure,

@@ -180,7 +180,7 @@ where
                         restarts_in_a_row = 0;
                     }
                     last_panic = Some(now);
-                    let wait = crate::hash::backoff(
+                    let wait = crate::util::backoff(
                         Duration::from_millis(1),
                         Duration::from_secs(1),
                         restarts_in_a_row,
@@ -241,7 +241,7 @@ where
                         let e: BoxError = e.into();
                         shared.stats.discovery_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
-                        let wait = crate::hash::backoff(Duration::from_millis(1), Duration::from_secs(1), *errors_in_a_row, 0.0);
+                        let wait = crate::util::backoff(Duration::from_millis(1), Duration::from_secs(1), *errors_in_a_row, 0.0);
                         *errors_in_a_row = errors_in_a_row.saturating_add(1);
                         pause.as_mut().reset(tokio::time::Instant::now() + wait);
                         *paused = true;

@@ -75,10 +75,6 @@ pub(super) struct Shared<K, S, Req, Res> {
     pub(super) budget: Budget,
 }
 
-pub(super) fn duration_ns(d: Duration) -> u64 {
-    d.as_nanos().min(u128::from(u64::MAX)) as u64
-}
-
 // === impl Shared ===
 
 impl<K, S, Req, Res> Shared<K, S, Req, Res>
@@ -236,7 +232,7 @@ where
     /// The wait before probing an endpoint again after its `n`th failure in a row:
     /// `min x 2^n`, at most `max`, less up to a quarter at random.
     pub(super) fn backoff(&self, n: u32) -> Duration {
-        crate::hash::backoff(self.backoff.0, self.backoff.1, n, 0.25)
+        crate::util::backoff(self.backoff.0, self.backoff.1, n, 0.25)
     }
 
     /// Hands an endpoint to the background task until it is ready again.
