@@ -79,9 +79,10 @@ pin_project! {
         Pick,
         // No endpoint allowed: registered for a change of the pool (`armed` once the
         // pool was looked at again after registering), or for the wait's deadline.
+        // Boxed (only requests that wait pay for it), so that the future is `Unpin`
+        // when the endpoint's future is.
         Wait {
-            #[pin]
-            notified: OwnedNotified,
+            notified: Pin<Box<OwnedNotified>>,
             armed: bool,
         },
         // The endpoint's future, counted in flight until it ends.
@@ -167,7 +168,7 @@ where
                 StateProj::Pick => match shared.choose(*this.key, this.excluded) {
                     Some(ep) => ep,
                     None => {
-                        let notified = shared.changed.clone().notified_owned();
+                        let notified = Box::pin(shared.changed.clone().notified_owned());
                         this.state.set(State::Wait {
                             notified,
                             armed: false,
@@ -175,12 +176,9 @@ where
                         continue;
                     }
                 },
-                StateProj::Wait {
-                    mut notified,
-                    armed,
-                } => {
+                StateProj::Wait { notified, armed } => {
                     if *armed {
-                        let changed = notified.poll(cx).is_ready();
+                        let changed = notified.as_mut().poll(cx).is_ready();
                         let timed_out = match this.sleep {
                             Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
                             None => false,
@@ -447,16 +445,16 @@ mod tests {
 
     use crate::{discover, BalancerBuilder, Pick};
 
-    fn is_send<T: Send>(_: &T) {}
+    fn is_send_and_unpin<T: Send + Unpin>(_: &T) {}
 
     #[tokio::test]
-    async fn response_future_is_send_and_named() {
-        let endpoint = tower::service_fn(|x: u32| async move { Ok::<_, Infallible>(x + 1) });
+    async fn response_future_is_send_and_unpin_and_answers() {
+        let endpoint = tower::service_fn(|x: u32| std::future::ready(Ok::<_, Infallible>(x + 1)));
         let balancer = BalancerBuilder::new(Pick::RoundRobin)
             .build(discover::fixed([(1u8, endpoint)]))
             .unwrap();
         let fut: super::ResponseFuture<_, _, u32> = balancer.clone().call(41);
-        is_send(&fut);
+        is_send_and_unpin(&fut);
         let answer = tokio::time::timeout(std::time::Duration::from_secs(10), fut)
             .await
             .expect("answers in time")
