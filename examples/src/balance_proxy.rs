@@ -173,7 +173,7 @@ impl Proxy {
                 }
                 _ => Gate::always_ready(),
             };
-            let upstream = Upstream::with_config(*addr, config.clone())?;
+            let upstream = Upstream::builder(*addr).config(config.clone()).build()?;
             let endpoint = ReadinessLayer::pending(gate).layer(breaker.layer(upstream));
             endpoints.push((*addr, endpoint));
         }
@@ -194,7 +194,9 @@ impl Proxy {
             _ => builder,
         };
         let balancer = builder.build(discover::fixed(endpoints))?;
-        let forwarder = Forwarder::with_config(balancer.clone(), config)?;
+        let forwarder = Forwarder::builder(balancer.clone())
+            .config(config)
+            .build()?;
         Ok(Self {
             balancer,
             forwarder,

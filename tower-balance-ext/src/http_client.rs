@@ -165,6 +165,18 @@ pub struct HeadTimeout {
     timeout: Duration,
 }
 
+impl HeadTimeout {
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `504 Gateway Timeout`, for HTTP.
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::GATEWAY_TIMEOUT
+    }
+}
+
 impl fmt::Display for HeadTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

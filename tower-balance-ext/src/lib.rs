@@ -30,6 +30,39 @@
 //! # }
 //! ```
 //!
+//! # Conventions
+//!
+//! **Building.** Two shapes, by what can go wrong:
+//!
+//! - *Plain values*, whose every setting is valid on its own: `new` (or `Default`),
+//!   then setters named after the setting, taking and returning `self`; nothing can
+//!   fail. [`HttpEndpoint`]`::new(addr).timeout(d)`, [`Router::new`], the settings
+//!   struct [`forward::ForwardConfig`] (`Default` and public fields, checked by the
+//!   builders that take it). A `with_*` function is another starting point of the
+//!   same kind (`HttpEndpoint::with_client`), never fallible.
+//! - *Components* whose settings must be checked together, or which start a task or
+//!   hold connections: a builder, `XBuilder::new(required)` or its shorthand
+//!   `X::builder(required)`, the same setters, and one verb at the end, `build`,
+//!   which checks everything and returns `Result<_, BuildError>` whose message names
+//!   the setting to change and why: [`BalancerBuilder`]`::new(pick)...build(discover)`,
+//!   [`breaker::CircuitBreakerLayer`]`::builder()...build()`, `forward::Forwarder::builder(service)...build()`,
+//!   `forward::Upstream::builder(addr)...build()`. A builder is a plain value: clone
+//!   it to build several (as [`Router`] does, one balancer per service). `Balancer`
+//!   has no `Balancer::builder`, as its key and service types come from the discovery
+//!   given to `build`. Where every default is valid, `X::new(required)` is
+//!   `X::builder(required).build()` without the `Result` (`Forwarder::new`,
+//!   `Upstream::new`).
+//!
+//! **Errors.** Services fail with [`BoxError`], as tower's do; the errors a caller
+//! may act on are concrete types to downcast (`err.downcast_ref::<NoReadyEndpoints>()`),
+//! and those of the request path carry `status()`, the HTTP status to answer:
+//! [`NoReadyEndpoints`] (503: no endpoint became ready in time), [`balance::EndpointPanicked`]
+//! (502), [`breaker::BreakerOpen`] (503, with `retry_after`), [`UnknownService`] (404),
+//! `forward::UpstreamError` (502, or 504 for a timeout; with `kind()`) and
+//! `HeadTimeout` (504). [`NoHashKey`] means the consistent-hash key function gave no
+//! key for a request. Settings fail with [`BuildError`] (or [`TargetError`] when a
+//! router adds a target).
+//!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -46,6 +79,7 @@ pub mod http_client;
 mod retry;
 pub mod router;
 pub mod stats;
+mod util;
 
 pub use balance::{
     Balancer, BalancerBuilder, BuildError, NoHashKey, NoReadyEndpoints, Pick, ZeroWeight,

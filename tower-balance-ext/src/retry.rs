@@ -59,7 +59,7 @@ impl Budget {
     }
 
     pub(crate) fn deposit(&self, now: Instant) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::util::lock(&self.state);
         self.rotate(&mut s, now);
         let i = s.index;
         s.deposits[i] += 1;
@@ -67,7 +67,7 @@ impl Budget {
 
     /// Takes one retry from the budget if there is one.
     pub(crate) fn withdraw(&self, now: Instant) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::util::lock(&self.state);
         self.rotate(&mut s, now);
         let deposits: u64 = s.deposits.iter().sum();
         let withdrawals: u64 = s.withdrawals.iter().sum();

@@ -28,6 +28,8 @@ use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use crate::util::lock;
+
 const READY: u8 = 0;
 const NOT_READY: u8 = 1;
 const SET_ASIDE: u8 = 2;
@@ -46,10 +48,6 @@ pub enum EndpointState {
     SetAside,
     /// Removed by discovery; requests already sent to it finish.
     Removed,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -334,18 +332,13 @@ impl StatsCell {
     /// Nanoseconds since the base (tokio's clock, so paused time applies).
     #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.base)
-            .as_nanos()
-            .min(u128::from(u64::MAX)) as u64
+        crate::util::saturating_ns(Instant::now().saturating_duration_since(self.base))
     }
 
     /// Nanoseconds from the base to `t`.
     #[inline]
     pub(crate) fn ns_at(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base)
-            .as_nanos()
-            .min(u128::from(u64::MAX)) as u64
+        crate::util::saturating_ns(t.saturating_duration_since(self.base))
     }
 
     /// Moves the coarse clock forward to `ns`.

@@ -340,3 +340,49 @@ async fn extreme_open_times_trip_and_recover_without_panics() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_refuses_with_a_typed_error_that_answers_503() {
+    tokio::time::timeout(LIMIT, async {
+        let (ep, knobs) = Ep::new(1);
+        let mut svc = layer(1).layer(ep);
+        knobs.unavailable.store(true, Ordering::SeqCst);
+        call(&mut svc).await.unwrap();
+        let e = call(&mut svc).await.unwrap_err();
+        let open = e.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
+        assert_eq!(open.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(open.to_string().contains("circuit breaker open"), "{open}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_builder_starts_from_the_same_defaults_however_it_is_reached() {
+    use tower_balance_ext::breaker::CircuitBreakerBuilder;
+    tokio::time::timeout(LIMIT, async {
+        // The defaults trip after 5 failures in a row, from any of the three starts.
+        for builder in [
+            CircuitBreakerLayer::builder(),
+            CircuitBreakerBuilder::new(),
+            CircuitBreakerBuilder::default(),
+        ] {
+            let (ep, knobs) = Ep::new(1);
+            let mut svc = builder
+                .failure_if(|a: &Answer| a.status >= 500)
+                .build()
+                .unwrap()
+                .layer(ep);
+            let handle = svc.handle();
+            knobs.unavailable.store(true, Ordering::SeqCst);
+            for _ in 0..4 {
+                call(&mut svc).await.unwrap();
+            }
+            assert_eq!(handle.state(), BreakerState::Closed);
+            call(&mut svc).await.unwrap();
+            assert_eq!(handle.state(), BreakerState::Open);
+        }
+    })
+    .await
+    .expect("bounded");
+}

@@ -137,3 +137,14 @@ async fn a_target_removed_and_added_again_at_once_stays() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn an_unknown_service_error_names_the_service_asked_for() {
+    let r = router();
+    let e = r.clone().oneshot(("ghost".into(), 1)).await.unwrap_err();
+    let e = e.downcast_ref::<UnknownService>().expect("UnknownService");
+    assert_eq!(e.name(), Some("ghost"));
+    let e = r.clone().oneshot((String::new(), 1)).await.unwrap_err();
+    let e = e.downcast_ref::<UnknownService>().expect("UnknownService");
+    assert_eq!(e.name(), None);
+}

@@ -17,15 +17,9 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::pool::Endpoint;
-use super::service::Shared;
+use super::shared::{Shared, Watch};
+use crate::util::{drop_quietly, panic_message};
 use crate::BoxError;
-
-/// An endpoint to watch: a clone of its service to poll, after an optional delay.
-pub(crate) struct Watch<K, S> {
-    pub(crate) ep: Arc<Endpoint<K, S>>,
-    pub(crate) svc: S,
-    pub(crate) delay: Option<Duration>,
-}
 
 /// Stops the task when the last balancer handle is dropped.
 pub(crate) struct Guard(tokio::task::AbortHandle);
@@ -48,22 +42,6 @@ enum Outcome {
     /// Its `poll_ready` panicked; the message of the panic.
     Panicked(String),
     Removed,
-}
-
-/// The message a panic carried, for the log.
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_owned()
-    }
-}
-
-/// Drops `v`, catching a panic in its `Drop` (an endpoint service's, say).
-pub(crate) fn drop_quietly<T>(v: T) {
-    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(v)));
 }
 
 type WatchFuture<K, S> =
@@ -202,7 +180,7 @@ where
                         restarts_in_a_row = 0;
                     }
                     last_panic = Some(now);
-                    let wait = crate::hash::backoff(
+                    let wait = crate::util::backoff(
                         Duration::from_millis(1),
                         Duration::from_secs(1),
                         restarts_in_a_row,
@@ -263,7 +241,7 @@ where
                         let e: BoxError = e.into();
                         shared.stats.discovery_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "discovery failed; keeping the endpoints known");
-                        let wait = crate::hash::backoff(Duration::from_millis(1), Duration::from_secs(1), *errors_in_a_row, 0.0);
+                        let wait = crate::util::backoff(Duration::from_millis(1), Duration::from_secs(1), *errors_in_a_row, 0.0);
                         *errors_in_a_row = errors_in_a_row.saturating_add(1);
                         pause.as_mut().reset(tokio::time::Instant::now() + wait);
                         *paused = true;

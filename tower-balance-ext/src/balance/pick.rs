@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::pool::{Endpoint, Pool};
-use crate::hash;
 use crate::stats::EndpointCell;
+use crate::util::random;
 
 /// How a [`Balancer`](crate::Balancer) chooses an endpoint, fixed when it is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Filter<'_> {
     #[inline]
     fn ramp_accepts(&self, c: &EndpointCell) -> bool {
         let f = self.ramp(c);
-        f >= 1.0 || (hash::random() >> 11) as f64 / (1u64 << 53) as f64 <= f
+        f >= 1.0 || (random() >> 11) as f64 / (1u64 << 53) as f64 <= f
     }
 }
 
@@ -322,7 +322,7 @@ fn two_choices<'p, K, S>(
     let mut chosen: [Option<&Arc<Endpoint<K, S>>>; 2] = [None, None];
     let mut found = 0;
     for _ in 0..8 {
-        let ep = nth(hash::random() % n);
+        let ep = nth(random() % n);
         if !f.allows(&ep.cell) || chosen[0].is_some_and(|c| Arc::ptr_eq(c, ep)) {
             continue;
         }

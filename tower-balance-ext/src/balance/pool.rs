@@ -21,10 +21,7 @@ impl<K, S> Endpoint<K, S> {
     where
         S: Clone,
     {
-        self.service
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::util::lock(&self.service).clone()
     }
 }
 

@@ -61,9 +61,7 @@ impl ForwardConfig {
 /// `d` from now, or as far ahead as the clock goes (a `Duration::MAX` timeout never
 /// fires rather than overflowing).
 pub(super) fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+    crate::util::deadline_after(Instant::now(), d)
 }
 
 impl Default for ForwardConfig {

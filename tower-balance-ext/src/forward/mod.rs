@@ -124,6 +124,7 @@ mod chunked;
 mod config;
 mod error;
 mod fields;
+pub mod future;
 mod head;
 mod server;
 #[cfg(test)]
@@ -133,10 +134,10 @@ mod upstream;
 
 use body::Body;
 pub use config::ForwardConfig;
-pub use error::UpstreamError;
+pub use error::{UpstreamError, UpstreamErrorKind};
 pub use fields::UNSAFE_CONNECTION_OPTIONS;
-pub use server::Forwarder;
-pub use upstream::Upstream;
+pub use server::{Forwarder, ForwarderBuilder};
+pub use upstream::{Upstream, UpstreamBuilder};
 
 /// The most fields a head may carry.
 const MAX_HEADERS: usize = 100;

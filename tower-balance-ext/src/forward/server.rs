@@ -54,6 +54,56 @@ impl Client<'_> {
     }
 }
 
+/// The settings of a [`Forwarder`]: its [`ForwardConfig`], checked by
+/// [`build`](Self::build).
+#[derive(Clone, Debug)]
+pub struct ForwarderBuilder<S> {
+    service: S,
+    config: ForwardConfig,
+}
+
+impl<S> ForwarderBuilder<S>
+where
+    S: Service<Exchange, Response = Forwarded> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send,
+{
+    /// The default settings, over `service`.
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            config: ForwardConfig::default(),
+        }
+    }
+
+    /// The limits and timeouts (default [`ForwardConfig::default`]).
+    pub fn config(mut self, config: ForwardConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the settings; a setting that cannot work is refused, naming it.
+    pub fn build(self) -> Result<Forwarder<S>, BuildError> {
+        let config = self.config;
+        config.check_upstream()?;
+        if config.client_timeout.is_zero() {
+            return Err(BuildError(
+                "client_timeout is zero: every connection would close at once; give a duration (default 60 s)".into(),
+            ));
+        }
+        if config.max_connections == 0 {
+            return Err(BuildError(
+                "max_connections is 0: no client would be served; give at least 1 (default 10,000)"
+                    .into(),
+            ));
+        }
+        Ok(Forwarder {
+            service: self.service,
+            config: Arc::new(config),
+        })
+    }
+}
+
 /// A proxy serving client connections through a balancer of [`Upstream`](super::Upstream)s (or any
 /// service from [`Exchange`] to [`Forwarded`]). Cheap to clone.
 #[derive(Clone, Debug)]
@@ -76,25 +126,17 @@ where
         }
     }
 
+    /// The settings of a forwarder over `service`, checked by
+    /// [`build`](ForwarderBuilder::build).
+    pub fn builder(service: S) -> ForwarderBuilder<S> {
+        ForwarderBuilder::new(service)
+    }
+
     /// A forwarder with `config`'s limits and client timeout; a setting that cannot
     /// work is refused, naming it.
+    #[deprecated(note = "use Forwarder::builder(service).config(config).build()")]
     pub fn with_config(service: S, config: ForwardConfig) -> Result<Self, BuildError> {
-        config.check_upstream()?;
-        if config.client_timeout.is_zero() {
-            return Err(BuildError(
-                "client_timeout is zero: every connection would close at once; give a duration (default 60 s)".into(),
-            ));
-        }
-        if config.max_connections == 0 {
-            return Err(BuildError(
-                "max_connections is 0: no client would be served; give at least 1 (default 10,000)"
-                    .into(),
-            ));
-        }
-        Ok(Self {
-            service,
-            config: Arc::new(config),
-        })
+        Self::builder(service).config(config).build()
     }
 
     /// Accepts connections on `listener` and serves each in a task of its own (at most
@@ -304,16 +346,16 @@ where
 /// The status for a failed forward: the upstream's (502/504), the balancer's 503 when
 /// no endpoint is ready, 502 otherwise.
 fn error_status(e: &(dyn std::error::Error + 'static)) -> u16 {
-    if let Some(u) = e.downcast_ref::<UpstreamError>() {
-        return u.status();
-    }
-    if e.downcast_ref::<crate::NoReadyEndpoints>().is_some() {
-        return 503;
-    }
-    if e.downcast_ref::<crate::breaker::BreakerOpen>().is_some() {
-        return 503;
-    }
-    502
+    let status = if let Some(u) = e.downcast_ref::<UpstreamError>() {
+        u.status()
+    } else if let Some(n) = e.downcast_ref::<crate::NoReadyEndpoints>() {
+        n.status()
+    } else if let Some(b) = e.downcast_ref::<crate::breaker::BreakerOpen>() {
+        b.status()
+    } else {
+        http::StatusCode::BAD_GATEWAY
+    };
+    status.as_u16()
 }
 
 /// What a client is told of a failed forward.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub mod balance;
 #[cfg(feature = "http1-forward")]
 pub mod forward;
 

@@ -34,17 +34,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
 
+pub mod future;
+
+use future::ResponseFuture;
+
 use crate::balance::{Balancer, BalancerBuilder, BuildError, ZeroWeight};
 use crate::discover;
 use crate::stats::{EndpointState, LoadStats};
+use crate::util::{read, write};
 use crate::BoxError;
 
 type Make<S> = Arc<dyn Fn(SocketAddr) -> S + Send + Sync>;
@@ -128,6 +131,11 @@ impl std::error::Error for TargetError {
 pub struct UnknownService(Option<String>);
 
 impl UnknownService {
+    /// The service name the request gave, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
     /// `404 Not Found`, for HTTP.
     pub fn status(&self) -> http::StatusCode {
         http::StatusCode::NOT_FOUND
@@ -144,14 +152,6 @@ impl fmt::Display for UnknownService {
 }
 
 impl std::error::Error for UnknownService {}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
 
 impl<S, Req> Router<S, Req>
 where
@@ -269,7 +269,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = ResponseFuture<S, Req>;
 
     /// Always ready, as each balancer is.
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -280,8 +280,8 @@ where
         let name = (self.inner.route)(&req);
         let balancer = name.as_deref().and_then(|n| self.balancer(n));
         match balancer {
-            Some(mut b) => b.call(req),
-            None => Box::pin(std::future::ready(Err(UnknownService(name).into()))),
+            Some(mut b) => ResponseFuture::balanced(b.call(req)),
+            None => ResponseFuture::unknown(UnknownService(name)),
         }
     }
 }
