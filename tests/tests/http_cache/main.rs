@@ -25,6 +25,10 @@ use tower_cache::http::{HttpCacheLayer, HttpPolicy};
 use tower_cache::{Cache, MemoryTier};
 use tower_layer::Layer;
 
+mod freshness;
+mod rfc_cases;
+mod targeted;
+
 const BOUND: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Default)]

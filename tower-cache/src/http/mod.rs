@@ -151,7 +151,7 @@ pub use self::layer::{
     HttpCacheLayer, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL,
     DEFAULT_MAX_STORED_BODY, DEFAULT_REFRESH_TIMEOUT,
 };
-pub use self::policy::HttpPolicy;
+pub use self::policy::{HttpPolicy, CDN_CACHE_CONTROL};
 pub use self::service::HttpCacheService;
 use crate::BoxError;
 

@@ -500,7 +500,7 @@ where
             // which stays stored and served.
             let credentials = req_headers.contains_key(::http::header::AUTHORIZATION)
                 || req_headers.contains_key(::http::header::COOKIE);
-            if !credentials && response_never_storable(res.headers()) {
+            if !credentials && response_never_storable(&config.policy, res.headers()) {
                 mark_pass(
                     &config,
                     &primary,

@@ -262,9 +262,9 @@ pub(super) fn mark_pass(
 
 /// Whether a response may never be stored whoever asks (so the URL is worth marking
 /// pass), as opposed to one the request made unstorable.
-pub(super) fn response_never_storable(res: &HeaderMap) -> bool {
-    let cc = headers::CacheControl::parse(res);
-    cc.no_store
+pub(super) fn response_never_storable(policy: &policy::HttpPolicy, res: &HeaderMap) -> bool {
+    let cc = policy.response_directives(res);
+    (cc.no_store && !cc.must_understand)
         || cc.private
         || cc.malformed
         || res.contains_key(::http::header::SET_COOKIE)
