@@ -136,6 +136,9 @@ pub struct CacheStats {
     /// Requests that went to the origin because the key was marked pass (its last load
     /// failed or its response was not cacheable).
     pub passes: u64,
+    /// Variants of a URL dropped by the HTTP cache's bound on variants per URL
+    /// ([`HttpCacheLayer::max_variants`](crate::http::HttpCacheLayer::max_variants)).
+    pub variant_evictions: u64,
 }
 
 impl CacheStats {
@@ -160,6 +163,7 @@ struct Counters {
     disk_faults: AtomicU64,
     stale_fills: AtomicU64,
     passes: AtomicU64,
+    variant_evictions: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -440,6 +444,7 @@ impl Cache {
             disk_faults: c.disk_faults.load(Ordering::Relaxed),
             stale_fills: c.stale_fills.load(Ordering::Relaxed),
             passes: c.passes.load(Ordering::Relaxed),
+            variant_evictions: c.variant_evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -452,6 +457,10 @@ impl Cache {
         let hit = self.memory.get_fresh_uncounted(key)?;
         self.memory.count_hit();
         Some(hit)
+    }
+
+    pub(crate) fn count_variant_eviction(&self) {
+        bump(&self.counters.variant_evictions);
     }
 
     pub(crate) fn count_load(&self, ok: bool) {

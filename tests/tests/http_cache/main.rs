@@ -28,6 +28,7 @@ use tower_layer::Layer;
 mod freshness;
 mod rfc_cases;
 mod targeted;
+mod vary;
 
 const BOUND: Duration = Duration::from_secs(60);
 

@@ -716,9 +716,27 @@ pub(crate) fn vary(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 /// A request's value of a header named by `Vary`, normalised: every field line, each list
 /// element trimmed, joined by ", ". Absent is distinct from empty.
-pub(crate) fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+///
+/// With `negotiation`, `Accept-Encoding` and `Accept-Language` are normalised further
+/// into one spelling per meaning ([`normalized_accept`]), so that requests that accept
+/// the same thing share a variant.
+pub(crate) fn vary_value(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    negotiation: bool,
+) -> Option<Vec<u8>> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
+    if negotiation
+        && (name == ::http::header::ACCEPT_ENCODING || name == ::http::header::ACCEPT_LANGUAGE)
+    {
+        let encoding = name == ::http::header::ACCEPT_ENCODING;
+        if let Some(v) =
+            normalized_accept(headers.get_all(name).iter().map(|v| v.as_bytes()), encoding)
+        {
+            return Some(v);
+        }
+    }
     let mut out = Vec::new();
     for v in values {
         for part in v.as_bytes().split(|&b| b == b',') {
@@ -730,6 +748,97 @@ pub(crate) fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u
         }
     }
     Some(out)
+}
+
+/// One spelling per meaning of an `Accept-Encoding` (`encoding`) or `Accept-Language`
+/// list (RFC 9110 sections 12.5.3 and 12.5.4), or `None` when the list is not one of
+/// `token [ ";" "q=" qvalue ]` elements (it is then compared as it is, trimmed):
+///
+/// - names lower-cased (codings and language tags are case-insensitive), whitespace
+///   dropped, elements sorted by name (preference is the q-value's, not the order's);
+/// - `q=1` (however written) dropped, other q-values written shortest (`q=0.50` is
+///   `q=0.5`);
+/// - an element with `q=0` ("not acceptable") dropped, as if not listed, unless the list
+///   has a `*` (which the `q=0` then excepts) or the element is `identity` or `*`
+///   (whose exclusion an absent element does not say); a list left empty stays present
+///   and empty (for `Accept-Encoding`, "identity only", as `gzip;q=0` meant);
+/// - a name listed twice: not normalised (its meaning is not defined).
+pub(crate) fn normalized_accept<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    encoding: bool,
+) -> Option<Vec<u8>> {
+    let mut elements: Vec<(Vec<u8>, u16)> = Vec::new();
+    for line in lines {
+        for element in line.split(|&b| b == b',') {
+            let element = element.trim_ascii();
+            if element.is_empty() {
+                continue;
+            }
+            let mut params = element.split(|&b| b == b';');
+            let name = params.next()?.trim_ascii().to_ascii_lowercase();
+            let name_ok = if encoding {
+                name.iter().all(|&b| is_tchar(b))
+            } else {
+                name.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+            };
+            if name.is_empty() || !name_ok {
+                return None;
+            }
+            let mut q = 1000;
+            if let Some(param) = params.next() {
+                let (key, value) = param.trim_ascii().split_at_checked(2)?;
+                if !key.eq_ignore_ascii_case(b"q=") {
+                    return None;
+                }
+                q = qvalue(value)?;
+            }
+            if params.next().is_some() || elements.iter().any(|(n, _)| *n == name) {
+                return None;
+            }
+            elements.push((name, q));
+        }
+    }
+    let wildcard = elements.iter().any(|(n, _)| n == b"*");
+    elements.retain(|(n, q)| *q > 0 || wildcard || n == b"*" || (encoding && n == b"identity"));
+    elements.sort();
+    let mut out = Vec::new();
+    for (name, q) in elements {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(&name);
+        if q < 1000 {
+            let text = format!("{:03}", q);
+            out.extend_from_slice(b";q=0");
+            let digits = text.trim_end_matches('0');
+            if !digits.is_empty() {
+                out.push(b'.');
+                out.extend_from_slice(digits.as_bytes());
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A qvalue (RFC 9110 section 12.4.2) in thousandths.
+fn qvalue(v: &[u8]) -> Option<u16> {
+    let (int, frac) = match v.iter().position(|&b| b == b'.') {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, &b""[..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut thousandths = 0u16;
+    for i in 0..3 {
+        thousandths = thousandths * 10 + frac.get(i).map_or(0, |d| u16::from(d - b'0'));
+    }
+    match int {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// Header fields never stored nor replayed: the hop-by-hop ones (RFC 9110 section 7.6.1),
@@ -919,7 +1028,8 @@ mod tests {
                     ("accept-encoding", b" gzip ,br"),
                     ("accept-encoding", b"zstd")
                 ]),
-                &::http::header::ACCEPT_ENCODING
+                &::http::header::ACCEPT_ENCODING,
+                false
             ),
             Some(b"gzip, br, zstd".to_vec())
         );
@@ -1176,6 +1286,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn accept_lists_are_normalised_by_meaning() {
+        let norm = |v: &str, encoding: bool| {
+            normalized_accept(std::iter::once(v.as_bytes()), encoding)
+                .map(|b| String::from_utf8(b).unwrap())
+        };
+        let ae: &[(&str, Option<&str>)] = &[
+            ("gzip, deflate, br", Some("br, deflate, gzip")),
+            ("br,deflate,gzip", Some("br, deflate, gzip")),
+            ("GZIP , Deflate,br", Some("br, deflate, gzip")),
+            (
+                "gzip;q=1, br;q=1.0, deflate;Q=1.000",
+                Some("br, deflate, gzip"),
+            ),
+            ("gzip;q=0.50", Some("gzip;q=0.5")),
+            ("gzip;q=0.125, br;q=0.1", Some("br;q=0.1, gzip;q=0.125")),
+            ("gzip ; q=0.5", Some("gzip;q=0.5")),
+            ("gzip, br;q=0", Some("gzip")),
+            ("gzip;q=0.000", Some("")),
+            ("*, gzip;q=0", Some("*, gzip;q=0")),
+            ("identity;q=0, gzip", Some("gzip, identity;q=0")),
+            ("", Some("")),
+            (" , gzip,, ", Some("gzip")),
+            ("gzip, gzip;q=0.5", None),
+            ("gzip;level=1", None),
+            ("gzip;q=2", None),
+            ("gzip;q=1.001", None),
+            ("gzip;q=0.1234", None),
+            ("gzip;q=", None),
+            ("gz\u{e9}p", None),
+        ];
+        for (v, want) in ae {
+            assert_eq!(norm(v, true).as_deref(), *want, "accept-encoding {v:?}");
+        }
+        let al: &[(&str, Option<&str>)] = &[
+            ("en-US, fr;q=0.5", Some("en-us, fr;q=0.5")),
+            ("fr;q=0.5,EN-us", Some("en-us, fr;q=0.5")),
+            ("de;q=0, *", Some("*, de;q=0")),
+            ("en_US", None),
+        ];
+        for (v, want) in al {
+            assert_eq!(norm(v, false).as_deref(), *want, "accept-language {v:?}");
+        }
+    }
+
     mod arbitrary_bytes {
         use super::*;
         use proptest::prelude::*;
@@ -1203,9 +1358,11 @@ mod tests {
                 let v = map_of("vary", &lines);
                 if let Some(names) = vary(&v) {
                     for n in &names {
-                        let _ = vary_value(&v, n);
+                        let _ = vary_value(&v, n, true);
                     }
                 }
+                let _ = normalized_accept(lines.iter().map(Vec::as_slice), true);
+                let _ = normalized_accept(lines.iter().map(Vec::as_slice), false);
                 let _ = parse_http_date(&lines.concat(), SystemTime::now());
                 for name in ["cdn-cache-control", "cache-control"] {
                     let _ = CacheControl::parse_targeted(&map_of(name, &lines), &HeaderName::from_static(name));
