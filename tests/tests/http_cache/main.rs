@@ -26,6 +26,7 @@ use tower_cache::{Cache, MemoryTier};
 use tower_layer::Layer;
 
 mod freshness;
+mod proxy_policy;
 mod rfc_cases;
 mod targeted;
 mod vary;
