@@ -291,3 +291,49 @@ async fn variants_stored_at_once_all_count_against_the_bound() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_index_lives_as_long_as_its_longest_lived_variant() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        // `/r` answers the `long` variant fresh for 10 minutes, the others for 1 s.
+        let origin = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            let long = req.headers().get("x-variant").is_some_and(|v| v == "long");
+            let res = http::Response::builder()
+                .header(
+                    "cache-control",
+                    if long { "max-age=600" } else { "max-age=1" },
+                )
+                .header("vary", "X-Variant")
+                .body(Full::new(Bytes::new()).boxed_unsync())
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        });
+        let store = Cache::new(
+            MemoryTier::builder()
+                .time_source(tower_cache::TimeSource::Tokio)
+                .build()
+                .unwrap(),
+        );
+        let svc = HttpCacheLayer::new(store).layer(origin);
+        let get = |v: &'static str| {
+            let svc = svc.clone();
+            async move {
+                let req = Request::get("http://a.test/r")
+                    .header("x-variant", v)
+                    .body(Full::default())
+                    .unwrap();
+                let res = svc.oneshot(req).await.unwrap();
+                let x = res.headers()["x-cache"].to_str().unwrap().to_owned();
+                res.into_body().collect().await.unwrap();
+                x
+            }
+        };
+        assert_eq!(get("long").await, "MISS");
+        // A short-lived variant stored after it does not shorten the index's life.
+        assert_eq!(get("short").await, "MISS");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(get("long").await, "HIT-MEM");
+    })
+    .await
+    .expect("bounded");
+}

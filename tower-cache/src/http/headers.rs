@@ -793,15 +793,20 @@ pub(crate) fn normalized_accept<'a>(
                 }
                 q = qvalue(value)?;
             }
-            if params.next().is_some() || elements.iter().any(|(n, _)| *n == name) {
+            if params.next().is_some() {
                 return None;
             }
             elements.push((name, q));
         }
     }
+    // Sorted, a name listed twice is side by side: linear in the list (a client can send
+    // thousands of elements).
+    elements.sort();
+    if elements.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
     let wildcard = elements.iter().any(|(n, _)| n == b"*");
     elements.retain(|(n, q)| *q > 0 || wildcard || n == b"*" || (encoding && n == b"identity"));
-    elements.sort();
     let mut out = Vec::new();
     for (name, q) in elements {
         if !out.is_empty() {

@@ -365,11 +365,19 @@ impl IndexUpdate {
         // The index is read, changed and written under a lock of its URL, so that two
         // variants stored at once both count against the bound.
         let _lock = index_lock(primary);
-        let mut variants = match store
-            .memory()
-            .get_fresh_uncounted(primary)
-            .and_then(|s| entry::index_variants(&s.value))
-        {
+        let current = store.memory().get_fresh_uncounted(primary);
+        // The index lives as long as the longest-lived variant it lists, so that none
+        // outlives the list that bounds it.
+        let ttl = match &current {
+            Some(s) => {
+                let now = store.memory().deadline(std::time::Duration::ZERO);
+                ttl.max(std::time::Duration::from_millis(
+                    s.expires.saturating_sub(now),
+                ))
+            }
+            None => ttl,
+        };
+        let mut variants = match current.and_then(|s| entry::index_variants(&s.value)) {
             Some((epoch, listed)) if epoch == self.epoch => listed,
             Some((other, listed)) => {
                 // Another index was made meanwhile (two first variants of the URL stored
