@@ -5,7 +5,8 @@
 //! cargo run --release -p examples --example cache_proxy -- \
 //!     --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 [--memory-mb 256] [--disk-dir DIR] \
 //!     [--header-read-timeout-ms 30000] [--idle-timeout-ms 60000] [--max-connections 10000] \
-//!     [--key-forwarded] \
+//!     [--key-forwarded] [--target-fields CDN-Cache-Control] [--no-heuristic-freshness] \
+//!     [--heuristic-max-secs 86400] [--max-variants 64] [--exact-vary] \
 //!     [--purge-token TOKEN] [--purge-token TOKEN --secret SECRET --peer http://other:8080/_cache/invalidate ...]
 //!     [--purge-token TOKEN --secret SECRET --redis redis://127.0.0.1:6379/]   (with --features redis)
 //! ```
@@ -55,6 +56,24 @@
 //!   `/_cache/invalidate` must arrive within `--header-read-timeout-ms` too; otherwise
 //!   the answer is `408 Request Timeout` and the connection is closed.
 //!
+//! # Caching policy
+//!
+//! The layer's RFC 9111 shared-cache policy (see `tower_cache::http`), with what an edge
+//! server is expected to do turned on:
+//!
+//! - **Targeted cache control** (RFC 9213): `CDN-Cache-Control`, when present and valid,
+//!   is this cache's policy in place of `Cache-Control` and `Expires`.
+//!   `--target-fields A,B` obeys other fields, most specific first (a field of this
+//!   deployment's own before `CDN-Cache-Control`, say); `--target-fields none` obeys
+//!   none. Responses go on with both fields as the origin sent them.
+//! - **Heuristic freshness** (RFC 9111 section 4.2.2): a response with `Last-Modified`,
+//!   no explicit freshness and a status cacheable by default is fresh for 10% of the
+//!   time since its last change, at most `--heuristic-max-secs` (default 86,400: a day);
+//!   `--no-heuristic-freshness` turns it off.
+//! - **Vary**: at most `--max-variants` (default 64) variants per URL, the oldest
+//!   dropped; `Accept-Encoding` and `Accept-Language` keyed by meaning (case, order,
+//!   `q=1`, `q=0`), unless `--exact-vary`.
+//!
 //! It forwards every method and the remaining header fields as the client sent them
 //! (the `Host` lower-cased, as the key has it), in HTTP/1.1 whatever the client spoke (an HTTP/2 request's
 //! `:authority` becomes the `Host`); the cache adds its validators when it revalidates.
@@ -80,7 +99,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -88,7 +107,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tower_cache::coordinator::{Coordinator, HttpBus};
-use tower_cache::http::{prepare_request, ForwardedFields, HttpCacheLayer};
+use tower_cache::http::{prepare_request, ForwardedFields, HttpCacheLayer, HttpPolicy};
 use tower_cache::{Cache, DiskTier, MemoryTier, PurgeService};
 use tower_layer::Layer;
 
@@ -127,6 +146,14 @@ pub struct Args {
     /// Key on the forwarding fields clients send (`X-Forwarded-*`, `Forwarded`, ...)
     /// instead of removing them.
     pub key_forwarded: bool,
+    /// The targeted cache-control fields obeyed (RFC 9213), most specific first.
+    pub target_fields: Vec<HeaderName>,
+    /// The cap of heuristic freshness; `None` when it is off.
+    pub heuristic_max: Option<Duration>,
+    /// The most variants stored per URL.
+    pub max_variants: usize,
+    /// Whether `Accept-Encoding` and `Accept-Language` are keyed by meaning.
+    pub normalize_negotiation: bool,
 }
 
 /// Default of `--header-read-timeout-ms`: 30 s.
@@ -135,6 +162,48 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default of `--max-connections`: 10,000.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of `--heuristic-max-secs`: a day, as many deployed caches cap it.
+pub const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(86_400);
+/// The share of the time since `Last-Modified` a response is heuristically fresh for.
+pub const HEURISTIC_FRACTION: f64 = 0.1;
+
+/// The value of `--target-fields` (one flag value, a list).
+#[derive(Debug, Clone)]
+struct TargetList(Vec<HeaderName>);
+
+/// `--target-fields`: comma-separated field names, or `none`.
+fn target_fields(v: &str) -> Result<TargetList, String> {
+    if v.trim().eq_ignore_ascii_case("none") {
+        return Ok(TargetList(Vec::new()));
+    }
+    v.split(',')
+        .map(str::trim)
+        .map(|name| {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                format!("{name:?} is not a field name; give names separated by commas, or none")
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(TargetList)
+}
+
+fn heuristic_max_secs(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Err("give at least 1 second, or --no-heuristic-freshness".into()),
+        Ok(n) if n > u64::from(u32::MAX) => Err(format!("give at most {} seconds", u32::MAX)),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(e) => Err(format!("{e}; give whole seconds")),
+    }
+}
+
+fn max_variants(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("give at least 1".into()),
+        Ok(n) if n > usize::from(u16::MAX) => Err(format!("give at most {}", u16::MAX)),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; give a whole number")),
+    }
+}
 
 /// A duration flag in milliseconds, at least 1.
 fn millis(v: &str) -> Result<Duration, String> {
@@ -209,6 +278,23 @@ struct Flags {
     /// instead of removing them.
     #[arg(long)]
     key_forwarded: bool,
+    /// The targeted cache-control fields obeyed (RFC 9213), most specific first,
+    /// separated by commas; none for none.
+    #[arg(long, default_value = "CDN-Cache-Control", value_parser = target_fields)]
+    target_fields: TargetList,
+    /// Store no response on heuristic freshness (Last-Modified without max-age).
+    #[arg(long)]
+    no_heuristic_freshness: bool,
+    /// The longest heuristic freshness, in seconds.
+    #[arg(long, default_value = "86400", value_parser = heuristic_max_secs)]
+    heuristic_max_secs: Duration,
+    /// The most variants (Vary) stored per URL; storing more drops the oldest.
+    #[arg(long, default_value = "64", value_parser = max_variants)]
+    max_variants: usize,
+    /// Key Accept-Encoding and Accept-Language variants on the fields as sent, not on
+    /// their meaning.
+    #[arg(long)]
+    exact_vary: bool,
     /// The bearer token purges need; no purges without it.
     #[arg(long)]
     purge_token: Option<String>,
@@ -249,6 +335,11 @@ impl Args {
             idle_timeout_ms,
             max_connections,
             key_forwarded,
+            target_fields,
+            no_heuristic_freshness,
+            heuristic_max_secs,
+            max_variants,
+            exact_vary,
             purge_token,
             secret,
             peers,
@@ -294,6 +385,10 @@ impl Args {
             idle_timeout: idle_timeout_ms,
             max_connections,
             key_forwarded,
+            target_fields: target_fields.0,
+            heuristic_max: (!no_heuristic_freshness).then_some(heuristic_max_secs),
+            max_variants,
+            normalize_negotiation: !exact_vary,
         })
     }
 }
@@ -620,7 +715,14 @@ pub async fn run(args: Args) -> std::io::Result<()> {
             )
         }
     });
+    let mut policy = HttpPolicy::new().target_fields(args.target_fields.iter().cloned());
+    if let Some(max) = args.heuristic_max {
+        policy = policy.heuristic(HEURISTIC_FRACTION, max);
+    }
     let cache = HttpCacheLayer::new(store.clone())
+        .policy(policy)
+        .max_variants(args.max_variants)
+        .normalize_negotiation(args.normalize_negotiation)
         .forwarded_fields(forwarded)
         .layer(forward);
     // Purges, and the endpoint other proxies send theirs to.
@@ -793,6 +895,47 @@ mod tests {
         let a = parse(&["--header-read-timeout-ms", "500", "--key-forwarded"]).unwrap();
         assert_eq!(a.header_read_timeout, std::time::Duration::from_millis(500));
         assert!(a.key_forwarded);
+    }
+
+    #[test]
+    fn the_caching_policy_has_edge_defaults_and_flags_to_change_them() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            a.target_fields,
+            [http::HeaderName::from_static("cdn-cache-control")]
+        );
+        assert_eq!(a.heuristic_max, Some(super::DEFAULT_HEURISTIC_MAX));
+        assert_eq!(a.max_variants, 64);
+        assert!(a.normalize_negotiation);
+        let a = parse(&[
+            "--target-fields",
+            "Edge-Cache-Control, CDN-Cache-Control",
+            "--no-heuristic-freshness",
+            "--max-variants",
+            "8",
+            "--exact-vary",
+        ])
+        .unwrap();
+        assert_eq!(a.target_fields.len(), 2);
+        assert_eq!(a.target_fields[0], "edge-cache-control");
+        assert_eq!(a.heuristic_max, None);
+        assert_eq!(a.max_variants, 8);
+        assert!(!a.normalize_negotiation);
+        assert!(parse(&["--target-fields", "none"])
+            .unwrap()
+            .target_fields
+            .is_empty());
+        let a = parse(&["--heuristic-max-secs", "3600"]).unwrap();
+        assert_eq!(a.heuristic_max, Some(std::time::Duration::from_secs(3600)));
+        for (flag, value) in [
+            ("--target-fields", "bad name"),
+            ("--heuristic-max-secs", "0"),
+            ("--max-variants", "0"),
+            ("--max-variants", "x"),
+        ] {
+            let e = parse(&[flag, value]).unwrap_err();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 
     #[test]

@@ -25,8 +25,13 @@ use tower_cache::http::{HttpCacheLayer, HttpPolicy};
 use tower_cache::{Cache, MemoryTier};
 use tower_layer::Layer;
 
+mod freshness;
 mod interim;
+mod proxy_policy;
 mod range;
+mod rfc_cases;
+mod targeted;
+mod vary;
 
 const BOUND: Duration = Duration::from_secs(60);
 

@@ -142,6 +142,9 @@ pub struct CacheStats {
     /// Keys whose entry-scoped dependency edges were pruned with their entries (see
     /// [`Cache::register_entry_dependency`]).
     pub dependencies_pruned: u64,
+    /// Variants of a URL dropped by the HTTP cache's bound on variants per URL
+    /// ([`HttpCacheLayer::max_variants`](crate::http::HttpCacheLayer::max_variants)).
+    pub variant_evictions: u64,
 }
 
 impl CacheStats {
@@ -166,6 +169,7 @@ struct Counters {
     disk_faults: AtomicU64,
     stale_fills: AtomicU64,
     passes: AtomicU64,
+    variant_evictions: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -456,6 +460,7 @@ impl Cache {
             stale_fills: c.stale_fills.load(Ordering::Relaxed),
             passes: c.passes.load(Ordering::Relaxed),
             dependencies_pruned: self.registry.pruned(),
+            variant_evictions: c.variant_evictions.load(Ordering::Relaxed),
         }
     }
 
@@ -468,6 +473,10 @@ impl Cache {
         let hit = self.memory.get_fresh_uncounted(key)?;
         self.memory.count_hit();
         Some(hit)
+    }
+
+    pub(crate) fn count_variant_eviction(&self) {
+        bump(&self.counters.variant_evictions);
     }
 
     pub(crate) fn count_load(&self, ok: bool) {

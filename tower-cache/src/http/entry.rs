@@ -8,7 +8,11 @@
 //!         header_count:u16 { name_len:u16 name value_len:u32 value }
 //!         body_len:u64 body
 //! index:  [FORMAT_INDEX] epoch:u64 name_count:u16 { name_len:u16 name }
+//!         variant_count:u16 { variant_hash:u64 }   (oldest first)
 //! ```
+//!
+//! An index of the earlier format (`0xE2`, without the variant list) still decodes, as
+//! an index that lists no variants.
 //!
 //! Every length is checked on decode: stored bytes that do not parse are a miss, never a
 //! panic.
@@ -19,7 +23,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::policy::Freshness;
 
 const FORMAT_ENTRY: u8 = 0xE1;
-const FORMAT_INDEX: u8 = 0xE2;
+const FORMAT_INDEX_UNLISTED: u8 = 0xE2;
+const FORMAT_INDEX: u8 = 0xE3;
 
 /// A stored response.
 #[derive(Debug, Clone)]
@@ -80,15 +85,44 @@ pub(crate) fn encode_entry(e: &HttpEntry) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-pub(crate) fn encode_index(epoch: u64, names: &[HeaderName]) -> Option<Bytes> {
-    let mut out = BytesMut::with_capacity(16 + names.len() * 16);
+/// An index record: the epoch, the names the URL's responses vary on, and the hashes of
+/// the variants stored under it, oldest first.
+pub(crate) fn encode_index(epoch: u64, names: &[HeaderName], variants: &[u64]) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(16 + names.len() * 16 + variants.len() * 8);
     out.put_u8(FORMAT_INDEX);
     out.put_u64_le(epoch);
     out.put_u16_le(u16::try_from(names.len()).ok()?);
     for n in names {
         put_short(&mut out, n.as_str().as_bytes())?;
     }
+    out.put_u16_le(u16::try_from(variants.len()).ok()?);
+    for v in variants {
+        out.put_u64_le(*v);
+    }
     Some(out.freeze())
+}
+
+/// The epoch and the listed variants of a stored index record; `None` for anything else.
+pub(crate) fn index_variants(stored: &Bytes) -> Option<(u64, Vec<u64>)> {
+    let mut r = Reader { b: stored };
+    let format = r.u8()?;
+    if format != FORMAT_INDEX && format != FORMAT_INDEX_UNLISTED {
+        return None;
+    }
+    let epoch = r.u64()?;
+    for _ in 0..r.u16()? {
+        let n = r.u16()?;
+        r.take(n)?;
+    }
+    if format == FORMAT_INDEX_UNLISTED {
+        return Some((epoch, Vec::new()));
+    }
+    let n = r.u16()?;
+    let mut variants = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        variants.push(r.u64()?);
+    }
+    Some((epoch, variants))
 }
 
 fn put_short(out: &mut BytesMut, b: &[u8]) -> Option<()> {
@@ -136,12 +170,17 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode(stored: &Bytes) -> Option<Record> {
     let mut r = Reader { b: stored };
     match r.u8()? {
-        FORMAT_INDEX => {
+        format @ (FORMAT_INDEX | FORMAT_INDEX_UNLISTED) => {
             let epoch = r.u64()?;
             let n = r.u16()?;
             let mut names = Vec::with_capacity(n.min(16));
             for _ in 0..n {
                 names.push(r.name()?);
+            }
+            if format == FORMAT_INDEX {
+                // The variant list: read by `index_variants`, checked here.
+                let n = r.u16()?;
+                r.take(n.checked_mul(8)?)?;
             }
             Some(Record::Index { epoch, names })
         }
@@ -239,8 +278,25 @@ mod tests {
         );
         assert_eq!(d.headers, e.headers);
         assert_eq!(d.vary, e.vary);
-        let idx = encode_index(7, &[HeaderName::from_static("accept")]).unwrap();
+        let idx = encode_index(7, &[HeaderName::from_static("accept")], &[3, 1]).unwrap();
         assert!(matches!(decode(&idx), Some(Record::Index { epoch: 7, .. })));
+        assert_eq!(index_variants(&idx), Some((7, vec![3, 1])));
+        for cut in 0..idx.len() {
+            assert!(decode(&idx.slice(..cut)).is_none(), "index cut at {cut}");
+            assert!(
+                index_variants(&idx.slice(..cut)).is_none(),
+                "index cut at {cut}"
+            );
+        }
+        // An index of the earlier format: no variant list.
+        let mut old = vec![FORMAT_INDEX_UNLISTED];
+        old.extend_from_slice(&9u64.to_le_bytes());
+        old.extend_from_slice(&1u16.to_le_bytes());
+        old.extend_from_slice(&6u16.to_le_bytes());
+        old.extend_from_slice(b"accept");
+        let old = Bytes::from(old);
+        assert!(matches!(decode(&old), Some(Record::Index { epoch: 9, .. })));
+        assert_eq!(index_variants(&old), Some((9, Vec::new())));
         for cut in 0..bytes.len() {
             assert!(
                 decode(&bytes.slice(..cut)).is_none(),

@@ -84,6 +84,16 @@ pub(super) fn variant_key(
     epoch: u64,
     values: &[(HeaderName, Option<Vec<u8>>)],
 ) -> String {
+    variant_key_of(primary, epoch, variant_hash(values))
+}
+
+/// The key of the variant whose values hash to `hash` ([`variant_hash`]).
+pub(super) fn variant_key_of(primary: &str, epoch: u64, hash: u64) -> String {
+    format!("{primary}\u{1f}v{epoch:x}.{hash:016x}")
+}
+
+/// The hash of a variant's values that its key ends with (and its URL's index lists).
+pub(super) fn variant_hash(values: &[(HeaderName, Option<Vec<u8>>)]) -> u64 {
     // FNV-1a: stable across builds, so keys on disk survive an upgrade.
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     for (name, value) in values {
@@ -97,7 +107,7 @@ pub(super) fn variant_key(
             None => h.write(&[0]),
         }
     }
-    format!("{primary}\u{1f}v{epoch:x}.{:016x}", h.finish())
+    h.finish()
 }
 
 pub(super) struct Fnv(u64);
@@ -114,13 +124,17 @@ impl Hasher for Fnv {
     }
 }
 
+/// The request's values of the fields `names`, as variants are keyed and matched by;
+/// with `negotiation`, `Accept-Encoding` and `Accept-Language` in one spelling per
+/// meaning.
 pub(super) fn vary_values(
     req: &HeaderMap,
     names: &[HeaderName],
+    negotiation: bool,
 ) -> Vec<(HeaderName, Option<Vec<u8>>)> {
     names
         .iter()
-        .map(|n| (n.clone(), headers::vary_value(req, n)))
+        .map(|n| (n.clone(), headers::vary_value(req, n, negotiation)))
         .collect()
 }
 

@@ -19,6 +19,9 @@ pub const DEFAULT_MAX_STORED_BODY: usize = 1 << 20;
 pub const DEFAULT_HTTP_PASS_TTL: Duration = Duration::from_secs(10);
 /// Default longest wait of a request for another one fetching the same URL: 10 s.
 pub const DEFAULT_COLLAPSE_WAIT: Duration = Duration::from_secs(10);
+/// Default bound on the variants stored per URL: 64. Past it, the variant stored longest
+/// ago is dropped.
+pub const DEFAULT_MAX_VARIANTS: usize = 64;
 /// Default longest time a background refresh (`stale-while-revalidate`) may take, from
 /// the request to the end of the response body: 30 s.
 pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +66,8 @@ pub struct HttpCacheLayer {
     pub(super) collapse_wait: Duration,
     pub(super) refresh_timeout: Duration,
     pub(super) forwarded: ForwardedFields,
+    pub(super) max_variants: usize,
+    pub(super) negotiation: bool,
     pub(super) inflight: Arc<Inflight>,
 }
 
@@ -74,6 +79,8 @@ impl fmt::Debug for HttpCacheLayer {
             .field("max_body", &self.max_body)
             .field("status_header", &self.status_header)
             .field("forwarded", &self.forwarded)
+            .field("max_variants", &self.max_variants)
+            .field("normalize_negotiation", &self.negotiation)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +98,8 @@ impl HttpCacheLayer {
             collapse_wait: DEFAULT_COLLAPSE_WAIT,
             refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
             forwarded: ForwardedFields::Drop,
+            max_variants: DEFAULT_MAX_VARIANTS,
+            negotiation: true,
             inflight: Arc::default(),
         }
     }
@@ -141,6 +150,26 @@ impl HttpCacheLayer {
     /// `Forwarded`, `X-Original-URL`, ...): removed by default, or kept and keyed on.
     pub fn forwarded_fields(mut self, forwarded: ForwardedFields) -> Self {
         self.forwarded = forwarded;
+        self
+    }
+
+    /// The most variants (`Vary`) stored per URL, 64 by default; raised to at least 1.
+    /// Storing one more drops the one stored longest ago (counted in
+    /// [`CacheStats::variant_evictions`](crate::CacheStats::variant_evictions)), so that
+    /// a response varying on a field clients fill at will (`Vary: User-Agent`, or any
+    /// header an attacker sends a new value of each time) cannot push the rest of the
+    /// cache out.
+    pub fn max_variants(mut self, variants: usize) -> Self {
+        self.max_variants = variants.max(1);
+        self
+    }
+
+    /// Whether variants are keyed on the meaning of `Accept-Encoding` and
+    /// `Accept-Language` rather than their spelling (on by default): case, spaces,
+    /// order, `q=1` and elements with `q=0` do not make another variant (see the
+    /// [module docs](super#vary)). The request the origin gets is not changed.
+    pub fn normalize_negotiation(mut self, on: bool) -> Self {
+        self.negotiation = on;
         self
     }
 

@@ -7,10 +7,12 @@
 //! must, and errs on the side of storing less:
 //!
 //! - **What is stored** (RFC 9111 section 3): responses to `GET` with a final status and
-//!   explicit freshness (`s-maxage`, which wins, then `max-age`, then `Expires`); statuses
+//!   explicit freshness (`s-maxage`, which wins, then `max-age`, then `Expires`; or the
+//!   same from a targeted field, see [below](#targeted-cache-control)); statuses
 //!   cacheable by default only with heuristic freshness or a default TTL, both opt-in
-//!   ([`HttpPolicy`]). Never `no-store`, `private` (qualified or not), `Set-Cookie`
-//!   (unless [`HttpPolicy::store_set_cookie`]), `Vary: *`, nor responses to a `GET` or `HEAD` with content or with
+//!   ([`HttpPolicy`]). Never `no-store` (unless with `must-understand`), `private`
+//!   (qualified or not), `Set-Cookie` (unless [`HttpPolicy::store_set_cookie`]),
+//!   `Vary: *`, nor responses to a `GET` or `HEAD` with content or with
 //!   `If-Match` / `If-Unmodified-Since` (passed through: the content is not in the key,
 //!   and the cache does not evaluate those preconditions), nor responses that vary on a
 //!   forwarding field. A response to a request with `Authorization` only with `public`,
@@ -26,9 +28,11 @@
 //!   bypasses; `only-if-cached` answers `504` when nothing fits. Age is computed as
 //!   section 4.2.3 says, with millisecond resident time.
 //! - **Vary** (section 4.1): each combination of the listed request headers (values
-//!   normalised: list elements trimmed) is its own stored variant; `Vary: Cookie` keeps
+//!   normalised: list elements trimmed; `Accept-Encoding` and `Accept-Language` by
+//!   meaning, see [below](#vary)) is its own stored variant; `Vary: Cookie` keeps
 //!   users apart. A response with another list than the URL's stored variants is filed
-//!   beside them and matched by its own list, leaving them in place.
+//!   beside them and matched by its own list, leaving them in place. At most
+//!   [`HttpCacheLayer::max_variants`] variants per URL.
 //! - **On the way out**: `Age` on every hit, a status header (default
 //!   `x-cache: HIT-MEM | HIT-DISK | MISS | PASS`), hop-by-hop fields (`Connection` and
 //!   the fields it names, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`,
@@ -120,6 +124,85 @@
 //! values are read as bytes: obs-text never makes a parser skip a line, and a
 //! `Cache-Control` line that is not a directive list means neither stored nor served.
 //!
+//! # Targeted cache control
+//!
+//! RFC 9213, opt-in: [`HttpPolicy::target_fields`] lists the fields this cache obeys,
+//! most specific first (`[CDN_CACHE_CONTROL]`, or a field of the deployment's own before
+//! it; `cache_proxy` obeys `CDN-Cache-Control` by default).
+//!
+//! - The first listed field present with a valid, non-empty value is the response's
+//!   policy for this cache, in place of `Cache-Control` **and** `Expires` (section 2.1):
+//!   `CDN-Cache-Control: max-age=60` with `Cache-Control: no-store` is stored for a
+//!   minute; `CDN-Cache-Control: private`, `no-store`, `no-cache` or `max-age=0` is not
+//!   stored, or not served without validation, whatever `Cache-Control` says. The
+//!   directives are those of `Cache-Control` (`max-age`, `s-maxage`, `no-store`,
+//!   `no-cache`, `private`, `public`, `must-revalidate`, `proxy-revalidate`,
+//!   `must-understand`, `stale-while-revalidate`, `stale-if-error`); others are ignored.
+//! - A field is a Structured Fields Dictionary (section 2.2): an empty one, or one that
+//!   does not parse (`max-age=60,`, `Max-Age=60`, `no-store max-age=1`), is ignored as
+//!   if absent, and the next listed field, then `Cache-Control`, applies. Parameters
+//!   are ignored; `?0` turns a directive off; a member given twice counts once, the
+//!   last.
+//! - **Choice** (deployed CDNs differ): a directive whose value is not of its type
+//!   (`max-age="60"`, `max-age=1.5`, `max-age=-1`) is invalid, and an invalid
+//!   `max-age` makes the response stale, as in `Cache-Control`.
+//! - **Choice** (the RFC lets a cache do either): responses are forwarded with their
+//!   `Cache-Control` and their targeted fields exactly as the origin sent them, so that
+//!   a browser applies `Cache-Control` and a CDN further down the same targeted field.
+//!   Fields not on the list change nothing and are passed on.
+//!
+//! # Freshness
+//!
+//! RFC 9111 section 4.2, as the RFC asks recipients to read what real servers send:
+//!
+//! - **Heuristic freshness** (section 4.2.2), opt-in with [`HttpPolicy::heuristic`]
+//!   (`cache_proxy`: 10%, capped at a day): for a response without explicit freshness,
+//!   with `Last-Modified` and a status cacheable by default (RFC 9110 section 15.1: 200,
+//!   203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501, or any status with
+//!   `public`), the fraction of `Date - Last-Modified`, at most the cap.
+//! - **Large values** (section 1.2.2): a `max-age` or `s-maxage` past 2^31 is 2^31, and an
+//!   `Expires` however far ahead (2038 and after, year 9999) is at most that too; the
+//!   entry is kept at most [`MAX_TTL`](crate::MAX_TTL) (a year), then fetched again.
+//! - **Dates** (RFC 9110 section 5.6.7): `Expires`, `Date`, `Last-Modified` and
+//!   `If-Modified-Since` in IMF-fixdate, RFC 850 and asctime form; a two-digit year is
+//!   in the century that puts it at most 50 years ahead (`70` is 2070 until 2070; a
+//!   parser that reads it as 1970 expires such responses). Read robustly: names in any
+//!   case, the weekday missing or wrong (not checked), the zone `GMT`, `UTC`, `UT`,
+//!   `Z`, a numeric offset (`+0100`) or none. Anything else is invalid, and an invalid
+//!   `Expires` (`0`, `-1`, `30 Feb`, ISO 8601) is in the past (section 5.3).
+//! - **Age** (section 5.1): a list (`Age: 10, 100`, or two lines) is its first member;
+//!   a first member that is not a non-negative integer (`-5`, `1.5`, `100s`) makes the
+//!   field ignored. **Choice** (caches differ; some read `100s` as 100): as the RFC
+//!   says, ignored; the response's `Date` still bounds its age. A huge `Age` is 2^31:
+//!   stale.
+//! - **must-understand** (section 5.2.2.3): stored only with a status the cache
+//!   implements the caching of (200, 203, 204, 300, 301, 302, 307, 308, 404, 405, 410,
+//!   414, 501), and then its `no-store` is ignored; with any other status (`206`, `500`,
+//!   an unknown `299`) not stored. It does not lift `private`.
+//! - Any final status with explicit freshness is stored (`204`, `302`, `410`, `500`
+//!   with `max-age`); only `206` (ranges are passed through) and `304` are not.
+//!
+//! # Vary
+//!
+//! - **Negotiation fields by meaning** (on by default,
+//!   [`HttpCacheLayer::normalize_negotiation`]): `Accept-Encoding` and `Accept-Language`
+//!   values are keyed with names lower-cased, spaces dropped, elements sorted (the
+//!   preference is the q-value's), `q=1` dropped and other q-values written shortest,
+//!   and elements with `q=0` dropped as if unlisted, except under a `*` (which the
+//!   `q=0` excepts) and for `identity` and `*` themselves. So `gzip, br`,
+//!   `BR,gzip` and `gzip;q=1.0, br, zstd;q=0` share a variant. **Choice**: a list this
+//!   does not fit (another parameter, a name twice) is compared as sent. An empty
+//!   `Accept-Encoding` (identity only) stays distinct from an absent one (anything).
+//!   The origin gets the request as the client sent it: equivalent lists accept the
+//!   same responses, so either answer suits both clients.
+//! - **A bound per URL** ([`HttpCacheLayer::max_variants`], 64 by default): the URL's
+//!   index lists its variants in the order they were stored; storing one past the
+//!   bound drops the oldest, counted in
+//!   [`CacheStats::variant_evictions`](crate::CacheStats::variant_evictions). A
+//!   response that varies on a field each client sends anew (`User-Agent`, a random
+//!   header) holds at most that many entries. The index is updated under a lock of its
+//!   URL, so variants stored at once all count.
+//!
 //! One line for the common case, in axum (the cache passes the inner service's error
 //! type on, so over a router it is infallible and needs no `HandleErrorLayer`);
 //! [`HttpCacheLayer::on_disk`] adds a disk tier in a directory:
@@ -205,9 +288,9 @@ pub(crate) use self::key::keyed_url;
 pub use self::key::{try_url_key, url_key};
 pub use self::layer::{
     HttpCacheLayer, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL,
-    DEFAULT_MAX_STORED_BODY, DEFAULT_REFRESH_TIMEOUT,
+    DEFAULT_MAX_STORED_BODY, DEFAULT_MAX_VARIANTS, DEFAULT_REFRESH_TIMEOUT,
 };
-pub use self::policy::HttpPolicy;
+pub use self::policy::{HttpPolicy, CDN_CACHE_CONTROL};
 pub use self::service::HttpCacheService;
 use crate::BoxError;
 

@@ -1,20 +1,27 @@
 //! The rules of a shared HTTP cache (RFC 9111): what may be stored, for how long, and
 //! what may be served to which request.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ::http::{HeaderMap, Method, StatusCode};
+use ::http::{HeaderMap, HeaderName, Method, StatusCode};
 
 use super::headers::{self, CacheControl, Delta};
 
 /// Settings of the HTTP policy; the defaults follow RFC 9111 for a shared cache and store
 /// only what a response says may be stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// Cheap to clone (the target list is shared).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HttpPolicy {
     store_set_cookie: bool,
     heuristic: Option<(f64, Duration)>,
     default_ttl: Option<Duration>,
+    targets: Arc<[HeaderName]>,
 }
+
+/// The targeted field of RFC 9213 meant for CDN caches: `CDN-Cache-Control`.
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 impl HttpPolicy {
     /// The RFC 9111 shared-cache policy with its conservative defaults: no heuristic
@@ -50,6 +57,49 @@ impl HttpPolicy {
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
         self
+    }
+
+    /// The targeted cache-control fields (RFC 9213) this cache obeys, most specific first:
+    /// for example `[CDN_CACHE_CONTROL]`, or a field of its own before it
+    /// (`[my-cdn-cache-control, cdn-cache-control]`). None by default.
+    ///
+    /// In a response that holds one of them with a valid, non-empty value, the first such
+    /// field (in this order) is the response's caching policy for this cache, and its
+    /// `Cache-Control` and `Expires` are ignored; a field that is empty or not a valid
+    /// Structured Fields Dictionary is ignored as if absent (section 2.2). The response
+    /// is forwarded with its `Cache-Control` and its targeted fields as the origin sent
+    /// them, so that caches further down (a browser, another CDN) apply their own.
+    pub fn target_fields(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut list: Vec<HeaderName> = Vec::new();
+        for name in names {
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
+        self.targets = list.into();
+        self
+    }
+
+    /// The targeted fields obeyed, most specific first.
+    pub fn targets(&self) -> &[HeaderName] {
+        &self.targets
+    }
+
+    /// The cache directives of a response for this cache: those of the first targeted
+    /// field that is present and valid, or else `Cache-Control`'s; and whether they came
+    /// from a targeted field.
+    pub(crate) fn directives_of(&self, res: &HeaderMap) -> (CacheControl, bool) {
+        for name in self.targets.iter() {
+            if let Some(cc) = CacheControl::parse_targeted(res, name) {
+                return (cc, true);
+            }
+        }
+        (CacheControl::parse(res), false)
+    }
+
+    /// [`Self::directives_of`] without the origin.
+    pub(crate) fn response_directives(&self, res: &HeaderMap) -> CacheControl {
+        self.directives_of(res).0
     }
 }
 
@@ -135,7 +185,9 @@ impl Freshness {
 
     /// How long to keep the entry from `now_ms`: what freshness it has left, plus the
     /// stale windows it may still be served in, plus (with a validator) time to be
-    /// revalidated instead of fetched whole.
+    /// revalidated instead of fetched whole; at most the store's longest TTL (a year),
+    /// after which a response fresh for longer (`max-age` up to 2^31, an `Expires` in
+    /// 2100) is fetched again rather than refused.
     pub(crate) fn keep_for(&self, now_ms: u64) -> Duration {
         let left = self.lifetime.saturating_sub(self.age(now_ms));
         let stale = if self.must_revalidate {
@@ -146,7 +198,7 @@ impl Freshness {
         let validate = if self.validator { VALIDATION_KEEP } else { 0 };
         Duration::from_secs(
             left.saturating_add(stale.max(validate))
-                .clamp(1, headers::DELTA_MAX),
+                .clamp(1, crate::error::MAX_TTL.as_secs()),
         )
     }
 
@@ -163,6 +215,17 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
         200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Statuses whose caching requirements the cache implements, for `must-understand`
+/// (RFC 9111 section 5.2.2.3): the final statuses it stores as RFC 9110 defines them,
+/// without special handling it lacks. Not `206` (a part is stored only as a piece of a whole, by its own rules), nor the
+/// statuses whose meaning depends on the request (`303`, `304`, `401`, `407`...).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -189,8 +252,16 @@ pub(crate) fn storable(
     if req_cc.no_store || req_cc.malformed {
         return Err("request no-store, or a request Cache-Control that cannot be parsed");
     }
-    let cc = CacheControl::parse(res);
-    if cc.no_store {
+    // A targeted field (RFC 9213) replaces `Cache-Control` and `Expires` for this cache.
+    let (cc, targeted) = policy.directives_of(res);
+    if cc.must_understand {
+        // RFC 9111 section 5.2.2.3: stored only by a cache that understands the status,
+        // and then `no-store` (which it comes with for the caches that do not) is
+        // ignored.
+        if !understood(status) {
+            return Err("must-understand with a status the cache does not implement");
+        }
+    } else if cc.no_store {
         return Err("response no-store");
     }
     if cc.malformed {
@@ -240,10 +311,12 @@ pub(crate) fn storable(
         s.or(0)
     } else if let Some(m) = cc.max_age {
         m.or(0)
-    } else if let Some(expires) = headers::date(res, ::http::header::EXPIRES) {
+    } else if let Some(expires) = headers::date(res, ::http::header::EXPIRES).filter(|_| !targeted)
+    {
         match expires {
-            Ok(e) => headers::secs_between(date, e),
-            // Invalid, e.g. "0": already expired.
+            // Far in the future is 2^31 seconds, as a delta-seconds is (section 1.2.2).
+            Ok(e) => headers::secs_between(date, e).min(headers::DELTA_MAX),
+            // Invalid, e.g. "0": already expired (section 5.3).
             Err(()) => 0,
         }
     } else if heuristically_cacheable(status) || cc.public {

@@ -120,12 +120,13 @@ pub(super) enum Looked {
 }
 
 pub(super) async fn look_up(
-    store: &Cache,
+    config: &HttpCacheLayer,
     primary: &str,
     method: &Method,
     req: &HeaderMap,
     rules: &RequestRules,
 ) -> Looked {
+    let store = &config.store;
     let now = policy::unix_ms(SystemTime::now());
     let (bytes, from_disk) = match store.lookup(primary).await {
         Found::Hit(s, disk) => (s.value, disk),
@@ -135,14 +136,16 @@ pub(super) async fn look_up(
     let (entry, from_disk, key, index) = match entry::decode(&bytes) {
         Some(Record::Entry(e)) if e.vary.is_empty() => (e, from_disk, primary.to_owned(), None),
         Some(Record::Index { epoch, names }) => {
-            let values = vary_values(req, &names);
+            let values = vary_values(req, &names, config.negotiation);
             let key = variant_key(primary, epoch, &values);
             let index = Some((epoch, names));
             match store.lookup(&key).await {
                 // Matched by the stored response's own Vary list (RFC 9111 section
                 // 4.1), which may differ from the index's.
                 Found::Hit(s, disk) => match entry::decode(&s.value) {
-                    Some(Record::Entry(e)) if matches_request(&e, req) => (e, disk, key, index),
+                    Some(Record::Entry(e)) if matches_request(&e, req, config.negotiation) => {
+                        (e, disk, key, index)
+                    }
                     _ => return Looked::Miss { index },
                 },
                 // This variant is marked pass; the others are not.
@@ -177,12 +180,12 @@ pub(super) async fn look_up(
 
 /// Whether the request's values of the fields a stored variant varies on are the ones
 /// it was stored for.
-fn matches_request(entry: &HttpEntry, req: &HeaderMap) -> bool {
+fn matches_request(entry: &HttpEntry, req: &HeaderMap, negotiation: bool) -> bool {
     !entry.vary.is_empty()
         && entry
             .vary
             .iter()
-            .all(|(name, value)| headers::vary_value(req, name) == *value)
+            .all(|(name, value)| headers::vary_value(req, name, negotiation) == *value)
 }
 
 /// Whether a client's conditional GET/HEAD is satisfied by `entry` (RFC 9110 section
@@ -379,7 +382,7 @@ where
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
-    let looked = look_up(store, &primary, &method, req.headers(), &rules).await;
+    let looked = look_up(&config, &primary, &method, req.headers(), &rules).await;
     let now = policy::unix_ms(SystemTime::now());
     // stale-while-revalidate (RFC 5861 section 3): serve the stale entry at once and
     // refresh it in the background, once per URL.
@@ -429,7 +432,7 @@ where
             Join::Leader(guard) => leader = Some(guard),
             Join::Wait(notified) => {
                 let _ = tokio::time::timeout(config.collapse_wait, notified).await;
-                looked = look_up(store, &primary, &method, req.headers(), &rules).await;
+                looked = look_up(&config, &primary, &method, req.headers(), &rules).await;
             }
         }
     }
@@ -541,7 +544,7 @@ where
             // which stays stored and served.
             let credentials = req_headers.contains_key(::http::header::AUTHORIZATION)
                 || req_headers.contains_key(::http::header::COOKIE);
-            if !credentials && response_never_storable(res.headers()) {
+            if !credentials && response_never_storable(&config.policy, res.headers()) {
                 mark_pass(
                     &config,
                     &primary,

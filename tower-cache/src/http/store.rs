@@ -43,7 +43,8 @@ pub(super) fn store_job(
 ) -> StoreJob {
     let store = &config.store;
     let names = headers::vary(&parts.headers).unwrap_or_default();
-    let (key, index_record) = if names.is_empty() {
+    let negotiation = config.negotiation;
+    let (key, index_update) = if names.is_empty() {
         (primary.to_owned(), None)
     } else {
         // The URL's index stays as it is, epoch and list, even when this response varies
@@ -54,10 +55,16 @@ pub(super) fn store_job(
             Some((epoch, old)) => (epoch, old),
             None => (new_epoch(), names.clone()),
         };
-        let values = vary_values(req_headers, &index_names);
+        let hash = variant_hash(&vary_values(req_headers, &index_names, negotiation));
         (
-            variant_key(primary, epoch, &values),
-            entry::encode_index(epoch, &index_names),
+            variant_key_of(primary, epoch, hash),
+            Some(IndexUpdate {
+                epoch,
+                names: index_names,
+                variant: hash,
+                max_variants: config.max_variants,
+                ticket: primary_ticket.clone(),
+            }),
         )
     };
     let ticket = if key == primary {
@@ -75,13 +82,13 @@ pub(super) fn store_job(
         store: store.clone(),
         primary: primary.to_owned(),
         key,
-        index: index_record.map(|i| (i, primary_ticket)),
+        index: index_update,
         head: HttpEntry {
             status: parts.status,
             headers: stored_headers,
             body: Bytes::new(),
             freshness,
-            vary: vary_values(req_headers, &names),
+            vary: vary_values(req_headers, &names, negotiation),
         },
         tags: surrogate_keys(&parts.headers),
         ticket,
@@ -249,7 +256,7 @@ pub(super) fn mark_pass(
             // An index for the mark to hang from; a later storable response of the same
             // Vary keeps it (and its epoch).
             let epoch = new_epoch();
-            let Some(record) = entry::encode_index(epoch, &names) else {
+            let Some(record) = entry::encode_index(epoch, &names, &[]) else {
                 return;
             };
             let _ = store.store_loaded(
@@ -262,15 +269,19 @@ pub(super) fn mark_pass(
             (epoch, names)
         }
     };
-    let key = variant_key(primary, epoch, &vary_values(req, &names));
+    let key = variant_key(
+        primary,
+        epoch,
+        &vary_values(req, &names, config.negotiation),
+    );
     store.mark_pass_key(&key, config.pass_ttl);
 }
 
 /// Whether a response may never be stored whoever asks (so the URL is worth marking
 /// pass), as opposed to one the request made unstorable.
-pub(super) fn response_never_storable(res: &HeaderMap) -> bool {
-    let cc = headers::CacheControl::parse(res);
-    cc.no_store
+pub(super) fn response_never_storable(policy: &policy::HttpPolicy, res: &HeaderMap) -> bool {
+    let cc = policy.response_directives(res);
+    (cc.no_store && !cc.must_understand)
         || cc.private
         || cc.malformed
         || res.contains_key(::http::header::SET_COOKIE)
@@ -311,7 +322,7 @@ pub(super) struct StoreJob {
     pub(super) store: Cache,
     pub(super) primary: String,
     pub(super) key: String,
-    pub(super) index: Option<(Bytes, Ticket)>,
+    pub(super) index: Option<IndexUpdate>,
     pub(super) head: HttpEntry,
     pub(super) tags: Tags,
     pub(super) ticket: Ticket,
@@ -355,10 +366,8 @@ impl StoreJob {
             version: 0,
             tags: self.tags.clone(),
         };
-        if let Some((index, ticket)) = self.index {
-            let _ =
-                self.store
-                    .store_loaded(&self.primary, index, ttl, EntryMeta::default(), ticket);
+        if let Some(update) = self.index {
+            update.apply(&self.store, &self.primary, ttl);
         }
         if let Err(e) = self
             .store
@@ -367,6 +376,90 @@ impl StoreJob {
             tracing::debug!(error = %e, key = self.key, "response not stored");
         }
     }
+}
+
+/// What storing a variant changes in its URL's index: the variant goes to the end of the
+/// list, and the oldest ones past the bound are dropped.
+pub(super) struct IndexUpdate {
+    pub(super) epoch: u64,
+    pub(super) names: Vec<HeaderName>,
+    /// The hash of the variant stored.
+    pub(super) variant: u64,
+    pub(super) max_variants: usize,
+    /// The URL's ticket: a write of the URL since the origin was asked voids the update.
+    pub(super) ticket: Ticket,
+}
+
+impl IndexUpdate {
+    fn apply(self, store: &Cache, primary: &str, ttl: std::time::Duration) {
+        // The index is read, changed and written under a lock of its URL, so that two
+        // variants stored at once both count against the bound.
+        let _lock = index_lock(primary);
+        let current = store.memory().get_fresh_uncounted(primary);
+        // The index lives as long as the longest-lived variant it lists, so that none
+        // outlives the list that bounds it.
+        let ttl = match &current {
+            Some(s) => {
+                let now = store.memory().deadline(std::time::Duration::ZERO);
+                ttl.max(std::time::Duration::from_millis(
+                    s.expires.saturating_sub(now),
+                ))
+            }
+            None => ttl,
+        };
+        let mut variants = match current.and_then(|s| entry::index_variants(&s.value)) {
+            Some((epoch, listed)) if epoch == self.epoch => listed,
+            Some((other, listed)) => {
+                // Another index was made meanwhile (two first variants of the URL stored
+                // at once); this one replaces it, and the variants it lists could no
+                // longer be reached: they go, so that none is held unlisted.
+                for old in listed {
+                    drop_variant(store, &variant_key_of(primary, other, old));
+                    store.count_variant_eviction();
+                }
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        variants.retain(|v| *v != self.variant);
+        variants.push(self.variant);
+        let excess = variants.len().saturating_sub(self.max_variants);
+        for old in variants.drain(..excess) {
+            drop_variant(store, &variant_key_of(primary, self.epoch, old));
+            store.count_variant_eviction();
+        }
+        if let Some(record) = entry::encode_index(self.epoch, &self.names, &variants) {
+            let _ = store.store_loaded(primary, record, ttl, EntryMeta::default(), self.ticket);
+        }
+    }
+}
+
+/// Removes a dropped variant: from memory at once, from disk in the background (when
+/// there is a runtime to run it on; otherwise its disk copy expires with its TTL, and
+/// nothing lists it).
+fn drop_variant(store: &Cache, key: &str) {
+    store.memory().delete(key);
+    if store.disk().is_some() {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, key) = (store.clone(), key.to_owned());
+            rt.spawn(async move {
+                let _ = store.delete(&key).await;
+            });
+        }
+    }
+}
+
+/// One of a few locks, picked by the URL's primary key.
+fn index_lock(primary: &str) -> std::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    const LOCKS: usize = 32;
+    static INDEX_LOCKS: [std::sync::Mutex<()>; LOCKS] =
+        [const { std::sync::Mutex::new(()) }; LOCKS];
+    let mut h = std::hash::DefaultHasher::new();
+    primary.hash(&mut h);
+    INDEX_LOCKS[(h.finish() % LOCKS as u64) as usize]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
