@@ -213,24 +213,34 @@ impl Drop for InFlight {
 
 /// How a [`ReadinessService`] treats traffic while its gate is closed, and how long a
 /// response counts in flight.
-pub trait Mode<Res>: Clone + Send + Sync + 'static {
+///
+/// `Res` and `E` are the inner service's response and error. The modes that can fail a
+/// request ([`Pending`], [`PendingHttp`], [`RejectError`]) return a [`BoxError`]; the one
+/// that answers instead ([`RejectHttp`]) passes the inner service's error on as it is, so
+/// over an infallible service (an axum router) it is infallible too.
+pub trait Mode<Res, E>: Clone + Send + Sync + 'static {
     /// The response the service returns.
     type Response;
+    /// The error the service returns.
+    type Error;
     /// `true`: `poll_ready` pends until the gate opens. `false`: requests are answered
     /// with [`Mode::reject`].
     fn waits(&self) -> bool;
     /// The answer to a request refused while the gate is closed.
-    fn reject(&self) -> Result<Res, BoxError>;
+    fn reject(&self) -> Result<Res, Self::Error>;
     /// Hands the response out; `in_flight` counts the request until it is dropped.
     fn track(&self, res: Res, in_flight: InFlight) -> Self::Response;
+    /// The service's error for an error of the inner service.
+    fn error(&self, e: E) -> Self::Error;
 }
 
 /// Pend in `poll_ready` while closed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pending;
 
-impl<Res> Mode<Res> for Pending {
+impl<Res, E: Into<BoxError>> Mode<Res, E> for Pending {
     type Response = Res;
+    type Error = BoxError;
     fn waits(&self) -> bool {
         true
     }
@@ -240,14 +250,18 @@ impl<Res> Mode<Res> for Pending {
     fn track(&self, res: Res, _in_flight: InFlight) -> Res {
         res
     }
+    fn error(&self, e: E) -> BoxError {
+        e.into()
+    }
 }
 
 /// Pend in `poll_ready` while closed; count an HTTP request until its body ends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PendingHttp;
 
-impl<B: Send + 'static> Mode<http::Response<B>> for PendingHttp {
+impl<B: Send + 'static, E: Into<BoxError>> Mode<http::Response<B>, E> for PendingHttp {
     type Response = http::Response<InFlightBody<B>>;
+    type Error = BoxError;
     fn waits(&self) -> bool {
         true
     }
@@ -257,14 +271,18 @@ impl<B: Send + 'static> Mode<http::Response<B>> for PendingHttp {
     fn track(&self, res: http::Response<B>, in_flight: InFlight) -> Self::Response {
         res.map(|body| InFlightBody::new(body, in_flight))
     }
+    fn error(&self, e: E) -> BoxError {
+        e.into()
+    }
 }
 
 /// Fail with [`Rejected`] while closed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RejectError;
 
-impl<Res> Mode<Res> for RejectError {
+impl<Res, E: Into<BoxError>> Mode<Res, E> for RejectError {
     type Response = Res;
+    type Error = BoxError;
     fn waits(&self) -> bool {
         false
     }
@@ -273,6 +291,9 @@ impl<Res> Mode<Res> for RejectError {
     }
     fn track(&self, res: Res, _in_flight: InFlight) -> Res {
         res
+    }
+    fn error(&self, e: E) -> BoxError {
+        e.into()
     }
 }
 
@@ -283,12 +304,17 @@ pub struct RejectHttp {
     retry_after: u64,
 }
 
-impl<B: Default + Send + 'static> Mode<http::Response<B>> for RejectHttp {
+impl<B: Default + Send + 'static, E: 'static> Mode<http::Response<B>, E> for RejectHttp {
     type Response = http::Response<InFlightBody<B>>;
+    /// The inner service's error, as it is: the refusal is an answer, not an error.
+    type Error = E;
     fn waits(&self) -> bool {
         false
     }
-    fn reject(&self) -> Result<http::Response<B>, BoxError> {
+    fn error(&self, e: E) -> E {
+        e
+    }
+    fn reject(&self) -> Result<http::Response<B>, E> {
         let mut res = http::Response::new(B::default());
         *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
         res.headers_mut().insert(
@@ -505,14 +531,13 @@ impl<S, M> ReadinessService<S, M> {
 impl<S, M, Req> Service<Req> for ReadinessService<S, M>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
-    M: Mode<S::Response>,
+    M: Mode<S::Response, S::Error>,
 {
     type Response = M::Response;
-    type Error = BoxError;
+    type Error = M::Error;
     type Future = ResponseFuture<S::Future, S::Response, M>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), M::Error>> {
         loop {
             if self.gate.is_open() {
                 self.waiting = None;
@@ -521,7 +546,7 @@ where
                         self.admitted = true;
                         Poll::Ready(Ok(()))
                     }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(self.mode.error(e))),
                     Poll::Pending => Poll::Pending,
                 };
             }
@@ -557,9 +582,7 @@ where
                 panic!("ReadinessService::call without a ready poll_ready: poll_ready must return Ready before call");
             }
             ResponseFuture {
-                kind: Kind::Rejected {
-                    res: Some(self.mode.reject()),
-                },
+                kind: Kind::Rejected { done: false },
                 in_flight: Some(guard),
                 mode: self.mode.clone(),
                 _res: PhantomData,
@@ -573,7 +596,7 @@ pin_project! {
     /// it completes or is dropped, then hands the count to the response (see [`Mode`]).
     pub struct ResponseFuture<F, R, M> {
         #[pin]
-        kind: Kind<F, R>,
+        kind: Kind<F>,
         in_flight: Option<InFlight>,
         mode: M,
         _res: PhantomData<fn() -> R>,
@@ -582,9 +605,10 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, R> {
+    enum Kind<F> {
         Inner { #[pin] fut: F },
-        Rejected { res: Option<Result<R, BoxError>> },
+        // Answered by the mode when polled.
+        Rejected { done: bool },
     }
 }
 
@@ -597,17 +621,20 @@ impl<F, R, M> fmt::Debug for ResponseFuture<F, R, M> {
 impl<F, R, E, M> Future for ResponseFuture<F, R, M>
 where
     F: Future<Output = Result<R, E>>,
-    E: Into<BoxError>,
-    M: Mode<R>,
+    M: Mode<R, E>,
 {
-    type Output = Result<M::Response, BoxError>;
+    type Output = Result<M::Response, M::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = match this.kind.project() {
-            KindProj::Inner { fut } => std::task::ready!(fut.poll(cx)).map_err(Into::into),
-            KindProj::Rejected { res } => {
-                res.take().expect("ResponseFuture polled after completion")
+            KindProj::Inner { fut } => {
+                std::task::ready!(fut.poll(cx)).map_err(|e| this.mode.error(e))
+            }
+            KindProj::Rejected { done } => {
+                assert!(!*done, "ResponseFuture polled after completion");
+                *done = true;
+                this.mode.reject()
             }
         };
         let in_flight = this

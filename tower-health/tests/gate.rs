@@ -118,6 +118,12 @@ async fn http_reject_mode_answers_503_with_retry_after() {
         }
     });
     let svc = ReadinessLayer::reject_http(Gate::new(rx), Duration::from_secs(7)).layer(inner);
+    // The refusal is an answer: over an infallible service the gate is infallible too,
+    // so axum takes it without an error handler.
+    fn infallible<S: tower::Service<http::Request<()>, Error = Infallible>>(s: S) -> S {
+        s
+    }
+    let svc = infallible(svc);
     let res = svc.clone().oneshot(http::Request::new(())).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "7");
