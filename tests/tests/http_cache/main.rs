@@ -7,6 +7,7 @@
 //! origin call (`call 3`), so a step can tell a stored response from a fresh one. Each
 //! case names the RFC section it checks and runs on a fresh store.
 
+mod cases;
 mod conformance;
 mod credentials;
 mod edge;
