@@ -10,8 +10,9 @@
 //! - **Stop** (scale-down): an instance the monitor calls unhealthy is picked first
 //!   (cut off or paused, it is gated out and serves nothing), else the one with the
 //!   fewest requests in flight (a crashed one waiting for its restart before either). It
-//!   is removed from discovery first, drained until nothing is in flight (or the grace
-//!   period ends), sent SIGTERM, then SIGKILL at the stop deadline.
+//!   is removed from discovery first, drained until nothing has been in flight for
+//!   [`drain_settle`](ProcessConfig::drain_settle) (or the grace period ends), sent
+//!   SIGTERM, then SIGKILL at the stop deadline.
 //! - **Crash**: an instance that exits when not asked to, after it was ready, is removed
 //!   from discovery and started again after a backoff. Each crash or failed restart
 //!   without a steady run in between doubles the wait, from
@@ -245,6 +246,10 @@ pub struct ProcessConfig {
     pub start_timeout: Duration,
     /// How long a removed instance may take to finish its requests (default 30 s).
     pub drain_grace: Duration,
+    /// How long a removed instance must have had nothing in flight before it is
+    /// stopped (default 250 ms, within `drain_grace`): a balancer that picked it just
+    /// before it read the removal may still send it a request.
+    pub drain_settle: Duration,
     /// After SIGTERM, how long before SIGKILL (default 10 s).
     pub stop_timeout: Duration,
     /// How often the monitor checks each instance (default 250 ms).
@@ -271,6 +276,7 @@ impl ProcessConfig {
             health_path: "/health/ready".into(),
             start_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
+            drain_settle: Duration::from_millis(250),
             stop_timeout: Duration::from_secs(10),
             check_interval: Duration::from_millis(250),
             warm_up: Duration::from_secs(30),
@@ -851,8 +857,17 @@ where
             .remove(SocketAddr::from(([127, 0, 0, 1], port)));
         if drain {
             let cfg = &self.inner.cfg;
+            // A balancer that picked the endpoint before it read the removal may still
+            // send it a request: stop only once nothing has been in flight for
+            // `drain_settle` (or at the end of the grace period).
             let _ = tokio::time::timeout(cfg.drain_grace, async {
-                while in_flight.load(Ordering::Acquire) > 0 {
+                let mut quiet_since = tokio::time::Instant::now();
+                loop {
+                    if in_flight.load(Ordering::Acquire) > 0 {
+                        quiet_since = tokio::time::Instant::now();
+                    } else if quiet_since.elapsed() >= cfg.drain_settle {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })

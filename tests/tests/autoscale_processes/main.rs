@@ -635,3 +635,59 @@ async fn a_scale_down_stops_an_unhealthy_instance_before_a_serving_one() {
     .await
     .expect("bounded");
 }
+
+/// A request a balancer sends to an instance just as a scale-down takes it out of
+/// discovery (the balancer picked it before it read the removal) is served: the
+/// instance is stopped only once nothing has been in flight for `drain_settle`. It was
+/// stopped as soon as nothing was in flight, before such a request arrived, which then
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_just_as_a_scale_down_begins_is_served() {
+    use futures_core::Stream;
+    use tower_service::Service;
+    tokio::time::timeout(BOUND, async {
+        let mut cfg = config();
+        cfg.drain_settle = Duration::from_secs(2);
+        let (scaler, mut discovery) = ProcessScaler::new(cfg, |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+        // The endpoint as a balancer holds it.
+        let change = std::future::poll_fn(|cx| std::pin::Pin::new(&mut discovery).poll_next(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        let tower::discover::Change::Insert(_, mut endpoint) = change else {
+            panic!("the first change is an insert");
+        };
+        let port = scaler.instance_details()[0].port;
+        let stopper = tokio::spawn({
+            let scaler = scaler.clone();
+            async move { scaler.scale_to(0).await }
+        });
+        // The scale-down is under way: out of discovery, draining.
+        while scaler
+            .instance_details()
+            .iter()
+            .any(|d| d.port == port && d.state != InstanceState::Draining)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // (An instance already stopped leaves its endpoint not ready for good.)
+        let res = tokio::time::timeout(Duration::from_secs(10), async {
+            std::future::poll_fn(|cx| endpoint.poll_ready(cx)).await?;
+            let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+            endpoint.call(req).await.map(|r| r.status())
+        })
+        .await;
+        assert!(
+            matches!(res, Ok(Ok(http::StatusCode::OK))),
+            "the request sent as the scale-down began failed: {res:?}"
+        );
+        assert_eq!(stopper.await.unwrap().unwrap(), 0);
+        assert!(scaler.instance_details().is_empty());
+    })
+    .await
+    .expect("bounded");
+}
