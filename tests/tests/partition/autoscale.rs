@@ -50,7 +50,7 @@ const LOAD_LOW: usize = 4;
 const INTERVAL_MS: u64 = 500;
 const DOWN_WINDOW_MS: u64 = 3000;
 const CHECK_MS: u64 = 200;
-const REQUEST_TIMEOUT_MS: u64 = 2000;
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// How long the nemesis runs.
 const NEMESIS_FOR: Duration = Duration::from_secs(20);
 /// The longest the monitor may take to call a cut-off instance unhealthy (expected:
@@ -324,6 +324,91 @@ async fn poll_until(
     }
 }
 
+/// Cuts `victims` off (`on`) or heals them: their ports into or out of the dropped set,
+/// or SIGSTOP / SIGCONT.
+fn cut(host: &Host, fault: Fault, victims: &[(u16, u32)], on: bool) {
+    match fault {
+        Fault::Partition => {
+            let list = victims
+                .iter()
+                .map(|v| v.0.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let verb = if on { "add" } else { "delete" };
+            host.nft(&[
+                verb,
+                "element",
+                "inet",
+                "cut",
+                "ports",
+                &format!("{{ {list} }}"),
+            ]);
+        }
+        Fault::Pause => {
+            let signal = if on {
+                nix::sys::signal::Signal::SIGSTOP
+            } else {
+                nix::sys::signal::Signal::SIGCONT
+            };
+            for &(_, pid) in victims {
+                // A victim stopped meanwhile (a scale-down) is gone: nothing to signal.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+            }
+        }
+    }
+}
+
+/// While `victims` are cut off (since `start_ms`), for at least `hold` and until the
+/// monitor has called every one unhealthy (within [`DETECT_BOUND`]): when each was
+/// (Unix ms), and the requests answered after the last of them was.
+async fn while_cut(
+    host: &Host,
+    watch: &mut Watch,
+    fault: Fault,
+    victims: &[(u16, u32)],
+    start_ms: u64,
+    hold: Duration,
+) -> (BTreeMap<u16, u64>, u64) {
+    let began = Instant::now();
+    let mut detected = BTreeMap::new();
+    let mut ok_at_detection = None;
+    let mut ok_now = 0;
+    while began.elapsed() < hold || detected.len() < victims.len() {
+        assert!(
+            began.elapsed() < DETECT_BOUND.max(hold),
+            "{fault:?} of {victims:?}: the monitor called only {detected:?} unhealthy in \
+             {DETECT_BOUND:?}; host log:\n{}",
+            host.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(s) = host.status().await else {
+            continue;
+        };
+        watch.check(host, &s);
+        let now = instances(&s);
+        for &(p, pid) in victims {
+            // Seen unhealthy; or stopped meanwhile (a scale-down), which gates it out
+            // all the same.
+            let at = changed(&s, p, false, start_ms).or_else(|| {
+                (!now.iter().any(|i| i.0 == p && i.1 == Some(pid)))
+                    .then(|| s["now"].as_u64())
+                    .flatten()
+            });
+            if let Some(at) = at {
+                detected.entry(p).or_insert(at);
+            }
+        }
+        ok_now = s["ok"].as_u64().unwrap_or(0);
+        if detected.len() == victims.len() && ok_at_detection.is_none() {
+            ok_at_detection = Some(ok_now);
+        }
+    }
+    (
+        detected,
+        ok_now.saturating_sub(ok_at_detection.unwrap_or(ok_now)),
+    )
+}
+
 pub(crate) async fn scenario(seed: u64, logs: &Path) {
     tokio::time::timeout(BOUND, run(seed, logs))
         .await
@@ -457,81 +542,11 @@ async fn run(seed: u64, logs: &Path) {
             hold.as_secs_f64()
         ));
         let start_ms = now_ms();
-        match fault {
-            Fault::Partition => host.nft(&[
-                "add",
-                "element",
-                "inet",
-                "cut",
-                "ports",
-                &format!("{{ {list} }}"),
-            ]),
-            Fault::Pause => {
-                for &p in &pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p as i32),
-                        nix::sys::signal::Signal::SIGSTOP,
-                    );
-                }
-            }
-        }
-        let began = Instant::now();
-        // The fault lasts its time, and at least until the monitor saw every victim.
-        let mut detected = BTreeMap::new();
-        let mut ok_at_detection = None;
-        let mut last = s;
-        while began.elapsed() < hold || detected.len() < ports.len() {
-            assert!(
-                began.elapsed() < DETECT_BOUND.max(hold),
-                "{fault:?} of ports {ports:?}: the monitor called only {detected:?} unhealthy \
-                 in {DETECT_BOUND:?}; host log:\n{}",
-                host.tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let Some(s) = host.status().await else {
-                continue;
-            };
-            watch.check(&host, &s);
-            let now = instances(&s);
-            for &(p, pid) in &victims {
-                // Seen unhealthy; or stopped meanwhile (a scale-down), which gates it
-                // out all the same.
-                let at = changed(&s, p, false, start_ms).or_else(|| {
-                    (!now.iter().any(|i| i.0 == p && i.1 == Some(pid)))
-                        .then(|| s["now"].as_u64())
-                        .flatten()
-                });
-                if let Some(at) = at {
-                    detected.entry(p).or_insert(at);
-                }
-            }
-            if detected.len() == ports.len() && ok_at_detection.is_none() {
-                ok_at_detection = s["ok"].as_u64();
-            }
-            last = s;
-        }
+        cut(&host, fault, &victims, true);
+        let (detected, ok_while_cut) =
+            while_cut(&host, &mut watch, fault, &victims, start_ms, hold).await;
         let heal_ms = now_ms();
-        match fault {
-            Fault::Partition => host.nft(&[
-                "delete",
-                "element",
-                "inet",
-                "cut",
-                "ports",
-                &format!("{{ {list} }}"),
-            ]),
-            Fault::Pause => {
-                for &p in &pids {
-                    // It may have been stopped meanwhile (a scale-down): then it is gone.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p as i32),
-                        nix::sys::signal::Signal::SIGCONT,
-                    );
-                }
-            }
-        }
-        let ok_now = last["ok"].as_u64().unwrap_or(0);
-        let ok_while_cut = ok_now.saturating_sub(ok_at_detection.unwrap_or(ok_now));
+        cut(&host, fault, &victims, false);
         say(format_args!(
             "[{:6.2}s] nemesis: healed [{list}]; unhealthy after {:?} ms; {ok_while_cut} \
              requests answered while they were gated out",
@@ -549,11 +564,83 @@ async fn run(seed: u64, logs: &Path) {
     }
     let nemesis_to = now_ms();
 
-    // After the heal: every cut-off instance still running serves again, and the count
-    // goes back to what the lower load needs.
+    // The load falls while one instance is cut off: the scale-down stops the cut-off
+    // instance before any serving one, so once the count is what the load needs, every
+    // instance it counts serves (a cut-off one counted there is capacity that is not).
+    let want = need(LOAD_LOW);
+    let s = poll_until(
+        &host,
+        &mut watch,
+        SETTLE_BOUND,
+        "every instance healthy after the faults",
+        |s| {
+            let list = instances(s);
+            list.len() >= 2 && list.iter().all(|i| i.2 == "ready" && i.3)
+        },
+    )
+    .await;
+    let serving: Vec<(u16, u32)> = instances(&s)
+        .into_iter()
+        .filter_map(|i| Some((i.0, i.1?)))
+        .collect();
+    let fault = if rng.below(2) == 0 {
+        Fault::Partition
+    } else {
+        Fault::Pause
+    };
+    let victim = vec![serving[rng.below(serving.len() as u64) as usize]];
+    say(format_args!(
+        "[{:6.2}s] load falls to {LOAD_LOW} workers during a {fault:?} of port {} (pid {}) \
+         of {} serving",
+        t0.elapsed().as_secs_f64(),
+        victim[0].0,
+        victim[0].1,
+        serving.len()
+    ));
+    let start_ms = now_ms();
+    cut(&host, fault, &victim, true);
+    let (detected, _) =
+        while_cut(&host, &mut watch, fault, &victim, start_ms, Duration::ZERO).await;
+    let ok_at_detection = host.status().await.and_then(|s| s["ok"].as_u64());
     host.post(&format!("/load?c={LOAD_LOW}")).await;
+    let fell = Instant::now();
+    let fell_ms = now_ms();
+    let at_need = poll_until(
+        &host,
+        &mut watch,
+        SETTLE_BOUND,
+        &format!("the count down to the {want} instances the lower load needs, while cut off"),
+        |s| s["current"].as_u64() == Some(want as u64) && instances(s).len() == want,
+    )
+    .await;
+    let settle_after = fell.elapsed();
+    let counted_cut_off = instances(&at_need)
+        .iter()
+        .filter(|i| !(i.2 == "ready" && i.3))
+        .count();
+    let victim_kept = instances(&at_need).iter().any(|i| i.1 == Some(victim[0].1));
+    let ok_now = at_need["ok"].as_u64().unwrap_or(0);
+    let ok_while_cut = ok_now.saturating_sub(ok_at_detection.unwrap_or(ok_now));
+    let heal_ms = now_ms();
+    cut(&host, fault, &victim, false);
+    say(format_args!(
+        "[{:6.2}s] count at {want} {:.2}s after the load fell; instances it counts that \
+         do not serve: {counted_cut_off}; the cut-off one kept: {victim_kept}; healed",
+        t0.elapsed().as_secs_f64(),
+        settle_after.as_secs_f64()
+    ));
+    cuts.push(Cut {
+        fault,
+        ports: vec![victim[0].0],
+        start_ms,
+        detected_ms: detected,
+        heal_ms,
+        ok_while_cut,
+    });
+
+    // After the heal: every instance serves, and the count stays what the load needs.
     let healed = Instant::now();
-    let back = poll_until(
+    poll_until(
         &host,
         &mut watch,
         SETTLE_BOUND,
@@ -562,13 +649,11 @@ async fn run(seed: u64, logs: &Path) {
     )
     .await;
     let all_healthy_after = healed.elapsed();
-    let _ = back;
-    let want = need(LOAD_LOW);
     let settled = poll_until(
         &host,
         &mut watch,
         SETTLE_BOUND,
-        &format!("the count back to the {want} instances the load needs"),
+        &format!("the count at the {want} instances the load needs"),
         |s| {
             let list = instances(s);
             s["current"].as_u64() == Some(want as u64)
@@ -578,7 +663,7 @@ async fn run(seed: u64, logs: &Path) {
         },
     )
     .await;
-    let settle_after = healed.elapsed();
+
     // A little longer at the lower load: the count stays.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let last = poll_until(
@@ -618,7 +703,7 @@ async fn run(seed: u64, logs: &Path) {
         .filter_map(|(_, v)| v.as_u64())
         .sum();
     let during = directions(&last, nemesis_from, nemesis_to);
-    let after = directions(&last, nemesis_to, settled_ms);
+    let after = directions(&last, fell_ms, settled_ms);
     let all_dirs = directions(&last, 0, u64::MAX);
     let max_current = last["max_current"].as_u64().unwrap_or(0) as usize;
     let max_processes = last["max_processes"].as_u64().unwrap_or(0) as usize;
@@ -631,7 +716,8 @@ async fn run(seed: u64, logs: &Path) {
          instance {dispatched_unhealthy}; most instances {max_current} (child processes \
          {max_processes}, seen from /proc {}) against the max {MAX}; scaling actions \
          during the faults {:?} ({} direction flips), after {:?}, in all {}; every instance \
-         healthy {:.2}s after the heal, count back to {want} after {:.2}s; polls whose load \
+         healthy {:.2}s after the last heal, count at {want} {:.2}s after the load fell (with \
+         one instance cut off); polls whose load \
          sample counted cut-off instances ready {} of {}; untracked child processes {:?}",
         cuts.len(),
         cuts.iter().filter(|c| c.fault == Fault::Partition).count(),
@@ -687,7 +773,10 @@ async fn run(seed: u64, logs: &Path) {
     );
     assert!(
         unexcused.is_empty(),
-        "requests failed that began after every gate had closed: {unexcused:?}"
+        "requests failed that began after every gate had closed: {unexcused:?}; cuts \
+         {cuts:?}; health changes {}; actions {}",
+        last["health_changes"],
+        last["actions"]
     );
     for c in &cuts {
         assert!(
@@ -709,7 +798,13 @@ async fn run(seed: u64, logs: &Path) {
     );
     assert!(
         after.iter().all(|d| *d < 0),
-        "after the heal, at a lower load, the count only goes down: {after:?}"
+        "after the load fell, the count only goes down: {after:?}"
+    );
+    assert_eq!(
+        (counted_cut_off, victim_kept),
+        (0, false),
+        "at the count the lower load needs, cut-off instances were counted as capacity \
+         (the scale-down stopped serving instances and kept the cut-off one)"
     );
     // (c) Not double-counted: back to what the load needs (waited for above), every
     // child process an instance at every poll, none left after the shutdown.
