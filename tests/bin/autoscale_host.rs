@@ -6,19 +6,21 @@
 //! closed-loop load generator (`--concurrency` workers, each request bounded by
 //! `--request-timeout-ms`) sends `GET /work` through the balancer.
 //!
-//! `GET /status` on ADDR answers a JSON report: the instances (the scaler's details),
-//! the requests answered and failed (each failure with its start and end), the
-//! requests dispatched to each port and how many of those went to a port while its
-//! health monitor said it was unhealthy, every health change and scaling action with
-//! its time (milliseconds since the Unix epoch), the most instances and child processes
-//! ever seen at once, and every instance pid ever seen. `POST /shutdown` stops the
-//! autoscaler and the load, shuts the scaler down (every instance drained and stopped),
-//! answers with the pids it had, and exits. `POST /load?c=N` sets how many of the
-//! workers send requests (at most `workers`).
+//! `GET /status` on ADDR answers a JSON report: the instances (the scaler's details), how
+//! many the load sample the engine reads calls ready, the requests answered and failed
+//! (each failure with its start and end), the requests handed to each port and how many
+//! of those went to a port while its health monitor said it was unhealthy, every health
+//! change and scaling action with its time (milliseconds since the Unix epoch), the
+//! engine's last decision, the most instances and child processes ever seen at once, and
+//! every instance pid ever seen. `POST /load?c=N` sets how many of the workers send
+//! requests. `POST /shutdown` answers at once, then stops the autoscaler and the load,
+//! shuts the scaler down (every instance drained and stopped), prints how many
+//! instances were left, and exits (status 1 if any was).
 //!
 //! Settings (`--key value`; defaults in brackets): `start` [3] instances at first, `min`
 //! [2], `max` [6], `target-in-flight` [2.0] requests in flight per instance,
-//! `concurrency` [6] workers sending at first, `workers` [10] in all, `interval-ms` [500] between evaluations, `down-window-ms` [3000],
+//! `concurrency` [6] workers sending at first, `workers` [10] in all, `interval-ms`
+//! [500] between evaluations, `down-window-ms` [3000] (also panic mode's hold),
 //! `check-ms` [200] between health checks, `request-timeout-ms` [2000], `ports-from`
 //! [21000] (50 ports).
 
@@ -38,8 +40,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tower_autoscale::{
-    AuditEntry, Autoscaler, DecisionEngine, LoadSource, Metric, MetricTarget, ProcessConfig,
-    ProcessScaler, RateKind, RatePolicy, ScalingManager, ScalingPolicy, ScalingRules, Select,
+    AuditEntry, Autoscaler, DecisionEngine, LoadSource, Metric, MetricTarget, PanicWindow,
+    ProcessConfig, ProcessScaler, RateKind, RatePolicy, ScalingManager, ScalingPolicy,
+    ScalingRules, Select,
 };
 use tower_balance_ext::{BalancerBuilder, HttpEndpoint, Pick};
 use tower_service::Service;
@@ -208,8 +211,9 @@ async fn run(listen: String, instance: String, map: HashMap<String, String>) {
         std::process::exit(1);
     }
 
-    // The policy an operator would write for this service: requests in flight per
-    // instance, the default p99 target, a short down window so the bench sees it act.
+    // The policy an operator would write for this service (the fleet's): requests in
+    // flight per instance, plus the default p99 target; a short down window so the bench
+    // sees it act.
     let policy = ScalingPolicy {
         min_instances: min,
         max_instances: max,
@@ -228,6 +232,11 @@ async fn run(listen: String, instance: String, map: HashMap<String, String>) {
         },
         warm_up: Duration::ZERO,
         forecast: None,
+        // Panic mode as the fleet sets it: its hold no longer than the down window.
+        panic: Some(PanicWindow {
+            threshold: 2.0,
+            hold: down_window,
+        }),
         ..ScalingPolicy::default()
     };
     let engine = DecisionEngine::new();
@@ -401,7 +410,12 @@ fn status_json<S: Send + 'static>(
             _ => None,
         })
         .collect();
-    let decisions = manager.engine().history("work").len();
+    let history = manager.engine().history("work");
+    let decisions = history.len();
+    let last_decision = history
+        .last()
+        .and_then(|d| serde_json::to_value(d).ok())
+        .unwrap_or_default();
     let sample = scaler.sample();
     let log = lock(log);
     serde_json::json!({
@@ -418,6 +432,7 @@ fn status_json<S: Send + 'static>(
         "health_changes": log.health_changes,
         "actions": actions,
         "decisions": decisions,
+        "last_decision": last_decision,
         "max_current": log.max_current,
         "max_processes": log.max_processes,
         "pids_ever": log.pids_ever,
