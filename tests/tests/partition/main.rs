@@ -3,7 +3,9 @@
 //! isolated bridge; a seeded, randomised nemesis partitions a node from its peers
 //! (nftables), cuts its link, pauses it (SIGSTOP/SIGCONT), or kills and restarts it,
 //! while a workload writes, invalidates and reads. Checkers then hold every read against
-//! the history of acknowledged writes.
+//! the history of acknowledged writes. A second scenario (the `autoscale` module, with
+//! the `netns` feature and without redis-server) cuts the instances of an autoscaled
+//! service off from their scaler while the load changes.
 //!
 //! Needs the `redis` feature, root, `ip` (iproute2), `nft` (nftables) and `redis-server`.
 //! Without the feature it prints that it did not run; with it, under `CI=true`, a missing
