@@ -17,12 +17,11 @@
 //! shuts the scaler down (every instance drained and stopped), prints how many
 //! instances were left, and exits (status 1 if any was).
 //!
-//! Settings (`--key value`; defaults in brackets): `start` [3] instances at first, `min`
-//! [2], `max` [6], `target-in-flight` [2.0] requests in flight per instance,
-//! `concurrency` [6] workers sending at first, `workers` [10] in all, `interval-ms`
-//! [500] between evaluations, `down-window-ms` [3000] (also panic mode's hold),
-//! `check-ms` [200] between health checks, `request-timeout-ms` [2000], `ports-from`
-//! [21000] (50 ports).
+//! Settings (`--key value`, default after each): `start` 3 instances at first, `min` 2,
+//! `max` 6, `target-in-flight` 2.0 requests in flight per instance, `concurrency` 6
+//! workers sending at first, `workers` 10 in all, `interval-ms` 500 between
+//! evaluations, `down-window-ms` 3000 (also panic mode's hold), `check-ms` 200 between
+//! health checks, `request-timeout-ms` 2000, `ports-from` 21000 (50 ports).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
