@@ -7,9 +7,12 @@
 //!   the instance reach the balancer (`Change::Insert` on the discovery channel). One
 //!   that does not become ready within the start timeout is killed, and the scale-up
 //!   fails with [`ScaleError::NeverReady`].
-//! - **Stop** (scale-down): the instance with the fewest requests in flight is picked,
-//!   removed from discovery first, drained until nothing is in flight (or the grace
-//!   period ends), sent SIGTERM, then SIGKILL at the stop deadline.
+//! - **Stop** (scale-down): an instance the monitor calls unhealthy is picked first
+//!   (cut off or paused, it is gated out and serves nothing), else the one with the
+//!   fewest requests in flight (a crashed one waiting for its restart before either). It
+//!   is removed from discovery first, drained until nothing has been in flight for
+//!   [`drain_settle`](ProcessConfig::drain_settle) (or the grace period ends), sent
+//!   SIGTERM, then SIGKILL at the stop deadline.
 //! - **Crash**: an instance that exits when not asked to, after it was ready, is removed
 //!   from discovery and started again after a backoff. Each crash or failed restart
 //!   without a steady run in between doubles the wait, from
@@ -243,6 +246,10 @@ pub struct ProcessConfig {
     pub start_timeout: Duration,
     /// How long a removed instance may take to finish its requests (default 30 s).
     pub drain_grace: Duration,
+    /// How long a removed instance must have had nothing in flight before it is
+    /// stopped (default 250 ms, within `drain_grace`): a balancer that picked it just
+    /// before it read the removal may still send it a request.
+    pub drain_settle: Duration,
     /// After SIGTERM, how long before SIGKILL (default 10 s).
     pub stop_timeout: Duration,
     /// How often the monitor checks each instance (default 250 ms).
@@ -269,6 +276,7 @@ impl ProcessConfig {
             health_path: "/health/ready".into(),
             start_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
+            drain_settle: Duration::from_millis(250),
             stop_timeout: Duration::from_secs(10),
             check_interval: Duration::from_millis(250),
             warm_up: Duration::from_secs(30),
@@ -849,8 +857,17 @@ where
             .remove(SocketAddr::from(([127, 0, 0, 1], port)));
         if drain {
             let cfg = &self.inner.cfg;
+            // A balancer that picked the endpoint before it read the removal may still
+            // send it a request: stop only once nothing has been in flight for
+            // `drain_settle` (or at the end of the grace period).
             let _ = tokio::time::timeout(cfg.drain_grace, async {
-                while in_flight.load(Ordering::Acquire) > 0 {
+                let mut quiet_since = tokio::time::Instant::now();
+                loop {
+                    if in_flight.load(Ordering::Acquire) > 0 {
+                        quiet_since = tokio::time::Instant::now();
+                    } else if quiet_since.elapsed() >= cfg.drain_settle {
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })
@@ -883,19 +900,20 @@ where
     }
 
     /// Removes a crashed instance waiting for its restart if there is one (it serves
-    /// nothing), else stops the ready instance with the fewest requests in flight
-    /// (draining it first). Returns its port, or `None` if none runs.
+    /// nothing), else a ready one its monitor calls unhealthy (cut off or paused: gated
+    /// out, it serves nothing either, whatever it still holds in flight), else stops the
+    /// ready instance with the fewest requests in flight (draining it first). Returns
+    /// its port, or `None` if none runs.
     pub async fn stop_one(&self) -> Option<u16> {
         let _op = self.inner.op.lock().await;
         let (id, port) = {
             let l = self.lock();
+            let monitor = &self.inner.monitor;
+            let ready = || l.iter().filter(|i| i.state == InstanceState::Ready);
             l.iter()
                 .find(|i| i.state.is_crashed())
-                .or_else(|| {
-                    l.iter()
-                        .filter(|i| i.state == InstanceState::Ready)
-                        .min_by_key(|i| i.in_flight.load(Ordering::Acquire))
-                })
+                .or_else(|| ready().find(|i| !monitor.is_ready_for_traffic(&i.name)))
+                .or_else(|| ready().min_by_key(|i| i.in_flight.load(Ordering::Acquire)))
                 .map(|i| (i.id, i.port))?
         };
         self.stop_instance(id, true, false).await;
@@ -936,7 +954,11 @@ where
 }
 
 /// The instances' CPU (per allowed core) and memory from `/proc`, readiness, warm-up and
-/// requests in flight; the count is the instances running or starting.
+/// requests in flight; the count is the instances running or starting. An instance is
+/// ready when it joined the balancer and its monitor calls it healthy now: one cut off
+/// or paused since is listed as not ready, so the engine leaves its numbers (no
+/// requests, no CPU: not load it serves) out of its averages, as the HPA does with
+/// unready pods.
 impl<S: Send + 'static> crate::sample::LoadSource for ProcessScaler<S> {
     fn sample(&self) -> crate::sample::LoadSample {
         let warm_up = self.inner.cfg.warm_up;
@@ -965,7 +987,8 @@ impl<S: Send + 'static> crate::sample::LoadSource for ProcessScaler<S> {
                 total_in_flight += *in_flight as f64;
                 crate::sample::InstanceLoad {
                     name: name.clone(),
-                    ready: *state == InstanceState::Ready,
+                    ready: *state == InstanceState::Ready
+                        && self.inner.monitor.is_ready_for_traffic(name),
                     warming_up: started.elapsed().is_ok_and(|age| age < warm_up),
                     age: started.elapsed().ok(),
                     cpu: usage.map(|u| u.cpu),

@@ -549,3 +549,145 @@ async fn a_crash_loop_backs_off_to_its_cap_and_counts_once() {
     .await
     .expect("bounded");
 }
+
+/// Flips the instance on `port` unready (`/unready`) or ready again (`/ready`) and waits
+/// until the scaler's monitor agrees.
+async fn flip_health<S: Send + 'static>(scaler: &ProcessScaler<S>, port: u16, ready: bool) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let path = if ready { "/ready" } else { "/unready" };
+    assert_eq!(support::get(addr, path).await.unwrap().0, 200);
+    while scaler
+        .instance_details()
+        .iter()
+        .any(|d| d.port == port && d.healthy != ready)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An instance its monitor calls unhealthy (cut off, paused, or saying so) is not ready
+/// in the scaler's load sample: what it reports (no requests in flight, no CPU) is not
+/// load it serves, so the engine leaves it out of its averages as the HPA leaves out
+/// unready pods. It counted as ready, pulling the averages down towards a scale-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_instance_is_not_ready_in_the_load_sample() {
+    use tower_autoscale::LoadSource;
+    tokio::time::timeout(BOUND, async {
+        let (scaler, _discovery) = ProcessScaler::new(config(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        assert_eq!(scaler.scale_to(2).await.unwrap(), 2);
+        let sick = scaler.instance_details()[1].port;
+        let ready_in_sample = || {
+            let sample = scaler.sample();
+            assert_eq!(sample.instances, 2, "both still count: {sample:?}");
+            sample
+                .per_instance
+                .iter()
+                .map(|i| (i.name.clone(), i.ready))
+                .collect::<Vec<_>>()
+        };
+        assert!(ready_in_sample().iter().all(|(_, r)| *r));
+        flip_health(&scaler, sick, false).await;
+        let sample = ready_in_sample();
+        for (name, ready) in &sample {
+            assert_eq!(
+                *ready,
+                *name != format!("127.0.0.1:{sick}"),
+                "only the unhealthy one is not ready: {sample:?}"
+            );
+        }
+        flip_health(&scaler, sick, true).await;
+        assert!(ready_in_sample().iter().all(|(_, r)| *r));
+        scaler.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A scale-down stops an instance its monitor calls unhealthy before one that serves:
+/// it stopped the ready instance with the fewest requests in flight, which could be a
+/// serving one while the cut-off one (gated out, or holding requests that will time
+/// out) stayed, leaving fewer instances serving than the count says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_stops_an_unhealthy_instance_before_a_serving_one() {
+    tokio::time::timeout(BOUND, async {
+        let (scaler, _discovery) = ProcessScaler::new(config(), |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        assert_eq!(scaler.scale_to(2).await.unwrap(), 2);
+        let (serving, sick) = {
+            let d = scaler.instance_details();
+            (d[0].port, d[1].port)
+        };
+        flip_health(&scaler, sick, false).await;
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+        let left: Vec<(u16, bool)> = scaler
+            .instance_details()
+            .iter()
+            .map(|d| (d.port, d.healthy))
+            .collect();
+        assert_eq!(left, vec![(serving, true)], "the serving instance stays");
+        scaler.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A request a balancer sends to an instance just as a scale-down takes it out of
+/// discovery (the balancer picked it before it read the removal) is served: the
+/// instance is stopped only once nothing has been in flight for `drain_settle`. It was
+/// stopped as soon as nothing was in flight, before such a request arrived, which then
+/// failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_just_as_a_scale_down_begins_is_served() {
+    use futures_core::Stream;
+    use tower_service::Service;
+    tokio::time::timeout(BOUND, async {
+        let mut cfg = config();
+        cfg.drain_settle = Duration::from_secs(2);
+        let (scaler, mut discovery) = ProcessScaler::new(cfg, |addr: SocketAddr| {
+            HttpEndpoint::<Full<Bytes>>::new(addr)
+        })
+        .unwrap();
+        assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
+        // The endpoint as a balancer holds it.
+        let change = std::future::poll_fn(|cx| std::pin::Pin::new(&mut discovery).poll_next(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        let tower::discover::Change::Insert(_, mut endpoint) = change else {
+            panic!("the first change is an insert");
+        };
+        let port = scaler.instance_details()[0].port;
+        let stopper = tokio::spawn({
+            let scaler = scaler.clone();
+            async move { scaler.scale_to(0).await }
+        });
+        // The scale-down is under way: out of discovery, draining.
+        while scaler
+            .instance_details()
+            .iter()
+            .any(|d| d.port == port && d.state != InstanceState::Draining)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // (An instance already stopped leaves its endpoint not ready for good.)
+        let res = tokio::time::timeout(Duration::from_secs(10), async {
+            std::future::poll_fn(|cx| endpoint.poll_ready(cx)).await?;
+            let req = Request::get("/work").body(Full::new(Bytes::new())).unwrap();
+            endpoint.call(req).await.map(|r| r.status())
+        })
+        .await;
+        assert!(
+            matches!(res, Ok(Ok(http::StatusCode::OK))),
+            "the request sent as the scale-down began failed: {res:?}"
+        );
+        assert_eq!(stopper.await.unwrap().unwrap(), 0);
+        assert!(scaler.instance_details().is_empty());
+    })
+    .await
+    .expect("bounded");
+}

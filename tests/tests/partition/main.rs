@@ -3,7 +3,9 @@
 //! isolated bridge; a seeded, randomised nemesis partitions a node from its peers
 //! (nftables), cuts its link, pauses it (SIGSTOP/SIGCONT), or kills and restarts it,
 //! while a workload writes, invalidates and reads. Checkers then hold every read against
-//! the history of acknowledged writes.
+//! the history of acknowledged writes. A second scenario (the `autoscale` module, with
+//! the `netns` feature and without redis-server) cuts the instances of an autoscaled
+//! service off from their scaler while the load changes.
 //!
 //! Needs the `redis` feature, root, `ip` (iproute2), `nft` (nftables) and `redis-server`.
 //! Without the feature it prints that it did not run; with it, under `CI=true`, a missing
@@ -13,6 +15,7 @@
 //! millisecond before (see `cluster-node`'s docs: it lets a read racing another node's
 //! invalidation within one millisecond stay cached until its TTL).
 
+mod autoscale;
 mod net;
 
 use std::collections::HashMap;
@@ -52,13 +55,13 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// Why the bench cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    for (program, arg, package) in [
-        ("ip", "-V", "iproute2"),
-        ("nft", "--version", "nftables"),
-        ("redis-server", "--version", "redis-server"),
-    ] {
+/// Why the bench cannot run here, if it cannot (`redis`: it needs a redis-server too).
+fn missing_prerequisite(redis: bool) -> Option<String> {
+    let mut programs = vec![("ip", "-V", "iproute2"), ("nft", "--version", "nftables")];
+    if redis {
+        programs.push(("redis-server", "--version", "redis-server"));
+    }
+    for (program, arg, package) in programs {
         if net::run(&[program, arg]).is_err() {
             return Some(format!("`{program}` is not installed (package {package})"));
         }
@@ -872,8 +875,13 @@ async fn bench(bus: BusKind, seed: u64, logs: &Path) {
     .unwrap_or_else(|_| panic!("the partition bench of the {bus:?} bus ends within {BOUND:?}"));
 }
 
+/// The bench's scenarios build their networks one at a time: the names of a network
+/// carry the test's pid, and they are heavy enough for a 2-core machine on their own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_cluster_stays_coherent_under_partitions_pauses_and_kills() {
+    let _one = ONE_AT_A_TIME.lock().await;
     if !cfg!(feature = "redis") {
         // The origin is a redis-server, which `.ci/run` installs for this feature's tests.
         say(format_args!(
@@ -882,7 +890,7 @@ async fn cache_cluster_stays_coherent_under_partitions_pauses_and_kills() {
         ));
         return;
     }
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = missing_prerequisite(true) {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("the partition bench cannot run under CI: {why}");
         }
@@ -902,4 +910,31 @@ async fn cache_cluster_stays_coherent_under_partitions_pauses_and_kills() {
     if only != "http" {
         bench(BusKind::Redis, seed.wrapping_add(2), logs.path()).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_gates_out_cut_off_instances_without_overscaling_or_orphans() {
+    if !cfg!(feature = "netns") {
+        say(format_args!(
+            "partition bench (autoscaling) DID NOT RUN: it needs the tests package's `netns` \
+             feature (root, iproute2 and nftables); `--all-features` turns it on"
+        ));
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    if let Some(why) = missing_prerequisite(false) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("the partition bench cannot run under CI: {why}");
+        }
+        say(format_args!(
+            "partition bench (autoscaling) DID NOT RUN: {why}"
+        ));
+        return;
+    }
+    let seed = seed();
+    say(format_args!(
+        "partition bench (autoscaling): seed {seed} (replay with PARTITION_SEED={seed})"
+    ));
+    let logs = tempfile::tempdir().unwrap();
+    autoscale::scenario(seed, logs.path()).await;
 }
