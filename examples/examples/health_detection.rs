@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tower_health::{monitor, HealthMonitor, HealthState, Target};
+use tower_health::{monitor, HealthMonitor, Target, TargetState};
 
 const ROUNDS: usize = 15;
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -48,7 +48,7 @@ async fn serve(addr: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>>
     }))
 }
 
-async fn until(monitor: &HealthMonitor, state: HealthState) -> Option<Duration> {
+async fn until(monitor: &HealthMonitor, state: TargetState) -> Option<Duration> {
     let start = Instant::now();
     let mut rx = monitor.watch("target")?;
     tokio::time::timeout(GIVE_UP, async {
@@ -94,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut server = serve(addr).await?;
     let monitor = HealthMonitor::new();
     monitor.register(Target::new("target", addr.to_string()).path("/"))?;
-    until(&monitor, HealthState::Healthy)
+    until(&monitor, TargetState::Healthy)
         .await
         .ok_or("the target never became healthy")?;
 
@@ -105,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         server.abort();
         let _ = server.await;
         down.push(
-            until(&monitor, HealthState::Unhealthy)
+            until(&monitor, TargetState::Unhealthy)
                 .await
                 .ok_or("a dead target was never marked unhealthy")?,
         );
@@ -113,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(800)).await;
         server = serve(addr).await?;
         up.push(
-            until(&monitor, HealthState::Healthy)
+            until(&monitor, TargetState::Healthy)
                 .await
                 .ok_or("a restarted target was never marked healthy")?,
         );

@@ -191,7 +191,7 @@ async fn run(listen: String, instance: String, map: HashMap<String, String>) {
             else {
                 return;
             };
-            let healthy = t.state == tower_health::HealthState::Healthy;
+            let healthy = t.state == tower_health::TargetState::Healthy;
             let mut log = lock(&log);
             if healthy {
                 log.unhealthy.remove(&port);

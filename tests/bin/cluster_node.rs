@@ -22,12 +22,11 @@
 //!   invalidation that overtakes the read keeps it out); header `x-cache: hit|miss`; `404`
 //!   when the origin has no such key, `503` when it cannot be reached.
 //!
-//!   That version is the start of the millisecond before the read (`--read-version
-//!   previous-ms`, the default), not the node's next version (`--read-version hlc`): two
-//!   nodes' versions within one millisecond are ordered by their counters and ids, not by
-//!   when they were taken, so another node's invalidation of a write that landed just
-//!   after the read could carry a lower version than the read's own next version and
-//!   leave the value read before it cached until its TTL.
+//!   That version is the node's next version (`--read-version hlc`, the default): across
+//!   nodes an entry outlives an invalidation only from a later millisecond, so another
+//!   node's invalidation in the read's millisecond removes it whatever the counters say.
+//!   `--read-version previous-ms` takes the start of the millisecond before instead (what
+//!   the bench did before that rule).
 //! - `GET /status`: the coordinator's status as JSON.
 //! - `POST /_cache/invalidate`: the bus endpoint the peers send to.
 
@@ -72,7 +71,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
                  [--peer URL]...";
     let (mut id, mut listen, mut redis, mut ttl) = (None, None, None, None);
     let (mut bus_timeout, mut peers) = (Duration::from_millis(500), Vec::new());
-    let (mut redis_bus, mut read_version_hlc) = (false, false);
+    let (mut redis_bus, mut read_version_hlc) = (false, true);
     let mut it = args.iter().skip(1);
     while let Some(flag) = it.next() {
         let value = it
@@ -224,8 +223,7 @@ impl Node {
 
     async fn read(&self, key: &str) -> Response<Full<Bytes>> {
         // From before the origin is read: an invalidation applied meanwhile is newer, and
-        // keeps the value read out of the cache (see the module docs for why a millisecond
-        // back).
+        // keeps the value read out of the cache (see the module docs).
         let version = if self.read_version_hlc {
             self.coordinator.next_version()
         } else {

@@ -174,7 +174,7 @@ impl LoadSource for tower_health::HealthMonitor {
         let per_instance: Vec<InstanceLoad> = self
             .all_health()
             .into_iter()
-            .map(|t| InstanceLoad::new(t.name).ready(t.state == tower_health::HealthState::Healthy))
+            .map(|t| InstanceLoad::new(t.name).ready(t.state == tower_health::TargetState::Healthy))
             .collect();
         LoadSample {
             instances: per_instance.len(),

@@ -215,7 +215,7 @@ impl Drop for InFlight {
 /// response counts in flight.
 ///
 /// `Res` and `E` are the inner service's response and error. The modes that can fail a
-/// request ([`Pending`], [`PendingHttp`], [`RejectError`]) return a [`BoxError`]; the one
+/// request ([`Pending`], [`PendingHttp`], [`Reject`]) return a [`BoxError`]; the one
 /// that answers instead ([`RejectHttp`]) passes the inner service's error on as it is, so
 /// over an infallible service (an axum router) it is infallible too.
 pub trait Mode<Res, E>: Clone + Send + Sync + 'static {
@@ -278,9 +278,13 @@ impl<B: Send + 'static, E: Into<BoxError>> Mode<http::Response<B>, E> for Pendin
 
 /// Fail with [`Rejected`] while closed.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RejectError;
+pub struct Reject;
 
-impl<Res, E: Into<BoxError>> Mode<Res, E> for RejectError {
+/// The old name of [`Reject`] (a mode, not an error).
+#[deprecated(since = "0.1.0", note = "renamed `Reject`")]
+pub type RejectError = Reject;
+
+impl<Res, E: Into<BoxError>> Mode<Res, E> for Reject {
     type Response = Res;
     type Error = BoxError;
     fn waits(&self) -> bool {
@@ -426,13 +430,10 @@ impl ReadinessLayer<PendingHttp> {
     }
 }
 
-impl ReadinessLayer<RejectError> {
+impl ReadinessLayer<Reject> {
     /// Requests fail with [`Rejected`] while the gate is closed.
     pub fn reject(gate: Gate) -> Self {
-        Self {
-            gate,
-            mode: RejectError,
-        }
+        Self { gate, mode: Reject }
     }
 }
 

@@ -57,6 +57,19 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub use crate::endpoints::HealthEndpoints;
 pub use crate::error::{BuildError, NotReady, Rejected};
 pub use crate::gate::{DrainReport, Gate, InFlightBody, ReadinessLayer, ReadinessService};
-pub use crate::monitor::{HealthMonitor, HealthState, Target, TargetHealth};
-pub use crate::probe::{HealthStatus, Probe, ProbeKind, ProbeState, ProbeStatus, Probes};
+pub use crate::monitor::{HealthMonitor, Target, TargetReport, TargetState};
+pub use crate::probe::{Probe, ProbeKind, ProbeReport, ProbeState, Probes, ServiceHealth};
 pub use crate::shutdown::{shutdown_signal, GracefulServer, ShutdownReport};
+
+/// The old name of [`TargetState`].
+#[deprecated(since = "0.1.0", note = "renamed `TargetState`")]
+pub type HealthState = TargetState;
+/// The old name of [`TargetReport`].
+#[deprecated(since = "0.1.0", note = "renamed `TargetReport`")]
+pub type TargetHealth = TargetReport;
+/// The old name of [`ProbeReport`].
+#[deprecated(since = "0.1.0", note = "renamed `ProbeReport`")]
+pub type ProbeStatus = ProbeReport;
+/// The old name of [`ServiceHealth`].
+#[deprecated(since = "0.1.0", note = "renamed `ServiceHealth`")]
+pub type HealthStatus = ServiceHealth;

@@ -76,7 +76,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// A target's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthState {
+pub enum TargetState {
     /// Not checked enough yet; not ready for traffic.
     Unknown,
     /// Passing.
@@ -87,13 +87,13 @@ pub enum HealthState {
 
 /// A snapshot of one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetHealth {
+pub struct TargetReport {
     /// The target's name.
     pub name: String,
     /// The URL it is checked at.
     pub url: String,
     /// Its state.
-    pub state: HealthState,
+    pub state: TargetState,
     /// Active check failures in a row.
     pub consecutive_failures: u32,
     /// Active check successes in a row.
@@ -112,13 +112,13 @@ pub struct TargetHealth {
     pub last_error: Option<String>,
 }
 
-impl TargetHealth {
+impl TargetReport {
     /// A target not checked yet.
     fn unchecked(name: String, url: String) -> Self {
         Self {
             name,
             url,
-            state: HealthState::Unknown,
+            state: TargetState::Unknown,
             consecutive_failures: 0,
             consecutive_successes: 0,
             passive_failures: 0,
@@ -254,7 +254,7 @@ impl Target {
     }
 }
 
-type Hook = Arc<dyn Fn(&TargetHealth, HealthState) + Send + Sync>;
+type Hook = Arc<dyn Fn(&TargetReport, TargetState) + Send + Sync>;
 
 struct TargetEntry {
     target: Target,
@@ -342,7 +342,7 @@ impl HealthMonitor {
                 active: ProbeState::Unknown,
                 passive: ProbeState::Unknown,
                 active_since_trip: 0,
-                snapshot: TargetHealth::unchecked(target.name.clone(), uri.to_string()),
+                snapshot: TargetReport::unchecked(target.name.clone(), uri.to_string()),
             }),
             target,
             ready,
@@ -378,14 +378,14 @@ impl HealthMonitor {
     }
 
     /// The health of `name`.
-    pub fn health(&self, name: &str) -> Option<TargetHealth> {
+    pub fn health(&self, name: &str) -> Option<TargetReport> {
         lock(&self.shared.targets)
             .get(name)
             .map(|e| lock(&e.health).snapshot.clone())
     }
 
     /// Every target's health, sorted by name.
-    pub fn all_health(&self) -> Vec<TargetHealth> {
+    pub fn all_health(&self) -> Vec<TargetReport> {
         let mut all: Vec<_> = lock(&self.shared.targets)
             .values()
             .map(|e| lock(&e.health).snapshot.clone())
@@ -397,7 +397,7 @@ impl HealthMonitor {
     /// Whether `name` is healthy (unknown and unregistered targets are not).
     pub fn is_ready_for_traffic(&self, name: &str) -> bool {
         self.health(name)
-            .is_some_and(|h| h.state == HealthState::Healthy)
+            .is_some_and(|h| h.state == TargetState::Healthy)
     }
 
     /// A receiver that is `true` while `name` is healthy; for a [`Gate`](crate::Gate).
@@ -411,7 +411,7 @@ impl HealthMonitor {
     /// state changes.
     pub fn on_health_change<F>(&self, hook: F)
     where
-        F: Fn(&TargetHealth, HealthState) + Send + Sync + 'static,
+        F: Fn(&TargetReport, TargetState) + Send + Sync + 'static,
     {
         lock(&self.shared.hooks).push(Arc::new(hook));
     }
@@ -437,7 +437,7 @@ struct Health {
     passive: ProbeState,
     /// Active successes in a row since the passive side began failing.
     active_since_trip: u32,
-    snapshot: TargetHealth,
+    snapshot: TargetReport,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,9 +494,9 @@ fn record(
             }
         }
         snap.state = match (h.active, h.passive) {
-            (ProbeState::Failing, _) | (_, ProbeState::Failing) => HealthState::Unhealthy,
-            (ProbeState::Passing, _) | (_, ProbeState::Passing) => HealthState::Healthy,
-            _ => HealthState::Unknown,
+            (ProbeState::Failing, _) | (_, ProbeState::Failing) => TargetState::Unhealthy,
+            (ProbeState::Passing, _) | (_, ProbeState::Passing) => TargetState::Healthy,
+            _ => TargetState::Unknown,
         };
         snap.checks += 1;
         snap.last_check = Some(SystemTime::now());
@@ -509,7 +509,7 @@ fn record(
     if changed {
         entry
             .ready
-            .send_replace(snapshot.state == HealthState::Healthy);
+            .send_replace(snapshot.state == TargetState::Healthy);
         tracing::info!(target_name = %snapshot.name, ?was, now = ?snapshot.state, error = ?snapshot.last_error, "target health changed");
         let hooks: Vec<Hook> = lock(&shared.hooks).clone();
         for hook in hooks {
@@ -541,8 +541,8 @@ impl Jitter {
 
 /// The wait before the next check: the interval with jitter, or for an unhealthy target
 /// a backoff doubling per failure, jitter included, never past `max_backoff`.
-fn next_delay(t: &Target, h: &TargetHealth, jitter: &mut Jitter) -> Duration {
-    if h.state == HealthState::Unhealthy {
+fn next_delay(t: &Target, h: &TargetReport, jitter: &mut Jitter) -> Duration {
+    if h.state == TargetState::Unhealthy {
         let extra = h
             .consecutive_failures
             .saturating_sub(t.failure_threshold)
@@ -628,8 +628,8 @@ mod tests {
             .interval(Duration::from_millis(100))
             .max_backoff(Duration::from_millis(500));
         let mut jitter = Jitter::new("t");
-        let mut h = TargetHealth::unchecked("t".into(), String::new());
-        h.state = HealthState::Unhealthy;
+        let mut h = TargetReport::unchecked("t".into(), String::new());
+        h.state = TargetState::Unhealthy;
         let mut longest = Duration::ZERO;
         for failures in 0..40 {
             h.consecutive_failures = failures;
@@ -655,7 +655,7 @@ mod tests {
             .interval(Duration::MAX)
             .max_backoff(Duration::MAX);
         let _ = next_delay(&huge, &h, &mut jitter);
-        h.state = HealthState::Healthy;
+        h.state = TargetState::Healthy;
         let d = next_delay(&t, &h, &mut jitter);
         assert!(d >= Duration::from_millis(90) && d <= Duration::from_millis(110));
     }

@@ -108,7 +108,7 @@ impl ProbeState {
 
 /// One probe's latest results.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeStatus {
+pub struct ProbeReport {
     /// The probe's name.
     pub name: String,
     /// Its kind.
@@ -127,7 +127,7 @@ pub struct ProbeStatus {
 
 /// The service's overall health, derived from its probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthStatus {
+pub struct ServiceHealth {
     /// Every startup probe has passed.
     pub started: bool,
     /// Started, every readiness and resource probe passes, and not draining.
@@ -338,7 +338,7 @@ pub(crate) fn apply_result(
 
 struct Entry {
     probe: Probe,
-    status: Mutex<ProbeStatus>,
+    status: Mutex<ProbeReport>,
 }
 
 struct Inner {
@@ -416,7 +416,7 @@ impl Probes {
                 )));
             }
             let entry = Arc::new(Entry {
-                status: Mutex::new(ProbeStatus {
+                status: Mutex::new(ProbeReport {
                     name: probe.name.clone(),
                     kind: probe.kind,
                     state: ProbeState::Unknown,
@@ -540,7 +540,7 @@ impl Probes {
     }
 
     /// The latest status of the probe named `name`.
-    pub fn probe_status(&self, name: &str) -> Option<ProbeStatus> {
+    pub fn probe_status(&self, name: &str) -> Option<ProbeReport> {
         lock(&self.inner.entries)
             .iter()
             .find(|e| e.probe.name == name)
@@ -548,7 +548,7 @@ impl Probes {
     }
 
     /// Every probe's latest status, in registration order.
-    pub fn statuses(&self) -> Vec<ProbeStatus> {
+    pub fn statuses(&self) -> Vec<ProbeReport> {
         lock(&self.inner.entries)
             .iter()
             .map(|e| lock(&e.status).clone())
@@ -556,8 +556,8 @@ impl Probes {
     }
 
     /// The overall status.
-    pub fn status(&self) -> HealthStatus {
-        HealthStatus {
+    pub fn status(&self) -> ServiceHealth {
+        ServiceHealth {
             started: *self.inner.started.borrow(),
             ready: *self.inner.ready.borrow(),
             live: *self.inner.live.borrow(),

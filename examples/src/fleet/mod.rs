@@ -40,7 +40,7 @@ use tower_autoscale::{
 };
 use tower_balance_ext::breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
 use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
-use tower_health::{Gate, HealthMonitor, HealthState, ReadinessLayer, ReadinessService, Target};
+use tower_health::{Gate, HealthMonitor, ReadinessLayer, ReadinessService, Target, TargetState};
 use tower_layer::Layer;
 
 pub use self::cli::{help, parse_duration};
@@ -289,7 +289,7 @@ impl Fleet {
         let monitor = HealthMonitor::new();
         monitor.on_health_change(|t, was| {
             let error = t.last_error.as_deref().unwrap_or("-");
-            if t.state == HealthState::Unhealthy {
+            if t.state == TargetState::Unhealthy {
                 tracing::warn!(target = %t.name, ?was, error, latency = ?t.last_latency, "unhealthy");
             } else {
                 tracing::info!(target = %t.name, ?was, now = ?t.state, "health changed");

@@ -12,7 +12,7 @@ use support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_test::{assert_pending, assert_ready_ok, task};
-use tower_health::{Gate, HealthMonitor, HealthState, ReadinessLayer, Target, TargetHealth};
+use tower_health::{Gate, HealthMonitor, ReadinessLayer, Target, TargetReport, TargetState};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -41,7 +41,7 @@ async fn healthy_server() -> TestServer {
 }
 
 /// Waits (bounded) until `name` reaches `state`.
-async fn wait_for(monitor: &HealthMonitor, name: &str, state: HealthState) -> TargetHealth {
+async fn wait_for(monitor: &HealthMonitor, name: &str, state: TargetState) -> TargetReport {
     let mut rx = monitor.watch(name).unwrap();
     tokio::time::timeout(BOUND, async {
         loop {
@@ -67,7 +67,7 @@ async fn a_killed_target_is_unhealthy_after_its_threshold_and_healthy_again_afte
     let server = healthy_server().await;
     let addr = server.addr();
     let monitor = HealthMonitor::new();
-    let changes: Arc<Mutex<Vec<(TargetHealth, HealthState)>>> = Arc::default();
+    let changes: Arc<Mutex<Vec<(TargetReport, TargetState)>>> = Arc::default();
     monitor.on_health_change({
         let changes = changes.clone();
         move |t, was| changes.lock().unwrap().push((t.clone(), was))
@@ -76,16 +76,16 @@ async fn a_killed_target_is_unhealthy_after_its_threshold_and_healthy_again_afte
         .register(fast("svc", addr).failure_threshold(2))
         .unwrap();
     assert!(!monitor.is_ready_for_traffic("svc"), "unknown is not ready");
-    wait_for(&monitor, "svc", HealthState::Healthy).await;
+    wait_for(&monitor, "svc", TargetState::Healthy).await;
     assert!(monitor.is_ready_for_traffic("svc"));
 
     server.kill().await;
-    let down = wait_for(&monitor, "svc", HealthState::Unhealthy).await;
+    let down = wait_for(&monitor, "svc", TargetState::Unhealthy).await;
     assert!(down.last_error.is_some());
     {
         let changes = changes.lock().unwrap();
         let (snap, was) = changes.last().unwrap();
-        assert_eq!(*was, HealthState::Healthy);
+        assert_eq!(*was, TargetState::Healthy);
         // Marked at exactly the threshold: two failed checks, each at most one interval
         // apart and bounded by the timeout, i.e. within interval x 2 + timeout.
         assert_eq!(snap.consecutive_failures, 2, "{snap:?}");
@@ -97,7 +97,7 @@ async fn a_killed_target_is_unhealthy_after_its_threshold_and_healthy_again_afte
     })
     .await
     .unwrap();
-    let up = wait_for(&monitor, "svc", HealthState::Healthy).await;
+    let up = wait_for(&monitor, "svc", TargetState::Healthy).await;
     assert!(
         up.checks > checks_when_down,
         "the dead target kept being checked"
@@ -107,14 +107,14 @@ async fn a_killed_target_is_unhealthy_after_its_threshold_and_healthy_again_afte
         let (snap, was) = changes.last().unwrap();
         assert_eq!(
             (*was, snap.consecutive_successes),
-            (HealthState::Unhealthy, 1)
+            (TargetState::Unhealthy, 1)
         );
         assert_eq!(
             changes.iter().map(|(s, _)| s.state).collect::<Vec<_>>(),
             [
-                HealthState::Healthy,
-                HealthState::Unhealthy,
-                HealthState::Healthy
+                TargetState::Healthy,
+                TargetState::Unhealthy,
+                TargetState::Healthy
             ]
         );
     }
@@ -169,7 +169,7 @@ async fn garbage_closed_connections_hangs_and_wrong_statuses_are_failures() {
         )
         .unwrap();
     for name in ["garbage", "close", "hang", "wrong-path"] {
-        let h = wait_for(&monitor, name, HealthState::Unhealthy).await;
+        let h = wait_for(&monitor, name, TargetState::Unhealthy).await;
         let err = h.last_error.unwrap_or_default();
         assert!(!err.is_empty(), "{name}: a reason is kept");
         match name {
@@ -199,12 +199,12 @@ async fn passive_reports_drive_the_same_state_machine() {
                 .failure_threshold(2),
         )
         .unwrap();
-    wait_for(&monitor, "svc", HealthState::Healthy).await;
+    wait_for(&monitor, "svc", TargetState::Healthy).await;
     monitor.report_failure("svc", "circuit opened");
-    assert_eq!(monitor.health("svc").unwrap().state, HealthState::Healthy);
+    assert_eq!(monitor.health("svc").unwrap().state, TargetState::Healthy);
     monitor.report_failure("svc", "circuit opened");
     let h = monitor.health("svc").unwrap();
-    assert_eq!(h.state, HealthState::Unhealthy);
+    assert_eq!(h.state, TargetState::Unhealthy);
     assert_eq!(h.last_error.as_deref(), Some("circuit opened"));
     monitor.report_success("svc");
     assert!(monitor.is_ready_for_traffic("svc"));
@@ -224,14 +224,14 @@ async fn the_monitor_drives_a_pending_readiness_gate() {
         Ok::<_, std::convert::Infallible>(x)
     }));
 
-    wait_for(&monitor, "endpoint", HealthState::Healthy).await;
+    wait_for(&monitor, "endpoint", TargetState::Healthy).await;
     let mut ready = task::spawn(std::future::poll_fn(|cx| svc.poll_ready(cx)));
     assert_ready_ok!(ready.poll());
     drop(ready);
     assert_eq!(svc.call(7).await.unwrap(), 7);
 
     server.kill().await;
-    wait_for(&monitor, "endpoint", HealthState::Unhealthy).await;
+    wait_for(&monitor, "endpoint", TargetState::Unhealthy).await;
     let mut ready = task::spawn(std::future::poll_fn(|cx| svc.poll_ready(cx)));
     assert_pending!(ready.poll());
     let _again = TestServer::start_on(addr, |_req| async {
@@ -255,7 +255,7 @@ async fn unregistering_a_target_closes_the_gates_that_follow_it() {
         let server = healthy_server().await;
         let monitor = HealthMonitor::new();
         monitor.register(fast("gone", server.addr())).unwrap();
-        wait_for(&monitor, "gone", HealthState::Healthy).await;
+        wait_for(&monitor, "gone", TargetState::Healthy).await;
         let gate = Gate::new(monitor.watch("gone").unwrap());
         assert!(gate.is_open());
         assert!(monitor.unregister("gone"));
@@ -288,36 +288,36 @@ async fn one_active_success_does_not_wipe_out_a_streak_of_passive_failures() {
                     .failure_threshold(2),
             )
             .unwrap();
-        wait_for(&monitor, "svc", HealthState::Healthy).await;
+        wait_for(&monitor, "svc", TargetState::Healthy).await;
         // Real traffic fails twice: unhealthy, though every active check passes.
         monitor.report_failure("svc", "503 from the endpoint");
         monitor.report_failure("svc", "503 from the endpoint");
         let tripped = monitor.health("svc").unwrap();
-        assert_eq!(tripped.state, HealthState::Unhealthy);
+        assert_eq!(tripped.state, TargetState::Unhealthy);
         assert_eq!(tripped.passive_failures, 2);
         // The next active check succeeds, and the target stays unhealthy...
         let next = wait_for_checks(&monitor, "svc", tripped.checks + 1).await;
         assert_eq!(next.last_error, None, "the active check passed");
         assert_eq!(
             next.state,
-            HealthState::Unhealthy,
+            TargetState::Unhealthy,
             "one active success wiped out the passive failures"
         );
         // ...until as many active successes as it took failures to trip it.
-        wait_for(&monitor, "svc", HealthState::Healthy).await;
+        wait_for(&monitor, "svc", TargetState::Healthy).await;
         // Passive successes alone also end a passive failure state.
         monitor.report_failure("svc", "reset");
         monitor.report_failure("svc", "reset");
-        assert_eq!(monitor.health("svc").unwrap().state, HealthState::Unhealthy);
+        assert_eq!(monitor.health("svc").unwrap().state, TargetState::Unhealthy);
         monitor.report_success("svc");
-        assert_eq!(monitor.health("svc").unwrap().state, HealthState::Healthy);
+        assert_eq!(monitor.health("svc").unwrap().state, TargetState::Healthy);
     })
     .await
     .expect("bounded");
 }
 
 /// Waits until `name` has had `checks` results.
-async fn wait_for_checks(monitor: &HealthMonitor, name: &str, checks: u64) -> TargetHealth {
+async fn wait_for_checks(monitor: &HealthMonitor, name: &str, checks: u64) -> TargetReport {
     loop {
         let h = monitor.health(name).unwrap();
         if h.checks >= checks {

@@ -10,10 +10,9 @@
 //! Needs the `redis` feature, root, `ip` (iproute2), `nft` (nftables) and `redis-server`.
 //! Without the feature it prints that it did not run; with it, under `CI=true`, a missing
 //! one fails the bench, and elsewhere it prints that it did not run, and why.
-//! `PARTITION_SEED=N` replays a schedule (`PARTITION_BUS=http` or `redis` runs one bus); `PARTITION_READ_VERSION=hlc` makes the nodes
-//! version what they read from the origin with their next version instead of the
-//! millisecond before (see `cluster-node`'s docs: it lets a read racing another node's
-//! invalidation within one millisecond stay cached until its TTL).
+//! `PARTITION_SEED=N` replays a schedule (`PARTITION_BUS=http` or `redis` runs one bus); `PARTITION_READ_VERSION=previous-ms` makes the
+//! nodes version what they read from the origin with the millisecond before instead of
+//! their next version (see `cluster-node`'s docs).
 
 mod autoscale;
 mod net;
