@@ -46,6 +46,9 @@ use tower_autoscale::{
 use tower_balance_ext::{BalancerBuilder, HttpEndpoint, Pick};
 use tower_service::Service;
 
+/// How long one attempt may wait for an instance's answer to begin.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(750);
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn now_ms() -> u64 {
@@ -175,7 +178,9 @@ async fn run(listen: String, instance: String, map: HashMap<String, String>) {
         let log = log.clone();
         move |addr: SocketAddr| Tap {
             port: addr.port(),
-            inner: HttpEndpoint::new(addr),
+            // An answer to `/work` takes 20 ms: one that has not begun within this
+            // was sent to an instance that was cut off, and is tried on another.
+            inner: HttpEndpoint::new(addr).timeout(ATTEMPT_TIMEOUT),
             log: log.clone(),
         }
     })
@@ -201,8 +206,12 @@ async fn run(listen: String, instance: String, map: HashMap<String, String>) {
             log.health_changes.push((now_ms(), port, healthy));
         }
     });
+    // Idempotent requests are retried on another instance (up to 3 attempts), so a
+    // request sent to an instance just before it was cut off is still answered.
     let balancer = BalancerBuilder::new(Pick::LeastConnections)
         .ready_timeout(Duration::from_secs(5))
+        .retry_idempotent()
+        .max_attempts(3)
         .build(discovery)
         .expect("valid balancer settings");
     if let Err(e) = scaler.scale_to(start).await {

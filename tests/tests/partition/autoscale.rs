@@ -787,6 +787,12 @@ async fn run(seed: u64, logs: &Path) {
         last["health_changes"],
         last["actions"]
     );
+    // Idempotent requests sent to an instance just before it was cut off are tried on
+    // another one: none fails.
+    assert!(
+        failures.is_empty(),
+        "idempotent requests failed: {failures:?}; cuts {cuts:?}"
+    );
     for c in &cuts {
         assert!(
             c.ok_while_cut > 0,
