@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -204,17 +204,11 @@ pub(crate) enum Clock {
     Coarse(&'static AtomicU64),
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The coarse clock: one thread stores the time every millisecond.
 fn coarse() -> &'static AtomicU64 {
     static NOW: OnceLock<&'static AtomicU64> = OnceLock::new();
     NOW.get_or_init(|| {
-        let now: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(unix_ms())));
+        let now: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(crate::util::now_ms())));
         let start = std::time::Instant::now();
         let start_ms = now.load(Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
@@ -238,7 +232,7 @@ impl Clock {
             TimeSource::Coarse => Clock::Coarse(coarse()),
             _ => Clock::Tokio {
                 anchor: Instant::now(),
-                anchor_ms: unix_ms(),
+                anchor_ms: crate::util::now_ms(),
             },
         }
     }

@@ -49,6 +49,7 @@ pub mod memory;
 pub mod purge;
 mod service;
 mod target;
+mod util;
 mod version;
 
 /// The error type at service boundaries.

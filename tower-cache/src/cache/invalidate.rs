@@ -101,9 +101,7 @@ impl fmt::Debug for Registry {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::util::lock;
 
 fn check_key(key: &str) -> Result<(), InvalidateError> {
     if key.is_empty() {

@@ -164,9 +164,7 @@ impl Drop for Slot {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::util::lock;
 
 impl fmt::Debug for HttpBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -475,15 +475,9 @@ impl Shared {
     }
 }
 
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(super) use crate::util::now_ms as unix_ms;
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(super) use crate::util::lock;
 
 pub(super) async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Subscription>) {
     while let Some(event) = sub.next().await {

@@ -248,7 +248,7 @@ async fn subscriber(
                             let Some(msg) = msg else { break "subscription lost" };
                             if let Ok(payload) = msg.get_payload::<Vec<u8>>() {
                                 let gate =
-                                    gate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                                    crate::util::lock(&gate).clone();
                                 // Pub/sub cannot ask a publisher to wait: a frame to take
                                 // is queued at once (its place in the gate's bound freed
                                 // with it).
@@ -337,7 +337,7 @@ impl Bus for RedisBus {
     }
 
     fn attach(&self, gate: FrameGate) {
-        *self.inner.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+        *crate::util::lock(&self.inner.gate) = Some(gate);
     }
 
     /// One link: the subscription (named by channel; the URL may hold a password).

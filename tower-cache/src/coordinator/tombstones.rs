@@ -33,7 +33,7 @@ impl Tombstones {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     fn until(&self) -> Instant {

@@ -309,9 +309,7 @@ impl DiskTierBuilder {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::util::lock;
 
 /// A number unlikely to repeat between concurrent opens (time and a counter).
 fn probe_nonce() -> u64 {

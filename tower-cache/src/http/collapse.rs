@@ -20,7 +20,7 @@ pub(super) enum Join {
 
 impl Inflight {
     pub(super) fn join(self: &Arc<Self>, key: &str) -> Join {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::util::lock(&self.map);
         if let Some(n) = map.get(key) {
             // Created under the lock, before the leader can notify: no wake-up is lost.
             return Join::Wait(n.clone().notified_owned());
@@ -41,12 +41,7 @@ pub(super) struct LeaderGuard {
 
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
-        let removed = self
-            .inflight
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        let removed = crate::util::lock(&self.inflight.map).remove(&self.key);
         if let Some(n) = removed {
             n.notify_waiters();
         }

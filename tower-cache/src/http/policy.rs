@@ -397,7 +397,4 @@ pub(crate) fn servable(freshness: &Freshness, rules: &RequestRules, now_ms: u64)
 }
 
 /// Unix milliseconds of `t`.
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64)
-}
+pub(crate) use crate::util::unix_ms;

@@ -457,9 +457,7 @@ fn index_lock(primary: &str) -> std::sync::MutexGuard<'static, ()> {
         [const { std::sync::Mutex::new(()) }; LOCKS];
     let mut h = std::hash::DefaultHasher::new();
     primary.hash(&mut h);
-    INDEX_LOCKS[(h.finish() % LOCKS as u64) as usize]
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    crate::util::lock(&INDEX_LOCKS[(h.finish() % LOCKS as u64) as usize])
 }
 
 #[cfg(test)]
