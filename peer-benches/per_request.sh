@@ -2,8 +2,8 @@
 # What one request costs each proxy: CPU time, instructions and system calls per request,
 # ours beside the peers. Not run by CI.
 #
-#   bash peer-benches/per_request.sh                       # all, 20,000 requests each
-#   REQUESTS=5000 CG_REQUESTS=5000 bash peer-benches/per_request.sh   # smoke, ~3 min
+#   bash peer-benches/per_request.sh                       # all, 20,000 requests each (~2 min)
+#   REQUESTS=5000 CG_REQUESTS=5000 bash peer-benches/per_request.sh   # smoke, < 1 min
 #   SUITES=balance bash peer-benches/per_request.sh        # one group: balance or cache
 #
 # Each server runs with one thread (tokio: one worker; nginx: one worker process;
@@ -16,8 +16,12 @@
 #   warm-up (`callgrind_control -z`) and dumped after CG_REQUESTS requests
 #   (`callgrind_control -d`); Ir / CG_REQUESTS. (`perf stat -e instructions` is not
 #   available in this VM.) Varnish is left out (its worker is a forked, jailed child).
-# The callgrind profiles and `callgrind_annotate` of ours (inclusive and self, top 25)
-# stay in OUT (/tmp/per_request by default).
+# For ours, it prints the 10 costliest functions (inclusive and self, instructions per
+# request), and per request the allocations, memcpy calls, clock reads and wakeups, with
+# who allocates and who copies. The profiles and their `callgrind_annotate` (inclusive,
+# self, callers) stay in OUT (/tmp/per_request by default). Under callgrind a server runs
+# ~50x slower, so more requests wait per wakeup: epoll calls and wakeups per request are
+# lower there (and under strace) than at full speed.
 #
 # Groups: balance (the lean forwarder of fleet_figures section 4, balance_proxy and HAProxy,
 # round robin, over three loopback backends: `GET /`, a 3-byte body) and cache
@@ -51,7 +55,7 @@ load() { # url n: n requests; fails when any did not succeed
 rows=() hot=()
 
 # The runtime's and the thread start's frames, which include everything below them.
-frames='^(clone|start_thread)$|thread_start|__rust_begin_short_backtrace|FnOnce::call_once|tokio::runtime::(scheduler|task|context|blocking|park)|block_on|std::rt::|main$|__libc_start|_start$|BlockingTask'
+frames='^(clone|start_thread|\(below main\))$|^0x[0-9a-f]+$|thread_start|__rust_begin_short_backtrace|FnOnce::call_once|tokio::runtime::(scheduler|task|context|blocking|park)|block_on|std::rt::|main$|__libc_start|_start$|BlockingTask'
 
 top() { # annotation-file: the 10 costliest functions, instructions per request
     awk -v n="$CG_REQUESTS" -v frames="$frames" '
@@ -101,9 +105,9 @@ measure() {
         started+=("$pid")
         wait_port "$port"
         load "$url" 500
-        callgrind_control -z "$pid" >/dev/null
+        callgrind_control -z "$pid" >/dev/null 2>&1
         load "$url" "$CG_REQUESTS"
-        callgrind_control -d "$pid" >/dev/null
+        callgrind_control -d "$pid" >/dev/null 2>&1
         stop "$pid"
         # The dump after the zeroing is the first numbered file.
         file=$(ls "$file".* 2>/dev/null | sort -t. -k2 -n | head -1)
@@ -157,12 +161,42 @@ echo
 echo "| server | CPU µs/request | instructions/request | system calls/request | top system calls per request |"
 echo "| --- | ---: | ---: | ---: | --- |"
 printf '%s\n' "${rows[@]}"
+# calls FILE: per function, calls per request (the sum of its callers' counts) from a
+# `callgrind_annotate --tree=caller` file, those called at least once per 2 requests.
+calls() {
+    awk -v n="$CG_REQUESTS" '
+        /^$/ { c = 0; next }
+        / < / { if (match($0, /\(([0-9,]+)x\) \[/)) { s = substr($0, RSTART + 1, RLENGTH - 4); gsub(",", "", s); c += s }; next }
+        / \*  / { f = $0; sub(/^.*\*  /, "", f); sub(/ \[[^]]*\]$/, "", f); sub(/^[^:]*:/, "", f); k[f] += c; c = 0 }
+        END { for (f in k) if (k[f] / n >= 0.5) printf "%.2f %s\n", k[f] / n, f }' "$1" | sort -rn
+}
+
+# callers FILE FUNCTION: who calls it, calls per request.
+callers() {
+    awk -v n="$CG_REQUESTS" -v fn="$2" '
+        /^$/ { blk = ""; next }
+        { blk = blk "\n" $0 }
+        / \*  / && index($0, fn " [") { print blk; exit }' "$1" |
+        awk -v n="$CG_REQUESTS" '/ < / && match($0, /\(([0-9,]+)x\) \[/) {
+            s = substr($0, RSTART + 1, RLENGTH - 4); gsub(",", "", s); f = $0
+            sub(/^.*< /, "", f); sub(/ \([0-9,]+x\) \[[^]]*\]$/, "", f); sub(/^[^:]*:/, "", f)
+            if (s / n >= 0.1) printf "      %5.2f  %s\n", s / n, substr(f, 1, 140) }' | sort -rn
+}
+
 for name in "${hot[@]}"; do
+    f="$OUT/$name.callers.txt"
     echo
     echo "$name, instructions per request, inclusive (the runtime's frames left out):"
     top "$OUT/$name.inclusive.txt"
     echo "$name, instructions per request, self:"
     top "$OUT/$name.self.txt"
+    calls "$f" >"$OUT/$name.calls.txt"
+    count() { awk -v p="$1" '$2 ~ p { s += $1 } END { printf "%.1f", s }' "$OUT/$name.calls.txt"; }
+    echo "$name, per request: $(count '^malloc$') allocations, $(count '^__memcpy_avx_unaligned_erms$') memcpy calls, $(count '^clock_gettime') clock reads, $(count 'ScheduledIo::wake$') I/O wakeups, $(count 'waker::wake_by_(val|ref)$') task wakes"
+    echo "  who allocates (calls per request):"
+    callers "$f" __rustc::__rust_alloc | head -12
+    echo "  who copies (memcpy calls per request):"
+    callers "$f" __memcpy_avx_unaligned_erms | head -8
 done
 echo
 echo "callgrind profiles and annotations (inclusive, self, callers): $OUT"
