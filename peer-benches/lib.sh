@@ -74,15 +74,15 @@ tree() {
     done
 }
 
-cpu_ticks() { # pid... -> utime+stime of the process tree, in clock ticks
-    local sum=0 p f
+cpu_ticks() { # pid... -> "utime stime" of the process tree, in clock ticks
+    local user=0 sys=0 p f
     for p in $(tree "$@"); do
         f=$(cat /proc/"$p"/stat 2>/dev/null) || continue
         f=${f##*) } # fields after the command name (which may hold spaces)
         set -- $f
-        sum=$((sum + ${12} + ${13})) # utime, stime are fields 14 and 15 of stat
+        user=$((user + ${12})) sys=$((sys + ${13})) # utime, stime: fields 14 and 15 of stat
     done
-    echo "$sum"
+    echo "$user $sys"
 }
 
 # The origin the caches stand in front of: nginx serving 1 KiB and 64 KiB files with

@@ -82,7 +82,7 @@ measure() {
     t0=$(cpu_ticks "$pid")
     load "$url" "$REQUESTS"
     t1=$(cpu_ticks "$pid")
-    cpu=$(awk "BEGIN{printf \"%.1f\", ($t1 - $t0) * 1e6 / $hz / $REQUESTS}")
+    cpu=$(echo "$t0 $t1" | awk -v hz="$hz" -v n="$REQUESTS" '{ k = 1e6 / hz / n; printf "%.1f (%.1f + %.1f)", ($3 + $4 - $1 - $2) * k, ($3 - $1) * k, ($4 - $2) * k }')
 
     tids=()
     for p in $(tree "$pid"); do for t in /proc/"$p"/task/*; do tids+=(-p "${t##*/}"); done; done
@@ -158,7 +158,7 @@ for s in $SUITES; do "${s}_group"; done
 echo
 echo "per request, $REQUESTS requests (callgrind: $CG_REQUESTS) from oha -c $CONNECTIONS, one thread each, load average $(cut -d' ' -f1-3 /proc/loadavg):"
 echo
-echo "| server | CPU µs/request | instructions/request | system calls/request | top system calls per request |"
+echo "| server | CPU µs/request (user + system) | instructions/request (user space) | system calls/request | top system calls per request |"
 echo "| --- | ---: | ---: | ---: | --- |"
 printf '%s\n' "${rows[@]}"
 # calls FILE: per function, calls per request (the sum of its callers' counts) from a
