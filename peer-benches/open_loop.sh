@@ -2,7 +2,7 @@
 # Our proxies against their peers, closed loop AND open loop, in one run per comparison.
 # Not run by CI.
 #
-#   bash peer-benches/open_loop.sh                  # full figures (about 25 min)
+#   bash peer-benches/open_loop.sh                  # full figures (about 40 min)
 #   bash peer-benches/open_loop.sh --pin            # the same, unpinned and then pinned
 #   DURATION=1s WRK_DURATION=1s WARMUP=1s ROUNDS=1 THREADS=1 bash peer-benches/open_loop.sh  # smoke, < 2 min
 #   SUITES=cache bash peer-benches/open_loop.sh     # one suite: cache or balance
@@ -37,7 +37,8 @@
 # same offered rate (below 1x is better).
 #
 # --pin (PIN=both; PIN=1 pinned only): `taskset` puts the load generator and the
-# backends/origin on core 0 and the server under test alone on core 1.
+# backends/origin on core 0 and the server under test alone on core 1 (with 2 threads,
+# both on core 1).
 #
 # Settings (environment): DURATION (open-loop step, 10s), WRK_DURATION (10s), ROUNDS (3),
 # WARMUP (each server's wrk warm-up per comparison, 1s),
