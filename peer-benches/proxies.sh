@@ -6,6 +6,7 @@
 #
 # Loads: 1 KiB hits, 64 KiB hits, and a 90/10 mix of 1 KiB hits and misses (new URLs).
 # Prints requests/s and p99 per server and load, and cache_proxy's ratio to the best peer.
+# Closed loop only; `open_loop.sh` adds open-loop latencies at fixed offered rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,9 @@ VARNISH=127.0.0.1:18082
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; pkill -f "varnishd.*$VARNISH" 2>/dev/null || true; rm -rf "$work"; }
+# Everything started is stopped by its pid (varnishd runs in the foreground, -F, so `$!`
+# is its manager's pid; nginx daemonizes and writes its pid file).
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 need=()
@@ -64,7 +67,7 @@ vcl 4.1;
 backend default { .host = "${ORIGIN%:*}"; .port = "${ORIGIN#*:}"; }
 CONF
 chmod -R a+rwX "$work"
-varnishd -a "$VARNISH" -f "$work/default.vcl" -s malloc,256m -n "$work/varnish" -P "$work/varnish.pid"
+varnishd -F -a "$VARNISH" -f "$work/default.vcl" -s malloc,256m -n "$work/varnish" >/dev/null 2>&1 & pids+=($!)
 
 cat > "$work/mix.lua" <<'LUA'
 local n = 0

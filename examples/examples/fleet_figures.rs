@@ -20,6 +20,14 @@
 //! # (one event loop, as HAProxy's `nbthread 1`) beside the 1-worker multi-thread one:
 //! cargo run --release -p examples --example fleet_figures -- --proxy-only --rounds 7 --current-thread
 //! ```
+//!
+//! Section 4 is closed loop (`wrk`: each connection sends its next request when the last
+//! answer is in), so it measures throughput and the latency of a saturated proxy.
+//! `peer-benches/open_loop.sh` compares the same proxies at fixed offered rates (open
+//! loop, `oha --latency-correction`) and `peer-benches/per_request.sh` their CPU time,
+//! instructions and system calls per request; both run the forwarder as a process of its
+//! own with `--role forwarder` and the backends with `--role backends --listen A,B,C`
+//! (see [`forwarder_role`] and [`serve_backends`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -350,13 +358,19 @@ impl Drop for Backends {
 }
 
 /// The `--role backends` child: three backends, their addresses on stdout, until
-/// stdin closes.
-async fn serve_backends() -> Result<(), BoxError> {
+/// stdin closes. With `listen` (`--listen A,B,C`, for scripts, whose background
+/// processes have no stdin to watch), on those addresses until killed.
+async fn serve_backends(listen: Option<Vec<SocketAddr>>) -> Result<(), BoxError> {
+    let fixed = listen.is_some();
+    let wanted = listen.unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 0)); 3]);
     let mut addrs = Vec::new();
-    for _ in 0..3 {
-        addrs.push(backend().await?.to_string());
+    for addr in wanted {
+        addrs.push(backend(addr).await?.to_string());
     }
     println!("{}", addrs.join(" "));
+    if fixed {
+        std::future::pending::<()>().await;
+    }
     tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
@@ -365,9 +379,9 @@ async fn serve_backends() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// A tiny backend: answers "ok" at once.
-async fn backend() -> Result<SocketAddr, BoxError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// A tiny backend on `addr`: answers "ok" at once.
+async fn backend(addr: SocketAddr) -> Result<SocketAddr, BoxError> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -440,13 +454,22 @@ fn our_proxy(
 /// The balancer in front of `tower_balance_ext::forward`'s lean HTTP/1.1 path: pooled
 /// raw upstream connections, heads parsed in place, one task per client connection.
 async fn serve_forwarder(backends: &[SocketAddr], pick: Pick) -> Result<SocketAddr, BoxError> {
+    serve_forwarder_on(SocketAddr::from(([127, 0, 0, 1], 0)), backends, pick).await
+}
+
+/// [`serve_forwarder`] listening on `listen`.
+async fn serve_forwarder_on(
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    pick: Pick,
+) -> Result<SocketAddr, BoxError> {
     let upstreams: Vec<(SocketAddr, Upstream)> =
         backends.iter().map(|a| (*a, Upstream::new(*a))).collect();
     let balancer = BalancerBuilder::new(pick)
         .failure_if(forward::server_error)
         .retry(Exchange::retry_copy)
         .build(discover::fixed(upstreams))?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(Forwarder::new(balancer).serve(listener));
     Ok(addr)
@@ -752,14 +775,82 @@ fn proxy_rows(rows: &[ProxyRow]) {
     }
 }
 
+/// The value after `flag` in `args`.
+fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+/// Addresses given as `A,B,C` after `name`.
+fn addrs(name: &str, v: &str) -> Result<Vec<SocketAddr>, BoxError> {
+    v.split(',')
+        .map(|a| {
+            a.parse()
+                .map_err(|e| format!("{name} {a}: {e}; give HOST:PORT[,HOST:PORT...]").into())
+        })
+        .collect()
+}
+
+/// `--role forwarder`: section 4's lean forwarder as a process of its own, so that a
+/// script can time, pin and profile it like any other proxy (`peer-benches/open_loop.sh`):
+///
+/// ```sh
+/// fleet_figures --role forwarder --listen 127.0.0.1:19000 \
+///     --upstream 127.0.0.1:19101,127.0.0.1:19102,127.0.0.1:19103 \
+///     --pick round-robin|least-conn --threads 1|2|...|current
+/// ```
+///
+/// It prints its address on one line and serves until killed.
+fn forwarder_role(args: &[String]) -> Result<(), BoxError> {
+    let listen: SocketAddr = flag(args, "--listen")
+        .unwrap_or("127.0.0.1:0")
+        .parse()
+        .map_err(|e| format!("--listen: {e}; give HOST:PORT"))?;
+    let upstream = addrs(
+        "--upstream",
+        flag(args, "--upstream").ok_or("--role forwarder needs --upstream A,B,C")?,
+    )?;
+    let pick = match flag(args, "--pick").unwrap_or("round-robin") {
+        "round-robin" => Pick::RoundRobin,
+        "least-conn" => Pick::LeastConnections,
+        other => return Err(format!("--pick {other}: give round-robin or least-conn").into()),
+    };
+    let runtime = match flag(args, "--threads").unwrap_or("1") {
+        "current" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build()?,
+            _ => return Err(format!("--threads {n}: give a number above 0 or current").into()),
+        },
+    };
+    runtime.block_on(async move {
+        let addr = serve_forwarder_on(listen, &upstream, pick).await?;
+        println!("{addr}");
+        std::future::pending::<Result<(), BoxError>>().await
+    })
+}
+
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() == 2 && args[0] == "--role" && args[1] == "backends" {
+    if flag(&args, "--role") == Some("backends") {
+        let listen = match flag(&args, "--listen") {
+            Some(v) => Some(addrs("--listen", v)?),
+            None => None,
+        };
         // One thread: the backends answer at once and leave the cores to the proxies.
         return tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(serve_backends());
+            .block_on(serve_backends(listen));
+    }
+    if flag(&args, "--role") == Some("forwarder") {
+        return forwarder_role(&args);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
