@@ -31,13 +31,79 @@ pub(super) struct RequestHead {
     pub(super) http10: bool,
 }
 
-/// Who sent a request, as far as the forwarder can tell.
+/// Who sent a request, as far as the forwarder can tell; made once per connection, with
+/// the client's address already written as the forwarding fields give it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Peer {
-    /// The address of the client's connection.
-    pub(super) ip: Option<IpAddr>,
     /// How many proxies of the operator's stand in front (`ForwardConfig::trusted_hops`).
     pub(super) trusted_hops: usize,
+    /// The address as `X-Forwarded-For` gives it (`192.0.2.7`, `2001:db8::1`, `unknown`).
+    xff: Text,
+    /// The address as a `Forwarded` element gives it (`for=192.0.2.7`,
+    /// `for="[2001:db8::1]"`, `for=unknown`).
+    forwarded: Text,
+}
+
+impl Peer {
+    pub(super) fn new(ip: Option<IpAddr>, trusted_hops: usize) -> Self {
+        use std::io::Write;
+        let (mut xff, mut forwarded) = (Text::default(), Text::default());
+        // At most 45 + 9 bytes: an IPv6 address with an embedded IPv4 one, quoted.
+        let _ = match ip {
+            Some(IpAddr::V4(v4)) => write!(xff, "{v4}").and(write!(forwarded, "for={v4}")),
+            Some(IpAddr::V6(v6)) => write!(xff, "{v6}").and(write!(forwarded, "for=\"[{v6}]\"")),
+            None => write!(xff, "unknown").and(write!(forwarded, "for=unknown")),
+        };
+        Self {
+            trusted_hops,
+            xff,
+            forwarded,
+        }
+    }
+}
+
+/// A short text on the stack (the peer's address, written once per connection).
+#[derive(Clone, Copy)]
+struct Text {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Self {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl Text {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl std::io::Write for Text {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+        if n < bytes.len() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The fields that say who the client is, how it came or what it asked for before a
@@ -287,26 +353,36 @@ fn forwarding_fields(headers: &[httparse::Header<'_>], peer: Peer, out: &mut Vec
         xff.drain(..xff.len().saturating_sub(n));
         forwarded.drain(..forwarded.len().saturating_sub(n));
     }
-    let ip = peer.ip.map(|ip| ip.to_string());
-    let mut line = Vec::with_capacity(64);
-    for e in &xff {
-        line.extend_from_slice(e);
-        line.extend_from_slice(b", ");
+    if xff.is_empty() {
+        push_header(out, b"x-forwarded-for", peer.xff.as_bytes());
+    } else {
+        let mut line = Vec::with_capacity(64);
+        for e in &xff {
+            line.extend_from_slice(e);
+            line.extend_from_slice(b", ");
+        }
+        line.extend_from_slice(peer.xff.as_bytes());
+        push_header(out, b"x-forwarded-for", &line);
     }
-    line.extend_from_slice(ip.as_deref().unwrap_or("unknown").as_bytes());
-    push_header(out, b"x-forwarded-for", &line);
-    line.clear();
-    for e in &forwarded {
-        line.extend_from_slice(e);
-        line.extend_from_slice(b", ");
-    }
-    match peer.ip {
-        Some(IpAddr::V6(v6)) => line.extend_from_slice(format!("for=\"[{v6}]\"").as_bytes()),
-        Some(IpAddr::V4(v4)) => line.extend_from_slice(format!("for={v4}").as_bytes()),
-        None => line.extend_from_slice(b"for=unknown"),
-    }
-    line.extend_from_slice(b";proto=http");
-    push_header(out, b"forwarded", &line);
+    let mut line = [0u8; 96];
+    let mut n = 0;
+    let mut chain = Vec::new();
+    let forwarded_line: &[u8] = if forwarded.is_empty() {
+        for part in [peer.forwarded.as_bytes(), b";proto=http"] {
+            line[n..n + part.len()].copy_from_slice(part);
+            n += part.len();
+        }
+        &line[..n]
+    } else {
+        for e in &forwarded {
+            chain.extend_from_slice(e);
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(peer.forwarded.as_bytes());
+        chain.extend_from_slice(b";proto=http");
+        &chain
+    };
+    push_header(out, b"forwarded", forwarded_line);
     push_header(out, b"x-forwarded-proto", proto.unwrap_or(b"http"));
 }
 

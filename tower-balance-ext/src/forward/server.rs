@@ -215,10 +215,7 @@ where
     ) -> io::Result<()> {
         let _ = stream.set_nodelay(true);
         let config = &self.config;
-        let peer = Peer {
-            ip: stream.peer_addr().ok().map(|a| a.ip()),
-            trusted_hops: config.trusted_hops,
-        };
+        let peer = Peer::new(stream.peer_addr().ok().map(|a| a.ip()), config.trusted_hops);
         let mut buf = BytesMut::with_capacity(4096);
         let mut client = Client {
             stream: &mut stream,

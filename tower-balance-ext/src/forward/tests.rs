@@ -8,17 +8,16 @@ use proptest::prelude::*;
 use super::head::{request_head, Peer, Refusal, RequestHead};
 use super::MAX_HEADERS;
 
-const PEER: Peer = Peer {
-    ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
-    trusted_hops: 0,
-};
+fn peer() -> Peer {
+    Peer::new(Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))), 0)
+}
 
 /// Parses `raw` as the forwarder does and checks it.
 fn forward(raw: &[u8]) -> Option<Result<RequestHead, Refusal>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(raw) {
-        Ok(httparse::Status::Complete(len)) => Some(request_head(&req, raw, len, 1 << 20, PEER)),
+        Ok(httparse::Status::Complete(len)) => Some(request_head(&req, raw, len, 1 << 20, peer())),
         _ => None,
     }
 }
