@@ -91,11 +91,36 @@ impl std::error::Error for RequestRefused {}
 ///   underscore spellings always;
 /// - the authority is lower-cased, in `Host` and in the target URI, as the key has it.
 ///
-/// Applying it twice changes nothing more.
+/// Applying it twice changes nothing more. A request it accepted carries a mark of it (an
+/// extension only this crate can make), so [`HttpCacheLayer`](super::HttpCacheLayer)
+/// behind an edge that called it does not do the work again; fields the caller adds
+/// afterwards are the caller's to vouch for.
 pub fn prepare_request<B>(
     req: &mut Request<B>,
     forwarded: ForwardedFields,
 ) -> Result<(), RequestRefused> {
+    prepare(req, forwarded)?;
+    req.extensions_mut().insert(Prepared(forwarded));
+    Ok(())
+}
+
+/// What [`prepare_request`] did to a request: put on it as an extension.
+#[derive(Debug, Clone, Copy)]
+struct Prepared(ForwardedFields);
+
+/// [`prepare_request`], unless it was already done with the same or a stricter
+/// treatment of forwarding fields. Leaves no mark (the layer's own check needs none).
+pub(crate) fn prepare_once<B>(
+    req: &mut Request<B>,
+    forwarded: ForwardedFields,
+) -> Result<(), RequestRefused> {
+    match req.extensions().get::<Prepared>() {
+        Some(Prepared(done)) if *done == ForwardedFields::Drop || *done == forwarded => Ok(()),
+        _ => prepare(req, forwarded),
+    }
+}
+
+fn prepare<B>(req: &mut Request<B>, forwarded: ForwardedFields) -> Result<(), RequestRefused> {
     authority_bytes(req)?;
     lower_case_authority(req);
     strip_connection_options(req.headers_mut())?;
@@ -403,6 +428,32 @@ mod tests {
             b = b.header(*n, *v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_request_prepared_at_the_edge_is_not_prepared_again_unless_the_layer_is_stricter() {
+        let fields: &[(&str, &[u8])] = &[("host", b"a.test"), ("x-forwarded-host", b"evil")];
+        // Prepared with forwarding fields kept (for the key): a layer that drops them
+        // still drops them.
+        let mut r = req(fields, "/x");
+        prepare_request(&mut r, ForwardedFields::Key).unwrap();
+        assert!(r.headers().contains_key("x-forwarded-host"));
+        prepare_once(&mut r, ForwardedFields::Drop).unwrap();
+        assert!(!r.headers().contains_key("x-forwarded-host"));
+        // Prepared with them dropped: the layer trusts the mark and does nothing (a field
+        // added afterwards by the caller stays, as documented).
+        let mut r = req(fields, "/x");
+        prepare_request(&mut r, ForwardedFields::Drop).unwrap();
+        r.headers_mut()
+            .insert("x-forwarded-host", ::http::HeaderValue::from_static("own"));
+        prepare_once(&mut r, ForwardedFields::Drop).unwrap();
+        assert_eq!(r.headers()["x-forwarded-host"], "own");
+        // Without a mark, the layer's check does the whole work.
+        let mut r = req(fields, "/x");
+        prepare_once(&mut r, ForwardedFields::Drop).unwrap();
+        assert!(!r.headers().contains_key("x-forwarded-host"));
+        let mut two = req(&[("host", b"a.test"), ("host", b"b.test")], "/x");
+        assert!(prepare_once(&mut two, ForwardedFields::Drop).is_err());
     }
 
     #[test]

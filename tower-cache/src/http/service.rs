@@ -343,7 +343,7 @@ where
     let carries_content = edge::carries_content(req.headers());
     // Before anything is read from it: the fields the key and the policy read are the
     // ones the origin gets.
-    if let Err(why) = edge::prepare_request(&mut req, config.forwarded) {
+    if let Err(why) = edge::prepare_once(&mut req, config.forwarded) {
         return Ok(refused(&why));
     }
     let method = req.method().clone();
