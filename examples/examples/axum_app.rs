@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
-use tower_cache::{Cache, CacheLayer, HttpCodec, HttpKey, MemoryTier, StoreSuccessful};
+use tower_cache::{Cache, CacheLayer, MemoryTier, ResponseCodec, StoreSuccessful, UrlKey};
 use tower_health::{Gate, HealthEndpoints, Probe, Probes, ReadinessLayer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,8 +48,8 @@ fn app(probes: Probes, store: Cache) -> Result<Router, BoxError> {
                 .layer(
                     CacheLayer::new(
                         store,
-                        HttpKey,
-                        HttpCodec::default(),
+                        UrlKey,
+                        ResponseCodec::default(),
                         Duration::from_secs(60),
                     )?
                     .store_policy(StoreSuccessful),

@@ -18,12 +18,12 @@
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_cache::{CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful, Cache};
+//! use tower_cache::{CacheLayer, DiskTier, ResponseCodec, UrlKey, MemoryTier, StoreSuccessful, Cache};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let store = Cache::new(MemoryTier::builder().max_entries(500).build()?)
 //!     .with_disk(DiskTier::builder(dir.path()).map_size(64 << 20).open()?);
-//! let cache = CacheLayer::new(store, HttpKey, HttpCodec::default(), Duration::from_secs(5))?
+//! let cache = CacheLayer::new(store, UrlKey, ResponseCodec::default(), Duration::from_secs(5))?
 //!     .store_policy(StoreSuccessful);
 //!
 //! let svc = ServiceBuilder::new().layer(cache).service_fn(|_req: Request<Full<Bytes>>| async {
@@ -60,7 +60,9 @@ pub use crate::disk::{CompactReport, DiskStats, DiskTier, DiskTierBuilder, OnDam
 pub use crate::entry::{Entry, EntryMeta, Tags, TimeSource};
 pub use crate::error::InvalidateError;
 pub use crate::error::{BuildError, DiskError, InsertError, InsertErrorKind, MAX_TTL};
-pub use crate::http::{CacheBody, HttpCodec, HttpKey, StoreSuccessful, DEFAULT_MAX_BODY};
+pub use crate::http::{CacheBody, ResponseCodec, StoreSuccessful, UrlKey, DEFAULT_MAX_BODY};
+#[allow(deprecated)]
+pub use crate::http::{HttpCodec, HttpKey};
 pub use crate::memory::{MemoryStats, MemoryTier, MemoryTierBuilder};
 pub use crate::purge::PurgeService;
 pub use crate::service::{

@@ -72,7 +72,7 @@ pub(crate) type Guard<'a> = PlaceholderGuard<'a, Arc<str>, Stored, Weigh, Random
 /// Default entry bound.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1_000;
 /// Default largest value the memory tier takes: 4 MiB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+pub const DEFAULT_MEMORY_MAX_VALUE_BYTES: usize = 4 << 20;
 
 /// Counters of a [`MemoryTier`], as returned by [`MemoryTier::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -410,7 +410,7 @@ impl MemoryTierBuilder {
                 )))
             }
             Some(v) => v,
-            None => (DEFAULT_MAX_VALUE_BYTES as u64).min(admitted) as usize,
+            None => (DEFAULT_MEMORY_MAX_VALUE_BYTES as u64).min(admitted) as usize,
         };
         if max_value_bytes == 0 {
             return Err(BuildError::new(

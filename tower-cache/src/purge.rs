@@ -30,7 +30,7 @@ use crate::coordinator::Coordinator;
 
 /// Where purges go: one store, or every node through a coordinator.
 #[derive(Clone)]
-enum Target {
+enum Scope {
     Local(Cache),
     Cluster(Coordinator),
 }
@@ -46,7 +46,7 @@ enum Target {
 /// spread to every node.
 #[derive(Clone)]
 pub struct PurgeService {
-    target: Target,
+    scope: Scope,
     /// The token's MAC under a fixed key: a request's token is compared through its own
     /// MAC in constant time, whatever its length.
     token_mac: Arc<[u8]>,
@@ -64,22 +64,22 @@ impl fmt::Debug for PurgeService {
 impl PurgeService {
     /// Purges `cache` for requests bearing `token` (at least 16 characters).
     pub fn new(cache: Cache, token: &str) -> Result<Self, crate::BuildError> {
-        Self::with(Target::Local(cache), token)
+        Self::with(Scope::Local(cache), token)
     }
 
     /// Purges on every node of `coordinator`.
     pub fn cluster(coordinator: Coordinator, token: &str) -> Result<Self, crate::BuildError> {
-        Self::with(Target::Cluster(coordinator), token)
+        Self::with(Scope::Cluster(coordinator), token)
     }
 
-    fn with(target: Target, token: &str) -> Result<Self, crate::BuildError> {
+    fn with(scope: Scope, token: &str) -> Result<Self, crate::BuildError> {
         if token.len() < 16 {
             return Err(crate::BuildError::new(
                 "purge: the token is shorter than 16 characters; give a long random one",
             ));
         }
         Ok(Self {
-            target,
+            scope,
             token_mac: token_mac(token.as_bytes())
                 .finalize()
                 .into_bytes()
@@ -169,24 +169,24 @@ impl<B: Send + 'static> Service<Request<B>> for PurgeService {
             let result = if req.method().as_str() == "PURGE" {
                 let key = crate::http::keyed_url(&req, this.forwarded)
                     .unwrap_or_else(|_| String::from("http:"));
-                match &this.target {
-                    Target::Local(c) => c.invalidate(&key).await,
-                    Target::Cluster(c) => c.invalidate(&key).await.map(|i| i.removed),
+                match &this.scope {
+                    Scope::Local(c) => c.invalidate(&key).await,
+                    Scope::Cluster(c) => c.invalidate(&key).await.map(|i| i.removed),
                 }
             } else if let Some(key) = header(h, "x-purge-key") {
-                match &this.target {
-                    Target::Local(c) => c.invalidate(key).await,
-                    Target::Cluster(c) => c.invalidate(key).await.map(|i| i.removed),
+                match &this.scope {
+                    Scope::Local(c) => c.invalidate(key).await,
+                    Scope::Cluster(c) => c.invalidate(key).await.map(|i| i.removed),
                 }
             } else if let Some(tag) = header(h, "x-purge-tag") {
-                match &this.target {
-                    Target::Local(c) => c.invalidate_tag(tag).await,
-                    Target::Cluster(c) => c.invalidate_tag(tag).await.map(|i| i.removed),
+                match &this.scope {
+                    Scope::Local(c) => c.invalidate_tag(tag).await,
+                    Scope::Cluster(c) => c.invalidate_tag(tag).await.map(|i| i.removed),
                 }
             } else if let Some(pattern) = header(h, "x-purge-pattern") {
-                match &this.target {
-                    Target::Local(c) => c.invalidate_pattern(pattern).await,
-                    Target::Cluster(c) => c.invalidate_pattern(pattern).await.map(|i| i.removed),
+                match &this.scope {
+                    Scope::Local(c) => c.invalidate_pattern(pattern).await,
+                    Scope::Cluster(c) => c.invalidate_pattern(pattern).await.map(|i| i.removed),
                 }
             } else {
                 return Ok(answer(

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_cache::{
-    BytesCodec, Cache, CacheLayer, DiskTier, HttpCodec, HttpKey, MemoryTier, StoreSuccessful,
+    BytesCodec, Cache, CacheLayer, DiskTier, MemoryTier, ResponseCodec, StoreSuccessful, UrlKey,
 };
 use tower_service::Service;
 
@@ -341,7 +341,7 @@ fn http_service() -> (
     Arc<AtomicUsize>,
 ) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(4096), TTL)
+    let layer = CacheLayer::new(memory_store(), UrlKey, ResponseCodec::new(4096), TTL)
         .unwrap()
         .store_policy(StoreSuccessful);
     let svc = ServiceBuilder::new()
@@ -413,7 +413,7 @@ async fn a_streaming_body_over_the_limit_is_passed_through_in_order() {
             chunks,
         ))))
     });
-    let layer = CacheLayer::new(memory_store(), HttpKey, HttpCodec::new(2500), TTL).unwrap();
+    let layer = CacheLayer::new(memory_store(), UrlKey, ResponseCodec::new(2500), TTL).unwrap();
     let svc = ServiceBuilder::new().layer(layer).service(origin);
     let res = svc
         .oneshot(Request::get("/s").body(Full::default()).unwrap())
@@ -436,7 +436,7 @@ async fn a_restarted_service_answers_from_its_disk_tier() {
             .unwrap();
         let store = memory_store().with_disk(disk.clone());
         let svc = ServiceBuilder::new()
-            .layer(CacheLayer::new(store, HttpKey, HttpCodec::default(), TTL).unwrap())
+            .layer(CacheLayer::new(store, UrlKey, ResponseCodec::default(), TTL).unwrap())
             .service(http_origin(calls.clone()));
         let (status, headers, body) = get(&svc, "/report").await;
         assert_eq!(
@@ -467,7 +467,7 @@ async fn a_failed_disk_never_fails_a_request() {
     let store = memory_store().with_disk(disk);
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
-        .layer(CacheLayer::new(store, HttpKey, HttpCodec::default(), TTL).unwrap())
+        .layer(CacheLayer::new(store, UrlKey, ResponseCodec::default(), TTL).unwrap())
         .service(http_origin(calls.clone()));
     for _ in 0..3 {
         assert_eq!(get(&svc, "/x").await.2, "hello /x");
@@ -481,10 +481,24 @@ async fn a_failed_disk_never_fails_a_request() {
 fn a_bad_layer_ttl_is_a_build_error() {
     let err = CacheLayer::new(
         memory_store(),
-        HttpKey,
-        HttpCodec::default(),
+        UrlKey,
+        ResponseCodec::default(),
         Duration::ZERO,
     )
     .unwrap_err();
     assert!(err.to_string().contains("positive"), "{err}");
+}
+
+/// The old names of the generic layer's HTTP pieces still build a layer (deprecated).
+#[test]
+#[allow(deprecated)]
+fn the_old_names_of_the_http_key_and_codec_still_work() {
+    let layer: CacheLayer<UrlKey, ResponseCodec> = CacheLayer::new(
+        memory_store(),
+        tower_cache::HttpKey,
+        tower_cache::HttpCodec::new(4096),
+        TTL,
+    )
+    .unwrap();
+    drop(layer);
 }

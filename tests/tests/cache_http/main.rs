@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_cache::{Cache, CacheLayer, HttpCodec, HttpKey, MemoryTier, StoreSuccessful};
+use tower_cache::{Cache, CacheLayer, MemoryTier, ResponseCodec, StoreSuccessful, UrlKey};
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -28,8 +28,8 @@ async fn a_cache_over_a_timeout_is_served_by_hyper() {
         let store = Cache::new(MemoryTier::builder().max_entries(100).build().unwrap());
         let cache = CacheLayer::new(
             store,
-            HttpKey,
-            HttpCodec::default(),
+            UrlKey,
+            ResponseCodec::default(),
             Duration::from_secs(60),
         )
         .unwrap()
@@ -93,8 +93,8 @@ where
     let store = Cache::new(MemoryTier::builder().max_entries(100).build().unwrap());
     let cache = CacheLayer::new(
         store,
-        HttpKey,
-        HttpCodec::default(),
+        UrlKey,
+        ResponseCodec::default(),
         Duration::from_secs(60),
     )
     .unwrap()

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_cache::{Cache, CacheLayer, HttpCodec, HttpKey, MemoryTier, StoreSuccessful};
+use tower_cache::{Cache, CacheLayer, MemoryTier, ResponseCodec, StoreSuccessful, UrlKey};
 use tower_health::{Gate, HealthEndpoints, Probes, ReadinessLayer};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -50,8 +50,8 @@ async fn the_layers_mount_in_an_axum_app() {
                     .layer(
                         CacheLayer::new(
                             store,
-                            HttpKey,
-                            HttpCodec::default(),
+                            UrlKey,
+                            ResponseCodec::default(),
                             Duration::from_secs(60),
                         )
                         .unwrap()

@@ -13,8 +13,8 @@ use super::env::{move_aside, open_env, OpenError, Opened};
 use super::stats::Counters;
 use super::writer::Writer;
 use super::{
-    DiskTier, Shared, DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAP_SIZE, DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_VALUE_BYTES, MAP_ALIGN, MIN_MAP_SIZE, QUEUE,
+    DiskTier, Shared, DEFAULT_COMPRESS_THRESHOLD, DEFAULT_DISK_MAX_VALUE_BYTES, DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_BATCH, MAP_ALIGN, MIN_MAP_SIZE, QUEUE,
 };
 use crate::entry::{Clock, TimeSource};
 use crate::error::BuildError;
@@ -187,7 +187,7 @@ impl DiskTierBuilder {
         }
         let max_value_bytes = self
             .max_value_bytes
-            .unwrap_or((DEFAULT_MAX_VALUE_BYTES as u64).min(max_bytes / 4) as usize);
+            .unwrap_or((DEFAULT_DISK_MAX_VALUE_BYTES as u64).min(max_bytes / 4) as usize);
         if max_value_bytes == 0 {
             return Err(BuildError::new(
                 "disk tier: max_value_bytes is 0; allow values of at least one byte",

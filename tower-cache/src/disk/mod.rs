@@ -75,7 +75,7 @@ pub const DEFAULT_MAP_SIZE: usize = 1 << 30;
 /// Default threshold at or above which values are compressed: 1 KiB.
 pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
 /// Default largest value: 16 MiB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 << 20;
+pub const DEFAULT_DISK_MAX_VALUE_BYTES: usize = 16 << 20;
 /// Default largest group commit: 4,096 writes.
 pub const DEFAULT_MAX_BATCH: usize = 4096;
 /// Longest key the disk tier takes, in bytes (LMDB's key limit less the expiry prefix).

@@ -249,10 +249,10 @@
 //!
 //! # The simple pieces
 //!
-//! [`HttpKey`], [`StoreSuccessful`] and [`HttpCodec`] cache `http` responses through the
+//! [`UrlKey`], [`StoreSuccessful`] and [`ResponseCodec`] cache `http` responses through the
 //! generic [`CacheLayer`](crate::CacheLayer) by method, host and path, for a service
 //! whose responses are the same for everyone. They are not a shared-cache policy, but
-//! they refuse what would leak: `HttpKey` bypasses requests with `Authorization`,
+//! they refuse what would leak: `UrlKey` bypasses requests with `Authorization`,
 //! `Cookie` or `Range`, and `StoreSuccessful` refuses `no-store`, `private`, `no-cache`,
 //! `max-age=0`, `Set-Cookie`, `Vary` and partial content.
 
@@ -294,14 +294,16 @@ pub use self::policy::{HttpPolicy, CDN_CACHE_CONTROL};
 pub use self::service::HttpCacheService;
 use crate::BoxError;
 
-/// Keys `GET` and `HEAD` requests by method, host and path with query; bypasses every
+/// Keys `GET` and `HEAD` requests for the generic [`CacheLayer`](crate::CacheLayer) (for
+/// the rules of HTTP caching, [`HttpCacheLayer`]) by method, host and path with query;
+/// bypasses every
 /// other method, requests with `Authorization`, `Cookie` or `Range`, and requests whose
 /// authority is doubled, invalid or contradicted by the target (the host is validated
 /// before it is part of a key). A request with no authority at all is keyed by path.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HttpKey;
+pub struct UrlKey;
 
-impl<B> CacheKey<Request<B>> for HttpKey {
+impl<B> CacheKey<Request<B>> for UrlKey {
     fn key<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
         let method = req.method();
         if method != Method::GET && method != Method::HEAD {
@@ -354,26 +356,46 @@ impl<B> StorePolicy<Response<B>> for StoreSuccessful {
     }
 }
 
-/// The codec for `http::Response<B>`: buffers bodies up to a limit and stores status,
-/// headers and body.
+/// The old name of [`UrlKey`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `UrlKey` (a key for the generic `CacheLayer`; \
+                                      for HTTP caching rules use `HttpCacheLayer`)"
+)]
+pub type HttpKey = UrlKey;
+/// The old name of [`UrlKey`], as a value.
+#[deprecated(since = "0.1.0", note = "renamed `UrlKey`")]
+#[allow(non_upper_case_globals)]
+pub const HttpKey: UrlKey = UrlKey;
+/// The old name of [`ResponseCodec`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `ResponseCodec` (a codec for the generic \
+                                      `CacheLayer`; for HTTP caching rules use `HttpCacheLayer`)"
+)]
+pub type HttpCodec = ResponseCodec;
+
+/// The codec for `http::Response<B>` in the generic [`CacheLayer`](crate::CacheLayer):
+/// buffers bodies up to a limit and stores status, headers and body, as they are (for
+/// the rules of HTTP caching, [`HttpCacheLayer`]).
 ///
 /// A body over the limit is not stored; the client still gets all of it (what was
 /// buffered, then the rest as it streams). Trailers are passed on but never stored.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpCodec {
+pub struct ResponseCodec {
     max_body: usize,
 }
 
-/// Default body limit of [`HttpCodec`]: 1 MiB.
+/// Default body limit of [`ResponseCodec`]: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
-impl Default for HttpCodec {
+impl Default for ResponseCodec {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_BODY)
     }
 }
 
-impl HttpCodec {
+impl ResponseCodec {
     /// A codec that stores bodies of at most `max_body` bytes.
     pub const fn new(max_body: usize) -> Self {
         Self { max_body }
@@ -430,7 +452,7 @@ fn decode_http(stored: &Bytes) -> Result<(StatusCode, HeaderMap, Bytes), BoxErro
     Ok((status, headers, body))
 }
 
-impl<B> Codec<Response<B>> for HttpCodec
+impl<B> Codec<Response<B>> for ResponseCodec
 where
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
@@ -494,7 +516,7 @@ where
 
 pin_project! {
     /// The body of a response from a [`CacheService`](crate::CacheService) with the
-    /// [`HttpCodec`]: stored bytes, a buffered prefix, then the rest of an origin body.
+    /// [`ResponseCodec`]: stored bytes, a buffered prefix, then the rest of an origin body.
     #[derive(Debug)]
     pub struct CacheBody<B> {
         prefix: Option<Bytes>,
