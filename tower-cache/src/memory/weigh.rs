@@ -8,7 +8,8 @@ use quick_cache::{Lifecycle, Weighter};
 
 use crate::entry::{Stored, Tags};
 
-/// Counters of a [`MemoryTier`], as returned by [`MemoryTier::stats`].
+/// Counters of a [`MemoryTier`](crate::MemoryTier), as returned by
+/// [`MemoryTier::stats`](crate::MemoryTier::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryStats {
