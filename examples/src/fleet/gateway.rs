@@ -54,7 +54,8 @@ use tower_http::request_id::{
 };
 
 use super::data::{cascade_dependents, tiered_cache, Db, FleetBus};
-use super::{BoxError, DataBalancer, TrainingBalancer, TrainingScaler};
+use super::services::{data_services, Backend, RunningService, SERVICES};
+use super::BoxError;
 
 /// The dashboard page.
 pub const DASHBOARD: &str = include_str!("dashboard.html");
@@ -62,14 +63,8 @@ pub const DASHBOARD: &str = include_str!("dashboard.html");
 /// Everything the gateway is built from.
 #[derive(Debug)]
 pub struct Parts {
-    /// The training service's balancer.
-    pub training: TrainingBalancer,
-    /// The budget service's balancer.
-    pub budget: DataBalancer,
-    /// The reports service's balancer.
-    pub reports: DataBalancer,
-    /// The training instances' scaler.
-    pub scaler: TrainingScaler,
+    /// The services, in the order of [`SERVICES`](super::services::SERVICES).
+    pub services: Vec<RunningService>,
     /// The scaling manager.
     pub manager: ScalingManager,
     /// The bearer token for scaling and for writes to the data services.
@@ -79,12 +74,6 @@ pub struct Parts {
     pub hosts: Vec<String>,
     /// The origin (for users' rate limits).
     pub db: Arc<Db>,
-    /// The budget service's cache, for the figures.
-    pub budget_cache: Option<Cache>,
-    /// The reports service's cache, for the figures.
-    pub reports_cache: Option<Cache>,
-    /// Each training endpoint's circuit breaker.
-    pub breakers: super::Breakers,
     /// The monitor of the data services.
     pub monitor: HealthMonitor,
     /// Requests per second per client address.
@@ -122,6 +111,9 @@ pub struct Gateway {
     history: Mutex<std::collections::VecDeque<Point>>,
 }
 
+/// The gateway's own cache's node id on the invalidation bus.
+pub const GATEWAY_NODE: u64 = 3;
+
 /// Points the gateway keeps for the dashboard's charts: one a second, five minutes.
 pub const HISTORY_POINTS: usize = 300;
 
@@ -147,7 +139,9 @@ impl Gateway {
     /// 120 s) and coordinator.
     pub async fn new(parts: Parts) -> Result<Self, BoxError> {
         let cache = tiered_cache(&parts.cache_dir, 1_000, Duration::from_secs(10))?;
-        let coordinator = parts.bus.coordinator(cache.clone(), 3, &parts.secret)?;
+        let coordinator = parts
+            .bus
+            .coordinator(cache.clone(), GATEWAY_NODE, &parts.secret)?;
         cascade_dependents(&cache, "user:*")?;
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
@@ -155,9 +149,7 @@ impl Gateway {
         let monitor = parts.monitor.clone();
         probes.register(
             Probe::readiness("data-services", move || {
-                let ok = ["budget", "reports"]
-                    .iter()
-                    .all(|n| monitor.is_ready_for_traffic(n));
+                let ok = data_services().all(|(s, _)| monitor.is_ready_for_traffic(s.name));
                 async move {
                     if ok {
                         Ok(())
@@ -242,9 +234,18 @@ impl Gateway {
         &self.coordinator
     }
 
-    /// The training service's balancer.
-    pub fn training(&self) -> &TrainingBalancer {
-        &self.parts.training
+    /// The services.
+    pub fn services(&self) -> &[RunningService] {
+        &self.parts.services
+    }
+
+    /// The figures of the balancer in front of service `name`.
+    pub fn load(&self, name: &str) -> Option<LoadStats> {
+        self.service(name).map(RunningService::stats)
+    }
+
+    fn service(&self, name: &str) -> Option<&RunningService> {
+        self.parts.services.iter().find(|s| s.name() == name)
     }
 
     /// Requests refused by the rate limiter so far.
@@ -253,100 +254,22 @@ impl Gateway {
     }
 
     fn loads(&self) -> BTreeMap<String, LoadStats> {
-        BTreeMap::from([
-            ("training".to_string(), self.parts.training.stats()),
-            ("budget".to_string(), self.parts.budget.stats()),
-            ("reports".to_string(), self.parts.reports.stats()),
-        ])
+        self.parts
+            .services
+            .iter()
+            .map(|s| (s.name().to_string(), s.stats()))
+            .collect()
     }
 
     /// The figures the live views show.
     pub fn overview(&self) -> Overview {
-        let details = self.parts.scaler.instance_details();
-        let breakers = self
-            .parts
-            .breakers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let history = self.parts.manager.history();
-        let mut services = Vec::new();
-        for (name, stats) in self.loads() {
-            let s = stats.snapshot();
-            let mut view = ServiceView {
-                name: name.clone(),
-                requests: s.requests,
-                rps: s.throughput,
-                p99_ms: s.p99.as_secs_f64() * 1e3,
-                error_pct: s.error_rate * 100.0,
-                in_flight: s.in_flight,
-                ..ServiceView::default()
-            };
-            let endpoint = |addr: &str| s.endpoints.iter().find(|e| e.name == addr);
-            if name == "training" {
-                for d in &details {
-                    let addr = format!("127.0.0.1:{}", d.port);
-                    let e = endpoint(&addr);
-                    let state = match d.state {
-                        InstanceState::Starting => "starting",
-                        InstanceState::Ready => "ready",
-                        InstanceState::Draining => "draining",
-                        InstanceState::Crashed => "crashed",
-                        InstanceState::CrashLoopBackOff => "crash_loop_back_off",
-                    };
-                    view.count(state);
-                    view.instances.push(InstanceView {
-                        name: addr.clone(),
-                        pid: d.pid,
-                        state: state.into(),
-                        share: e.map_or(0.0, |e| e.share),
-                        in_flight: e.map_or(d.in_flight as u64, |e| e.in_flight),
-                        requests: e.map_or(0, |e| e.requests),
-                        errors: e.map_or(0, |e| e.errors),
-                        p99_ms: e.map_or(0.0, |e| e.p99.as_secs_f64() * 1e3),
-                        breaker: breakers
-                            .iter()
-                            .find(|(a, _)| a.to_string() == addr)
-                            .map(|(_, b)| format!("{:?}", b.state()).to_lowercase()),
-                    });
-                }
-                let policy = self.parts.manager.engine().policy("training");
-                view.bounds = policy.map(|p| (p.min_instances, p.max_instances));
-                view.last_decision = history.iter().rev().find_map(|e| match e {
-                    AuditEntry::Decision(d) if d.service == "training" => {
-                        Some(DecisionView::from(d))
-                    }
-                    _ => None,
-                });
-            } else {
-                for e in &s.endpoints {
-                    let state = match e.state {
-                        EndpointState::Ready => "ready",
-                        EndpointState::NotReady => "starting",
-                        _ => "failing",
-                    };
-                    view.count(state);
-                    view.instances.push(InstanceView {
-                        name: e.name.clone(),
-                        pid: Some(std::process::id()),
-                        state: state.into(),
-                        share: e.share,
-                        in_flight: e.in_flight,
-                        requests: e.requests,
-                        errors: e.errors,
-                        p99_ms: e.p99.as_secs_f64() * 1e3,
-                        breaker: None,
-                    });
-                }
-                let cache = if name == "budget" {
-                    &self.parts.budget_cache
-                } else {
-                    &self.parts.reports_cache
-                };
-                view.cache = cache.as_ref().map(CacheView::from);
-            }
-            services.push(view);
-        }
+        let services = self
+            .parts
+            .services
+            .iter()
+            .map(|svc| self.service_view(svc, &history))
+            .collect();
         let actions = history
             .iter()
             .rev()
@@ -390,6 +313,85 @@ impl Gateway {
             services,
             actions,
         }
+    }
+
+    /// One service's figures: its instances (processes for an autoscaled service,
+    /// endpoints for a data service), its cache and its latest scaling decision.
+    fn service_view(&self, svc: &RunningService, history: &[AuditEntry]) -> ServiceView {
+        let s = svc.stats().snapshot();
+        let mut view = ServiceView {
+            name: svc.name().to_string(),
+            requests: s.requests,
+            rps: s.throughput,
+            p99_ms: s.p99.as_secs_f64() * 1e3,
+            error_pct: s.error_rate * 100.0,
+            in_flight: s.in_flight,
+            cache: svc.cache().map(CacheView::from),
+            ..ServiceView::default()
+        };
+        match &svc.backend {
+            Backend::Autoscaled {
+                scaler, breakers, ..
+            } => {
+                let breakers = breakers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for d in scaler.instance_details() {
+                    let addr = format!("127.0.0.1:{}", d.port);
+                    let e = s.endpoints.iter().find(|e| e.name == addr);
+                    let state = match d.state {
+                        InstanceState::Starting => "starting",
+                        InstanceState::Ready => "ready",
+                        InstanceState::Draining => "draining",
+                        InstanceState::Crashed => "crashed",
+                        InstanceState::CrashLoopBackOff => "crash_loop_back_off",
+                    };
+                    view.count(state);
+                    view.instances.push(InstanceView {
+                        name: addr.clone(),
+                        pid: d.pid,
+                        state: state.into(),
+                        share: e.map_or(0.0, |e| e.share),
+                        in_flight: e.map_or(d.in_flight as u64, |e| e.in_flight),
+                        requests: e.map_or(0, |e| e.requests),
+                        errors: e.map_or(0, |e| e.errors),
+                        p99_ms: e.map_or(0.0, |e| e.p99.as_secs_f64() * 1e3),
+                        breaker: breakers
+                            .iter()
+                            .find(|(a, _)| a.to_string() == addr)
+                            .map(|(_, b)| format!("{:?}", b.state()).to_lowercase()),
+                    });
+                }
+                let policy = self.parts.manager.engine().policy(svc.name());
+                view.bounds = policy.map(|p| (p.min_instances, p.max_instances));
+                view.last_decision = history.iter().rev().find_map(|e| match e {
+                    AuditEntry::Decision(d) if d.service == svc.name() => {
+                        Some(DecisionView::from(d))
+                    }
+                    _ => None,
+                });
+            }
+            Backend::Data { .. } => {
+                for e in &s.endpoints {
+                    let state = match e.state {
+                        EndpointState::Ready => "ready",
+                        EndpointState::NotReady => "starting",
+                        _ => "failing",
+                    };
+                    view.count(state);
+                    view.instances.push(InstanceView {
+                        name: e.name.clone(),
+                        pid: Some(std::process::id()),
+                        state: state.into(),
+                        share: e.share,
+                        in_flight: e.in_flight,
+                        requests: e.requests,
+                        errors: e.errors,
+                        p99_ms: e.p99.as_secs_f64() * 1e3,
+                        breaker: None,
+                    });
+                }
+            }
+        }
+        view
     }
 
     /// Prometheus text: the figures of every layer, set as gauges at the scrape, beside
@@ -447,18 +449,17 @@ impl Gateway {
                         .set(d.to as f64);
                 }
             }
-            for (addr, b) in self
-                .parts
-                .breakers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-            {
-                let st = b.stats();
-                metrics::gauge!("fleet_breaker_trips", "instance" => addr.to_string())
-                    .set(st.trips as f64);
-                metrics::gauge!("fleet_breaker_rejected", "instance" => addr.to_string())
-                    .set(st.rejected as f64);
+            for svc in &self.parts.services {
+                let Backend::Autoscaled { breakers, .. } = &svc.backend else {
+                    continue;
+                };
+                for (addr, b) in breakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    let st = b.stats();
+                    metrics::gauge!("fleet_breaker_trips", "instance" => addr.to_string())
+                        .set(st.trips as f64);
+                    metrics::gauge!("fleet_breaker_rejected", "instance" => addr.to_string())
+                        .set(st.rejected as f64);
+                }
             }
             let c = self.coordinator.status();
             metrics::gauge!("fleet_bus_published").set(c.published as f64);
@@ -482,11 +483,8 @@ impl Gateway {
                 .set(g.memory_entries as f64);
             metrics::gauge!("fleet_cache_entries", "service" => "gateway", "tier" => "disk")
                 .set(g.disk_entries as f64);
-            for (svc, cache) in [
-                ("gateway", Some(&self.cache)),
-                ("budget", self.parts.budget_cache.as_ref()),
-                ("reports", self.parts.reports_cache.as_ref()),
-            ] {
+            let caches = self.parts.services.iter().map(|s| (s.name(), s.cache()));
+            for (svc, cache) in std::iter::once(("gateway", Some(&self.cache))).chain(caches) {
                 if let Some(c) = cache {
                     metrics::gauge!("fleet_cache_dependencies", "service" => svc)
                         .set(c.dependency_count() as f64);
@@ -837,10 +835,18 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let loads = gw.loads();
     let orchestrator =
         crate::orchestrator::router(gw.parts.manager.clone(), loads, gw.parts.token.clone());
-    let services = Router::new()
-        .route("/api/v1/training/{*rest}", any(training))
-        .route("/api/v1/budget/{*rest}", any(budget))
-        .route("/api/v1/reports/{*rest}", any(reports))
+    let mut services = Router::new();
+    for (i, svc) in gw.parts.services.iter().enumerate() {
+        services = services.route(
+            &format!("{}{{*rest}}", svc.spec.prefix),
+            any(
+                move |State(gw): State<Arc<Gateway>>, req: Request| async move {
+                    gw.forward(i, req).await
+                },
+            ),
+        );
+    }
+    let services = services
         .route_layer(axum::middleware::from_fn_with_state(
             gw.clone(),
             writes_need_token,
@@ -878,16 +884,15 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
-/// The route's first segments, for labels (bounded: ids are left out).
+/// The route's first segments, for labels (bounded: ids are left out): a service's
+/// name for its routes.
 fn route_label(path: &str) -> &'static str {
-    for (prefix, label) in [
-        ("/api/v1/training/", "training"),
-        ("/api/v1/budget/", "budget"),
-        ("/api/v1/reports/", "reports"),
+    let services = SERVICES.iter().map(|s| (s.prefix, s.name));
+    for (prefix, label) in services.chain([
         ("/api/v1/system/", "system"),
         ("/health", "health"),
         ("/metrics", "metrics"),
-    ] {
+    ]) {
         if path.starts_with(prefix) {
             return label;
         }
@@ -973,9 +978,7 @@ fn refuse(gw: &Gateway, client: &str, limit: u32, wait: Duration) -> Response {
 /// `Authorization: Bearer <token>`: 401 without it.
 async fn writes_need_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let reads = [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
-    let data = ["/api/v1/budget/", "/api/v1/reports/"]
-        .iter()
-        .any(|p| req.uri().path().starts_with(p));
+    let data = data_services().any(|(s, _)| req.uri().path().starts_with(s.prefix));
     if !data || reads.contains(req.method()) {
         return next.run(req).await;
     }
@@ -1045,16 +1048,18 @@ pub fn host_names(port: u16, extra: &[String]) -> Vec<String> {
     names
 }
 
-async fn training(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.training.clone(), req, gw.parts.body_timeout).await
-}
-
-async fn budget(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.budget.clone(), req, gw.parts.body_timeout).await
-}
-
-async fn reports(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    forward(gw.parts.reports.clone(), req, gw.parts.body_timeout).await
+impl Gateway {
+    /// Sends `req` through the balancer of service number `i`.
+    async fn forward(&self, i: usize, req: Request) -> Response {
+        let timeout = self.parts.body_timeout;
+        match self.parts.services.get(i).map(|s| &s.backend) {
+            Some(Backend::Data { balancer, .. }) => forward(balancer.clone(), req, timeout).await,
+            Some(Backend::Autoscaled { balancer, .. }) => {
+                forward(balancer.clone(), req, timeout).await
+            }
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
 }
 
 /// Sends `req` through `svc` once its body (at most 1 MiB) has arrived, within

@@ -22,6 +22,7 @@ pub mod data;
 pub mod edge;
 pub mod gateway;
 pub mod load;
+pub mod services;
 pub mod training;
 pub mod view;
 
@@ -39,12 +40,13 @@ use tower_autoscale::{
     ProcessScaler, RateKind, RatePolicy, ScalingManager, ScalingPolicy, ScalingRules, Select,
 };
 use tower_balance_ext::breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
-use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint, Pick};
+use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint};
 use tower_health::{Gate, HealthMonitor, HealthState, ReadinessLayer, ReadinessService, Target};
 use tower_layer::Layer;
 
 pub use self::cli::{help, parse_duration};
-use self::data::{DataService, Db, FleetBus, Kind};
+use self::data::{DataService, Db, FleetBus};
+use self::services::{Backend, DataSpec, RunningService, ServiceKind, ServiceSpec, SERVICES};
 use self::training::Work;
 
 /// Errors of the fleet's setup.
@@ -199,10 +201,8 @@ pub struct Fleet {
     pub scaler: TrainingScaler,
     /// The gateway's state (balancers, caches, figures).
     pub state: Arc<gateway::Gateway>,
-    /// The budget service.
-    pub budget: DataService,
-    /// The reports service.
-    pub reports: DataService,
+    /// The data services, in the order of [`SERVICES`].
+    pub data: Vec<DataService>,
     /// The origin both read.
     pub db: Arc<Db>,
     autoscaler: Option<Autoscaler>,
@@ -213,14 +213,18 @@ pub struct Fleet {
 }
 
 /// A balancer over one data service: its endpoint behind a gate that follows `monitor`.
-fn data_balancer(monitor: &HealthMonitor, svc: &DataService) -> Result<DataBalancer, BoxError> {
-    let name = svc.kind.name();
+fn data_balancer(
+    monitor: &HealthMonitor,
+    svc: &DataService,
+    data: &DataSpec,
+) -> Result<DataBalancer, BoxError> {
+    let spec = svc.spec;
     // In this process, so a check is slow only when the machine is starved: a longer
     // timeout and one more failure before the gate closes (a dead service is still
     // seen within 2 s) keep a busy moment from turning reads into 503s.
     monitor.register(
-        Target::new(name, svc.addr.to_string())
-            .path("/health/ready")
+        Target::new(spec.name, svc.addr.to_string())
+            .path(data.health_path)
             .interval(Duration::from_millis(500))
             .timeout(Duration::from_millis(500))
             .failure_threshold(3)
@@ -228,15 +232,24 @@ fn data_balancer(monitor: &HealthMonitor, svc: &DataService) -> Result<DataBalan
     )?;
     let gate = Gate::new(
         monitor
-            .watch(name)
-            .ok_or_else(|| format!("{name} is not registered with the monitor"))?,
+            .watch(spec.name)
+            .ok_or_else(|| format!("{} is not registered with the monitor", spec.name))?,
     );
     let endpoint = ReadinessLayer::pending(gate).layer(HttpEndpoint::<Full<Bytes>>::new(svc.addr));
-    Ok(BalancerBuilder::new(Pick::LatencyAware)
+    Ok(BalancerBuilder::new(spec.balancer.pick)
         .http()
         .retry_idempotent()
-        .ready_timeout(Duration::from_secs(2))
+        .ready_timeout(spec.balancer.ready_timeout)
         .build(discover::fixed(vec![(svc.addr, endpoint)]))?)
+}
+
+/// A target's health in a word, for logs.
+fn health_word(state: HealthState) -> &'static str {
+    match state {
+        HealthState::Unknown => "not checked yet",
+        HealthState::Healthy => "healthy",
+        HealthState::Unhealthy => "unhealthy",
+    }
 }
 
 /// A port range for training instances that does not start at a port in use.
@@ -244,6 +257,85 @@ fn training_ports() -> Result<(u16, u16), BoxError> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
     let base = probe.local_addr()?.port().clamp(20_000, 60_000);
     Ok((base, base + 200))
+}
+
+/// Starts the autoscaled service `spec`: child processes of this binary (or
+/// `cfg.program`), each behind a circuit breaker, `cfg.instances.0` of them to begin
+/// with, under a policy on requests in flight registered with `engine`.
+async fn start_autoscaled(
+    spec: &'static ServiceSpec,
+    cfg: &Config,
+    engine: &DecisionEngine,
+) -> Result<(TrainingScaler, TrainingBalancer, Breakers), BoxError> {
+    let program = match &cfg.program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.to_string_lossy().into_owned(),
+    };
+    let mut args = vec![
+        "--role".to_string(),
+        "training".into(),
+        "--port".into(),
+        "{port}".into(),
+    ];
+    args.extend(cfg.work.args());
+    let mut pc = ProcessConfig::new(program, args, training_ports()?);
+    pc.check_interval = Duration::from_millis(100);
+    pc.drain_grace = Duration::from_secs(5);
+    pc.stop_timeout = Duration::from_secs(2);
+    pc.start_timeout = Duration::from_secs(20);
+    pc.warm_up = Duration::ZERO;
+    let breakers: Breakers = Arc::default();
+    let breaker = CircuitBreakerLayer::<Response<Incoming>>::builder()
+        .http()
+        .consecutive_failures(5)
+        .open_for(Duration::from_millis(500), Duration::from_secs(10))
+        .build()?;
+    let (scaler, discovery) = ProcessScaler::new(pc, {
+        let breakers = breakers.clone();
+        move |addr| {
+            let svc = breaker.layer(HttpEndpoint::<Full<Bytes>>::new(addr));
+            let mut b = breakers.lock().unwrap_or_else(|e| e.into_inner());
+            b.retain(|(a, _)| *a != addr);
+            b.push((addr, svc.handle()));
+            svc
+        }
+    })?;
+    let balancer = BalancerBuilder::new(spec.balancer.pick)
+        .http()
+        .retry_idempotent()
+        .ready_timeout(spec.balancer.ready_timeout)
+        .build(discovery)?;
+    scaler.scale_to(cfg.instances.0).await?;
+
+    let policy = ScalingPolicy {
+        min_instances: cfg.instances.0,
+        max_instances: cfg.instances.1,
+        // Requests in flight per instance: a quarter of what one serves at once.
+        metrics: vec![MetricTarget::new(
+            Metric::InFlight,
+            (cfg.work.concurrency as f64 / 4.0).max(1.0),
+        )],
+        scale_down: ScalingRules {
+            stabilization_window: cfg.scale_down_window,
+            policies: vec![RatePolicy {
+                kind: RateKind::Instances,
+                value: 1,
+                period: cfg.interval,
+            }],
+            select: Select::Max,
+        },
+        warm_up: Duration::ZERO,
+        forecast: None,
+        panic: Some(tower_autoscale::PanicWindow {
+            threshold: 2.0,
+            hold: cfg.scale_down_window,
+        }),
+        ..ScalingPolicy::default()
+    }
+    .validated()?;
+    let (s2, stats) = (scaler.clone(), balancer.stats());
+    engine.add_service(spec.name, policy, move || s2.sample().or(stats.sample()))?;
+    Ok((scaler, balancer, breakers))
 }
 
 impl Fleet {
@@ -268,108 +360,52 @@ impl Fleet {
         let secret = format!("fleet-{:016x}", random_u64());
         let db = Db::new(cfg.origin_latency);
         let cache_dir = (!cfg.no_cache).then(|| data_dir.path().to_path_buf());
-        let budget = DataService::start(
-            Kind::Budget,
-            db.clone(),
-            cache_dir.as_deref(),
-            &bus,
-            1,
-            secret.as_bytes(),
-        )
-        .await?;
-        let reports = DataService::start(
-            Kind::Reports,
-            db.clone(),
-            cache_dir.as_deref(),
-            &bus,
-            2,
-            secret.as_bytes(),
-        )
-        .await?;
         let monitor = HealthMonitor::new();
         monitor.on_health_change(|t, was| {
             let error = t.last_error.as_deref().unwrap_or("-");
             if t.state == HealthState::Unhealthy {
-                tracing::warn!(target = %t.name, ?was, error, latency = ?t.last_latency, "unhealthy");
+                let latency_ms = t.last_latency.map_or(-1.0, |l| l.as_secs_f64() * 1e3);
+                tracing::warn!(target = %t.name, was = health_word(was), error, latency_ms, "unhealthy");
             } else {
-                tracing::info!(target = %t.name, ?was, now = ?t.state, "health changed");
+                tracing::info!(target = %t.name, was = health_word(was), now = health_word(t.state), "health changed");
             }
         });
-        let budget_balancer = data_balancer(&monitor, &budget)?;
-        let reports_balancer = data_balancer(&monitor, &reports)?;
-
-        // Training: child processes of this binary, each behind a circuit breaker.
-        let program = match &cfg.program {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()?.to_string_lossy().into_owned(),
-        };
-        let mut args = vec![
-            "--role".to_string(),
-            "training".into(),
-            "--port".into(),
-            "{port}".into(),
-        ];
-        args.extend(cfg.work.args());
-        let mut pc = ProcessConfig::new(program, args, training_ports()?);
-        pc.check_interval = Duration::from_millis(100);
-        pc.drain_grace = Duration::from_secs(5);
-        pc.stop_timeout = Duration::from_secs(2);
-        pc.start_timeout = Duration::from_secs(20);
-        pc.warm_up = Duration::ZERO;
-        let breakers: Breakers = Arc::default();
-        let breaker = CircuitBreakerLayer::<Response<Incoming>>::builder()
-            .http()
-            .consecutive_failures(5)
-            .open_for(Duration::from_millis(500), Duration::from_secs(10))
-            .build()?;
-        let (scaler, discovery) = ProcessScaler::new(pc, {
-            let breakers = breakers.clone();
-            move |addr| {
-                let svc = breaker.layer(HttpEndpoint::<Full<Bytes>>::new(addr));
-                let mut b = breakers.lock().unwrap_or_else(|e| e.into_inner());
-                b.retain(|(a, _)| *a != addr);
-                b.push((addr, svc.handle()));
-                svc
-            }
-        })?;
-        let training_balancer = BalancerBuilder::new(Pick::LatencyAware)
-            .http()
-            .retry_idempotent()
-            .ready_timeout(Duration::from_secs(5))
-            .build(discovery)?;
-        scaler.scale_to(cfg.instances.0).await?;
-
-        let policy = ScalingPolicy {
-            min_instances: cfg.instances.0,
-            max_instances: cfg.instances.1,
-            // Requests in flight per instance: a quarter of what one serves at once.
-            metrics: vec![MetricTarget::new(
-                Metric::InFlight,
-                (cfg.work.concurrency as f64 / 4.0).max(1.0),
-            )],
-            scale_down: ScalingRules {
-                stabilization_window: cfg.scale_down_window,
-                policies: vec![RatePolicy {
-                    kind: RateKind::Instances,
-                    value: 1,
-                    period: cfg.interval,
-                }],
-                select: Select::Max,
-            },
-            warm_up: Duration::ZERO,
-            forecast: None,
-            panic: Some(tower_autoscale::PanicWindow {
-                threshold: 2.0,
-                hold: cfg.scale_down_window,
-            }),
-            ..ScalingPolicy::default()
-        }
-        .validated()?;
         let engine = DecisionEngine::new();
-        let (s2, stats) = (scaler.clone(), training_balancer.stats());
-        engine.add_service("training", policy, move || s2.sample().or(stats.sample()))?;
-        let manager = ScalingManager::new(engine);
-        manager.add_scaler("training", scaler.clone());
+        let manager = ScalingManager::new(engine.clone());
+        let (mut data, mut services, mut scaler) = (Vec::new(), Vec::new(), None);
+        for spec in &SERVICES {
+            let backend = match &spec.kind {
+                ServiceKind::Data(d) => {
+                    let svc = DataService::start(
+                        spec,
+                        d,
+                        db.clone(),
+                        cache_dir.as_deref(),
+                        &bus,
+                        secret.as_bytes(),
+                    )
+                    .await?;
+                    let backend = Backend::Data {
+                        balancer: data_balancer(&monitor, &svc, d)?,
+                        cache: svc.cache.clone(),
+                    };
+                    data.push(svc);
+                    backend
+                }
+                ServiceKind::Autoscaled => {
+                    let (s, balancer, breakers) = start_autoscaled(spec, cfg, &engine).await?;
+                    manager.add_scaler(spec.name, s.clone());
+                    scaler.get_or_insert_with(|| s.clone());
+                    Backend::Autoscaled {
+                        balancer,
+                        scaler: s,
+                        breakers,
+                    }
+                }
+            };
+            services.push(RunningService { spec, backend });
+        }
+        let scaler = scaler.ok_or("the fleet's table of services has no autoscaled service")?;
         let autoscaler = Autoscaler::spawn(manager.clone(), cfg.interval);
 
         let token = match cfg.token.as_deref().map(str::trim) {
@@ -379,19 +415,13 @@ impl Fleet {
         let edge_stats = Arc::new(edge::Stats::default());
         let state = Arc::new(
             gateway::Gateway::new(gateway::Parts {
-                training: training_balancer,
-                budget: budget_balancer,
-                reports: reports_balancer,
-                scaler: scaler.clone(),
+                services,
                 manager: manager.clone(),
                 token: token.clone(),
                 hosts: gateway::host_names(gateway_addr.port(), &cfg.hosts),
                 edge: edge_stats.clone(),
                 body_timeout: cfg.edge.idle,
                 db: db.clone(),
-                budget_cache: budget.cache.clone(),
-                reports_cache: reports.cache.clone(),
-                breakers,
                 monitor: monitor.clone(),
                 rate_limit: cfg.rate_limit,
                 max_clients: cfg.max_clients,
@@ -411,14 +441,18 @@ impl Fleet {
             manager,
             scaler,
             state,
-            budget,
-            reports,
+            data,
             db,
             autoscaler: Some(autoscaler),
             gateway_task,
             monitor,
             data_dir,
         })
+    }
+
+    /// The data service named `name`.
+    pub fn data_service(&self, name: &str) -> Option<&DataService> {
+        self.data.iter().find(|d| d.spec.name == name)
     }
 
     /// Where the LMDB files are.
@@ -435,8 +469,9 @@ impl Fleet {
         self.scaler.shutdown().await;
         self.gateway_task.abort();
         self.history.abort();
-        self.budget.stop().await;
-        self.reports.stop().await;
+        for svc in self.data {
+            svc.stop().await;
+        }
         drop(self.monitor);
     }
 }
