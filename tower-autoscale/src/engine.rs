@@ -194,6 +194,107 @@ pub enum Reason {
     DryRun,
 }
 
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ScaleUp(n) => write!(f, "scale up by {n}"),
+            Self::ScaleDown(n) => write!(f, "scale down by {n}"),
+            Self::Hold => f.write_str("hold"),
+        }
+    }
+}
+
+/// `scale_up` / `scale_down` (the rules' names in a policy) as words.
+fn direction_words(direction: &str) -> &str {
+    match direction {
+        "scale_up" => "scaling up",
+        "scale_down" => "scaling down",
+        other => other,
+    }
+}
+
+/// Plain English for operators (logs, status pages, the fleet's views); the serialized
+/// form keeps the variant's `snake_case` tag and its fields.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MetricMissing { metric } => {
+                write!(f, "{metric}: no usable value in the sample, left out")
+            }
+            Self::WithinTolerance { metric } => write!(f, "{metric} within tolerance of its target"),
+            Self::BelowScaleUpOnlyTarget { metric } => {
+                write!(f, "{metric} below its target (it only ever asks for more)")
+            }
+            Self::InstancesIgnored { metric, count } => write!(
+                f,
+                "{metric}: {count} instance(s) not ready or warming up left out of the average"
+            ),
+            Self::UnusableValues { metric, count } => write!(
+                f,
+                "{metric}: {count} value(s) not a measurement (not a number, infinite or negative), counted as missing"
+            ),
+            Self::MissingInstancesAssumed { metric, count } => write!(
+                f,
+                "{metric}: {count} instance(s) without figures assumed idle when scaling up, at the target when scaling down"
+            ),
+            Self::UnsureDirection { metric } => write!(
+                f,
+                "{metric}: no clear direction once unready and missing instances count; no change"
+            ),
+            Self::ScaleDownFloor {
+                metric,
+                value,
+                floor,
+            } => write!(
+                f,
+                "{metric} at {value:.2} is not below its scale-down floor of {floor}: no scale-down"
+            ),
+            Self::NoMetrics => f.write_str("no metric gave a proposal; the count stays"),
+            Self::Panic { ratio } => write!(f, "panic: load at {ratio:.1} times its target"),
+            Self::PanicBlocksScaleDown { seconds_left } => write!(
+                f,
+                "panic mode blocks scaling down for {seconds_left:.0} s more"
+            ),
+            Self::Forecast {
+                predicted_throughput,
+                instances,
+            } => write!(
+                f,
+                "forecast: {predicted_throughput:.1} requests/s ahead need {instances} instances"
+            ),
+            Self::StabilizedDown {
+                window_seconds,
+                recommended,
+                allowed,
+            } => write!(
+                f,
+                "scale-down window of {window_seconds:.0} s keeps {allowed} instances (recommended {recommended})"
+            ),
+            Self::StabilizedUp {
+                window_seconds,
+                recommended,
+                allowed,
+            } => write!(
+                f,
+                "scale-up window of {window_seconds:.0} s allows {allowed} instances (recommended {recommended})"
+            ),
+            Self::RateLimited { direction, limit } => write!(
+                f,
+                "rate limit for {}: {limit} instances for now",
+                direction_words(direction)
+            ),
+            Self::DirectionDisabled { direction } => write!(
+                f,
+                "{} is disabled by the policy",
+                direction_words(direction)
+            ),
+            Self::ClampedToMin { min } => write!(f, "raised to the minimum of {min} instances"),
+            Self::ClampedToMax { max } => write!(f, "lowered to the maximum of {max} instances"),
+            Self::DryRun => f.write_str("dry run: decided, not acted on"),
+        }
+    }
+}
+
 /// One metric's proposal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -226,10 +327,29 @@ pub struct Decision {
     pub action: Action,
     /// Each metric's proposal.
     pub proposals: Vec<Proposal>,
-    /// Every rule that applied.
+    /// Every rule that applied (serialized each with its tag, its fields and a `text`
+    /// in plain English).
+    #[serde(serialize_with = "reasons_with_text")]
     pub reasons: Vec<Reason>,
     /// The sample the decision read, in short.
     pub input: SampleSummary,
+}
+
+fn reasons_with_text<S: serde::Serializer>(reasons: &[Reason], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(reasons.iter().map(ReasonWithText))
+}
+
+/// A reason as serialized in a decision: its derived form plus its words.
+struct ReasonWithText<'a>(&'a Reason);
+
+impl Serialize for ReasonWithText<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = serde_json::to_value(self.0).map_err(serde::ser::Error::custom)?;
+        if let Some(fields) = v.as_object_mut() {
+            fields.insert("text".into(), self.0.to_string().into());
+        }
+        v.serialize(s)
+    }
 }
 
 /// The inputs of a decision, for its history.
@@ -477,8 +597,7 @@ impl DecisionEngine {
     }
 
     /// The load `horizon` evaluations ahead by Holt's linear trend over throughput, and
-    /// the instances it needs at the current load per instance and targets (the seed's
-    /// `predictLoadNeeded`). `None` before three samples with a throughput.
+    /// the instances it needs at the current load per instance and targets. `None` before three samples with a throughput.
     pub fn predict_load_needed(&self, name: &str, horizon: u32) -> Option<(f64, usize)> {
         let services = self.lock();
         let st = services.get(name)?;

@@ -163,7 +163,8 @@ impl fmt::Display for ScaleError {
             Self::Spawn { command, error } => write!(f, "cannot start `{command}`: {error}"),
             Self::NeverReady { port, waited } => write!(
                 f,
-                "the instance on port {port} was not ready after {waited:?}; it was stopped"
+                "the instance on port {port} was not ready after {:.1} s; it was stopped",
+                waited.as_secs_f64()
             ),
             Self::Exited { port, status } => {
                 write!(
@@ -193,6 +194,20 @@ pub enum InstanceState {
     /// Crashed (or failed to start again) more than once in a row; waiting, with a
     /// backoff that doubles up to its cap, to be started again.
     CrashLoopBackOff,
+}
+
+/// Plain English for operators: `starting`, `ready`, `draining`, `crashed`, `crash
+/// loop back-off` (serialized in `snake_case`: `crash_loop_back_off`).
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Crashed => "crashed",
+            Self::CrashLoopBackOff => "crash loop back-off",
+        })
+    }
 }
 
 impl InstanceState {
@@ -309,8 +324,9 @@ impl ProcessConfig {
         }
         if self.restart_backoff_max < self.restart_backoff {
             return Err(ScaleError::Config(format!(
-                "restart_backoff_max ({:?}) is below restart_backoff ({:?})",
-                self.restart_backoff_max, self.restart_backoff
+                "restart_backoff_max ({} ms) is below restart_backoff ({} ms)",
+                self.restart_backoff_max.as_millis(),
+                self.restart_backoff.as_millis()
             )));
         }
         Ok(())
@@ -813,7 +829,8 @@ where
                     i.last_exit = Some(e.to_string());
                     let wait = self.inner.cfg.backoff(i.streak);
                     i.backoff = Some(wait);
-                    tracing::warn!(error = %e, streak = i.streak, ?wait, "restart failed; backing off");
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    tracing::warn!(error = %e, streak = i.streak, wait_ms, "restart failed; backing off");
                 }
             }
         }

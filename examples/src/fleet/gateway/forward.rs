@@ -50,7 +50,10 @@ where
             return (
                 StatusCode::REQUEST_TIMEOUT,
                 [(http::header::CONNECTION, "close")],
-                format!("the request body did not arrive within {body_timeout:?}"),
+                format!(
+                    "the request body did not arrive within {:.1} s",
+                    body_timeout.as_secs_f64()
+                ),
             )
                 .into_response()
         }

@@ -5,7 +5,8 @@
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
-use tower_autoscale::{AuditEntry, InstanceState};
+use tower_autoscale::AuditEntry;
+use tower_balance_ext::breaker::BreakerState;
 use tower_balance_ext::EndpointState;
 use tower_cache::Cache;
 
@@ -89,18 +90,12 @@ impl Gateway {
                 for d in scaler.instance_details() {
                     let addr = format!("127.0.0.1:{}", d.port);
                     let e = s.endpoints.iter().find(|e| e.name == addr);
-                    let state = match d.state {
-                        InstanceState::Starting => "starting",
-                        InstanceState::Ready => "ready",
-                        InstanceState::Draining => "draining",
-                        InstanceState::Crashed => "crashed",
-                        InstanceState::CrashLoopBackOff => "crash_loop_back_off",
-                    };
-                    view.count(state);
+                    let state = d.state.to_string();
+                    view.count(&state);
                     view.instances.push(InstanceView {
                         name: addr.clone(),
                         pid: d.pid,
-                        state: state.into(),
+                        state,
                         share: e.map_or(0.0, |e| e.share),
                         in_flight: e.map_or(d.in_flight as u64, |e| e.in_flight),
                         requests: e.map_or(0, |e| e.requests),
@@ -109,7 +104,7 @@ impl Gateway {
                         breaker: breakers
                             .iter()
                             .find(|(a, _)| a.to_string() == addr)
-                            .map(|(_, b)| format!("{:?}", b.state()).to_lowercase()),
+                            .map(|(_, b)| breaker_words(b.state()).to_string()),
                     });
                 }
                 let policy = self.parts.manager.engine().policy(svc.name());
@@ -210,7 +205,7 @@ pub struct InstanceView {
     pub name: String,
     /// Its process.
     pub pid: Option<u32>,
-    /// ready, starting, draining, crashed or failing.
+    /// ready, starting, draining, crashed, crash loop back-off, or failing.
     pub state: String,
     /// Its share of the service's requests.
     pub share: f64,
@@ -224,6 +219,15 @@ pub struct InstanceView {
     pub p99_ms: f64,
     /// Its circuit breaker's state.
     pub breaker: Option<String>,
+}
+
+/// A circuit breaker's state in words.
+fn breaker_words(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half-open",
+    }
 }
 
 /// A cache in a [`ServiceView`].
@@ -289,7 +293,7 @@ impl From<&tower_autoscale::Decision> for DecisionView {
         let rules = d
             .reasons
             .iter()
-            .map(|r| format!("{r:?}"))
+            .map(|r| r.to_string())
             .collect::<Vec<_>>()
             .join(", ");
         Self {
@@ -330,4 +334,48 @@ pub struct ActionView {
     pub error: Option<String>,
     /// The decision's reason, for the autoscaler's actions.
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_autoscale::{
+        DecisionEngine, InstanceLoad, LoadSample, Metric, MetricTarget, ScalingPolicy,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_decisions_reason_is_words_not_debug_output() {
+        let policy = ScalingPolicy {
+            max_instances: 2,
+            metrics: vec![MetricTarget::new(Metric::InFlight, 1.0)],
+            panic: None,
+            forecast: None,
+            ..ScalingPolicy::default()
+        };
+        let engine = DecisionEngine::new();
+        engine
+            .add_service("svc", policy, || LoadSample {
+                per_instance: vec![InstanceLoad::new("a").in_flight(9.0)],
+                ..LoadSample::new(1)
+            })
+            .unwrap();
+        let view = DecisionView::from(&engine.evaluate("svc").unwrap());
+        assert_eq!(view.action, "scale up");
+        assert!(
+            view.reason.contains("in_flight 9.0 vs target 1"),
+            "{}",
+            view.reason
+        );
+        assert!(
+            view.reason
+                .contains("lowered to the maximum of 2 instances"),
+            "{}",
+            view.reason
+        );
+        for debug in ["ClampedTo", "{", "Some(", "Duration"] {
+            assert!(!view.reason.contains(debug), "{}", view.reason);
+        }
+        assert_eq!(breaker_words(BreakerState::HalfOpen), "half-open");
+    }
 }
