@@ -39,6 +39,7 @@ pub mod process;
 pub mod procfs;
 pub mod sample;
 pub mod sim;
+mod util;
 
 pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
 #[cfg(feature = "kube")]

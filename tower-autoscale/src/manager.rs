@@ -142,10 +142,6 @@ impl fmt::Debug for ScalingManager {
     }
 }
 
-fn unix_ms() -> u64 {
-    crate::process::unix_ms(std::time::SystemTime::now())
-}
-
 impl ScalingManager {
     /// A manager acting on `engine`'s decisions.
     pub fn new(engine: DecisionEngine) -> Self {
@@ -242,7 +238,7 @@ impl ScalingManager {
             self.inner.engine.record_scale(service, from, now);
         }
         self.record(AuditEntry::Action {
-            at_unix_ms: unix_ms(),
+            at_unix_ms: crate::util::unix_ms(),
             service: service.to_owned(),
             by,
             from,
@@ -299,7 +295,7 @@ impl ScalingManager {
                 max: policy.max_instances,
             };
             self.record(AuditEntry::Action {
-                at_unix_ms: unix_ms(),
+                at_unix_ms: crate::util::unix_ms(),
                 service: service.to_owned(),
                 by: "manual",
                 from: current as usize,

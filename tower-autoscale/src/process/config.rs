@@ -1,0 +1,92 @@
+//! [`ProcessConfig`]: the settings of a [`ProcessScaler`](super::ProcessScaler).
+
+use std::time::Duration;
+
+use super::ScaleError;
+
+/// The settings of a [`ProcessScaler`](super::ProcessScaler).
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The program to run.
+    pub program: String,
+    /// Its arguments; `{port}` is replaced by the instance's port.
+    pub args: Vec<String>,
+    /// Ports to use, inclusive.
+    pub ports: (u16, u16),
+    /// The health path the monitor checks (default `/health/ready`).
+    pub health_path: String,
+    /// How long a new instance may take to be ready (default 30 s).
+    pub start_timeout: Duration,
+    /// How long a removed instance may take to finish its requests (default 30 s).
+    pub drain_grace: Duration,
+    /// After SIGTERM, how long before SIGKILL (default 10 s).
+    pub stop_timeout: Duration,
+    /// How often the monitor checks each instance (default 250 ms).
+    pub check_interval: Duration,
+    /// An instance younger than this is reported as warming up (its load is ignored
+    /// by the engine; default 30 s, give the policy's `warm_up`).
+    pub warm_up: Duration,
+    /// The wait before a crashed instance is started again; it doubles with each crash
+    /// or failed restart in a row (default 100 ms; not zero).
+    pub restart_backoff: Duration,
+    /// The longest wait between restarts (default 30 s; not below `restart_backoff`).
+    /// An instance ready for twice this long has run steadily: its next crash waits
+    /// `restart_backoff` again.
+    pub restart_backoff_max: Duration,
+}
+
+impl ProcessConfig {
+    /// Runs `program` with `args` on ports `ports`, other settings at their defaults.
+    pub fn new(program: impl Into<String>, args: Vec<String>, ports: (u16, u16)) -> Self {
+        Self {
+            program: program.into(),
+            args,
+            ports,
+            health_path: "/health/ready".into(),
+            start_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+            check_interval: Duration::from_millis(250),
+            warm_up: Duration::from_secs(30),
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// The wait before the restart that follows `streak` crashes in a row (1 for the
+    /// first): `restart_backoff` doubled `streak - 1` times, at most `restart_backoff_max`.
+    pub(super) fn backoff(&self, streak: u32) -> Duration {
+        crate::util::doubling_backoff(self.restart_backoff, streak, self.restart_backoff_max)
+    }
+
+    pub(super) fn check(&self) -> Result<(), ScaleError> {
+        if self.ports.0 == 0 || self.ports.0 > self.ports.1 {
+            return Err(ScaleError::Config(format!(
+                "port range {}..={}: give a first port above 0 and not above the last",
+                self.ports.0, self.ports.1
+            )));
+        }
+        if !self.args.iter().any(|a| a.contains("{port}")) {
+            return Err(ScaleError::Config(
+                "no argument contains {port}: the instance would not know where to listen".into(),
+            ));
+        }
+        if self.check_interval.is_zero() {
+            return Err(ScaleError::Config("check_interval is zero".into()));
+        }
+        if self.restart_backoff.is_zero() {
+            return Err(ScaleError::Config(
+                "restart_backoff is zero: a crashing instance would be restarted in a busy loop"
+                    .into(),
+            ));
+        }
+        if self.restart_backoff_max < self.restart_backoff {
+            return Err(ScaleError::Config(format!(
+                "restart_backoff_max ({} ms) is below restart_backoff ({} ms)",
+                self.restart_backoff_max.as_millis(),
+                self.restart_backoff.as_millis()
+            )));
+        }
+        Ok(())
+    }
+}
