@@ -12,8 +12,8 @@ use http::Response;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tower_autoscale::{
-    Autoscaler, DecisionEngine, LoadSource, Metric, MetricTarget, ProcessConfig, ProcessScaler,
-    RateKind, RatePolicy, ScalingManager, ScalingPolicy, ScalingRules, Select,
+    Autoscaler, DecisionEngine, LoadSource, Metric, MetricTarget, ProcessScaler, RateKind,
+    RatePolicy, ScalingManager, ScalingPolicy, ScalingRules, Select,
 };
 use tower_balance_ext::breaker::CircuitBreakerLayer;
 use tower_balance_ext::{discover, BalancerBuilder, HttpEndpoint};
@@ -133,28 +133,28 @@ async fn start_autoscaled(
         "{port}".into(),
     ];
     args.extend(cfg.work.args());
-    let mut pc = ProcessConfig::new(program, args, training_ports()?);
-    pc.check_interval = Duration::from_millis(100);
-    pc.drain_grace = Duration::from_secs(5);
-    pc.stop_timeout = Duration::from_secs(2);
-    pc.start_timeout = Duration::from_secs(20);
-    pc.warm_up = Duration::ZERO;
     let breakers: Breakers = Arc::default();
     let breaker = CircuitBreakerLayer::<Response<Incoming>>::builder()
         .http()
         .consecutive_failures(5)
         .open_for(Duration::from_millis(500), Duration::from_secs(10))
         .build()?;
-    let (scaler, discovery) = ProcessScaler::new(pc, {
-        let breakers = breakers.clone();
-        move |addr| {
-            let svc = breaker.layer(HttpEndpoint::<Full<Bytes>>::new(addr));
-            let mut b = breakers.lock().unwrap_or_else(|e| e.into_inner());
-            b.retain(|(a, _)| *a != addr);
-            b.push((addr, svc.handle()));
-            svc
-        }
-    })?;
+    let (scaler, discovery) = ProcessScaler::builder(program, args, training_ports()?)
+        .check_interval(Duration::from_millis(100))
+        .drain_grace(Duration::from_secs(5))
+        .stop_timeout(Duration::from_secs(2))
+        .start_timeout(Duration::from_secs(20))
+        .warm_up(Duration::ZERO)
+        .start({
+            let breakers = breakers.clone();
+            move |addr| {
+                let svc = breaker.layer(HttpEndpoint::<Full<Bytes>>::new(addr));
+                let mut b = breakers.lock().unwrap_or_else(|e| e.into_inner());
+                b.retain(|(a, _)| *a != addr);
+                b.push((addr, svc.handle()));
+                svc
+            }
+        })?;
     let balancer = BalancerBuilder::new(spec.balancer.pick)
         .http()
         .retry_idempotent()
@@ -162,15 +162,15 @@ async fn start_autoscaled(
         .build(discovery)?;
     scaler.scale_to(cfg.instances.0).await?;
 
-    let policy = ScalingPolicy {
-        min_instances: cfg.instances.0,
-        max_instances: cfg.instances.1,
+    let policy = ScalingPolicy::builder()
+        .min_instances(cfg.instances.0)
+        .max_instances(cfg.instances.1)
         // Requests in flight per instance: a quarter of what one serves at once.
-        metrics: vec![MetricTarget::new(
+        .metrics(vec![MetricTarget::new(
             Metric::InFlight,
             (cfg.work.concurrency as f64 / 4.0).max(1.0),
-        )],
-        scale_down: ScalingRules {
+        )])
+        .scale_down(ScalingRules {
             stabilization_window: cfg.scale_down_window,
             policies: vec![RatePolicy {
                 kind: RateKind::Instances,
@@ -178,16 +178,14 @@ async fn start_autoscaled(
                 period: cfg.interval,
             }],
             select: Select::Max,
-        },
-        warm_up: Duration::ZERO,
-        forecast: None,
-        panic: Some(tower_autoscale::PanicWindow {
+        })
+        .warm_up(Duration::ZERO)
+        .forecast(None)
+        .panic(Some(tower_autoscale::PanicWindow {
             threshold: 2.0,
             hold: cfg.scale_down_window,
-        }),
-        ..ScalingPolicy::default()
-    }
-    .validated()?;
+        }))
+        .build()?;
     let (s2, stats) = (scaler.clone(), balancer.stats());
     engine.add_service(spec.name, policy, move || s2.sample().or(stats.sample()))?;
     Ok((scaler, balancer, breakers))
@@ -261,7 +259,9 @@ impl Fleet {
             services.push(RunningService { spec, backend });
         }
         let scaler = scaler.ok_or("the fleet's table of services has no autoscaled service")?;
-        let autoscaler = Autoscaler::spawn(manager.clone(), cfg.interval);
+        let autoscaler = Autoscaler::builder(manager.clone())
+            .interval(cfg.interval)
+            .spawn()?;
 
         let token = match cfg.token.as_deref().map(str::trim) {
             Some(t) if !t.is_empty() => t.to_string(),

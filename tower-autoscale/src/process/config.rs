@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::ScaleError;
+use crate::error::BuildError;
 
 /// The settings of a [`ProcessScaler`](super::ProcessScaler).
 #[derive(Debug, Clone)]
@@ -59,34 +59,121 @@ impl ProcessConfig {
         crate::util::doubling_backoff(self.restart_backoff, streak, self.restart_backoff_max)
     }
 
-    pub(super) fn check(&self) -> Result<(), ScaleError> {
+    pub(super) fn check(&self) -> Result<(), BuildError> {
         if self.ports.0 == 0 || self.ports.0 > self.ports.1 {
-            return Err(ScaleError::Config(format!(
-                "port range {}..={}: give a first port above 0 and not above the last",
-                self.ports.0, self.ports.1
-            )));
+            return Err(BuildError::new(
+                "ports",
+                format!(
+                    "port range {}..={}: give a first port above 0 and not above the last",
+                    self.ports.0, self.ports.1
+                ),
+            ));
         }
         if !self.args.iter().any(|a| a.contains("{port}")) {
-            return Err(ScaleError::Config(
-                "no argument contains {port}: the instance would not know where to listen".into(),
+            return Err(BuildError::new(
+                "args",
+                "no argument contains {port}: the instance would not know where to listen",
             ));
         }
         if self.check_interval.is_zero() {
-            return Err(ScaleError::Config("check_interval is zero".into()));
+            return Err(BuildError::new("check_interval", "check_interval is zero"));
         }
         if self.restart_backoff.is_zero() {
-            return Err(ScaleError::Config(
-                "restart_backoff is zero: a crashing instance would be restarted in a busy loop"
-                    .into(),
+            return Err(BuildError::new(
+                "restart_backoff",
+                "restart_backoff is zero: a crashing instance would be restarted in a busy loop",
             ));
         }
         if self.restart_backoff_max < self.restart_backoff {
-            return Err(ScaleError::Config(format!(
-                "restart_backoff_max ({} ms) is below restart_backoff ({} ms)",
-                self.restart_backoff_max.as_millis(),
-                self.restart_backoff.as_millis()
-            )));
+            return Err(BuildError::new(
+                "restart_backoff_max",
+                format!(
+                    "restart_backoff_max ({} ms) is below restart_backoff ({} ms)",
+                    self.restart_backoff_max.as_millis(),
+                    self.restart_backoff.as_millis()
+                ),
+            ));
         }
         Ok(())
+    }
+}
+
+/// Builds a [`ProcessScaler`](super::ProcessScaler); see
+/// [`ProcessScaler::builder`](super::ProcessScaler::builder). Each setter sets the
+/// [`ProcessConfig`] field of the same name.
+#[derive(Debug, Clone)]
+pub struct ProcessScalerBuilder {
+    pub(super) cfg: ProcessConfig,
+}
+
+impl ProcessScalerBuilder {
+    /// The health path the monitor checks (default `/health/ready`).
+    pub fn health_path(mut self, path: impl Into<String>) -> Self {
+        self.cfg.health_path = path.into();
+        self
+    }
+
+    /// How long a new instance may take to be ready (default 30 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.start_timeout = timeout;
+        self
+    }
+
+    /// How long a removed instance may take to finish its requests (default 30 s).
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.cfg.drain_grace = grace;
+        self
+    }
+
+    /// After SIGTERM, how long before SIGKILL (default 10 s).
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.stop_timeout = timeout;
+        self
+    }
+
+    /// How often the monitor checks each instance (default 250 ms; not zero).
+    pub fn check_interval(mut self, interval: Duration) -> Self {
+        self.cfg.check_interval = interval;
+        self
+    }
+
+    /// An instance younger than this is reported as warming up (default 30 s).
+    pub fn warm_up(mut self, warm_up: Duration) -> Self {
+        self.cfg.warm_up = warm_up;
+        self
+    }
+
+    /// The first wait before a crashed instance is started again (default 100 ms; not
+    /// zero).
+    pub fn restart_backoff(mut self, backoff: Duration) -> Self {
+        self.cfg.restart_backoff = backoff;
+        self
+    }
+
+    /// The longest wait between restarts (default 30 s; not below `restart_backoff`).
+    pub fn restart_backoff_max(mut self, max: Duration) -> Self {
+        self.cfg.restart_backoff_max = max;
+        self
+    }
+
+    /// Checks the settings and makes the scaler, inserting each ready instance's
+    /// endpoint (made by `make` from its address) into the balancer that reads the
+    /// returned discovery stream. No instance starts yet (`scale_to` starts them).
+    #[allow(clippy::type_complexity)]
+    pub fn start<S, M>(
+        self,
+        make: M,
+    ) -> Result<
+        (
+            super::ProcessScaler<S>,
+            tower_balance_ext::discover::Receiver<std::net::SocketAddr, super::Counted<S>>,
+        ),
+        BuildError,
+    >
+    where
+        S: Send + 'static,
+        M: Fn(std::net::SocketAddr) -> S + Send + Sync + 'static,
+    {
+        super::ProcessScaler::start_checked(self.cfg, make)
     }
 }

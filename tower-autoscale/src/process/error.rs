@@ -1,5 +1,6 @@
 //! [`ScaleError`]: why a scaling action failed.
 
+use crate::error::BuildError;
 use std::fmt;
 use std::time::Duration;
 
@@ -63,3 +64,11 @@ impl fmt::Display for ScaleError {
 }
 
 impl std::error::Error for ScaleError {}
+
+/// A setting that cannot work, as [`ScaleError::Config`] (for
+/// [`ProcessScaler::new`](super::ProcessScaler::new), which predates [`BuildError`]).
+impl From<BuildError> for ScaleError {
+    fn from(e: BuildError) -> Self {
+        Self::Config(e.to_string())
+    }
+}

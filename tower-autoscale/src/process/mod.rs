@@ -43,11 +43,12 @@ use std::sync::{Arc, Mutex};
 use tower_balance_ext::discover;
 use tower_health::HealthMonitor;
 
-pub use self::config::ProcessConfig;
+pub use self::config::{ProcessConfig, ProcessScalerBuilder};
 pub use self::counted::Counted;
 pub use self::error::ScaleError;
 use self::instance::Instance;
 pub use self::instance::{InstanceDetails, InstanceState};
+use crate::error::BuildError;
 
 struct Inner<S> {
     cfg: ProcessConfig,
@@ -89,17 +90,58 @@ impl<S> fmt::Debug for ProcessScaler<S> {
     }
 }
 
+/// The builder's entry point sits on `ProcessScaler<()>` so that
+/// `ProcessScaler::builder(..)` needs no type annotation (as `HashMap::new`); the
+/// endpoint type comes from the closure given to
+/// [`start`](ProcessScalerBuilder::start).
+impl ProcessScaler<()> {
+    /// A builder for a scaler running `program` with `args` (one of which holds
+    /// `{port}`) on ports `ports` (inclusive); every other setting at its
+    /// [`ProcessConfig`] default.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use tower_autoscale::ProcessScaler;
+    ///
+    /// let args = vec!["--port".to_string(), "{port}".to_string()];
+    /// let (scaler, discovery) = ProcessScaler::builder("./server", args, (4100, 4199))
+    ///     .start_timeout(Duration::from_secs(20))
+    ///     .start(|addr| addr)?;
+    /// scaler.scale_to(2).await?;
+    /// # drop(discovery); Ok(()) }
+    /// ```
+    pub fn builder(
+        program: impl Into<String>,
+        args: Vec<String>,
+        ports: (u16, u16),
+    ) -> ProcessScalerBuilder {
+        ProcessScalerBuilder {
+            cfg: ProcessConfig::new(program, args, ports),
+        }
+    }
+}
+
 impl<S> ProcessScaler<S>
 where
     S: Send + 'static,
 {
-    /// A scaler running `cfg`'s command, inserting each ready instance's endpoint (made
-    /// by `make` from its address) into the balancer that reads the returned
-    /// discovery stream.
+    /// A scaler from a whole [`ProcessConfig`] value: the same check and start as
+    /// [`ProcessScalerBuilder::start`], with the error as [`ScaleError::Config`].
     pub fn new<M>(
         cfg: ProcessConfig,
         make: M,
     ) -> Result<(Self, discover::Receiver<SocketAddr, Counted<S>>), ScaleError>
+    where
+        M: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    {
+        Ok(Self::start_checked(cfg, make)?)
+    }
+
+    fn start_checked<M>(
+        cfg: ProcessConfig,
+        make: M,
+    ) -> Result<(Self, discover::Receiver<SocketAddr, Counted<S>>), BuildError>
     where
         M: Fn(SocketAddr) -> S + Send + Sync + 'static,
     {
