@@ -193,7 +193,8 @@ fn run_tui(
                         [
                             Constraint::Length(9),
                             Constraint::Length(18),
-                            Constraint::Length(9),
+                            // The longest state: "crash loop back-off".
+                            Constraint::Length(20),
                             Constraint::Length(6),
                             Constraint::Length(9),
                             Constraint::Length(9),
