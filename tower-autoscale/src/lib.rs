@@ -65,7 +65,8 @@
 //! A folder per part with a file per job, as tower's: `engine/` (the [`Decision`] and
 //! its [`Reason`]s, the per-metric proposals, the forecast, the rate limits, the
 //! evaluation itself), `process/` (its settings, the counted endpoint, instance states,
-//! start, restart, stop, load), `policy.rs`, `manager.rs`, `sample.rs`, `procfs.rs`,
+//! start, restart, stop, load), `manager/` (the scaler trait, the audit history, manual-scale errors, the control
+//! loop), `policy.rs`, `sample.rs`, `procfs.rs`,
 //! `sim.rs`, and the shared helpers in `util.rs`.
 //!
 //! [tower]: https://docs.rs/tower
