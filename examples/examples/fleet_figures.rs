@@ -205,9 +205,8 @@ async fn cache() -> Result<(f64, Duration, Duration), BoxError> {
         )
         .await;
         let hits = fleet
-            .budget
-            .cache
-            .as_ref()
+            .data_service("budget")
+            .and_then(|s| s.cache.as_ref())
             .map(|c| c.stats().hit_ratio() * 100.0)
             .unwrap_or(0.0);
         println!(
@@ -249,8 +248,7 @@ async fn death() -> Result<(f64, f64, u64, usize), BoxError> {
         let name = format!("127.0.0.1:{port}");
         let sent = |f: &Fleet| {
             f.state
-                .training()
-                .stats()
+                .load("training")?
                 .snapshot()
                 .endpoints
                 .iter()

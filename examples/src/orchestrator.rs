@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_autoscale::{AuditEntry, ManualScaleError, ScalingManager};
-use tower_balance_ext::LoadStats;
+use tower_balance_ext::{EndpointState, LoadStats};
 
 struct Api {
     manager: ScalingManager,
@@ -134,7 +134,13 @@ async fn distribution(State(api): State<Arc<Api>>) -> Json<Value> {
                         "errors": e.errors,
                         "p99_ms": e.p99.as_secs_f64() * 1e3,
                         "latency_estimate_ms": e.ewma.as_secs_f64() * 1e3,
-                        "health": format!("{:?}", e.state),
+                        "health": match e.state {
+                            EndpointState::Ready => "ready",
+                            EndpointState::NotReady => "not ready",
+                            EndpointState::SetAside => "set aside",
+                            EndpointState::Removed => "removed",
+                            _ => "unknown",
+                        },
                     })
                 })
                 .collect();

@@ -254,7 +254,10 @@ async fn run(listen: String, instance: String, map: HashMap<String, String>) {
         .expect("a valid policy");
     let manager = ScalingManager::new(engine);
     manager.add_scaler("work", scaler.clone());
-    let autoscaler = Autoscaler::spawn(manager.clone(), interval);
+    let autoscaler = Autoscaler::builder(manager.clone())
+        .interval(interval)
+        .spawn()
+        .expect("a non-zero interval");
 
     // The load: closed loop, each request bounded; worker `i` sends while `i` is below
     // the concurrency asked for.

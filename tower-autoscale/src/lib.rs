@@ -26,10 +26,54 @@
 //! - [`sim`]: a deterministic simulator with an exact port of the Kubernetes HPA as
 //!   the baseline.
 //!
+//! # Making things: one convention
+//!
+//! - **A plain value** (settings, samples, targets: [`MetricTarget`], [`ProcessConfig`],
+//!   [`LoadSample`]) is made with `new` or `Default` and changed with
+//!   setters or its public fields; making one never fails. A value is checked where it
+//!   is used, and [`ScalingPolicy`], which is also read from files, keeps its public
+//!   fields and is checked by [`ScalingPolicy::validated`] (which the engine runs).
+//! - **A component that must be checked, or that starts tasks or processes** is made
+//!   with `builder()`, setters, and one verb: [`ScalingPolicy::builder`] `.build()`,
+//!   [`ProcessScaler::builder`] `.start(make)`, [`Autoscaler::builder`] `.spawn()`. The
+//!   verb returns `Result<_, BuildError>`, and [`BuildError::setting`] names the setting
+//!   to change. Registries that check what they are given ([`DecisionEngine::new`],
+//!   [`ScalingManager::new`]) are plain values whose `add_*` methods return the error.
+//! - Older entry points stay as they were where callers rely on them
+//!   ([`ProcessScaler::new`] from a whole [`ProcessConfig`]); `Autoscaler::spawn`, which
+//!   took a zero interval silently, is deprecated for its builder.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_autoscale::{Autoscaler, DecisionEngine, ScalingManager, ScalingPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let policy = ScalingPolicy::builder().max_instances(4).build().unwrap();
+//! let engine = DecisionEngine::new();
+//! engine.add_service("api", policy, || tower_autoscale::LoadSample::new(1)).unwrap();
+//! let autoscaler = Autoscaler::builder(ScalingManager::new(engine))
+//!     .interval(Duration::from_secs(10))
+//!     .spawn()
+//!     .unwrap();
+//! autoscaler.stop().await;
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! A folder per part with a file per job, as tower's: `engine/` (the [`Decision`] and
+//! its [`Reason`]s, the per-metric proposals, the forecast, the rate limits, the
+//! evaluation itself), `process/` (its settings, the counted endpoint, instance states,
+//! start, restart, stop, load), `manager/` (the scaler trait, the audit history, manual-scale errors, the control
+//! loop), `policy.rs`, `sample.rs`, `procfs.rs`,
+//! `sim.rs`, and the shared helpers in `util.rs`.
+//!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod engine;
+mod error;
 #[cfg(feature = "kube")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod kube_scaler;
@@ -39,17 +83,23 @@ pub mod process;
 pub mod procfs;
 pub mod sample;
 pub mod sim;
+mod util;
 
 pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
+pub use error::BuildError;
 #[cfg(feature = "kube")]
 pub use kube_scaler::KubeScaler;
-pub use manager::{AuditEntry, Autoscaler, BeyondBounds, ManualScaleError, Scaler, ScalingManager};
+pub use manager::{
+    AuditEntry, Autoscaler, AutoscalerBuilder, BeyondBounds, ManualScaleError, Scaler,
+    ScalingManager,
+};
 pub use policy::{
     Forecast, Metric, MetricTarget, PanicWindow, PolicyError, RateKind, RatePolicy, ScalingPolicy,
-    ScalingRules, Select,
+    ScalingPolicyBuilder, ScalingRules, Select,
 };
 pub use process::{
-    Counted, InstanceDetails, InstanceState, ProcessConfig, ProcessScaler, ScaleError,
+    Counted, InstanceDetails, InstanceState, ProcessConfig, ProcessScaler, ProcessScalerBuilder,
+    ScaleError,
 };
 pub use procfs::{ProcessSampler, ProcessUse};
 pub use sample::{InstanceLoad, LoadSample, LoadSource};

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::BuildError;
+
 /// A load metric a policy can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -287,53 +289,85 @@ impl Default for ScalingPolicy {
     }
 }
 
-/// A policy setting that cannot work; the message names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError(pub(crate) String);
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PolicyError {}
+/// A policy setting that cannot work: the [`BuildError`] that
+/// [`ScalingPolicy::validated`] and [`ScalingPolicyBuilder::build`] give, under the name
+/// the engine's errors use.
+pub type PolicyError = BuildError;
 
 impl ScalingPolicy {
-    /// Checks every setting; the error names the one to change.
+    /// A builder from the defaults: setters, then [`build`](ScalingPolicyBuilder::build),
+    /// which checks every setting.
+    ///
+    /// ```
+    /// use tower_autoscale::{Metric, MetricTarget, ScalingPolicy};
+    ///
+    /// let policy = ScalingPolicy::builder()
+    ///     .min_instances(2)
+    ///     .max_instances(8)
+    ///     .metrics(vec![MetricTarget::new(Metric::InFlight, 4.0)])
+    ///     .forecast(None)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(policy.max_instances, 8);
+    /// ```
+    pub fn builder() -> ScalingPolicyBuilder {
+        ScalingPolicyBuilder {
+            policy: Self::default(),
+        }
+    }
+
+    /// Checks every setting of a policy made as a value (a struct literal, or read from
+    /// a file); the error names the one to change. [`ScalingPolicyBuilder::build`] and
+    /// [`DecisionEngine::add_service`](crate::DecisionEngine::add_service) run it too.
     pub fn validated(self) -> Result<Self, PolicyError> {
-        let err = |m: String| Err(PolicyError(m));
+        let err = |setting: String, m: String| Err(BuildError::new(setting, m));
         if self.max_instances == 0 {
-            return err("max_instances is 0; allow at least 1 instance".into());
+            return err(
+                "max_instances".into(),
+                "max_instances is 0; allow at least 1 instance".into(),
+            );
         }
         if self.min_instances > self.max_instances {
-            return err(format!(
-                "min_instances ({}) is above max_instances ({}); lower min or raise max",
-                self.min_instances, self.max_instances
-            ));
+            return err(
+                "min_instances".into(),
+                format!(
+                    "min_instances ({}) is above max_instances ({}); lower min or raise max",
+                    self.min_instances, self.max_instances
+                ),
+            );
         }
         if !(0.0..1.0).contains(&self.tolerance) {
-            return err(format!(
-                "tolerance {} is outside [0, 1); 0.1 is the HPA's default",
-                self.tolerance
-            ));
+            return err(
+                "tolerance".into(),
+                format!(
+                    "tolerance {} is outside [0, 1); 0.1 is the HPA's default",
+                    self.tolerance
+                ),
+            );
         }
         for m in &self.metrics {
             if !(m.target.is_finite() && m.target > 0.0) {
-                return err(format!(
-                    "metrics.{}: target {} must be a number above zero",
-                    m.metric, m.target
-                ));
+                return err(
+                    format!("metrics.{}", m.metric),
+                    format!(
+                        "metrics.{}: target {} must be a number above zero",
+                        m.metric, m.target
+                    ),
+                );
             }
             if let Some(floor) = m.scale_down_below {
                 if !m.metric.is_per_instance() {
-                    return err(format!(
+                    return err(
+                        format!("metrics.{}", m.metric),
+                        format!(
                         "metrics.{}: scale_down_below applies to cpu, memory and in_flight only (this metric never scales down)",
                         m.metric
                     ));
                 }
                 if !(floor.is_finite() && floor >= 0.0 && floor < m.target) {
-                    return err(format!(
+                    return err(
+                        format!("metrics.{}", m.metric),
+                        format!(
                         "metrics.{}: scale_down_below {floor} must be at least 0 and below the target {}",
                         m.metric, m.target
                     ));
@@ -343,7 +377,10 @@ impl ScalingPolicy {
         let mut seen = std::collections::HashSet::new();
         for m in &self.metrics {
             if !seen.insert(m.metric) {
-                return err(format!("metrics.{} is given twice; keep one", m.metric));
+                return err(
+                    format!("metrics.{}", m.metric),
+                    format!("metrics.{} is given twice; keep one", m.metric),
+                );
             }
         }
         for (dir, rules) in [
@@ -351,50 +388,136 @@ impl ScalingPolicy {
             ("scale_down", &self.scale_down),
         ] {
             if rules.select != Select::Disabled && rules.policies.is_empty() {
-                return err(format!(
-                    "{dir}.policies is empty; give one, or set {dir}.select to \"disabled\""
-                ));
+                return err(
+                    format!("{dir}.policies"),
+                    format!(
+                        "{dir}.policies is empty; give one, or set {dir}.select to \"disabled\""
+                    ),
+                );
             }
             for p in &rules.policies {
                 if p.value == 0 {
-                    return err(format!(
+                    return err(
+                        format!("{dir}.policies"),
+                        format!(
                         "{dir}.policies: a value of 0 allows no change; use select = \"disabled\" instead"
                     ));
                 }
                 if p.period.is_zero() {
-                    return err(format!(
-                        "{dir}.policies: a period of 0 s; give one, e.g. 15 s"
-                    ));
+                    return err(
+                        format!("{dir}.policies"),
+                        format!("{dir}.policies: a period of 0 s; give one, e.g. 15 s"),
+                    );
                 }
                 if dir == "scale_down" && p.kind == RateKind::Percent && p.value > 100 {
-                    return err(format!(
+                    return err(
+                        "scale_down.policies".into(),
+                        format!(
                         "scale_down.policies: {}% is more than all the instances; give at most 100",
                         p.value
-                    ));
+                    ),
+                    );
                 }
             }
         }
         if let Some(p) = &self.panic {
             if !(p.threshold.is_finite() && p.threshold > 1.0) {
-                return err(format!(
-                    "panic.threshold {} must be above 1 (2.0 is Knative's 200%)",
-                    p.threshold
-                ));
+                return err(
+                    "panic.threshold".into(),
+                    format!(
+                        "panic.threshold {} must be above 1 (2.0 is Knative's 200%)",
+                        p.threshold
+                    ),
+                );
             }
         }
         if let Some(f) = &self.forecast {
             let unit = |x: f64| x > 0.0 && x <= 1.0;
             if !unit(f.alpha) || !unit(f.beta) {
-                return err(format!(
-                    "forecast.alpha {} and forecast.beta {} must be in (0, 1]",
-                    f.alpha, f.beta
-                ));
+                return err(
+                    "forecast".into(),
+                    format!(
+                        "forecast.alpha {} and forecast.beta {} must be in (0, 1]",
+                        f.alpha, f.beta
+                    ),
+                );
             }
             if f.horizon == 0 {
-                return err("forecast.horizon is 0; give at least 1 evaluation".into());
+                return err(
+                    "forecast.horizon".into(),
+                    "forecast.horizon is 0; give at least 1 evaluation".into(),
+                );
             }
         }
         Ok(self)
+    }
+}
+
+/// Builds a checked [`ScalingPolicy`]; see [`ScalingPolicy::builder`]. Every setting
+/// starts at its default.
+#[derive(Debug, Clone)]
+pub struct ScalingPolicyBuilder {
+    policy: ScalingPolicy,
+}
+
+impl ScalingPolicyBuilder {
+    /// Never fewer instances than this.
+    pub fn min_instances(mut self, n: usize) -> Self {
+        self.policy.min_instances = n;
+        self
+    }
+
+    /// Never more instances than this.
+    pub fn max_instances(mut self, n: usize) -> Self {
+        self.policy.max_instances = n;
+        self
+    }
+
+    /// The targets (replacing the defaults); the largest proposal wins.
+    pub fn metrics(mut self, metrics: Vec<MetricTarget>) -> Self {
+        self.policy.metrics = metrics;
+        self
+    }
+
+    /// No change while every value is within this share of its target.
+    pub fn tolerance(mut self, tolerance: f64) -> Self {
+        self.policy.tolerance = tolerance;
+        self
+    }
+
+    /// The scale-up rules.
+    pub fn scale_up(mut self, rules: ScalingRules) -> Self {
+        self.policy.scale_up = rules;
+        self
+    }
+
+    /// The scale-down rules.
+    pub fn scale_down(mut self, rules: ScalingRules) -> Self {
+        self.policy.scale_down = rules;
+        self
+    }
+
+    /// How long a new instance's samples are ignored.
+    pub fn warm_up(mut self, warm_up: Duration) -> Self {
+        self.policy.warm_up = warm_up;
+        self
+    }
+
+    /// Panic mode, or `None` for none.
+    pub fn panic(mut self, panic: Option<PanicWindow>) -> Self {
+        self.policy.panic = panic;
+        self
+    }
+
+    /// Forecasting, or `None` for none.
+    pub fn forecast(mut self, forecast: Option<Forecast>) -> Self {
+        self.policy.forecast = forecast;
+        self
+    }
+
+    /// The policy, once every setting is checked; the error names the one to change.
+    pub fn build(self) -> Result<ScalingPolicy, BuildError> {
+        self.policy.validated()
     }
 }
 

@@ -670,3 +670,71 @@ async fn no_reversal_on_a_queue_burst_within_the_down_window() {
         surge.reasons
     );
 }
+
+/// Reasons, actions and instance states read as words (no `Debug` forms), and a
+/// decision's reasons serialize with their tag, fields and words.
+#[test]
+fn reasons_actions_and_states_read_as_plain_words() {
+    use tower_autoscale::InstanceState;
+
+    let policy = ScalingPolicy {
+        min_instances: 1,
+        max_instances: 2,
+        metrics: vec![MetricTarget::new(Metric::Cpu, 0.1)],
+        panic: None,
+        forecast: None,
+        ..Default::default()
+    };
+    let engine = DecisionEngine::new();
+    engine
+        .add_service("svc", policy, || LoadSample {
+            per_instance: vec![InstanceLoad::new("a").cpu(0.99)],
+            ..LoadSample::new(1)
+        })
+        .unwrap();
+    let d = engine.evaluate("svc").unwrap();
+    assert!(
+        d.reasons.contains(&Reason::ClampedToMax { max: 2 }),
+        "{:?}",
+        d.reasons
+    );
+    let words: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+    assert!(words.contains(&"lowered to the maximum of 2 instances".to_string()));
+    for w in &words {
+        assert!(!w.contains('{') && !w.contains("Some("), "{w}");
+    }
+    assert_eq!(d.action.to_string(), "scale up by 1");
+    let json = serde_json::to_value(&d).unwrap();
+    let clamp = json["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "clamped_to_max")
+        .unwrap();
+    assert_eq!(clamp["max"], 2);
+    assert_eq!(clamp["text"], "lowered to the maximum of 2 instances");
+
+    assert_eq!(
+        InstanceState::CrashLoopBackOff.to_string(),
+        "crash loop back-off"
+    );
+    assert_eq!(
+        serde_json::to_value(InstanceState::CrashLoopBackOff).unwrap(),
+        "crash_loop_back_off"
+    );
+    let rate = Reason::RateLimited {
+        direction: "scale_up",
+        limit: 3,
+    };
+    assert_eq!(
+        rate.to_string(),
+        "rate limit for scaling up: 3 instances for now"
+    );
+    assert_eq!(
+        Reason::MetricMissing {
+            metric: Metric::InFlight
+        }
+        .to_string(),
+        "in_flight: no usable value in the sample, left out"
+    );
+}

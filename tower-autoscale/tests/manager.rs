@@ -72,7 +72,10 @@ async fn the_loop_evaluates_every_interval_acts_and_stops_cleanly() {
     });
     let manager = ScalingManager::new(engine);
     manager.add_scaler("training", scaler.clone());
-    let auto = Autoscaler::spawn(manager.clone(), Duration::from_secs(10));
+    let auto = Autoscaler::builder(manager.clone())
+        .interval(Duration::from_secs(10))
+        .spawn()
+        .unwrap();
     // The first tick is at once; then every 10 s.
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(scaler.current(), 3);
@@ -177,4 +180,40 @@ async fn scaling_down_step_by_step_never_turns_into_a_scale_up() {
     }
     assert!(seen.windows(2).all(|w| w[1] <= w[0]), "{seen:?}");
     assert_eq!(*seen.last().unwrap(), 1, "{seen:?}");
+}
+
+/// The builders refuse settings that cannot work, naming the setting, before anything
+/// starts: a zero interval, a command without `{port}`, a zero check interval, a
+/// policy without instances.
+#[tokio::test]
+async fn builders_name_the_setting_that_cannot_work() {
+    let manager = ScalingManager::new(DecisionEngine::new());
+    let err = Autoscaler::builder(manager)
+        .interval(Duration::ZERO)
+        .spawn()
+        .unwrap_err();
+    assert_eq!(err.setting(), "interval");
+
+    let no_port =
+        tower_autoscale::ProcessScaler::builder("true", vec!["--port".into()], (4100, 4101))
+            .start(|addr| addr)
+            .unwrap_err();
+    assert_eq!(no_port.setting(), "args");
+    assert!(no_port.to_string().contains("{port}"), "{no_port}");
+    let zero = tower_autoscale::ProcessScaler::builder("true", vec!["{port}".into()], (4100, 4101))
+        .check_interval(Duration::ZERO)
+        .start(|addr| addr)
+        .unwrap_err();
+    assert_eq!(zero.setting(), "check_interval");
+
+    let policy = tower_autoscale::ScalingPolicy::builder()
+        .min_instances(3)
+        .max_instances(2)
+        .build()
+        .unwrap_err();
+    assert_eq!(policy.setting(), "min_instances");
+    assert!(
+        policy.to_string().contains("above max_instances"),
+        "{policy}"
+    );
 }

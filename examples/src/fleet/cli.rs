@@ -317,4 +317,93 @@ mod tests {
             "{help}"
         );
     }
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn no_flags_is_the_demonstration() {
+        let c = Config::from_args(&[]).unwrap();
+        assert_eq!(c.load, Some((Shape::Spike, Duration::from_secs(30))));
+        assert!(c.chaos);
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.scale_down_window, Duration::from_secs(6));
+        assert_eq!(c.port, 3000);
+        assert!(c.demo);
+        assert!(!Config::from_args(&words("--load step")).unwrap().demo);
+    }
+
+    #[test]
+    fn serve_keeps_the_defaults() {
+        let c = Config::from_args(&words("--serve")).unwrap();
+        assert_eq!(c.load, None);
+        assert!(!c.chaos);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.scale_down_window, Duration::from_secs(30));
+        assert_eq!(c.instances, (1, 4));
+    }
+
+    #[test]
+    fn flags_are_read() {
+        let c = Config::from_args(&words(
+            "--port 0 --load ramp --duration 90s --chaos kill-one --interval 500ms \
+             --view plain --min-instances 2 --max-instances 6 --work-ms 5 --cpu-ms 1 \
+             --concurrency 16 --rate-limit 50 --origin-ms 0 --no-cache --scale-down-window 1m",
+        ))
+        .unwrap();
+        assert_eq!(c.port, 0);
+        assert_eq!(c.load, Some((Shape::Ramp, Duration::from_secs(90))));
+        assert!(c.chaos && c.no_cache);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.view, ViewMode::Plain);
+        assert_eq!(c.instances, (2, 6));
+        assert_eq!(
+            c.work,
+            Work {
+                wait: Duration::from_millis(5),
+                cpu: Duration::from_millis(1),
+                concurrency: 16
+            }
+        );
+        assert_eq!(c.rate_limit, 50);
+        assert_eq!(c.origin_latency, Duration::ZERO);
+        assert_eq!(c.scale_down_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_flags_say_what_to_give() {
+        for (a, says) in [
+            ("--port 70000", "0 to 65535"),
+            ("--port", "needs a value"),
+            ("--duration 10s", "goes with --load"),
+            ("--interval -1s", "duration"),
+            ("--interval 2d", "duration"),
+            ("--interval 0", "above 0"),
+            ("--rate-limit 0", "1 to 1000000"),
+            ("--work-ms lots", "whole number"),
+            ("--max-instances 40", "<= 32"),
+            ("--view fancy", "auto, tui, plain or off"),
+            ("--frobnicate", "unknown flag"),
+        ] {
+            let err = Config::from_args(&words(a)).unwrap_err();
+            assert!(err.contains(says), "{a}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("x", "10").unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            parse_duration("x", "1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("x", "2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("x", "1h").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert!(parse_duration("x", "25h").is_err());
+        assert!(parse_duration("x", "NaNs").is_err());
+    }
 }

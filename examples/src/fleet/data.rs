@@ -36,6 +36,7 @@ use tower_cache::coordinator::{Coordinator, InProcessBus};
 use tower_cache::{Cache, DiskTier, MemoryTier};
 use tower_health::{HealthEndpoints, Probe, Probes};
 
+use super::services::{DataSpec, ServiceSpec};
 use super::BoxError;
 
 /// How long the data services keep an entry on disk (60 s).
@@ -290,63 +291,47 @@ pub fn cascade_dependents(cache: &Cache, pattern: &str) -> Result<(), BoxError> 
     Ok(())
 }
 
-/// Which data service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Budgets: users and provider rates.
-    Budget,
-    /// Reports: per-user reports and provider rates.
-    Reports,
-}
-
-impl Kind {
-    /// Its name in routes and figures.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Budget => "budget",
-            Self::Reports => "reports",
-        }
-    }
-}
-
 /// A running data service.
 #[derive(Debug)]
 pub struct DataService {
-    /// Which one.
-    pub kind: Kind,
+    /// Which one: its entry in the fleet's table of services.
+    pub spec: &'static ServiceSpec,
     /// Its address on 127.0.0.1.
     pub addr: SocketAddr,
     /// Its cache (`None` when started without one, for the figures).
     pub cache: Option<Cache>,
     /// Its coordinator on the fleet's bus.
     pub coordinator: Option<Coordinator>,
-    /// Invalidations of `provider:*` that reached it (budget's subscription).
+    /// Invalidations that reached it of the keys its [`DataSpec::counts_invalidations`]
+    /// names (budget's subscription to `provider:*`).
     pub provider_invalidations: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-struct App {
+/// What a data service's handlers share: the origin, its cache and its coordinator.
+#[derive(Debug)]
+pub struct DataState {
     db: Arc<Db>,
     cache: Option<Cache>,
     coordinator: Option<Coordinator>,
 }
 
 impl DataService {
-    /// Starts `kind` on a free loopback port with its cache under `dir` (or none), its
-    /// coordinator on `bus` as node `node`.
+    /// Starts the data service `spec` describes (`data`: its data settings) on a free
+    /// loopback port with its cache under `dir` (or none), its coordinator on `bus`.
     pub async fn start(
-        kind: Kind,
+        spec: &'static ServiceSpec,
+        data: &DataSpec,
         db: Arc<Db>,
         dir: Option<&Path>,
         bus: &FleetBus,
-        node: u64,
         secret: &[u8],
     ) -> Result<Self, BoxError> {
         let (cache, coordinator) = match dir {
             Some(dir) => {
-                let cache = tiered_cache(&dir.join(kind.name()), MEMORY_ENTRIES, MEMORY_TTL)?;
-                let coord = bus.coordinator(cache.clone(), node, secret)?;
+                let cache = tiered_cache(&dir.join(spec.name), MEMORY_ENTRIES, MEMORY_TTL)?;
+                let coord = bus.coordinator(cache.clone(), data.node, secret)?;
                 // What depends on a user or a rate goes with it, wherever the
                 // invalidation began.
                 cascade_dependents(&cache, "user:*")?;
@@ -356,12 +341,12 @@ impl DataService {
             None => (None, None),
         };
         let provider_invalidations = Arc::new(AtomicU64::new(0));
-        if let (Kind::Budget, Some(cache)) = (kind, &cache) {
-            // Subscribed to every provider's invalidations (`provider:*`).
-            let seen = provider_invalidations.clone();
-            cache.on_invalidate("provider:*", move |key| {
+        if let (Some(pattern), Some(cache)) = (data.counts_invalidations, &cache) {
+            // Subscribed to the invalidations of `pattern` (budget: every provider's).
+            let (seen, name) = (provider_invalidations.clone(), spec.name);
+            cache.on_invalidate(pattern, move |key| {
                 seen.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(key, "budget: provider rate invalidated");
+                tracing::info!(key, service = name, "invalidation received");
             })?;
         }
         let probes = Probes::new();
@@ -386,25 +371,15 @@ impl DataService {
                 .timeout(Duration::from_millis(100)),
         )?;
         probes.start();
-        let app = Arc::new(App {
+        let app = Arc::new(DataState {
             db,
             cache: cache.clone(),
             coordinator: coordinator.clone(),
         });
-        let routes = match kind {
-            Kind::Budget => Router::new()
-                .route("/api/v1/budget/users/{id}", get(get_user).put(put_user))
-                .route("/api/v1/budget/providers/{name}", get(get_provider)),
-            Kind::Reports => Router::new()
-                .route("/api/v1/reports/users/{id}", get(get_report))
-                .route(
-                    "/api/v1/reports/providers/{name}",
-                    get(get_provider).put(put_provider),
-                ),
-        }
-        .with_state(app)
-        .route_service("/health", HealthEndpoints::new(probes.clone()))
-        .route_service("/health/{probe}", HealthEndpoints::new(probes.clone()));
+        let routes = (data.routes)()
+            .with_state(app)
+            .route_service("/health", HealthEndpoints::new(probes.clone()))
+            .route_service("/health/{probe}", HealthEndpoints::new(probes.clone()));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, signal) = tokio::sync::oneshot::channel::<()>();
@@ -423,7 +398,7 @@ impl DataService {
             }
         });
         Ok(Self {
-            kind,
+            spec,
             addr,
             cache,
             coordinator,
@@ -440,6 +415,23 @@ impl DataService {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
     }
+}
+
+/// Budget's routes: users (read and write) and provider rates (read).
+pub fn budget_routes() -> Router<Arc<DataState>> {
+    Router::new()
+        .route("/api/v1/budget/users/{id}", get(get_user).put(put_user))
+        .route("/api/v1/budget/providers/{name}", get(get_provider))
+}
+
+/// Reports' routes: per-user reports (read) and provider rates (read and write).
+pub fn reports_routes() -> Router<Arc<DataState>> {
+    Router::new()
+        .route("/api/v1/reports/users/{id}", get(get_report))
+        .route(
+            "/api/v1/reports/providers/{name}",
+            get(get_provider).put(put_provider),
+        )
 }
 
 fn json_bytes<T: Serialize>(v: &T) -> Bytes {
@@ -464,7 +456,7 @@ impl std::fmt::Display for NotFound {
 }
 
 /// Read through the cache when there is one.
-async fn cached<F>(app: &App, key: &str, load: F) -> Result<Bytes, NotFound>
+async fn cached<F>(app: &DataState, key: &str, load: F) -> Result<Bytes, NotFound>
 where
     F: std::future::Future<Output = Result<Bytes, NotFound>>,
 {
@@ -483,7 +475,7 @@ fn parse_id(id: &str) -> Result<u64, Box<Response>> {
     })
 }
 
-async fn get_user(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Response {
+async fn get_user(State(app): State<Arc<DataState>>, UrlPath(id): UrlPath<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return *r,
@@ -515,7 +507,7 @@ pub struct UserChange {
 }
 
 async fn put_user(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<DataState>>,
     UrlPath(id): UrlPath<String>,
     body: Bytes,
 ) -> Response {
@@ -571,7 +563,10 @@ async fn put_user(
         .into_response()
 }
 
-async fn get_provider(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
+async fn get_provider(
+    State(app): State<Arc<DataState>>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
     let db = app.db.clone();
     let n = name.clone();
     match cached(&app, &format!("provider:{name}"), async move {
@@ -594,7 +589,7 @@ struct RateChange {
 }
 
 async fn put_provider(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<DataState>>,
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> Response {
@@ -629,7 +624,7 @@ async fn put_provider(
         .into_response()
 }
 
-async fn get_report(State(app): State<Arc<App>>, UrlPath(id): UrlPath<String>) -> Response {
+async fn get_report(State(app): State<Arc<DataState>>, UrlPath(id): UrlPath<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(r) => return *r,

@@ -441,3 +441,23 @@ pub async fn run(fleet: &Fleet, plan: Plan, mut stop: watch::Receiver<bool>) -> 
     summary.restarts = fleet.scaler.restarts();
     summary
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn load_shapes_and_zipf() {
+        assert_eq!(rate_at(Shape::Ramp, 0.0), 10.0);
+        assert_eq!(rate_at(Shape::Ramp, 1.0), 300.0);
+        assert_eq!(rate_at(Shape::Step, 0.4), 20.0);
+        assert_eq!(rate_at(Shape::Step, 0.6), 250.0);
+        assert_eq!(rate_at(Shape::Spike, 0.5), 300.0);
+        assert_eq!(rate_at(Shape::Spike, 0.9), 20.0);
+        // Zipf(1.0) over 1,000: rank 0 about 13% of draws, all in range.
+        let mut z = Zipf::new(1_000, 3);
+        let draws: Vec<usize> = (0..20_000).map(|_| z.next_rank()).collect();
+        assert!(draws.iter().all(|r| *r < 1_000));
+        let top = draws.iter().filter(|r| **r == 0).count() as f64 / 20_000.0;
+        assert!((0.11..0.16).contains(&top), "{top}");
+    }
+}

@@ -152,3 +152,26 @@ pub fn from_args(args: &[String]) -> Option<Result<(u16, Work), String>> {
         ))
     })())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn training_role_flags() {
+        assert!(from_args(&words("--serve")).is_none());
+        let (port, work) = from_args(&words("--role training --port 4100 --work-ms 7"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(port, 4100);
+        assert_eq!(work.wait, Duration::from_millis(7));
+        assert_eq!(work.concurrency, Work::default().concurrency);
+        let err = from_args(&words("--role training")).unwrap().unwrap_err();
+        assert!(err.contains("--port"), "{err}");
+    }
+}

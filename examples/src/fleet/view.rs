@@ -193,7 +193,8 @@ fn run_tui(
                         [
                             Constraint::Length(9),
                             Constraint::Length(18),
-                            Constraint::Length(9),
+                            // The longest state: "crash loop back-off".
+                            Constraint::Length(20),
                             Constraint::Length(6),
                             Constraint::Length(9),
                             Constraint::Length(9),
@@ -258,4 +259,51 @@ fn run_tui(
     })();
     ratatui::restore();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::gateway;
+    #[test]
+    fn plain_view_lines_carry_the_figures() {
+        let o = gateway::Overview {
+            uptime_s: 12.0,
+            services: vec![gateway::ServiceView {
+                name: "budget".into(),
+                ready: 2,
+                starting: 1,
+                rps: 42.5,
+                p99_ms: 3.25,
+                error_pct: 0.5,
+                cache: Some(gateway::CacheView {
+                    memory_hit_pct: 60.0,
+                    disk_hit_pct: 20.0,
+                    hit_pct: 80.0,
+                    ..Default::default()
+                }),
+                last_decision: Some(gateway::DecisionView {
+                    action: "scale up".into(),
+                    from: 1,
+                    to: 3,
+                    reason: "in_flight 6.0 vs target 2".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let line = &lines(&o)[0];
+        for part in [
+            "budget",
+            "2 ready 1 starting 0 draining",
+            "42.5 req/s",
+            "p99     3.2 ms",
+            "errors  0.5%",
+            "cache 80% (mem 60%, disk 20%)",
+            "scale up 1 -> 3: in_flight 6.0 vs target 2",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line:?}");
+        }
+    }
 }

@@ -1,124 +1,22 @@
 //! [`ScalingManager`]: carries decisions out through a [`Scaler`] per service, keeps a
 //! bounded audit history, and runs the control loop ([`Autoscaler`]).
 
+mod audit;
+mod autoscaler;
+mod error;
+mod scaler;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use serde::Serialize;
 
 use crate::engine::{Action, Decision, DecisionEngine};
-use crate::process::{InstanceDetails, ProcessScaler, ScaleError};
+use crate::process::{InstanceDetails, ScaleError};
 
-/// Something that runs a service's instances.
-pub trait Scaler: Send + Sync + 'static {
-    /// Instances running or starting.
-    fn current(&self) -> usize;
-
-    /// Starts or stops instances until `n` run; returns how many run.
-    fn scale_to(
-        &self,
-        n: usize,
-    ) -> Pin<Box<dyn Future<Output = Result<usize, ScaleError>> + Send + '_>>;
-
-    /// The instances, for status pages.
-    fn instances(&self) -> Vec<InstanceDetails> {
-        Vec::new()
-    }
-}
-
-impl<S: Send + 'static> Scaler for ProcessScaler<S> {
-    fn current(&self) -> usize {
-        ProcessScaler::current(self)
-    }
-
-    fn scale_to(
-        &self,
-        n: usize,
-    ) -> Pin<Box<dyn Future<Output = Result<usize, ScaleError>> + Send + '_>> {
-        Box::pin(ProcessScaler::scale_to(self, n))
-    }
-
-    fn instances(&self) -> Vec<InstanceDetails> {
-        self.instance_details()
-    }
-}
-
-/// One entry of the audit history.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case", tag = "entry")]
-#[non_exhaustive]
-pub enum AuditEntry {
-    /// The engine decided (with its inputs, proposals and reasons).
-    Decision(Decision),
-    /// Instances were started or stopped.
-    Action {
-        /// Milliseconds since the Unix epoch.
-        at_unix_ms: u64,
-        /// The service.
-        service: String,
-        /// `autoscaler` or `manual`.
-        by: &'static str,
-        /// Instances before.
-        from: usize,
-        /// Instances asked for.
-        to: usize,
-        /// Instances after.
-        now: usize,
-        /// What went wrong, if anything.
-        error: Option<String>,
-    },
-}
-
-/// A manual scale beyond the policy's bounds: nothing changed (409 for HTTP).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BeyondBounds {
-    /// The count asked for.
-    pub asked: usize,
-    /// The policy's minimum.
-    pub min: usize,
-    /// The policy's maximum.
-    pub max: usize,
-}
-
-impl fmt::Display for BeyondBounds {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} instances is outside the policy's {}..={}; nothing was changed",
-            self.asked, self.min, self.max
-        )
-    }
-}
-
-impl std::error::Error for BeyondBounds {}
-
-/// Why a manual scale failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ManualScaleError {
-    /// No such service.
-    UnknownService(String),
-    /// Outside the policy's bounds.
-    BeyondBounds(BeyondBounds),
-    /// The scaler failed.
-    Scale(ScaleError),
-}
-
-impl fmt::Display for ManualScaleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UnknownService(n) => write!(f, "no service named `{n}`"),
-            Self::BeyondBounds(b) => b.fmt(f),
-            Self::Scale(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ManualScaleError {}
+pub use self::audit::AuditEntry;
+pub use self::autoscaler::{Autoscaler, AutoscalerBuilder};
+pub use self::error::{BeyondBounds, ManualScaleError};
+pub use self::scaler::Scaler;
 
 const AUDIT: usize = 1000;
 
@@ -140,10 +38,6 @@ impl fmt::Debug for ScalingManager {
             .field("engine", &self.inner.engine)
             .finish_non_exhaustive()
     }
-}
-
-fn unix_ms() -> u64 {
-    crate::process::unix_ms(std::time::SystemTime::now())
 }
 
 impl ScalingManager {
@@ -242,7 +136,7 @@ impl ScalingManager {
             self.inner.engine.record_scale(service, from, now);
         }
         self.record(AuditEntry::Action {
-            at_unix_ms: unix_ms(),
+            at_unix_ms: crate::util::unix_ms(),
             service: service.to_owned(),
             by,
             from,
@@ -299,7 +193,7 @@ impl ScalingManager {
                 max: policy.max_instances,
             };
             self.record(AuditEntry::Action {
-                at_unix_ms: unix_ms(),
+                at_unix_ms: crate::util::unix_ms(),
                 service: service.to_owned(),
                 by: "manual",
                 from: current as usize,
@@ -312,57 +206,5 @@ impl ScalingManager {
         self.act(service, scaler.as_ref(), asked, "manual")
             .await
             .map_err(ManualScaleError::Scale)
-    }
-}
-
-/// The control loop: every `interval`, each service is evaluated and its decision
-/// carried out. Stop it with [`Autoscaler::stop`] (or by dropping it).
-#[derive(Debug)]
-pub struct Autoscaler {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Autoscaler {
-    /// Starts the loop on the current tokio runtime (every 10 s is the usual period).
-    pub fn spawn(manager: ScalingManager, interval: Duration) -> Self {
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        let interval = interval.max(Duration::from_millis(1));
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = &mut rx => return,
-                    _ = tick.tick() => {
-                        for s in manager.services() {
-                            manager.tick(&s).await;
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Stops the loop after the evaluation under way, if any.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for Autoscaler {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
