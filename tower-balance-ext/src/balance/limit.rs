@@ -2,8 +2,8 @@
 //! Netflix's `VegasLimit`) learns a window: the endpoint's latency without a queue is
 //! the lowest seen over the last one to two windows; from the latency of each answer,
 //! `limit x (1 - no_queue / latency)` estimates how many requests were queued behind
-//! the ones being served. Fewer than 3 queued while the endpoint is busy: the limit
-//! grows; more than 6: it shrinks (both bounds times log10 of the limit above 10, as
+//! the ones being served. Fewer than 3 queued while the endpoint is at its limit: the
+//! limit grows; more than 6: it shrinks (both bounds times log10 of the limit above 10, as
 //! Netflix's); a failure shrinks it too. It stays between 1 and the configured maximum.
 //! A latency that holds for two whole windows becomes the no-queue latency.
 //!
@@ -105,8 +105,9 @@ impl Limit {
         let next = if failed {
             limit - step
         } else {
-            // Not busy enough to say whether more would queue: no growth.
-            let busy = (in_flight as f64) * 2.0 >= limit;
+            // Below its limit, the endpoint has not shown whether more would queue: no
+            // growth (a limit that grew on an idle endpoint would invite a herd).
+            let busy = in_flight as f64 >= limit;
             let base = self.no_queue_ns().unwrap_or(rtt) as f64;
             let queued = limit * (1.0 - base / rtt as f64);
             if queued > 6.0 * step {
@@ -136,7 +137,7 @@ mod tests {
     fn grows_while_busy_without_queueing_up_to_its_max() {
         let l = Limit::new(100.0, 0);
         for i in 0..10_000 {
-            l.observe(10 * MS, l.get() as u64, false, i * MS, 100.0);
+            l.observe(10 * MS, l.get().ceil() as u64, false, i * MS, 100.0);
         }
         assert_eq!(l.get(), 100.0);
     }
