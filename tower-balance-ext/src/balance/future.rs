@@ -425,8 +425,9 @@ where
         .observe(rtt, end_ns, shared.tau_ns, shared.idle_tau_ns);
     if shared.limit_max > 0.0 {
         let rtt_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let peak = ep.cell.raw_ewma_ns();
         ep.limit
-            .observe(rtt_ns, in_flight, failed, end_ns, shared.limit_max);
+            .observe(rtt_ns, in_flight, failed, end_ns, shared.limit_max, peak);
     }
     if let (true, Some(next)) = (failed, retry_copy) {
         excluded.push(ep.cell.id);

@@ -35,6 +35,9 @@ pub(crate) struct Limit {
     min_before: AtomicU64,
     /// Nanoseconds since the clock's base when the current window began.
     window_from: AtomicU64,
+    /// f64 bits: [`toward_no_queue`](Self::toward_no_queue), computed with each answer
+    /// (its inputs change only then) rather than by every pick.
+    factor: AtomicU64,
 }
 
 impl Limit {
@@ -44,6 +47,7 @@ impl Limit {
             min_now: AtomicU64::new(u64::MAX),
             min_before: AtomicU64::new(u64::MAX),
             window_from: AtomicU64::new(now),
+            factor: AtomicU64::new(1.0f64.to_bits()),
         }
     }
 
@@ -63,26 +67,31 @@ impl Limit {
         (m != u64::MAX).then_some(m)
     }
 
-    /// The factor that takes a peak-EWMA estimate `peak_ns` to the geometric mean of it
-    /// and the no-queue latency: `sqrt(no_queue / peak)`, in (0, 1]; 1 while no
-    /// latency is known. The peak estimate jumps at once on a slow answer and so reacts
+    /// The factor that takes the endpoint's peak-EWMA estimate to the geometric mean of
+    /// it and the no-queue latency, as of the last answer: `sqrt(no_queue / peak)`, in
+    /// (0, 1]; 1 while no latency is known. The peak estimate jumps at once on a slow answer and so reacts
     /// to a queue forming, but an endpoint that answers many requests keeps meeting
     /// the tail of its own latency and looks slower than one that answers few; the
     /// no-queue latency is steady and tells the endpoints' speeds apart, but sees a
     /// queue only once the window has passed. Applied to the estimate as it decays
     /// while idle, it keeps that decay (and so the retries of an avoided endpoint).
     #[inline]
-    pub(crate) fn toward_no_queue(&self, peak_ns: f64) -> f64 {
-        match self.no_queue_ns() {
-            Some(base) if peak_ns > base as f64 => (base as f64 / peak_ns).sqrt(),
-            _ => 1.0,
-        }
+    pub(crate) fn toward_no_queue(&self) -> f64 {
+        f64::from_bits(self.factor.load(Ordering::Relaxed))
     }
 
     /// An answer after `rtt_ns`, when `in_flight` requests (itself included) were in
-    /// flight on the endpoint; `failed` if it counts as a failure. A `max` below 1
-    /// holds the limit at 1.
-    pub(crate) fn observe(&self, rtt_ns: u64, in_flight: u64, failed: bool, now: u64, max: f64) {
+    /// flight on the endpoint; `failed` if it counts as a failure; `peak_ns` the
+    /// peak-EWMA estimate with this answer counted. A `max` below 1 holds the limit at 1.
+    pub(crate) fn observe(
+        &self,
+        rtt_ns: u64,
+        in_flight: u64,
+        failed: bool,
+        now: u64,
+        max: f64,
+        peak_ns: f64,
+    ) {
         let from = self.window_from.load(Ordering::Relaxed);
         if now.saturating_sub(from) >= WINDOW_NS
             && self
@@ -100,6 +109,11 @@ impl Limit {
         if !failed {
             self.min_now.fetch_min(rtt, Ordering::Relaxed);
         }
+        let factor = match self.no_queue_ns() {
+            Some(base) if peak_ns > base as f64 => (base as f64 / peak_ns).sqrt(),
+            _ => 1.0,
+        };
+        self.factor.store(factor.to_bits(), Ordering::Relaxed);
         let limit = self.get();
         let step = limit.log10().max(1.0);
         let next = if failed {
@@ -137,7 +151,7 @@ mod tests {
     fn grows_while_busy_without_queueing_up_to_its_max() {
         let l = Limit::new(100.0, 0);
         for i in 0..10_000 {
-            l.observe(10 * MS, l.get().ceil() as u64, false, i * MS, 100.0);
+            l.observe(10 * MS, l.get().ceil() as u64, false, i * MS, 100.0, 0.0);
         }
         assert_eq!(l.get(), 100.0);
     }
@@ -146,7 +160,7 @@ mod tests {
     fn does_not_grow_while_idle() {
         let l = Limit::new(1_000.0, 0);
         for i in 0..10_000 {
-            l.observe(10 * MS, 1, false, i * MS, 1_000.0);
+            l.observe(10 * MS, 1, false, i * MS, 1_000.0, 0.0);
         }
         assert_eq!(l.get(), INITIAL);
     }
@@ -154,11 +168,11 @@ mod tests {
     #[test]
     fn shrinks_when_latency_rises_with_load() {
         let l = Limit::new(1_000.0, 0);
-        l.observe(10 * MS, 1, false, 0, 1_000.0);
+        l.observe(10 * MS, 1, false, 0, 1_000.0, 0.0);
         // Within one window, every answer takes 10x its no-queue latency: a deep
         // queue. (A latency that holds for two windows becomes the no-queue one.)
         for i in 1..900 {
-            l.observe(100 * MS, 50, false, i * MS, 1_000.0);
+            l.observe(100 * MS, 50, false, i * MS, 1_000.0, 0.0);
         }
         // Down from 20 to where 6 requests would wait (Vegas' upper bound), 0.9 x limit.
         let v = l.get();
@@ -169,7 +183,7 @@ mod tests {
     fn failures_shrink_it_to_one() {
         let l = Limit::new(1_000.0, 0);
         for i in 0..100 {
-            l.observe(MS, 100, true, i * MS, 1_000.0);
+            l.observe(MS, 100, true, i * MS, 1_000.0, 0.0);
         }
         assert_eq!(l.get(), 1.0);
     }
@@ -179,7 +193,7 @@ mod tests {
         for max in [1.0, 0.0, -5.0, f64::NAN] {
             let l = Limit::new(max, 0);
             for i in 0..100 {
-                l.observe(10 * MS, 100, false, i * MS, max);
+                l.observe(10 * MS, 100, false, i * MS, max, 0.0);
             }
             assert_eq!(l.get(), 1.0, "max {max}");
         }
@@ -188,22 +202,36 @@ mod tests {
     #[test]
     fn the_no_queue_latency_follows_an_endpoint_that_became_slower() {
         let l = Limit::new(1_000.0, 0);
-        l.observe(10 * MS, 1, false, 0, 1_000.0);
+        l.observe(10 * MS, 1, false, 0, 1_000.0, 0.0);
         assert_eq!(l.no_queue_ns(), Some(10 * MS));
         // From here on every answer takes 15 ms: within two windows that is the base.
         let mut now = 0;
         while now <= 2 * WINDOW_NS {
             now += 5 * MS;
-            l.observe(15 * MS, 1, false, now, 1_000.0);
+            l.observe(15 * MS, 1, false, now, 1_000.0, 0.0);
         }
         assert_eq!(l.no_queue_ns(), Some(15 * MS));
+    }
+
+    #[test]
+    fn the_factor_takes_the_peak_to_its_geometric_mean_with_the_no_queue_latency() {
+        let l = Limit::new(1_000.0, 0);
+        assert_eq!(l.toward_no_queue(), 1.0, "nothing known yet");
+        // No-queue 10 ms, peak estimate 40 ms: sqrt(10 x 40) = 20 = 40 x 0.5.
+        l.observe(10 * MS, 1, false, 0, 1_000.0, 40e6);
+        assert_eq!(l.toward_no_queue(), 0.5);
+        // A peak at or below the no-queue latency, or not a number: left as it is.
+        for peak in [5e6, 10e6, f64::NAN] {
+            l.observe(10 * MS, 1, false, MS, 1_000.0, peak);
+            assert_eq!(l.toward_no_queue(), 1.0, "peak {peak}");
+        }
     }
 
     #[test]
     fn zero_and_huge_latencies_are_harmless() {
         let l = Limit::new(1_000.0, 0);
         for (i, rtt) in [0, u64::MAX, 0, 1, u64::MAX].into_iter().enumerate() {
-            l.observe(rtt, 30, false, i as u64 * MS, 1_000.0);
+            l.observe(rtt, 30, false, i as u64 * MS, 1_000.0, 0.0);
             let v = l.get();
             assert!((1.0..=1_000.0).contains(&v), "{v}");
         }

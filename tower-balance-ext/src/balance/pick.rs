@@ -158,7 +158,7 @@ pub(crate) fn pick<'p, K, S>(
                 let in_flight = c.in_flight.load(Ordering::Relaxed) as f64;
                 let (lat, load) = if ctx.limits {
                     (
-                        lat * e.limit.toward_no_queue(c.raw_ewma_ns()),
+                        lat * e.limit.toward_no_queue(),
                         1.0 + in_flight / e.limit.get(),
                     )
                 } else {
