@@ -162,9 +162,9 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
     /// For [`Pick::LatencyAware`]: the largest concurrency limit each endpoint may
     /// learn (default 1,000; 0 turns the limits off). Each endpoint's limit is learned
     /// from its latency as TCP Vegas learns a window (it starts at 20): it grows while
-    /// the endpoint is at its limit and its latency stays
-    /// near the lowest seen over the last second or two, shrinks as latency rises with
-    /// load or after a failure, and stays between 1 and this maximum. The pick then
+    /// the endpoint has that many requests in flight and its latency stays near the
+    /// lowest seen over the last second or two, shrinks as latency rises with load or
+    /// after a failure, and stays between 1 and this maximum. The pick then
     /// weighs an endpoint as latency x (1 + in-flight / limit) rather than latency x
     /// (in-flight + 1): an endpoint that serves many requests at once without slowing
     /// down is not passed over for a slower idle one, while one whose latency rises
