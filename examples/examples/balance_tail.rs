@@ -376,12 +376,21 @@ async fn some_slow(rate: f64, rounds: u64, n: usize) {
                 .collect(),
         );
         let verdict = |ok: bool| if ok { "met" } else { "not met" };
-        println!(
-            "   ours (latency-aware), medians: p99 two slow / all healthy {ratio:.2}x (target <= 1.2x: {}); \
-             healthy pair's p99 / round robin's {vs_rr:.2}x (no herding: <= 1.2x: {})",
-            verdict(ratio <= 1.2),
-            verdict(vs_rr <= 1.2)
-        );
+        // The targets: the p99 ratio up to 1,000/s; no herding above, where sending
+        // too much to the healthy pair would queue there.
+        if rate <= 1000.0 {
+            println!(
+                "   ours (latency-aware), median p99 two slow / all healthy: {ratio:.2}x \
+                 (target <= 1.2x: {})",
+                verdict(ratio <= 1.2)
+            );
+        } else {
+            println!(
+                "   ours (latency-aware), median p99 of the healthy pair / round robin's: \
+                 {vs_rr:.2}x (no herding, target <= 1.2x: {})",
+                verdict(vs_rr <= 1.2)
+            );
+        }
     }
 }
 
