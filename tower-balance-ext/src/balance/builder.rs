@@ -33,6 +33,7 @@ pub struct BalancerBuilder<Req, Res> {
     decay: Duration,
     idle_decay: Duration,
     failure_penalty: Duration,
+    learned_limit: u32,
     bounded_load: Option<f64>,
     hash_key: Option<HashKey<Req>>,
     is_failure: IsFailure<Res>,
@@ -52,6 +53,7 @@ impl<Req, Res> Clone for BalancerBuilder<Req, Res> {
             decay: self.decay,
             idle_decay: self.idle_decay,
             failure_penalty: self.failure_penalty,
+            learned_limit: self.learned_limit,
             bounded_load: self.bounded_load,
             hash_key: self.hash_key.clone(),
             is_failure: self.is_failure.clone(),
@@ -73,6 +75,7 @@ impl<Req, Res> fmt::Debug for BalancerBuilder<Req, Res> {
             .field("decay", &self.decay)
             .field("idle_decay", &self.idle_decay)
             .field("failure_penalty", &self.failure_penalty)
+            .field("learned_limit", &self.learned_limit)
             .field("bounded_load", &self.bounded_load)
             .field("hash_key", &self.hash_key.is_some())
             .field("retry", &self.retry.is_some())
@@ -94,6 +97,7 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             decay: Duration::from_secs(10),
             idle_decay: Duration::from_secs(10),
             failure_penalty: Duration::from_secs(1),
+            learned_limit: 1_000,
             bounded_load: None,
             hash_key: None,
             is_failure: Arc::new(|_| false),
@@ -152,6 +156,23 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
     /// faster than that (default 1 s): a fast-failing endpoint must not attract traffic.
     pub fn failure_penalty(mut self, latency: Duration) -> Self {
         self.failure_penalty = latency;
+        self
+    }
+
+    /// For [`Pick::LatencyAware`]: the largest concurrency limit each endpoint may
+    /// learn (default 1,000; 0 turns the limits off). Each endpoint's limit is learned
+    /// from its latency as TCP Vegas learns a window (it starts at 20): it grows while
+    /// the endpoint has that many requests in flight and its latency stays near the
+    /// lowest seen over the last second or two, shrinks as latency rises with load or
+    /// after a failure, and stays between 1 and this maximum. The pick then
+    /// weighs an endpoint as latency x (1 + in-flight / limit) rather than latency x
+    /// (in-flight + 1): an endpoint that serves many requests at once without slowing
+    /// down is not passed over for a slower idle one, while one whose latency rises
+    /// with load gets a lower limit, so its in-flight requests count for more. Latency
+    /// there is the geometric mean of the peak-EWMA estimate and the latency without a
+    /// queue, which tells the endpoints' speeds apart more steadily than the peak alone.
+    pub fn learned_limit(mut self, max: u32) -> Self {
+        self.learned_limit = max;
         self
     }
 
@@ -337,6 +358,11 @@ impl<Req, Res> BalancerBuilder<Req, Res> {
             tau_ns: saturating_ns(self.decay) as f64,
             idle_tau_ns: saturating_ns(self.idle_decay) as f64,
             penalty_ns: saturating_ns(self.failure_penalty) as f64,
+            limit_max: if self.pick == Pick::LatencyAware {
+                f64::from(self.learned_limit)
+            } else {
+                0.0
+            },
             bounded_load: self.bounded_load,
             hash_key: self.hash_key,
             is_failure: self.is_failure,

@@ -404,7 +404,7 @@ where
     K: Hash + Eq + Clone + fmt::Debug,
     S: Service<Req> + Clone,
 {
-    ep.cell.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let in_flight = ep.cell.in_flight.fetch_sub(1, Ordering::Relaxed);
     shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     let end = Instant::now();
     let end_ns = shared.stats.ns_at(end);
@@ -423,6 +423,12 @@ where
     }
     ep.cell
         .observe(rtt, end_ns, shared.tau_ns, shared.idle_tau_ns);
+    if shared.limit_max > 0.0 {
+        let rtt_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let peak = ep.cell.raw_ewma_ns();
+        ep.limit
+            .observe(rtt_ns, in_flight, failed, end_ns, shared.limit_max, peak);
+    }
     if let (true, Some(next)) = (failed, retry_copy) {
         excluded.push(ep.cell.id);
         tried.push(ep.cell.id);

@@ -74,6 +74,7 @@ mod builder;
 mod driver;
 pub mod error;
 pub mod future;
+mod limit;
 pub(crate) mod pick;
 pub(crate) mod pool;
 mod service;

@@ -28,10 +28,18 @@ pub enum Pick {
     /// [`bounded_load`](crate::BalancerBuilder::bounded_load), an endpoint above that
     /// factor of the mean load passes keys on the same way.
     ConsistentHash,
-    /// The endpoint with the lowest peak-EWMA latency times (in-flight + 1), where
-    /// failures count as slow: a full scan for pools of up to 16 (best-of-two sends a
-    /// sixth of the requests to the slow pair when two of four are slow, and one in
-    /// 45 to the two slowest of ten), power of two choices above.
+    /// The endpoint of least expected latency, where failures count as slow: a full
+    /// scan for pools of up to 16 (best-of-two sends a sixth of the requests to the
+    /// slow pair when two of four are slow, and one in 45 to the two slowest of ten),
+    /// power of two choices above.
+    ///
+    /// With the learned limits (the default; see
+    /// [`learned_limit`](crate::BalancerBuilder::learned_limit)), an endpoint's cost is
+    /// latency x (1 + in-flight / limit), where the limit is the concurrency it serves
+    /// without slowing down, learned from its latency, and latency is the geometric
+    /// mean of its peak-EWMA estimate and its latency without a queue (the lowest over
+    /// the last second or two). Without them, peak-EWMA latency x (in-flight + 1), as
+    /// Finagle, linkerd and tower weigh it.
     LatencyAware,
 }
 
@@ -114,6 +122,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) bounded_load: Option<f64>,
     pub(crate) total_in_flight: u64,
     pub(crate) idle_tau_ns: f64,
+    /// The latency-aware pick weighs in-flight requests against learned limits.
+    pub(crate) limits: bool,
 }
 
 pub(crate) fn pick<'p, K, S>(
@@ -130,7 +140,8 @@ pub(crate) fn pick<'p, K, S>(
         Pick::RoundRobin => rotate(pool, ctx.cursor, f),
         Pick::WeightedRoundRobin => weighted(pool, ctx.cursor, f),
         Pick::LeastConnections => {
-            let cost = |c: &EndpointCell| {
+            let cost = |e: &Endpoint<K, S>| {
+                let c = &e.cell;
                 c.in_flight.load(Ordering::Relaxed) as f64
                     / f64::from(c.weight.load(Ordering::Relaxed).max(1))
             };
@@ -141,9 +152,18 @@ pub(crate) fn pick<'p, K, S>(
             }
         }
         Pick::LatencyAware => {
-            let cost = |c: &EndpointCell| {
+            let cost = |e: &Endpoint<K, S>| {
+                let c = &e.cell;
                 let lat = c.latency_ns(f.now, ctx.idle_tau_ns).max(1.0);
-                let load = (c.in_flight.load(Ordering::Relaxed) + 1) as f64;
+                let in_flight = c.in_flight.load(Ordering::Relaxed) as f64;
+                let (lat, load) = if ctx.limits {
+                    (
+                        lat * e.limit.toward_no_queue(),
+                        1.0 + in_flight / e.limit.get(),
+                    )
+                } else {
+                    (lat, in_flight + 1.0)
+                };
                 lat * load / f64::from(c.weight.load(Ordering::Relaxed).max(1)) / f.ramp(c)
             };
             if eps.len() <= 16 {
@@ -280,7 +300,7 @@ fn scan<'p, K, S>(
     eps: &'p [Arc<Endpoint<K, S>>],
     cursor: &AtomicUsize,
     f: &Filter<'_>,
-    cost: impl Fn(&EndpointCell) -> f64,
+    cost: impl Fn(&Endpoint<K, S>) -> f64,
 ) -> Option<&'p Arc<Endpoint<K, S>>> {
     let n = eps.len();
     let start = cursor.fetch_add(1, Ordering::Relaxed);
@@ -290,7 +310,7 @@ fn scan<'p, K, S>(
         if !f.allows(&ep.cell) {
             continue;
         }
-        let c = cost(&ep.cell);
+        let c = cost(ep);
         if best.is_none_or(|(_, b)| c < b) {
             best = Some((ep, c));
         }
@@ -304,7 +324,7 @@ fn scan<'p, K, S>(
 fn two_choices<'p, K, S>(
     pool: &'p Pool<K, S>,
     f: &Filter<'_>,
-    cost: impl Fn(&EndpointCell) -> f64,
+    cost: impl Fn(&Endpoint<K, S>) -> f64,
 ) -> Option<&'p Arc<Endpoint<K, S>>> {
     let eps = &pool.endpoints;
     let candidates = f.fresh.then(|| f.candidates(pool));
@@ -333,13 +353,13 @@ fn two_choices<'p, K, S>(
         }
     }
     match chosen {
-        [Some(a), Some(b)] => Some(if cost(&b.cell) < cost(&a.cell) { b } else { a }),
+        [Some(a), Some(b)] => Some(if cost(b) < cost(a) { b } else { a }),
         _ => {
             let mut best: Option<(&Arc<Endpoint<K, S>>, f64)> = None;
             for i in 0..n {
                 let ep = nth(i);
                 if f.allows(&ep.cell) {
-                    let c = cost(&ep.cell);
+                    let c = cost(ep);
                     if best.is_none_or(|(_, b)| c < b) {
                         best = Some((ep, c));
                     }

@@ -12,6 +12,8 @@ pub(crate) struct Endpoint<K, S> {
     /// The service every request clones, so no `Sync` bound is put on it.
     pub(crate) service: Mutex<S>,
     pub(crate) cell: Arc<EndpointCell>,
+    /// The concurrency limit learned from its latency (latency-aware pick).
+    pub(crate) limit: super::limit::Limit,
     /// Reports removal to a watch on this endpoint.
     pub(crate) removed: tokio::sync::watch::Sender<bool>,
 }

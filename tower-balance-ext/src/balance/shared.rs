@@ -16,6 +16,7 @@ use tower::discover::Change;
 use tower_service::Service;
 
 use super::error::EndpointPanicked;
+use super::limit::Limit;
 use super::pick::{self, Ctx, Filter, Pick};
 use super::pool::{maglev_table, swrr_sequence, Endpoint, Pool};
 use crate::retry::Budget;
@@ -66,6 +67,8 @@ pub(super) struct Shared<K, S, Req, Res> {
     pub(super) tau_ns: f64,
     pub(super) idle_tau_ns: f64,
     pub(super) penalty_ns: f64,
+    /// The latency-aware pick's largest learned limit per endpoint (0: no limits).
+    pub(super) limit_max: f64,
     pub(super) bounded_load: Option<f64>,
     pub(super) hash_key: Option<HashKey<Req>>,
     pub(super) is_failure: IsFailure<Res>,
@@ -183,6 +186,7 @@ where
                         key,
                         service: Mutex::new(service),
                         cell: Arc::new(cell),
+                        limit: Limit::new(self.limit_max, now),
                         removed,
                     }));
                     self.ready.fetch_add(1, Ordering::AcqRel);
@@ -287,6 +291,7 @@ where
                 0
             },
             idle_tau_ns: self.idle_tau_ns,
+            limits: self.limit_max > 0.0,
         };
         let filter = self.filter(excluded, &pool);
         pick::pick(self.pick, &pool, &ctx, &filter).map(f)

@@ -6,6 +6,7 @@ mod common;
 
 mod chaos;
 mod discovery;
+mod limits;
 mod panics;
 mod picks;
 mod readiness;
