@@ -15,23 +15,20 @@
 //! their next version (see `cluster-node`'s docs).
 
 mod autoscale;
+mod cluster;
+mod nemesis;
 mod net;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
 
-use net::Lab;
+use cluster::*;
+use nemesis::*;
 
 const NODES: usize = 3;
 const KEYS: usize = 8;
@@ -114,67 +111,6 @@ fn seed() -> u64 {
     }
 }
 
-/// The test's HTTP client to the nodes (through the bridge).
-#[derive(Clone)]
-struct Http(Client<HttpConnector, Full<Bytes>>);
-
-impl Http {
-    fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
-        Http(
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(5))
-                .build(connector),
-        )
-    }
-
-    /// One request; `None` when it failed or timed out.
-    async fn call(
-        &self,
-        addr: SocketAddr,
-        method: Method,
-        path: &str,
-        body: &str,
-    ) -> Option<(StatusCode, Bytes)> {
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-            .ok()?;
-        let exchange = async {
-            let res = self.0.request(req).await.ok()?;
-            let status = res.status();
-            let body = res.into_body().collect().await.ok()?.to_bytes();
-            Some((status, body))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// A `GET`: its status, body, and whether the node served it from its memory tier.
-    async fn read(&self, addr: SocketAddr, path: &str) -> Option<(StatusCode, Bytes, bool)> {
-        let req = Request::get(format!("http://{addr}{path}"))
-            .body(Full::new(Bytes::new()))
-            .ok()?;
-        let exchange = async {
-            let res = self.0.request(req).await.ok()?;
-            let (status, hit) = (
-                res.status(),
-                res.headers().get("x-cache").is_some_and(|v| v == "hit"),
-            );
-            let body = res.into_body().collect().await.ok()?.to_bytes();
-            Some((status, body, hit))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .ok()
-            .flatten()
-    }
-}
-
 /// One write of the workload: `w{n}` to key `key` through node `node`.
 #[derive(Debug, Clone)]
 struct Write {
@@ -215,241 +151,6 @@ fn parse_value(body: &[u8]) -> Option<u64> {
         .strip_prefix('w')?
         .parse()
         .ok()
-}
-
-/// How the nodes send each other invalidations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BusKind {
-    /// Each node POSTs to its peers.
-    Http,
-    /// Redis pub/sub on the origin's server.
-    Redis,
-}
-
-/// The cluster: the lab, the redis-server and the nodes' processes.
-struct Cluster {
-    lab: Lab,
-    bus: BusKind,
-    program: String,
-    logs: PathBuf,
-    ttl_ms: u64,
-    pids: Mutex<Vec<u32>>,
-    http: Http,
-}
-
-impl Cluster {
-    fn node_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((self.lab.host(i).addr, PORT))
-    }
-
-    fn redis_addr(&self) -> Ipv4Addr {
-        self.lab.host(NODES).addr
-    }
-
-    fn log(&self, i: usize) -> PathBuf {
-        self.logs.join(format!("node{}.log", i + 1))
-    }
-
-    fn start_node(&self, i: usize) {
-        let mut args = vec![
-            "--id".to_owned(),
-            (i + 1).to_string(),
-            "--listen".to_owned(),
-            self.node_addr(i).to_string(),
-            "--redis".to_owned(),
-            format!("{}:{REDIS_PORT}", self.redis_addr()),
-            "--ttl-ms".to_owned(),
-            self.ttl_ms.to_string(),
-            "--bus-timeout-ms".to_owned(),
-            BUS_TIMEOUT_MS.to_string(),
-        ];
-        if let Ok(how) = std::env::var("PARTITION_READ_VERSION") {
-            args.extend(["--read-version".to_owned(), how]);
-        }
-        match self.bus {
-            BusKind::Http => {
-                for j in (0..NODES).filter(|&j| j != i) {
-                    args.push("--peer".to_owned());
-                    args.push(format!("http://{}/_cache/invalidate", self.node_addr(j)));
-                }
-            }
-            BusKind::Redis => args.extend(["--bus".to_owned(), "redis".to_owned()]),
-        }
-        let pid = self.lab.spawn(i, &self.program, &args, &self.log(i));
-        self.pids.lock().unwrap()[i] = pid;
-    }
-
-    async fn wait_ready(&self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some((StatusCode::OK, _)) = self
-                .http
-                .call(self.node_addr(i), Method::GET, "/status", "")
-                .await
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("node {} not ready in 20 s; {}", i + 1, self.tail(i));
-    }
-
-    fn tail(&self, i: usize) -> String {
-        let log = std::fs::read_to_string(self.log(i)).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "node {} log ({}):\n{}",
-            i + 1,
-            self.log(i).display(),
-            lines[lines.len().saturating_sub(20)..].join("\n")
-        )
-    }
-
-    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
-        let pid = self.pids.lock().unwrap()[i];
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .unwrap_or_else(|e| panic!("{signal} to node {}: {e}", i + 1));
-    }
-
-    async fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let (code, body) = self
-            .http
-            .call(self.node_addr(i), Method::GET, "/status", "")
-            .await?;
-        (code == StatusCode::OK).then(|| serde_json::from_slice(&body).ok())?
-    }
-
-    /// Starts the lab, redis-server and the nodes.
-    async fn start(bus: BusKind, ttl_ms: u64, logs: &Path) -> Cluster {
-        let mut names: Vec<String> = (1..=NODES).map(|i| format!("node{i}")).collect();
-        names.push("redis".to_owned());
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let lab = Lab::create(&names).unwrap_or_else(|e| panic!("cannot build the network: {e}"));
-        let cluster = Cluster {
-            lab,
-            bus,
-            program: env!("CARGO_BIN_EXE_cluster-node").to_owned(),
-            logs: logs.to_owned(),
-            ttl_ms,
-            pids: Mutex::new(vec![0; NODES]),
-            http: Http::new(),
-        };
-        let redis_args: Vec<String> = [
-            "--bind",
-            &cluster.redis_addr().to_string(),
-            "--port",
-            &REDIS_PORT.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        cluster
-            .lab
-            .spawn(NODES, "redis-server", &redis_args, &logs.join("redis.log"));
-        for i in 0..NODES {
-            cluster.start_node(i);
-        }
-        for i in 0..NODES {
-            cluster.wait_ready(i).await;
-        }
-        cluster
-    }
-}
-
-/// One fault of the nemesis.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// nftables drop rules between the node and its peers (on the HTTP bus the origin
-    /// still reaches it; on the Redis bus, whose server is the origin, it is cut off from
-    /// that too); the test's clients still reach it.
-    Partition,
-    /// The node's link down: it reaches nobody and nobody reaches it.
-    Isolate,
-    /// SIGSTOP, then SIGCONT.
-    Pause,
-    /// SIGKILL, then a new process with the same id and address.
-    Kill,
-}
-
-/// The nemesis's schedule: (victim, fault, how long it lasts, quiet time after).
-fn schedule(rng: &mut Rng, total: Duration) -> Vec<(usize, Fault, Duration, Duration)> {
-    let mut out = Vec::new();
-    let mut at = Duration::from_millis(1500);
-    while at < total {
-        let victim = rng.below(NODES as u64) as usize;
-        let fault = match rng.below(4) {
-            0 => Fault::Partition,
-            1 => Fault::Isolate,
-            2 => Fault::Pause,
-            _ => Fault::Kill,
-        };
-        // From well under to well over the time the bus gives a frame up after.
-        let hold = Duration::from_millis(500 + rng.below(5500));
-        let quiet = Duration::from_millis(500 + rng.below(2000));
-        at += hold + quiet;
-        out.push((victim, fault, hold, quiet));
-    }
-    out
-}
-
-async fn nemesis(
-    cluster: &Cluster,
-    plan: &[(usize, Fault, Duration, Duration)],
-    t0: Instant,
-) -> Instant {
-    let mut last_heal = Instant::now();
-    for &(victim, fault, hold, quiet) in plan {
-        tokio::time::sleep(quiet).await;
-        let node = victim + 1;
-        let at = t0.elapsed().as_secs_f64();
-        say(format_args!(
-            "[{at:6.2}s] nemesis: {fault:?} node {node} for {:.2}s",
-            hold.as_secs_f64()
-        ));
-        match fault {
-            Fault::Partition => {
-                let mut others: Vec<Ipv4Addr> = (0..NODES)
-                    .filter(|&j| j != victim)
-                    .map(|j| cluster.lab.host(j).addr)
-                    .collect();
-                if cluster.bus == BusKind::Redis {
-                    others.push(cluster.redis_addr());
-                }
-                cluster.lab.partition(victim, &others).unwrap();
-                tokio::time::sleep(hold).await;
-                cluster.lab.heal(victim).unwrap();
-            }
-            Fault::Isolate => {
-                cluster.lab.link(victim, false).unwrap();
-                tokio::time::sleep(hold).await;
-                cluster.lab.link(victim, true).unwrap();
-            }
-            Fault::Pause => {
-                cluster.signal(victim, nix::sys::signal::Signal::SIGSTOP);
-                tokio::time::sleep(hold).await;
-                cluster.signal(victim, nix::sys::signal::Signal::SIGCONT);
-            }
-            Fault::Kill => {
-                let pid = cluster.pids.lock().unwrap()[victim];
-                cluster.lab.kill(pid);
-                tokio::time::sleep(hold).await;
-                cluster.start_node(victim);
-                cluster.wait_ready(victim).await;
-            }
-        }
-        last_heal = Instant::now();
-        say(format_args!(
-            "[{:6.2}s] nemesis: healed node {node}",
-            t0.elapsed().as_secs_f64()
-        ));
-    }
-    last_heal
 }
 
 /// Writes `w1`, `w2`, ... one at a time (each key's writes are so ordered) through
