@@ -61,9 +61,7 @@ impl Run {
     fn pct(&self, q: f64) -> Duration {
         let mut l = self.latencies.lock().unwrap().clone();
         l.sort();
-        l.get(((l.len().max(1) - 1) as f64 * q) as usize)
-            .copied()
-            .unwrap_or_default()
+        examples::stats::percentile(&l, q)
     }
 }
 

@@ -23,9 +23,7 @@ use tower_cache::{Cache, DiskTier, EntryMeta, MemoryTier, WriteTiers};
 
 const SECRET: &[u8] = b"a secret all three nodes share";
 
-fn pct(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q) as usize]
-}
+use examples::stats::percentile as pct;
 
 async fn propagation() {
     let mut listeners = Vec::new();

@@ -11,3 +11,4 @@ pub mod cache_proxy;
 pub mod flags;
 pub mod fleet;
 pub mod orchestrator;
+pub mod stats;
