@@ -51,7 +51,7 @@ fn app(probes: Probes, store: Cache) -> Result<Router, BoxError> {
                         UrlKey,
                         ResponseCodec::default(),
                         Duration::from_secs(60),
-                    )?
+                    )
                     .store_policy(StoreSuccessful),
                 ),
         );

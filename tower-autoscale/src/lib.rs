@@ -97,9 +97,11 @@ pub use policy::{
     Forecast, Metric, MetricTarget, PanicWindow, PolicyError, RateKind, RatePolicy, ScalingPolicy,
     ScalingPolicyBuilder, ScalingRules, Select,
 };
+#[allow(deprecated)]
+pub use process::Counted;
 pub use process::{
-    Counted, InstanceDetails, InstanceState, ProcessConfig, ProcessScaler, ProcessScalerBuilder,
-    ScaleError,
+    InstanceDetails, InstanceEndpoint, InstanceState, ProcessConfig, ProcessScaler,
+    ProcessScalerBuilder, ScaleError,
 };
 pub use procfs::{ProcessSampler, ProcessUse};
 pub use sample::{InstanceLoad, LoadSample, LoadSource};

@@ -84,7 +84,7 @@ fn hit_layer(
             .build()
             .unwrap(),
     );
-    let layer = CacheLayer::new(store.clone(), RequestAsKey, BytesCodec, TTL).unwrap();
+    let layer = CacheLayer::new(store.clone(), RequestAsKey, BytesCodec, TTL);
     let svc = layer.layer(tower::service_fn(|_: &'static str| async {
         Ok::<_, std::convert::Infallible>(Bytes::new())
     }));

@@ -67,8 +67,7 @@ fn main() {
             .set(k, value.clone(), Duration::from_secs(3600))
             .unwrap();
     }
-    let layer =
-        CacheLayer::new(store, RequestAsKey, BytesCodec, Duration::from_secs(3600)).unwrap();
+    let layer = CacheLayer::new(store, RequestAsKey, BytesCodec, Duration::from_secs(3600));
     let mut svc = layer.layer(tower::service_fn(|_: &'static str| async {
         Ok::<_, std::convert::Infallible>(Bytes::new())
     }));

@@ -23,7 +23,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let store = Cache::new(MemoryTier::builder().max_entries(500).build()?)
 //!     .with_disk(DiskTier::builder(dir.path()).map_size(64 << 20).open()?);
-//! let cache = CacheLayer::new(store, UrlKey, ResponseCodec::default(), Duration::from_secs(5))?
+//! let cache = CacheLayer::new(store, UrlKey, ResponseCodec::default(), Duration::from_secs(5))
 //!     .store_policy(StoreSuccessful);
 //!
 //! let svc = ServiceBuilder::new().layer(cache).service_fn(|_req: Request<Full<Bytes>>| async {
@@ -33,6 +33,21 @@
 //! assert_eq!(res.into_body().collect().await?.to_bytes(), "budget: 42");
 //! # Ok(()) }
 //! ```
+//!
+//! # Conventions
+//!
+//! - **Layers are values**, as in tower-http: [`CacheLayer::new`] and
+//!   [`http::HttpCacheLayer::new`] never fail, and their setters take and return the
+//!   layer. Out-of-range settings are brought into range, as each setter says.
+//! - **Components with resources** (a tier holding memory or a file, a coordinator or a
+//!   bus starting tasks or connections) have a `builder()` whose setters never fail, and
+//!   one verb at the end that checks every setting and returns a [`BuildError`] naming
+//!   the one to change: [`MemoryTier::builder`]`().build()`,
+//!   [`DiskTier::builder`]`(path).open()`, `Coordinator::builder(..).start()`,
+//!   `HttpBus::builder(..).build()`, `RedisBus::builder(..).connect()`.
+//! - **Errors** are typed where callers branch on them ([`InsertErrorKind`],
+//!   [`coordinator::TargetTooLong`], [`PatternError`]); a fault of the disk tier is never
+//!   a request's error: it is logged, counted and the request goes on without it.
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -29,7 +29,7 @@ fn key_layer(store: Cache) -> CacheLayer<fn(&String) -> Option<String>, BytesCod
     fn key(k: &String) -> Option<String> {
         (!k.starts_with("nocache")).then(|| k.clone())
     }
-    CacheLayer::new(store, key as fn(&String) -> Option<String>, BytesCodec, TTL).unwrap()
+    CacheLayer::new(store, key as fn(&String) -> Option<String>, BytesCodec, TTL)
 }
 
 #[tokio::test]
@@ -342,7 +342,6 @@ fn http_service() -> (
 ) {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = CacheLayer::new(memory_store(), UrlKey, ResponseCodec::new(4096), TTL)
-        .unwrap()
         .store_policy(StoreSuccessful);
     let svc = ServiceBuilder::new()
         .layer(layer)
@@ -413,7 +412,7 @@ async fn a_streaming_body_over_the_limit_is_passed_through_in_order() {
             chunks,
         ))))
     });
-    let layer = CacheLayer::new(memory_store(), UrlKey, ResponseCodec::new(2500), TTL).unwrap();
+    let layer = CacheLayer::new(memory_store(), UrlKey, ResponseCodec::new(2500), TTL);
     let svc = ServiceBuilder::new().layer(layer).service(origin);
     let res = svc
         .oneshot(Request::get("/s").body(Full::default()).unwrap())
@@ -436,7 +435,12 @@ async fn a_restarted_service_answers_from_its_disk_tier() {
             .unwrap();
         let store = memory_store().with_disk(disk.clone());
         let svc = ServiceBuilder::new()
-            .layer(CacheLayer::new(store, UrlKey, ResponseCodec::default(), TTL).unwrap())
+            .layer(CacheLayer::new(
+                store,
+                UrlKey,
+                ResponseCodec::default(),
+                TTL,
+            ))
             .service(http_origin(calls.clone()));
         let (status, headers, body) = get(&svc, "/report").await;
         assert_eq!(
@@ -467,7 +471,12 @@ async fn a_failed_disk_never_fails_a_request() {
     let store = memory_store().with_disk(disk);
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
-        .layer(CacheLayer::new(store, UrlKey, ResponseCodec::default(), TTL).unwrap())
+        .layer(CacheLayer::new(
+            store,
+            UrlKey,
+            ResponseCodec::default(),
+            TTL,
+        ))
         .service(http_origin(calls.clone()));
     for _ in 0..3 {
         assert_eq!(get(&svc, "/x").await.2, "hello /x");
@@ -477,16 +486,26 @@ async fn a_failed_disk_never_fails_a_request() {
     assert!(st.disk_faults >= 2, "{st:?}");
 }
 
-#[test]
-fn a_bad_layer_ttl_is_a_build_error() {
-    let err = CacheLayer::new(
-        memory_store(),
-        UrlKey,
-        ResponseCodec::default(),
-        Duration::ZERO,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("positive"), "{err}");
+/// A layer is a value: building one never fails. A zero TTL stores nothing (every
+/// request reaches the inner service); one over the maximum is the maximum.
+#[tokio::test]
+async fn a_zero_ttl_stores_nothing_and_a_huge_one_is_the_maximum() {
+    let _w = common::watchdog("layer_ttl", common::LIMIT);
+    for (ttl, origin_calls) in [(Duration::ZERO, 3), (Duration::MAX, 1)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = ServiceBuilder::new()
+            .layer(CacheLayer::new(
+                memory_store(),
+                UrlKey,
+                ResponseCodec::default(),
+                ttl,
+            ))
+            .service(http_origin(calls.clone()));
+        for _ in 0..3 {
+            assert_eq!(get(&svc, "/x").await.2, "hello /x");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), origin_calls, "ttl {ttl:?}");
+    }
 }
 
 /// The old names of the generic layer's HTTP pieces still build a layer (deprecated).
@@ -498,7 +517,6 @@ fn the_old_names_of_the_http_key_and_codec_still_work() {
         tower_cache::HttpKey,
         tower_cache::HttpCodec::new(4096),
         TTL,
-    )
-    .unwrap();
+    );
     drop(layer);
 }

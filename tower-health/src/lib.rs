@@ -30,6 +30,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Conventions
+//!
+//! - **Layers and plain values** ([`ReadinessLayer`], [`Gate`], [`Probe`], [`Probes`],
+//!   [`Target`], [`HealthEndpoints`]) are made with `new` (or a named constructor such
+//!   as [`ReadinessLayer::reject_http`]) and setters that never fail.
+//! - **What runs** checks its settings where it is added: [`Probes::register`] and
+//!   [`HealthMonitor::register`] refuse an impossible setting with a [`BuildError`]
+//!   that names it.
+//! - The gate's modes answer or fail as their names say: [`ReadinessLayer::reject_http`]
+//!   answers `503` and passes the inner service's error on as it is.
+//!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -42,7 +42,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tower_autoscale::{Counted, ProcessScaler};
+use tower_autoscale::{InstanceEndpoint, ProcessScaler};
 use tower_balance_ext::breaker::{BreakerHandle, CircuitBreaker};
 use tower_balance_ext::HttpEndpoint;
 use tower_health::ReadinessService;
@@ -58,7 +58,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A training endpoint: a pooled HTTP client behind a circuit breaker, counted by the
 /// scaler (for its in-flight figures).
-pub type TrainingEndpoint = Counted<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
+pub type TrainingEndpoint =
+    InstanceEndpoint<CircuitBreaker<HttpEndpoint<Full<Bytes>>, Response<Incoming>>>;
 /// The training service's balancer.
 pub type TrainingBalancer =
     tower_balance_ext::Balancer<SocketAddr, TrainingEndpoint, Request<Full<Bytes>>>;

@@ -501,7 +501,7 @@ async fn a_crash_loop_backs_off_to_its_cap_and_counts_once() {
         assert_eq!(scaler.crash_looping(), 1);
         assert_eq!(scaler.restarts(), 1, "one crash, one restart loop");
         assert!(scaler.failures() >= 3);
-        // Counted once: a scale to one starts nothing more.
+        // InstanceEndpoint once: a scale to one starts nothing more.
         assert_eq!(scaler.scale_to(1).await.unwrap(), 1);
         assert_eq!(scaler.instance_details().len(), 1);
         // Stays at the cap.

@@ -32,7 +32,6 @@ async fn a_cache_over_a_timeout_is_served_by_hyper() {
             ResponseCodec::default(),
             Duration::from_secs(60),
         )
-        .unwrap()
         .store_policy(StoreSuccessful);
         let svc = ServiceBuilder::new()
             .layer(cache)
@@ -97,7 +96,6 @@ where
         ResponseCodec::default(),
         Duration::from_secs(60),
     )
-    .unwrap()
     .store_policy(StoreSuccessful);
     tower_layer::Layer::layer(&cache, inner)
 }

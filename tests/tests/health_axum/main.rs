@@ -54,7 +54,6 @@ async fn the_layers_mount_in_an_axum_app() {
                             ResponseCodec::default(),
                             Duration::from_secs(60),
                         )
-                        .unwrap()
                         .store_policy(StoreSuccessful),
                     ),
             );

@@ -171,7 +171,7 @@ impl ProcessScalerBuilder {
     ) -> Result<
         (
             super::ProcessScaler<S>,
-            tower_balance_ext::discover::Receiver<std::net::SocketAddr, super::Counted<S>>,
+            tower_balance_ext::discover::Receiver<std::net::SocketAddr, super::InstanceEndpoint<S>>,
         ),
         BuildError,
     >

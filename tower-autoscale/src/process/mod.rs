@@ -27,10 +27,10 @@
 //!   restart backs off and tries again), never also a crash.
 //!
 //! Requests in flight are counted by a small wrapper around each endpoint service
-//! ([`Counted`]), so draining does not depend on the balancer still listing it.
+//! ([`InstanceEndpoint`]), so draining does not depend on the balancer still listing it.
 
 mod config;
-mod counted;
+mod endpoint;
 mod error;
 mod instance;
 mod load;
@@ -47,7 +47,11 @@ use tower_balance_ext::discover;
 use tower_health::HealthMonitor;
 
 pub use self::config::{ProcessConfig, ProcessScalerBuilder};
-pub use self::counted::Counted;
+pub use self::endpoint::InstanceEndpoint;
+
+/// The old name of [`InstanceEndpoint`].
+#[deprecated(since = "0.1.0", note = "renamed `InstanceEndpoint`")]
+pub type Counted<S> = InstanceEndpoint<S>;
 pub use self::error::ScaleError;
 use self::instance::Instance;
 pub use self::instance::{InstanceDetails, InstanceState};
@@ -56,7 +60,7 @@ use crate::error::BuildError;
 struct Inner<S> {
     cfg: ProcessConfig,
     monitor: HealthMonitor,
-    endpoints: discover::Sender<SocketAddr, Counted<S>>,
+    endpoints: discover::Sender<SocketAddr, InstanceEndpoint<S>>,
     make: Box<dyn Fn(SocketAddr) -> S + Send + Sync>,
     instances: Mutex<Vec<Instance>>,
     /// Serialises scale operations.
@@ -134,7 +138,7 @@ where
     pub fn new<M>(
         cfg: ProcessConfig,
         make: M,
-    ) -> Result<(Self, discover::Receiver<SocketAddr, Counted<S>>), ScaleError>
+    ) -> Result<(Self, discover::Receiver<SocketAddr, InstanceEndpoint<S>>), ScaleError>
     where
         M: Fn(SocketAddr) -> S + Send + Sync + 'static,
     {
@@ -144,7 +148,7 @@ where
     fn start_checked<M>(
         cfg: ProcessConfig,
         make: M,
-    ) -> Result<(Self, discover::Receiver<SocketAddr, Counted<S>>), BuildError>
+    ) -> Result<(Self, discover::Receiver<SocketAddr, InstanceEndpoint<S>>), BuildError>
     where
         M: Fn(SocketAddr) -> S + Send + Sync + 'static,
     {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tower_health::Target;
 
-use super::{Counted, Instance, InstanceState, ProcessScaler, ScaleError};
+use super::{Instance, InstanceEndpoint, InstanceState, ProcessScaler, ScaleError};
 
 /// On Linux, the instance gets SIGKILL if the process that started it dies, even by
 /// SIGKILL (where `kill_on_drop` cannot run): no orphan keeps a port and a model in
@@ -171,7 +171,7 @@ where
             Ok(Ok(())) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 let gate = tower_health::Gate::new(ready.clone());
-                let endpoint = Counted {
+                let endpoint = InstanceEndpoint {
                     inner: tower_layer::Layer::layer(
                         &tower_health::ReadinessLayer::pending(gate),
                         (self.inner.make)(addr),

@@ -15,7 +15,7 @@
 //!     |key: &String| Some(key.clone()),
 //!     BytesCodec,
 //!     Duration::from_secs(30),
-//! )?;
+//! );
 //! // Any service works; this one echoes its request.
 //! let origin = tower::service_fn(|key: String| async move {
 //!     Ok::<_, std::convert::Infallible>(Bytes::from(format!("value of {key}")))
@@ -47,7 +47,6 @@ use tower_service::Service;
 
 use crate::cache::{Cache, Found, WriteTiers, ERROR_PASS};
 use crate::entry::EntryMeta;
-use crate::error::{check_ttl, BuildError};
 use crate::BoxError;
 
 /// Default time a key whose response was not cacheable stays marked pass: 10 s.
@@ -86,18 +85,19 @@ impl<K, C> CacheLayer<K, C, StoreAll> {
     /// A layer caching responses in `store` under the keys `key` derives, stored through
     /// `codec` for `ttl`. Every response is stored; see [`Self::store_policy`].
     ///
-    /// Fails if `ttl` is zero or over [`MAX_TTL`](crate::error::MAX_TTL).
-    pub fn new(store: Cache, key: K, codec: C, ttl: Duration) -> Result<Self, BuildError> {
-        check_ttl(ttl).map_err(|e| BuildError::new(format!("cache layer: {e}")))?;
-        Ok(Self {
+    /// A layer is a value, as in tower-http: building one never fails. A `ttl` over
+    /// [`MAX_TTL`](crate::error::MAX_TTL) is taken as `MAX_TTL`; a zero `ttl` stores
+    /// nothing (every request reaches the inner service).
+    pub fn new(store: Cache, key: K, codec: C, ttl: Duration) -> Self {
+        Self {
             store,
             key,
             codec,
             policy: StoreAll,
-            ttl,
+            ttl: ttl.min(crate::error::MAX_TTL),
             tiers: WriteTiers::ALL,
             pass_ttl: DEFAULT_PASS_TTL,
-        })
+        }
     }
 }
 
@@ -298,8 +298,10 @@ where
                     return Err(e);
                 }
             };
-            let Some(ttl) = shared.policy.ttl(&res, shared.ttl) else {
-                // Not cacheable: hit-for-pass, so nobody queues behind a leader for it.
+            let ttl = shared.policy.ttl(&res, shared.ttl).filter(|t| !t.is_zero());
+            let Some(ttl) = ttl else {
+                // Not cacheable (or a zero TTL): hit-for-pass, so nobody queues behind a
+                // leader for it.
                 store.mark_pass(&key, lead, shared.pass_ttl);
                 return Ok(shared.codec.passthrough(res));
             };

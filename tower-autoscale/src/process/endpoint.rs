@@ -1,4 +1,4 @@
-//! [`Counted`]: an instance's endpoint behind its readiness gate, counting its
+//! [`InstanceEndpoint`]: an instance's endpoint behind its readiness gate, counting its
 //! requests in flight so that a drain knows when it is done.
 
 use std::future::Future;
@@ -17,12 +17,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// it), counting its requests in flight (from `call` until the response future
 /// completes or is dropped).
 #[derive(Debug)]
-pub struct Counted<S> {
+pub struct InstanceEndpoint<S> {
     pub(super) inner: tower_health::ReadinessService<S>,
     pub(super) in_flight: Arc<AtomicUsize>,
 }
 
-impl<S: Clone> Clone for Counted<S> {
+impl<S: Clone> Clone for InstanceEndpoint<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -39,7 +39,7 @@ impl Drop for Decrement {
     }
 }
 
-impl<S, Req> Service<Req> for Counted<S>
+impl<S, Req> Service<Req> for InstanceEndpoint<S>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
