@@ -1,6 +1,5 @@
 //! The checks a frame passes where a bus receives it, before any queue.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
 
@@ -68,26 +67,6 @@ impl Drop for AdmissionTicket {
             }
         }
     }
-}
-
-/// Frames one sender may have waiting between a bus's gate and the coordinator.
-pub(super) const WAITING_PER_SENDER: usize = 256;
-/// Frames all senders together may have waiting.
-pub(super) const WAITING: usize = 4096;
-/// Senders a gate keeps track of.
-pub(super) const GATE_SENDERS: usize = 4096;
-
-/// What a gate took from each sender, and how many frames wait.
-#[derive(Default)]
-pub(super) struct GateState {
-    pub(super) senders: HashMap<u64, GateSender>,
-    pub(super) waiting: usize,
-}
-
-pub(super) struct GateSender {
-    pub(super) incarnation: u64,
-    pub(super) seq: u64,
-    pub(super) waiting: usize,
 }
 
 impl FrameGate {

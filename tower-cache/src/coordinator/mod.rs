@@ -126,8 +126,10 @@ pub use self::bus::{Bus, BusError, BusEvent, InProcessBus, LinkState, Subscripti
 pub use self::gate::{Admission, AdmissionTicket, FrameGate};
 pub use self::node::{CoordinationStatus, Coordinator, Invalidated, PeerNode};
 // What the parts of the coordinator share among themselves.
-use self::gate::GateState;
-use self::node::{lock, receive, AbortOnDrop, Shared, Stats};
+use self::node::{
+    lock, receive, AbortOnDrop, GateSender, Shared, Stats, GATE_SENDERS, WAITING,
+    WAITING_PER_SENDER,
+};
 
 pub use self::clock::{resolve_conflict, HybridClock, Winner};
 #[cfg(feature = "http-bus")]

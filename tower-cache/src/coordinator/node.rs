@@ -651,3 +651,25 @@ pub(super) async fn apply(sh: &Shared, msg: &Message) {
         tracing::warn!(error = %e, "remote invalidation failed locally");
     }
 }
+
+// === what the bus's gate keeps (see `gate`) ===
+
+/// Frames one sender may have waiting between a bus's gate and the coordinator.
+pub(super) const WAITING_PER_SENDER: usize = 256;
+/// Frames all senders together may have waiting.
+pub(super) const WAITING: usize = 4096;
+/// Senders a gate keeps track of.
+pub(super) const GATE_SENDERS: usize = 4096;
+
+/// What a gate took from each sender, and how many frames wait.
+#[derive(Default)]
+pub(super) struct GateState {
+    pub(super) senders: HashMap<u64, GateSender>,
+    pub(super) waiting: usize,
+}
+
+pub(super) struct GateSender {
+    pub(super) incarnation: u64,
+    pub(super) seq: u64,
+    pub(super) waiting: usize,
+}
