@@ -3,9 +3,17 @@
 //! - `POST /api/v1/system/scale/{service}/{up|down}`: one instance more or fewer. Needs
 //!   `Authorization: Bearer <token>` (401 without it); a count outside the policy's
 //!   bounds answers 409 with the reason and changes nothing; an unknown service 404, a
-//!   direction other than up or down 400.
-//! - `GET /api/v1/system/scaling-status`: per service, the instances, the last
-//!   decisions with their reasons, and the audit history.
+//!   direction other than up or down 400. A change holds against the autoscaler for the
+//!   manager's manual hold (the fleet's `--manual-hold`, 5 minutes by default): until
+//!   then it keeps at least the count of a scale-up (it may still add more) and at most
+//!   that of a scale-down (it may still remove more; a surge at the panic threshold
+//!   still adds). The answer says so:
+//!   `{"service": "training", "instances": 2, "held_until_unix_ms": 1767225600000,
+//!   "autoscaler": "keeps at least 2 instances until 00:00:00 UTC (300 s from now); may
+//!   revise the count after that"}` (`held_until_unix_ms` is null without a hold).
+//! - `GET /api/v1/system/scaling-status`: per service, the instances, the manual hold in
+//!   force (`manual_hold`: [`HoldView`], or null), the last decisions with their
+//!   reasons, and the audit history.
 //! - `GET /api/v1/system/load-distribution`: per service and instance, the share of
 //!   requests, in flight, p99 and latency estimate, and health, from the balancer.
 //!
@@ -18,8 +26,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{json, Value};
-use tower_autoscale::{AuditEntry, ManualScaleError, ScalingManager};
+use tower_autoscale::{AuditEntry, ManualHold, ManualScaleError, ScalingManager};
 use tower_balance_ext::{EndpointState, LoadStats};
 
 struct Api {
@@ -73,10 +82,22 @@ async fn scale(
         }
     };
     match api.manager.scale_by(&service, delta).await {
-        Ok(n) => (
-            StatusCode::OK,
-            Json(json!({ "service": service, "instances": n })),
-        ),
+        Ok(n) => {
+            let hold = api.manager.engine().manual_hold(&service);
+            let view = hold.map(|h| HoldView::new(&h, crate::fleet::unix_ms()));
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "service": service,
+                    "instances": n,
+                    "held_until_unix_ms": view.as_ref().map(|v| v.until_unix_ms),
+                    "autoscaler": view.map_or_else(
+                        || "may revise this count at its next evaluation".to_owned(),
+                        |v| v.autoscaler,
+                    ),
+                })),
+            )
+        }
         Err(ManualScaleError::UnknownService(s)) => {
             error(StatusCode::NOT_FOUND, format!("no service named `{s}`"))
         }
@@ -107,6 +128,8 @@ async fn status(State(api): State<Arc<Api>>) -> Json<Value> {
             json!({
                 "name": name,
                 "instances": api.manager.instances(&name),
+                "manual_hold": api.manager.engine().manual_hold(&name)
+                    .map(|h| HoldView::new(&h, crate::fleet::unix_ms())),
                 "policy": api.manager.engine().policy(&name),
                 "last_decisions": decisions,
                 "history": actions,
@@ -114,6 +137,49 @@ async fn status(State(api): State<Arc<Api>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "services": services }))
+}
+
+/// A manual scale's hold as the API and the dashboard show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldView {
+    /// The count held.
+    pub instances: usize,
+    /// `at least` (after a scale-up) or `at most` (after a scale-down).
+    pub keep: String,
+    /// When the hold ends, in milliseconds since the Unix epoch.
+    pub until_unix_ms: u64,
+    /// Whole seconds until then.
+    pub ends_in_s: u64,
+    /// What the autoscaler does meanwhile and after, in words.
+    pub autoscaler: String,
+}
+
+impl HoldView {
+    /// `hold` seen at `now_unix_ms`.
+    pub fn new(hold: &ManualHold, now_unix_ms: u64) -> Self {
+        let ends_in_s = hold
+            .until_unix_ms
+            .saturating_sub(now_unix_ms)
+            .div_ceil(1000);
+        Self {
+            instances: hold.instances,
+            keep: hold.keep.to_string(),
+            until_unix_ms: hold.until_unix_ms,
+            ends_in_s,
+            autoscaler: format!(
+                "keeps {} {} instances until {} UTC ({ends_in_s} s from now); may revise the count after that",
+                hold.keep,
+                hold.instances,
+                clock(hold.until_unix_ms)
+            ),
+        }
+    }
+}
+
+/// The UTC time of day of a moment in milliseconds since the Unix epoch: `HH:MM:SS`.
+fn clock(unix_ms: u64) -> String {
+    let s = (unix_ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 async fn distribution(State(api): State<Arc<Api>>) -> Json<Value> {
@@ -157,4 +223,39 @@ async fn distribution(State(api): State<Arc<Api>>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "services": services }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower_autoscale::{DecisionEngine, Keep, ScalingPolicy};
+
+    use super::*;
+
+    #[test]
+    fn a_hold_says_until_when_and_what_the_autoscaler_may_do() {
+        assert_eq!(clock(1_767_225_600_000 + 3_723_456), "01:02:03");
+        let engine = DecisionEngine::new();
+        engine
+            .add_service("training", ScalingPolicy::default(), || {
+                tower_autoscale::LoadSample::new(1)
+            })
+            .unwrap();
+        let hold = engine
+            .hold("training", 3, Keep::AtLeast, Duration::from_secs(300))
+            .unwrap();
+        let view = HoldView::new(&hold, hold.until_unix_ms - 299_500);
+        assert_eq!(view.ends_in_s, 300);
+        assert_eq!(view.keep, "at least");
+        assert_eq!(
+            view.autoscaler,
+            format!(
+                "keeps at least 3 instances until {} UTC (300 s from now); may revise the count after that",
+                clock(hold.until_unix_ms)
+            )
+        );
+        let past = HoldView::new(&hold, hold.until_unix_ms + 5);
+        assert_eq!(past.ends_in_s, 0);
+    }
 }

@@ -241,6 +241,9 @@ async fn the_dashboard_shows_the_fleet_follows_changes_and_scales_with_the_token
         click(&c, "scale-up-training").await;
         wait_ready(&c, 3, Duration::from_secs(30), "after the scale-up click").await;
         wait_text(&c, "scale-message", "3 instance").await;
+        // The answer and the services table say how long the autoscaler keeps it.
+        wait_text(&c, "scale-message", "keeps at least 3 instances until").await;
+        wait_text(&c, "service-training", "manual hold: at least 3 until").await;
         let status = fleet.service("training").await.unwrap();
         assert_eq!(status["ready"], 3, "{status}");
         // The history shows the manual actions; the charts were drawn.

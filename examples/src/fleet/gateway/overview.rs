@@ -12,6 +12,7 @@ use tower_cache::Cache;
 
 use super::Gateway;
 use crate::fleet::services::{Backend, RunningService};
+use crate::orchestrator::HoldView;
 
 impl Gateway {
     /// The figures the live views show.
@@ -109,6 +110,12 @@ impl Gateway {
                 }
                 let policy = self.parts.manager.engine().policy(svc.name());
                 view.bounds = policy.map(|p| (p.min_instances, p.max_instances));
+                view.manual_hold = self
+                    .parts
+                    .manager
+                    .engine()
+                    .manual_hold(svc.name())
+                    .map(|h| HoldView::new(&h, crate::fleet::unix_ms()));
                 view.last_decision = history.iter().rev().find_map(|e| match e {
                     AuditEntry::Decision(d) if d.service == svc.name() => {
                         Some(DecisionView::from(d))
@@ -186,6 +193,8 @@ pub struct ServiceView {
     pub cache: Option<CacheView>,
     /// The autoscaler's latest decision.
     pub last_decision: Option<DecisionView>,
+    /// A manual scale's hold against the autoscaler, while it lasts.
+    pub manual_hold: Option<HoldView>,
 }
 
 impl ServiceView {
