@@ -62,6 +62,26 @@ async fn the_api_answers_401_409_404_and_400_and_changes_nothing_it_refuses() {
         .2;
     let training = &status["services"][0];
     assert_eq!(training["name"], "training");
+    // States and kinds in lower-case words, numbers rounded, in every JSON answer.
+    assert_eq!(training["instances"][0]["state"], "ready", "{status}");
+    assert_eq!(
+        training["last_decisions"][0]["action"]["kind"], "hold",
+        "{status}"
+    );
+    for path in [
+        "/api/v1/system/scaling-status",
+        "/api/v1/system/overview",
+        "/api/v1/system/load-distribution",
+    ] {
+        let answer = fleet
+            .call(Method::GET, path, None, None, None)
+            .await
+            .unwrap()
+            .2;
+        let mut off = Vec::new();
+        off_convention(&answer, path, &mut off);
+        assert!(off.is_empty(), "{off:?}");
+    }
     assert_eq!(
         training["instances"].as_array().unwrap().len(),
         2,

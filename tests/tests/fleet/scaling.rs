@@ -196,7 +196,33 @@ async fn a_manual_scale_up_holds_against_the_autoscaler_until_its_hold_ends() {
     )
     .await;
     assert_eq!(instances(&fleet.service("training").await.unwrap()), 2);
-    // Once the hold has ended, the autoscaler revises the count.
+    // Once the hold has ended, the autoscaler revises the count: a scale-down decision,
+    // in words, in the scaling status.
+    let status_now = || async {
+        fleet
+            .call(
+                Method::GET,
+                "/api/v1/system/scaling-status",
+                None,
+                None,
+                None,
+            )
+            .await
+            .unwrap()
+            .2
+    };
+    eventually(
+        Duration::from_secs(40),
+        "a scale-down decision after the hold",
+        || async {
+            status_now().await["services"][0]["last_decisions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["action"]["kind"] == "scale down")
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(40),
         "back to 1 after the hold",
@@ -206,4 +232,9 @@ async fn a_manual_scale_up_holds_against_the_autoscaler_until_its_hold_ends() {
         },
     )
     .await;
+    let status = status_now().await;
+    let mut off = Vec::new();
+    off_convention(&status, "scaling-status", &mut off);
+    off_convention(&fleet.overview().await.unwrap(), "overview", &mut off);
+    assert!(off.is_empty(), "{off:?}");
 }

@@ -385,12 +385,7 @@ impl From<&tower_autoscale::Decision> for DecisionView {
             .join(", ");
         Self {
             at_unix_ms: d.at_unix_ms,
-            action: match d.action {
-                tower_autoscale::Action::ScaleUp(_) => "scale up",
-                tower_autoscale::Action::ScaleDown(_) => "scale down",
-                _ => "hold",
-            }
-            .into(),
+            action: crate::orchestrator::action_words(&d.action).into(),
             from: d.current,
             to: d.desired,
             reason: if rules.is_empty() {
