@@ -289,7 +289,17 @@ async fn a_manual_scale_down_keeps_at_most_its_count_but_lets_fewer_through() {
     let d = manager.tick("training").await.unwrap();
     assert_eq!((d.desired, scaler.current()), (2, 2), "{d:?}");
     let (manager, scaler) = wanting(3, 1);
+    // A hold longer than the clock can count is no failure: it holds for decades.
+    manager.set_manual_hold(Duration::MAX);
     assert_eq!(manager.scale_by("training", -1).await.unwrap(), 2);
+    let hold = manager.engine().manual_hold("training").unwrap();
+    let decades = u64::try_from(Duration::from_secs(86_400 * 365 * 29).as_millis()).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(hold.until_unix_ms > now_ms + decades, "{hold:?}");
+    assert_eq!(hold.keep, Keep::AtMost);
     manager.tick("training").await.unwrap();
     assert_eq!(
         scaler.current(),

@@ -266,10 +266,11 @@ impl DecisionEngine {
         let mut services = self.lock();
         let st = services.get_mut(name)?;
         let now = Instant::now();
-        // A duration too long for the clock holds for as long as the clock can say.
+        // A duration too long for the clock holds for thirty years.
         let until = now
             .checked_add(duration)
-            .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
+            .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400 * 365 * 30)))
+            .unwrap_or(now);
         let hold = ManualHold {
             instances,
             keep,
