@@ -3,13 +3,38 @@
 //! - `POST /api/v1/system/scale/{service}/{up|down}`: one instance more or fewer. Needs
 //!   `Authorization: Bearer <token>` (401 without it); a count outside the policy's
 //!   bounds answers 409 with the reason and changes nothing; an unknown service 404, a
-//!   direction other than up or down 400.
-//! - `GET /api/v1/system/scaling-status`: per service, the instances, the last
-//!   decisions with their reasons, and the audit history.
+//!   direction other than up or down 400. A change holds against the autoscaler for the
+//!   manager's manual hold (the fleet's `--manual-hold`, 5 minutes by default): until
+//!   then it keeps at least the count of a scale-up (it may still add more) and at most
+//!   that of a scale-down (it may still remove more; a surge at the panic threshold
+//!   still adds). The answer says so:
+//!   `{"service": "training", "instances": 2, "held_until_unix_ms": 1767225600000,
+//!   "autoscaler": "keeps at least 2 instances until 00:00:00 UTC (300 s from now); may
+//!   revise the count after that"}` (`held_until_unix_ms` is null without a hold).
+//! - `GET /api/v1/system/scaling-status`: per service, the instances, the manual hold in
+//!   force (`manual_hold`: [`HoldView`], or null), the last decisions with their
+//!   reasons, and the audit history.
 //! - `GET /api/v1/system/load-distribution`: per service and instance, the share of
 //!   requests, in flight, p99 and latency estimate, and health, from the balancer.
 //!
-//! All answers are JSON.
+//! All answers are JSON, in one convention (the gateway's overview and history follow it
+//! too, through [`tidy`]):
+//!
+//! - **Keys** are `snake_case`; times are whole milliseconds since the Unix epoch
+//!   (`..._unix_ms`), durations carry their unit (`..._ms`, `..._s`).
+//! - **States and kinds** are lower-case words, the ones the dashboard shows: an
+//!   instance's `state` (`starting`, `ready`, `draining`, `crashed`, `crash loop
+//!   back-off`), a balancer's `health` (`ready`, `not ready`, `set aside`, `removed`), a
+//!   breaker (`closed`, `open`, `half-open`), a decision's `action.kind` (`scale up`,
+//!   `scale down`, `hold`), a hold's `keep` (`at least`, `at most`), an action's `by`
+//!   (`autoscaler`, `manual`).
+//! - **Names of settings** stay as the policy spells them (`in_flight`, `scale_down`, a
+//!   reason's `reason` tag such as `stabilized_down`); every reason carries its words in
+//!   `text`.
+//! - **Numbers** are rounded: milliseconds, seconds, percentages and per-second rates
+//!   (keys ending in `_ms`, `_s`, `_seconds`, `_pct`, and `rps`, `throughput`,
+//!   `in_flight`, `waiting`) to one decimal; other fractions (shares, ratios, error
+//!   rates, metric values) to three. Counts are whole numbers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +43,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::{json, Value};
-use tower_autoscale::{AuditEntry, ManualScaleError, ScalingManager};
+use tower_autoscale::{AuditEntry, ManualHold, ManualScaleError, ScalingManager};
 use tower_balance_ext::{EndpointState, LoadStats};
 
 struct Api {
@@ -73,10 +99,22 @@ async fn scale(
         }
     };
     match api.manager.scale_by(&service, delta).await {
-        Ok(n) => (
-            StatusCode::OK,
-            Json(json!({ "service": service, "instances": n })),
-        ),
+        Ok(n) => {
+            let hold = api.manager.engine().manual_hold(&service);
+            let view = hold.map(|h| HoldView::new(&h, crate::fleet::unix_ms()));
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "service": service,
+                    "instances": n,
+                    "held_until_unix_ms": view.as_ref().map(|v| v.until_unix_ms),
+                    "autoscaler": view.map_or_else(
+                        || "may revise this count at its next evaluation".to_owned(),
+                        |v| v.autoscaler,
+                    ),
+                })),
+            )
+        }
         Err(ManualScaleError::UnknownService(s)) => {
             error(StatusCode::NOT_FOUND, format!("no service named `{s}`"))
         }
@@ -106,14 +144,118 @@ async fn status(State(api): State<Arc<Api>>) -> Json<Value> {
                 .collect();
             json!({
                 "name": name,
-                "instances": api.manager.instances(&name),
+                "instances": api.manager.instances(&name).iter().map(|i| {
+                    let mut v = json!(i);
+                    v["state"] = i.state.to_string().into();
+                    v
+                }).collect::<Vec<_>>(),
+                "manual_hold": api.manager.engine().manual_hold(&name)
+                    .map(|h| HoldView::new(&h, crate::fleet::unix_ms())),
                 "policy": api.manager.engine().policy(&name),
-                "last_decisions": decisions,
+                "last_decisions": decisions.iter().map(|d| {
+                    let mut v = json!(d);
+                    if let AuditEntry::Decision(d) = d {
+                        v["action"]["kind"] = action_words(&d.action).into();
+                    }
+                    v
+                }).collect::<Vec<_>>(),
                 "history": actions,
             })
         })
         .collect();
-    Json(json!({ "services": services }))
+    tidy(Json(json!({ "services": services })))
+}
+
+/// A decision's action in words: `scale up`, `scale down` or `hold`.
+pub fn action_words(action: &tower_autoscale::Action) -> &'static str {
+    match action {
+        tower_autoscale::Action::ScaleUp(_) => "scale up",
+        tower_autoscale::Action::ScaleDown(_) => "scale down",
+        _ => "hold",
+    }
+}
+
+/// Keys whose numbers are rounded to one decimal (see the [module docs](self)).
+fn one_decimal(key: &str) -> bool {
+    [
+        "_ms",
+        "_s",
+        "_seconds",
+        "_pct",
+        "rps",
+        "throughput",
+        "in_flight",
+        "waiting",
+    ]
+    .iter()
+    .any(|end| key.ends_with(end))
+}
+
+/// Rounds the numbers of a JSON answer as the [module docs](self) say: one decimal
+/// under the keys of times, percentages and rates, three elsewhere; whole numbers stay.
+pub fn tidy_numbers(v: &mut Value, key: &str) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(0.0);
+            let scale = if one_decimal(key) { 10.0 } else { 1000.0 };
+            let r = (x * scale).round() / scale;
+            if let Some(r) = serde_json::Number::from_f64(if r == 0.0 { 0.0 } else { r }) {
+                *n = r;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| tidy_numbers(i, key)),
+        Value::Object(fields) => fields.iter_mut().for_each(|(k, f)| tidy_numbers(f, k)),
+        _ => {}
+    }
+}
+
+/// `value` as a JSON answer with its numbers rounded ([`tidy_numbers`]).
+pub fn tidy(Json(mut value): Json<Value>) -> Json<Value> {
+    tidy_numbers(&mut value, "");
+    Json(value)
+}
+
+/// A manual scale's hold as the API and the dashboard show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldView {
+    /// The count held.
+    pub instances: usize,
+    /// `at least` (after a scale-up) or `at most` (after a scale-down).
+    pub keep: String,
+    /// When the hold ends, in milliseconds since the Unix epoch.
+    pub until_unix_ms: u64,
+    /// Whole seconds until then.
+    pub ends_in_s: u64,
+    /// What the autoscaler does meanwhile and after, in words.
+    pub autoscaler: String,
+}
+
+impl HoldView {
+    /// `hold` seen at `now_unix_ms`.
+    pub fn new(hold: &ManualHold, now_unix_ms: u64) -> Self {
+        let ends_in_s = hold
+            .until_unix_ms
+            .saturating_sub(now_unix_ms)
+            .div_ceil(1000);
+        Self {
+            instances: hold.instances,
+            keep: hold.keep.to_string(),
+            until_unix_ms: hold.until_unix_ms,
+            ends_in_s,
+            autoscaler: format!(
+                "keeps {} {} instances until {} UTC ({ends_in_s} s from now); may revise the count after that",
+                hold.keep,
+                hold.instances,
+                clock(hold.until_unix_ms)
+            ),
+        }
+    }
+}
+
+/// The UTC time of day of a moment in milliseconds since the Unix epoch: `HH:MM:SS`.
+fn clock(unix_ms: u64) -> String {
+    let s = (unix_ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 async fn distribution(State(api): State<Arc<Api>>) -> Json<Value> {
@@ -156,5 +298,72 @@ async fn distribution(State(api): State<Arc<Api>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "services": services }))
+    tidy(Json(json!({ "services": services })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower_autoscale::{DecisionEngine, Keep, ScalingPolicy};
+
+    use super::*;
+
+    #[test]
+    fn a_hold_says_until_when_and_what_the_autoscaler_may_do() {
+        assert_eq!(clock(1_767_225_600_000 + 3_723_456), "01:02:03");
+        let engine = DecisionEngine::new();
+        engine
+            .add_service("training", ScalingPolicy::default(), || {
+                tower_autoscale::LoadSample::new(1)
+            })
+            .unwrap();
+        let hold = engine
+            .hold("training", 3, Keep::AtLeast, Duration::from_secs(300))
+            .unwrap();
+        let view = HoldView::new(&hold, hold.until_unix_ms - 299_500);
+        assert_eq!(view.ends_in_s, 300);
+        assert_eq!(view.keep, "at least");
+        assert_eq!(
+            view.autoscaler,
+            format!(
+                "keeps at least 3 instances until {} UTC (300 s from now); may revise the count after that",
+                clock(hold.until_unix_ms)
+            )
+        );
+        let past = HoldView::new(&hold, hold.until_unix_ms + 5);
+        assert_eq!(past.ends_in_s, 0);
+    }
+
+    #[test]
+    fn numbers_are_rounded_by_what_they_measure() {
+        let Json(v) = tidy(Json(json!({
+            "uptime_s": 8.994_011_09,
+            "p99_ms": 12.345_678,
+            "hit_pct": 66.666_666,
+            "share": 0.333_333_3,
+            "services": [["training", 3.333_33, 0.000_01, null, 2]],
+            "input": { "throughput": 41.666_67, "error_rate": 0.012_345, "instances": 3 },
+            "at_unix_ms": 1_796_176_706_893_u64,
+            "negative_zero_ms": -0.000_1,
+        })));
+        assert_eq!(
+            v,
+            json!({
+                "uptime_s": 9.0,
+                "p99_ms": 12.3,
+                "hit_pct": 66.7,
+                "share": 0.333,
+                "services": [["training", 3.333, 0.0, null, 2]],
+                "input": { "throughput": 41.7, "error_rate": 0.012, "instances": 3 },
+                "at_unix_ms": 1_796_176_706_893_u64,
+                "negative_zero_ms": 0.0,
+            })
+        );
+        assert_eq!(v["negative_zero_ms"].to_string(), "0.0");
+        assert_eq!(
+            action_words(&tower_autoscale::Action::ScaleDown(1)),
+            "scale down"
+        );
+    }
 }

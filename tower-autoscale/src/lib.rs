@@ -85,13 +85,16 @@ pub mod sample;
 pub mod sim;
 mod util;
 
-pub use engine::{Action, Decision, DecisionEngine, EngineError, Proposal, Reason, SampleSummary};
+pub use engine::{
+    Action, Decision, DecisionEngine, EngineError, Keep, ManualHold, Proposal, Reason,
+    SampleSummary,
+};
 pub use error::BuildError;
 #[cfg(feature = "kube")]
 pub use kube_scaler::KubeScaler;
 pub use manager::{
     AuditEntry, Autoscaler, AutoscalerBuilder, BeyondBounds, ManualScaleError, Scaler,
-    ScalingManager,
+    ScalingManager, DEFAULT_MANUAL_HOLD,
 };
 pub use policy::{
     Forecast, Metric, MetricTarget, PanicWindow, PolicyError, RateKind, RatePolicy, ScalingPolicy,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower_autoscale::{
-    AuditEntry, Autoscaler, DecisionEngine, InstanceLoad, LoadSample, Metric, MetricTarget,
+    AuditEntry, Autoscaler, DecisionEngine, InstanceLoad, Keep, LoadSample, Metric, MetricTarget,
     ScaleError, Scaler, ScalingManager, ScalingPolicy,
 };
 
@@ -215,5 +215,95 @@ async fn builders_name_the_setting_that_cannot_work() {
     assert!(
         policy.to_string().contains("above max_instances"),
         "{policy}"
+    );
+}
+
+/// A manager over a counter scaler at `n` whose CPU load always asks for `wants`
+/// instances, with no scale-down window or panic to slow a change.
+fn wanting(n: usize, wants: usize) -> (ScalingManager, Counter) {
+    let scaler = Counter::default();
+    scaler.n.store(n, Ordering::SeqCst);
+    let s2 = scaler.clone();
+    let source = move || {
+        let n = s2.current().max(1);
+        let per = 0.6 * wants as f64 / n as f64;
+        LoadSample {
+            per_instance: (0..n)
+                .map(|i| InstanceLoad::new(format!("i{i}")).cpu(per))
+                .collect(),
+            ..LoadSample::new(n)
+        }
+    };
+    let engine = DecisionEngine::new();
+    let mut policy = ScalingPolicy {
+        metrics: vec![MetricTarget::new(Metric::Cpu, 0.6)],
+        panic: None,
+        forecast: None,
+        max_instances: 8,
+        ..Default::default()
+    };
+    policy.scale_down.stabilization_window = Duration::ZERO;
+    engine.add_service("training", policy, source).unwrap();
+    let manager = ScalingManager::new(engine);
+    manager.add_scaler("training", scaler.clone());
+    (manager, scaler)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_scale_up_holds_against_the_autoscaler_until_its_hold_ends() {
+    let (manager, scaler) = wanting(1, 1);
+    manager.set_manual_hold(Duration::from_secs(60));
+    assert_eq!(manager.scale_by("training", 1).await.unwrap(), 2);
+    let hold = manager.engine().manual_hold("training").unwrap();
+    assert_eq!((hold.instances, hold.keep), (2, Keep::AtLeast));
+    let d = manager.tick("training").await.unwrap();
+    assert_eq!((d.desired, scaler.current()), (2, 2), "{d:?}");
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.to_string() == "a manual scale keeps at least 2 instances for 60 s more"),
+        "{:?}",
+        d.reasons
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(manager.engine().manual_hold("training"), None);
+    let d = manager.tick("training").await.unwrap();
+    assert_eq!((d.desired, scaler.current()), (1, 1), "{d:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_hold_the_autoscaler_reverts_a_manual_scale_at_once() {
+    let (manager, scaler) = wanting(1, 1);
+    manager.set_manual_hold(Duration::ZERO);
+    assert_eq!(manager.scale_by("training", 1).await.unwrap(), 2);
+    assert_eq!(manager.engine().manual_hold("training"), None);
+    manager.tick("training").await.unwrap();
+    assert_eq!(scaler.current(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_scale_down_keeps_at_most_its_count_but_lets_fewer_through() {
+    let (manager, scaler) = wanting(3, 3);
+    assert_eq!(manager.manual_hold(), tower_autoscale::DEFAULT_MANUAL_HOLD);
+    assert_eq!(manager.scale_by("training", -1).await.unwrap(), 2);
+    let d = manager.tick("training").await.unwrap();
+    assert_eq!((d.desired, scaler.current()), (2, 2), "{d:?}");
+    let (manager, scaler) = wanting(3, 1);
+    // A hold longer than the clock can count is no failure: it holds for decades.
+    manager.set_manual_hold(Duration::MAX);
+    assert_eq!(manager.scale_by("training", -1).await.unwrap(), 2);
+    let hold = manager.engine().manual_hold("training").unwrap();
+    let decades = u64::try_from(Duration::from_secs(86_400 * 365 * 29).as_millis()).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(hold.until_unix_ms > now_ms + decades, "{hold:?}");
+    assert_eq!(hold.keep, Keep::AtMost);
+    manager.tick("training").await.unwrap();
+    assert_eq!(
+        scaler.current(),
+        1,
+        "fewer than a manual scale-down is allowed"
     );
 }

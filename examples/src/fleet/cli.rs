@@ -146,6 +146,11 @@ struct Flags {
     /// How long load must stay low before scaling down [default: 30s; 6s in the demonstration].
     #[arg(long, value_parser = duration, allow_hyphen_values = true)]
     scale_down_window: Option<Duration>,
+    /// How long a manual scale (the orchestrator's POST .../scale) holds its count: the
+    /// autoscaler keeps at least a scale-up's count, at most a scale-down's, until then
+    /// (0s: it may revise at once).
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    manual_hold: Duration,
     /// Each training request's waiting time, in milliseconds.
     #[arg(long, value_parser = crate::flags::whole_number, default_value_t = Work::default().wait.as_millis() as u64)]
     work_ms: u64,
@@ -223,6 +228,7 @@ impl Config {
             },
             origin_latency: Duration::from_millis(f.origin_ms),
             no_cache: f.no_cache,
+            manual_hold: f.manual_hold,
             ..Config::default()
         };
         if c.instances.0 == 0 || c.instances.0 > c.instances.1 || c.instances.1 > 32 {
@@ -341,6 +347,7 @@ mod tests {
         assert!(!c.chaos);
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.scale_down_window, Duration::from_secs(30));
+        assert_eq!(c.manual_hold, Duration::from_secs(300));
         assert_eq!(c.instances, (1, 4));
     }
 
@@ -349,7 +356,8 @@ mod tests {
         let c = Config::from_args(&words(
             "--port 0 --load ramp --duration 90s --chaos kill-one --interval 500ms \
              --view plain --min-instances 2 --max-instances 6 --work-ms 5 --cpu-ms 1 \
-             --concurrency 16 --rate-limit 50 --origin-ms 0 --no-cache --scale-down-window 1m",
+             --concurrency 16 --rate-limit 50 --origin-ms 0 --no-cache --scale-down-window 1m \
+             --manual-hold 90s",
         ))
         .unwrap();
         assert_eq!(c.port, 0);
@@ -369,6 +377,7 @@ mod tests {
         assert_eq!(c.rate_limit, 50);
         assert_eq!(c.origin_latency, Duration::ZERO);
         assert_eq!(c.scale_down_window, Duration::from_secs(60));
+        assert_eq!(c.manual_hold, Duration::from_secs(90));
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Config {
     pub instances: (usize, usize),
     /// How long load must stay low before scaling down (`--scale-down-window`, 30 s).
     pub scale_down_window: Duration,
+    /// How long a manual scale holds its count against the autoscaler
+    /// (`--manual-hold`, 5 minutes; 0s: not at all).
+    pub manual_hold: Duration,
     /// Requests per second per client address at the gateway
     /// (`--rate-limit`, default 1,000).
     pub rate_limit: u32,
@@ -96,6 +99,7 @@ impl Default for Config {
             work: Work::default(),
             instances: (1, 4),
             scale_down_window: Duration::from_secs(30),
+            manual_hold: tower_autoscale::DEFAULT_MANUAL_HOLD,
             rate_limit: 1_000,
             max_clients: 100_000,
             origin_latency: Duration::from_millis(20),

@@ -225,6 +225,7 @@ impl Fleet {
         });
         let engine = DecisionEngine::new();
         let manager = ScalingManager::new(engine.clone());
+        manager.set_manual_hold(cfg.manual_hold);
         let (mut data, mut services, mut scaler) = (Vec::new(), Vec::new(), None);
         for spec in &SERVICES {
             let backend = match &spec.kind {

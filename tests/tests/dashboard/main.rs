@@ -194,6 +194,31 @@ async fn the_dashboard_shows_the_fleet_follows_changes_and_scales_with_the_token
             .await
             .unwrap();
         assert_eq!(rows.len(), 1);
+        // Each instance's last health check and time in its state; the charts' time axis.
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = text_of(&c, Locator::Css("#instances tr[data-service='budget']")).await;
+            // "... ready ... <n> s ago <m> s": checked n s ago, ready for m s.
+            if row.contains(" s ago ") && row.ends_with(" s") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "no last check or time in state: {row}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let axis = c
+            .execute(
+                "return document.getElementById('chart-rps').dataset.axis;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            axis.as_str(),
+            Some("5 min ago | 4 min ago | 3 min ago | 2 min ago | 1 min ago | now")
+        );
         let budget = text_of(&c, Locator::Css("#service-budget")).await;
         assert!(budget.starts_with("budget"), "{budget}");
 
@@ -241,6 +266,9 @@ async fn the_dashboard_shows_the_fleet_follows_changes_and_scales_with_the_token
         click(&c, "scale-up-training").await;
         wait_ready(&c, 3, Duration::from_secs(30), "after the scale-up click").await;
         wait_text(&c, "scale-message", "3 instance").await;
+        // The answer and the services table say how long the autoscaler keeps it.
+        wait_text(&c, "scale-message", "keeps at least 3 instances until").await;
+        wait_text(&c, "service-training", "manual hold: at least 3 until").await;
         let status = fleet.service("training").await.unwrap();
         assert_eq!(status["ready"], 3, "{status}");
         // The history shows the manual actions; the charts were drawn.

@@ -1,5 +1,5 @@
 //! The orchestrator API through the gateway: authorisation, bounds, unknown services and
-//! directions.
+//! directions; the overview's times.
 
 use std::time::Duration;
 
@@ -62,6 +62,26 @@ async fn the_api_answers_401_409_404_and_400_and_changes_nothing_it_refuses() {
         .2;
     let training = &status["services"][0];
     assert_eq!(training["name"], "training");
+    // States and kinds in lower-case words, numbers rounded, in every JSON answer.
+    assert_eq!(training["instances"][0]["state"], "ready", "{status}");
+    assert_eq!(
+        training["last_decisions"][0]["action"]["kind"], "hold",
+        "{status}"
+    );
+    for path in [
+        "/api/v1/system/scaling-status",
+        "/api/v1/system/overview",
+        "/api/v1/system/load-distribution",
+    ] {
+        let answer = fleet
+            .call(Method::GET, path, None, None, None)
+            .await
+            .unwrap()
+            .2;
+        let mut off = Vec::new();
+        off_convention(&answer, path, &mut off);
+        assert!(off.is_empty(), "{off:?}");
+    }
     assert_eq!(
         training["instances"].as_array().unwrap().len(),
         2,
@@ -127,6 +147,35 @@ async fn the_api_answers_401_409_404_and_400_and_changes_nothing_it_refuses() {
             p.len() >= 2 && p[0]["services"].as_array().is_some_and(|s| s.len() == 3)
         })
     })
+    .await;
+    // Every instance says when its health was last checked and how long it has been in
+    // its state, counted from the overview's own moment.
+    eventually(
+        Duration::from_secs(10),
+        "every instance checked",
+        || async {
+            let o = fleet.overview().await.unwrap();
+            let at = o["at_unix_ms"].as_u64().unwrap();
+            let all: Vec<&serde_json::Value> = o["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s["instances"].as_array().unwrap())
+                .collect();
+            all.len() >= 3
+                && all.iter().all(|i| {
+                    let (Some(checked), Some(ago), Some(since), Some(for_ms)) = (
+                        i["last_check_unix_ms"].as_u64(),
+                        i["last_check_ms_ago"].as_u64(),
+                        i["state_since_unix_ms"].as_u64(),
+                        i["state_since_ms_ago"].as_u64(),
+                    ) else {
+                        return false;
+                    };
+                    checked + ago == at && since + for_ms == at && since <= at
+                })
+        },
+    )
     .await;
     let (_, raw) = support::get(fleet.gateway, "/metrics").await.unwrap();
     let metrics = String::from_utf8_lossy(&raw);

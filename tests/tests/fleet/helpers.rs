@@ -128,3 +128,41 @@ pub(crate) async fn closed_by_gateway(mut stream: tokio::net::TcpStream) -> (boo
     .is_ok();
     (closed, String::from_utf8_lossy(&out).into_owned())
 }
+
+/// The numbers in `v` with more than three decimals, and the states or kinds (values of
+/// `state`, `health`, `breaker`, `kind`, `keep`, `by`, `action`) that are not lower-case
+/// words: what the API's convention rules out, each with where it is.
+pub(crate) fn off_convention(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let text = n.to_string();
+            if text.split_once('.').is_some_and(|(_, d)| d.len() > 3) || text.contains('e') {
+                out.push(format!("{at} = {text}"));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                off_convention(item, &format!("{at}[{i}]"), out);
+            }
+        }
+        Value::Object(fields) => {
+            for (k, f) in fields {
+                let here = format!("{at}.{k}");
+                if let (
+                    "state" | "health" | "breaker" | "kind" | "keep" | "by" | "action",
+                    Value::String(s),
+                ) = (k.as_str(), f)
+                {
+                    if !s
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == ' ' || c == '-')
+                    {
+                        out.push(format!("{here} = {s:?}"));
+                    }
+                }
+                off_convention(f, &here, out);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,8 +1,9 @@
 //! The autoscaled training service: up under load and back down after it, and a killed
-//! instance under load.
+//! instance under load; a manual scale held against the autoscaler.
 
 use std::time::Duration;
 
+use http::{Method, StatusCode};
 use support::FleetProcess;
 
 use crate::helpers::*;
@@ -120,4 +121,120 @@ async fn killing_a_training_instance_under_load_fails_no_idempotent_request() {
                 .all(|i| i["pid"].as_u64() != Some(victim as u64))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_scale_up_holds_against_the_autoscaler_until_its_hold_ends() {
+    let fleet = FleetProcess::start(
+        FLEET,
+        &[
+            "--serve",
+            "--interval",
+            "500ms",
+            "--scale-down-window",
+            "1s",
+            "--manual-hold",
+            "8s",
+            "--max-instances",
+            "3",
+        ],
+    )
+    .await
+    .unwrap();
+    let (s, _, body) = fleet
+        .call(
+            Method::POST,
+            "/api/v1/system/scale/training/up",
+            Some(&fleet.token),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["instances"], 2, "{body}");
+    let until = body["held_until_unix_ms"].as_u64().expect("a hold");
+    let words = body["autoscaler"].as_str().unwrap();
+    assert!(
+        words.starts_with("keeps at least 2 instances until ")
+            && words.ends_with("may revise the count after that"),
+        "{body}"
+    );
+    // The scaling status and the overview show the hold and when it ends.
+    let status = fleet
+        .call(
+            Method::GET,
+            "/api/v1/system/scaling-status",
+            None,
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .2;
+    let hold = &status["services"][0]["manual_hold"];
+    assert_eq!(hold["instances"], 2, "{status}");
+    assert_eq!(hold["keep"], "at least", "{status}");
+    assert_eq!(hold["until_unix_ms"].as_u64(), Some(until), "{status}");
+    let training = fleet.service("training").await.unwrap();
+    assert_eq!(
+        training["manual_hold"]["until_unix_ms"].as_u64(),
+        Some(until),
+        "{training}"
+    );
+    // With no load, the autoscaler wants 1 but keeps the manual 2 while the hold lasts,
+    // and says why.
+    eventually(
+        Duration::from_secs(8),
+        "a decision held by the manual scale",
+        || async {
+            let t = fleet.service("training").await.unwrap();
+            t["last_decision"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("a manual scale keeps at least 2 instances"))
+        },
+    )
+    .await;
+    assert_eq!(instances(&fleet.service("training").await.unwrap()), 2);
+    // Once the hold has ended, the autoscaler revises the count: a scale-down decision,
+    // in words, in the scaling status.
+    let status_now = || async {
+        fleet
+            .call(
+                Method::GET,
+                "/api/v1/system/scaling-status",
+                None,
+                None,
+                None,
+            )
+            .await
+            .unwrap()
+            .2
+    };
+    eventually(
+        Duration::from_secs(40),
+        "a scale-down decision after the hold",
+        || async {
+            status_now().await["services"][0]["last_decisions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["action"]["kind"] == "scale down")
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(40),
+        "back to 1 after the hold",
+        || async {
+            let t = fleet.service("training").await.unwrap();
+            instances(&t) == 1 && t["manual_hold"].is_null()
+        },
+    )
+    .await;
+    let status = status_now().await;
+    let mut off = Vec::new();
+    off_convention(&status, "scaling-status", &mut off);
+    off_convention(&fleet.overview().await.unwrap(), "overview", &mut off);
+    assert!(off.is_empty(), "{off:?}");
 }

@@ -1,5 +1,5 @@
 //! One evaluation, in the HPA's order (see the [module docs](super)): proposals, the
-//! vote, panic, forecast, stabilisation, rate limits, bounds.
+//! vote, panic, forecast, stabilisation, rate limits, a manual hold, bounds.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::proposal::{per_instance_proposal, sane, service_proposal};
 use super::rate::rate_limit;
-use super::{Action, Decision, Reason, SampleSummary, ServiceState, FORECAST_PERSISTS};
+use super::{Action, Decision, Keep, Reason, SampleSummary, ServiceState, FORECAST_PERSISTS};
 use crate::policy::Select;
 use crate::sample::LoadSample;
 
@@ -224,6 +224,26 @@ pub(super) fn decide(
                     limit,
                 });
                 desired = limit;
+            }
+        }
+    }
+
+    // A manual scale's hold.
+    if let Some((until, hold)) = &st.hold {
+        if now >= *until {
+            st.hold = None;
+        } else {
+            let held = match hold.keep {
+                Keep::AtLeast => desired < hold.instances,
+                Keep::AtMost => desired > hold.instances && !panicking,
+            };
+            if held {
+                reasons.push(Reason::ManualHold {
+                    instances: hold.instances,
+                    keep: hold.keep,
+                    seconds_left: until.saturating_duration_since(now).as_secs(),
+                });
+                desired = hold.instances;
             }
         }
     }

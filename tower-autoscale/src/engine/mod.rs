@@ -25,7 +25,10 @@
 //!    service counts the current count as a recommendation, so a freshly started
 //!    autoscaler does not shrink a service at once (the HPA would).
 //! 6. **Rate limits**: the changes made within each policy's period bound the next one.
-//! 7. **Bounds**: never below `min_instances`, never above `max_instances`.
+//! 7. **Manual hold**: after a manual scale ([`DecisionEngine::hold`]), until the hold
+//!    ends, no fewer instances than a manual scale-up set (more are allowed), and no more
+//!    than a manual scale-down set (fewer are allowed; a panic still scales up).
+//! 8. **Bounds**: never below `min_instances`, never above `max_instances`.
 //!
 //! ```
 //! use tower_autoscale::{Action, DecisionEngine, InstanceLoad, LoadSample, Metric, MetricTarget, ScalingPolicy};
@@ -52,6 +55,7 @@ mod decide;
 mod decision;
 mod error;
 mod forecast;
+mod hold;
 mod proposal;
 mod rate;
 mod reason;
@@ -69,6 +73,7 @@ use self::decide::decide;
 pub use self::decision::{Action, Decision, Proposal, SampleSummary};
 pub use self::error::EngineError;
 use self::forecast::Holt;
+pub use self::hold::{Keep, ManualHold};
 pub use self::reason::Reason;
 
 type Hook = Arc<dyn Fn(&Decision) + Send + Sync>;
@@ -80,6 +85,8 @@ struct ServiceState {
     /// Scale events: when, and the change (+ up, - down).
     events: VecDeque<(Instant, i64)>,
     panic_until: Option<Instant>,
+    /// A manual scale's hold, and when it ends.
+    hold: Option<(Instant, ManualHold)>,
     holt: Holt,
     /// Evaluations in a row whose forecast rose beyond the tolerance.
     forecast_streak: u32,
@@ -144,6 +151,7 @@ impl DecisionEngine {
                 recommendations: VecDeque::new(),
                 events: VecDeque::new(),
                 panic_until: None,
+                hold: None,
                 holt: Holt::default(),
                 forecast_streak: 0,
                 history: VecDeque::new(),
@@ -242,6 +250,43 @@ impl DecisionEngine {
             st.events
                 .push_back((Instant::now(), to as i64 - from as i64));
         }
+    }
+
+    /// Holds a service at `keep` `instances` for `duration` (a manual scale): until then,
+    /// decisions never go below (for [`Keep::AtLeast`]) or above (for [`Keep::AtMost`])
+    /// it, and say so with [`Reason::ManualHold`]. Replaces an earlier hold. The hold set,
+    /// or `None` for an unknown service.
+    pub fn hold(
+        &self,
+        name: &str,
+        instances: usize,
+        keep: Keep,
+        duration: std::time::Duration,
+    ) -> Option<ManualHold> {
+        let mut services = self.lock();
+        let st = services.get_mut(name)?;
+        let now = Instant::now();
+        // A duration too long for the clock holds for thirty years.
+        let until = now
+            .checked_add(duration)
+            .or_else(|| now.checked_add(std::time::Duration::from_secs(86_400 * 365 * 30)))
+            .unwrap_or(now);
+        let hold = ManualHold {
+            instances,
+            keep,
+            until_unix_ms: crate::util::unix_ms().saturating_add(
+                u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
+            ),
+        };
+        st.hold = Some((until, hold.clone()));
+        Some(hold)
+    }
+
+    /// The manual hold in force on a service, if any (see [`hold`](Self::hold)).
+    pub fn manual_hold(&self, name: &str) -> Option<ManualHold> {
+        let services = self.lock();
+        let (until, hold) = services.get(name)?.hold.as_ref()?;
+        (Instant::now() < *until).then(|| hold.clone())
     }
 
     /// The load `horizon` evaluations ahead by Holt's linear trend over throughput, and

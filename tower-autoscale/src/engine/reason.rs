@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Keep;
 use crate::policy::Metric;
 
 /// Why the answer is what it is: one entry per rule that applied.
@@ -114,6 +115,15 @@ pub enum Reason {
         /// `scale_up` or `scale_down`.
         direction: &'static str,
     },
+    /// A manual scale holds the count until its hold ends.
+    ManualHold {
+        /// The count held.
+        instances: usize,
+        /// Which side of it.
+        keep: Keep,
+        /// Whole seconds left.
+        seconds_left: u64,
+    },
     /// Raised to the minimum.
     ClampedToMin {
         /// The minimum.
@@ -211,6 +221,14 @@ impl fmt::Display for Reason {
                 f,
                 "{} is disabled by the policy",
                 direction_words(direction)
+            ),
+            Self::ManualHold {
+                instances,
+                keep,
+                seconds_left,
+            } => write!(
+                f,
+                "a manual scale keeps {keep} {instances} instances for {seconds_left} s more"
             ),
             Self::ClampedToMin { min } => write!(f, "raised to the minimum of {min} instances"),
             Self::ClampedToMax { max } => write!(f, "lowered to the maximum of {max} instances"),

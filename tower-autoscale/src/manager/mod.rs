@@ -1,5 +1,10 @@
 //! [`ScalingManager`]: carries decisions out through a [`Scaler`] per service, keeps a
 //! bounded audit history, and runs the control loop ([`Autoscaler`]).
+//!
+//! A manual scale ([`ScalingManager::scale_by`]) holds its count for a while (five
+//! minutes unless [`ScalingManager::set_manual_hold`] says otherwise): until then the
+//! autoscaler keeps at least the count of a manual scale-up and at most that of a manual
+//! scale-down ([`DecisionEngine::hold`]); [`DecisionEngine::manual_hold`] says until when.
 
 mod audit;
 mod autoscaler;
@@ -9,8 +14,9 @@ mod scaler;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::engine::{Action, Decision, DecisionEngine};
+use crate::engine::{Action, Decision, DecisionEngine, Keep};
 use crate::process::{InstanceDetails, ScaleError};
 
 pub use self::audit::AuditEntry;
@@ -20,10 +26,14 @@ pub use self::scaler::Scaler;
 
 const AUDIT: usize = 1000;
 
+/// How long a manual scale holds unless set otherwise.
+pub const DEFAULT_MANUAL_HOLD: Duration = Duration::from_secs(300);
+
 struct Inner {
     engine: DecisionEngine,
     scalers: Mutex<HashMap<String, Arc<dyn Scaler>>>,
     audit: Mutex<VecDeque<AuditEntry>>,
+    manual_hold: Mutex<Duration>,
 }
 
 /// Carries out decisions; see the [module docs](self). Cheap to clone.
@@ -48,6 +58,7 @@ impl ScalingManager {
                 engine,
                 scalers: Mutex::new(HashMap::new()),
                 audit: Mutex::new(VecDeque::new()),
+                manual_hold: Mutex::new(DEFAULT_MANUAL_HOLD),
             }),
         }
     }
@@ -55,6 +66,26 @@ impl ScalingManager {
     /// The engine.
     pub fn engine(&self) -> &DecisionEngine {
         &self.inner.engine
+    }
+
+    /// How long a manual scale holds its count against the autoscaler (default
+    /// [`DEFAULT_MANUAL_HOLD`]; zero: not at all). Shared by every clone; applies to the
+    /// manual scales after this call.
+    pub fn set_manual_hold(&self, hold: Duration) {
+        *self
+            .inner
+            .manual_hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = hold;
+    }
+
+    /// How long a manual scale holds its count (see [`set_manual_hold`](Self::set_manual_hold)).
+    pub fn manual_hold(&self) -> Duration {
+        *self
+            .inner
+            .manual_hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets the scaler of a service the engine knows.
@@ -174,7 +205,9 @@ impl ScalingManager {
     }
 
     /// Scales a service by hand (the orchestrator's `POST .../scale/{service}/{up|down}`):
-    /// a count outside the policy's bounds changes nothing and is refused.
+    /// a count outside the policy's bounds changes nothing and is refused. A change holds
+    /// for [`manual_hold`](Self::manual_hold): [`DecisionEngine::manual_hold`] says until
+    /// when.
     pub async fn scale_by(&self, service: &str, delta: i64) -> Result<usize, ManualScaleError> {
         let scaler = self
             .scaler(service)
@@ -203,8 +236,29 @@ impl ScalingManager {
             });
             return Err(ManualScaleError::BeyondBounds(b));
         }
-        self.act(service, scaler.as_ref(), asked, "manual")
-            .await
-            .map_err(ManualScaleError::Scale)
+        // The hold starts before the change, so that an evaluation while instances start
+        // or drain does not undo it; it follows what the change came to.
+        let hold = self.manual_hold();
+        let keep = if delta > 0 {
+            Keep::AtLeast
+        } else {
+            Keep::AtMost
+        };
+        let engine = &self.inner.engine;
+        if !hold.is_zero() {
+            engine.hold(service, asked, keep, hold);
+        }
+        let result = self.act(service, scaler.as_ref(), asked, "manual").await;
+        let now = scaler.current();
+        if !hold.is_zero() && now != asked {
+            // Nothing changed: no hold; a partial change: held where it came to.
+            let left = if now == current as usize {
+                Duration::ZERO
+            } else {
+                hold
+            };
+            engine.hold(service, now, keep, left);
+        }
+        result.map_err(ManualScaleError::Scale)
     }
 }

@@ -115,6 +115,7 @@ pub struct Gateway {
     limited: AtomicU64,
     next_id: AtomicU64,
     history: Mutex<std::collections::VecDeque<Point>>,
+    states: Mutex<overview::StateClock>,
 }
 
 /// The gateway's own cache's node id on the invalidation bus.
@@ -171,6 +172,7 @@ impl Gateway {
             limited: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             history: Mutex::new(std::collections::VecDeque::with_capacity(HISTORY_POINTS)),
+            states: Mutex::new(overview::StateClock::default()),
         })
     }
 

@@ -2,7 +2,9 @@
 //! figures, cache and latest scaling decision, and the latest scaling actions; served as
 //! JSON at `/api/v1/system/overview` and read by the terminal view and the dashboard.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tower_autoscale::AuditEntry;
@@ -12,6 +14,7 @@ use tower_cache::Cache;
 
 use super::Gateway;
 use crate::fleet::services::{Backend, RunningService};
+use crate::orchestrator::HoldView;
 
 impl Gateway {
     /// The figures the live views show.
@@ -60,6 +63,7 @@ impl Gateway {
             .take(30)
             .collect();
         Overview {
+            at_unix_ms: crate::fleet::unix_ms(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             gateway_requests: self.requests.load(Ordering::Relaxed),
             rate_limited: self.limited.load(Ordering::Relaxed),
@@ -82,6 +86,10 @@ impl Gateway {
             cache: svc.cache().map(CacheView::from),
             ..ServiceView::default()
         };
+        let now = crate::fleet::unix_ms();
+        let started = now
+            .saturating_sub(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         match &svc.backend {
             Backend::Autoscaled {
                 scaler, breakers, ..
@@ -92,7 +100,13 @@ impl Gateway {
                     let e = s.endpoints.iter().find(|e| e.name == addr);
                     let state = d.state.to_string();
                     view.count(&state);
+                    let checked = scaler.monitor().health(&addr).and_then(|r| r.last_check);
+                    let since = states.since(svc.name(), &addr, &state, d.started_unix_ms, now);
                     view.instances.push(InstanceView {
+                        last_check_unix_ms: checked.map(unix_ms_of),
+                        last_check_ms_ago: checked.map(|c| now.saturating_sub(unix_ms_of(c))),
+                        state_since_unix_ms: since,
+                        state_since_ms_ago: now.saturating_sub(since),
                         name: addr.clone(),
                         pid: d.pid,
                         state,
@@ -109,6 +123,12 @@ impl Gateway {
                 }
                 let policy = self.parts.manager.engine().policy(svc.name());
                 view.bounds = policy.map(|p| (p.min_instances, p.max_instances));
+                view.manual_hold = self
+                    .parts
+                    .manager
+                    .engine()
+                    .manual_hold(svc.name())
+                    .map(|h| HoldView::new(&h, crate::fleet::unix_ms()));
                 view.last_decision = history.iter().rev().find_map(|e| match e {
                     AuditEntry::Decision(d) if d.service == svc.name() => {
                         Some(DecisionView::from(d))
@@ -117,6 +137,12 @@ impl Gateway {
                 });
             }
             Backend::Data { .. } => {
+                // The gateway's monitor checks a data service under the service's name.
+                let checked = self
+                    .parts
+                    .monitor
+                    .health(svc.name())
+                    .and_then(|r| r.last_check);
                 for e in &s.endpoints {
                     let state = match e.state {
                         EndpointState::Ready => "ready",
@@ -124,7 +150,12 @@ impl Gateway {
                         _ => "failing",
                     };
                     view.count(state);
+                    let since = states.since(svc.name(), &e.name, state, started, now);
                     view.instances.push(InstanceView {
+                        last_check_unix_ms: checked.map(unix_ms_of),
+                        last_check_ms_ago: checked.map(|c| now.saturating_sub(unix_ms_of(c))),
+                        state_since_unix_ms: since,
+                        state_since_ms_ago: now.saturating_sub(since),
                         name: e.name.clone(),
                         pid: Some(std::process::id()),
                         state: state.into(),
@@ -138,13 +169,58 @@ impl Gateway {
                 }
             }
         }
+        let shown: Vec<&str> = view.instances.iter().map(|i| i.name.as_str()).collect();
+        states.forget_others(svc.name(), &shown);
         view
+    }
+}
+
+/// Milliseconds since the Unix epoch of `t` (0 before it).
+fn unix_ms_of(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// When each instance's state last changed, as the overviews saw it (the dashboard's
+/// history takes one a second, so a change is seen within about a second).
+#[derive(Debug, Default)]
+pub(super) struct StateClock {
+    /// Per (service, instance): its state and since when, in Unix milliseconds.
+    seen: HashMap<(String, String), (String, u64)>,
+}
+
+impl StateClock {
+    /// Since when `instance` of `service` has been in `state`: as before if the state is
+    /// the one seen last, `now` if it changed, `first` for an instance not seen before.
+    fn since(&mut self, service: &str, instance: &str, state: &str, first: u64, now: u64) -> u64 {
+        let key = (service.to_owned(), instance.to_owned());
+        match self.seen.get_mut(&key) {
+            Some((was, since)) if was == state => *since,
+            Some(entry) => {
+                *entry = (state.to_owned(), now);
+                now
+            }
+            None => {
+                let since = first.min(now);
+                self.seen.insert(key, (state.to_owned(), since));
+                since
+            }
+        }
+    }
+
+    /// Forgets the instances of `service` not in `shown` (stopped ones).
+    fn forget_others(&mut self, service: &str, shown: &[&str]) {
+        self.seen
+            .retain(|(s, i), _| s != service || shown.contains(&i.as_str()));
     }
 }
 
 /// What the live views show; see [`Gateway::overview`].
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overview {
+    /// When these figures were taken, in milliseconds since the Unix epoch (the
+    /// gateway's clock: the dashboard's time axis and "ago" figures count from it).
+    pub at_unix_ms: u64,
     /// Seconds since the gateway started.
     pub uptime_s: f64,
     /// Requests the gateway has seen.
@@ -186,6 +262,8 @@ pub struct ServiceView {
     pub cache: Option<CacheView>,
     /// The autoscaler's latest decision.
     pub last_decision: Option<DecisionView>,
+    /// A manual scale's hold against the autoscaler, while it lasts.
+    pub manual_hold: Option<HoldView>,
 }
 
 impl ServiceView {
@@ -219,6 +297,15 @@ pub struct InstanceView {
     pub p99_ms: f64,
     /// Its circuit breaker's state.
     pub breaker: Option<String>,
+    /// When its health was last checked, in milliseconds since the Unix epoch (none
+    /// before the first check).
+    pub last_check_unix_ms: Option<u64>,
+    /// How long ago that was, in milliseconds.
+    pub last_check_ms_ago: Option<u64>,
+    /// Since when it has been in its state, in milliseconds since the Unix epoch.
+    pub state_since_unix_ms: u64,
+    /// How long it has been in its state, in milliseconds.
+    pub state_since_ms_ago: u64,
 }
 
 /// A circuit breaker's state in words.
@@ -298,12 +385,7 @@ impl From<&tower_autoscale::Decision> for DecisionView {
             .join(", ");
         Self {
             at_unix_ms: d.at_unix_ms,
-            action: match d.action {
-                tower_autoscale::Action::ScaleUp(_) => "scale up",
-                tower_autoscale::Action::ScaleDown(_) => "scale down",
-                _ => "hold",
-            }
-            .into(),
+            action: crate::orchestrator::action_words(&d.action).into(),
             from: d.current,
             to: d.desired,
             reason: if rules.is_empty() {
@@ -377,5 +459,19 @@ mod tests {
             assert!(!view.reason.contains(debug), "{}", view.reason);
         }
         assert_eq!(breaker_words(BreakerState::HalfOpen), "half-open");
+    }
+
+    #[test]
+    fn an_instances_state_counts_from_its_last_change() {
+        let mut c = StateClock::default();
+        assert_eq!(c.since("t", "a", "starting", 100, 150), 100);
+        assert_eq!(c.since("t", "a", "starting", 100, 900), 100);
+        assert_eq!(c.since("t", "a", "ready", 100, 1_000), 1_000);
+        assert_eq!(c.since("t", "a", "ready", 100, 5_000), 1_000);
+        // A first sight in the future of the clock counts from now.
+        assert_eq!(c.since("t", "b", "ready", 9_000, 5_000), 5_000);
+        c.forget_others("t", &["b"]);
+        assert_eq!(c.since("t", "a", "ready", 6_000, 6_000), 6_000);
+        assert_eq!(c.since("t", "b", "ready", 0, 7_000), 5_000);
     }
 }

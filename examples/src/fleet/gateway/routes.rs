@@ -17,7 +17,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use super::{access, rate_limit, Gateway, Overview, DASHBOARD};
+use super::{access, rate_limit, Gateway, DASHBOARD};
 use crate::fleet::services::SERVICES;
 
 /// Request ids: a per-gateway prefix and a counter.
@@ -66,7 +66,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/v1/system/overview", get(overview))
         .route(
             "/api/v1/system/history",
-            get(|State(gw): State<Arc<Gateway>>| async move { Json(gw.history()) }),
+            get(|State(gw): State<Arc<Gateway>>| async move { json(gw.history()) }),
         )
         .route_service("/health", health.clone())
         .route_service("/health/{probe}", health)
@@ -82,8 +82,16 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .layer(SetRequestIdLayer::x_request_id(Ids(gw, prefix)))
 }
 
-async fn overview(State(gw): State<Arc<Gateway>>) -> Json<Overview> {
-    Json(gw.overview())
+async fn overview(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    json(gw.overview())
+}
+
+/// `value` as JSON with its numbers rounded as the orchestrator's answers are
+/// ([`crate::orchestrator::tidy`]).
+fn json(value: impl serde::Serialize) -> Json<serde_json::Value> {
+    crate::orchestrator::tidy(Json(
+        serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
