@@ -212,11 +212,16 @@ pub(crate) fn decode(stored: &Bytes) -> Option<Record> {
                 vary.push((name, value));
             }
             let n = r.u16()?;
-            let mut headers = HeaderMap::with_capacity(n.min(64));
+            // Room for the fields a hit adds (`Age`, the status header).
+            let mut headers = HeaderMap::with_capacity(n.min(64) + 2);
             for _ in 0..n {
                 let name = r.name()?;
                 let len = r.u32()?;
-                let value = HeaderValue::from_bytes(r.take(len)?).ok()?;
+                let start = stored.len() - r.b.len();
+                r.take(len)?;
+                // A view of the stored bytes, not a copy; checked as `from_bytes` checks.
+                let value =
+                    HeaderValue::from_maybe_shared(stored.slice(start..start + len)).ok()?;
                 headers.try_append(name, value).ok()?;
             }
             let len = r.u64()?;
@@ -278,6 +283,13 @@ mod tests {
         );
         assert_eq!(d.headers, e.headers);
         assert_eq!(d.vary, e.vary);
+        // A hit's head points into the stored bytes, and has room for the fields a hit
+        // adds without growing.
+        let stored = bytes.as_ptr_range();
+        for v in d.headers.values() {
+            assert!(stored.contains(&v.as_bytes().as_ptr()), "a copied value");
+        }
+        assert!(d.headers.capacity() >= d.headers.len() + 2);
         let idx = encode_index(7, &[HeaderName::from_static("accept")], &[3, 1]).unwrap();
         assert!(matches!(decode(&idx), Some(Record::Index { epoch: 7, .. })));
         assert_eq!(index_variants(&idx), Some((7, vec![3, 1])));

@@ -125,9 +125,9 @@ pub(super) async fn look_up(
     method: &Method,
     req: &HeaderMap,
     rules: &RequestRules,
+    now: u64,
 ) -> Looked {
     let store = &config.store;
-    let now = policy::unix_ms(SystemTime::now());
     let (bytes, from_disk) = match store.lookup(primary).await {
         Found::Hit(s, disk) => (s.value, disk),
         Found::Pass => return Looked::Pass,
@@ -214,10 +214,11 @@ pub(super) fn respond_from<B>(
     config: &HttpCacheLayer,
     entry: HttpEntry,
     status: Status,
+    now: u64,
     method: &Method,
     req: &HeaderMap,
 ) -> Response<HttpCacheBody<B>> {
-    let age = entry.freshness.age(policy::unix_ms(SystemTime::now()));
+    let age = entry.freshness.age(now);
     let unchanged = not_modified(req, &entry);
     let mut headers = entry.headers;
     headers.insert(::http::header::AGE, HeaderValue::from(age));
@@ -382,8 +383,9 @@ where
         let res = call_inner(inner, req).await?;
         return Ok(passthrough(&config, res));
     }
-    let looked = look_up(&config, &primary, &method, req.headers(), &rules).await;
+    // The clock is read once for the lookup, the freshness checks and the `Age` of a hit.
     let now = policy::unix_ms(SystemTime::now());
+    let looked = look_up(&config, &primary, &method, req.headers(), &rules, now).await;
     // stale-while-revalidate (RFC 5861 section 3): serve the stale entry at once and
     // refresh it in the background, once per URL.
     let mut looked = match looked {
@@ -405,6 +407,7 @@ where
                 &config,
                 entry,
                 Status::Stale,
+                now,
                 &method,
                 req.headers(),
             ));
@@ -419,6 +422,7 @@ where
             .headers()
             .contains_key(::http::header::IF_MODIFIED_SINCE);
     let mut leader = None;
+    let mut looked_at = now;
     if method == Method::GET
         && matches!(
             looked,
@@ -432,7 +436,9 @@ where
             Join::Leader(guard) => leader = Some(guard),
             Join::Wait(notified) => {
                 let _ = tokio::time::timeout(config.collapse_wait, notified).await;
-                looked = look_up(&config, &primary, &method, req.headers(), &rules).await;
+                looked_at = policy::unix_ms(SystemTime::now());
+                looked =
+                    look_up(&config, &primary, &method, req.headers(), &rules, looked_at).await;
             }
         }
     }
@@ -440,7 +446,14 @@ where
     let mut part = None;
     let (stale, index) = match looked {
         Looked::Hit(entry, status) => {
-            return Ok(respond_from(&config, entry, status, &method, req.headers()));
+            return Ok(respond_from(
+                &config,
+                entry,
+                status,
+                looked_at,
+                &method,
+                req.headers(),
+            ));
         }
         Looked::Pass => {
             let res = call_inner(inner, req).await?;
@@ -482,6 +495,7 @@ where
                     &config,
                     entry,
                     Status::Stale,
+                    policy::unix_ms(SystemTime::now()),
                     &method,
                     &req_headers,
                 )),
@@ -511,6 +525,7 @@ where
                 &config,
                 updated,
                 Status::Revalidated,
+                policy::unix_ms(SystemTime::now()),
                 &method,
                 &req_headers,
             ));
@@ -521,6 +536,7 @@ where
                 &config,
                 entry,
                 Status::Stale,
+                policy::unix_ms(SystemTime::now()),
                 &method,
                 &req_headers,
             ));
