@@ -240,8 +240,8 @@ where
             .map(|e| e.balancer.clone())
     }
 
-    /// The targets of service `name` and their state (the seed's `getHealthyTargets`
-    /// keeps those that are [`EndpointState::Ready`]).
+    /// The targets of service `name` and their state (the healthy ones are those that
+    /// are [`EndpointState::Ready`]).
     pub fn targets(&self, name: &str) -> Vec<(SocketAddr, EndpointState)> {
         self.balancer(name)
             .map(|b| b.endpoints())
