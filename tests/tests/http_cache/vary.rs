@@ -286,7 +286,10 @@ async fn variants_stored_at_once_all_count_against_the_bound() {
         while tasks.join_next().await.is_some() {}
         let entries = store.memory().stats().entries;
         assert!(entries <= 4 + 1, "{entries} entries for one URL");
-        assert_eq!(store.stats().variant_evictions, 60);
+        // Every variant past the bound is dropped and counted; first variants stored at
+        // once may each start an index, and one that replaces another drops its list too.
+        let evicted = store.stats().variant_evictions;
+        assert!((60..64).contains(&evicted), "{evicted} variants dropped");
     })
     .await
     .expect("bounded");

@@ -613,6 +613,40 @@ impl Cache {
         Ok(stored)
     }
 
+    /// Like [`Self::store_loaded`], but the memory tier takes the value even while another
+    /// caller holds a single-flight placeholder for `key` (whose own fill then fails):
+    /// for a record that must not be lost to a lookup in progress (a URL's index of
+    /// variants, written under its lock). Returns whether it stored.
+    pub(crate) fn store_loaded_replacing(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<bool, InsertError> {
+        if !ticket.is_current() {
+            bump(&self.counters.stale_fills);
+            return Ok(false);
+        }
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.queue_fill(key, value.clone(), ttl, meta.clone(), ticket.clone()) {
+                if e.kind() == crate::InsertErrorKind::Disk {
+                    bump(&self.counters.disk_faults);
+                }
+                tracing::debug!(error = %e, key, "disk write-through skipped");
+            }
+        }
+        let prepared = self.memory.prepare(value, ttl, meta)?;
+        if !ticket.is_current() {
+            bump(&self.counters.stale_fills);
+            return Ok(false);
+        }
+        self.memory
+            .insert_stored(std::sync::Arc::from(key), prepared)?;
+        Ok(true)
+    }
+
     /// Marks `key` pass for `ttl` without a placeholder: requests for it go to the origin
     /// without waiting for one another.
     pub(crate) fn mark_pass_key(&self, key: &str, ttl: Duration) {

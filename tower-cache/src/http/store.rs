@@ -366,14 +366,15 @@ impl StoreJob {
             version: 0,
             tags: self.tags.clone(),
         };
-        if let Some(update) = self.index {
-            update.apply(&self.store, &self.primary, ttl);
-        }
-        if let Err(e) = self
-            .store
-            .store_loaded(&self.key, bytes, ttl, meta, self.ticket)
-        {
-            tracing::debug!(error = %e, key = self.key, "response not stored");
+        let (store, key, ticket) = (&self.store, &self.key, self.ticket);
+        let store_entry = move || {
+            if let Err(e) = store.store_loaded(key, bytes, ttl, meta, ticket) {
+                tracing::debug!(error = %e, key, "response not stored");
+            }
+        };
+        match self.index {
+            Some(update) => update.apply(store, &self.primary, ttl, store_entry),
+            None => store_entry(),
         }
     }
 }
@@ -391,9 +392,19 @@ pub(super) struct IndexUpdate {
 }
 
 impl IndexUpdate {
-    fn apply(self, store: &Cache, primary: &str, ttl: std::time::Duration) {
-        // The index is read, changed and written under a lock of its URL, so that two
-        // variants stored at once both count against the bound.
+    /// Updates the index and stores the variant (`store_variant`) under a lock of the
+    /// URL.
+    fn apply(
+        self,
+        store: &Cache,
+        primary: &str,
+        ttl: std::time::Duration,
+        store_variant: impl FnOnce(),
+    ) {
+        // The index is read, changed and written, and the variant stored, under a lock of
+        // its URL: two variants stored at once both count against the bound, and a
+        // variant another store drops from the list is already there to be dropped (it
+        // was stored after the list was written, unlisted, before).
         let _lock = index_lock(primary);
         let current = store.memory().get_fresh_uncounted(primary);
         // The index lives as long as the longest-lived variant it lists, so that none
@@ -429,8 +440,17 @@ impl IndexUpdate {
             store.count_variant_eviction();
         }
         if let Some(record) = entry::encode_index(self.epoch, &self.names, &variants) {
-            let _ = store.store_loaded(primary, record, ttl, EntryMeta::default(), self.ticket);
+            // Not left to a lookup of the URL in progress: a list lost to it would leave
+            // every variant stored meanwhile unlisted, and the bound would not hold.
+            let _ = store.store_loaded_replacing(
+                primary,
+                record,
+                ttl,
+                EntryMeta::default(),
+                self.ticket,
+            );
         }
+        store_variant();
     }
 }
 
