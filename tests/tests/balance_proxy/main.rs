@@ -138,9 +138,16 @@ async fn round_robin_health_checks_retries_and_stats() {
             ],
         )
         .await;
-        // Until both are seen healthy.
+        // Until both are seen healthy, and both have answered: an endpoint reported ready
+        // may join the picks a moment later.
         while proxy.stats().await["ready_upstreams"] != 2 {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < 2 {
+            let (status, name) = proxy.get("/").await;
+            assert_eq!(status, 200);
+            seen.insert(name);
         }
         let mut names = Vec::new();
         for _ in 0..10 {
