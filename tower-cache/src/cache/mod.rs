@@ -593,24 +593,7 @@ impl Cache {
         meta: EntryMeta,
         ticket: Ticket,
     ) -> Result<bool, InsertError> {
-        if !ticket.is_current() {
-            bump(&self.counters.stale_fills);
-            return Ok(false);
-        }
-        if let Some(disk) = &self.disk {
-            if let Err(e) = disk.queue_fill(key, value.clone(), ttl, meta.clone(), ticket.clone()) {
-                if e.kind() == crate::InsertErrorKind::Disk {
-                    bump(&self.counters.disk_faults);
-                }
-                tracing::debug!(error = %e, key, "disk write-through skipped");
-            }
-        }
-        let prepared = self.memory.prepare(value, ttl, meta)?;
-        let stored = self.memory.insert_if(key, prepared, || ticket.is_current());
-        if !stored {
-            bump(&self.counters.stale_fills);
-        }
-        Ok(stored)
+        self.store_under(key, value, ttl, meta, ticket, false)
     }
 
     /// Like [`Self::store_loaded`], but the memory tier takes the value even while another
@@ -625,6 +608,21 @@ impl Cache {
         meta: EntryMeta,
         ticket: Ticket,
     ) -> Result<bool, InsertError> {
+        self.store_under(key, value, ttl, meta, ticket, true)
+    }
+
+    /// Both of the above: the disk write-through, then the memory tier, each only while
+    /// `ticket` holds; `over_loads` says whether a load in progress of `key` loses its
+    /// place to the value.
+    fn store_under(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+        over_loads: bool,
+    ) -> Result<bool, InsertError> {
         if !ticket.is_current() {
             bump(&self.counters.stale_fills);
             return Ok(false);
@@ -638,13 +636,19 @@ impl Cache {
             }
         }
         let prepared = self.memory.prepare(value, ttl, meta)?;
-        if !ticket.is_current() {
+        let stored = if over_loads {
+            ticket.is_current()
+                && self
+                    .memory
+                    .insert_stored(std::sync::Arc::from(key), prepared)
+                    .is_ok()
+        } else {
+            self.memory.insert_if(key, prepared, || ticket.is_current())
+        };
+        if !stored {
             bump(&self.counters.stale_fills);
-            return Ok(false);
         }
-        self.memory
-            .insert_stored(std::sync::Arc::from(key), prepared)?;
-        Ok(true)
+        Ok(stored)
     }
 
     /// Marks `key` pass for `ttl` without a placeholder: requests for it go to the origin
