@@ -352,7 +352,11 @@ async fn sync_round(cluster: &Cluster, round: u64) {
         }
         assert!(
             Instant::now() < deadline,
-            "the nodes do not hear each other's last frames after the heal: {statuses:?}"
+            "the nodes do not hear each other's last frames after the heal: {statuses:?}\n{}",
+            (0..NODES)
+                .map(|i| cluster.tail(i))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -317,7 +317,7 @@ impl Cache {
             lock(&registry.edges).scoped.keys().cloned().collect();
         if let Some(disk) = self.disk() {
             // Edges recorded before a restart are only on disk.
-            match disk.scoped_dependents_without_entry() {
+            match disk.scoped_dependents_without_entry().await {
                 Ok(keys) => candidates.extend(keys),
                 Err(e) => return Err(InvalidateError::new(e.to_string())),
             }

@@ -652,8 +652,22 @@ impl DiskTier {
         self.request(|ack| Op::PruneDependents { keys, ack }).await
     }
 
-    /// The dependents of entry-scoped edges that have no entry on disk now.
-    pub(crate) fn scoped_dependents_without_entry(&self) -> Result<Vec<String>, DiskError> {
+    /// The dependents of entry-scoped edges that have no entry on disk now. The scan
+    /// reads every dependency row (millions, in a large store), so it runs on tokio's
+    /// blocking pool, as large reads do.
+    pub(crate) async fn scoped_dependents_without_entry(&self) -> Result<Vec<String>, DiskError> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let disk = self.clone();
+                rt.spawn_blocking(move || disk.scan_scoped_dependents_without_entry())
+                    .await
+                    .unwrap_or_else(|e| Err(DiskError::new(format!("disk tier: scan task: {e}"))))
+            }
+            Err(_) => self.scan_scoped_dependents_without_entry(),
+        }
+    }
+
+    fn scan_scoped_dependents_without_entry(&self) -> Result<Vec<String>, DiskError> {
         let state = self.shared.state();
         let o = state.as_ref().ok_or_else(DiskError::closed)?;
         let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
