@@ -297,6 +297,8 @@ impl Node {
             "rejected": s.rejected,
             "busy": s.busy,
             "publish_errors": s.publish_errors,
+            "digests_sent": s.digests_sent,
+            "digests_received": s.digests_received,
             "peer_nodes": s.peer_nodes.iter().map(|p| serde_json::json!({
                 "node": p.node,
                 "incarnation": p.incarnation,

@@ -150,6 +150,88 @@ async fn a_secret_is_required() {
     assert!(e.to_string().contains("at least 16"), "{e}");
 }
 
+/// A bus that drops the next frame published through it when told to.
+#[derive(Clone)]
+struct Lossy {
+    inner: InProcessBus,
+    drop_next: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Bus for Lossy {
+    fn publish(&self, frame: Bytes) -> Result<(), tower_cache::coordinator::BusError> {
+        if self
+            .drop_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        self.inner.publish(frame)
+    }
+
+    fn subscribe(&self) -> Box<dyn tower_cache::coordinator::Subscription> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_digest_shows_a_lost_last_frame_and_says_nothing_otherwise() {
+    let _w = common::watchdog("digest", common::LIMIT);
+    let bus = InProcessBus::new();
+    let lossy = Lossy {
+        inner: bus.clone(),
+        drop_next: Default::default(),
+    };
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        lossy.clone(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(50))
+    .start()
+    .unwrap();
+    let b = node(&bus, 2);
+    fill(&b).await;
+    a.invalidate("user:1").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.applied(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = b.status();
+    assert!(s.digests_received >= 5, "{s:?}");
+    assert_eq!((s.sequence_gaps, s.memory_flushes), (0, 0), "{s:?}");
+    assert!(b.cache().get("provider:1").await.is_some());
+    assert_eq!(
+        a.status().own,
+        1,
+        "its own invalidation came back; its own digests are not counted"
+    );
+
+    lossy
+        .drop_next
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.invalidate("provider:1").await.unwrap(); // lost on the way
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = b.status();
+    assert_eq!((s.sequence_gaps, s.memory_flushes), (1, 1), "{s:?}");
+    assert_eq!(s.peer_nodes[0].last_seq, 2, "{s:?}");
+    assert!(b.cache().get("provider:1").await.is_none());
+    assert_eq!(s.applied, 1, "a digest applies nothing");
+}
+
+#[tokio::test]
+async fn a_digest_interval_under_10_ms_is_refused_when_built() {
+    let e = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        InProcessBus::new(),
+    )
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(1))
+    .start()
+    .unwrap_err();
+    assert!(e.to_string().contains("digest_interval"), "{e}");
+}
+
 // === the HTTP bus, on real sockets ===
 
 use tower_cache::coordinator::HttpBus;

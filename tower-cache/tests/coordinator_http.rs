@@ -211,6 +211,95 @@ async fn a_frame_a_peer_gave_up_on_is_a_gap_the_receiver_counts_and_flushes() {
     assert_eq!(links[0].failures, 1, "{links:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_last_frame_of_a_sender_gone_quiet_is_found_by_its_digest() {
+    let _w = common::watchdog("http_digest_gap", common::LIMIT);
+    // The receiver's server answers 503 while `down` is set, so the sender gives up the
+    // frame sent then; the sender publishes nothing after it.
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook: Hook = {
+        let down = down.clone();
+        Arc::new(move |_| {
+            if down.load(Ordering::SeqCst) {
+                Action::Fail(503)
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), hook);
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET).peer(url).build().unwrap(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(100))
+    .start()
+    .unwrap();
+    a.invalidate("one").await.unwrap();
+    applied(&b, 1).await;
+    put(&b, "two").await;
+    // Quiet and nothing lost: digests come, and change nothing.
+    let heard = async {
+        while b.status().digests_received < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), heard)
+        .await
+        .expect("digests arrive");
+    assert_eq!(b.status().memory_flushes, 0, "{:?}", b.status());
+    assert!(b.cache().get("two").await.is_some());
+
+    down.store(true, Ordering::SeqCst);
+    a.invalidate("two").await.unwrap();
+    let given_up = async {
+        while a.status().links[0].failures == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), given_up)
+        .await
+        .expect("the frame is given up");
+    assert!(
+        b.cache().get("two").await.is_some(),
+        "b has not heard of the invalidation yet"
+    );
+    down.store(false, Ordering::SeqCst);
+    // No further invalidation from a: only its digest can tell b.
+    let flushed = async {
+        while b.status().sequence_gaps == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), flushed)
+        .await
+        .unwrap_or_else(|_| panic!("the gap is never seen: {:?}", b.status()));
+    let s = b.status();
+    assert_eq!((s.sequence_gaps, s.memory_flushes), (1, 1), "{s:?}");
+    assert_eq!(s.peer_nodes[0].last_seq, 2, "{s:?}");
+    assert!(
+        b.cache().get("two").await.is_none(),
+        "two went with the flush"
+    );
+    // Digests are neither retried nor counted as failed deliveries.
+    let links = a.status().links;
+    assert_eq!(links[0].failures, 1, "{links:?}");
+    assert!(a.status().digests_sent >= 3, "{:?}", a.status());
+}
+
 /// A node with id `id` that sends to `url` only (it serves no endpoint).
 fn sender(url: &str, id: u64) -> Coordinator {
     let bus = HttpBus::builder(SECRET).peer(url).build().unwrap();

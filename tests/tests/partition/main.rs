@@ -299,7 +299,9 @@ async fn time_to_agree(cluster: &Cluster, history: &History, within: Duration) -
 
 /// Makes every node publish one more invalidation (of a key the checks never read), so
 /// that each peer sees the next number of every sender and notices any gap, then waits
-/// until every node has heard every other node's last frame.
+/// until every node has heard every other node's last number. A node whose subscription
+/// was away when those frames went out hears it from the digests the quiet senders send
+/// next (and has dropped its memory tier on reconnecting).
 async fn sync_round(cluster: &Cluster, round: u64) {
     for node in 0..NODES {
         let deadline = Instant::now() + Duration::from_secs(15);

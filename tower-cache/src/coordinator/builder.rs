@@ -20,6 +20,7 @@ pub struct CoordinatorBuilder<B> {
     pub(super) tombstone_ttl: std::time::Duration,
     pub(super) replay_window: std::time::Duration,
     pub(super) max_clock_skew: std::time::Duration,
+    pub(super) digest_interval: std::time::Duration,
 }
 
 impl<B> fmt::Debug for CoordinatorBuilder<B> {
@@ -65,6 +66,20 @@ impl<B: Bus> CoordinatorBuilder<B> {
         self
     }
 
+    /// How often a node that publishes nothing says which number it gave its last
+    /// invalidation (default 2 s, at least 10 ms). A receiver that missed the last frames
+    /// of a sender gone quiet (given up by the HTTP bus, published while its Redis
+    /// subscription was away) sees the gap within about this long, instead of at the
+    /// sender's next invalidation, which may never come; a sender's first digest also
+    /// tells the others that it restarted. A node that keeps publishing sends none: each
+    /// invalidation shows any gap before it. Counted in
+    /// [`CoordinationStatus::digests_sent`] and
+    /// [`digests_received`](CoordinationStatus::digests_received).
+    pub fn digest_interval(mut self, every: std::time::Duration) -> Self {
+        self.digest_interval = every;
+        self
+    }
+
     /// The secret every node shares, to sign and check messages (required, at least 16
     /// bytes).
     pub fn secret(mut self, secret: &[u8]) -> Self {
@@ -99,6 +114,12 @@ impl<B: Bus> CoordinatorBuilder<B> {
                 self.max_clock_skew
             )));
         }
+        if self.digest_interval < std::time::Duration::from_millis(10) {
+            return Err(BuildError::new(format!(
+                "coordinator: digest_interval is {:?}; give at least 10 ms (the default is 2 s)",
+                self.digest_interval
+            )));
+        }
         let node = self.node.unwrap_or_else(clock::random_node_id);
         let shared = Arc::new(Shared {
             cache: self.cache,
@@ -126,10 +147,14 @@ impl<B: Bus> CoordinatorBuilder<B> {
             shared: Arc::downgrade(&shared),
         });
         let subscription = shared.bus.subscribe();
-        let task = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
+        let receiving = tokio::spawn(receive(Arc::downgrade(&shared), subscription));
+        let digests = tokio::spawn(send_digests(Arc::downgrade(&shared), self.digest_interval));
         Ok(Coordinator {
             shared,
-            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+            _tasks: Arc::new([
+                AbortOnDrop(receiving.abort_handle()),
+                AbortOnDrop(digests.abort_handle()),
+            ]),
         })
     }
 }

@@ -23,6 +23,14 @@ pub enum BusEvent {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes a frame to every subscriber (this node's included).
     fn publish(&self, frame: Bytes) -> Result<(), BusError>;
+    /// Publishes a digest (a frame that says which number its sender gave its last
+    /// invalidation; see [`CoordinatorBuilder::digest_interval`]). Unlike an
+    /// invalidation it may be dropped, for example while frames still wait to be sent:
+    /// another follows. It must not overtake a frame published before it. The default
+    /// publishes it as any frame.
+    fn publish_digest(&self, frame: Bytes) -> Result<(), BusError> {
+        self.publish(frame)
+    }
     /// A new subscription.
     fn subscribe(&self) -> Box<dyn Subscription>;
     /// The state of the bus's links (peer URLs, a Redis server), for

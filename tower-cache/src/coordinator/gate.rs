@@ -83,7 +83,9 @@ impl FrameGate {
             return Admission::Unsigned;
         };
         if msg.node == sh.node {
-            sh.stats.own.fetch_add(1, Ordering::Relaxed);
+            if !msg.is_digest() {
+                sh.stats.own.fetch_add(1, Ordering::Relaxed);
+            }
             return Admission::Duplicate;
         }
         if let Some(refused) = sh.refuse_by_time(&msg) {
@@ -112,7 +114,12 @@ impl FrameGate {
                 Some(Admission::Stale)
             }
             Some(p) if msg.incarnation == p.incarnation && msg.seq <= p.seq => {
-                sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                if msg.is_digest() {
+                    // Nothing missed: the usual digest, not a duplicate.
+                    sh.stats.digests_received.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(Admission::Duplicate)
             }
             Some(p) if p.waiting >= WAITING_PER_SENDER => {

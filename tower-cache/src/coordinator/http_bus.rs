@@ -107,8 +107,11 @@ impl HttpBusBuilder {
 /// receiver skips a frame it has already applied (by sender and sequence number). A frame
 /// the peer refuses (`4xx`: another secret, a frame it will never take) is not retried. A
 /// frame given up on, or dropped because the peer's queue is full, is counted; the
-/// receiver notices the gap in the sender's sequence with the next frame and drops its
-/// memory tier. Cloning shares the bus; the sending tasks stop when the last clone drops.
+/// receiver notices the gap in the sender's sequence with the next frame, or with the
+/// sender's next digest if it has gone quiet
+/// ([`CoordinatorBuilder::digest_interval`](super::CoordinatorBuilder::digest_interval)),
+/// and drops its memory tier. A digest is queued only behind an empty queue and tried
+/// once, uncounted. Cloning shares the bus; the sending tasks stop when the last clone drops.
 #[derive(Clone)]
 pub struct HttpBus {
     inner: Arc<Inner>,
@@ -133,7 +136,7 @@ struct Inner {
     /// Each peer's queue, its sending task started on the first publish (on the runtime
     /// that publishes; again on the next publish if that runtime shut down). Dropping the
     /// bus drops the queues, which ends the tasks.
-    queues: Vec<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    queues: Vec<Mutex<Option<mpsc::Sender<Outgoing>>>>,
     secret: Vec<u8>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
@@ -228,7 +231,10 @@ impl Bus for HttpBus {
             let Some(queue) = queue.as_ref() else {
                 continue;
             };
-            if let Err(e) = queue.try_send(frame.clone()) {
+            if let Err(e) = queue.try_send(Outgoing {
+                frame: frame.clone(),
+                digest: false,
+            }) {
                 inner.counts.undelivered.fetch_add(1, Ordering::Relaxed);
                 peer.up.store(false, Ordering::Relaxed);
                 peer.failures.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +244,23 @@ impl Bus for HttpBus {
                     mpsc::error::TrySendError::Closed(_) => "its sending task has stopped",
                 };
                 tracing::warn!(peer = %peer.uri, why, "invalidation not sent; the peer will see a gap");
+            }
+        }
+        Ok(())
+    }
+
+    /// Queued for each peer whose queue is empty: behind frames still waiting it would
+    /// say nothing they will not (and a peer away long would fill its queue with them).
+    fn publish_digest(&self, frame: Bytes) -> Result<(), BusError> {
+        let inner = &self.inner;
+        for queue in &inner.queues {
+            if let Some(queue) = lock(queue).as_ref() {
+                if queue.capacity() == queue.max_capacity() {
+                    let _ = queue.try_send(Outgoing {
+                        frame: frame.clone(),
+                        digest: true,
+                    });
+                }
             }
         }
         Ok(())
@@ -294,13 +317,24 @@ struct Sender {
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     counts: Arc<Counts>,
-    queue: mpsc::Receiver<Bytes>,
+    queue: mpsc::Receiver<Outgoing>,
+}
+
+/// A frame waiting to be sent to a peer.
+struct Outgoing {
+    frame: Bytes,
+    /// A digest is tried once, neither counted nor logged: the next one replaces it.
+    digest: bool,
 }
 
 /// Sends one peer's frames one at a time, in the order they were published.
 async fn send_in_order(mut s: Sender) {
     while let Some(frame) = s.queue.recv().await {
-        deliver(&s, frame).await;
+        if frame.digest {
+            deliver_digest(&s, frame.frame).await;
+        } else {
+            deliver(&s, frame.frame).await;
+        }
     }
 }
 
@@ -309,6 +343,19 @@ fn refused_for_good(status: StatusCode) -> bool {
     status.is_client_error()
         && status != StatusCode::REQUEST_TIMEOUT
         && status != StatusCode::TOO_MANY_REQUESTS
+}
+
+/// One try; the answer only says whether the peer is up.
+async fn deliver_digest(s: &Sender, frame: Bytes) {
+    let req = Request::post(s.peer.uri.clone())
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(frame));
+    let Ok(req) = req else { return };
+    let up = matches!(
+        tokio::time::timeout(s.timeout, s.client.request(req)).await,
+        Ok(Ok(res)) if res.status().is_success()
+    );
+    s.peer.up.store(up, Ordering::Relaxed);
 }
 
 async fn deliver(s: &Sender, frame: Bytes) {

@@ -37,7 +37,11 @@
 //! - **Lost messages**: a node that sees a gap in a sender's sequence numbers (counted in
 //!   [`CoordinationStatus::sequence_gaps`]: a frame its sender gave up on), or whose
 //!   bus reports that it lagged or reconnected, cannot know what it missed: it **drops its
-//!   memory tier** (as Redis client-side caching does) and counts it. The disk tier is
+//!   memory tier** (as Redis client-side caching does) and counts it. A gap after a
+//!   sender's last frame shows too: a node that publishes nothing sends a **digest**
+//!   every [`CoordinatorBuilder::digest_interval`] (2 s by default), the number of its
+//!   last invalidation, so a receiver that missed it learns so within about that long
+//!   rather than at the sender's next invalidation, which may never come. The disk tier is
 //!   left as it is: it may hold entries a lost invalidation should have removed, but the
 //!   memory tier it would promote them into is the only tier readers see first, and an
 //!   operator who needs the disk exact after an outage clears it (`Cache::clear`) or
@@ -127,7 +131,7 @@ pub use self::gate::{Admission, AdmissionTicket, FrameGate};
 pub use self::node::{CoordinationStatus, Coordinator, Invalidated, PeerNode};
 // What the parts of the coordinator share among themselves.
 use self::node::{
-    lock, receive, AbortOnDrop, GateSender, Shared, Stats, GATE_SENDERS, WAITING,
+    lock, receive, send_digests, AbortOnDrop, GateSender, Shared, Stats, GATE_SENDERS, WAITING,
     WAITING_PER_SENDER,
 };
 

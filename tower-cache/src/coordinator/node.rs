@@ -22,11 +22,12 @@ impl Drop for AbortOnDrop {
 
 /// Spreads invalidations over a [`Bus`]; see the [module docs](crate::coordinator).
 ///
-/// Cloning shares the node; the receiving task stops when the last clone drops.
+/// Cloning shares the node; its tasks (receiving, and sending digests) stop when the
+/// last clone drops.
 #[derive(Clone)]
 pub struct Coordinator {
     pub(super) shared: Arc<Shared>,
-    pub(super) _task: Arc<AbortOnDrop>,
+    pub(super) _tasks: Arc<[AbortOnDrop; 2]>,
 }
 
 impl fmt::Debug for Coordinator {
@@ -89,6 +90,8 @@ pub(super) struct Stats {
     pub(super) clock_skew: AtomicU64,
     pub(super) busy: AtomicU64,
     pub(super) publish_errors: AtomicU64,
+    pub(super) digests_received: AtomicU64,
+    pub(super) digests_sent: AtomicU64,
 }
 
 /// What a [`Coordinator`] invalidation did here.
@@ -143,6 +146,12 @@ pub struct CoordinationStatus {
     pub listener_panics: u64,
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
+    /// Digests this node sent: while it publishes no invalidation, it says every
+    /// [`CoordinatorBuilder::digest_interval`] which number it gave its last one.
+    pub digests_sent: u64,
+    /// Digests received from other nodes; one that shows frames never received counts
+    /// as a gap ([`Self::sequence_gaps`]) and drops the memory tier.
+    pub digests_received: u64,
     /// Other nodes heard from.
     pub peers: u64,
     /// Each node heard from: its id, the last sequence number and how long ago.
@@ -166,7 +175,8 @@ pub struct PeerNode {
     pub node: u64,
     /// The start of it the sequence number belongs to (see the module docs).
     pub incarnation: u64,
-    /// The last sequence number applied from it.
+    /// The last sequence number applied from it, or shown by its last digest (a frame
+    /// shown by a digest and never received was covered by dropping the memory tier).
     pub last_seq: u64,
     /// Time since its last message.
     pub last_message_age: std::time::Duration,
@@ -183,6 +193,7 @@ impl Coordinator {
             tombstone_ttl: std::time::Duration::from_secs(300),
             replay_window: std::time::Duration::from_secs(300),
             max_clock_skew: std::time::Duration::from_secs(60),
+            digest_interval: std::time::Duration::from_secs(2),
         }
     }
 
@@ -328,6 +339,8 @@ impl Coordinator {
             busy: load(&s.busy),
             listener_panics: self.shared.cache.listener_panics(),
             publish_errors: load(&s.publish_errors),
+            digests_sent: load(&s.digests_sent),
+            digests_received: load(&s.digests_received),
             peers: peer_nodes.len() as u64,
             peer_nodes,
             links: self.shared.bus.links(),
@@ -370,7 +383,7 @@ impl Coordinator {
             incarnation: sh.incarnation.load(Ordering::Relaxed),
             seq: *seq + 1,
             version,
-            target,
+            target: Some(target),
         };
         let frame = match msg.encode(&sh.secret) {
             Ok(frame) => {
@@ -491,9 +504,15 @@ pub(super) async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Su
                     continue;
                 };
                 if msg.node == sh.node {
-                    sh.stats.own.fetch_add(1, Ordering::Relaxed);
+                    if !msg.is_digest() {
+                        sh.stats.own.fetch_add(1, Ordering::Relaxed);
+                    }
                     continue;
                 }
+                let Some(target) = &msg.target else {
+                    receive_digest(&sh, &msg);
+                    continue;
+                };
                 sh.stats.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(refused) = sh.refuse_by_time(&msg) {
                     refused.fetch_add(1, Ordering::Relaxed);
@@ -501,6 +520,7 @@ pub(super) async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Su
                 }
                 let gap = match sh.admit(&msg) {
                     Admit::Next { gap } => gap,
+                    Admit::Current => continue,
                     Admit::Duplicate => {
                         sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -519,7 +539,7 @@ pub(super) async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Su
                     sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
                     flush(&sh, "a gap in a sender's sequence numbers");
                 }
-                apply(&sh, &msg).await;
+                apply(&sh, target, msg.version).await;
                 {
                     let sent_us =
                         (msg.version >> clock::NODE_AND_COUNTER_BITS).saturating_mul(1000);
@@ -540,10 +560,65 @@ pub(super) async fn receive(shared: std::sync::Weak<Shared>, mut sub: Box<dyn Su
     }
 }
 
+/// Takes a digest: a sender's last number, so that frames of it lost at the end of its
+/// activity show as a gap (counted and flushed as any gap) without waiting for its next
+/// invalidation.
+fn receive_digest(sh: &Shared, msg: &Message) {
+    sh.stats.digests_received.fetch_add(1, Ordering::Relaxed);
+    if let Some(refused) = sh.refuse_by_time(msg) {
+        refused.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    match sh.admit(msg) {
+        Admit::Next { gap: true } => {
+            sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
+            flush(sh, "a digest shows frames of a sender that never came");
+        }
+        Admit::Next { gap: false } | Admit::Current => {}
+        Admit::Duplicate => {}
+        Admit::OlderIncarnation => {
+            sh.stats.older_incarnation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends a digest every `every` while this node publishes nothing (one published
+/// invalidation shows any gap before it; a digest shows one after the last).
+pub(super) async fn send_digests(shared: std::sync::Weak<Shared>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut seen = None;
+    loop {
+        tick.tick().await;
+        let Some(sh) = shared.upgrade() else { return };
+        let seq = lock(&sh.seq);
+        if seen == Some(*seq) {
+            let digest = Message::digest(
+                sh.node,
+                sh.incarnation.load(Ordering::Relaxed),
+                *seq,
+                sh.clock.now(),
+            );
+            // Handed to the bus under the numbering lock, as invalidations are, so that it
+            // goes after the frame it numbers. A digest not sent is not counted as an
+            // error: the next one goes a tick later.
+            if let Ok(frame) = digest.encode(&sh.secret) {
+                if sh.bus.publish_digest(frame).is_ok() {
+                    sh.stats.digests_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        seen = Some(*seq);
+    }
+}
+
 /// What the receiver makes of a frame, by its sender's incarnation and sequence number.
 pub(super) enum Admit {
     /// To apply; `gap` when frames before it were lost.
     Next { gap: bool },
+    /// A digest that shows nothing missed.
+    Current,
     /// Applied already.
     Duplicate,
     /// From an earlier start of the sender than one already heard from.
@@ -599,6 +674,14 @@ impl Shared {
             return Admit::Next { gap: true };
         }
         last.at = now;
+        if msg.is_digest() {
+            // The number of a frame already applied, or of one that never came.
+            if msg.seq <= last.seq {
+                return Admit::Current;
+            }
+            last.seq = msg.seq;
+            return Admit::Next { gap: true };
+        }
         if msg.seq <= last.seq {
             // A duplicate (at-least-once delivery): already applied.
             return Admit::Duplicate;
@@ -618,8 +701,8 @@ pub(super) fn flush(sh: &Shared, why: &str) {
     sh.cache.memory().clear();
 }
 
-pub(super) async fn apply(sh: &Shared, msg: &Message) {
-    let result = match &msg.target {
+pub(super) async fn apply(sh: &Shared, target: &Target, version: u64) {
+    let result = match target {
         Target::Key(key) => {
             // Remove only what is not newer than the invalidation.
             let local = sh
@@ -634,18 +717,15 @@ pub(super) async fn apply(sh: &Shared, msg: &Message) {
                         .map(|e| e.meta.version)
                 });
             match local {
-                Some(v) if resolve_conflict(key, v, msg.version) == Winner::Local => {
-                    sh.remember(&msg.target, msg.version);
+                Some(v) if resolve_conflict(key, v, version) == Winner::Local => {
+                    sh.remember(target, version);
                     sh.stats.skipped_newer.fetch_add(1, Ordering::Relaxed);
                     Ok(0)
                 }
-                _ => sh.invalidate(&msg.target, msg.version, None).await,
+                _ => sh.invalidate(target, version, None).await,
             }
         }
-        _ => {
-            sh.invalidate(&msg.target, msg.version, Some(msg.version))
-                .await
-        }
+        _ => sh.invalidate(target, version, Some(version)).await,
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "remote invalidation failed locally");

@@ -232,6 +232,7 @@ async fn subscriber(
             Ok(p) => {
                 backoff = Duration::from_millis(50);
                 state.connected.store(true, Ordering::Relaxed);
+                tracing::debug!("redis bus: subscribed");
                 if ever_connected {
                     // Whatever was published while we were away is lost to us.
                     state.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -263,7 +264,7 @@ async fn subscriber(
                         _ = check.tick() => {
                             let ping = sink.ping::<redis::Value>();
                             match tokio::time::timeout(state.ping_timeout, ping).await {
-                                Ok(Ok(_)) => {}
+                                Ok(Ok(_)) => tracing::trace!("redis bus: pong"),
                                 Ok(Err(_)) => break "subscription lost",
                                 Err(_) => {
                                     state.liveness_failures.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +331,16 @@ impl Bus for RedisBus {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             BusError::new("redis bus: publish queue full (Redis away too long); frame dropped")
         })
+    }
+
+    /// Queued only when no frame waits to be published (Redis away, a digest already
+    /// waiting): the frames waiting say as much, and another digest follows.
+    fn publish_digest(&self, frame: Bytes) -> Result<(), BusError> {
+        let queue = &self.inner.publish;
+        if queue.capacity() == queue.max_capacity() {
+            let _ = queue.try_send(frame);
+        }
+        Ok(())
     }
 
     fn subscribe(&self) -> Box<dyn Subscription> {

@@ -28,7 +28,7 @@ async fn a_gap_in_a_senders_sequence_drops_the_memory_tier() {
             incarnation: 1,
             seq,
             version: node.next_version(),
-            target: Target::Key("absent".into()),
+            target: Some(Target::Key("absent".into())),
         }
         .encode(secret)
         .unwrap()
@@ -70,7 +70,7 @@ async fn a_frame_from_a_clock_a_year_ahead_is_refused_and_moves_no_clock() {
             incarnation: 1,
             seq,
             version,
-            target: Target::Key(key.into()),
+            target: Some(Target::Key(key.into())),
         }
         .encode(secret)
         .unwrap()
@@ -152,7 +152,7 @@ async fn another_nodes_invalidation_in_the_same_millisecond_wins() {
             incarnation: 1,
             seq,
             version: remote,
-            target,
+            target: Some(target),
         }
         .encode(secret)
         .unwrap()
