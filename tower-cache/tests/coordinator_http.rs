@@ -862,3 +862,89 @@ async fn a_sender_that_restarts_after_giving_up_a_frame_leaves_nothing_stale() {
         "x is still served after its invalidation was lost: {s:?}"
     );
 }
+
+/// A sender that gave a frame up, then restarted and publishes nothing: its digests
+/// alone tell the receiver of the new start (and so of the frames the earlier one may
+/// have given up), before any invalidation of the new start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sender_that_publishes_nothing_is_heard_by_its_digests() {
+    let _w = common::watchdog("http_restart_quiet", common::LIMIT);
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook: Hook = {
+        let down = down.clone();
+        Arc::new(move |_| {
+            if down.load(Ordering::SeqCst) {
+                Action::Fail(503)
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), hook);
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .digest_interval(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let quiet_sender = || {
+        Coordinator::builder(
+            Cache::new(MemoryTier::builder().build().unwrap()),
+            HttpBus::builder(SECRET).peer(url.clone()).build().unwrap(),
+        )
+        .node_id(1)
+        .secret(SECRET)
+        .digest_interval(Duration::from_millis(50))
+        .start()
+        .unwrap()
+    };
+    let a = quiet_sender();
+    a.invalidate("w").await.unwrap();
+    applied(&b, 1).await; // b knows a's first start
+    down.store(true, Ordering::SeqCst);
+    put(&b, "x").await;
+    a.invalidate("x").await.unwrap();
+    let given_up = async {
+        while a.status().links[0].failures == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), given_up)
+        .await
+        .expect("the frame is given up");
+    drop(a);
+    down.store(false, Ordering::SeqCst);
+
+    // The new start invalidates nothing.
+    let a = quiet_sender();
+    let heard = async {
+        while b.status().memory_flushes == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), heard)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the new start is never heard: {:?}; the sender says {:?}",
+                b.status(),
+                a.status()
+            )
+        });
+    let s = b.status();
+    assert_eq!((s.sequence_gaps, s.memory_flushes), (1, 1), "{s:?}");
+    assert_eq!(s.peer_nodes[0].last_seq, 0, "{s:?}");
+    assert!(
+        b.cache().get("x").await.is_none(),
+        "x went with the flush: {s:?}"
+    );
+    // b has no peer: none of its digests was sent anywhere, and none is counted.
+    assert_eq!(s.digests_sent, 0, "{s:?}");
+    assert!(a.status().digests_sent >= 1, "{:?}", a.status());
+}

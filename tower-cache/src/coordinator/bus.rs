@@ -26,7 +26,8 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishes a digest (a frame that says which number its sender gave its last
     /// invalidation; see [`CoordinatorBuilder::digest_interval`]). Unlike an
     /// invalidation it may be dropped, for example while frames still wait to be sent:
-    /// another follows. It must not overtake a frame published before it. The default
+    /// another follows; an error says it was not (it is then not counted as sent, nor as
+    /// a publish error). It must not overtake a frame published before it. The default
     /// publishes it as any frame.
     fn publish_digest(&self, frame: Bytes) -> Result<(), BusError> {
         self.publish(frame)

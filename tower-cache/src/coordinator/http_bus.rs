@@ -210,24 +210,38 @@ impl HttpBus {
     }
 }
 
+impl HttpBus {
+    /// Peer `i`'s queue, its sending task started on `runtime` if it has none yet (or its
+    /// runtime shut down).
+    fn queue(
+        &self,
+        i: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Outgoing>>> {
+        let inner = &self.inner;
+        let mut queue = lock(&inner.queues[i]);
+        if queue.as_ref().is_none_or(mpsc::Sender::is_closed) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            runtime.spawn(send_in_order(Sender {
+                peer: inner.peers[i].clone(),
+                client: inner.client.clone(),
+                timeout: inner.timeout,
+                counts: inner.counts.clone(),
+                queue: rx,
+            }));
+            *queue = Some(tx);
+        }
+        queue
+    }
+}
+
 impl Bus for HttpBus {
     fn publish(&self, frame: Bytes) -> Result<(), BusError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
         let inner = &self.inner;
-        for (peer, queue) in inner.peers.iter().zip(&inner.queues) {
-            let mut queue = lock(queue);
-            if queue.as_ref().is_none_or(mpsc::Sender::is_closed) {
-                let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                runtime.spawn(send_in_order(Sender {
-                    peer: peer.clone(),
-                    client: inner.client.clone(),
-                    timeout: inner.timeout,
-                    counts: inner.counts.clone(),
-                    queue: rx,
-                }));
-                *queue = Some(tx);
-            }
+        for (i, peer) in inner.peers.iter().enumerate() {
+            let queue = self.queue(i, &runtime);
             let Some(queue) = queue.as_ref() else {
                 continue;
             };
@@ -251,19 +265,33 @@ impl Bus for HttpBus {
 
     /// Queued for each peer whose queue is empty: behind frames still waiting it would
     /// say nothing they will not (and a peer away long would fill its queue with them).
+    /// A peer's sending task is started here as on a publish, so that a node that has
+    /// published nothing since it started is heard too. An error when no peer's queue
+    /// took it.
     fn publish_digest(&self, frame: Bytes) -> Result<(), BusError> {
-        let inner = &self.inner;
-        for queue in &inner.queues {
-            if let Some(queue) = lock(queue).as_ref() {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| BusError::new("http bus: publish needs a tokio runtime"))?;
+        let mut queued = false;
+        for i in 0..self.inner.peers.len() {
+            let queue = self.queue(i, &runtime);
+            if let Some(queue) = queue.as_ref() {
                 if queue.capacity() == queue.max_capacity() {
-                    let _ = queue.try_send(Outgoing {
-                        frame: frame.clone(),
-                        digest: true,
-                    });
+                    queued |= queue
+                        .try_send(Outgoing {
+                            frame: frame.clone(),
+                            digest: true,
+                        })
+                        .is_ok();
                 }
             }
         }
-        Ok(())
+        if queued {
+            Ok(())
+        } else {
+            Err(BusError::new(
+                "http bus: digest not queued (no peer, or frames wait for every peer)",
+            ))
+        }
     }
 
     fn links(&self) -> Vec<super::LinkState> {

@@ -147,7 +147,8 @@ pub struct CoordinationStatus {
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Digests this node sent: while it publishes no invalidation, it says every
-    /// [`CoordinatorBuilder::digest_interval`] which number it gave its last one.
+    /// [`CoordinatorBuilder::digest_interval`] which number it gave its last one. A
+    /// digest the bus did not take (no peer, frames still waiting) is not counted.
     pub digests_sent: u64,
     /// Digests received from other nodes; one that shows frames never received counts
     /// as a gap ([`Self::sequence_gaps`]) and drops the memory tier.

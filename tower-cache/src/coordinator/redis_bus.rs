@@ -334,13 +334,16 @@ impl Bus for RedisBus {
     }
 
     /// Queued only when no frame waits to be published (Redis away, a digest already
-    /// waiting): the frames waiting say as much, and another digest follows.
+    /// waiting): the frames waiting say as much, and another digest follows. An error
+    /// when it was not queued.
     fn publish_digest(&self, frame: Bytes) -> Result<(), BusError> {
         let queue = &self.inner.publish;
-        if queue.capacity() == queue.max_capacity() {
-            let _ = queue.try_send(frame);
+        if queue.capacity() == queue.max_capacity() && queue.try_send(frame).is_ok() {
+            return Ok(());
         }
-        Ok(())
+        Err(BusError::new(
+            "redis bus: digest not queued (frames wait to be published)",
+        ))
     }
 
     fn subscribe(&self) -> Box<dyn Subscription> {
