@@ -948,3 +948,61 @@ async fn a_restarted_sender_that_publishes_nothing_is_heard_by_its_digests() {
     assert_eq!(s.digests_sent, 0, "{s:?}");
     assert!(a.status().digests_sent >= 1, "{:?}", a.status());
 }
+
+/// Whether `frame` is a digest (kind 4, no target: 36 bytes of head and a 32-byte tag).
+fn is_digest(frame: &[u8]) -> bool {
+    frame.len() == 68 && frame[33] == 4
+}
+
+/// A peer busy with frames (the gate's bound per sender) answers a digest `503`: it is
+/// up all the same, and the link says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_answered_busy_leaves_the_link_up() {
+    let _w = common::watchdog("http_digest_busy", common::LIMIT);
+    let busy_digests = Arc::new(AtomicU64::new(0));
+    let hook: Hook = {
+        let busy_digests = busy_digests.clone();
+        Arc::new(move |frame| {
+            if is_digest(frame) {
+                busy_digests.fetch_add(1, Ordering::SeqCst);
+                Action::Fail(503)
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), hook);
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET).peer(url).build().unwrap(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(50))
+    .start()
+    .unwrap();
+    a.invalidate("w").await.unwrap();
+    applied(&b, 1).await;
+    let answered = async {
+        while busy_digests.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), answered)
+        .await
+        .expect("digests are sent");
+    let links = a.status().links;
+    assert!(links[0].up, "{links:?}");
+    assert_eq!(links[0].failures, 0, "{links:?}");
+}

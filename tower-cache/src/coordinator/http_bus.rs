@@ -373,16 +373,23 @@ fn refused_for_good(status: StatusCode) -> bool {
         && status != StatusCode::TOO_MANY_REQUESTS
 }
 
-/// One try; the answer only says whether the peer is up.
+/// One try; the answer only says whether the peer is up. A peer that answers it is busy
+/// (`503`, `429`: too many frames wait there) is up: it took the invalidations before.
 async fn deliver_digest(s: &Sender, frame: Bytes) {
     let req = Request::post(s.peer.uri.clone())
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
         .body(Full::new(frame));
     let Ok(req) = req else { return };
-    let up = matches!(
-        tokio::time::timeout(s.timeout, s.client.request(req)).await,
-        Ok(Ok(res)) if res.status().is_success()
-    );
+    let up = match tokio::time::timeout(s.timeout, s.client.request(req)).await {
+        Ok(Ok(res)) if res.status().is_success() => true,
+        Ok(Ok(res))
+            if res.status() == StatusCode::SERVICE_UNAVAILABLE
+                || res.status() == StatusCode::TOO_MANY_REQUESTS =>
+        {
+            return;
+        }
+        _ => false,
+    };
     s.peer.up.store(up, Ordering::Relaxed);
 }
 
