@@ -1006,3 +1006,92 @@ async fn a_digest_answered_busy_leaves_the_link_up() {
     assert!(links[0].up, "{links:?}");
     assert_eq!(links[0].failures, 0, "{links:?}");
 }
+
+/// Captured digests, replayed by someone without the secret (to the node they were sent
+/// to, to a node that joined later, after their sender restarted) or altered, flush
+/// nothing: only the sender's restart does, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_or_altered_digests_flush_no_node() {
+    let _w = common::watchdog("http_digest_replay", common::LIMIT);
+    let (b, url, frames) = receiver(2, |b| b).await;
+    let chatty_sender = || {
+        Coordinator::builder(
+            Cache::new(MemoryTier::builder().build().unwrap()),
+            HttpBus::builder(SECRET).peer(url.clone()).build().unwrap(),
+        )
+        .node_id(1)
+        .secret(SECRET)
+        .digest_interval(Duration::from_millis(50))
+        .start()
+        .unwrap()
+    };
+    let a = chatty_sender();
+    a.invalidate("k").await.unwrap();
+    applied(&b, 1).await;
+    let captured = async {
+        loop {
+            if let Some(d) = frames.lock().unwrap().iter().find(|f| is_digest(f)) {
+                return d.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let digest = tokio::time::timeout(Duration::from_secs(20), captured)
+        .await
+        .expect("a digest is sent");
+    put(&b, "unrelated").await;
+
+    for _ in 0..200 {
+        assert_eq!(post(&url, digest.clone()).await, 204);
+    }
+    // Altered without the secret: a higher number, an invalidation kind with no target,
+    // a target added, cut short.
+    let mut higher = digest.to_vec();
+    higher[17] = higher[17].wrapping_add(5);
+    let mut key_kind = digest.to_vec();
+    key_kind[33] = 0;
+    let mut with_target = digest[..36].to_vec();
+    with_target[34] = 1;
+    with_target.push(b'k');
+    with_target.extend_from_slice(&digest[36..]);
+    let short = digest.slice(..digest.len() - 1);
+    for forged in [higher.into(), key_kind.into(), with_target.into(), short] {
+        assert_eq!(post(&url, forged).await, 401);
+    }
+    let s = b.status();
+    assert_eq!(
+        (s.memory_flushes, s.sequence_gaps, s.rejected),
+        (0, 0, 4),
+        "{s:?}"
+    );
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+
+    // A node that joined later takes it as its first word from the sender: no flush.
+    let (c, c_url, _) = receiver(3, |b| b).await;
+    put(&c, "unrelated").await;
+    assert_eq!(post(&c_url, digest.clone()).await, 204);
+    assert_eq!(c.status().memory_flushes, 0, "{:?}", c.status());
+    assert_eq!(c.cache().get("unrelated").await.unwrap(), "v");
+
+    // The sender restarts: its new start is seen once; its earlier start's digest, sent
+    // again, is refused.
+    drop(a);
+    let a = chatty_sender();
+    let restart_seen = async {
+        while b.status().memory_flushes == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), restart_seen)
+        .await
+        .unwrap_or_else(|_| panic!("the restart is never seen: {:?}", b.status()));
+    put(&b, "unrelated").await;
+    for _ in 0..50 {
+        assert_eq!(post(&url, digest.clone()).await, 409);
+    }
+    let s = b.status();
+    assert_eq!((s.memory_flushes, s.sequence_gaps), (1, 1), "{s:?}");
+    assert!(s.older_incarnation >= 50, "{s:?}");
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+    assert!(a.status().digests_sent >= 1);
+}
