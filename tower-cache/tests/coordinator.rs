@@ -219,6 +219,41 @@ async fn a_digest_shows_a_lost_last_frame_and_says_nothing_otherwise() {
     assert_eq!(s.applied, 1, "a digest applies nothing");
 }
 
+#[tokio::test(start_paused = true)]
+async fn digests_stop_when_the_last_clone_of_a_coordinator_drops() {
+    let _w = common::watchdog("digest_drop", common::LIMIT);
+    let bus = InProcessBus::new();
+    let mut rx = bus.subscribe();
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        bus.clone(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(50))
+    .start()
+    .unwrap();
+    let clone = a.clone();
+    drop(a);
+    // The clone keeps the node, and its digests, going.
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.next())
+        .await
+        .expect("a digest comes");
+    assert!(matches!(
+        first,
+        Some(tower_cache::coordinator::BusEvent::Frame(_))
+    ));
+    assert!(clone.status().digests_sent >= 1);
+    drop(clone);
+    // Whatever was on its way when it dropped, then nothing, however long.
+    let mut after = 0;
+    while let Ok(event) = tokio::time::timeout(Duration::from_secs(60), rx.next()).await {
+        assert!(event.is_some(), "the bus outlives the node");
+        after += 1;
+        assert!(after <= 1, "digests go on after the node dropped");
+    }
+}
+
 #[tokio::test]
 async fn a_digest_interval_under_10_ms_is_refused_when_built() {
     let e = Coordinator::builder(
