@@ -1095,3 +1095,58 @@ async fn replayed_or_altered_digests_flush_no_node() {
     assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
     assert!(a.status().digests_sent >= 1);
 }
+
+/// Bursts of invalidations with quiet pauses between them (each pause long enough for
+/// digests), every request delayed at random: no digest overtakes the frame it numbers,
+/// so none shows a gap that is not there, and every frame is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_between_jittered_bursts_show_no_false_gap() {
+    let _w = common::watchdog("http_digest_jitter", common::LIMIT);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), jitter(7, 15));
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET).peer(url).build().unwrap(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(10))
+    .start()
+    .unwrap();
+    put(&b, "unrelated").await;
+    let mut sent = 0;
+    for burst in 0..20 {
+        for i in 0..=burst % 4 {
+            a.invalidate(&format!("k{burst}-{i}")).await.unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    applied(&b, sent).await;
+    let digests = async {
+        while b.status().digests_received == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), digests)
+        .await
+        .expect("digests arrive");
+    let s = b.status();
+    assert_eq!(
+        (s.applied, s.sequence_gaps, s.memory_flushes, s.duplicates),
+        (sent, 0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+    assert_eq!(a.status().links[0].failures, 0);
+}
