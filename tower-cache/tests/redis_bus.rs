@@ -286,3 +286,88 @@ async fn a_subscription_that_stops_answering_is_taken_as_lost_and_made_again() {
         .unwrap_err();
     assert!(e.to_string().contains("ping_timeout"), "{e}");
 }
+
+/// Bursts of invalidations with quiet pauses for digests between them, one frame
+/// published while the server is paused (its digest queued behind it): no digest
+/// overtakes the frame it numbers, so none shows a gap that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_over_redis_never_overtake_the_frame_they_number() {
+    let _w = common::watchdog("redis_digest_order", common::LIMIT);
+    let port = support_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let redis = Redis::start(port);
+    // Pings wait long: the pause below is not a lost subscription.
+    let bus = || {
+        RedisBus::builder(&url, "digests")
+            .ping_timeout(Duration::from_secs(30))
+            .connect()
+            .unwrap()
+    };
+    let (bus_a, bus_b) = (bus(), bus());
+    let node = |bus: RedisBus, id| {
+        Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+            .node_id(id)
+            .secret(SECRET)
+            .digest_interval(Duration::from_millis(10))
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (node(bus_a.clone(), 1), node(bus_b.clone(), 2));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| bus_a.is_connected() && bus_b.is_connected()),
+    )
+    .await
+    .expect("subscribed");
+    b.cache()
+        .set("unrelated", "v".into(), TTL, WriteTiers::ALL)
+        .await
+        .unwrap();
+    let mut sent = 0;
+    for burst in 0..10 {
+        if burst == 5 {
+            // Until a digest is queued behind a frame waiting to be published (a digest
+            // made just as the server paused may be the one waiting instead).
+            let mut behind = false;
+            for _ in 0..20 {
+                signal(redis.child.id(), "STOP");
+                a.invalidate("while-paused").await.unwrap();
+                sent += 1;
+                let before = a.status().digests_sent;
+                behind = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    until(|| a.status().digests_sent > before),
+                )
+                .await
+                .is_ok();
+                signal(redis.child.id(), "CONT");
+                if behind {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            assert!(behind, "no digest was ever queued behind a waiting frame");
+        }
+        for i in 0..=burst % 3 {
+            a.invalidate(&format!("k{burst}-{i}")).await.unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), b.applied(sent))
+        .await
+        .unwrap_or_else(|_| panic!("{:?}", b.status()));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        until(|| b.status().digests_received > 0),
+    )
+    .await
+    .expect("digests arrive");
+    let s = b.status();
+    assert_eq!(
+        (s.applied, s.sequence_gaps, s.memory_flushes),
+        (sent, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
+}
