@@ -1150,3 +1150,40 @@ async fn digests_between_jittered_bursts_show_no_false_gap() {
     assert_eq!(b.cache().get("unrelated").await.unwrap(), "v");
     assert_eq!(a.status().links[0].failures, 0);
 }
+
+/// A quiet sender's digests, though they change nothing (the gate takes them and queues
+/// nothing), show in the ages of the status: the sender is heard from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usual_digests_of_a_quiet_sender_refresh_its_age() {
+    let _w = common::watchdog("http_digest_age", common::LIMIT);
+    let (b, url, _) = receiver(2, |b| b).await;
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET).peer(url).build().unwrap(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(20))
+    .start()
+    .unwrap();
+    a.invalidate("k").await.unwrap();
+    applied(&b, 1).await;
+    let since_applied = std::time::Instant::now();
+    let before = b.status().digests_received;
+    let heard = async {
+        while b.status().digests_received < before + 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), heard)
+        .await
+        .expect("digests arrive");
+    let elapsed = since_applied.elapsed();
+    let s = b.status();
+    assert_eq!((s.applied, s.memory_flushes), (1, 0), "{s:?}");
+    assert!(
+        s.peer_nodes[0].last_message_age < elapsed,
+        "its age counts from its last invalidation, not its last digest: {elapsed:?}, {s:?}"
+    );
+    assert!(s.last_message_age.unwrap() < elapsed, "{elapsed:?}, {s:?}");
+}

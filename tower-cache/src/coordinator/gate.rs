@@ -98,6 +98,7 @@ impl FrameGate {
             return Admission::Busy;
         }
         let tracked = gate.senders.len();
+        let mut current_digest = false;
         let verdict = match gate.senders.get_mut(&msg.node) {
             None if tracked >= GATE_SENDERS => {
                 // Forget the senders with nothing waiting before refusing a new one.
@@ -117,6 +118,7 @@ impl FrameGate {
                 if msg.is_digest() {
                     // Nothing missed: the usual digest, not a duplicate.
                     sh.stats.digests_received.fetch_add(1, Ordering::Relaxed);
+                    current_digest = true;
                 } else {
                     sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
@@ -134,6 +136,11 @@ impl FrameGate {
             }
         };
         if let Some(v) = verdict {
+            drop(gate);
+            if current_digest {
+                // Queued for no one, but the sender was heard from.
+                sh.heard(&msg);
+            }
             return v;
         }
         gate.senders.entry(msg.node).or_insert(GateSender {

@@ -159,7 +159,8 @@ pub struct CoordinationStatus {
     pub peer_nodes: Vec<PeerNode>,
     /// The bus's links and whether each is up (see [`Bus::links`]).
     pub links: Vec<LinkState>,
-    /// Time since the last message from another node, if any came.
+    /// Time since the last message (an invalidation applied, or a digest) from another
+    /// node, if any came.
     pub last_message_age: Option<std::time::Duration>,
     /// Invalidation lag, publish to applied (from the message's clock, so it includes
     /// clock skew between hosts), over the last 1,024 messages: median and p99.
@@ -179,7 +180,7 @@ pub struct PeerNode {
     /// The last sequence number applied from it, or shown by its last digest (a frame
     /// shown by a digest and never received was covered by dropping the memory tier).
     pub last_seq: u64,
-    /// Time since its last message.
+    /// Time since its last message (an invalidation or a digest).
     pub last_message_age: std::time::Duration,
 }
 
@@ -570,7 +571,11 @@ fn receive_digest(sh: &Shared, msg: &Message) {
         refused.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    match sh.admit(msg) {
+    let admitted = sh.admit(msg);
+    if !matches!(admitted, Admit::OlderIncarnation) {
+        lock(&sh.recent).0 = Some(std::time::Instant::now());
+    }
+    match admitted {
         Admit::Next { gap: true } => {
             sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
             flush(sh, "a digest shows frames of a sender that never came");
@@ -647,6 +652,19 @@ impl Shared {
             return Some(&self.stats.clock_skew);
         }
         None
+    }
+
+    /// Notes that a digest of `msg`'s sender came, for the ages in the status, when it
+    /// is of the sender's start heard from (the digest's number is not recorded: only
+    /// [`Shared::admit`] does that).
+    pub(super) fn heard(&self, msg: &Message) {
+        let now = std::time::Instant::now();
+        if let Some(last) = lock(&self.senders).get_mut(&msg.node) {
+            if last.incarnation == msg.incarnation {
+                last.at = now;
+            }
+        }
+        lock(&self.recent).0 = Some(now);
     }
 
     /// Checks `msg` against what was applied from its sender, and records it if it is to
