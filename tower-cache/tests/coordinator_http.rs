@@ -1187,3 +1187,70 @@ async fn the_usual_digests_of_a_quiet_sender_refresh_its_age() {
     );
     assert!(s.last_message_age.unwrap() < elapsed, "{elapsed:?}, {s:?}");
 }
+
+/// A node that starts after the receiver, gives up its first frame to it and goes quiet:
+/// its first digest is the first the receiver hears of it, and, as the sender started
+/// after the receiver, the frames it numbers were sent to the receiver: a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sender_whose_first_frames_were_given_up_is_found_by_its_digest() {
+    let _w = common::watchdog("http_new_sender_gap", common::LIMIT);
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hook: Hook = {
+        let down = down.clone();
+        Arc::new(move |_| {
+            if down.load(Ordering::SeqCst) {
+                Action::Fail(503)
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), hook);
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .max_clock_skew(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    put(&b, "x").await;
+    // Later than the receiver's start by more than twice the skew bound (one host's clock
+    // here, so the order is certain).
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET).peer(url).build().unwrap(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(50))
+    .start()
+    .unwrap();
+    a.invalidate("x").await.unwrap();
+    let given_up = async {
+        while a.status().links[0].failures == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), given_up)
+        .await
+        .expect("the frame is given up");
+    down.store(false, Ordering::SeqCst);
+    let flushed = async {
+        while b.status().memory_flushes == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), flushed)
+        .await
+        .unwrap_or_else(|_| panic!("the lost frame is never seen: {:?}", b.status()));
+    let s = b.status();
+    assert_eq!((s.sequence_gaps, s.memory_flushes), (1, 1), "{s:?}");
+    assert_eq!(s.peer_nodes[0].last_seq, 1, "{s:?}");
+    assert!(b.cache().get("x").await.is_none(), "{s:?}");
+}

@@ -42,6 +42,15 @@ impl HybridClock {
         }
     }
 
+    /// The skew bound in milliseconds (`u64::MAX` for a clock without one).
+    pub(crate) fn max_skew_ms(&self) -> u64 {
+        if self.max_ahead == u64::MAX {
+            u64::MAX
+        } else {
+            self.max_ahead >> NODE_AND_COUNTER_BITS
+        }
+    }
+
     /// Whether `remote` is within the skew bound of this host's wall clock now.
     pub fn within_skew(&self, remote: u64) -> bool {
         remote <= self.wall().saturating_add(self.max_ahead)
@@ -109,6 +118,11 @@ pub fn resolve_conflict(key: &str, local: u64, remote: u64) -> Winner {
 
 /// Bits of an incarnation below its start time in milliseconds.
 const INCARNATION_RANDOM_BITS: u32 = 20;
+
+/// When the start an incarnation names began, in Unix milliseconds by its node's clock.
+pub(crate) fn incarnation_start_ms(incarnation: u64) -> u64 {
+    incarnation >> INCARNATION_RANDOM_BITS
+}
 
 /// A new incarnation for a coordinator starting now, with `clock` (which has seen the
 /// versions the previous run recorded): the start time in Unix milliseconds (by `clock`,

@@ -41,7 +41,10 @@
 //!   sender's last frame shows too: a node that publishes nothing sends a **digest**
 //!   every [`CoordinatorBuilder::digest_interval`] (2 s by default), the number of its
 //!   last invalidation, so a receiver that missed it learns so within about that long
-//!   rather than at the sender's next invalidation, which may never come. The disk tier is
+//!   rather than at the sender's next invalidation, which may never come. The first
+//!   frame or digest heard from a sender whose start began after this node's (by more
+//!   than twice [`CoordinatorBuilder::max_clock_skew`]) shows a gap too when its number
+//!   says earlier frames were sent: they were sent while this node was up. The disk tier is
 //!   left as it is: it may hold entries a lost invalidation should have removed, but the
 //!   memory tier it would promote them into is the only tier readers see first, and an
 //!   operator who needs the disk exact after an outage clears it (`Cache::clear`) or

@@ -678,10 +678,18 @@ impl Shared {
             at: now,
         };
         let Some(last) = senders.get_mut(&msg.node) else {
-            // The first frame heard from a sender: nothing to compare with (frames of its
-            // start before this one may predate this node, or have been refused).
+            // The first frame heard from a sender: frames of its start before this one may
+            // predate this node, or have been refused. Unless its start began after this
+            // node's (by more than either clock may be off): then they were sent to this
+            // node and never came, as a sender that gave up its first frames, then went
+            // quiet, says with its digests.
+            let numbered_before = if msg.is_digest() { 0 } else { 1 };
+            let margin = self.clock.max_skew_ms().saturating_mul(2);
+            let mine = clock::incarnation_start_ms(self.incarnation.load(Ordering::Relaxed));
+            let gap = msg.seq > numbered_before
+                && clock::incarnation_start_ms(msg.incarnation) >= mine.saturating_add(margin);
             senders.insert(msg.node, next);
-            return Admit::Next { gap: false };
+            return Admit::Next { gap };
         };
         if msg.incarnation < last.incarnation {
             return Admit::OlderIncarnation;
