@@ -1254,3 +1254,71 @@ async fn a_new_sender_whose_first_frames_were_given_up_is_found_by_its_digest() 
     assert_eq!(s.peer_nodes[0].last_seq, 1, "{s:?}");
     assert!(b.cache().get("x").await.is_none(), "{s:?}");
 }
+
+/// A peer slow to answer: a digest queued while another is on its way is dropped once
+/// an invalidation is queued behind it, so the invalidation waits for no digest but the
+/// one already sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_queued_behind_a_digest_goes_first() {
+    let _w = common::watchdog("http_digest_behind", common::LIMIT);
+    // Digests are answered after a while; the order requests arrive in is kept.
+    let order = Arc::new(Mutex::new(Vec::<bool>::new()));
+    let hook: Hook = {
+        let order = order.clone();
+        Arc::new(move |frame| {
+            order.lock().unwrap().push(is_digest(frame));
+            if is_digest(frame) {
+                Action::Pass(Duration::from_secs(5))
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    let bus = HttpBus::builder(SECRET).build().unwrap();
+    serve(listener, bus.endpoint(), hook);
+    let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
+        .node_id(2)
+        .secret(SECRET)
+        .start()
+        .unwrap();
+    let a = Coordinator::builder(
+        Cache::new(MemoryTier::builder().build().unwrap()),
+        HttpBus::builder(SECRET)
+            .peer(url)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    )
+    .node_id(1)
+    .secret(SECRET)
+    .digest_interval(Duration::from_millis(10))
+    .start()
+    .unwrap();
+    // A digest on its way (seen by the server, not answered) and another queued.
+    let queued = async {
+        loop {
+            let seen = order.lock().unwrap().iter().filter(|&&d| d).count() as u64;
+            if seen >= 1 && a.status().digests_sent > seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), queued)
+        .await
+        .expect("a digest is queued behind one on its way");
+    let before = order.lock().unwrap().len();
+    a.invalidate("k").await.unwrap();
+    applied(&b, 1).await;
+    let after: Vec<bool> = order.lock().unwrap()[before..].to_vec();
+    assert_eq!(
+        after.first(),
+        Some(&false),
+        "a digest went before the invalidation queued behind it: {after:?}"
+    );
+}

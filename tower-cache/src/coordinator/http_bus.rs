@@ -359,7 +359,11 @@ struct Outgoing {
 async fn send_in_order(mut s: Sender) {
     while let Some(frame) = s.queue.recv().await {
         if frame.digest {
-            deliver_digest(&s, frame.frame).await;
+            // Invalidations queued behind it while it waited show any gap themselves: it
+            // would only delay them.
+            if s.queue.is_empty() {
+                deliver_digest(&s, frame.frame).await;
+            }
         } else {
             deliver(&s, frame.frame).await;
         }
