@@ -110,8 +110,8 @@ impl HttpBusBuilder {
 /// receiver notices the gap in the sender's sequence with the next frame, or with the
 /// sender's next digest if it has gone quiet
 /// ([`CoordinatorBuilder::digest_interval`](super::CoordinatorBuilder::digest_interval)),
-/// and drops its memory tier. A digest is queued only behind an empty queue and tried
-/// once, uncounted. Cloning shares the bus; the sending tasks stop when the last clone drops.
+/// and drops its memory tier. A digest is queued only behind an empty queue, dropped if
+/// invalidations were queued behind it meanwhile, and tried once, uncounted. Cloning shares the bus; the sending tasks stop when the last clone drops.
 #[derive(Clone)]
 pub struct HttpBus {
     inner: Arc<Inner>,

@@ -147,8 +147,9 @@ pub struct CoordinationStatus {
     /// Publishes the bus refused (the local invalidation was done all the same).
     pub publish_errors: u64,
     /// Digests this node sent: while it publishes no invalidation, it says every
-    /// [`CoordinatorBuilder::digest_interval`] which number it gave its last one. A
-    /// digest the bus did not take (no peer, frames still waiting) is not counted.
+    /// [`CoordinatorBuilder::digest_interval`] which number it gave its last one (handed
+    /// to the bus: one the bus did not take, as it has no peer or frames still wait, is
+    /// not counted).
     pub digests_sent: u64,
     /// Digests received from other nodes; one that shows frames never received counts
     /// as a gap ([`Self::sequence_gaps`]) and drops the memory tier.
