@@ -70,8 +70,24 @@ pub(super) struct Sender {
     pub(super) incarnation: u64,
     /// The last sequence number applied.
     pub(super) seq: u64,
-    /// When its last frame came.
+    /// When its last message came: one with a newer version than any before it (a
+    /// replayed one does not count).
     pub(super) at: std::time::Instant,
+    /// The newest version heard from it.
+    pub(super) version: u64,
+}
+
+impl Sender {
+    /// Notes a message of this start with `version` at `now`; whether it was newer than
+    /// any before it.
+    fn hear(&mut self, version: u64, now: std::time::Instant) -> bool {
+        let fresh = version > self.version;
+        if fresh {
+            self.version = version;
+            self.at = now;
+        }
+        fresh
+    }
 }
 
 #[derive(Default)]
@@ -572,11 +588,7 @@ fn receive_digest(sh: &Shared, msg: &Message) {
         refused.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let admitted = sh.admit(msg);
-    if !matches!(admitted, Admit::OlderIncarnation) {
-        lock(&sh.recent).0 = Some(std::time::Instant::now());
-    }
-    match admitted {
+    match sh.admit(msg) {
         Admit::Next { gap: true } => {
             sh.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
             flush(sh, "a digest shows frames of a sender that never came");
@@ -660,12 +672,12 @@ impl Shared {
     /// [`Shared::admit`] does that).
     pub(super) fn heard(&self, msg: &Message) {
         let now = std::time::Instant::now();
-        if let Some(last) = lock(&self.senders).get_mut(&msg.node) {
-            if last.incarnation == msg.incarnation {
-                last.at = now;
-            }
+        let fresh = lock(&self.senders)
+            .get_mut(&msg.node)
+            .is_some_and(|last| last.incarnation == msg.incarnation && last.hear(msg.version, now));
+        if fresh {
+            lock(&self.recent).0 = Some(now);
         }
-        lock(&self.recent).0 = Some(now);
     }
 
     /// Checks `msg` against what was applied from its sender, and records it if it is to
@@ -677,7 +689,19 @@ impl Shared {
             incarnation: msg.incarnation,
             seq: msg.seq,
             at: now,
+            version: msg.version,
         };
+        if msg.is_digest() {
+            // A digest applies nothing: hearing it is what the last message's age counts
+            // (an invalidation counts once applied). Not a replayed one.
+            let fresh = senders.get(&msg.node).is_none_or(|l| {
+                msg.incarnation > l.incarnation
+                    || (msg.incarnation == l.incarnation && msg.version > l.version)
+            });
+            if fresh {
+                lock(&self.recent).0 = Some(now);
+            }
+        }
         let Some(last) = senders.get_mut(&msg.node) else {
             // The first frame heard from a sender: frames of its start before this one may
             // predate this node, or have been refused. Unless its start began after this
@@ -701,7 +725,7 @@ impl Shared {
             *last = next;
             return Admit::Next { gap: true };
         }
-        last.at = now;
+        last.hear(msg.version, now);
         if msg.is_digest() {
             // The number of a frame already applied, or of one that never came.
             if msg.seq <= last.seq {
