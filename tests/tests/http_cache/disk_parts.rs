@@ -28,21 +28,15 @@ fn body_of(call: usize, len: usize) -> Bytes {
     (0..len).map(|i| byte(call, i)).collect::<Vec<u8>>().into()
 }
 
+type Origin = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    http::Response<Full<Bytes>>,
+    std::convert::Infallible,
+>;
+
 /// An origin that answers every request with a cacheable body of `len` bytes that
 /// differs per call; the number of calls so far.
-fn big_origin(
-    len: usize,
-) -> (
-    impl tower::Service<
-            Request<Full<Bytes>>,
-            Response = http::Response<Full<Bytes>>,
-            Error = std::convert::Infallible,
-            Future = impl Send,
-        > + Clone
-        + Send
-        + 'static,
-    Arc<AtomicUsize>,
-) {
+fn big_origin(len: usize) -> (Origin, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = tower::service_fn({
         let calls = calls.clone();
@@ -60,7 +54,7 @@ fn big_origin(
             }
         }
     });
-    (svc, calls)
+    (Origin::new(svc), calls)
 }
 
 /// A store whose memory tier takes nothing over 1 MiB, over a disk tier in `dir`.

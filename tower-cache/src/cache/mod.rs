@@ -490,15 +490,20 @@ impl Cache {
     }
 
     /// Memory (waiting for a loader of the same key), then disk with promotion.
-    pub(crate) async fn lookup<'a>(&'a self, key: &str) -> Found<'a> {
-        self.lookup_from(key, false).await
+    // Not an `async fn`: a wrapper future would be one more copy of the lookup's state
+    // on every call.
+    pub(crate) fn lookup<'a>(&'a self, key: &'a str) -> impl Future<Output = Found<'a>> + 'a {
+        self.lookup_from(key, false)
     }
 
     /// Like [`Self::lookup`], but a disk record that the memory tier could not take and
     /// that is held in the addressable form is not read whole: it comes back as
     /// [`Found::Record`], to be read in parts (and is not promoted).
-    pub(crate) async fn lookup_in_parts<'a>(&'a self, key: &str) -> Found<'a> {
-        self.lookup_from(key, true).await
+    pub(crate) fn lookup_in_parts<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Found<'a>> + 'a {
+        self.lookup_from(key, true)
     }
 
     async fn lookup_from<'a>(&'a self, key: &str, in_parts: bool) -> Found<'a> {

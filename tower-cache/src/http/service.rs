@@ -217,6 +217,10 @@ enum Fetched {
 /// body stays on disk. A response whose head does not fit in that block, or a stored
 /// part (a `206`, whose checks need its body), is read whole.
 async fn fetch(store: &Cache, key: &str) -> Fetched {
+    // A fresh memory entry (the common hit) without the single-flight lookup.
+    if let Some(hit) = store.memory_hit(key) {
+        return decoded(&hit.value, false);
+    }
     let (bytes, from_disk) = match store.lookup_in_parts(key).await {
         Found::Hit(s, disk) => (s.value, disk),
         Found::Pass => return Fetched::Pass,
@@ -246,7 +250,11 @@ async fn fetch(store: &Cache, key: &str) -> Fetched {
             }
         }
     };
-    match entry::decode(&bytes) {
+    decoded(&bytes, from_disk)
+}
+
+fn decoded(bytes: &Bytes, from_disk: bool) -> Fetched {
+    match entry::decode(bytes) {
         Some(Record::Entry(e)) => Fetched::Entry(e, from_disk, None),
         Some(Record::Index { epoch, names }) => Fetched::Index { epoch, names },
         None => Fetched::Miss,
