@@ -10,6 +10,16 @@
 //!   Every record starts with a versioned header (format version, flags, CRC-32 of the
 //!   rest), so the format can evolve and a corrupt record is detected, counted and
 //!   dropped instead of served.
+//! - **Large values** (default 1 MiB and more, see
+//!   [`DiskTierBuilder::addressable_threshold`]) are stored in an addressable form: not
+//!   compressed, with a CRC-32 per 64 KiB block beside the header's own. LMDB keeps a
+//!   large value in one contiguous run of pages, so any byte range of it can be checked
+//!   and copied out without touching the rest. The HTTP cache uses this to answer a
+//!   range, or stream a whole body, without a copy of the whole value in memory; each
+//!   part is read in a short read transaction of its own and checked against the
+//!   record's write sequence number, so a record replaced meanwhile is noticed, never
+//!   mixed in. Records written whole by earlier versions are still read.
+//!   [`DiskStats::value_bytes_read`] counts the bytes reads copy out of the map.
 //! - **Expiry**: each entry's deadline (Unix milliseconds) is also a key in an expiry
 //!   index, so [`DiskTier::remove_expired`] deletes expired entries by walking the index from its
 //!   start, without scanning the data. When the stored bytes pass the bound, expired
