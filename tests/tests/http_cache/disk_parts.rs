@@ -161,6 +161,43 @@ async fn a_large_body_on_disk_is_served_by_range_and_streamed_without_a_whole_co
             format!("bytes */{LEN}").as_str()
         );
 
+        // A HEAD and a conditional GET that the stored ETag satisfies: heads only.
+        let before = disk.stats().value_bytes_read;
+        let res = svc
+            .clone()
+            .oneshot(Request::head("http://t/big").body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-length"], LEN.to_string().as_str());
+        assert!(res
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        let res = svc
+            .clone()
+            .oneshot(
+                Request::get("http://t/big")
+                    .header("if-none-match", "\"v1\"")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 304);
+        assert!(res
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        let read = disk.stats().value_bytes_read - before;
+        assert!(read <= 2 * BLOCK, "{read} bytes read for two heads");
+
         // The whole body streams in chunks of at most one block, with the right bytes.
         let res = svc
             .clone()
