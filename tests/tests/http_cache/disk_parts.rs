@@ -333,3 +333,83 @@ async fn records_stored_whole_and_compressed_before_are_still_served() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_socket_a_body_whose_record_is_replaced_is_cut_short_never_completed() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    tokio::time::timeout(BOUND, async {
+        // Larger than what loopback socket buffers hold, so most of it is still on
+        // disk when the record is replaced.
+        const LEN: usize = 64 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let (origin, _) = big_origin(LEN);
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .layer(origin);
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        res.into_body().collect().await.unwrap();
+        disk.flush().await.unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = svc.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let svc = tower::ServiceBuilder::new()
+                    .map_request(|r: Request<hyper::body::Incoming>| r.map(|_| Full::default()))
+                    .service(served.clone());
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(tcp),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                ));
+            }
+        });
+
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req = Request::get(format!("http://{addr}/big"))
+            .header("host", "t")
+            .body(Full::default())
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        assert_eq!(res.headers()["content-length"], LEN.to_string().as_str());
+        let mut body = res.into_body();
+        let old = body_of(1, LEN);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let mut at = first.len();
+        assert!(first == old.slice(..at), "the stored bytes");
+
+        let req = Request::get("http://t/big")
+            .header("cache-control", "no-cache")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        disk.flush().await.unwrap();
+
+        let ended = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        assert!(data == old.slice(at..at + data.len()), "old bytes only");
+                        at += data.len();
+                    }
+                }
+                Some(Err(e)) => break e,
+                None => panic!("the body ended as if complete after {at} bytes"),
+            }
+        };
+        assert!(at < LEN, "cut short at {at}: {ended}");
+        server.abort();
+    })
+    .await
+    .expect("bounded");
+}
