@@ -10,6 +10,7 @@
 mod cases;
 mod conformance;
 mod credentials;
+mod disk_parts;
 mod edge;
 mod freshness;
 mod interim;

@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::disk::{DiskStats, DiskTier};
+use crate::disk::{DiskRead, DiskRecord, DiskStats, DiskTier};
 use crate::entry::{EntryMeta, Stored};
 use crate::error::{DiskError, InsertError};
 use crate::generation::{Generations, Ticket};
@@ -213,6 +213,9 @@ pub(crate) enum Found<'a> {
     /// The key is marked pass: load without storing.
     Pass,
     Leader(Lead<'a>),
+    /// A disk record too large for the memory tier, opened to be read in parts; only
+    /// from [`Cache::lookup_in_parts`].
+    Record(DiskRecord),
 }
 
 /// The right to load a key: the memory placeholder that makes concurrent callers wait,
@@ -257,7 +260,7 @@ impl Cache {
         match self.lookup(key).await {
             Found::Hit(s, _) => Some(s.value),
             // Nobody loads here: dropping the guard lets a waiting reader look again.
-            Found::Pass | Found::Leader(_) => None,
+            Found::Pass | Found::Leader(_) | Found::Record(_) => None,
         }
     }
 
@@ -271,7 +274,7 @@ impl Cache {
     {
         match self.lookup(key).await {
             Found::Hit(s, _) => Ok(s.value),
-            Found::Pass => load.await,
+            Found::Pass | Found::Record(_) => load.await,
             Found::Leader(lead) => {
                 bump(&self.counters.loads);
                 match load.await {
@@ -487,7 +490,23 @@ impl Cache {
     }
 
     /// Memory (waiting for a loader of the same key), then disk with promotion.
-    pub(crate) async fn lookup<'a>(&'a self, key: &str) -> Found<'a> {
+    // Not an `async fn`: a wrapper future would be one more copy of the lookup's state
+    // on every call.
+    pub(crate) fn lookup<'a>(&'a self, key: &'a str) -> impl Future<Output = Found<'a>> + 'a {
+        self.lookup_from(key, false)
+    }
+
+    /// Like [`Self::lookup`], but a disk record that the memory tier could not take and
+    /// that is held in the addressable form is not read whole: it comes back as
+    /// [`Found::Record`], to be read in parts (and is not promoted).
+    pub(crate) fn lookup_in_parts<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Found<'a>> + 'a {
+        self.lookup_from(key, true)
+    }
+
+    async fn lookup_from<'a>(&'a self, key: &str, in_parts: bool) -> Found<'a> {
         let guard = match self.memory.get_or_lead(key).await {
             Lookup::Hit(s) => return Found::Hit(s, false),
             Lookup::Pass => {
@@ -500,7 +519,20 @@ impl Cache {
         // that began earlier has removed the placeholder or voids it too.
         let ticket = self.generations.ticket(key);
         if let Some(disk) = &self.disk {
-            match disk.try_get_entry_async(key).await {
+            let whole_up_to = if in_parts {
+                self.memory.max_value_bytes()
+            } else {
+                usize::MAX
+            };
+            let read = match disk.try_read_async(key, whole_up_to).await {
+                Ok(DiskRead::Entry(found)) => Ok(found),
+                Ok(DiskRead::Record(record)) => {
+                    bump(&self.counters.disk_hits);
+                    return Found::Record(record);
+                }
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(Some(entry)) => {
                     #[cfg(test)]
                     if let Some(gate) = &self.promotion_gate {

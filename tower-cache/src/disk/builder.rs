@@ -32,10 +32,14 @@ pub struct DiskTierBuilder {
     max_batch: usize,
     on_damage: OnDamage,
     blocking_read_threshold: usize,
+    addressable_threshold: usize,
 }
 
 /// Default size above which async reads run on tokio's blocking pool: 64 KiB.
 pub const DEFAULT_BLOCKING_READ_THRESHOLD: usize = 64 << 10;
+
+/// Default size at or above which values are stored in the addressable form: 1 MiB.
+pub const DEFAULT_ADDRESSABLE_THRESHOLD: usize = 1 << 20;
 
 /// What [`DiskTierBuilder::open`] does with a damaged data file (truncated, not an LMDB
 /// file, meta pages that contradict the file).
@@ -82,6 +86,7 @@ impl DiskTierBuilder {
             max_batch: DEFAULT_MAX_BATCH,
             on_damage: OnDamage::MoveAside,
             blocking_read_threshold: DEFAULT_BLOCKING_READ_THRESHOLD,
+            addressable_threshold: DEFAULT_ADDRESSABLE_THRESHOLD,
         }
     }
 
@@ -91,6 +96,18 @@ impl DiskTierBuilder {
     /// record inline.
     pub fn blocking_read_threshold(mut self, bytes: usize) -> Self {
         self.blocking_read_threshold = bytes;
+        self
+    }
+
+    /// Values at or above this many bytes are stored in the addressable form (default
+    /// 1 MiB): not compressed, checksummed per 64 KiB block, so that a part of the value
+    /// can be read and checked without reading the rest (the HTTP cache serves ranges and
+    /// streams large bodies this way, never holding the whole body in memory). Smaller
+    /// values are stored whole (and compressed above
+    /// [`compress_threshold`](Self::compress_threshold)). `usize::MAX` stores every value
+    /// whole; records of either form are read by every later version.
+    pub fn addressable_threshold(mut self, bytes: usize) -> Self {
+        self.addressable_threshold = bytes;
         self
     }
 
@@ -254,6 +271,7 @@ impl DiskTierBuilder {
             map_size,
             max_bytes,
             compress_threshold: self.compress_threshold,
+            addressable_threshold: self.addressable_threshold,
             max_batch: self.max_batch,
             txn_limit: self.max_batch,
             live_at_lowering: 0,

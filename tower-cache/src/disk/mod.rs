@@ -10,6 +10,16 @@
 //!   Every record starts with a versioned header (format version, flags, CRC-32 of the
 //!   rest), so the format can evolve and a corrupt record is detected, counted and
 //!   dropped instead of served.
+//! - **Large values** (default 1 MiB and more, see
+//!   [`DiskTierBuilder::addressable_threshold`]) are stored in an addressable form: not
+//!   compressed, with a CRC-32 per 64 KiB block beside the header's own. LMDB keeps a
+//!   large value in one contiguous run of pages, so any byte range of it can be checked
+//!   and copied out without touching the rest. The HTTP cache uses this to answer a
+//!   range, or stream a whole body, without a copy of the whole value in memory; each
+//!   part is read in a short read transaction of its own and checked against the
+//!   record's write sequence number, so a record replaced meanwhile is noticed, never
+//!   mixed in. Records written whole by earlier versions are still read.
+//!   [`DiskStats::value_bytes_read`] counts the bytes reads copy out of the map.
 //! - **Expiry**: each entry's deadline (Unix milliseconds) is also a key in an expiry
 //!   index, so [`DiskTier::remove_expired`] deletes expired entries by walking the index from its
 //!   start, without scanning the data. When the stored bytes pass the bound, expired
@@ -45,15 +55,21 @@ mod builder;
 mod compact;
 mod env;
 mod index;
+mod part;
 mod record;
 mod stats;
 mod writer;
 
-pub use self::builder::{DiskTierBuilder, OnDamage, DEFAULT_BLOCKING_READ_THRESHOLD, MAX_MAP_SIZE};
+pub use self::builder::{
+    DiskTierBuilder, OnDamage, DEFAULT_ADDRESSABLE_THRESHOLD, DEFAULT_BLOCKING_READ_THRESHOLD,
+    MAX_MAP_SIZE,
+};
+pub(crate) use self::part::DiskRecord;
+pub(crate) use self::record::BLOCK;
 pub use self::stats::{CompactReport, DiskStats};
 
 use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
-use self::record::{decode_header, decode_record};
+use self::record::{addressable_layout, decode_header, decode_record, FORMAT_V3};
 use self::stats::{bump, Counters};
 
 use std::fs;
@@ -213,6 +229,14 @@ pub(crate) const SCOPED_EDGE: &[u8] = &[1];
 /// A decoded record: deadline, value, metadata.
 type Decoded = (u64, Bytes, EntryMeta);
 
+/// What an async read found: a whole entry (or nothing), or a large record opened to be
+/// read in parts.
+#[derive(Debug)]
+pub(crate) enum DiskRead {
+    Entry(Option<Entry>),
+    Record(DiskRecord),
+}
+
 /// What a read transaction found.
 enum Raw {
     Absent,
@@ -289,7 +313,15 @@ impl DiskTier {
     /// long. A record over [`DiskTierBuilder::blocking_read_threshold`] is read and
     /// decompressed on tokio's blocking pool, and while compaction swaps the file the
     /// read misses at once instead of waiting (counted in [`DiskStats::busy_misses`]).
-    pub(crate) async fn try_get_entry_async(&self, key: &str) -> Result<Option<Entry>, DiskError> {
+    ///
+    /// A record in the addressable form whose value is longer than `whole_up_to` bytes
+    /// is not read whole: it is opened (its head checked, its first block copied) and
+    /// returned to be read in parts.
+    pub(crate) async fn try_read_async(
+        &self,
+        key: &str,
+        whole_up_to: usize,
+    ) -> Result<DiskRead, DiskError> {
         let read = self
             .read(key, self.shared.blocking_read_threshold, false)
             .inspect_err(|_| {
@@ -297,25 +329,69 @@ impl DiskTier {
                 bump(&self.shared.counters.misses, 1);
             })?;
         match read {
-            Raw::Absent => Ok(self.finish_read(key, None)),
-            Raw::Decoded(d) => Ok(self.finish_read(key, Some(d))),
+            Raw::Absent => Ok(DiskRead::Entry(self.finish_read(key, None))),
+            Raw::Decoded(d) => Ok(DiskRead::Entry(self.finish_read(key, Some(d)))),
             Raw::Busy => {
                 bump(&self.shared.counters.busy_misses, 1);
                 bump(&self.shared.counters.misses, 1);
-                Ok(None)
+                Ok(DiskRead::Entry(None))
             }
             Raw::Large => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     let (disk, key) = (self.clone(), key.to_owned());
-                    rt.spawn_blocking(move || disk.try_get_entry(&key))
+                    rt.spawn_blocking(move || disk.try_read(&key, whole_up_to))
                         .await
                         .unwrap_or_else(|e| {
                             Err(DiskError::new(format!("disk tier: read task: {e}")))
                         })
                 }
-                Err(_) => self.try_get_entry(key),
+                Err(_) => self.try_read(key, whole_up_to),
             },
         }
+    }
+
+    /// The blocking read of [`Self::try_read_async`].
+    fn try_read(&self, key: &str, whole_up_to: usize) -> Result<DiskRead, DiskError> {
+        let opened = self.open_record(key, whole_up_to).inspect_err(|_| {
+            bump(&self.shared.counters.errors, 1);
+            bump(&self.shared.counters.misses, 1);
+        })?;
+        match opened {
+            Some(Ok(record)) if record.ttl_left() > Duration::ZERO => {
+                bump(&self.shared.counters.hits, 1);
+                Ok(DiskRead::Record(record))
+            }
+            Some(Ok(_)) => Ok(DiskRead::Entry(self.finish_read(key, None))),
+            Some(Err(why)) => Ok(DiskRead::Entry(self.finish_read(key, Some(Err(why))))),
+            None => self.try_get_entry(key).map(DiskRead::Entry),
+        }
+    }
+
+    /// Opens the record of `key` in parts if it is addressable and its value is longer
+    /// than `whole_up_to`; `None` if it is not (or is gone), to be read whole.
+    fn open_record(
+        &self,
+        key: &str,
+        whole_up_to: usize,
+    ) -> Result<Option<Result<DiskRecord, &'static str>>, DiskError> {
+        let state = self.shared.state();
+        let o = state.as_ref().ok_or_else(DiskError::closed)?;
+        let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+        let raw = o
+            .dbs
+            .entries
+            .get(&rtxn, key.as_bytes())
+            .map_err(|e| DiskError::lmdb("read", e))?;
+        let Some(raw) = raw.filter(|b| b.first() == Some(&FORMAT_V3)) else {
+            return Ok(None);
+        };
+        Ok(match addressable_layout(raw) {
+            Ok(layout) if layout.len > whole_up_to => {
+                Some(DiskRecord::open(self, key, raw, layout))
+            }
+            Ok(_) => None,
+            Err(why) => Some(Err(why)),
+        })
     }
 
     /// Reads the raw record of `key` in a read transaction; decodes it there if it is at
@@ -340,7 +416,13 @@ impl DiskTier {
         Ok(match raw {
             None => Raw::Absent,
             Some(b) if b.len() > inline_limit => Raw::Large,
-            Some(b) => Raw::Decoded(decode_record(b)),
+            Some(b) => {
+                let decoded = decode_record(b);
+                if let Ok((_, value, _)) = &decoded {
+                    bump(&self.shared.counters.value_bytes_read, value.len() as u64);
+                }
+                Raw::Decoded(decoded)
+            }
         })
     }
 
@@ -748,6 +830,7 @@ impl DiskTier {
             superseded: c.superseded.load(Ordering::Relaxed),
             damaged_files: c.damaged_files.load(Ordering::Relaxed),
             busy_misses: c.busy_misses.load(Ordering::Relaxed),
+            value_bytes_read: c.value_bytes_read.load(Ordering::Relaxed),
             bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };
@@ -807,5 +890,54 @@ mod tests {
         let s = disk.stats();
         assert_eq!(s.corrupt, 1);
         assert_eq!(s.entries, 0, "the corrupt record was deleted");
+    }
+
+    #[tokio::test]
+    async fn a_large_record_is_read_in_parts_and_a_damaged_block_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(64 << 20)
+            .addressable_threshold(1 << 20)
+            .open()
+            .unwrap();
+        let value: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 253) as u8).collect();
+        let len = value.len();
+        disk.set("big", Bytes::from(value.clone()), Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Read whole by callers that want it whole, as before.
+        assert!(disk.get("big").as_deref() == Some(&value[..]));
+        let before = disk.stats().value_bytes_read;
+        let DiskRead::Record(record) = disk.try_read_async("big", 1 << 20).await.unwrap() else {
+            panic!("a record over the limit is opened in parts")
+        };
+        assert_eq!(record.len(), len as u64);
+        assert!(record.first_block()[..] == value[..BLOCK]);
+        let part = record.read_async(2_000_000, 100).await.unwrap();
+        assert!(part[..] == value[2_000_000..2_000_100]);
+        assert_eq!(
+            disk.stats().value_bytes_read - before,
+            (BLOCK + 100) as u64,
+            "the first block and the part, not the value"
+        );
+        assert!(record.read(len as u64 - 1, 2).is_err(), "past the end");
+        // Up to the limit, a record is read whole.
+        assert!(matches!(
+            disk.try_read_async("big", len).await.unwrap(),
+            DiskRead::Entry(Some(_))
+        ));
+        // The last byte of the value flipped: its block fails, the others still read.
+        disk.corrupt_for_test("big");
+        assert!(record.read(0, 10).is_ok());
+        let err = record.read(len as u64 - 10, 10).unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        disk.flush().await.unwrap();
+        let s = disk.stats();
+        assert_eq!((s.corrupt, s.entries), (1, 0), "counted and dropped");
+        assert!(record
+            .read(0, 10)
+            .unwrap_err()
+            .to_string()
+            .contains("removed"));
     }
 }

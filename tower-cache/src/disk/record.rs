@@ -1,4 +1,10 @@
 //! The record format: a versioned, checksummed header, the tags, the payload.
+//!
+//! Two forms are written. The whole form (format 2) checksums the record as one and may
+//! compress the payload. The addressable form (format 3), for values at or above
+//! [`DiskTierBuilder::addressable_threshold`](super::DiskTierBuilder::addressable_threshold),
+//! keeps the payload as it is and checksums it in blocks of [`BLOCK`] bytes, so any
+//! byte range of the value can be checked and copied out without reading the rest.
 
 use bytes::Bytes;
 
@@ -16,8 +22,16 @@ use crate::entry::{EntryMeta, Tags};
 // bytes 30..34 uncompressed payload length
 // bytes 34..36 tag count, then per tag: u16 length + UTF-8 bytes
 // rest        payload
+//
+// Format 3 (addressable) has the same 36-byte header with format 3 and flags 0, but its
+// CRC covers only bytes 0..2 and 6..payload start (the head: header, tags, block table);
+// after the tags comes a table of one CRC-32 per block of BLOCK bytes of the payload,
+// then the payload, never compressed.
 
 pub(super) const FORMAT_V2: u8 = 2;
+pub(super) const FORMAT_V3: u8 = 3;
+/// Bytes of payload per checksum of an addressable record.
+pub(crate) const BLOCK: usize = 64 << 10;
 pub(super) const FLAG_SNAPPY: u8 = 1;
 pub(super) const HEADER: usize = 36;
 
@@ -33,7 +47,11 @@ pub(super) fn encode_record(
     meta: &EntryMeta,
     seq: u64,
     compress_threshold: usize,
+    addressable_threshold: usize,
 ) -> Vec<u8> {
+    if value.len() >= addressable_threshold {
+        return encode_addressable(value, expires_ms, meta, seq);
+    }
     let compressed = if value.len() >= compress_threshold {
         snap::raw::Encoder::new()
             .compress_vec(value)
@@ -46,21 +64,123 @@ pub(super) fn encode_record(
     let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + payload.len());
     out.push(FORMAT_V2);
     out.push(if compressed.is_some() { FLAG_SNAPPY } else { 0 });
+    put_head(&mut out, value.len(), expires_ms, meta, seq);
+    out.extend_from_slice(payload);
+    let crc = checksum(&out);
+    out[2..6].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The header after its first two bytes (checksum left 0), then the tags.
+fn put_head(out: &mut Vec<u8>, logical: usize, expires_ms: u64, meta: &EntryMeta, seq: u64) {
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&expires_ms.to_le_bytes());
     out.extend_from_slice(&meta.version.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(logical as u32).to_le_bytes());
     out.extend_from_slice(&(meta.tags.len() as u16).to_le_bytes());
     for tag in meta.tags.iter() {
         let tag = &tag.as_bytes()[..tag.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
         out.extend_from_slice(tag);
     }
-    out.extend_from_slice(payload);
+}
+
+/// An addressable record: the head (header, tags, one CRC-32 per block of the payload,
+/// under the header's checksum), then the payload as it is.
+fn encode_addressable(value: &[u8], expires_ms: u64, meta: &EntryMeta, seq: u64) -> Vec<u8> {
+    let blocks = value.len().div_ceil(BLOCK);
+    let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + blocks * 4 + value.len());
+    out.push(FORMAT_V3);
+    out.push(0);
+    put_head(&mut out, value.len(), expires_ms, meta, seq);
+    for block in value.chunks(BLOCK) {
+        out.extend_from_slice(&crc32fast::hash(block).to_le_bytes());
+    }
     let crc = checksum(&out);
     out[2..6].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(value);
     out
+}
+
+/// The head of an addressable record, checked: where its payload starts in the record
+/// and how long the payload is. Reads the header, tags and block table, not the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Layout {
+    /// Offset of the block table in the record.
+    pub(super) table: usize,
+    /// Offset of the payload in the record.
+    pub(super) payload: usize,
+    /// Length of the payload (the value).
+    pub(super) len: usize,
+}
+
+/// Checks the head of an addressable record (its checksum, tags and block table) and
+/// returns its layout; the payload is checked block by block when it is read.
+pub(super) fn addressable_layout(b: &[u8]) -> Result<Layout, &'static str> {
+    if b.len() < HEADER || b[0] != FORMAT_V3 {
+        return Err("not an addressable record");
+    }
+    if b[1] != 0 {
+        return Err("unknown record flags");
+    }
+    let len = u32::from_le_bytes([b[30], b[31], b[32], b[33]]) as usize;
+    let ntags = u16_at(b, 34).ok_or("truncated tags")?;
+    let mut at = HEADER;
+    for _ in 0..ntags {
+        let n = u16_at(b, at).ok_or("truncated tags")?;
+        b.get(at + 2..at + 2 + n).ok_or("truncated tags")?;
+        at += 2 + n;
+    }
+    let payload = len
+        .div_ceil(BLOCK)
+        .checked_mul(4)
+        .and_then(|t| t.checked_add(at))
+        .filter(|&p| p <= b.len())
+        .ok_or("truncated block table")?;
+    let crc = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[..2]);
+    h.update(&b[6..payload]);
+    if h.finalize() != crc {
+        return Err("checksum mismatch");
+    }
+    if b.len() - payload != len {
+        return Err("length mismatch");
+    }
+    Ok(Layout {
+        table: at,
+        payload,
+        len,
+    })
+}
+
+/// Bytes `from..from + len` of an addressable record's payload, each block they touch
+/// checked against its CRC first; an error if the range is outside the payload.
+pub(super) fn addressable_slice(
+    b: &[u8],
+    layout: Layout,
+    from: usize,
+    len: usize,
+) -> Result<&[u8], &'static str> {
+    let end = from
+        .checked_add(len)
+        .filter(|&e| e <= layout.len)
+        .ok_or("range outside the value")?;
+    let payload = &b[layout.payload..];
+    if len == 0 {
+        return Ok(&payload[from..from]);
+    }
+    for block in from / BLOCK..end.div_ceil(BLOCK) {
+        let at = layout.table + block * 4;
+        let want = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let start = block * BLOCK;
+        let bytes = &payload[start..(start + BLOCK).min(layout.len)];
+        if crc32fast::hash(bytes) != want {
+            return Err("block checksum mismatch");
+        }
+    }
+    Ok(&payload[from..end])
 }
 
 /// CRC-32 of a record without its own checksum field.
@@ -83,7 +203,7 @@ pub(super) fn u16_at(b: &[u8], at: usize) -> Option<usize> {
 
 /// Reads only the header; used by the writer to find index rows.
 pub(super) fn decode_header(b: &[u8]) -> Option<Header> {
-    if b.len() < HEADER || b[0] != FORMAT_V2 {
+    if b.len() < HEADER || !is_known(b[0]) {
         return None;
     }
     Some(Header {
@@ -95,13 +215,13 @@ pub(super) fn decode_header(b: &[u8]) -> Option<Header> {
 
 /// The version of the write a record holds, read from its header alone.
 pub(super) fn record_version(b: &[u8]) -> Option<u64> {
-    (b.len() >= HEADER && b[0] == FORMAT_V2).then(|| u64_at(b, 14))
+    (b.len() >= HEADER && is_known(b[0])).then(|| u64_at(b, 14))
 }
 
 /// Whether a record carries `tag`, read from its header and tag list alone (no checksum,
 /// no payload: a damaged record is caught when it is read).
 pub(super) fn record_has_tag(b: &[u8], tag: &str) -> bool {
-    if b.len() < HEADER || b[0] != FORMAT_V2 {
+    if b.len() < HEADER || !is_known(b[0]) {
         return false;
     }
     let Some(ntags) = u16_at(b, 34) else {
@@ -121,10 +241,21 @@ pub(super) fn record_has_tag(b: &[u8], tag: &str) -> bool {
     false
 }
 
-/// Decodes a whole record, verifying its checksum.
+/// Whether `format` is a record format this build reads.
+fn is_known(format: u8) -> bool {
+    format == FORMAT_V2 || format == FORMAT_V3
+}
+
+/// Decodes a whole record, verifying its checksum (every block's, for an addressable
+/// one).
 pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'static str> {
     if b.len() < HEADER {
         return Err("record shorter than its header");
+    }
+    if b[0] == FORMAT_V3 {
+        let layout = addressable_layout(b)?;
+        let value = Bytes::copy_from_slice(addressable_slice(b, layout, 0, layout.len)?);
+        return Ok((u64_at(b, 6), value, decode_meta(b)?));
     }
     if b[0] != FORMAT_V2 {
         return Err("unknown record format version");
@@ -175,6 +306,23 @@ pub(super) fn decode_record(b: &[u8]) -> Result<(u64, Bytes, EntryMeta), &'stati
     ))
 }
 
+/// The version and tags in a record's header (checked by the caller).
+pub(super) fn decode_meta(b: &[u8]) -> Result<EntryMeta, &'static str> {
+    let ntags = u16_at(b, 34).ok_or("truncated tags")?;
+    let mut at = HEADER;
+    let mut tags = Vec::with_capacity(ntags);
+    for _ in 0..ntags {
+        let len = u16_at(b, at).ok_or("truncated tags")?;
+        let tag = b.get(at + 2..at + 2 + len).ok_or("truncated tags")?;
+        tags.push(std::str::from_utf8(tag).map_err(|_| "tag is not UTF-8")?);
+        at += 2 + len;
+    }
+    Ok(EntryMeta {
+        version: u64_at(b, 14),
+        tags: tags.into_iter().collect::<Tags>(),
+    })
+}
+
 pub(super) fn expiry_key(expires_ms: u64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&expires_ms.to_be_bytes());
@@ -193,18 +341,25 @@ mod tests {
             tags: ["a", "bb"].into_iter().collect(),
         };
         for (value, threshold) in [(vec![b'x'; 4096], 1024), (vec![b'x'; 10], 1024)] {
-            let rec = encode_record(&value, 99, &meta, 3, threshold);
+            let rec = encode_record(&value, 99, &meta, 3, threshold, usize::MAX);
             let (exp, v, m) = decode_record(&rec).unwrap();
             assert_eq!((exp, &v[..], &m), (99, &value[..], &meta));
             assert_eq!(decode_header(&rec).unwrap().seq, 3);
         }
-        let compressed = encode_record(&[b'x'; 4096], 1, &meta, 1, 1024);
+        let compressed = encode_record(&[b'x'; 4096], 1, &meta, 1, 1024, usize::MAX);
         assert!(compressed.len() < 1024, "4 KiB of one byte compresses");
     }
 
     #[test]
     fn corrupt_records_are_detected() {
-        let rec = encode_record(b"hello world", 5, &EntryMeta::default(), 1, 1024);
+        let rec = encode_record(
+            b"hello world",
+            5,
+            &EntryMeta::default(),
+            1,
+            1024,
+            usize::MAX,
+        );
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x01;
@@ -220,11 +375,61 @@ mod tests {
         wrong_len[2..6].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode_record(&wrong_len).unwrap_err(), "length mismatch");
         let mut future = rec.clone();
-        future[0] = 3;
+        future[0] = 4;
         assert_eq!(
             decode_record(&future).unwrap_err(),
             "unknown record format version"
         );
         assert!(decode_record(&rec[..10]).is_err());
+    }
+
+    #[test]
+    fn addressable_records_read_whole_or_by_range_and_catch_damage() {
+        let meta = EntryMeta {
+            version: 4,
+            tags: ["t"].into_iter().collect(),
+        };
+        let value: Vec<u8> = (0..3 * BLOCK + 17).map(|i| (i * 7 % 251) as u8).collect();
+        let rec = encode_record(&value, 9, &meta, 5, 1024, 1024);
+        assert_eq!(rec[0], FORMAT_V3);
+        let (exp, v, m) = decode_record(&rec).unwrap();
+        assert_eq!((exp, &v[..], &m), (9, &value[..], &meta));
+        assert_eq!(decode_header(&rec).unwrap().seq, 5);
+        assert_eq!(record_version(&rec), Some(4));
+        assert!(record_has_tag(&rec, "t"));
+        let layout = addressable_layout(&rec).unwrap();
+        assert_eq!(layout.len, value.len());
+        for (from, len) in [
+            (0, 1),
+            (BLOCK - 1, 2),
+            (3 * BLOCK, 17),
+            (5, 0),
+            (0, value.len()),
+        ] {
+            let got = addressable_slice(&rec, layout, from, len).unwrap();
+            assert_eq!(got, &value[from..from + len]);
+        }
+        assert!(addressable_slice(&rec, layout, value.len(), 1).is_err());
+        assert!(addressable_slice(&rec, layout, usize::MAX, 2).is_err());
+        // A flipped payload byte fails the reads of its block only.
+        let mut bad = rec.clone();
+        bad[layout.payload + BLOCK + 3] ^= 1;
+        let l = addressable_layout(&bad).unwrap();
+        assert!(addressable_slice(&bad, l, BLOCK, 10).is_err());
+        assert!(addressable_slice(&bad, l, 0, 10).is_ok());
+        assert!(decode_record(&bad).is_err());
+        // A flipped head byte (header, tags or block table) fails the layout.
+        for at in [1, 7, HEADER + 1, layout.table + 2] {
+            let mut bad = rec.clone();
+            bad[at] ^= 1;
+            assert!(addressable_layout(&bad).is_err(), "flip at {at}");
+            assert!(decode_record(&bad).is_err(), "flip at {at}");
+        }
+        assert!(addressable_layout(&rec[..rec.len() - 1]).is_err());
+        // Below the threshold: the whole form, as before.
+        assert_eq!(
+            encode_record(&value, 9, &meta, 5, 1024, usize::MAX)[0],
+            FORMAT_V2
+        );
     }
 }

@@ -43,6 +43,10 @@ pub struct DiskStats {
     /// Async reads that missed because compaction was swapping the file (they do not
     /// wait for the swap).
     pub busy_misses: u64,
+    /// Bytes of values copied out of the map by reads of this process: whole values,
+    /// and the parts of large records read in place (see
+    /// [`DiskTierBuilder::addressable_threshold`](super::DiskTierBuilder::addressable_threshold)).
+    pub value_bytes_read: u64,
     /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
     pub bound_bytes: u64,
     /// Entries in the environment now (all processes).
@@ -82,6 +86,7 @@ pub(super) struct Counters {
     pub(super) superseded: AtomicU64,
     pub(super) damaged_files: AtomicU64,
     pub(super) busy_misses: AtomicU64,
+    pub(super) value_bytes_read: AtomicU64,
     pub(super) bound_bytes: AtomicU64,
 }
 

@@ -21,6 +21,7 @@ pub(super) struct Writer {
     pub(super) map_size: usize,
     pub(super) max_bytes: u64,
     pub(super) compress_threshold: usize,
+    pub(super) addressable_threshold: usize,
     pub(super) max_batch: usize,
     /// Most writes per transaction now: `max_batch`, less after the map filled up.
     pub(super) txn_limit: usize,
@@ -306,8 +307,14 @@ impl Writer {
                 } => {
                     now_ms = now_ms.max(*at);
                     t.seq += 1;
-                    let rec =
-                        encode_record(value, *expires_ms, meta, t.seq, self.compress_threshold);
+                    let rec = encode_record(
+                        value,
+                        *expires_ms,
+                        meta,
+                        t.seq,
+                        self.compress_threshold,
+                        self.addressable_threshold,
+                    );
                     // A new key (the common case) needs one B-tree descent; an existing
                     // one first drops its old record and index rows.
                     match dbs.entries.put_with_flags(

@@ -185,60 +185,76 @@ pub(crate) fn decode(stored: &Bytes) -> Option<Record> {
             Some(Record::Index { epoch, names })
         }
         FORMAT_ENTRY => {
-            let status = StatusCode::from_u16(r.u16()? as u16).ok()?;
-            let (response_time, initial_age, lifetime) = (r.u64()?, r.u64()?, r.u64()?);
-            let flags = r.u8()?;
-            let freshness = Freshness {
-                response_time,
-                initial_age,
-                lifetime,
-                must_revalidate: flags & 1 != 0,
-                no_cache: flags & 2 != 0,
-                validator: flags & 4 != 0,
-                stale_while_revalidate: r.u64()?,
-                stale_if_error: r.u64()?,
-            };
-            let n = r.u16()?;
-            let mut vary = Vec::with_capacity(n.min(16));
-            for _ in 0..n {
-                let name = r.name()?;
-                let value = match r.u8()? {
-                    0 => None,
-                    _ => {
-                        let len = r.u32()?;
-                        Some(r.take(len)?.to_vec())
-                    }
-                };
-                vary.push((name, value));
-            }
-            let n = r.u16()?;
-            // Room for the fields a hit adds (`Age`, the status header).
-            let mut headers = HeaderMap::with_capacity(n.min(64) + 2);
-            for _ in 0..n {
-                let name = r.name()?;
-                let len = r.u32()?;
-                let start = stored.len() - r.b.len();
-                r.take(len)?;
-                // A view of the stored bytes, not a copy; checked as `from_bytes` checks.
-                let value =
-                    HeaderValue::from_maybe_shared(stored.slice(start..start + len)).ok()?;
-                headers.try_append(name, value).ok()?;
-            }
-            let len = r.u64()?;
-            if r.b.len() as u64 != len {
+            let (mut entry, at, len) = decode_head(stored)?;
+            if (stored.len() - at) as u64 != len {
                 return None;
             }
-            let body = stored.slice(stored.len() - r.b.len()..);
-            Some(Record::Entry(HttpEntry {
-                status,
-                headers,
-                body,
-                freshness,
-                vary,
-            }))
+            entry.body = stored.slice(at..);
+            Some(Record::Entry(entry))
         }
         _ => None,
     }
+}
+
+/// The head of a stored entry (`stored` may hold only the start of it: enough for the
+/// head): the entry with an empty body, where its body starts in the record, and the
+/// body's length. `None` for anything that is not an entry, or a head cut short.
+pub(crate) fn decode_head(stored: &Bytes) -> Option<(HttpEntry, usize, u64)> {
+    let mut r = Reader { b: stored };
+    if r.u8()? != FORMAT_ENTRY {
+        return None;
+    }
+    let status = StatusCode::from_u16(r.u16()? as u16).ok()?;
+    let (response_time, initial_age, lifetime) = (r.u64()?, r.u64()?, r.u64()?);
+    let flags = r.u8()?;
+    let freshness = Freshness {
+        response_time,
+        initial_age,
+        lifetime,
+        must_revalidate: flags & 1 != 0,
+        no_cache: flags & 2 != 0,
+        validator: flags & 4 != 0,
+        stale_while_revalidate: r.u64()?,
+        stale_if_error: r.u64()?,
+    };
+    let n = r.u16()?;
+    let mut vary = Vec::with_capacity(n.min(16));
+    for _ in 0..n {
+        let name = r.name()?;
+        let value = match r.u8()? {
+            0 => None,
+            _ => {
+                let len = r.u32()?;
+                Some(r.take(len)?.to_vec())
+            }
+        };
+        vary.push((name, value));
+    }
+    let n = r.u16()?;
+    // Room for the fields a hit adds (`Age`, the status header).
+    let mut headers = HeaderMap::with_capacity(n.min(64) + 2);
+    for _ in 0..n {
+        let name = r.name()?;
+        let len = r.u32()?;
+        let start = stored.len() - r.b.len();
+        r.take(len)?;
+        // A view of the stored bytes, not a copy; checked as `from_bytes` checks.
+        let value = HeaderValue::from_maybe_shared(stored.slice(start..start + len)).ok()?;
+        headers.try_append(name, value).ok()?;
+    }
+    let len = r.u64()?;
+    let at = stored.len() - r.b.len();
+    Some((
+        HttpEntry {
+            status,
+            headers,
+            body: Bytes::new(),
+            freshness,
+            vary,
+        },
+        at,
+        len,
+    ))
 }
 
 #[cfg(test)]

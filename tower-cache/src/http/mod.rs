@@ -43,11 +43,20 @@
 //!   from a stored `200` as any request is (fresh, same variant), with `206` and
 //!   `Content-Range` for one range (`N-M`, `N-`, `-N`; one running past the end clipped),
 //!   or `416` with `Content-Range: bytes */LENGTH` when no range is satisfiable. The
-//!   part is a slice of the stored record, never a copy. A disk hit costs one copy of
-//!   the whole record, whatever the range: LMDB's pages are valid only inside the read
-//!   transaction, so the record is copied out of the map (or decompressed) into one
-//!   buffer, which the memory tier then keeps on promotion; a record too large for the
-//!   memory tier is not promoted, and each range request for it reads it whole again.
+//!   part is a slice of the stored record, never a copy. **Large bodies on disk** are
+//!   never copied whole to answer a request: the disk tier stores values of 1 MiB and
+//!   more ([`DiskTierBuilder::addressable_threshold`](crate::DiskTierBuilder::addressable_threshold))
+//!   uncompressed, with a checksum per 64 KiB block, and a response too large for the
+//!   memory tier is served from such a record in place: its head is decoded from the
+//!   record's first block, a range copies only its own bytes out of LMDB, and a whole
+//!   body is sent in chunks of at most 64 KiB, each read on tokio's blocking pool in a
+//!   read transaction of its own (none is held while the client reads). Each chunk
+//!   checks that the key still holds the record the response began with; if it was
+//!   replaced or removed meanwhile, the body ends with an error (the client sees a cut
+//!   connection, never a body made of two records). A response that fits the memory
+//!   tier is read whole and promoted, as before; records stored whole by earlier
+//!   versions (compressed) are read whole, as before, and so is a large stale entry
+//!   being revalidated.
 //!   Where deployed servers differ,
 //!   the choices are: **several ranges** get the whole `200` (allowed by section 14.2;
 //!   Varnish does the same, nginx and Apache send `multipart/byteranges`), except that

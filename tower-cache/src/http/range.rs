@@ -251,12 +251,37 @@ pub(crate) fn from_complete(
     headers: &mut HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Bytes) {
-    if !if_range_holds(req, headers) {
-        return (StatusCode::OK, body);
+    match plan_complete(req, headers, body.len() as u64) {
+        Plan::Whole => (StatusCode::OK, body),
+        Plan::Unsatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new()),
+        // In bounds: `last < len`. Usize fits: `len` is a slice's length.
+        Plan::Part(r) => (
+            StatusCode::PARTIAL_CONTENT,
+            body.slice(r.first as usize..=r.last as usize),
+        ),
     }
-    let len = body.len() as u64;
+}
+
+/// What to send from a stored complete `200` of `len` bytes for a `GET` with `Range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// The whole `200` (the `Range` is ignored, or `If-Range` does not hold).
+    Whole,
+    /// `416`, no content.
+    Unsatisfiable,
+    /// `206` with this range (within `0..len`).
+    Part(ByteRange),
+}
+
+/// Decides the answer to a `GET` with `Range` from a stored complete `200` of `len`
+/// bytes, and updates the stored `headers` for it (see [`from_complete`]); the body is
+/// not needed, only its length, so a body held elsewhere is read only where it is sent.
+pub(crate) fn plan_complete(req: &HeaderMap, headers: &mut HeaderMap, len: u64) -> Plan {
+    if !if_range_holds(req, headers) {
+        return Plan::Whole;
+    }
     match asked(req, len) {
-        Asked::Ignore | Asked::Several => (StatusCode::OK, body),
+        Asked::Ignore | Asked::Several => Plan::Whole,
         Asked::Unsatisfiable => {
             // Section 15.5.17: the current length; no content.
             set(
@@ -266,13 +291,11 @@ pub(crate) fn from_complete(
             );
             headers.remove(::http::header::CONTENT_TYPE);
             headers.insert(::http::header::CONTENT_LENGTH, HeaderValue::from(0u64));
-            (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+            Plan::Unsatisfiable
         }
         Asked::One(r) => {
             partial_head(headers, r, len);
-            // In bounds: `last < len`. Usize fits: `len` is a slice's length.
-            let part = body.slice(r.first as usize..=r.last as usize);
-            (StatusCode::PARTIAL_CONTENT, part)
+            Plan::Part(r)
         }
     }
 }

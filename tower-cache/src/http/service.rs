@@ -96,8 +96,9 @@ where
 
 /// What a lookup found for a request.
 pub(super) enum Looked {
-    /// A stored response that may answer the request.
-    Hit(HttpEntry, Status),
+    /// A stored response that may answer the request; its body is in the entry, or held
+    /// by the disk tier and read in parts as it is sent.
+    Hit(HttpEntry, Status, Option<DiskBody>),
     /// A stored response that may not answer it as it is (stale, or to be validated),
     /// under `key`.
     Stale {
@@ -128,33 +129,49 @@ pub(super) async fn look_up(
     now: u64,
 ) -> Looked {
     let store = &config.store;
-    let (bytes, from_disk) = match store.lookup(primary).await {
-        Found::Hit(s, disk) => (s.value, disk),
-        Found::Pass => return Looked::Pass,
-        Found::Leader(_) => return Looked::Miss { index: None },
-    };
-    let (entry, from_disk, key, index) = match entry::decode(&bytes) {
-        Some(Record::Entry(e)) if e.vary.is_empty() => (e, from_disk, primary.to_owned(), None),
-        Some(Record::Index { epoch, names }) => {
+    let (entry, from_disk, key, index, in_parts) = match fetch(store, primary).await {
+        Fetched::Pass => return Looked::Pass,
+        Fetched::Miss => return Looked::Miss { index: None },
+        Fetched::Entry(e, disk, parts) if e.vary.is_empty() => {
+            (e, disk, primary.to_owned(), None, parts)
+        }
+        Fetched::Index { epoch, names } => {
             let values = vary_values(req, &names, config.negotiation);
             let key = variant_key(primary, epoch, &values);
             let index = Some((epoch, names));
-            match store.lookup(&key).await {
+            match fetch(store, &key).await {
                 // Matched by the stored response's own Vary list (RFC 9111 section
                 // 4.1), which may differ from the index's.
-                Found::Hit(s, disk) => match entry::decode(&s.value) {
-                    Some(Record::Entry(e)) if matches_request(&e, req, config.negotiation) => {
-                        (e, disk, key, index)
-                    }
-                    _ => return Looked::Miss { index },
-                },
+                Fetched::Entry(e, disk, parts) if matches_request(&e, req, config.negotiation) => {
+                    (e, disk, key, index, parts)
+                }
                 // This variant is marked pass; the others are not.
-                Found::Pass => return Looked::Pass,
-                Found::Leader(_) => return Looked::Miss { index },
+                Fetched::Pass => return Looked::Pass,
+                _ => return Looked::Miss { index },
             }
         }
-        // Undecodable, or an entry with Vary under the primary key: nothing usable.
-        _ => return Looked::Miss { index: None },
+        // An entry with Vary under the primary key: nothing usable.
+        Fetched::Entry(..) => return Looked::Miss { index: None },
+    };
+    let servable = policy::servable(&entry.freshness, rules, now);
+    if let (Some(body), true) = (&in_parts, servable) {
+        // `fetch` reads a stored part (a 206) whole.
+        let status = Status::HitDisk;
+        return Looked::Hit(entry, status, Some(body.clone()));
+    }
+    let entry = match in_parts {
+        // Stale: revalidation and the paths after it need the body whole.
+        Some(body) => match body.read_all().await {
+            Ok(bytes) => HttpEntry {
+                body: bytes,
+                ..entry
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, key, "disk tier read failed; going to the origin");
+                return Looked::Miss { index };
+            }
+        },
+        None => entry,
     };
     if entry.status == StatusCode::PARTIAL_CONTENT {
         // RFC 9111 section 3.3: a stored part answers only a GET for a range wholly
@@ -166,15 +183,81 @@ pub(super) async fn look_up(
             return Looked::Part { entry, index };
         }
     }
-    if policy::servable(&entry.freshness, rules, now) {
+    if servable {
         let status = if from_disk {
             Status::HitDisk
         } else {
             Status::HitMemory
         };
-        Looked::Hit(entry, status)
+        Looked::Hit(entry, status, None)
     } else {
         Looked::Stale { entry, key, index }
+    }
+}
+
+/// What a key of the store holds, as the HTTP cache reads it.
+// Lives on the stack for one lookup; boxing the entry would add an allocation to every
+// hit.
+#[allow(clippy::large_enum_variant)]
+enum Fetched {
+    /// A stored response, whether it came from the disk tier, and its body when the disk
+    /// tier holds it in parts (then the entry's own body is empty).
+    Entry(HttpEntry, bool, Option<DiskBody>),
+    Index {
+        epoch: u64,
+        names: Vec<HeaderName>,
+    },
+    Pass,
+    /// Nothing, or nothing that decodes.
+    Miss,
+}
+
+/// Reads `key`: from memory, or from disk, where a response too large for the memory
+/// tier is opened in parts: its head is decoded from the record's first block and its
+/// body stays on disk. A response whose head does not fit in that block, or a stored
+/// part (a `206`, whose checks need its body), is read whole.
+async fn fetch(store: &Cache, key: &str) -> Fetched {
+    // A fresh memory entry (the common hit) without the single-flight lookup.
+    if let Some(hit) = store.memory_hit(key) {
+        return decoded(&hit.value, false);
+    }
+    let (bytes, from_disk) = match store.lookup_in_parts(key).await {
+        Found::Hit(s, disk) => (s.value, disk),
+        Found::Pass => return Fetched::Pass,
+        Found::Leader(_) => return Fetched::Miss,
+        Found::Record(record) => {
+            let first = record.first_block().clone();
+            let total = record.len();
+            match entry::decode_head(&first) {
+                Some((e, at, len))
+                    if (at as u64).checked_add(len) == Some(total)
+                        && e.status != StatusCode::PARTIAL_CONTENT =>
+                {
+                    let body = DiskBody {
+                        record,
+                        offset: at as u64,
+                        len,
+                    };
+                    return Fetched::Entry(e, true, Some(body));
+                }
+                _ => match record.read_async(0, total as usize).await {
+                    Ok(bytes) => (bytes, true),
+                    Err(e) => {
+                        tracing::warn!(error = %e, key, "disk tier read failed; going to the origin");
+                        return Fetched::Miss;
+                    }
+                },
+            }
+        }
+    };
+    decoded(&bytes, from_disk)
+}
+
+fn decoded(bytes: &Bytes, from_disk: bool) -> Fetched {
+    match entry::decode(bytes) {
+        Some(Record::Entry(e)) => Fetched::Entry(e, from_disk, None),
+        Some(Record::Index { epoch, names }) => Fetched::Index { epoch, names },
+        None => Fetched::Miss,
     }
 }
 
@@ -218,9 +301,55 @@ pub(super) fn respond_from<B>(
     method: &Method,
     req: &HeaderMap,
 ) -> Response<HttpCacheBody<B>> {
+    respond(config, entry, None, status, now, method, req)
+}
+
+/// [`respond_from`] for an entry whose body may be held by the disk tier (`in_parts`):
+/// then the body, or the range asked for, is read from disk chunk by chunk as it is
+/// sent, never whole.
+pub(super) fn respond<B>(
+    config: &HttpCacheLayer,
+    entry: HttpEntry,
+    in_parts: Option<DiskBody>,
+    status: Status,
+    now: u64,
+    method: &Method,
+    req: &HeaderMap,
+) -> Response<HttpCacheBody<B>> {
     let age = entry.freshness.age(now);
     let unchanged = not_modified(req, &entry);
     let mut headers = entry.headers;
+    if let Some(body) = in_parts {
+        if let Some(name) = &config.status_header {
+            headers.insert(name.clone(), status.value());
+        }
+        headers.insert(::http::header::AGE, HeaderValue::from(age));
+        let (code, body) = if unchanged {
+            headers.remove(::http::header::CONTENT_LENGTH);
+            headers.remove(::http::header::CONTENT_RANGE);
+            (StatusCode::NOT_MODIFIED, HttpCacheBody::default())
+        } else if method == Method::HEAD {
+            (entry.status, HttpCacheBody::default())
+        } else if entry.status == StatusCode::OK && req.contains_key(::http::header::RANGE) {
+            match range::plan_complete(req, &mut headers, body.len) {
+                range::Plan::Whole => (entry.status, HttpCacheBody::disk(body)),
+                range::Plan::Unsatisfiable => {
+                    (StatusCode::RANGE_NOT_SATISFIABLE, HttpCacheBody::default())
+                }
+                range::Plan::Part(r) => (
+                    StatusCode::PARTIAL_CONTENT,
+                    HttpCacheBody::disk(body.part(r.first, r.len())),
+                ),
+            }
+        } else {
+            // No `Range`, or a status that ignores it (a stored 206 is never in parts).
+            (entry.status, HttpCacheBody::disk(body))
+        };
+        let mut res = Response::new(body);
+        *res.status_mut() = code;
+        *res.headers_mut() = headers;
+        return res;
+    }
     headers.insert(::http::header::AGE, HeaderValue::from(age));
     if let Some(name) = &config.status_header {
         headers.insert(name.clone(), status.value());
@@ -445,10 +574,11 @@ where
     // A stored part this request's answer may be combined with.
     let mut part = None;
     let (stale, index) = match looked {
-        Looked::Hit(entry, status) => {
-            return Ok(respond_from(
+        Looked::Hit(entry, status, in_parts) => {
+            return Ok(respond(
                 &config,
                 entry,
+                in_parts,
                 status,
                 looked_at,
                 &method,

@@ -13,6 +13,11 @@ use crate::error::{check_ttl, check_value_len, InsertError};
 use super::*;
 
 impl MemoryTier {
+    /// The largest value the tier takes, in bytes.
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.shared.max_value_bytes
+    }
+
     /// Validates an entry before it is stored anywhere.
     pub(crate) fn prepare(
         &self,

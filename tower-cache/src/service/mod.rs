@@ -281,8 +281,9 @@ where
                         return Ok(shared.codec.passthrough(res));
                     }
                 },
-                // Marked pass: straight to the inner service, nothing stored.
-                Found::Pass => {
+                // Marked pass: straight to the inner service, nothing stored. (A record
+                // in parts comes only from `lookup_in_parts`.)
+                Found::Pass | Found::Record(_) => {
                     let res = call_inner(inner, req).await?;
                     return Ok(shared.codec.passthrough(res));
                 }

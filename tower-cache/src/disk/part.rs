@@ -1,0 +1,130 @@
+//! Reading a large record in parts: its head and first block when it is opened, then
+//! any byte range of its value, each in a short read transaction of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::record::{addressable_slice, decode_header, Layout, BLOCK};
+use super::stats::bump;
+use super::{DiskTier, Op};
+use crate::error::DiskError;
+
+// === DiskRecord ===
+
+/// A record of the disk tier held in the addressable form, opened without reading its
+/// value: its deadline, its length, and the value's first block (the part a reader
+/// usually needs first, such as a stored response's head).
+///
+/// Every [`DiskRecord::read`] opens a read transaction of its own, checks that the key
+/// still holds the very record that was opened (by the write sequence number in its
+/// header), checks the checksums of the blocks the range touches, and copies out only
+/// the range. A record replaced or removed since it was opened fails the read; bytes of
+/// two records are never mixed. No read transaction is held between reads, so a slow
+/// reader pins no pages and holds no reader slot.
+#[derive(Debug, Clone)]
+pub(crate) struct DiskRecord {
+    disk: DiskTier,
+    key: Arc<str>,
+    seq: u64,
+    layout: Layout,
+    expires_ms: u64,
+    first: Bytes,
+}
+
+impl DiskRecord {
+    /// Opens the addressable record `raw` (under `key`, layout checked), copying its
+    /// first block.
+    pub(super) fn open(
+        disk: &DiskTier,
+        key: &str,
+        raw: &[u8],
+        layout: Layout,
+    ) -> Result<Self, &'static str> {
+        let header = decode_header(raw).ok_or("record shorter than its header")?;
+        let first = addressable_slice(raw, layout, 0, layout.len.min(BLOCK))?;
+        bump(&disk.shared.counters.value_bytes_read, first.len() as u64);
+        Ok(Self {
+            disk: disk.clone(),
+            key: key.into(),
+            seq: header.seq,
+            layout,
+            expires_ms: header.expires_ms,
+            first: Bytes::copy_from_slice(first),
+        })
+    }
+
+    /// The length of the value.
+    pub(crate) fn len(&self) -> u64 {
+        self.layout.len as u64
+    }
+
+    /// The value's first block (all of it when it is shorter than a block).
+    pub(crate) fn first_block(&self) -> &Bytes {
+        &self.first
+    }
+
+    /// Time left before the record expires (zero once it has).
+    pub(crate) fn ttl_left(&self) -> Duration {
+        Duration::from_millis(self.expires_ms.saturating_sub(self.disk.clock.now_ms()))
+    }
+
+    /// Bytes `from..from + len` of the value, read in a read transaction of their own,
+    /// on the calling thread. Fails if the key no longer holds this record, if the range
+    /// is outside the value, or if a block it touches is damaged (then the record is
+    /// dropped and counted as corrupt).
+    pub(crate) fn read(&self, from: u64, len: usize) -> Result<Bytes, DiskError> {
+        let shared = &self.disk.shared;
+        let from = usize::try_from(from)
+            .map_err(|_| DiskError::new("disk tier: read past the end of a record"))?;
+        let state = shared.state();
+        let o = state.as_ref().ok_or_else(DiskError::closed)?;
+        let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;
+        let raw = o
+            .dbs
+            .entries
+            .get(&rtxn, self.key.as_bytes())
+            .map_err(|e| DiskError::lmdb("read", e))?
+            .ok_or_else(|| DiskError::new("disk tier: the record was removed while it was read"))?;
+        let same = decode_header(raw).is_some_and(|h| h.seq == self.seq)
+            && raw.len() == self.layout.payload + self.layout.len;
+        if !same {
+            return Err(DiskError::new(
+                "disk tier: the record was replaced while it was read",
+            ));
+        }
+        match addressable_slice(raw, self.layout, from, len) {
+            Ok(part) => {
+                bump(&shared.counters.value_bytes_read, part.len() as u64);
+                Ok(Bytes::copy_from_slice(part))
+            }
+            Err("range outside the value") => {
+                Err(DiskError::new("disk tier: read past the end of a record"))
+            }
+            Err(why) => {
+                bump(&shared.counters.corrupt, 1);
+                tracing::warn!(key = &*self.key, why, "disk tier: corrupt record dropped");
+                let _ = self.disk.tx.try_send(Op::Delete {
+                    key: (&*self.key).into(),
+                    tombstone: None,
+                    ack: None,
+                });
+                Err(DiskError::new(format!("disk tier: corrupt record: {why}")))
+            }
+        }
+    }
+
+    /// Like [`Self::read`], on tokio's blocking pool (inline outside a runtime).
+    pub(crate) async fn read_async(&self, from: u64, len: usize) -> Result<Bytes, DiskError> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let record = self.clone();
+                rt.spawn_blocking(move || record.read(from, len))
+                    .await
+                    .unwrap_or_else(|e| Err(DiskError::new(format!("disk tier: read task: {e}"))))
+            }
+            Err(_) => self.read(from, len),
+        }
+    }
+}
