@@ -111,7 +111,10 @@ impl HttpBusBuilder {
 /// sender's next digest if it has gone quiet
 /// ([`CoordinatorBuilder::digest_interval`](super::CoordinatorBuilder::digest_interval)),
 /// and drops its memory tier. A digest is queued only behind an empty queue, dropped if
-/// invalidations were queued behind it meanwhile, and tried once, uncounted. Cloning shares the bus; the sending tasks stop when the last clone drops.
+/// invalidations were queued behind it meanwhile, and tried once, uncounted. Cloning
+/// shares the bus. When the last clone drops, each peer's sending task still tries the
+/// frames already queued for it (they were published: an invalidation done here is
+/// sent), then stops.
 #[derive(Clone)]
 pub struct HttpBus {
     inner: Arc<Inner>,
