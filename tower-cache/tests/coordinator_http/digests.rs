@@ -7,22 +7,8 @@ async fn a_lost_last_frame_of_a_sender_gone_quiet_is_found_by_its_digest() {
     let _w = common::watchdog("http_digest_gap", common::LIMIT);
     // The receiver's server answers 503 while `down` is set, so the sender gives up the
     // frame sent then; the sender publishes nothing after it.
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hook: Hook = {
-        let down = down.clone();
-        Arc::new(move |_| {
-            if down.load(Ordering::SeqCst) {
-                Action::Fail(503)
-            } else {
-                Action::Pass(Duration::ZERO)
-            }
-        })
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (down, hook) = failing_while(false);
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), hook);
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
@@ -97,22 +83,8 @@ async fn a_lost_last_frame_of_a_sender_gone_quiet_is_found_by_its_digest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sender_that_publishes_nothing_is_heard_by_its_digests() {
     let _w = common::watchdog("http_restart_quiet", common::LIMIT);
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hook: Hook = {
-        let down = down.clone();
-        Arc::new(move |_| {
-            if down.load(Ordering::SeqCst) {
-                Action::Fail(503)
-            } else {
-                Action::Pass(Duration::ZERO)
-            }
-        })
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (down, hook) = failing_while(false);
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), hook);
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
@@ -199,11 +171,7 @@ async fn a_digest_answered_busy_leaves_the_link_up() {
             }
         })
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), hook);
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
@@ -330,11 +298,7 @@ async fn replayed_or_altered_digests_flush_no_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digests_between_jittered_bursts_show_no_false_gap() {
     let _w = common::watchdog("http_digest_jitter", common::LIMIT);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), jitter(7, 15));
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
@@ -422,22 +386,8 @@ async fn the_usual_digests_of_a_quiet_sender_refresh_its_age() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_sender_whose_first_frames_were_given_up_is_found_by_its_digest() {
     let _w = common::watchdog("http_new_sender_gap", common::LIMIT);
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let hook: Hook = {
-        let down = down.clone();
-        Arc::new(move |_| {
-            if down.load(Ordering::SeqCst) {
-                Action::Fail(503)
-            } else {
-                Action::Pass(Duration::ZERO)
-            }
-        })
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (down, hook) = failing_while(true);
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), hook);
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
@@ -502,11 +452,7 @@ async fn an_invalidation_queued_behind_a_digest_goes_first() {
             }
         })
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), hook);
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)

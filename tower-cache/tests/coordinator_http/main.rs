@@ -149,11 +149,7 @@ async fn receiver(
         tower_cache::coordinator::CoordinatorBuilder<HttpBus>,
     ) -> tower_cache::coordinator::CoordinatorBuilder<HttpBus>,
 ) -> (Coordinator, String, Arc<Mutex<Vec<Bytes>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (listener, url) = listen().await;
     let frames = Arc::new(Mutex::new(Vec::new()));
     let hook: Hook = {
         let frames = frames.clone();
@@ -217,4 +213,31 @@ async fn call(endpoint: &InvalidateEndpoint, frame: Bytes) -> u16 {
 /// Whether `frame` is a digest (kind 4, no target: 36 bytes of head and a 32-byte tag).
 fn is_digest(frame: &[u8]) -> bool {
     frame.len() == 68 && frame[33] == 4
+}
+
+/// A hook that answers `503` while the returned flag is set (set to `down` at first), and
+/// passes requests on otherwise.
+fn failing_while(down: bool) -> (Arc<std::sync::atomic::AtomicBool>, Hook) {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(down));
+    let hook: Hook = {
+        let flag = flag.clone();
+        Arc::new(move |_| {
+            if flag.load(Ordering::SeqCst) {
+                Action::Fail(503)
+            } else {
+                Action::Pass(Duration::ZERO)
+            }
+        })
+    };
+    (flag, hook)
+}
+
+/// A loopback listener and the URL of the endpoint it is to serve.
+async fn listen() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_cache/invalidate",
+        listener.local_addr().unwrap()
+    );
+    (listener, url)
 }

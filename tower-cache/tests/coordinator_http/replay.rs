@@ -274,22 +274,8 @@ async fn a_replayed_pattern_frame_leaves_newer_entries_on_disk_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_that_restarts_after_giving_up_a_frame_leaves_nothing_stale() {
     let _w = common::watchdog("http_restart_gap", common::LIMIT);
-    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let hook: Hook = {
-        let down = down.clone();
-        Arc::new(move |_| {
-            if down.load(Ordering::SeqCst) {
-                Action::Fail(503)
-            } else {
-                Action::Pass(Duration::ZERO)
-            }
-        })
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_cache/invalidate",
-        listener.local_addr().unwrap()
-    );
+    let (down, hook) = failing_while(true);
+    let (listener, url) = listen().await;
     let bus = HttpBus::builder(SECRET).build().unwrap();
     serve(listener, bus.endpoint(), hook);
     let b = Coordinator::builder(Cache::new(MemoryTier::builder().build().unwrap()), bus)
