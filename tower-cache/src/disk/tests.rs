@@ -69,3 +69,42 @@ async fn a_large_record_is_read_in_parts_and_a_damaged_block_is_dropped_and_coun
         .to_string()
         .contains("removed"));
 }
+
+#[tokio::test]
+async fn with_no_addressable_threshold_every_size_round_trips_in_the_addressable_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(8 << 20)
+        .addressable_threshold(0)
+        .open()
+        .unwrap();
+    let block = BLOCK as usize;
+    for len in [0, 1, block - 1, block, block + 1, 3 * block] {
+        let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let key = format!("k{len}");
+        disk.set(&key, Bytes::from(value.clone()), Duration::from_secs(60))
+            .await
+            .unwrap();
+        disk.flush().await.unwrap();
+        assert_eq!(disk.get(&key).as_deref(), Some(&value[..]), "length {len}");
+        match disk.try_read_async(&key, 0).await.unwrap() {
+            DiskRead::Record(r) => {
+                let whole = r.read_async(0, r.len() as usize).await.unwrap();
+                assert_eq!(&whole[..], &value[..], "length {len}, read in parts");
+                // Past the end: an error, never a panic (checked arithmetic).
+                assert!(r.read(len as u64, 1).is_err(), "length {len}");
+                assert!(r.read(u64::MAX, 1).is_err(), "length {len}");
+                assert!(r.read(0, usize::MAX).is_err(), "length {len}");
+                assert!(r.read(len as u64, 0).is_ok_and(|b| b.is_empty()));
+            }
+            DiskRead::Entry(e) => {
+                assert_eq!(
+                    e.map(|e| e.value).as_deref(),
+                    Some(&value[..]),
+                    "length {len}"
+                );
+            }
+        }
+    }
+    assert_eq!(disk.stats().corrupt, 0);
+}
