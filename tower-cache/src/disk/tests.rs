@@ -78,7 +78,7 @@ async fn with_no_addressable_threshold_every_size_round_trips_in_the_addressable
         .addressable_threshold(0)
         .open()
         .unwrap();
-    let block = BLOCK as usize;
+    let block = BLOCK;
     for len in [0, 1, block - 1, block, block + 1, 3 * block] {
         let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let key = format!("k{len}");
