@@ -109,6 +109,30 @@ impl Cluster {
         self.lab.host(NODES).addr
     }
 
+    /// Waits until the origin's redis-server answers `PING` (at most 20 s).
+    async fn wait_redis(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = SocketAddr::from((self.redis_addr(), REDIS_PORT));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ping = async {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(b"PING\r\n").await.ok()?;
+                let mut buf = [0u8; 7];
+                s.read_exact(&mut buf).await.ok()?;
+                (&buf == b"+PONG\r\n").then_some(())
+            };
+            if let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(500), ping).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server does not answer at {addr} after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) fn log(&self, i: usize) -> PathBuf {
         self.logs.join(format!("node{}.log", i + 1))
     }
@@ -215,6 +239,9 @@ impl Cluster {
         cluster
             .lab
             .spawn(NODES, "redis-server", &redis_args, &logs.join("redis.log"));
+        // The nodes' first requests go to the origin: it answers before they start (the
+        // previous phase's server may still hold the address for a moment).
+        cluster.wait_redis().await;
         for i in 0..NODES {
             cluster.start_node(i);
         }
