@@ -17,14 +17,14 @@ use super::*;
 
 /// The checksum block of the disk tier's addressable form, and the largest chunk a
 /// body read from it is sent in.
-const BLOCK: u64 = 64 << 10;
+pub(super) const BLOCK: u64 = 64 << 10;
 
 /// Byte `i` of the body of origin call `call`.
 fn byte(call: usize, i: usize) -> u8 {
     ((i * 7 + call * 13) % 251) as u8
 }
 
-fn body_of(call: usize, len: usize) -> Bytes {
+pub(super) fn body_of(call: usize, len: usize) -> Bytes {
     (0..len).map(|i| byte(call, i)).collect::<Vec<u8>>().into()
 }
 
@@ -58,7 +58,7 @@ fn big_origin(len: usize) -> (Origin, Arc<AtomicUsize>) {
 }
 
 /// A store whose memory tier takes nothing over 1 MiB, over a disk tier in `dir`.
-fn store_on(dir: &std::path::Path, addressable: usize) -> (Cache, DiskTier) {
+pub(super) fn store_on(dir: &std::path::Path, addressable: usize) -> (Cache, DiskTier) {
     let disk = DiskTier::builder(dir)
         .map_size(1 << 30)
         .max_value_bytes(80 << 20)
@@ -73,7 +73,7 @@ fn store_on(dir: &std::path::Path, addressable: usize) -> (Cache, DiskTier) {
     (Cache::new(memory).with_disk(disk.clone()), disk)
 }
 
-fn get(uri: &str, range: Option<&str>) -> Request<Full<Bytes>> {
+pub(super) fn get(uri: &str, range: Option<&str>) -> Request<Full<Bytes>> {
     let mut b = Request::get(uri);
     if let Some(r) = range {
         b = b.header("range", r);

@@ -11,6 +11,7 @@ mod cases;
 mod conformance;
 mod credentials;
 mod disk_parts;
+mod disk_revalidate;
 mod edge;
 mod freshness;
 mod interim;

@@ -628,6 +628,35 @@ impl Cache {
         self.store_under(key, value, ttl, meta, ticket, false)
     }
 
+    /// Stores under `key` the value `head` followed by the bytes `tail` names of the
+    /// large record the disk tier holds under `key` (read in parts), unless a write of
+    /// `key` overtook `ticket` or replaced that record: a new head for a large stored
+    /// body, written without the body passing through memory. Disk tier only (the memory
+    /// tier could not take the record whole).
+    pub(crate) fn store_spliced(
+        &self,
+        key: &str,
+        head: Bytes,
+        tail: crate::disk::Tail,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<(), InsertError> {
+        if !ticket.is_current() {
+            bump(&self.counters.stale_fills);
+            return Ok(());
+        }
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        disk.queue_splice(key, head, tail, ttl, meta, ticket)
+            .inspect_err(|e| {
+                if e.kind() == crate::InsertErrorKind::Disk {
+                    bump(&self.counters.disk_faults);
+                }
+            })
+    }
+
     /// Like [`Self::store_loaded`], but the memory tier takes the value even while another
     /// caller holds a single-flight placeholder for `key` (whose own fill then fails):
     /// for a record that must not be lost to a lookup in progress (a URL's index of

@@ -65,7 +65,7 @@ pub use self::builder::{
     MAX_MAP_SIZE,
 };
 pub(crate) use self::part::DiskRecord;
-pub(crate) use self::record::BLOCK;
+pub(crate) use self::record::{Tail, BLOCK};
 pub use self::stats::{CompactReport, DiskStats};
 
 use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
@@ -140,6 +140,10 @@ enum Op {
         /// Applied only if this still holds when the writer reaches the op: a fill that
         /// no write overtook, a versioned write no newer invalidation covers.
         fence: Option<Fence>,
+        /// Bytes of the record the key holds that follow `value` in the new one (a
+        /// large body kept while its head is rewritten); the put is dropped when the key
+        /// no longer holds that record.
+        tail: Option<Tail>,
         ack: Option<oneshot::Sender<Result<(), DiskError>>>,
     },
     Delete {
@@ -525,6 +529,36 @@ impl DiskTier {
         self.queue(op)
     }
 
+    /// Queues the write of `head` followed by the bytes `tail` names of the record the key
+    /// holds now (a large stored body kept while its head is rewritten), fenced by
+    /// `ticket` as [`Self::queue_fill`] is. The writer copies the kept bytes from the
+    /// old record to the new one in its own transaction, so no caller holds them; it
+    /// drops the write (counted as superseded) when the key holds another record by then.
+    pub(crate) fn queue_splice(
+        &self,
+        key: &str,
+        head: Bytes,
+        tail: Tail,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<(), InsertError> {
+        let total = head.len().saturating_add(tail.len);
+        if let Err(e) = check_value_len("disk", total, self.shared.max_value_bytes) {
+            bump(&self.shared.counters.rejections, 1);
+            return Err(e);
+        }
+        let mut op = self.put_op(key, head, ttl, meta, None)?;
+        if let Op::Put {
+            fence, tail: kept, ..
+        } = &mut op
+        {
+            *fence = Some(Fence::Ticket(ticket));
+            *kept = Some(tail);
+        }
+        self.queue(op)
+    }
+
     /// Stores `value` if `check` still holds when the writer applies it, and waits for
     /// the commit. A write the check refuses returns `Ok` (it was superseded, and counted).
     pub(crate) async fn set_if(
@@ -596,6 +630,7 @@ impl DiskTier {
             now_ms,
             meta,
             fence: None,
+            tail: None,
             ack,
         })
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::record::{addressable_slice, decode_header, Layout, BLOCK};
+use super::record::{addressable_layout, addressable_slice, decode_header, Layout, Tail, BLOCK};
 use super::stats::bump;
 use super::{DiskTier, Op};
 use crate::error::DiskError;
@@ -65,6 +65,19 @@ impl DiskRecord {
         &self.first
     }
 
+    /// Bytes `from..from + len` of the value, to be kept by a new write of the key
+    /// ([`DiskTier::queue_splice`]) while the key still holds this record; `None` when
+    /// the range is outside the value.
+    pub(crate) fn tail(&self, from: u64, len: u64) -> Option<Tail> {
+        let from = usize::try_from(from).ok()?;
+        let len = usize::try_from(len).ok()?;
+        (from.checked_add(len)? <= self.layout.len).then_some(Tail {
+            seq: self.seq,
+            from,
+            len,
+        })
+    }
+
     /// Time left before the record expires (zero once it has).
     pub(crate) fn ttl_left(&self) -> Duration {
         Duration::from_millis(self.expires_ms.saturating_sub(self.disk.clock.now_ms()))
@@ -87,14 +100,22 @@ impl DiskRecord {
             .get(&rtxn, self.key.as_bytes())
             .map_err(|e| DiskError::lmdb("read", e))?
             .ok_or_else(|| DiskError::new("disk tier: the record was removed while it was read"))?;
-        let same = decode_header(raw).is_some_and(|h| h.seq == self.seq)
-            && raw.len() == self.layout.payload + self.layout.len;
-        if !same {
-            return Err(DiskError::new(
-                "disk tier: the record was replaced while it was read",
-            ));
-        }
-        match addressable_slice(raw, self.layout, from, len) {
+        // The record opened, or one that kept its bytes behind a new head (a stored
+        // response revalidated meanwhile): then the range is found by the lineage.
+        let (layout, from) = if decode_header(raw).is_some_and(|h| h.seq == self.seq)
+            && raw.len() == self.layout.payload + self.layout.len
+        {
+            (self.layout, from)
+        } else {
+            let moved = addressable_layout(raw).ok().and_then(|now| {
+                let at = self.layout.lineage.map(from, now.lineage)?;
+                Some((now, at))
+            });
+            moved.ok_or_else(|| {
+                DiskError::new("disk tier: the record was replaced while it was read")
+            })?
+        };
+        match addressable_slice(raw, layout, from, len) {
             Ok(part) => {
                 bump(&shared.counters.value_bytes_read, part.len() as u64);
                 Ok(Bytes::copy_from_slice(part))

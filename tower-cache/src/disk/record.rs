@@ -26,13 +26,17 @@ use crate::entry::{EntryMeta, Tags};
 // Format 3 (addressable) has the same 36-byte header with format 3 and flags 0, but its
 // CRC covers only bytes 0..2 and 6..payload start (the head: header, tags, block table);
 // after the tags comes a table of one CRC-32 per block of BLOCK bytes of the payload,
-// then the payload, never compressed.
+// then the payload, never compressed. With flag bit 1 set, the tags are followed by the
+// record's lineage (id, at, from: u64 each, little endian; see `Lineage`), under the
+// head's checksum; without it the lineage is (the record's own sequence number, 0, 0).
 
 pub(super) const FORMAT_V2: u8 = 2;
 pub(super) const FORMAT_V3: u8 = 3;
 /// Bytes of payload per checksum of an addressable record.
 pub(crate) const BLOCK: usize = 64 << 10;
 pub(super) const FLAG_SNAPPY: u8 = 1;
+/// Format 3: the tags are followed by the record's [`Lineage`] (24 bytes).
+pub(super) const FLAG_LINEAGE: u8 = 2;
 pub(super) const HEADER: usize = 36;
 
 pub(super) struct Header {
@@ -41,6 +45,7 @@ pub(super) struct Header {
     pub(super) logical: u64,
 }
 
+#[cfg(test)]
 pub(super) fn encode_record(
     value: &[u8],
     expires_ms: u64,
@@ -49,9 +54,42 @@ pub(super) fn encode_record(
     compress_threshold: usize,
     addressable_threshold: usize,
 ) -> Vec<u8> {
-    if value.len() >= addressable_threshold {
-        return encode_addressable(value, expires_ms, meta, seq);
+    encode_record_of(
+        value,
+        &[],
+        None,
+        expires_ms,
+        meta,
+        seq,
+        compress_threshold,
+        addressable_threshold,
+    )
+}
+
+/// [`encode_record`] of the value `head` followed by `tail`, without joining them first
+/// when the record is addressable (the usual case of a tail: the body of a large record
+/// kept while its head is rewritten).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn encode_record_of(
+    head: &[u8],
+    tail: &[u8],
+    lineage: Option<Lineage>,
+    expires_ms: u64,
+    meta: &EntryMeta,
+    seq: u64,
+    compress_threshold: usize,
+    addressable_threshold: usize,
+) -> Vec<u8> {
+    if head.len() + tail.len() >= addressable_threshold {
+        return encode_addressable(head, tail, lineage, expires_ms, meta, seq);
     }
+    let joined;
+    let value = if tail.is_empty() {
+        head
+    } else {
+        joined = [head, tail].concat();
+        &joined[..]
+    };
     let compressed = if value.len() >= compress_threshold {
         snap::raw::Encoder::new()
             .compress_vec(value)
@@ -86,20 +124,45 @@ fn put_head(out: &mut Vec<u8>, logical: usize, expires_ms: u64, meta: &EntryMeta
     }
 }
 
-/// An addressable record: the head (header, tags, one CRC-32 per block of the payload,
-/// under the header's checksum), then the payload as it is.
-fn encode_addressable(value: &[u8], expires_ms: u64, meta: &EntryMeta, seq: u64) -> Vec<u8> {
-    let blocks = value.len().div_ceil(BLOCK);
-    let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + blocks * 4 + value.len());
+/// An addressable record of the value `head` followed by `tail`: the record's head
+/// (header, tags, one CRC-32 per block of the payload, under the header's checksum),
+/// then the payload as it is.
+fn encode_addressable(
+    head: &[u8],
+    tail: &[u8],
+    lineage: Option<Lineage>,
+    expires_ms: u64,
+    meta: &EntryMeta,
+    seq: u64,
+) -> Vec<u8> {
+    let len = head.len() + tail.len();
+    let blocks = len.div_ceil(BLOCK);
+    let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + blocks * 4 + len);
     out.push(FORMAT_V3);
-    out.push(0);
-    put_head(&mut out, value.len(), expires_ms, meta, seq);
-    for block in value.chunks(BLOCK) {
-        out.extend_from_slice(&crc32fast::hash(block).to_le_bytes());
+    out.push(if lineage.is_some() { FLAG_LINEAGE } else { 0 });
+    put_head(&mut out, len, expires_ms, meta, seq);
+    if let Some(l) = lineage {
+        out.extend_from_slice(&l.id.to_le_bytes());
+        out.extend_from_slice(&(l.at as u64).to_le_bytes());
+        out.extend_from_slice(&l.from.to_le_bytes());
+    }
+    let mut at = 0;
+    while at < len {
+        let end = (at + BLOCK).min(len);
+        let mut h = crc32fast::Hasher::new();
+        if at < head.len() {
+            h.update(&head[at..end.min(head.len())]);
+        }
+        if end > head.len() {
+            h.update(&tail[at.max(head.len()) - head.len()..end - head.len()]);
+        }
+        out.extend_from_slice(&h.finalize().to_le_bytes());
+        at = end;
     }
     let crc = checksum(&out);
     out[2..6].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(value);
+    out.extend_from_slice(head);
+    out.extend_from_slice(tail);
     out
 }
 
@@ -113,6 +176,33 @@ pub(super) struct Layout {
     pub(super) payload: usize,
     /// Length of the payload (the value).
     pub(super) len: usize,
+    /// Where the payload's bytes come from.
+    pub(super) lineage: Lineage,
+}
+
+/// Where the end of an addressable record's payload comes from, so that a reader of a
+/// record that was rewritten with its end kept (a new head in front of a large body) can
+/// find the bytes it was reading in the new record: payload bytes `at..` are bytes
+/// `from..` of the value first written by the write with sequence number `id`, whose
+/// records all share the id. A record written whole has (its own sequence number, 0, 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lineage {
+    pub(super) id: u64,
+    pub(super) at: usize,
+    pub(super) from: u64,
+}
+
+impl Lineage {
+    /// Where byte `p` of the payload of a record of this lineage is in the payload of a
+    /// record of lineage `now`; `None` if it is not among the bytes both share.
+    pub(super) fn map(self, p: usize, now: Lineage) -> Option<usize> {
+        if self.id != now.id {
+            return None;
+        }
+        let y = (p.checked_sub(self.at)? as u64).checked_add(self.from)?;
+        let q = y.checked_sub(now.from)?;
+        usize::try_from(q).ok()?.checked_add(now.at)
+    }
 }
 
 /// Checks the head of an addressable record (its checksum, tags and block table) and
@@ -121,7 +211,7 @@ pub(super) fn addressable_layout(b: &[u8]) -> Result<Layout, &'static str> {
     if b.len() < HEADER || b[0] != FORMAT_V3 {
         return Err("not an addressable record");
     }
-    if b[1] != 0 {
+    if b[1] & !FLAG_LINEAGE != 0 {
         return Err("unknown record flags");
     }
     let len = u32::from_le_bytes([b[30], b[31], b[32], b[33]]) as usize;
@@ -132,6 +222,22 @@ pub(super) fn addressable_layout(b: &[u8]) -> Result<Layout, &'static str> {
         b.get(at + 2..at + 2 + n).ok_or("truncated tags")?;
         at += 2 + n;
     }
+    let lineage = if b[1] & FLAG_LINEAGE != 0 {
+        b.get(at..at + 24).ok_or("truncated lineage")?;
+        let l = Lineage {
+            id: u64_at(b, at),
+            at: usize::try_from(u64_at(b, at + 8)).map_err(|_| "lineage out of range")?,
+            from: u64_at(b, at + 16),
+        };
+        at += 24;
+        l
+    } else {
+        Lineage {
+            id: u64_at(b, 22),
+            at: 0,
+            from: 0,
+        }
+    };
     let payload = len
         .div_ceil(BLOCK)
         .checked_mul(4)
@@ -148,10 +254,14 @@ pub(super) fn addressable_layout(b: &[u8]) -> Result<Layout, &'static str> {
     if b.len() - payload != len {
         return Err("length mismatch");
     }
+    if lineage.at > len {
+        return Err("lineage out of range");
+    }
     Ok(Layout {
         table: at,
         payload,
         len,
+        lineage,
     })
 }
 
@@ -181,6 +291,41 @@ pub(super) fn addressable_slice(
         }
     }
     Ok(&payload[from..end])
+}
+
+/// Bytes of a stored addressable record that a new write of its key keeps: its value's
+/// bytes `from..from + len`, taken only while the key still holds the record written with
+/// sequence number `seq` (the one they were read from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tail {
+    pub(super) seq: u64,
+    pub(super) from: usize,
+    pub(super) len: usize,
+}
+
+impl Tail {
+    /// The kept bytes of `record` (the raw record under the key now), their blocks
+    /// checked, and the lineage of a new record that puts them after `head` bytes;
+    /// `None` if it is another record, not addressable, damaged, or if the bytes are not
+    /// its end.
+    pub(super) fn of(self, record: &[u8], head: usize) -> Option<(&[u8], Option<Lineage>)> {
+        if decode_header(record)?.seq != self.seq {
+            return None;
+        }
+        let layout = addressable_layout(record).ok()?;
+        if self.from.checked_add(self.len)? != layout.len {
+            return None;
+        }
+        let kept = addressable_slice(record, layout, self.from, self.len).ok()?;
+        let old = layout.lineage;
+        // Kept bytes within the old record's lineage keep it; others start a new one.
+        let lineage = (self.from >= old.at).then(|| Lineage {
+            id: old.id,
+            at: head,
+            from: old.from + (self.from - old.at) as u64,
+        });
+        Some((kept, lineage))
+    }
 }
 
 /// CRC-32 of a record without its own checksum field.
@@ -430,6 +575,66 @@ mod tests {
         assert_eq!(
             encode_record(&value, 9, &meta, 5, 1024, usize::MAX)[0],
             FORMAT_V2
+        );
+        // A record written with its lineage: a head and a kept tail, whose blocks span
+        // both; the lineage is under the head's checksum.
+        let lineage = Lineage {
+            id: 3,
+            at: 100,
+            from: 7,
+        };
+        let (head, tail) = value.split_at(100);
+        let rec = encode_record_of(head, tail, Some(lineage), 9, &meta, 6, 1024, 1024);
+        assert_eq!(rec[1], FLAG_LINEAGE);
+        let l = addressable_layout(&rec).unwrap();
+        assert_eq!(l.lineage, lineage);
+        assert_eq!(
+            addressable_slice(&rec, l, 0, value.len()).unwrap(),
+            &value[..]
+        );
+        assert_eq!(decode_record(&rec).unwrap().1, &value[..]);
+        for at in [HEADER + 3, HEADER + 3 + 8, HEADER + 3 + 16] {
+            let mut bad = rec.clone();
+            bad[at] ^= 1;
+            assert!(addressable_layout(&bad).is_err(), "lineage flip at {at}");
+        }
+        for cut in [HEADER + 3, HEADER + 3 + 23] {
+            assert!(addressable_layout(&rec[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut unknown = rec.clone();
+        unknown[1] |= 4;
+        assert!(addressable_layout(&unknown).is_err(), "unknown flag");
+        // Without the flag, a record's lineage is its own write.
+        let plain = addressable_layout(&encode_record(&value, 9, &meta, 5, 1024, 1024)).unwrap();
+        assert_eq!(
+            plain.lineage,
+            Lineage {
+                id: 5,
+                at: 0,
+                from: 0
+            }
+        );
+        // Byte 150 of this record is byte 57 of write 3's value: where the lineage says.
+        let later = Lineage {
+            id: 3,
+            at: 10,
+            from: 50,
+        };
+        assert_eq!(lineage.map(150, later), Some(17));
+        assert_eq!(lineage.map(99, later), None, "before the kept bytes");
+        assert_eq!(
+            lineage.map(102, later),
+            None,
+            "not kept by the later record"
+        );
+        assert_eq!(
+            lineage.map(150, Lineage { id: 4, ..later }),
+            None,
+            "another write"
+        );
+        assert_eq!(
+            lineage.map(usize::MAX, later),
+            Some(usize::MAX - 100 + 7 - 50 + 10)
         );
     }
 }

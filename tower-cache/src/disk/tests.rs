@@ -108,3 +108,109 @@ async fn with_no_addressable_threshold_every_size_round_trips_in_the_addressable
     }
     assert_eq!(disk.stats().corrupt, 0);
 }
+
+#[tokio::test]
+async fn a_splice_keeps_a_large_value_s_bytes_behind_a_new_head_only_while_its_record_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .addressable_threshold(1 << 20)
+        .open()
+        .unwrap();
+    let generations = crate::generation::Generations::default();
+    let value: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251) as u8).collect();
+    let ttl = Duration::from_secs(60);
+    disk.set("big", Bytes::from(value.clone()), ttl)
+        .await
+        .unwrap();
+    let open = |disk: DiskTier| async move {
+        match disk.try_read_async("big", 0).await.unwrap() {
+            DiskRead::Record(r) => r,
+            DiskRead::Entry(_) => panic!("opened in parts"),
+        }
+    };
+    // A head of another length in front of bytes 1,000.. : every block boundary moves.
+    let record = open(disk.clone()).await;
+    let tail = record.tail(1_000, value.len() as u64 - 1_000).unwrap();
+    assert!(record.tail(1, value.len() as u64).is_none(), "past the end");
+    assert!(record.tail(u64::MAX, 2).is_none());
+    let head = Bytes::from(vec![b'h'; 70_001]);
+    let ticket = generations.ticket("big");
+    disk.queue_splice("big", head.clone(), tail, ttl, EntryMeta::default(), ticket)
+        .unwrap();
+    disk.flush().await.unwrap();
+    let mut want = head.to_vec();
+    want.extend_from_slice(&value[1_000..]);
+    let spliced = open(disk.clone()).await;
+    assert_eq!(spliced.len(), want.len() as u64);
+    // Every block checks (a read touching all of them), and the bytes are the ones kept.
+    let whole = spliced.read_async(0, want.len()).await.unwrap();
+    assert!(whole[..] == want[..], "head, then the kept bytes");
+    assert!(disk.get("big").as_deref() == Some(&want[..]));
+    assert_eq!(disk.stats().corrupt, 0);
+    assert_eq!(disk.stats().logical_bytes, want.len() as u64);
+    // A reader of the record from before goes on reading the kept bytes where they are
+    // now; the bytes not kept are gone for it.
+    let moved = record.read_async(2_000_000, 100_000).await.unwrap();
+    assert!(moved[..] == value[2_000_000..2_100_000]);
+    let err = record.read(0, 10).unwrap_err().to_string();
+    assert!(err.contains("replaced"), "{err}");
+    // And a second splice keeps the lineage: the first reader still follows.
+    let tail = spliced
+        .tail(70_001 + 500, want.len() as u64 - 70_501)
+        .unwrap();
+    let ticket = generations.ticket("big");
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"xy"),
+        tail,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    let moved = record.read_async(3_000_000, 50).await.unwrap();
+    assert!(moved[..] == value[3_000_000..3_000_050]);
+    let mut twice = b"xy".to_vec();
+    twice.extend_from_slice(&value[1_500..]);
+    assert!(disk.get("big").as_deref() == Some(&twice[..]));
+    let spliced = open(disk.clone()).await;
+
+    // A splice whose record was replaced since it was opened keeps nothing: the newer
+    // value stands, and the dropped write is counted.
+    let stale = spliced.tail(0, 10).unwrap();
+    disk.set("big", Bytes::from(value.clone()), ttl)
+        .await
+        .unwrap();
+    let superseded = disk.stats().superseded;
+    let ticket = generations.ticket("big");
+    disk.queue_splice(
+        "big",
+        head.clone(),
+        stale,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    assert!(
+        disk.get("big").as_deref() == Some(&value[..]),
+        "the newer value"
+    );
+    assert_eq!(disk.stats().superseded, superseded + 1);
+    // A new value of the key is another lineage: the old readers stop.
+    let err = record.read(3_000_000, 10).unwrap_err().to_string();
+    assert!(err.contains("replaced"), "{err}");
+    assert!(spliced.read(10, 10).is_err());
+    // Nor after a removal: nothing is written.
+    let gone = open(disk.clone()).await.tail(0, 10).unwrap();
+    disk.delete("big").await.unwrap();
+    let ticket = generations.ticket("big");
+    disk.queue_splice("big", head, gone, ttl, EntryMeta::default(), ticket)
+        .unwrap();
+    disk.flush().await.unwrap();
+    assert!(disk.get("big").is_none());
+    assert_eq!(disk.stats().superseded, superseded + 2);
+}

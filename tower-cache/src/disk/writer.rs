@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::env::{is_map_full, live_bytes, read_meta, Dbs, Opened, META_STORED};
 use super::index::{put_sorted, remove_entry, remove_expired, Totals};
-use super::record::{encode_record, expiry_key};
+use super::record::{encode_record_of, expiry_key};
 use super::stats::bump;
 use super::{Op, Shared};
 use crate::error::DiskError;
@@ -303,18 +303,43 @@ impl Writer {
                     expires_ms,
                     now_ms: at,
                     meta,
+                    tail,
                     ..
                 } => {
                     now_ms = now_ms.max(*at);
-                    t.seq += 1;
-                    let rec = encode_record(
-                        value,
-                        *expires_ms,
-                        meta,
-                        t.seq,
-                        self.compress_threshold,
-                        self.addressable_threshold,
-                    );
+                    let seq = t.seq + 1;
+                    let encode = |kept: &[u8], lineage| {
+                        encode_record_of(
+                            value,
+                            kept,
+                            lineage,
+                            *expires_ms,
+                            meta,
+                            seq,
+                            self.compress_threshold,
+                            self.addressable_threshold,
+                        )
+                    };
+                    let (rec, logical) = match tail {
+                        None => (encode(&[], None), value.len()),
+                        // The kept bytes are copied from the record the key holds, in
+                        // this transaction: a write that replaced it since wins.
+                        Some(tail) => match dbs
+                            .entries
+                            .get(&wtxn, key.as_bytes())?
+                            .and_then(|old| tail.of(old, value.len()))
+                        {
+                            Some((kept, lineage)) => {
+                                (encode(kept, lineage), value.len() + kept.len())
+                            }
+                            None => {
+                                bump(&self.shared.counters.superseded, 1);
+                                results.push(Outcome::Count(0));
+                                continue;
+                            }
+                        },
+                    };
+                    t.seq = seq;
                     // A new key (the common case) needs one B-tree descent; an existing
                     // one first drops its old record and index rows.
                     match dbs.entries.put_with_flags(
@@ -338,7 +363,7 @@ impl Writer {
                     // Sequence numbers only grow: appending skips the search.
                     put_sorted(dbs.order, &mut wtxn, &t.seq.to_be_bytes(), key.as_bytes())?;
                     t.stored += rec.len() as u64;
-                    t.logical += value.len() as u64;
+                    t.logical += logical as u64;
                     puts += 1;
                     1
                 }

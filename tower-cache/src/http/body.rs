@@ -37,13 +37,6 @@ impl DiskBody {
             len,
         }
     }
-
-    /// The whole body in memory (for the paths that need it whole: revalidation).
-    pub(super) async fn read_all(&self) -> Result<Bytes, DiskError> {
-        let len = usize::try_from(self.len)
-            .map_err(|_| DiskError::new("disk tier: body larger than memory"))?;
-        self.record.read_async(self.offset, len).await
-    }
 }
 
 type ChunkRead = tokio::task::JoinHandle<Result<Bytes, DiskError>>;

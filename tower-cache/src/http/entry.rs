@@ -20,6 +20,7 @@
 use ::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::body::DiskBody;
 use super::policy::Freshness;
 
 const FORMAT_ENTRY: u8 = 0xE1;
@@ -35,6 +36,20 @@ pub(crate) struct HttpEntry {
     pub(crate) freshness: Freshness,
     /// The request header values this response was selected by (`Vary`).
     pub(crate) vary: Vec<(HeaderName, Option<Vec<u8>>)>,
+    /// The body, when the disk tier holds it in parts (a response too large for the
+    /// memory tier): then `body` is empty, and the body is read from disk as it is sent.
+    /// Boxed: an entry on the memory tier's hit path stays small.
+    pub(crate) on_disk: Option<Box<DiskBody>>,
+}
+
+impl HttpEntry {
+    /// The length of the body, wherever it is held.
+    pub(crate) fn body_len(&self) -> u64 {
+        match &self.on_disk {
+            Some(d) => d.len,
+            None => self.body.len() as u64,
+        }
+    }
 }
 
 /// What a key holds.
@@ -50,7 +65,19 @@ pub(crate) enum Record {
 }
 
 pub(crate) fn encode_entry(e: &HttpEntry) -> Option<Bytes> {
-    let mut out = BytesMut::with_capacity(128 + e.body.len());
+    if e.on_disk.is_some() {
+        // Its body is not here: see `encode_head`.
+        return None;
+    }
+    let mut out = encode_head(e, e.body.len() as u64, e.body.len())?;
+    out.put_slice(&e.body);
+    Some(out.freeze())
+}
+
+/// The stored form of `e` up to its body, for a body of `body_len` bytes that follows it
+/// (with room for `room` more bytes).
+pub(crate) fn encode_head(e: &HttpEntry, body_len: u64, room: usize) -> Option<BytesMut> {
+    let mut out = BytesMut::with_capacity(128 + room);
     out.put_u8(FORMAT_ENTRY);
     out.put_u16_le(e.status.as_u16());
     let f = &e.freshness;
@@ -80,9 +107,8 @@ pub(crate) fn encode_entry(e: &HttpEntry) -> Option<Bytes> {
         out.put_u32_le(u32::try_from(value.len()).ok()?);
         out.put_slice(value.as_bytes());
     }
-    out.put_u64_le(e.body.len() as u64);
-    out.put_slice(&e.body);
-    Some(out.freeze())
+    out.put_u64_le(body_len);
+    Some(out)
 }
 
 /// An index record: the epoch, the names the URL's responses vary on, and the hashes of
@@ -251,6 +277,7 @@ pub(crate) fn decode_head(stored: &Bytes) -> Option<(HttpEntry, usize, u64)> {
             body: Bytes::new(),
             freshness,
             vary,
+            on_disk: None,
         },
         at,
         len,
@@ -288,6 +315,7 @@ mod tests {
                 ),
                 (HeaderName::from_static("accept-language"), None),
             ],
+            on_disk: None,
         };
         let bytes = encode_entry(&e).unwrap();
         let Some(Record::Entry(d)) = decode(&bytes) else {

@@ -300,16 +300,13 @@ pub(crate) fn plan_complete(req: &HeaderMap, headers: &mut HeaderMap, len: u64) 
     }
 }
 
-/// The range a stored `206` (its `Content-Range` and `body`) answers for the request:
-/// one range wholly within the stored piece, with `If-Range` holding (RFC 9111 section
-/// 3.3); `None` when the piece cannot answer it (the request then goes to the origin).
-pub(crate) fn piece_answers(
-    req: &HeaderMap,
-    stored: &HeaderMap,
-    body: &Bytes,
-) -> Option<ByteRange> {
+/// The range a stored `206` (its `Content-Range`, and a body of `len` bytes) answers for
+/// the request: one range wholly within the stored piece, with `If-Range` holding (RFC
+/// 9111 section 3.3); `None` when the piece cannot answer it (the request then goes to
+/// the origin).
+pub(crate) fn piece_answers(req: &HeaderMap, stored: &HeaderMap, len: u64) -> Option<ByteRange> {
     let (span, complete) = content_range(stored)?;
-    if span.len() != body.len() as u64 || !if_range_holds(req, stored) {
+    if span.len() != len || !if_range_holds(req, stored) {
         return None;
     }
     match asked(req, complete) {
@@ -325,12 +322,23 @@ pub(crate) fn from_piece(
     headers: &mut HeaderMap,
     body: Bytes,
 ) -> Option<(StatusCode, Bytes)> {
-    let r = piece_answers(req, headers, &body)?;
+    let (from, len) = plan_piece(req, headers, body.len() as u64)?;
+    // In bounds: the range is within the piece, whose length is the body's.
+    let from = from as usize;
+    Some((
+        StatusCode::PARTIAL_CONTENT,
+        body.slice(from..from + len as usize),
+    ))
+}
+
+/// Where, in a stored `206` piece of `len` bytes, the range the request asks lies (as
+/// offset and length in the piece), with `headers` (the piece's) updated for the answer;
+/// `None` when the piece does not cover it (see [`piece_answers`]).
+pub(crate) fn plan_piece(req: &HeaderMap, headers: &mut HeaderMap, len: u64) -> Option<(u64, u64)> {
+    let r = piece_answers(req, headers, len)?;
     let (span, complete) = content_range(headers)?;
     partial_head(headers, r, complete);
-    let from = (r.first - span.first) as usize;
-    let to = (r.last - span.first) as usize;
-    Some((StatusCode::PARTIAL_CONTENT, body.slice(from..=to)))
+    Some((r.first - span.first, r.len()))
 }
 
 /// Whether two stored responses carry the same strong `ETag` (the strong comparison,
@@ -859,6 +867,7 @@ mod tests {
                 stale_if_error: 0,
             },
             vary: Vec::new(),
+            on_disk: None,
         };
         let record = entry::encode_entry(&stored).unwrap();
         let Some(Record::Entry(e)) = entry::decode(&record) else {

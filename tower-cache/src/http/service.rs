@@ -98,7 +98,7 @@ where
 pub(super) enum Looked {
     /// A stored response that may answer the request; its body is in the entry, or held
     /// by the disk tier and read in parts as it is sent.
-    Hit(HttpEntry, Status, Option<DiskBody>),
+    Hit(HttpEntry, Status),
     /// A stored response that may not answer it as it is (stale, or to be validated),
     /// under `key`.
     Stale {
@@ -129,12 +129,10 @@ pub(super) async fn look_up(
     now: u64,
 ) -> Looked {
     let store = &config.store;
-    let (entry, from_disk, key, index, in_parts) = match fetch(store, primary).await {
+    let (entry, from_disk, key, index) = match fetch(store, primary).await {
         Fetched::Pass => return Looked::Pass,
         Fetched::Miss => return Looked::Miss { index: None },
-        Fetched::Entry(e, disk, parts) if e.vary.is_empty() => {
-            (e, disk, primary.to_owned(), None, parts)
-        }
+        Fetched::Entry(e, disk) if e.vary.is_empty() => (e, disk, primary.to_owned(), None),
         Fetched::Index { epoch, names } => {
             let values = vary_values(req, &names, config.negotiation);
             let key = variant_key(primary, epoch, &values);
@@ -142,8 +140,8 @@ pub(super) async fn look_up(
             match fetch(store, &key).await {
                 // Matched by the stored response's own Vary list (RFC 9111 section
                 // 4.1), which may differ from the index's.
-                Fetched::Entry(e, disk, parts) if matches_request(&e, req, config.negotiation) => {
-                    (e, disk, key, index, parts)
+                Fetched::Entry(e, disk) if matches_request(&e, req, config.negotiation) => {
+                    (e, disk, key, index)
                 }
                 // This variant is marked pass; the others are not.
                 Fetched::Pass => return Looked::Pass,
@@ -154,31 +152,12 @@ pub(super) async fn look_up(
         Fetched::Entry(..) => return Looked::Miss { index: None },
     };
     let servable = policy::servable(&entry.freshness, rules, now);
-    if let (Some(body), true) = (&in_parts, servable) {
-        // `fetch` reads a stored part (a 206) whole.
-        let status = Status::HitDisk;
-        return Looked::Hit(entry, status, Some(body.clone()));
-    }
-    let entry = match in_parts {
-        // Stale: revalidation and the paths after it need the body whole.
-        Some(body) => match body.read_all().await {
-            Ok(bytes) => HttpEntry {
-                body: bytes,
-                ..entry
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, key, "disk tier read failed; going to the origin");
-                return Looked::Miss { index };
-            }
-        },
-        None => entry,
-    };
     if entry.status == StatusCode::PARTIAL_CONTENT {
         // RFC 9111 section 3.3: a stored part answers only a GET for a range wholly
         // within it, and only while it is fresh (a part is not revalidated).
         let answers = method == Method::GET
-            && policy::servable(&entry.freshness, rules, now)
-            && range::piece_answers(req, &entry.headers, &entry.body).is_some();
+            && servable
+            && range::piece_answers(req, &entry.headers, entry.body_len()).is_some();
         if !answers {
             return Looked::Part { entry, index };
         }
@@ -189,7 +168,7 @@ pub(super) async fn look_up(
         } else {
             Status::HitMemory
         };
-        Looked::Hit(entry, status, None)
+        Looked::Hit(entry, status)
     } else {
         Looked::Stale { entry, key, index }
     }
@@ -200,9 +179,9 @@ pub(super) async fn look_up(
 // hit.
 #[allow(clippy::large_enum_variant)]
 enum Fetched {
-    /// A stored response, whether it came from the disk tier, and its body when the disk
-    /// tier holds it in parts (then the entry's own body is empty).
-    Entry(HttpEntry, bool, Option<DiskBody>),
+    /// A stored response and whether it came from the disk tier (whose body the disk
+    /// tier may hold in parts: [`HttpEntry::on_disk`]).
+    Entry(HttpEntry, bool),
     Index {
         epoch: u64,
         names: Vec<HeaderName>,
@@ -213,49 +192,59 @@ enum Fetched {
 }
 
 /// Reads `key`: from memory, or from disk, where a response too large for the memory
-/// tier is opened in parts: its head is decoded from the record's first block and its
-/// body stays on disk. A response whose head does not fit in that block, or a stored
-/// part (a `206`, whose checks need its body), is read whole.
+/// tier is opened in parts: its head is decoded from the record's first block (or, for
+/// a head longer than that, from a prefix read in doubling steps) and its body stays on
+/// disk, read as it is sent.
 async fn fetch(store: &Cache, key: &str) -> Fetched {
     // A fresh memory entry (the common hit) without the single-flight lookup.
     if let Some(hit) = store.memory_hit(key) {
         return decoded(&hit.value, false);
     }
-    let (bytes, from_disk) = match store.lookup_in_parts(key).await {
-        Found::Hit(s, disk) => (s.value, disk),
+    let record = match store.lookup_in_parts(key).await {
+        Found::Hit(s, disk) => return decoded(&s.value, disk),
         Found::Pass => return Fetched::Pass,
         Found::Leader(_) => return Fetched::Miss,
-        Found::Record(record) => {
-            let first = record.first_block().clone();
-            let total = record.len();
-            match entry::decode_head(&first) {
-                Some((e, at, len))
-                    if (at as u64).checked_add(len) == Some(total)
-                        && e.status != StatusCode::PARTIAL_CONTENT =>
-                {
-                    let body = DiskBody {
-                        record,
-                        offset: at as u64,
-                        len,
-                    };
-                    return Fetched::Entry(e, true, Some(body));
-                }
-                _ => match record.read_async(0, total as usize).await {
-                    Ok(bytes) => (bytes, true),
-                    Err(e) => {
-                        tracing::warn!(error = %e, key, "disk tier read failed; going to the origin");
-                        return Fetched::Miss;
-                    }
-                },
-            }
-        }
+        Found::Record(record) => record,
     };
-    decoded(&bytes, from_disk)
+    let total = record.len();
+    let mut head = record.first_block().clone();
+    loop {
+        if let Some((e, at, len)) = entry::decode_head(&head) {
+            if (at as u64).checked_add(len) != Some(total) {
+                return Fetched::Miss;
+            }
+            let body = DiskBody {
+                record,
+                offset: at as u64,
+                len,
+            };
+            return Fetched::Entry(
+                HttpEntry {
+                    on_disk: Some(Box::new(body)),
+                    ..e
+                },
+                true,
+            );
+        }
+        let read = head.len() as u64;
+        if read >= total {
+            // Not an entry (nothing else the HTTP cache stores is this large).
+            return Fetched::Miss;
+        }
+        let more = usize::try_from(total.min(read.saturating_mul(2).max(1))).unwrap_or(usize::MAX);
+        head = match record.read_async(0, more).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(error = %e, key, "disk tier read failed; going to the origin");
+                return Fetched::Miss;
+            }
+        };
+    }
 }
 
 fn decoded(bytes: &Bytes, from_disk: bool) -> Fetched {
     match entry::decode(bytes) {
-        Some(Record::Entry(e)) => Fetched::Entry(e, from_disk, None),
+        Some(Record::Entry(e)) => Fetched::Entry(e, from_disk),
         Some(Record::Index { epoch, names }) => Fetched::Index { epoch, names },
         None => Fetched::Miss,
     }
@@ -293,24 +282,12 @@ pub(super) fn not_modified(req: &HeaderMap, entry: &HttpEntry) -> bool {
     false
 }
 
+/// The answer from a stored `entry`: the whole response, a range of it, `304` or `416`
+/// as the request asks. A body the disk tier holds ([`HttpEntry::on_disk`]) is read from
+/// disk chunk by chunk as it is sent, the range asked for only, never whole.
 pub(super) fn respond_from<B>(
     config: &HttpCacheLayer,
-    entry: HttpEntry,
-    status: Status,
-    now: u64,
-    method: &Method,
-    req: &HeaderMap,
-) -> Response<HttpCacheBody<B>> {
-    respond(config, entry, None, status, now, method, req)
-}
-
-/// [`respond_from`] for an entry whose body may be held by the disk tier (`in_parts`):
-/// then the body, or the range asked for, is read from disk chunk by chunk as it is
-/// sent, never whole.
-pub(super) fn respond<B>(
-    config: &HttpCacheLayer,
-    entry: HttpEntry,
-    in_parts: Option<DiskBody>,
+    mut entry: HttpEntry,
     status: Status,
     now: u64,
     method: &Method,
@@ -319,18 +296,19 @@ pub(super) fn respond<B>(
     let age = entry.freshness.age(now);
     let unchanged = not_modified(req, &entry);
     let mut headers = entry.headers;
-    if let Some(body) = in_parts {
+    if let Some(body) = entry.on_disk.take().map(|b| *b) {
         if let Some(name) = &config.status_header {
             headers.insert(name.clone(), status.value());
         }
         headers.insert(::http::header::AGE, HeaderValue::from(age));
+        let ranged = method == Method::GET && req.contains_key(::http::header::RANGE);
         let (code, body) = if unchanged {
             headers.remove(::http::header::CONTENT_LENGTH);
             headers.remove(::http::header::CONTENT_RANGE);
             (StatusCode::NOT_MODIFIED, HttpCacheBody::default())
         } else if method == Method::HEAD {
             (entry.status, HttpCacheBody::default())
-        } else if entry.status == StatusCode::OK && req.contains_key(::http::header::RANGE) {
+        } else if ranged && entry.status == StatusCode::OK {
             match range::plan_complete(req, &mut headers, body.len) {
                 range::Plan::Whole => (entry.status, HttpCacheBody::disk(body)),
                 range::Plan::Unsatisfiable => {
@@ -341,8 +319,14 @@ pub(super) fn respond<B>(
                     HttpCacheBody::disk(body.part(r.first, r.len())),
                 ),
             }
+        } else if ranged && entry.status == StatusCode::PARTIAL_CONTENT {
+            // A stored 206 answers only ranges it covers (the lookup checked).
+            match range::plan_piece(req, &mut headers, body.len) {
+                Some((from, len)) => (entry.status, HttpCacheBody::disk(body.part(from, len))),
+                None => (entry.status, HttpCacheBody::disk(body)),
+            }
         } else {
-            // No `Range`, or a status that ignores it (a stored 206 is never in parts).
+            // No `Range`, or a status that ignores it.
             (entry.status, HttpCacheBody::disk(body))
         };
         let mut res = Response::new(body);
@@ -574,11 +558,10 @@ where
     // A stored part this request's answer may be combined with.
     let mut part = None;
     let (stale, index) = match looked {
-        Looked::Hit(entry, status, in_parts) => {
-            return Ok(respond(
+        Looked::Hit(entry, status) => {
+            return Ok(respond_from(
                 &config,
                 entry,
-                in_parts,
                 status,
                 looked_at,
                 &method,

@@ -20,11 +20,30 @@ use crate::generation::Ticket;
 use crate::service::ready_call as call_inner;
 use crate::BoxError;
 
-/// Stores a whole entry under `key` (a revalidated one).
+/// Stores a revalidated entry under `key`, with the tags its fields name. A body the
+/// disk tier holds in parts stays there: the new head is written in front of it by the
+/// disk tier's writer, and the body never passes through memory.
 pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: Ticket) {
     let ttl = entry.freshness.keep_for(policy::unix_ms(SystemTime::now()));
-    if let Some(bytes) = entry::encode_entry(entry) {
-        let _ = store.store_loaded(key, bytes, ttl, EntryMeta::default(), ticket);
+    let meta = EntryMeta {
+        version: 0,
+        tags: surrogate_keys(&entry.headers),
+    };
+    let stored = match &entry.on_disk {
+        None => match entry::encode_entry(entry) {
+            Some(bytes) => store.store_loaded(key, bytes, ttl, meta, ticket).map(drop),
+            None => return,
+        },
+        Some(body) => {
+            let head = entry::encode_head(entry, body.len, 0);
+            let Some((head, tail)) = head.zip(body.record.tail(body.offset, body.len)) else {
+                return;
+            };
+            store.store_spliced(key, head.freeze(), tail, ttl, meta, ticket)
+        }
+    };
+    if let Err(e) = stored {
+        tracing::debug!(error = %e, key, "revalidated response not stored");
     }
 }
 
@@ -89,6 +108,7 @@ pub(super) fn store_job(
             body: Bytes::new(),
             freshness,
             vary: vary_values(req_headers, &names, negotiation),
+            on_disk: None,
         },
         tags: surrogate_keys(&parts.headers),
         ticket,
@@ -343,7 +363,9 @@ impl StoreJob {
             let before = self
                 .before
                 .as_ref()
-                .filter(|b| b.vary == self.head.vary)
+                // A part held by the disk tier is not read back to be combined: the
+                // new part replaces it.
+                .filter(|b| b.vary == self.head.vary && b.on_disk.is_none())
                 .map(|b| (b.status, &b.headers, &b.body));
             let Some((status, headers, body)) =
                 range::combine(&self.head.headers, body, before, self.limit)

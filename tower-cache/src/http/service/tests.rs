@@ -18,6 +18,7 @@ fn stored(status: StatusCode) -> HttpEntry {
             stale_if_error: 0,
         },
         vary: Vec::new(),
+        on_disk: None,
     }
 }
 
