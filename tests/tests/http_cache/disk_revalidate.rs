@@ -396,3 +396,34 @@ async fn a_response_whose_head_is_longer_than_a_block_is_still_read_in_parts() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_entry_revalidated_with_304_keeps_its_tags_too() {
+    tokio::time::timeout(BOUND, async {
+        const SMALL: usize = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _disk) = store_on(dir.path(), 1 << 20);
+        let (origin, calls) = origin_of(Script {
+            len: SMALL,
+            cache_control: "max-age=60",
+            not_modified: true,
+            big_field: 0,
+        });
+        let svc = HttpCacheLayer::new(store.clone()).layer(origin);
+        let res = svc.clone().oneshot(get("http://t/s", None)).await.unwrap();
+        streamed(res, SMALL, 0).await;
+        let res = svc.clone().oneshot(get("http://t/s", None)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "REVALIDATED");
+        streamed(res, SMALL, 0).await;
+        let res = svc.clone().oneshot(get("http://t/s", None)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT-MEM");
+        streamed(res, SMALL, 0).await;
+        assert!(store.invalidate_tag("big").await.unwrap() >= 1);
+        let res = svc.clone().oneshot(get("http://t/s", None)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "MISS");
+        streamed(res, SMALL, 0).await;
+        assert_eq!(calls.bodies.load(Ordering::SeqCst), 2);
+    })
+    .await
+    .expect("bounded");
+}
