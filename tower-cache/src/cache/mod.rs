@@ -657,6 +657,35 @@ impl Cache {
             })
     }
 
+    /// Stores under `key` the value `head` followed by the `len` bytes of a spool `file`
+    /// (a large value written to disk as it arrived), unless a write of `key` overtook
+    /// `ticket`. Disk tier only: a value spooled is one the memory tier could not take.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store_spooled(
+        &self,
+        key: &str,
+        head: Bytes,
+        file: crate::disk::SpoolFile,
+        len: u64,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<(), InsertError> {
+        if !ticket.is_current() {
+            bump(&self.counters.stale_fills);
+            return Ok(());
+        }
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        disk.queue_spooled(key, head, file, len, ttl, meta, ticket)
+            .inspect_err(|e| {
+                if e.kind() == crate::InsertErrorKind::Disk {
+                    bump(&self.counters.disk_faults);
+                }
+            })
+    }
+
     /// Like [`Self::store_loaded`], but the memory tier takes the value even while another
     /// caller holds a single-flight placeholder for `key` (whose own fill then fails):
     /// for a record that must not be lost to a lookup in progress (a URL's index of

@@ -57,6 +57,7 @@ mod env;
 mod index;
 mod part;
 mod record;
+mod spool;
 mod stats;
 mod writer;
 
@@ -66,6 +67,7 @@ pub use self::builder::{
 };
 pub(crate) use self::part::DiskRecord;
 pub(crate) use self::record::{Tail, BLOCK};
+pub(crate) use self::spool::SpoolFile;
 pub use self::stats::{CompactReport, DiskStats};
 
 use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
@@ -140,10 +142,8 @@ enum Op {
         /// Applied only if this still holds when the writer reaches the op: a fill that
         /// no write overtook, a versioned write no newer invalidation covers.
         fence: Option<Fence>,
-        /// Bytes of the record the key holds that follow `value` in the new one (a
-        /// large body kept while its head is rewritten); the put is dropped when the key
-        /// no longer holds that record.
-        tail: Option<Tail>,
+        /// Bytes that follow `value` in the new record: see [`Kept`].
+        tail: Option<Kept>,
         ack: Option<oneshot::Sender<Result<(), DiskError>>>,
     },
     Delete {
@@ -182,6 +182,17 @@ enum Op {
     },
     Compact(oneshot::Sender<Result<CompactReport, DiskError>>),
     Close(oneshot::Sender<()>),
+}
+
+/// Where the end of a value being put comes from, when not from the caller's memory.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    /// Bytes of the record the key holds (a large body kept while its head is
+    /// rewritten); the put is dropped when the key no longer holds that record.
+    Record(Tail),
+    /// A spool file's bytes, `len` of them (a large body written to disk as it
+    /// arrived); the file goes when the op does.
+    File(SpoolFile, u64),
 }
 
 /// A condition a queued write must still meet when it is applied.
@@ -554,7 +565,40 @@ impl DiskTier {
         } = &mut op
         {
             *fence = Some(Fence::Ticket(ticket));
-            *kept = Some(tail);
+            *kept = Some(Kept::Record(tail));
+        }
+        self.queue(op)
+    }
+
+    /// Queues the write of `head` followed by the `len` bytes of the spool `file` (a
+    /// large value written to disk as it arrived), fenced by `ticket` as
+    /// [`Self::queue_fill`] is. The writer reads the file in its own thread and removes
+    /// it, stored or not.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn queue_spooled(
+        &self,
+        key: &str,
+        head: Bytes,
+        file: SpoolFile,
+        len: u64,
+        ttl: Duration,
+        meta: EntryMeta,
+        ticket: Ticket,
+    ) -> Result<(), InsertError> {
+        let total = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .saturating_add(head.len());
+        if let Err(e) = check_value_len("disk", total, self.shared.max_value_bytes) {
+            bump(&self.shared.counters.rejections, 1);
+            return Err(e);
+        }
+        let mut op = self.put_op(key, head, ttl, meta, None)?;
+        if let Op::Put {
+            fence, tail: kept, ..
+        } = &mut op
+        {
+            *fence = Some(Fence::Ticket(ticket));
+            *kept = Some(Kept::File(file, len));
         }
         self.queue(op)
     }

@@ -166,6 +166,46 @@ fn encode_addressable(
     out
 }
 
+/// An addressable record of `head` followed by `len` bytes that `fill` appends to the
+/// record it is given (from a file, say), built in place: the value is copied once, into
+/// the record. Fails if `fill` does, or appends another number of bytes.
+pub(super) fn encode_addressable_filled(
+    head: &[u8],
+    len: usize,
+    fill: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+    expires_ms: u64,
+    meta: &EntryMeta,
+    seq: u64,
+) -> std::io::Result<Vec<u8>> {
+    let total = head.len() + len;
+    let blocks = total.div_ceil(BLOCK);
+    let mut out = Vec::new();
+    out.try_reserve_exact(HEADER + meta.tags.encoded_len() + blocks * 4 + total)
+        .map_err(std::io::Error::other)?;
+    out.push(FORMAT_V3);
+    out.push(0);
+    put_head(&mut out, total, expires_ms, meta, seq);
+    let table = out.len();
+    out.resize(table + blocks * 4, 0);
+    let payload = out.len();
+    out.extend_from_slice(head);
+    fill(&mut out)?;
+    if out.len() - payload != total {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the value is not the length it was said to be",
+        ));
+    }
+    for i in 0..blocks {
+        let start = payload + i * BLOCK;
+        let crc = crc32fast::hash(&out[start..(start + BLOCK).min(out.len())]);
+        out[table + i * 4..table + i * 4 + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    let crc = checksum(&out[..payload]);
+    out[2..6].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
 /// The head of an addressable record, checked: where its payload starts in the record
 /// and how long the payload is. Reads the header, tags and block table, not the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

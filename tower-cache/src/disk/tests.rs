@@ -214,3 +214,102 @@ async fn a_splice_keeps_a_large_value_s_bytes_behind_a_new_head_only_while_its_r
     assert!(disk.get("big").is_none());
     assert_eq!(disk.stats().superseded, superseded + 2);
 }
+
+#[tokio::test]
+async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_are_cleared() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let generations = crate::generation::Generations::default();
+    let ttl = Duration::from_secs(60);
+    let value: Vec<u8> = (0..2 << 20).map(|i: usize| (i % 249) as u8).collect();
+    {
+        let disk = DiskTier::builder(dir.path())
+            .map_size(64 << 20)
+            .addressable_threshold(1 << 20)
+            .open()
+            .unwrap();
+        let (mut file, spool) = disk.spool_file().unwrap();
+        file.write_all(&value).unwrap();
+        let path = spool.path().to_owned();
+        let ticket = generations.ticket("k");
+        let head = Bytes::from_static(b"head:");
+        disk.queue_spooled(
+            "k",
+            head,
+            spool,
+            value.len() as u64,
+            ttl,
+            EntryMeta::default(),
+            ticket,
+        )
+        .unwrap();
+        disk.flush().await.unwrap();
+        let mut want = b"head:".to_vec();
+        want.extend_from_slice(&value);
+        assert!(disk.get("k").as_deref() == Some(&want[..]));
+        assert!(!path.exists(), "the spool file is removed once stored");
+
+        // A file holding less than it should stores nothing, and goes too: read whole
+        // (a small value) or into its record (a large one).
+        for (has, says) in [(1000, 2000), (1_500_000, 2_000_000)] {
+            let (mut file, spool) = disk.spool_file().unwrap();
+            file.write_all(&value[..has]).unwrap();
+            let path = spool.path().to_owned();
+            let superseded = disk.stats().superseded;
+            let ticket = generations.ticket("cut");
+            disk.queue_spooled(
+                "cut",
+                Bytes::new(),
+                spool,
+                says,
+                ttl,
+                EntryMeta::default(),
+                ticket,
+            )
+            .unwrap();
+            disk.flush().await.unwrap();
+            assert!(disk.get("cut").is_none(), "{has} of {says}");
+            assert_eq!(disk.stats().superseded, superseded + 1);
+            assert!(!path.exists());
+        }
+
+        // Larger than the disk tier takes: refused when queued, the file removed.
+        let (_, spool) = disk.spool_file().unwrap();
+        let path = spool.path().to_owned();
+        let ticket = generations.ticket("huge");
+        let refused = disk.queue_spooled(
+            "huge",
+            Bytes::new(),
+            spool,
+            1 << 40,
+            ttl,
+            EntryMeta::default(),
+            ticket,
+        );
+        assert!(refused.is_err());
+        // Removed on the blocking pool: a moment later.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while path.exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the refused spool file is removed");
+
+        // A file left as a stopped process leaves it.
+        let (_, left) = disk.spool_file().unwrap();
+        std::mem::forget(left);
+        disk.close().await;
+    }
+    let spool = dir.path().join("spool");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1);
+    let _disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .open()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "cleared when opened"
+    );
+}

@@ -8,8 +8,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::env::{is_map_full, live_bytes, read_meta, Dbs, Opened, META_STORED};
 use super::index::{put_sorted, remove_entry, remove_expired, Totals};
-use super::record::{encode_record_of, expiry_key};
+use super::record::{encode_addressable_filled, encode_record_of, expiry_key};
 use super::stats::bump;
+use super::{Kept, SpoolFile};
 use super::{Op, Shared};
 use crate::error::DiskError;
 
@@ -320,24 +321,43 @@ impl Writer {
                             self.addressable_threshold,
                         )
                     };
-                    let (rec, logical) = match tail {
-                        None => (encode(&[], None), value.len()),
+                    let built = match tail {
+                        None => Some((encode(&[], None), value.len())),
                         // The kept bytes are copied from the record the key holds, in
                         // this transaction: a write that replaced it since wins.
-                        Some(tail) => match dbs
+                        Some(Kept::Record(tail)) => dbs
                             .entries
                             .get(&wtxn, key.as_bytes())?
                             .and_then(|old| tail.of(old, value.len()))
-                        {
-                            Some((kept, lineage)) => {
+                            .map(|(kept, lineage)| {
                                 (encode(kept, lineage), value.len() + kept.len())
+                            }),
+                        Some(Kept::File(file, len)) => match usize::try_from(*len) {
+                            // A large spooled value is read from its file straight into
+                            // the record: one copy.
+                            Ok(n) if n.saturating_add(value.len()) >= self.addressable_threshold => {
+                                encode_addressable_filled(
+                                    value,
+                                    n,
+                                    |out| fill_from(file, n, out),
+                                    *expires_ms,
+                                    meta,
+                                    seq,
+                                )
+                                .inspect_err(|e| {
+                                    tracing::warn!(error = %e, "disk tier: spool file unreadable; not stored");
+                                })
+                                .ok()
+                                .map(|rec| (rec, value.len() + n))
                             }
-                            None => {
-                                bump(&self.shared.counters.superseded, 1);
-                                results.push(Outcome::Count(0));
-                                continue;
-                            }
+                            _ => read_spool(file, *len)
+                                .map(|b| (encode(&b, None), value.len() + b.len())),
                         },
+                    };
+                    let Some((rec, logical)) = built else {
+                        bump(&self.shared.counters.superseded, 1);
+                        results.push(Outcome::Count(0));
+                        continue;
                     };
                     t.seq = seq;
                     // A new key (the common case) needs one B-tree descent; an existing
@@ -670,6 +690,41 @@ fn forget_tombstones(dbs: &Dbs, wtxn: &mut RwTxn<'_>, now_ms: u64) -> heed::Resu
     }
     for k in gone {
         dbs.tombs.delete(wtxn, &k)?;
+    }
+    Ok(())
+}
+
+/// The bytes of a spool file, if it holds the `len` it should (a file cut short or
+/// unreadable stores nothing).
+fn read_spool(file: &SpoolFile, len: u64) -> Option<Vec<u8>> {
+    match std::fs::read(file.path()) {
+        Ok(bytes) if bytes.len() as u64 == len => Some(bytes),
+        Ok(bytes) => {
+            tracing::warn!(
+                want = len,
+                found = bytes.len(),
+                "disk tier: spool file cut short; not stored"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "disk tier: spool file unreadable; not stored");
+            None
+        }
+    }
+}
+
+/// Appends the `len` bytes of a spool file to `out`.
+fn fill_from(file: &SpoolFile, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    let read = std::fs::File::open(file.path())?
+        .take(len as u64)
+        .read_to_end(out)?;
+    if read != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("spool file cut short: {read} of {len} bytes"),
+        ));
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::spool::{Spool, SPOOL_QUEUE};
 use super::store::*;
 use crate::disk::DiskRecord;
 use crate::error::DiskError;
@@ -62,12 +63,21 @@ pin_project! {
         /// meanwhile ends the body with an error.
         Disk { body: DiskBody, sent: u64, reading: Option<ChunkRead> },
         Streaming { #[pin] inner: B },
+        /// The copy is kept in memory up to `spool_at` bytes, then (a body the memory
+        /// tier could not take) written to a spool file of the disk tier as it streams.
         Tee {
             #[pin]
             inner: B,
             copy: BytesMut,
             limit: usize,
             job: Option<StoreJob>,
+            spool_at: usize,
+            spool: Option<Spool>,
+            // The body has ended; its copy is being written out to the spool file before
+            // the end (and `last`, its last frame) is passed on, so that the response is
+            // stored, or queued to be, by the time its body ends.
+            finishing: bool,
+            last: Option<Frame<Bytes>>,
         },
     }
 }
@@ -110,14 +120,71 @@ impl<B> HttpCacheBody<B> {
     }
 
     pub(super) fn tee(inner: B, limit: usize, job: StoreJob) -> Self {
+        // Past what the memory tier takes, a copy goes to disk (when there is one, and a
+        // runtime to write it from).
+        let spool_at = match job.store.disk() {
+            Some(_) if tokio::runtime::Handle::try_current().is_ok() => {
+                job.store.memory().max_value_bytes()
+            }
+            _ => usize::MAX,
+        };
         Self {
             kind: BodyKind::Tee {
                 inner,
                 copy: BytesMut::new(),
                 limit,
                 job: Some(job),
+                spool_at,
+                spool: None,
+                finishing: false,
+                last: None,
             },
         }
+    }
+}
+
+/// Keeps `data` in the copy of a body being stored: in memory, or in its spool file once
+/// the copy grows past `spool_at`. Gives the store job up (nothing stored) past `limit`
+/// or when the spool fails.
+fn keep(
+    data: &Bytes,
+    copy: &mut BytesMut,
+    spool: &mut Option<Spool>,
+    job: &mut Option<StoreJob>,
+    limit: usize,
+    spool_at: usize,
+) {
+    let Some(j) = job.as_ref() else {
+        return;
+    };
+    let held = spool.as_ref().map_or(copy.len() as u64, Spool::len);
+    let limit = match (
+        spool.is_some() || copy.len() + data.len() > spool_at,
+        j.store.disk(),
+    ) {
+        (true, Some(disk)) => limit.min(disk.max_value_bytes()),
+        _ => limit,
+    };
+    if held.saturating_add(data.len() as u64) > limit as u64 {
+        // Over the limit: streams on, is not stored; waiters go on.
+        job.take();
+        *copy = BytesMut::new();
+        *spool = None;
+        return;
+    }
+    match spool {
+        Some(s) => s.push(data.clone()),
+        None if copy.len() + data.len() > spool_at => {
+            let mut first = std::mem::take(copy);
+            first.extend_from_slice(data);
+            match j.store.disk().and_then(|d| Spool::start(d, first.freeze())) {
+                Some(s) => *spool = Some(s),
+                None => {
+                    job.take();
+                }
+            }
+        }
+        None => copy.extend_from_slice(data),
     }
 }
 
@@ -146,37 +213,70 @@ where
                 copy,
                 limit,
                 job,
-            } => match std::task::ready!(inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        if copy.len().saturating_add(data.len()) > *limit {
-                            // Over the limit: streams on, is not stored; waiters go on.
-                            job.take();
-                            *copy = BytesMut::new();
-                        } else if job.is_some() {
-                            copy.extend_from_slice(data);
-                        }
+                spool_at,
+                spool,
+                finishing,
+                last,
+            } => loop {
+                if *finishing {
+                    let done = match spool.as_mut() {
+                        Some(s) => std::task::ready!(s.poll_finish(cx)),
+                        None => None,
+                    };
+                    *spool = None;
+                    *finishing = false;
+                    if let (Some(job), Some((file, len))) = (job.take(), done) {
+                        job.finish_spooled(file, len);
                     }
-                    // A server stops polling a body that says it has ended (a known
-                    // length, all sent): store now rather than wait for a last poll.
-                    if job.is_some() && inner.is_end_stream() {
+                    job.take();
+                    return Poll::Ready(last.take().map(Ok));
+                }
+                // The copy's way to its spool file: the body waits for the file only when
+                // more than `SPOOL_QUEUE` bytes wait for it.
+                if let Some(s) = spool.as_mut() {
+                    if s.poll_write(cx).is_pending() && s.queued() > SPOOL_QUEUE {
+                        return Poll::Pending;
+                    }
+                    if s.failed() {
+                        job.take();
+                        *spool = None;
+                    }
+                }
+                let frame = match std::task::ready!(inner.as_mut().poll_frame(cx)) {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => {
+                        // An aborted body is not stored.
+                        job.take();
+                        *spool = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    None => {
+                        if job.is_some() && spool.is_some() {
+                            *finishing = true;
+                            continue;
+                        }
                         if let Some(job) = job.take() {
                             job.finish(std::mem::take(copy).freeze());
                         }
+                        return Poll::Ready(None);
                     }
-                    Poll::Ready(Some(Ok(frame)))
+                };
+                if let Some(data) = frame.data_ref() {
+                    keep(data, copy, spool, job, *limit, *spool_at);
                 }
-                Some(Err(e)) => {
-                    // An aborted body is not stored.
-                    job.take();
-                    Poll::Ready(Some(Err(e.into())))
-                }
-                None => {
+                // A server stops polling a body that says it has ended (a known length,
+                // all sent): store now rather than wait for a last poll.
+                if job.is_some() && inner.is_end_stream() {
+                    if spool.is_some() {
+                        *finishing = true;
+                        *last = Some(frame);
+                        continue;
+                    }
                     if let Some(job) = job.take() {
                         job.finish(std::mem::take(copy).freeze());
                     }
-                    Poll::Ready(None)
                 }
+                return Poll::Ready(Some(Ok(frame)));
             },
         }
     }

@@ -289,6 +289,7 @@ mod layer;
 mod policy;
 mod range;
 mod service;
+mod spool;
 mod store;
 
 pub use self::body::HttpCacheBody;

@@ -358,6 +358,21 @@ fn complete_head(mut headers: HeaderMap, complete: u64) -> HeaderMap {
     headers
 }
 
+/// What to store for a part (a `206` with `headers` and a body of `len` bytes) on its
+/// own: a complete `200` when it covers the whole representation, else the part;
+/// `None` when its `Content-Range` is not one range of a known length, or the body is
+/// not that range's length.
+pub(crate) fn part_alone(headers: &HeaderMap, len: u64) -> Option<(StatusCode, HeaderMap)> {
+    let (span, complete) = content_range(headers)?;
+    if span.len() != len {
+        return None;
+    }
+    if span.first == 0 && span.last == complete - 1 {
+        return Some((StatusCode::OK, complete_head(headers.clone(), complete)));
+    }
+    Some((StatusCode::PARTIAL_CONTENT, headers.clone()))
+}
+
 /// What to store for a part (a `206` with `headers` and `body`) given the response
 /// stored under its key before (`before`: status, fields, body), RFC 9111 section 3.4:
 ///
@@ -378,17 +393,11 @@ pub(crate) fn combine(
     limit: usize,
 ) -> Option<(StatusCode, HeaderMap, Bytes)> {
     let (span, complete) = content_range(headers)?;
-    if span.len() != body.len() as u64 {
-        return None;
+    let (status, head) = part_alone(headers, body.len() as u64)?;
+    if status == StatusCode::OK {
+        return Some((status, head, body));
     }
-    if span.first == 0 && span.last == complete - 1 {
-        return Some((
-            StatusCode::OK,
-            complete_head(headers.clone(), complete),
-            body,
-        ));
-    }
-    let alone = || Some((StatusCode::PARTIAL_CONTENT, headers.clone(), body.clone()));
+    let alone = || Some((StatusCode::PARTIAL_CONTENT, head.clone(), body.clone()));
     let Some((status, old_headers, old_body)) = before else {
         return alone();
     };

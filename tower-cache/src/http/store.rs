@@ -401,6 +401,41 @@ impl StoreJob {
     }
 }
 
+impl StoreJob {
+    /// Stores a body that was written to a spool file as it streamed (`len` bytes): the
+    /// disk tier's writer puts the head and the file's bytes into one record. A part (a
+    /// `206`) is stored on its own, not combined with what was stored before.
+    pub(super) fn finish_spooled(self, file: crate::disk::SpoolFile, len: u64) {
+        let now = policy::unix_ms(SystemTime::now());
+        let ttl = self.head.freshness.keep_for(now);
+        let mut head = self.head;
+        if head.status == StatusCode::PARTIAL_CONTENT {
+            let Some((status, headers)) = range::part_alone(&head.headers, len) else {
+                return;
+            };
+            (head.status, head.headers) = (status, headers);
+        }
+        let Some(bytes) = entry::encode_head(&head, len, 0) else {
+            return;
+        };
+        let meta = EntryMeta {
+            version: 0,
+            tags: self.tags.clone(),
+        };
+        let (store, key, ticket) = (&self.store, &self.key, self.ticket);
+        let store_entry = move || {
+            let stored = store.store_spooled(key, bytes.freeze(), file, len, ttl, meta, ticket);
+            if let Err(e) = stored {
+                tracing::debug!(error = %e, key, "response not stored");
+            }
+        };
+        match self.index {
+            Some(update) => update.apply(store, &self.primary, ttl, store_entry),
+            None => store_entry(),
+        }
+    }
+}
+
 /// What storing a variant changes in its URL's index: the variant goes to the end of the
 /// list, and the oldest ones past the bound are dropped.
 pub(super) struct IndexUpdate {

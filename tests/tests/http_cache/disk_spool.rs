@@ -1,0 +1,225 @@
+//! A response too large for the memory tier is copied to a spool file of the disk tier
+//! as it streams to the client, and stored from that file: the cache does not hold the
+//! whole body in memory while it arrives. A body cut short or over the limit stores
+//! nothing and leaves no file behind.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{mpsc, Mutex};
+use tower::ServiceExt;
+use tower_cache::http::HttpCacheLayer;
+use tower_layer::Layer;
+
+use super::disk_parts::{body_of, get, store_on, BLOCK};
+use super::*;
+
+const MIB: usize = 1 << 20;
+
+/// A response body fed by the test, a chunk at a time.
+struct Fed(mpsc::Receiver<Bytes>);
+
+impl Body for Fed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|d| Ok(Frame::data(d))))
+    }
+}
+
+type Origin =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Fed>, std::convert::Infallible>;
+
+/// An origin whose next answer's body is fed through the sender it hands out on
+/// `bodies`: a cacheable `200` with no length given.
+fn fed_origin() -> (Origin, mpsc::Receiver<mpsc::Sender<Bytes>>) {
+    let (tx, bodies) = mpsc::channel(4);
+    let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let tx = tx.clone();
+        async move {
+            let (feed, body) = mpsc::channel(2);
+            tx.send(feed).await.unwrap();
+            let res = Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"v1\"")
+                .body(Fed(body))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    });
+    (Origin::new(svc), bodies)
+}
+
+/// The sizes of the files in the disk tier's spool folder.
+fn spool_files(dir: &Path) -> Vec<u64> {
+    match std::fs::read_dir(dir.join("spool")) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits (bounded by the test's own timeout) until `check` holds.
+async fn until(mut check: impl FnMut() -> bool) {
+    while !check() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_goes_to_a_spool_file_as_it_streams_and_is_stored_from_it() {
+    tokio::time::timeout(BOUND, async {
+        const LEN: usize = 40 * MIB;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 * MIB)
+            .layer(origin);
+        let want = body_of(1, LEN);
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "MISS");
+        let feed = bodies.recv().await.unwrap();
+        // The client reads in a task of its own, and says how far it got.
+        let received = Arc::new(Mutex::new(0usize));
+        let reader = tokio::spawn({
+            let (received, want) = (received.clone(), want.clone());
+            async move {
+                let mut body = res.into_body();
+                while let Some(frame) = body.frame().await {
+                    let data = frame.unwrap().into_data().unwrap();
+                    let mut at = received.lock().await;
+                    assert!(data == want.slice(*at..*at + data.len()), "bytes at {at}");
+                    *at += data.len();
+                }
+            }
+        });
+        for chunk in want.slice(..32 * MIB).chunks(MIB) {
+            feed.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        // Mid-stream: the copy is on disk, in one spool file that holds about all the
+        // client got; nothing is stored yet.
+        until(|| {
+            spool_files(dir.path())
+                .first()
+                .is_some_and(|&n| n >= 31 * MIB as u64)
+        })
+        .await;
+        assert_eq!(spool_files(dir.path()).len(), 1);
+        assert!(*received.lock().await >= 30 * MIB);
+        assert_eq!(disk.stats().entries, 0);
+        assert_eq!(store.memory().stats().entries, 0);
+        for chunk in want.slice(32 * MIB..).chunks(MIB) {
+            feed.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        drop(feed);
+        reader.await.unwrap();
+        assert_eq!(*received.lock().await, LEN);
+
+        // Stored from the file, which is gone.
+        until(|| disk.stats().entries == 1).await;
+        until(|| spool_files(dir.path()).is_empty()).await;
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        assert_eq!(res.headers()["etag"], "\"v1\"");
+        let mut body = res.into_body();
+        let mut at = 0;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.len() as u64 <= BLOCK);
+            assert!(
+                data == want.slice(at..at + data.len()),
+                "stored bytes at {at}"
+            );
+            at += data.len();
+        }
+        assert_eq!(at, LEN);
+        let res = svc
+            .oneshot(get("http://t/big", Some("bytes=39000000-39000099")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 206);
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == want.slice(39_000_000..39_000_100));
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_response_cut_short_or_over_the_limit_stores_nothing_and_leaves_no_file() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(8 * MIB)
+            .layer(origin);
+        let chunk = Bytes::from(vec![7u8; MIB]);
+
+        // The client goes away mid-stream.
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/cut", None))
+            .await
+            .unwrap();
+        let feed = bodies.recv().await.unwrap();
+        let mut body = res.into_body();
+        for _ in 0..4 {
+            feed.send(chunk.clone()).await.unwrap();
+            body.frame().await.unwrap().unwrap();
+        }
+        until(|| !spool_files(dir.path()).is_empty()).await;
+        drop(body);
+        until(|| spool_files(dir.path()).is_empty()).await;
+
+        // Over the limit (8 MiB): streams on, not stored, its file removed.
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/over", None))
+            .await
+            .unwrap();
+        let feed = bodies.recv().await.unwrap();
+        let reader =
+            tokio::spawn(
+                async move { res.into_body().collect().await.map(|b| b.to_bytes().len()) },
+            );
+        for _ in 0..10 {
+            feed.send(chunk.clone()).await.unwrap();
+        }
+        drop(feed);
+        assert_eq!(
+            reader.await.unwrap().unwrap(),
+            10 * MIB,
+            "the client gets it all"
+        );
+        until(|| spool_files(dir.path()).is_empty()).await;
+        disk.flush().await.unwrap();
+        assert_eq!(disk.stats().entries, 0, "nothing stored");
+        assert_eq!(store.memory().stats().entries, 0);
+    })
+    .await
+    .expect("bounded");
+}

@@ -1,0 +1,153 @@
+//! The copy of a response body too large for the memory tier, written to a spool file
+//! of the disk tier as the body streams to the client, and stored from there: the cache
+//! holds at most about [`SPOOL_QUEUE`] bytes of such a body in memory, not all of it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
+use tokio::task::JoinHandle;
+
+use crate::disk::{DiskTier, SpoolFile};
+
+/// Most bytes of a body waiting for its spool file before the body waits for the file
+/// (a client is not sent more than the disk can take plus this much).
+pub(super) const SPOOL_QUEUE: usize = 1 << 20;
+
+type Opening = JoinHandle<std::io::Result<(std::fs::File, SpoolFile)>>;
+
+enum State {
+    Opening(Opening),
+    Open {
+        file: tokio::fs::File,
+        spool: SpoolFile,
+    },
+    /// The file could not be made or written: nothing is stored.
+    Failed,
+}
+
+/// A body's copy on its way to a spool file.
+pub(super) struct Spool {
+    state: State,
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    len: u64,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("len", &self.len)
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    /// Starts a spool file of `disk` with the bytes copied so far; `None` outside a
+    /// tokio runtime (the copy then stays in memory).
+    pub(super) fn start(disk: &DiskTier, first: Bytes) -> Option<Spool> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let disk = disk.clone();
+        let opening = rt.spawn_blocking(move || disk.spool_file());
+        let mut spool = Spool {
+            state: State::Opening(opening),
+            queue: VecDeque::new(),
+            queued: 0,
+            len: 0,
+        };
+        spool.push(first);
+        Some(spool)
+    }
+
+    /// Queues more of the body.
+    pub(super) fn push(&mut self, data: Bytes) {
+        if matches!(self.state, State::Failed) || data.is_empty() {
+            return;
+        }
+        self.queued += data.len();
+        self.len += data.len() as u64;
+        self.queue.push_back(data);
+    }
+
+    /// The bytes of the body so far.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes queued, not yet taken by the file.
+    pub(super) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub(super) fn failed(&self) -> bool {
+        matches!(self.state, State::Failed)
+    }
+
+    /// Hands queued bytes to the file as far as it takes them now; ready once the queue
+    /// is empty (or the spool failed).
+    pub(super) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.state {
+                State::Failed => {
+                    self.queue.clear();
+                    self.queued = 0;
+                    return Poll::Ready(());
+                }
+                State::Opening(task) => match std::task::ready!(Pin::new(task).poll(cx)) {
+                    Ok(Ok((file, spool))) => {
+                        self.state = State::Open {
+                            file: tokio::fs::File::from_std(file),
+                            spool,
+                        }
+                    }
+                    Ok(Err(e)) => self.fail(&e),
+                    Err(e) => self.fail(&e),
+                },
+                State::Open { file, .. } => {
+                    let Some(front) = self.queue.front_mut() else {
+                        return Poll::Ready(());
+                    };
+                    match std::task::ready!(Pin::new(file).poll_write(cx, front)) {
+                        Ok(0) => self.fail(&"the file took no bytes"),
+                        Ok(n) => {
+                            front.advance(n);
+                            self.queued -= n;
+                            if front.is_empty() {
+                                self.queue.pop_front();
+                            }
+                        }
+                        Err(e) => self.fail(&e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &dyn std::fmt::Display) {
+        tracing::warn!(error = %e, "disk tier: spool file failed; the response is not stored");
+        // Dropping the file's guard removes it.
+        self.state = State::Failed;
+    }
+
+    /// Writes what is queued and waits until the file holds it all: then the spool
+    /// file and the body's length, or `None` if it failed (then, and after, the spool
+    /// holds nothing).
+    pub(super) fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Option<(SpoolFile, u64)>> {
+        std::task::ready!(self.poll_write(cx));
+        let State::Open { file, .. } = &mut self.state else {
+            return Poll::Ready(None);
+        };
+        if let Err(e) = std::task::ready!(Pin::new(file).poll_flush(cx)) {
+            self.fail(&e);
+            return Poll::Ready(None);
+        }
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Open { spool, .. } => Poll::Ready(Some((spool, self.len))),
+            _ => Poll::Ready(None),
+        }
+    }
+}
