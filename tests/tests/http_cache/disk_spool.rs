@@ -127,6 +127,10 @@ async fn a_large_response_goes_to_a_spool_file_as_it_streams_and_is_stored_from_
         assert!(*received.lock().await >= 30 * MIB);
         assert_eq!(disk.stats().entries, 0);
         assert_eq!(store.memory().stats().entries, 0);
+        assert!(
+            disk.stats().spooled_bytes >= 31 * MIB as u64,
+            "counted while spooled"
+        );
         for chunk in want.slice(32 * MIB..).chunks(MIB) {
             feed.send(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
@@ -137,6 +141,8 @@ async fn a_large_response_goes_to_a_spool_file_as_it_streams_and_is_stored_from_
         // Stored from the file, which is gone.
         until(|| disk.stats().entries == 1).await;
         until(|| spool_files(dir.path()).is_empty()).await;
+        until(|| disk.stats().spooled_bytes == 0).await;
+        assert_eq!(disk.stats().spool_faults, 0);
         let res = svc
             .clone()
             .oneshot(get("http://t/big", None))
@@ -219,6 +225,66 @@ async fn a_spooled_response_cut_short_or_over_the_limit_stores_nothing_and_leave
         disk.flush().await.unwrap();
         assert_eq!(disk.stats().entries, 0, "nothing stored");
         assert_eq!(store.memory().stats().entries, 0);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_bytes_are_capped_by_the_disk_tier_s_byte_bound() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = tower_cache::DiskTier::builder(dir.path())
+            .map_size(1 << 30)
+            .max_bytes(18 * MIB as u64)
+            .max_value_bytes(8 * MIB)
+            .open()
+            .unwrap();
+        let memory = tower_cache::MemoryTier::builder()
+            .max_value_bytes(MIB)
+            .build()
+            .unwrap();
+        let store = tower_cache::Cache::new(memory).with_disk(disk.clone());
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+        // Three large responses at once: the third passes the bound (18 MiB) while the
+        // others are still spooled, and is given up; the others are stored.
+        let mut feeds = Vec::new();
+        let mut readers = Vec::new();
+        for path in ["a", "b", "c"] {
+            let res = svc
+                .clone()
+                .oneshot(get(&format!("http://t/{path}"), None))
+                .await
+                .unwrap();
+            feeds.push(bodies.recv().await.unwrap());
+            readers.push(tokio::spawn(async move {
+                res.into_body().collect().await.map(|b| b.to_bytes().len())
+            }));
+        }
+        let chunk = Bytes::from(vec![1u8; MIB]);
+        for (i, feed) in feeds.iter().enumerate() {
+            if i == 2 {
+                // The first two are spooled whole (and still open) before the third.
+                until(|| disk.stats().spooled_bytes == 14 * MIB as u64).await;
+            }
+            for _ in 0..7 {
+                feed.send(chunk.clone()).await.unwrap();
+            }
+        }
+        drop(feeds);
+        for r in readers {
+            assert_eq!(
+                r.await.unwrap().unwrap(),
+                7 * MIB,
+                "each client gets it all"
+            );
+        }
+        until(|| disk.stats().spooled_bytes == 0 && spool_files(dir.path()).is_empty()).await;
+        disk.flush().await.unwrap();
+        let stats = disk.stats();
+        assert_eq!(stats.spool_faults, 1, "{stats:?}");
+        assert_eq!(stats.entries, 2, "{stats:?}");
     })
     .await
     .expect("bounded");

@@ -67,7 +67,7 @@ pub use self::builder::{
 };
 pub(crate) use self::part::DiskRecord;
 pub(crate) use self::record::{Tail, BLOCK};
-pub(crate) use self::spool::SpoolFile;
+pub(crate) use self::spool::{SpoolFile, SpoolHold};
 pub use self::stats::{CompactReport, DiskStats};
 
 use self::env::{read_meta, Opened, META_LOGICAL, META_STORED};
@@ -117,7 +117,7 @@ pub struct DiskTier {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     path: PathBuf,
     state: RwLock<Option<Opened>>,
     counters: Counters,
@@ -910,6 +910,8 @@ impl DiskTier {
             damaged_files: c.damaged_files.load(Ordering::Relaxed),
             busy_misses: c.busy_misses.load(Ordering::Relaxed),
             value_bytes_read: c.value_bytes_read.load(Ordering::Relaxed),
+            spooled_bytes: c.spooled_bytes.load(Ordering::Relaxed),
+            spool_faults: c.spool_faults.load(Ordering::Relaxed),
             bound_bytes: c.bound_bytes.load(Ordering::Relaxed),
             ..DiskStats::default()
         };

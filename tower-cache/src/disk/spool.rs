@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use super::DiskTier;
+use super::stats::bump;
+use super::{DiskTier, Shared};
 
 /// The folder of spool files, in the disk tier's directory. Emptied when the tier opens:
 /// what a process left there when it stopped is never read.
@@ -16,11 +18,50 @@ pub(super) const SPOOL_DIR: &str = "spool";
 #[derive(Debug)]
 pub(crate) struct SpoolFile {
     path: PathBuf,
+    /// The bytes it holds, counted in the tier's spooled bytes until it goes.
+    hold: Option<SpoolHold>,
 }
 
 impl SpoolFile {
     pub(super) fn path(&self) -> &std::path::Path {
         &self.path
+    }
+
+    /// Counts `hold` (the bytes written to the file) until the file goes.
+    pub(crate) fn keep(&mut self, hold: SpoolHold) {
+        self.hold = Some(hold);
+    }
+}
+
+/// Bytes of a spool file counted in [`DiskStats::spooled_bytes`](super::DiskStats),
+/// which the tier's byte bound caps; released when dropped.
+#[derive(Debug)]
+pub(crate) struct SpoolHold {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl SpoolHold {
+    /// Counts `n` more bytes, if the spooled bytes stay within the tier's byte bound.
+    pub(crate) fn grow(&mut self, n: u64) -> bool {
+        let c = &self.shared.counters;
+        let bound = c.bound_bytes.load(Ordering::Relaxed);
+        let grown = c
+            .spooled_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                now.checked_add(n).filter(|&after| after <= bound)
+            });
+        if grown.is_ok() {
+            self.bytes += n;
+        }
+        grown.is_ok()
+    }
+}
+
+impl Drop for SpoolHold {
+    fn drop(&mut self) {
+        let c = &self.shared.counters;
+        c.spooled_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -54,7 +95,20 @@ impl DiskTier {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        Ok((file, SpoolFile { path }))
+        Ok((file, SpoolFile { path, hold: None }))
+    }
+
+    /// A count of spooled bytes, empty, to grow as a value is spooled.
+    pub(crate) fn spool_hold(&self) -> SpoolHold {
+        SpoolHold {
+            shared: self.shared.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts a spooled value given up (see [`DiskStats::spool_faults`](super::DiskStats)).
+    pub(crate) fn count_spool_fault(&self) {
+        bump(&self.shared.counters.spool_faults, 1);
     }
 
     /// The largest value the disk tier takes.

@@ -47,6 +47,13 @@ pub struct DiskStats {
     /// and the parts of large records read in place (see
     /// [`DiskTierBuilder::addressable_threshold`](super::DiskTierBuilder::addressable_threshold)).
     pub value_bytes_read: u64,
+    /// Bytes in spool files now: large values written to disk as they arrive (a response
+    /// body streaming from an origin), before the writer stores them. They count against
+    /// `bound_bytes`: a value that would take them past it is not spooled (nor stored).
+    pub spooled_bytes: u64,
+    /// Spooled values given up: over the bound above, or a spool file that could not be
+    /// made or written (a full or failing disk). The response still reached its client.
+    pub spool_faults: u64,
     /// The byte bound in force: `max_bytes`, or lower after the map filled up first.
     pub bound_bytes: u64,
     /// Entries in the environment now (all processes).
@@ -88,6 +95,8 @@ pub(super) struct Counters {
     pub(super) busy_misses: AtomicU64,
     pub(super) value_bytes_read: AtomicU64,
     pub(super) bound_bytes: AtomicU64,
+    pub(super) spooled_bytes: AtomicU64,
+    pub(super) spool_faults: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64, n: u64) {

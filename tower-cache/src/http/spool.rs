@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
-use crate::disk::{DiskTier, SpoolFile};
+use crate::disk::{DiskTier, SpoolFile, SpoolHold};
 
 /// Most bytes of a body waiting for its spool file before the body waits for the file
 /// (a client is not sent more than the disk can take plus this much).
@@ -31,6 +31,9 @@ enum State {
 
 /// A body's copy on its way to a spool file.
 pub(super) struct Spool {
+    disk: DiskTier,
+    /// The body's bytes, counted against the disk tier's bound.
+    hold: Option<SpoolHold>,
     state: State,
     queue: VecDeque<Bytes>,
     queued: usize,
@@ -51,9 +54,13 @@ impl Spool {
     /// tokio runtime (the copy then stays in memory).
     pub(super) fn start(disk: &DiskTier, first: Bytes) -> Option<Spool> {
         let rt = tokio::runtime::Handle::try_current().ok()?;
-        let disk = disk.clone();
-        let opening = rt.spawn_blocking(move || disk.spool_file());
+        let opening = rt.spawn_blocking({
+            let disk = disk.clone();
+            move || disk.spool_file()
+        });
         let mut spool = Spool {
+            disk: disk.clone(),
+            hold: Some(disk.spool_hold()),
             state: State::Opening(opening),
             queue: VecDeque::new(),
             queued: 0,
@@ -66,6 +73,14 @@ impl Spool {
     /// Queues more of the body.
     pub(super) fn push(&mut self, data: Bytes) {
         if matches!(self.state, State::Failed) || data.is_empty() {
+            return;
+        }
+        let counted = self
+            .hold
+            .as_mut()
+            .is_some_and(|h| h.grow(data.len() as u64));
+        if !counted {
+            self.fail(&"the spooled bytes would pass the disk tier's byte bound");
             return;
         }
         self.queued += data.len();
@@ -128,9 +143,13 @@ impl Spool {
     }
 
     fn fail(&mut self, e: &dyn std::fmt::Display) {
-        tracing::warn!(error = %e, "disk tier: spool file failed; the response is not stored");
-        // Dropping the file's guard removes it.
+        tracing::warn!(error = %e, "disk tier: spool given up; the response is not stored");
+        self.disk.count_spool_fault();
+        // Dropping the file's guard removes it; the count of its bytes goes with it.
         self.state = State::Failed;
+        self.hold = None;
+        self.queue.clear();
+        self.queued = 0;
     }
 
     /// Writes what is queued and waits until the file holds it all: then the spool
@@ -146,7 +165,14 @@ impl Spool {
             return Poll::Ready(None);
         }
         match std::mem::replace(&mut self.state, State::Failed) {
-            State::Open { spool, .. } => Poll::Ready(Some((spool, self.len))),
+            State::Open { mut spool, .. } => {
+                // The bytes stay counted until the writer has stored them and the file
+                // goes.
+                if let Some(hold) = self.hold.take() {
+                    spool.keep(hold);
+                }
+                Poll::Ready(Some((spool, self.len)))
+            }
             _ => Poll::Ready(None),
         }
     }
