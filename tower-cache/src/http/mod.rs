@@ -44,19 +44,40 @@
 //!   `Content-Range` for one range (`N-M`, `N-`, `-N`; one running past the end clipped),
 //!   or `416` with `Content-Range: bytes */LENGTH` when no range is satisfiable. The
 //!   part is a slice of the stored record, never a copy. **Large bodies on disk** are
-//!   never copied whole to answer a request: the disk tier stores values of 1 MiB and
-//!   more ([`DiskTierBuilder::addressable_threshold`](crate::DiskTierBuilder::addressable_threshold))
-//!   uncompressed, with a checksum per 64 KiB block, and a response too large for the
-//!   memory tier is served from such a record in place: its head is decoded from the
-//!   record's first block, a range copies only its own bytes out of LMDB, and a whole
-//!   body is sent in chunks of at most 64 KiB, each read on tokio's blocking pool in a
-//!   read transaction of its own (none is held while the client reads). Each chunk
-//!   checks that the key still holds the record the response began with; if it was
-//!   replaced or removed meanwhile, the body ends with an error (the client sees a cut
-//!   connection, never a body made of two records). A response that fits the memory
-//!   tier is read whole and promoted, as before; records stored whole by earlier
-//!   versions (compressed) are read whole, as before, and so is a large stale entry
-//!   being revalidated.
+//!   never copied whole to answer a request, nor held whole while they arrive:
+//!   - the disk tier stores values of 1 MiB and more
+//!     ([`DiskTierBuilder::addressable_threshold`](crate::DiskTierBuilder::addressable_threshold))
+//!     uncompressed, with a checksum per 64 KiB block (as nginx and Varnish store bodies
+//!     as they come; most large bodies are compressed media already);
+//!   - a response too large for the memory tier is served from such a record in place:
+//!     its head is decoded from the record's first block (a head longer than that from a
+//!     prefix read in doubling steps), a range copies only its own bytes out of LMDB,
+//!     and a whole body is sent in chunks of at most 64 KiB, each read on tokio's
+//!     blocking pool in a read transaction of its own (none is held while the client
+//!     reads). This holds for fresh hits, stale entries served (`stale-while-revalidate`,
+//!     `stale-if-error`), entries revalidated with a `304`, and a stored `206` part
+//!     answering a range it covers;
+//!   - revalidating such an entry does not read its body: the disk tier's writer writes
+//!     the new head in front of the body it keeps, in its own transaction, and only while
+//!     the key still holds the record the body came from;
+//!   - each chunk checks that the key still holds the record the response began with, or
+//!     one that kept its bytes behind a new head (a revalidation meanwhile). If the
+//!     record was replaced by another response or removed, the body ends with an error:
+//!     the client sees a cut connection, never a body made of two responses;
+//!   - a response that will not fit the memory tier is copied to a spool file of the
+//!     disk tier as it streams to the client (at most 1 MiB waits for the file before
+//!     the body waits for the disk), and the writer builds its record from the file.
+//!     Spooled bytes count against the disk tier's byte bound
+//!     ([`DiskStats::spooled_bytes`](crate::DiskStats::spooled_bytes)); a response that
+//!     would pass it, or whose file cannot be written, still reaches its client and is
+//!     not stored ([`DiskStats::spool_faults`](crate::DiskStats::spool_faults)).
+//!
+//!   A response that fits the memory tier is read whole and promoted, as before. Read
+//!   whole too: records stored whole and compressed (by versions before the addressable
+//!   form, or under a raised `addressable_threshold`), and values of the generic
+//!   [`CacheLayer`](crate::CacheLayer), which caches typed values decoded whole. Parts
+//!   are combined (RFC 9111 section 3.4) in memory only: a part held on disk, or one
+//!   spooled, is not combined with another; the newer part replaces it.
 //!   Where deployed servers differ,
 //!   the choices are: **several ranges** get the whole `200` (allowed by section 14.2;
 //!   Varnish does the same, nginx and Apache send `multipart/byteranges`), except that
