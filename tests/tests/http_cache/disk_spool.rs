@@ -61,16 +61,21 @@ fn fed_origin() -> (Origin, mpsc::Receiver<mpsc::Sender<Bytes>>) {
     (Origin::new(svc), bodies)
 }
 
-/// The sizes of the files in the disk tier's spool folder.
+/// The sizes of the spool files in the disk tier's spool folder (one folder per open
+/// tier, holding its lock and its files).
 fn spool_files(dir: &Path) -> Vec<u64> {
-    match std::fs::read_dir(dir.join("spool")) {
-        Ok(entries) => entries
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    let Ok(tiers) = std::fs::read_dir(dir.join("spool")) else {
+        return Vec::new();
+    };
+    tiers
+        .flatten()
+        .filter_map(|t| std::fs::read_dir(t.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|f| f.file_name() != "lock")
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .collect()
 }
 
 /// Waits (bounded by the test's own timeout) until `check` holds.

@@ -252,7 +252,7 @@ impl DiskTierBuilder {
             fs::canonicalize(&self.path).map_err(|e| BuildError::path("resolve", &self.path, e))?;
         wait_for_closing(&canonical)?;
         let (opened, damaged) = self.open_checked(map_size)?;
-        super::spool::clear_spool(&self.path);
+        let spool = super::spool::SpoolDir::open(&self.path);
 
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
@@ -265,6 +265,7 @@ impl DiskTierBuilder {
             },
             max_value_bytes,
             blocking_read_threshold: self.blocking_read_threshold,
+            spool,
         });
         let writer = Writer {
             shared: shared.clone(),

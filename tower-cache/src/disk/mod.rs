@@ -20,6 +20,13 @@
 //!   record's write sequence number, so a record replaced meanwhile is noticed, never
 //!   mixed in. Records written whole by earlier versions are still read.
 //!   [`DiskStats::value_bytes_read`] counts the bytes reads copy out of the map.
+//!   The writer can rewrite the start of a large value and keep the rest (a new head
+//!   for a stored response, revalidated) without the value passing through a caller;
+//!   such a record says which earlier write its bytes come from, so a part read in
+//!   flight finds them in the new record. A large value that arrives over time (a
+//!   response body) is written to a spool file in the tier's directory (`spool/`, one
+//!   locked folder per open tier; what a stopped process left is removed when a tier
+//!   opens) and put into the store from there; spooled bytes count against the bound.
 //! - **Expiry**: each entry's deadline (Unix milliseconds) is also a key in an expiry
 //!   index, so [`DiskTier::remove_expired`] deletes expired entries by walking the index from its
 //!   start, without scanning the data. When the stored bytes pass the bound, expired
@@ -123,6 +130,9 @@ pub(super) struct Shared {
     counters: Counters,
     max_value_bytes: usize,
     blocking_read_threshold: usize,
+    /// Where large values are spooled while they arrive; `None` if the folder could not
+    /// be made.
+    spool: Option<spool::SpoolDir>,
 }
 
 impl Shared {

@@ -9,9 +9,76 @@ use std::sync::Arc;
 use super::stats::bump;
 use super::{DiskTier, Shared};
 
-/// The folder of spool files, in the disk tier's directory. Emptied when the tier opens:
-/// what a process left there when it stopped is never read.
+/// The folder of spool files, in the disk tier's directory: one folder in it per open
+/// tier, locked while the tier is open (several processes may share the directory).
+/// What a process left there when it stopped is never read: a tier that opens removes
+/// the folders no open tier holds.
 pub(super) const SPOOL_DIR: &str = "spool";
+
+/// This tier's folder of spool files, and the lock that marks it in use.
+#[derive(Debug)]
+pub(super) struct SpoolDir {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl SpoolDir {
+    /// Makes this tier's spool folder, after removing those of tiers no longer open.
+    /// `None` if it cannot be made (then nothing is spooled; a response too large for
+    /// the memory tier streams on and is not stored).
+    pub(super) fn open(tier_dir: &std::path::Path) -> Option<SpoolDir> {
+        let root = tier_dir.join(SPOOL_DIR);
+        clear_abandoned(&root);
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = root.join(format!("{}-{stamp}-{n}", std::process::id()));
+        let made = std::fs::create_dir_all(&dir).and_then(|()| {
+            let lock = std::fs::File::create(dir.join(LOCK))?;
+            lock.try_lock().map_err(std::io::Error::other)?;
+            Ok(lock)
+        });
+        match made {
+            Ok(lock) => Some(SpoolDir { dir, _lock: lock }),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "disk tier: no spool folder; large responses are not stored");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SpoolDir {
+    fn drop(&mut self) {
+        // The tier is gone: so is every file it spooled.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const LOCK: &str = "lock";
+
+/// Removes the spool folders under `root` whose lock no open tier holds.
+fn clear_abandoned(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let free = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join(LOCK))
+            .map_or(true, |f| f.try_lock().is_ok());
+        if free {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
 
 /// A spool file: removed when this is dropped (stored, abandoned, or the process moved
 /// on), so none outlives its use but by a crash, and the next open clears those.
@@ -86,10 +153,11 @@ impl DiskTier {
     /// [`Self::queue_spooled`]. Blocking (one file creation): call it on the blocking pool.
     pub(crate) fn spool_file(&self) -> std::io::Result<(std::fs::File, SpoolFile)> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = self.shared.path.join(SPOOL_DIR);
-        std::fs::create_dir_all(&dir)?;
+        let Some(spool) = &self.shared.spool else {
+            return Err(std::io::Error::other("the disk tier has no spool folder"));
+        };
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}-{n}", std::process::id()));
+        let path = spool.dir.join(format!("{n}.part"));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,15 +182,5 @@ impl DiskTier {
     /// The largest value the disk tier takes.
     pub(crate) fn max_value_bytes(&self) -> usize {
         self.shared.max_value_bytes
-    }
-}
-
-/// Removes the spool files a process left behind (it stopped while values arrived).
-pub(super) fn clear_spool(dir: &std::path::Path) {
-    let spool = dir.join(SPOOL_DIR);
-    if let Ok(entries) = std::fs::read_dir(&spool) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
     }
 }

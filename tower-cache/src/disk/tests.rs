@@ -296,20 +296,36 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
         .await
         .expect("the refused spool file is removed");
 
-        // A file left as a stopped process leaves it.
-        let (_, left) = disk.spool_file().unwrap();
-        std::mem::forget(left);
         disk.close().await;
     }
+    // What a stopped process left (its folder's lock free) goes when a tier opens; the
+    // folder of a tier still open (its lock held) stays.
     let spool = dir.path().join("spool");
-    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1);
-    let _disk = DiskTier::builder(dir.path())
+    let left = spool.join("4242-1-0");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("lock"), b"").unwrap();
+    std::fs::write(left.join("0.part"), b"half a body").unwrap();
+    let live = spool.join("4243-1-0");
+    std::fs::create_dir_all(&live).unwrap();
+    let lock = std::fs::File::create(live.join("lock")).unwrap();
+    lock.try_lock().unwrap();
+    let disk = DiskTier::builder(dir.path())
         .map_size(64 << 20)
         .open()
         .unwrap();
-    assert_eq!(
-        std::fs::read_dir(&spool).unwrap().count(),
-        0,
-        "cleared when opened"
-    );
+    assert!(!left.exists(), "an abandoned spool folder is removed");
+    assert!(live.join("lock").exists(), "a held one stays");
+    let (_, file) = disk.spool_file().unwrap();
+    let own = file.path().parent().unwrap().to_owned();
+    assert!(own.starts_with(&spool) && own != live);
+    drop(file);
+    disk.close().await;
+    drop(disk);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while own.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a tier's spool folder goes with it");
 }
