@@ -651,3 +651,71 @@ async fn a_ranged_revalidation_of_a_large_response_reads_its_head_and_the_range_
     .await
     .expect("bounded");
 }
+
+/// A large response served stale while it is refreshed (stale-while-revalidate) is
+/// sent whole even when the refresh brings a new representation: the cache chose to
+/// send it, and its own refresh, started at the same moment, lands while it streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a body served stale from disk is cut short when the background refresh it started stores a new representation"]
+async fn a_large_body_served_stale_is_sent_whole_when_its_refresh_brings_a_new_one() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let calls = Arc::new(Calls::default());
+        let origin = Origin::new(tower::service_fn({
+            let calls = calls.clone();
+            move |_req: Request<Full<Bytes>>| {
+                let calls = calls.clone();
+                async move {
+                    calls.all.fetch_add(1, Ordering::SeqCst);
+                    // Every answer is a new representation (one byte longer each time).
+                    let call = calls.whole.fetch_add(1, Ordering::SeqCst) + 1;
+                    let res = Response::builder()
+                        .header("etag", format!("\"v{call}\""))
+                        .header("cache-control", "max-age=60, stale-while-revalidate=600")
+                        .header("age", "120")
+                        .body(Full::new(body_of(call, LEN + call)))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            }
+        }));
+        let svc = HttpCacheLayer::new(store).max_body(80 << 20).layer(origin);
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(drain(res).await.unwrap().len(), LEN + 1);
+        disk.flush().await.unwrap();
+
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "STALE");
+        let mut stream = res.into_body();
+        let mut got = Vec::new();
+        got.extend_from_slice(&stream.frame().await.unwrap().unwrap().into_data().unwrap());
+        // The refresh lands while the client is still reading.
+        loop {
+            disk.flush().await.unwrap();
+            let s = disk.stats();
+            assert_eq!(s.rejections, 0);
+            if calls.whole.load(Ordering::SeqCst) >= 2 && s.writes >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        while let Some(frame) = stream.frame().await {
+            match frame {
+                Ok(f) => got.extend_from_slice(&f.into_data().unwrap()),
+                Err(e) => panic!("cut short after {} of {} bytes: {e}", got.len(), LEN + 1),
+            }
+        }
+        assert!(got[..] == body_of(1, LEN + 1)[..]);
+    })
+    .await
+    .expect("bounded");
+}
