@@ -425,3 +425,73 @@ async fn a_reader_never_follows_into_a_value_written_after_a_clear_or_a_compacti
     assert!(fourth_seq > third_seq, "{fourth_seq} after {third_seq}");
     assert_eq!(disk.stats().corrupt, 0);
 }
+
+#[tokio::test]
+async fn a_flipped_lineage_byte_or_a_cut_spliced_record_serves_no_bytes_and_is_dropped() {
+    for damage in ["lineage", "cut"] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(64 << 20)
+            .addressable_threshold(1 << 20)
+            .open()
+            .unwrap();
+        let generations = crate::generation::Generations::default();
+        let value: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251) as u8).collect();
+        let ttl = Duration::from_secs(60);
+        disk.set("big", Bytes::from(value.clone()), ttl)
+            .await
+            .unwrap();
+        let first = open_in_parts(&disk, "big").await;
+        let tail = first.tail(1_000, first.len() - 1_000).unwrap();
+        disk.queue_splice(
+            "big",
+            Bytes::from_static(b"head"),
+            tail,
+            ttl,
+            EntryMeta::default(),
+            generations.ticket("big"),
+        )
+        .unwrap();
+        disk.flush().await.unwrap();
+        let spliced = open_in_parts(&disk, "big").await;
+        {
+            let state = disk.shared.state();
+            let o = state.as_ref().unwrap();
+            let mut wtxn = o.env.write_txn().unwrap();
+            let mut rec = o.dbs.entries.get(&wtxn, b"big").unwrap().unwrap().to_vec();
+            assert_eq!(rec[1], record::FLAG_LINEAGE);
+            match damage {
+                // The lineage's `from` (no tags: it starts right after the header).
+                "lineage" => rec[record::HEADER + 17] ^= 1,
+                _ => rec.truncate(rec.len() - 5),
+            }
+            o.dbs.entries.put(&mut wtxn, b"big", &rec).unwrap();
+            wtxn.commit().unwrap();
+        }
+        // Readers of the record from before the splice and of the spliced one: errors.
+        assert!(first.read(2_000_000, 10).is_err(), "{damage}");
+        let read = spliced.read(2_000_000, 10);
+        assert!(
+            read.as_ref()
+                .map_or(true, |b| b[..] == value[2_000_000 - 4 + 1_000..][..10]),
+            "{damage}: {read:?}"
+        );
+        // A splice of the damaged record is dropped; the writer goes on.
+        disk.queue_splice(
+            "big",
+            Bytes::from_static(b"again"),
+            spliced.tail(4, spliced.len() - 4).unwrap(),
+            ttl,
+            EntryMeta::default(),
+            generations.ticket("big"),
+        )
+        .unwrap();
+        disk.flush().await.unwrap();
+        // A lookup finds it damaged: counted, dropped, nothing served.
+        assert!(disk.get("big").is_none(), "{damage}");
+        disk.flush().await.unwrap();
+        let s = disk.stats();
+        assert!(s.corrupt >= 1, "{damage}: {s:?}");
+        assert_eq!(s.entries, 0, "{damage}");
+    }
+}
