@@ -12,6 +12,7 @@ mod conformance;
 mod credentials;
 mod disk_parts;
 mod disk_revalidate;
+mod disk_splice;
 mod disk_spool;
 mod edge;
 mod freshness;

@@ -329,3 +329,281 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
     .await
     .expect("a tier's spool folder goes with it");
 }
+
+fn seq_of(disk: &DiskTier, key: &str) -> u64 {
+    let state = disk.shared.state();
+    let o = state.as_ref().unwrap();
+    let rtxn = o.env.read_txn().unwrap();
+    let raw = o.dbs.entries.get(&rtxn, key.as_bytes()).unwrap().unwrap();
+    record::decode_header(raw).unwrap().seq
+}
+
+/// Opens `key` of `disk` in parts.
+async fn open_in_parts(disk: &DiskTier, key: &str) -> DiskRecord {
+    match disk.try_read_async(key, 0).await.unwrap() {
+        DiskRead::Record(r) => r,
+        DiskRead::Entry(_) => panic!("opened whole"),
+    }
+}
+
+#[tokio::test]
+async fn a_splice_over_a_damaged_kept_block_counts_the_record_corrupt_and_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .addressable_threshold(1 << 20)
+        .open()
+        .unwrap();
+    let generations = crate::generation::Generations::default();
+    let value: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251) as u8).collect();
+    let ttl = Duration::from_secs(60);
+    disk.set("big", Bytes::from(value.clone()), ttl)
+        .await
+        .unwrap();
+    let record = open_in_parts(&disk, "big").await;
+    let tail = record.tail(1_000, value.len() as u64 - 1_000).unwrap();
+    // The value's last byte flipped: the last block of the kept bytes fails its check.
+    disk.corrupt_for_test("big");
+    let superseded = disk.stats().superseded;
+    let ticket = generations.ticket("big");
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"head"),
+        tail,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    let s = disk.stats();
+    assert!(disk.get("big").is_none(), "no damaged bytes are served");
+    // What every other reader of a damaged record does: count it, drop it.
+    assert_eq!(
+        (s.corrupt, s.superseded - superseded),
+        (1, 0),
+        "the writer met a damaged record (corrupt {}, superseded {})",
+        s.corrupt,
+        s.superseded - superseded
+    );
+}
+
+#[tokio::test]
+async fn a_splice_of_a_record_whose_lineage_is_near_the_end_of_u64_does_not_panic_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .addressable_threshold(1 << 20)
+        .open()
+        .unwrap();
+    let generations = crate::generation::Generations::default();
+    let value: Vec<u8> = (0..2 << 20).map(|i: usize| (i % 251) as u8).collect();
+    let ttl = Duration::from_secs(60);
+    disk.set("big", Bytes::from(value.clone()), ttl)
+        .await
+        .unwrap();
+    // The record rewritten with a lineage whose offsets are at the end of their range:
+    // well formed, every checksum right (a file another build wrote, say).
+    {
+        let state = disk.shared.state();
+        let o = state.as_ref().unwrap();
+        let mut wtxn = o.env.write_txn().unwrap();
+        let old = o.dbs.entries.get(&wtxn, b"big").unwrap().unwrap();
+        let h = record::decode_header(old).unwrap();
+        let lineage = record::Lineage {
+            id: h.seq,
+            at: 0,
+            from: u64::MAX - 5,
+        };
+        let rec = record::encode_record_of(
+            &value,
+            &[],
+            Some(lineage),
+            h.expires_ms,
+            &EntryMeta::default(),
+            h.seq,
+            usize::MAX,
+            1 << 20,
+        );
+        o.dbs.entries.put(&mut wtxn, b"big", &rec).unwrap();
+        wtxn.commit().unwrap();
+    }
+    let record = open_in_parts(&disk, "big").await;
+    assert!(record.read(0, 10).is_ok(), "the record reads");
+    let tail = record.tail(100, value.len() as u64 - 100).unwrap();
+    let ticket = generations.ticket("big");
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"head"),
+        tail,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    // The writer goes on: the splice is applied or dropped, never a dead writer.
+    let flushed = tokio::time::timeout(Duration::from_secs(30), disk.flush()).await;
+    assert!(
+        matches!(flushed, Ok(Ok(()))),
+        "the writer is gone: {flushed:?}"
+    );
+    disk.set("other", Bytes::from_static(b"v"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(disk.get("other").as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn a_reader_never_follows_into_a_value_written_after_a_clear_or_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .addressable_threshold(1 << 20)
+        .open()
+        .unwrap();
+    let generations = crate::generation::Generations::default();
+    let ttl = Duration::from_secs(60);
+    let value_of = |n: u8| -> Bytes {
+        (0..2usize << 20)
+            .map(|i| (i % 251) as u8 ^ n)
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    disk.set("big", value_of(1), ttl).await.unwrap();
+    let first = open_in_parts(&disk, "big").await;
+    // Spliced: the reader of the first record follows.
+    let ticket = generations.ticket("big");
+    let tail = first.tail(10, first.len() - 10).unwrap();
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"h1"),
+        tail,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    assert!(first.read(1_000_000, 10).unwrap()[..] == value_of(1)[1_000_000..1_000_010]);
+    // Cleared, then the key written and spliced again, the same way: another lineage.
+    disk.clear().await.unwrap();
+    disk.set("big", value_of(2), ttl).await.unwrap();
+    let second = open_in_parts(&disk, "big").await;
+    let ticket = generations.ticket("big");
+    let tail = second.tail(10, second.len() - 10).unwrap();
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"h1"),
+        tail,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    assert!(first.read(1_000_000, 10).is_err(), "after a clear");
+    // Compacted, then written and spliced again.
+    disk.compact().await.unwrap();
+    assert!(second.read(1_000_000, 10).unwrap()[..] == value_of(2)[1_000_000..1_000_010]);
+    disk.set("big", value_of(3), ttl).await.unwrap();
+    let third_seq = seq_of(&disk, "big");
+    let third = open_in_parts(&disk, "big").await;
+    let ticket = generations.ticket("big");
+    let tail = third.tail(10, third.len() - 10).unwrap();
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"h1"),
+        tail,
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    assert!(first.read(1_000_000, 10).is_err(), "after a compaction");
+    assert!(second.read(1_000_000, 10).is_err(), "after a compaction");
+    assert!(third.read(1_000_000, 10).unwrap()[..] == value_of(3)[1_000_000..1_000_010]);
+    // Reopened: the sequence numbers go on from where they were.
+    drop((first, second, third));
+    disk.close().await;
+    drop(disk);
+    let disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .addressable_threshold(1 << 20)
+        .open()
+        .unwrap();
+    disk.set("big", value_of(4), ttl).await.unwrap();
+    let fourth_seq = seq_of(&disk, "big");
+    assert!(fourth_seq > third_seq, "{fourth_seq} after {third_seq}");
+    assert_eq!(disk.stats().corrupt, 0);
+}
+
+#[tokio::test]
+async fn a_flipped_lineage_byte_or_a_cut_spliced_record_serves_no_bytes_and_is_dropped() {
+    for damage in ["lineage", "cut"] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(64 << 20)
+            .addressable_threshold(1 << 20)
+            .open()
+            .unwrap();
+        let generations = crate::generation::Generations::default();
+        let value: Vec<u8> = (0..3 << 20).map(|i: usize| (i % 251) as u8).collect();
+        let ttl = Duration::from_secs(60);
+        disk.set("big", Bytes::from(value.clone()), ttl)
+            .await
+            .unwrap();
+        let first = open_in_parts(&disk, "big").await;
+        let tail = first.tail(1_000, first.len() - 1_000).unwrap();
+        disk.queue_splice(
+            "big",
+            Bytes::from_static(b"head"),
+            tail,
+            ttl,
+            EntryMeta::default(),
+            generations.ticket("big"),
+        )
+        .unwrap();
+        disk.flush().await.unwrap();
+        let spliced = open_in_parts(&disk, "big").await;
+        {
+            let state = disk.shared.state();
+            let o = state.as_ref().unwrap();
+            let mut wtxn = o.env.write_txn().unwrap();
+            let mut rec = o.dbs.entries.get(&wtxn, b"big").unwrap().unwrap().to_vec();
+            assert_eq!(rec[1], record::FLAG_LINEAGE);
+            match damage {
+                // The lineage's `from` (no tags: it starts right after the header).
+                "lineage" => rec[record::HEADER + 17] ^= 1,
+                _ => rec.truncate(rec.len() - 5),
+            }
+            o.dbs.entries.put(&mut wtxn, b"big", &rec).unwrap();
+            wtxn.commit().unwrap();
+        }
+        // Readers of the record from before the splice and of the spliced one: errors.
+        assert!(first.read(2_000_000, 10).is_err(), "{damage}");
+        let read = spliced.read(2_000_000, 10);
+        assert!(
+            read.as_ref()
+                .map_or(true, |b| b[..] == value[2_000_000 - 4 + 1_000..][..10]),
+            "{damage}: {read:?}"
+        );
+        // A splice of the damaged record is dropped; the writer goes on.
+        disk.queue_splice(
+            "big",
+            Bytes::from_static(b"again"),
+            spliced.tail(4, spliced.len() - 4).unwrap(),
+            ttl,
+            EntryMeta::default(),
+            generations.ticket("big"),
+        )
+        .unwrap();
+        disk.flush().await.unwrap();
+        // A lookup finds it damaged: counted, dropped, nothing served.
+        assert!(disk.get("big").is_none(), "{damage}");
+        disk.flush().await.unwrap();
+        let s = disk.stats();
+        assert!(s.corrupt >= 1, "{damage}: {s:?}");
+        assert_eq!(s.entries, 0, "{damage}");
+    }
+}
