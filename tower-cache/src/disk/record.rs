@@ -345,27 +345,47 @@ pub(crate) struct Tail {
 
 impl Tail {
     /// The kept bytes of `record` (the raw record under the key now), their blocks
-    /// checked, and the lineage of a new record that puts them after `head` bytes;
-    /// `None` if it is another record, not addressable, damaged, or if the bytes are not
-    /// its end.
-    pub(super) fn of(self, record: &[u8], head: usize) -> Option<(&[u8], Option<Lineage>)> {
-        if decode_header(record)?.seq != self.seq {
-            return None;
+    /// checked, and the lineage of a new record that puts them after `head` bytes.
+    pub(super) fn of(self, record: &[u8], head: usize) -> Kept<'_> {
+        if decode_header(record).is_none_or(|h| h.seq != self.seq) {
+            return Kept::Gone;
         }
-        let layout = addressable_layout(record).ok()?;
-        if self.from.checked_add(self.len)? != layout.len {
-            return None;
+        let layout = match addressable_layout(record) {
+            Ok(layout) => layout,
+            Err(why) => return Kept::Damaged(why),
+        };
+        if self.from.checked_add(self.len) != Some(layout.len) {
+            // Not the end of the value: nothing this build asks for.
+            return Kept::Gone;
         }
-        let kept = addressable_slice(record, layout, self.from, self.len).ok()?;
+        let kept = match addressable_slice(record, layout, self.from, self.len) {
+            Ok(kept) => kept,
+            Err(why) => return Kept::Damaged(why),
+        };
         let old = layout.lineage;
-        // Kept bytes within the old record's lineage keep it; others start a new one.
-        let lineage = (self.from >= old.at).then(|| Lineage {
-            id: old.id,
-            at: head,
-            from: old.from + (self.from - old.at) as u64,
-        });
-        Some((kept, lineage))
+        // Kept bytes within the old record's lineage keep it; others (or offsets past
+        // what a lineage can say) start a new one.
+        let lineage = self
+            .from
+            .checked_sub(old.at)
+            .and_then(|d| old.from.checked_add(d as u64))
+            .map(|from| Lineage {
+                id: old.id,
+                at: head,
+                from,
+            });
+        Kept::Bytes(kept, lineage)
     }
+}
+
+/// What a [`Tail`] finds in the record its key holds.
+pub(super) enum Kept<'a> {
+    /// The kept bytes, and the new record's lineage.
+    Bytes(&'a [u8], Option<Lineage>),
+    /// Another record (or none of the kind): nothing to keep.
+    Gone,
+    /// The record is damaged: to be dropped and counted.
+    Damaged(&'static str),
 }
 
 /// CRC-32 of a record without its own checksum field.

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::env::{is_map_full, live_bytes, read_meta, Dbs, Opened, META_STORED};
 use super::index::{put_sorted, remove_entry, remove_expired, Totals};
-use super::record::{encode_addressable_filled, encode_record_of, expiry_key};
+use super::record::{self, encode_addressable_filled, encode_record_of, expiry_key};
 use super::stats::bump;
 use super::{Kept, SpoolFile};
 use super::{Op, Shared};
@@ -151,7 +151,28 @@ impl Writer {
         let mut rooms = 0;
         while !ops.is_empty() {
             let n = self.txn_limit.min(ops.len());
-            let e = match self.apply(o, &ops[..n]) {
+            // A panic while a batch is applied (a bug, or a record no check foresaw)
+            // aborts its transaction and fails its writes; the writer goes on.
+            let applied =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(o, &ops[..n])));
+            let applied = match applied {
+                Ok(applied) => applied,
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    bump(&c.errors, 1);
+                    let e = DiskError::new(format!("disk tier: a write batch panicked: {why}"));
+                    tracing::error!(error = %e, writes = n, "disk tier: writes lost");
+                    for op in ops.drain(..n) {
+                        Self::done_of(op).fail(&e);
+                    }
+                    continue;
+                }
+            };
+            let e = match applied {
                 Ok((puts, evicted, expired, results)) => {
                     bump(&c.writes, puts);
                     bump(&c.write_batches, 1);
@@ -325,13 +346,23 @@ impl Writer {
                         None => Some((encode(&[], None), value.len())),
                         // The kept bytes are copied from the record the key holds, in
                         // this transaction: a write that replaced it since wins.
-                        Some(Kept::Record(tail)) => dbs
-                            .entries
-                            .get(&wtxn, key.as_bytes())?
-                            .and_then(|old| tail.of(old, value.len()))
-                            .map(|(kept, lineage)| {
-                                (encode(kept, lineage), value.len() + kept.len())
-                            }),
+                        Some(Kept::Record(tail)) => {
+                            let old = dbs.entries.get(&wtxn, key.as_bytes())?;
+                            match old.map(|old| tail.of(old, value.len())) {
+                                Some(record::Kept::Bytes(kept, lineage)) => {
+                                    Some((encode(kept, lineage), value.len() + kept.len()))
+                                }
+                                Some(record::Kept::Damaged(why)) => {
+                                    // What every reader of a damaged record does.
+                                    bump(&self.shared.counters.corrupt, 1);
+                                    tracing::warn!(key = &**key, why, "disk tier: corrupt record dropped");
+                                    remove_entry(dbs, &mut wtxn, key.as_bytes(), &mut t)?;
+                                    results.push(Outcome::Count(0));
+                                    continue;
+                                }
+                                Some(record::Kept::Gone) | None => None,
+                            }
+                        }
                         Some(Kept::File(file, len)) => match usize::try_from(*len) {
                             // A large spooled value is read from its file straight into
                             // the record: one copy.
