@@ -597,6 +597,9 @@ where
         Some((entry, _)) if !conditional => add_validators(req.headers_mut(), entry),
         _ => false,
     };
+    // What it takes to ask again without the validators, should the origin answer with a
+    // `304` for another representation than the stored one.
+    let retry = validating.then(|| (inner.clone(), req.uri().clone(), req.version()));
     let request_time = SystemTime::now();
     let res = match call_inner(inner, req).await {
         Ok(res) => res,
@@ -616,7 +619,23 @@ where
             };
         }
     };
-    let response_time = SystemTime::now();
+    let mut response_time = SystemTime::now();
+    let (mut res, mut stale) = (res, stale);
+    let other_representation = res.status() == StatusCode::NOT_MODIFIED
+        && stale
+            .as_ref()
+            .is_some_and(|(entry, _)| !updates(res.headers(), entry));
+    if let (true, Some((inner, uri, version))) = (other_representation, retry) {
+        // RFC 9111 section 4.3.4: a `304` that names another representation updates no
+        // stored response; the client, which sent no condition, gets the whole response.
+        let mut again = Request::new(ReqB::default());
+        *again.uri_mut() = uri;
+        *again.version_mut() = version;
+        *again.headers_mut() = req_headers.clone();
+        res = call_inner(inner, again).await?;
+        response_time = SystemTime::now();
+        stale = None;
+    }
     let mut stale_entry = None;
     if let Some((entry, key)) = stale {
         if validating && res.status() == StatusCode::NOT_MODIFIED {
@@ -724,6 +743,22 @@ where
         parts,
         HttpCacheBody::tee(body, config.max_body, job),
     ))
+}
+
+/// Whether a `304` may update the stored `entry` (RFC 9111 section 4.3.4): it names no
+/// entity tag, or the stored one (strongly when its own is strong). A `304` for another
+/// representation updates nothing.
+pub(super) fn updates(not_modified: &HeaderMap, entry: &HttpEntry) -> bool {
+    let Some(new) = headers::etag(not_modified) else {
+        return true;
+    };
+    headers::etag(&entry.headers).is_some_and(|old| {
+        if new.weak {
+            old.weak_eq(&new)
+        } else {
+            !old.weak && old.opaque == new.opaque
+        }
+    })
 }
 
 /// Whether the stale `entry` may answer at once while it is refreshed in the background

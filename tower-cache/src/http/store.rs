@@ -203,6 +203,11 @@ impl Refresh {
         };
         let response_time = SystemTime::now();
         if res.status() == StatusCode::NOT_MODIFIED {
+            if !updates(res.headers(), &self.entry) {
+                // A `304` for another representation: nothing stored is updated (RFC
+                // 9111 section 4.3.4); the entry stays stale until a request fetches it.
+                return;
+            }
             let (e, storable) = freshen(
                 &self.config,
                 self.entry,
