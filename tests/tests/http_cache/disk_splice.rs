@@ -59,7 +59,6 @@ async fn drain(
 /// body with the part's fields); it does not throw the stored body away. The origin
 /// here ignores `If-None-Match` on a range request, as RFC 9110 lets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces: a part answered for a stale large 200 on disk replaces the stored complete response (the combination is skipped for bodies held by the disk tier)"]
 async fn a_part_for_a_stale_large_response_on_disk_keeps_the_stored_body() {
     tokio::time::timeout(BOUND, async {
         let dir = tempfile::tempdir().unwrap();

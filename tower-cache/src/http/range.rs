@@ -373,6 +373,22 @@ pub(crate) fn part_alone(headers: &HeaderMap, len: u64) -> Option<(StatusCode, H
     Some((StatusCode::PARTIAL_CONTENT, headers.clone()))
 }
 
+/// The fields to store for a part (a `206` with `headers`) of the complete response stored
+/// before (`old_status`, `old_headers`, a body of `old_len` bytes) when it is of the same
+/// representation (RFC 9111 section 3.4: the same strong `ETag`, the complete length the
+/// stored body has): the part's fields, as a complete `200`, to go with the stored body.
+/// `None` when the part is of another representation.
+pub(crate) fn refreshes_complete(
+    headers: &HeaderMap,
+    old_status: StatusCode,
+    old_headers: &HeaderMap,
+    old_len: u64,
+) -> Option<HeaderMap> {
+    let (_, complete) = content_range(headers)?;
+    (old_status == StatusCode::OK && same_strong_etag(headers, old_headers) && old_len == complete)
+        .then(|| complete_head(headers.clone(), complete))
+}
+
 /// What to store for a part (a `206` with `headers` and `body`) given the response
 /// stored under its key before (`before`: status, fields, body), RFC 9111 section 3.4:
 ///
@@ -405,11 +421,10 @@ pub(crate) fn combine(
         return alone();
     }
     if status == StatusCode::OK {
-        if old_body.len() as u64 != complete {
-            return alone();
-        }
-        let head = complete_head(headers.clone(), complete);
-        return Some((StatusCode::OK, head, old_body.clone()));
+        return match refreshes_complete(headers, status, old_headers, old_body.len() as u64) {
+            Some(head) => Some((StatusCode::OK, head, old_body.clone())),
+            None => alone(),
+        };
     }
     let Some((old, old_complete)) = content_range(old_headers) else {
         return alone();

@@ -20,30 +20,43 @@ use crate::generation::Ticket;
 use crate::service::ready_call as call_inner;
 use crate::BoxError;
 
-/// Stores a revalidated entry under `key`, with the tags its fields name. A body the
-/// disk tier holds in parts stays there: the new head is written in front of it by the
-/// disk tier's writer, and the body never passes through memory.
+/// Stores a revalidated entry under `key`, with the tags its fields name.
 pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: Ticket) {
     let ttl = entry.freshness.keep_for(policy::unix_ms(SystemTime::now()));
     let meta = EntryMeta {
         version: 0,
         tags: surrogate_keys(&entry.headers),
     };
-    let stored = match &entry.on_disk {
+    if let Err(e) = put(store, key, entry, ttl, meta, ticket) {
+        tracing::debug!(error = %e, key, "revalidated response not stored");
+    }
+}
+
+/// Stores `entry` under `key`: whole, or, for a body the disk tier holds in parts, as a
+/// new head that the disk tier's writer puts in front of that body (the body never
+/// passes through memory; nothing is written if the key no longer holds its record).
+fn put(
+    store: &Cache,
+    key: &str,
+    entry: &HttpEntry,
+    ttl: std::time::Duration,
+    meta: EntryMeta,
+    ticket: Ticket,
+) -> Result<(), crate::InsertError> {
+    match &entry.on_disk {
         None => match entry::encode_entry(entry) {
             Some(bytes) => store.store_loaded(key, bytes, ttl, meta, ticket).map(drop),
-            None => return,
+            None => Ok(()),
         },
         Some(body) => {
             let head = entry::encode_head(entry, body.len, 0);
-            let Some((head, tail)) = head.zip(body.record.tail(body.offset, body.len)) else {
-                return;
-            };
-            store.store_spliced(key, head.freeze(), tail, ttl, meta, ticket)
+            match head.zip(body.record.tail(body.offset, body.len)) {
+                Some((head, tail)) => {
+                    store.store_spliced(key, head.freeze(), tail, ttl, meta, ticket)
+                }
+                None => Ok(()),
+            }
         }
-    };
-    if let Err(e) = stored {
-        tracing::debug!(error = %e, key, "revalidated response not stored");
     }
 }
 
@@ -364,30 +377,62 @@ impl StoreJob {
     pub(super) fn finish(self, body: Bytes) {
         let now = policy::unix_ms(SystemTime::now());
         let ttl = self.head.freshness.keep_for(now);
+        let before = self.before.as_ref().filter(|b| b.vary == self.head.vary);
         let entry = if self.head.status == StatusCode::PARTIAL_CONTENT {
-            let before = self
-                .before
-                .as_ref()
-                // A part held by the disk tier is not read back to be combined: the
-                // new part replaces it.
-                .filter(|b| b.vary == self.head.vary && b.on_disk.is_none())
-                .map(|b| (b.status, &b.headers, &b.body));
-            let Some((status, headers, body)) =
-                range::combine(&self.head.headers, body, before, self.limit)
-            else {
-                return;
-            };
-            HttpEntry {
-                status,
-                headers,
-                body,
-                ..self.head
+            match before.and_then(|b| b.on_disk.as_ref().map(|d| (b, d))) {
+                // A part of the complete response the disk tier holds (the same
+                // representation): its body stays on disk, with the part's fields.
+                Some((b, on_disk)) => {
+                    let refreshed = range::part_alone(&self.head.headers, body.len() as u64)
+                        .and_then(|_| {
+                            range::refreshes_complete(
+                                &self.head.headers,
+                                b.status,
+                                &b.headers,
+                                on_disk.len,
+                            )
+                        });
+                    match refreshed {
+                        Some(headers) => HttpEntry {
+                            status: StatusCode::OK,
+                            headers,
+                            on_disk: b.on_disk.clone(),
+                            ..self.head
+                        },
+                        // Another representation, or a stored part held on disk (not
+                        // read back to be combined): the new part on its own.
+                        None => {
+                            let Some((status, headers)) =
+                                range::part_alone(&self.head.headers, body.len() as u64)
+                            else {
+                                return;
+                            };
+                            HttpEntry {
+                                status,
+                                headers,
+                                body,
+                                ..self.head
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let before = before.map(|b| (b.status, &b.headers, &b.body));
+                    let Some((status, headers, body)) =
+                        range::combine(&self.head.headers, body, before, self.limit)
+                    else {
+                        return;
+                    };
+                    HttpEntry {
+                        status,
+                        headers,
+                        body,
+                        ..self.head
+                    }
+                }
             }
         } else {
             HttpEntry { body, ..self.head }
-        };
-        let Some(bytes) = entry::encode_entry(&entry) else {
-            return;
         };
         let meta = EntryMeta {
             version: 0,
@@ -395,7 +440,7 @@ impl StoreJob {
         };
         let (store, key, ticket) = (&self.store, &self.key, self.ticket);
         let store_entry = move || {
-            if let Err(e) = store.store_loaded(key, bytes, ttl, meta, ticket) {
+            if let Err(e) = put(store, key, &entry, ttl, meta, ticket) {
                 tracing::debug!(error = %e, key, "response not stored");
             }
         };
