@@ -654,7 +654,6 @@ async fn a_ranged_revalidation_of_a_large_response_reads_its_head_and_the_range_
 /// sent whole even when the refresh brings a new representation: the cache chose to
 /// send it, and its own refresh, started at the same moment, lands while it streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces: a body served stale from disk is cut short when the background refresh it started stores a new representation"]
 async fn a_large_body_served_stale_is_sent_whole_when_its_refresh_brings_a_new_one() {
     tokio::time::timeout(BOUND, async {
         let dir = tempfile::tempdir().unwrap();
@@ -696,16 +695,23 @@ async fn a_large_body_served_stale_is_sent_whole_when_its_refresh_brings_a_new_o
         let mut stream = res.into_body();
         let mut got = Vec::new();
         got.extend_from_slice(&stream.frame().await.unwrap().unwrap().into_data().unwrap());
-        // The refresh lands while the client is still reading.
+        // The refresh has its new response, whole and spooled, while the client is
+        // still reading: it waits for the client before it replaces the record.
         loop {
             disk.flush().await.unwrap();
             let s = disk.stats();
             assert_eq!(s.rejections, 0);
-            if calls.whole.load(Ordering::SeqCst) >= 2 && s.writes >= 2 {
+            if calls.whole.load(Ordering::SeqCst) >= 2 && s.spooled_bytes >= (LEN + 2) as u64 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        disk.flush().await.unwrap();
+        assert_eq!(
+            disk.stats().writes,
+            1,
+            "the newer response waits for the download"
+        );
         while let Some(frame) = stream.frame().await {
             match frame {
                 Ok(f) => got.extend_from_slice(&f.into_data().unwrap()),
@@ -713,6 +719,18 @@ async fn a_large_body_served_stale_is_sent_whole_when_its_refresh_brings_a_new_o
             }
         }
         assert!(got[..] == body_of(1, LEN + 1)[..]);
+        drop(stream);
+        // Then it is stored.
+        while disk.stats().writes < 2 {
+            disk.flush().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert!(drain(res).await.unwrap()[..] == body_of(2, LEN + 2)[..]);
     })
     .await
     .expect("bounded");

@@ -266,6 +266,8 @@ impl DiskTierBuilder {
             max_value_bytes,
             blocking_read_threshold: self.blocking_read_threshold,
             spool,
+            readers: Default::default(),
+            unread: Default::default(),
         });
         let writer = Writer {
             shared: shared.clone(),

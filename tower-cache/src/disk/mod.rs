@@ -72,7 +72,7 @@ pub use self::builder::{
     DiskTierBuilder, OnDamage, DEFAULT_ADDRESSABLE_THRESHOLD, DEFAULT_BLOCKING_READ_THRESHOLD,
     MAX_MAP_SIZE,
 };
-pub(crate) use self::part::DiskRecord;
+pub(crate) use self::part::{DiskRecord, Reading};
 pub(crate) use self::record::{Tail, BLOCK};
 pub(crate) use self::spool::{SpoolFile, SpoolHold};
 pub use self::stats::{CompactReport, DiskStats};
@@ -133,6 +133,10 @@ pub(super) struct Shared {
     /// Where large values are spooled while they arrive; `None` if the folder could not
     /// be made.
     spool: Option<spool::SpoolDir>,
+    /// Readers of large records in parts, by key (see [`DiskRecord::reading`]).
+    readers: std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
+    /// Woken when a key's last reader ends.
+    unread: tokio::sync::Notify,
 }
 
 impl Shared {

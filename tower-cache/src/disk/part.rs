@@ -55,6 +55,22 @@ impl DiskRecord {
         })
     }
 
+    /// Counts a reader of this record's key until the guard drops (see
+    /// [`DiskTier::unread`]): a body streaming from the record, say.
+    pub(crate) fn reading(&self) -> Reading {
+        let mut readers = self
+            .disk
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *readers.entry(self.key.clone()).or_insert(0) += 1;
+        Reading {
+            disk: self.disk.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     /// The length of the value.
     pub(crate) fn len(&self) -> u64 {
         self.layout.len as u64
@@ -147,5 +163,60 @@ impl DiskRecord {
             }
             Err(_) => self.read(from, len),
         }
+    }
+}
+
+// === readers ===
+
+/// A reader of a key's large record, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct Reading {
+    disk: DiskTier,
+    key: Arc<str>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let shared = &self.disk.shared;
+        let mut readers = shared.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = readers.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.key);
+                shared.unread.notify_waiters();
+            }
+        }
+    }
+}
+
+impl DiskTier {
+    /// Waits until no reader of `key`'s large record is counted (see
+    /// [`DiskRecord::reading`]): bodies streaming from it have ended.
+    pub(crate) async fn unread(&self, key: &str) {
+        loop {
+            let notified = self.shared.unread.notified();
+            let reading = {
+                let readers = self
+                    .shared
+                    .readers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                readers.contains_key(key)
+            };
+            if !reading {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether a reader of `key`'s large record is counted.
+    pub(crate) fn is_read(&self, key: &str) -> bool {
+        let readers = self
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        readers.contains_key(key)
     }
 }

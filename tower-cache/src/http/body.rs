@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::spool::{Spool, SPOOL_QUEUE};
 use super::store::*;
-use crate::disk::DiskRecord;
+use crate::disk::{DiskRecord, Reading};
 use crate::error::DiskError;
 use crate::BoxError;
 
@@ -61,7 +61,7 @@ pin_project! {
         /// A stored body held by the disk tier: one chunk at a time, each read on the
         /// blocking pool in a read transaction of its own; a record replaced or removed
         /// meanwhile ends the body with an error.
-        Disk { body: DiskBody, sent: u64, reading: Option<ChunkRead> },
+        Disk { body: DiskBody, sent: u64, reading: Option<ChunkRead>, reader: Option<Reading> },
         Streaming { #[pin] inner: B },
         /// The copy is kept in memory up to `spool_at` bytes, then (a body the memory
         /// tier could not take) written to a spool file of the disk tier as it streams.
@@ -104,11 +104,15 @@ impl<B> HttpCacheBody<B> {
     }
 
     pub(super) fn disk(body: DiskBody) -> Self {
+        // Counted as a reader of its key until it ends or is dropped: a new response for
+        // the key waits for it before it replaces the record (see `StoreJob`).
+        let reader = Some(body.record.reading());
         Self {
             kind: BodyKind::Disk {
                 body,
                 sent: 0,
                 reading: None,
+                reader,
             },
         }
     }
@@ -206,7 +210,15 @@ where
                 body,
                 sent,
                 reading,
-            } => poll_disk(body, sent, reading, cx),
+                reader,
+            } => {
+                let polled = poll_disk(body, sent, reading, cx);
+                if *sent >= body.len {
+                    // Ended (whole, or cut by an error): no longer a reader.
+                    reader.take();
+                }
+                polled
+            }
             BodyProj::Streaming { inner } => inner.poll_frame(cx).map_err(Into::into),
             BodyProj::Tee {
                 mut inner,

@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_VARIANTS: usize = 64;
 /// Default longest time a background refresh (`stale-while-revalidate`) may take, from
 /// the request to the end of the response body: 30 s.
 pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest time a new response for a URL waits for the bodies streaming from the
+/// large stored response it replaces: 30 s.
+pub const DEFAULT_REPLACE_WAIT: Duration = Duration::from_secs(30);
 
 /// Where a response came from, as the status header says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +68,7 @@ pub struct HttpCacheLayer {
     pub(super) pass_ttl: Duration,
     pub(super) collapse_wait: Duration,
     pub(super) refresh_timeout: Duration,
+    pub(super) replace_wait: Duration,
     pub(super) forwarded: ForwardedFields,
     pub(super) max_variants: usize,
     pub(super) negotiation: bool,
@@ -97,6 +101,7 @@ impl HttpCacheLayer {
             pass_ttl: DEFAULT_HTTP_PASS_TTL,
             collapse_wait: DEFAULT_COLLAPSE_WAIT,
             refresh_timeout: DEFAULT_REFRESH_TIMEOUT,
+            replace_wait: DEFAULT_REPLACE_WAIT,
             forwarded: ForwardedFields::Drop,
             max_variants: DEFAULT_MAX_VARIANTS,
             negotiation: true,
@@ -143,6 +148,17 @@ impl HttpCacheLayer {
     /// a millisecond.
     pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
         self.refresh_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest time a new response for a URL waits, before it is stored, for the
+    /// bodies still streaming from the large stored response it replaces (one held by
+    /// the disk tier and sent in parts). A download in progress is not cut by a newer
+    /// response (a background refresh's, say) unless it takes longer than this; then it
+    /// ends with an error, never with bytes of the newer response. Meanwhile the URL
+    /// still answers with the stored response. A purge does not wait. Default 30 s.
+    pub fn replace_wait(mut self, wait: Duration) -> Self {
+        self.replace_wait = wait;
         self
     }
 

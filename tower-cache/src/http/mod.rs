@@ -319,7 +319,7 @@ pub(crate) use self::key::keyed_url;
 pub use self::key::{try_url_key, url_key};
 pub use self::layer::{
     HttpCacheLayer, DEFAULT_COLLAPSE_WAIT, DEFAULT_HTTP_MEMORY_BYTES, DEFAULT_HTTP_PASS_TTL,
-    DEFAULT_MAX_STORED_BODY, DEFAULT_MAX_VARIANTS, DEFAULT_REFRESH_TIMEOUT,
+    DEFAULT_MAX_STORED_BODY, DEFAULT_MAX_VARIANTS, DEFAULT_REFRESH_TIMEOUT, DEFAULT_REPLACE_WAIT,
 };
 pub use self::policy::{HttpPolicy, CDN_CACHE_CONTROL};
 pub use self::service::HttpCacheService;

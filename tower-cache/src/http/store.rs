@@ -127,6 +127,7 @@ pub(super) fn store_job(
         ticket,
         before,
         limit: config.max_body,
+        replace_wait: config.replace_wait,
         _leader: leader,
     }
 }
@@ -369,6 +370,8 @@ pub(super) struct StoreJob {
     pub(super) before: Option<HttpEntry>,
     /// The largest body stored, and so the largest combined part.
     pub(super) limit: usize,
+    /// How long the store waits for bodies streaming from the record it replaces.
+    pub(super) replace_wait: std::time::Duration,
     /// Held until the body ends: requests waiting for this URL wake when it drops.
     pub(super) _leader: Option<LeaderGuard>,
 }
@@ -438,15 +441,82 @@ impl StoreJob {
             version: 0,
             tags: self.tags.clone(),
         };
-        let (store, key, ticket) = (&self.store, &self.key, self.ticket);
-        let store_entry = move || {
-            if let Err(e) = put(store, key, &entry, ttl, meta, ticket) {
-                tracing::debug!(error = %e, key, "response not stored");
+        // A new head for the body the disk tier holds keeps it (readers follow it);
+        // anything else replaces the record, once its readers are done.
+        let keeps_body = entry.on_disk.is_some();
+        let commit = Commit {
+            store: self.store,
+            primary: self.primary,
+            key: self.key,
+            index: self.index,
+            ticket: self.ticket,
+            ttl,
+            meta,
+            _leader: self._leader,
+        };
+        let write = move |c: &Commit| {
+            put(
+                &c.store,
+                &c.key,
+                &entry,
+                c.ttl,
+                c.meta.clone(),
+                c.ticket.clone(),
+            )
+        };
+        if keeps_body {
+            commit.run(write);
+        } else {
+            commit.when_unread(self.replace_wait, write);
+        }
+    }
+}
+
+/// The write of a response under its key (and its URL's index), with what decides it.
+struct Commit {
+    store: Cache,
+    primary: String,
+    key: String,
+    index: Option<IndexUpdate>,
+    ticket: Ticket,
+    ttl: std::time::Duration,
+    meta: EntryMeta,
+    /// Held until the write: requests waiting for this URL wake when it drops.
+    _leader: Option<LeaderGuard>,
+}
+
+impl Commit {
+    /// Writes now.
+    fn run(mut self, write: impl FnOnce(&Commit) -> Result<(), crate::InsertError>) {
+        let index = self.index.take();
+        let store_entry = || {
+            if let Err(e) = write(&self) {
+                tracing::debug!(error = %e, key = self.key, "response not stored");
             }
         };
-        match self.index {
-            Some(update) => update.apply(store, &self.primary, ttl, store_entry),
+        match index {
+            Some(update) => update.apply(&self.store, &self.primary, self.ttl, store_entry),
             None => store_entry(),
+        }
+    }
+
+    /// Writes once no body streams from the large record the key holds (or after
+    /// `wait`): a download in progress is not cut by the response that replaces it. A
+    /// write of the key meanwhile (a purge) voids this one.
+    fn when_unread(
+        self,
+        wait: std::time::Duration,
+        write: impl FnOnce(&Commit) -> Result<(), crate::InsertError> + Send + 'static,
+    ) {
+        let disk = self.store.disk().filter(|d| d.is_read(&self.key)).cloned();
+        match (disk, tokio::runtime::Handle::try_current()) {
+            (Some(disk), Ok(rt)) => {
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(wait, disk.unread(&self.key)).await;
+                    self.run(write);
+                });
+            }
+            _ => self.run(write),
         }
     }
 }
@@ -472,17 +542,28 @@ impl StoreJob {
             version: 0,
             tags: self.tags.clone(),
         };
-        let (store, key, ticket) = (&self.store, &self.key, self.ticket);
-        let store_entry = move || {
-            let stored = store.store_spooled(key, bytes.freeze(), file, len, ttl, meta, ticket);
-            if let Err(e) = stored {
-                tracing::debug!(error = %e, key, "response not stored");
-            }
+        let commit = Commit {
+            store: self.store,
+            primary: self.primary,
+            key: self.key,
+            index: self.index,
+            ticket: self.ticket,
+            ttl,
+            meta,
+            _leader: self._leader,
         };
-        match self.index {
-            Some(update) => update.apply(store, &self.primary, ttl, store_entry),
-            None => store_entry(),
-        }
+        let head = bytes.freeze();
+        commit.when_unread(self.replace_wait, move |c: &Commit| {
+            c.store.store_spooled(
+                &c.key,
+                head,
+                file,
+                len,
+                c.ttl,
+                c.meta.clone(),
+                c.ticket.clone(),
+            )
+        });
     }
 }
 
