@@ -629,15 +629,17 @@ impl Cache {
     }
 
     /// Stores under `key` the value `head` followed by the bytes `tail` names of the
-    /// large record the disk tier holds under `key` (read in parts), unless a write of
+    /// large record the disk tier holds under `key` (read in parts), then `after`, unless a write of
     /// `key` overtook `ticket` or replaced that record: a new head for a large stored
     /// body, written without the body passing through memory. Disk tier only (the memory
     /// tier could not take the record whole).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn store_spliced(
         &self,
         key: &str,
         head: Bytes,
         tail: crate::disk::Tail,
+        after: Bytes,
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
@@ -649,7 +651,7 @@ impl Cache {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
-        disk.queue_splice(key, head, tail, ttl, meta, ticket)
+        disk.queue_splice(key, head, tail, after, ttl, meta, ticket)
             .inspect_err(|e| {
                 if e.kind() == crate::InsertErrorKind::Disk {
                     bump(&self.counters.disk_faults);

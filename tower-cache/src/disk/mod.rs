@@ -202,8 +202,9 @@ enum Op {
 #[derive(Debug)]
 pub(crate) enum Kept {
     /// Bytes of the record the key holds (a large body kept while its head is
-    /// rewritten); the put is dropped when the key no longer holds that record.
-    Record(Tail),
+    /// rewritten), then more bytes after them (a part extending a stored part); the put
+    /// is dropped when the key no longer holds that record.
+    Record(Tail, Bytes),
     /// A spool file's bytes, `len` of them (a large body written to disk as it
     /// arrived); the file goes when the op does.
     File(SpoolFile, u64),
@@ -555,20 +556,26 @@ impl DiskTier {
     }
 
     /// Queues the write of `head` followed by the bytes `tail` names of the record the key
-    /// holds now (a large stored body kept while its head is rewritten), fenced by
+    /// holds now (a large stored body kept while its head is rewritten), then `after`,
+    /// fenced by
     /// `ticket` as [`Self::queue_fill`] is. The writer copies the kept bytes from the
     /// old record to the new one in its own transaction, so no caller holds them; it
     /// drops the write (counted as superseded) when the key holds another record by then.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn queue_splice(
         &self,
         key: &str,
         head: Bytes,
         tail: Tail,
+        after: Bytes,
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
     ) -> Result<(), InsertError> {
-        let total = head.len().saturating_add(tail.len);
+        let total = head
+            .len()
+            .saturating_add(tail.len)
+            .saturating_add(after.len());
         if let Err(e) = check_value_len("disk", total, self.shared.max_value_bytes) {
             bump(&self.shared.counters.rejections, 1);
             return Err(e);
@@ -579,7 +586,7 @@ impl DiskTier {
         } = &mut op
         {
             *fence = Some(Fence::Ticket(ticket));
-            *kept = Some(Kept::Record(tail));
+            *kept = Some(Kept::Record(tail, after));
         }
         self.queue(op)
     }

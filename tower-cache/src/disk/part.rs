@@ -105,8 +105,12 @@ impl DiskRecord {
     /// dropped and counted as corrupt).
     pub(crate) fn read(&self, from: u64, len: usize) -> Result<Bytes, DiskError> {
         let shared = &self.disk.shared;
+        // Within the record opened, whatever the key holds now (a record that kept these
+        // bytes may have more after them).
         let from = usize::try_from(from)
-            .map_err(|_| DiskError::new("disk tier: read past the end of a record"))?;
+            .ok()
+            .filter(|f| f.checked_add(len).is_some_and(|end| end <= self.layout.len))
+            .ok_or_else(|| DiskError::new("disk tier: read past the end of a record"))?;
         let state = shared.state();
         let o = state.as_ref().ok_or_else(DiskError::closed)?;
         let rtxn = o.env.read_txn().map_err(|e| DiskError::lmdb("read", e))?;

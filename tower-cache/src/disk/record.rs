@@ -55,8 +55,7 @@ pub(super) fn encode_record(
     addressable_threshold: usize,
 ) -> Vec<u8> {
     encode_record_of(
-        value,
-        &[],
+        &[value],
         None,
         expires_ms,
         meta,
@@ -66,13 +65,12 @@ pub(super) fn encode_record(
     )
 }
 
-/// [`encode_record`] of the value `head` followed by `tail`, without joining them first
-/// when the record is addressable (the usual case of a tail: the body of a large record
-/// kept while its head is rewritten).
+/// [`encode_record`] of the value made of `parts` one after the other, without joining
+/// them first when the record is addressable (the usual case of several parts: a new
+/// head, the body of a large record kept behind it, and bytes added after it).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn encode_record_of(
-    head: &[u8],
-    tail: &[u8],
+    parts: &[&[u8]],
     lineage: Option<Lineage>,
     expires_ms: u64,
     meta: &EntryMeta,
@@ -80,15 +78,17 @@ pub(super) fn encode_record_of(
     compress_threshold: usize,
     addressable_threshold: usize,
 ) -> Vec<u8> {
-    if head.len() + tail.len() >= addressable_threshold {
-        return encode_addressable(head, tail, lineage, expires_ms, meta, seq);
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len >= addressable_threshold {
+        return encode_addressable(parts, len, lineage, expires_ms, meta, seq);
     }
     let joined;
-    let value = if tail.is_empty() {
-        head
-    } else {
-        joined = [head, tail].concat();
-        &joined[..]
+    let value = match parts {
+        [one] => *one,
+        _ => {
+            joined = parts.concat();
+            &joined[..]
+        }
     };
     let compressed = if value.len() >= compress_threshold {
         snap::raw::Encoder::new()
@@ -124,20 +124,19 @@ fn put_head(out: &mut Vec<u8>, logical: usize, expires_ms: u64, meta: &EntryMeta
     }
 }
 
-/// An addressable record of the value `head` followed by `tail`: the record's head
-/// (header, tags, one CRC-32 per block of the payload, under the header's checksum),
-/// then the payload as it is.
+/// An addressable record of the value made of `parts` (`len` bytes in all): the
+/// record's head (header, tags, lineage, one CRC-32 per block of the payload, under the
+/// header's checksum), then the payload as it is.
 fn encode_addressable(
-    head: &[u8],
-    tail: &[u8],
+    parts: &[&[u8]],
+    len: usize,
     lineage: Option<Lineage>,
     expires_ms: u64,
     meta: &EntryMeta,
     seq: u64,
 ) -> Vec<u8> {
-    let len = head.len() + tail.len();
     let blocks = len.div_ceil(BLOCK);
-    let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + blocks * 4 + len);
+    let mut out = Vec::with_capacity(HEADER + meta.tags.encoded_len() + 24 + blocks * 4 + len);
     out.push(FORMAT_V3);
     out.push(if lineage.is_some() { FLAG_LINEAGE } else { 0 });
     put_head(&mut out, len, expires_ms, meta, seq);
@@ -146,23 +145,30 @@ fn encode_addressable(
         out.extend_from_slice(&(l.at as u64).to_le_bytes());
         out.extend_from_slice(&l.from.to_le_bytes());
     }
-    let mut at = 0;
-    while at < len {
-        let end = (at + BLOCK).min(len);
-        let mut h = crc32fast::Hasher::new();
-        if at < head.len() {
-            h.update(&head[at..end.min(head.len())]);
+    // One CRC per block, the blocks running across the parts.
+    let mut h = crc32fast::Hasher::new();
+    let mut in_block = 0;
+    for part in parts {
+        let mut rest = *part;
+        while !rest.is_empty() {
+            let n = (BLOCK - in_block).min(rest.len());
+            h.update(&rest[..n]);
+            rest = &rest[n..];
+            in_block += n;
+            if in_block == BLOCK {
+                out.extend_from_slice(&std::mem::take(&mut h).finalize().to_le_bytes());
+                in_block = 0;
+            }
         }
-        if end > head.len() {
-            h.update(&tail[at.max(head.len()) - head.len()..end - head.len()]);
-        }
+    }
+    if in_block > 0 {
         out.extend_from_slice(&h.finalize().to_le_bytes());
-        at = end;
     }
     let crc = checksum(&out);
     out[2..6].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(head);
-    out.extend_from_slice(tail);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out
 }
 
@@ -644,7 +650,7 @@ mod tests {
             from: 7,
         };
         let (head, tail) = value.split_at(100);
-        let rec = encode_record_of(head, tail, Some(lineage), 9, &meta, 6, 1024, 1024);
+        let rec = encode_record_of(&[head, tail], Some(lineage), 9, &meta, 6, 1024, 1024);
         assert_eq!(rec[1], FLAG_LINEAGE);
         let l = addressable_layout(&rec).unwrap();
         assert_eq!(l.lineage, lineage);

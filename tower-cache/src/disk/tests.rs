@@ -136,8 +136,16 @@ async fn a_splice_keeps_a_large_value_s_bytes_behind_a_new_head_only_while_its_r
     assert!(record.tail(u64::MAX, 2).is_none());
     let head = Bytes::from(vec![b'h'; 70_001]);
     let ticket = generations.ticket("big");
-    disk.queue_splice("big", head.clone(), tail, ttl, EntryMeta::default(), ticket)
-        .unwrap();
+    disk.queue_splice(
+        "big",
+        head.clone(),
+        tail,
+        Bytes::new(),
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
     disk.flush().await.unwrap();
     let mut want = head.to_vec();
     want.extend_from_slice(&value[1_000..]);
@@ -164,6 +172,7 @@ async fn a_splice_keeps_a_large_value_s_bytes_behind_a_new_head_only_while_its_r
         "big",
         Bytes::from_static(b"xy"),
         tail,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -189,6 +198,7 @@ async fn a_splice_keeps_a_large_value_s_bytes_behind_a_new_head_only_while_its_r
         "big",
         head.clone(),
         stale,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -208,8 +218,16 @@ async fn a_splice_keeps_a_large_value_s_bytes_behind_a_new_head_only_while_its_r
     let gone = open(disk.clone()).await.tail(0, 10).unwrap();
     disk.delete("big").await.unwrap();
     let ticket = generations.ticket("big");
-    disk.queue_splice("big", head, gone, ttl, EntryMeta::default(), ticket)
-        .unwrap();
+    disk.queue_splice(
+        "big",
+        head,
+        gone,
+        Bytes::new(),
+        ttl,
+        EntryMeta::default(),
+        ticket,
+    )
+    .unwrap();
     disk.flush().await.unwrap();
     assert!(disk.get("big").is_none());
     assert_eq!(disk.stats().superseded, superseded + 2);
@@ -370,6 +388,7 @@ async fn a_splice_over_a_damaged_kept_block_counts_the_record_corrupt_and_drops_
         "big",
         Bytes::from_static(b"head"),
         tail,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -416,8 +435,7 @@ async fn a_splice_of_a_record_whose_lineage_is_near_the_end_of_u64_does_not_pani
             from: u64::MAX - 5,
         };
         let rec = record::encode_record_of(
-            &value,
-            &[],
+            &[&value],
             Some(lineage),
             h.expires_ms,
             &EntryMeta::default(),
@@ -436,6 +454,7 @@ async fn a_splice_of_a_record_whose_lineage_is_near_the_end_of_u64_does_not_pani
         "big",
         Bytes::from_static(b"head"),
         tail,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -478,6 +497,7 @@ async fn a_reader_never_follows_into_a_value_written_after_a_clear_or_a_compacti
         "big",
         Bytes::from_static(b"h1"),
         tail,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -495,6 +515,7 @@ async fn a_reader_never_follows_into_a_value_written_after_a_clear_or_a_compacti
         "big",
         Bytes::from_static(b"h1"),
         tail,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -514,6 +535,7 @@ async fn a_reader_never_follows_into_a_value_written_after_a_clear_or_a_compacti
         "big",
         Bytes::from_static(b"h1"),
         tail,
+        Bytes::new(),
         ttl,
         EntryMeta::default(),
         ticket,
@@ -559,6 +581,7 @@ async fn a_flipped_lineage_byte_or_a_cut_spliced_record_serves_no_bytes_and_is_d
             "big",
             Bytes::from_static(b"head"),
             tail,
+            Bytes::new(),
             ttl,
             EntryMeta::default(),
             generations.ticket("big"),
@@ -593,6 +616,7 @@ async fn a_flipped_lineage_byte_or_a_cut_spliced_record_serves_no_bytes_and_is_d
             "big",
             Bytes::from_static(b"again"),
             spliced.tail(4, spliced.len() - 4).unwrap(),
+            Bytes::new(),
             ttl,
             EntryMeta::default(),
             generations.ticket("big"),
@@ -606,4 +630,46 @@ async fn a_flipped_lineage_byte_or_a_cut_spliced_record_serves_no_bytes_and_is_d
         assert!(s.corrupt >= 1, "{damage}: {s:?}");
         assert_eq!(s.entries, 0, "{damage}");
     }
+}
+
+#[tokio::test]
+async fn a_splice_can_add_bytes_after_the_kept_ones_and_readers_still_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskTier::builder(dir.path())
+        .map_size(64 << 20)
+        .addressable_threshold(1 << 20)
+        .open()
+        .unwrap();
+    let generations = crate::generation::Generations::default();
+    let value: Vec<u8> = (0..2 << 20).map(|i: usize| (i % 241) as u8).collect();
+    let ttl = Duration::from_secs(60);
+    disk.set("big", Bytes::from(value.clone()), ttl)
+        .await
+        .unwrap();
+    let record = open_in_parts(&disk, "big").await;
+    let after = Bytes::from(vec![9u8; 100_000]);
+    let tail = record.tail(10, value.len() as u64 - 10).unwrap();
+    disk.queue_splice(
+        "big",
+        Bytes::from_static(b"new head"),
+        tail,
+        after.clone(),
+        ttl,
+        EntryMeta::default(),
+        generations.ticket("big"),
+    )
+    .unwrap();
+    disk.flush().await.unwrap();
+    let mut want = b"new head".to_vec();
+    want.extend_from_slice(&value[10..]);
+    want.extend_from_slice(&after);
+    // Every block checks across the three parts.
+    let now = open_in_parts(&disk, "big").await;
+    assert!(now.read_async(0, want.len()).await.unwrap()[..] == want[..]);
+    // A reader of the record before reads its own bytes where they are now, up to its
+    // own end.
+    let end = value.len() as u64;
+    assert!(record.read_async(end - 1000, 1000).await.unwrap()[..] == value[value.len() - 1000..]);
+    assert!(record.read(end, 1).is_err(), "past its own end");
+    assert_eq!(disk.stats().corrupt, 0);
 }

@@ -330,10 +330,9 @@ impl Writer {
                 } => {
                     now_ms = now_ms.max(*at);
                     let seq = t.seq + 1;
-                    let encode = |kept: &[u8], lineage| {
+                    let encode = |parts: &[&[u8]], lineage| {
                         encode_record_of(
-                            value,
-                            kept,
+                            parts,
                             lineage,
                             *expires_ms,
                             meta,
@@ -343,15 +342,16 @@ impl Writer {
                         )
                     };
                     let built = match tail {
-                        None => Some((encode(&[], None), value.len())),
+                        None => Some((encode(&[value], None), value.len())),
                         // The kept bytes are copied from the record the key holds, in
                         // this transaction: a write that replaced it since wins.
-                        Some(Kept::Record(tail)) => {
+                        Some(Kept::Record(tail, after)) => {
                             let old = dbs.entries.get(&wtxn, key.as_bytes())?;
                             match old.map(|old| tail.of(old, value.len())) {
-                                Some(record::Kept::Bytes(kept, lineage)) => {
-                                    Some((encode(kept, lineage), value.len() + kept.len()))
-                                }
+                                Some(record::Kept::Bytes(kept, lineage)) => Some((
+                                    encode(&[value, kept, after], lineage),
+                                    value.len() + kept.len() + after.len(),
+                                )),
                                 Some(record::Kept::Damaged(why)) => {
                                     // What every reader of a damaged record does.
                                     bump(&self.shared.counters.corrupt, 1);
@@ -382,7 +382,7 @@ impl Writer {
                                 .map(|rec| (rec, value.len() + n))
                             }
                             _ => read_spool(file, *len)
-                                .map(|b| (encode(&b, None), value.len() + b.len())),
+                                .map(|b| (encode(&[value, &b], None), value.len() + b.len())),
                         },
                     };
                     let Some((rec, logical)) = built else {

@@ -52,7 +52,7 @@ fn put(
             let head = entry::encode_head(entry, body.len, 0);
             match head.zip(body.record.tail(body.offset, body.len)) {
                 Some((head, tail)) => {
-                    store.store_spliced(key, head.freeze(), tail, ttl, meta, ticket)
+                    store.store_spliced(key, head.freeze(), tail, Bytes::new(), ttl, meta, ticket)
                 }
                 None => Ok(()),
             }
