@@ -629,7 +629,7 @@ impl Cache {
     }
 
     /// Stores under `key` the value `head` followed by the bytes `tail` names of the
-    /// large record the disk tier holds under `key` (read in parts), then `after`, unless a write of
+    /// large record the disk tier holds under `key` (read in parts), with the bytes `around` them, unless a write of
     /// `key` overtook `ticket` or replaced that record: a new head for a large stored
     /// body, written without the body passing through memory. Disk tier only (the memory
     /// tier could not take the record whole).
@@ -639,7 +639,7 @@ impl Cache {
         key: &str,
         head: Bytes,
         tail: crate::disk::Tail,
-        after: Bytes,
+        around: crate::disk::Around,
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
@@ -651,7 +651,7 @@ impl Cache {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
-        disk.queue_splice(key, head, tail, after, ttl, meta, ticket)
+        disk.queue_splice(key, head, tail, around, ttl, meta, ticket)
             .inspect_err(|e| {
                 if e.kind() == crate::InsertErrorKind::Disk {
                     bump(&self.counters.disk_faults);

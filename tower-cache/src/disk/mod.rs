@@ -202,12 +202,45 @@ enum Op {
 #[derive(Debug)]
 pub(crate) enum Kept {
     /// Bytes of the record the key holds (a large body kept while its head is
-    /// rewritten), then more bytes after them (a part extending a stored part); the put
-    /// is dropped when the key no longer holds that record.
-    Record(Tail, Bytes),
+    /// rewritten), with more bytes around them (a part extending a stored part); the
+    /// put is dropped when the key no longer holds that record.
+    Record(Tail, Around),
     /// A spool file's bytes, `len` of them (a large body written to disk as it
     /// arrived); the file goes when the op does.
     File(SpoolFile, u64),
+}
+
+/// The bytes a put adds around the bytes it keeps of a stored record: after them, or
+/// before and after them from a spool file (read by the writer).
+#[derive(Debug)]
+pub(crate) enum Around {
+    After(Bytes),
+    File {
+        file: SpoolFile,
+        before: std::ops::Range<usize>,
+        after: std::ops::Range<usize>,
+    },
+}
+
+impl Around {
+    fn len(&self) -> usize {
+        match self {
+            Around::After(b) => b.len(),
+            Around::File { before, after, .. } => before.len() + after.len(),
+        }
+    }
+
+    /// The bytes before and after (blocking: a file is read).
+    fn bytes(&self) -> std::io::Result<(Bytes, Bytes)> {
+        match self {
+            Around::After(b) => Ok((Bytes::new(), b.clone())),
+            Around::File {
+                file,
+                before,
+                after,
+            } => Ok((file.read(before.clone())?, file.read(after.clone())?)),
+        }
+    }
 }
 
 /// A condition a queued write must still meet when it is applied.
@@ -556,9 +589,8 @@ impl DiskTier {
     }
 
     /// Queues the write of `head` followed by the bytes `tail` names of the record the key
-    /// holds now (a large stored body kept while its head is rewritten), then `after`,
-    /// fenced by
-    /// `ticket` as [`Self::queue_fill`] is. The writer copies the kept bytes from the
+    /// holds now (a large stored body kept while its head is rewritten), with the bytes
+    /// `around` them, fenced by `ticket` as [`Self::queue_fill`] is. The writer copies the kept bytes from the
     /// old record to the new one in its own transaction, so no caller holds them; it
     /// drops the write (counted as superseded) when the key holds another record by then.
     #[allow(clippy::too_many_arguments)]
@@ -567,7 +599,7 @@ impl DiskTier {
         key: &str,
         head: Bytes,
         tail: Tail,
-        after: Bytes,
+        around: Around,
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
@@ -575,7 +607,7 @@ impl DiskTier {
         let total = head
             .len()
             .saturating_add(tail.len)
-            .saturating_add(after.len());
+            .saturating_add(around.len());
         if let Err(e) = check_value_len("disk", total, self.shared.max_value_bytes) {
             bump(&self.shared.counters.rejections, 1);
             return Err(e);
@@ -586,7 +618,7 @@ impl DiskTier {
         } = &mut op
         {
             *fence = Some(Fence::Ticket(ticket));
-            *kept = Some(Kept::Record(tail, after));
+            *kept = Some(Kept::Record(tail, around));
         }
         self.queue(op)
     }

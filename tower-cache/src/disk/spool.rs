@@ -3,6 +3,8 @@
 //! writer thread, so that no caller holds the whole value in memory while it arrives.
 
 use std::path::PathBuf;
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -92,6 +94,19 @@ pub(crate) struct SpoolFile {
 impl SpoolFile {
     pub(super) fn path(&self) -> &std::path::Path {
         &self.path
+    }
+
+    /// Bytes `range` of the file. Blocking: call it on the blocking pool.
+    pub(crate) fn read(&self, range: std::ops::Range<usize>) -> std::io::Result<Bytes> {
+        use std::io::{Read, Seek};
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let mut file = std::fs::File::open(&self.path)?;
+        file.seek(std::io::SeekFrom::Start(range.start as u64))?;
+        let mut out = vec![0; range.len()];
+        file.read_exact(&mut out)?;
+        Ok(out.into())
     }
 
     /// Counts `hold` (the bytes written to the file) until the file goes.

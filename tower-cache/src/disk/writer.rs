@@ -345,12 +345,24 @@ impl Writer {
                         None => Some((encode(&[value], None), value.len())),
                         // The kept bytes are copied from the record the key holds, in
                         // this transaction: a write that replaced it since wins.
-                        Some(Kept::Record(tail, after)) => {
+                        Some(Kept::Record(tail, around)) => {
+                            // The bytes that go around the kept ones (read off a spool
+                            // file here, on the writer's thread).
+                            let (before, after) = match around.bytes() {
+                                Ok(both) => both,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "disk tier: spool file unreadable; not stored");
+                                    bump(&self.shared.counters.superseded, 1);
+                                    results.push(Outcome::Count(0));
+                                    continue;
+                                }
+                            };
+                            let head = value.len() + before.len();
                             let old = dbs.entries.get(&wtxn, key.as_bytes())?;
-                            match old.map(|old| tail.of(old, value.len())) {
+                            match old.map(|old| tail.of(old, head)) {
                                 Some(record::Kept::Bytes(kept, lineage)) => Some((
-                                    encode(&[value, kept, after], lineage),
-                                    value.len() + kept.len() + after.len(),
+                                    encode(&[value, &before, kept, &after], lineage),
+                                    head + kept.len() + after.len(),
                                 )),
                                 Some(record::Kept::Damaged(why)) => {
                                     // What every reader of a damaged record does.

@@ -389,6 +389,70 @@ pub(crate) fn refreshes_complete(
         .then(|| complete_head(headers.clone(), complete))
 }
 
+/// How a part (a `206` with `headers`, a body of `len` bytes) extends a stored part of
+/// the same representation (`old_headers`, a body of `old_len` bytes) that it overlaps
+/// or touches, when the stored body is kept where it is (held by the disk tier) and only
+/// the new bytes are added around it (RFC 9111 section 3.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Extension {
+    /// A complete `200`, or a `206` of the union.
+    pub(crate) status: StatusCode,
+    /// The part's fields, for the union.
+    pub(crate) headers: HeaderMap,
+    /// The new body's bytes that go before the stored ones.
+    pub(crate) before: std::ops::Range<usize>,
+    /// The new body's bytes that go after the stored ones.
+    pub(crate) after: std::ops::Range<usize>,
+}
+
+/// See [`Extension`]; `None` when the part does not extend the stored one (another
+/// representation, no contact, or a part that covers the stored one: it stands alone).
+pub(crate) fn extend_part(
+    headers: &HeaderMap,
+    len: u64,
+    old_status: StatusCode,
+    old_headers: &HeaderMap,
+    old_len: u64,
+) -> Option<Extension> {
+    let (span, complete) = content_range(headers)?;
+    let (old, old_complete) = content_range(old_headers)?;
+    let extends = span.len() == len
+        && old_status == StatusCode::PARTIAL_CONTENT
+        && same_strong_etag(headers, old_headers)
+        && old_complete == complete
+        && old.len() == old_len
+        && old.first <= span.last.saturating_add(1)
+        && span.first <= old.last.saturating_add(1)
+        && !(span.first <= old.first && span.last >= old.last);
+    if !extends {
+        return None;
+    }
+    let union = ByteRange {
+        first: old.first.min(span.first),
+        last: old.last.max(span.last),
+    };
+    // In bounds: each range is within the new part (checked above).
+    let before = 0..old.first.saturating_sub(span.first) as usize;
+    let after = if span.last > old.last {
+        (old.last + 1 - span.first) as usize..len as usize
+    } else {
+        0..0
+    };
+    let (status, head) = if union.first == 0 && union.last == complete - 1 {
+        (StatusCode::OK, complete_head(headers.clone(), complete))
+    } else {
+        let mut head = headers.clone();
+        partial_head(&mut head, union, complete);
+        (StatusCode::PARTIAL_CONTENT, head)
+    };
+    Some(Extension {
+        status,
+        headers: head,
+        before,
+        after,
+    })
+}
+
 /// What to store for a part (a `206` with `headers` and `body`) given the response
 /// stored under its key before (`before`: status, fields, body), RFC 9111 section 3.4:
 ///

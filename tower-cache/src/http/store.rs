@@ -15,6 +15,7 @@ use super::policy;
 use super::range;
 use super::{body::*, collapse::*, key::*, layer::*, service::*};
 use crate::cache::Cache;
+use crate::disk::Around;
 use crate::entry::{EntryMeta, Tags};
 use crate::generation::Ticket;
 use crate::service::ready_call as call_inner;
@@ -22,38 +23,49 @@ use crate::BoxError;
 
 /// Stores a revalidated entry under `key`, with the tags its fields name.
 pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: Ticket) {
-    let ttl = entry.freshness.keep_for(policy::unix_ms(SystemTime::now()));
-    let meta = EntryMeta {
-        version: 0,
-        tags: surrogate_keys(&entry.headers),
+    let commit = Commit {
+        store: store.clone(),
+        primary: String::new(),
+        key: key.to_owned(),
+        index: None,
+        ticket,
+        ttl: entry.freshness.keep_for(policy::unix_ms(SystemTime::now())),
+        meta: EntryMeta {
+            version: 0,
+            tags: surrogate_keys(&entry.headers),
+        },
+        _leader: None,
     };
-    if let Err(e) = put(store, key, entry, ttl, meta, ticket) {
+    if let Err(e) = put(&commit, entry) {
         tracing::debug!(error = %e, key, "revalidated response not stored");
     }
 }
 
-/// Stores `entry` under `key`: whole, or, for a body the disk tier holds in parts, as a
+/// Stores `entry` as `c` says: whole, or, for a body the disk tier holds in parts, as a
 /// new head that the disk tier's writer puts in front of that body (the body never
 /// passes through memory; nothing is written if the key no longer holds its record).
-fn put(
-    store: &Cache,
-    key: &str,
-    entry: &HttpEntry,
-    ttl: std::time::Duration,
-    meta: EntryMeta,
-    ticket: Ticket,
-) -> Result<(), crate::InsertError> {
+fn put(c: &Commit, entry: &HttpEntry) -> Result<(), crate::InsertError> {
+    let meta = c.meta.clone();
     match &entry.on_disk {
         None => match entry::encode_entry(entry) {
-            Some(bytes) => store.store_loaded(key, bytes, ttl, meta, ticket).map(drop),
+            Some(bytes) => c
+                .store
+                .store_loaded(&c.key, bytes, c.ttl, meta, c.ticket.clone())
+                .map(drop),
             None => Ok(()),
         },
         Some(body) => {
             let head = entry::encode_head(entry, body.len, 0);
             match head.zip(body.record.tail(body.offset, body.len)) {
-                Some((head, tail)) => {
-                    store.store_spliced(key, head.freeze(), tail, Bytes::new(), ttl, meta, ticket)
-                }
+                Some((head, tail)) => c.store.store_spliced(
+                    &c.key,
+                    head.freeze(),
+                    tail,
+                    Around::After(Bytes::new()),
+                    c.ttl,
+                    meta,
+                    c.ticket.clone(),
+                ),
                 None => Ok(()),
             }
         }
@@ -377,73 +389,12 @@ pub(super) struct StoreJob {
 }
 
 impl StoreJob {
-    pub(super) fn finish(self, body: Bytes) {
+    /// The write this job ends with, and what it writes: the response's head, and what
+    /// was stored under the key before (for a part, of the same variant).
+    fn into_commit(self) -> (Commit, HttpEntry, Option<HttpEntry>, std::time::Duration) {
         let now = policy::unix_ms(SystemTime::now());
         let ttl = self.head.freshness.keep_for(now);
-        let before = self.before.as_ref().filter(|b| b.vary == self.head.vary);
-        let entry = if self.head.status == StatusCode::PARTIAL_CONTENT {
-            match before.and_then(|b| b.on_disk.as_ref().map(|d| (b, d))) {
-                // A part of the complete response the disk tier holds (the same
-                // representation): its body stays on disk, with the part's fields.
-                Some((b, on_disk)) => {
-                    let refreshed = range::part_alone(&self.head.headers, body.len() as u64)
-                        .and_then(|_| {
-                            range::refreshes_complete(
-                                &self.head.headers,
-                                b.status,
-                                &b.headers,
-                                on_disk.len,
-                            )
-                        });
-                    match refreshed {
-                        Some(headers) => HttpEntry {
-                            status: StatusCode::OK,
-                            headers,
-                            on_disk: b.on_disk.clone(),
-                            ..self.head
-                        },
-                        // Another representation, or a stored part held on disk (not
-                        // read back to be combined): the new part on its own.
-                        None => {
-                            let Some((status, headers)) =
-                                range::part_alone(&self.head.headers, body.len() as u64)
-                            else {
-                                return;
-                            };
-                            HttpEntry {
-                                status,
-                                headers,
-                                body,
-                                ..self.head
-                            }
-                        }
-                    }
-                }
-                None => {
-                    let before = before.map(|b| (b.status, &b.headers, &b.body));
-                    let Some((status, headers, body)) =
-                        range::combine(&self.head.headers, body, before, self.limit)
-                    else {
-                        return;
-                    };
-                    HttpEntry {
-                        status,
-                        headers,
-                        body,
-                        ..self.head
-                    }
-                }
-            }
-        } else {
-            HttpEntry { body, ..self.head }
-        };
-        let meta = EntryMeta {
-            version: 0,
-            tags: self.tags.clone(),
-        };
-        // A new head for the body the disk tier holds keeps it (readers follow it);
-        // anything else replaces the record, once its readers are done.
-        let keeps_body = entry.on_disk.is_some();
+        let before = self.before.filter(|b| b.vary == self.head.vary);
         let commit = Commit {
             store: self.store,
             primary: self.primary,
@@ -451,25 +402,180 @@ impl StoreJob {
             index: self.index,
             ticket: self.ticket,
             ttl,
-            meta,
+            meta: EntryMeta {
+                version: 0,
+                tags: self.tags,
+            },
             _leader: self._leader,
         };
-        let write = move |c: &Commit| {
-            put(
-                &c.store,
+        (commit, self.head, before, self.replace_wait)
+    }
+
+    /// Stores a body that ended whole in memory.
+    pub(super) fn finish(self, body: Bytes) {
+        let limit = self.limit;
+        let (commit, head, before, wait) = self.into_commit();
+        if head.status != StatusCode::PARTIAL_CONTENT {
+            let entry = HttpEntry { body, ..head };
+            return commit.when_unread(wait, move |c: &Commit| put(c, &entry));
+        }
+        let len = body.len() as u64;
+        match before
+            .as_ref()
+            .and_then(|b| Some((b, b.on_disk.as_deref()?)))
+        {
+            // The stored response is held by the disk tier: it is not read back; a part
+            // of it keeps it where it is, with the new bytes around it.
+            Some((b, on_disk)) => match keeps_stored(&head, len, b, on_disk) {
+                Some((head, ext)) => {
+                    let (before, after) = (body.slice(ext.0), body.slice(ext.1));
+                    let n = after.len() as u64;
+                    extend_stored(commit, head, on_disk, before, Around::After(after), n);
+                }
+                None => {
+                    let Some((status, headers)) = range::part_alone(&head.headers, len) else {
+                        return;
+                    };
+                    let entry = HttpEntry {
+                        status,
+                        headers,
+                        body,
+                        ..head
+                    };
+                    commit.when_unread(wait, move |c: &Commit| put(c, &entry));
+                }
+            },
+            None => {
+                let before = before.as_ref().map(|b| (b.status, &b.headers, &b.body));
+                let Some((status, headers, body)) =
+                    range::combine(&head.headers, body, before, limit)
+                else {
+                    return;
+                };
+                let entry = HttpEntry {
+                    status,
+                    headers,
+                    body,
+                    ..head
+                };
+                commit.when_unread(wait, move |c: &Commit| put(c, &entry));
+            }
+        }
+    }
+
+    /// Stores a body that was written to a spool file as it streamed (`len` bytes): the
+    /// disk tier's writer puts the head and the file's bytes into one record. A part
+    /// next to a stored part held by the disk tier extends it (the new bytes outside the
+    /// stored range are read from the file); otherwise a part is stored on its own.
+    pub(super) fn finish_spooled(self, file: crate::disk::SpoolFile, len: u64) {
+        let (commit, mut head, before, wait) = self.into_commit();
+        if head.status == StatusCode::PARTIAL_CONTENT {
+            let stored = before
+                .as_ref()
+                .and_then(|b| Some((b, b.on_disk.as_deref()?)));
+            if let Some((b, on_disk)) = stored {
+                if let Some((head, (before, after))) = keeps_stored(&head, len, b, on_disk) {
+                    // The new bytes outside the stored range are read off the file by
+                    // the disk tier's writer.
+                    let n = (before.len() + after.len()) as u64;
+                    let around = Around::File {
+                        file,
+                        before,
+                        after,
+                    };
+                    return extend_stored(commit, head, on_disk, Bytes::new(), around, n);
+                }
+            }
+            let Some((status, headers)) = range::part_alone(&head.headers, len) else {
+                return;
+            };
+            (head.status, head.headers) = (status, headers);
+        }
+        let Some(bytes) = entry::encode_head(&head, len, 0) else {
+            return;
+        };
+        let head = bytes.freeze();
+        commit.when_unread(wait, move |c: &Commit| {
+            c.store.store_spooled(
                 &c.key,
-                &entry,
+                head,
+                file,
+                len,
                 c.ttl,
                 c.meta.clone(),
                 c.ticket.clone(),
             )
-        };
-        if keeps_body {
-            commit.run(write);
-        } else {
-            commit.when_unread(self.replace_wait, write);
-        }
+        });
     }
+}
+
+/// Whether a part (`head`, a body of `len` bytes) keeps the response stored before it
+/// (`before`, whose body the disk tier holds) where it is (RFC 9111 section 3.4): a part
+/// of the same complete representation (the stored body with the part's fields), or one
+/// next to a stored part (the new bytes before and after it). Then the entry to store
+/// (head only) and the ranges of the new body that go before and after the stored body.
+#[allow(clippy::type_complexity)]
+fn keeps_stored(
+    head: &HttpEntry,
+    len: u64,
+    before: &HttpEntry,
+    on_disk: &DiskBody,
+) -> Option<(HttpEntry, (std::ops::Range<usize>, std::ops::Range<usize>))> {
+    let entry = |status, headers| HttpEntry {
+        status,
+        headers,
+        body: Bytes::new(),
+        freshness: head.freshness,
+        vary: head.vary.clone(),
+        on_disk: None,
+    };
+    range::part_alone(&head.headers, len)?;
+    if let Some(headers) =
+        range::refreshes_complete(&head.headers, before.status, &before.headers, on_disk.len)
+    {
+        return Some((entry(StatusCode::OK, headers), (0..0, 0..0)));
+    }
+    let ext = range::extend_part(
+        &head.headers,
+        len,
+        before.status,
+        &before.headers,
+        on_disk.len,
+    )?;
+    Some((entry(ext.status, ext.headers), (ext.before, ext.after)))
+}
+
+/// Stores `head` with the stored body the disk tier holds (`on_disk`, kept where it is by
+/// the disk tier's writer: readers follow it), `before` in front of it (from memory),
+/// and the new bytes `around` it (`around_len` of them).
+fn extend_stored(
+    commit: Commit,
+    head: HttpEntry,
+    on_disk: &DiskBody,
+    before: Bytes,
+    around: Around,
+    around_len: u64,
+) {
+    let total = on_disk.len + before.len() as u64 + around_len;
+    let (Some(mut bytes), Some(tail)) = (
+        entry::encode_head(&head, total, before.len()),
+        on_disk.record.tail(on_disk.offset, on_disk.len),
+    ) else {
+        return;
+    };
+    bytes.extend_from_slice(&before);
+    let bytes = bytes.freeze();
+    commit.run(move |c: &Commit| {
+        c.store.store_spliced(
+            &c.key,
+            bytes,
+            tail,
+            around,
+            c.ttl,
+            c.meta.clone(),
+            c.ticket.clone(),
+        )
+    });
 }
 
 /// The write of a response under its key (and its URL's index), with what decides it.
@@ -518,52 +624,6 @@ impl Commit {
             }
             _ => self.run(write),
         }
-    }
-}
-
-impl StoreJob {
-    /// Stores a body that was written to a spool file as it streamed (`len` bytes): the
-    /// disk tier's writer puts the head and the file's bytes into one record. A part (a
-    /// `206`) is stored on its own, not combined with what was stored before.
-    pub(super) fn finish_spooled(self, file: crate::disk::SpoolFile, len: u64) {
-        let now = policy::unix_ms(SystemTime::now());
-        let ttl = self.head.freshness.keep_for(now);
-        let mut head = self.head;
-        if head.status == StatusCode::PARTIAL_CONTENT {
-            let Some((status, headers)) = range::part_alone(&head.headers, len) else {
-                return;
-            };
-            (head.status, head.headers) = (status, headers);
-        }
-        let Some(bytes) = entry::encode_head(&head, len, 0) else {
-            return;
-        };
-        let meta = EntryMeta {
-            version: 0,
-            tags: self.tags.clone(),
-        };
-        let commit = Commit {
-            store: self.store,
-            primary: self.primary,
-            key: self.key,
-            index: self.index,
-            ticket: self.ticket,
-            ttl,
-            meta,
-            _leader: self._leader,
-        };
-        let head = bytes.freeze();
-        commit.when_unread(self.replace_wait, move |c: &Commit| {
-            c.store.store_spooled(
-                &c.key,
-                head,
-                file,
-                len,
-                c.ttl,
-                c.meta.clone(),
-                c.ticket.clone(),
-            )
-        });
     }
 }
 
