@@ -189,15 +189,17 @@ async fn a_body_of_tiny_frames_is_spooled_in_few_writes() {
     .expect("bounded");
 }
 
-/// A response whose body is dropped while the runtime shuts down, mid-spool: its spool
+/// A response whose body is dropped while its runtime shuts down, mid-spool: its spool
 /// file must go (the disk tier outlives the runtime and is used from another one).
+/// With a multi-threaded runtime simply dropped, the file stays in most runs, not all.
 #[test]
 #[ignore = "reproduces: a spool file dropped while its runtime shuts down is never removed (SpoolFile::drop hands the removal to spawn_blocking, which a runtime shutting down drops unrun)"]
 fn a_spool_file_dropped_as_its_runtime_shuts_down_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let (store, disk) = store_on(dir.path(), MIB);
-    let first = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A runtime of one thread, shut down with a timeout: its tasks are dropped in its
+    // context once its blocking pool has stopped taking work.
+    let first = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
@@ -225,7 +227,7 @@ fn a_spool_file_dropped_as_its_runtime_shuts_down_is_removed() {
         .await
         .expect("bounded");
     });
-    drop(first);
+    first.shutdown_timeout(BOUND);
     let second = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -390,6 +392,139 @@ async fn a_large_response_replacing_a_small_one_is_what_later_requests_get() {
             res.headers().get("x-cache")
         );
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Streams a large response of `len` bytes through `svc` from the fed origin; returns
+/// the bytes the client got.
+async fn stream_one(
+    svc: &tower_cache::http::HttpCacheService<FedOrigin>,
+    bodies: &mut mpsc::Receiver<mpsc::Sender<Bytes>>,
+    path: &str,
+    chunks: usize,
+) -> usize {
+    let res = svc
+        .clone()
+        .oneshot(get(&format!("http://t/{path}"), None))
+        .await
+        .unwrap();
+    let feed = bodies.recv().await.unwrap();
+    let reader =
+        tokio::spawn(async move { res.into_body().collect().await.map(|b| b.to_bytes().len()) });
+    for _ in 0..chunks {
+        feed.send(Bytes::from(vec![3u8; MIB])).await.unwrap();
+    }
+    drop(feed);
+    reader.await.unwrap().unwrap()
+}
+
+/// The spool folder removed while the tier is open (a temporary-file cleaner, another
+/// tier opening at the same moment): large responses reach their clients, and once the
+/// folder can be made again they are stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: once the tier's spool folder is gone it is never made again: every later large response is given up (spool_faults) and not stored until the tier is reopened"]
+async fn large_responses_are_stored_again_after_the_spool_folder_is_removed() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+        std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
+        assert_eq!(stream_one(&svc, &mut bodies, "a", 3).await, 3 * MIB);
+        until(|| disk.stats().spooled_bytes == 0).await;
+        assert_eq!(disk.stats().spool_faults, 1);
+        // The folder's parent is there and writable: the next one can be spooled.
+        assert_eq!(stream_one(&svc, &mut bodies, "b", 3).await, 3 * MIB);
+        until(|| disk.stats().spooled_bytes == 0).await;
+        disk.flush().await.unwrap();
+        let stats = disk.stats();
+        assert_eq!(stats.entries, 1, "{stats:?}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The disk tier closed while a response is spooled: the client gets it all, nothing is
+/// stored, and neither the file nor its count stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_closed_mid_spool_leaves_no_file_and_no_count() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+        let res = svc.clone().oneshot(get("http://t/c", None)).await.unwrap();
+        let feed = bodies.recv().await.unwrap();
+        let reader =
+            tokio::spawn(
+                async move { res.into_body().collect().await.map(|b| b.to_bytes().len()) },
+            );
+        for _ in 0..3 {
+            feed.send(Bytes::from(vec![4u8; MIB])).await.unwrap();
+        }
+        until(|| !spool_files(dir.path()).is_empty()).await;
+        disk.close().await;
+        for _ in 0..3 {
+            feed.send(Bytes::from(vec![4u8; MIB])).await.unwrap();
+        }
+        drop(feed);
+        assert_eq!(reader.await.unwrap().unwrap(), 6 * MIB);
+        until(|| spool_files(dir.path()).is_empty() && disk.stats().spooled_bytes == 0).await;
+        assert_eq!(disk.stats().entries, 0);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// What is stored and what is spooled together stay within the tier's byte bound (the
+/// bound the documentation says spooled bytes count against).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: spooled bytes are capped on their own, not with the bytes stored: a full tier spools up to its whole bound again (disk use up to twice max_bytes)"]
+async fn stored_and_spooled_bytes_together_stay_within_the_bound() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = tower_cache::DiskTier::builder(dir.path())
+            .map_size(1 << 30)
+            .max_bytes(18 * MIB as u64)
+            .max_value_bytes(8 * MIB)
+            .open()
+            .unwrap();
+        let memory = tower_cache::MemoryTier::builder()
+            .max_value_bytes(MIB)
+            .build()
+            .unwrap();
+        let store = tower_cache::Cache::new(memory).with_disk(disk.clone());
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+        for path in ["a", "b"] {
+            assert_eq!(stream_one(&svc, &mut bodies, path, 7).await, 7 * MIB);
+        }
+        disk.flush().await.unwrap();
+        until(|| disk.stats().entries == 2).await;
+        // The tier holds about 14 MiB; a third response of 7 MiB streams in.
+        let res = svc.clone().oneshot(get("http://t/c", None)).await.unwrap();
+        let feed = bodies.recv().await.unwrap();
+        let reader =
+            tokio::spawn(
+                async move { res.into_body().collect().await.map(|b| b.to_bytes().len()) },
+            );
+        for _ in 0..7 {
+            feed.send(Bytes::from(vec![5u8; MIB])).await.unwrap();
+        }
+        until(|| disk.stats().spooled_bytes >= 6 * MIB as u64 || disk.stats().spool_faults > 0)
+            .await;
+        let stats = disk.stats();
+        drop(feed);
+        assert_eq!(reader.await.unwrap().unwrap(), 7 * MIB);
+        assert!(
+            stats.stored_bytes + stats.spooled_bytes <= stats.bound_bytes,
+            "stored {} + spooled {} > bound {}",
+            stats.stored_bytes,
+            stats.spooled_bytes,
+            stats.bound_bytes
+        );
     })
     .await
     .expect("bounded");
