@@ -529,3 +529,102 @@ async fn stored_and_spooled_bytes_together_stay_within_the_bound() {
     .await
     .expect("bounded");
 }
+
+/// The tier compacted while a response is spooled: the response is stored whole from
+/// its file afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_spooled_across_a_compaction_is_stored_whole() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+        let res = svc.clone().oneshot(get("http://t/k", None)).await.unwrap();
+        let feed = bodies.recv().await.unwrap();
+        let reader =
+            tokio::spawn(
+                async move { res.into_body().collect().await.map(|b| b.to_bytes().len()) },
+            );
+        let chunk = |i: u8| Bytes::from(vec![i; MIB]);
+        for i in 0..3 {
+            feed.send(chunk(i)).await.unwrap();
+        }
+        until(|| !spool_files(dir.path()).is_empty()).await;
+        disk.compact().await.unwrap();
+        for i in 3..6 {
+            feed.send(chunk(i)).await.unwrap();
+        }
+        drop(feed);
+        assert_eq!(reader.await.unwrap().unwrap(), 6 * MIB);
+        until(|| disk.stats().entries == 1 && spool_files(dir.path()).is_empty()).await;
+        let res = svc.oneshot(get("http://t/k", None)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 6 * MIB);
+        for i in 0..6u8 {
+            let at = usize::from(i) * MIB;
+            assert!(got[at..at + MIB].iter().all(|&b| b == i), "MiB {i}");
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Two variants of one URL (`Vary: Accept-Language`) spooled at the same time, each
+/// from its own body: each request gets its own variant's bytes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_spooled_at_once_each_keep_their_own_bytes() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let origin = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            let lang = req.headers()["accept-language"].as_bytes()[0];
+            let body = Frames {
+                left: 3 * MIB + usize::from(lang),
+                frame: 64 << 10,
+                known_len: false,
+            };
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .header("cache-control", "max-age=600")
+                    .header("vary", "accept-language")
+                    .header("content-language", req.headers()["accept-language"].clone())
+                    .body(body)
+                    .unwrap(),
+            )
+        });
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+        let ask = |lang: &'static str| {
+            let svc = svc.clone();
+            async move {
+                let req = Request::get("http://t/v")
+                    .header("accept-language", lang)
+                    .body(Full::default())
+                    .unwrap();
+                let res = svc.oneshot(req).await.unwrap();
+                let status = res.headers()["x-cache"].to_str().unwrap().to_owned();
+                let lang = res.headers()["content-language"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let len = res.into_body().collect().await.unwrap().to_bytes().len();
+                (status, lang, len)
+            }
+        };
+        let (a, b) = tokio::join!(ask("en"), ask("fr"));
+        assert_eq!((a.1.as_str(), a.2), ("en", 3 * MIB + usize::from(b'e')));
+        assert_eq!((b.1.as_str(), b.2), ("fr", 3 * MIB + usize::from(b'f')));
+        until(|| spool_files(dir.path()).is_empty() && disk.stats().spooled_bytes == 0).await;
+        disk.flush().await.unwrap();
+        for (lang, first) in [("en", b'e'), ("fr", b'f')] {
+            let (status, got_lang, len) = ask(lang).await;
+            assert_eq!(status, "HIT-DISK", "{lang}");
+            assert_eq!(
+                (got_lang.as_str(), len),
+                (lang, 3 * MIB + usize::from(first))
+            );
+        }
+    })
+    .await
+    .expect("bounded");
+}
