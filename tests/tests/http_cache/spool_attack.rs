@@ -628,3 +628,106 @@ async fn variants_spooled_at_once_each_keep_their_own_bytes() {
     .await
     .expect("bounded");
 }
+
+/// An origin that answers a range of a representation of `total` bytes (byte `i` is
+/// `i % 251`) with a `206` of that range, and anything else with the whole `200`.
+fn range_origin(total: usize) -> FramesOriginBytes {
+    FramesOriginBytes::new(tower::service_fn(
+        move |req: Request<Full<Bytes>>| async move {
+            let whole: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+            let range = req
+                .headers()
+                .get("range")
+                .and_then(|r| r.to_str().ok())
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.split_once('-'))
+                .map(|(a, b)| {
+                    let a: usize = a.parse().unwrap();
+                    let b: usize = if b.is_empty() {
+                        total - 1
+                    } else {
+                        b.parse().unwrap()
+                    };
+                    (a, b.min(total - 1))
+                });
+            let b = Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("etag", "\"r1\"");
+            let res = match range {
+                Some((a, z)) => b
+                    .status(206)
+                    .header("content-range", format!("bytes {a}-{z}/{total}"))
+                    .body(Full::new(Bytes::from(whole[a..=z].to_vec()))),
+                None => b.body(Full::new(Bytes::from(whole))),
+            };
+            Ok::<_, std::convert::Infallible>(res.unwrap())
+        },
+    ))
+}
+
+type FramesOriginBytes = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    Response<Full<Bytes>>,
+    std::convert::Infallible,
+>;
+
+/// A large `206` spooled: stored as the part it is (a range within it is then answered
+/// from disk with the right bytes), or as the whole `200` when it covers everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_parts_are_stored_as_what_they_cover() {
+    tokio::time::timeout(BOUND, async {
+        const TOTAL: usize = 8 * MIB;
+        let want = |a: usize, z: usize| -> Vec<u8> { (a..=z).map(|i| (i % 251) as u8).collect() };
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let svc = HttpCacheLayer::new(store)
+            .max_body(80 * MIB)
+            .layer(range_origin(TOTAL));
+        // A part in the middle, 3 MiB.
+        let (a, z) = (MIB + 7, 4 * MIB + 6);
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/part", Some(&format!("bytes={a}-{z}"))))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 206);
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == want(a, z));
+        until(|| disk.stats().entries >= 1 && spool_files(dir.path()).is_empty()).await;
+        disk.flush().await.unwrap();
+        let (b, y) = (2 * MIB + 3, 3 * MIB + 100);
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/part", Some(&format!("bytes={b}-{y}"))))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 206);
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        assert_eq!(
+            res.headers()["content-range"],
+            format!("bytes {b}-{y}/{TOTAL}").as_str()
+        );
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == want(b, y), "bytes of the stored part");
+
+        // A part that covers it all: stored as the whole 200.
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/all", Some("bytes=0-")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 206);
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), TOTAL);
+        until(|| spool_files(dir.path()).is_empty() && disk.stats().spooled_bytes == 0).await;
+        disk.flush().await.unwrap();
+        let res = svc.oneshot(get("http://t/all", None)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        assert!(res.headers().get("content-range").is_none());
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == want(0, TOTAL - 1), "the whole stored");
+    })
+    .await
+    .expect("bounded");
+}
