@@ -731,3 +731,72 @@ async fn spooled_parts_are_stored_as_what_they_cover() {
     .await
     .expect("bounded");
 }
+
+/// A body that yields the frames (or the error) it was given, in order.
+struct Script(std::collections::VecDeque<Result<Frame<Bytes>, std::io::Error>>);
+
+impl Body for Script {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front())
+    }
+}
+
+/// A large body ending in trailers, or in an error, once spooled: the client gets the
+/// trailers (and the response is stored) or the error (and nothing is stored); no
+/// spool file nor count stays either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_body_ending_in_trailers_or_an_error() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let origin = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            let mut frames: std::collections::VecDeque<_> = (0..4)
+                .map(|_| Ok(Frame::data(Bytes::from(vec![6u8; MIB]))))
+                .collect();
+            if req.uri().path() == "/trailers" {
+                let mut t = http::HeaderMap::new();
+                t.insert("x-sum", "42".parse().unwrap());
+                frames.push_back(Ok(Frame::trailers(t)));
+            } else {
+                frames.push_back(Err(std::io::Error::other("origin went away")));
+            }
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .header("cache-control", "max-age=600")
+                    .body(Script(frames))
+                    .unwrap(),
+            )
+        });
+        let svc = HttpCacheLayer::new(store).max_body(80 * MIB).layer(origin);
+
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/trailers", None))
+            .await
+            .unwrap();
+        let collected = res.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "42");
+        assert_eq!(collected.to_bytes().len(), 4 * MIB);
+        until(|| disk.stats().entries == 1).await;
+
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/error", None))
+            .await
+            .unwrap();
+        assert!(res.into_body().collect().await.is_err());
+        until(|| spool_files(dir.path()).is_empty() && disk.stats().spooled_bytes == 0).await;
+        disk.flush().await.unwrap();
+        assert_eq!(disk.stats().entries, 1, "the cut body is not stored");
+        let res = svc.oneshot(get("http://t/error", None)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "MISS");
+    })
+    .await
+    .expect("bounded");
+}
