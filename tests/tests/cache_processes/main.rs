@@ -119,3 +119,63 @@ async fn two_processes_share_one_environment() {
         "the shared byte count covers both writers' compressed records"
     );
 }
+
+/// The folders under `<dir>/spool`, one per open tier.
+fn spool_folders(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir.join("spool")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    out.sort();
+    out
+}
+
+/// Spool folders across processes: a tier that opens keeps the folder of a tier open in
+/// another process (its lock held), and removes it once that process is killed.
+#[tokio::test]
+async fn a_tier_keeps_another_process_s_spool_folder_until_that_process_dies() {
+    support::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(WRITER)
+        .arg(dir.path())
+        .arg("loop")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(BOUND, async {
+        while lines.next_line().await.unwrap().as_deref() != Some("ready") {}
+        let theirs = spool_folders(dir.path());
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        let open = || {
+            DiskTier::builder(dir.path())
+                .map_size(256 << 20)
+                .open()
+                .unwrap()
+        };
+        let disk = open();
+        let both = spool_folders(dir.path());
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both.contains(&theirs[0]), "the live process's folder stays");
+        disk.close().await;
+        drop(disk);
+        while spool_folders(dir.path()) != theirs {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // SIGKILL: the child's lock goes with it, its folder stays until a tier opens.
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        assert_eq!(spool_folders(dir.path()), theirs);
+        let disk = open();
+        let now = spool_folders(dir.path());
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(
+            !now.contains(&theirs[0]),
+            "the dead process's folder is removed"
+        );
+        disk.close().await;
+    })
+    .await
+    .expect("bounded");
+}

@@ -22,6 +22,7 @@ mod proxy_policy;
 mod range;
 mod restart;
 mod rfc_cases;
+mod spool_attack;
 mod streaming;
 mod targeted;
 mod vary;
