@@ -680,6 +680,8 @@ impl Cache {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
+        // Stored on disk only: an older value in memory must not hide it.
+        self.forget_in_memory(key);
         disk.queue_spooled(key, head, file, len, ttl, meta, ticket)
             .inspect_err(|e| {
                 if e.kind() == crate::InsertErrorKind::Disk {
@@ -727,7 +729,15 @@ impl Cache {
                 tracing::debug!(error = %e, key, "disk write-through skipped");
             }
         }
-        let prepared = self.memory.prepare(value, ttl, meta)?;
+        let prepared = match self.memory.prepare(value, ttl, meta) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Too large for memory (stored on disk only): an older value there must
+                // not hide it.
+                self.forget_in_memory(key);
+                return Err(e);
+            }
+        };
         let stored = if over_loads {
             ticket.is_current()
                 && self
@@ -741,6 +751,14 @@ impl Cache {
             bump(&self.counters.stale_fills);
         }
         Ok(stored)
+    }
+
+    /// Removes the value the memory tier holds under `key`, if any (not a load in
+    /// progress): for a newer value that only the disk tier takes.
+    fn forget_in_memory(&self, key: &str) {
+        if self.memory.get_fresh_uncounted(key).is_some() {
+            self.memory.delete(key);
+        }
     }
 
     /// Marks `key` pass for `ttl` without a placeholder: requests for it go to the origin

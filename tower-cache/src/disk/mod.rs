@@ -26,7 +26,8 @@
 //!   flight finds them in the new record. A large value that arrives over time (a
 //!   response body) is written to a spool file in the tier's directory (`spool/`, one
 //!   locked folder per open tier; what a stopped process left is removed when a tier
-//!   opens) and put into the store from there; spooled bytes count against the bound.
+//!   opens) and put into the store from there; the spooled bytes at once are capped at
+//!   the bound.
 //! - **Expiry**: each entry's deadline (Unix milliseconds) is also a key in an expiry
 //!   index, so [`DiskTier::remove_expired`] deletes expired entries by walking the index from its
 //!   start, without scanning the data. When the stored bytes pass the bound, expired

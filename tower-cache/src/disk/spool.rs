@@ -21,7 +21,9 @@ pub(super) const SPOOL_DIR: &str = "spool";
 #[derive(Debug)]
 pub(super) struct SpoolDir {
     dir: PathBuf,
-    _lock: std::fs::File,
+    /// The locked file that marks the folder in use (made again with the folder, should
+    /// something remove it).
+    lock: std::sync::Mutex<std::fs::File>,
 }
 
 impl SpoolDir {
@@ -37,19 +39,34 @@ impl SpoolDir {
             .map_or(0, |d| d.as_nanos());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = root.join(format!("{}-{stamp}-{n}", std::process::id()));
-        let made = std::fs::create_dir_all(&dir).and_then(|()| {
-            let lock = std::fs::File::create(dir.join(LOCK))?;
-            lock.try_lock().map_err(std::io::Error::other)?;
-            Ok(lock)
-        });
-        match made {
-            Ok(lock) => Some(SpoolDir { dir, _lock: lock }),
+        match make(&dir) {
+            Ok(lock) => Some(SpoolDir {
+                dir,
+                lock: std::sync::Mutex::new(lock),
+            }),
             Err(e) => {
-                tracing::warn!(error = %e, dir = %dir.display(), "disk tier: no spool folder; large responses are not stored");
+                tracing::warn!(error = %e, dir = %dir.display(), "disk tier: no spool folder; large responses are kept in memory while they arrive");
                 None
             }
         }
     }
+
+    /// The folder, made again (and locked) if something removed it.
+    fn ensure(&self) -> std::io::Result<&std::path::Path> {
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.dir.join(LOCK).exists() {
+            *lock = make(&self.dir)?;
+        }
+        Ok(&self.dir)
+    }
+}
+
+/// Makes a spool folder and its lock file, locked.
+fn make(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::create(dir.join(LOCK))?;
+    lock.try_lock().map_err(std::io::Error::other)?;
+    Ok(lock)
 }
 
 impl Drop for SpoolDir {
@@ -72,10 +89,19 @@ fn clear_abandoned(root: &std::path::Path) {
             let _ = std::fs::remove_file(&path);
             continue;
         }
-        let free = std::fs::OpenOptions::new()
+        // A folder without its lock file may be one a tier is making right now: it is
+        // left alone for a minute.
+        let free = match std::fs::OpenOptions::new()
             .write(true)
             .open(path.join(LOCK))
-            .map_or(true, |f| f.try_lock().is_ok());
+        {
+            Ok(f) => f.try_lock().is_ok(),
+            Err(_) => std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+        };
         if free {
             let _ = std::fs::remove_dir_all(&path);
         }
@@ -149,17 +175,9 @@ impl Drop for SpoolHold {
 
 impl Drop for SpoolFile {
     fn drop(&mut self) {
-        let path = std::mem::take(&mut self.path);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn_blocking(move || {
-                    let _ = std::fs::remove_file(path);
-                });
-            }
-            Err(_) => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        // At once, on the dropping thread (one unlink): a removal handed to the blocking
+        // pool would be lost with a runtime that is shutting down.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -172,7 +190,7 @@ impl DiskTier {
             return Err(std::io::Error::other("the disk tier has no spool folder"));
         };
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = spool.dir.join(format!("{n}.part"));
+        let path = spool.ensure()?.join(format!("{n}.part"));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -192,6 +210,11 @@ impl DiskTier {
     /// Counts a spooled value given up (see [`DiskStats::spool_faults`](super::DiskStats)).
     pub(crate) fn count_spool_fault(&self) {
         bump(&self.shared.counters.spool_faults, 1);
+    }
+
+    /// Whether large values can be spooled (the tier has its spool folder).
+    pub(crate) fn can_spool(&self) -> bool {
+        self.shared.spool.is_some()
     }
 
     /// The largest value the disk tier takes.

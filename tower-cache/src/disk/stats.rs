@@ -48,8 +48,10 @@ pub struct DiskStats {
     /// [`DiskTierBuilder::addressable_threshold`](super::DiskTierBuilder::addressable_threshold)).
     pub value_bytes_read: u64,
     /// Bytes in spool files now: large values written to disk as they arrive (a response
-    /// body streaming from an origin), before the writer stores them. They count against
-    /// `bound_bytes`: a value that would take them past it is not spooled (nor stored).
+    /// body streaming from an origin), before the writer stores them. They are capped at
+    /// `bound_bytes` (apart from the stored bytes, which eviction keeps within it as the
+    /// spooled values are stored): a value that would take them past it is not spooled
+    /// (nor stored).
     pub spooled_bytes: u64,
     /// Spooled values given up: over the bound above, or a spool file that could not be
     /// made or written (a full or failing disk). The response still reached its client.

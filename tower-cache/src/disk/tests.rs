@@ -273,7 +273,7 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
             let (mut file, spool) = disk.spool_file().unwrap();
             file.write_all(&value[..has]).unwrap();
             let path = spool.path().to_owned();
-            let superseded = disk.stats().superseded;
+            let faults = disk.stats().spool_faults;
             let ticket = generations.ticket("cut");
             disk.queue_spooled(
                 "cut",
@@ -287,7 +287,7 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
             .unwrap();
             disk.flush().await.unwrap();
             assert!(disk.get("cut").is_none(), "{has} of {says}");
-            assert_eq!(disk.stats().superseded, superseded + 1);
+            assert_eq!(disk.stats().spool_faults, faults + 1);
             assert!(!path.exists());
         }
 

@@ -352,7 +352,7 @@ impl Writer {
                                 Ok(both) => both,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "disk tier: spool file unreadable; not stored");
-                                    bump(&self.shared.counters.superseded, 1);
+                                    bump(&self.shared.counters.spool_faults, 1);
                                     results.push(Outcome::Count(0));
                                     continue;
                                 }
@@ -398,7 +398,18 @@ impl Writer {
                         },
                     };
                     let Some((rec, logical)) = built else {
-                        bump(&self.shared.counters.superseded, 1);
+                        // A spool file that does not hold the value is a fault; anything
+                        // else, a write overtaken.
+                        let spooled = matches!(tail, Some(Kept::File(..)));
+                        let c = &self.shared.counters;
+                        bump(
+                            if spooled {
+                                &c.spool_faults
+                            } else {
+                                &c.superseded
+                            },
+                            1,
+                        );
                         results.push(Outcome::Count(0));
                         continue;
                     };

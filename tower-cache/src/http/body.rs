@@ -127,7 +127,7 @@ impl<B> HttpCacheBody<B> {
         // Past what the memory tier takes, a copy goes to disk (when there is one, and a
         // runtime to write it from).
         let spool_at = match job.store.disk() {
-            Some(_) if tokio::runtime::Handle::try_current().is_ok() => {
+            Some(d) if d.can_spool() && tokio::runtime::Handle::try_current().is_ok() => {
                 job.store.memory().max_value_bytes()
             }
             _ => usize::MAX,

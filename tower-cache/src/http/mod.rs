@@ -65,12 +65,21 @@
 //!     record was replaced by another response or removed, the body ends with an error:
 //!     the client sees a cut connection, never a body made of two responses;
 //!   - a response that will not fit the memory tier is copied to a spool file of the
-//!     disk tier as it streams to the client (at most 1 MiB waits for the file before
-//!     the body waits for the disk), and the writer builds its record from the file.
-//!     Spooled bytes count against the disk tier's byte bound
-//!     ([`DiskStats::spooled_bytes`](crate::DiskStats::spooled_bytes)); a response that
-//!     would pass it, or whose file cannot be written, still reaches its client and is
-//!     not stored ([`DiskStats::spool_faults`](crate::DiskStats::spool_faults)).
+//!     disk tier as it streams to the client (about 1 MiB waits for the file before the
+//!     body waits for the disk; small frames are gathered into 256 KiB writes), and the
+//!     writer builds its record from the file. The bytes in spool files at once are
+//!     capped at the disk tier's byte bound
+//!     ([`DiskStats::spooled_bytes`](crate::DiskStats::spooled_bytes)): as they are
+//!     stored, eviction keeps the stored bytes within the bound, so the tier's disk use
+//!     stays under twice it. A response that would pass the cap, or whose file cannot be
+//!     written, still reaches its client and is not stored
+//!     ([`DiskStats::spool_faults`](crate::DiskStats::spool_faults)). Without a spool
+//!     folder (a file system without file locks), such a response is kept in memory while
+//!     it arrives, as before;
+//!   - a new response for a URL waits for the bodies still streaming from the large
+//!     response it replaces ([`HttpCacheLayer::replace_wait`], 30 s), so a download in
+//!     progress ends whole; a part next to a stored part extends it on disk (sequential
+//!     range requests build the whole response).
 //!
 //!   A response that fits the memory tier is read whole and promoted, as before. Read
 //!   whole too: records stored whole and compressed (by versions before the addressable

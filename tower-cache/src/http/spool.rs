@@ -1,13 +1,14 @@
 //! The copy of a response body too large for the memory tier, written to a spool file
 //! of the disk tier as the body streams to the client, and stored from there: the cache
-//! holds at most about [`SPOOL_QUEUE`] bytes of such a body in memory, not all of it.
+//! holds at most about [`SPOOL_QUEUE`] bytes of such a body in memory (plus the file's
+//! write buffer), not all of it.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
@@ -16,6 +17,11 @@ use crate::disk::{DiskTier, SpoolFile, SpoolHold};
 /// Most bytes of a body waiting for its spool file before the body waits for the file
 /// (a client is not sent more than the disk can take plus this much).
 pub(super) const SPOOL_QUEUE: usize = 1 << 20;
+
+/// Bytes handed to the file in one write at most (the file's own buffer), and the size
+/// small frames are gathered to before they are queued: a body of tiny frames costs a
+/// write per this many bytes, not one per frame.
+const WRITE: usize = 256 << 10;
 
 type Opening = JoinHandle<std::io::Result<(std::fs::File, SpoolFile)>>;
 
@@ -36,6 +42,8 @@ pub(super) struct Spool {
     hold: Option<SpoolHold>,
     state: State,
     queue: VecDeque<Bytes>,
+    /// Small frames gathered until they make a write's worth.
+    gathered: BytesMut,
     queued: usize,
     len: u64,
 }
@@ -63,6 +71,7 @@ impl Spool {
             hold: Some(disk.spool_hold()),
             state: State::Opening(opening),
             queue: VecDeque::new(),
+            gathered: BytesMut::new(),
             queued: 0,
             len: 0,
         };
@@ -85,7 +94,22 @@ impl Spool {
         }
         self.queued += data.len();
         self.len += data.len() as u64;
-        self.queue.push_back(data);
+        if data.len() >= WRITE {
+            self.gather_out();
+            self.queue.push_back(data);
+        } else {
+            self.gathered.extend_from_slice(&data);
+            if self.gathered.len() >= WRITE {
+                self.gather_out();
+            }
+        }
+    }
+
+    /// Queues the small frames gathered so far.
+    fn gather_out(&mut self) {
+        if !self.gathered.is_empty() {
+            self.queue.push_back(self.gathered.split().freeze());
+        }
     }
 
     /// The bytes of the body so far.
@@ -109,20 +133,23 @@ impl Spool {
             match &mut self.state {
                 State::Failed => {
                     self.queue.clear();
+                    self.gathered = BytesMut::new();
                     self.queued = 0;
                     return Poll::Ready(());
                 }
                 State::Opening(task) => match std::task::ready!(Pin::new(task).poll(cx)) {
                     Ok(Ok((file, spool))) => {
-                        self.state = State::Open {
-                            file: tokio::fs::File::from_std(file),
-                            spool,
-                        }
+                        let mut file = tokio::fs::File::from_std(file);
+                        file.set_max_buf_size(WRITE);
+                        self.state = State::Open { file, spool }
                     }
                     Ok(Err(e)) => self.fail(&e),
                     Err(e) => self.fail(&e),
                 },
                 State::Open { file, .. } => {
+                    if self.queue.is_empty() && !self.gathered.is_empty() {
+                        self.queue.push_back(self.gathered.split().freeze());
+                    }
                     let Some(front) = self.queue.front_mut() else {
                         return Poll::Ready(());
                     };
@@ -149,6 +176,7 @@ impl Spool {
         self.state = State::Failed;
         self.hold = None;
         self.queue.clear();
+        self.gathered = BytesMut::new();
         self.queued = 0;
     }
 
