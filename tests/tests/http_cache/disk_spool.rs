@@ -294,3 +294,60 @@ async fn spooled_bytes_are_capped_by_the_disk_tier_s_byte_bound() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_large_miss_find_it_on_disk_and_do_not_all_go_to_the_origin() {
+    tokio::time::timeout(BOUND, async {
+        const LEN: usize = 6 * MIB;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), MIB);
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store)
+            .max_body(80 * MIB)
+            .collapse_wait(Duration::from_secs(30))
+            .layer(origin);
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "MISS");
+        let feed = bodies.recv().await.unwrap();
+        // Others ask for the URL while its first response streams: they wait for it.
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let res = svc.oneshot(get("http://t/big", None)).await.unwrap();
+                    let x_cache = res.headers()["x-cache"].to_str().unwrap().to_owned();
+                    let len = res.into_body().collect().await.unwrap().to_bytes().len();
+                    (x_cache, len)
+                })
+            })
+            .collect();
+        let reader =
+            tokio::spawn(
+                async move { res.into_body().collect().await.map(|b| b.to_bytes().len()) },
+            );
+        for _ in 0..6 {
+            feed.send(Bytes::from(vec![4u8; MIB])).await.unwrap();
+        }
+        drop(feed);
+        assert_eq!(reader.await.unwrap().unwrap(), LEN);
+        // None of them goes to the origin: they wake once the response is on disk.
+        while !waiters.iter().all(|w| w.is_finished()) {
+            assert!(
+                bodies.try_recv().is_err(),
+                "a waiting request went to the origin"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for w in waiters {
+            let (x_cache, len) = w.await.unwrap();
+            assert_eq!((x_cache.as_str(), len), ("HIT-DISK", LEN));
+        }
+        assert_eq!(disk.stats().entries, 1);
+    })
+    .await
+    .expect("bounded");
+}

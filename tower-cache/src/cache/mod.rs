@@ -662,6 +662,7 @@ impl Cache {
     /// Stores under `key` the value `head` followed by the `len` bytes of a spool `file`
     /// (a large value written to disk as it arrived), unless a write of `key` overtook
     /// `ticket`. Disk tier only: a value spooled is one the memory tier could not take.
+    /// Returns what resolves once the writer has applied it (`None`: nothing queued).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store_spooled(
         &self,
@@ -672,17 +673,18 @@ impl Cache {
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
-    ) -> Result<(), InsertError> {
+    ) -> Result<Option<crate::disk::Committed>, InsertError> {
         if !ticket.is_current() {
             bump(&self.counters.stale_fills);
-            return Ok(());
+            return Ok(None);
         }
         let Some(disk) = &self.disk else {
-            return Ok(());
+            return Ok(None);
         };
         // Stored on disk only: an older value in memory must not hide it.
         self.forget_in_memory(key);
         disk.queue_spooled(key, head, file, len, ttl, meta, ticket)
+            .map(Some)
             .inspect_err(|e| {
                 if e.kind() == crate::InsertErrorKind::Disk {
                     bump(&self.counters.disk_faults);

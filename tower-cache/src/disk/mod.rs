@@ -158,6 +158,9 @@ pub(crate) fn dependency_key(on: &str, dependent: &str) -> String {
 /// as long as the dependent's entry.
 pub(crate) const SCOPED_EDGE: &[u8] = &[1];
 
+/// Resolves once the writer has applied a queued write (stored, superseded or failed).
+pub(crate) type Committed = oneshot::Receiver<Result<(), DiskError>>;
+
 /// A decoded record: deadline, value, metadata.
 type Decoded = (u64, Bytes, EntryMeta);
 
@@ -506,7 +509,7 @@ impl DiskTier {
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
-    ) -> Result<(), InsertError> {
+    ) -> Result<Committed, InsertError> {
         let total = usize::try_from(len)
             .unwrap_or(usize::MAX)
             .saturating_add(head.len());
@@ -514,7 +517,8 @@ impl DiskTier {
             bump(&self.shared.counters.rejections, 1);
             return Err(e);
         }
-        let mut op = self.put_op(key, head, ttl, meta, None)?;
+        let (ack, committed) = oneshot::channel();
+        let mut op = self.put_op(key, head, ttl, meta, Some(ack))?;
         if let Op::Put {
             fence, tail: kept, ..
         } = &mut op
@@ -522,7 +526,8 @@ impl DiskTier {
             *fence = Some(Fence::Ticket(ticket));
             *kept = Some(Kept::File(file, len));
         }
-        self.queue(op)
+        self.queue(op)?;
+        Ok(committed)
     }
 
     /// Stores `value` if `check` still holds when the writer applies it, and waits for

@@ -44,29 +44,32 @@ pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: T
 /// Stores `entry` as `c` says: whole, or, for a body the disk tier holds in parts, as a
 /// new head that the disk tier's writer puts in front of that body (the body never
 /// passes through memory; nothing is written if the key no longer holds its record).
-fn put(c: &Commit, entry: &HttpEntry) -> Result<(), crate::InsertError> {
+fn put(c: &Commit, entry: &HttpEntry) -> Written {
     let meta = c.meta.clone();
     match &entry.on_disk {
         None => match entry::encode_entry(entry) {
             Some(bytes) => c
                 .store
                 .store_loaded(&c.key, bytes, c.ttl, meta, c.ticket.clone())
-                .map(drop),
-            None => Ok(()),
+                .map(|_| None),
+            None => Ok(None),
         },
         Some(body) => {
             let head = entry::encode_head(entry, body.len, 0);
             match head.zip(body.record.tail(body.offset, body.len)) {
-                Some((head, tail)) => c.store.store_spliced(
-                    &c.key,
-                    head.freeze(),
-                    tail,
-                    Around::After(Bytes::new()),
-                    c.ttl,
-                    meta,
-                    c.ticket.clone(),
-                ),
-                None => Ok(()),
+                Some((head, tail)) => c
+                    .store
+                    .store_spliced(
+                        &c.key,
+                        head.freeze(),
+                        tail,
+                        Around::After(Bytes::new()),
+                        c.ttl,
+                        meta,
+                        c.ticket.clone(),
+                    )
+                    .map(|()| None),
+                None => Ok(None),
             }
         }
     }
@@ -566,17 +569,23 @@ fn extend_stored(
     bytes.extend_from_slice(&before);
     let bytes = bytes.freeze();
     commit.run(move |c: &Commit| {
-        c.store.store_spliced(
-            &c.key,
-            bytes,
-            tail,
-            around,
-            c.ttl,
-            c.meta.clone(),
-            c.ticket.clone(),
-        )
+        c.store
+            .store_spliced(
+                &c.key,
+                bytes,
+                tail,
+                around,
+                c.ttl,
+                c.meta.clone(),
+                c.ticket.clone(),
+            )
+            .map(|()| None)
     });
 }
+
+/// What a write did: queued (and, for a write the disk tier alone takes, what resolves
+/// once it is applied), or refused.
+type Written = Result<Option<crate::disk::Committed>, crate::InsertError>;
 
 /// The write of a response under its key (and its URL's index), with what decides it.
 struct Commit {
@@ -592,17 +601,29 @@ struct Commit {
 }
 
 impl Commit {
-    /// Writes now.
-    fn run(mut self, write: impl FnOnce(&Commit) -> Result<(), crate::InsertError>) {
+    /// Writes now. A write the disk tier alone takes keeps the requests waiting for the
+    /// URL waiting until it is applied: they find it on disk, rather than all going to
+    /// the origin while it is queued.
+    fn run(mut self, write: impl FnOnce(&Commit) -> Written) {
         let index = self.index.take();
-        let store_entry = || {
-            if let Err(e) = write(&self) {
-                tracing::debug!(error = %e, key = self.key, "response not stored");
-            }
+        let mut committed = None;
+        let store_entry = || match write(&self) {
+            Ok(c) => committed = c,
+            Err(e) => tracing::debug!(error = %e, key = self.key, "response not stored"),
         };
         match index {
             Some(update) => update.apply(&self.store, &self.primary, self.ttl, store_entry),
             None => store_entry(),
+        }
+        if let (Some(committed), Some(leader), Ok(rt)) = (
+            committed,
+            self._leader.take(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            rt.spawn(async move {
+                let _ = committed.await;
+                drop(leader);
+            });
         }
     }
 
@@ -612,7 +633,7 @@ impl Commit {
     fn when_unread(
         self,
         wait: std::time::Duration,
-        write: impl FnOnce(&Commit) -> Result<(), crate::InsertError> + Send + 'static,
+        write: impl FnOnce(&Commit) -> Written + Send + 'static,
     ) {
         let disk = self.store.disk().filter(|d| d.is_read(&self.key)).cloned();
         match (disk, tokio::runtime::Handle::try_current()) {
