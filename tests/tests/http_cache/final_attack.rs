@@ -190,3 +190,151 @@ async fn a_reader_of_a_purged_record_does_not_hold_the_next_response() {
     .await
     .expect("bounded");
 }
+
+/// A new response waits for a slow client of the record it replaces; the URL is purged
+/// meanwhile. The purge wins: when the client goes, the waiting response is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_the_replace_wait_wins() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let (origin, version, _) = versioned_origin("max-age=600");
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .collapse_wait(FOREVER)
+            .replace_wait(FOREVER)
+            .layer(origin);
+        answer_of(svc.clone()).await.expect("first fetch");
+        disk.flush().await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        let mut slow = res.into_body();
+        slow.frame().await.unwrap().unwrap();
+
+        // A client that asks the origin (`no-cache`) brings version 2, which waits.
+        version.store(2, Ordering::SeqCst);
+        let req = Request::get("http://t/big")
+            .header("cache-control", "no-cache")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(body == body_of(2, LEN));
+        disk.flush().await.unwrap();
+        assert_eq!(
+            disk.stats().writes,
+            1,
+            "version 2 waits for the slow client"
+        );
+
+        let post = Request::post("http://t/big").body(Full::default()).unwrap();
+        svc.clone().oneshot(post).await.unwrap();
+        // A request of the URL: it waits for the response in flight (whose write is
+        // held), then finds the URL purged.
+        let next = tokio::spawn(answer_of(svc.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(slow);
+        let (x, body) = next.await.unwrap().expect("answered once the client went");
+        assert_eq!(
+            x, "MISS",
+            "the response that waited was not stored over the purge"
+        );
+        assert!(body == body_of(2, LEN));
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Every way a body of a large stored record ends or goes (read whole and kept, dropped
+/// unread, dropped mid-way, a range, a `HEAD`, a `304`, a `416`) stops counting it as a
+/// reader: a new response for the URL is then stored at once, without its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_body_of_a_stored_record_counts_as_a_reader_after_it_ends_or_goes() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let (origin, version, _) = versioned_origin("max-age=600");
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .collapse_wait(FOREVER)
+            .replace_wait(FOREVER)
+            .layer(origin);
+        answer_of(svc.clone()).await.expect("first fetch");
+        disk.flush().await.unwrap();
+        let send = |b: http::request::Builder| {
+            let svc = svc.clone();
+            async move {
+                let res = svc.oneshot(b.body(Full::default()).unwrap()).await.unwrap();
+                assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+                res
+            }
+        };
+        let plain = || Request::get("http://t/big");
+        let mut kept = Vec::new();
+        // Read whole, the body kept.
+        let mut whole = send(plain()).await.into_body();
+        while let Some(f) = whole.frame().await {
+            f.unwrap();
+        }
+        kept.push(whole);
+        // Dropped unread, and after one frame.
+        drop(send(plain()).await);
+        let mut mid = send(plain()).await.into_body();
+        mid.frame().await.unwrap().unwrap();
+        drop(mid);
+        // A range read whole (kept), a range dropped unread, one that ends mid-block.
+        for (range, read) in [
+            ("bytes=0-99", true),
+            ("bytes=100-", false),
+            ("bytes=-1", true),
+        ] {
+            let res = send(plain().header("range", range)).await;
+            assert_eq!(res.status(), 206, "{range}");
+            let mut b = res.into_body();
+            if read {
+                while let Some(f) = b.frame().await {
+                    f.unwrap();
+                }
+                kept.push(b);
+            }
+        }
+        // HEAD, a 304, a 416: no body to read, kept.
+        for b in [
+            Request::head("http://t/big"),
+            plain().header("if-none-match", "\"v1\""),
+            plain().header("range", format!("bytes={LEN}-")),
+        ] {
+            kept.push(send(b).await.into_body());
+        }
+
+        // A new response for the URL is stored without waiting.
+        version.store(2, Ordering::SeqCst);
+        let req = Request::get("http://t/big")
+            .header("cache-control", "no-cache")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        let stored = tokio::time::timeout(STUCK, async {
+            loop {
+                disk.flush().await.unwrap();
+                if let Some((x, body)) = answer_of(svc.clone()).await {
+                    if body == body_of(2, LEN) {
+                        break x;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the new response waited for bodies that had ended or gone");
+        assert_eq!(stored, "HIT-DISK");
+        drop(kept);
+    })
+    .await
+    .expect("bounded");
+}
