@@ -736,3 +736,67 @@ async fn a_failed_retry_after_a_304_for_another_etag_is_covered_by_stale_if_erro
     .await
     .expect("bounded");
 }
+
+/// A small response is stored in both tiers; the URL's next response is large (spooled,
+/// stored on disk only). A request that reads the disk tier while the large response's
+/// write is queued (after the small one left memory, before the writer stored the large
+/// one) finds the small one there: it must not put it back into memory, where it would
+/// hide the large response for its whole lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a lookup between a spooled response's queueing and its write promotes the older small response back into memory, hiding the new one"]
+async fn an_older_small_response_is_not_promoted_over_a_spooled_one_being_written() {
+    tokio::time::timeout(BOUND, async {
+        const BIG: usize = 32 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let version = Arc::new(AtomicUsize::new(1));
+        let origin = Origin::new(tower::service_fn({
+            let version = version.clone();
+            move |_req: Request<Full<Bytes>>| {
+                let v = version.load(Ordering::SeqCst);
+                let len = if v == 1 { 1000 } else { BIG };
+                let res = http::Response::builder()
+                    .header("cache-control", "max-age=600")
+                    .header("etag", format!("\"v{v}\""))
+                    .body(Full::new(body_of(v, len)))
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(res) }
+            }
+        }));
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .layer(origin);
+        let (x, body) = answer_of(svc.clone()).await.expect("first");
+        assert_eq!((x.as_str(), body.len()), ("MISS", 1000));
+        disk.flush().await.unwrap();
+        assert_eq!(disk.stats().entries, 1, "the small response on disk too");
+        // The new, large response (a client that asks the origin).
+        version.store(2, Ordering::SeqCst);
+        let req = Request::get("http://t/big")
+            .header("cache-control", "no-cache")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes().len(),
+            BIG
+        );
+        // Requests at once, while the writer stores it.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (x, body) = answer_of(svc.clone()).await.expect("answered");
+            seen.push((x, body.len()));
+        }
+        disk.flush().await.unwrap();
+        // The large response is on disk: only memory hides it.
+        assert_eq!(disk.stats().writes, 2, "the large response was written");
+        let (x, body) = answer_of(svc.clone()).await.expect("answered");
+        assert!(
+            body.len() == BIG,
+            "after the write: {x} with {} bytes (before it: {seen:?})",
+            body.len()
+        );
+    })
+    .await
+    .expect("bounded");
+}
