@@ -800,3 +800,67 @@ async fn an_older_small_response_is_not_promoted_over_a_spooled_one_being_writte
     .await
     .expect("bounded");
 }
+
+/// One slow client of a large stored response, and many requests that make the cache
+/// ask the origin for that URL (`no-cache`), each bringing a new response that waits
+/// for the slow client. Only the newest of them can ever be the one stored: the older
+/// ones do not stay spooled (counted against the disk tier's bound, which every other
+/// URL's large responses need) for the whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: every new response for a URL waiting on a slow reader stays spooled for the whole wait: one slow client and N requests hold N bodies of the disk tier's spool bound"]
+async fn responses_waiting_for_one_slow_client_do_not_pile_up() {
+    tokio::time::timeout(BOUND, async {
+        const N: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let (origin, version, whole) = versioned_origin("max-age=600");
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .collapse_wait(Duration::ZERO)
+            .replace_wait(FOREVER)
+            .layer(origin);
+        answer_of(svc.clone()).await.expect("first fetch");
+        disk.flush().await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        let mut slow = res.into_body();
+        slow.frame().await.unwrap().unwrap();
+        for v in 2..2 + N {
+            version.store(v, Ordering::SeqCst);
+            let req = Request::get("http://t/big")
+                .header("cache-control", "no-cache")
+                .body(Full::default())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert!(body == body_of(v, LEN));
+        }
+        assert_eq!(whole.load(Ordering::SeqCst), 1 + N);
+        let held = disk.stats().spooled_bytes;
+        drop(slow);
+        // The newest is stored.
+        let stored = tokio::time::timeout(STUCK, async {
+            loop {
+                disk.flush().await.unwrap();
+                if let Some((_, body)) = answer_of(svc.clone()).await {
+                    if body == body_of(1 + N, LEN) {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            held <= 2 * LEN as u64,
+            "{held} bytes spooled for {N} responses of {LEN} bytes waiting on one client"
+        );
+        stored.expect("the newest response stored once the client went");
+    })
+    .await
+    .expect("bounded");
+}
