@@ -864,3 +864,72 @@ async fn responses_waiting_for_one_slow_client_do_not_pile_up() {
     .await
     .expect("bounded");
 }
+
+/// A large stored response without `Vary` is being downloaded when the origin's next
+/// response for the URL varies (`Vary: Accept-Encoding`): the URL's record becomes an
+/// index of variants. That too replaces the record being read: it waits for the
+/// download as any new response does, so the download ends whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a new response that varies replaces a large record without Vary at once (the index is written under the URL): the download in progress is cut, replace_wait is bypassed"]
+async fn a_download_is_not_cut_by_a_new_response_that_varies() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let version = Arc::new(AtomicUsize::new(1));
+        let origin = Origin::new(tower::service_fn({
+            let version = version.clone();
+            move |_req: Request<Full<Bytes>>| {
+                let v = version.load(Ordering::SeqCst);
+                let mut b = http::Response::builder()
+                    .header("cache-control", "max-age=600")
+                    .header("etag", format!("\"v{v}\""));
+                if v > 1 {
+                    b = b.header("vary", "accept-encoding");
+                }
+                let res = b.body(Full::new(body_of(v, LEN))).unwrap();
+                async move { Ok::<_, std::convert::Infallible>(res) }
+            }
+        }));
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .replace_wait(FOREVER)
+            .layer(origin);
+        answer_of(svc.clone()).await.expect("first fetch");
+        disk.flush().await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(get("http://t/big", None))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+        let mut slow = res.into_body();
+        let first = slow.frame().await.unwrap().unwrap().into_data().unwrap();
+        let mut at = first.len();
+
+        version.store(2, Ordering::SeqCst);
+        let req = Request::get("http://t/big")
+            .header("cache-control", "no-cache")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+        disk.flush().await.unwrap();
+
+        let old = body_of(1, LEN);
+        let ended = loop {
+            match slow.frame().await {
+                Some(Ok(f)) => {
+                    let d = f.into_data().unwrap();
+                    assert!(d == old.slice(at..at + d.len()), "old bytes only");
+                    at += d.len();
+                }
+                Some(Err(e)) => break Some(e.to_string()),
+                None => break None,
+            }
+        };
+        assert_eq!(ended, None, "the download was cut after {at} bytes");
+        assert_eq!(at, LEN);
+    })
+    .await
+    .expect("bounded");
+}
