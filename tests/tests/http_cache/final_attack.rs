@@ -933,3 +933,65 @@ async fn a_download_is_not_cut_by_a_new_response_that_varies() {
     .await
     .expect("bounded");
 }
+
+/// Spooled parts (larger than the memory tier takes) that overlap a stored part on disk
+/// at its start, then at its end, then a small part that completes the representation:
+/// the new bytes are read off the spool files around the kept ones, every union served
+/// is the representation's bytes, and the last one is stored as the whole `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_parts_overlapping_a_stored_part_build_the_whole_response() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let answer = Answer {
+            etag: "\"v1\"",
+            claimed: TOTAL,
+            version: 1,
+        };
+        let hits = Arc::new(std::sync::Mutex::new(answer));
+        let svc = HttpCacheLayer::new(store)
+            .max_body(80 << 20)
+            .layer(ranged_origin(hits));
+        let want = body_of(1, TOTAL);
+        let fetch = |r: Option<String>| {
+            let svc = svc.clone();
+            async move {
+                let res = svc.oneshot(get("http://t/s", r.as_deref())).await.unwrap();
+                let (parts, body) = res.into_parts();
+                (parts, body.collect().await.unwrap().to_bytes())
+            }
+        };
+        let steps: [(usize, usize, usize, usize); 4] = [
+            // The part asked, and the union stored after it.
+            (4_000_000, 5_999_999, 4_000_000, 5_999_999),
+            (1_000_000, 4_500_000, 1_000_000, 5_999_999),
+            (5_500_000, TOTAL - 1, 1_000_000, TOTAL - 1),
+            (0, 1_000_000, 0, TOTAL - 1),
+        ];
+        for (first, last, u_first, u_last) in steps {
+            let (parts, body) = fetch(Some(format!("bytes={first}-{last}"))).await;
+            assert_eq!(parts.headers["x-cache"], "MISS", "{first}-{last}");
+            assert!(body == want.slice(first..=last), "{first}-{last}");
+            disk.flush().await.unwrap();
+            let (parts, body) = fetch(Some(format!("bytes={u_first}-{u_last}"))).await;
+            assert_eq!(
+                parts.headers["x-cache"], "HIT-DISK",
+                "union {u_first}-{u_last}"
+            );
+            assert!(
+                body == want.slice(u_first..=u_last),
+                "union {u_first}-{u_last}"
+            );
+        }
+        let (parts, body) = fetch(None).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["x-cache"], "HIT-DISK");
+        assert_eq!(parts.headers["content-length"], TOTAL.to_string().as_str());
+        assert!(parts.headers.get("content-range").is_none());
+        assert!(body == want);
+        assert_eq!(disk.stats().corrupt, 0);
+        assert_eq!(disk.stats().spooled_bytes, 0, "no spool file left counted");
+    })
+    .await
+    .expect("bounded");
+}
