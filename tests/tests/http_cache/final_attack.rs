@@ -995,3 +995,61 @@ async fn spooled_parts_overlapping_a_stored_part_build_the_whole_response() {
     .await
     .expect("bounded");
 }
+
+/// A part stored on disk, then a part before it (new bytes in front of the kept ones),
+/// then one after it: bodies streaming from the first record or the second are not cut
+/// by the third, which keeps every byte they read (as the first extension did for the
+/// first record's bodies). A part added beside a download does not cut it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a second part added to a record that had bytes put in front of its kept ones loses the record's lineage: downloads of the stored part are cut"]
+async fn downloads_of_a_stored_part_go_on_through_two_parts_added_around_it() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let answer = Answer {
+            etag: "\"v1\"",
+            claimed: TOTAL,
+            version: 1,
+        };
+        let svc = HttpCacheLayer::new(store)
+            .max_body(80 << 20)
+            .replace_wait(FOREVER)
+            .layer(ranged_origin(Arc::new(std::sync::Mutex::new(answer))));
+        let want = body_of(1, TOTAL);
+        let open = |r: &'static str| {
+            let svc = svc.clone();
+            async move {
+                let res = svc.oneshot(get("http://t/p", Some(r))).await.unwrap();
+                (res.headers()["x-cache"].clone(), res.into_body())
+            }
+        };
+        let (_, b) = open("bytes=1000000-2999999").await;
+        b.collect().await.unwrap();
+        disk.flush().await.unwrap();
+        let mut readers = Vec::new();
+        for step in ["bytes=990000-999999", "bytes=3000000-3099999"] {
+            let (x, mut body) = open("bytes=1000000-2999999").await;
+            assert_eq!(x, "HIT-DISK", "{step}");
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            readers.push((first.len(), body));
+            let (x, b) = open(step).await;
+            assert_eq!(x, "MISS", "{step}");
+            b.collect().await.unwrap();
+            disk.flush().await.unwrap();
+        }
+        for (i, (mut at, mut body)) in readers.into_iter().enumerate() {
+            while let Some(frame) = body.frame().await {
+                let d = frame
+                    .unwrap_or_else(|e| panic!("reader {i} cut after {at} bytes: {e}"))
+                    .into_data()
+                    .unwrap();
+                let from = 1_000_000 + at;
+                assert!(d == want.slice(from..from + d.len()), "reader {i} at {at}");
+                at += d.len();
+            }
+            assert_eq!(at, 2_000_000, "reader {i}");
+        }
+    })
+    .await
+    .expect("bounded");
+}
