@@ -1352,3 +1352,47 @@ async fn parts_combined_on_disk_stay_within_max_body() {
     .await
     .expect("bounded");
 }
+
+/// The one byte a stored part lacks at either end, asked as a one-byte part, completes
+/// it: stored as the whole `200`, every byte in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_byte_part_at_either_end_completes_a_stored_part() {
+    tokio::time::timeout(BOUND, async {
+        for (stored, missing) in [
+            (format!("bytes=1-{}", TOTAL - 1), "bytes=0-0".to_owned()),
+            (
+                format!("bytes=0-{}", TOTAL - 2),
+                format!("bytes={0}-{0}", TOTAL - 1),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, disk) = store_on(dir.path(), 1 << 20);
+            let answer = Answer {
+                etag: "\"v1\"",
+                claimed: TOTAL,
+                version: 1,
+            };
+            let svc = HttpCacheLayer::new(store)
+                .max_body(80 << 20)
+                .layer(ranged_origin(Arc::new(std::sync::Mutex::new(answer))));
+            for r in [&stored, &missing] {
+                let res = svc
+                    .clone()
+                    .oneshot(get("http://t/o", Some(r)))
+                    .await
+                    .unwrap();
+                assert_eq!(res.headers()["x-cache"], "MISS", "{r}");
+                res.into_body().collect().await.unwrap();
+                disk.flush().await.unwrap();
+            }
+            let res = svc.clone().oneshot(get("http://t/o", None)).await.unwrap();
+            assert_eq!(res.status(), 200, "{missing}");
+            assert_eq!(res.headers()["x-cache"], "HIT-DISK", "{missing}");
+            assert_eq!(res.headers()["content-length"], TOTAL.to_string().as_str());
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert!(body == body_of(1, TOTAL), "{missing}");
+        }
+    })
+    .await
+    .expect("bounded");
+}
