@@ -32,7 +32,7 @@ type Origin = tower::util::BoxCloneSyncService<
 >;
 
 /// An origin whose representation is version `version` (the test changes it): a `GET`
-/// gets it whole (`cache-control` as given, ETag `"v<version>"`), or `304` when it asks
+/// gets it whole (`cache-control` as given, ETag `"v<version>"`, tag `big`), or `304` when it asks
 /// with that ETag; any other method gets an empty `200`. Counts the `GET`s answered
 /// whole.
 fn versioned_origin(cc: &'static str) -> (Origin, Arc<AtomicUsize>, Arc<AtomicUsize>) {
@@ -58,6 +58,7 @@ fn versioned_origin(cc: &'static str) -> (Origin, Arc<AtomicUsize>, Arc<AtomicUs
             } else {
                 whole.fetch_add(1, Ordering::SeqCst);
                 b.header("cache-control", cc)
+                    .header("surrogate-key", "big")
                     .header("content-length", LEN)
                     .header("etag", etag)
                     .body(Full::new(body_of(v, LEN)))
@@ -192,58 +193,67 @@ async fn a_reader_of_a_purged_record_does_not_hold_the_next_response() {
 }
 
 /// A new response waits for a slow client of the record it replaces; the URL is purged
-/// meanwhile. The purge wins: when the client goes, the waiting response is not stored.
+/// meanwhile (an unsafe method on it, its tag, a pattern). The purge wins: when the
+/// client goes, the waiting response is not stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_during_the_replace_wait_wins() {
     tokio::time::timeout(BOUND, async {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, disk) = store_on(dir.path(), 1 << 20);
-        let (origin, version, _) = versioned_origin("max-age=600");
-        let svc = HttpCacheLayer::new(store.clone())
-            .max_body(80 << 20)
-            .collapse_wait(FOREVER)
-            .replace_wait(FOREVER)
-            .layer(origin);
-        answer_of(svc.clone()).await.expect("first fetch");
-        disk.flush().await.unwrap();
-        let res = svc
-            .clone()
-            .oneshot(get("http://t/big", None))
-            .await
-            .unwrap();
-        assert_eq!(res.headers()["x-cache"], "HIT-DISK");
-        let mut slow = res.into_body();
-        slow.frame().await.unwrap().unwrap();
+        for purge in ["unsafe method", "tag", "pattern"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, disk) = store_on(dir.path(), 1 << 20);
+            let (origin, version, _) = versioned_origin("max-age=600");
+            let svc = HttpCacheLayer::new(store.clone())
+                .max_body(80 << 20)
+                .collapse_wait(FOREVER)
+                .replace_wait(FOREVER)
+                .layer(origin);
+            answer_of(svc.clone()).await.expect("first fetch");
+            disk.flush().await.unwrap();
+            let res = svc
+                .clone()
+                .oneshot(get("http://t/big", None))
+                .await
+                .unwrap();
+            assert_eq!(res.headers()["x-cache"], "HIT-DISK");
+            let mut slow = res.into_body();
+            slow.frame().await.unwrap().unwrap();
 
-        // A client that asks the origin (`no-cache`) brings version 2, which waits.
-        version.store(2, Ordering::SeqCst);
-        let req = Request::get("http://t/big")
-            .header("cache-control", "no-cache")
-            .body(Full::default())
-            .unwrap();
-        let res = svc.clone().oneshot(req).await.unwrap();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        assert!(body == body_of(2, LEN));
-        disk.flush().await.unwrap();
-        assert_eq!(
-            disk.stats().writes,
-            1,
-            "version 2 waits for the slow client"
-        );
+            // A client that asks the origin (`no-cache`) brings version 2, which waits.
+            version.store(2, Ordering::SeqCst);
+            let req = Request::get("http://t/big")
+                .header("cache-control", "no-cache")
+                .body(Full::default())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            assert!(body == body_of(2, LEN));
+            disk.flush().await.unwrap();
+            assert_eq!(
+                disk.stats().writes,
+                1,
+                "version 2 waits for the slow client"
+            );
 
-        let post = Request::post("http://t/big").body(Full::default()).unwrap();
-        svc.clone().oneshot(post).await.unwrap();
-        // A request of the URL: it waits for the response in flight (whose write is
-        // held), then finds the URL purged.
-        let next = tokio::spawn(answer_of(svc.clone()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(slow);
-        let (x, body) = next.await.unwrap().expect("answered once the client went");
-        assert_eq!(
-            x, "MISS",
-            "the response that waited was not stored over the purge"
-        );
-        assert!(body == body_of(2, LEN));
+            match purge {
+                "tag" => assert_eq!(store.invalidate_tag("big").await.unwrap(), 1),
+                "pattern" => assert_eq!(store.invalidate_pattern("*").await.unwrap(), 1),
+                _ => {
+                    let post = Request::post("http://t/big").body(Full::default()).unwrap();
+                    svc.clone().oneshot(post).await.unwrap();
+                }
+            }
+            // A request of the URL: it waits for the response in flight (whose write is
+            // held), then finds the URL purged.
+            let next = tokio::spawn(answer_of(svc.clone()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(slow);
+            let (x, body) = next.await.unwrap().expect("answered once the client went");
+            assert_eq!(
+                x, "MISS",
+                "{purge}: the response that waited was stored over the purge"
+            );
+            assert!(body == body_of(2, LEN));
+        }
     })
     .await
     .expect("bounded");
