@@ -15,6 +15,7 @@ mod disk_revalidate;
 mod disk_splice;
 mod disk_spool;
 mod edge;
+mod final_attack;
 mod freshness;
 mod interim;
 mod proxy;
