@@ -145,6 +145,40 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
+/// A write under way that outlives the call that began it (one the disk tier's writer
+/// applies later); dropping it ends the write.
+#[must_use]
+pub(crate) struct OwnedWriteGuard {
+    gens: Generations,
+    stripe: usize,
+}
+
+impl std::fmt::Debug for OwnedWriteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedWriteGuard")
+            .field("stripe", &self.stripe)
+            .finish()
+    }
+}
+
+impl Generations {
+    /// Like [`Self::begin_write`], with a guard that holds no borrow.
+    pub(crate) fn begin_owned_write(&self, key: &str) -> OwnedWriteGuard {
+        let stripe = self.stripe(key);
+        self.shared.stripes[stripe].fetch_add(EPOCH + ACTIVE, Ordering::SeqCst);
+        OwnedWriteGuard {
+            gens: self.clone(),
+            stripe,
+        }
+    }
+}
+
+impl Drop for OwnedWriteGuard {
+    fn drop(&mut self) {
+        self.gens.shared.stripes[self.stripe].fetch_add(EPOCH - ACTIVE, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ mod edge;
 mod final_attack;
 mod freshness;
 mod interim;
+mod parts_attack;
 mod proxy;
 mod proxy_policy;
 mod range;
@@ -26,6 +27,7 @@ mod rfc_cases;
 mod spool_attack;
 mod streaming;
 mod targeted;
+mod trickle_attack;
 mod vary;
 
 use std::time::Duration;

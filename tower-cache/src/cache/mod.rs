@@ -662,7 +662,9 @@ impl Cache {
     /// Stores under `key` the value `head` followed by the `len` bytes of a spool `file`
     /// (a large value written to disk as it arrived), unless a write of `key` overtook
     /// `ticket`. Disk tier only: a value spooled is one the memory tier could not take.
-    /// Returns what resolves once the writer has applied it (`None`: nothing queued).
+    /// The write is under way until the writer has applied it: loads and promotions of
+    /// `key` meanwhile keep nothing (an older value read off the disk meanwhile is not
+    /// put back in memory). Returns what ends it (`None`: nothing queued).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn store_spooled(
         &self,
@@ -673,7 +675,7 @@ impl Cache {
         ttl: Duration,
         meta: EntryMeta,
         ticket: Ticket,
-    ) -> Result<Option<crate::disk::Committed>, InsertError> {
+    ) -> Result<Option<Spooled>, InsertError> {
         if !ticket.is_current() {
             bump(&self.counters.stale_fills);
             return Ok(None);
@@ -681,10 +683,18 @@ impl Cache {
         let Some(disk) = &self.disk else {
             return Ok(None);
         };
+        // From here the write is under way (the ticket's check is done: its fence on the
+        // queue is the order of the writer's queue, which a later purge follows).
+        let write = self.generations.begin_owned_write(key);
         // Stored on disk only: an older value in memory must not hide it.
         self.forget_in_memory(key);
-        disk.queue_spooled(key, head, file, len, ttl, meta, ticket)
-            .map(Some)
+        disk.queue_spooled(key, head, file, len, ttl, meta, None)
+            .map(|committed| {
+                Some(Spooled {
+                    committed,
+                    _write: write,
+                })
+            })
             .inspect_err(|e| {
                 if e.kind() == crate::InsertErrorKind::Disk {
                     bump(&self.counters.disk_faults);
@@ -775,6 +785,14 @@ impl Cache {
     pub(crate) fn mark_pass(&self, key: &str, lead: Lead<'_>, ttl: Duration) {
         self.memory.fill_pass(key, lead.guard, ttl);
     }
+}
+
+/// A spooled write queued: resolves once the writer has applied it, and ends the write
+/// then (when dropped).
+#[derive(Debug)]
+pub(crate) struct Spooled {
+    pub(crate) committed: crate::disk::Committed,
+    _write: crate::generation::OwnedWriteGuard,
 }
 
 #[cfg(test)]

@@ -267,6 +267,7 @@ impl DiskTierBuilder {
             blocking_read_threshold: self.blocking_read_threshold,
             spool,
             readers: Default::default(),
+            deferred: Default::default(),
             unread: Default::default(),
         });
         let writer = Writer {

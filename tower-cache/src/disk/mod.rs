@@ -76,7 +76,7 @@ pub use self::builder::{
 };
 use self::op::Op;
 pub(crate) use self::op::{Around, Fence, Kept};
-pub(crate) use self::part::{DiskRecord, Reading};
+pub(crate) use self::part::{DiskRecord, Reading, Unread};
 pub(crate) use self::record::{Tail, BLOCK};
 pub(crate) use self::spool::{SpoolFile, SpoolHold};
 pub use self::stats::{CompactReport, DiskStats};
@@ -137,8 +137,12 @@ pub(super) struct Shared {
     /// Where large values are spooled while they arrive; `None` if the folder could not
     /// be made.
     spool: Option<spool::SpoolDir>,
-    /// Readers of large records in parts, by key (see [`DiskRecord::reading`]).
-    readers: std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
+    /// Readers of large records in parts, by key and lineage (see
+    /// [`DiskRecord::reading`]).
+    readers: std::sync::Mutex<std::collections::HashMap<(Arc<str>, u64), usize>>,
+    /// The latest write of a key registered while it may wait for the key's readers
+    /// (see [`DiskTier::defer`]); an entry lives only while that write is made.
+    deferred: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
     /// Woken when a key's last reader ends.
     unread: tokio::sync::Notify,
 }
@@ -508,7 +512,7 @@ impl DiskTier {
         len: u64,
         ttl: Duration,
         meta: EntryMeta,
-        ticket: Ticket,
+        ticket: Option<Ticket>,
     ) -> Result<Committed, InsertError> {
         let total = usize::try_from(len)
             .unwrap_or(usize::MAX)
@@ -523,7 +527,7 @@ impl DiskTier {
             fence, tail: kept, ..
         } = &mut op
         {
-            *fence = Some(Fence::Ticket(ticket));
+            *fence = ticket.map(Fence::Ticket);
             *kept = Some(Kept::File(file, len));
         }
         self.queue(op)?;

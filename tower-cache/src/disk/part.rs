@@ -58,16 +58,18 @@ impl DiskRecord {
     /// Counts a reader of this record's key until the guard drops (see
     /// [`DiskTier::unread`]): a body streaming from the record, say.
     pub(crate) fn reading(&self) -> Reading {
+        let id = self.layout.lineage.id;
         let mut readers = self
             .disk
             .shared
             .readers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *readers.entry(self.key.clone()).or_insert(0) += 1;
+        *readers.entry((self.key.clone(), id)).or_insert(0) += 1;
         Reading {
             disk: self.disk.clone(),
             key: self.key.clone(),
+            id,
         }
     }
 
@@ -172,55 +174,112 @@ impl DiskRecord {
 
 // === readers ===
 
-/// A reader of a key's large record, counted until dropped.
+/// A reader of a key's large record (of one lineage: the record, and those that keep its
+/// bytes), counted until dropped.
 #[derive(Debug)]
 pub(crate) struct Reading {
     disk: DiskTier,
     key: Arc<str>,
+    id: u64,
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
         let shared = &self.disk.shared;
         let mut readers = shared.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = readers.get_mut(&self.key) {
+        let entry = (self.key.clone(), self.id);
+        if let Some(n) = readers.get_mut(&entry) {
             *n -= 1;
             if *n == 0 {
-                readers.remove(&self.key);
+                readers.remove(&entry);
                 shared.unread.notify_waiters();
             }
         }
     }
 }
 
+/// How a wait for a key's readers ended (see [`DiskTier::unread`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unread {
+    /// No reader of the record the key holds is left (or it holds none).
+    Done,
+    /// A newer write of the key began to wait: this one is not needed.
+    Superseded,
+}
+
 impl DiskTier {
-    /// Waits until no reader of `key`'s large record is counted (see
-    /// [`DiskRecord::reading`]): bodies streaming from it have ended.
-    pub(crate) async fn unread(&self, key: &str) {
-        loop {
-            let notified = self.shared.unread.notified();
-            let reading = {
-                let readers = self
-                    .shared
-                    .readers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                readers.contains_key(key)
-            };
-            if !reading {
-                return;
-            }
-            notified.await;
-        }
+    /// The lineage of the large record `key` holds, if it holds one (read in place).
+    fn lineage_of(&self, key: &str) -> Option<u64> {
+        let state = self.shared.state();
+        let o = state.as_ref()?;
+        let rtxn = o.env.read_txn().ok()?;
+        let raw = o.dbs.entries.get(&rtxn, key.as_bytes()).ok()??;
+        addressable_layout(raw).ok().map(|l| l.lineage.id)
     }
 
-    /// Whether a reader of `key`'s large record is counted.
+    /// Whether a body streams from the large record `key` holds now (a reader of a
+    /// record since replaced or removed does not count).
     pub(crate) fn is_read(&self, key: &str) -> bool {
+        let Some(id) = self.lineage_of(key) else {
+            return false;
+        };
         let readers = self
             .shared
             .readers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        readers.contains_key(key)
+        readers.contains_key(&(Arc::from(key), id))
+    }
+
+    /// Registers a write of `key` about to be made, which may wait for the key's
+    /// readers: its number. It supersedes the writes of `key` registered before it
+    /// (waking those that wait).
+    pub(crate) fn defer(&self, key: &str) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mine = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Arc::from(key), mine);
+        self.shared.unread.notify_waiters();
+        mine
+    }
+
+    /// Whether a newer write of `key` than `mine` was registered since.
+    pub(crate) fn superseded(&self, key: &str, mine: u64) -> bool {
+        let deferred = self
+            .shared
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        deferred.get(key) != Some(&mine)
+    }
+
+    /// Ends the wait of deferred write `mine` of `key` (run or dropped).
+    pub(crate) fn undefer(&self, key: &str, mine: u64) {
+        let mut deferred = self
+            .shared
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if deferred.get(key) == Some(&mine) {
+            deferred.remove(key);
+        }
+    }
+
+    /// Waits until no body streams from the large record `watched` holds, or until a
+    /// newer deferred write of `key` than `mine` supersedes this one.
+    pub(crate) async fn unread(&self, key: &str, watched: &str, mine: u64) -> Unread {
+        loop {
+            let notified = self.shared.unread.notified();
+            if self.superseded(key, mine) {
+                return Unread::Superseded;
+            }
+            if !self.is_read(watched) {
+                return Unread::Done;
+            }
+            notified.await;
+        }
     }
 }

@@ -369,17 +369,22 @@ impl Tail {
             Err(why) => return Kept::Damaged(why),
         };
         let old = layout.lineage;
-        // Kept bytes within the old record's lineage keep it; others (or offsets past
-        // what a lineage can say) start a new one.
-        let lineage = self
-            .from
-            .checked_sub(old.at)
-            .and_then(|d| old.from.checked_add(d as u64))
-            .map(|from| Lineage {
+        // The kept bytes that are of the old record's lineage keep it: all of them when
+        // they start within it, else those from where it starts (bytes put in front of
+        // it earlier stay, outside it). Offsets past what a lineage can say start a new
+        // one.
+        let lineage = match self.from.checked_sub(old.at) {
+            Some(d) => old.from.checked_add(d as u64).map(|from| Lineage {
                 id: old.id,
                 at: head,
                 from,
-            });
+            }),
+            None => head.checked_add(old.at - self.from).map(|at| Lineage {
+                id: old.id,
+                at,
+                from: old.from,
+            }),
+        };
         Kept::Bytes(kept, lineage)
     }
 }

@@ -627,13 +627,45 @@ where
             .is_some_and(|(entry, _)| !updates(res.headers(), entry));
     if let (true, Some((inner, uri, version))) = (other_representation, retry) {
         // RFC 9111 section 4.3.4: a `304` that names another representation updates no
-        // stored response; the client, which sent no condition, gets the whole response.
+        // stored response; the client, which sent no condition, gets the whole response
+        // (the same method: a HEAD stays a HEAD).
         let mut again = Request::new(ReqB::default());
+        *again.method_mut() = method.clone();
         *again.uri_mut() = uri;
         *again.version_mut() = version;
         *again.headers_mut() = req_headers.clone();
-        res = call_inner(inner, again).await?;
+        res = match call_inner(inner, again).await {
+            Ok(res) => res,
+            // The origin failed: a stale entry in its `stale-if-error` window answers.
+            Err(e) => {
+                return match stale {
+                    Some((entry, _)) if stale_if_error(&entry, &rules, now) => Ok(respond_from(
+                        &config,
+                        entry,
+                        Status::Stale,
+                        policy::unix_ms(SystemTime::now()),
+                        &method,
+                        &req_headers,
+                    )),
+                    _ => Err(e),
+                };
+            }
+        };
         response_time = SystemTime::now();
+        if res.status().is_server_error() {
+            if let Some((entry, _)) = stale.take() {
+                if stale_if_error(&entry, &rules, now) {
+                    return Ok(respond_from(
+                        &config,
+                        entry,
+                        Status::Stale,
+                        policy::unix_ms(SystemTime::now()),
+                        &method,
+                        &req_headers,
+                    ));
+                }
+            }
+        }
         stale = None;
     }
     let mut stale_entry = None;
@@ -745,12 +777,16 @@ where
     ))
 }
 
-/// Whether a `304` may update the stored `entry` (RFC 9111 section 4.3.4): it names no
-/// entity tag, or the stored one (strongly when its own is strong). A `304` for another
+/// Whether a `304` may update the stored `entry` (RFC 9111 section 4.3.4): its entity
+/// tag is the stored one (strongly when its own is strong); without one, its
+/// `Last-Modified` is the stored one; a `304` with neither (a bare answer to the cache's
+/// own conditional request, which many origins send) updates it. A `304` for another
 /// representation updates nothing.
 pub(super) fn updates(not_modified: &HeaderMap, entry: &HttpEntry) -> bool {
     let Some(new) = headers::etag(not_modified) else {
-        return true;
+        let modified = not_modified.get(::http::header::LAST_MODIFIED);
+        return modified
+            .is_none_or(|m| entry.headers.get(::http::header::LAST_MODIFIED) == Some(m));
     };
     headers::etag(&entry.headers).is_some_and(|old| {
         if new.weak {

@@ -147,9 +147,7 @@ impl Spool {
                     Err(e) => self.fail(&e),
                 },
                 State::Open { file, .. } => {
-                    if self.queue.is_empty() && !self.gathered.is_empty() {
-                        self.queue.push_back(self.gathered.split().freeze());
-                    }
+                    // Gathered frames wait for a write's worth (or the end: `poll_finish`).
                     let Some(front) = self.queue.front_mut() else {
                         return Poll::Ready(());
                     };
@@ -184,6 +182,7 @@ impl Spool {
     /// file and the body's length, or `None` if it failed (then, and after, the spool
     /// holds nothing).
     pub(super) fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Option<(SpoolFile, u64)>> {
+        self.gather_out();
         std::task::ready!(self.poll_write(cx));
         let State::Open { file, .. } = &mut self.state else {
             return Poll::Ready(None);

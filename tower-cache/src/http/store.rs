@@ -21,6 +21,9 @@ use crate::generation::Ticket;
 use crate::service::ready_call as call_inner;
 use crate::BoxError;
 
+mod commit;
+use self::commit::{extend_stored, keeps_stored, put, Commit};
+
 /// Stores a revalidated entry under `key`, with the tags its fields name.
 pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: Ticket) {
     let commit = Commit {
@@ -38,40 +41,6 @@ pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: T
     };
     if let Err(e) = put(&commit, entry) {
         tracing::debug!(error = %e, key, "revalidated response not stored");
-    }
-}
-
-/// Stores `entry` as `c` says: whole, or, for a body the disk tier holds in parts, as a
-/// new head that the disk tier's writer puts in front of that body (the body never
-/// passes through memory; nothing is written if the key no longer holds its record).
-fn put(c: &Commit, entry: &HttpEntry) -> Written {
-    let meta = c.meta.clone();
-    match &entry.on_disk {
-        None => match entry::encode_entry(entry) {
-            Some(bytes) => c
-                .store
-                .store_loaded(&c.key, bytes, c.ttl, meta, c.ticket.clone())
-                .map(|_| None),
-            None => Ok(None),
-        },
-        Some(body) => {
-            let head = entry::encode_head(entry, body.len, 0);
-            match head.zip(body.record.tail(body.offset, body.len)) {
-                Some((head, tail)) => c
-                    .store
-                    .store_spliced(
-                        &c.key,
-                        head.freeze(),
-                        tail,
-                        Around::After(Bytes::new()),
-                        c.ttl,
-                        meta,
-                        c.ticket.clone(),
-                    )
-                    .map(|()| None),
-                None => Ok(None),
-            }
-        }
     }
 }
 
@@ -175,6 +144,16 @@ pub(super) fn template_of<B>(
     t
 }
 
+/// A request like `template` (method, target, version, fields), with an empty body.
+fn copy_request<B: Default>(template: &Request<()>) -> Request<B> {
+    let mut req = Request::new(B::default());
+    *req.method_mut() = template.method().clone();
+    *req.uri_mut() = template.uri().clone();
+    *req.version_mut() = template.version();
+    *req.headers_mut() = template.headers().clone();
+    req
+}
+
 /// A background refresh of a stale entry (`stale-while-revalidate`).
 pub(super) struct Refresh {
     pub(super) config: Arc<HttpCacheLayer>,
@@ -197,7 +176,7 @@ impl Refresh {
     /// (an origin that stalls its body, say) is dropped, its slot released.
     pub(super) async fn run<S, ReqB, ResB>(self, inner: S)
     where
-        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
         ReqB: Default,
         ResB: Body<Data = Bytes>,
         ResB::Error: Into<BoxError>,
@@ -214,7 +193,7 @@ impl Refresh {
 
     async fn fetch<S, ReqB, ResB>(self, inner: S)
     where
-        S: Service<Request<ReqB>, Response = Response<ResB>>,
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
         ReqB: Default,
         ResB: Body<Data = Bytes>,
         ResB::Error: Into<BoxError>,
@@ -223,20 +202,27 @@ impl Refresh {
         let stale_ticket = store.ticket(&self.key);
         let primary_ticket = store.ticket(&self.primary);
         let (parts, ()) = self.template.into_parts();
-        let mut req = Request::from_parts(parts, ReqB::default());
+        let unconditional = Request::from_parts(parts, ());
+        let mut req = copy_request::<ReqB>(&unconditional);
         add_validators(req.headers_mut(), &self.entry);
-        let req_headers = req.headers().clone();
-        let request_time = SystemTime::now();
-        let Ok(res) = call_inner(inner, req).await else {
+        let mut req_headers = req.headers().clone();
+        let mut request_time = SystemTime::now();
+        let Ok(mut res) = call_inner(inner.clone(), req).await else {
             return;
         };
+        if res.status() == StatusCode::NOT_MODIFIED && !updates(res.headers(), &self.entry) {
+            // A `304` for another representation updates nothing stored (RFC 9111
+            // section 4.3.4): the new representation is asked for whole.
+            let again = copy_request::<ReqB>(&unconditional);
+            req_headers = again.headers().clone();
+            request_time = SystemTime::now();
+            res = match call_inner(inner, again).await {
+                Ok(res) if res.status() != StatusCode::NOT_MODIFIED => res,
+                _ => return,
+            };
+        }
         let response_time = SystemTime::now();
         if res.status() == StatusCode::NOT_MODIFIED {
-            if !updates(res.headers(), &self.entry) {
-                // A `304` for another representation: nothing stored is updated (RFC
-                // 9111 section 4.3.4); the entry stays stale until a request fetches it.
-                return;
-            }
             let (e, storable) = freshen(
                 &self.config,
                 self.entry,
@@ -429,7 +415,7 @@ impl StoreJob {
         {
             // The stored response is held by the disk tier: it is not read back; a part
             // of it keeps it where it is, with the new bytes around it.
-            Some((b, on_disk)) => match keeps_stored(&head, len, b, on_disk) {
+            Some((b, on_disk)) => match keeps_stored(&head, len, b, on_disk, limit) {
                 Some((head, ext)) => {
                     let (before, after) = (body.slice(ext.0), body.slice(ext.1));
                     let n = after.len() as u64;
@@ -471,13 +457,14 @@ impl StoreJob {
     /// next to a stored part held by the disk tier extends it (the new bytes outside the
     /// stored range are read from the file); otherwise a part is stored on its own.
     pub(super) fn finish_spooled(self, file: crate::disk::SpoolFile, len: u64) {
+        let limit = self.limit;
         let (commit, mut head, before, wait) = self.into_commit();
         if head.status == StatusCode::PARTIAL_CONTENT {
             let stored = before
                 .as_ref()
                 .and_then(|b| Some((b, b.on_disk.as_deref()?)));
             if let Some((b, on_disk)) = stored {
-                if let Some((head, (before, after))) = keeps_stored(&head, len, b, on_disk) {
+                if let Some((head, (before, after))) = keeps_stored(&head, len, b, on_disk, limit) {
                     // The new bytes outside the stored range are read off the file by
                     // the disk tier's writer.
                     let n = (before.len() + after.len()) as u64;
@@ -509,142 +496,6 @@ impl StoreJob {
                 c.ticket.clone(),
             )
         });
-    }
-}
-
-/// Whether a part (`head`, a body of `len` bytes) keeps the response stored before it
-/// (`before`, whose body the disk tier holds) where it is (RFC 9111 section 3.4): a part
-/// of the same complete representation (the stored body with the part's fields), or one
-/// next to a stored part (the new bytes before and after it). Then the entry to store
-/// (head only) and the ranges of the new body that go before and after the stored body.
-#[allow(clippy::type_complexity)]
-fn keeps_stored(
-    head: &HttpEntry,
-    len: u64,
-    before: &HttpEntry,
-    on_disk: &DiskBody,
-) -> Option<(HttpEntry, (std::ops::Range<usize>, std::ops::Range<usize>))> {
-    let entry = |status, headers| HttpEntry {
-        status,
-        headers,
-        body: Bytes::new(),
-        freshness: head.freshness,
-        vary: head.vary.clone(),
-        on_disk: None,
-    };
-    range::part_alone(&head.headers, len)?;
-    if let Some(headers) =
-        range::refreshes_complete(&head.headers, before.status, &before.headers, on_disk.len)
-    {
-        return Some((entry(StatusCode::OK, headers), (0..0, 0..0)));
-    }
-    let ext = range::extend_part(
-        &head.headers,
-        len,
-        before.status,
-        &before.headers,
-        on_disk.len,
-    )?;
-    Some((entry(ext.status, ext.headers), (ext.before, ext.after)))
-}
-
-/// Stores `head` with the stored body the disk tier holds (`on_disk`, kept where it is by
-/// the disk tier's writer: readers follow it), `before` in front of it (from memory),
-/// and the new bytes `around` it (`around_len` of them).
-fn extend_stored(
-    commit: Commit,
-    head: HttpEntry,
-    on_disk: &DiskBody,
-    before: Bytes,
-    around: Around,
-    around_len: u64,
-) {
-    let total = on_disk.len + before.len() as u64 + around_len;
-    let (Some(mut bytes), Some(tail)) = (
-        entry::encode_head(&head, total, before.len()),
-        on_disk.record.tail(on_disk.offset, on_disk.len),
-    ) else {
-        return;
-    };
-    bytes.extend_from_slice(&before);
-    let bytes = bytes.freeze();
-    commit.run(move |c: &Commit| {
-        c.store
-            .store_spliced(
-                &c.key,
-                bytes,
-                tail,
-                around,
-                c.ttl,
-                c.meta.clone(),
-                c.ticket.clone(),
-            )
-            .map(|()| None)
-    });
-}
-
-/// What a write did: queued (and, for a write the disk tier alone takes, what resolves
-/// once it is applied), or refused.
-type Written = Result<Option<crate::disk::Committed>, crate::InsertError>;
-
-/// The write of a response under its key (and its URL's index), with what decides it.
-struct Commit {
-    store: Cache,
-    primary: String,
-    key: String,
-    index: Option<IndexUpdate>,
-    ticket: Ticket,
-    ttl: std::time::Duration,
-    meta: EntryMeta,
-    /// Held until the write: requests waiting for this URL wake when it drops.
-    _leader: Option<LeaderGuard>,
-}
-
-impl Commit {
-    /// Writes now. A write the disk tier alone takes keeps the requests waiting for the
-    /// URL waiting until it is applied: they find it on disk, rather than all going to
-    /// the origin while it is queued.
-    fn run(mut self, write: impl FnOnce(&Commit) -> Written) {
-        let index = self.index.take();
-        let mut committed = None;
-        let store_entry = || match write(&self) {
-            Ok(c) => committed = c,
-            Err(e) => tracing::debug!(error = %e, key = self.key, "response not stored"),
-        };
-        match index {
-            Some(update) => update.apply(&self.store, &self.primary, self.ttl, store_entry),
-            None => store_entry(),
-        }
-        if let (Some(committed), Some(leader), Ok(rt)) = (
-            committed,
-            self._leader.take(),
-            tokio::runtime::Handle::try_current(),
-        ) {
-            rt.spawn(async move {
-                let _ = committed.await;
-                drop(leader);
-            });
-        }
-    }
-
-    /// Writes once no body streams from the large record the key holds (or after
-    /// `wait`): a download in progress is not cut by the response that replaces it. A
-    /// write of the key meanwhile (a purge) voids this one.
-    fn when_unread(
-        self,
-        wait: std::time::Duration,
-        write: impl FnOnce(&Commit) -> Written + Send + 'static,
-    ) {
-        let disk = self.store.disk().filter(|d| d.is_read(&self.key)).cloned();
-        match (disk, tokio::runtime::Handle::try_current()) {
-            (Some(disk), Ok(rt)) => {
-                rt.spawn(async move {
-                    let _ = tokio::time::timeout(wait, disk.unread(&self.key)).await;
-                    self.run(write);
-                });
-            }
-            _ => self.run(write),
-        }
     }
 }
 
