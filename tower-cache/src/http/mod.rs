@@ -77,9 +77,15 @@
 //!     folder (a file system without file locks), such a response is kept in memory while
 //!     it arrives, as before;
 //!   - a new response for a URL waits for the bodies still streaming from the large
-//!     response it replaces ([`HttpCacheLayer::replace_wait`], 30 s), so a download in
-//!     progress ends whole; a part next to a stored part extends it on disk (sequential
-//!     range requests build the whole response).
+//!     record it replaces ([`HttpCacheLayer::replace_wait`], 30 s), so a download in
+//!     progress ends whole. Only the newest response of a URL waits (an older one
+//!     waiting is dropped), a reader of a record since purged or replaced holds nothing,
+//!     and requests for the URL meanwhile do not wait for it: they get the stored
+//!     response, or go to the origin as they would. Requests that waited for a large
+//!     miss wake once its disk write is applied, and find it there;
+//!   - a part next to a stored part extends it on disk, within
+//!     [`HttpCacheLayer::max_body`] (sequential range requests build the whole
+//!     response).
 //!
 //!   A response that fits the memory tier is read whole and promoted, as before. Read
 //!   whole too: records stored whole and compressed (by versions before the addressable
@@ -145,7 +151,14 @@
 //!   never wait on, and ends within [`HttpCacheLayer::refresh_timeout`].
 //! - **Revalidation**: a `304` updates the stored fields; when the updated response may
 //!   not be stored (the client's credentials, a `Set-Cookie` on the `304`), the client,
-//!   who sent no condition, still gets the whole response, never the bare `304`.
+//!   who sent no condition, still gets the whole response, never the bare `304`. A `304`
+//!   updates the stored response only when it names it (section 4.3.4): its `ETag` is
+//!   the stored one (strongly, when strong), or without an `ETag` its `Last-Modified` is
+//!   the stored one. A `304` with neither (a bare answer to the cache's own conditional
+//!   request, which many origins send) updates it too: the choice made where the RFC
+//!   would update nothing. A `304` naming another representation updates nothing: the
+//!   request is sent again without validators (same method), its answer handled as a
+//!   miss's, and a background refresh fetches the new representation the same way.
 //! - **Before anything else** ([`prepare_request`]): a request needs exactly one valid
 //!   authority (one `Host`, or the target's authority, equal when both are present), and
 //!   is answered `400` otherwise; hop-by-hop fields and the fields `Connection` names are
