@@ -156,7 +156,10 @@ impl HttpCacheLayer {
     /// the disk tier and sent in parts). A download in progress is not cut by a newer
     /// response (a background refresh's, say) unless it takes longer than this; then it
     /// ends with an error, never with bytes of the newer response. Meanwhile the URL
-    /// still answers with the stored response. A purge does not wait. Default 30 s.
+    /// still answers with the stored response, and its requests do not wait for the
+    /// write. Only the newest response waits (a newer one drops an older one waiting).
+    /// A purge does not wait, and voids the waiting write. `Duration::ZERO` stores at
+    /// once. Default 30 s.
     pub fn replace_wait(mut self, wait: Duration) -> Self {
         self.replace_wait = wait;
         self
