@@ -187,3 +187,72 @@ async fn an_older_response_ending_last_does_not_supersede_a_newer_waiting_one() 
         "the response of the request sent before the newest"
     );
 }
+
+/// A spooled response ends while its URL is purged (its key deleted), the request
+/// having been sent before the purge began: the purge must win, whatever the order the
+/// two meet in. Swept over many small spooled responses, the purge started at offsets
+/// around the body's end; the store of a spooled response checks its ticket, then queues
+/// its write with no fence, so a purge queued between the two is applied first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a purge between the ticket check and the queueing of a spooled write loses"]
+async fn a_purge_as_a_spooled_response_ends_always_wins() {
+    const SMALL: usize = 16 << 10;
+    tokio::time::timeout(BOUND * 4, async {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = tower_cache::DiskTier::builder(dir.path())
+            .map_size(1 << 30)
+            .max_value_bytes(1 << 20)
+            .open()
+            .unwrap();
+        let memory = tower_cache::MemoryTier::builder()
+            .max_entries(1000)
+            .max_value_bytes(4 << 10)
+            .build()
+            .unwrap();
+        let store = tower_cache::Cache::new(memory).with_disk(disk.clone());
+        let (origin, mut bodies) = fed_origin();
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(1 << 20)
+            .layer(origin);
+        let mut stored_after_purge = Vec::new();
+        for i in 0..6000usize {
+            let res = svc
+                .clone()
+                .oneshot(get(&format!("http://t/k{i}"), None))
+                .await
+                .unwrap();
+            let (_, feed) = bodies.recv().await.unwrap();
+            let read = tokio::spawn(res.into_body().collect());
+            feed.send(Bytes::from(vec![7u8; SMALL])).await.unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let purge = tokio::spawn({
+                let (store, barrier) = (store.clone(), barrier.clone());
+                async move {
+                    barrier.wait();
+                    let spin = std::time::Instant::now();
+                    while spin.elapsed() < Duration::from_micros((i * 7 % 120) as u64) {
+                        std::hint::spin_loop();
+                    }
+                    store.delete(&format!("http:t/k{i}")).await.unwrap();
+                }
+            });
+            barrier.wait();
+            drop(feed);
+            read.await.unwrap().unwrap();
+            purge.await.unwrap();
+            // Any spooled write still under way is applied.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            disk.flush().await.unwrap();
+            if disk.stats().entries > 0 {
+                stored_after_purge.push(i);
+                store.clear().await.unwrap();
+            }
+        }
+        assert!(
+            stored_after_purge.is_empty(),
+            "stored after the purge in rounds {stored_after_purge:?}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
