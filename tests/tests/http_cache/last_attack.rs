@@ -42,8 +42,9 @@ type Origin =
     tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Fed>, std::convert::Infallible>;
 
 /// An origin whose `n`th answer (from 1) is version `n`: a cacheable `200` (ETag
-/// `"v<n>"`) whose body the test feeds through the sender handed out on `bodies`.
-fn fed_origin() -> (Origin, mpsc::Receiver<(usize, mpsc::Sender<Bytes>)>) {
+/// `"v<n>"`, `Vary: accept-language` for the answers `vary` picks) whose body the test
+/// feeds through the sender handed out on `bodies`.
+fn fed_origin(vary: fn(usize) -> bool) -> (Origin, mpsc::Receiver<(usize, mpsc::Sender<Bytes>)>) {
     let (tx, bodies) = mpsc::channel(4);
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
@@ -52,11 +53,13 @@ fn fed_origin() -> (Origin, mpsc::Receiver<(usize, mpsc::Sender<Bytes>)>) {
         async move {
             let (feed, body) = mpsc::channel(8);
             tx.send((n, feed)).await.unwrap();
-            let res = Response::builder()
+            let mut b = Response::builder()
                 .header("cache-control", "max-age=600")
-                .header("etag", format!("\"v{n}\""))
-                .body(Fed(body))
-                .unwrap();
+                .header("etag", format!("\"v{n}\""));
+            if vary(n) {
+                b = b.header("vary", "accept-language");
+            }
+            let res = b.body(Fed(body)).unwrap();
             Ok::<_, std::convert::Infallible>(res)
         }
     });
@@ -75,6 +78,7 @@ async fn feed_all(feed: &mpsc::Sender<Bytes>, n: usize) {
 fn no_cache() -> Request<Full<Bytes>> {
     Request::get("http://t/big")
         .header("cache-control", "no-cache")
+        .header("accept-language", "en")
         .body(Full::default())
         .unwrap()
 }
@@ -86,7 +90,7 @@ fn no_cache() -> Request<Full<Bytes>> {
 async fn older_ending_last(slow_client: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
     let (store, disk) = store_on(dir.path(), 1 << 20);
-    let (origin, mut bodies) = fed_origin();
+    let (origin, mut bodies) = fed_origin(|_| false);
     let svc = HttpCacheLayer::new(store.clone())
         .max_body(80 << 20)
         .collapse_wait(Duration::ZERO)
@@ -192,12 +196,14 @@ async fn an_older_response_ending_last_does_not_supersede_a_newer_waiting_one() 
 /// having been sent before the purge began: the purge must win, whatever the order the
 /// two meet in. Swept over many small spooled responses, the purge started at offsets
 /// around the body's end; the store of a spooled response checks its ticket, then queues
-/// its write with no fence, so a purge queued between the two is applied first.
+/// its write with no fence, so a purge queued between the two is applied first. The
+/// window is microseconds wide: a stress sweep, which met it 1 to 2 times in 3,000
+/// rounds on a loaded 2-core machine (and in none, once, in 6,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reproduces: a purge between the ticket check and the queueing of a spooled write loses"]
 async fn a_purge_as_a_spooled_response_ends_always_wins() {
     const SMALL: usize = 16 << 10;
-    tokio::time::timeout(BOUND * 4, async {
+    tokio::time::timeout(BOUND * 8, async {
         let dir = tempfile::tempdir().unwrap();
         let disk = tower_cache::DiskTier::builder(dir.path())
             .map_size(1 << 30)
@@ -210,12 +216,12 @@ async fn a_purge_as_a_spooled_response_ends_always_wins() {
             .build()
             .unwrap();
         let store = tower_cache::Cache::new(memory).with_disk(disk.clone());
-        let (origin, mut bodies) = fed_origin();
+        let (origin, mut bodies) = fed_origin(|_| false);
         let svc = HttpCacheLayer::new(store.clone())
             .max_body(1 << 20)
             .layer(origin);
         let mut stored_after_purge = Vec::new();
-        for i in 0..6000usize {
+        for i in 0..12000usize {
             let res = svc
                 .clone()
                 .oneshot(get(&format!("http://t/k{i}"), None))
@@ -311,6 +317,46 @@ async fn a_304_with_an_etag_the_cache_cannot_read_updates_nothing() {
             }
         }
         assert!(updated.is_empty(), "{updated:#?}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// The origin of a URL flips between a response that varies (`accept-language`) and one
+/// that does not, each large (stored on disk). Each varying one makes a new index of
+/// variants and stores its variant under it; each plain one replaces the index where it
+/// is, but the variants it listed stay on disk, listed nowhere, until their TTL: one
+/// more large record per flip, past `max_variants`, that no request can reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reproduces: a plain response replacing a URL's index leaves its variants on disk"]
+async fn a_plain_response_that_replaces_an_index_leaves_no_variant_behind() {
+    tokio::time::timeout(BOUND, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, disk) = store_on(dir.path(), 1 << 20);
+        let (origin, mut bodies) = fed_origin(|n| n % 2 == 0);
+        let svc = HttpCacheLayer::new(store.clone())
+            .max_body(80 << 20)
+            .max_variants(2)
+            .layer(origin);
+        let mut entries = Vec::new();
+        for n in 1..=7 {
+            let res = svc.clone().oneshot(no_cache()).await.unwrap();
+            let (m, feed) = bodies.recv().await.unwrap();
+            assert_eq!(m, n);
+            let read = tokio::spawn(res.into_body().collect());
+            feed_all(&feed, n).await;
+            drop(feed);
+            assert!(read.await.unwrap().unwrap().to_bytes() == body_of(n, LEN));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            disk.flush().await.unwrap();
+            entries.push(disk.stats().entries);
+        }
+        // A plain response: its record alone; a varying one: its index and variant.
+        assert_eq!(
+            entries,
+            [1, 2, 1, 2, 1, 2, 1],
+            "records on disk after each response"
+        );
     })
     .await
     .expect("bounded");
