@@ -18,6 +18,7 @@ mod edge;
 mod final_attack;
 mod freshness;
 mod interim;
+mod last_attack;
 mod parts_attack;
 mod proxy;
 mod proxy_policy;
