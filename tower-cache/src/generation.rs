@@ -151,6 +151,8 @@ impl Drop for WriteGuard<'_> {
 pub(crate) struct OwnedWriteGuard {
     gens: Generations,
     stripe: usize,
+    /// The stripe's counter right after this write began.
+    began: u64,
 }
 
 impl std::fmt::Debug for OwnedWriteGuard {
@@ -161,15 +163,36 @@ impl std::fmt::Debug for OwnedWriteGuard {
     }
 }
 
-impl Generations {
-    /// Like [`Self::begin_write`], with a guard that holds no borrow.
-    pub(crate) fn begin_owned_write(&self, key: &str) -> OwnedWriteGuard {
-        let stripe = self.stripe(key);
-        self.shared.stripes[stripe].fetch_add(EPOCH + ACTIVE, Ordering::SeqCst);
-        OwnedWriteGuard {
-            gens: self.clone(),
-            stripe,
+impl Ticket {
+    /// Begins a write of the ticket's key if the ticket is still current: no other write
+    /// of a key on its stripe began or ended since it was taken (checked in the same step
+    /// as the write begins, so none can slip in between). `None` otherwise.
+    pub(crate) fn begin_owned_write(&self) -> Option<OwnedWriteGuard> {
+        if self.seen & ACTIVE_MASK != 0 {
+            return None;
         }
+        let stripe = &self.gens.shared.stripes[self.stripe];
+        stripe
+            .compare_exchange(
+                self.seen,
+                self.seen + EPOCH + ACTIVE,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .ok()
+            .map(|_| OwnedWriteGuard {
+                gens: self.gens.clone(),
+                stripe: self.stripe,
+                began: self.seen + EPOCH + ACTIVE,
+            })
+    }
+}
+
+impl OwnedWriteGuard {
+    /// Whether this is still the only write of its stripe since it began: no other
+    /// write began or ended since (a purge of the key, say).
+    pub(crate) fn alone(&self) -> bool {
+        self.gens.shared.stripes[self.stripe].load(Ordering::SeqCst) == self.began
     }
 }
 
@@ -182,6 +205,29 @@ impl Drop for OwnedWriteGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owned_write_begins_only_on_a_current_ticket_and_knows_when_another_began() {
+        let gens = Generations::default();
+        let ticket = gens.ticket("k");
+        let write = ticket.begin_owned_write().expect("a current ticket");
+        assert!(write.alone());
+        // Tickets taken meanwhile are void, and no second write begins on them.
+        let during = gens.ticket("k");
+        assert!(!during.is_current());
+        assert!(during.begin_owned_write().is_none());
+        // Another write of the key (a purge) begins: this one is no longer alone.
+        let purge = gens.begin_write("k");
+        assert!(!write.alone());
+        drop(purge);
+        drop(write);
+        // A ticket a write overtook does not begin one.
+        let stale = gens.ticket("k");
+        drop(gens.begin_write("k"));
+        assert!(stale.begin_owned_write().is_none());
+        let fresh = gens.ticket("k");
+        assert!(fresh.begin_owned_write().is_some());
+    }
 
     #[test]
     fn a_write_voids_earlier_and_concurrent_tickets() {

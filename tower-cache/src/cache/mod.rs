@@ -676,19 +676,24 @@ impl Cache {
         meta: EntryMeta,
         ticket: Ticket,
     ) -> Result<Option<Spooled>, InsertError> {
-        if !ticket.is_current() {
-            bump(&self.counters.stale_fills);
-            return Ok(None);
-        }
         let Some(disk) = &self.disk else {
             return Ok(None);
         };
-        // From here the write is under way (the ticket's check is done: its fence on the
-        // queue is the order of the writer's queue, which a later purge follows).
-        let write = self.generations.begin_owned_write(key);
+        // The write begins only if no write overtook the ticket (checked as it begins);
+        // the writer applies it only if no other write began or ended since (a purge
+        // queued before it, say).
+        let Some(write) = ticket.begin_owned_write() else {
+            bump(&self.counters.stale_fills);
+            return Ok(None);
+        };
+        let write = std::sync::Arc::new(write);
+        let alone = {
+            let write = write.clone();
+            crate::disk::Fence::Check(std::sync::Arc::new(move || write.alone()))
+        };
         // Stored on disk only: an older value in memory must not hide it.
         self.forget_in_memory(key);
-        disk.queue_spooled(key, head, file, len, ttl, meta, None)
+        disk.queue_spooled(key, head, file, len, ttl, meta, Some(alone))
             .map(|committed| {
                 Some(Spooled {
                     committed,
@@ -792,7 +797,7 @@ impl Cache {
 #[derive(Debug)]
 pub(crate) struct Spooled {
     pub(crate) committed: crate::disk::Committed,
-    _write: crate::generation::OwnedWriteGuard,
+    _write: std::sync::Arc<crate::generation::OwnedWriteGuard>,
 }
 
 #[cfg(test)]

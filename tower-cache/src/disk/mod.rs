@@ -512,7 +512,7 @@ impl DiskTier {
         len: u64,
         ttl: Duration,
         meta: EntryMeta,
-        ticket: Option<Ticket>,
+        fence: Option<Fence>,
     ) -> Result<Committed, InsertError> {
         let total = usize::try_from(len)
             .unwrap_or(usize::MAX)
@@ -524,10 +524,12 @@ impl DiskTier {
         let (ack, committed) = oneshot::channel();
         let mut op = self.put_op(key, head, ttl, meta, Some(ack))?;
         if let Op::Put {
-            fence, tail: kept, ..
+            fence: fenced,
+            tail: kept,
+            ..
         } = &mut op
         {
-            *fence = ticket.map(Fence::Ticket);
+            *fenced = fence;
             *kept = Some(Kept::File(file, len));
         }
         self.queue(op)?;

@@ -231,19 +231,33 @@ impl DiskTier {
         readers.contains_key(&(Arc::from(key), id))
     }
 
-    /// Registers a write of `key` about to be made, which may wait for the key's
-    /// readers: its number. It supersedes the writes of `key` registered before it
-    /// (waking those that wait).
-    pub(crate) fn defer(&self, key: &str) -> u64 {
+    /// A number for a write about to be asked for (taken before the origin is asked):
+    /// later requests get larger numbers, so the newest response is the largest.
+    pub(crate) fn next_order() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let mine = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.shared
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Registers write `mine` (see [`Self::next_order`]) of `key`, which may wait for
+    /// the key's readers: it supersedes the writes of `key` registered before it with
+    /// smaller numbers (waking those that wait). `false` if a newer one is registered:
+    /// this one is not needed.
+    pub(crate) fn defer(&self, key: &str, mine: u64) -> bool {
+        let mut deferred = self
+            .shared
             .deferred
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(Arc::from(key), mine);
+            .unwrap_or_else(|p| p.into_inner());
+        match deferred.get_mut(key) {
+            Some(n) if *n > mine => return false,
+            Some(n) => *n = mine,
+            None => {
+                deferred.insert(Arc::from(key), mine);
+            }
+        }
+        drop(deferred);
         self.shared.unread.notify_waiters();
-        mine
+        true
     }
 
     /// Whether a newer write of `key` than `mine` was registered since.

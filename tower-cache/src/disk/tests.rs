@@ -258,7 +258,7 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
             value.len() as u64,
             ttl,
             EntryMeta::default(),
-            Some(ticket),
+            Some(Fence::Ticket(ticket)),
         )
         .unwrap();
         disk.flush().await.unwrap();
@@ -282,7 +282,7 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
                 says,
                 ttl,
                 EntryMeta::default(),
-                Some(ticket),
+                Some(Fence::Ticket(ticket)),
             )
             .unwrap();
             disk.flush().await.unwrap();
@@ -302,7 +302,7 @@ async fn spooled_values_are_stored_from_their_files_which_then_go_and_leftovers_
             1 << 40,
             ttl,
             EntryMeta::default(),
-            Some(ticket),
+            Some(Fence::Ticket(ticket)),
         );
         assert!(refused.is_err());
         // Removed on the blocking pool: a moment later.

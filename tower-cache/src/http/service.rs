@@ -588,6 +588,7 @@ where
     }
     // Tickets before the origin is asked: a write of the URL from now on voids the fill.
     let primary_ticket = store.ticket(&primary);
+    let order = crate::disk::DiskTier::next_order();
     let stale_ticket = stale.as_ref().map(|(_, key)| store.ticket(key));
     // The client's own fields: what the response to it is judged and built by.
     let req_headers = req.headers().clone();
@@ -766,6 +767,7 @@ where
         freshness,
         leader,
         before,
+        order,
     );
     let mut parts = parts;
     if let Some(name) = &config.status_header {
@@ -778,12 +780,18 @@ where
 }
 
 /// Whether a `304` may update the stored `entry` (RFC 9111 section 4.3.4): its entity
-/// tag is the stored one (strongly when its own is strong); without one, its
+/// tag (one, well formed) is the stored one (strongly when its own is strong); without
+/// one, its
 /// `Last-Modified` is the stored one; a `304` with neither (a bare answer to the cache's
 /// own conditional request, which many origins send) updates it. A `304` for another
 /// representation updates nothing.
 pub(super) fn updates(not_modified: &HeaderMap, entry: &HttpEntry) -> bool {
+    let named = not_modified.contains_key(::http::header::ETAG);
     let Some(new) = headers::etag(not_modified) else {
+        if named {
+            // An entity tag the cache cannot read (or two) names no stored response.
+            return false;
+        }
         let modified = not_modified.get(::http::header::LAST_MODIFIED);
         return modified
             .is_none_or(|m| entry.headers.get(::http::header::LAST_MODIFIED) == Some(m));

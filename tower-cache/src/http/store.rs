@@ -37,6 +37,8 @@ pub(super) fn store_entry(store: &Cache, key: &str, entry: &HttpEntry, ticket: T
             version: 0,
             tags: surrogate_keys(&entry.headers),
         },
+        order: crate::disk::DiskTier::next_order(),
+        replaces_index: None,
         _leader: None,
     };
     if let Err(e) = put(&commit, entry) {
@@ -56,10 +58,17 @@ pub(super) fn store_job(
     freshness: policy::Freshness,
     leader: Option<LeaderGuard>,
     before: Option<HttpEntry>,
+    order: u64,
 ) -> StoreJob {
     let store = &config.store;
     let names = headers::vary(&parts.headers).unwrap_or_default();
     let negotiation = config.negotiation;
+    // A response that does not vary replaces the URL's index, if it has one: the
+    // variants it lists go with it.
+    let replaces_index = match (&index, names.is_empty()) {
+        (Some((epoch, _)), true) => Some(*epoch),
+        _ => None,
+    };
     let (key, index_update) = if names.is_empty() {
         (primary.to_owned(), None)
     } else {
@@ -112,6 +121,8 @@ pub(super) fn store_job(
         before,
         limit: config.max_body,
         replace_wait: config.replace_wait,
+        order,
+        replaces_index,
         _leader: leader,
     }
 }
@@ -201,6 +212,7 @@ impl Refresh {
         let store = &self.config.store;
         let stale_ticket = store.ticket(&self.key);
         let primary_ticket = store.ticket(&self.primary);
+        let order = crate::disk::DiskTier::next_order();
         let (parts, ()) = self.template.into_parts();
         let unconditional = Request::from_parts(parts, ());
         let mut req = copy_request::<ReqB>(&unconditional);
@@ -262,6 +274,7 @@ impl Refresh {
             freshness,
             Some(self.guard),
             None,
+            order,
         );
         // Nobody reads this body: drain it through the tee so that it is stored.
         let mut tee = std::pin::pin!(HttpCacheBody::tee(body, self.config.max_body, job));
@@ -373,6 +386,10 @@ pub(super) struct StoreJob {
     pub(super) limit: usize,
     /// How long the store waits for bodies streaming from the record it replaces.
     pub(super) replace_wait: std::time::Duration,
+    /// When the response was asked for: the newest response of a key wins.
+    pub(super) order: u64,
+    /// The epoch of the URL's index this response (which does not vary) replaces.
+    pub(super) replaces_index: Option<u64>,
     /// Held until the body ends: requests waiting for this URL wake when it drops.
     pub(super) _leader: Option<LeaderGuard>,
 }
@@ -395,6 +412,8 @@ impl StoreJob {
                 version: 0,
                 tags: self.tags,
             },
+            order: self.order,
+            replaces_index: self.replaces_index,
             _leader: self._leader,
         };
         (commit, self.head, before, self.replace_wait)
@@ -577,6 +596,32 @@ impl IndexUpdate {
 /// Removes a dropped variant: from memory at once, from disk in the background (when
 /// there is a runtime to run it on; otherwise its disk copy expires with its TTL, and
 /// nothing lists it).
+/// The variants the URL's index of epoch `epoch` lists (read from memory, or off the
+/// disk tier), as keys.
+fn listed_variants(store: &Cache, primary: &str, epoch: u64) -> Vec<String> {
+    let index = store
+        .memory()
+        .get_fresh_uncounted(primary)
+        .map(|s| s.value)
+        .or_else(|| store.disk().and_then(|d| d.get(primary)));
+    match index.and_then(|v| entry::index_variants(&v)) {
+        Some((listed, variants)) if listed == epoch => variants
+            .into_iter()
+            .map(|v| variant_key_of(primary, epoch, v))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Drops variants a response that does not vary made unreachable (it replaced their
+/// index).
+fn drop_variants(store: &Cache, keys: Vec<String>) {
+    for key in keys {
+        drop_variant(store, &key);
+        store.count_variant_eviction();
+    }
+}
+
 fn drop_variant(store: &Cache, key: &str) {
     store.memory().delete(key);
     if store.disk().is_some() {

@@ -138,6 +138,10 @@ pub(super) struct Commit {
     pub(super) ticket: Ticket,
     pub(super) ttl: std::time::Duration,
     pub(super) meta: EntryMeta,
+    /// When the response was asked for (see `DiskTier::next_order`).
+    pub(super) order: u64,
+    /// The epoch of the URL's index this write replaces (its variants go).
+    pub(super) replaces_index: Option<u64>,
     /// Held until the write: requests waiting for this URL wake when it drops.
     pub(super) _leader: Option<LeaderGuard>,
 }
@@ -149,8 +153,17 @@ impl Commit {
     pub(super) fn run(mut self, write: impl FnOnce(&Commit) -> Written) {
         let index = self.index.take();
         let mut committed = None;
+        // The variants of the index this write replaces, read before it does.
+        let orphans = self
+            .replaces_index
+            .map(|epoch| super::listed_variants(&self.store, &self.primary, epoch));
         let store_entry = || match write(&self) {
-            Ok(c) => committed = c,
+            Ok(c) => {
+                if let Some(orphans) = orphans {
+                    super::drop_variants(&self.store, orphans);
+                }
+                committed = c;
+            }
             Err(e) => tracing::debug!(error = %e, key = self.key, "response not stored"),
         };
         match index {
@@ -186,8 +199,12 @@ impl Commit {
         ) else {
             return self.run(write);
         };
-        // Any write of the key supersedes the ones still waiting.
-        let mine = disk.defer(&self.key);
+        // The newest response of the key (by when it was asked for) supersedes the ones
+        // still waiting; an older one than a response waiting is not needed.
+        let mine = self.order;
+        if !disk.defer(&self.key, mine) {
+            return;
+        }
         let primary =
             (self.index.is_some() && self.primary != self.key).then(|| self.primary.clone());
         let read = disk.is_read(&self.key) || primary.as_deref().is_some_and(|p| disk.is_read(p));
