@@ -78,8 +78,9 @@
 //!     it arrives, as before;
 //!   - a new response for a URL waits for the bodies still streaming from the large
 //!     record it replaces ([`HttpCacheLayer::replace_wait`], 30 s), so a download in
-//!     progress ends whole. Only the newest response of a URL waits (an older one
-//!     waiting is dropped), a reader of a record since purged or replaced holds nothing,
+//!     progress ends whole. Only the newest response of a URL waits (the one asked for
+//!     last; an older one waiting is dropped), a reader of a record since purged or
+//!     replaced holds nothing,
 //!     and requests for the URL meanwhile do not wait for it: they get the stored
 //!     response, or go to the origin as they would. Requests that waited for a large
 //!     miss wake once its disk write is applied, and find it there;
