@@ -28,7 +28,6 @@ mod rfc_cases;
 mod spool_attack;
 mod streaming;
 mod targeted;
-mod trickle_attack;
 mod vary;
 
 use std::time::Duration;

@@ -148,46 +148,6 @@ async fn until(mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Write system calls made by this process so far.
-fn write_calls() -> u64 {
-    let io = std::fs::read_to_string("/proc/self/io").unwrap();
-    io.lines()
-        .find_map(|l| l.strip_prefix("syscw: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// A body of many tiny frames: its spool file must not take one write (and one trip to
-/// the blocking pool) per frame, nor the queue hold one entry per frame.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_of_tiny_frames_is_spooled_in_few_writes() {
-    tokio::time::timeout(BOUND, async {
-        // 1 MiB kept in memory, then 1 MiB spooled in frames of 64 bytes: 16,384 frames.
-        const FRAME: usize = 64;
-        const LEN: usize = 2 * MIB;
-        let dir = tempfile::tempdir().unwrap();
-        let (store, disk) = store_on(dir.path(), MIB);
-        let svc = HttpCacheLayer::new(store)
-            .max_body(80 * MIB)
-            .layer(frames_origin(LEN, FRAME, false));
-        let before = write_calls();
-        let res = svc.oneshot(get("http://t/tiny", None)).await.unwrap();
-        let got = res.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(got.len(), LEN);
-        until(|| disk.stats().entries == 1).await;
-        let writes = write_calls() - before;
-        let spooled_frames = (LEN - MIB) / FRAME;
-        assert!(
-            writes < spooled_frames as u64 / 16,
-            "{writes} write calls for {spooled_frames} spooled frames of {FRAME} bytes"
-        );
-    })
-    .await
-    .expect("bounded");
-}
-
 /// A response whose body is dropped while its runtime shuts down, mid-spool: its spool
 /// file must go (the disk tier outlives the runtime and is used from another one).
 /// With a multi-threaded runtime simply dropped, the file stays in most runs, not all.

@@ -204,3 +204,67 @@ impl Spool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes of the spool files of the tier in `dir`.
+    fn spooled(dir: &std::path::Path) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        for tier in std::fs::read_dir(dir.join("spool")).unwrap().flatten() {
+            for f in std::fs::read_dir(tier.path()).unwrap().flatten() {
+                if f.file_name() != "lock" {
+                    sizes.push(f.metadata().unwrap().len());
+                }
+            }
+        }
+        sizes
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_frames_are_gathered_into_writes_whether_they_come_fast_or_slowly() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::builder(dir.path())
+            .map_size(64 << 20)
+            .open()
+            .unwrap();
+        let frame = Bytes::from(vec![7u8; 1024]);
+        let mut spool = Spool::start(&disk, frame.clone()).unwrap();
+        // Frames one at a time, the file idle between them (a trickle): none of them is
+        // written on its own; they wait for a write's worth.
+        for _ in 1..200 {
+            std::future::poll_fn(|cx| spool.poll_write(cx)).await;
+            spool.push(frame.clone());
+        }
+        std::future::poll_fn(|cx| spool.poll_write(cx)).await;
+        assert_eq!(spooled(dir.path()), [0], "nothing written before 256 KiB");
+        assert!(spool.queue.is_empty());
+        assert_eq!(spool.gathered.len(), 200 * 1024);
+        // Past a write's worth: one write of 256 KiB.
+        for _ in 0..100 {
+            spool.push(frame.clone());
+        }
+        assert_eq!(spool.queue.len(), 1, "one write queued, not one per frame");
+        std::future::poll_fn(|cx| spool.poll_write(cx)).await;
+        std::future::poll_fn(|cx| spool.poll_finish(cx).map(|_| ())).await;
+        assert_eq!(
+            spooled(dir.path()),
+            Vec::<u64>::new(),
+            "the file went with the spool"
+        );
+        // The end writes the rest: a finished spool file holds every byte.
+        let mut spool = Spool::start(&disk, frame.clone()).unwrap();
+        for _ in 1..300 {
+            spool.push(frame.clone());
+        }
+        assert_eq!(spool.queue.len(), 1);
+        let (file, len) = std::future::poll_fn(|cx| spool.poll_finish(cx))
+            .await
+            .expect("spooled");
+        assert_eq!(len, 300 * 1024);
+        assert_eq!(spooled(dir.path()), [300 * 1024]);
+        drop(file);
+        assert!(spooled(dir.path()).is_empty());
+    }
+}
