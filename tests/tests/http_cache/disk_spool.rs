@@ -24,7 +24,7 @@ use super::*;
 const MIB: usize = 1 << 20;
 
 /// A response body fed by the test, a chunk at a time.
-struct Fed(mpsc::Receiver<Bytes>);
+pub(super) struct Fed(mpsc::Receiver<Bytes>);
 
 impl Body for Fed {
     type Data = Bytes;
@@ -38,12 +38,12 @@ impl Body for Fed {
     }
 }
 
-type Origin =
+pub(super) type FedOrigin =
     tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Fed>, std::convert::Infallible>;
 
 /// An origin whose next answer's body is fed through the sender it hands out on
 /// `bodies`: a cacheable `200` with no length given.
-fn fed_origin() -> (Origin, mpsc::Receiver<mpsc::Sender<Bytes>>) {
+pub(super) fn fed_origin() -> (FedOrigin, mpsc::Receiver<mpsc::Sender<Bytes>>) {
     let (tx, bodies) = mpsc::channel(4);
     let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
         let tx = tx.clone();
@@ -58,12 +58,12 @@ fn fed_origin() -> (Origin, mpsc::Receiver<mpsc::Sender<Bytes>>) {
             Ok::<_, std::convert::Infallible>(res)
         }
     });
-    (Origin::new(svc), bodies)
+    (FedOrigin::new(svc), bodies)
 }
 
 /// The sizes of the spool files in the disk tier's spool folder (one folder per open
 /// tier, holding its lock and its files).
-fn spool_files(dir: &Path) -> Vec<u64> {
+pub(super) fn spool_files(dir: &Path) -> Vec<u64> {
     let Ok(tiers) = std::fs::read_dir(dir.join("spool")) else {
         return Vec::new();
     };
@@ -79,7 +79,7 @@ fn spool_files(dir: &Path) -> Vec<u64> {
 }
 
 /// Waits (bounded by the test's own timeout) until `check` holds.
-async fn until(mut check: impl FnMut() -> bool) {
+pub(super) async fn until(mut check: impl FnMut() -> bool) {
     while !check() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

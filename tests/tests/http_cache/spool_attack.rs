@@ -3,7 +3,6 @@
 //! runtime shut down mid-spool, a server that stops at `is_end_stream`, a purge while a
 //! response is spooled.
 
-use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use tower_cache::http::HttpCacheLayer;
 use tower_layer::Layer;
 
 use super::disk_parts::{get, store_on};
+use super::disk_spool::{fed_origin, spool_files, until, FedOrigin};
 use super::*;
 
 const MIB: usize = 1 << 20;
@@ -87,65 +87,6 @@ fn frames_origin(len: usize, frame: usize, known_len: bool) -> FramesOrigin {
             )
         },
     ))
-}
-
-/// A body fed by the test, a chunk at a time.
-struct Fed(mpsc::Receiver<Bytes>);
-
-impl Body for Fed {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|d| Ok(Frame::data(d))))
-    }
-}
-
-type FedOrigin =
-    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Fed>, std::convert::Infallible>;
-
-/// An origin whose next answer's body is fed through the sender it hands out on `bodies`.
-fn fed_origin() -> (FedOrigin, mpsc::Receiver<mpsc::Sender<Bytes>>) {
-    let (tx, bodies) = mpsc::channel(4);
-    let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
-        let tx = tx.clone();
-        async move {
-            let (feed, body) = mpsc::channel(2);
-            tx.send(feed).await.unwrap();
-            let res = Response::builder()
-                .header("cache-control", "max-age=600")
-                .header("etag", "\"v1\"")
-                .body(Fed(body))
-                .unwrap();
-            Ok::<_, std::convert::Infallible>(res)
-        }
-    });
-    (FedOrigin::new(svc), bodies)
-}
-
-/// The sizes of the spool files under the disk tier's spool folder.
-fn spool_files(dir: &Path) -> Vec<u64> {
-    let Ok(tiers) = std::fs::read_dir(dir.join("spool")) else {
-        return Vec::new();
-    };
-    tiers
-        .flatten()
-        .filter_map(|t| std::fs::read_dir(t.path()).ok())
-        .flatten()
-        .flatten()
-        .filter(|f| f.file_name() != "lock")
-        .filter_map(|f| f.metadata().ok())
-        .map(|m| m.len())
-        .collect()
-}
-
-async fn until(mut check: impl FnMut() -> bool) {
-    while !check() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// A response whose body is dropped while its runtime shuts down, mid-spool: its spool
